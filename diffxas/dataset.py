@@ -1,0 +1,112 @@
+"""The in-memory multi-energy ptychography dataset.
+
+Frames of all energies live in one array with an energy index per frame, which keeps
+batching over (energy, frame) simple. Units: m for lengths, eV for energies,
+photon counts for frames. :mod:`diffxas.io` converts from/to the CXI file (J, CXI
+translation sign).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Complex, Float, Int
+
+from .errors import InputError
+from .geometry import Grid, grid_covering, grid_like, object_pixel_size
+
+
+class Dataset(eqx.Module):
+    """Diffraction patterns of all energies.
+
+    Attributes:
+        frames: ``Float[Array, "frame M M"]`` photon counts, zero frequency at pixel (M/2, M/2).
+        positions: ``Float[Array, "frame 2"]`` probe centre (x, y) on the object plane, m
+            (= -CXI translation[:, :2]).
+        energy_index: ``Int[Array, "frame"]`` index into ``energies`` of each frame.
+        energies: ``Float[Array, "energy"]`` photon energies, eV, strictly increasing.
+        mask: ``Float[Array, "energy M M"]`` detector weights, 1 = pixel used, 0 = not used.
+        illumination: ``Complex[Array, "energy M M"]`` or None: initial probe on each energy's
+            object pixel size, sum |P|^2 = photons per frame.
+        distance: sample-detector distance, m.
+        detector_pixel: detector pixel size, m (square pixels).
+    """
+
+    frames: Float[Array, "frame M M"]
+    positions: Float[Array, "frame 2"]
+    energy_index: Int[Array, " frame"]
+    energies: Float[Array, " energy"]
+    mask: Float[Array, "energy M M"]
+    illumination: Complex[Array, "energy M M"] | None
+    distance: float = eqx.field(static=True)
+    detector_pixel: float = eqx.field(static=True)
+
+    def __check_init__(self):
+        f = self.frames
+        if f.ndim != 3 or f.shape[1] != f.shape[2]:
+            raise InputError(f"frames must be (frame, M, M), got shape {tuple(f.shape)}")
+        n = f.shape[0]
+        if self.positions.shape != (n, 2):
+            raise InputError(f"positions must be ({n}, 2), got {tuple(self.positions.shape)}")
+        if self.energy_index.shape != (n,):
+            raise InputError(f"energy_index must be ({n},), got {tuple(self.energy_index.shape)}")
+        k = self.energies.shape[0]
+        if self.mask.shape != (k, f.shape[1], f.shape[2]):
+            raise InputError(f"mask must be ({k}, M, M), got {tuple(self.mask.shape)}")
+        if self.illumination is not None and self.illumination.shape != (k, f.shape[1], f.shape[2]):
+            raise InputError(f"illumination must be ({k}, M, M), got {tuple(self.illumination.shape)}")
+        if not (self.distance > 0 and self.detector_pixel > 0):
+            raise InputError("distance and detector_pixel must be positive")
+
+    # ---- derived, host side -------------------------------------------------
+    @property
+    def frame_size(self) -> int:
+        return int(self.frames.shape[-1])
+
+    @property
+    def n_energies(self) -> int:
+        return int(self.energies.shape[0])
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    def pixel_sizes(self) -> np.ndarray:
+        """Object pixel size of every energy, m: lambda z / (M p)."""
+        return np.asarray(object_pixel_size(np.asarray(self.energies, np.float64), self.distance,
+                                            self.detector_pixel, self.frame_size))
+
+    def common_grid(self, margin_px: int = 4) -> Grid:
+        """The map grid: pixel of the lowest energy (the largest), covering all scans."""
+        dx0 = float(self.pixel_sizes().max())
+        return grid_covering(np.asarray(self.positions), dx0, self.frame_size, margin_px=margin_px)
+
+    def energy_grids(self, common: Grid | None = None) -> list[Grid]:
+        """Each energy's natural grid, centred like ``common`` and covering at least its field."""
+        common = self.common_grid() if common is None else common
+        return [grid_like(common, float(d)) for d in self.pixel_sizes()]
+
+    def select_energies(self, idx) -> "Dataset":
+        """A dataset with only the energies ``idx`` (indices into ``energies``), re-indexed."""
+        idx = np.asarray(sorted(set(int(i) for i in np.atleast_1d(idx))))
+        if idx.size == 0 or idx.min() < 0 or idx.max() >= self.n_energies:
+            raise InputError(f"energy indices out of range 0..{self.n_energies - 1}: {idx.tolist()}")
+        ei = np.asarray(self.energy_index)
+        keep = np.isin(ei, idx)
+        remap = -np.ones(self.n_energies, dtype=np.int32)
+        remap[idx] = np.arange(idx.size, dtype=np.int32)
+        return Dataset(
+            frames=self.frames[keep],
+            positions=self.positions[keep],
+            energy_index=jnp.asarray(remap[ei[keep]]),
+            energies=self.energies[idx],
+            mask=self.mask[idx],
+            illumination=None if self.illumination is None else self.illumination[idx],
+            distance=self.distance,
+            detector_pixel=self.detector_pixel,
+        )
+
+    def frames_of(self, k: int) -> np.ndarray:
+        """Indices of the frames of energy ``k``."""
+        return np.nonzero(np.asarray(self.energy_index) == k)[0]
