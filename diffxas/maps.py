@@ -110,3 +110,30 @@ class Result:
     input_path: str = ""
     input_sha256: str = ""
     clusters: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass
+class Truth:
+    """Ground truth of a simulated sample (host side), written next to the CXI file.
+
+    Attributes:
+        maps: name -> (H, W) float map on the truth grid, same names and units as
+            :data:`MAP_FIELDS` (NaN/0 outside particles as documented in docs/formats.md).
+        labels: (H, W) int16 domain label, -1 where there is no particle.
+        domain_names: name of each label value 0..n-1.
+        params: name -> (H, W) per-pixel parameters of eq. 1 (a, b1, b2, b3, c11 ... c23)
+            and composition (``n_other``: non-V electrons per m^2).
+        pixel_size: m; origin: (x, y) of pixel [0, 0] centre, m.
+        energies: (K,) eV of the simulated data; reference_energy: eV.
+        attrs: anything else (preset, seed, dose, version).
+    """
+
+    maps: dict[str, np.ndarray]
+    labels: np.ndarray
+    domain_names: list[str]
+    params: dict[str, np.ndarray]
+    pixel_size: float
+    origin: tuple[float, float]
+    energies: np.ndarray
+    reference_energy: float
+    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
