@@ -1,0 +1,1127 @@
+"""File input/output: multi-energy CXI data, results files and ground-truth sidecars.
+
+Every file written here is written atomically (to a temporary file in the target
+directory, then :func:`os.replace`), so a failing or interrupted write never leaves a
+partial file at the target path. Every reader validates its input and raises
+:class:`diffxas.errors.InputError` with one line naming the file, the HDF5 entry and
+the dataset on the first problem. The layouts are documented in ``docs/formats.md``.
+
+Units: energies are eV inside diffxas and J in the CXI file (the conversion happens only
+here); lengths are m. The CXI sample translation is the negative of the probe position
+(``Dataset.positions = -translation[:, :2]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import os
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .constants import ELEMENTARY_CHARGE
+from .dataset import Dataset
+from .errors import InputError
+from .geometry import object_pixel_size
+from .maps import MAP_FIELDS, ChemMaps, Result, Truth
+
+__all__ = [
+    "CXI_VERSION",
+    "write_cxi",
+    "read_cxi",
+    "cxi_summary",
+    "sha256_file",
+    "write_result",
+    "read_result",
+    "write_clusters",
+    "summarize_result",
+    "write_truth",
+    "read_truth",
+    "summarize_truth",
+    "summarize",
+    "file_kind",
+    "to_jsonable",
+    "dumps_json",
+]
+
+#: CXI version written to ``/cxi_version``.
+CXI_VERSION = 150
+
+#: ``format`` root attribute of the files diffxas writes besides CXI.
+RESULT_FORMAT = "diffxas-result"
+TRUTH_FORMAT = "diffxas-truth"
+
+# Plausibility limits of the CXI reader (anything outside is almost surely a unit error).
+_ENERGY_MAX_J = 1e-12  # 6.2 MeV; a 5 keV photon is 8e-16 J
+_ENERGY_MIN_J = 10.0 * ELEMENTARY_CHARGE  # 10 eV
+_PIXEL_MAX_M = 1e-2  # 1 cm detector pixel
+_DISTANCE_MAX_M = 1e3  # 1 km
+_TRANSLATION_MAX_M = 1.0  # 1 m scan range
+
+_DET = "instrument_1/detector_1"
+_SRC = "instrument_1/source_1"
+_TRANS = "sample_1/geometry_1/translation"
+_ENTRY_RE = re.compile(r"^entry_(\d+)$")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_READ_ERRORS = (OSError, RuntimeError, ValueError, TypeError, KeyError)
+
+
+# --------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split())
+
+
+def _err(path, where: str | None, msg: str) -> InputError:
+    """An InputError ``<file>: <hdf5 path>: <problem>`` on one line."""
+    head = f"{path}: {where}: " if where else f"{path}: "
+    return InputError(_one_line(head + msg))
+
+
+def sha256_file(path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's contents (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _si(value: float, unit: str) -> str:
+    """Format a length in m with a convenient prefix (e.g. 12.3 nm)."""
+    v = abs(value)
+    for scale, prefix in ((1.0, ""), (1e-3, "m"), (1e-6, "u"), (1e-9, "n"), (1e-12, "p")):
+        if v >= scale or scale == 1e-12:
+            return f"{value / scale:.4g} {prefix}{unit}"
+    return f"{value:g} {unit}"  # pragma: no cover
+
+
+# ---- JSON (numpy-safe) ----------------------------------------------------------------
+def to_jsonable(obj: Any) -> Any:
+    """Convert ``obj`` to plain JSON types: numpy/jax scalars and arrays, paths, tuples,
+    sets, dataclasses and complex numbers are converted; anything else raises TypeError."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (int, float)) and not isinstance(obj, np.generic):
+        return obj
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, complex):
+        return [obj.real, obj.imag]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if isinstance(k, np.generic):
+                k = k.item()
+            if not isinstance(k, (str, int, float, bool)) and k is not None:
+                raise TypeError(f"cannot JSON-encode a mapping key of type {type(k).__name__}")
+            out[str(k) if not isinstance(k, str) else k] = to_jsonable(v)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted((to_jsonable(v) for v in obj), key=repr)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
+    if isinstance(obj, np.ndarray) or (hasattr(obj, "__array__") and hasattr(obj, "shape") and hasattr(obj, "dtype")):
+        return to_jsonable(np.asarray(obj).tolist())
+    raise TypeError(f"cannot JSON-encode an object of type {type(obj).__name__}: {obj!r:.80}")
+
+
+def dumps_json(obj: Any, **kw) -> str:
+    """``json.dumps`` after :func:`to_jsonable` (NaN/inf are written as NaN/Infinity)."""
+    return json.dumps(to_jsonable(obj), **kw)
+
+
+# ---- HDF5 attributes of arbitrary values ------------------------------------------------
+_JSON_ATTRS = "_json_attrs"  # names of attributes stored as JSON strings
+
+
+def _set_attr(obj: h5py.HLObject, name: str, value: Any) -> None:
+    """Store ``value`` as an HDF5 attribute: native when possible, else as JSON text."""
+    native = False
+    if isinstance(value, (str, bool, int, float, np.generic)) and not isinstance(value, complex):
+        native = True
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        native = True
+    if native:
+        obj.attrs[name] = value
+        return
+    obj.attrs[name] = dumps_json(value)
+    names = [str(n) for n in obj.attrs.get(_JSON_ATTRS, [])]
+    if name not in names:
+        obj.attrs[_JSON_ATTRS] = names + [name]
+
+
+def _get_attrs(obj: h5py.HLObject) -> dict[str, Any]:
+    """Read the attributes written by :func:`_set_attr` back to Python values."""
+    json_names = {str(n) for n in obj.attrs.get(_JSON_ATTRS, [])}
+    out: dict[str, Any] = {}
+    for name, value in obj.attrs.items():
+        if name == _JSON_ATTRS:
+            continue
+        if name in json_names:
+            out[name] = json.loads(value)
+        else:
+            out[name] = _attr_value(value)
+    return out
+
+
+def _attr_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "OSU":
+            return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in value.ravel()]
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ---- atomic writes ----------------------------------------------------------------------
+@contextlib.contextmanager
+def _atomic_h5(path) -> Iterator[h5py.File]:
+    """Yield an HDF5 file open for writing at a temporary path next to ``path``; on success
+    rename it to ``path`` (atomic on POSIX), on any failure remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        with h5py.File(tmp, "x") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+# ---- reading helpers --------------------------------------------------------------------
+def _has_hdf5_signature(path: Path) -> bool:
+    """True if the HDF5 signature is at byte 0, 512, 1024, 2048, ... (as the spec allows)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            offset = 0
+            while offset + 8 <= size:
+                fh.seek(offset)
+                if fh.read(8) == _HDF5_SIGNATURE:
+                    return True
+                offset = 512 if offset == 0 else 2 * offset
+    except OSError:
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def _open_h5(path) -> Iterator[h5py.File]:
+    """Open an HDF5 file for reading; one-line InputError for every way this can fail,
+    including errors raised by h5py later while reading (corrupt/truncated data)."""
+    p = Path(path)
+    if not p.exists():
+        raise _err(p, None, "no such file")
+    if p.is_dir():
+        raise _err(p, None, "is a directory, expected an HDF5 file")
+    try:
+        f = h5py.File(p, "r")
+    except OSError as e:
+        if not os.access(p, os.R_OK):
+            raise _err(p, None, "permission denied") from None
+        if not _has_hdf5_signature(p):
+            raise _err(p, None, "not an HDF5 file") from None
+        raise _err(p, None, f"cannot open HDF5 file (truncated or corrupt): {e}") from None
+    try:
+        yield f
+    except InputError:
+        raise
+    except _READ_ERRORS as e:
+        raise _err(p, None, f"cannot read file (truncated or corrupt?): {type(e).__name__}: {e}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            f.close()
+
+
+def _dataset(path, f: h5py.File | h5py.Group, name: str) -> h5py.Dataset:
+    """``f[name]`` as a dataset, or a one-line error naming it."""
+    full = f"{f.name.rstrip('/')}/{name}" if not name.startswith("/") else name
+    try:
+        obj = f.get(name)
+    except _READ_ERRORS as e:
+        raise _err(path, full, f"cannot read (truncated or corrupt file?): {e}") from None
+    if obj is None:
+        raise _err(path, full, "missing dataset")
+    if not isinstance(obj, h5py.Dataset):
+        raise _err(path, full, "is a group, expected a dataset")
+    return obj
+
+
+def _group(path, f: h5py.File | h5py.Group, name: str, what: str = "missing group") -> h5py.Group:
+    full = f"{f.name.rstrip('/')}/{name}"
+    try:
+        obj = f.get(name)
+    except _READ_ERRORS as e:
+        raise _err(path, full, f"cannot read (truncated or corrupt file?): {e}") from None
+    if obj is None:
+        raise _err(path, full, what)
+    if not isinstance(obj, h5py.Group):
+        raise _err(path, full, "is a dataset, expected a group")
+    return obj
+
+
+def _read(path, ds: h5py.Dataset, sel=(), dtype=None) -> np.ndarray:
+    """Read ``ds[sel]`` (optionally converted to ``dtype``) with a one-line error on failure."""
+    try:
+        if dtype is not None:
+            return np.asarray(ds.astype(dtype)[sel])
+        return np.asarray(ds[sel])
+    except _READ_ERRORS as e:
+        raise _err(path, ds.name, f"cannot read (truncated or corrupt file?): {e}") from None
+
+
+def _check_dtype(path, ds: h5py.Dataset, kinds: str, what: str) -> None:
+    if ds.dtype.kind not in kinds:
+        raise _err(path, ds.name, f"has dtype {ds.dtype}, expected {what}")
+
+
+def _scalar(path, f, name: str) -> float:
+    """A real scalar dataset (shape () or (1,))."""
+    ds = _dataset(path, f, name)
+    if ds.shape not in ((), (1,)):
+        raise _err(path, ds.name, f"must be a scalar, got shape {ds.shape}")
+    _check_dtype(path, ds, "iuf", "a real number")
+    v = float(np.asarray(_read(path, ds)).ravel()[0])
+    if not math.isfinite(v):
+        raise _err(path, ds.name, f"is not finite ({v})")
+    return v
+
+
+# --------------------------------------------------------------------------------------
+# CXI
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Entry:
+    """Metadata of one CXI entry (scalars and shapes; no frame data read)."""
+
+    name: str
+    energy_ev: float
+    distance: float
+    pixel: float
+    n_frames: int
+    frame_size: int
+    has_mask: bool
+    has_illumination: bool
+
+
+def _scan_entry(path, f: h5py.File, name: str) -> _Entry:
+    e = _group(path, f, name, "missing entry")
+    where = f"/{name}"
+    # energy (J in the file)
+    en_name = f"{_SRC}/energy"
+    energy_j = _scalar(path, e, en_name)
+    if energy_j > _ENERGY_MAX_J:
+        raise _err(path, f"{where}/{en_name}",
+                   f"energy {energy_j:g} looks like eV; CXI stores J (5420 eV = {5420 * ELEMENTARY_CHARGE:.4g} J)")
+    if energy_j < _ENERGY_MIN_J:
+        raise _err(path, f"{where}/{en_name}",
+                   f"energy {energy_j:g} J ({energy_j / ELEMENTARY_CHARGE:.3g} eV) is not a plausible X-ray "
+                   "photon energy; CXI stores J")
+    # detector geometry
+    distance = _scalar(path, e, f"{_DET}/distance")
+    if not (0 < distance <= _DISTANCE_MAX_M):
+        raise _err(path, f"{where}/{_DET}/distance",
+                   f"distance {distance:g} m is not plausible (must be in (0, {_DISTANCE_MAX_M:g}] m)")
+    px = _scalar(path, e, f"{_DET}/x_pixel_size")
+    py = _scalar(path, e, f"{_DET}/y_pixel_size")
+    for nm, v in (("x_pixel_size", px), ("y_pixel_size", py)):
+        if not (0 < v <= _PIXEL_MAX_M):
+            raise _err(path, f"{where}/{_DET}/{nm}",
+                       f"pixel size {v:g} m is not plausible (must be in (0, {_PIXEL_MAX_M:g}] m)")
+    if not math.isclose(px, py, rel_tol=1e-6):
+        raise _err(path, f"{where}/{_DET}/y_pixel_size",
+                   f"non-square pixels: x_pixel_size {px:g} m != y_pixel_size {py:g} m")
+    # frames
+    data = _dataset(path, e, f"{_DET}/data")
+    if data.ndim != 3 or data.shape[1] != data.shape[2]:
+        raise _err(path, data.name, f"must have shape (N, M, M), got {data.shape}")
+    _check_dtype(path, data, "iuf", "real photon counts")
+    n, m = int(data.shape[0]), int(data.shape[1])
+    if n < 1:
+        raise _err(path, data.name, "has no frames")
+    if m < 2:
+        raise _err(path, data.name, f"frame size {m} is too small")
+    # scan positions
+    tr = _dataset(path, e, _TRANS)
+    if tr.shape != (n, 3):
+        raise _err(path, tr.name, f"must have shape ({n}, 3) to match {data.name}, got {tr.shape}")
+    _check_dtype(path, tr, "iuf", "real positions in m")
+    # optional mask and illumination
+    has_mask = has_illum = False
+    mk = e.get(f"{_DET}/mask")
+    if mk is not None:
+        mk = _dataset(path, e, f"{_DET}/mask")
+        if mk.shape != (m, m):
+            raise _err(path, mk.name, f"must have shape ({m}, {m}), got {mk.shape}")
+        _check_dtype(path, mk, "biuf", "an integer mask (non-zero = pixel not used)")
+        has_mask = True
+    il = e.get(f"{_SRC}/illumination")
+    if il is not None:
+        il = _dataset(path, e, f"{_SRC}/illumination")
+        if il.shape != (m, m):
+            raise _err(path, il.name, f"must have shape ({m}, {m}), got {il.shape}")
+        _check_dtype(path, il, "iufc", "a complex probe")
+        has_illum = True
+    return _Entry(name, energy_j / ELEMENTARY_CHARGE, distance, px, n, m, has_mask, has_illum)
+
+
+def _scan_cxi(path, f: h5py.File) -> list[_Entry]:
+    """Validate the file-level structure and every entry's metadata (no frame data read)."""
+    if "cxi_version" not in f:
+        raise _err(path, "/cxi_version", "missing dataset (not a CXI file)")
+    ver = _dataset(path, f, "cxi_version")
+    if ver.shape not in ((), (1,)) or ver.dtype.kind not in "iu":
+        raise _err(path, "/cxi_version", f"must be an integer scalar, got dtype {ver.dtype} shape {ver.shape}")
+    numbers = sorted(int(m.group(1)) for k in f.keys() if (m := _ENTRY_RE.match(k)))
+    if not numbers:
+        raise _err(path, None, "no /entry_1 group (not a multi-energy CXI file)")
+    for i, num in enumerate(numbers, start=1):
+        if num != i:
+            raise _err(path, f"/entry_{i}", f"missing entry (entries must be entry_1 .. entry_{len(numbers)})")
+    entries = [_scan_entry(path, f, f"entry_{i}") for i in numbers]
+    first = entries[0]
+    for prev, cur in zip(entries[:-1], entries[1:]):
+        if not cur.energy_ev > prev.energy_ev:
+            raise _err(path, f"/{cur.name}/{_SRC}/energy",
+                       f"energies must be strictly increasing: {cur.energy_ev:.6g} eV follows "
+                       f"{prev.energy_ev:.6g} eV in /{prev.name}")
+    for cur in entries[1:]:
+        if cur.frame_size != first.frame_size:
+            raise _err(path, f"/{cur.name}/{_DET}/data",
+                       f"frame size {cur.frame_size} differs from {first.frame_size} in /{first.name}")
+        if not math.isclose(cur.distance, first.distance, rel_tol=1e-9):
+            raise _err(path, f"/{cur.name}/{_DET}/distance",
+                       f"distance {cur.distance:g} m differs from {first.distance:g} m in /{first.name}")
+        if not math.isclose(cur.pixel, first.pixel, rel_tol=1e-9):
+            raise _err(path, f"/{cur.name}/{_DET}/x_pixel_size",
+                       f"pixel size {cur.pixel:g} m differs from {first.pixel:g} m in /{first.name}")
+    return entries
+
+
+def _select(path, n_entries: int, energies) -> list[int]:
+    """0-based entry indices selected by ``energies`` (None, int, slice or sequence of ints)."""
+    if energies is None:
+        return list(range(n_entries))
+    if isinstance(energies, slice):
+        idx = list(range(n_entries)[energies])
+    else:
+        raw = [energies] if np.ndim(energies) == 0 else list(np.asarray(energies).ravel())
+        idx = []
+        for i in raw:
+            if isinstance(i, (bool, np.bool_)) or not float(i).is_integer():
+                raise _err(path, None, f"energy index {i!r} is not an integer")
+            i = int(i)
+            if not -n_entries <= i < n_entries:
+                raise _err(path, None, f"energy index {i} out of range 0..{n_entries - 1}")
+            idx.append(i % n_entries)
+        idx = sorted(set(idx))
+    if not idx:
+        raise _err(path, None, f"no energies selected by {energies!r}")
+    return idx
+
+
+def read_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
+    """Read (a subset of the energies of) a multi-energy CXI file into a :class:`Dataset`.
+
+    Args:
+        path: the CXI file (layout in docs/formats.md).
+        energies: which entries to load, as 0-based indices into the energy-sorted entries
+            (``entry_{i+1}``): None (all), an int, a slice or a list of ints. Entries not
+            selected have only their metadata read (for validation of the whole file).
+
+    Returns:
+        A Dataset of host (numpy) arrays: frames float32 grouped by energy, positions
+        float64 = -translation[:, :2], energies float64 in eV, mask float32 weights
+        (1 = use), illumination complex64 or None.
+
+    Raises:
+        InputError: one line naming the file, entry and dataset of the first problem.
+    """
+    path = Path(path)
+    with _open_h5(path) as f:
+        entries = _scan_cxi(path, f)
+        sel = _select(path, len(entries), energies)
+        chosen = [entries[i] for i in sel]
+        with_illum = [en.has_illumination for en in chosen]
+        if any(with_illum) and not all(with_illum):
+            missing = chosen[with_illum.index(False)]
+            have = chosen[with_illum.index(True)]
+            raise _err(path, f"/{missing.name}/{_SRC}/illumination",
+                       f"missing dataset (present in /{have.name}; give it for every energy or none)")
+        m = chosen[0].frame_size
+        n_total = sum(en.n_frames for en in chosen)
+        frames = np.empty((n_total, m, m), dtype=np.float32)
+        positions = np.empty((n_total, 2), dtype=np.float64)
+        energy_index = np.empty(n_total, dtype=np.int32)
+        mask = np.ones((len(chosen), m, m), dtype=np.float32)
+        illum = np.empty((len(chosen), m, m), dtype=np.complex64) if all(with_illum) else None
+        start = 0
+        for k, en in enumerate(chosen):
+            e = f[en.name]
+            stop = start + en.n_frames
+            # frames: read straight into the output block (HDF5 converts the type)
+            ds = e[f"{_DET}/data"]
+            block = frames[start:stop]
+            try:
+                ds.read_direct(block)
+            except _READ_ERRORS as exc:
+                raise _err(path, ds.name, f"cannot read (truncated or corrupt file?): {exc}") from None
+            finite = np.isfinite(block).all(axis=(1, 2))
+            if not finite.all():
+                bad = int(np.argmin(finite))
+                raise _err(path, ds.name, f"frame {bad} contains NaN or inf counts")
+            if ds.dtype.kind != "u":
+                neg = (block < 0).any(axis=(1, 2))
+                if neg.any():
+                    bad = int(np.argmax(neg))
+                    raise _err(path, ds.name, f"frame {bad} contains negative counts (min {block[bad].min():g})")
+            # positions
+            tds = e[_TRANS]
+            tr = _read(path, tds, dtype=np.float64)
+            if not np.isfinite(tr).all():
+                bad = int(np.argmin(np.isfinite(tr).all(axis=1)))
+                raise _err(path, tds.name, f"row {bad} is not finite")
+            if np.abs(tr).max() > _TRANSLATION_MAX_M:
+                bad = int(np.argmax(np.abs(tr).max(axis=1)))
+                raise _err(path, tds.name,
+                           f"row {bad} = {tr[bad].tolist()} m is not plausible (|translation| > "
+                           f"{_TRANSLATION_MAX_M:g} m; CXI stores m)")
+            positions[start:stop] = -tr[:, :2]
+            energy_index[start:stop] = k
+            # mask: non-zero = not used  ->  weight 0
+            if en.has_mask:
+                mds = e[f"{_DET}/mask"]
+                mk = _read(path, mds)
+                if mds.dtype.kind == "f" and not np.isfinite(mk).all():
+                    raise _err(path, mds.name, "contains NaN or inf")
+                mask[k] = (mk == 0).astype(np.float32)
+                if not mask[k].any():
+                    raise _err(path, mds.name, "excludes every pixel")
+            if illum is not None:
+                ids = e[f"{_SRC}/illumination"]
+                p = _read(path, ids)
+                if not np.isfinite(p).all():
+                    raise _err(path, ids.name, "contains NaN or inf")
+                illum[k] = p.astype(np.complex64)
+            start = stop
+        return Dataset(
+            frames=frames,
+            positions=positions,
+            energy_index=energy_index,
+            energies=np.array([en.energy_ev for en in chosen], dtype=np.float64),
+            mask=mask,
+            illumination=illum,
+            distance=float(chosen[0].distance),
+            detector_pixel=float(chosen[0].pixel),
+        )
+
+
+def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compression: str | None = "gzip",
+              chunk_frames: int = 16) -> Path:
+    """Write ``dataset`` as a multi-energy CXI file (one entry per energy), atomically.
+
+    Args:
+        path: target file; parent directories are created.
+        dataset: the data (energies strictly increasing, every energy with >= 1 frame).
+        extra_attrs: attributes of the root group (e.g. simulation preset, seed); values
+            that HDF5 cannot store natively are JSON-encoded.
+        compression: h5py compression filter for the frames ("gzip", "lzf" or None).
+        chunk_frames: frames per HDF5 chunk of the detector data.
+
+    Frames are stored as uint32 when all counts are integral (as in measured or Poisson-
+    noisy data), float32 otherwise. Returns the path written.
+    """
+    path = Path(path)
+    frames = np.asarray(dataset.frames)
+    pos = np.asarray(dataset.positions, dtype=np.float64)
+    ei = np.asarray(dataset.energy_index)
+    energies = np.asarray(dataset.energies, dtype=np.float64)
+    mask = np.asarray(dataset.mask)
+    illum = None if dataset.illumination is None else np.asarray(dataset.illumination).astype(np.complex64)
+    m = frames.shape[-1]
+    if energies.size == 0:
+        raise InputError(f"cannot write {path}: the dataset has no energies")
+    if not (np.isfinite(energies).all() and (energies > 0).all() and (np.diff(energies) > 0).all()):
+        raise InputError(f"cannot write {path}: energies must be positive and strictly increasing, "
+                         f"got {energies.tolist()}")
+    if not np.isfinite(frames).all() or (frames < 0).any():
+        raise InputError(f"cannot write {path}: frames must be finite and non-negative")
+    if not np.isfinite(pos).all():
+        raise InputError(f"cannot write {path}: positions must be finite")
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    integral = bool(frames.size) and bool(np.all(frames == np.rint(frames))) and float(frames.max()) < 2**32
+    fdtype = np.uint32 if integral else np.float32
+    per_energy = [np.nonzero(ei == k)[0] for k in range(energies.size)]
+    for k, idx in enumerate(per_energy):
+        if idx.size == 0:
+            raise InputError(f"cannot write {path}: energy {k} ({energies[k]:g} eV) has no frames")
+    with _atomic_h5(path) as f:
+        f.create_dataset("cxi_version", data=np.int64(CXI_VERSION))
+        f.attrs["creator"] = f"diffxas {__version__}"
+        for key, value in (extra_attrs or {}).items():
+            _set_attr(f, str(key), value)
+        for k, idx in enumerate(per_energy):
+            e = f.create_group(f"entry_{k + 1}")
+            src = e.create_group(_SRC)
+            d = src.create_dataset("energy", data=np.float64(energies[k] * ELEMENTARY_CHARGE))
+            d.attrs["units"] = "J"
+            if illum is not None:
+                d = src.create_dataset("illumination", data=illum[k])
+                d.attrs["units"] = "sqrt(photons) per object pixel"
+            det = e.create_group(_DET)
+            block = frames[idx].astype(fdtype)
+            d = det.create_dataset("data", data=block, chunks=(min(chunk_frames, idx.size), m, m),
+                                   compression=compression)
+            d.attrs["units"] = "counts"
+            d.attrs["axes"] = "translation:y:x"
+            for name, value in (("distance", dataset.distance), ("x_pixel_size", dataset.detector_pixel),
+                                ("y_pixel_size", dataset.detector_pixel)):
+                d = det.create_dataset(name, data=np.float64(value))
+                d.attrs["units"] = "m"
+            det.create_dataset("mask", data=(mask[k] == 0).astype(np.uint8))
+            geo = e.create_group("sample_1/geometry_1")
+            tr = np.zeros((idx.size, 3), dtype=np.float64)
+            tr[:, :2] = -pos[idx]
+            d = geo.create_dataset("translation", data=tr)
+            d.attrs["units"] = "m"
+            e.create_group("data_1")["data"] = h5py.SoftLink(f"/entry_{k + 1}/{_DET}/data")
+    return path
+
+
+def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
+    """Per-energy mean counts per frame, mask fraction, scan extent (reads data in blocks)."""
+    dose, masked, lo, hi, illum_photons = [], [], None, None, []
+    for en in entries:
+        e = f[en.name]
+        ds = e[f"{_DET}/data"]
+        step = max(1, (ds.chunks or (16,))[0])
+        total = 0.0
+        for a in range(0, en.n_frames, step):
+            total += float(_read(path, ds, np.s_[a:a + step], dtype=np.float64).sum())
+        dose.append(total / en.n_frames)
+        if en.has_mask:
+            masked.append(float((_read(path, e[f"{_DET}/mask"]) != 0).mean()))
+        else:
+            masked.append(0.0)
+        pos = -_read(path, e[_TRANS], dtype=np.float64)[:, :2]
+        lo = pos.min(0) if lo is None else np.minimum(lo, pos.min(0))
+        hi = pos.max(0) if hi is None else np.maximum(hi, pos.max(0))
+        if en.has_illumination:
+            illum_photons.append(float((np.abs(_read(path, e[f"{_SRC}/illumination"])) ** 2).sum()))
+    return {"dose": np.array(dose), "masked": np.array(masked), "lo": lo, "hi": hi,
+            "illum_photons": np.array(illum_photons)}
+
+
+def cxi_summary(path) -> str:
+    """A human-readable multi-line summary of a CXI file (for ``diffxas info``)."""
+    path = Path(path)
+    with _open_h5(path) as f:
+        entries = _scan_cxi(path, f)
+        stats = _scan_summary_stats(path, f, entries)
+        ver = int(np.asarray(f["cxi_version"][()]).ravel()[0])
+        root_attrs = {k: v for k, v in _get_attrs(f).items()}
+    en = np.array([e.energy_ev for e in entries])
+    nf = np.array([e.n_frames for e in entries])
+    first = entries[0]
+    dx = object_pixel_size(en, first.distance, first.pixel, first.frame_size)
+    lines = [
+        f"{path}: multi-energy CXI file (cxi_version {ver}), {_human_size(path.stat().st_size)}",
+        f"  energies:          {en.size} entries, {en[0]:.2f} .. {en[-1]:.2f} eV"
+        + (f" (mean step {np.diff(en).mean():.3g} eV)" if en.size > 1 else ""),
+        f"  frames per energy: {nf.min()}" + (f" .. {nf.max()}" if nf.max() != nf.min() else "")
+        + f" (total {nf.sum()})",
+        f"  frame size M:      {first.frame_size} x {first.frame_size} pixels",
+        f"  detector:          distance {first.distance:.4g} m, pixel {_si(first.pixel, 'm')}",
+        f"  object pixel:      {_si(dx.min(), 'm')} .. {_si(dx.max(), 'm')}",
+        f"  dose:              mean {stats['dose'].mean():.4g} counts per frame"
+        + (f" ({stats['dose'].min():.4g} .. {stats['dose'].max():.4g} over energies)" if en.size > 1 else ""),
+        f"  mask:              {100 * stats['masked'].mean():.3g} % of detector pixels not used",
+        "  illumination:      "
+        + (f"present in {sum(e.has_illumination for e in entries)} of {len(entries)} entries "
+           f"(mean sum |P|^2 = {stats['illum_photons'].mean():.4g} photons per frame)"
+           if any(e.has_illumination for e in entries) else "absent"),
+        f"  scan (probe x, y): x {_si(stats['lo'][0], 'm')} .. {_si(stats['hi'][0], 'm')}, "
+        f"y {_si(stats['lo'][1], 'm')} .. {_si(stats['hi'][1], 'm')}",
+    ]
+    shown = {k: v for k, v in root_attrs.items() if k != "creator"}
+    if "creator" in root_attrs:
+        lines.append(f"  creator:           {root_attrs['creator']}")
+    for k, v in shown.items():
+        lines.append(f"  attr {k}: {_short(v)}")
+    return "\n".join(lines)
+
+
+def _short(v: Any, n: int = 100) -> str:
+    s = v if isinstance(v, str) else json.dumps(to_jsonable(v)) if not isinstance(v, np.ndarray) else np.array2string(v)
+    s = _one_line(s)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------
+# results file
+# --------------------------------------------------------------------------------------
+_OBJ_COMPRESSION = {"compression": "gzip", "compression_opts": 4}
+
+
+def _write_clusters_group(f: h5py.File, clusters: Mapping[str, Any], shape: tuple[int, int]) -> None:
+    g = f.create_group("clusters")
+    for key, value in clusters.items():
+        key = str(key)
+        if key == "labels":
+            labels = np.asarray(value)
+            if labels.shape != tuple(shape):
+                raise ValueError(f"clusters labels have shape {labels.shape}, expected the map shape {shape}")
+            g.create_dataset("labels", data=labels.astype(np.int16))
+        elif key in ("centers", "fractions") or isinstance(value, np.ndarray) or (
+                hasattr(value, "__array__") and hasattr(value, "shape") and np.ndim(value) > 0):
+            g.create_dataset(key, data=np.asarray(value))
+        else:
+            _set_attr(g, key, value)
+
+
+def _read_clusters_group(path, g: h5py.Group, shape) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, obj in g.items():
+        if isinstance(obj, h5py.Dataset):
+            out[key] = _read(path, obj)
+    if "labels" in out and out["labels"].shape != tuple(shape):
+        raise _err(path, "/clusters/labels", f"shape {out['labels'].shape} differs from the map shape {tuple(shape)}")
+    out.update(_get_attrs(g))
+    return out
+
+
+def write_result(path, result: Result) -> Path:
+    """Write a reconstruction's :class:`Result` to an HDF5 results file, atomically.
+
+    Parent directories are created. Float maps are written NaN where not valid. The
+    configuration is stored as JSON (numpy-safe; a non-serialisable value raises
+    TypeError and nothing is written). Returns the path written.
+    """
+    path = Path(path)
+    maps = result.maps
+    shape = tuple(maps.shape)
+    config_json = dumps_json(result.config if result.config is not None else {})
+    energies = np.asarray(result.energies, dtype=np.float64).ravel()
+    k = energies.size
+    absorption = np.asarray(result.absorption, dtype=np.float32)
+    phase = np.asarray(result.phase, dtype=np.float32)
+    probes = np.asarray(result.probes).astype(np.complex64)
+    probe_px = np.asarray(result.probe_pixel_size, dtype=np.float64).ravel()
+    if absorption.shape != (k, *shape) or phase.shape != (k, *shape):
+        raise ValueError(f"absorption/phase have shapes {absorption.shape}/{phase.shape}, "
+                         f"expected ({k}, {shape[0]}, {shape[1]}) (energies x map grid)")
+    if probes.ndim != 3 or probes.shape[0] != k or probe_px.shape != (k,):
+        raise ValueError(f"probes {probes.shape} / probe_pixel_size {probe_px.shape} do not match {k} energies")
+    history = {str(n): np.asarray(v) for n, v in (result.history or {}).items()}
+    for n, v in history.items():
+        if v.ndim > 1:
+            raise ValueError(f"history {n!r} must be 1-D, got shape {v.shape}")
+    valid = np.asarray(maps.valid).astype(bool)
+    masked = maps.masked()
+    with _atomic_h5(path) as f:
+        f.attrs["format"] = RESULT_FORMAT
+        f.attrs["method"] = str(result.method)
+        f.attrs["diffxas_version"] = __version__
+        f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        f.attrs["input"] = str(result.input_path or "")
+        f.attrs["input_sha256"] = str(result.input_sha256 or "")
+        f.attrs["config"] = config_json
+        g = f.create_group("maps")
+        g.attrs["pixel_size"] = float(maps.pixel_size)
+        g.attrs["origin"] = np.asarray(maps.origin, dtype=np.float64).reshape(2)
+        g.attrs["reference_energy"] = float(maps.reference_energy)
+        g.attrs["delta_f2_v"] = float(maps.delta_f2_v)
+        g.attrs["scattering_table"] = str(maps.scattering_table)
+        for name, (unit, desc) in MAP_FIELDS.items():
+            d = g.create_dataset(name, data=np.asarray(getattr(masked, name), dtype=np.float64))
+            d.attrs["units"] = unit
+            d.attrs["description"] = desc
+        d = g.create_dataset("valid", data=valid.astype(np.uint8))
+        d.attrs["units"] = "1"
+        d.attrs["description"] = "1 where the maps are valid"
+        for name, arr in (maps.std or {}).items():
+            arr = np.asarray(arr, dtype=np.float64)
+            if arr.shape != shape:
+                raise ValueError(f"std map {name!r} has shape {arr.shape}, expected {shape}")
+            d = g.create_dataset(f"{name}_std", data=np.where(valid, arr, np.nan))
+            d.attrs["units"] = MAP_FIELDS.get(name, ("", ""))[0]
+            d.attrs["description"] = f"standard error of {name}"
+        if maps.extra:
+            gx = g.create_group("extra")
+            for name, arr in maps.extra.items():
+                gx.create_dataset(str(name), data=np.asarray(arr))
+        o = f.create_group("object")
+        chunks = (1, *shape) if k and min(shape) > 0 else None
+        d = o.create_dataset("absorption", data=absorption, chunks=chunks, **(_OBJ_COMPRESSION if chunks else {}))
+        d.attrs["units"] = "1"
+        d.attrs["description"] = "-ln|O| on the map grid"
+        d = o.create_dataset("phase", data=phase, chunks=chunks, **(_OBJ_COMPRESSION if chunks else {}))
+        d.attrs["units"] = "rad"
+        d = o.create_dataset("energies", data=energies)
+        d.attrs["units"] = "eV"
+        p = f.create_group("probe")
+        d = p.create_dataset("illumination", data=probes)
+        d.attrs["units"] = "sqrt(photons) per object pixel"
+        d = p.create_dataset("pixel_size", data=probe_px)
+        d.attrs["units"] = "m"
+        h = f.create_group("history")
+        for n, v in history.items():
+            h.create_dataset(n, data=np.atleast_1d(v))
+        if result.clusters is not None:
+            _write_clusters_group(f, result.clusters, shape)
+    return path
+
+
+def _check_result_file(path, f: h5py.File) -> None:
+    fmt = f.attrs.get("format")
+    if fmt is not None and _attr_value(fmt) not in (RESULT_FORMAT,):
+        raise _err(path, None, f"not a diffxas results file (format {_attr_value(fmt)!r})")
+    if "maps" not in f or "method" not in f.attrs:
+        raise _err(path, None, "not a diffxas results file (no /maps group or 'method' attribute)")
+
+
+def _map_attr(path, g: h5py.Group, name: str):
+    if name not in g.attrs:
+        raise _err(path, g.name, f"missing attribute {name!r}")
+    return _attr_value(g.attrs[name])
+
+
+def read_result(path) -> Result:
+    """Read a results file written by :func:`write_result` (validated; one-line InputError)."""
+    path = Path(path)
+    with _open_h5(path) as f:
+        _check_result_file(path, f)
+        g = _group(path, f, "maps")
+        valid_ds = _dataset(path, g, "valid")
+        valid = _read(path, valid_ds)
+        if valid.ndim != 2:
+            raise _err(path, valid_ds.name, f"must be 2-D (H, W), got shape {valid.shape}")
+        shape = valid.shape
+        fields = {}
+        for name in MAP_FIELDS:
+            ds = _dataset(path, g, name)
+            if ds.shape != shape:
+                raise _err(path, ds.name, f"shape {ds.shape} differs from /maps/valid {shape}")
+            fields[name] = _read(path, ds, dtype=np.float64)
+        std, extra = {}, {}
+        for name, obj in g.items():
+            if isinstance(obj, h5py.Dataset) and name.endswith("_std"):
+                if obj.shape != shape:
+                    raise _err(path, obj.name, f"shape {obj.shape} differs from /maps/valid {shape}")
+                std[name[: -len("_std")]] = _read(path, obj, dtype=np.float64)
+        if "extra" in g:
+            for name, obj in _group(path, g, "extra").items():
+                if isinstance(obj, h5py.Dataset):
+                    extra[name] = _read(path, obj)
+        origin = np.asarray(_map_attr(path, g, "origin"), dtype=np.float64).ravel()
+        if origin.shape != (2,):
+            raise _err(path, g.name, f"attribute 'origin' must be [x, y], got {origin.tolist()}")
+        pixel_size = float(_map_attr(path, g, "pixel_size"))
+        if not (pixel_size > 0 and math.isfinite(pixel_size)):
+            raise _err(path, g.name, f"attribute 'pixel_size' must be positive, got {pixel_size}")
+        maps = ChemMaps(
+            **fields,
+            valid=valid.astype(bool),
+            pixel_size=pixel_size,
+            origin=(float(origin[0]), float(origin[1])),
+            reference_energy=float(_map_attr(path, g, "reference_energy")),
+            delta_f2_v=float(_map_attr(path, g, "delta_f2_v")),
+            scattering_table=str(_map_attr(path, g, "scattering_table")),
+            std=std,
+            extra=extra,
+        )
+        o = _group(path, f, "object")
+        en_ds = _dataset(path, o, "energies")
+        energies = _read(path, en_ds, dtype=np.float64)
+        if energies.ndim != 1:
+            raise _err(path, en_ds.name, f"must be 1-D, got shape {energies.shape}")
+        k = energies.size
+        obj_arrays = {}
+        for name in ("absorption", "phase"):
+            ds = _dataset(path, o, name)
+            if ds.shape != (k, *shape):
+                raise _err(path, ds.name, f"must have shape ({k}, {shape[0]}, {shape[1]}), got {ds.shape}")
+            obj_arrays[name] = _read(path, ds)
+        p = _group(path, f, "probe")
+        il_ds = _dataset(path, p, "illumination")
+        if il_ds.ndim != 3 or il_ds.shape[0] != k or il_ds.shape[1] != il_ds.shape[2]:
+            raise _err(path, il_ds.name, f"must have shape ({k}, M, M), got {il_ds.shape}")
+        probes = _read(path, il_ds).astype(np.complex64)
+        px_ds = _dataset(path, p, "pixel_size")
+        if px_ds.shape != (k,):
+            raise _err(path, px_ds.name, f"must have shape ({k},), got {px_ds.shape}")
+        probe_px = _read(path, px_ds, dtype=np.float64)
+        history = {}
+        if "history" in f:
+            for name, obj in _group(path, f, "history").items():
+                if isinstance(obj, h5py.Dataset):
+                    history[name] = _read(path, obj)
+        clusters = _read_clusters_group(path, _group(path, f, "clusters"), shape) if "clusters" in f else None
+        try:
+            config = json.loads(_attr_value(f.attrs.get("config", "{}")))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise _err(path, "/ (attribute config)", f"is not valid JSON: {e}") from None
+        return Result(
+            method=str(_attr_value(f.attrs["method"])),
+            maps=maps,
+            energies=energies,
+            absorption=obj_arrays["absorption"],
+            phase=obj_arrays["phase"],
+            probes=probes,
+            probe_pixel_size=probe_px,
+            history=history,
+            config=config,
+            input_path=str(_attr_value(f.attrs.get("input", ""))),
+            input_sha256=str(_attr_value(f.attrs.get("input_sha256", ""))),
+            clusters=clusters,
+        )
+
+
+def write_clusters(path, clusters: Mapping[str, Any]) -> Path:
+    """Add (or replace) the ``/clusters`` group of an existing results file, atomically.
+
+    ``clusters`` is a flat mapping: ``labels`` (H, W) (stored int16, -1 = not clustered),
+    ``centers``, ``fractions`` and any other arrays become datasets; scalars, strings and
+    lists of strings (e.g. ``k``, ``features``) become attributes, anything else JSON
+    attributes. The rest of the file is copied unchanged.
+    """
+    path = Path(path)
+    with _open_h5(path) as src:
+        _check_result_file(path, src)
+        shape = _dataset(path, src, "maps/valid").shape
+    with h5py.File(path, "r") as src:
+        with _atomic_h5(path) as dst:
+            for name, value in src.attrs.items():
+                dst.attrs[name] = value
+            for name in src.keys():
+                if name != "clusters":
+                    src.copy(src[name], dst, name=name)
+            _write_clusters_group(dst, clusters, shape)
+    return path
+
+
+def _stats(a: np.ndarray) -> str:
+    a = np.asarray(a, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return "no finite values"
+    q = np.percentile(a, [5, 50, 95])
+    return f"median {q[1]:.5g} (5-95 %: {q[0]:.5g} .. {q[2]:.5g})"
+
+
+def summarize_result(path) -> str:
+    """A human-readable multi-line summary of a results file (for ``diffxas info``)."""
+    path = Path(path)
+    r = read_result(path)
+    with _open_h5(path) as f:
+        created = str(_attr_value(f.attrs.get("created", "?")))
+        version = str(_attr_value(f.attrs.get("diffxas_version", "?")))
+    m = r.maps
+    h, w = m.shape
+    valid = np.asarray(m.valid, bool)
+    lines = [
+        f"{path}: diffxas results file ({_human_size(path.stat().st_size)})",
+        f"  method:            {r.method} (diffxas {version}, created {created})",
+        f"  input:             {r.input_path or '?'}"
+        + (f" (sha256 {r.input_sha256[:16]}...)" if r.input_sha256 else ""),
+        f"  map grid:          {h} x {w} pixels of {_si(m.pixel_size, 'm')}, origin "
+        f"({_si(m.origin[0], 'm')}, {_si(m.origin[1], 'm')}); {100 * valid.mean():.3g} % valid",
+        f"  energies:          {r.energies.size}"
+        + (f", {r.energies.min():.2f} .. {r.energies.max():.2f} eV" if r.energies.size else "")
+        + f"; reference {m.reference_energy:.2f} eV; table {m.scattering_table}",
+    ]
+    for name, (unit, _) in MAP_FIELDS.items():
+        lines.append(f"  {name + ':':18s} {_stats(getattr(m, name)[valid])} {unit}")
+    if m.std:
+        lines.append(f"  std maps:          {', '.join(sorted(m.std))}")
+    if m.extra:
+        lines.append(f"  extra maps:        {', '.join(sorted(m.extra))}")
+    if r.probes.size:
+        lines.append(f"  probe:             {r.probes.shape[0]} x {r.probes.shape[1]} x {r.probes.shape[2]}, "
+                     f"mean sum |P|^2 = {np.mean(np.sum(np.abs(r.probes) ** 2, axis=(1, 2))):.4g} photons")
+    for name, v in r.history.items():
+        v = np.asarray(v)
+        last = f", last {float(v[-1]):.5g}" if v.size and v.dtype.kind in "iuf" else ""
+        lines.append(f"  history {name}: {v.size} values{last}")
+    if r.clusters is not None:
+        c = r.clusters
+        desc = [f"k = {c['k']}"] if "k" in c else []
+        if "features" in c:
+            desc.append(f"features {', '.join(map(str, c['features']))}")
+        if "fractions" in c:
+            desc.append("fractions " + ", ".join(f"{x:.3f}" for x in np.asarray(c["fractions"], float).ravel()))
+        lines.append(f"  clusters:          {'; '.join(desc) or 'present'}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# ground-truth sidecar
+# --------------------------------------------------------------------------------------
+def write_truth(path, truth: Truth) -> Path:
+    """Write a simulated sample's :class:`Truth` next to its CXI file, atomically."""
+    path = Path(path)
+    labels = np.asarray(truth.labels)
+    attrs_json = dumps_json(truth.attrs or {})
+    with _atomic_h5(path) as f:
+        f.attrs["format"] = TRUTH_FORMAT
+        f.attrs["diffxas_version"] = __version__
+        f.attrs["pixel_size"] = float(truth.pixel_size)
+        f.attrs["origin"] = np.asarray(truth.origin, dtype=np.float64).reshape(2)
+        f.attrs["reference_energy"] = float(truth.reference_energy)
+        f.attrs["domain_names"] = [str(n) for n in truth.domain_names]
+        f.attrs["attrs"] = attrs_json
+        d = f.create_dataset("energies", data=np.asarray(truth.energies, dtype=np.float64).ravel())
+        d.attrs["units"] = "eV"
+        f.create_dataset("labels", data=labels.astype(np.int16))
+        g = f.create_group("maps")
+        for name, arr in truth.maps.items():
+            arr = np.asarray(arr)
+            if arr.shape != labels.shape:
+                raise ValueError(f"truth map {name!r} has shape {arr.shape}, expected {labels.shape}")
+            d = g.create_dataset(name, data=arr)
+            if name in MAP_FIELDS:
+                d.attrs["units"] = MAP_FIELDS[name][0]
+        g = f.create_group("params")
+        for name, arr in truth.params.items():
+            arr = np.asarray(arr)
+            if arr.shape != labels.shape:
+                raise ValueError(f"truth parameter {name!r} has shape {arr.shape}, expected {labels.shape}")
+            g.create_dataset(name, data=arr)
+    return path
+
+
+def _is_truth(f: h5py.File) -> bool:
+    fmt = f.attrs.get("format")
+    if fmt is not None:
+        return _attr_value(fmt) == TRUTH_FORMAT
+    return "labels" in f and "params" in f and "maps" in f
+
+
+def read_truth(path) -> Truth:
+    """Read a ground-truth sidecar written by :func:`write_truth` (validated)."""
+    path = Path(path)
+    with _open_h5(path) as f:
+        if not _is_truth(f):
+            raise _err(path, None, "not a diffxas ground-truth file (no /labels, /params and /maps)")
+        lab_ds = _dataset(path, f, "labels")
+        labels = _read(path, lab_ds)
+        if labels.ndim != 2:
+            raise _err(path, lab_ds.name, f"must be 2-D (H, W), got shape {labels.shape}")
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for grp in ("maps", "params"):
+            out[grp] = {}
+            for name, obj in _group(path, f, grp).items():
+                if not isinstance(obj, h5py.Dataset):
+                    continue
+                if obj.shape != labels.shape:
+                    raise _err(path, obj.name, f"shape {obj.shape} differs from /labels {labels.shape}")
+                out[grp][name] = _read(path, obj)
+        for a in ("pixel_size", "origin", "reference_energy", "domain_names"):
+            if a not in f.attrs:
+                raise _err(path, "/", f"missing attribute {a!r}")
+        origin = np.asarray(_attr_value(f.attrs["origin"]), dtype=np.float64).ravel()
+        if origin.shape != (2,):
+            raise _err(path, "/", f"attribute 'origin' must be [x, y], got {origin.tolist()}")
+        names = _attr_value(f.attrs["domain_names"])
+        names = [names] if isinstance(names, str) else [str(n) for n in names]
+        try:
+            attrs = json.loads(_attr_value(f.attrs.get("attrs", "{}")))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise _err(path, "/ (attribute attrs)", f"is not valid JSON: {e}") from None
+        energies = _read(path, _dataset(path, f, "energies"), dtype=np.float64).ravel()
+        return Truth(
+            maps=out["maps"],
+            labels=labels.astype(np.int16),
+            domain_names=names,
+            params=out["params"],
+            pixel_size=float(_attr_value(f.attrs["pixel_size"])),
+            origin=(float(origin[0]), float(origin[1])),
+            energies=energies,
+            reference_energy=float(_attr_value(f.attrs["reference_energy"])),
+            attrs=attrs,
+        )
+
+
+def summarize_truth(path) -> str:
+    """A human-readable multi-line summary of a ground-truth sidecar."""
+    path = Path(path)
+    t = read_truth(path)
+    h, w = t.labels.shape
+    lab = np.asarray(t.labels)
+    lines = [
+        f"{path}: diffxas ground-truth file ({_human_size(path.stat().st_size)})",
+        f"  grid:              {h} x {w} pixels of {_si(t.pixel_size, 'm')}, origin "
+        f"({_si(t.origin[0], 'm')}, {_si(t.origin[1], 'm')})",
+        f"  energies:          {t.energies.size}"
+        + (f", {t.energies.min():.2f} .. {t.energies.max():.2f} eV" if t.energies.size else "")
+        + f"; reference {t.reference_energy:.2f} eV",
+        f"  particles:         {100 * (lab >= 0).mean():.3g} % of pixels",
+    ]
+    for i, name in enumerate(t.domain_names):
+        lines.append(f"  domain {i} {name}: {100 * (lab == i).mean():.3g} % of pixels")
+    for name, arr in t.maps.items():
+        lines.append(f"  map {name}: {_stats(np.asarray(arr)[lab >= 0])} {MAP_FIELDS.get(name, ('', ''))[0]}")
+    if t.params:
+        lines.append(f"  params:            {', '.join(t.params)}")
+    for k, v in t.attrs.items():
+        lines.append(f"  attr {k}: {_short(v)}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# dispatch
+# --------------------------------------------------------------------------------------
+def file_kind(path) -> str:
+    """"cxi", "result" or "truth" (InputError for anything else)."""
+    path = Path(path)
+    with _open_h5(path) as f:
+        fmt = _attr_value(f.attrs["format"]) if "format" in f.attrs else None
+        if fmt == RESULT_FORMAT:
+            return "result"
+        if fmt == TRUTH_FORMAT:
+            return "truth"
+        if "cxi_version" in f or "entry_1" in f:
+            return "cxi"
+        if "maps" in f and "method" in f.attrs:
+            return "result"
+        if _is_truth(f):
+            return "truth"
+    raise _err(path, None, "not a CXI, diffxas results or ground-truth file")
+
+
+def summarize(path) -> str:
+    """Summary of any file diffxas reads or writes (CXI input, results, ground truth)."""
+    kind = file_kind(path)
+    return {"cxi": cxi_summary, "result": summarize_result, "truth": summarize_truth}[kind](path)
