@@ -251,10 +251,12 @@ def _as_str(x) -> str:
 
 
 def cluster_attrs(clusters: dict) -> dict:
-    """The scalar attributes of a clusters dict (``attrs`` merged over top-level scalars)."""
+    """The scalar attributes of a clusters dict (top-level scalars/strings/lists of
+    strings, plus a nested ``attrs`` dict if one is present); ``features`` as a list."""
     out = {}
     for key, val in clusters.items():
-        if key != "attrs" and (np.isscalar(val) or isinstance(val, (str, bytes))):
+        if key != "attrs" and (np.isscalar(val) or isinstance(val, (str, bytes))
+                               or (isinstance(val, (list, tuple)) and all(isinstance(v, (str, bytes)) for v in val))):
             out[key] = val
     out.update(clusters.get("attrs", {}) or {})
     feats = out.get("features")
@@ -281,10 +283,11 @@ def cluster_maps(maps: ChemMaps, config: ClusterConfig | None = None) -> dict[st
     * ``elbow_k``, ``elbow_inertia``, ``silhouette`` (k_max,) when k = "auto"
       (silhouette NaN at k = 1);
     * ``stability_ari`` (pairs,) pairwise ARIs of the stability study;
-    * ``attrs``: k, features, weight, nv_threshold (m^-2), min_nv_fraction, n_pixels,
+    * scalar attributes (flat, next to the arrays, as :func:`diffxas.io.write_clusters`
+      stores them): k, features (list of names), weight, nv_threshold (m^-2), min_nv_fraction, n_pixels,
       n_init, random_state, seeds, k_mode ("fixed"/"auto"), k_elbow, k_silhouette,
-      stability (mean pairwise ARI; 1 when seeds = 1), standardisation centre and
-      scale per feature (``scaler_center``, ``scaler_scale``).
+      stability (mean pairwise ARI; 1 when seeds = 1); the standardisation centre and
+      scale per feature are arrays ``scaler_center``, ``scaler_scale`` (F,).
     """
     from sklearn.metrics import adjusted_rand_score, silhouette_score
 
@@ -387,7 +390,7 @@ def cluster_maps(maps: ChemMaps, config: ClusterConfig | None = None) -> dict[st
         scaler_center=zc,
         scaler_scale=zs,
     )
-    out["attrs"] = attrs
+    out.update(attrs)
     return out
 
 
@@ -422,8 +425,8 @@ def cluster_mean_spectra(result: Result, labels: np.ndarray, k: int) -> dict[str
 def cluster_result(result: Result, config: ClusterConfig | None = None) -> dict[str, Any]:
     """:func:`cluster_maps` on ``result.maps`` plus the clusters' mean spectra."""
     clusters = cluster_maps(result.maps, config)
-    clusters.update(cluster_mean_spectra(result, clusters["labels"], clusters["attrs"]["k"]))
-    clusters["attrs"]["method"] = str(result.method)
+    clusters.update(cluster_mean_spectra(result, clusters["labels"], clusters["k"]))
+    clusters["method"] = str(result.method)
     return clusters
 
 
@@ -463,7 +466,7 @@ def cluster_file(path: str | os.PathLike, config: ClusterConfig | None = None, c
     Reads ``path`` (:func:`diffxas.io.read_result`), clusters, replaces its ``/clusters``
     group (:func:`diffxas.io.write_clusters`) and writes the centre/fraction table to
     ``csv_path`` (default ``<results stem>_clusters.csv`` next to it). Returns the
-    clusters dict; ``clusters["attrs"]["csv_path"]`` names the CSV.
+    clusters dict; ``clusters["csv_path"]`` names the CSV.
     """
     from . import io
 
@@ -472,7 +475,7 @@ def cluster_file(path: str | os.PathLike, config: ClusterConfig | None = None, c
     csv_path = os.fspath(csv_path) if csv_path is not None else default_csv_path(path)
     io.write_clusters(path, clusters)
     write_cluster_csv(csv_path, clusters)
-    clusters["attrs"]["csv_path"] = csv_path
+    clusters["csv_path"] = csv_path
     return clusters
 
 

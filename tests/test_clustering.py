@@ -68,9 +68,9 @@ def test_separable_case_ari_one_and_rim_excluded():
     assert np.all(np.diff(cl["centers"][:, 0]) > 0)
     # Centres within 3 noise standard errors of the true states (physical units).
     np.testing.assert_allclose(cl["centers"], STATES, atol=0.05)
-    assert cl["attrs"]["stability"] == pytest.approx(1.0, abs=1e-12)
+    assert cl["stability"] == pytest.approx(1.0, abs=1e-12)
     np.testing.assert_allclose(cl["fractions"].sum(), 1.0, rtol=1e-12)
-    assert cl["attrs"]["features"] == ["edge_energy", "pre_edge_norm", "ne_eff_per_nv"]
+    assert cl["features"] == ["edge_energy", "pre_edge_norm", "ne_eff_per_nv"]
 
 
 def test_nv_weighted_fractions():
@@ -107,13 +107,13 @@ def test_auto_k_elbow_four_and_three():
     # Reference: the number of generating states; exact.
     maps, _ = make_maps()
     cl = cluster_maps(maps, ClusterConfig(k="auto", **FAST))
-    assert cl["attrs"]["k"] == 4 and cl["attrs"]["k_elbow"] == 4
-    assert cl["attrs"]["k_silhouette"] == 4
+    assert cl["k"] == 4 and cl["k_elbow"] == 4
+    assert cl["k_silhouette"] == 4
     assert len(cl["elbow_inertia"]) == 8 and np.isnan(cl["silhouette"][0])
     assert np.all(np.diff(cl["elbow_inertia"]) <= 1e-9 * cl["elbow_inertia"][0])
     maps3, _ = make_maps(states=STATES[[0, 2, 3]], seed=3)
     cl3 = cluster_maps(maps3, ClusterConfig(k="auto", **FAST))
-    assert cl3["attrs"]["k"] == 3
+    assert cl3["k"] == 3
 
 
 def test_knee_point_simple_curves():
