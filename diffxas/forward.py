@@ -226,3 +226,26 @@ def amplitude_projection(psi: Complex[Array, "... M M"], counts: Float[Array, ".
     mod = jnp.abs(f)
     f_new = jnp.where(weight > 0, jnp.sqrt(counts) * f / jnp.maximum(mod, 1e-12), f)
     return back_propagate(f_new)
+
+
+# ----------------------------------------------------------------------------- illumination
+
+
+def illumination_map(probe_intensity: Float[Array, "energy M M"], energy_index, corner, frac, shape: tuple[int, int]) -> Float[Array, "energy ny nx"]:
+    """Sum of the (sub-pixel shifted) probe intensity over all frames, per energy.
+
+    The scan's footprint on a grid of ``shape``: pixels that no frame illuminates carry no
+    information and are excluded from the maps.
+    """
+    k_e, m = probe_intensity.shape[0], probe_intensity.shape[-1]
+    phat = jnp.fft.fft2(probe_intensity.astype(jnp.complex64))
+
+    def body(acc, inp):
+        k, c, f = inp
+        patch = jnp.real(shifted_probe(phat[k], f))
+        cur = jax.lax.dynamic_slice(acc[k], (c[0], c[1]), (m, m))
+        return acc.at[k].set(jax.lax.dynamic_update_slice(acc[k], cur + patch, (c[0], c[1]))), None
+
+    acc0 = jnp.zeros((k_e,) + tuple(shape), jnp.float32)
+    acc, _ = jax.lax.scan(body, acc0, (jnp.asarray(energy_index), jnp.asarray(corner), jnp.asarray(frac)))
+    return acc

@@ -147,3 +147,16 @@ def ne_eff_per_nv(phase_ref, b1, reference_energy, edge: VEdge):
     """
     ne = -phase_ref / (R_E * wavelength(reference_energy))
     return ne / n_v(b1, edge)
+
+
+def linear_design(energies, b2, b3, c12, c13, c22, c23) -> Float[Array, "energy ... 4"]:
+    """Design matrix of eq. 1 in its linear amplitudes (a, b1, c11, c21) for fixed shape parameters.
+
+    ``absorption(p, E) = design @ [a, b1, c11, c21]``: used for variable-projection fits
+    (the amplitudes are solved exactly by least squares while b2, b3 ... are searched).
+    """
+    step = edge_step(energies, b2, b3)
+    l1 = lorentzian(energies, 1.0, c12, c13)
+    l2 = lorentzian(energies, 1.0, c22, c23)
+    shape = jnp.broadcast_shapes(step.shape, l1.shape, l2.shape)
+    return jnp.stack([jnp.ones(shape), jnp.broadcast_to(step, shape), jnp.broadcast_to(l1, shape), jnp.broadcast_to(l2, shape)], axis=-1)
