@@ -1,0 +1,500 @@
+"""Evaluation against ground truth and Fourier ring correlation (host side, numpy/scipy).
+
+Resampling the truth onto the result grid (:func:`resample_truth`) is an exact
+area average: each result pixel is a square of side ``pixel_size`` centred on its
+pixel centre; every truth pixel contributes with the area of its overlap with that
+square (separable 1-D overlap matrices along x and y, so the operation is exact for
+any pixel-size ratio and sub-pixel offset of the two grids).
+
+* Extensive maps (per area: ``n_v``, ``edge_jump``, ``pre_edge``) are plain area means,
+  NaN counted as 0 (no material).
+* Intensive maps (per V atom: ``edge_energy``, ``edge_width``, ``pre_edge_norm``,
+  ``ne_eff_per_nv`` and any other map) are N_V-weighted area means: a mixed pixel's
+  absorption is the sum of its parts, so its fitted descriptor is (to first order)
+  the V-weighted mean of the parts'. NaN where the pixel holds no V. Without an
+  ``n_v`` truth map, the plain mean over the finite part is used.
+* ``labels`` (domain index, -1 = no particle) take the label with the largest overlap
+  area (majority vote, -1 included).
+
+On piecewise-constant blocks aligned with the coarse grid all of these are exact.
+
+Metrics (:func:`evaluate`) are taken over the *evaluation region*: the pixels where the
+resampled truth n_v >= ``nv_fraction`` x its maximum. Coverage is the fraction of the
+region that is valid in the result; the errors are computed over the valid part only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .maps import DESCRIPTORS, MAP_FIELDS, ChemMaps, Result, Truth
+
+#: Maps that are amounts per area (averaged with NaN = 0); all others are per V atom.
+EXTENSIVE = ("n_v", "edge_jump", "pre_edge")
+
+# --------------------------------------------------------------------------- resampling
+
+
+def _overlap_matrix(n_out, x0_out, d_out, n_in, x0_in, d_in) -> np.ndarray:
+    """(n_out, n_in) overlap length of output pixel i with input pixel j (1-D)."""
+    lo_o = x0_out + d_out * (np.arange(n_out) - 0.5)
+    hi_o = lo_o + d_out
+    lo_i = x0_in + d_in * (np.arange(n_in) - 0.5)
+    hi_i = lo_i + d_in
+    ov = np.minimum(hi_o[:, None], hi_i[None, :]) - np.maximum(lo_o[:, None], lo_i[None, :])
+    return np.clip(ov, 0.0, None)
+
+
+def resample_truth(truth: Truth, pixel_size: float, origin, shape) -> dict[str, np.ndarray]:
+    """Truth maps (and labels) area-averaged onto the grid (pixel_size, origin, shape).
+
+    Returns name -> (H, W) float64 for every map in ``truth.maps``, plus ``labels`` (H, W)
+    int16 (majority by overlap area, -1 = no particle) and ``area_fraction`` (H, W): the
+    fraction of each result pixel covered by the truth grid. Pixels outside the truth
+    grid are NaN (labels -1).
+    """
+    ny, nx = int(shape[0]), int(shape[1])
+    tmaps = {k: np.asarray(v, dtype=np.float64) for k, v in truth.maps.items()}
+    tlab = np.asarray(truth.labels)
+    if tmaps:
+        tny, tnx = next(iter(tmaps.values())).shape
+    else:
+        tny, tnx = tlab.shape
+    wx = _overlap_matrix(nx, origin[0], pixel_size, tnx, truth.origin[0], truth.pixel_size)
+    wy = _overlap_matrix(ny, origin[1], pixel_size, tny, truth.origin[1], truth.pixel_size)
+    area = pixel_size * pixel_size
+
+    def avg(m):  # area integral of m over each output pixel
+        return wy @ m @ wx.T
+
+    cover = avg(np.ones((tny, tnx)))
+    out: dict[str, np.ndarray] = {"area_fraction": cover / area}
+    inside = cover > 0.5 * area
+    nv = tmaps.get("n_v")
+    nv0 = np.where(np.isfinite(nv), nv, 0.0) if nv is not None else None
+    nv_int = avg(nv0) if nv0 is not None else None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for name, m in tmaps.items():
+            fin = np.isfinite(m)
+            m0 = np.where(fin, m, 0.0)
+            if name in EXTENSIVE:
+                r = avg(m0) / np.where(cover > 0, cover, np.nan)
+                r = np.where(inside, r, np.nan)
+            elif nv0 is not None:
+                wv = np.where(fin, nv0, 0.0)
+                num, den = avg(m0 * wv), avg(wv)
+                r = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+                # Pixels with only a vanishing sliver of V carry no usable truth value.
+                r = np.where(inside & (den > 1e-12 * max(float(np.nanmax(nv_int)), 1e-300)), r, np.nan)
+            else:
+                num, den = avg(m0), avg(fin.astype(np.float64))
+                r = np.where(inside & (den > 0), num / np.where(den > 0, den, 1.0), np.nan)
+            out[name] = r
+    # Labels: majority by overlap area (background -1 is a candidate too).
+    vals = np.unique(tlab)
+    best = np.full((ny, nx), -1, dtype=np.int16)
+    best_area = np.full((ny, nx), -np.inf)
+    for v in vals:
+        a = avg((tlab == v).astype(np.float64))
+        upd = a > best_area
+        best[upd] = v
+        best_area[upd] = a[upd]
+    best[~inside] = -1
+    out["labels"] = best
+    return out
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _finite_or_none(x):
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def jsonable(obj):
+    """Convert numpy scalars/arrays and NaN (-> None) so that ``json.dumps`` is strict-valid."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return _finite_or_none(obj)
+    if isinstance(obj, bytes):
+        return obj.decode()
+    return obj
+
+
+def history_summary(history: dict | None, config: dict | None = None) -> dict[str, Any]:
+    """Iterations, final loss and wall time from a Result's history (None where absent).
+
+    * ``final_loss``: last finite value of ``history["loss"]`` (else of the first key
+      containing "loss").
+    * ``iterations``: length of the loss history (else of the longest history array).
+    * ``wall_time_s``: last value of a cumulative key (``wall_time``, ``elapsed``,
+      ``cumulative_time``) if present, else the sum of the per-iteration ``time`` /
+      ``time_per_iteration``; else ``config["wall_time"]`` if present.
+    """
+    history = history or {}
+    hist = {k: np.atleast_1d(np.asarray(v, dtype=np.float64)) for k, v in history.items() if _is_numeric(v)}
+    out: dict[str, Any] = {"final_loss": None, "iterations": None, "wall_time_s": None}
+    key = "loss" if "loss" in hist else next((k for k in hist if "loss" in k), None)
+    if key is not None:
+        v = hist[key]
+        fin = v[np.isfinite(v)]
+        out["final_loss"] = float(fin[-1]) if fin.size else None
+        out["loss_key"] = key
+        out["iterations"] = int(v.size)
+    elif hist:
+        out["iterations"] = int(max(v.size for v in hist.values()))
+    for k in ("wall_time", "elapsed", "cumulative_time", "wall_time_s"):
+        if k in hist and hist[k].size:
+            out["wall_time_s"] = float(hist[k][-1])
+            break
+    else:
+        for k in ("time", "time_per_iteration", "iteration_time"):
+            if k in hist and hist[k].size:
+                out["wall_time_s"] = float(np.nansum(hist[k]))
+                break
+    if out["wall_time_s"] is None and config:
+        for k in ("wall_time", "wall_time_s", "elapsed"):
+            if isinstance(config.get(k), (int, float)):
+                out["wall_time_s"] = float(config[k])
+                break
+    return out
+
+
+def _is_numeric(v) -> bool:
+    try:
+        a = np.asarray(v)
+    except Exception:  # pragma: no cover
+        return False
+    return a.dtype.kind in "biuf"
+
+
+def _err_stats(est, ref, mask) -> dict[str, Any]:
+    m = mask & np.isfinite(est) & np.isfinite(ref)
+    n = int(m.sum())
+    if n == 0:
+        return {"rmse": None, "bias": None, "mae": None, "n": 0}
+    e = est[m] - ref[m]
+    return {
+        "rmse": float(np.sqrt(np.mean(e**2))),
+        "bias": float(np.mean(e)),
+        "mae": float(np.mean(np.abs(e))),
+        "n": n,
+    }
+
+
+def cluster_agreement(labels: np.ndarray, true_labels: np.ndarray, mask: np.ndarray, domain_names=None) -> dict[str, Any]:
+    """ARI and Hungarian-matched confusion table between result clusters and true domains.
+
+    Over ``mask`` pixels that are clustered (label >= 0); true label -1 (background) is a
+    class of its own ("none"). The confusion table has one row per true domain, one
+    column per cluster; ``matching`` pairs each domain with one cluster maximising the
+    matched pixel count (scipy linear_sum_assignment); ``matched_accuracy`` is the matched
+    count over the compared pixels.
+    """
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.metrics import adjusted_rand_score
+
+    labels = np.asarray(labels)
+    true_labels = np.asarray(true_labels)
+    m = mask & (labels >= 0)
+    n = int(m.sum())
+    if n == 0:
+        return {"ari": None, "n": 0}
+    a, b = true_labels[m].astype(np.int64), labels[m].astype(np.int64)
+    tv, cv = np.unique(a), np.unique(b)
+    conf = np.zeros((len(tv), len(cv)), dtype=np.int64)
+    np.add.at(conf, (np.searchsorted(tv, a), np.searchsorted(cv, b)), 1)
+    rows, cols = linear_sum_assignment(-conf)
+    names = list(domain_names or [])
+
+    def dname(t):
+        t = int(t)
+        if t < 0:
+            return "none"
+        return str(names[t]) if t < len(names) else f"domain {t}"
+
+    return {
+        "ari": float(adjusted_rand_score(a, b)),
+        "n": n,
+        "true_labels": [int(t) for t in tv],
+        "true_names": [dname(t) for t in tv],
+        "cluster_labels": [int(c) for c in cv],
+        "confusion": conf.tolist(),
+        "matching": [{"domain": dname(tv[r]), "true_label": int(tv[r]), "cluster": int(cv[c]), "count": int(conf[r, c])}
+                     for r, c in zip(rows, cols)],
+        "matched_accuracy": float(conf[rows, cols].sum() / n),
+    }
+
+
+def evaluate(result_or_maps: Result | ChemMaps, truth: Truth, nv_fraction: float = 0.25, clusters: dict | None = None) -> dict[str, Any]:
+    """Compare a result (or bare ChemMaps) with the ground truth; JSON-serialisable dict.
+
+    Keys: ``n_region`` (evaluation-region pixels: truth n_v >= nv_fraction x max),
+    ``coverage`` (valid fraction of the region), ``<map>`` -> {rmse, bias, mae, n} for
+    the descriptors and edge_width (units of the map; errors = result - truth over the
+    valid region pixels), ``n_v`` -> {rel_rms, rel_bias, rel_median_abs, n} (relative
+    error (nv - nv_true)/nv_true), ``clusters`` -> :func:`cluster_agreement` (when the
+    result has clusters; else None), ``history`` -> :func:`history_summary` and
+    ``method``.
+    """
+    if isinstance(result_or_maps, Result):
+        maps = result_or_maps.maps
+        method = result_or_maps.method
+        history = result_or_maps.history
+        config = result_or_maps.config
+        if clusters is None:
+            clusters = result_or_maps.clusters
+    elif isinstance(result_or_maps, ChemMaps):
+        maps, method, history, config = result_or_maps, None, None, None
+    else:
+        raise TypeError(f"evaluate needs a Result or ChemMaps, got {type(result_or_maps).__name__}")
+    if "n_v" not in truth.maps:
+        raise InputError("truth has no n_v map; cannot define the evaluation region")
+    tr = resample_truth(truth, maps.pixel_size, maps.origin, maps.shape)
+    nv_t = tr["n_v"]
+    if not np.isfinite(nv_t).any() or np.nanmax(nv_t) <= 0:
+        raise InputError("truth n_v is zero on the result grid: the truth and the result do not overlap")
+    region = np.isfinite(nv_t) & (nv_t >= nv_fraction * np.nanmax(nv_t))
+    valid = np.asarray(maps.valid).astype(bool)
+    vr = region & valid
+    n_region = int(region.sum())
+    out: dict[str, Any] = {
+        "method": method,
+        "nv_fraction": float(nv_fraction),
+        "n_region": n_region,
+        "n_valid": int(vr.sum()),
+        "coverage": float(vr.sum() / n_region) if n_region else None,
+    }
+    for name in DESCRIPTORS + ("edge_width",):
+        if name in tr:
+            st = _err_stats(np.asarray(getattr(maps, name), dtype=np.float64), tr[name], vr)
+            st["unit"] = MAP_FIELDS[name][0]
+            out[name] = st
+    nv = np.asarray(maps.n_v, dtype=np.float64)
+    m = vr & np.isfinite(nv) & (nv_t > 0)
+    if m.any():
+        rel = (nv[m] - nv_t[m]) / nv_t[m]
+        out["n_v"] = {
+            "rel_rms": float(np.sqrt(np.mean(rel**2))),
+            "rel_bias": float(np.mean(rel)),
+            "rel_median_abs": float(np.median(np.abs(rel))),
+            "n": int(m.sum()),
+        }
+    else:
+        out["n_v"] = {"rel_rms": None, "rel_bias": None, "rel_median_abs": None, "n": 0}
+    if clusters is not None and "labels" in clusters:
+        lab = np.asarray(clusters["labels"])
+        if lab.shape == maps.shape:
+            out["clusters"] = cluster_agreement(lab, tr["labels"], vr, truth.domain_names)
+        else:
+            out["clusters"] = None
+    else:
+        out["clusters"] = None
+    out["history"] = history_summary(history, config)
+    return jsonable(out)
+
+
+def default_json_path(results_path) -> str:
+    """``<results stem>_eval.json`` next to the results file."""
+    root, _ = os.path.splitext(os.fspath(results_path))
+    return root + "_eval.json"
+
+
+def evaluate_file(path, truth_path, json_path=None, nv_fraction: float = 0.25) -> dict[str, Any]:
+    """The ``diffxas evaluate`` command: read result and truth, evaluate, write JSON.
+
+    ``json_path`` defaults to ``<results stem>_eval.json`` next to the results file.
+    Returns the metrics dict (with ``result_path``, ``truth_path`` and ``json_path``).
+    """
+    from . import io
+
+    result = io.read_result(path)
+    truth = io.read_truth(truth_path)
+    metrics = evaluate(result, truth, nv_fraction=nv_fraction)
+    json_path = os.fspath(json_path) if json_path is not None else default_json_path(path)
+    metrics["result_path"] = os.fspath(path)
+    metrics["truth_path"] = os.fspath(truth_path)
+    metrics["json_path"] = json_path
+    with open(json_path, "w") as fh:
+        json.dump(metrics, fh, indent=2, allow_nan=False)
+        fh.write("\n")
+    return metrics
+
+
+def _fmt(v, spec):
+    return "n/a" if v is None else format(v, spec)
+
+
+def format_metrics(metrics: dict) -> str:
+    """A short human-readable summary of :func:`evaluate`'s output (for the CLI)."""
+    lines = [
+        f"method: {metrics.get('method')}; evaluation region {metrics.get('n_region')} px "
+        f"(truth n_v >= {metrics.get('nv_fraction')} max); coverage {_fmt(metrics.get('coverage'), '.3f')}"
+    ]
+    for name in DESCRIPTORS + ("edge_width",):
+        st = metrics.get(name)
+        if st:
+            lines.append(f"  {name:15s} RMSE {_fmt(st['rmse'], '.4g')} {st['unit']}, bias {_fmt(st['bias'], '+.4g')} {st['unit']} (n={st['n']})")
+    nv = metrics.get("n_v") or {}
+    lines.append(f"  n_v relative error: RMS {_fmt(nv.get('rel_rms'), '.3f')}, median |.| {_fmt(nv.get('rel_median_abs'), '.3f')}")
+    cl = metrics.get("clusters")
+    if cl and cl.get("ari") is not None:
+        lines.append(f"  clusters: ARI {cl['ari']:.3f}, matched accuracy {cl['matched_accuracy']:.3f}")
+    h = metrics.get("history") or {}
+    if h.get("final_loss") is not None:
+        lines.append(f"  final loss {h['final_loss']:.6g} after {h.get('iterations')} iterations")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- FRC
+
+
+def _prepare(img: np.ndarray, window: str | None) -> np.ndarray:
+    a = np.asarray(img, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"FRC needs 2-D images, got shape {a.shape}")
+    fin = np.isfinite(a)
+    mean = float(a[fin].mean()) if fin.any() else 0.0
+    a = np.where(fin, a, mean) - mean
+    if window:
+        from scipy.signal import windows
+
+        if window == "tukey":
+            wy, wx = windows.tukey(a.shape[0], 0.5), windows.tukey(a.shape[1], 0.5)
+        elif window == "hann":
+            wy, wx = windows.hann(a.shape[0]), windows.hann(a.shape[1])
+        else:
+            raise ValueError(f"unknown FRC window {window!r} (tukey, hann or None)")
+        a = a * np.outer(wy, wx)
+    return a
+
+
+def frc(img1, img2, pixel_size: float, window: str | None = "tukey", return_counts: bool = False):
+    """Fourier ring correlation of two images of the same field.
+
+    NaNs are replaced with the image's finite mean, the mean is subtracted, a separable
+    window is applied (Tukey, alpha = 0.5, default; or Hann) and non-square images are
+    zero-padded to a square of side N = max(H, W). Rings are 1/(N pixel_size) wide.
+
+    Returns ``(freq, frc)`` (freq in 1/m, ring r at r/(N pixel_size), r = 0..N//2), or
+    ``(freq, frc, counts)`` with the number of Fourier pixels per ring when
+    ``return_counts``.
+    """
+    a, b = _prepare(img1, window), _prepare(img2, window)
+    if a.shape != b.shape:
+        raise ValueError(f"FRC images differ in shape: {a.shape} vs {b.shape}")
+    n = max(a.shape)
+    if a.shape != (n, n):
+        pad = ((0, n - a.shape[0]), (0, n - a.shape[1]))
+        a, b = np.pad(a, pad), np.pad(b, pad)
+    fa, fb = np.fft.fft2(a), np.fft.fft2(b)
+    f = np.fft.fftfreq(n)  # cycles / pixel
+    r = np.rint(np.hypot(f[:, None], f[None, :]) * n).astype(np.int64).ravel()
+    nr = n // 2 + 1
+    keep = r < nr
+    r = r[keep]
+    num = np.bincount(r, (fa * np.conj(fb)).real.ravel()[keep], nr)
+    pa = np.bincount(r, (np.abs(fa) ** 2).ravel()[keep], nr)
+    pb = np.bincount(r, (np.abs(fb) ** 2).ravel()[keep], nr)
+    counts = np.bincount(r, minlength=nr)[:nr]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = num / np.sqrt(pa * pb)
+    c = np.where(np.isfinite(c), c, 0.0)
+    freq = np.arange(nr) / (n * pixel_size)
+    if return_counts:
+        return freq, c, counts
+    return freq, c
+
+
+def threshold_curve(threshold, n_pixels_per_ring) -> np.ndarray:
+    """FRC threshold per ring: "1/7" (0.143, Rosenthal & Henderson 2003), "halfbit" or
+    "onebit" (van Heel & Schatz 2005, eq. 17 with SNR 0.2071 / 0.5), or a number."""
+    n = np.maximum(np.asarray(n_pixels_per_ring, dtype=np.float64), 1.0)
+    if isinstance(threshold, (int, float)):
+        return np.full_like(n, float(threshold))
+    t = str(threshold).lower().replace("-", "").replace(" ", "")
+    if t in ("1/7", "0.143", "onesevenths", "oneseventh"):
+        return np.full_like(n, 1.0 / 7.0)
+    if t in ("halfbit", "1/2bit"):
+        return (0.2071 + 1.9102 / np.sqrt(n)) / (1.2071 + 0.9102 / np.sqrt(n))
+    if t in ("onebit", "1bit"):
+        return (0.5 + 2.4142 / np.sqrt(n)) / (1.5 + 1.4142 / np.sqrt(n))
+    raise ValueError(f"unknown FRC threshold {threshold!r} (1/7, halfbit, onebit or a number)")
+
+
+def resolution(freq, frc_values, threshold="1/7", n_pixels_per_ring=None) -> float:
+    """Resolution (m) = 1 / the first frequency where the FRC falls below the threshold.
+
+    The crossing is linearly interpolated between the last ring above and the first
+    below (ring 0, the mean, is skipped). ``n_pixels_per_ring`` (needed by the bit
+    thresholds) defaults to the ideal ring count 2 pi r. If the FRC never falls below the
+    threshold the result is limited by the sampling: 1 / freq[-1] (two pixels) is
+    returned.
+    """
+    freq = np.asarray(freq, dtype=np.float64)
+    c = np.asarray(frc_values, dtype=np.float64)
+    if n_pixels_per_ring is None:
+        df = freq[1] - freq[0] if len(freq) > 1 else 1.0
+        n_pixels_per_ring = np.maximum(2 * np.pi * freq / df, 1.0)
+    t = threshold_curve(threshold, n_pixels_per_ring)
+    below = np.nonzero(c[1:] < t[1:])[0]
+    if below.size == 0:
+        return float(1.0 / freq[-1])
+    i = int(below[0]) + 1
+    if i == 1:
+        return float(1.0 / freq[1])
+    d0, d1 = c[i - 1] - t[i - 1], c[i] - t[i]
+    s = d0 / (d0 - d1) if d0 != d1 else 0.0
+    fc = freq[i - 1] + s * (freq[i] - freq[i - 1])
+    return float(1.0 / fc)
+
+
+def frc_maps(maps1: ChemMaps, maps2: ChemMaps, name: str = "edge_energy", window: str | None = "tukey") -> dict[str, Any]:
+    """FRC of one map between two independent reconstructions (e.g. half-frame splits).
+
+    Pixels valid in both maps are compared; elsewhere each map is filled with its mean
+    over the common valid pixels (so the two fills carry no noise). Returns freq (1/m),
+    frc, counts and the resolution (m) at the 1/7 and half-bit thresholds.
+    """
+    if maps1.shape != maps2.shape or not np.isclose(maps1.pixel_size, maps2.pixel_size):
+        raise InputError("FRC needs two maps on the same grid (shape and pixel size)")
+    if name not in MAP_FIELDS and name not in maps1.extra:
+        raise InputError(f"unknown map {name!r}")
+
+    def get(mp):
+        return np.asarray(getattr(mp, name) if name in MAP_FIELDS else mp.extra[name], dtype=np.float64)
+
+    a, b = get(maps1), get(maps2)
+    both = np.asarray(maps1.valid).astype(bool) & np.asarray(maps2.valid).astype(bool) & np.isfinite(a) & np.isfinite(b)
+    if not both.any():
+        raise InputError(f"no pixel of {name} is valid in both reconstructions")
+    a = np.where(both, a, np.nan)
+    b = np.where(both, b, np.nan)
+    freq, c, counts = frc(a, b, maps1.pixel_size, window=window, return_counts=True)
+    return {
+        "name": name,
+        "freq": freq,
+        "frc": c,
+        "counts": counts,
+        "resolution_1_7": resolution(freq, c, "1/7", counts),
+        "resolution_halfbit": resolution(freq, c, "halfbit", counts),
+    }

@@ -1,0 +1,242 @@
+"""Evaluation against ground truth (hand-made maps with known errors) and FRC."""
+
+import json
+
+import numpy as np
+import pytest
+
+from diffxas.evaluate import (
+    cluster_agreement,
+    evaluate,
+    frc,
+    frc_maps,
+    history_summary,
+    resample_truth,
+    resolution,
+    threshold_curve,
+)
+from diffxas.maps import MAP_FIELDS, ChemMaps, Result, Truth
+
+PX = 40e-9  # coarse (result) pixel, m
+
+
+def coarse_truth(h=12, w=16):
+    """Coarse truth: two domains in a rectangle particle (rows 2..9, cols 2..13), rim
+    of low n_v (row 1) that the 0.25 x max rule excludes, vacuum elsewhere."""
+    lab = np.full((h, w), -1, np.int16)
+    lab[2:10, 2:8] = 0
+    lab[2:10, 8:14] = 1
+    nv = np.zeros((h, w))
+    nv[2:10, 2:14] = 1e20
+    nv[2:10, 8:14] = 2e20
+    nv[1, 2:14] = 0.1e20  # thin edge, below 0.25 * max
+    part = nv > 0
+    ee = np.where(lab == 1, 5482.0, 5480.0)
+    maps = {
+        "n_v": nv,
+        "edge_energy": np.where(part, ee, np.nan),
+        "pre_edge_norm": np.where(part, np.where(lab == 1, 0.4, 0.9), np.nan),
+        "ne_eff_per_nv": np.where(part, np.where(lab == 1, 21.0, 19.0), np.nan),
+        "edge_width": np.where(part, 2.0, np.nan),
+        "edge_jump": nv * 1e-21,
+        "pre_edge": nv * 1e-22,
+    }
+    return maps, lab
+
+
+def fine_truth(maps, lab, f=2):
+    """The coarse truth sampled f x finer (piecewise constant blocks), aligned grids."""
+    d = PX / f
+    o = -0.5 * PX + 0.5 * d  # fine pixel [0, 0] centre so that block edges coincide
+    up = lambda a: np.kron(a, np.ones((f, f)))  # noqa: E731
+    return Truth(maps={k: up(v) for k, v in maps.items()}, labels=up(lab).astype(np.int16),
+                 domain_names=["V4+", "V5+"], params={}, pixel_size=d, origin=(o, o),
+                 energies=np.linspace(5460, 5500, 5), reference_energy=5450.0)
+
+
+def chem(maps, valid=None, **over):
+    m = dict(maps)
+    m.update(over)
+    if valid is None:
+        valid = np.isfinite(m["edge_energy"])
+    return ChemMaps(**{k: np.where(valid, m[k], np.nan) for k in MAP_FIELDS}, valid=valid, pixel_size=PX,
+                    origin=(0.0, 0.0), reference_energy=5450.0, delta_f2_v=3.4, scattering_table="test")
+
+
+def test_resample_exact_on_blocks():
+    # Reference: the coarse maps the fine truth was made from; exact (rtol 1e-12).
+    maps, lab = coarse_truth()
+    tr = resample_truth(fine_truth(maps, lab), PX, (0.0, 0.0), lab.shape)
+    for k, v in maps.items():
+        np.testing.assert_allclose(tr[k], v, rtol=1e-12, equal_nan=True, err_msg=k)
+    np.testing.assert_array_equal(tr["labels"], lab)
+    np.testing.assert_allclose(tr["area_fraction"], 1.0)
+    # 3x finer too (odd ratio): still exact.
+    tr3 = resample_truth(fine_truth(maps, lab, f=3), PX, (0.0, 0.0), lab.shape)
+    np.testing.assert_allclose(tr3["edge_energy"], maps["edge_energy"], rtol=1e-12, equal_nan=True)
+
+
+def test_resample_mixed_pixel_weights():
+    # A coarse pixel straddling two fine columns of different content, by hand:
+    # extensive = area mean, intensive = n_v-weighted mean. Exact to 1e-12.
+    d = PX / 2
+    nv = np.array([[1e20, 3e20]] * 2)
+    ee = np.array([[5480.0, 5484.0]] * 2)
+    t = Truth(maps={"n_v": nv, "edge_energy": ee}, labels=np.array([[0, 1]] * 2, np.int16), domain_names=["a", "b"],
+              params={}, pixel_size=d, origin=(-0.5 * d, -0.5 * d), energies=np.zeros(1), reference_energy=0.0)
+    tr = resample_truth(t, PX, (0.0, 0.0), (1, 1))
+    assert tr["n_v"][0, 0] == pytest.approx(2e20, rel=1e-12)
+    assert tr["edge_energy"][0, 0] == pytest.approx((5480 * 1 + 5484 * 3) / 4, rel=1e-12)
+    # Outside the truth grid: NaN, label -1.
+    tr = resample_truth(t, PX, (10 * PX, 0.0), (1, 1))
+    assert np.isnan(tr["n_v"][0, 0]) and tr["labels"][0, 0] == -1
+
+
+def test_constant_offset_bias_and_rmse():
+    # Reference: edge energy + 0.5 eV everywhere -> bias 0.5, RMSE 0.5 (rtol 1e-9).
+    maps, lab = coarse_truth()
+    truth = fine_truth(maps, lab)
+    res = chem(maps, edge_energy=maps["edge_energy"] + 0.5)
+    m = evaluate(res, truth)
+    assert m["n_region"] == 8 * 12  # the thin edge row is excluded
+    assert m["coverage"] == 1.0
+    assert m["edge_energy"]["bias"] == pytest.approx(0.5, rel=1e-9)
+    assert m["edge_energy"]["rmse"] == pytest.approx(0.5, rel=1e-9)
+    assert m["pre_edge_norm"]["rmse"] == pytest.approx(0.0, abs=1e-12)
+    assert m["n_v"]["rel_rms"] == pytest.approx(0.0, abs=1e-12)
+    json.dumps(m, allow_nan=False)
+
+
+def test_alternating_error_and_coverage_and_nv():
+    # Reference: +-0.3 eV checkerboard -> RMSE 0.3, bias 0 (abs 1e-9); 24 of the 96
+    # region pixels invalid -> coverage 0.75 (exact); n_v x1.1 on half the valid pixels,
+    # x0.8 on the other half -> relative RMS sqrt((0.1^2 + 0.2^2)/2), median |.| 0.15.
+    maps, lab = coarse_truth()
+    truth = fine_truth(maps, lab)
+    rr, cc = np.indices(lab.shape)
+    sign = np.where((rr + cc) % 2 == 0, 1.0, -1.0)
+    valid = np.isfinite(maps["edge_energy"]).copy()
+    valid[2:4, 2:14] = False  # 24 pixels, 12 of each checkerboard sign
+    nvf = np.where(cc % 2 == 0, 1.1, 0.8)  # columns alternate: equal counts in the valid part
+    res = chem(maps, valid=valid, edge_energy=maps["edge_energy"] + 0.3 * sign, n_v=maps["n_v"] * nvf)
+    m = evaluate(res, truth)
+    assert m["coverage"] == 0.75
+    assert m["edge_energy"]["n"] == 72
+    assert m["edge_energy"]["rmse"] == pytest.approx(0.3, rel=1e-9)
+    assert m["edge_energy"]["bias"] == pytest.approx(0.0, abs=1e-9)
+    assert m["n_v"]["rel_rms"] == pytest.approx(np.sqrt((0.01 + 0.04) / 2), rel=1e-9)
+    assert m["n_v"]["rel_median_abs"] == pytest.approx(0.15, rel=1e-9)
+    assert m["n_v"]["rel_bias"] == pytest.approx(-0.05, rel=1e-9)
+
+
+def test_cluster_ari_confusion_and_history():
+    maps, lab = coarse_truth()
+    truth = fine_truth(maps, lab)
+    res_maps = chem(maps)
+    K = 3
+    # Clusters = truth domains with swapped ids -> ARI 1 (exact), matched accuracy 1.
+    clab = np.where(lab >= 0, 1 - lab, -1).astype(np.int16)
+    clab[1, 2:14] = -1
+    result = Result(method="joint", maps=res_maps, energies=np.linspace(5460, 5500, K),
+                    absorption=np.zeros((K,) + lab.shape), phase=np.zeros((K,) + lab.shape),
+                    probes=np.ones((K, 4, 4), np.complex64), probe_pixel_size=np.full(K, PX),
+                    history={"loss": np.array([5.0, 2.0, 1.5, np.nan]), "time": np.array([1.0, 1.0, 0.5])},
+                    config={}, clusters={"labels": clab, "k": 2})
+    m = evaluate(result, truth)
+    cl = m["clusters"]
+    assert cl["ari"] == 1.0 and cl["matched_accuracy"] == 1.0
+    assert {(p["domain"], p["cluster"]) for p in cl["matching"]} == {("V4+", 1), ("V5+", 0)}
+    assert m["history"]["final_loss"] == 1.5 and m["history"]["iterations"] == 4
+    assert m["history"]["wall_time_s"] == 2.5
+    assert m["method"] == "joint"
+    json.dumps(m, allow_nan=False)
+
+
+def test_cluster_agreement_known_confusion():
+    # 10 pixels of domain 0, 10 of domain 1; 2 of domain 1 put in domain 0's cluster.
+    t = np.array([0] * 10 + [1] * 10)
+    c = np.array([5] * 12 + [7] * 8)
+    r = cluster_agreement(c, t, np.ones(20, bool), ["a", "b"])
+    assert r["confusion"] == [[10, 0], [2, 8]]
+    assert r["matched_accuracy"] == pytest.approx(18 / 20, rel=1e-12)
+    assert 0 < r["ari"] < 1
+
+
+def test_history_summary_cumulative():
+    h = history_summary({"loss": [3.0, 2.0], "elapsed": [1.0, 4.0]})
+    assert h == {"final_loss": 2.0, "iterations": 2, "wall_time_s": 4.0, "loss_key": "loss"}
+    assert history_summary({})["final_loss"] is None
+
+
+def _bandlimited(n, fc, rng):
+    """White noise low-passed to radial frequency fc (cycles/pixel)."""
+    f = np.fft.fftfreq(n)
+    keep = np.hypot(f[:, None], f[None, :]) <= fc
+    return np.fft.ifft2(np.fft.fft2(rng.standard_normal((n, n))) * keep).real
+
+
+@pytest.mark.parametrize("fc", [0.15, 0.3])
+def test_frc_bandlimited_resolution(fc):
+    # Reference: the cutoff fc -> resolution pixel/fc; tolerance 10 %. Signal power
+    # inside the band >> noise; outside it, only independent noise in the two halves.
+    rng = np.random.default_rng(1)
+    n, px = 256, 10e-9
+    s = _bandlimited(n, fc, rng)
+    s /= s.std()
+    # In-band SNR 20: unit signal variance spread over pi fc^2 of the frequency plane.
+    noise = np.sqrt(1.0 / (20 * np.pi * fc**2))
+    a = s + noise * rng.standard_normal((n, n))
+    b = s + noise * rng.standard_normal((n, n))
+    freq, c, counts = frc(a, b, px, return_counts=True)
+    for thr in ("1/7", "halfbit"):
+        res = resolution(freq, c, thr, counts)
+        assert res == pytest.approx(px / fc, rel=0.10), thr
+    # Default ring counts (2 pi r) give the same answer here.
+    assert resolution(freq, c, "halfbit") == pytest.approx(px / fc, rel=0.10)
+
+
+def test_frc_identical_and_nan():
+    rng = np.random.default_rng(2)
+    img = rng.standard_normal((64, 80))  # non-square
+    img[:5, :7] = np.nan
+    freq, c = frc(img, img, 1e-8)
+    assert np.all(np.isfinite(c))
+    np.testing.assert_allclose(c[1:], 1.0, atol=1e-12)  # identical -> FRC 1
+    assert freq[1] == pytest.approx(1 / (80 * 1e-8))
+    # Never crosses: limited by the sampling (two pixels, 1/freq[-1]).
+    assert resolution(freq, c, "1/7") == pytest.approx(2e-8, rel=1e-12)
+    # Independent noise -> FRC scatters around 0 with ~ 1/sqrt(ring count).
+    _, c2, counts = frc(rng.standard_normal((128, 128)), rng.standard_normal((128, 128)), 1e-8, return_counts=True)
+    assert np.all(np.abs(c2[4:]) < 5 / np.sqrt(counts[4:]))
+
+
+def test_thresholds():
+    # Half-bit -> 0.2071/1.2071 = 0.1716 for large rings; one-bit -> 1/3; 1/7 constant.
+    assert threshold_curve("halfbit", [1e12])[0] == pytest.approx(0.2071 / 1.2071, rel=1e-5)
+    assert threshold_curve("onebit", [1e12])[0] == pytest.approx(1 / 3, rel=1e-5)
+    assert threshold_curve("1/7", [5])[0] == pytest.approx(1 / 7)
+    assert threshold_curve("halfbit", [1])[0] == pytest.approx((0.2071 + 1.9102) / (1.2071 + 0.9102))
+    with pytest.raises(ValueError):
+        threshold_curve("bogus", [1])
+
+
+def test_frc_maps_split():
+    rng = np.random.default_rng(3)
+    n, fc = 96, 0.2
+    s = _bandlimited(n, fc, rng)
+    s = 5480 + s / s.std()
+    noise = np.sqrt(1.0 / (20 * np.pi * fc**2))  # in-band SNR 20
+    valid = np.ones((n, n), bool)
+    valid[:4] = False
+
+    sigma = noise
+
+    def mk(noise):
+        e = s + sigma * noise
+        return ChemMaps(**{k: np.full((n, n), 1.0) for k in MAP_FIELDS if k != "edge_energy"},
+                        edge_energy=np.where(valid, e, np.nan), valid=valid, pixel_size=PX, origin=(0.0, 0.0),
+                        reference_energy=5450.0, delta_f2_v=3.4, scattering_table="t")
+
+    r = frc_maps(mk(rng.standard_normal((n, n))), mk(rng.standard_normal((n, n))), "edge_energy")
+    assert r["resolution_1_7"] == pytest.approx(PX / fc, rel=0.15)
+    assert r["freq"].shape == r["frc"].shape == r["counts"].shape
