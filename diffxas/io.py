@@ -451,6 +451,66 @@ def _select(path, n_entries: int, energies) -> list[int]:
     return idx
 
 
+def _check_illumination_all_or_none(path, chosen: list[_Entry]) -> bool:
+    flags = [en.has_illumination for en in chosen]
+    if any(flags) and not all(flags):
+        missing, have = chosen[flags.index(False)], chosen[flags.index(True)]
+        raise _err(path, f"/{missing.name}/{_SRC}/illumination",
+                   f"missing dataset (present in /{have.name}; give it for every energy or none)")
+    return all(flags)
+
+
+def _load_entry(path, f: h5py.File, en: _Entry, frames: np.ndarray, with_illumination: bool):
+    """Read one entry's frames into ``frames`` (shape (N_k, M, M), float32) and return
+    (positions (N_k, 2), mask weights (M, M), illumination (M, M) or None), validating values."""
+    e = f[en.name]
+    m = en.frame_size
+    ds = e[f"{_DET}/data"]
+    try:  # straight into the caller's block (HDF5 converts the type)
+        ds.read_direct(frames)
+    except _READ_ERRORS as exc:
+        raise _err(path, ds.name, f"cannot read (truncated or corrupt file?): {exc}") from None
+    finite = np.isfinite(frames).all(axis=(1, 2))
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise _err(path, ds.name, f"frame {bad} contains NaN or inf counts")
+    if ds.dtype.kind != "u":
+        neg = (frames < 0).any(axis=(1, 2))
+        if neg.any():
+            bad = int(np.argmax(neg))
+            raise _err(path, ds.name, f"frame {bad} contains negative counts (min {frames[bad].min():g})")
+    # positions: probe centre = -translation[:, :2]
+    tds = e[_TRANS]
+    tr = _read(path, tds, dtype=np.float64)
+    if not np.isfinite(tr).all():
+        bad = int(np.argmin(np.isfinite(tr).all(axis=1)))
+        raise _err(path, tds.name, f"row {bad} is not finite")
+    if np.abs(tr).max() > _TRANSLATION_MAX_M:
+        bad = int(np.argmax(np.abs(tr).max(axis=1)))
+        raise _err(path, tds.name,
+                   f"row {bad} = [{', '.join(f'{v:.4g}' for v in tr[bad])}] m is not plausible (|translation| > "
+                   f"{_TRANSLATION_MAX_M:g} m; CXI stores m)")
+    positions = -tr[:, :2]
+    # mask: non-zero = not used  ->  weight 0
+    weights = np.ones((m, m), dtype=np.float32)
+    if en.has_mask:
+        mds = e[f"{_DET}/mask"]
+        mk = _read(path, mds)
+        if mds.dtype.kind == "f" and not np.isfinite(mk).all():
+            raise _err(path, mds.name, "contains NaN or inf")
+        weights = (mk == 0).astype(np.float32)
+        if not weights.any():
+            raise _err(path, mds.name, "excludes every pixel")
+    probe = None
+    if with_illumination:
+        ids = e[f"{_SRC}/illumination"]
+        p = _read(path, ids)
+        if not np.isfinite(p).all():
+            raise _err(path, ids.name, "contains NaN or inf")
+        probe = p.astype(np.complex64)
+    return positions, weights, probe
+
+
 def read_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
     """Read (a subset of the energies of) a multi-energy CXI file into a :class:`Dataset`.
 
@@ -471,69 +531,23 @@ def read_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
     path = Path(path)
     with _open_h5(path) as f:
         entries = _scan_cxi(path, f)
-        sel = _select(path, len(entries), energies)
-        chosen = [entries[i] for i in sel]
-        with_illum = [en.has_illumination for en in chosen]
-        if any(with_illum) and not all(with_illum):
-            missing = chosen[with_illum.index(False)]
-            have = chosen[with_illum.index(True)]
-            raise _err(path, f"/{missing.name}/{_SRC}/illumination",
-                       f"missing dataset (present in /{have.name}; give it for every energy or none)")
+        chosen = [entries[i] for i in _select(path, len(entries), energies)]
+        with_illum = _check_illumination_all_or_none(path, chosen)
         m = chosen[0].frame_size
         n_total = sum(en.n_frames for en in chosen)
         frames = np.empty((n_total, m, m), dtype=np.float32)
         positions = np.empty((n_total, 2), dtype=np.float64)
         energy_index = np.empty(n_total, dtype=np.int32)
         mask = np.ones((len(chosen), m, m), dtype=np.float32)
-        illum = np.empty((len(chosen), m, m), dtype=np.complex64) if all(with_illum) else None
+        illum = np.empty((len(chosen), m, m), dtype=np.complex64) if with_illum else None
         start = 0
         for k, en in enumerate(chosen):
-            e = f[en.name]
             stop = start + en.n_frames
-            # frames: read straight into the output block (HDF5 converts the type)
-            ds = e[f"{_DET}/data"]
-            block = frames[start:stop]
-            try:
-                ds.read_direct(block)
-            except _READ_ERRORS as exc:
-                raise _err(path, ds.name, f"cannot read (truncated or corrupt file?): {exc}") from None
-            finite = np.isfinite(block).all(axis=(1, 2))
-            if not finite.all():
-                bad = int(np.argmin(finite))
-                raise _err(path, ds.name, f"frame {bad} contains NaN or inf counts")
-            if ds.dtype.kind != "u":
-                neg = (block < 0).any(axis=(1, 2))
-                if neg.any():
-                    bad = int(np.argmax(neg))
-                    raise _err(path, ds.name, f"frame {bad} contains negative counts (min {block[bad].min():g})")
-            # positions
-            tds = e[_TRANS]
-            tr = _read(path, tds, dtype=np.float64)
-            if not np.isfinite(tr).all():
-                bad = int(np.argmin(np.isfinite(tr).all(axis=1)))
-                raise _err(path, tds.name, f"row {bad} is not finite")
-            if np.abs(tr).max() > _TRANSLATION_MAX_M:
-                bad = int(np.argmax(np.abs(tr).max(axis=1)))
-                raise _err(path, tds.name,
-                           f"row {bad} = {tr[bad].tolist()} m is not plausible (|translation| > "
-                           f"{_TRANSLATION_MAX_M:g} m; CXI stores m)")
-            positions[start:stop] = -tr[:, :2]
+            pos, mask[k], probe = _load_entry(path, f, en, frames[start:stop], with_illum)
+            positions[start:stop] = pos
             energy_index[start:stop] = k
-            # mask: non-zero = not used  ->  weight 0
-            if en.has_mask:
-                mds = e[f"{_DET}/mask"]
-                mk = _read(path, mds)
-                if mds.dtype.kind == "f" and not np.isfinite(mk).all():
-                    raise _err(path, mds.name, "contains NaN or inf")
-                mask[k] = (mk == 0).astype(np.float32)
-                if not mask[k].any():
-                    raise _err(path, mds.name, "excludes every pixel")
             if illum is not None:
-                ids = e[f"{_SRC}/illumination"]
-                p = _read(path, ids)
-                if not np.isfinite(p).all():
-                    raise _err(path, ids.name, "contains NaN or inf")
-                illum[k] = p.astype(np.complex64)
+                illum[k] = probe
             start = stop
         return Dataset(
             frames=frames,
@@ -621,31 +635,28 @@ def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compressi
 
 
 def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
-    """Per-energy mean counts per frame, mask fraction, scan extent (reads data in blocks)."""
+    """Per-energy mean counts per frame, mask fraction, scan extent; validates every value
+    exactly like :func:`read_cxi` (one entry in memory at a time)."""
+    with_illum = _check_illumination_all_or_none(path, entries)
     dose, masked, lo, hi, illum_photons = [], [], None, None, []
     for en in entries:
-        e = f[en.name]
-        ds = e[f"{_DET}/data"]
-        step = max(1, (ds.chunks or (16,))[0])
-        total = 0.0
-        for a in range(0, en.n_frames, step):
-            total += float(_read(path, ds, np.s_[a:a + step], dtype=np.float64).sum())
-        dose.append(total / en.n_frames)
-        if en.has_mask:
-            masked.append(float((_read(path, e[f"{_DET}/mask"]) != 0).mean()))
-        else:
-            masked.append(0.0)
-        pos = -_read(path, e[_TRANS], dtype=np.float64)[:, :2]
+        frames = np.empty((en.n_frames, en.frame_size, en.frame_size), dtype=np.float32)
+        pos, weights, probe = _load_entry(path, f, en, frames, with_illum)
+        dose.append(float(frames.sum(dtype=np.float64)) / en.n_frames)
+        masked.append(float((weights == 0).mean()))
         lo = pos.min(0) if lo is None else np.minimum(lo, pos.min(0))
         hi = pos.max(0) if hi is None else np.maximum(hi, pos.max(0))
-        if en.has_illumination:
-            illum_photons.append(float((np.abs(_read(path, e[f"{_SRC}/illumination"])) ** 2).sum()))
+        if probe is not None:
+            illum_photons.append(float((np.abs(probe.astype(np.complex128)) ** 2).sum()))
     return {"dose": np.array(dose), "masked": np.array(masked), "lo": lo, "hi": hi,
             "illum_photons": np.array(illum_photons)}
 
 
 def cxi_summary(path) -> str:
-    """A human-readable multi-line summary of a CXI file (for ``diffxas info``)."""
+    """A human-readable multi-line summary of a CXI file (for ``diffxas info``).
+
+    Validates the whole file like :func:`read_cxi` (same errors), reading one entry at a time.
+    """
     path = Path(path)
     with _open_h5(path) as f:
         entries = _scan_cxi(path, f)
@@ -669,9 +680,8 @@ def cxi_summary(path) -> str:
         + (f" ({stats['dose'].min():.4g} .. {stats['dose'].max():.4g} over energies)" if en.size > 1 else ""),
         f"  mask:              {100 * stats['masked'].mean():.3g} % of detector pixels not used",
         "  illumination:      "
-        + (f"present in {sum(e.has_illumination for e in entries)} of {len(entries)} entries "
-           f"(mean sum |P|^2 = {stats['illum_photons'].mean():.4g} photons per frame)"
-           if any(e.has_illumination for e in entries) else "absent"),
+        + (f"present (mean sum |P|^2 = {stats['illum_photons'].mean():.4g} photons per frame)"
+           if stats["illum_photons"].size else "absent"),
         f"  scan (probe x, y): x {_si(stats['lo'][0], 'm')} .. {_si(stats['hi'][0], 'm')}, "
         f"y {_si(stats['lo'][1], 'm')} .. {_si(stats['hi'][1], 'm')}",
     ]
