@@ -257,7 +257,7 @@ def _open_h5(path) -> Iterator[h5py.File]:
         yield f
     except InputError:
         raise
-    except _READ_ERRORS as e:
+    except (OSError, RuntimeError, KeyError) as e:  # what h5py raises on damaged files
         raise _err(p, None, f"cannot read file (truncated or corrupt?): {type(e).__name__}: {e}") from None
     finally:
         with contextlib.suppress(Exception):
