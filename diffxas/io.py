@@ -252,7 +252,7 @@ def _open_h5(path) -> Iterator[h5py.File]:
             raise _err(p, None, "permission denied") from None
         if not _has_hdf5_signature(p):
             raise _err(p, None, "not an HDF5 file") from None
-        raise _err(p, None, f"cannot open HDF5 file (truncated or corrupt): {e}") from None
+        raise _err(p, None, f"cannot open HDF5 file (truncated or corrupt?): {e}") from None
     try:
         yield f
     except InputError:
