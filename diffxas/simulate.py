@@ -334,7 +334,7 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
     M, os_ = cfg.frame_size, cfg.oversample
     nominal = raster_positions(cfg, rng)
     n_pos = nominal.shape[0]
-    dx = object_pixel_size(energies, cfg.distance, cfg.detector_pixel, M)
+    dx = np.asarray(object_pixel_size(energies, cfg.distance, cfg.detector_pixel, M), np.float64)
     lam = wavelength(energies)
     na = numerical_aperture_for_fwhm(cfg.probe_fwhm, wavelength(e_ref))
     mem_a, mem_phi = membrane(energies, cfg.membrane_thickness, cfg.table)
@@ -362,7 +362,10 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
         tp = nominal + err
         drift = cfg.probe_drift * (energies[k] - energies[0]) / max(energies[-1] - energies[0], 1e-9)
         d_os = dx[k] / os_
-        grid = grid_covering(tp, d_os, os_ * M, margin_px=2 * os_)
+        # one grid shape for all energies (the finest pixel's), so the frame kernel compiles once
+        g_fine = grid_covering(nominal, dx.min() / os_, os_ * M, margin_px=2 * os_ + int(4 * cfg.position_error / dx.min() * os_) + 2)
+        grid = Grid(pixel_size=float(d_os), shape=tuple(int(n) for n in g_fine.shape),
+                    origin=(float(g_fine.center[0] - 0.5 * (g_fine.shape[1] - 1) * d_os), float(g_fine.center[1] - 0.5 * (g_fine.shape[0] - 1) * d_os)))
         xs, ys = grid.coords()
         X, Y = np.meshgrid(xs, ys)
         p, _, _ = phantom_fields(ph, X, Y, edge, e_ref)

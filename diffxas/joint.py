@@ -1,0 +1,624 @@
+r"""The joint solver: chemical-state maps fitted directly to every diffraction pattern.
+
+The object at every energy is not a free unknown: it is computed from per-pixel
+parameters of the seed's eq. 1 (absorption) and a composition map (phase, through the
+KK-consistent f'_V of :mod:`diffxas.spectra`) on one common grid, resampled exactly onto
+each energy's grid (:func:`diffxas.forward.resample_stack`), and compared with every frame
+of every energy at once through the shared forward model. Gradients come from JAX
+autodiff; the optimiser is optax Adam with per-group learning rates.
+
+Parameterisation (trainable leaves are real and dimensionless, "natural units")
+------------------------------------------------------------------------------
+* amplitudes ``a, b1, c11, c21`` = ``amp_scale * raw`` (``amp_scale`` = the data's edge
+  jump, estimated at initialisation), so raw values are O(1);
+* ``n_other`` (non-V electrons per m^2) = ``amp_scale / (r_e lambda_0 Delta f'') * 20 * raw``
+  (electrons per V of order 20 <-> raw of order 1);
+* energies ``b2, c12, c22`` = ``mid + half * tanh(raw / half)`` in eV: bounded to the
+  scanned range, ~identity (1 raw unit = 1 eV) inside it;
+* widths ``b3, c13, c23`` = ``w_min + softplus(raw)`` in eV (positive).
+Each parameter is per pixel or shared (a scalar) according to ``JointConfig.per_pixel``.
+Adam normalises each element's step by its gradient RMS, i.e. it is a diagonal
+preconditioner; with the natural units above a learning rate means "eV per step" for
+energies and "fraction of the edge jump per step" for amplitudes, whatever the dose or
+sample thickness.
+
+Nuisances: one complex probe per energy (real and imaginary leaves, refined after
+``probe_start`` steps), optional per-frame position corrections (pixels) and per-frame
+intensity scale. The membrane/uniform background is the zero of absorption and phase;
+its per-energy complex transmission is absorbed into each energy's probe.
+
+Initialisation (``JointConfig.init``)
+-------------------------------------
+* ``"stxm"`` (default, cold start): the integrated counts of each frame over the
+  membrane-only frames give the probe-averaged transmission -> a low-resolution
+  absorption stack (bright-field STXM) on the map grid; eq. 1 is fitted to it per pixel
+  by variable projection (shape parameters from the mean particle spectrum, amplitudes by
+  exact per-pixel least squares). The large-scale structure of the maps is right from
+  step 0, so the solver only has to add resolution (this replaces a coarse-to-fine
+  continuation: the coarse level comes from the data directly);
+* ``"flat"``: flat maps from the mean STXM spectrum (for the record / ablations);
+* ``"result"``: warm start from a results file (its maps and refined probes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .constants import R_E
+from .dataset import Dataset
+from .errors import ConfigError, DivergenceError
+from .forward import (frame_geometry, illumination_map, intensities, loss_fn, resample_matrices, resample_stack,
+                      transmission)
+from .geometry import Grid, wavelength
+from .maps import ChemMaps, Result
+from .scattering import VEdge
+from .spectra import (PARAM_NAMES, XanesParams, absorption, linear_design, n_v, ne_eff_per_nv, phase, pre_edge,
+                      pre_edge_norm)
+
+ALL_PARAMS = PARAM_NAMES + ("n_other",)
+AMPLITUDES = ("a", "b1", "c11", "c21")
+POSITIONS = ("b2", "c12", "c22")
+WIDTHS = ("b3", "c13", "c23")
+WIDTH_MIN = {"b3": 0.5, "c13": 0.3, "c23": 0.3}
+
+
+@dataclasses.dataclass(frozen=True)
+class JointConfig:
+    """Configuration of the joint solver (frozen, validated). Energies in eV."""
+
+    steps: int = 300
+    loss: str = "amplitude"
+    batch_size: int | None = None
+    chunk_size: int = 512
+    lr_amp: float = 0.02
+    lr_energy: float = 0.1
+    lr_probe: float = 0.01
+    lr_positions: float = 0.0
+    probe_start: int = 20
+    per_pixel: tuple[str, ...] = ALL_PARAMS
+    tv_weight: float = 0.0
+    init: str = "stxm"
+    init_result: str | None = None
+    reference_energy: float | None = None
+    valid_jump_fraction: float = 0.1
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 50
+    table: str = "chantler"
+    lr_decay: float = 0.1
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise ConfigError(f"steps must be >= 0, got {self.steps}")
+        if self.loss not in ("amplitude", "poisson"):
+            raise ConfigError(f"loss must be 'amplitude' or 'poisson', got {self.loss!r}")
+        bad = sorted(set(self.per_pixel) - set(ALL_PARAMS))
+        if bad:
+            raise ConfigError(f"per_pixel names unknown parameters {bad}; known: {list(ALL_PARAMS)}")
+        if self.init not in ("stxm", "flat", "result"):
+            raise ConfigError(f"init must be 'stxm', 'flat' or 'result', got {self.init!r}")
+        if self.init == "result" and not self.init_result:
+            raise ConfigError("init='result' needs init_result (a results file)")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError("batch_size must be positive or None (full batch)")
+        if self.chunk_size < 1:
+            raise ConfigError("chunk_size must be positive")
+        for name in ("lr_amp", "lr_energy", "lr_probe", "lr_positions", "tv_weight"):
+            if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be finite and >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["per_pixel"] = list(self.per_pixel)
+        return d
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+class Scales(eqx.Module):
+    """Static transforms between raw leaves and physical parameters."""
+
+    amp: float = eqx.field(static=True)
+    n_other: float = eqx.field(static=True)
+    e_mid: float = eqx.field(static=True)
+    e_half: float = eqx.field(static=True)
+
+
+class JointParams(eqx.Module):
+    """Trainable leaves (all real)."""
+
+    raw: dict  # name -> (H, W) or () raw values
+    probe_re: jax.Array  # (K, M, M)
+    probe_im: jax.Array
+    dpos: jax.Array  # (F, 2) position corrections, pixels of each frame's energy grid (row, col)
+
+
+def _softplus_inv(y):
+    return np.log(np.expm1(np.maximum(y, 1e-6)))
+
+
+def to_raw(name: str, value, sc: Scales):
+    """Physical -> raw (numpy)."""
+    v = np.asarray(value, np.float64)
+    if name in AMPLITUDES:
+        return v / sc.amp
+    if name == "n_other":
+        return v / sc.n_other
+    if name in POSITIONS:
+        z = np.clip((v - sc.e_mid) / sc.e_half, -0.999, 0.999)
+        return sc.e_half * np.arctanh(z)
+    return _softplus_inv(v - WIDTH_MIN[name])
+
+
+def from_raw(name: str, raw, sc: Scales):
+    """Raw -> physical (JAX)."""
+    if name in AMPLITUDES:
+        return sc.amp * raw
+    if name == "n_other":
+        return sc.n_other * raw
+    if name in POSITIONS:
+        return sc.e_mid + sc.e_half * jnp.tanh(raw / sc.e_half)
+    return WIDTH_MIN[name] + jax.nn.softplus(raw)
+
+
+def physical(params: JointParams, sc: Scales) -> XanesParams:
+    return XanesParams(**{k: from_raw(k, params.raw[k], sc) for k in ALL_PARAMS})
+
+
+# ----------------------------------------------------------------------------- static problem
+
+
+class Problem(eqx.Module):
+    """Everything the step needs that is not trained (arrays on device, shapes static)."""
+
+    frames: jax.Array  # (F, M, M)
+    weight: jax.Array  # (K, M, M) detector mask
+    energy_index: jax.Array  # (F,)
+    corner: jax.Array  # (F, 2)
+    frac: jax.Array  # (F, 2)
+    energies: jax.Array  # (K,)
+    ry: jax.Array  # (K, N, H) common -> energy grid
+    rx: jax.Array  # (K, N, W)
+    illuminated: jax.Array  # (H, W) bool
+    edge: VEdge
+    scales: Scales
+
+
+def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, common: Grid | None = None) -> tuple[Problem, Grid, list[Grid]]:
+    common = ds.common_grid() if common is None else common
+    grids = ds.energy_grids(common)
+    shapes = {g.shape for g in grids}
+    if len(shapes) != 1:  # pad to one shape, keeping each grid's centre
+        ny = max(s[0] for s in shapes)
+        nx = max(s[1] for s in shapes)
+        grids = [Grid(pixel_size=g.pixel_size, shape=(ny, nx), origin=(g.center[0] - 0.5 * (nx - 1) * g.pixel_size, g.center[1] - 0.5 * (ny - 1) * g.pixel_size)) for g in grids]
+    M = ds.frame_size
+    ei = np.asarray(ds.energy_index)
+    pos = np.asarray(ds.positions, np.float64)
+    corner = np.zeros((ds.n_frames, 2), np.int32)
+    frac = np.zeros((ds.n_frames, 2), np.float32)
+    ry, rx = [], []
+    for k, g in enumerate(grids):
+        idx = np.nonzero(ei == k)[0]
+        c, f = frame_geometry(pos[idx], g, M)
+        corner[idx], frac[idx] = c, f
+        a, b = resample_matrices(common, g)
+        ry.append(a)
+        rx.append(b)
+    # illuminated area on the common grid: footprint of all frames of the lowest energy
+    # (its grid has the common pixel), probe intensity from the illumination or a disc.
+    k0 = int(np.argmax(ds.pixel_sizes()))
+    idx0 = np.nonzero(ei == k0)[0]
+    c0, f0 = frame_geometry(pos[idx0], common, M)
+    if ds.illumination is not None:
+        pint = np.abs(np.asarray(ds.illumination[k0])) ** 2
+    else:
+        yy, xx = np.mgrid[:M, :M] - M // 2
+        pint = (xx ** 2 + yy ** 2 < (M / 8) ** 2).astype(np.float32)
+    ill = np.asarray(illumination_map(jnp.asarray(pint[None], jnp.float32), np.zeros(len(idx0), np.int32), c0, f0, common.shape))[0]
+    illuminated = ill > 0.1 * np.max(ill) * 1.0 if ill.max() > 0 else np.zeros(common.shape, bool)
+    # require full-dose coverage: at least 25 % of the median of the covered interior
+    med = np.median(ill[ill > 0.5 * ill.max()]) if ill.max() > 0 else 0.0
+    illuminated = ill >= 0.25 * med
+    prob = Problem(frames=jnp.asarray(ds.frames, jnp.float32), weight=jnp.asarray(ds.mask, jnp.float32),
+                   energy_index=jnp.asarray(ei, jnp.int32), corner=jnp.asarray(corner), frac=jnp.asarray(frac),
+                   energies=jnp.asarray(ds.energies, jnp.float32), ry=jnp.asarray(np.stack(ry), jnp.float32),
+                   rx=jnp.asarray(np.stack(rx), jnp.float32), illuminated=jnp.asarray(illuminated), edge=edge,
+                   scales=scales)
+    return prob, common, grids
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def model_fields(params: JointParams, prob: Problem):
+    """Absorption and phase stacks (K, H, W) on the common grid from the parameters."""
+    p = physical(params, prob.scales)
+    return absorption(p, prob.energies), phase(p, prob.energies, prob.edge)
+
+
+def model_objects(params: JointParams, prob: Problem):
+    """Complex transmission of every energy on its own grid (K, N, N)."""
+    a, phi = model_fields(params, prob)
+    return transmission(resample_stack(a, prob.ry, prob.rx), resample_stack(phi, prob.ry, prob.rx))
+
+
+def _tv(x):
+    dy = jnp.diff(x, axis=-2)
+    dx = jnp.diff(x, axis=-1)
+    return jnp.sum(jnp.sqrt(dy[..., :, :-1] ** 2 + dx[..., :-1, :] ** 2 + 1e-8))
+
+
+def data_loss(params: JointParams, prob: Problem, idx: jax.Array, loss_name: str, chunk: int):
+    """Loss summed over frames ``idx`` (padded with -1 = ignored), chunked with remat."""
+    obj = model_objects(params, prob)
+    probes = params.probe_re + 1j * params.probe_im
+    phat = jnp.fft.fft2(probes)
+    lf = loss_fn(loss_name)
+    n = idx.shape[0]
+    nchunk = -(-n // chunk)
+    idx = jnp.pad(idx, (0, nchunk * chunk - n), constant_values=-1).reshape(nchunk, chunk)
+
+    @jax.checkpoint
+    def one_chunk(ix):
+        ok = ix >= 0
+        j = jnp.where(ok, ix, 0)
+        k = prob.energy_index[j]
+        frac = prob.frac[j] + params.dpos[j]
+        inten = intensities(obj, phat, k, prob.corner[j], frac)
+        w = prob.weight[k] * ok[:, None, None]
+        return lf(inten, prob.frames[j], w)
+
+    def body(acc, ix):
+        return acc + one_chunk(ix), None
+
+    total, _ = jax.lax.scan(body, jnp.float32(0.0), idx)
+    return total
+
+
+def total_loss(params, prob, idx, cfg_static):
+    loss_name, chunk, tv_weight, n_frames_total = cfg_static
+    d = data_loss(params, prob, idx, loss_name, chunk)
+    d = d * (n_frames_total / idx.shape[0])
+    if tv_weight > 0:
+        reg = 0.0
+        for k in ALL_PARAMS:
+            r = params.raw[k]
+            if r.ndim == 2:
+                reg = reg + _tv(r * prob.illuminated)
+        d = d + tv_weight * reg
+    return d
+
+
+# ----------------------------------------------------------------------------- optimiser
+
+
+def _labels(params: JointParams, cfg: JointConfig):
+    raw_labels = {k: ("amp" if k in AMPLITUDES + ("n_other",) else "energy") for k in params.raw}
+    return JointParams(raw=raw_labels, probe_re="probe", probe_im="probe", dpos="pos")
+
+
+def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
+    def sched(lr):
+        return optax.cosine_decay_schedule(lr, max(cfg.steps, 1), alpha=cfg.lr_decay)
+
+    probe_lr = cfg.lr_probe * probe_scale
+
+    def probe_sched(step):
+        return jnp.where(step >= cfg.probe_start, sched(probe_lr)(step), 0.0)
+
+    tx = {
+        "amp": optax.adam(sched(cfg.lr_amp)),
+        "energy": optax.adam(sched(cfg.lr_energy)),
+        "probe": optax.adam(probe_sched),
+        "pos": optax.adam(sched(cfg.lr_positions)) if cfg.lr_positions > 0 else optax.set_to_zero(),
+    }
+    return optax.multi_transform(tx, _labels(params, cfg))
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+
+def stxm_absorption(ds: Dataset, common: Grid, sigma_m: float | None = None) -> np.ndarray:
+    """Low-resolution absorption stack (K, H, W) from integrated frame counts (bright field).
+
+    For each frame, T = sum(counts) / I0 (I0: the 90th percentile of the frame sums of that
+    energy, i.e. membrane-only frames) is the probe-weighted mean of |O|^2, so
+    A = -ln(T)/2. The scattered values are spread on the map grid with a Gaussian kernel
+    of the scan step's width.
+    """
+    fr = np.asarray(ds.frames, np.float64)
+    w = np.asarray(ds.mask)
+    ei = np.asarray(ds.energy_index)
+    pos = np.asarray(ds.positions, np.float64)
+    sums = np.einsum("fij,fij->f", fr, w[ei])
+    A = np.zeros(ds.n_frames)
+    for k in range(ds.n_energies):
+        idx = ei == k
+        i0 = np.percentile(sums[idx], 90)
+        A[idx] = -0.5 * np.log(np.clip(sums[idx] / i0, 1e-3, None))
+    xs, ys = common.coords()
+    if sigma_m is None:
+        d = np.sqrt(np.diff(np.sort(pos[ei == 0, 0])).clip(0).max() ** 2) if False else None
+        k0 = ei == 0
+        p0 = pos[k0]
+        # typical nearest-neighbour distance of the scan
+        dd = np.sqrt(((p0[:, None, :] - p0[None, :, :]) ** 2).sum(-1)) + np.eye(len(p0)) * 1e9
+        sigma_m = 0.6 * float(np.median(dd.min(axis=1)))
+    out = np.zeros((ds.n_energies,) + common.shape)
+    for k in range(ds.n_energies):
+        idx = ei == k
+        gx = np.exp(-0.5 * ((xs[None, :] - pos[idx, 0:1]) / sigma_m) ** 2)  # (f, W)
+        gy = np.exp(-0.5 * ((ys[None, :] - pos[idx, 1:2]) / sigma_m) ** 2)  # (f, H)
+        num = np.einsum("f,fh,fw->hw", A[idx], gy, gx)
+        den = np.einsum("fh,fw->hw", gy, gx)
+        out[k] = num / np.maximum(den, 1e-12)
+    return out
+
+
+def fit_shape_and_amplitudes(stack: np.ndarray, energies: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Variable-projection fit of eq. 1: shared shape parameters, per-pixel amplitudes.
+
+    Shape parameters (b2, b3, c12, c13, c22, c23) by a grid search on the mean spectrum of
+    ``mask`` pixels weighted by their edge contrast; then the four amplitudes of every pixel
+    by exact linear least squares (:func:`diffxas.spectra.linear_design`).
+    """
+    e = np.asarray(energies, np.float64)
+    sel = stack[:, mask]  # (K, P)
+    if sel.shape[1] == 0:
+        sel = stack.reshape(stack.shape[0], -1)
+    contrast = np.clip(sel[-3:].mean(0) - sel[:3].mean(0), 0, None)
+    mean = (sel * contrast).sum(1) / max(contrast.sum(), 1e-12)
+    lo, hi = e.min(), e.max()
+    best = None
+    for b2 in np.arange(lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo), 0.5):
+        for b3 in (2.0, 3.0, 4.0, 5.0):
+            for c12 in np.arange(max(lo, b2 - 20), b2 - 4, 0.5):
+                dm = np.asarray(linear_design(jnp.asarray(e), b2, b3, c12, 1.2, c12 + 4.0, 2.0), np.float64)
+                coef, *_ = np.linalg.lstsq(dm, mean, rcond=None)
+                r = np.sum((dm @ coef - mean) ** 2)
+                if best is None or r < best[0]:
+                    best = (r, b2, b3, c12)
+    _, b2, b3, c12 = best if best is not None else (0, 0.5 * (lo + hi), 3.0, lo)
+    shape = dict(b2=b2, b3=b3, c12=c12, c13=1.2, c22=c12 + 4.0, c23=2.0)
+    dm = np.asarray(linear_design(jnp.asarray(e), b2, b3, c12, 1.2, c12 + 4.0, 2.0), np.float64)
+    coef, *_ = np.linalg.lstsq(dm, stack.reshape(stack.shape[0], -1), rcond=None)
+    out = {k: np.full(stack.shape[1:], v) for k, v in shape.items()}
+    for i, k in enumerate(AMPLITUDES):
+        out[k] = coef[i].reshape(stack.shape[1:])
+    return out
+
+
+def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge: VEdge) -> tuple[dict, dict]:
+    """Initial physical parameter maps and a record of how they were made."""
+    e = np.asarray(ds.energies, np.float64)
+    ill = np.asarray(prob.illuminated)
+    if cfg.init == "result":
+        from .io import read_result
+
+        res = read_result(cfg.init_result)
+        ex = res.maps.extra
+        missing = [k for k in ALL_PARAMS if k not in ex]
+        if missing:
+            raise ConfigError(f"{cfg.init_result}: results file lacks per-pixel parameters {missing} needed for a warm start")
+        if res.maps.shape != common.shape:
+            raise ConfigError(f"{cfg.init_result}: map grid {res.maps.shape} differs from this dataset's {common.shape}")
+        vals = {k: np.nan_to_num(np.asarray(ex[k], np.float64)) for k in ALL_PARAMS}
+        return vals, {"init": "result", "init_result": cfg.init_result, "probes": res.probes}
+    stack = stxm_absorption(ds, common)
+    vals = fit_shape_and_amplitudes(stack, e, ill)
+    if cfg.init == "flat":
+        for k in AMPLITUDES:
+            vals[k] = np.full(common.shape, np.median(vals[k][ill]))
+    # composition: a typical 40 electrons per V (between LiVO2 and LiVO3); refined by the phase data
+    nv0 = np.asarray(n_v(jnp.asarray(np.clip(vals["b1"], 0, None)), edge))
+    vals["n_other"] = nv0 * 20.0
+    return vals, {"init": cfg.init}
+
+
+def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_frames: int) -> JointParams:
+    raw = {}
+    for k in ALL_PARAMS:
+        v = np.asarray(vals[k], np.float64)
+        if k not in cfg.per_pixel:
+            v = np.asarray(np.median(v))
+        raw[k] = jnp.asarray(to_raw(k, v, sc), jnp.float32)
+    p = jnp.asarray(probes, jnp.complex64)
+    return JointParams(raw=raw, probe_re=jnp.real(p), probe_im=jnp.imag(p), dpos=jnp.zeros((n_frames, 2), jnp.float32))
+
+
+# ----------------------------------------------------------------------------- state / step
+
+
+class JointState(eqx.Module):
+    params: JointParams
+    opt_state: Any
+    step: jax.Array
+
+
+def _save_checkpoint(path: str, state: JointState, history: dict):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        eqx.tree_serialise_leaves(f, state)
+    np.savez(path + ".hist.tmp.npz", **{k: np.asarray(v) for k, v in history.items()})
+    os.replace(path + ".hist.tmp.npz", path + ".hist.npz")
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: str, like: JointState):
+    with open(path, "rb") as f:
+        state = eqx.tree_deserialise_leaves(f, like)
+    h = dict(np.load(path + ".hist.npz")) if os.path.exists(path + ".hist.npz") else {}
+    return state, {k: list(v) for k, v in h.items()}
+
+
+class JointSolver(eqx.Module):
+    """A prepared joint problem: ``init`` -> state, ``step(state)`` -> (state, loss) (one jit region).
+
+    Pure optax-style pair: the state (parameters, optimiser state, step counter) is explicit,
+    so scripts, benchmarks and checkpoints handle it directly.
+    """
+
+    prob: Problem
+    opt: Any = eqx.field(static=True)
+    static: tuple = eqx.field(static=True)
+    batch: int = eqx.field(static=True)
+    n_frames: int = eqx.field(static=True)
+    seed: int = eqx.field(static=True)
+
+    def init(self, params: JointParams) -> JointState:
+        return JointState(params=params, opt_state=self.opt.init(params), step=jnp.asarray(0, jnp.int32))
+
+    def loss(self, params: JointParams) -> jax.Array:
+        return total_loss(params, self.prob, jnp.arange(self.n_frames), self.static)
+
+    @eqx.filter_jit
+    def step(self, state: JointState):
+        if self.batch == self.n_frames:
+            idx = jnp.arange(self.n_frames)
+        else:
+            key = jax.random.fold_in(jax.random.PRNGKey(self.seed), state.step)
+            idx = jax.random.choice(key, self.n_frames, (self.batch,), replace=False)
+        loss, grads = eqx.filter_value_and_grad(total_loss)(state.params, self.prob, idx, self.static)
+        updates, opt_state = self.opt.update(grads, state.opt_state, state.params)
+        params = eqx.apply_updates(state.params, updates)
+        return JointState(params=params, opt_state=opt_state, step=state.step + 1), loss
+
+
+def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig()):
+    """Build the problem, initial parameters and solver for ``ds``.
+
+    Returns ``(solver, state, context)`` where ``context`` holds the grids, the spectral
+    edge model and the initialisation record (for :func:`make_result`).
+    """
+    edge = VEdge.from_tables("V", table=cfg.table)
+    e = np.asarray(ds.energies, np.float64)
+    common = ds.common_grid()
+    pre = Scales(amp=1.0, n_other=1.0, e_mid=float(0.5 * (e.min() + e.max())), e_half=float(0.5 * (e.max() - e.min()) + 1.0))
+    prob, common, grids = build_problem(ds, cfg, edge, pre, common)
+    vals, init_info = init_params(ds, prob, common, cfg, edge)
+    ill = np.asarray(prob.illuminated)
+    amp = float(np.percentile(np.abs(vals["b1"][ill]), 95)) if ill.any() else 0.05
+    amp = amp if amp > 1e-6 else 0.05
+    lam0 = float(wavelength(edge.edge_ev))
+    sc = Scales(amp=amp, n_other=float(amp / (R_E * lam0 * float(edge.delta_f2)) * 20.0), e_mid=pre.e_mid, e_half=pre.e_half)
+    prob = eqx.tree_at(lambda p: p.scales, prob, sc)
+    probes_init = init_info.pop("probes", None)
+    if probes_init is not None and np.shape(probes_init) == (ds.n_energies, ds.frame_size, ds.frame_size):
+        probes0 = np.asarray(probes_init)
+    else:
+        if ds.illumination is None:
+            raise ConfigError("the joint solver needs an initial probe: the data file has no illumination; warm-start from a two-step result (--init)")
+        probes0 = np.asarray(ds.illumination)
+    params = make_params(vals, cfg, sc, probes0, ds.n_frames)
+    probe_scale = float(np.sqrt(np.mean(np.abs(probes0) ** 2)))
+    opt = make_optimizer(params, cfg, probe_scale)
+    n_frames = ds.n_frames
+    bs = n_frames if cfg.batch_size is None else min(cfg.batch_size, n_frames)
+    chunk = min(cfg.chunk_size, bs)
+    static = (cfg.loss, chunk, float(cfg.tv_weight), float(n_frames))
+    solver = JointSolver(prob=prob, opt=opt, static=static, batch=bs, n_frames=n_frames, seed=cfg.seed)
+    ctx = {"common": common, "grids": grids, "edge": edge, "init_info": init_info}
+    return solver, solver.init(params), ctx
+
+
+def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: bool = False,
+                      checkpoint: str | None = None, resume: bool = False, callback=None) -> Result:
+    """Run the joint solver on ``ds`` and return a :class:`Result` (maps, stacks, probes, history).
+
+    ``checkpoint``: file to save the state to every ``cfg.checkpoint_every`` steps (atomic);
+    with ``resume=True`` an existing checkpoint is loaded and the run continues from it
+    (mini-batches depend only on the seed and the step number, so a resumed run follows
+    the uninterrupted one).
+    """
+    t_start = time.perf_counter()
+    solver, state, ctx = prepare_joint(ds, cfg)
+    history: dict[str, list] = {"step": [], "loss": [], "time": []}
+    resumed_from = 0
+    if checkpoint and resume and os.path.exists(checkpoint):
+        state, history = _load_checkpoint(checkpoint, state)
+        resumed_from = int(state.step)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=int(state.step), desc="joint", unit="step")
+    t_compile = None
+    norm = float(ds.n_frames * ds.frame_size ** 2)
+    for s in range(int(state.step), cfg.steps):
+        t0 = time.perf_counter()
+        state, loss = solver.step(state)
+        if t_compile is None:
+            jax.block_until_ready(loss)
+            t_compile = time.perf_counter() - t0
+        if (s + 1) % cfg.log_every == 0 or s == cfg.steps - 1 or s == 0:
+            lv = float(loss)
+            if not math.isfinite(lv):
+                raise DivergenceError(f"joint solver diverged at step {s + 1}: loss is {lv}")
+            history["step"].append(s + 1)
+            history["loss"].append(lv / norm)
+            history["time"].append(time.perf_counter() - t_start)
+            if bar is not None:
+                bar.set_postfix(loss=f"{lv / norm:.4g}")
+            if callback is not None:
+                callback(s + 1, lv / norm, state)
+        if bar is not None:
+            bar.update(1)
+        if checkpoint and (s + 1) % cfg.checkpoint_every == 0:
+            _save_checkpoint(checkpoint, state, history)
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - t_start
+    info = dict(ctx["init_info"], resumed_from_step=resumed_from)
+    return make_result(ds, state.params, solver.prob, ctx["common"], ctx["grids"], cfg, ctx["edge"], history, info,
+                       timing={"wall_s": wall, "compile_s": t_compile or 0.0})
+
+
+# ----------------------------------------------------------------------------- maps / result
+
+
+def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, grids, cfg: JointConfig, edge: VEdge,
+                history, init_info, timing) -> Result:
+    p = physical(params, prob.scales)
+    shape = common.shape
+    full = {k: np.broadcast_to(np.asarray(getattr(p, k), np.float64), shape).copy() for k in ALL_PARAMS}
+    e_ref = float(cfg.reference_energy) if cfg.reference_energy is not None else float(np.asarray(ds.energies)[0])
+    A, phi = model_fields(params, prob)
+    A = np.asarray(A, np.float64)
+    phi = np.asarray(phi, np.float64)
+    pfull = XanesParams(**{k: jnp.asarray(v, jnp.float32) for k, v in full.items()})
+    phi_ref = np.asarray(phase(pfull, jnp.asarray([e_ref]), edge)[0], np.float64)
+    ill = np.asarray(prob.illuminated)
+    b1 = full["b1"]
+    thr = cfg.valid_jump_fraction * (np.percentile(b1[ill], 99) if ill.any() else 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m = {
+            "edge_energy": full["b2"], "edge_width": full["b3"], "edge_jump": b1,
+            "pre_edge": np.asarray(pre_edge(pfull), np.float64), "pre_edge_norm": np.asarray(pre_edge_norm(pfull), np.float64),
+            "n_v": np.asarray(n_v(jnp.asarray(b1), edge), np.float64),
+            "ne_eff_per_nv": np.asarray(ne_eff_per_nv(jnp.asarray(phi_ref), jnp.asarray(b1, jnp.float32), e_ref, edge), np.float64),
+        }
+    valid = ill & (b1 > thr) & np.all([np.isfinite(v) for v in m.values()], axis=0)
+    maps = ChemMaps(**{k: np.where(valid, v, np.nan) for k, v in m.items()}, valid=valid.astype(np.uint8),
+                    pixel_size=common.pixel_size, origin=common.origin, reference_energy=e_ref,
+                    delta_f2_v=float(edge.delta_f2), scattering_table=cfg.table,
+                    extra={**{k: v for k, v in full.items()}, "illuminated": ill.astype(np.float64)})
+    probes = np.asarray(params.probe_re + 1j * params.probe_im, np.complex64)
+    hist = {k: np.asarray(v, np.float64) for k, v in history.items()}
+    hist["wall_s"] = np.asarray([timing["wall_s"]])
+    hist["compile_s"] = np.asarray([timing["compile_s"]])
+    config = {"joint": cfg.to_dict(), "init": {k: v for k, v in init_info.items() if k != "probes"},
+              "amp_scale": prob.scales.amp, "grid": {"pixel_size": common.pixel_size, "shape": list(shape), "origin": list(common.origin)}}
+    return Result(method="joint", maps=maps, energies=np.asarray(ds.energies, np.float64), absorption=A, phase=phi,
+                  probes=probes, probe_pixel_size=np.asarray(ds.pixel_sizes()), history=hist, config=config)
