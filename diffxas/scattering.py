@@ -450,6 +450,8 @@ def kk_piecewise_linear_matrix(e_nodes, e_eval):
     x = jnp.atleast_1d(x.astype(dtype))
     if t.ndim != 1 or t.shape[0] < 2:
         raise ConfigError(f"kk_piecewise_linear needs a 1-D array of at least 2 energy nodes, got shape {t.shape}")
+    if not isinstance(t, jax.core.Tracer) and not bool(np.all(np.diff(np.asarray(t)) > 0)):
+        raise ConfigError("kk_piecewise_linear needs strictly increasing energy nodes")
     h = t[1:] - t[:-1]  # (n-1,)
     d_lo = x[:, None] - t[None, :-1]  # (m, n-1): E - t_i
     d_hi = x[:, None] - t[None, 1:]  # E - t_{i+1}

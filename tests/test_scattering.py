@@ -185,12 +185,12 @@ def test_dawson_integral_joint_and_grad():
         lo, hi = x0 * (1 - 1e-12), x0 * (1 + 1e-12)
         # Continuity of value and slope at the joint between the branches (tol 1e-9).
         assert abs(float(f(lo)) - float(f(hi))) < 1e-9
-        grad = jax.vmap(jax.grad(f))
+        grad = jax.jit(jax.vmap(jax.grad(f)))
         assert abs(float(grad(jnp.array([lo]))[0]) - float(grad(jnp.array([hi]))[0])) < 1e-9
         xs = np.concatenate([_XS, -_XS[1:]])
         # F' = D: grad vs scipy.special.dawsn, tol 1e-9 (float64).
         np.testing.assert_allclose(np.asarray(grad(jnp.asarray(xs))), scipy.special.dawsn(xs), atol=1e-9, rtol=0)
-    g32 = np.asarray(jax.vmap(jax.grad(S.dawson_integral))(jnp.asarray(_XS, jnp.float32)))
+    g32 = np.asarray(jax.jit(jax.vmap(jax.grad(S.dawson_integral)))(jnp.asarray(_XS, jnp.float32)))
     np.testing.assert_allclose(g32, scipy.special.dawsn(_XS), atol=1e-6, rtol=0, err_msg="float32 F' vs dawsn")
 
 
@@ -246,9 +246,10 @@ def test_kk_erf_step_grads():
     # jax.test_util.check_grads (finite differences, float64), order 1, reverse mode, w.r.t. b2 and b3.
     with jax.enable_x64(True):
         e = jnp.array([5455.0, 5464.2, 5465.0, 5466.3, 5480.0])
+        fn = jax.jit(lambda p, q: S.kk_erf_step(e, p, q))
         for b2, b3 in [(5465.0, 1.5), (5466.2, 0.7), (5460.0, 3.0)]:
-            check_grads(lambda p, q: S.kk_erf_step(e, p, q), (jnp.float64(b2), jnp.float64(b3)), order=1, modes=("rev",))
-            check_grads(lambda p, q: S.kk_erf_step(e, p, q), (jnp.float64(b2), jnp.float64(b3)), order=1, modes=("fwd",))
+            check_grads(fn, (jnp.float64(b2), jnp.float64(b3)), order=1, modes=("rev",))
+            check_grads(fn, (jnp.float64(b2), jnp.float64(b3)), order=1, modes=("fwd",))
 
 
 def test_kk_lorentzian_vs_principal_value():
@@ -295,6 +296,13 @@ def test_kk_piecewise_linear_vs_principal_value():
     got_b = np.asarray(S.kk_piecewise_linear(nodes, batch, evals))
     assert got_b.shape == (3, evals.size)
     np.testing.assert_allclose(got_b, np.stack([got32, 2 * got32, -got32]), atol=5e-5)
+
+
+def test_kk_piecewise_linear_bad_nodes():
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        S.kk_piecewise_linear(np.array([1.0, 3.0, 2.0]), np.ones(3), 2.5)
+    with pytest.raises(ConfigError, match="at least 2"):
+        S.kk_piecewise_linear(np.array([1.0]), np.ones(1), 2.5)
 
 
 def test_kk_piecewise_linear_end_node_finite_part():
