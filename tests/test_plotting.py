@@ -1,0 +1,177 @@
+"""Figures and report without a display: non-empty PNG/PDF for synthetic results."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from diffxas.clustering import ClusterConfig, cluster_result
+from diffxas.maps import MAP_FIELDS, ChemMaps, Result, Truth
+
+STATES = [  # (name, edge energy eV, pre-edge/jump eV, Ne_eff/N_V)
+    ("V3+", 5479.0, 0.35, 20.5),
+    ("V4+", 5480.5, 0.70, 19.8),
+    ("V5+ bulk", 5482.0, 1.10, 19.0),
+    ("V5+ surface", 5483.0, 0.90, 18.4),
+]
+TRUE_PX = 20e-9
+
+
+def synthetic(n_truth=96, factor=2, noise=0.0, seed=0, iters=30):
+    """A disc particle with four domains on a 20 nm truth grid; results on the 40 nm grid.
+
+    Returns (truth, result) where result.maps is the block-averaged truth plus ``noise``
+    (relative) and absorption/phase stacks follow a simple edge-step model.
+    """
+    rng = np.random.default_rng(seed)
+    n = n_truth
+    d = TRUE_PX
+    yy, xx = (np.mgrid[:n, :n] - (n - 1) / 2) * d
+    r = np.hypot(xx, yy)
+    R = 0.38 * n * d
+    part = r < R
+    ang = np.arctan2(yy, xx)
+    lab = np.where(r < 0.45 * R, 0, np.where(ang > 0, 1, 2))
+    lab = np.where((r > 0.85 * R) & (ang < -1.5), 3, lab)
+    lab = np.where(part, lab, -1).astype(np.int16)
+    st = np.array([s[1:] for s in STATES])
+    nv = np.where(part, 1.5e21 * np.sqrt(np.clip(1 - (r / R) ** 2, 0, 1)) + 1e19, 0.0)
+    tm = {
+        "n_v": nv,
+        "edge_energy": np.where(part, st[lab, 0], np.nan),
+        "pre_edge_norm": np.where(part, st[lab, 1], np.nan),
+        "ne_eff_per_nv": np.where(part, st[lab, 2], np.nan),
+        "edge_width": np.where(part, 2.0, np.nan),
+        "edge_jump": nv * 2e-23,
+        "pre_edge": nv * 2e-23 * np.where(part, st[lab, 1], 0),
+    }
+    origin_t = (-(n - 1) / 2 * d, -(n - 1) / 2 * d)
+    energies = np.linspace(5450.0, 5520.0, 36)
+    truth = Truth(maps=tm, labels=lab, domain_names=[s[0] for s in STATES], params={}, pixel_size=d,
+                  origin=origin_t, energies=energies, reference_energy=5450.0)
+    from diffxas.evaluate import resample_truth
+
+    H = n // factor
+    px = d * factor
+    origin = (origin_t[0] + 0.5 * (factor - 1) * d,) * 2
+    tr = resample_truth(truth, px, origin, (H, H))
+    valid = np.isfinite(tr["edge_energy"]) & (tr["n_v"] > 0)
+    maps = {}
+    for k in MAP_FIELDS:
+        v = tr[k] * (1 + noise * rng.standard_normal((H, H)) * (0.002 if k == "edge_energy" else 1))
+        maps[k] = np.where(valid, v, np.nan)
+    cm = ChemMaps(**maps, valid=valid, pixel_size=px, origin=origin, reference_energy=5450.0, delta_f2_v=3.4,
+                  scattering_table="test")
+    jump = np.nan_to_num(tr["edge_jump"])
+    e0 = np.nan_to_num(tr["edge_energy"], nan=5481.0)
+    pe = np.nan_to_num(tr["pre_edge_norm"])
+    E = energies[:, None, None]
+    step = 0.5 + np.arctan((E - e0) / 1.5) / np.pi
+    peak = pe * np.exp(-0.5 * ((E - 5469.0) / 1.2) ** 2) / (1.2 * np.sqrt(2 * np.pi))
+    absorption = jump * (0.3 + step + peak) + 0.002 * rng.standard_normal((len(energies), H, H))
+    phase = -jump * (12.0 - 3.0 * np.exp(-0.5 * ((E - e0) / 3) ** 2)) * 0.1
+    K = len(energies)
+    res = Result(method="two-step", maps=cm, energies=energies, absorption=absorption, phase=phase,
+                 probes=np.ones((K, 16, 16), np.complex64), probe_pixel_size=np.full(K, px),
+                 history={"loss": np.geomspace(10, 1, iters), "time": np.full(iters, 0.1)}, config={"method": "two-step"})
+    return truth, res
+
+
+FAST = ClusterConfig(k="auto", n_init=3, seeds=3, k_max=7)
+
+
+@pytest.fixture(scope="module")
+def data():
+    truth, res = synthetic(noise=0.01)
+    res.clusters = cluster_result(res, FAST)
+    _, joint = synthetic(noise=0.02, seed=1)
+    joint = dataclasses.replace(joint, method="joint")
+    joint.clusters = cluster_result(joint, ClusterConfig(k=4, n_init=3, seeds=2))
+    return truth, res, joint
+
+
+def _check(paths):
+    assert paths
+    for p in paths:
+        assert os.path.getsize(p) > 1000, p
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+        assert head.startswith(b"\x89PNG") if p.endswith(".png") else head.startswith(b"%PDF")
+
+
+def test_synthetic_clusters_recover_domains(data):
+    # Sanity of the fixture (and of clustering on a realistic layout): auto k = 4.
+    truth, res, _ = data
+    assert res.clusters["k"] in (3, 4)  # the 3 % surface domain may merge
+
+
+def test_figures_single_result_with_and_without_clusters(tmp_path, data):
+    from diffxas.plotting import plot_all
+
+    truth, res, _ = data
+    written, notes = plot_all([res], tmp_path / "a")
+    names = {os.path.basename(p) for p in written}
+    assert {"projections.png", "maps.pdf", "clusters.png", "cluster_spectra.pdf", "elbow.png"} <= names
+    _check(written)
+    bare = dataclasses.replace(res, clusters=None)
+    written, notes = plot_all([bare], tmp_path / "b")
+    names = {os.path.basename(p) for p in written}
+    assert "clusters.png" not in names and "maps.png" in names
+    assert any("clusters" in n for n in notes)
+    _check(written)
+
+
+def test_report_two_results_with_truth(tmp_path, data):
+    from diffxas.report import report_results
+
+    truth, res, joint = data
+    out = tmp_path / "rep"
+    written = report_results([res, joint], out, truth=truth, labels=["two-step", "joint"])
+    names = {os.path.basename(p) for p in written}
+    assert {"summary.md", "metrics.json", "maps.png", "maps.pdf", "clusters.png", "projections.png"} <= names
+    _check([p for p in written if p.endswith((".png", ".pdf"))])
+    md = open(out / "summary.md").read()
+    assert "| two-step |" in md and "| joint |" in md and "ARI" in md
+
+
+def test_report_without_clusters_or_truth(tmp_path, data):
+    from diffxas.report import report_results
+
+    truth, res, _ = data
+    bare = dataclasses.replace(res, clusters=None, history={})
+    written = report_results([bare], tmp_path / "r")
+    md = open(tmp_path / "r" / "summary.md").read()
+    assert "no /clusters group" in md
+    assert not any(os.path.basename(p).startswith("clusters") for p in written)
+
+
+def test_frc_figure(tmp_path):
+    from diffxas.evaluate import frc_maps
+    from diffxas.plotting import fig_frc, save_figure
+
+    _, a = synthetic(noise=0.01, seed=2)
+    _, b = synthetic(noise=0.01, seed=3)
+    d = frc_maps(a.maps, b.maps, "edge_energy")
+    _check(save_figure(fig_frc([d]), tmp_path, "frc"))
+
+
+def test_file_entry_points(tmp_path, data):
+    # Round trip through diffxas.io: cluster_file, evaluate_file, report on paths.
+    io = pytest.importorskip("diffxas.io")
+    from diffxas.clustering import cluster_file
+    from diffxas.evaluate import evaluate_file
+    from diffxas.report import report
+
+    truth, res, _ = data
+    rp, tp = tmp_path / "res.h5", tmp_path / "truth.h5"
+    io.write_result(rp, dataclasses.replace(res, clusters=None))
+    io.write_truth(tp, truth)
+    cl = cluster_file(rp, ClusterConfig(k=4, n_init=2, seeds=2))
+    assert os.path.exists(cl["csv_path"])
+    back = io.read_result(rp)
+    np.testing.assert_array_equal(back.clusters["labels"], cl["labels"])
+    m = evaluate_file(rp, tp)
+    assert os.path.exists(m["json_path"]) and m["clusters"]["ari"] > 0.5
+    written = report([str(rp)], tmp_path / "rep", truth_path=str(tp))
+    assert any(p.endswith("summary.md") for p in written)
