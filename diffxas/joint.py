@@ -180,13 +180,20 @@ def physical(params: JointParams, sc: Scales) -> XanesParams:
 
 
 class Problem(eqx.Module):
-    """Everything the step needs that is not trained (arrays on device, shapes static)."""
+    """Everything the step needs that is not trained (arrays on device, shapes static).
 
-    frames: jax.Array  # (F, M, M)
+    Per-frame arrays are stored in a chunked layout ``(n_chunks, chunk, ...)`` (padded with
+    frame id -1): a full-batch loss scans over chunks (memory of one chunk at a time, with
+    rematerialisation), and sharding the ``chunk`` axis across devices splits every chunk's
+    frames between them (see :mod:`diffxas.parallel`).
+    """
+
+    frames: jax.Array  # (C, B, M, M)
+    frame_id: jax.Array  # (C, B) index into the dataset's frames, -1 = padding
+    energy_index: jax.Array  # (C, B)
+    corner: jax.Array  # (C, B, 2)
+    frac: jax.Array  # (C, B, 2)
     weight: jax.Array  # (K, M, M) detector mask
-    energy_index: jax.Array  # (F,)
-    corner: jax.Array  # (F, 2)
-    frac: jax.Array  # (F, 2)
     energies: jax.Array  # (K,)
     ry: jax.Array  # (K, N, H) common -> energy grid
     rx: jax.Array  # (K, N, W)
@@ -195,7 +202,13 @@ class Problem(eqx.Module):
     scales: Scales
 
 
-def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, common: Grid | None = None) -> tuple[Problem, Grid, list[Grid]]:
+def chunk_layout(n_frames: int, chunk: int, n_shards: int = 1) -> tuple[int, int]:
+    """(n_chunks, chunk) with chunk a multiple of ``n_shards`` and n_chunks * chunk >= n_frames."""
+    chunk = max(n_shards, -(-min(chunk, n_frames) // n_shards) * n_shards)
+    return -(-n_frames // chunk), chunk
+
+
+def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, common: Grid | None = None, n_shards: int = 1) -> tuple[Problem, Grid, list[Grid]]:
     common = ds.common_grid() if common is None else common
     grids = ds.energy_grids(common)
     shapes = {g.shape for g in grids}
@@ -231,8 +244,17 @@ def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, co
     # require full-dose coverage: at least 25 % of the median of the covered interior
     med = np.median(ill[ill > 0.5 * ill.max()]) if ill.max() > 0 else 0.0
     illuminated = ill >= 0.25 * med
-    prob = Problem(frames=jnp.asarray(ds.frames, jnp.float32), weight=jnp.asarray(ds.mask, jnp.float32),
-                   energy_index=jnp.asarray(ei, jnp.int32), corner=jnp.asarray(corner), frac=jnp.asarray(frac),
+    nchunk, chunk = chunk_layout(ds.n_frames, cfg.chunk_size, n_shards)
+    pad = nchunk * chunk - ds.n_frames
+
+    def lay(x, fill=0):
+        x = np.asarray(x)
+        x = np.concatenate([x, np.full((pad,) + x.shape[1:], fill, x.dtype)]) if pad else x
+        return jnp.asarray(x.reshape((nchunk, chunk) + x.shape[1:]))
+
+    prob = Problem(frames=lay(np.asarray(ds.frames, np.float32)), frame_id=lay(np.arange(ds.n_frames, dtype=np.int32), -1),
+                   energy_index=lay(ei.astype(np.int32)), corner=lay(corner), frac=lay(frac),
+                   weight=jnp.asarray(ds.mask, jnp.float32),
                    energies=jnp.asarray(ds.energies, jnp.float32), ry=jnp.asarray(np.stack(ry), jnp.float32),
                    rx=jnp.asarray(np.stack(rx), jnp.float32), illuminated=jnp.asarray(illuminated), edge=edge,
                    scales=scales)
@@ -260,37 +282,51 @@ def _tv(x):
     return jnp.sum(jnp.sqrt(dy[..., :, :-1] ** 2 + dx[..., :-1, :] ** 2 + 1e-8))
 
 
-def data_loss(params: JointParams, prob: Problem, idx: jax.Array, loss_name: str, chunk: int):
-    """Loss summed over frames ``idx`` (padded with -1 = ignored), chunked with remat."""
+def _frames_loss(params: JointParams, prob: Problem, obj, phat, lf, frames, fid, k, corner, frac):
+    ok = fid >= 0
+    j = jnp.where(ok, fid, 0)
+    inten = intensities(obj, phat, k, corner, frac + params.dpos[j])
+    w = prob.weight[k] * ok[:, None, None]
+    return lf(inten, frames, w)
+
+
+def data_loss(params: JointParams, prob: Problem, idx: jax.Array | None, loss_name: str, chunk: int):
+    """Data loss over all frames (``idx=None``: scan over the chunked layout) or frames ``idx``.
+
+    Each chunk is rematerialised in the backward pass, so memory holds one chunk of
+    exit waves at a time.
+    """
     obj = model_objects(params, prob)
-    probes = params.probe_re + 1j * params.probe_im
-    phat = jnp.fft.fft2(probes)
+    phat = jnp.fft.fft2(params.probe_re + 1j * params.probe_im)
     lf = loss_fn(loss_name)
-    n = idx.shape[0]
-    nchunk = -(-n // chunk)
-    idx = jnp.pad(idx, (0, nchunk * chunk - n), constant_values=-1).reshape(nchunk, chunk)
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
+    if idx is None:
+        xs = (prob.frames, prob.frame_id, prob.energy_index, prob.corner, prob.frac)
+    else:
+        n = idx.shape[0]
+        nch = -(-n // chunk)
+        idx = jnp.pad(idx, (0, nch * chunk - n), constant_values=0)
+        valid = jnp.arange(nch * chunk) < n
+        sel = lambda x: flat(x)[idx].reshape((nch, chunk) + x.shape[2:])  # noqa: E731
+        fid = jnp.where(valid, flat(prob.frame_id)[idx], -1).reshape(nch, chunk)
+        xs = (sel(prob.frames), fid, sel(prob.energy_index), sel(prob.corner), sel(prob.frac))
 
     @jax.checkpoint
-    def one_chunk(ix):
-        ok = ix >= 0
-        j = jnp.where(ok, ix, 0)
-        k = prob.energy_index[j]
-        frac = prob.frac[j] + params.dpos[j]
-        inten = intensities(obj, phat, k, prob.corner[j], frac)
-        w = prob.weight[k] * ok[:, None, None]
-        return lf(inten, prob.frames[j], w)
+    def one_chunk(x):
+        return _frames_loss(params, prob, obj, phat, lf, *x)
 
-    def body(acc, ix):
-        return acc + one_chunk(ix), None
+    def body(acc, x):
+        return acc + one_chunk(x), None
 
-    total, _ = jax.lax.scan(body, jnp.float32(0.0), idx)
+    total, _ = jax.lax.scan(body, jnp.float32(0.0), xs)
     return total
 
 
 def total_loss(params, prob, idx, cfg_static):
     loss_name, chunk, tv_weight, n_frames_total = cfg_static
     d = data_loss(params, prob, idx, loss_name, chunk)
-    d = d * (n_frames_total / idx.shape[0])
+    if idx is not None:
+        d = d * (n_frames_total / idx.shape[0])
     if tv_weight > 0:
         reg = 0.0
         for k in ALL_PARAMS:
@@ -481,12 +517,12 @@ class JointSolver(eqx.Module):
         return JointState(params=params, opt_state=self.opt.init(params), step=jnp.asarray(0, jnp.int32))
 
     def loss(self, params: JointParams) -> jax.Array:
-        return total_loss(params, self.prob, jnp.arange(self.n_frames), self.static)
+        return total_loss(params, self.prob, None, self.static)
 
     @eqx.filter_jit
     def step(self, state: JointState):
         if self.batch == self.n_frames:
-            idx = jnp.arange(self.n_frames)
+            idx = None
         else:
             key = jax.random.fold_in(jax.random.PRNGKey(self.seed), state.step)
             idx = jax.random.choice(key, self.n_frames, (self.batch,), replace=False)
@@ -496,8 +532,11 @@ class JointSolver(eqx.Module):
         return JointState(params=params, opt_state=opt_state, step=state.step + 1), loss
 
 
-def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig()):
+def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int = 1):
     """Build the problem, initial parameters and solver for ``ds``.
+
+    ``n_shards``: number of devices the frames will be split over (the chunk size is
+    rounded to a multiple of it; see :mod:`diffxas.parallel`).
 
     Returns ``(solver, state, context)`` where ``context`` holds the grids, the spectral
     edge model and the initialisation record (for :func:`make_result`).
@@ -506,7 +545,7 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig()):
     e = np.asarray(ds.energies, np.float64)
     common = ds.common_grid()
     pre = Scales(amp=1.0, n_other=1.0, e_mid=float(0.5 * (e.min() + e.max())), e_half=float(0.5 * (e.max() - e.min()) + 1.0))
-    prob, common, grids = build_problem(ds, cfg, edge, pre, common)
+    prob, common, grids = build_problem(ds, cfg, edge, pre, common, n_shards=n_shards)
     vals, init_info = init_params(ds, prob, common, cfg, edge)
     ill = np.asarray(prob.illuminated)
     amp = float(np.percentile(np.abs(vals["b1"][ill]), 95)) if ill.any() else 0.05
