@@ -198,7 +198,7 @@ def fig_projections(results: Sequence[Result], labels=None) -> Figure:
         rows.append(((np.asarray(r.absorption[ia], dtype=np.float64), r.energies[ia]),
                      (np.asarray(r.phase[ip], dtype=np.float64), r.energies[ip])))
     for row, (what, cmap, unit) in enumerate((("absorption", "gray_r", ""), ("phase", "gray", "rad"))):
-        vmin, vmax = robust_limits([x[row][0] for x in rows], 1, 99)
+        vmin, vmax = robust_limits([x[row][0] for x in rows])
         im = None
         for j, r in enumerate(results):
             img, e = rows[j][row]
