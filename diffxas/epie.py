@@ -1,0 +1,667 @@
+r"""ePIE: per-energy ptychographic reconstruction (step one of the two-step baseline).
+
+Maiden & Rodenburg, Ultramicroscopy 109, 1256 (2009). For every frame ``j`` (visited
+sequentially, in a fresh random order every epoch)::
+
+    psi   = P_j O_j                        (P_j: probe Fourier-shifted by the frame's frac,
+                                            O_j: object patch at the frame's integer corner)
+    psi'  = amplitude_projection(psi, counts_j, mask)
+    O_j  += alpha conj(P_j) / max|P_j|^2 (psi' - psi)
+    P    += shift_{-frac_j}[ beta conj(O_j) / max|O_j|^2 (psi' - psi) ]
+
+Sub-pixel positions follow :mod:`diffxas.forward` exactly: the patch is cut at the
+integer corner (``frame_geometry``), the probe is shifted by ``frac`` in the Fourier
+domain, and the probe update, computed in the shifted frame, is shifted back by
+``-frac`` before it is added to the unshifted probe. The probe is carried as its
+spectrum ``P_hat = fft2(P)`` so that the shift and the shift-back cost one FFT each
+(``ifft2(P_hat * ramp)`` is :func:`forward.shifted_probe`; the ramps are derived from
+``forward.shifted_probe`` itself, so the convention cannot drift, see
+:func:`shift_ramps`).
+
+The ePIE object increment is a scaled steepest-descent step of the amplitude loss
+``L = sum w (|F psi| - sqrt(n))^2``: by Parseval ``dL/d(psi*) = psi - psi'``, hence
+``Delta O = -alpha / max|P|^2 dL/d(O*)``; with JAX's convention (``jax.grad`` of a real
+function of a complex array returns ``conj(2 dL/d(O*))``) that is
+``Delta O = -alpha / (2 max|P|^2) conj(jax.grad(L)(O))`` (tests/test_epie.py checks it).
+The loss logged per epoch is ``sum_j ||psi'_j - psi_j||^2``, which equals the amplitude
+loss of the frames (before each frame's update) by Parseval.
+
+Each energy is reconstructed on its own natural grid (``Dataset.energy_grids``, padded to
+one shape, same centre), starting from O = 1 and the dataset's illumination (or a KB
+probe of ``probe_fwhm`` when absent). One energy's epoch is one jitted ``lax.scan`` over
+its shuffled frames; energies are batched with ``vmap`` (frames padded to equal counts;
+padded frames have a zero validity flag that makes them exact no-ops).
+
+The optional Kramers-Kronig constraint (Hirose et al., Opt. Express 25, 8593 (2017)) is
+applied between epochs, see :func:`kk_constrain`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .dataset import Dataset
+from .errors import ConfigError, DivergenceError, InputError
+from .forward import amplitude_projection, extract_patch, frame_geometry, shifted_probe
+from .geometry import Grid, wavelength
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class EpieConfig:
+    """ePIE options (frozen, validated).
+
+    Attributes:
+        epochs: number of passes over all frames of every energy.
+        alpha: object step (ePIE's alpha), in (0, 2].
+        beta: probe step (ePIE's beta), in [0, 2]; 0 = probe fixed.
+        probe_update_start: first epoch (0-based) at which the probe is updated.
+        seed: seed of the frame orders (``jax.random``).
+        kk_start: first epoch after which the KK constraint is applied (None = off).
+        kk_every: apply the KK constraint every ``kk_every`` epochs after ``kk_start``
+            (None = only once, at ``kk_start``).
+        kk_weight: blend of the KK-consistent phase into the reconstructed one (1 = replace
+            the energy-dependent part).
+        kk_register: register energies to each other (sub-pixel) before the KK step.
+        kk_tail_ev: the absorption is extended beyond the last energy (constant, then
+            linearly to zero over ``kk_tail_ev``) to tame the truncation of the KK integral.
+        batch_energies: energies per vmapped batch (None = all at once; 1 = loop).
+        probe_fwhm: FWHM (m) of the KB focus used as initial probe when the dataset has no
+            illumination.
+        probe_power_limit: divergence threshold: probe power over its initial value.
+        checkpoint_every: epochs between checkpoints (when a checkpoint path is given).
+    """
+
+    epochs: int = 100
+    alpha: float = 1.0
+    beta: float = 1.0
+    probe_update_start: int = 5
+    seed: int = 0
+    kk_start: int | None = None
+    kk_every: int | None = None
+    kk_weight: float = 1.0
+    kk_register: bool = True
+    kk_tail_ev: float = 200.0
+    batch_energies: int | None = None
+    probe_fwhm: float = 300e-9
+    probe_power_limit: float = 100.0
+    checkpoint_every: int = 25
+
+    def __post_init__(self):
+        if not (isinstance(self.epochs, (int, np.integer)) and self.epochs >= 1):
+            raise ConfigError(f"epie epochs must be a positive integer, got {self.epochs!r}")
+        if not (0.0 < self.alpha <= 2.0):
+            raise ConfigError(f"epie alpha must be in (0, 2], got {self.alpha}")
+        if not (0.0 <= self.beta <= 2.0):
+            raise ConfigError(f"epie beta must be in [0, 2], got {self.beta}")
+        if self.probe_update_start < 0:
+            raise ConfigError(f"epie probe_update_start must be >= 0, got {self.probe_update_start}")
+        if self.kk_start is not None and self.kk_start < 0:
+            raise ConfigError(f"epie kk_start must be >= 0 or None, got {self.kk_start}")
+        if self.kk_every is not None and self.kk_every < 1:
+            raise ConfigError(f"epie kk_every must be >= 1 or None, got {self.kk_every}")
+        if self.kk_every is not None and self.kk_start is None:
+            raise ConfigError("epie kk_every is set but kk_start is None (KK off): set kk_start too")
+        if not (0.0 <= self.kk_weight <= 1.0):
+            raise ConfigError(f"epie kk_weight must be in [0, 1], got {self.kk_weight}")
+        if not self.kk_tail_ev >= 0:
+            raise ConfigError(f"epie kk_tail_ev must be >= 0, got {self.kk_tail_ev}")
+        if self.batch_energies is not None and self.batch_energies < 1:
+            raise ConfigError(f"epie batch_energies must be >= 1 or None, got {self.batch_energies}")
+        if not self.probe_fwhm > 0:
+            raise ConfigError(f"epie probe_fwhm must be positive, got {self.probe_fwhm}")
+        if not self.probe_power_limit > 1:
+            raise ConfigError(f"epie probe_power_limit must be > 1, got {self.probe_power_limit}")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"epie checkpoint_every must be >= 1, got {self.checkpoint_every}")
+
+    @classmethod
+    def seed_schedule(cls, **overrides) -> "EpieConfig":
+        """The seed study's schedule: 800 epochs, KK every 50 epochs after the 500th."""
+        kw = dict(epochs=800, kk_start=500, kk_every=50)
+        kw.update(overrides)
+        return cls(**kw)
+
+    def kk_due(self, epoch_done: int) -> bool:
+        """Whether the KK constraint is applied after ``epoch_done`` epochs (1-based count)."""
+        if self.kk_start is None or epoch_done < self.kk_start or epoch_done >= self.epochs + 1:
+            return False
+        if epoch_done == self.kk_start:
+            return True
+        return self.kk_every is not None and (epoch_done - self.kk_start) % self.kk_every == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- geometry helpers
+
+
+def reconstruction_grids(dataset: Dataset, common: Grid | None = None) -> tuple[Grid, list[Grid]]:
+    """The common grid and each energy's natural grid, padded to one shape (same centre).
+
+    ``Dataset.energy_grids`` gives each energy's pixel size covering the common field;
+    the shapes may differ by a few pixels, so all are enlarged to the largest shape
+    around the common centre (needed to batch energies with ``vmap``).
+    """
+    common = dataset.common_grid() if common is None else common
+    gs = dataset.energy_grids(common)
+    ny = max(g.shape[0] for g in gs)
+    nx = max(g.shape[1] for g in gs)
+    cx, cy = common.center
+    out = [Grid(pixel_size=g.pixel_size, shape=(ny, nx),
+                origin=(cx - 0.5 * (nx - 1) * g.pixel_size, cy - 0.5 * (ny - 1) * g.pixel_size)) for g in gs]
+    return common, out
+
+
+def shift_ramps(frac: np.ndarray, frame_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Separable Fourier shift ramps of :func:`forward.shifted_probe`, per frame.
+
+    Returns ``(rows, cols)``, each ``(frame, M)`` complex64, such that
+    ``ifft2(P_hat * rows[j][:, None] * cols[j][None, :]) == shifted_probe(P_hat, frac[j])``.
+    They are read off ``forward.shifted_probe`` itself (its output for a flat spectrum,
+    transformed back), so the sign and frequency conventions are the forward model's.
+    """
+    m = frame_size
+    frac = np.asarray(frac, np.float32).reshape(-1, 2)
+    ones = jnp.ones((m, m), jnp.complex64)
+
+    @jax.jit
+    def ramp_of(f):
+        r = jnp.fft.fft2(shifted_probe(ones, f))
+        return r[:, 0], r[0, :] / r[0, 0]
+
+    if frac.shape[0] == 0:
+        z = np.zeros((0, m), np.complex64)
+        return z, z
+    rows, cols = jax.vmap(ramp_of)(jnp.asarray(frac))
+    rows = np.array(rows, np.complex64)
+    cols = np.array(cols, np.complex64)
+    # the ramps are unimodular by construction; remove float32 round-off of the FFT pair
+    rows /= np.abs(rows)
+    cols /= np.abs(cols)
+    return rows, cols
+
+
+def initial_probes(dataset: Dataset, grids: list[Grid], probe_fwhm: float = 300e-9) -> np.ndarray:
+    """Initial probe of each energy (K, M, M) complex64 on its own pixel size.
+
+    The dataset's illumination when present; otherwise a KB focus of ``probe_fwhm`` (at
+    the lowest energy; the numerical aperture is fixed, so it scales with lambda),
+    normalised to the mean detected photons per frame of that energy.
+    """
+    if dataset.illumination is not None:
+        return np.asarray(dataset.illumination, np.complex64)
+    from .probe import kb_probe, numerical_aperture_for_fwhm
+
+    m = dataset.frame_size
+    e = np.asarray(dataset.energies, np.float64)
+    na = numerical_aperture_for_fwhm(probe_fwhm, float(wavelength(e.min())))
+    frames = np.asarray(dataset.frames)
+    mask = np.asarray(dataset.mask)
+    out = np.zeros((len(e), m, m), np.complex64)
+    for k in range(len(e)):
+        idx = dataset.frames_of(k)
+        frac_used = max(float(mask[k].mean()), 1e-6)
+        photons = float(frames[idx].sum(axis=(1, 2)).mean() / frac_used) if idx.size else 1.0
+        out[k] = kb_probe(m, grids[k].pixel_size, float(wavelength(e[k])), na, photons=max(photons, 1.0))
+    return out
+
+
+# ----------------------------------------------------------------------------- the jitted epoch
+
+
+def _epoch_single(obj, probe_hat, order, corners, rows, cols, counts, mask, valid, alpha, beta, update_probe: bool):
+    """One ePIE epoch of one energy: ``lax.scan`` over the frames in ``order``."""
+    m = probe_hat.shape[-1]
+
+    def step(carry, j):
+        o, ph, loss = carry
+        c = corners[j]
+        ramp = rows[j][:, None] * cols[j][None, :]
+        ps = jnp.fft.ifft2(ph * ramp)  # == forward.shifted_probe(ph, frac[j])
+        patch = extract_patch(o, c, m)
+        psi = ps * patch
+        d = (amplitude_projection(psi, counts[j], mask) - psi) * valid[j]
+        ip = jnp.real(ps) ** 2 + jnp.imag(ps) ** 2
+        new_patch = patch + (alpha / jnp.max(ip)) * jnp.conj(ps) * d
+        o = jax.lax.dynamic_update_slice(o, new_patch, (c[0], c[1]))
+        if update_probe:
+            io = jnp.real(patch) ** 2 + jnp.imag(patch) ** 2
+            dps = (beta / jnp.maximum(jnp.max(io), 1e-30)) * jnp.conj(patch) * d
+            ph = ph + jnp.fft.fft2(dps) * jnp.conj(ramp)  # shift back by -frac, into the spectrum
+        loss = loss + jnp.sum(jnp.real(d) ** 2 + jnp.imag(d) ** 2)
+        return (o, ph, loss), None
+
+    (obj, probe_hat, loss), _ = jax.lax.scan(step, (obj, probe_hat, jnp.float32(0.0)), order)
+    power = jnp.sum(jnp.real(probe_hat) ** 2 + jnp.imag(probe_hat) ** 2) / (m * m)
+    finite = jnp.all(jnp.isfinite(obj)) & jnp.all(jnp.isfinite(probe_hat))
+    return obj, probe_hat, loss, power, finite
+
+
+def _make_epoch_fn(update_probe: bool):
+    def fn(obj, probe_hat, orders, corners, rows, cols, counts, mask, valid, alpha, beta):
+        f = lambda o, p, od, c, r, cl, n, w, v: _epoch_single(o, p, od, c, r, cl, n, w, v, alpha, beta, update_probe)
+        return jax.vmap(f)(obj, probe_hat, orders, corners, rows, cols, counts, mask, valid)
+
+    return jax.jit(fn, donate_argnums=(0, 1))
+
+
+_EPOCH_FNS: dict[bool, Callable] = {}
+
+
+def epoch_fn(update_probe: bool) -> Callable:
+    """The jitted, energy-batched epoch (cached; one compilation per shape and flag).
+
+    ``fn(obj (B,ny,nx), probe_hat (B,M,M), orders (B,N), corners (B,N,2), rows (B,N,M),
+    cols (B,N,M), counts (B,N,M,M), mask (B,M,M), valid (B,N), alpha, beta)`` returns
+    ``(obj, probe_hat, loss (B,), probe_power (B,), finite (B,))``; ``obj`` and
+    ``probe_hat`` are donated.
+    """
+    if update_probe not in _EPOCH_FNS:
+        _EPOCH_FNS[update_probe] = _make_epoch_fn(update_probe)
+    return _EPOCH_FNS[update_probe]
+
+
+def epie_update(obj_patch, probe, counts, mask, alpha: float = 1.0, beta: float = 1.0):
+    """The ePIE update of one frame (unshifted probe, the patch itself); for tests and docs.
+
+    Returns ``(new_patch, new_probe)``.
+    """
+    psi = probe * obj_patch
+    d = amplitude_projection(psi, counts, mask) - psi
+    new_patch = obj_patch + alpha * jnp.conj(probe) / jnp.max(jnp.abs(probe) ** 2) * d
+    new_probe = probe + beta * jnp.conj(obj_patch) / jnp.max(jnp.abs(obj_patch) ** 2) * d
+    return new_patch, new_probe
+
+
+# ----------------------------------------------------------------------------- per-energy data
+
+
+@dataclasses.dataclass
+class _Batch:
+    """Device arrays of one batch of energies (padded to the same frame count)."""
+
+    energies: np.ndarray  # indices into the dataset's energies
+    corners: jax.Array
+    rows: jax.Array
+    cols: jax.Array
+    counts: jax.Array
+    mask: jax.Array
+    valid: jax.Array
+    n_frames: np.ndarray  # real frames per energy
+
+
+def _frame_tables(dataset: Dataset, grids: list[Grid]):
+    """Per energy: frame indices, corners and fracs on its grid."""
+    pos = np.asarray(dataset.positions, np.float64)
+    m = dataset.frame_size
+    out = []
+    for k, g in enumerate(grids):
+        idx = dataset.frames_of(k)
+        if idx.size == 0:
+            raise InputError(f"energy {float(dataset.energies[k]):.1f} eV has no frames")
+        corner, frac = frame_geometry(pos[idx], g, m)
+        out.append((idx, corner, frac))
+    return out
+
+
+def _make_batches(dataset: Dataset, tables, batch: int | None) -> list[_Batch]:
+    k_all = len(tables)
+    bsz = k_all if batch is None else min(batch, k_all)
+    n_max = max(t[0].size for t in tables)
+    m = dataset.frame_size
+    frames = np.asarray(dataset.frames, np.float32)
+    mask = np.asarray(dataset.mask, np.float32)
+    out = []
+    for s in range(0, k_all, bsz):
+        ks = np.arange(s, min(s + bsz, k_all))
+        b = len(ks)
+        corners = np.zeros((b, n_max, 2), np.int32)
+        fracs = np.zeros((b, n_max, 2), np.float32)
+        counts = np.zeros((b, n_max, m, m), np.float32)
+        valid = np.zeros((b, n_max), np.float32)
+        nf = np.zeros(b, np.int64)
+        for i, k in enumerate(ks):
+            idx, corner, frac = tables[k]
+            n = idx.size
+            corners[i, :n] = corner
+            corners[i, n:] = corner[0]  # padded frames: a legal patch, zero validity
+            fracs[i, :n] = frac
+            counts[i, :n] = frames[idx]
+            valid[i, :n] = 1.0
+            nf[i] = n
+        rows, cols = shift_ramps(fracs.reshape(-1, 2), m)
+        out.append(_Batch(energies=ks, corners=jnp.asarray(corners), rows=jnp.asarray(rows.reshape(b, n_max, m)),
+                          cols=jnp.asarray(cols.reshape(b, n_max, m)), counts=jnp.asarray(counts),
+                          mask=jnp.asarray(mask[ks]), valid=jnp.asarray(valid), n_frames=nf))
+    return out
+
+
+def frame_orders(seed: int, epoch: int, n_frames: int, energies) -> jax.Array:
+    """Random frame order of every energy for one epoch, ``(len(energies), n_frames)`` int32.
+
+    Each frame ``j`` of energy ``E`` draws a uniform key from ``jax.random`` keyed by
+    (seed, epoch, E in centi-eV, j) and frames are visited in key order. The real frames'
+    order therefore does not depend on how many padded frames follow them, nor on which
+    other energies are in the dataset, and a resumed run repeats it.
+    """
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
+    tags = jnp.asarray(np.round(np.asarray(energies, np.float64) * 100).astype(np.int64) % (2 ** 31), jnp.int32)
+
+    def one(tag):
+        ke = jax.random.fold_in(key, tag)
+        u = jax.vmap(lambda j: jax.random.uniform(jax.random.fold_in(ke, j)))(jnp.arange(n_frames))
+        return jnp.argsort(u)
+
+    return jax.vmap(one)(tags).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------- results, checkpoints
+
+
+@dataclasses.dataclass
+class EpieResult:
+    """Output of :func:`run_epie` (host side).
+
+    Attributes:
+        objects: (K, ny, nx) complex64, each on ``grids[k]``.
+        probes: (K, M, M) complex64, each on its energy's pixel size.
+        grids: each energy's grid; common: the map grid.
+        energies: (K,) eV.
+        history: ``loss`` (epochs, K) amplitude loss per epoch and energy, ``time`` (epochs,)
+            seconds per epoch, ``kk_epochs`` epochs after which KK was applied.
+        corners, fracs: per energy, the frames' patch corners and sub-pixel offsets.
+        epochs_done: completed epochs.
+    """
+
+    objects: np.ndarray
+    probes: np.ndarray
+    grids: list[Grid]
+    common: Grid
+    energies: np.ndarray
+    history: dict[str, np.ndarray]
+    corners: list[np.ndarray]
+    fracs: list[np.ndarray]
+    epochs_done: int
+    compile_time: float = 0.0
+
+
+def _fingerprint(dataset: Dataset, config: EpieConfig) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in config.to_dict().items() if k not in ("epochs", "checkpoint_every")},
+                        sort_keys=True).encode())
+    h.update(np.asarray(dataset.energies).tobytes())
+    h.update(np.asarray(dataset.positions).tobytes())
+    h.update(str(tuple(dataset.frames.shape)).encode())
+    fr = np.asarray(dataset.frames)
+    h.update(fr[:: max(1, fr.shape[0] // 7)].tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(path, objects, probes, epoch: int, loss_hist, time_hist, kk_epochs, fingerprint: str) -> None:
+    """Write an ePIE checkpoint atomically (temporary file in the same folder, then rename)."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".epie-", suffix=".npz", dir=d)
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, objects=np.asarray(objects), probes=np.asarray(probes), epoch=np.int64(epoch),
+                     loss=np.asarray(loss_hist, np.float64).reshape(-1, np.asarray(objects).shape[0]),
+                     time=np.asarray(time_hist, np.float64), kk_epochs=np.asarray(kk_epochs, np.int64),
+                     fingerprint=np.asarray(fingerprint))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path) -> dict[str, Any]:
+    with np.load(os.fspath(path), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid | None = None,
+             progress: bool = False, checkpoint=None, resume: bool = False,
+             init_objects: np.ndarray | None = None, init_probes: np.ndarray | None = None,
+             callback: Callable[[int, np.ndarray], None] | None = None) -> EpieResult:
+    """Reconstruct every energy of ``dataset`` independently with ePIE (+ optional KK).
+
+    Args:
+        dataset: the measurement.
+        config: :class:`EpieConfig` (default ``EpieConfig()``).
+        common: the map grid (default ``dataset.common_grid()``); each energy's grid is
+            centred on it (see :func:`reconstruction_grids`).
+        progress: show a tqdm bar over epochs.
+        checkpoint: path of an ``.npz`` checkpoint written every ``checkpoint_every`` epochs
+            and at the end (atomically).
+        resume: continue from ``checkpoint`` if it exists and matches the data and config.
+        init_objects, init_probes: optional starting guesses (K, ny, nx) / (K, M, M).
+        callback: called as ``callback(epoch_done, loss_per_energy)`` after every epoch.
+
+    Raises:
+        DivergenceError: NaN/inf in an object or probe, or probe power above
+            ``probe_power_limit`` x its initial value; names the energy and epoch.
+    """
+    config = EpieConfig() if config is None else config
+    common, grids = reconstruction_grids(dataset, common)
+    energies = np.asarray(dataset.energies, np.float64)
+    kn = len(energies)
+    m = dataset.frame_size
+    tables = _frame_tables(dataset, grids)
+    batches = _make_batches(dataset, tables, config.batch_energies)
+    n_max = max(t[0].size for t in tables)
+
+    probes0 = np.asarray(initial_probes(dataset, grids, config.probe_fwhm) if init_probes is None else init_probes, np.complex64)
+    if probes0.shape != (kn, m, m):
+        raise InputError(f"initial probes must be ({kn}, {m}, {m}), got {probes0.shape}")
+    shape = grids[0].shape
+    objects0 = np.ones((kn,) + shape, np.complex64) if init_objects is None else np.asarray(init_objects, np.complex64)
+    if objects0.shape != (kn,) + shape:
+        raise InputError(f"initial objects must be ({kn}, {shape[0]}, {shape[1]}), got {objects0.shape}")
+    power0 = np.sum(np.abs(probes0.astype(np.complex128)) ** 2, axis=(1, 2))
+
+    fp = _fingerprint(dataset, config)
+    start_epoch = 0
+    loss_hist: list[np.ndarray] = []
+    time_hist: list[float] = []
+    kk_epochs: list[int] = []
+    if checkpoint is not None and resume and os.path.exists(os.fspath(checkpoint)):
+        ck = load_checkpoint(checkpoint)
+        if str(ck["fingerprint"]) != fp:
+            raise InputError(f"checkpoint {os.fspath(checkpoint)} was written for other data or another ePIE "
+                             "configuration; remove it or run without resume")
+        objects0 = ck["objects"].astype(np.complex64)
+        probes0 = ck["probes"].astype(np.complex64)
+        start_epoch = int(ck["epoch"])
+        loss_hist = [row for row in ck["loss"]]
+        time_hist = list(ck["time"])
+        kk_epochs = [int(e) for e in ck["kk_epochs"]]
+
+    objs = [jnp.asarray(objects0[b.energies]) for b in batches]
+    phat = [jnp.fft.fft2(jnp.asarray(probes0[b.energies])) for b in batches]
+    alpha = jnp.float32(config.alpha)
+    beta = jnp.float32(config.beta)
+
+    it = range(start_epoch, config.epochs)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(it, desc=f"ePIE {kn} energies {energies.min():.1f}-{energies.max():.1f} eV", unit="epoch",
+                   initial=start_epoch, total=config.epochs)
+        it = bar
+    compile_time = 0.0
+    for epoch in it:
+        t0 = time.perf_counter()
+        upd = config.beta > 0 and epoch >= config.probe_update_start
+        fn = epoch_fn(upd)
+        orders = frame_orders(config.seed, epoch, n_max, energies)
+        loss_e = np.zeros(kn)
+        for i, b in enumerate(batches):
+            objs[i], phat[i], loss, power, finite = fn(objs[i], phat[i], orders[b.energies], b.corners, b.rows, b.cols,
+                                                       b.counts, b.mask, b.valid, alpha, beta)
+            loss = np.asarray(loss)
+            power = np.asarray(power)
+            finite = np.asarray(finite)
+            loss_e[b.energies] = loss
+            for j, k in enumerate(b.energies):
+                if not finite[j] or not np.isfinite(loss[j]):
+                    raise DivergenceError(f"ePIE diverged at energy {energies[k]:.1f} eV, epoch {epoch + 1}: "
+                                          "non-finite object or probe (lower alpha/beta or start the probe update later)")
+                if power[j] > config.probe_power_limit * power0[k]:
+                    raise DivergenceError(f"ePIE diverged at energy {energies[k]:.1f} eV, epoch {epoch + 1}: probe power "
+                                          f"{power[j] / power0[k]:.3g} x its initial value (limit "
+                                          f"{config.probe_power_limit:g}); lower beta or start the probe update later")
+        done = epoch + 1
+        if config.kk_due(done):
+            cur_o = _gather(objs, batches, kn)
+            new_o = kk_constrain(cur_o, energies, grids, common, weight=config.kk_weight,
+                                 register=config.kk_register, tail_ev=config.kk_tail_ev,
+                                 probes=_gather_probes(phat, batches, kn), tables=tables, frame_size=m)
+            objs = [jnp.asarray(new_o[b.energies]) for b in batches]
+            kk_epochs.append(done)
+        dt = time.perf_counter() - t0
+        if epoch == start_epoch:
+            compile_time = dt
+        loss_hist.append(loss_e)
+        time_hist.append(dt)
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss_e.sum():.4g}")
+        if callback is not None:
+            callback(done, loss_e)
+        if checkpoint is not None and (done % config.checkpoint_every == 0 or done == config.epochs):
+            save_checkpoint(checkpoint, _gather(objs, batches, kn), _gather_probes(phat, batches, kn), done,
+                            loss_hist, time_hist, kk_epochs, fp)
+
+    objects = _gather(objs, batches, kn)
+    probes = _gather_probes(phat, batches, kn)
+    return EpieResult(objects=objects, probes=probes, grids=grids, common=common, energies=energies,
+                      history={"loss": np.asarray(loss_hist, np.float64).reshape(-1, kn),
+                               "time": np.asarray(time_hist, np.float64),
+                               "kk_epochs": np.asarray(kk_epochs, np.int64)},
+                      corners=[t[1] for t in tables], fracs=[t[2] for t in tables],
+                      epochs_done=max(start_epoch, config.epochs), compile_time=compile_time)
+
+
+def _gather(objs, batches, kn) -> np.ndarray:
+    first = np.asarray(objs[0])
+    out = np.zeros((kn,) + first.shape[1:], np.complex64)
+    for o, b in zip(objs, batches):
+        out[b.energies] = np.asarray(o)
+    return out
+
+
+def _gather_probes(phat, batches, kn) -> np.ndarray:
+    return _gather([jnp.fft.ifft2(p) for p in phat], batches, kn)
+
+
+# ----------------------------------------------------------------------------- KK constraint
+
+
+def kk_matrix(energies, tail_ev: float = 200.0) -> np.ndarray:
+    r"""Linear map from absorption samples to the KK-consistent phase, ``(K, K)`` float64.
+
+    For absorption ``A(E_k)`` (amplitude attenuation, relative to the pre-edge level) the
+    phase consistent with it is
+
+        phi_KK(E) = -lambda(E) * KK[ A(E') / lambda(E') ](E),
+
+    because ``A = r_e lambda N f''`` and ``phi = -r_e lambda N (Z + f')`` with
+    ``f' = KK[f'']`` (:func:`scattering.kk_piecewise_linear`: the real-part change of a
+    piecewise-linear ``f''`` given at nodes). ``A/lambda`` is taken piecewise linear on
+    the measured energies, extended beyond the last one as a constant, then linearly to
+    zero over ``tail_ev`` (the edge does not end at the last energy; the remaining
+    truncation error is smooth and goes into the fitted baseline, see
+    :func:`kk_constrain`). KK is linear in ``f''``, so the map is built column by column
+    from unit node vectors.
+    """
+    from .scattering import kk_piecewise_linear
+
+    e = np.asarray(energies, np.float64)
+    lam = wavelength(e)
+    nodes = e if tail_ev <= 0 else np.concatenate([e, [e[-1] + 0.5 * tail_ev, e[-1] + tail_ev]])
+    kn = len(e)
+    eye = np.eye(kn)
+    cols = []
+    for j in range(kn):
+        f2 = eye[j] / lam[j]
+        if tail_ev > 0:
+            f2 = np.concatenate([f2, [f2[-1], 0.0]])
+        cols.append(np.asarray(kk_piecewise_linear(nodes, f2, e), np.float64))
+    kmat = np.stack(cols, axis=1)  # (eval, node)
+    return -lam[:, None] * kmat
+
+
+def kk_phase(absorption: np.ndarray, phase: np.ndarray, energies, weight: float = 1.0, tail_ev: float = 200.0,
+             n_pre: int | None = None) -> np.ndarray:
+    """KK-constrained phase stack ``(K, ...)`` from absorption and phase stacks (same shape).
+
+    Per pixel: subtract the pre-edge constant (mean of the ``n_pre`` lowest energies,
+    default the lowest two), map through :func:`kk_matrix`, fit ``c0 + c1 (E - mean E)``
+    to ``phase - phi_KK`` (least squares over energies: the energy-independent and
+    slowly varying non-resonant phase, and the KK truncation error), and return
+    ``(1 - weight) phase + weight (baseline + phi_KK)``.
+    """
+    e = np.asarray(energies, np.float64)
+    kn = len(e)
+    a = np.asarray(absorption, np.float64).reshape(kn, -1)
+    p = np.asarray(phase, np.float64).reshape(kn, -1)
+    n_pre = min(2, kn) if n_pre is None else max(1, min(n_pre, kn))
+    a0 = a - a[:n_pre].mean(axis=0, keepdims=True)
+    kmat = kk_matrix(e, tail_ev)
+    phi_kk = kmat @ a0
+    basis = np.stack([np.ones(kn), (e - e.mean()) / max(np.ptp(e), 1e-9)], axis=1)
+    coef, *_ = np.linalg.lstsq(basis, p - phi_kk, rcond=None)
+    model = basis @ coef + phi_kk
+    out = (1.0 - weight) * p + weight * model
+    return out.reshape(np.shape(phase)).astype(np.float32)
+
+
+def kk_constrain(objects: np.ndarray, energies, grids: list[Grid], common: Grid, weight: float = 1.0,
+                 register: bool = True, tail_ev: float = 200.0, probes: np.ndarray | None = None,
+                 tables=None, frame_size: int | None = None) -> np.ndarray:
+    """Apply the KK constraint to every energy's object (Hirose et al. 2017).
+
+    The objects are brought onto the common grid as A = -ln|O| and unwrapped phase
+    (:func:`align.to_common`), referenced to the empty region and optionally registered
+    (:func:`align.align_stack`); the KK-consistent phase (:func:`kk_phase`) replaces the
+    energy-dependent part of the phase; the phase *change* is shifted back (inverse of
+    the registration), resampled onto each energy's grid and applied to its object, so
+    parts of the object that the constraint does not touch are not resampled at all.
+    """
+    from . import align
+    from .forward import resample
+
+    e = np.asarray(energies, np.float64)
+    st = align.align_stack(objects, grids, common, e, probes=probes, tables=tables, frame_size=frame_size,
+                           register=register)
+    new_phase = kk_phase(st.absorption, st.phase, e, weight=weight, tail_ev=tail_ev)
+    dphi = new_phase - st.phase
+    dphi = np.where(st.illuminated[None], dphi, 0.0)
+    dphi = align.apply_shifts(dphi, -st.shifts)
+    out = np.array(objects, np.complex64, copy=True)
+    for k, g in enumerate(grids):
+        ry, rx = align.cached_matrices(common, g)
+        dk = np.asarray(resample(jnp.asarray(dphi[k], jnp.float32), ry, rx))
+        out[k] = out[k] * np.exp(1j * dk).astype(np.complex64)
+    return out

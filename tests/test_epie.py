@@ -1,0 +1,242 @@
+"""ePIE: update rule vs gradient, sub-pixel shifts, batching, convergence, robustness, checkpoints."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffxas import forward
+from diffxas.dataset import Dataset
+from diffxas.epie import (EpieConfig, epie_update, frame_orders, reconstruction_grids, run_epie, shift_ramps)
+from diffxas.errors import ConfigError, DivergenceError, InputError
+from diffxas.geometry import wavelength
+from diffxas.probe import kb_probe, numerical_aperture_for_fwhm
+
+
+def smooth_object(grid, seed=0, amp=0.3, ph=0.6):
+    """Band-limited random complex transmission on ``grid`` (smooth blobs)."""
+    rng = np.random.default_rng(seed)
+    ny, nx = grid.shape
+    spec = (rng.standard_normal((ny, nx)) + 1j * rng.standard_normal((ny, nx)))
+    ky = np.fft.fftfreq(ny)[:, None]
+    kx = np.fft.fftfreq(nx)[None, :]
+    spec *= np.exp(-(kx ** 2 + ky ** 2) / (2 * 0.06 ** 2))
+    f = np.fft.ifft2(spec)
+    a = np.real(f)
+    p = np.imag(f)
+    a = amp * (a - a.min()) / np.ptp(a)
+    p = -ph * (p - p.min()) / np.ptp(p)
+    return np.exp(-a + 1j * p).astype(np.complex64)
+
+
+def make_dataset(energies=(5420.0, 5480.0), m=16, n_side=6, step_px=2.3, dose=1e7, noise=False, seed=0,
+                 drop=0, with_illumination=True):
+    """A hand-made multi-energy dataset from the forward model (no spectra involved)."""
+    rng = np.random.default_rng(seed)
+    energies = np.asarray(energies, np.float64)
+    distance, det = 0.63, 75e-6
+    dx0 = wavelength(energies[0]) * distance / (m * det)
+    g = (np.arange(n_side) - 0.5 * (n_side - 1)) * step_px * dx0
+    yy, xx = np.meshgrid(g, g, indexing="ij")
+    pos = np.stack([xx.ravel(), yy.ravel()], -1) + rng.uniform(-0.3, 0.3, (n_side * n_side, 2)) * step_px * dx0
+    frames, positions, eidx, illum, objs = [], [], [], [], []
+    tmp = Dataset(frames=jnp.zeros((len(energies) * len(pos), m, m)), positions=jnp.asarray(np.tile(pos, (len(energies), 1)), jnp.float32),
+                  energy_index=jnp.asarray(np.repeat(np.arange(len(energies)), len(pos)), jnp.int32),
+                  energies=jnp.asarray(energies, jnp.float32), mask=jnp.ones((len(energies), m, m)), illumination=None,
+                  distance=distance, detector_pixel=det)
+    common, grids = reconstruction_grids(tmp)
+    na = numerical_aperture_for_fwhm(3.0 * dx0, wavelength(energies[0]))
+    for k, e in enumerate(energies):
+        grid = grids[k]
+        obj = smooth_object(grid, seed=seed + 1 + k, amp=0.2 + 0.05 * k)
+        probe = kb_probe(m, grid.pixel_size, wavelength(e), na, photons=dose, defocus_m=1.5e-6)
+        p_k = pos if drop == 0 or k == 0 else pos[:-drop]
+        corner, frac = forward.frame_geometry(p_k.astype(np.float32), grid, m)
+        inten = forward.intensities(jnp.asarray(obj)[None], jnp.fft.fft2(jnp.asarray(probe))[None], jnp.zeros(len(p_k), jnp.int32),
+                                    jnp.asarray(corner), jnp.asarray(frac))
+        inten = np.asarray(inten)
+        if noise:
+            inten = rng.poisson(inten).astype(np.float32)
+        frames.append(inten)
+        positions.append(p_k)
+        eidx.append(np.full(len(p_k), k, np.int32))
+        illum.append(probe)
+        objs.append(obj)
+    ds = Dataset(frames=jnp.asarray(np.concatenate(frames), jnp.float32), positions=jnp.asarray(np.concatenate(positions), jnp.float32),
+                 energy_index=jnp.asarray(np.concatenate(eidx)), energies=jnp.asarray(energies, jnp.float32),
+                 mask=jnp.ones((len(energies), m, m), jnp.float32),
+                 illumination=jnp.asarray(np.stack(illum)) if with_illumination else None,
+                 distance=distance, detector_pixel=det)
+    return ds, np.stack(objs), np.stack(illum)
+
+
+# ----------------------------------------------------------------------------- update rule
+
+
+def test_object_update_is_scaled_gradient_step():
+    """Delta O = -alpha / (2 max|P|^2) * conj(jax.grad(L)(O)), L = forward.amplitude_loss.
+
+    JAX returns, for a real L of complex z, grad = dL/dx - i dL/dy = conj(2 dL/dz*);
+    Wirtinger calculus gives dL/dO* = conj(P) (psi - psi') by Parseval, so the ePIE step
+    alpha conj(P)/max|P|^2 (psi' - psi) is the steepest-descent step with that scale.
+    """
+    rng = np.random.default_rng(3)
+    m = 16
+    probe = jnp.asarray(kb_probe(m, 50e-9, 2.3e-10, numerical_aperture_for_fwhm(150e-9, 2.3e-10), photons=1e5, defocus_m=1e-6))
+    patch = jnp.asarray(np.exp(-0.2 * rng.random((m, m)) + 1j * rng.normal(0, 0.5, (m, m))), jnp.complex64)
+    truth = jnp.asarray(np.exp(1j * rng.normal(0, 0.3, (m, m))), jnp.complex64) * patch
+    counts = jnp.abs(forward.far_field(probe * truth)) ** 2
+    mask = jnp.asarray((rng.random((m, m)) > 0.1).astype(np.float32))
+    alpha = 0.7
+
+    def loss(o):
+        f = forward.far_field(probe * o)
+        return forward.amplitude_loss(jnp.real(f) ** 2 + jnp.imag(f) ** 2, counts, mask)
+
+    g = jax.grad(loss)(patch)
+    new_patch, _ = epie_update(patch, probe, counts, mask, alpha=alpha)
+    scale = alpha / (2.0 * jnp.max(jnp.abs(probe) ** 2))
+    expected = -scale * jnp.conj(g)
+    np.testing.assert_allclose(np.asarray(new_patch - patch), np.asarray(expected), rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(expected))))
+    # and the same holds for the probe with the roles exchanged
+    g_p = jax.grad(lambda p: forward.amplitude_loss(jnp.abs(forward.far_field(p * patch)) ** 2, counts, mask))(probe)
+    _, new_probe = epie_update(patch, probe, counts, mask, beta=0.5)
+    exp_p = -0.5 / (2.0 * jnp.max(jnp.abs(patch) ** 2)) * jnp.conj(g_p)
+    np.testing.assert_allclose(np.asarray(new_probe - probe), np.asarray(exp_p), rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(exp_p))))
+
+
+def test_shift_ramps_equal_forward_shifted_probe():
+    m = 16
+    rng = np.random.default_rng(0)
+    frac = rng.uniform(-0.5, 0.5, (5, 2)).astype(np.float32)
+    p = jnp.asarray(rng.normal(size=(m, m)) + 1j * rng.normal(size=(m, m)), jnp.complex64)
+    ph = jnp.fft.fft2(p)
+    rows, cols = shift_ramps(frac, m)
+    for j in range(5):
+        ours = jnp.fft.ifft2(ph * rows[j][:, None] * cols[j][None, :])
+        ref = forward.shifted_probe(ph, jnp.asarray(frac[j]))
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=2e-5)
+        # shift back with the conjugate ramp: exact inverse
+        back = jnp.fft.ifft2(jnp.fft.fft2(ours) * jnp.conj(rows[j][:, None] * cols[j][None, :]))
+        np.testing.assert_allclose(np.asarray(back), np.asarray(p), atol=2e-5)
+
+
+def test_frame_orders_are_permutations_and_reproducible():
+    e = [5420.0, 5430.0, 5440.0, 5450.0, 5460.0]
+    a = np.asarray(frame_orders(4, 3, 11, e))
+    b = np.asarray(frame_orders(4, 3, 11, e))
+    np.testing.assert_array_equal(a, b)
+    for row in a:
+        np.testing.assert_array_equal(np.sort(row), np.arange(11))
+    assert not np.array_equal(a, np.asarray(frame_orders(4, 4, 11, e)))
+    # padding-independent: the first 7 frames keep their relative order among 11
+    c = np.asarray(frame_orders(4, 3, 7, e[2:3]))[0]
+    np.testing.assert_array_equal(a[2][a[2] < 7], c)
+
+
+# ----------------------------------------------------------------------------- reconstruction
+
+
+def _error_in_lit(res, objs, ds, frac=0.5):
+    """Relative error of the object (global phase removed) over well-lit pixels, per energy."""
+    out = []
+    for k in range(len(objs)):
+        g = res.grids[k]
+        corner, fr = forward.frame_geometry(np.asarray(ds.positions)[ds.frames_of(k)], g, ds.frame_size)
+        cover = np.zeros(g.shape)
+        pr = np.abs(res.probes[k]) ** 2
+        m = ds.frame_size
+        for c in corner:
+            cover[c[0]:c[0] + m, c[1]:c[1] + m] += pr
+        lit = cover > frac * cover.max()
+        o, t = res.objects[k][lit], objs[k][lit]
+        c = np.vdot(o, t) / np.vdot(o, o)  # complex scale: global phase and O c, P / c ambiguity
+        out.append(np.linalg.norm(o * c - t) / np.linalg.norm(t))
+    return np.asarray(out)
+
+
+def test_epie_recovers_object_with_known_probe():
+    ds, objs, probes = make_dataset()
+    cfg = EpieConfig(epochs=30, beta=0.0)
+    res = run_epie(ds, cfg)
+    err = _error_in_lit(res, objs, ds)
+    assert np.all(err < 0.02), err
+    loss = res.history["loss"]
+    assert loss.shape == (30, 2)
+    assert np.all(loss[-1] < 0.05 * loss[0])
+
+
+def test_epie_probe_refinement_from_wrong_probe():
+    ds, objs, probes = make_dataset(noise=False)
+    grids = reconstruction_grids(ds)[1]
+    # start from a wider, astigmatic probe
+    na = numerical_aperture_for_fwhm(3.6 * grids[0].pixel_size, wavelength(float(ds.energies[0])))
+    wrong = np.stack([kb_probe(ds.frame_size, g.pixel_size, wavelength(float(e)), na, photons=1e7, aberrations={"astig": 0.5})
+                      for e, g in zip(np.asarray(ds.energies), grids)])
+    fixed = run_epie(ds, EpieConfig(epochs=40, beta=0.0), init_probes=wrong)
+    refined = run_epie(ds, EpieConfig(epochs=40, beta=1.0, probe_update_start=2), init_probes=wrong)
+    assert refined.history["loss"][-1].sum() < 0.01 * fixed.history["loss"][-1].sum()
+    err_r, err_f = _error_in_lit(refined, objs, ds), _error_in_lit(fixed, objs, ds)
+    assert np.all(err_r < 0.08) and np.all(err_f > 0.2), (err_r, err_f)
+
+
+def test_padded_frames_are_noops_and_batching_matches_loop():
+    ds, objs, probes = make_dataset(drop=7)  # energy 1 has 7 fewer frames than energy 0
+    cfg = EpieConfig(epochs=3, probe_update_start=1)
+    a = run_epie(ds, cfg)
+    b = run_epie(ds, dataclasses.replace(cfg, batch_energies=1))
+    np.testing.assert_allclose(a.objects, b.objects, atol=2e-5)
+    np.testing.assert_allclose(a.probes, b.probes, atol=2e-3 * np.abs(a.probes).max())
+    # a single-energy dataset (no padding) gives the same result as within the padded batch
+    c = run_epie(ds.select_energies([1]), cfg, common=a.common)
+    np.testing.assert_allclose(c.objects[0], a.objects[1], atol=2e-5)
+
+
+def test_epie_without_illumination_uses_kb_probe():
+    ds, objs, probes = make_dataset(with_illumination=False)
+    res = run_epie(ds, EpieConfig(epochs=2, probe_fwhm=3 * 1.2e-7))
+    assert res.probes.shape == (2, ds.frame_size, ds.frame_size)
+    assert np.all(np.isfinite(res.objects))
+
+
+def test_divergence_error_names_energy_and_epoch():
+    ds, objs, probes = make_dataset()
+    bad = dataclasses.replace(ds, frames=ds.frames * 1e8)
+    with pytest.raises(DivergenceError, match=r"energy 54\d\d\.\d eV, epoch \d+"):
+        run_epie(bad, EpieConfig(epochs=5, probe_update_start=0, beta=1.0))
+    nanp = np.asarray(probes).copy()
+    nanp[1, 0, 0] = np.nan
+    with pytest.raises(DivergenceError, match="5480.0 eV, epoch 1"):
+        run_epie(ds, EpieConfig(epochs=2), init_probes=nanp)
+
+
+def test_checkpoint_resume_reproduces_straight_run(tmp_path):
+    ds, objs, probes = make_dataset()
+    cfg = EpieConfig(epochs=4, probe_update_start=1, checkpoint_every=2)
+    straight = run_epie(ds, cfg)
+    ck = tmp_path / "ck.npz"
+    run_epie(ds, dataclasses.replace(cfg, epochs=2), checkpoint=ck)
+    assert ck.exists()
+    resumed = run_epie(ds, cfg, checkpoint=ck, resume=True)
+    np.testing.assert_allclose(resumed.objects, straight.objects, atol=1e-5)
+    assert resumed.history["loss"].shape == (4, 2)
+    np.testing.assert_allclose(resumed.history["loss"], straight.history["loss"], rtol=1e-4)
+    # a checkpoint of another configuration is refused
+    with pytest.raises(InputError, match="checkpoint"):
+        run_epie(ds, dataclasses.replace(cfg, alpha=0.5), checkpoint=ck, resume=True)
+
+
+@pytest.mark.parametrize("kw", [dict(epochs=0), dict(alpha=0.0), dict(beta=-1.0), dict(kk_every=10),
+                                dict(kk_start=-1), dict(batch_energies=0), dict(kk_weight=2.0)])
+def test_config_validation(kw):
+    with pytest.raises(ConfigError):
+        EpieConfig(**kw)
+
+
+def test_kk_schedule():
+    c = EpieConfig.seed_schedule()
+    due = [e for e in range(1, 801) if c.kk_due(e)]
+    assert due == [500, 550, 600, 650, 700, 750, 800]
+    assert not any(EpieConfig(epochs=10).kk_due(e) for e in range(1, 11))
