@@ -472,7 +472,10 @@ def frc_maps(maps1: ChemMaps, maps2: ChemMaps, name: str = "edge_energy", window
 
     Pixels valid in both maps are compared; elsewhere each map is filled with its mean
     over the common valid pixels (so the two fills carry no noise). Returns freq (1/m),
-    frc, counts and the resolution (m) at the 1/7 and half-bit thresholds.
+    frc, counts, the resolution (m) at the 1/7 and half-bit thresholds
+    (``resolution_1_7``, ``resolution_halfbit``) and ``sampling_limited_1_7`` /
+    ``sampling_limited_halfbit`` (True when the curve never crosses: the resolution is
+    then at least the two-pixel value returned).
     """
     if maps1.shape != maps2.shape or not np.isclose(maps1.pixel_size, maps2.pixel_size):
         raise InputError("FRC needs two maps on the same grid (shape and pixel size)")
@@ -489,11 +492,39 @@ def frc_maps(maps1: ChemMaps, maps2: ChemMaps, name: str = "edge_energy", window
     a = np.where(both, a, np.nan)
     b = np.where(both, b, np.nan)
     freq, c, counts = frc(a, b, maps1.pixel_size, window=window, return_counts=True)
-    return {
-        "name": name,
-        "freq": freq,
-        "frc": c,
-        "counts": counts,
-        "resolution_1_7": resolution(freq, c, "1/7", counts),
-        "resolution_halfbit": resolution(freq, c, "halfbit", counts),
-    }
+    out = {"name": name, "freq": freq, "frc": c, "counts": counts}
+    for key, thr in (("1_7", "1/7"), ("halfbit", "halfbit")):
+        t = threshold_curve(thr, counts)
+        out[f"resolution_{key}"] = resolution(freq, c, thr, counts)
+        # True when the FRC never falls below the threshold: the value is the 2-pixel limit.
+        out[f"sampling_limited_{key}"] = bool(not np.any(c[1:] < t[1:]))
+    return out
+
+
+def frc_files(path1, path2, names=DESCRIPTORS, json_path=None, fig_dir=None) -> dict[str, Any]:
+    """FRC of each named map between two results files (the two halves of a split run).
+
+    Writes the curves and resolutions as strict JSON to ``json_path`` (if given) and the
+    figure ``frc.png``/``frc.pdf`` to ``fig_dir`` (if given). Returns name -> the dict of
+    :func:`frc_maps` (maps without common valid pixels are left out).
+    """
+    from . import io
+
+    m1, m2 = io.read_result(path1).maps, io.read_result(path2).maps
+    out = {}
+    for name in names:
+        try:
+            out[name] = frc_maps(m1, m2, name)
+        except InputError:
+            continue
+    if not out:
+        raise InputError(f"{os.fspath(path1)}, {os.fspath(path2)}: no map has pixels valid in both results")
+    if json_path is not None:
+        with open(json_path, "w") as fh:
+            json.dump(jsonable(out), fh, indent=2, allow_nan=False)
+            fh.write("\n")
+    if fig_dir is not None:
+        from .plotting import fig_frc, save_figure
+
+        save_figure(fig_frc(list(out.values()), labels=list(out)), fig_dir, "frc")
+    return out

@@ -514,7 +514,8 @@ def fig_frc(frc_results: Sequence[dict], labels=None) -> Figure:
     for i, (lab, d) in enumerate(zip(labels, frc_results)):
         f = np.asarray(d["freq"]) * 1e-6  # 1/um
         res = d.get("resolution_halfbit")
-        extra = f" ({res * 1e9:.0f} nm half-bit)" if res else ""
+        le = "≤ " if d.get("sampling_limited_halfbit") else ""
+        extra = f" ({le}{res * 1e9:.0f} nm half-bit)" if res else ""
         ax.plot(f[1:], np.asarray(d["frc"])[1:], color=f"C{i}", lw=1.2, label=f"{lab}{extra}")
     if frc_results:
         d = frc_results[0]

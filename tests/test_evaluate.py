@@ -239,4 +239,29 @@ def test_frc_maps_split():
 
     r = frc_maps(mk(rng.standard_normal((n, n))), mk(rng.standard_normal((n, n))), "edge_energy")
     assert r["resolution_1_7"] == pytest.approx(PX / fc, rel=0.15)
+    assert not r["sampling_limited_1_7"]
     assert r["freq"].shape == r["frc"].shape == r["counts"].shape
+
+
+def test_frc_files_roundtrip(tmp_path):
+    io = pytest.importorskip("diffxas.io")
+    from diffxas.evaluate import frc_files
+
+    rng = np.random.default_rng(4)
+    n = 64
+    s = 5480 + _bandlimited(n, 0.2, rng) * 20
+    paths = []
+    for i in range(2):
+        e = s + 0.1 * rng.standard_normal((n, n))
+        maps = ChemMaps(**{k: np.full((n, n), 1.0) for k in MAP_FIELDS if k != "edge_energy"}, edge_energy=e,
+                        valid=np.ones((n, n), bool), pixel_size=PX, origin=(0.0, 0.0), reference_energy=5450.0,
+                        delta_f2_v=3.4, scattering_table="t")
+        r = Result(method="two-step", maps=maps, energies=np.array([5450.0, 5500.0]), absorption=np.zeros((2, n, n)),
+                   phase=np.zeros((2, n, n)), probes=np.ones((2, 4, 4), np.complex64), probe_pixel_size=np.full(2, PX),
+                   history={}, config={})
+        paths.append(tmp_path / f"half{i}.h5")
+        io.write_result(paths[-1], r)
+    out = frc_files(*paths, json_path=tmp_path / "frc.json", fig_dir=tmp_path)
+    assert set(out) == {"edge_energy", "pre_edge_norm", "ne_eff_per_nv"}
+    assert json.load(open(tmp_path / "frc.json"))["edge_energy"]["resolution_1_7"] > 0
+    assert (tmp_path / "frc.png").stat().st_size > 1000
