@@ -161,7 +161,8 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
     return written
 
 
-def report(result_paths: Sequence[str], out_dir, truth_path=None, labels=None) -> list[str]:
+def report(result_paths: Sequence[str], out_dir, truth_path=None, labels=None, formats=("png", "pdf"),
+           nv_fraction: float = 0.25) -> list[str]:
     """The ``diffxas report`` command: figures and ``summary.md`` for results files.
 
     Args:
@@ -169,6 +170,8 @@ def report(result_paths: Sequence[str], out_dir, truth_path=None, labels=None) -
         out_dir: output folder (created).
         truth_path: optional ground-truth file: adds a truth column and a metrics table.
         labels: optional column labels (default: each result's method, made unique).
+        formats: figure formats.
+        nv_fraction: evaluation region threshold (truth n_v >= nv_fraction x max).
 
     Returns the list of written files.
     """
@@ -177,4 +180,5 @@ def report(result_paths: Sequence[str], out_dir, truth_path=None, labels=None) -
     paths = [os.fspath(p) for p in result_paths]
     results = [io.read_result(p) for p in paths]
     truth = io.read_truth(truth_path) if truth_path else None
-    return report_results(results, out_dir, truth=truth, labels=labels, sources=paths)
+    return report_results(results, out_dir, truth=truth, labels=labels, sources=paths, formats=formats,
+                          nv_fraction=nv_fraction)

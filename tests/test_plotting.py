@@ -173,5 +173,5 @@ def test_file_entry_points(tmp_path, data):
     np.testing.assert_array_equal(back.clusters["labels"], cl["labels"])
     m = evaluate_file(rp, tp)
     assert os.path.exists(m["json_path"]) and m["clusters"]["ari"] > 0.5
-    written = report([str(rp)], tmp_path / "rep", truth_path=str(tp))
+    written = report([str(rp)], tmp_path / "rep", truth_path=str(tp), formats=("png",))
     assert any(p.endswith("summary.md") for p in written)
