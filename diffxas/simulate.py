@@ -95,6 +95,7 @@ class SimConfig:
     texture: float = 1.0
     table: str = "chantler"
     truth_oversample: int = 2
+    noise: bool = True
 
     def __post_init__(self):
         e = np.asarray(self.energies, float)
@@ -317,6 +318,7 @@ class Simulation:
     config: SimConfig
     true_positions: np.ndarray
     true_probes: np.ndarray
+    sampling_grids: list  # the (oversampled) grid each energy was simulated on
 
 
 def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
@@ -344,6 +346,7 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
     eidx = np.repeat(np.arange(len(energies)), n_pos).astype(np.int32)
     illum = np.zeros((len(energies), M, M), np.complex64)
     true_probes = np.zeros_like(illum)
+    grids = []
     mask = np.ones((M, M), np.float32)
     bad = rng.random((M, M)) < cfg.bad_pixel_fraction
     bad[M // 2, M // 2] = False
@@ -381,7 +384,9 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
         corner, frac = frame_geometry(tp, grid, os_ * M)
         inten = np.asarray(frames_of(obj, jnp.fft.fft2(jnp.asarray(probe_os)), jnp.asarray(corner), jnp.asarray(frac)))
         sl = slice(k * n_pos, (k + 1) * n_pos)
-        frames[sl] = rng.poisson(np.maximum(inten, 0.0)).astype(np.float32) * mask
+        inten = np.maximum(inten, 0.0)
+        frames[sl] = (rng.poisson(inten).astype(np.float32) if cfg.noise else inten.astype(np.float32)) * mask
+        grids.append(grid)
         positions[sl] = nominal
         true_pos[sl] = tp
     ds = Dataset(frames=jnp.asarray(frames), positions=jnp.asarray(positions, jnp.float32),
@@ -390,7 +395,8 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
                  illumination=jnp.asarray(illum), distance=float(cfg.distance),
                  detector_pixel=float(cfg.detector_pixel))
     truth = make_truth(ph, cfg, ds, edge)
-    return Simulation(dataset=ds, truth=truth, config=cfg, true_positions=true_pos, true_probes=true_probes)
+    return Simulation(dataset=ds, truth=truth, config=cfg, true_positions=true_pos, true_probes=true_probes,
+                      sampling_grids=grids)
 
 
 def make_truth(ph: Phantom, cfg: SimConfig, ds: Dataset, edge: VEdge) -> Truth:

@@ -79,6 +79,12 @@ def _shape_of(p: XanesParams):
     return jnp.broadcast_shapes(*(jnp.shape(getattr(p, k)) for k in PARAM_NAMES + ("n_other",)))
 
 
+def _broadcast(p: XanesParams) -> XanesParams:
+    """All leaves broadcast to one pixel shape (shared scalars next to per-pixel maps)."""
+    s = _shape_of(p)
+    return XanesParams(**{k: jnp.broadcast_to(jnp.asarray(v), s) for k, v in p.as_dict().items()})
+
+
 def edge_step(energies, b2, b3):
     """The erf step 0.5 (1 + erf((E - b2)/b3)), shape (K, *S)."""
     e = _e(energies, jnp.broadcast_to(b2, jnp.broadcast_shapes(jnp.shape(b2), jnp.shape(b3))))
@@ -94,9 +100,8 @@ def lorentzian(energies, c1, c2, c3):
 
 def absorption(p: XanesParams, energies: Float[Array, " energy"]) -> Float[Array, "energy ..."]:
     """A(E) of eq. 1 (dimensionless amplitude attenuation), shape (K, *S)."""
-    s = _shape_of(p)
-    a = jnp.broadcast_to(p.a, s)
-    return (a + p.b1 * edge_step(energies, p.b2, p.b3)
+    p = _broadcast(p)
+    return (p.a + p.b1 * edge_step(energies, p.b2, p.b3)
             + lorentzian(energies, p.c11, p.c12, p.c13) + lorentzian(energies, p.c21, p.c22, p.c23))
 
 
@@ -107,6 +112,7 @@ def n_v(b1, edge: VEdge):
 
 def phase(p: XanesParams, energies: Float[Array, " energy"], edge: VEdge) -> Float[Array, "energy ..."]:
     """phi(E) in rad, KK-consistent with :func:`absorption`, shape (K, *S)."""
+    p = _broadcast(p)
     s = _shape_of(p)
     e = _e(energies, jnp.zeros(s))
     lam = wavelength(e)
@@ -119,6 +125,7 @@ def phase(p: XanesParams, energies: Float[Array, " energy"], edge: VEdge) -> Flo
 
 def f1_v(p: XanesParams, energies, edge: VEdge):
     """The per-pixel KK-consistent f'_V(E) (electrons); NaN-free only where b1 > 0."""
+    p = _broadcast(p)
     e = _e(energies, jnp.zeros(_shape_of(p)))
     return edge.f1_background(e) + edge.delta_f2 * (
         kk_erf_step(e, p.b2, p.b3)
