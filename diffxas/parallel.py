@@ -1,0 +1,355 @@
+r"""Data-parallel joint solver: the frames split across devices (one host or many).
+
+The joint step is a sum over frames, so it parallelises as data parallelism: every device
+holds all parameters (maps, probes, optimiser state: replicated) and a slice of the
+frames; the loss and the gradients are summed over devices by an all-reduce that XLA
+inserts when the jitted step is compiled for the sharded inputs (GSPMD). Nothing in the
+solver changes: :func:`shard_solver` only *places* the solver's arrays.
+
+Layout
+------
+:class:`diffxas.joint.Problem` stores the per-frame arrays in a chunked layout
+``(n_chunks, chunk, ...)`` that the full-batch loss scans over (one chunk of exit waves in
+memory at a time). Here the ``chunk`` axis is split over a 1-D mesh axis ``"frames"``::
+
+    frames, frame_id, energy_index, corner, frac   NamedSharding(mesh, P(None, "frames"))
+    everything else (weights, resampling matrices,
+    illuminated mask, edge tables), params, opt state   NamedSharding(mesh, P())  (replicated)
+
+so every scan iteration works on ``chunk / n_devices`` frames per device. Build the solver
+with ``prepare_joint(ds, cfg, n_shards=n_devices)`` so that the chunk is a multiple of the
+device count (:func:`diffxas.joint.chunk_layout`); :func:`reconstruct_joint_sharded` does
+prepare -> shard -> loop.
+
+Results equal the single-device run up to float32 summation order (the per-device partial
+sums are added in a different order): ~1e-6 relative in the loss, a few 1e-6 in the
+parameters after a few Adam steps (``tests/test_parallel.py``).
+
+Mini-batches (``JointConfig.batch_size``) work but gather the batch's frames from all
+devices every step (the random indices cross shard boundaries); full batch is the
+efficient multi-device mode.
+
+Several hosts
+-------------
+Call :func:`initialize_distributed` (``jax.distributed.initialize()``) in every process
+before any other JAX call; ``jax.devices()`` then lists the devices of all hosts and the
+mesh spans them. Every process loads the same dataset and runs the same program
+(multi-controller SPMD); :func:`place` builds each global array from the host copy with
+``jax.make_array_from_callback``, so a process only transfers its own devices' shards.
+Under ``srun`` (SLURM), ``jax.distributed.initialize()`` needs no arguments: it reads
+``SLURM_JOB_ID``, ``SLURM_STEP_NODELIST`` (coordinator = first node, port derived from the
+job id), ``SLURM_NTASKS``, ``SLURM_PROCID`` and ``SLURM_LOCALID``. Under Open MPI 4
+``mpirun`` it reads ``OMPI_MCA_orte_hnp_uri``, ``OMPI_COMM_WORLD_SIZE``,
+``OMPI_COMM_WORLD_RANK`` and ``OMPI_COMM_WORLD_LOCAL_RANK``. Elsewhere (Open MPI 5,
+plain ssh) pass ``coordinator_address="host0:1234", num_processes=..., process_id=...``
+or set ``JAX_COORDINATOR_ADDRESS``. See ``docs/scaling.md`` and ``examples/slurm_joint.sh``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from .dataset import Dataset
+from .errors import DivergenceError
+
+#: Name of the mesh axis the frames are split over.
+AXIS = "frames"
+
+#: Problem fields laid out per frame as (n_chunks, chunk, ...).
+FRAME_FIELDS = ("frames", "frame_id", "energy_index", "corner", "frac")
+
+
+def initialize_distributed(**kwargs) -> None:
+    """``jax.distributed.initialize(**kwargs)`` when running as one of several processes.
+
+    Does nothing for a single process (no SLURM/Open MPI/coordinator environment), so
+    scripts can call it unconditionally. Must run before any other JAX call.
+    """
+    slurm = "SLURM_STEP_NODELIST" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    ompi = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    if kwargs or slurm or ompi or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize(**kwargs)
+
+
+def frames_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """1-D mesh named ``"frames"`` over ``devices`` (default: all devices of all processes)."""
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("no devices to build a mesh on")
+    return Mesh(np.asarray(devices, dtype=object), (AXIS,))
+
+
+def place(x, sharding: NamedSharding):
+    """A global ``jax.Array`` with ``sharding`` from a host (or single-device) array ``x``.
+
+    Works with several processes: each process materialises only its addressable shards
+    (every process must hold the same ``x``).
+    """
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
+def replicate(tree, mesh: Mesh):
+    """Every array leaf of ``tree`` replicated on all devices of ``mesh``."""
+    rep = NamedSharding(mesh, P())
+    return jax.tree.map(lambda x: place(x, rep) if eqx.is_array(x) else x, tree)
+
+
+def shard_problem(prob, mesh: Mesh):
+    """The :class:`~diffxas.joint.Problem` with its per-frame arrays split over ``mesh``."""
+    n = mesh.devices.size
+    chunk = prob.frames.shape[1]
+    if chunk % n:
+        raise ValueError(f"chunk of {chunk} frames does not split over {n} devices: "
+                         f"build the solver with prepare_joint(ds, cfg, n_shards={n})")
+    split = NamedSharding(mesh, P(None, AXIS))
+    prob = replicate(prob, mesh)
+    get = lambda p: tuple(getattr(p, f) for f in FRAME_FIELDS)  # noqa: E731
+    return eqx.tree_at(get, prob, tuple(place(x, split) for x in get(prob)))
+
+
+class ShardedJointSolver(eqx.Module):
+    """A :class:`~diffxas.joint.JointSolver` whose frames are split over a mesh.
+
+    Same interface (``init``, ``step``, ``loss``, ``prob``, ``opt``, ``static``, ``batch``,
+    ``n_frames``). The step computes each device's part of the loss and gradient on its own
+    frames inside :func:`jax.shard_map` and sums them with ``psum``; the (cheap) optimiser
+    update then runs replicated.
+
+    Why not plain ``jit`` on sharded inputs: XLA's SPMD partitioner (Shardy and GSPMD, jaxlib
+    0.10) does not partition an FFT along its batch dimension: it all-gathers the operand and
+    runs every frame's FFT on every device (openxla/xla#24, jax-ml/jax#15680). The
+    gradient all-reduce would be right but there would be no speed-up. ``shard_map`` keeps
+    each device on its own frames.
+    """
+
+    inner: Any  # the JointSolver, problem placed (frames split, the rest replicated)
+    mesh: Mesh = eqx.field(static=True)
+
+    # ---- the JointSolver interface
+    @property
+    def prob(self):
+        return self.inner.prob
+
+    @property
+    def opt(self):
+        return self.inner.opt
+
+    @property
+    def static(self):
+        return self.inner.static
+
+    @property
+    def batch(self):
+        return self.inner.batch
+
+    @property
+    def n_frames(self):
+        return self.inner.n_frames
+
+    @property
+    def seed(self):
+        return self.inner.seed
+
+    @property
+    def n_devices(self) -> int:
+        return int(self.mesh.devices.size)
+
+    def init(self, params):
+        return shard_state(self.inner.init(params), self.mesh)
+
+    def loss(self, params):
+        return self._loss_and_grad(params, self.inner.prob, 1.0)[0]
+
+    # ---- sharded loss
+    def _loss_and_grad(self, params, prob, scale):
+        """``scale * data_loss(prob) + tv * reg`` and its gradient; frames of ``prob`` split over the mesh."""
+        from .joint import total_loss
+
+        loss_name, chunk, tv, n_total = self.inner.static
+        n = self.n_devices
+        # every device adds tv/(n scale) * reg, psum -> tv/scale * reg, times scale -> tv * reg
+        local_static = (loss_name, chunk, float(tv) / (n * scale), n_total)
+        dyn, rest = eqx.partition(prob, eqx.is_array)
+        specs = _problem_specs(dyn)
+
+        def local(params, dyn):
+            val, grad = eqx.filter_value_and_grad(total_loss)(params, eqx.combine(dyn, rest), None, local_static)
+            return jax.lax.psum((val, grad), AXIS)
+
+        val, grad = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), specs), out_specs=P(),
+                                  check_vma=False)(params, dyn)
+        if scale != 1.0:
+            val, grad = jax.tree.map(lambda x: x * scale, (val, grad))
+        return val, grad
+
+    def _batch_problem(self, step):
+        """The problem restricted to this step's random mini-batch (same frames as the single-device step)."""
+        n = self.n_devices
+        bs = self.inner.batch
+        key = jax.random.fold_in(jax.random.PRNGKey(self.inner.seed), step)
+        idx = jax.random.choice(key, self.inner.n_frames, (bs,), replace=False)
+        nch, chunk = _chunk_layout(bs, self.inner.static[1], n)
+        pad = nch * chunk - bs
+        # flat index = dataset frame index in the chunked layout (padding at the end)
+        idx = jnp.pad(idx, (0, pad))
+        valid = jnp.arange(nch * chunk) < bs
+        split = NamedSharding(self.mesh, P(None, AXIS))
+        prob = self.inner.prob
+
+        def sel(x):
+            y = x.reshape((-1,) + x.shape[2:])[idx].reshape((nch, chunk) + x.shape[2:])
+            return jax.lax.with_sharding_constraint(y, split)
+
+        fields = {f: sel(getattr(prob, f)) for f in FRAME_FIELDS}
+        fields["frame_id"] = jax.lax.with_sharding_constraint(
+            jnp.where(valid.reshape(nch, chunk), fields["frame_id"], -1), split)
+        return eqx.tree_at(lambda p: tuple(getattr(p, f) for f in FRAME_FIELDS), prob,
+                           tuple(fields[f] for f in FRAME_FIELDS))
+
+    @eqx.filter_jit
+    def step(self, state):
+        from .joint import JointState
+
+        if self.inner.batch == self.inner.n_frames:
+            loss, grads = self._loss_and_grad(state.params, self.inner.prob, 1.0)
+        else:
+            scale = self.inner.n_frames / self.inner.batch
+            loss, grads = self._loss_and_grad(state.params, self._batch_problem(state.step), scale)
+        updates, opt_state = self.inner.opt.update(grads, state.opt_state, state.params)
+        params = eqx.apply_updates(state.params, updates)
+        return JointState(params=params, opt_state=opt_state, step=state.step + 1), loss
+
+
+def _chunk_layout(n_frames: int, chunk: int, n_shards: int):
+    from .joint import chunk_layout
+
+    return chunk_layout(n_frames, chunk, n_shards)
+
+
+def _problem_specs(dyn_prob):
+    """PartitionSpecs of the array leaves of a Problem: frames split, the rest replicated."""
+    specs = jax.tree.map(lambda _: P(), dyn_prob)
+    return eqx.tree_at(lambda p: tuple(getattr(p, f) for f in FRAME_FIELDS), specs,
+                       tuple(P(None, AXIS) for _ in FRAME_FIELDS), is_leaf=lambda x: x is None)
+
+
+def shard_solver(solver, mesh: Mesh) -> ShardedJointSolver:
+    """``solver`` (a :class:`~diffxas.joint.JointSolver`) with its frames split over ``mesh``.
+
+    Per-frame arrays (``frames, frame_id, energy_index, corner, frac``, shape
+    ``(n_chunks, chunk, ...)``) get ``NamedSharding(mesh, P(None, "frames"))`` (each chunk's
+    frames split across devices); every other array is replicated. Returns a
+    :class:`ShardedJointSolver` (same interface) whose step runs each device on its own
+    frames. Use :func:`shard_state` (replication) for an existing state.
+    """
+    if isinstance(solver, ShardedJointSolver):
+        solver = solver.inner
+    return ShardedJointSolver(inner=eqx.tree_at(lambda s: s.prob, solver, shard_problem(solver.prob, mesh)), mesh=mesh)
+
+
+def shard_state(state, mesh: Mesh):
+    """The solver state (parameters, optimiser state, step) replicated over ``mesh``."""
+    return replicate(state, mesh)
+
+
+def sharder(mesh: Mesh) -> Callable:
+    """``(solver, state) -> (solver, state)`` placing both on ``mesh`` (a hook for loops)."""
+
+    def shard(solver, state):
+        return shard_solver(solver, mesh), shard_state(state, mesh)
+
+    return shard
+
+
+def prepare_joint_sharded(ds: Dataset, cfg=None, devices: Sequence[jax.Device] | None = None):
+    """``prepare_joint`` with ``n_shards = len(devices)``, then sharded: ``(solver, state, ctx, mesh)``."""
+    from .joint import JointConfig, prepare_joint
+
+    cfg = JointConfig() if cfg is None else cfg
+    mesh = frames_mesh(devices)
+    solver, state, ctx = prepare_joint(ds, cfg, n_shards=mesh.devices.size)
+    solver, state = sharder(mesh)(solver, state)
+    return solver, state, ctx, mesh
+
+
+def reconstruct_joint_sharded(ds: Dataset, cfg=None, devices: Sequence[jax.Device] | None = None,
+                              progress: bool = False, checkpoint: str | None = None, resume: bool = False,
+                              callback=None):
+    """:func:`diffxas.joint.reconstruct_joint` with the frames split over ``devices``.
+
+    Same arguments and result; ``devices`` defaults to all devices (of all processes after
+    :func:`initialize_distributed`). With one device this is the single-device solver.
+    """
+    import inspect
+
+    from . import joint
+
+    cfg = joint.JointConfig() if cfg is None else cfg
+    mesh = frames_mesh(devices)
+    params = inspect.signature(joint.reconstruct_joint).parameters
+    if "shard" in params and "n_shards" in params:  # the hook in joint.py, when present
+        return joint.reconstruct_joint(ds, cfg, progress=progress, checkpoint=checkpoint, resume=resume,
+                                       callback=callback, n_shards=mesh.devices.size, shard=sharder(mesh))
+    return _loop(ds, cfg, mesh, progress, checkpoint, resume, callback)
+
+
+def _loop(ds, cfg, mesh, progress, checkpoint, resume, callback):
+    """Fallback for a joint.py without the ``shard`` hook: prepare -> shard -> loop -> result."""
+    from . import joint
+
+    t_start = time.perf_counter()
+    solver, state, ctx = joint.prepare_joint(ds, cfg, n_shards=mesh.devices.size)
+    history: dict[str, list] = {"step": [], "loss": [], "time": []}
+    resumed_from = 0
+    if checkpoint and resume and os.path.exists(checkpoint):
+        state, history = joint._load_checkpoint(checkpoint, state)
+        resumed_from = int(state.step)
+    solver, state = sharder(mesh)(solver, state)
+    main = jax.process_index() == 0
+    bar = None
+    if progress and main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=int(state.step), desc=f"joint x{mesh.devices.size}", unit="step")
+    t_compile = None
+    norm = float(ds.n_frames * ds.frame_size ** 2)
+    for s in range(int(state.step), cfg.steps):
+        t0 = time.perf_counter()
+        state, loss = solver.step(state)
+        if t_compile is None:
+            jax.block_until_ready(loss)
+            t_compile = time.perf_counter() - t0
+        if (s + 1) % cfg.log_every == 0 or s == cfg.steps - 1 or s == 0:
+            lv = float(loss)
+            if not math.isfinite(lv):
+                raise DivergenceError(f"joint solver diverged at step {s + 1}: loss is {lv}")
+            history["step"].append(s + 1)
+            history["loss"].append(lv / norm)
+            history["time"].append(time.perf_counter() - t_start)
+            if bar is not None:
+                bar.set_postfix(loss=f"{lv / norm:.4g}")
+            if callback is not None:
+                callback(s + 1, lv / norm, state)
+        if bar is not None:
+            bar.update(1)
+        if checkpoint and main and (s + 1) % cfg.checkpoint_every == 0:
+            joint._save_checkpoint(checkpoint, state, history)
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - t_start
+    info = dict(ctx["init_info"], resumed_from_step=resumed_from, n_devices=int(mesh.devices.size))
+    return joint.make_result(ds, state.params, solver.prob, ctx["common"], ctx["grids"], cfg, ctx["edge"], history,
+                             info, timing={"wall_s": wall, "compile_s": t_compile or 0.0})
