@@ -350,7 +350,7 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
     config[SECTION[method]] = config_to_dict(cfg)
     config["method"] = method
     config["diffxas_version"] = __version__
-    config.setdefault("wall_s", wall)
+    config.setdefault("wall_time_s", wall)
     result.config = config
     result.method = result.method or method
     if input_path is not None:

@@ -172,3 +172,454 @@ def test_console_script(tmp_path):
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert_one_error_line(proc.stderr, "missing.cxi: no such file")
+
+
+# =======================================================================================
+# simulate / reconstruct / cluster / evaluate / report (on a tiny simulated sample)
+# =======================================================================================
+import contextlib  # noqa: E402
+import io as _stdio  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+
+from diffxas import demo  # noqa: E402
+
+#: Six energies over the edge (the two-step fit needs >= 6; a narrow range keeps the joint
+#: solver's initial grid search short).
+TINY_ENERGIES = "5462,5466,5470,5475,5480,5484"
+
+
+def _run(argv) -> tuple[int, str, str]:
+    out, err = _stdio.StringIO(), _stdio.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def sim_dir(tmp_path_factory) -> Path:
+    """`diffxas simulate` of the tiny preset (the command under test, run once per module)."""
+    d = tmp_path_factory.mktemp("sim")
+    rc, out, err = _run(["simulate", d / "tiny.cxi", "--preset", "tiny", "--seed", "1", "--energy-list", TINY_ENERGIES,
+                         "--no-progress"])
+    assert rc == 0, err
+    (d / "simulate.stdout").write_text(out)
+    return d
+
+
+@pytest.fixture(scope="module")
+def joint_dir(sim_dir, tmp_path_factory) -> Path:
+    """`diffxas reconstruct --method joint` with 2 steps on the tiny file (run once)."""
+    d = tmp_path_factory.mktemp("joint")
+    rc, out, err = _run(["reconstruct", sim_dir / "tiny.cxi", "--method", "joint", "-o", d / "joint.h5", "--steps", 2,
+                         "--set", "joint.log_every=1", "--no-progress"])
+    assert rc == 0, err
+    (d / "reconstruct.stdout").write_text(out)
+    return d
+
+
+def test_simulate_writes_readable_cxi_and_truth(sim_dir):
+    cxi, truth = sim_dir / "tiny.cxi", sim_dir / "tiny.truth.h5"
+    assert sorted(p.name for p in sim_dir.iterdir()) == ["simulate.stdout", "tiny.cxi", "tiny.truth.h5"]
+    ds = io.read_cxi(cxi)
+    np.testing.assert_allclose(ds.energies, [float(e) for e in TINY_ENERGIES.split(",")])
+    assert ds.frame_size == 32 and ds.illumination is not None
+    assert np.all(np.asarray(ds.frames) >= 0)
+    t = io.read_truth(truth)
+    assert t.attrs["preset"] == "tiny" and t.attrs["seed"] == 1
+    assert (t.labels >= 0).any()
+    np.testing.assert_allclose(t.energies, ds.energies)
+    out = (sim_dir / "simulate.stdout").read_text()
+    assert "multi-energy CXI file" in out and "6 entries" in out and "tiny.truth.h5" in out
+    assert "attr preset: tiny" in out
+
+
+def test_simulate_option_precedence(tmp_path, monkeypatch):
+    """preset < --config [simulate] < --set < dedicated flags; --energies N spreads evenly in index."""
+    seen = {}
+
+    def fake_simulate_files(cfg, cxi, truth=None, progress=False):
+        seen["cfg"], seen["cxi"], seen["truth"] = cfg, Path(cxi), Path(truth)
+        raise KeyboardInterrupt  # stop here: nothing is simulated or written
+
+    monkeypatch.setattr(demo, "simulate_files", fake_simulate_files)
+    conf = tmp_path / "c.toml"
+    conf.write_text('[simulate]\npreset = "tiny"\nseed = 5\ndose = 1e4\nframe_size = 48\n')
+    rc, _, err = _run(["simulate", tmp_path / "x.cxi", "--config", conf, "--set", "seed=6", "--set",
+                       "simulate.jitter=0.1", "--dose", "2e5", "--energies", 4])
+    assert rc == 130 and "interrupted" in err
+    cfg = seen["cfg"]
+    from diffxas.simulate import PRESETS
+
+    tiny = PRESETS["tiny"]["energies"]
+    assert cfg.preset == "tiny" and cfg.seed == 6 and cfg.dose == 2e5 and cfg.frame_size == 48 and cfg.jitter == 0.1
+    assert cfg.energies == (tiny[0], tiny[5], tiny[9], tiny[14])  # round(linspace(0, 14, 4)) = 0, 5, 9, 14
+    assert seen["truth"] == tmp_path / "x.truth.h5"
+    rc, _, _ = _run(["simulate", tmp_path / "y.cxi", "--preset", "tiny", "--energy-list", "5420, 5480,5500",
+                     "--truth", tmp_path / "t" / "truth.h5"])
+    assert seen["cfg"].energies == (5420.0, 5480.0, 5500.0) and seen["truth"] == tmp_path / "t" / "truth.h5"
+    assert not list(tmp_path.glob("*.h5")) and not list(tmp_path.glob("*.cxi"))
+
+
+def test_spread_indices():
+    assert demo.spread_indices(40, 40).tolist() == list(range(40))
+    assert demo.spread_indices(40, 2).tolist() == [0, 39]
+    for k in range(2, 41):
+        idx = demo.spread_indices(40, k)
+        assert len(set(idx.tolist())) == k and idx[0] == 0 and idx[-1] == 39
+    assert demo.select_energies([1.0, 2.0, 3.0, 4.0, 5.0], 3) == (1.0, 3.0, 5.0)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--preset", "nope"], ["unknown preset 'nope'"]),
+    (["--preset", "tiny", "--set", "frame_sizee=3"], ["[simulate] unknown key 'frame_sizee'", "valid keys:"]),
+    (["--preset", "tiny", "--set", "frame_size"], ["bad --set 'frame_size': expected KEY=VALUE"]),
+    (["--preset", "tiny", "--set", "jont.steps=3"], ["unknown section 'jont'"]),
+    (["--preset", "tiny", "--set", "frame_size=big"], ["[simulate] frame_size: expected an integer, got 'big'"]),
+    (["--preset", "tiny", "--energies", "99"], ["--energies 99 is more than the 15 energies"]),
+    (["--preset", "tiny", "--energies", "1"], ["--energies must be at least 2"]),
+    (["--preset", "tiny", "--energies", "0"], ["argument --energies: expected a positive integer"]),
+    (["--preset", "tiny", "--energy-list", "8.68e-16,8.8e-16"], ["energies must be in eV"]),
+    (["--preset", "tiny", "--energy-list", "5420,abc"], ["--energy-list: expected comma-separated energies"]),
+    (["--preset", "tiny", "--energy-list", "5480,5420"], ["strictly increasing"]),
+    (["--preset", "tiny", "--dose", "-5"], ["argument --dose: expected a positive number"]),
+    (["--preset", "tiny", "--energies", "3", "--energy-list", "5420,5480"], ["not allowed with argument"]),
+])
+def test_simulate_bad_input(tmp_path, argv, words):
+    rc, out, err = _run(["simulate", tmp_path / "o.cxi"] + argv)
+    assert rc == 2 and out == ""
+    assert_one_error_line(err, *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_simulate_bad_config_and_output(tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text("[simulate]\npreset = 'tiny'\nnoise_level = 3\n")
+    rc, _, err = _run(["simulate", tmp_path / "o.cxi", "--config", conf])
+    assert rc == 2
+    assert_one_error_line(err, "[simulate] unknown key 'noise_level'")
+    rc, _, err = _run(["simulate", tmp_path / "o.cxi", "--config", tmp_path / "none.toml"])
+    assert rc == 2
+    assert_one_error_line(err, "none.toml: no such configuration file")
+    (tmp_path / "adir").mkdir()
+    rc, _, err = _run(["simulate", tmp_path / "adir", "--preset", "tiny"])
+    assert rc == 2
+    assert_one_error_line(err, "is a directory")
+    rc, _, err = _run(["simulate", tmp_path / "o.cxi", "--preset", "tiny", "--truth", tmp_path / "o.cxi"])
+    assert rc == 2
+    assert_one_error_line(err, "would overwrite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "c.toml"]
+
+
+def test_reconstruct_joint_writes_result(sim_dir, joint_dir):
+    cxi, res = sim_dir / "tiny.cxi", joint_dir / "joint.h5"
+    r = io.read_result(res)
+    assert r.method == "joint"
+    assert r.input_sha256 == io.sha256_file(cxi) and len(r.input_sha256) == 64
+    assert Path(r.input_path) == cxi.resolve()
+    assert r.config["method"] == "joint" and r.config["joint"]["steps"] == 2 and r.config["joint"]["log_every"] == 1
+    assert r.config["joint"]["per_pixel"] == ["a", "b1", "b2", "b3", "c11", "c12", "c13", "c21", "c22", "c23", "n_other"]
+    assert r.energies.size == 6 and list(r.history["step"]) == [1, 2]
+    # the default checkpoint (RESULT.h5.ckpt) is removed after success
+    assert sorted(p.name for p in joint_dir.iterdir()) == ["joint.h5", "reconstruct.stdout"]
+    out = (joint_dir / "reconstruct.stdout").read_text()
+    assert "joint: 6 energies" in out and f"wrote {res}" in out
+
+
+def test_reconstruct_config_precedence(sim_dir, joint_dir, tmp_path, monkeypatch):
+    """defaults < --config < --set < --steps/--init; recorded config is the one used."""
+    seen = {}
+    prior = io.read_result(joint_dir / "joint.h5")
+
+    def fake_reconstruct(ds, method, cfg, **kw):
+        seen.update(method=method, cfg=cfg, **kw)
+        prior.config = {"joint": "from the solver"}
+        return prior
+
+    monkeypatch.setattr(demo, "reconstruct", fake_reconstruct)
+    conf = tmp_path / "j.toml"
+    conf.write_text("[joint]\nsteps = 7\nlr_amp = 0.5\nseed = 3\n[cluster]\nk = 3\n")
+    rc, _, err = _run(["reconstruct", sim_dir / "tiny.cxi", "--method", "joint", "-o", tmp_path / "r.h5", "--config",
+                       conf, "--set", "lr_amp=0.25", "--set", "joint.steps=8", "--steps", 9, "--init",
+                       joint_dir / "joint.h5", "--no-progress"])
+    assert rc == 0, err
+    cfg = seen["cfg"]
+    assert seen["method"] == "joint" and cfg.steps == 9 and cfg.lr_amp == 0.25 and cfg.seed == 3
+    assert cfg.init == "result" and cfg.init_result == str(joint_dir / "joint.h5")
+    assert seen["checkpoint"] == tmp_path / "r.h5.ckpt" and seen["resume"] is False
+    assert seen["input_sha256"] == io.sha256_file(sim_dir / "tiny.cxi")
+    assert io.read_result(tmp_path / "r.h5").method == "joint"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--method", "joint", "--iterations", "5"], ["--iterations sets the two-step ePIE epochs"]),
+    (["--method", "two-step", "--steps", "5"], ["--steps sets the joint solver's steps"]),
+    (["--method", "two-step", "--init", "x.h5"], ["--init (warm start) applies to --method joint only"]),
+    (["--method", "joint", "--set", "joint.stepz=3"], ["[joint] unknown key 'stepz'", "valid keys: steps"]),
+    (["--method", "joint", "--set", "stepz=3"], ["[joint] unknown key 'stepz'"]),
+    (["--method", "joint", "--set", "joint.loss=l2"], ["[joint] loss must be 'amplitude' or 'poisson'"]),
+    (["--method", "joint", "--set", "steps"], ["bad --set 'steps': expected KEY=VALUE"]),
+    (["--method", "joint", "--set", "cluster.k=zero"], ["[cluster]"]),
+    (["--method", "joint", "--steps", "-1"], ["argument --steps: expected an integer >= 0"]),
+    (["--method", "nope"], ["argument --method: invalid choice"]),
+    (["--method", "joint", "--init", "missing.h5"], ["missing.h5: no such file"]),
+    (["--method", "joint", "--no-checkpoint", "--resume"], ["--no-checkpoint cannot be combined"]),
+    ([], ["the following arguments are required: --method"]),
+])
+def test_reconstruct_bad_options(cxi, tmp_path, argv, words):
+    out = tmp_path / "res.h5"
+    if "-o" not in argv and argv:
+        argv = argv + ["-o", out]
+    rc, stdout, err = _run(["reconstruct", cxi] + argv)
+    assert rc == 2 and stdout == ""
+    assert_one_error_line(err, *words)
+    assert not out.exists() and not list(tmp_path.glob("res.h5*"))
+
+
+def test_reconstruct_unknown_config_key_in_file(cxi, tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text("[joint]\nstep = 3\n")
+    rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "r.h5", "--config", conf])
+    assert rc == 2
+    assert_one_error_line(err, "[joint] unknown key 'step'", "valid keys:")
+    conf.write_text("[joint]\nsteps = 'many'\n")
+    rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "r.h5", "--config", conf])
+    assert rc == 2
+    assert_one_error_line(err, "[joint] steps: expected an integer, got 'many' (str)")
+    conf.write_text("[joint\n")
+    rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "r.h5", "--config", conf])
+    assert rc == 2
+    assert_one_error_line(err, "invalid TOML")
+    assert not (tmp_path / "r.h5").exists()
+
+
+def test_reconstruct_refuses_to_overwrite_input(cxi, capsys):
+    before = cxi.read_bytes()
+    assert cli.main(["reconstruct", str(cxi), "--method", "joint", "-o", str(cxi)]) == 2
+    assert_one_error_line(capsys.readouterr().err, "would overwrite the input file")
+    assert cxi.read_bytes() == before
+
+
+def test_reconstruct_twostep_missing_module_is_one_line(cxi, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "twostep_available", lambda: (False, "diffxas.twostep is not installed"))
+    rc, _, err = _run(["reconstruct", cxi, "--method", "two-step", "-o", tmp_path / "r.h5"])
+    assert rc == 2
+    assert_one_error_line(err, "the two-step method is not available: diffxas.twostep is not installed")
+    assert not (tmp_path / "r.h5").exists()
+
+
+# ---- bad CXI files, for every command that reads one ---------------------------------------
+def _cxi_edit(tmp_path, name, edit):
+    import h5py
+
+    p = io.write_cxi(tmp_path / name, make_dataset())
+    with h5py.File(p, "r+") as f:
+        edit(f)
+    return p
+
+
+_DATA = "entry_1/instrument_1/detector_1/data"
+
+
+def _missing_dataset(tmp_path):
+    def edit(f):
+        del f["entry_1/instrument_1/detector_1/distance"]
+    return _cxi_edit(tmp_path, "nodist.cxi", edit), "/entry_1/instrument_1/detector_1/distance: missing dataset"
+
+
+def _wrong_shape(tmp_path):
+    def edit(f):
+        del f[_DATA]
+        f[_DATA] = np.ones((5, 16, 15), np.float32)
+    return _cxi_edit(tmp_path, "shape.cxi", edit), "must have shape (N, M, M), got (5, 16, 15)"
+
+
+def _nan_counts(tmp_path):
+    def edit(f):
+        a = f[_DATA][()].astype(np.float32)
+        a[2, 3, 4] = np.nan
+        del f[_DATA]
+        f[_DATA] = a
+    return _cxi_edit(tmp_path, "nan.cxi", edit), "frame 2 contains NaN or inf counts"
+
+
+def _negative_counts(tmp_path):
+    def edit(f):
+        a = f[_DATA][()].astype(np.float32)
+        a[1, 0, 0] = -3.0
+        del f[_DATA]
+        f[_DATA] = a
+    return _cxi_edit(tmp_path, "neg.cxi", edit), "frame 1 contains negative counts"
+
+
+BAD_CXI = [_missing, _text, _truncated, _missing_dataset, _wrong_shape, _nan_counts, _negative_counts, _ev_energy]
+
+
+@pytest.mark.parametrize("make_bad", BAD_CXI)
+def test_reconstruct_bad_cxi(tmp_path, make_bad):
+    path, words = make_bad(tmp_path)
+    out = tmp_path / "out" / "res.h5"
+    rc, stdout, err = _run(["reconstruct", path, "--method", "joint", "-o", out, "--steps", 1])
+    assert rc == 2 and stdout == ""
+    assert_one_error_line(err, str(path), words)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("make_bad", BAD_CXI)
+def test_info_bad_cxi_values(tmp_path, capsys, make_bad):
+    path, words = make_bad(tmp_path)
+    assert cli.main(["info", str(path)]) == 2
+    assert_one_error_line(capsys.readouterr().err, str(path), words)
+
+
+# ---- cluster / evaluate / report on the joint result ------------------------------------
+@pytest.fixture
+def result_copy(joint_dir, tmp_path) -> Path:
+    dst = tmp_path / "joint.h5"
+    shutil.copy(joint_dir / "joint.h5", dst)
+    return dst
+
+
+def test_cluster_evaluate_report(result_copy, sim_dir, tmp_path):
+    truth = sim_dir / "tiny.truth.h5"
+    rc, out, err = _run(["cluster", result_copy, "--k", 2, "--seeds", 2, "--features", "edge_energy,pre_edge_norm"])
+    assert rc == 0, err
+    assert "k = 2" in out and "wrote /clusters" in out
+    r = io.read_result(result_copy)
+    assert r.clusters is not None and int(r.clusters["k"]) == 2
+    assert list(r.clusters["features"]) == ["edge_energy", "pre_edge_norm"]
+    assert (tmp_path / "joint_clusters.csv").exists()
+
+    rc, out, err = _run(["evaluate", result_copy, "--truth", truth, "--json", tmp_path / "m.json"])
+    assert rc == 0, err
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["method"] == "joint" and m["n_region"] > 0 and "edge_energy" in m and m["clusters"] is not None
+    assert "coverage" in out and "wrote" in out
+    # without --truth: the sidecar next to the input named in the results file
+    rc, out, err = _run(["evaluate", result_copy])
+    assert rc == 0, err
+    assert (tmp_path / "joint_eval.json").exists()
+
+    rc, out, err = _run(["report", result_copy, result_copy, "-o", tmp_path / "rep", "--truth", truth, "--labels",
+                         "a,b", "--formats", "png"])
+    assert rc == 0, err
+    names = sorted(p.name for p in (tmp_path / "rep").iterdir())
+    assert "summary.md" in names and "metrics.json" in names and "maps.png" in names
+    assert not any(n.endswith(".pdf") for n in names)
+    assert "| a |" in (tmp_path / "rep" / "summary.md").read_text()
+
+
+def _bad_result_files(tmp_path, result_copy, cxi):
+    trunc = tmp_path / "trunc.h5"
+    data = result_copy.read_bytes()
+    trunc.write_bytes(data[: len(data) // 3])
+    text = tmp_path / "notes.h5"
+    text.write_text("hello\n" * 50)
+    return [(tmp_path / "missing.h5", "no such file"), (text, "not an HDF5 file"),
+            (trunc, "truncated or corrupt"), (cxi, "not a diffxas results file")]
+
+
+def test_cluster_evaluate_report_bad_inputs(result_copy, cxi, sim_dir, tmp_path):
+    truth = sim_dir / "tiny.truth.h5"
+    before = result_copy.read_bytes()
+    for path, words in _bad_result_files(tmp_path, result_copy, cxi):
+        for argv in (["cluster", path], ["evaluate", path, "--truth", truth], ["report", path, "-o", tmp_path / "rep"],
+                     ["report", result_copy, path, "-o", tmp_path / "rep"]):
+            rc, out, err = _run(argv)
+            assert rc == 2 and out == "", argv
+            assert_one_error_line(err, str(path), words)
+    assert not (tmp_path / "rep").exists()
+    assert not list(tmp_path.glob("*.csv")) and not list(tmp_path.glob("*.json"))
+    # bad truth files
+    for path, words in [(tmp_path / "none.h5", "no such file"), (result_copy, "not a diffxas ground-truth file"),
+                        (cxi, "not a diffxas ground-truth file")]:
+        for argv in (["evaluate", result_copy, "--truth", path], ["report", result_copy, "-o", tmp_path / "rep",
+                                                                   "--truth", path]):
+            rc, out, err = _run(argv)
+            assert rc == 2 and out == "", argv
+            assert_one_error_line(err, str(path), words)
+    assert not (tmp_path / "rep").exists() and not list(tmp_path.glob("*.json"))
+    # bad options
+    for argv, words in [(["cluster", result_copy, "--k", "zero"], "cluster k must be an integer >= 1 or 'auto'"),
+                        (["cluster", result_copy, "--features", "edge_energy,bogus"], "unknown cluster feature 'bogus'"),
+                        (["cluster", result_copy, "--set", "cluster.kk=3"], "[cluster] unknown key 'kk'"),
+                        (["cluster", result_copy, "--weight", "mass"], "argument --weight: invalid choice"),
+                        (["evaluate", result_copy, "--truth", truth, "--nv-fraction", "2"], "--nv-fraction must be in"),
+                        (["report", result_copy, "-o", tmp_path / "rep", "--labels", "a,b"], "--labels needs 1"),
+                        (["report", result_copy, "-o", tmp_path / "rep", "--formats", "gif"], "--formats"),
+                        (["report", result_copy, "-o", result_copy], "exists and is not a directory"),
+                        (["report", "-o", tmp_path / "rep"], "the following arguments are required: RESULT.h5")]:
+        rc, out, err = _run(argv)
+        assert rc == 2 and out == "", argv
+        assert_one_error_line(err, words)
+    assert result_copy.read_bytes() == before  # never modified by a failing command
+    assert not (tmp_path / "rep").exists()
+
+
+def test_evaluate_without_truth_sidecar(result_copy, tmp_path, monkeypatch):
+    import h5py
+
+    with h5py.File(result_copy, "r+") as f:
+        f.attrs["input"] = str(tmp_path / "elsewhere.cxi")
+    rc, out, err = _run(["evaluate", result_copy])
+    assert rc == 2
+    assert_one_error_line(err, "no --truth given and no ground-truth file at", "elsewhere.truth.h5")
+
+
+# ---- resume ----------------------------------------------------------------------------
+def test_reconstruct_resume(sim_dir, tmp_path):
+    cxi = sim_dir / "tiny.cxi"
+    out, ck = tmp_path / "r.h5", tmp_path / "ck" / "state.eqx"
+    base = ["reconstruct", cxi, "--method", "joint", "-o", out, "--steps", 2, "--checkpoint", ck, "--no-progress",
+            "--set", "checkpoint_every=1"]
+    rc, _, err = _run(base)
+    assert rc == 0, err
+    assert ck.exists() and (tmp_path / "ck" / "state.eqx.meta.json").exists()  # explicit checkpoints are kept
+    first = io.read_result(out)
+    # a different configuration is refused
+    rc, _, err = _run(base[:-1] + ["lr_amp=0.5", "--resume"])
+    assert rc == 2
+    assert_one_error_line(err, "checkpoint was made with a different method or configuration")
+    # same configuration: continues from step 2 (nothing left to do) and gives the same maps
+    out.unlink()
+    rc, _, err = _run(base + ["--resume"])
+    assert rc == 0, err
+    assert "resuming from checkpoint" in err
+    again = io.read_result(out)
+    np.testing.assert_array_equal(again.maps.edge_energy, first.maps.edge_energy)
+    assert again.config["init"]["resumed_from_step"] == 2
+
+
+# ---- demo ------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, words", [
+    (["--preset", "nope"], ["unknown preset 'nope'"]),
+    (["--set", "joint.stepz=1"], ["[joint] unknown key 'stepz'"]),
+    (["--set", "steps=1"], ["the key needs a section"]),
+    (["--methods", "joint,magic"], ["--methods: choose from two-step, joint"]),
+])
+def test_demo_bad_input(tmp_path, argv, words):
+    out = tmp_path / "demo"
+    rc, stdout, err = _run(["demo", "--out", out, "--no-progress"] + argv)
+    assert rc == 2
+    assert_one_error_line(err, *words)
+    assert not out.exists()
+
+
+def test_new_commands_have_help(capsys):
+    for name in ("simulate", "reconstruct", "cluster", "evaluate", "report", "demo"):
+        assert cli.main([name, "--help"]) == 0
+        assert f"usage: diffxas {name}" in capsys.readouterr().out
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("simulate", "reconstruct", "cluster", "evaluate", "report", "demo"):
+        assert name in out
+
+
+def test_internal_errors_are_one_line(monkeypatch, cxi, capsys):
+    def bug(path):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(io, "summarize", bug)
+    assert cli.main(["info", str(cxi)]) == 1
+    assert_one_error_line(capsys.readouterr().err, "internal error: ZeroDivisionError: division by zero",
+                          "--traceback")
