@@ -318,7 +318,7 @@ def data_loss(params: JointParams, prob: Problem, idx: jax.Array | None, loss_na
     def body(acc, x):
         return acc + one_chunk(x), None
 
-    total, _ = jax.lax.scan(body, jnp.float32(0.0), xs)
+    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.result_type(params.probe_re.dtype, prob.frames.dtype)), xs)
     return total
 
 
