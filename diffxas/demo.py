@@ -430,7 +430,7 @@ def format_table(metrics: Mapping[str, Mapping], wall_s: Mapping[str, float], fa
 
 def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = False, seed: int = 0,
              config: Mapping[str, Any] | None = None, methods: Sequence[str] = METHODS, progress: bool = False,
-             log=None) -> DemoOutcome:
+             report_formats: Sequence[str] = ("png", "pdf"), log=None) -> DemoOutcome:
     """Run the demo (see the module docstring) and return what it produced.
 
     Args:
@@ -445,6 +445,7 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
         methods: methods to run (default both; the two-step is skipped, loudly, if its
             module is missing).
         progress: tqdm progress bars (stderr).
+        report_formats: figure formats of the report.
         log: callable for progress lines (default print to stdout).
 
     Failures of one method (e.g. divergence) are recorded and the demo goes on with the
@@ -580,7 +581,8 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
     head("writing the report")
     labels = list(results)
     rep_dir = out / "report"
-    files = report([str(results[m]) for m in labels], rep_dir, truth_path=str(truth), labels=labels)
+    files = report([str(results[m]) for m in labels], rep_dir, truth_path=str(truth), labels=labels,
+                   formats=tuple(report_formats))
     total = time.perf_counter() - t_all
     table = format_table(metrics, wall, failures, ks)
     text = [f"diffxas demo: preset {sim_cfg.preset!r}, seed {sim_cfg.seed}, {len(sim_cfg.energies)} energies, "
