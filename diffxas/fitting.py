@@ -1,0 +1,486 @@
+r"""Per-pixel fit of eq. 1 (step two of the two-step baseline).
+
+Model: :func:`diffxas.spectra.absorption` (the seed's eq. 1, ten parameters). Solver: a
+damped Gauss-Newton / Levenberg-Marquardt iteration with a fixed number of steps, written
+in JAX and ``vmap``-ed over pixels (column-scaled normal equations, Marquardt damping
+that shrinks on success and grows on failure; a step is accepted only if it lowers the
+residual).
+
+Bounded parameters use smooth reparameterisations, ``x = lo + (hi - lo) sigmoid(u)``:
+``b2`` inside the scanned range, ``b3`` in ``b3_bounds``, the pre-edge positions
+``c12, c22`` inside the scanned range and widths ``c13, c23`` in ``width_bounds``. The
+linear amplitudes ``a, b1, c11, c21`` are free (noise may make them negative).
+
+Initialisation (robust, variable projection):
+
+1. *Global shape.* The mean spectrum of the material pixels (crude edge jump, last three
+   minus first three energies, above half its 95th percentile) is fitted first: grid
+   searches over (b2, b3), then the first pre-edge peak (c12, c13) below the edge, then
+   the second (c22, c23) between the first and the edge top, each with the linear
+   amplitudes solved exactly by least squares; then LM on all ten parameters.
+2. *Per pixel.* With the pre-edge shape fixed at the global values, a grid over
+   (b2, b3) with the linear amplitudes (a, b1, c11, c21) solved exactly for every pixel
+   at once (one thin QR per grid point, the projection of all pixels in one product)
+   picks the start; LM then refines all ten parameters per pixel (or six with
+   ``tie_pre_edge``: c12, c13, c22, c23 fixed at the global values).
+
+Noise and validity (the seed's missing-data rule): ``sigma`` per pixel is the RMS about
+their mean (ddof 1) of the points in the noise window (default: energies below the
+global pre-edge peak, ``E < c12 - 3 c13``, at least three); pixels whose edge jump
+``b1 < jump_threshold * sigma`` are invalid, as are pixels outside the fitted mask and
+failed (non-finite) fits.
+
+Spatial prior (optional, to give both reconstruction methods the same prior): the stack
+is smoothed with a Gaussian of ``smooth_sigma`` pixels (normalised convolution inside
+the fitted mask) before the fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.scipy.linalg
+import jax.numpy as jnp
+import numpy as np
+from scipy import ndimage
+
+from .errors import ConfigError
+from .spectra import PARAM_NAMES, XanesParams, absorption
+
+LINEAR = ("a", "b1", "c11", "c21")
+PRE_EDGE_SHAPE = ("c12", "c13", "c22", "c23")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """Options of the per-pixel fit (frozen, validated).
+
+    Attributes:
+        tie_pre_edge: fix c12, c13, c22, c23 at the global (mean-spectrum) values.
+        smooth_sigma: Gaussian pre-smoothing of the stack, pixels (0 = none): a spatial prior.
+        iterations: LM iterations (fixed count).
+        noise_window: (lo, hi) eV of the energies used for the noise level; None = auto.
+        b3_bounds, width_bounds: (lo, hi) eV of the edge width and the pre-edge widths.
+        b2_step: eV, grid step of the edge-position search.
+        b3_grid: eV, edge widths of the initial grid search.
+        jump_threshold: valid pixels have b1 > jump_threshold * sigma.
+        chunk: pixels per vmapped LM batch.
+    """
+
+    tie_pre_edge: bool = False
+    smooth_sigma: float = 0.0
+    iterations: int = 60
+    noise_window: tuple[float, float] | None = None
+    b3_bounds: tuple[float, float] = (0.5, 15.0)
+    width_bounds: tuple[float, float] = (0.3, 8.0)
+    b2_step: float = 0.5
+    b3_grid: tuple[float, ...] = (1.5, 2.5, 3.5, 5.0, 7.0)
+    jump_threshold: float = 1.0
+    chunk: int = 1024
+
+    def __post_init__(self):
+        if self.smooth_sigma < 0:
+            raise ConfigError(f"fit smooth_sigma must be >= 0 pixels, got {self.smooth_sigma}")
+        if self.iterations < 1:
+            raise ConfigError(f"fit iterations must be >= 1, got {self.iterations}")
+        for name in ("b3_bounds", "width_bounds"):
+            lo, hi = getattr(self, name)
+            if not (0 < lo < hi):
+                raise ConfigError(f"fit {name} must be 0 < lo < hi, got {(lo, hi)}")
+        if self.noise_window is not None and not (self.noise_window[0] < self.noise_window[1]):
+            raise ConfigError(f"fit noise_window must be (lo, hi) with lo < hi, got {self.noise_window}")
+        if not self.b2_step > 0:
+            raise ConfigError(f"fit b2_step must be positive, got {self.b2_step}")
+        if not self.b3_grid or min(self.b3_grid) <= 0:
+            raise ConfigError(f"fit b3_grid must hold positive widths, got {self.b3_grid}")
+        if self.jump_threshold < 0:
+            raise ConfigError(f"fit jump_threshold must be >= 0, got {self.jump_threshold}")
+        if self.chunk < 1:
+            raise ConfigError(f"fit chunk must be >= 1, got {self.chunk}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+# ----------------------------------------------------------------------------- parameterisation
+
+
+def bounds_for(energies, cfg: FitConfig, pre_edge_max: float | None = None) -> dict[str, tuple[float, float]]:
+    """Bounds of the reparameterised parameters (eV).
+
+    b2 inside the scanned range; the pre-edge peak positions c12, c22 between the lowest
+    energy and ``pre_edge_max`` (the edge position of the mean spectrum: pre-edge peaks lie
+    below the edge; without this bound the second Lorentzian can migrate onto the edge
+    and trade off against b2 and b3); widths in ``b3_bounds`` / ``width_bounds``.
+    """
+    e = np.asarray(energies, np.float64)
+    top = float(e.max()) if pre_edge_max is None else float(min(max(pre_edge_max, e.min() + 1.0), e.max()))
+    return {"b2": (float(e.min()), float(e.max())), "b3": tuple(map(float, cfg.b3_bounds)),
+            "c12": (float(e.min()), top), "c13": tuple(map(float, cfg.width_bounds)),
+            "c22": (float(e.min()), top), "c23": tuple(map(float, cfg.width_bounds))}
+
+
+def to_raw(values: dict[str, np.ndarray], bounds) -> np.ndarray:
+    """Physical parameters -> unconstrained vector (..., 10) (inverse sigmoid, clipped inside)."""
+    out = []
+    for n in PARAM_NAMES:
+        v = np.asarray(values[n], np.float64)
+        if n in bounds:
+            lo, hi = bounds[n]
+            t = np.clip((v - lo) / (hi - lo), 1e-4, 1 - 1e-4)
+            v = np.log(t) - np.log1p(-t)
+        out.append(v)
+    return np.stack(np.broadcast_arrays(*out), axis=-1)
+
+
+def from_raw(u, bounds) -> dict[str, Any]:
+    """Unconstrained vector (..., 10) -> physical parameters (JAX)."""
+    out = {}
+    for i, n in enumerate(PARAM_NAMES):
+        v = u[..., i]
+        if n in bounds:
+            lo, hi = bounds[n]
+            v = lo + (hi - lo) * jax.nn.sigmoid(v)
+        out[n] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- LM solver
+
+
+def levenberg_marquardt(resid, x0, iterations, free=None, lam0: float = 1e-2):
+    """Damped Gauss-Newton with a fixed number of iterations (pure JAX, vmappable).
+
+    Column-scaled normal equations ``(Js^T Js + lam I) d = -Js^T r``; a step is taken only
+    if it lowers ``sum r^2`` (then ``lam *= 0.3``, else ``lam *= 8``). ``free`` (0/1 per
+    parameter, traced) holds the others fixed (their rows of the system become identity).
+    ``iterations`` may be traced. Returns ``(x, cost)``.
+    """
+    n = x0.shape[0]
+    free = jnp.ones(n, x0.dtype) if free is None else jnp.asarray(free, x0.dtype)
+    r0 = resid(x0)
+    c0 = jnp.sum(r0 * r0)
+    eye = jnp.eye(n, dtype=x0.dtype)
+
+    def body(_, st):
+        x, lam, cost = st
+        r = resid(x)
+        J = jax.jacfwd(resid)(x) * free[None, :]
+        s = jnp.where(free > 0, jnp.sqrt(jnp.sum(J * J, axis=0)) + 1e-12, 1.0)
+        Js = J / s
+        H = Js.T @ Js + (1.0 - free)[:, None] * eye
+        g = Js.T @ r
+        step = free * jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(H + lam * eye), -g) / s
+        xn = x + step
+        rn = resid(xn)
+        cn = jnp.sum(rn * rn)
+        ok = jnp.isfinite(cn) & (cn < cost)
+        return (jnp.where(ok, xn, x), jnp.where(ok, lam * 0.3, jnp.minimum(lam * 8.0, 1e8)), jnp.where(ok, cn, cost))
+
+    x, _, cost = jax.lax.fori_loop(0, iterations, body, (x0, jnp.asarray(lam0, x0.dtype), c0))
+    return x, cost
+
+
+@functools.lru_cache(maxsize=32)
+def _lm_solver(energies: tuple, bounds_items: tuple):
+    """Jitted, pixel-vmapped LM for eq. 1 (free mask and iteration count are runtime inputs)."""
+    e = jnp.asarray(energies, jnp.float32)
+    bounds = dict(bounds_items)
+
+    def model(u):
+        return absorption(XanesParams(**from_raw(u, bounds)), e)
+
+    def solve_one(u0, y, free, iterations):
+        return levenberg_marquardt(lambda u: model(u) - y, u0, iterations, free)
+
+    return jax.jit(jax.vmap(solve_one, in_axes=(0, 0, None, None)))
+
+
+@functools.lru_cache(maxsize=32)
+def _shape_solver(energies: tuple, bounds_items: tuple, iterations: int):
+    """LM over the four shared pre-edge shape parameters with per-pixel parameters fixed."""
+    e = jnp.asarray(energies, jnp.float32)
+    bounds = dict(bounds_items)
+    idx = jnp.asarray([PARAM_NAMES.index(n) for n in PRE_EDGE_SHAPE])
+
+    def solve(u_pix, y, shape0):
+        def resid(sh):
+            u = u_pix.at[:, idx].set(sh[None, :])
+            return (absorption(XanesParams(**from_raw(u, bounds)), e) - y).ravel()
+
+        return levenberg_marquardt(resid, shape0, iterations)
+
+    return jax.jit(solve)
+
+
+def lm_fit(y: np.ndarray, u0: np.ndarray, energies, bounds, free=None, iterations: int = 60, chunk: int = 1024):
+    """LM fit of eq. 1 to spectra ``y`` (N, K) from raw starts ``u0`` (N, 10).
+
+    Pixels go through in chunks of ``chunk`` (the last one padded), so one compiled
+    program serves every call with the same energies and bounds.
+    Returns ``(u (N, 10), cost (N,))`` (cost = sum of squared residuals).
+    """
+    free = np.ones(len(PARAM_NAMES), np.float32) if free is None else np.asarray(free, np.float32)
+    fn = _lm_solver(tuple(float(x) for x in np.asarray(energies)), tuple(sorted(bounds.items())))
+    n = y.shape[0]
+    if n == 0:
+        return np.zeros((0, len(PARAM_NAMES)), np.float32), np.zeros(0, np.float32)
+    us, cs = [], []
+    for s in range(0, n, chunk):
+        yy = np.asarray(y[s:s + chunk], np.float32)
+        uu = np.asarray(u0[s:s + chunk], np.float32)
+        pad = chunk - yy.shape[0]
+        if pad:  # keep one compiled shape
+            yy = np.concatenate([yy, np.repeat(yy[-1:], pad, 0)])
+            uu = np.concatenate([uu, np.repeat(uu[-1:], pad, 0)])
+        u, c = fn(jnp.asarray(uu), jnp.asarray(yy), jnp.asarray(free), jnp.int32(iterations))
+        m = chunk - pad
+        us.append(np.asarray(u)[:m])
+        cs.append(np.asarray(c)[:m])
+    return np.concatenate(us), np.concatenate(cs)
+
+
+# ----------------------------------------------------------------------------- variable projection
+
+
+def _step(e, b2, b3):
+    from scipy.special import erf
+
+    return 0.5 * (1.0 + erf((e - b2) / b3))
+
+
+def _lor(e, c2, c3):
+    return 1.0 / (1.0 + ((e - c2) / c3) ** 2)
+
+
+def varpro_grid(Y: np.ndarray, designs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best design per spectrum: ``Y`` (K, N), ``designs`` (C, K, p).
+
+    Returns ``(best index (N,), coefficients (N, p), rss (N,))`` of the linear least-squares
+    fits ``Y[:, n] ~ designs[c] @ coef``, minimised over c.
+    """
+    Y = np.asarray(Y, np.float64)
+    n = Y.shape[1]
+    yy = np.sum(Y * Y, axis=0)
+    best = np.zeros(n, np.int64)
+    best_rss = np.full(n, np.inf)
+    qs, rs = np.linalg.qr(designs)  # (C, K, p), (C, p, p)
+    step = max(1, int(2e7 // max(1, n * designs.shape[2])))
+    for s in range(0, designs.shape[0], step):
+        proj = np.matmul(np.swapaxes(qs[s:s + step], 1, 2), Y)  # (c, p, N), batched BLAS
+        rss = yy[None] - np.sum(proj * proj, axis=1)  # (c, N)
+        i = np.argmin(rss, axis=0)
+        v = rss[i, np.arange(n)]
+        upd = v < best_rss
+        best[upd] = s + i[upd]
+        best_rss[upd] = v[upd]
+    qb = qs[best]  # (N, K, p)
+    rb = rs[best]
+    qty = np.einsum("nkp,kn->np", qb, Y)
+    coef = np.linalg.solve(rb + 1e-12 * np.eye(rb.shape[-1]), qty[..., None])[..., 0]
+    return best, coef, np.maximum(best_rss, 0.0)
+
+
+def _edge_grid(e, cfg: FitConfig, coarsen: int = 1):
+    lo, hi = float(e.min()), float(e.max())
+    b2 = np.arange(lo, hi + 1e-9, cfg.b2_step * coarsen)
+    b3 = np.asarray(cfg.b3_grid, np.float64)
+    return np.array([(x, w) for x in b2 for w in b3])
+
+
+def fit_global(y: np.ndarray, energies, cfg: FitConfig) -> dict[str, float]:
+    """All ten parameters of one spectrum (the material pixels' mean), robust start + LM."""
+    e = np.asarray(energies, np.float64)
+    y = np.asarray(y, np.float64)
+    eg = _edge_grid(e, cfg)
+    des = np.stack([np.stack([np.ones_like(e), _step(e, b2, b3)], 1) for b2, b3 in eg])
+    i, coef, _ = varpro_grid(y[:, None], des)
+    b2, b3 = eg[i[0]]
+    # first pre-edge peak: below the edge
+    wlo, whi = cfg.width_bounds
+    widths = np.clip(np.array([0.6, 1.0, 1.5, 2.5]), wlo, whi)
+    c12s = np.arange(e.min(), max(e.min() + 0.5, b2), 0.25)
+    cand = [(c, w) for c in c12s for w in widths]
+    des = np.stack([np.stack([np.ones_like(e), _step(e, b2, b3), _lor(e, c, w)], 1) for c, w in cand])
+    i, coef, _ = varpro_grid(y[:, None], des)
+    c12, c13 = cand[i[0]]
+    # second peak: between the first and the edge position
+    c22s = np.arange(c12 + 1.0, max(c12 + 1.5, b2), 0.5)
+    widths2 = np.clip(np.array([1.0, 2.0, 3.0]), wlo, whi)
+    cand2 = [(c, w) for c in c22s for w in widths2]
+    des = np.stack([np.stack([np.ones_like(e), _step(e, b2, b3), _lor(e, c12, c13), _lor(e, c, w)], 1) for c, w in cand2])
+    i, coef, _ = varpro_grid(y[:, None], des)
+    c22, c23 = cand2[i[0]]
+    a, b1, c11, c21 = coef[0]
+    start = dict(a=a, b1=b1, b2=b2, b3=b3, c11=c11, c12=c12, c13=c13, c21=c21, c22=c22, c23=c23)
+    bounds = bounds_for(e, cfg, pre_edge_max=b2)
+    u, _ = lm_fit(y[None], to_raw(start, bounds)[None], e, bounds, iterations=max(200, cfg.iterations), chunk=cfg.chunk)
+    out = {k: float(v) for k, v in from_raw(jnp.asarray(u[0]), bounds).items()}
+    out["pre_edge_max"] = float(b2)
+    return out
+
+
+def init_pixels(Y: np.ndarray, energies, shape: dict[str, float], cfg: FitConfig, return_rss: bool = False,
+                coarsen: int = 1):
+    """Per-pixel start by variable projection: grid over (b2, b3), pre-edge shape fixed.
+
+    The linear amplitudes (a, b1, c11, c21) are solved exactly for every pixel at every
+    grid point (one thin QR per grid point; all pixels projected in one product).
+    """
+    e = np.asarray(energies, np.float64)
+    eg = _edge_grid(e, cfg, coarsen)
+    l1 = _lor(e, shape["c12"], shape["c13"])
+    l2 = _lor(e, shape["c22"], shape["c23"])
+    des = np.empty((len(eg), len(e), 4))
+    des[:, :, 0] = 1.0
+    des[:, :, 1] = _step(e[None, :], eg[:, :1], eg[:, 1:])
+    des[:, :, 2] = l1
+    des[:, :, 3] = l2
+    i, coef, rss = varpro_grid(Y, des)
+    if return_rss:
+        return float(rss.sum())
+    n = Y.shape[1]
+    return {"a": coef[:, 0], "b1": coef[:, 1], "b2": eg[i, 0], "b3": eg[i, 1], "c11": coef[:, 2], "c21": coef[:, 3],
+            **{k: np.full(n, shape[k]) for k in PRE_EDGE_SHAPE}}
+
+
+def fit_shared_shape(Y: np.ndarray, energies, start: dict[str, float], cfg: FitConfig, rounds: int = 4,
+                     max_pixels: int = 400) -> dict[str, float]:
+    """Pre-edge shape (c12, c13, c22, c23) shared by the pixels ``Y`` (K, N), fitted jointly.
+
+    Alternates (``rounds`` times) a per-pixel fit of the six other parameters (shape fixed)
+    and an LM fit of the four shared ones over all pixels' residuals (per-pixel fixed).
+    Uses at most ``max_pixels`` pixels (those with the largest crude edge jumps).
+    """
+    e = np.asarray(energies, np.float64)
+    bounds = bounds_for(e, cfg, start.get("pre_edge_max"))
+    if Y.shape[1] > max_pixels:
+        n3 = min(3, len(e) // 3)
+        jump = Y[-n3:].mean(axis=0) - Y[:n3].mean(axis=0)
+        Y = Y[:, np.argsort(jump)[-max_pixels:]]
+    shape = {k: float(start[k]) for k in PRE_EDGE_SHAPE}
+    # the second peak overlaps the edge onset: choose its start by a joint grid search
+    # (total variable-projection residual of all pixels, per-pixel edge grid)
+    top = bounds["c22"][1]
+    best = (np.inf, shape["c22"], shape["c23"])
+    wlo, whi = cfg.width_bounds
+    for c22 in np.arange(shape["c12"] + 1.0, max(shape["c12"] + 1.5, top), 1.0):
+        for c23 in np.clip([1.0, 2.0, 3.0], wlo, whi):
+            st = init_pixels(Y, e, {**start, **shape, "c22": c22, "c23": c23}, cfg, return_rss=True, coarsen=2)
+            if st < best[0]:
+                best = (st, c22, c23)
+    shape["c22"], shape["c23"] = float(best[1]), float(best[2])
+    free = [n not in PRE_EDGE_SHAPE for n in PARAM_NAMES]
+    sidx = [PARAM_NAMES.index(n) for n in PRE_EDGE_SHAPE]
+    solver = _shape_solver(tuple(float(x) for x in e), tuple(sorted(bounds.items())), 30)
+    for _ in range(rounds):
+        st = init_pixels(Y, e, {**start, **shape}, cfg)
+        u, _ = lm_fit(Y.T, to_raw(st, bounds), e, bounds, free=free, iterations=cfg.iterations, chunk=cfg.chunk)
+        sh0 = jnp.asarray(u[0, sidx], jnp.float32)
+        sh, _ = solver(jnp.asarray(u, jnp.float32), jnp.asarray(Y, jnp.float32), sh0)
+        full = np.array(u[0], np.float64)
+        full[sidx] = np.asarray(sh)
+        p = from_raw(jnp.asarray(full), bounds)
+        shape = {k: float(p[k]) for k in PRE_EDGE_SHAPE}
+    return shape
+
+
+# ----------------------------------------------------------------------------- the stack fit
+
+
+@dataclasses.dataclass
+class FitResult:
+    """Per-pixel fit output (host side), maps (H, W) float64, NaN outside the fitted mask.
+
+    Attributes:
+        params: name -> map for the ten parameters of eq. 1.
+        sigma: noise level per pixel; residual: RMS fit residual per pixel.
+        valid: bool map (fitted, finite, b1 > jump_threshold sigma).
+        global_params: the mean-spectrum fit (the pre-edge shape used when tied).
+        noise_energies: energies used for sigma.
+        stack: the fitted (possibly smoothed) stack (K, H, W).
+    """
+
+    params: dict[str, np.ndarray]
+    sigma: np.ndarray
+    residual: np.ndarray
+    valid: np.ndarray
+    global_params: dict[str, float]
+    noise_energies: np.ndarray
+    stack: np.ndarray
+
+
+def smooth_stack(stack: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of every energy's image, normalised inside ``mask`` (pixels)."""
+    if sigma <= 0:
+        return np.asarray(stack, np.float64)
+    m = np.asarray(mask, np.float64)
+    den = ndimage.gaussian_filter(m, sigma)
+    out = np.stack([ndimage.gaussian_filter(np.asarray(s, np.float64) * m, sigma) for s in stack])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den > 1e-6, out / np.maximum(den, 1e-12), 0.0)
+    return out
+
+
+def noise_energy_mask(energies, global_params: dict[str, float], cfg: FitConfig) -> np.ndarray:
+    """Energies used for the per-pixel noise level (see the module docstring)."""
+    e = np.asarray(energies, np.float64)
+    if cfg.noise_window is not None:
+        sel = (e >= cfg.noise_window[0]) & (e <= cfg.noise_window[1])
+    else:
+        sel = e < global_params["c12"] - 3.0 * global_params["c13"]
+    if sel.sum() < 3:
+        sel = np.zeros(len(e), bool)
+        sel[np.argsort(e)[:min(3, len(e))]] = True
+    return sel
+
+
+def fit_stack(stack: np.ndarray, energies, mask: np.ndarray, cfg: FitConfig | None = None) -> FitResult:
+    """Fit eq. 1 to every pixel of ``stack`` (K, H, W) inside ``mask`` (H, W)."""
+    cfg = FitConfig() if cfg is None else cfg
+    e = np.asarray(energies, np.float64)
+    A = np.asarray(stack, np.float64)
+    kn, ny, nx = A.shape
+    if kn != len(e):
+        raise ConfigError(f"stack has {kn} energies but {len(e)} energies were given")
+    if kn < 6:
+        raise ConfigError(f"the per-pixel fit of eq. 1 needs at least 6 energies, got {kn}")
+    m = np.asarray(mask, bool) & np.all(np.isfinite(A), axis=0)
+    A = smooth_stack(np.where(np.isfinite(A), A, 0.0), m, cfg.smooth_sigma)
+    Y = A[:, m]  # (K, N)
+    nan_map = np.full((ny, nx), np.nan)
+    if Y.shape[1] == 0:
+        return FitResult(params={k: nan_map.copy() for k in PARAM_NAMES}, sigma=nan_map.copy(), residual=nan_map.copy(),
+                         valid=np.zeros((ny, nx), bool), global_params={}, noise_energies=e[:0], stack=A)
+    n1, n2 = min(3, kn // 3), min(3, kn // 3)
+    jump = Y[-n2:].mean(axis=0) - Y[:n1].mean(axis=0)
+    ref = np.quantile(jump, 0.95)
+    mat = jump > 0.5 * ref if ref > 0 else np.ones_like(jump, bool)
+    gp = fit_global(Y[:, mat].mean(axis=1), e, cfg)
+    gp.update(fit_shared_shape(Y[:, mat], e, gp, cfg))
+    bounds = bounds_for(e, cfg, gp["pre_edge_max"])
+    start = init_pixels(Y, e, gp, cfg)
+    tied = [n not in PRE_EDGE_SHAPE for n in PARAM_NAMES]
+    u, cost = lm_fit(Y.T, to_raw(start, bounds), e, bounds, free=tied, iterations=cfg.iterations, chunk=cfg.chunk)
+    if not cfg.tie_pre_edge:  # all ten per pixel, from the tied solution
+        u, cost = lm_fit(Y.T, u, e, bounds, iterations=cfg.iterations, chunk=cfg.chunk)
+    p = {k: np.asarray(v, np.float64) for k, v in from_raw(jnp.asarray(u), bounds).items()}
+    sel = noise_energy_mask(e, gp, cfg)
+    sig = np.std(Y[sel], axis=0, ddof=1) if sel.sum() > 1 else np.zeros(Y.shape[1])
+    params = {}
+    for k in PARAM_NAMES:
+        mp = nan_map.copy()
+        mp[m] = p[k]
+        params[k] = mp
+    sigma = nan_map.copy()
+    sigma[m] = sig
+    resid = nan_map.copy()
+    resid[m] = np.sqrt(np.asarray(cost, np.float64) / kn)
+    finite = np.all([np.isfinite(params[k]) for k in PARAM_NAMES], axis=0) & np.isfinite(resid)
+    valid = m & finite & (params["b1"] > cfg.jump_threshold * sigma)
+    return FitResult(params=params, sigma=sigma, residual=resid, valid=valid, global_params=gp,
+                     noise_energies=e[sel], stack=A)
