@@ -519,9 +519,31 @@ def _run_demo(args) -> int:
     return 1 if outcome.failures else 0
 
 
+# ---- sweep (diffxas.sweep defines the arguments) ----------------------------------------
+def _add_sweep(subparsers) -> None:
+    try:
+        from . import sweep
+    except Exception:  # a broken optional module must not break the other commands
+        return
+    p = subparsers.add_parser(
+        "sweep",
+        help="parameter sweeps: many simulate/reconstruct/evaluate points from a TOML file",
+        description="Run a parameter sweep described by a TOML file (base configuration, axes, points, "
+                    "profiles): one folder per point with data, results and metrics, and a summary table.",
+    )
+    sweep.add_arguments(p)
+    p.set_defaults(func=_run_sweep)
+
+
+def _run_sweep(args) -> int:
+    from . import sweep
+
+    return sweep.main_cli(args)
+
+
 #: Subcommand registration functions, in the order shown by ``--help``.
 COMMANDS: list[Callable] = [_add_info, _add_simulate, _add_reconstruct, _add_cluster, _add_evaluate, _add_report,
-                            _add_demo]
+                            _add_demo, _add_sweep]
 
 
 def build_parser() -> argparse.ArgumentParser:

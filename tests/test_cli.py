@@ -613,6 +613,13 @@ def test_new_commands_have_help(capsys):
     out = capsys.readouterr().out
     for name in ("simulate", "reconstruct", "cluster", "evaluate", "report", "demo"):
         assert name in out
+    try:
+        import diffxas.sweep  # noqa: F401
+    except Exception:
+        return
+    assert cli._add_sweep in cli.COMMANDS and "sweep" in out
+    assert cli.main(["sweep", "--help"]) == 0
+    assert "usage: diffxas sweep" in capsys.readouterr().out
 
 
 def test_internal_errors_are_one_line(monkeypatch, cxi, capsys):
