@@ -22,7 +22,7 @@ HAS_TWOSTEP = importlib.util.find_spec("diffxas.twostep") is not None
 def _tiny_base(methods=("joint",)):
     base = {
         "methods": list(methods),
-        "simulate": {"preset": "tiny", "energies": ENERGIES, "scan_step": 200e-9, "oversample": 1,
+        "simulate": {"preset": "tiny", "energies": ENERGIES, "scan_step": 250e-9, "oversample": 1,
                      "truth_oversample": 1},
         "joint": {"steps": 3, "checkpoint_every": 2},
         "cluster": {"k": 3, "seeds": 1, "n_init": 2},
