@@ -1,0 +1,1 @@
+"""diffxas benchmarks: ``python -m benchmarks.run --suite quick|full`` (see README.md)."""
