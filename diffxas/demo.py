@@ -324,25 +324,38 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
             log(f"note: existing checkpoint {ckpt} will be overwritten (use --resume to continue it)")
             if method == "joint":  # a stale file must not be resumed later under the new metadata
                 remove_checkpoint(method, ckpt)
-        if method == "two-step":
-            ckpt.mkdir(parents=True, exist_ok=True)
-        else:
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
+        folder = ckpt if method == "two-step" else ckpt.parent
+        created_dirs = []  # folders made here, deepest first (removed again if the run leaves nothing)
+        d = folder
+        while not d.exists() and d.parent != d:
+            created_dirs.append(d)
+            d = d.parent
+        folder.mkdir(parents=True, exist_ok=True)
         tmp = mpath.with_name(mpath.name + ".tmp")
         tmp.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, mpath)
     t0 = time.perf_counter()
-    if method == "joint":
-        from .joint import reconstruct_joint
+    try:
+        if method == "joint":
+            from .joint import reconstruct_joint
 
-        result = reconstruct_joint(dataset, cfg, progress=progress, checkpoint=None if ckpt is None else str(ckpt),
-                                   resume=resume)
-    elif method == "two-step":
-        ts = _require_twostep()
-        result = _call_with_supported(ts.reconstruct_two_step, dataset, cfg, progress=progress,
-                                      checkpoint_dir=None if ckpt is None else str(ckpt), resume=resume)
-    else:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+            result = reconstruct_joint(dataset, cfg, progress=progress,
+                                       checkpoint=None if ckpt is None else str(ckpt), resume=resume)
+        elif method == "two-step":
+            ts = _require_twostep()
+            result = _call_with_supported(ts.reconstruct_two_step, dataset, cfg, progress=progress,
+                                          checkpoint_dir=None if ckpt is None else str(ckpt), resume=resume)
+        else:
+            raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    except BaseException:
+        # keep a checkpoint to resume from; but no metadata (or empty folder) without one
+        if ckpt is not None and not _checkpoint_exists(method, ckpt):
+            with contextlib.suppress(OSError):
+                _meta_path(method, ckpt).unlink()
+            for d in created_dirs:
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only if empty
+        raise
     wall = time.perf_counter() - t0
     from . import __version__
 

@@ -11,7 +11,7 @@ import pytest
 
 from diffxas import __version__, cli, io
 from diffxas.dataset import Dataset
-from diffxas.errors import ConfigError
+from diffxas.errors import ConfigError, DivergenceError
 
 ENERGIES = np.array([5420.0, 5480.0, 5540.0])
 
@@ -630,3 +630,27 @@ def test_internal_errors_are_one_line(monkeypatch, cxi, capsys):
     assert cli.main(["info", str(cxi)]) == 1
     assert_one_error_line(capsys.readouterr().err, "internal error: ZeroDivisionError: division by zero",
                           "--traceback")
+
+
+@pytest.mark.parametrize("method", ["joint", "two-step"])
+def test_reconstruct_failure_leaves_no_files(cxi, tmp_path, monkeypatch, method):
+    """A run that fails after reading the data leaves neither a result nor checkpoint
+    files (nor the folders made for them)."""
+    import types
+
+    def fail(*a, **kw):
+        raise DivergenceError("diverged at step 3: loss is nan")
+
+    import diffxas.joint
+
+    monkeypatch.setattr(diffxas.joint, "reconstruct_joint", fail)
+    fake = types.SimpleNamespace(TwoStepConfig=diffxas.joint.JointConfig, reconstruct_two_step=fail)
+    monkeypatch.setattr(demo, "twostep_available", lambda: (True, ""))
+    monkeypatch.setattr(demo, "_require_twostep", lambda: fake)
+    monkeypatch.setattr(demo, "method_config", lambda m, mapping: diffxas.joint.JointConfig())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = tmp_path / "o" / "deeper" / "r.h5"
+    rc, stdout, err = _run(["reconstruct", cxi, "--method", method, "-o", out, "--no-progress"])
+    assert rc == 2 and stdout == ""
+    assert_one_error_line(err, "diverged at step 3: loss is nan")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
