@@ -1,0 +1,319 @@
+"""Shared driver of the experiment scripts: run a study's sweep, plot, write findings.
+
+Every study is a sweep file ``experiments/<study>.toml`` (full mode: the ``[base]`` and
+``[axes]``, meant for a GPU) with a ``[profiles.quick]`` variant (minutes on 2 CPU cores);
+its script ``experiments/<study>.py`` runs the sweep through :func:`diffxas.sweep.run`
+and then writes, into ``experiments/results/<study>-<mode>/``:
+
+* ``summary.csv`` / ``summary.json``: the sweep's table (one row per point x method);
+* ``<study>_<metric>.png`` / ``<study>.png``: metric vs factor, mean +- standard deviation over the
+  seeds, both methods on one axis;
+* ``findings.md``: the tables behind the plots and the observations the script can
+  state from the numbers alone.
+
+The sweep's data, results files and per-point metrics stay in the run folder
+(``experiments/runs/<study>-<mode>/`` by default, not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+#: Metrics plotted by default: summary column -> (axis label, lower is better).
+METRICS: dict[str, tuple[str, bool]] = {
+    "edge_energy_rmse": ("edge energy RMSE (eV)", True),
+    "pre_edge_norm_rmse": ("PE/Δμt RMSE (eV)", True),
+    "ne_eff_per_nv_rmse": ("Re[Ne]/N_V RMSE", True),
+    "coverage": ("coverage (valid fraction)", False),
+    "ari": ("cluster ARI vs truth", False),
+}
+METHOD_STYLE = {"two-step": dict(color="tab:blue", marker="o"), "joint": dict(color="tab:red", marker="s")}
+
+
+def parse_args(study: str, doc: str, argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"experiments/{study}.py", description=doc)
+    p.add_argument("--quick", action="store_true", help="the quick profile (minutes on 2 CPU cores)")
+    p.add_argument("--out", metavar="DIR", help=f"sweep folder (default experiments/runs/{study}-<mode>)")
+    p.add_argument("--results", metavar="DIR", help=f"plots/findings folder (default experiments/results/{study}-<mode>)")
+    p.add_argument("-j", "--workers", type=int, default=1, help="sweep worker processes (default 1)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    p.add_argument("--overwrite", action="store_true", help="recompute every point")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base key of the sweep (e.g. joint.steps=100); recorded in findings.md")
+    p.add_argument("--analyse-only", action="store_true", help="only re-plot an existing sweep folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def speedups() -> list[str]:
+    """In-process speed-ups that do not change any number (applied with workers=1 only).
+
+    The joint solver's initial shape grid search evaluates ``spectra.linear_design``
+    eagerly ~10^4 times (about a minute per run on 2 CPU cores); a jitted copy returns
+    the same values. Remove once diffxas.joint vectorises that search.
+    """
+    done = []
+    try:
+        import jax
+
+        import diffxas.joint as joint
+
+        if hasattr(joint, "linear_design") and not hasattr(joint.linear_design, "lower"):
+            joint.linear_design = jax.jit(joint.linear_design)
+            done.append("jit(diffxas.joint.linear_design) for the initial grid search")
+    except Exception:  # pragma: no cover - never fatal
+        pass
+    return done
+
+
+def run_study(study: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run (or, with --analyse-only, read) the study's sweep; returns (rows, info)."""
+    from diffxas import sweep
+
+    mode = "quick" if args.quick else "full"
+    out = Path(args.out) if args.out else HERE / "runs" / f"{study}-{mode}"
+    spec_path = HERE / f"{study}.toml"
+    overrides = sweep._parse_set(args.overrides)
+    info: dict[str, Any] = {"study": study, "mode": mode, "spec": str(spec_path.relative_to(ROOT)), "out": str(out),
+                            "overrides": overrides, "speedups": []}
+    t0 = time.time()
+    if args.analyse_only:
+        rows = sweep.read_summary(out)
+    else:
+        if args.workers == 1:
+            info["speedups"] = speedups()
+        rows = list(sweep.run(spec_path, out, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
+                              progress=not args.quiet, profile="quick" if args.quick else None,
+                              overrides=overrides or None))
+    info["wall_s"] = time.time() - t0
+    info["spec_obj"] = sweep.load_spec(spec_path, profile="quick" if args.quick else None)
+    try:
+        import jax
+
+        info["device"] = str(jax.devices()[0])
+    except Exception:  # pragma: no cover
+        info["device"] = "?"
+    return rows, info
+
+
+def results_dir(study: str, args) -> Path:
+    mode = "quick" if args.quick else "full"
+    d = Path(args.results) if args.results else HERE / "results" / f"{study}-{mode}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def copy_summary(info: dict[str, Any], dest: Path) -> None:
+    out = Path(info["out"])
+    for name in ("summary.csv", "summary.json"):
+        if (out / name).exists():
+            shutil.copyfile(out / name, dest / name)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def series_key(row: dict[str, Any], series: Sequence[str]) -> tuple:
+    return tuple(row.get(s) for s in series)
+
+
+def series_label(key: tuple, series: Sequence[str]) -> str:
+    parts = []
+    for s, v in zip(series, key):
+        parts.append(str(v) if s == "method" else f"{s.split('.')[-1]}={v}")
+    return ", ".join(parts)
+
+
+def stats_table(rows, x: str, series: Sequence[str], metric: str) -> dict[tuple, list[dict[str, Any]]]:
+    """series key -> group_stats over (x) of ``metric`` (mean/std/n over the other axes, i.e. seeds)."""
+    from diffxas.sweep import group_stats
+
+    keys = sorted({series_key(r, series) for r in rows}, key=lambda k: tuple(map(str, k)))
+    out = {}
+    for k in keys:
+        out[k] = group_stats(rows, [x], metric, where=dict(zip(series, k)))
+    return out
+
+
+def x_order(rows, x: str, order: Sequence | None = None) -> list:
+    vals = []
+    for r in rows:
+        v = r.get(x)
+        if v not in vals and v is not None:
+            vals.append(v)
+    if order is not None:
+        return [v for v in order if v in vals] + [v for v in vals if v not in order]
+    if all(finite(v) for v in vals):
+        return sorted(vals)
+    return vals
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plot_study(rows, x: str, path: Path, series: Sequence[str] = ("method",), metrics: dict | None = None,
+               xlabel: str | None = None, xscale: float = 1.0, logx: bool = False, order=None,
+               title: str = "", hlines: Callable | None = None) -> Path:
+    """One panel per metric: mean +- std over seeds vs ``x``, one line per series (both methods).
+
+    Categorical ``x`` (strings) are spaced evenly in ``order``; numeric ``x`` uses its value
+    times ``xscale`` (log axis with ``logx``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = metrics or METRICS
+    xs = x_order(rows, x, order)
+    categorical = not all(finite(v) for v in xs)
+    n = len(metrics)
+    ncol = min(3, n)
+    nrow = math.ceil(n / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.5 * nrow), squeeze=False)
+    linestyles = ["-", "--", ":", "-."]
+    for ax, (metric, (label, _)) in zip(axes.ravel(), metrics.items()):
+        table = stats_table(rows, x, series, metric)
+        other_keys = sorted({tuple(str(v) for s, v in zip(series, k) if s != "method") for k in table})
+        for i, (key, groups) in enumerate(table.items()):
+            pts = [(g[x], g["mean"], g["std"], g["n"]) for g in groups if g["n"] > 0 and g[x] in xs]
+            if not pts:
+                continue
+            pts.sort(key=lambda t: xs.index(t[0]))
+            px = [xs.index(p[0]) if categorical else p[0] * xscale for p in pts]
+            method = key[list(series).index("method")] if "method" in series else None
+            style = dict(METHOD_STYLE.get(method, {}))
+            others = tuple(str(v) for s, v in zip(series, key) if s != "method")
+            ls = linestyles[other_keys.index(others) % len(linestyles)]
+            ax.errorbar(px, [p[1] for p in pts], yerr=[p[2] for p in pts], capsize=3, linestyle=ls,
+                        label=series_label(key, series), **style)
+        if hlines is not None:
+            for y, lab, st in hlines(metric):
+                ax.axhline(y, label=lab, **st)
+        ax.set_ylabel(label)
+        ax.set_xlabel(xlabel or x)
+        if categorical:
+            ax.set_xticks(range(len(xs)))
+            ax.set_xticklabels([str(v) for v in xs], rotation=20)
+        elif logx:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower right" if n < nrow * ncol else "upper right", fontsize=8,
+                   bbox_to_anchor=(0.98, 0.08) if n < nrow * ncol else None)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- findings
+
+
+def fmt(v, digits: int = 3) -> str:
+    if not finite(v):
+        return "n/a"
+    if v == 0:
+        return "0"
+    a = abs(v)
+    if a >= 1000 or a < 1e-3:
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{digits}g}"
+
+
+def markdown_table(rows, x: str, series: Sequence[str], metrics: dict | None = None, order=None,
+                   xfmt: Callable = str) -> str:
+    """Markdown: one line per (x, series), mean ± std (n) of every metric."""
+    metrics = metrics or METRICS
+    xs = x_order(rows, x, order)
+    tables = {m: stats_table(rows, x, series, m) for m in metrics}
+    keys = list(next(iter(tables.values())).keys()) if tables else []
+    head = f"| {x} | {' / '.join(series)} | " + " | ".join(metrics[m][0] for m in metrics) + " | n ok (failed) |"
+    lines = [head, "|" + "---|" * (len(metrics) + 3)]
+    for xv in xs:
+        for k in keys:
+            cells = []
+            n_ok = n_bad = None
+            for m in metrics:
+                g = next((g for g in tables[m][k] if g[x] == xv), None)
+                if g is None:
+                    cells.append("")
+                    continue
+                cells.append(f"{fmt(g['mean'])} ± {fmt(g['std'], 2)}" if g["n"] else "n/a")
+                n_ok = g["n"] if n_ok is None else max(n_ok, g["n"])
+                n_bad = g["n_failed"] if n_bad is None else min(n_bad, g["n_failed"])
+            if n_ok is None:
+                continue
+            lines.append(f"| {xfmt(xv)} | {series_label(k, series)} | " + " | ".join(cells) + f" | {n_ok} ({n_bad}) |")
+    return "\n".join(lines)
+
+
+def compare_methods(rows, x: str, metrics: dict | None = None, order=None, where: dict | None = None) -> list[str]:
+    """Sentences: at each x, which method has the better mean, and by how much."""
+    metrics = metrics or METRICS
+    out = []
+    xs = x_order(rows, x, order)
+    sel = [r for r in rows if not where or all(r.get(k) == v for k, v in where.items())]
+    for m, (label, lower) in metrics.items():
+        t = stats_table(sel, x, ["method"], m)
+        j = {g[x]: g for g in t.get(("joint",), [])}
+        s = {g[x]: g for g in t.get(("two-step",), [])}
+        parts = []
+        for xv in xs:
+            if xv in j and xv in s and j[xv]["n"] and s[xv]["n"]:
+                a, b = j[xv]["mean"], s[xv]["mean"]
+                better = "joint" if (a < b) == lower else "two-step"
+                parts.append(f"{xv}: joint {fmt(a)} vs two-step {fmt(b)} ({better} better)")
+        if parts:
+            out.append(f"- **{label}** — " + "; ".join(parts))
+    return out
+
+
+def failures(rows) -> list[str]:
+    return [f"- `{r['dir']}` [{r['method']}]: {r.get('error')}" for r in rows if r.get("status") != "ok"]
+
+
+def write_findings(path: Path, study: str, info: dict[str, Any], sections: list[str], rows) -> Path:
+    spec = info.get("spec_obj")
+    n_points = len({r["point"] for r in rows})
+    head = [f"# {study}: {info['mode']} mode", "",
+            f"Sweep `{info['spec']}`" + (" (profile quick)" if info["mode"] == "quick" else "") +
+            f", {n_points} points x methods = {len(rows)} rows, device {info.get('device')}, "
+            f"wall time {info['wall_s'] / 60:.1f} min (this run; 0 for --analyse-only).", ""]
+    if info.get("overrides"):
+        head.append(f"Command-line overrides: `{info['overrides']}`.")
+        head.append("")
+    if info.get("speedups"):
+        head.append("In-process speed-ups (same numbers): " + "; ".join(info["speedups"]) + ".")
+        head.append("")
+    if spec is not None:
+        b = spec.base
+        head.append(f"Base: simulate `{b.get('simulate', {})}`, joint `{b.get('joint', {})}`, "
+                    f"two-step `{b.get('twostep', {})}`, cluster `{b.get('cluster', {})}`; axes "
+                    f"`{ {k: v for k, v in spec.axes.items()} }`.")
+        head.append("")
+    bad = failures(rows)
+    tail = ["", "## Failed points", ""] + (bad or ["none"]) + [""]
+    path.write_text("\n".join(head + sections + tail))
+    return path
