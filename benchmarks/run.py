@@ -9,7 +9,8 @@ when given. Suites:
 * ``--profile``: also time the pieces of one step and candidate optimisations
   (:func:`benchmarks.bench_joint.profile_step`);
 * the ePIE epoch, from ``benchmarks/bench_epie.py`` when that module exists (skipped
-  otherwise): it must provide ``run(suite, log) -> list[dict]`` (or ``run(suite)``).
+  otherwise): ``run(suite[, log]) -> list[dict]`` if it has one, else its command-line
+  ``main(argv) -> dict`` (``["--quick"]`` for the quick suite; its printout is discarded).
 
 See ``benchmarks/README.md`` for the fields of the JSON.
 """
@@ -17,7 +18,9 @@ See ``benchmarks/README.md`` for the fields of the JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import inspect
 import json
 import sys
@@ -39,17 +42,28 @@ def run_epie(suite: str) -> dict:
     except Exception as e:  # noqa: BLE001
         return {"status": "error", "reason": f"import failed: {type(e).__name__}: {e}"}
     fn = getattr(mod, "run", None) or getattr(mod, "run_suite", None)
-    if fn is None:
-        return {"status": "error", "reason": "benchmarks.bench_epie has no run(suite) function"}
     try:
-        params = inspect.signature(fn).parameters
-        kwargs = {"log": _log} if "log" in params else {}
-        cases = fn(suite, **kwargs)
+        if fn is not None:
+            params = inspect.signature(fn).parameters
+            cases = fn(suite, **({"log": _log} if "log" in params else {}))
+        elif getattr(mod, "main", None) is not None:
+            # command-line entry point: main(argv) -> dict, printing its JSON (kept off our stdout)
+            with contextlib.redirect_stdout(io.StringIO()):
+                cases = mod.main(["--quick"] if suite == "quick" else [])
+        else:
+            return {"status": "error", "reason": "benchmarks.bench_epie has neither run(suite) nor main(argv)"}
+    except SystemExit as e:
+        return {"status": "error", "reason": f"bench_epie exited ({e.code})"}
     except Exception as e:  # noqa: BLE001
         return {"status": "error", "reason": f"{type(e).__name__}: {e}"}
     if isinstance(cases, dict):
         cases = cases.get("cases", [cases])
-    return {"status": "ok", "cases": list(cases)}
+    for c in cases or []:
+        for v in (c.get("variants") or []) if isinstance(c, dict) else []:
+            _log(f"[epie] update_probe={v.get('update_probe')} batch_energies={v.get('batch_energies')}: "
+                 f"{v.get('frames_epochs_per_s', float('nan')):.0f} frames x epochs / s, "
+                 f"x{v.get('ratio_to_fft_floor', float('nan')):.1f} its floor, compile {v.get('compile_s', float('nan')):.1f} s")
+    return {"status": "ok", "cases": list(cases or [])}
 
 
 def main(argv=None) -> int:
