@@ -82,6 +82,11 @@ class EpieConfig:
             illumination.
         probe_power_limit: divergence threshold: probe power over its initial value.
         checkpoint_every: epochs between checkpoints (when a checkpoint path is given).
+        decay_start: first epoch of a linear decay of alpha and beta (None = constant
+            steps). With noisy data ePIE at full step keeps hopping around the solution;
+            shrinking the steps over the last epochs averages the frames' updates (the
+            standard ePIE remedy for noise) and lowers the noise of the objects.
+        decay_final: step factor reached at the last epoch (the decay is linear from 1).
     """
 
     epochs: int = 100
@@ -98,6 +103,8 @@ class EpieConfig:
     probe_fwhm: float = 300e-9
     probe_power_limit: float = 100.0
     checkpoint_every: int = 25
+    decay_start: int | None = None
+    decay_final: float = 0.2
 
     def __post_init__(self):
         if not (isinstance(self.epochs, (int, np.integer)) and self.epochs >= 1):
@@ -126,6 +133,18 @@ class EpieConfig:
             raise ConfigError(f"epie probe_power_limit must be > 1, got {self.probe_power_limit}")
         if self.checkpoint_every < 1:
             raise ConfigError(f"epie checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.decay_start is not None and not (0 <= self.decay_start < self.epochs):
+            raise ConfigError(f"epie decay_start must be in [0, epochs) or None, got {self.decay_start}")
+        if not (0.0 < self.decay_final <= 1.0):
+            raise ConfigError(f"epie decay_final must be in (0, 1], got {self.decay_final}")
+
+    def step_factor(self, epoch: int) -> float:
+        """Multiplier of alpha and beta at 0-based ``epoch`` (the linear decay, 1 before it)."""
+        if self.decay_start is None or epoch < self.decay_start:
+            return 1.0
+        span = max(self.epochs - 1 - self.decay_start, 1)
+        t = min(max((epoch - self.decay_start) / span, 0.0), 1.0)
+        return 1.0 - t * (1.0 - self.decay_final)
 
     @classmethod
     def seed_schedule(cls, **overrides) -> "EpieConfig":
@@ -500,8 +519,6 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
 
     objs = [jnp.asarray(objects0[b.energies]) for b in batches]
     phat = [jnp.fft.fft2(jnp.asarray(probes0[b.energies])) for b in batches]
-    alpha = jnp.float32(config.alpha)
-    beta = jnp.float32(config.beta)
 
     it = range(start_epoch, config.epochs)
     bar = None
@@ -516,6 +533,9 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
         upd = config.beta > 0 and epoch >= config.probe_update_start
         fn = epoch_fn(upd)
         orders = frame_orders(config.seed, epoch, n_max, energies)
+        fac = config.step_factor(epoch)
+        alpha = jnp.float32(config.alpha * fac)
+        beta = jnp.float32(config.beta * fac)
         loss_e = np.zeros(kn)
         for i, b in enumerate(batches):
             objs[i], phat[i], loss, power, finite = fn(objs[i], phat[i], orders[b.energies], b.corners, b.rows, b.cols,
@@ -582,34 +602,34 @@ def kk_matrix(energies, tail_ev: float = 200.0) -> np.ndarray:
     r"""Linear map from absorption samples to the KK-consistent phase, ``(K, K)`` float64.
 
     For absorption ``A(E_k)`` (amplitude attenuation, relative to the pre-edge level) the
-    phase consistent with it is
+    phase consistent with it is, in the convention of :mod:`diffxas.spectra`
+    (``A = r_e lambda_0 N f''``, ``phi = -r_e lambda N (Z + f')``, ``f' = H[f'']``),
 
-        phi_KK(E) = -lambda(E) * KK[ A(E') / lambda(E') ](E),
+        phi_KK(E) = -(lambda(E) / lambda_0) H[A](E),
 
-    because ``A = r_e lambda N f''`` and ``phi = -r_e lambda N (Z + f')`` with
-    ``f' = KK[f'']`` (:func:`scattering.kk_piecewise_linear`: the real-part change of a
-    piecewise-linear ``f''`` given at nodes). ``A/lambda`` is taken piecewise linear on
-    the measured energies, extended beyond the last one as a constant, then linearly to
-    zero over ``tail_ev`` (the edge does not end at the last energy; the remaining
-    truncation error is smooth and goes into the fitted baseline, see
-    :func:`kk_constrain`). KK is linear in ``f''``, so the map is built column by column
-    from unit node vectors.
+    with ``H[g](E) = (1/pi) P∫ g(E') / (E - E') dE'`` (:func:`scattering.kk_piecewise_linear`)
+    and ``lambda_0`` the wavelength at the middle of the scanned range (its exact choice
+    only rescales the phase by < 1 %). ``A`` is taken piecewise linear on the measured
+    energies, extended beyond the last one as a constant for ``tail_ev / 2`` and then
+    linearly to zero at ``+tail_ev`` (the edge does not end at the last energy; the
+    remaining truncation error is smooth over the scanned range and goes into the
+    fitted baseline of :func:`kk_phase`). H is linear, so this is one matrix.
     """
-    from .scattering import kk_piecewise_linear
+    from .scattering import kk_piecewise_linear_matrix
 
     e = np.asarray(energies, np.float64)
     lam = wavelength(e)
-    nodes = e if tail_ev <= 0 else np.concatenate([e, [e[-1] + 0.5 * tail_ev, e[-1] + tail_ev]])
+    lam0 = wavelength(0.5 * (e.min() + e.max()))
     kn = len(e)
-    eye = np.eye(kn)
-    cols = []
-    for j in range(kn):
-        f2 = eye[j] / lam[j]
-        if tail_ev > 0:
-            f2 = np.concatenate([f2, [f2[-1], 0.0]])
-        cols.append(np.asarray(kk_piecewise_linear(nodes, f2, e), np.float64))
-    kmat = np.stack(cols, axis=1)  # (eval, node)
-    return -lam[:, None] * kmat
+    if tail_ev > 0:
+        nodes = np.concatenate([e, [e[-1] + 0.5 * tail_ev, e[-1] + tail_ev]])
+        ext = np.zeros((kn + 2, kn))
+        ext[:kn] = np.eye(kn)
+        ext[kn, kn - 1] = 1.0  # constant continuation, then zero at the last node
+    else:
+        nodes, ext = e, np.eye(kn)
+    w = np.asarray(kk_piecewise_linear_matrix(nodes, e), np.float64)  # (eval, node)
+    return -(lam / lam0)[:, None] * (w @ ext)
 
 
 def kk_phase(absorption: np.ndarray, phase: np.ndarray, energies, weight: float = 1.0, tail_ev: float = 200.0,

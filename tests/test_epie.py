@@ -229,10 +229,19 @@ def test_checkpoint_resume_reproduces_straight_run(tmp_path):
 
 
 @pytest.mark.parametrize("kw", [dict(epochs=0), dict(alpha=0.0), dict(beta=-1.0), dict(kk_every=10),
-                                dict(kk_start=-1), dict(batch_energies=0), dict(kk_weight=2.0)])
+                                dict(kk_start=-1), dict(batch_energies=0), dict(kk_weight=2.0),
+                                dict(epochs=10, decay_start=10), dict(decay_final=0.0)])
 def test_config_validation(kw):
     with pytest.raises(ConfigError):
         EpieConfig(**kw)
+
+
+def test_step_decay_schedule():
+    c = EpieConfig(epochs=11, decay_start=6, decay_final=0.2)
+    f = [c.step_factor(e) for e in range(11)]
+    assert f[:7] == [1.0] * 7 and f[-1] == pytest.approx(0.2)
+    assert np.all(np.diff(f) <= 0)
+    assert EpieConfig(epochs=5).step_factor(4) == 1.0
 
 
 def test_kk_schedule():
