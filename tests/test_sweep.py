@@ -256,3 +256,24 @@ def test_cli_dry_run_and_exit_codes(tmp_path, capsys):
     assert "dose must be positive" in capsys.readouterr().out
     assert sweep.main([str(tmp_path / "nope.toml"), "-o", str(tmp_path / "o")]) == 2
     assert "no such sweep file" in capsys.readouterr().err
+
+
+def test_worker_env_round_robin_gpus_and_single_thread(monkeypatch):
+    import multiprocessing as mp
+
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    monkeypatch.setattr(os, "environ", env)
+    env["CUDA_VISIBLE_DEVICES"] = "3,5"
+    assert sweep.visible_gpus() == ["3", "5"]
+    counter = mp.get_context("spawn").Value("i", 0)
+    seen = []
+    for _ in range(3):
+        sweep._worker_init(counter, ["3", "5"], 3, sweep._thread_env(), None)
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["3", "5", "3"]
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"  # 3 workers share 2 GPUs
+    assert "--xla_cpu_multi_thread_eigen=false" in os.environ["XLA_FLAGS"]
+    assert "intra_op_parallelism_threads=1" in os.environ["XLA_FLAGS"] and os.environ["OMP_NUM_THREADS"] == "1"
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    assert sweep.visible_gpus() == []
