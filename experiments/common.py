@@ -39,6 +39,15 @@ METRICS: dict[str, tuple[str, bool]] = {
     "coverage": ("coverage (valid fraction)", False),
     "ari": ("cluster ARI vs truth", False),
 }
+#: Secondary columns tabulated in findings.md (robust errors, biases, V density, cost).
+SECONDARY: dict[str, tuple[str, bool]] = {
+    "edge_energy_mae": ("edge energy MAE (eV)", True),
+    "pre_edge_norm_mae": ("PE/Δμt MAE (eV)", True),
+    "ne_eff_per_nv_bias": ("Re[Ne]/N_V bias", True),
+    "edge_energy_bias": ("edge energy bias (eV)", True),
+    "n_v_rel_rms": ("N_V rel. RMS error", True),
+    "wall_s": ("method wall time (s)", True),
+}
 METHOD_STYLE = {"two-step": dict(color="tab:blue", marker="o"), "joint": dict(color="tab:red", marker="s")}
 
 
@@ -269,7 +278,8 @@ def markdown_table(rows, x: str, series: Sequence[str], metrics: dict | None = N
     return "\n".join(lines)
 
 
-def compare_methods(rows, x: str, metrics: dict | None = None, order=None, where: dict | None = None) -> list[str]:
+def compare_methods(rows, x: str, metrics: dict | None = None, order=None, where: dict | None = None,
+                    xfmt: Callable = str) -> list[str]:
     """Sentences: at each x, which method has the better mean, and by how much."""
     metrics = metrics or METRICS
     out = []
@@ -284,7 +294,7 @@ def compare_methods(rows, x: str, metrics: dict | None = None, order=None, where
             if xv in j and xv in s and j[xv]["n"] and s[xv]["n"]:
                 a, b = j[xv]["mean"], s[xv]["mean"]
                 better = "joint" if (a < b) == lower else "two-step"
-                parts.append(f"{xv}: joint {fmt(a)} vs two-step {fmt(b)} ({better} better)")
+                parts.append(f"{xfmt(xv)}: joint {fmt(a)} vs two-step {fmt(b)} ({better} better)")
         if parts:
             out.append(f"- **{label}** — " + "; ".join(parts))
     return out
@@ -300,7 +310,9 @@ def write_findings(path: Path, study: str, info: dict[str, Any], sections: list[
     head = [f"# {study}: {info['mode']} mode", "",
             f"Sweep `{info['spec']}`" + (" (profile quick)" if info["mode"] == "quick" else "") +
             f", {n_points} points x methods = {len(rows)} rows, device {info.get('device')}, "
-            f"wall time {info['wall_s'] / 60:.1f} min (this run; 0 for --analyse-only).", ""]
+            f"sweep wall time {info['wall_s'] / 60:.1f} min (0: re-analysed with --analyse-only); "
+            f"summed method time {sum(r.get('wall_s') or 0 for r in rows) / 60:.1f} min, simulation time "
+            f"{sum({r['point']: r.get('sim_wall_s') or 0 for r in rows}.values()) / 60:.1f} min.", ""]
     if info.get("overrides"):
         head.append(f"Command-line overrides: `{info['overrides']}`.")
         head.append("")

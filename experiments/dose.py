@@ -18,7 +18,9 @@ def analyse(rows, info, args):
     common.plot_study(rows, x, res / f"{STUDY}.png", xlabel="photons per frame", logx=True,
                       title="Map errors and ARI vs dose (mean ± std over seeds)")
     sec = ["## Results (mean ± std over seeds)", "", common.markdown_table(rows, x, ["method"], xfmt=lambda v: f"{v:g}"),
-           "", "## Joint vs two-step at each dose", ""] + common.compare_methods(rows, x)
+           "", "## Joint vs two-step at each dose", ""] + common.compare_methods(rows, x, xfmt=lambda v: f"{v:g}")
+    sec += ["", "## Secondary metrics", "", common.markdown_table(rows, x, ["method"], metrics=common.SECONDARY,
+                                                                  xfmt=lambda v: f"{v:g}")]
     sec += ["", f"Plot: `{STUDY}.png`."]
     common.write_findings(res / "findings.md", STUDY, info, sec, rows)
     print(f"results in {res}")

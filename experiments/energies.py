@@ -70,6 +70,8 @@ def analyse(rows, info, args):
         [r for r in expanded if r.get("energies.choice") == "uniform"], x)
     sec += ["", "## Joint vs two-step at each count (edge choice)", ""] + common.compare_methods(
         [r for r in expanded if r.get("energies.choice") == "edge"], x)
+    sec += ["", "## Secondary metrics", "", common.markdown_table(expanded, x, ["method", "energies.choice"],
+                                                                  metrics=common.SECONDARY)]
     sec += ["", f"Plot: `{STUDY}.png` (dotted line: two-step with all {full} energies)."]
     common.write_findings(res / "findings.md", STUDY, info, sec, rows)
     print(f"results in {res}")

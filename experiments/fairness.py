@@ -21,6 +21,8 @@ def analyse(rows, info, args):
                       title="Same spatial prior for both methods vs neither (mean ± std over seeds)")
     sec = ["## Results (mean ± std over seeds)", "", common.markdown_table(rows, x, ["method"], order=ORDER), "",
            "## Joint vs two-step at each prior level", ""] + common.compare_methods(rows, x, order=ORDER)
+    sec += ["", "## Secondary metrics", "", common.markdown_table(rows, x, ["method"], metrics=common.SECONDARY,
+                                                                  order=ORDER)]
     sec += ["", f"Plot: `{STUDY}.png`."]
     common.write_findings(res / "findings.md", STUDY, info, sec, rows)
     print(f"results in {res}")

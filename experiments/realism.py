@@ -23,6 +23,8 @@ def analyse(rows, info, args):
     for ref in ("off", "on"):
         sec += ["", f"## Joint vs two-step, refinement {ref}", ""] + common.compare_methods(rows, x, order=ORDER,
                                                                                            where={"refine": ref})
+    sec += ["", "## Secondary metrics", "", common.markdown_table(rows, x, ["method", "refine"],
+                                                                  metrics=common.SECONDARY, order=ORDER)]
     sec += ["", f"Plot: `{STUDY}.png`."]
     common.write_findings(res / "findings.md", STUDY, info, sec, rows)
     print(f"results in {res}")
