@@ -1055,7 +1055,9 @@ def run(sweep: str | os.PathLike | Mapping[str, Any] | SweepSpec, out_dir: str |
                 pass
         todo.append(p)
     counts = {"total": len(points), "skipped": len(results), "ran": 0, "ok": len(results), "failed": 0}
-    meta = {"name": spec.name, "source": spec.source, "profile": spec.profile, "out_dir": str(out)}
+    t_start = time.time()
+    meta = {"name": spec.name, "source": spec.source, "profile": spec.profile, "out_dir": str(out),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "workers": workers}
 
     def rows_now():
         rows = []
@@ -1098,7 +1100,7 @@ def run(sweep: str | os.PathLike | Mapping[str, Any] | SweepSpec, out_dir: str |
         if bar is not None:
             bar.close()
     rows = rows_now()
-    paths = write_summary(out, rows, {**meta, "counts": counts})
+    paths = write_summary(out, rows, {**meta, "counts": counts, "wall_s": time.time() - t_start})
     summary = SweepSummary(rows)
     summary.out_dir, summary.counts, summary.points, summary.paths = out, counts, points, paths
     return summary

@@ -99,14 +99,18 @@ def run_study(study: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
                             "overrides": overrides, "speedups": []}
     t0 = time.time()
     if args.analyse_only:
+        import json
+
         rows = sweep.read_summary(out)
+        info["wall_s"] = json.loads((out / "summary.json").read_text()).get("wall_s") or 0.0
     else:
         if args.workers == 1:
             info["speedups"] = speedups()
         rows = list(sweep.run(spec_path, out, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
                               progress=not args.quiet, profile="quick" if args.quick else None,
                               overrides=overrides or None))
-    info["wall_s"] = time.time() - t0
+    if not args.analyse_only:
+        info["wall_s"] = time.time() - t0
     info["spec_obj"] = sweep.load_spec(spec_path, profile="quick" if args.quick else None)
     try:
         import jax
@@ -310,7 +314,7 @@ def write_findings(path: Path, study: str, info: dict[str, Any], sections: list[
     head = [f"# {study}: {info['mode']} mode", "",
             f"Sweep `{info['spec']}`" + (" (profile quick)" if info["mode"] == "quick" else "") +
             f", {n_points} points x methods = {len(rows)} rows, device {info.get('device')}, "
-            f"sweep wall time {info['wall_s'] / 60:.1f} min (0: re-analysed with --analyse-only); "
+            f"sweep wall time {info['wall_s'] / 60:.1f} min; "
             f"summed method time {sum(r.get('wall_s') or 0 for r in rows) / 60:.1f} min, simulation time "
             f"{sum({r['point']: r.get('sim_wall_s') or 0 for r in rows}.values()) / 60:.1f} min.", ""]
     if info.get("overrides"):
