@@ -46,14 +46,9 @@ def _fast_twostep() -> dict:
             out["epochs"] = 2
         elif f.name in ("epie", "fit") and dataclasses.is_dataclass(d):
             names = {g.name for g in dataclasses.fields(d)}
-            sub = {}
-            if "epochs" in names:
-                sub["epochs"] = 2
-            if "probe_update_start" in names:
-                sub["probe_update_start"] = 1
-            if "iterations" in names:
-                sub["iterations"] = 3
-            out[f.name] = sub
+            want = {"epochs": 2, "probe_update_start": 1, "kk_start": "none", "kk_every": "none",
+                    "decay_start": "none", "iterations": 3}
+            out[f.name] = {k: v for k, v in want.items() if k in names}
     return out
 
 
