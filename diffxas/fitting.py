@@ -9,7 +9,11 @@ residual).
 Bounded parameters use smooth reparameterisations, ``x = lo + (hi - lo) sigmoid(u)``:
 ``b2`` inside the scanned range, ``b3`` in ``b3_bounds``, the pre-edge positions
 ``c12, c22`` inside the scanned range and widths ``c13, c23`` in ``width_bounds``. The
-linear amplitudes ``a, b1, c11, c21`` are free (noise may make them negative).
+linear amplitudes ``a, b1`` are free (noise may make b1 negative where there is no V).
+
+The pre-edge peak amplitudes ``c11, c21`` are absorption features and kept positive
+(``softplus``; the variable-projection starts use exact non-negative least squares):
+a negative Lorentzian on the edge onset is otherwise a cheap way for noise to move b2.
 
 Initialisation (robust, variable projection):
 
@@ -124,12 +128,20 @@ def bounds_for(energies, cfg: FitConfig, pre_edge_max: float | None = None) -> d
             "c22": (float(e.min()), top), "c23": tuple(map(float, cfg.width_bounds))}
 
 
+#: Pre-edge peak amplitudes are absorption features, kept positive: ``c = softplus(u)``.
+POSITIVE = ("c11", "c21")
+_POS_FLOOR = 1e-7
+
+
 def to_raw(values: dict[str, np.ndarray], bounds) -> np.ndarray:
-    """Physical parameters -> unconstrained vector (..., 10) (inverse sigmoid, clipped inside)."""
+    """Physical parameters -> unconstrained vector (..., 10) (inverse sigmoid / softplus, clipped inside)."""
     out = []
     for n in PARAM_NAMES:
         v = np.asarray(values[n], np.float64)
-        if n in bounds:
+        if n in POSITIVE:
+            v = np.maximum(v, _POS_FLOOR)
+            v = v + np.log(-np.expm1(-v))  # inverse softplus, stable for small and large v
+        elif n in bounds:
             lo, hi = bounds[n]
             t = np.clip((v - lo) / (hi - lo), 1e-4, 1 - 1e-4)
             v = np.log(t) - np.log1p(-t)
@@ -142,7 +154,9 @@ def from_raw(u, bounds) -> dict[str, Any]:
     out = {}
     for i, n in enumerate(PARAM_NAMES):
         v = u[..., i]
-        if n in bounds:
+        if n in POSITIVE:
+            v = jax.nn.softplus(v)
+        elif n in bounds:
             lo, hi = bounds[n]
             v = lo + (hi - lo) * jax.nn.sigmoid(v)
         out[n] = v
@@ -257,32 +271,59 @@ def _lor(e, c2, c3):
     return 1.0 / (1.0 + ((e - c2) / c3) ** 2)
 
 
-def varpro_grid(Y: np.ndarray, designs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ls_all(qt, rinv, Y, yy):
+    """rss (C, N) and coefficients (C, p, N) of every design for every spectrum."""
+    proj = np.matmul(qt, Y)  # (C, p, N), batched BLAS
+    rss = yy[None] - np.sum(proj * proj, axis=1)
+    return rss, np.matmul(rinv, proj)
+
+
+def varpro_grid(Y: np.ndarray, designs: np.ndarray, nonneg: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best design per spectrum: ``Y`` (K, N), ``designs`` (C, K, p).
 
     Returns ``(best index (N,), coefficients (N, p), rss (N,))`` of the linear least-squares
-    fits ``Y[:, n] ~ designs[c] @ coef``, minimised over c.
+    fits ``Y[:, n] ~ designs[c] @ coef``, minimised over c. Columns listed in ``nonneg``
+    get non-negative coefficients (exact NNLS by enumerating which of them are held at
+    zero: the optimum is the best feasible unconstrained fit over those subsets).
     """
+    import itertools
+
     Y = np.asarray(Y, np.float64)
+    designs = np.asarray(designs, np.float64)
     n = Y.shape[1]
+    c_all, _, p = designs.shape
+    subsets = [tuple(s) for r in range(len(nonneg) + 1) for s in itertools.combinations(nonneg, r)]
+    facts = []
+    for drop in subsets:
+        keep = [j for j in range(p) if j not in drop]
+        q, r = np.linalg.qr(designs[:, :, keep])
+        rinv = np.linalg.inv(r + 1e-12 * np.eye(len(keep)))
+        facts.append((keep, np.ascontiguousarray(np.swapaxes(q, 1, 2)), rinv))
     yy = np.sum(Y * Y, axis=0)
     best = np.zeros(n, np.int64)
     best_rss = np.full(n, np.inf)
-    qs, rs = np.linalg.qr(designs)  # (C, K, p), (C, p, p)
-    step = max(1, int(2e7 // max(1, n * designs.shape[2])))
-    for s in range(0, designs.shape[0], step):
-        proj = np.matmul(np.swapaxes(qs[s:s + step], 1, 2), Y)  # (c, p, N), batched BLAS
-        rss = yy[None] - np.sum(proj * proj, axis=1)  # (c, N)
-        i = np.argmin(rss, axis=0)
-        v = rss[i, np.arange(n)]
+    best_coef = np.zeros((n, p))
+    step = max(1, int(4e6 // max(1, n * p)))
+    cols = np.arange(n)
+    for s in range(0, c_all, step):
+        sl = slice(s, min(s + step, c_all))
+        rss_b = np.full((sl.stop - s, n), np.inf)
+        coef_b = np.zeros((sl.stop - s, p, n))
+        for keep, qt, rinv in facts:
+            rss, coef = _ls_all(qt[sl], rinv[sl], Y, yy)
+            full = np.zeros((rss.shape[0], p, n))
+            full[:, keep] = coef
+            ok = np.all(full[:, list(nonneg)] >= 0, axis=1) if nonneg else np.ones_like(rss, bool)
+            better = ok & (rss < rss_b)
+            rss_b = np.where(better, rss, rss_b)
+            coef_b = np.where(better[:, None], full, coef_b)
+        i = np.argmin(rss_b, axis=0)
+        v = rss_b[i, cols]
         upd = v < best_rss
         best[upd] = s + i[upd]
         best_rss[upd] = v[upd]
-    qb = qs[best]  # (N, K, p)
-    rb = rs[best]
-    qty = np.einsum("nkp,kn->np", qb, Y)
-    coef = np.linalg.solve(rb + 1e-12 * np.eye(rb.shape[-1]), qty[..., None])[..., 0]
-    return best, coef, np.maximum(best_rss, 0.0)
+        best_coef[upd] = coef_b[i[upd], :, cols[upd]]
+    return best, best_coef, np.maximum(best_rss, 0.0)
 
 
 def _edge_grid(e, cfg: FitConfig, coarsen: int = 1):
@@ -306,14 +347,14 @@ def fit_global(y: np.ndarray, energies, cfg: FitConfig) -> dict[str, float]:
     c12s = np.arange(e.min(), max(e.min() + 0.5, b2), 0.25)
     cand = [(c, w) for c in c12s for w in widths]
     des = np.stack([np.stack([np.ones_like(e), _step(e, b2, b3), _lor(e, c, w)], 1) for c, w in cand])
-    i, coef, _ = varpro_grid(y[:, None], des)
+    i, coef, _ = varpro_grid(y[:, None], des, nonneg=(2,))
     c12, c13 = cand[i[0]]
     # second peak: between the first and the edge position
     c22s = np.arange(c12 + 1.0, max(c12 + 1.5, b2), 0.5)
     widths2 = np.clip(np.array([1.0, 2.0, 3.0]), wlo, whi)
     cand2 = [(c, w) for c in c22s for w in widths2]
     des = np.stack([np.stack([np.ones_like(e), _step(e, b2, b3), _lor(e, c12, c13), _lor(e, c, w)], 1) for c, w in cand2])
-    i, coef, _ = varpro_grid(y[:, None], des)
+    i, coef, _ = varpro_grid(y[:, None], des, nonneg=(2, 3))
     c22, c23 = cand2[i[0]]
     a, b1, c11, c21 = coef[0]
     start = dict(a=a, b1=b1, b2=b2, b3=b3, c11=c11, c12=c12, c13=c13, c21=c21, c22=c22, c23=c23)
@@ -340,7 +381,7 @@ def init_pixels(Y: np.ndarray, energies, shape: dict[str, float], cfg: FitConfig
     des[:, :, 1] = _step(e[None, :], eg[:, :1], eg[:, 1:])
     des[:, :, 2] = l1
     des[:, :, 3] = l2
-    i, coef, rss = varpro_grid(Y, des)
+    i, coef, rss = varpro_grid(Y, des, nonneg=(2, 3))
     if return_rss:
         return float(rss.sum())
     n = Y.shape[1]
