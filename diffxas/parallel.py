@@ -25,9 +25,9 @@ Results equal the single-device run up to float32 summation order (the per-devic
 sums are added in a different order): ~1e-6 relative in the loss, a few 1e-6 in the
 parameters after a few Adam steps (``tests/test_parallel.py``).
 
-Mini-batches (``JointConfig.batch_size``) work but gather the batch's frames from all
-devices every step (the random indices cross shard boundaries); full batch is the
-efficient multi-device mode.
+Mini-batches (``JointConfig.batch_size``) use the same random frames as the single-device
+step: every device picks the batch frames it holds and a reduce-scatter gives each device
+its share of the batch (communication and memory of the batch only).
 
 Several hosts
 -------------
@@ -171,63 +171,91 @@ class ShardedJointSolver(eqx.Module):
         return shard_state(self.inner.init(params), self.mesh)
 
     def loss(self, params):
-        return self._loss_and_grad(params, self.inner.prob, 1.0)[0]
-
-    # ---- sharded loss
-    def _loss_and_grad(self, params, prob, scale):
-        """``scale * data_loss(prob) + tv * reg`` and its gradient; frames of ``prob`` split over the mesh."""
+        """Full-batch total loss (as ``JointSolver.loss``), frames split over the mesh."""
         from .joint import total_loss
 
+        dyn, rest = eqx.partition(self.inner.prob, eqx.is_array)
         loss_name, chunk, tv, n_total = self.inner.static
-        n = self.n_devices
-        # every device adds tv/(n scale) * reg, psum -> tv/scale * reg, times scale -> tv * reg
-        local_static = (loss_name, chunk, float(tv) / (n * scale), n_total)
-        dyn, rest = eqx.partition(prob, eqx.is_array)
-        specs = _problem_specs(dyn)
+        static = (loss_name, chunk, float(tv) / self.n_devices, n_total)
 
         def local(params, dyn):
-            val, grad = eqx.filter_value_and_grad(total_loss)(params, eqx.combine(dyn, rest), None, local_static)
-            return jax.lax.psum((val, grad), AXIS)
+            return jax.lax.psum(total_loss(params, eqx.combine(dyn, rest), None, static), AXIS)
 
-        val, grad = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), specs), out_specs=P(),
-                                  check_vma=False)(params, dyn)
-        if scale != 1.0:
-            val, grad = jax.tree.map(lambda x: x * scale, (val, grad))
-        return val, grad
+        return jax.shard_map(local, mesh=self.mesh, in_specs=(P(), _problem_specs(dyn)), out_specs=P(),
+                             check_vma=False)(params, dyn)
 
-    def _batch_problem(self, step):
-        """The problem restricted to this step's random mini-batch (same frames as the single-device step)."""
+    # ---- sharded loss
+    def _loss_and_grad(self, params, step):
+        """Loss and gradient of the step (full batch, or the step's mini-batch), frames split over the mesh."""
+        from .joint import total_loss
+
+        loss_name, step_chunk, tv, n_total = self.inner.static
         n = self.n_devices
+        full = self.inner.batch == self.inner.n_frames
+        scale = 1.0 if full else self.inner.n_frames / self.inner.batch
+        # every device adds tv/(n scale) * reg: psum -> tv/scale * reg, times scale -> tv * reg
+        tv_local = float(tv) / (n * scale)
+        dyn, rest = eqx.partition(self.inner.prob, eqx.is_array)
+        specs = _problem_specs(dyn)
+
+        if full:
+            def local(params, dyn):
+                static = (loss_name, step_chunk, tv_local, n_total)
+                val, grad = eqx.filter_value_and_grad(total_loss)(params, eqx.combine(dyn, rest), None, static)
+                return jax.lax.psum((val, grad), AXIS)
+
+            val, grad = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), specs), out_specs=P(),
+                                      check_vma=False)(params, dyn)
+            return val, grad
+
+        # Mini-batch: the same random frames as the single-device step. Each device picks the
+        # batch frames it holds (position from the chunked layout: frame g sits in chunk
+        # g // chunk at offset g % chunk, i.e. on device offset // (chunk / n)) and a
+        # reduce-scatter hands every device its share of the batch: traffic and memory of
+        # the batch only, never of all frames.
         bs = self.inner.batch
+        chunk = int(self.inner.prob.frames.shape[1])
+        cl = chunk // n
+        per = -(-bs // n)  # batch slots per device
+        nch_b, cb = _chunk_layout(per, max(1, step_chunk // n), 1)
         key = jax.random.fold_in(jax.random.PRNGKey(self.inner.seed), step)
         idx = jax.random.choice(key, self.inner.n_frames, (bs,), replace=False)
-        nch, chunk = _chunk_layout(bs, self.inner.static[1], n)
-        pad = nch * chunk - bs
-        # flat index = dataset frame index in the chunked layout (padding at the end)
-        idx = jnp.pad(idx, (0, pad))
-        valid = jnp.arange(nch * chunk) < bs
-        split = NamedSharding(self.mesh, P(None, AXIS))
-        prob = self.inner.prob
+        idx = jnp.pad(idx, (0, per * n - bs), constant_values=-1)
+        owner = jnp.where(idx >= 0, (idx % chunk) // cl, -1)
+        lpos = jnp.where(idx >= 0, (idx // chunk) * cl + (idx % chunk) % cl, 0)
 
-        def sel(x):
-            y = x.reshape((-1,) + x.shape[2:])[idx].reshape((nch, chunk) + x.shape[2:])
-            return jax.lax.with_sharding_constraint(y, split)
+        def local(params, dyn, owner, lpos):
+            prob = eqx.combine(dyn, rest)
+            mine = owner == jax.lax.axis_index(AXIS)
 
-        fields = {f: sel(getattr(prob, f)) for f in FRAME_FIELDS}
-        fields["frame_id"] = jax.lax.with_sharding_constraint(
-            jnp.where(valid.reshape(nch, chunk), fields["frame_id"], -1), split)
-        return eqx.tree_at(lambda p: tuple(getattr(p, f) for f in FRAME_FIELDS), prob,
-                           tuple(fields[f] for f in FRAME_FIELDS))
+            def pick(x, offset=0):
+                flat = x.reshape((-1,) + x.shape[2:])
+                g = flat[lpos] + offset
+                g = jnp.where(mine.reshape((-1,) + (1,) * (g.ndim - 1)), g, jnp.zeros_like(g))
+                g = jax.lax.psum_scatter(g, AXIS, scatter_dimension=0, tiled=True) - offset  # (per, ...)
+                pad = nch_b * cb - per
+                if pad:
+                    fill = -1 if offset else 0
+                    g = jnp.concatenate([g, jnp.full((pad,) + g.shape[1:], fill, g.dtype)])
+                return g.reshape((nch_b, cb) + g.shape[1:])
+
+            # frame_id + 1 so that empty slots (0 from every device) come back as -1 (padding)
+            fields = {f: pick(getattr(prob, f), 1 if f == "frame_id" else 0) for f in FRAME_FIELDS}
+            prob_b = eqx.tree_at(lambda p: tuple(getattr(p, f) for f in FRAME_FIELDS), prob,
+                                 tuple(fields[f] for f in FRAME_FIELDS))
+            static = (loss_name, cb, tv_local, n_total)
+            val, grad = eqx.filter_value_and_grad(total_loss)(params, prob_b, None, static)
+            return jax.lax.psum((val, grad), AXIS)
+
+        val, grad = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), specs, P(), P()), out_specs=P(),
+                                  check_vma=False)(params, dyn, owner, lpos)
+        return jax.tree.map(lambda x: x * scale, (val, grad))
 
     @eqx.filter_jit
     def step(self, state):
         from .joint import JointState
 
-        if self.inner.batch == self.inner.n_frames:
-            loss, grads = self._loss_and_grad(state.params, self.inner.prob, 1.0)
-        else:
-            scale = self.inner.n_frames / self.inner.batch
-            loss, grads = self._loss_and_grad(state.params, self._batch_problem(state.step), scale)
+        loss, grads = self._loss_and_grad(state.params, state.step)
         updates, opt_state = self.inner.opt.update(grads, state.opt_state, state.params)
         params = eqx.apply_updates(state.params, updates)
         return JointState(params=params, opt_state=opt_state, step=state.step + 1), loss

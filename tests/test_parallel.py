@@ -14,6 +14,11 @@ Tolerances (float32; only the order of the sums differs between the runs):
   per leaf (observed <= 1.1e-4). Adam normalises each element by its gradient RMS, so
   elements whose gradient is ~0 (the TV term on flat regions) amplify rounding
   differences; with TV on only loss and gradients are compared.
+
+Two tests (one subprocess each): full batch without TV (3 steps),
+``ShardedJointSolver.loss`` and the ``reconstruct_joint_sharded`` wrapper (2 steps); a
+mini-batch of 37 frames (not a multiple of the 4 devices; the same random frames as the
+single-device step) with TV (2 steps).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent(r'''
-    import json, time
+    import json, sys, time
     import jax, jax.numpy as jnp, numpy as np
     from diffxas.dataset import Dataset
     from diffxas.forward import frame_geometry, intensities, transmission
@@ -76,7 +81,9 @@ SCRIPT = textwrap.dedent(r'''
     ds = tiny()
     mesh = parallel.frames_mesh()
     out = {}
-    for name, bs, tv, steps in (("full", None, 0.0, 3), ("minibatch_tv", 40, 1.0, 1)):
+    part = sys.argv[1]
+    cases = {"full": [("full", None, 0.0, 3)], "minibatch": [("minibatch_tv", 37, 1.0, 2)]}[part]
+    for name, bs, tv, steps in cases:
         cfg = JointConfig(steps=10, chunk_size=40, probe_start=0, lr_positions=0.01, batch_size=bs, tv_weight=tv)
         solver, state0, _ = prepare_joint(ds, cfg, n_shards=4)
         sh = parallel.shard_solver(solver, mesh)
@@ -96,25 +103,34 @@ SCRIPT = textwrap.dedent(r'''
                          shard_shape=list(sh.prob.frames.addressable_shards[0].data.shape),
                          frames_shape=list(sh.prob.frames.shape),
                          params_replicated=bool(b.params.raw["a"].sharding.is_fully_replicated))
-    # the prepare -> shard -> loop wrapper
-    cfg = JointConfig(steps=2, chunk_size=40, probe_start=0, lr_positions=0.01, log_every=1)
-    res = parallel.reconstruct_joint_sharded(ds, cfg)
-    out["wrapper"] = dict(first_loss=float(res.history["loss"][0]) * ds.n_frames * ds.frame_size ** 2,
-                          n_hist=len(res.history["loss"]), finite=bool(np.isfinite(res.absorption).all()))
+        if name == "full":  # the loss alone (the step returns the loss at its input parameters)
+            out["loss_fn_rel"] = abs(float(sh.loss(st.params)) / la[0] - 1)
+        out[name]["t"] = time.perf_counter() - t0
+    if part == "full":  # the prepare -> shard -> loop wrapper (same problem as the full-batch case)
+        cfg = JointConfig(steps=2, chunk_size=40, probe_start=0, lr_positions=0.01, log_every=1)
+        res = parallel.reconstruct_joint_sharded(ds, cfg)
+        out["wrapper"] = dict(first_loss=float(res.history["loss"][0]) * ds.n_frames * ds.frame_size ** 2,
+                              n_hist=len(res.history["loss"]), finite=bool(np.isfinite(res.absorption).all()),
+                              n_devices=int(res.config["init"].get("n_devices", 4)))
     out["seconds"] = time.perf_counter() - t0
     print("RESULT " + json.dumps(out))
 ''')
 
 
-def test_sharded_joint_step_matches_single_device():
+def _run(part: str) -> dict:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, part], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
-    r = json.loads(line[-1][len("RESULT "):])
-    full, mb = r["full"], r["minibatch_tv"]
+    return json.loads(line[-1][len("RESULT "):])
+
+
+def test_sharded_full_batch_step_matches_single_device():
+    r = _run("full")
+    full = r["full"]
     # layout: 100 frames -> chunks of 40 (multiple of 4 devices), 10 frames per device per chunk
     assert full["frames_shape"] == [3, 40, 32, 32]
     assert full["shard_shape"] == [3, 10, 32, 32]
@@ -122,8 +138,15 @@ def test_sharded_joint_step_matches_single_device():
     assert full["loss_rel"] < 2e-4, full
     assert full["grad_rel"] < 1e-4, full
     assert full["param_rel"] < 1e-3, full
+    assert r["loss_fn_rel"] < 2e-4, r
+    w = r["wrapper"]
+    assert w["n_hist"] == 2 and w["finite"], w
+    # the wrapper's first logged loss is the loss at the initial parameters
+    assert w["first_loss"] == pytest.approx(full["loss_single"][0], rel=2e-4)
+
+
+def test_sharded_minibatch_step_matches_single_device():
+    r = _run("minibatch")
+    mb = r["minibatch_tv"]
     assert mb["loss_rel"] < 2e-4, mb
     assert mb["grad_rel"] < 1e-4, mb
-    w = r["wrapper"]
-    assert w["n_hist"] == 2 and w["finite"]
-    assert w["first_loss"] == pytest.approx(full["loss_single"][0], rel=2e-4)
