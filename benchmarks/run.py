@@ -58,11 +58,15 @@ def run_epie(suite: str) -> dict:
         return {"status": "error", "reason": f"{type(e).__name__}: {e}"}
     if isinstance(cases, dict):
         cases = cases.get("cases", [cases])
+    def num(v, fmt):
+        return format(v, fmt) if isinstance(v, (int, float)) else "?"
+
     for c in cases or []:
         for v in (c.get("variants") or []) if isinstance(c, dict) else []:
-            _log(f"[epie] update_probe={v.get('update_probe')} batch_energies={v.get('batch_energies')}: "
-                 f"{v.get('frames_epochs_per_s', float('nan')):.0f} frames x epochs / s, "
-                 f"x{v.get('ratio_to_fft_floor', float('nan')):.1f} its floor, compile {v.get('compile_s', float('nan')):.1f} s")
+            if isinstance(v, dict):
+                _log(f"[epie] update_probe={v.get('update_probe')} batch_energies={v.get('batch_energies')}: "
+                     f"{num(v.get('frames_epochs_per_s'), '.0f')} frames x epochs / s, "
+                     f"x{num(v.get('ratio_to_fft_floor'), '.1f')} its floor, compile {num(v.get('compile_s'), '.1f')} s")
     return {"status": "ok", "cases": list(cases or [])}
 
 
