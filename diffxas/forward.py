@@ -115,20 +115,19 @@ def frame_geometry(positions_m, grid: Grid, frame_size: int) -> tuple[np.ndarray
 
 def fourier_shift(field: Complex[Array, "M M"], shift: Float[Array, "2"]) -> Complex[Array, "M M"]:
     """Shift a field by ``shift`` = (rows, cols) pixels (exact for band-limited fields, circular)."""
-    m0, m1 = field.shape
-    k0 = jnp.fft.fftfreq(m0).astype(jnp.float32)
-    k1 = jnp.fft.fftfreq(m1).astype(jnp.float32)
-    ramp = jnp.exp(-2j * jnp.pi * (k0[:, None] * shift[0] + k1[None, :] * shift[1]))
-    return jnp.fft.ifft2(jnp.fft.fft2(field) * ramp)
+    return jnp.fft.ifft2(jnp.fft.fft2(field) * _ramp(field.shape, shift))
 
 
 def shifted_probe(probe_hat: Complex[Array, "M M"], shift: Float[Array, "2"]) -> Complex[Array, "M M"]:
     """Probe shifted by ``shift`` pixels, from its precomputed spectrum ``fft2(probe)``."""
-    m0, m1 = probe_hat.shape
-    k0 = jnp.fft.fftfreq(m0).astype(jnp.float32)
-    k1 = jnp.fft.fftfreq(m1).astype(jnp.float32)
-    ramp = jnp.exp(-2j * jnp.pi * (k0[:, None] * shift[0] + k1[None, :] * shift[1]))
-    return jnp.fft.ifft2(probe_hat * ramp)
+    return jnp.fft.ifft2(probe_hat * _ramp(probe_hat.shape, shift))
+
+
+def _ramp(shape, shift):
+    """Separable Fourier shift ramp exp(-2 pi i (k0 s0 + k1 s1)): 2M exponentials, not M^2."""
+    k0 = jnp.fft.fftfreq(shape[0]).astype(jnp.float32)
+    k1 = jnp.fft.fftfreq(shape[1]).astype(jnp.float32)
+    return jnp.exp(-2j * jnp.pi * k0 * shift[0])[:, None] * jnp.exp(-2j * jnp.pi * k1 * shift[1])[None, :]
 
 
 def extract_patch(obj: Complex[Array, "ny nx"], corner: Int[Array, "2"], size: int) -> Complex[Array, "M M"]:
@@ -159,14 +158,26 @@ def exit_wave(obj: Complex[Array, "ny nx"], probe_hat: Complex[Array, "M M"], co
     return shifted_probe(probe_hat, frac) * extract_patch(obj, corner, m)
 
 
-def model_intensity(obj, probe_hat, corner, frac, crop: int | None = None):
-    """Intensity of one frame (``crop``: keep the central ``crop`` pixels, for oversampled simulation)."""
-    f = far_field(exit_wave(obj, probe_hat, corner, frac))
+def model_intensity(obj, probe_hat, corner, frac, crop: int | None = None, centered: bool = True):
+    """Intensity of one frame (``crop``: keep the central ``crop`` pixels, for oversampled simulation).
+
+    ``centered=False`` skips the fftshift (zero frequency at pixel (0, 0)); solvers compare
+    with frames and masks ifftshifted once (:func:`uncenter`), saving two shifts per frame.
+    """
+    if centered:
+        f = far_field(exit_wave(obj, probe_hat, corner, frac))
+    else:
+        f = jnp.fft.fft2(exit_wave(obj, probe_hat, corner, frac), norm="ortho")
     i = jnp.real(f) ** 2 + jnp.imag(f) ** 2
     return i if crop is None else crop_center(i, crop)
 
 
-def intensities(objects: Complex[Array, "energy ny nx"], probes_hat: Complex[Array, "energy M M"], energy_index: Int[Array, " frame"], corner: Int[Array, "frame 2"], frac: Float[Array, "frame 2"], crop: int | None = None) -> Float[Array, "frame M M"]:
+def uncenter(frames):
+    """Frames/masks with zero frequency moved from (M/2, M/2) to (0, 0) (ifftshift)."""
+    return jnp.fft.ifftshift(frames, axes=(-2, -1))
+
+
+def intensities(objects: Complex[Array, "energy ny nx"], probes_hat: Complex[Array, "energy M M"], energy_index: Int[Array, " frame"], corner: Int[Array, "frame 2"], frac: Float[Array, "frame 2"], crop: int | None = None, centered: bool = True) -> Float[Array, "frame M M"]:
     """Model intensities of a batch of frames of any energies.
 
     Args:
@@ -174,10 +185,17 @@ def intensities(objects: Complex[Array, "energy ny nx"], probes_hat: Complex[Arr
             one shape, see :meth:`Dataset.energy_grids`).
         probes_hat: ``fft2`` of each energy's probe (on that energy's pixel size).
         energy_index, corner, frac: per-frame energy, patch corner, sub-pixel offset.
+        centered: zero frequency at (M/2, M/2) (the file convention) or at (0, 0).
     """
+    m = probes_hat.shape[-1]
 
     def one(k, c, f):
-        return model_intensity(objects[k], probes_hat[k], c, f, crop)
+        # one dynamic_slice over (energy, row, col): no gather of a whole object per frame
+        patch = jax.lax.dynamic_slice(objects, (k, c[0], c[1]), (1, m, m))[0]
+        psi = shifted_probe(probes_hat[k], f) * patch
+        ff = far_field(psi) if centered else jnp.fft.fft2(psi, norm="ortho")
+        i = jnp.real(ff) ** 2 + jnp.imag(ff) ** 2
+        return i if crop is None else crop_center(i, crop)
 
     return jax.vmap(one)(energy_index, corner, frac)
 

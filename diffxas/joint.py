@@ -172,8 +172,13 @@ def from_raw(name: str, raw, sc: Scales):
     return WIDTH_MIN[name] + jax.nn.softplus(raw)
 
 
-def physical(params: JointParams, sc: Scales) -> XanesParams:
-    return XanesParams(**{k: from_raw(k, params.raw[k], sc) for k in ALL_PARAMS})
+def physical(params: JointParams, sc: Scales, keep=None) -> XanesParams:
+    """Physical parameters; amplitudes (a, b1, c11, c21, n_other) multiplied by ``keep`` (1 = sample, 0 = pinned empty)."""
+    out = {k: from_raw(k, params.raw[k], sc) for k in ALL_PARAMS}
+    if keep is not None:
+        for k in AMPLITUDES + ("n_other",):
+            out[k] = out[k] * keep
+    return XanesParams(**out)
 
 
 # ----------------------------------------------------------------------------- static problem
@@ -198,14 +203,16 @@ class Problem(eqx.Module):
     ry: jax.Array  # (K, N, H) common -> energy grid
     rx: jax.Array  # (K, N, W)
     illuminated: jax.Array  # (H, W) bool
+    empty: jax.Array  # (H, W) 1 in the empty (membrane-only) reference region, else 0
     edge: VEdge
     scales: Scales
 
 
 def chunk_layout(n_frames: int, chunk: int, n_shards: int = 1) -> tuple[int, int]:
     """(n_chunks, chunk) with chunk a multiple of ``n_shards`` and n_chunks * chunk >= n_frames."""
-    chunk = max(n_shards, -(-min(chunk, n_frames) // n_shards) * n_shards)
-    return -(-n_frames // chunk), chunk
+    n_chunks = -(-n_frames // max(1, min(chunk, n_frames)))
+    chunk = -(-(-(-n_frames // n_chunks)) // n_shards) * n_shards  # balanced, a multiple of n_shards
+    return n_chunks, chunk
 
 
 def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, common: Grid | None = None, n_shards: int = 1) -> tuple[Problem, Grid, list[Grid]]:
@@ -252,11 +259,13 @@ def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, co
         x = np.concatenate([x, np.full((pad,) + x.shape[1:], fill, x.dtype)]) if pad else x
         return jnp.asarray(x.reshape((nchunk, chunk) + x.shape[1:]))
 
-    prob = Problem(frames=lay(np.asarray(ds.frames, np.float32)), frame_id=lay(np.arange(ds.n_frames, dtype=np.int32), -1),
+    # frames and mask with zero frequency at (0, 0): the model skips the fftshift (forward.uncenter)
+    prob = Problem(frames=lay(np.fft.ifftshift(np.asarray(ds.frames, np.float32), axes=(-2, -1))), frame_id=lay(np.arange(ds.n_frames, dtype=np.int32), -1),
                    energy_index=lay(ei.astype(np.int32)), corner=lay(corner), frac=lay(frac),
-                   weight=jnp.asarray(ds.mask, jnp.float32),
+                   weight=jnp.asarray(np.fft.ifftshift(np.asarray(ds.mask, np.float32), axes=(-2, -1))),
                    energies=jnp.asarray(ds.energies, jnp.float32), ry=jnp.asarray(np.stack(ry), jnp.float32),
-                   rx=jnp.asarray(np.stack(rx), jnp.float32), illuminated=jnp.asarray(illuminated), edge=edge,
+                   rx=jnp.asarray(np.stack(rx), jnp.float32), illuminated=jnp.asarray(illuminated),
+                   empty=jnp.zeros(common.shape, jnp.float32), edge=edge,
                    scales=scales)
     return prob, common, grids
 
@@ -265,8 +274,15 @@ def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, co
 
 
 def model_fields(params: JointParams, prob: Problem):
-    """Absorption and phase stacks (K, H, W) on the common grid from the parameters."""
-    p = physical(params, prob.scales)
+    """Absorption and phase stacks (K, H, W) on the common grid from the parameters.
+
+    The empty (membrane-only) reference region carries no sample: its amplitudes are pinned
+    to zero (:func:`physical`), so absorption and phase are relative to the membrane, as in
+    the two-step path's alignment. Without the pin, a uniform offset of the maps is exactly
+    degenerate with the probe's amplitude and phase (the membrane's transmission) and leaks
+    into ``a`` and ``n_other`` inside the particles.
+    """
+    p = physical(params, prob.scales, 1.0 - prob.empty)
     return absorption(p, prob.energies), phase(p, prob.energies, prob.edge)
 
 
@@ -285,7 +301,7 @@ def _tv(x):
 def _frames_loss(params: JointParams, prob: Problem, obj, phat, lf, frames, fid, k, corner, frac):
     ok = fid >= 0
     j = jnp.where(ok, fid, 0)
-    inten = intensities(obj, phat, k, corner, frac + params.dpos[j])
+    inten = intensities(obj, phat, k, corner, frac + params.dpos[j], centered=False)
     w = prob.weight[k] * ok[:, None, None]
     return lf(inten, frames, w)
 
@@ -311,9 +327,12 @@ def data_loss(params: JointParams, prob: Problem, idx: jax.Array | None, loss_na
         fid = jnp.where(valid, flat(prob.frame_id)[idx], -1).reshape(nch, chunk)
         xs = (sel(prob.frames), fid, sel(prob.energy_index), sel(prob.corner), sel(prob.frac))
 
-    @jax.checkpoint
     def one_chunk(x):
         return _frames_loss(params, prob, obj, phat, lf, *x)
+
+    if xs[0].shape[0] == 1:  # one chunk: no scan, no rematerialisation
+        return one_chunk(tuple(x[0] for x in xs))
+    one_chunk = jax.checkpoint(one_chunk)
 
     def body(acc, x):
         return acc + one_chunk(x), None
@@ -417,16 +436,18 @@ def fit_shape_and_amplitudes(stack: np.ndarray, energies: np.ndarray, mask: np.n
     contrast = np.clip(sel[-3:].mean(0) - sel[:3].mean(0), 0, None)
     mean = (sel * contrast).sum(1) / max(contrast.sum(), 1e-12)
     lo, hi = e.min(), e.max()
-    best = None
-    for b2 in np.arange(lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo), 0.5):
-        for b3 in (2.0, 3.0, 4.0, 5.0):
-            for c12 in np.arange(max(lo, b2 - 20), b2 - 4, 0.5):
-                dm = np.asarray(linear_design(jnp.asarray(e), b2, b3, c12, 1.2, c12 + 4.0, 2.0), np.float64)
-                coef, *_ = np.linalg.lstsq(dm, mean, rcond=None)
-                r = np.sum((dm @ coef - mean) ** 2)
-                if best is None or r < best[0]:
-                    best = (r, b2, b3, c12)
-    _, b2, b3, c12 = best if best is not None else (0, 0.5 * (lo + hi), 3.0, lo)
+    grid = [(b2, b3, c12) for b2 in np.arange(lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo), 0.5)
+            for b3 in (2.0, 3.0, 4.0, 5.0) for c12 in np.arange(max(lo, b2 - 20), b2 - 4, 0.5)]
+    if grid:
+        g = np.asarray(grid)
+        # all candidate designs at once (one call of the spectral model), (G, K, 4)
+        dm = np.moveaxis(np.asarray(linear_design(jnp.asarray(e), jnp.asarray(g[:, 0]), jnp.asarray(g[:, 1]),
+                                                  jnp.asarray(g[:, 2]), 1.2, jnp.asarray(g[:, 2] + 4.0), 2.0), np.float64), 0, 1)
+        coef = np.einsum("gpk,k->gp", np.linalg.pinv(dm), mean)
+        rss = np.sum((np.einsum("gkp,gp->gk", dm, coef) - mean) ** 2, axis=1)
+        b2, b3, c12 = g[int(np.argmin(rss))]
+    else:
+        b2, b3, c12 = 0.5 * (lo + hi), 3.0, lo
     shape = dict(b2=b2, b3=b3, c12=c12, c13=1.2, c22=c12 + 4.0, c23=2.0)
     dm = np.asarray(linear_design(jnp.asarray(e), b2, b3, c12, 1.2, c12 + 4.0, 2.0), np.float64)
     coef, *_ = np.linalg.lstsq(dm, stack.reshape(stack.shape[0], -1), rcond=None)
@@ -461,6 +482,22 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
     nv0 = np.asarray(n_v(jnp.asarray(np.clip(vals["b1"], 0, None)), edge))
     vals["n_other"] = nv0 * 20.0
     return vals, {"init": cfg.init}
+
+
+def empty_region(vals: dict, illuminated: np.ndarray, jump_fraction: float = 0.05, margin_px: int = 2) -> np.ndarray:
+    """The empty (membrane-only) reference region: illuminated pixels whose initial edge jump
+    (from the bright-field/STXM or warm-start maps) is below ``jump_fraction`` of the 99th
+    percentile, shrunk by ``margin_px`` so it stays clear of the particles' blurred rims."""
+    from scipy import ndimage
+
+    b1 = np.abs(np.asarray(vals["b1"], np.float64))
+    ill = np.asarray(illuminated, bool)
+    if not ill.any():
+        return np.zeros_like(ill)
+    top = np.percentile(b1[ill], 99)
+    empty = ill & (b1 < jump_fraction * top)
+    empty = ndimage.binary_erosion(empty, iterations=margin_px)
+    return empty if empty.sum() >= 4 else np.zeros_like(empty)
 
 
 def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_frames: int) -> JointParams:
@@ -553,6 +590,10 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     lam0 = float(wavelength(edge.edge_ev))
     sc = Scales(amp=amp, n_other=float(amp / (R_E * lam0 * float(edge.delta_f2)) * 20.0), e_mid=pre.e_mid, e_half=pre.e_half)
     prob = eqx.tree_at(lambda p: p.scales, prob, sc)
+    empty = empty_region(vals, ill)
+    init_info["empty_pixels"] = int(empty.sum())
+    if empty.any():
+        prob = eqx.tree_at(lambda p: p.empty, prob, jnp.asarray(empty, jnp.float32))
     probes_init = init_info.pop("probes", None)
     if probes_init is not None and np.shape(probes_init) == (ds.n_energies, ds.frame_size, ds.frame_size):
         probes0 = np.asarray(probes_init)
@@ -573,21 +614,26 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
 
 
 def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: bool = False,
-                      checkpoint: str | None = None, resume: bool = False, callback=None) -> Result:
+                      checkpoint: str | None = None, resume: bool = False, callback=None,
+                      n_shards: int = 1, shard=None) -> Result:
     """Run the joint solver on ``ds`` and return a :class:`Result` (maps, stacks, probes, history).
 
     ``checkpoint``: file to save the state to every ``cfg.checkpoint_every`` steps (atomic);
     with ``resume=True`` an existing checkpoint is loaded and the run continues from it
     (mini-batches depend only on the seed and the step number, so a resumed run follows
-    the uninterrupted one).
+    the uninterrupted one). ``n_shards``/``shard``: multi-device hook used by
+    :func:`diffxas.parallel.reconstruct_joint_sharded` (``shard(solver, state)`` returns
+    the sharded pair).
     """
     t_start = time.perf_counter()
-    solver, state, ctx = prepare_joint(ds, cfg)
+    solver, state, ctx = prepare_joint(ds, cfg, n_shards=n_shards)
     history: dict[str, list] = {"step": [], "loss": [], "time": []}
     resumed_from = 0
     if checkpoint and resume and os.path.exists(checkpoint):
         state, history = _load_checkpoint(checkpoint, state)
         resumed_from = int(state.step)
+    if shard is not None:
+        solver, state = shard(solver, state)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -614,7 +660,7 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
                 callback(s + 1, lv / norm, state)
         if bar is not None:
             bar.update(1)
-        if checkpoint and (s + 1) % cfg.checkpoint_every == 0:
+        if checkpoint and (s + 1) % cfg.checkpoint_every == 0 and jax.process_index() == 0:
             _save_checkpoint(checkpoint, state, history)
     if bar is not None:
         bar.close()
@@ -629,7 +675,7 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
 
 def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, grids, cfg: JointConfig, edge: VEdge,
                 history, init_info, timing) -> Result:
-    p = physical(params, prob.scales)
+    p = physical(params, prob.scales, 1.0 - prob.empty)
     shape = common.shape
     full = {k: np.broadcast_to(np.asarray(getattr(p, k), np.float64), shape).copy() for k in ALL_PARAMS}
     e_ref = float(cfg.reference_energy) if cfg.reference_energy is not None else float(np.asarray(ds.energies)[0])
