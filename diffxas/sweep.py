@@ -551,6 +551,7 @@ def _versions() -> dict[str, Any]:
     from . import __version__
 
     out: dict[str, Any] = {"diffxas": __version__, "python": sys.version.split()[0]}
+    out.update(_git_state())
     try:
         import jax
 
@@ -559,6 +560,28 @@ def _versions() -> dict[str, Any]:
     except Exception:  # pragma: no cover
         pass
     return out
+
+
+_GIT: dict[str, Any] | None = None
+
+
+def _git_state() -> dict[str, Any]:
+    """The git commit of the diffxas checkout and whether diffxas/ has uncommitted changes
+    (empty when not a git checkout); computed once per process."""
+    global _GIT
+    if _GIT is None:
+        _GIT = {}
+        pkg = Path(__file__).resolve().parent
+        try:
+            head = subprocess.run(["git", "-C", str(pkg), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                  text=True, timeout=10)
+            if head.returncode == 0:
+                dirty = subprocess.run(["git", "-C", str(pkg), "status", "--porcelain", "--", "."],
+                                       capture_output=True, text=True, timeout=10).stdout.strip()
+                _GIT = {"git_commit": head.stdout.strip(), "git_dirty": bool(dirty)}
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return dict(_GIT)
 
 
 #: Per-process cache of the last simulation: sim-config hash -> (Simulation, folder holding its files).

@@ -66,27 +66,6 @@ def parse_args(study: str, doc: str, argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def speedups() -> list[str]:
-    """In-process speed-ups that do not change any number (applied with workers=1 only).
-
-    The joint solver's initial shape grid search evaluates ``spectra.linear_design``
-    eagerly ~10^4 times (about a minute per run on 2 CPU cores); a jitted copy returns
-    the same values. Remove once diffxas.joint vectorises that search.
-    """
-    done = []
-    try:
-        import jax
-
-        import diffxas.joint as joint
-
-        if hasattr(joint, "linear_design") and not hasattr(joint.linear_design, "lower"):
-            joint.linear_design = jax.jit(joint.linear_design)
-            done.append("jit(diffxas.joint.linear_design) for the initial grid search")
-    except Exception:  # pragma: no cover - never fatal
-        pass
-    return done
-
-
 def run_study(study: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run (or, with --analyse-only, read) the study's sweep; returns (rows, info)."""
     from diffxas import sweep
@@ -96,7 +75,7 @@ def run_study(study: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
     spec_path = HERE / f"{study}.toml"
     overrides = sweep._parse_set(args.overrides)
     info: dict[str, Any] = {"study": study, "mode": mode, "spec": str(spec_path.relative_to(ROOT)), "out": str(out),
-                            "overrides": overrides, "speedups": []}
+                            "overrides": overrides}
     t0 = time.time()
     if args.analyse_only:
         import json
@@ -104,13 +83,14 @@ def run_study(study: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
         rows = sweep.read_summary(out)
         info["wall_s"] = json.loads((out / "summary.json").read_text()).get("wall_s") or 0.0
     else:
-        if args.workers == 1:
-            info["speedups"] = speedups()
         rows = list(sweep.run(spec_path, out, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
                               progress=not args.quiet, profile="quick" if args.quick else None,
                               overrides=overrides or None))
     if not args.analyse_only:
         info["wall_s"] = time.time() - t0
+    g = sweep._git_state()
+    if g:
+        info["code"] = f"diffxas git {g['git_commit']}" + (" with uncommitted changes in diffxas/" if g["git_dirty"] else "")
     info["spec_obj"] = sweep.load_spec(spec_path, profile="quick" if args.quick else None)
     try:
         import jax
@@ -320,8 +300,8 @@ def write_findings(path: Path, study: str, info: dict[str, Any], sections: list[
     if info.get("overrides"):
         head.append(f"Command-line overrides: `{info['overrides']}`.")
         head.append("")
-    if info.get("speedups"):
-        head.append("In-process speed-ups (same numbers): " + "; ".join(info["speedups"]) + ".")
+    if info.get("code"):
+        head.append(f"Code: {info['code']}.")
         head.append("")
     if spec is not None:
         b = spec.base

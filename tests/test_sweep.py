@@ -52,19 +52,6 @@ def _fast_twostep() -> dict:
     return out
 
 
-@pytest.fixture
-def fast_joint_init(monkeypatch):
-    """The joint solver's initial grid search calls spectra.linear_design ~10^4 times eagerly
-    (~60 s on 2 CPU cores); jitting it gives the same numbers in a fraction of the time.
-    Only for this process (workers=1 runs the points here)."""
-    import jax
-
-    import diffxas.joint as joint
-    from diffxas.spectra import linear_design
-
-    monkeypatch.setattr(joint, "linear_design", jax.jit(linear_design), raising=False)
-
-
 # ----------------------------------------------------------------------------- spec and points
 
 
@@ -163,7 +150,7 @@ def _mtimes(out, pts):
             if (out / p["dir"] / sweep.DONE).exists()}
 
 
-def test_tiny_sweep_resume_and_failing_point(tmp_path, fast_joint_init):
+def test_tiny_sweep_resume_and_failing_point(tmp_path):
     methods = ("two-step", "joint") if HAS_TWOSTEP else ("joint",)
     spec = {
         "sweep": {"name": "tiny"},
