@@ -491,18 +491,22 @@ def fit_stack(stack: np.ndarray, energies, mask: np.ndarray, cfg: FitConfig | No
     if kn < 6:
         raise ConfigError(f"the per-pixel fit of eq. 1 needs at least 6 energies, got {kn}")
     m = np.asarray(mask, bool) & np.all(np.isfinite(A), axis=0)
-    A = smooth_stack(np.where(np.isfinite(A), A, 0.0), m, cfg.smooth_sigma)
+    A = np.where(np.isfinite(A), A, 0.0)
+    Y_raw = A[:, m]
+    A = smooth_stack(A, m, cfg.smooth_sigma)
     Y = A[:, m]  # (K, N)
     nan_map = np.full((ny, nx), np.nan)
     if Y.shape[1] == 0:
         return FitResult(params={k: nan_map.copy() for k in PARAM_NAMES}, sigma=nan_map.copy(), residual=nan_map.copy(),
                          valid=np.zeros((ny, nx), bool), global_params={}, noise_energies=e[:0], stack=A)
+    # the global shape comes from the unsmoothed stack: smoothing mixes neighbouring edges,
+    # and the broadened mixture would pull the shared second peak onto the edge
     n1, n2 = min(3, kn // 3), min(3, kn // 3)
-    jump = Y[-n2:].mean(axis=0) - Y[:n1].mean(axis=0)
+    jump = Y_raw[-n2:].mean(axis=0) - Y_raw[:n1].mean(axis=0)
     ref = np.quantile(jump, 0.95)
     mat = jump > 0.5 * ref if ref > 0 else np.ones_like(jump, bool)
-    gp = fit_global(Y[:, mat].mean(axis=1), e, cfg)
-    gp.update(fit_shared_shape(Y[:, mat], e, gp, cfg))
+    gp = fit_global(Y_raw[:, mat].mean(axis=1), e, cfg)
+    gp.update(fit_shared_shape(Y_raw[:, mat], e, gp, cfg))
     bounds = bounds_for(e, cfg, gp["pre_edge_max"])
     start = init_pixels(Y, e, gp, cfg)
     tied = [n not in PRE_EDGE_SHAPE for n in PARAM_NAMES]

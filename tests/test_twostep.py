@@ -152,28 +152,41 @@ def test_result_structure(tiny, tiny_result):
 
 
 def test_quality_on_tiny(tiny, tiny_result):
-    """Measured with TwoStepConfig.fast() (60 epochs, per-pixel ten-parameter fit, no prior).
-
-    tiny is a noisy preset (edge jump ~0.03 against ~0.005 noise per pixel and energy), so
-    the per-pixel errors are large; the tolerances are the measured values plus margin.
+    """Measured with TwoStepConfig.fast() (60 epochs, per-pixel ten-parameter fit, no prior):
+    edge energy RMSE 0.85 eV, PE/Delta-mu-t 0.69 eV, Re[N_e^eff]/N_V 5.2, N_V 9 % rel.,
+    coverage 100 % (jax 0.10.1, CPU; 1.25 / 1.44 eV with an earlier noise realisation).
+    tiny is a noisy preset (edge jump ~0.03 against
+    ~0.005 noise per pixel and energy); the tolerances are those values plus margin.
     """
     q = quality(tiny_result, tiny.truth)
     assert q["n_region"] > 50
     assert q["coverage"] >= 0.95, q
-    assert q["edge_energy"] < 2.5, q
-    assert q["n_v_rel_rms"] < 0.3, q
-    assert q["ne_eff_per_nv"] < 15.0, q
+    assert q["edge_energy"] < 2.0, q
+    assert q["pre_edge_norm"] < 3.0, q
+    assert q["n_v_rel_rms"] < 0.2, q
+    assert q["ne_eff_per_nv"] < 10.0, q
 
 
 def test_spatial_prior_improves_tiny(tiny, tiny_result):
-    """Fit on a Gaussian-smoothed stack (sigma 1 px) with a tied pre-edge shape: the prior the
-    joint solver can be given too."""
-    from diffxas.align import align_stack  # noqa: F401  (pipeline pieces re-run below)
+    """Refit the pipeline's aligned stack on a Gaussian-smoothed stack (sigma 1 px) with a tied
+    pre-edge shape: the prior the joint solver can be given too (same last stage as
+    reconstruct_two_step: fit_stack + maps_from_fit). Measured: edge 0.55 eV, PE/Delta-mu-t
+    0.19 eV, coverage 100 %."""
+    from diffxas.fitting import fit_stack
+    from diffxas.twostep import _edge, maps_from_fit
+    from diffxas.geometry import Grid
 
-    cfg = TwoStepConfig.fast(fit=FitConfig(iterations=40, tie_pre_edge=True, smooth_sigma=1.0))
-    res = reconstruct_two_step(tiny.dataset, cfg)
-    q0 = quality(tiny_result, tiny.truth)
-    q = quality(res, tiny.truth)
-    assert q["edge_energy"] < q0["edge_energy"]
-    assert q["edge_energy"] < 1.0, q
-    assert q["pre_edge_norm"] < 1.2, q
+    res = tiny_result
+    fc = FitConfig(iterations=40, tie_pre_edge=True, smooth_sigma=1.0)
+    ill = res.maps.extra["illuminated"] > 0
+    g = res.config["grid"]
+    common = Grid(pixel_size=g["pixel_size"], shape=tuple(g["shape"]), origin=tuple(g["origin"]))
+    fit = fit_stack(res.absorption, res.energies, ill, fc)
+    maps = maps_from_fit(fit, res.phase, res.energies, res.energies[0], _edge(TwoStepConfig()), common, ill, "chantler",
+                         fc.smooth_sigma)
+    q0 = quality(res, tiny.truth)
+    q = quality(dataclasses.replace(res, maps=maps), tiny.truth)
+    assert q["edge_energy"] < q0["edge_energy"], (q, q0)
+    assert q["coverage"] >= 0.95, q
+    assert q["edge_energy"] < 0.8, q
+    assert q["pre_edge_norm"] < 0.6, q
