@@ -237,7 +237,9 @@ def _add_reconstruct(subparsers) -> None:
     p.add_argument("--method", required=True, choices=["two-step", "joint"], help="reconstruction method")
     p.add_argument("-o", "--output", required=True, metavar="RESULT.h5", help="results file to write")
     p.add_argument("--iterations", type=_positive_int, default=None, metavar="N",
-                   help="two-step: number of ePIE epochs")
+                   help="two-step: number of ePIE epochs; the epoch-indexed parts of the ePIE schedule "
+                        "(probe start, KK start and period, step-decay start) not set explicitly are scaled "
+                        "with it")
     p.add_argument("--steps", type=_nonneg_int, default=None, metavar="N", help="joint: number of optimiser steps")
     p.add_argument("--init", default=None, metavar="RESULT.h5",
                    help="joint: warm start from a results file (maps and probes; e.g. a two-step result)")
@@ -255,8 +257,8 @@ def _run_reconstruct(args) -> int:
     import time
 
     from . import io
-    from .demo import SECTION, check_output_path, default_checkpoint, iterations_key, method_config, reconstruct
-    from .demo import remove_checkpoint
+    from .demo import SECTION, check_output_path, default_checkpoint, method_config, reconstruct
+    from .demo import remove_checkpoint, set_iterations
     from .errors import ConfigError
 
     method = args.method
@@ -270,10 +272,6 @@ def _run_reconstruct(args) -> int:
     if args.no_checkpoint and (args.resume or args.checkpoint):
         raise ConfigError("--no-checkpoint cannot be combined with --resume or --checkpoint")
     extra = {}
-    if args.iterations is not None:
-        extra[iterations_key("two-step")] = args.iterations
-    if args.steps is not None:
-        extra["joint.steps"] = args.steps
     if args.init is not None:
         io.read_result(args.init)  # validate before the long run (one-line errors)
         extra["joint.init"] = "result"
@@ -283,6 +281,10 @@ def _run_reconstruct(args) -> int:
     mapping = load_config(args.config) if args.config else {}
     mapping = apply_overrides(mapping, parse_overrides(args.overrides, section), default_section=section)
     mapping = apply_overrides(mapping, extra)
+    if args.iterations is not None:
+        mapping = set_iterations(mapping, "two-step", args.iterations)
+    if args.steps is not None:
+        mapping = set_iterations(mapping, "joint", args.steps)
     validate_config(mapping)
     cfg = method_config(method, mapping)
     _require_file(args.data, "CXI input")

@@ -526,8 +526,8 @@ def parse_value(text: str) -> Any:
 def parse_overrides(items: Iterable[str] | None, default_section: str | None = None) -> dict[str, Any]:
     """Parse ``KEY=VALUE`` strings (the CLI's ``--set``) into ``{"section.key": value}``.
 
-    Values are parsed by :func:`parse_value`; keys without a section get
-    ``default_section``. Raises a one-line ConfigError for a malformed item.
+    Values are parsed by :func:`parse_value`; keys that do not start with a section
+    (``steps``, ``epie.epochs``) are taken relative to ``default_section``. Raises a one-line ConfigError for a malformed item.
     """
     out: dict[str, Any] = {}
     for item in items or ():
@@ -538,12 +538,13 @@ def parse_overrides(items: Iterable[str] | None, default_section: str | None = N
         parts = _split_key(key) if key else None
         if not parts:
             raise ConfigError(f"bad --set {item!r}: expected KEY=VALUE (e.g. joint.steps=50)")
-        if len(parts) == 1:
+        if parts[0] not in SECTIONS:
             if default_section is None:
-                raise ConfigError(f"bad --set {item!r}: the key needs a section, e.g. joint.{key}")
-            key = f"{default_section}.{key}"
-        if parts[0] not in SECTIONS and len(parts) > 1:
-            raise ConfigError(f"bad --set {item!r}: unknown section {parts[0]!r}; valid sections: {', '.join(SECTIONS)}")
+                if len(parts) == 1:
+                    raise ConfigError(f"bad --set {item!r}: the key needs a section, e.g. joint.{key}")
+                raise ConfigError(f"bad --set {item!r}: unknown section {parts[0]!r}; valid sections: "
+                                  f"{', '.join(SECTIONS)}")
+            key = f"{default_section}.{key}"  # e.g. fit.iterations -> twostep.fit.iterations
         try:
             out[key] = parse_value(raw)
         except ConfigError as e:

@@ -47,6 +47,7 @@ __all__ = [
     "write_simulation",
     "method_config",
     "iterations_key",
+    "set_iterations",
     "reconstruct",
     "default_checkpoint",
     "DemoOutcome",
@@ -216,6 +217,52 @@ def iterations_key(method: str) -> str:
         if isinstance(sub, type) and dataclasses.is_dataclass(sub) and "epochs" in _config_fields(sub):
             return f"twostep.{name}.epochs"
     raise ConfigError("cannot tell which two-step option counts ePIE epochs; use --set twostep.<key>=N")
+
+
+#: Epoch-indexed ePIE options that :func:`set_iterations` scales with the epoch count.
+EPOCH_SCHEDULE = ("probe_update_start", "kk_start", "kk_every", "decay_start")
+
+
+def _get(mapping: Mapping[str, Any], dotted: str):
+    node: Any = mapping
+    for p in dotted.split("."):
+        if not isinstance(node, Mapping) or p not in node:
+            return dataclasses.MISSING
+        node = node[p]
+    return node
+
+
+def set_iterations(config: Mapping[str, Any] | None, method: str, n: int) -> dict[str, Any]:
+    """``config`` with the iteration count of ``method`` set to ``n`` (joint: ``steps``;
+    two-step: the ePIE ``epochs``).
+
+    For the two-step method the epoch-indexed parts of the ePIE schedule
+    (:data:`EPOCH_SCHEDULE`: probe start, KK start and period, step-decay start) that the
+    configuration does not set explicitly are scaled by ``n / epochs`` of the configured
+    schedule (rounded; starts kept below ``n``, the KK period >= 1), so that ``--iterations``
+    runs the same schedule compressed or stretched instead of an invalid one (e.g. a decay
+    starting after the last epoch).
+    """
+    config = dict(config or {})
+    key = iterations_key(method)
+    if method == "joint" or not key.endswith(".epochs") or key.count(".") != 2:
+        return apply_overrides(config, {key: n})
+    sub = key.rsplit(".", 1)[0]  # "twostep.epie"
+    base_ts = build_section(config, "twostep")
+    base = getattr(base_ts, sub.split(".")[1])
+    old = int(getattr(base, "epochs"))
+    over: dict[str, Any] = {key: n}
+    names = {f.name for f in dataclasses.fields(base)}
+    for name in EPOCH_SCHEDULE:
+        if name not in names or _get(config, f"{sub}.{name}") is not dataclasses.MISSING:
+            continue
+        v = getattr(base, name)
+        if v is None or old == n:
+            continue
+        scaled = int(round(v * n / old))
+        scaled = max(1, scaled) if name == "kk_every" else min(max(scaled, 0), n - 1)
+        over[f"{sub}.{name}"] = scaled
+    return apply_overrides(config, over)
 
 
 def method_config(method: str, config: Mapping[str, Any] | None = None):
@@ -502,21 +549,10 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
             base = PRESETS.get(sim_sect["preset"], {}).get("energies")
             if base is not None and len(base) > QUICK["energies"]:
                 sim_sect["energies"] = list(select_energies(base, QUICK["energies"]))
-        quick_over = {}
         if "steps" not in (cfg_map.get("joint") or {}):
-            quick_over["joint.steps"] = QUICK["joint.steps"]
-        if "two-step" in run_methods:
-            key = iterations_key("two-step")
-            node = cfg_map
-            present = True
-            for p in key.split("."):
-                if not isinstance(node, Mapping) or p not in node:
-                    present = False
-                    break
-                node = node[p]
-            if not present:
-                quick_over[key] = QUICK["iterations"]
-        cfg_map = apply_overrides(cfg_map, quick_over)
+            cfg_map = set_iterations(cfg_map, "joint", QUICK["joint.steps"])
+        if "two-step" in run_methods and _get(cfg_map, iterations_key("two-step")) is dataclasses.MISSING:
+            cfg_map = set_iterations(cfg_map, "two-step", QUICK["iterations"])
     cfg_map["simulate"] = sim_sect
     validate_config(cfg_map)
     # build every config up front: a bad key fails before minutes of computing

@@ -274,7 +274,7 @@ def test_spread_indices():
     (["--preset", "nope"], ["unknown preset 'nope'"]),
     (["--preset", "tiny", "--set", "frame_sizee=3"], ["[simulate] unknown key 'frame_sizee'", "valid keys:"]),
     (["--preset", "tiny", "--set", "frame_size"], ["bad --set 'frame_size': expected KEY=VALUE"]),
-    (["--preset", "tiny", "--set", "jont.steps=3"], ["unknown section 'jont'"]),
+    (["--preset", "tiny", "--set", "jont.steps=3"], ["[simulate] unknown key 'jont'"]),
     (["--preset", "tiny", "--set", "frame_size=big"], ["[simulate] frame_size: expected an integer, got 'big'"]),
     (["--preset", "tiny", "--energies", "99"], ["--energies 99 is more than the 15 energies"]),
     (["--preset", "tiny", "--energies", "1"], ["--energies must be at least 2"]),
@@ -654,3 +654,25 @@ def test_reconstruct_failure_leaves_no_files(cxi, tmp_path, monkeypatch, method)
     assert rc == 2 and stdout == ""
     assert_one_error_line(err, "diverged at step 3: loss is nan")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_reconstruct_twostep_iterations(sim_dir, joint_dir, tmp_path, monkeypatch):
+    """--iterations sets the ePIE epochs and keeps the (scaled) default schedule valid."""
+    ok, _ = demo.twostep_available()
+    if not ok:
+        pytest.skip("diffxas.twostep not available")
+    seen = {}
+    prior = io.read_result(joint_dir / "joint.h5")
+
+    def fake_reconstruct(ds, method, cfg, **kw):
+        seen.update(method=method, cfg=cfg, **kw)
+        return prior
+
+    monkeypatch.setattr(demo, "reconstruct", fake_reconstruct)
+    rc, _, err = _run(["reconstruct", sim_dir / "tiny.cxi", "--method", "two-step", "-o", tmp_path / "t.h5",
+                       "--iterations", 5, "--set", "fit.iterations=7", "--no-progress"])
+    assert rc == 0, err
+    cfg = seen["cfg"]
+    assert seen["method"] == "two-step" and cfg.epie.epochs == 5 and cfg.fit.iterations == 7
+    assert seen["checkpoint"] == tmp_path / "t.h5.ckpt.d"
+    assert cfg.epie.decay_start is None or cfg.epie.decay_start < 5

@@ -179,11 +179,18 @@ def test_parse_overrides():
     assert C.build_section(m, "cluster").weight is None
     for bad, words in [("joint.steps", "expected KEY=VALUE"), ("=5", "expected KEY=VALUE"),
                        ("joint.steps=", "empty value"), ("a b=1", "bad override key"),
-                       ("jont.steps=1", "unknown section 'jont'")]:
+                       ]:
         with pytest.raises(ConfigError, match=words):
             C.parse_overrides([bad], default_section="joint")
     with pytest.raises(ConfigError, match="needs a section"):
         C.parse_overrides(["steps=1"])
+    with pytest.raises(ConfigError, match="unknown section 'jont'"):
+        C.parse_overrides(["jont.steps=1"])
+    # keys relative to the default section, nested too; a typo is reported when built
+    assert C.parse_overrides(["epie.epochs=5"], "twostep") == {"twostep.epie.epochs": 5}
+    m = C.apply_overrides({}, C.parse_overrides(["jont.steps=1"], "joint"))
+    with pytest.raises(ConfigError, match=r"\[joint\] unknown key 'jont'"):
+        C.build_section(m, "joint")
 
 
 def test_config_to_dict_and_toml_roundtrip():
@@ -223,3 +230,28 @@ def test_examples_are_the_defaults():
         pytest.skip("diffxas.twostep not available")
     m = C.load_config(EXAMPLES / "twostep.toml")
     assert C.build_section(m, "twostep") == ts(), "examples/twostep.toml no longer lists the TwoStepConfig defaults"
+
+
+def test_set_iterations_scales_the_epie_schedule():
+    from diffxas import demo
+
+    assert demo.set_iterations({}, "joint", 7) == {"joint": {"steps": 7}}
+    try:
+        ts = C.section_class("twostep")
+    except ConfigError:
+        pytest.skip("diffxas.twostep not available")
+    base = ts().epie
+    for n in (1, 5, 30, base.epochs, 3 * base.epochs):
+        e = C.build_section(demo.set_iterations({}, "two-step", n), "twostep").epie  # always valid
+        assert e.epochs == n
+        for name in demo.EPOCH_SCHEDULE:
+            v0, v = getattr(base, name), getattr(e, name)
+            if v0 is None:
+                assert v is None
+            elif name == "kk_every":
+                assert v == max(1, round(v0 * n / base.epochs))
+            else:
+                assert v == min(max(round(v0 * n / base.epochs), 0), n - 1)
+    # explicitly configured schedule values are kept
+    m = demo.set_iterations({"twostep": {"epie": {"kk_start": 2}}}, "two-step", 10)
+    assert C.build_section(m, "twostep").epie.kk_start == 2
