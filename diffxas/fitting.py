@@ -199,32 +199,44 @@ def levenberg_marquardt(resid, x0, iterations, free=None, lam0: float = 1e-2):
     return x, cost
 
 
-@functools.lru_cache(maxsize=32)
-def _lm_solver(energies: tuple, bounds_items: tuple):
-    """Jitted, pixel-vmapped LM for eq. 1 (free mask and iteration count are runtime inputs)."""
-    e = jnp.asarray(energies, jnp.float32)
-    bounds = dict(bounds_items)
-
-    def model(u):
-        return absorption(XanesParams(**from_raw(u, bounds)), e)
-
-    def solve_one(u0, y, free, iterations):
-        return levenberg_marquardt(lambda u: model(u) - y, u0, iterations, free)
-
-    return jax.jit(jax.vmap(solve_one, in_axes=(0, 0, None, None)))
+BOUNDED = ("b2", "b3", "c12", "c13", "c22", "c23")
 
 
-@functools.lru_cache(maxsize=32)
-def _shape_solver(energies: tuple, bounds_items: tuple, iterations: int):
+def _bounds_array(bounds) -> jnp.ndarray:
+    return jnp.asarray([bounds[n] for n in BOUNDED], jnp.float32)
+
+
+def _bounds_dict(barr):
+    return {n: (barr[j, 0], barr[j, 1]) for j, n in enumerate(BOUNDED)}
+
+
+@functools.lru_cache(maxsize=8)
+def _lm_solver():
+    """Jitted, pixel-vmapped LM for eq. 1. Energies, bounds, free mask and iteration count are
+    runtime inputs, so one compilation serves every call with the same shapes."""
+
+    def solve_one(u0, y, e, barr, free, iterations):
+        bounds = _bounds_dict(barr)
+
+        def resid(u):
+            return absorption(XanesParams(**from_raw(u, bounds)), e) - y
+
+        return levenberg_marquardt(resid, u0, iterations, free)
+
+    return jax.jit(jax.vmap(solve_one, in_axes=(0, 0, None, None, None, None)))
+
+
+@functools.lru_cache(maxsize=8)
+def _shape_solver(iterations: int):
     """LM over the four shared pre-edge shape parameters with per-pixel parameters fixed."""
-    e = jnp.asarray(energies, jnp.float32)
-    bounds = dict(bounds_items)
     idx = jnp.asarray([PARAM_NAMES.index(n) for n in PRE_EDGE_SHAPE])
 
-    def solve(u_pix, y, shape0):
+    def solve(u_pix, y, w, shape0, e, barr):
+        bounds = _bounds_dict(barr)
+
         def resid(sh):
             u = u_pix.at[:, idx].set(sh[None, :])
-            return (absorption(XanesParams(**from_raw(u, bounds)), e) - y).ravel()
+            return ((absorption(XanesParams(**from_raw(u, bounds)), e) - y) * w[None, :]).ravel()
 
         return levenberg_marquardt(resid, shape0, iterations)
 
@@ -239,7 +251,9 @@ def lm_fit(y: np.ndarray, u0: np.ndarray, energies, bounds, free=None, iteration
     Returns ``(u (N, 10), cost (N,))`` (cost = sum of squared residuals).
     """
     free = np.ones(len(PARAM_NAMES), np.float32) if free is None else np.asarray(free, np.float32)
-    fn = _lm_solver(tuple(float(x) for x in np.asarray(energies)), tuple(sorted(bounds.items())))
+    fn = _lm_solver()
+    e = jnp.asarray(np.asarray(energies, np.float64), jnp.float32)
+    barr = _bounds_array(bounds)
     n = y.shape[0]
     if n == 0:
         return np.zeros((0, len(PARAM_NAMES)), np.float32), np.zeros(0, np.float32)
@@ -251,7 +265,7 @@ def lm_fit(y: np.ndarray, u0: np.ndarray, energies, bounds, free=None, iteration
         if pad:  # keep one compiled shape
             yy = np.concatenate([yy, np.repeat(yy[-1:], pad, 0)])
             uu = np.concatenate([uu, np.repeat(uu[-1:], pad, 0)])
-        u, c = fn(jnp.asarray(uu), jnp.asarray(yy), jnp.asarray(free), jnp.int32(iterations))
+        u, c = fn(jnp.asarray(uu), jnp.asarray(yy), e, barr, jnp.asarray(free), jnp.int32(iterations))
         m = chunk - pad
         us.append(np.asarray(u)[:m])
         cs.append(np.asarray(c)[:m])
@@ -417,12 +431,18 @@ def fit_shared_shape(Y: np.ndarray, energies, start: dict[str, float], cfg: FitC
     shape["c22"], shape["c23"] = float(best[1]), float(best[2])
     free = [n not in PRE_EDGE_SHAPE for n in PARAM_NAMES]
     sidx = [PARAM_NAMES.index(n) for n in PRE_EDGE_SHAPE]
-    solver = _shape_solver(tuple(float(x) for x in e), tuple(sorted(bounds.items())), 30)
+    solver = _shape_solver(30)
     for _ in range(rounds):
         st = init_pixels(Y, e, {**start, **shape}, cfg)
         u, _ = lm_fit(Y.T, to_raw(st, bounds), e, bounds, free=free, iterations=cfg.iterations, chunk=cfg.chunk)
         sh0 = jnp.asarray(u[0, sidx], jnp.float32)
-        sh, _ = solver(jnp.asarray(u, jnp.float32), jnp.asarray(Y, jnp.float32), sh0)
+        npix = Y.shape[1]
+        pad = max_pixels - npix  # one compiled shape: pad with zero-weight pixels
+        up = np.concatenate([u, np.repeat(u[:1], pad, 0)]) if pad > 0 else u
+        yp = np.concatenate([Y, np.repeat(Y[:, :1], pad, 1)], axis=1) if pad > 0 else Y
+        wp = np.concatenate([np.ones(npix), np.zeros(max(pad, 0))])
+        sh, _ = solver(jnp.asarray(up, jnp.float32), jnp.asarray(yp, jnp.float32), jnp.asarray(wp, jnp.float32), sh0,
+                       jnp.asarray(e, jnp.float32), _bounds_array(bounds))
         full = np.array(u[0], np.float64)
         full[sidx] = np.asarray(sh)
         p = from_raw(jnp.asarray(full), bounds)
