@@ -80,11 +80,12 @@ class JointConfig:
     loss: str = "amplitude"
     batch_size: int | None = None
     chunk_size: int = 512
-    lr_amp: float = 0.02
-    lr_energy: float = 0.1
+    lr_amp: float = 0.04
+    lr_energy: float = 0.25
     lr_probe: float = 0.01
     lr_positions: float = 0.0
     probe_start: int = 20
+    shape_start: int | None = None
     per_pixel: tuple[str, ...] = ALL_PARAMS
     tv_weight: float = 0.0
     init: str = "stxm"
@@ -373,9 +374,14 @@ def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
     def probe_sched(step):
         return jnp.where(step >= cfg.probe_start, sched(probe_lr)(step), 0.0)
 
+    shape_start = cfg.steps // 4 if cfg.shape_start is None else cfg.shape_start
+
+    def energy_sched(step):
+        return jnp.where(step >= shape_start, sched(cfg.lr_energy)(step), 0.0)
+
     tx = {
         "amp": optax.adam(sched(cfg.lr_amp)),
-        "energy": optax.adam(sched(cfg.lr_energy)),
+        "energy": optax.adam(energy_sched),
         "probe": optax.adam(probe_sched),
         "pos": optax.adam(sched(cfg.lr_positions)) if cfg.lr_positions > 0 else optax.set_to_zero(),
     }

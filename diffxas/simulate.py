@@ -128,7 +128,7 @@ def _tiny_energies():
 #: Presets: ``tiny`` (tests, seconds), ``small`` (the demo), ``paper`` (the seed's sampling,
 #: a few um field of view; for a GPU).
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(energies=_tiny_energies(), frame_size=32, scan_width=0.9e-6, particle_radius=0.45e-6,
+    "tiny": dict(energies=_tiny_energies(), frame_size=32, scan_width=1.2e-6, particle_radius=0.4e-6,
                  particle_thickness=0.8e-6, domains_per_particle=4, dose=1e6, scan_step=150e-9),
     "small": dict(energies=SEED_ENERGIES, frame_size=64, scan_width=1.5e-6, particle_radius=0.65e-6, dose=1e6),
     "paper": dict(energies=SEED_ENERGIES, frame_size=128, scan_width=3.0e-6, particle_radius=0.8e-6,
