@@ -72,17 +72,23 @@ def test_gradients_through_full_chain(small3):
 
 
 def test_noise_free_recovery(clean):
-    """Noise-free tiny data: the joint solver recovers the true maps. Tolerances measured
-    on this phantom (60 nm pixels, oversampled simulation, so the model is not the
-    simulator's discretisation): edge energy RMSE < 1.0 eV, PE/Delta-mu-t RMSE < 0.6 eV,
-    Re[Ne]/N_V RMSE < 6, N_V relative RMS < 0.2, coverage >= 0.95."""
-    res = joint.reconstruct_joint(clean.dataset, joint.JointConfig(steps=150, log_every=50))
-    m = evaluate(res, clean.truth)
-    assert m["coverage"] >= 0.95
-    assert m["edge_energy"]["rmse"] < 1.0
-    assert m["pre_edge_norm"]["rmse"] < 0.6
-    assert m["ne_eff_per_nv"]["rmse"] < 6.0
-    assert m["n_v"]["rel_rms"] < 0.2
+    """Noise-free tiny data from a cold (STXM) start: the joint solver recovers the true maps.
+
+    Reference: the simulator's truth (oversampled analytic phantom, so the 60 nm map grid
+    is not the simulation's discretisation). Tolerances, measured on this phantom with
+    300 steps (0.15 eV, 0.19 eV, 2.2, 0.077) and set at ~1.5-2x those: inner pixels (truth N_V >= 60 % of its
+    max, away from the rim where pixel sampling of the sharp particle edge dominates) edge
+    energy RMSE < 0.3 eV, PE/Delta-mu-t RMSE < 0.3 eV, Re[Ne]/N_V RMSE < 3.3, N_V relative
+    RMS < 0.12; coverage of the seed's region (>= 25 %) >= 0.95; loss down 20x.
+    """
+    res = joint.reconstruct_joint(clean.dataset, joint.JointConfig(steps=300, log_every=50))
+    m = evaluate(res, clean.truth, nv_fraction=0.6)
+    print({k: m[k]["rmse"] for k in ("edge_energy", "pre_edge_norm", "ne_eff_per_nv")}, m["n_v"]["rel_rms"])
+    assert evaluate(res, clean.truth)["coverage"] >= 0.95
+    assert m["edge_energy"]["rmse"] < 0.3
+    assert m["pre_edge_norm"]["rmse"] < 0.3
+    assert m["ne_eff_per_nv"]["rmse"] < 3.3
+    assert m["n_v"]["rel_rms"] < 0.12
     assert res.history["loss"][-1] < 0.05 * res.history["loss"][0]
 
 
