@@ -35,7 +35,12 @@ Initialisation (``JointConfig.init``)
   by variable projection (shape parameters from the mean particle spectrum, amplitudes by
   exact per-pixel least squares). The large-scale structure of the maps is right from
   step 0, so the solver only has to add resolution (this replaces a coarse-to-fine
-  continuation: the coarse level comes from the data directly);
+  continuation: the coarse level comes from the data directly). Continuation in the
+  parameters: for the first ``shape_start`` steps (default a quarter of the run) only the
+  amplitudes, the composition and (after ``probe_start``) the probes move; the shape
+  parameters (edge energy and width, peak positions and widths) are freed afterwards. On
+  noise-free data this staged start reaches the loss of a start from the true maps, which a
+  start that frees everything at once does not (it stalls with widths 2 eV too wide);
 * ``"flat"``: flat maps from the mean STXM spectrum (for the record / ablations);
 * ``"result"``: warm start from a results file (its maps and refined probes).
 """
