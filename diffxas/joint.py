@@ -41,6 +41,11 @@ Initialisation (``JointConfig.init``)
   parameters (edge energy and width, peak positions and widths) are freed afterwards. On
   noise-free data this staged start reaches the loss of a start from the true maps, which a
   start that frees everything at once does not (it stalls with widths 2 eV too wide);
+* ``"epie"`` (default): the STXM start sharpened by a short ePIE (``init_epochs``) at the
+  lowest and highest energies: per-pixel (a, b1) from the two absorption images and the
+  composition from the phase below the edge. Measured on ``tiny`` (200 steps): edge
+  energy RMSE 0.27 eV vs 1.69 eV from ``"stxm"``, Re[Ne]/N_V 6.2 vs 13.8 (the flat
+  composition guess of ``"stxm"`` lets the rim's phase be explained by too much V);
 * ``"flat"``: flat maps from the mean STXM spectrum (for the record / ablations);
 * ``"result"``: warm start from a results file (its maps and refined probes).
 """
@@ -93,8 +98,9 @@ class JointConfig:
     shape_start: int | None = None
     per_pixel: tuple[str, ...] = ALL_PARAMS
     tv_weight: float = 0.0
-    init: str = "stxm"
+    init: str = "epie"
     init_result: str | None = None
+    init_epochs: int = 40
     reference_energy: float | None = None
     valid_jump_fraction: float = 0.1
     seed: int = 0
@@ -111,8 +117,8 @@ class JointConfig:
         bad = sorted(set(self.per_pixel) - set(ALL_PARAMS))
         if bad:
             raise ConfigError(f"per_pixel names unknown parameters {bad}; known: {list(ALL_PARAMS)}")
-        if self.init not in ("stxm", "flat", "result"):
-            raise ConfigError(f"init must be 'stxm', 'flat' or 'result', got {self.init!r}")
+        if self.init not in ("stxm", "flat", "result", "epie"):
+            raise ConfigError(f"init must be 'stxm', 'epie', 'flat' or 'result', got {self.init!r}")
         if self.init == "result" and not self.init_result:
             raise ConfigError("init='result' needs init_result (a results file)")
         if self.batch_size is not None and self.batch_size < 1:
@@ -476,7 +482,20 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
         from .io import read_result
 
         res = read_result(cfg.init_result)
-        ex = res.maps.extra
+        ex = dict(res.maps.extra)
+        if "n_other" not in ex and all(k in ex for k in PARAM_NAMES):
+            # composition from the maps: n_other = N_V (Re[Ne]/N_V - Z_V - f'_V(E_ref)), 0 where unknown
+            from .constants import Z
+            from .spectra import f1_v
+
+            b1 = np.nan_to_num(np.asarray(ex["b1"], np.float64))
+            pr = XanesParams(**{k: jnp.asarray(np.nan_to_num(np.asarray(ex[k], np.float64)), jnp.float32) for k in PARAM_NAMES})
+            pr = XanesParams(**{**pr.as_dict(), "b1": jnp.asarray(np.where(b1 > 0, b1, 1.0), jnp.float32)})
+            f1 = np.asarray(f1_v(pr, jnp.asarray([res.maps.reference_energy]), edge)[0], np.float64)
+            nv = np.asarray(n_v(jnp.asarray(b1), edge), np.float64)
+            ne = np.asarray(res.maps.ne_eff_per_nv, np.float64)
+            ok = np.isfinite(ne) & (b1 > 0) & np.isfinite(f1)
+            ex["n_other"] = np.where(ok, nv * (np.where(ok, ne, 0.0) - Z["V"] - np.where(ok, f1, 0.0)), 0.0)
         missing = [k for k in ALL_PARAMS if k not in ex]
         if missing:
             raise ConfigError(f"{cfg.init_result}: results file lacks per-pixel parameters {missing} needed for a warm start")
@@ -486,6 +505,8 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
         return vals, {"init": "result", "init_result": cfg.init_result, "probes": res.probes}
     stack = stxm_absorption(ds, common)
     vals = fit_shape_and_amplitudes(stack, e, ill)
+    if cfg.init == "epie":
+        return _epie_refine(ds, common, cfg, edge, vals, ill)
     if cfg.init == "flat":
         for k in AMPLITUDES:
             vals[k] = np.full(common.shape, np.median(vals[k][ill]))
@@ -509,6 +530,49 @@ def empty_region(vals: dict, illuminated: np.ndarray, jump_fraction: float = 0.0
     empty = ill & (b1 < jump_fraction * top)
     empty = ndimage.binary_erosion(empty, iterations=margin_px)
     return empty if empty.sum() >= 4 else np.zeros_like(empty)
+
+
+def _epie_refine(ds: Dataset, common: Grid, cfg: JointConfig, edge: VEdge, vals: dict, ill: np.ndarray):
+    """Sharpen the STXM start with a short ePIE at the lowest and highest energies.
+
+    Shape parameters stay those of the STXM fit; per pixel, (a, b1) solve the two
+    absorption values exactly (pre-edge amplitudes kept proportional to b1 with the
+    particle's median ratios), and ``n_other`` follows from the phase at the lowest energy:
+    n_other = -phi/(r_e lambda) - N_V (Z_V + f'_V). This gives the composition map a start
+    from the data instead of a flat guess.
+    """
+    from .align import align_stack, illumination_map as _cov
+    from .constants import Z
+    from .epie import EpieConfig, run_epie
+    from .spectra import f1_v
+
+    idx = [0, ds.n_energies - 1]
+    sub = ds.select_energies(idx)
+    e2 = np.asarray(sub.energies, np.float64)
+    er = run_epie(sub, EpieConfig(epochs=cfg.init_epochs, probe_update_start=5, decay_start=max(1, cfg.init_epochs * 3 // 4)), common=common)
+    st = align_stack(er.objects, er.grids, er.common, e2, register=True, coverage=_cov(er.probes, er.corners, er.grids, er.common))
+    part = ill & (vals["b1"] > 0.3 * np.percentile(vals["b1"][ill], 99))
+    r11 = float(np.median(vals["c11"][part] / vals["b1"][part])) if part.any() else 0.0
+    r21 = float(np.median(vals["c21"][part] / vals["b1"][part])) if part.any() else 0.0
+    dm = np.asarray(linear_design(jnp.asarray(e2), vals["b2"].flat[0], vals["b3"].flat[0], vals["c12"].flat[0],
+                                  vals["c13"].flat[0], vals["c22"].flat[0], vals["c23"].flat[0]), np.float64)  # (2, 4)
+    g = dm[:, 1] + r11 * dm[:, 2] + r21 * dm[:, 3]  # response of each energy to b1
+    det = g[1] - g[0]
+    A0, A1 = np.nan_to_num(st.absorption[0]), np.nan_to_num(st.absorption[1])
+    b1 = (A1 - A0) / det
+    a = A0 - b1 * g[0]
+    out = dict(vals)
+    out.update(a=a, b1=b1, c11=r11 * b1, c21=r21 * b1)
+    nv = np.asarray(n_v(jnp.asarray(np.clip(b1, 0, None)), edge), np.float64)
+    pr = XanesParams(**{k: jnp.asarray(np.broadcast_to(np.asarray(out[k], np.float64), common.shape), jnp.float32) for k in PARAM_NAMES})
+    pr = XanesParams(**{**pr.as_dict(), "b1": jnp.ones(common.shape, jnp.float32)})
+    f1 = np.asarray(f1_v(pr, jnp.asarray([e2[0]]), edge)[0], np.float64)
+    phi0 = np.nan_to_num(st.phase[0])
+    out["n_other"] = np.clip(-phi0 / (R_E * float(wavelength(e2[0]))) - nv * (Z["V"] + f1), 0.0, None)
+    probes = np.asarray(ds.illumination).copy() if ds.illumination is not None else None
+    if probes is not None:
+        probes[idx[0]], probes[idx[1]] = er.probes[0], er.probes[1]
+    return out, {"init": "epie", "init_epochs": cfg.init_epochs, "probes": probes}
 
 
 def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_frames: int) -> JointParams:
