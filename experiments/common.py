@@ -277,8 +277,11 @@ def compare_methods(rows, x: str, metrics: dict | None = None, order=None, where
         for xv in xs:
             if xv in j and xv in s and j[xv]["n"] and s[xv]["n"]:
                 a, b = j[xv]["mean"], s[xv]["mean"]
-                better = "joint" if (a < b) == lower else "two-step"
-                parts.append(f"{xfmt(xv)}: joint {fmt(a)} vs two-step {fmt(b)} ({better} better)")
+                if fmt(a) == fmt(b):
+                    verdict = "equal"
+                else:
+                    verdict = ("joint" if (a < b) == lower else "two-step") + " better"
+                parts.append(f"{xfmt(xv)}: joint {fmt(a)} vs two-step {fmt(b)} ({verdict})")
         if parts:
             out.append(f"- **{label}** — " + "; ".join(parts))
     return out

@@ -19,7 +19,7 @@ def analyse(rows, info, args):
                       title="Map errors and ARI vs scan step (mean ± std over seeds)")
     nm = lambda v: f"{v * 1e9:.0f} nm"  # noqa: E731
     sec = ["## Results (mean ± std over seeds)", "", common.markdown_table(rows, x, ["method"], xfmt=nm), "",
-           "## Joint vs two-step at each scan step (m)", ""] + common.compare_methods(rows, x, xfmt=nm)
+           "## Joint vs two-step at each scan step", ""] + common.compare_methods(rows, x, xfmt=nm)
     sec += ["", "## Secondary metrics", "", common.markdown_table(rows, x, ["method"], metrics=common.SECONDARY, xfmt=nm)]
     sec += ["", f"Plot: `{STUDY}.png`."]
     common.write_findings(res / "findings.md", STUDY, info, sec, rows)
