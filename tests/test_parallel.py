@@ -131,9 +131,9 @@ def _run(part: str) -> dict:
 def test_sharded_full_batch_step_matches_single_device():
     r = _run("full")
     full = r["full"]
-    # layout: 100 frames -> chunks of 40 (multiple of 4 devices), 10 frames per device per chunk
-    assert full["frames_shape"] == [3, 40, 32, 32]
-    assert full["shard_shape"] == [3, 10, 32, 32]
+    # layout: 100 frames, chunk 40 -> 3 balanced chunks of 36 (a multiple of 4 devices), 9 frames per device per chunk
+    assert full["frames_shape"] == [3, 36, 32, 32]
+    assert full["shard_shape"] == [3, 9, 32, 32]
     assert full["params_replicated"]
     assert full["loss_rel"] < 2e-4, full
     assert full["grad_rel"] < 1e-4, full
