@@ -47,9 +47,7 @@ or set ``JAX_COORDINATOR_ADDRESS``. See ``docs/scaling.md`` and ``examples/slurm
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from typing import Any, Callable, Sequence
 
 import equinox as eqx
@@ -60,7 +58,6 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .dataset import Dataset
-from .errors import DivergenceError
 
 #: Name of the mesh axis the frames are split over.
 AXIS = "frames"
@@ -321,63 +318,9 @@ def reconstruct_joint_sharded(ds: Dataset, cfg=None, devices: Sequence[jax.Devic
     Same arguments and result; ``devices`` defaults to all devices (of all processes after
     :func:`initialize_distributed`). With one device this is the single-device solver.
     """
-    import inspect
-
     from . import joint
 
     cfg = joint.JointConfig() if cfg is None else cfg
     mesh = frames_mesh(devices)
-    params = inspect.signature(joint.reconstruct_joint).parameters
-    if "shard" in params and "n_shards" in params:  # the hook in joint.py, when present
-        return joint.reconstruct_joint(ds, cfg, progress=progress, checkpoint=checkpoint, resume=resume,
-                                       callback=callback, n_shards=mesh.devices.size, shard=sharder(mesh))
-    return _loop(ds, cfg, mesh, progress, checkpoint, resume, callback)
-
-
-def _loop(ds, cfg, mesh, progress, checkpoint, resume, callback):
-    """Fallback for a joint.py without the ``shard`` hook: prepare -> shard -> loop -> result."""
-    from . import joint
-
-    t_start = time.perf_counter()
-    solver, state, ctx = joint.prepare_joint(ds, cfg, n_shards=mesh.devices.size)
-    history: dict[str, list] = {"step": [], "loss": [], "time": []}
-    resumed_from = 0
-    if checkpoint and resume and os.path.exists(checkpoint):
-        state, history = joint._load_checkpoint(checkpoint, state)
-        resumed_from = int(state.step)
-    solver, state = sharder(mesh)(solver, state)
-    main = jax.process_index() == 0
-    bar = None
-    if progress and main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=int(state.step), desc=f"joint x{mesh.devices.size}", unit="step")
-    t_compile = None
-    norm = float(ds.n_frames * ds.frame_size ** 2)
-    for s in range(int(state.step), cfg.steps):
-        t0 = time.perf_counter()
-        state, loss = solver.step(state)
-        if t_compile is None:
-            jax.block_until_ready(loss)
-            t_compile = time.perf_counter() - t0
-        if (s + 1) % cfg.log_every == 0 or s == cfg.steps - 1 or s == 0:
-            lv = float(loss)
-            if not math.isfinite(lv):
-                raise DivergenceError(f"joint solver diverged at step {s + 1}: loss is {lv}")
-            history["step"].append(s + 1)
-            history["loss"].append(lv / norm)
-            history["time"].append(time.perf_counter() - t_start)
-            if bar is not None:
-                bar.set_postfix(loss=f"{lv / norm:.4g}")
-            if callback is not None:
-                callback(s + 1, lv / norm, state)
-        if bar is not None:
-            bar.update(1)
-        if checkpoint and main and (s + 1) % cfg.checkpoint_every == 0:
-            joint._save_checkpoint(checkpoint, state, history)
-    if bar is not None:
-        bar.close()
-    wall = time.perf_counter() - t_start
-    info = dict(ctx["init_info"], resumed_from_step=resumed_from, n_devices=int(mesh.devices.size))
-    return joint.make_result(ds, state.params, solver.prob, ctx["common"], ctx["grids"], cfg, ctx["edge"], history,
-                             info, timing={"wall_s": wall, "compile_s": t_compile or 0.0})
+    return joint.reconstruct_joint(ds, cfg, progress=progress, checkpoint=checkpoint, resume=resume,
+                                   callback=callback, n_shards=mesh.devices.size, shard=sharder(mesh))
