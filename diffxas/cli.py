@@ -235,6 +235,8 @@ def _add_reconstruct(subparsers) -> None:
     )
     p.add_argument("data", metavar="DATA.cxi", help="multi-energy CXI input")
     p.add_argument("--method", required=True, choices=["two-step", "joint"], help="reconstruction method")
+    p.add_argument("--half", choices=["even", "odd"], default=None,
+                   help="use every other frame of each energy (two independent halves for `evaluate --split`)")
     p.add_argument("-o", "--output", required=True, metavar="RESULT.h5", help="results file to write")
     p.add_argument("--iterations", type=_positive_int, default=None, metavar="N",
                    help="two-step: number of ePIE epochs; the epoch-indexed parts of the ePIE schedule "
@@ -301,6 +303,8 @@ def _run_reconstruct(args) -> int:
             if method == "joint":
                 check_output_path(ckpt, "checkpoint")
     ds = io.read_cxi(args.data)
+    if args.half is not None:
+        ds = ds.half(args.half)
     sha = io.sha256_file(args.data)
     t0 = time.perf_counter()
     result = reconstruct(ds, method, cfg, progress=_progress(args), checkpoint=ckpt, resume=args.resume,
@@ -388,6 +392,9 @@ def _add_evaluate(subparsers) -> None:
     p.add_argument("--json", default=None, metavar="OUT.json", help="metrics file to write (default RESULT_eval.json)")
     p.add_argument("--nv-fraction", type=float, default=0.25, metavar="F",
                    help="evaluation region: truth n_V >= F x its maximum (default 0.25)")
+    p.add_argument("--split", default=None, metavar="OTHER_HALF.h5",
+                   help="no truth (real data): Fourier ring correlation between RESULT.h5 and the result of the "
+                        "other half of the frames (reconstruct --half even/odd); resolution at 1/7 and half-bit")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -415,6 +422,21 @@ def _run_evaluate(args) -> int:
     if not (0.0 < args.nv_fraction < 1.0):
         raise ConfigError(f"--nv-fraction must be in (0, 1), got {args.nv_fraction}")
     _require_file(args.result, "results file")
+    if args.split is not None:
+        import json as _json
+        import os
+
+        from .evaluate import frc_files
+
+        _require_file(args.split, "results file")
+        json_path = args.json if args.json is not None else default_json_path(args.result).replace("_eval.json", "_frc.json")
+        check_output_path(json_path, "JSON file", inputs=[args.result, args.split])
+        out = frc_files(args.result, args.split, json_path=json_path, fig_dir=os.path.dirname(os.path.abspath(json_path)))
+        for name, d in out.items():
+            res = {k: v for k, v in d.items() if "resolution" in k} if isinstance(d, dict) else d
+            print(f"{name}: {_json.dumps(res, default=str)}")
+        print(f"wrote {json_path}")
+        return 0
     truth = args.truth if args.truth is not None else _default_truth_for(args.result)
     _require_file(truth, "ground-truth file")
     json_path = args.json if args.json is not None else default_json_path(args.result)

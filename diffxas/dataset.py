@@ -110,3 +110,17 @@ class Dataset(eqx.Module):
     def frames_of(self, k: int) -> np.ndarray:
         """Indices of the frames of energy ``k``."""
         return np.nonzero(np.asarray(self.energy_index) == k)[0]
+
+    def half(self, which: str) -> "Dataset":
+        """Every other frame of each energy (``"even"`` or ``"odd"`` in scan order): the two
+        independent halves whose reconstructions give a Fourier-ring-correlation resolution."""
+        if which not in ("even", "odd"):
+            raise InputError(f"half must be 'even' or 'odd', got {which!r}")
+        ei = np.asarray(self.energy_index)
+        keep = np.zeros(ei.shape, bool)
+        for k in range(self.n_energies):
+            idx = np.nonzero(ei == k)[0]
+            keep[idx[(0 if which == "even" else 1)::2]] = True
+        return Dataset(frames=self.frames[keep], positions=self.positions[keep], energy_index=self.energy_index[keep],
+                       energies=self.energies, mask=self.mask, illumination=self.illumination,
+                       distance=self.distance, detector_pixel=self.detector_pixel)
