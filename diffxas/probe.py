@@ -53,7 +53,7 @@ def kb_probe(frame_size: int, pixel_size: float, wavelength_m: float, numerical_
     probe = np.fft.fftshift(probe)
     if shift_m != (0.0, 0.0):
         probe = np.asarray(fourier_shift(jnp.asarray(probe), jnp.asarray([shift_m[1] / pixel_size, shift_m[0] / pixel_size], jnp.float32)))
-    probe *= np.sqrt(photons / np.sum(np.abs(probe) ** 2))
+    probe = probe * np.sqrt(photons / np.sum(np.abs(probe) ** 2))
     return probe.astype(np.complex64)
 
 

@@ -112,3 +112,11 @@ def test_reproducible_with_seed():
     a = sm.simulate(sm.preset("tiny", energies=(5420.0, 5480.0), seed=3))
     b = sm.simulate(sm.preset("tiny", energies=(5420.0, 5480.0), seed=3))
     np.testing.assert_array_equal(np.asarray(a.dataset.frames), np.asarray(b.dataset.frames))
+
+
+def test_probe_drift_simulates():
+    # regression: a drifting probe (Fourier-shifted) used to be written in place into a read-only array
+    s = sm.simulate(sm.preset("tiny", energies=(5420.0, 5480.0), probe_drift=50e-9))
+    assert np.all(np.isfinite(np.asarray(s.dataset.frames)))
+    # the true probes of the two energies differ by the drift; the nominal illumination does not
+    assert not np.allclose(s.true_probes[0], s.true_probes[1], atol=1e-3 * np.abs(s.true_probes).max())
