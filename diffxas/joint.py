@@ -96,7 +96,9 @@ class JointConfig:
     lr_positions: float = 0.0
     probe_start: int = 20
     shape_start: int | None = None
-    per_pixel: tuple[str, ...] = ALL_PARAMS
+    # pre-edge peak positions/widths shared across pixels, as in the recommended two-step fit
+    # (like-for-like; measured on small: PE/dmt RMSE 0.22 tied vs 0.34 free)
+    per_pixel: tuple[str, ...] = ("a", "b1", "b2", "b3", "c11", "c21", "n_other")
     tv_weight: float = 0.0
     init: str = "epie"
     init_result: str | None = None
