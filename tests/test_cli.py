@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diffxas.joint import JointConfig
 from diffxas import __version__, cli, io
 from diffxas.dataset import Dataset
 from diffxas.errors import ConfigError, DivergenceError
@@ -318,7 +319,7 @@ def test_reconstruct_joint_writes_result(sim_dir, joint_dir):
     assert r.input_sha256 == io.sha256_file(cxi) and len(r.input_sha256) == 64
     assert Path(r.input_path) == cxi.resolve()
     assert r.config["method"] == "joint" and r.config["joint"]["steps"] == 2 and r.config["joint"]["log_every"] == 1
-    assert r.config["joint"]["per_pixel"] == ["a", "b1", "b2", "b3", "c11", "c12", "c13", "c21", "c22", "c23", "n_other"]
+    assert r.config["joint"]["per_pixel"] == list(JointConfig().per_pixel)  # full default config recorded
     assert r.energies.size == 6 and list(r.history["step"]) == [1, 2]
     # the default checkpoint (RESULT.h5.ckpt) is removed after success
     assert sorted(p.name for p in joint_dir.iterdir()) == ["joint.h5", "reconstruct.stdout"]
