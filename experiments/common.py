@@ -88,9 +88,7 @@ def run_study(study: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
                               overrides=overrides or None))
     if not args.analyse_only:
         info["wall_s"] = time.time() - t0
-    g = sweep._git_state()
-    if g:
-        info["code"] = f"diffxas git {g['git_commit']}" + (" with uncommitted changes in diffxas/" if g["git_dirty"] else "")
+    info["code"] = code_version(out, rows) or _describe_git(sweep._git_state())
     info["spec_obj"] = sweep.load_spec(spec_path, profile="quick" if args.quick else None)
     try:
         import jax
@@ -99,6 +97,33 @@ def run_study(study: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
     except Exception:  # pragma: no cover
         info["device"] = "?"
     return rows, info
+
+
+def _describe_git(g: dict[str, Any]) -> str:
+    if not g.get("git_commit"):
+        return ""
+    return f"diffxas git {g['git_commit']}" + (" with uncommitted changes in diffxas/" if g.get("git_dirty") else "")
+
+
+def code_version(out: Path, rows) -> str:
+    """The diffxas version that computed the sweep's points, from their ``config.json``
+    (recorded when each point ran; with --analyse-only the analysing process's checkout may
+    differ). Several versions are listed with their point counts; "" when none is recorded."""
+    import json
+    from collections import Counter
+
+    seen: Counter = Counter()
+    for d in {r["dir"] for r in rows if r.get("dir")}:
+        try:
+            v = json.loads((out / d / "config.json").read_text()).get("versions", {})
+        except (OSError, ValueError):
+            continue
+        desc = _describe_git(v)
+        if desc:
+            seen[desc] += 1
+    if len(seen) == 1:
+        return next(iter(seen))
+    return "; ".join(f"{k} ({n} points)" for k, n in sorted(seen.items()))
 
 
 def results_dir(study: str, args) -> Path:
@@ -316,3 +341,39 @@ def write_findings(path: Path, study: str, info: dict[str, Any], sections: list[
     tail = ["", "## Failed points", ""] + (bad or ["none"]) + [""]
     path.write_text("\n".join(head + sections + tail))
     return path
+
+
+# ----------------------------------------------------------------------------- the scripts' shared tail
+
+
+def standard_sections(study: str, rows, res: Path, x: str, *, series: Sequence[str] = ("method",), order=None,
+                      xfmt: Callable = str, compare: Sequence[tuple[str, dict | None]] = (), extra: Sequence[str] = (),
+                      plot_rows=None, plot_note: str = "", **plot_kw) -> list[str]:
+    """The usual analysis of a study: ``<study>.png`` (metric vs ``x``, see :func:`plot_study`) and
+    the findings sections: results table, ``extra`` (study-specific lines), one joint-vs-two-step
+    comparison per ``(heading, where)`` of ``compare``, secondary metrics, the plot's name.
+
+    ``plot_rows`` (default ``rows``) are the rows plotted; ``plot_kw`` go to :func:`plot_study`.
+    """
+    plot_study(rows if plot_rows is None else plot_rows, x, res / f"{study}.png", series=series, order=order, **plot_kw)
+    sec = ["## Results (mean ± std over seeds)", "", markdown_table(rows, x, series, order=order, xfmt=xfmt)]
+    sec += list(extra)
+    for heading, where in compare:
+        sec += ["", f"## {heading}", ""] + compare_methods(rows, x, order=order, where=where, xfmt=xfmt)
+    sec += ["", "## Secondary metrics", "", markdown_table(rows, x, series, metrics=SECONDARY, order=order, xfmt=xfmt)]
+    sec += ["", f"Plot: `{study}.png`{plot_note}."]
+    return sec
+
+
+def study_main(study: str, doc: str, analyse: Callable[[list, dict, Path], list[str]], argv=None) -> Path:
+    """What every study script's ``main`` does: parse the options, run (or read) the sweep, copy
+    its summary to the results folder, call ``analyse(rows, info, results_dir)`` for the findings
+    sections (it writes its plots there) and write ``findings.md``. Returns the results folder."""
+    args = parse_args(study, doc, argv)
+    rows, info = run_study(study, args)
+    res = results_dir(study, args)
+    copy_summary(info, res)
+    sections = analyse(rows, info, res)
+    write_findings(res / "findings.md", study, info, sections, rows)
+    print(f"results in {res}")
+    return res

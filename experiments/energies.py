@@ -40,9 +40,7 @@ def match_counts(rows, full_count: int) -> list[str]:
     return out
 
 
-def analyse(rows, info, args):
-    res = common.results_dir(STUDY, args)
-    common.copy_summary(info, res)
+def analyse(rows, info, res):
     x = "energies.count"
     counts = sorted({r.get(x) for r in rows if r.get(x) is not None})
     full = max(counts) if counts else 40
@@ -60,27 +58,17 @@ def analyse(rows, info, args):
         g = [g for g in t if g[x] == full and g["n"]]
         return [(g[0]["mean"], f"two-step, {full} energies", dict(color="tab:blue", linestyle=":", alpha=0.6))] if g else []
 
-    common.plot_study(expanded, x, res / f"{STUDY}.png", series=["method", "energies.choice"],
-                      xlabel="number of energies", hlines=ref_lines,
-                      title="Map errors and ARI vs number of energies (mean ± std over seeds)")
-    sec = ["## Results (mean ± std over seeds)", "",
-           common.markdown_table(expanded, x, ["method", "energies.choice"]), "",
-           f"## Where joint matches two-step with all {full} energies", ""] + match_counts(rows, full)
-    sec += ["", "## Joint vs two-step at each count (uniform choice)", ""] + common.compare_methods(
-        [r for r in expanded if r.get("energies.choice") == "uniform"], x)
-    sec += ["", "## Joint vs two-step at each count (edge choice)", ""] + common.compare_methods(
-        [r for r in expanded if r.get("energies.choice") == "edge"], x)
-    sec += ["", "## Secondary metrics", "", common.markdown_table(expanded, x, ["method", "energies.choice"],
-                                                                  metrics=common.SECONDARY)]
-    sec += ["", f"Plot: `{STUDY}.png` (dotted line: two-step with all {full} energies)."]
-    common.write_findings(res / "findings.md", STUDY, info, sec, rows)
-    print(f"results in {res}")
+    return common.standard_sections(
+        STUDY, expanded, res, x, series=["method", "energies.choice"],
+        extra=["", f"## Where joint matches two-step with all {full} energies", ""] + match_counts(rows, full),
+        compare=[(f"Joint vs two-step at each count ({c} choice)", {"energies.choice": c}) for c in ("uniform", "edge")],
+        plot_note=f" (dotted line: two-step with all {full} energies)",
+        xlabel="number of energies", hlines=ref_lines,
+        title="Map errors and ARI vs number of energies (mean ± std over seeds)")
 
 
 def main(argv=None):
-    args = common.parse_args(STUDY, __doc__, argv)
-    rows, info = common.run_study(STUDY, args)
-    analyse(rows, info, args)
+    return common.study_main(STUDY, __doc__, analyse, argv)
 
 
 if __name__ == "__main__":

@@ -13,27 +13,14 @@ STUDY = "realism"
 ORDER = ["ideal", "positions", "drift", "both"]
 
 
-def analyse(rows, info, args):
-    res = common.results_dir(STUDY, args)
-    common.copy_summary(info, res)
-    x = "errors"
-    common.plot_study(rows, x, res / f"{STUDY}.png", series=["method", "refine"], order=ORDER,
-                      xlabel="simulated errors", title="Position errors / probe drift, refinement off vs on")
-    sec = ["## Results (mean ± std over seeds)", "", common.markdown_table(rows, x, ["method", "refine"], order=ORDER)]
-    for ref in ("off", "on"):
-        sec += ["", f"## Joint vs two-step, refinement {ref}", ""] + common.compare_methods(rows, x, order=ORDER,
-                                                                                           where={"refine": ref})
-    sec += ["", "## Secondary metrics", "", common.markdown_table(rows, x, ["method", "refine"],
-                                                                  metrics=common.SECONDARY, order=ORDER)]
-    sec += ["", f"Plot: `{STUDY}.png`."]
-    common.write_findings(res / "findings.md", STUDY, info, sec, rows)
-    print(f"results in {res}")
+def analyse(rows, info, res):
+    return common.standard_sections(STUDY, rows, res, "errors", series=["method", "refine"], order=ORDER,
+                                     compare=[(f"Joint vs two-step, refinement {ref}", {"refine": ref}) for ref in ("off", "on")],
+                                     xlabel="simulated errors", title="Position errors / probe drift, refinement off vs on")
 
 
 def main(argv=None):
-    args = common.parse_args(STUDY, __doc__, argv)
-    rows, info = common.run_study(STUDY, args)
-    analyse(rows, info, args)
+    return common.study_main(STUDY, __doc__, analyse, argv)
 
 
 if __name__ == "__main__":
