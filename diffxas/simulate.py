@@ -96,6 +96,9 @@ class SimConfig:
     table: str = "chantler"
     truth_oversample: int = 2
     noise: bool = True
+    #: seed of the Poisson noise alone (None: drawn from ``seed`` like everything else);
+    #: repeated noise realisations of one phantom, scan and probe vary only this.
+    noise_seed: int | None = None
 
     def __post_init__(self):
         e = np.asarray(self.energies, float)
@@ -329,6 +332,7 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
     optional drift/aberrations), exact frames via the forward model, Poisson noise.
     """
     rng = np.random.default_rng(cfg.seed + 7919)
+    noise_rng = rng if cfg.noise_seed is None else np.random.default_rng([cfg.noise_seed, 104729])
     energies = np.asarray(cfg.energies, float)
     edge = VEdge.from_tables("V", table=cfg.table)
     e_ref = float(energies[0])
@@ -385,7 +389,7 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
         inten = np.asarray(frames_of(obj, jnp.fft.fft2(jnp.asarray(probe_os)), jnp.asarray(corner), jnp.asarray(frac)))
         sl = slice(k * n_pos, (k + 1) * n_pos)
         inten = np.maximum(inten, 0.0)
-        frames[sl] = (rng.poisson(inten).astype(np.float32) if cfg.noise else inten.astype(np.float32)) * mask
+        frames[sl] = (noise_rng.poisson(inten).astype(np.float32) if cfg.noise else inten.astype(np.float32)) * mask
         grids.append(grid)
         positions[sl] = nominal
         true_pos[sl] = tp

@@ -152,8 +152,9 @@ def ne_eff_per_nv(phase_ref, b1, reference_energy, edge: VEdge):
     ``-phi(E_ref) / (r_e lambda(E_ref))`` divided by N_V from b1; the same formula serves
     the two-step path (phase from ePIE) and the joint path (phase from the model).
     """
-    ne = -phase_ref / (R_E * wavelength(reference_energy))
-    return ne / n_v(b1, edge)
+    # = [-phi / (r_e lambda_ref)] / [b1 / (r_e lambda_0 Delta f'')], written without the
+    # ~1e22 m^-2 factors so that float32 derivatives (delta-method errors) do not overflow
+    return -phase_ref * (wavelength(edge.edge_ev) / wavelength(reference_energy)) * edge.delta_f2 / b1
 
 
 def linear_design(energies, b2, b3, c12, c13, c22, c23) -> Float[Array, "energy ... 4"]:
