@@ -144,8 +144,10 @@ def history_summary(history: dict | None, config: dict | None = None) -> dict[st
 
     * ``final_loss``: last finite value of ``history["loss"]`` (else of the first key
       containing "loss").
-    * ``iterations``: length of the loss history (else of the longest history array).
-    * ``wall_time_s``: last value of a cumulative key (``wall_time``, ``elapsed``,
+    * ``iterations``: the last ``step`` when the history logs step numbers (the joint
+      solver logs every ``log_every`` steps), else the length of the loss history (else
+      of the longest history array).
+    * ``wall_time_s``: last value of a whole-run key (``wall_time``, ``wall_s``, ``elapsed``,
       ``cumulative_time``) if present, else the sum of the per-iteration ``time`` /
       ``time_per_iteration``; else ``config["wall_time"]`` if present.
     """
@@ -159,9 +161,11 @@ def history_summary(history: dict | None, config: dict | None = None) -> dict[st
         out["final_loss"] = float(fin[-1]) if fin.size else None
         out["loss_key"] = key
         out["iterations"] = int(v.size)
+        if "step" in hist and hist["step"].size:
+            out["iterations"] = int(np.nanmax(hist["step"]))
     elif hist:
         out["iterations"] = int(max(v.size for v in hist.values()))
-    for k in ("wall_time", "elapsed", "cumulative_time", "wall_time_s"):
+    for k in ("wall_time", "wall_s", "elapsed", "cumulative_time", "wall_time_s"):
         if k in hist and hist[k].size:
             out["wall_time_s"] = float(hist[k][-1])
             break
@@ -333,9 +337,7 @@ def evaluate_file(path, truth_path, json_path=None, nv_fraction: float = 0.25) -
     metrics["result_path"] = os.fspath(path)
     metrics["truth_path"] = os.fspath(truth_path)
     metrics["json_path"] = json_path
-    with open(json_path, "w") as fh:
-        json.dump(metrics, fh, indent=2, allow_nan=False)
-        fh.write("\n")
+    io.write_text_atomic(json_path, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     return metrics
 
 
@@ -520,9 +522,7 @@ def frc_files(path1, path2, names=DESCRIPTORS, json_path=None, fig_dir=None) -> 
     if not out:
         raise InputError(f"{os.fspath(path1)}, {os.fspath(path2)}: no map has pixels valid in both results")
     if json_path is not None:
-        with open(json_path, "w") as fh:
-            json.dump(jsonable(out), fh, indent=2, allow_nan=False)
-            fh.write("\n")
+        io.write_text_atomic(json_path, json.dumps(jsonable(out), indent=2, allow_nan=False) + "\n")
     if fig_dir is not None:
         from .plotting import fig_frc, save_figure
 

@@ -40,6 +40,8 @@ __all__ = [
     "CXI_VERSION",
     "write_cxi",
     "read_cxi",
+    "open_cxi",
+    "CxiFrames",
     "cxi_summary",
     "sha256_file",
     "write_result",
@@ -202,6 +204,22 @@ def _attr_value(value: Any) -> Any:
 
 
 # ---- atomic writes ----------------------------------------------------------------------
+def write_text_atomic(path, text: str) -> str:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        with open(tmp, "x", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return os.fspath(path)
+
+
 @contextlib.contextmanager
 def _atomic_h5(path) -> Iterator[h5py.File]:
     """Yield an HDF5 file open for writing at a temporary path next to ``path``; on success
@@ -463,22 +481,37 @@ def _check_illumination_all_or_none(path, chosen: list[_Entry]) -> bool:
 def _load_entry(path, f: h5py.File, en: _Entry, frames: np.ndarray, with_illumination: bool):
     """Read one entry's frames into ``frames`` (shape (N_k, M, M), float32) and return
     (positions (N_k, 2), mask weights (M, M), illumination (M, M) or None), validating values."""
-    e = f[en.name]
-    m = en.frame_size
-    ds = e[f"{_DET}/data"]
+    ds = f[en.name][f"{_DET}/data"]
     try:  # straight into the caller's block (HDF5 converts the type)
         ds.read_direct(frames)
     except _READ_ERRORS as exc:
         raise _err(path, ds.name, f"cannot read (truncated or corrupt file?): {exc}") from None
+    _check_frames(path, ds, frames)
+    return _load_entry_meta(path, f, en, with_illumination)
+
+
+def _check_frames(path, ds: h5py.Dataset, frames: np.ndarray, local_index=None) -> None:
+    """One-line InputError if a frame read from ``ds`` has NaN/inf or negative counts;
+    ``local_index[i]`` is the entry's frame number of ``frames[i]`` (default ``i``)."""
+    def where(i):
+        return int(i) if local_index is None else int(local_index[i])
+
     finite = np.isfinite(frames).all(axis=(1, 2))
     if not finite.all():
         bad = int(np.argmin(finite))
-        raise _err(path, ds.name, f"frame {bad} contains NaN or inf counts")
+        raise _err(path, ds.name, f"frame {where(bad)} contains NaN or inf counts")
     if ds.dtype.kind != "u":
         neg = (frames < 0).any(axis=(1, 2))
         if neg.any():
             bad = int(np.argmax(neg))
-            raise _err(path, ds.name, f"frame {bad} contains negative counts (min {frames[bad].min():g})")
+            raise _err(path, ds.name, f"frame {where(bad)} contains negative counts (min {frames[bad].min():g})")
+
+
+def _load_entry_meta(path, f: h5py.File, en: _Entry, with_illumination: bool):
+    """Read and validate one entry's small datasets: (positions (N_k, 2), mask weights (M, M),
+    illumination (M, M) or None); the frames are not read."""
+    e = f[en.name]
+    m = en.frame_size
     # positions: probe centre = -translation[:, :2]
     tds = e[_TRANS]
     tr = _read(path, tds, dtype=np.float64)

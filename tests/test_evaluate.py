@@ -168,6 +168,14 @@ def test_history_summary_cumulative():
     assert history_summary({})["final_loss"] is None
 
 
+def test_history_summary_joint_layout():
+    # the joint solver logs every 10 steps with a cumulative "time" and one whole-run wall_s:
+    # iterations = last logged step (not the number of log entries), wall time = wall_s (not a sum)
+    h = history_summary({"step": [1, 10, 20, 30], "loss": [4.0, 3.0, 2.0, 1.5], "time": [5.0, 6.0, 7.0, 8.0], "wall_s": [8.5]})
+    assert h["iterations"] == 30
+    assert h["wall_time_s"] == 8.5
+
+
 def _bandlimited(n, fc, rng):
     """White noise low-passed to radial frequency fc (cycles/pixel)."""
     f = np.fft.fftfreq(n)
