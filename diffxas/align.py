@@ -119,19 +119,21 @@ def illumination_map(probes: np.ndarray, corners: list[np.ndarray], grids: list[
                      energies_subset=None) -> np.ndarray:
     """Scan coverage ``sum_j |P(r - r_j)|^2`` on the common grid, averaged over energies, max 1.
 
-    ``|P|^2`` is placed at each frame's integer patch corner (the sub-pixel remainder is
-    irrelevant for a coverage mask) on the energy's grid, then resampled.
+    The footprint on each energy's grid is the forward model's
+    :func:`diffxas.forward.illumination_map` with ``|P|^2`` at each frame's integer patch
+    corner (the sub-pixel remainder is irrelevant for a coverage mask), then resampled.
     """
+    from .forward import illumination_map as footprint
+
     kn = len(grids)
     ks = range(kn) if energies_subset is None else energies_subset
     acc = np.zeros(common.shape, np.float64)
     n = 0
     for k in ks:
-        m = probes[k].shape[-1]
-        cov = np.zeros(grids[k].shape, np.float64)
-        p2 = np.abs(np.asarray(probes[k], np.complex128)) ** 2
-        for c in np.asarray(corners[k]):
-            cov[c[0]:c[0] + m, c[1]:c[1] + m] += p2
+        c = np.asarray(corners[k], np.int32).reshape(-1, 2)
+        p2 = np.abs(np.asarray(probes[k], np.complex64)) ** 2
+        cov = np.asarray(footprint(p2[None].astype(np.float32), np.zeros(len(c), np.int32), c, np.zeros((len(c), 2), np.float32),
+                                   grids[k].shape)[0], np.float64)
         acc += resample_field(cov, grids[k], common)
         n += 1
     acc /= max(n, 1)

@@ -275,6 +275,9 @@ def lm_fit(y: np.ndarray, u0: np.ndarray, energies, bounds, free=None, iteration
 # ----------------------------------------------------------------------------- variable projection
 
 
+# float64 numpy, elementwise-broadcasting twins of spectra.edge_step / spectra.lorentzian
+# (the one spectral model, JAX, energy axis first) for the host-side grid search over
+# thousands of candidate shapes; tests/test_fitting.py ties them to the model.
 def _step(e, b2, b3):
     from scipy.special import erf
 

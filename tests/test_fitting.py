@@ -117,3 +117,13 @@ def test_noise_window():
 def test_fit_config_validation(kw):
     with pytest.raises(ConfigError):
         FitConfig(**kw)
+
+
+def test_grid_search_basis_is_the_spectral_model():
+    # reference: diffxas.spectra (eq. 1, float32); tolerance 1e-4: the model's float32 energies
+    # (ulp 5e-4 eV at 5.5 keV) over a width of ~4 eV, times the slope of the step (<0.3/eV)
+    from diffxas import fitting, spectra
+
+    e = np.linspace(5420.0, 5540.0, 41)
+    np.testing.assert_allclose(fitting._step(e, 5478.3, 3.7), np.asarray(spectra.edge_step(e, 5478.3, 3.7)), atol=1e-4)
+    np.testing.assert_allclose(fitting._lor(e, 5466.2, 1.3), np.asarray(spectra.lorentzian(e, 1.0, 5466.2, 1.3)), atol=1e-4)
