@@ -255,6 +255,26 @@ def _add_reconstruct(subparsers) -> None:
     p.set_defaults(func=_run_reconstruct)
 
 
+class _log_to_stderr:
+    """Print INFO records of the ``diffxas`` logger to stderr (one line each) while active."""
+
+    def __enter__(self):
+        import logging
+
+        self.logger = logging.getLogger("diffxas")
+        self.handler = logging.StreamHandler(sys.stderr)
+        self.handler.setFormatter(logging.Formatter("%(message)s"))
+        self.level = self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+        return False
+
+
 def _run_reconstruct(args) -> int:
     import time
 
@@ -302,13 +322,16 @@ def _run_reconstruct(args) -> int:
                     raise ConfigError(f"--checkpoint {ckpt} must differ from the input and output files")
             if method == "joint":
                 check_output_path(ckpt, "checkpoint")
-    ds = io.read_cxi(args.data)
+    # joint: frames stay in the file and are read in ranges (streamed every step when they do
+    # not fit the device, see JointConfig.memory); two-step: loaded into memory
+    ds = io.open_cxi(args.data) if method == "joint" else io.read_cxi(args.data)
     if args.half is not None:
         ds = ds.half(args.half)
     sha = io.sha256_file(args.data)
     t0 = time.perf_counter()
-    result = reconstruct(ds, method, cfg, progress=_progress(args), checkpoint=ckpt, resume=args.resume,
-                         input_path=args.data, input_sha256=sha)
+    with _log_to_stderr():  # the joint solver's one-line notes (memory mode) on the "diffxas" logger
+        result = reconstruct(ds, method, cfg, progress=_progress(args), checkpoint=ckpt, resume=args.resume,
+                             input_path=args.data, input_sha256=sha)
     wall = time.perf_counter() - t0
     io.write_result(out, result)
     if ckpt is not None and args.checkpoint is None and not args.keep_checkpoint:

@@ -111,6 +111,10 @@ class JointConfig:
     checkpoint_every: int = 50
     table: str = "chantler"
     lr_decay: float = 0.1
+    # frames on the device ("device"), streamed from the host/file chunk by chunk ("stream"),
+    # or chosen from the memory model and the budget ("auto"); see docs/scaling.md
+    memory: str = "auto"
+    memory_budget_gib: float | None = None  # device memory for "auto"; None = from the device (or host RAM)
 
     def __post_init__(self):
         if self.steps < 0:
@@ -131,6 +135,10 @@ class JointConfig:
         for name in ("lr_amp", "lr_energy", "lr_probe", "lr_positions", "tv_weight"):
             if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be finite and >= 0")
+        if self.memory not in ("auto", "device", "stream"):
+            raise ConfigError(f"memory must be 'auto', 'device' or 'stream', got {self.memory!r}")
+        if self.memory_budget_gib is not None and not (math.isfinite(self.memory_budget_gib) and self.memory_budget_gib > 0):
+            raise ConfigError(f"memory_budget_gib must be a positive number of GiB or None, got {self.memory_budget_gib!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -230,14 +238,65 @@ def chunk_layout(n_frames: int, chunk: int, n_shards: int = 1) -> tuple[int, int
     return n_chunks, chunk
 
 
-def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, common: Grid | None = None, n_shards: int = 1) -> tuple[Problem, Grid, list[Grid]]:
-    common = ds.common_grid() if common is None else common
+def energy_grids(ds: Dataset, common: Grid) -> list[Grid]:
+    """Each energy's grid (:meth:`Dataset.energy_grids`), padded to one shape keeping its centre."""
     grids = ds.energy_grids(common)
     shapes = {g.shape for g in grids}
     if len(shapes) != 1:  # pad to one shape, keeping each grid's centre
         ny = max(s[0] for s in shapes)
         nx = max(s[1] for s in shapes)
         grids = [Grid(pixel_size=g.pixel_size, shape=(ny, nx), origin=(g.center[0] - 0.5 * (nx - 1) * g.pixel_size, g.center[1] - 0.5 * (ny - 1) * g.pixel_size)) for g in grids]
+    return grids
+
+
+def _in_memory(frames) -> bool:
+    return isinstance(frames, (np.ndarray, jax.Array))
+
+
+@eqx.filter_jit(donate="all-except-first")
+def _put_chunk(c, buf, block):
+    """``buf[c] = ifftshift(block)`` in place (``buf`` donated)."""
+    return buf.at[c].set(jnp.fft.ifftshift(block, axes=(-2, -1)))
+
+
+def _device_frames(frames, nchunk: int, chunk: int) -> jax.Array:
+    """The chunked, ifftshifted device copy of a lazy frame source (e.g. :class:`diffxas.io.CxiFrames`),
+    filled one chunk at a time: the host holds one chunk, never all frames."""
+    n, m = int(frames.shape[0]), int(frames.shape[-1])
+    buf = jnp.zeros((nchunk, chunk, m, m), jnp.float32)
+    block = np.zeros((chunk, m, m), np.float32)
+    for c in range(nchunk):
+        a, b = c * chunk, min((c + 1) * chunk, n)
+        block[: b - a] = read_frames(frames, a, b)
+        block[b - a:] = 0.0
+        buf = _put_chunk(jnp.asarray(c, jnp.int32), buf, jnp.asarray(block))
+    return buf
+
+
+def read_frames(frames, start: int, stop: int) -> np.ndarray:
+    """Frames ``start:stop`` of an in-memory array or a lazy source (``read``), float32 on the host."""
+    if _in_memory(frames):
+        return np.asarray(frames[start:stop], np.float32)
+    return frames.read(start, stop)
+
+
+def take_frames(frames, idx) -> np.ndarray:
+    """Frames ``idx`` (any order) of an in-memory array or a lazy source (``take``), float32 on the host."""
+    idx = np.asarray(idx, np.int64)
+    if isinstance(frames, np.ndarray):
+        return np.asarray(frames[idx], np.float32)
+    if isinstance(frames, jax.Array):
+        return np.asarray(frames[jnp.asarray(idx)], np.float32)
+    return frames.take(idx)
+
+
+def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, common: Grid | None = None, n_shards: int = 1,
+                  frames_on_device: bool = True) -> tuple[Problem, Grid, list[Grid]]:
+    """The :class:`Problem` of ``ds``. ``frames_on_device=False`` (streaming mode): the
+    problem holds no frames (``frames`` has shape ``(n_chunks, chunk, 0, 0)``); the
+    streaming solver reads them chunk by chunk (:mod:`diffxas.stream`)."""
+    common = ds.common_grid() if common is None else common
+    grids = energy_grids(ds, common)
     M = ds.frame_size
     ei = np.asarray(ds.energy_index)
     pos = np.asarray(ds.positions, np.float64)
@@ -275,7 +334,13 @@ def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, co
         return jnp.asarray(x.reshape((nchunk, chunk) + x.shape[1:]))
 
     # frames and mask with zero frequency at (0, 0): the model skips the fftshift (forward.uncenter)
-    prob = Problem(frames=lay(np.fft.ifftshift(np.asarray(ds.frames, np.float32), axes=(-2, -1))), frame_id=lay(np.arange(ds.n_frames, dtype=np.int32), -1),
+    if not frames_on_device:
+        frames = jnp.zeros((nchunk, chunk, 0, 0), jnp.float32)
+    elif _in_memory(ds.frames):
+        frames = lay(np.fft.ifftshift(np.asarray(ds.frames, np.float32), axes=(-2, -1)))
+    else:
+        frames = _device_frames(ds.frames, nchunk, chunk)
+    prob = Problem(frames=frames, frame_id=lay(np.arange(ds.n_frames, dtype=np.int32), -1),
                    energy_index=lay(ei.astype(np.int32)), corner=lay(corner), frac=lay(frac),
                    weight=jnp.asarray(np.fft.ifftshift(np.asarray(ds.mask, np.float32), axes=(-2, -1))),
                    energies=jnp.asarray(ds.energies, jnp.float32), ry=jnp.asarray(np.stack(ry), jnp.float32),
@@ -313,12 +378,24 @@ def _tv(x):
     return jnp.sum(jnp.sqrt(dy[..., :, :-1] ** 2 + dx[..., :-1, :] ** 2 + 1e-8))
 
 
-def _frames_loss(params: JointParams, prob: Problem, obj, phat, lf, frames, fid, k, corner, frac):
+def model_objects_and_probes(params: JointParams, prob: Problem):
+    """(objects (K, N, N), fft2 of the probes (K, M, M)): everything the per-frame loss needs
+    from the maps and probes (the streaming step pulls its gradient back through this)."""
+    return model_objects(params, prob), jnp.fft.fft2(params.probe_re + 1j * params.probe_im)
+
+
+def chunk_loss(obj, phat, dpos, weight, lf, frames, fid, k, corner, frac):
+    """Data loss of one chunk of frames (``fid`` -1 = padding, weight 0); frames with zero
+    frequency at (0, 0)."""
     ok = fid >= 0
     j = jnp.where(ok, fid, 0)
-    inten = intensities(obj, phat, k, corner, frac + params.dpos[j], centered=False)
-    w = prob.weight[k] * ok[:, None, None]
+    inten = intensities(obj, phat, k, corner, frac + dpos[j], centered=False)
+    w = weight[k] * ok[:, None, None]
     return lf(inten, frames, w)
+
+
+def _frames_loss(params: JointParams, prob: Problem, obj, phat, lf, frames, fid, k, corner, frac):
+    return chunk_loss(obj, phat, params.dpos, prob.weight, lf, frames, fid, k, corner, frac)
 
 
 def data_loss(params: JointParams, prob: Problem, idx: jax.Array | None, loss_name: str, chunk: int):
@@ -327,8 +404,7 @@ def data_loss(params: JointParams, prob: Problem, idx: jax.Array | None, loss_na
     Each chunk is rematerialised in the backward pass, so memory holds one chunk of
     exit waves at a time.
     """
-    obj = model_objects(params, prob)
-    phat = jnp.fft.fft2(params.probe_re + 1j * params.probe_im)
+    obj, phat = model_objects_and_probes(params, prob)
     lf = loss_fn(loss_name)
     flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
     if idx is None:
@@ -362,13 +438,18 @@ def total_loss(params, prob, idx, cfg_static):
     if idx is not None:
         d = d * (n_frames_total / idx.shape[0])
     if tv_weight > 0:
-        reg = 0.0
-        for k in ALL_PARAMS:
-            r = params.raw[k]
-            if r.ndim == 2:
-                reg = reg + _tv(r * prob.illuminated)
-        d = d + tv_weight * reg
+        d = d + tv_weight * regulariser(params, prob)
     return d
+
+
+def regulariser(params: JointParams, prob: Problem):
+    """Total variation of the per-pixel raw maps over the illuminated area (unweighted)."""
+    reg = 0.0
+    for k in ALL_PARAMS:
+        r = params.raw[k]
+        if r.ndim == 2:
+            reg = reg + _tv(r * prob.illuminated)
+    return reg
 
 
 # ----------------------------------------------------------------------------- optimiser
@@ -413,11 +494,14 @@ def stxm_absorption(ds: Dataset, common: Grid, sigma_m: float | None = None) -> 
     A = -ln(T)/2. The scattered values are spread on the map grid with a Gaussian kernel
     of the scan step's width.
     """
-    fr = np.asarray(ds.frames, np.float64)
     w = np.asarray(ds.mask)
     ei = np.asarray(ds.energy_index)
     pos = np.asarray(ds.positions, np.float64)
-    sums = np.einsum("fij,fij->f", fr, w[ei])
+    sums = np.empty(ds.n_frames)
+    block = 256  # frames at a time: a lazy source is read once, in ranges
+    for a in range(0, ds.n_frames, block):
+        b = min(a + block, ds.n_frames)
+        sums[a:b] = np.einsum("fij,fij->f", read_frames(ds.frames, a, b).astype(np.float64), w[ei[a:b]])
     A = np.zeros(ds.n_frames)
     for k in range(ds.n_energies):
         idx = ei == k
@@ -653,14 +737,26 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     ``n_shards``: number of devices the frames will be split over (the chunk size is
     rounded to a multiple of it; see :mod:`diffxas.parallel`).
 
+    The frames go to the device (:class:`JointSolver`) or are streamed from ``ds.frames``
+    chunk by chunk every step (:class:`diffxas.stream.StreamSolver`, same interface)
+    according to ``cfg.memory`` (:func:`diffxas.stream.plan_memory`, one log line).
+    ``ds.frames`` may be a lazy source (:func:`diffxas.io.open_cxi`): it is then read in
+    ranges, never all at once.
+
     Returns ``(solver, state, context)`` where ``context`` holds the grids, the spectral
-    edge model and the initialisation record (for :func:`make_result`).
+    edge model, the initialisation record (for :func:`make_result`) and the memory plan
+    (``context["memory"]``).
     """
+    from .stream import StreamSolver, frames_source, plan_memory
+
     edge = VEdge.from_tables("V", table=cfg.table)
     e = np.asarray(ds.energies, np.float64)
     common = ds.common_grid()
     pre = Scales(amp=1.0, n_other=1.0, e_mid=float(0.5 * (e.min() + e.max())), e_half=float(0.5 * (e.max() - e.min()) + 1.0))
-    prob, common, grids = build_problem(ds, cfg, edge, pre, common, n_shards=n_shards)
+    nchunk, chunk_n = chunk_layout(ds.n_frames, cfg.chunk_size, n_shards)
+    plan = plan_memory(cfg, ds.n_frames, nchunk, chunk_n, ds.n_energies, ds.frame_size, common.shape,
+                       energy_grids(ds, common)[0].shape, source=frames_source(ds.frames), n_shards=n_shards, emit=False)
+    prob, common, grids = build_problem(ds, cfg, edge, pre, common, n_shards=n_shards, frames_on_device=plan.mode == "device")
     vals, init_info = init_params(ds, prob, common, cfg, edge)
     ill = np.asarray(prob.illuminated)
     amp = float(np.percentile(np.abs(vals["b1"][ill]), 95)) if ill.any() else 0.05
@@ -686,8 +782,13 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     bs = n_frames if cfg.batch_size is None else min(cfg.batch_size, n_frames)
     chunk = min(cfg.chunk_size, bs)
     static = (cfg.loss, chunk, float(cfg.tv_weight), float(n_frames))
-    solver = JointSolver(prob=prob, opt=opt, static=static, batch=bs, n_frames=n_frames, seed=cfg.seed)
-    ctx = {"common": common, "grids": grids, "edge": edge, "init_info": init_info}
+    if plan.mode == "stream":
+        solver = StreamSolver(prob, opt, static, batch=bs, n_frames=n_frames, seed=cfg.seed, frames=ds.frames,
+                              host_cache=plan.host_cache)
+    else:
+        solver = JointSolver(prob=prob, opt=opt, static=static, batch=bs, n_frames=n_frames, seed=cfg.seed)
+    ctx = {"common": common, "grids": grids, "edge": edge, "init_info": init_info, "memory": plan.to_dict()}
+    plan.log()  # after the initialisation has read (and validated) the frames: a bad file fails before this line
     return solver, solver.init(params), ctx
 
 
@@ -710,7 +811,7 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
     if checkpoint and resume and os.path.exists(checkpoint):
         state, history = _load_checkpoint(checkpoint, state)
         resumed_from = int(state.step)
-    if shard is not None:
+    if shard is not None and ctx["memory"]["mode"] == "device":  # streaming runs on one device (n_shards == 1)
         solver, state = shard(solver, state)
     bar = None
     if progress:
@@ -744,8 +845,10 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
         bar.close()
     wall = time.perf_counter() - t_start
     info = dict(ctx["init_info"], resumed_from_step=resumed_from)
-    return make_result(ds, state.params, solver.prob, ctx["common"], ctx["grids"], cfg, ctx["edge"], history, info,
-                       timing={"wall_s": wall, "compile_s": t_compile or 0.0})
+    result = make_result(ds, state.params, solver.prob, ctx["common"], ctx["grids"], cfg, ctx["edge"], history, info,
+                         timing={"wall_s": wall, "compile_s": t_compile or 0.0})
+    result.config = dict(result.config or {}, memory=ctx["memory"])  # the mode that ran and why
+    return result
 
 
 # ----------------------------------------------------------------------------- maps / result

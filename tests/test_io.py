@@ -731,3 +731,73 @@ def test_to_jsonable():
                                    "f": [1.0, 2.0], "4": None}
     with pytest.raises(TypeError):
         io.dumps_json({"f": lambda x: x})
+
+
+# ----------------------------------------------------------------------------------------
+# lazy CXI source (open_cxi): frames read from the file a range at a time
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("compression,chunk_frames", [("gzip", 3), ("lzf", 1), (None, 4)])
+@pytest.mark.parametrize("integral", [True, False])
+def test_open_cxi_frames_equal_read_cxi(tmp_path, compression, chunk_frames, integral):
+    """Reference: read_cxi of the same file; float32 frames in both, so every comparison is exact."""
+    ds = make_dataset(integral=integral, n=7, interleave=True)
+    path = io.write_cxi(tmp_path / "d.cxi", ds, compression=compression, chunk_frames=chunk_frames)
+    eager, lazy = io.read_cxi(path), io.open_cxi(path)
+    assert isinstance(lazy.frames, io.CxiFrames)
+    assert lazy.frames.shape == eager.frames.shape and lazy.frames.dtype == np.float32
+    assert lazy.frames.nbytes == eager.frames.nbytes
+    ref = np.asarray(eager.frames)
+    np.testing.assert_array_equal(np.asarray(lazy.frames), ref)
+    for name in ("positions", "energy_index", "energies", "mask", "illumination"):
+        np.testing.assert_array_equal(np.asarray(getattr(lazy, name)), np.asarray(getattr(eager, name)), err_msg=name)
+    assert (lazy.distance, lazy.detector_pixel) == (eager.distance, eager.detector_pixel)
+    fr = lazy.frames
+    # ranges across entry boundaries (7 frames per entry), in any chunk size
+    for start, stop in [(0, 21), (5, 9), (6, 7), (13, 21), (20, 30)]:
+        np.testing.assert_array_equal(fr.read(start, stop), ref[start:stop])
+    # arbitrary order, repeats, sparse and dense selections
+    idx = np.array([20, 0, 3, 3, 14, 8, 7, 1])
+    np.testing.assert_array_equal(fr.take(idx), ref[idx])
+    np.testing.assert_array_equal(fr[4], ref[4])
+    np.testing.assert_array_equal(fr[-1], ref[-1])
+    np.testing.assert_array_equal(fr[2, 3:5], ref[2, 3:5])
+    # first-axis views stay lazy and compose
+    view = fr[::2]
+    assert isinstance(view, io.CxiFrames) and view.shape == ref[::2].shape
+    np.testing.assert_array_equal(np.asarray(view), ref[::2])
+    np.testing.assert_array_equal(np.asarray(view[np.array([True, False] * 5 + [True])]), ref[::2][::2])
+    np.testing.assert_array_equal(view.read(2, 6), ref[::2][2:6])
+    # the dataset methods that select frames keep them lazy and give read_cxi's values
+    for a, b in [(lazy.select_energies([0, 2]), eager.select_energies([0, 2])), (lazy.half("odd"), eager.half("odd"))]:
+        assert isinstance(a.frames, io.CxiFrames)
+        np.testing.assert_array_equal(np.asarray(a.frames), np.asarray(b.frames))
+        np.testing.assert_array_equal(np.asarray(a.energy_index), np.asarray(b.energy_index))
+    # energy subsets like read_cxi
+    np.testing.assert_array_equal(np.asarray(io.open_cxi(path, energies=[1]).frames),
+                                  np.asarray(io.read_cxi(path, energies=[1]).frames))
+    with pytest.raises(IndexError):
+        fr[21]
+
+
+def test_open_cxi_errors(tmp_path, cxi):
+    """Structure errors when opening, value errors when the frames are read: one line each."""
+    with pytest.raises(InputError) as ei:
+        io.open_cxi(tmp_path / "missing.cxi")
+    assert_one_line_error(ei, tmp_path / "missing.cxi", "no such file")
+    lazy = io.open_cxi(cxi)
+    with h5py.File(cxi, "r+") as f:  # a NaN in the middle of entry 2 (frames stored as uint32 -> rewrite as float)
+        d = f[f"entry_2/{DET}/data"]
+        data = d[()].astype(np.float32)
+        data[3, 1, 1] = np.nan
+        del f[f"entry_2/{DET}/data"]
+        f[f"entry_2/{DET}"].create_dataset("data", data=data, chunks=(2, M, M), compression="gzip")
+    lazy.frames.read(0, 5)  # entry 1 is fine
+    with pytest.raises(InputError) as ei:
+        lazy.frames.read(4, 10)
+    assert_one_line_error(ei, cxi, f"/entry_2/{DET}/data", "frame 3 contains NaN")
+    with h5py.File(cxi, "r+") as f:
+        del f[f"entry_3/{DET}/data"]
+        f[f"entry_3/{DET}"].create_dataset("data", data=np.zeros((2, M, M), np.float32))
+    with pytest.raises(InputError) as ei:
+        lazy.frames.read(10, 15)
+    assert_one_line_error(ei, cxi, f"/entry_3/{DET}/data", "changed since it was opened")
