@@ -320,3 +320,94 @@ def profile_step(n_energies: int = 4, frames_per_energy: int = 64, frame_size: i
         res[f"{tag}_ratio_to_fft_floor"] = p["step"] / p["fft_floor"]
         res[f"{tag}_frames_part_ratio_to_fft_floor"] = p["frames_vjp"] / p["fft_floor"]
     return res
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+def stream_case(case_id: str, n_energies: int = 4, frames_per_energy: int = 64, frame_size: int = 64,
+                chunk_size: int = 64, min_time: float = 1.0, sources=("device", "host", "raw", "gzip"),
+                tmpdir: str | None = None, log=print) -> dict:
+    """Time of one full-batch joint step with the frames on the device vs streamed (same shapes).
+
+    Sources: ``device`` (frames resident, ``JointSolver.step``), ``host`` (streamed from an
+    in-memory array), ``raw`` / ``gzip`` (streamed from a CXI file opened with
+    :func:`diffxas.io.open_cxi`, uncompressed / gzip with 16-frame HDF5 chunks, read every
+    step: the host cache is switched off). Also the time of reading all frames from each
+    file once (the I/O floor of a streamed step) and the loss of every variant (they agree
+    to float32 rounding).
+    """
+    import dataclasses
+    import os
+    import tempfile
+
+    import jax
+
+    from diffxas import io, stream
+    from diffxas.joint import JointConfig, prepare_joint
+
+    ds = common.synthetic_dataset(n_energies, frames_per_energy, frame_size)
+    cfg = JointConfig(steps=1000, chunk_size=chunk_size, init="flat", probe_start=0, shape_start=0)
+    rec = {"id": case_id, "kind": "joint_stream", "config": {"n_energies": n_energies, "frames_per_energy": frames_per_energy,
+                                                             "frame_size": frame_size, "chunk_size": chunk_size},
+           "frames_mib": common.nbytes_mib(ds.n_frames * frame_size ** 2 * 4), "variants": {}}
+    tmp = tempfile.mkdtemp(dir=tmpdir)
+    saved = stream.host_available_bytes
+    stream.host_available_bytes = lambda: 0  # files are read every step
+    try:
+        for src in sources:
+            data = ds
+            if src in ("raw", "gzip"):
+                path = os.path.join(tmp, f"{src}.cxi")
+                io.write_cxi(path, ds, compression=None if src == "raw" else "gzip", chunk_frames=16)
+                data = io.open_cxi(path)
+                t0 = time.perf_counter()
+                stream.load_frames(data.frames, chunk_size)
+                read_s = time.perf_counter() - t0
+            else:
+                read_s = None
+            mem = "device" if src == "device" else "stream"
+            solver, state, ctx = prepare_joint(data, dataclasses.replace(cfg, memory=mem))
+            holder = {"state": state}
+            t0 = time.perf_counter()
+            holder["state"], loss0 = solver.step(state)
+            jax.block_until_ready(loss0)
+            first = time.perf_counter() - t0
+
+            def call():
+                holder["state"], loss_v = solver.step(holder["state"])
+                return loss_v
+
+            t = common.time_compiled(call, min_time=min_time)
+            rec["n_chunks"], rec["chunk"] = ctx["memory"]["n_chunks"], ctx["memory"]["chunk"]
+            rec["variants"][src] = {"mode": ctx["memory"]["mode"], "first_step_s": first, "step_median_s": t["median_s"],
+                                    "step_cpu_median_s": t["cpu_median_s"], "reps": t["reps"], "loss_step1": float(loss0),
+                                    "read_all_frames_s": read_s, "loadavg": t["loadavg"]}
+            v = rec["variants"][src]
+            log(f"[stream] {case_id}: {src:>6} ({v['mode']}): {v['step_median_s'] * 1e3:8.1f} ms/step "
+                f"(CPU {v['step_cpu_median_s'] * 1e3:8.1f} ms), loss {v['loss_step1']:.6g}"
+                + (f", read all frames {read_s * 1e3:.1f} ms" if read_s is not None else ""))
+            del solver, state, holder
+            gc.collect()
+    finally:
+        stream.host_available_bytes = saved
+    return rec
+
+
+if __name__ == "__main__":  # python -m benchmarks.bench_joint [--out FILE.json]: streamed vs in-memory steps
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description="joint step: frames on the device vs streamed (host array, files)")
+    ap.add_argument("--out")
+    ap.add_argument("--large", action="store_true", help="also 1024 frames (K = 4, M = 64, chunks of 256)")
+    a = ap.parse_args()
+    recs = [stream_case("s256", 4, 64, 64, chunk_size=64)]
+    if a.large:
+        recs.append(stream_case("s1024", 4, 256, 64, chunk_size=256))
+    doc = {"environment": common.env_info(), "stream": recs}
+    text = json.dumps(doc, indent=1, default=float)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")

@@ -1,4 +1,4 @@
-"""The in-memory multi-energy ptychography dataset.
+"""The multi-energy ptychography dataset (frames in memory, or lazily in the CXI file).
 
 Frames of all energies live in one array with an energy index per frame, which keeps
 batching over (energy, frame) simple. Units: m for lengths, eV for energies,
@@ -22,6 +22,11 @@ class Dataset(eqx.Module):
 
     Attributes:
         frames: ``Float[Array, "frame M M"]`` photon counts, zero frequency at pixel (M/2, M/2).
+            Either an array (numpy/JAX; :func:`diffxas.io.read_cxi`) or a lazy read-only
+            array-like that stays in the file (:class:`diffxas.io.CxiFrames` from
+            :func:`diffxas.io.open_cxi`: ``shape``, ``read(start, stop)``, ``take(idx)``,
+            first-axis views; ``np.asarray(frames)`` reads them all). The selections below
+            keep a lazy source lazy.
         positions: ``Float[Array, "frame 2"]`` probe centre (x, y) on the object plane, m
             (= -CXI translation[:, :2]).
         energy_index: ``Int[Array, "frame"]`` index into ``energies`` of each frame.

@@ -209,12 +209,12 @@ def plan_memory(cfg, n_frames: int, n_chunks: int, chunk: int, n_energies: int, 
             origin = f"host memory ({source} loaded once: {_gib(host_frames)} <= half the available host memory)"
         else:
             origin = f"{source} (read every step: {_gib(host_frames)} > half the available host memory {_gib(avail)})"
+    chunks = f"{n_chunks} chunk{'s' if n_chunks != 1 else ''} of {chunk}"
     if mode == "stream":
-        line = (f"joint: streaming frames from {origin} in {n_chunks} chunks of {chunk} ({reason}; "
-                f"streaming needs ~{_gib(est['stream'])})")
+        line = f"joint: streaming frames from {origin} in {chunks} ({reason}; streaming needs ~{_gib(est['stream'])})"
     else:
         where = f"{n_shards} devices" if n_shards > 1 else "device"
-        line = f"joint: frames on {where}, {n_frames} frames in {n_chunks} chunks of {chunk} ({reason})"
+        line = f"joint: frames on {where}, {n_frames} frames in {chunks} ({reason})"
     msgs = [(logging.INFO, line)] + ([(logging.WARNING, warn)] if warn else [])
     plan = MemoryPlan(mode=mode, requested=cfg.memory, reason=reason, source=source, n_chunks=int(n_chunks),
                       chunk=int(chunk), n_shards=int(n_shards), frames_bytes=est["frames"], device_bytes=est["device"],
