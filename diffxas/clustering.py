@@ -31,6 +31,19 @@ Clusters are relabelled by increasing edge-energy centre (centres closer than
 0 is always the most reduced state and colours mean the same across runs and methods.
 Stability is the mean pairwise adjusted Rand index between the partitions obtained with
 ``seeds`` different random states.
+
+Assignment confidence (:func:`assignment_confidence`): when the maps carry standard-error
+maps (``ChemMaps.std``, written by the joint solver) for every clustering feature, each
+clustered pixel gets the probability that it belongs to its assigned cluster given its
+uncertainty: ``confidence_samples`` (256) Monte Carlo draws of its features from
+independent Gaussians with the per-pixel standard errors, each assigned to the nearest
+k-means centre in the same standardised space as the fit; the confidence is the fraction
+that lands on its own label. Approximations: the descriptors' errors are taken as
+independent (the std maps carry no covariances; PE/Delta-mu-t and Re[N_e^eff]/N_V both
+divide by the edge jump, so theirs are in fact correlated), Gaussian (delta method), the
+centres are held fixed (each averages many pixels), and the std maps describe the noise
+only, not a model/solver bias. Results without std maps for all features (e.g. the
+two-step path) get no confidence map.
 """
 
 from __future__ import annotations
@@ -69,6 +82,9 @@ class ClusterConfig:
         silhouette_samples: subsample size for silhouette scores.
         order_tolerance: edge-energy centres closer than this (eV) count as tied when
             labels are ordered; ties are ordered by the pre-edge centre.
+        confidence_samples: Monte Carlo draws per pixel for the assignment confidence
+            (:func:`assignment_confidence`; only when the maps carry std maps of every
+            feature); 0 disables it.
     """
 
     k: int | str = "auto"
@@ -82,6 +98,7 @@ class ClusterConfig:
     random_state: int = 0
     silhouette_samples: int = 2000
     order_tolerance: float = 0.1
+    confidence_samples: int = 256
 
     def __post_init__(self):
         k = self.k
@@ -120,6 +137,9 @@ class ClusterConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ConfigError(f"cluster {name} must be an integer >= 1, got {v!r}")
+        v = self.confidence_samples
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ConfigError(f"cluster confidence_samples must be an integer >= 0, got {v!r}")
         if self.k == "auto" and self.k_max < 2:
             raise ConfigError(f"k_max must be >= 2 for k='auto', got {self.k_max}")
         if not (float(self.order_tolerance) >= 0):
@@ -267,6 +287,46 @@ def cluster_attrs(clusters: dict) -> dict:
     return out
 
 
+def assignment_confidence(z: np.ndarray, z_std: np.ndarray, centers_z: np.ndarray, labels: np.ndarray,
+                          n_samples: int = 256, random_state: int = 0, max_elements: int = 1 << 22) -> np.ndarray:
+    """Probability that each pixel belongs to its assigned cluster, given its uncertainty.
+
+    Monte Carlo: ``n_samples`` draws per pixel from ``N(z, diag(z_std^2))`` (independent
+    Gaussians per feature), each draw assigned to the nearest of ``centers_z`` (Euclidean,
+    in the standardised space of the k-means fit, centres held fixed); the confidence is
+    the fraction of draws that land on the pixel's own label ``labels``.
+
+    Args:
+        z: (n, F) standardised features of the clustered pixels.
+        z_std: (n, F) their standard errors in the same standardised units (std / scale).
+        centers_z: (k, F) cluster centres in standardised units, indexed by label.
+        labels: (n,) assigned label of each pixel.
+        n_samples: draws per pixel; the Monte Carlo error is at most 0.5 / sqrt(n_samples).
+        random_state: seed (numpy ``default_rng``); the result depends only on the inputs.
+        max_elements: memory bound (array elements) of one vectorised chunk of pixels.
+
+    Returns (n,) float64 in [0, 1]; NaN where a feature or its std is not finite or the
+    std is negative.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    z_std = np.asarray(z_std, dtype=np.float64)
+    centers_z = np.asarray(centers_z, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    n, nf = z.shape
+    k = centers_z.shape[0]
+    out = np.full(n, np.nan)
+    ok = np.all(np.isfinite(z), axis=1) & np.all(np.isfinite(z_std) & (z_std >= 0), axis=1)
+    idx = np.flatnonzero(ok)
+    rng = np.random.default_rng(random_state)
+    chunk = max(1, int(max_elements) // (int(n_samples) * max(k, 1) * max(nf, 1)))
+    for start in range(0, idx.size, chunk):
+        ii = idx[start:start + chunk]
+        draws = z[ii, None, :] + z_std[ii, None, :] * rng.standard_normal((ii.size, n_samples, nf))  # (c, S, F)
+        d2 = np.sum((draws[:, :, None, :] - centers_z[None, None]) ** 2, axis=-1)  # (c, S, k)
+        out[ii] = np.mean(np.argmin(d2, axis=-1) == labels[ii, None], axis=1)
+    return out
+
+
 # --------------------------------------------------------------------------- core
 
 
@@ -283,6 +343,12 @@ def cluster_maps(maps: ChemMaps, config: ClusterConfig | None = None) -> dict[st
     * ``elbow_k``, ``elbow_inertia``, ``silhouette`` (k_max,) when k = "auto"
       (silhouette NaN at k = 1);
     * ``stability_ari`` (pairs,) pairwise ARIs of the stability study;
+    * ``confidence`` (H, W) float64, only when ``maps.std`` holds every feature: the
+      probability that the pixel belongs to its cluster given its standard errors
+      (:func:`assignment_confidence`), NaN where not clustered (or its std is not
+      finite); ``cluster_confidence`` (k,) its mean per cluster; attributes
+      ``confidence_mean`` (over the clustered pixels), ``confidence_mean_nv``
+      (N_V-weighted), ``confidence_samples``, ``confidence_model``;
     * scalar attributes (flat, next to the arrays, as :func:`diffxas.io.write_clusters`
       stores them): k, features (list of names), weight, nv_threshold (m^-2), min_nv_fraction, n_pixels,
       n_init, random_state, seeds, k_mode ("fixed"/"auto"), k_elbow, k_silhouette,
@@ -336,10 +402,14 @@ def cluster_maps(maps: ChemMaps, config: ClusterConfig | None = None) -> dict[st
     key_vals = np.where(np.isfinite(key_vals), key_vals, np.inf)
 
     partitions = []
+    centers_z = None
     for i in range(max(config.seeds, 1)):
         km = _kmeans(z, w, k, config.n_init, config.random_state + i)
-        lab, _ = _relabel(km.labels_.astype(np.int64), k, key_vals, w, config.order_tolerance)
+        lab, new_of_old = _relabel(km.labels_.astype(np.int64), k, key_vals, w, config.order_tolerance)
         partitions.append(lab)
+        if i == 0:  # the main fit's k-means centres, by new label
+            centers_z = np.empty_like(km.cluster_centers_, dtype=np.float64)
+            centers_z[new_of_old] = km.cluster_centers_
     lab = partitions[0]
     pairs = [adjusted_rand_score(a, b) for a, b in itertools.combinations(partitions, 2)]
     stability = float(np.mean(pairs)) if pairs else 1.0
@@ -365,6 +435,24 @@ def cluster_maps(maps: ChemMaps, config: ClusterConfig | None = None) -> dict[st
 
     labels = np.full(maps.shape, -1, dtype=np.int16)
     labels[sel] = lab.astype(np.int16)
+    std = maps.std or {}
+    if config.confidence_samples > 0 and all(f in std for f in feats):
+        s = np.stack([np.asarray(std[f], dtype=np.float64)[sel] for f in feats], axis=1)
+        conf = assignment_confidence(z, s / zs, centers_z, lab, n_samples=int(config.confidence_samples),
+                                     random_state=int(config.random_state))
+        cmap = np.full(maps.shape, np.nan)
+        cmap[sel] = conf
+        fin = np.isfinite(conf)
+        out["confidence"] = cmap
+        out["cluster_confidence"] = np.array([float(np.mean(conf[(lab == j) & fin])) if np.any((lab == j) & fin)
+                                              else np.nan for j in range(k)])
+        attrs.update(
+            confidence_mean=float(np.mean(conf[fin])) if fin.any() else float("nan"),
+            confidence_mean_nv=_weighted_mean(conf[fin], nv_all[fin]) if fin.any() else float("nan"),
+            confidence_samples=int(config.confidence_samples),
+            confidence_model="independent Gaussian per feature (std maps), centres fixed, nearest centre in the "
+                             "standardised k-means space",
+        )
     out.update(
         labels=labels,
         centers=centers,
@@ -431,17 +519,21 @@ def cluster_result(result: Result, config: ClusterConfig | None = None) -> dict[
 
 
 def write_cluster_csv(path: str | os.PathLike, clusters: dict) -> str:
-    """One row per cluster: label, pixel count, fractions, centre and spread of each feature."""
+    """One row per cluster: label, pixel count, fractions, centre and spread of each feature
+    (and the mean assignment confidence when the clusters have one)."""
     attrs = cluster_attrs(clusters)
     feats = attrs.get("features", [])
     centers = np.asarray(clusters["centers"])
     cstd = np.asarray(clusters.get("center_std", np.full_like(centers, np.nan)))
     fr = np.asarray(clusters["fractions"])
     counts = np.asarray(clusters.get("pixel_counts", np.full(len(fr), -1)))
+    cconf = np.asarray(clusters["cluster_confidence"], dtype=np.float64) if "cluster_confidence" in clusters else None
     header = ["cluster", "n_pixels", "nv_fraction"]
     for f in feats:
         unit = MAP_FIELDS.get(f, ("", ""))[0]
         header += [f"{f}_center [{unit}]", f"{f}_std [{unit}]"]
+    if cconf is not None:
+        header += ["mean_confidence"]
     path = os.fspath(path)
     with open(path, "w", newline="") as fh:
         wr = csv.writer(fh)
@@ -450,6 +542,8 @@ def write_cluster_csv(path: str | os.PathLike, clusters: dict) -> str:
             row = [j, int(counts[j]), f"{fr[j]:.6g}"]
             for c in range(len(feats)):
                 row += [f"{centers[j, c]:.8g}", f"{cstd[j, c]:.6g}"]
+            if cconf is not None:
+                row += [f"{cconf[j]:.4g}" if j < len(cconf) else "nan"]
             wr.writerow(row)
     return path
 
@@ -489,9 +583,18 @@ def format_clusters(clusters: dict) -> str:
         + f"); {a.get('n_pixels')} pixels clustered (n_v >= {a.get('nv_threshold', float('nan')):.3g} m^-2); "
         f"stability (mean pairwise ARI over {a.get('seeds')} seeds) = {a.get('stability', float('nan')):.3f}"
     ]
-    head = "cluster  N_V-frac  " + "  ".join(f"{f:>16s}" for f in feats)
+    has_conf = "cluster_confidence" in clusters
+    if has_conf:
+        lines.append(f"assignment confidence (Monte Carlo over the std maps, {a.get('confidence_samples')} draws per "
+                     f"pixel): mean {a.get('confidence_mean', float('nan')):.3f}, N_V-weighted "
+                     f"{a.get('confidence_mean_nv', float('nan')):.3f}")
+    else:
+        lines.append("assignment confidence: n/a (the maps carry no std maps of the features)")
+    head = "cluster  N_V-frac  " + "  ".join(f"{f:>16s}" for f in feats) + ("  confidence" if has_conf else "")
     lines.append(head)
     centers = np.asarray(clusters["centers"])
+    cc = np.asarray(clusters["cluster_confidence"], dtype=np.float64) if has_conf else None
     for j, fr in enumerate(np.asarray(clusters["fractions"])):
-        lines.append(f"{j:7d}  {fr:8.3f}  " + "  ".join(f"{centers[j, c]:16.6g}" for c in range(len(feats))))
+        lines.append(f"{j:7d}  {fr:8.3f}  " + "  ".join(f"{centers[j, c]:16.6g}" for c in range(len(feats)))
+                     + (f"  {cc[j]:10.3f}" if cc is not None and j < len(cc) else ""))
     return "\n".join(lines)

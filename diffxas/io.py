@@ -927,6 +927,13 @@ def _write_clusters_group(f: h5py.File, clusters: Mapping[str, Any], shape: tupl
             if labels.shape != tuple(shape):
                 raise ValueError(f"clusters labels have shape {labels.shape}, expected the map shape {shape}")
             g.create_dataset("labels", data=labels.astype(np.int16))
+        elif key == "confidence":
+            conf = np.asarray(value, dtype=np.float64)
+            if conf.shape != tuple(shape):
+                raise ValueError(f"clusters confidence has shape {conf.shape}, expected the map shape {shape}")
+            d = g.create_dataset("confidence", data=conf)
+            d.attrs["units"] = "1"
+            d.attrs["description"] = "probability that the pixel belongs to its cluster given its std maps; NaN = not clustered"
         elif key in ("centers", "fractions") or isinstance(value, np.ndarray) or (
                 hasattr(value, "__array__") and hasattr(value, "shape") and np.ndim(value) > 0):
             g.create_dataset(key, data=np.asarray(value))
@@ -939,8 +946,9 @@ def _read_clusters_group(path, g: h5py.Group, shape) -> dict[str, Any]:
     for key, obj in g.items():
         if isinstance(obj, h5py.Dataset):
             out[key] = _read(path, obj)
-    if "labels" in out and out["labels"].shape != tuple(shape):
-        raise _err(path, "/clusters/labels", f"shape {out['labels'].shape} differs from the map shape {tuple(shape)}")
+    for key in ("labels", "confidence"):
+        if key in out and out[key].shape != tuple(shape):
+            raise _err(path, f"/clusters/{key}", f"shape {out[key].shape} differs from the map shape {tuple(shape)}")
     out.update(_get_attrs(g))
     return out
 
@@ -1205,6 +1213,8 @@ def summarize_result(path) -> str:
             desc.append(f"features {', '.join(map(str, c['features']))}")
         if "fractions" in c:
             desc.append("fractions " + ", ".join(f"{x:.3f}" for x in np.asarray(c["fractions"], float).ravel()))
+        if "confidence_mean" in c:
+            desc.append(f"mean assignment confidence {float(c['confidence_mean']):.3f}")
         lines.append(f"  clusters:          {'; '.join(desc) or 'present'}")
     return "\n".join(lines)
 

@@ -11,6 +11,8 @@ renderer as PNG and PDF.
 * :func:`fig_clusters`: cluster map, per-cluster densities of each descriptor and
   N_V-weighted fractions (Fig. 3).
 * :func:`fig_elbow`: elbow (inertia) and silhouette curves of ``k = auto``.
+* :func:`fig_uncertainty`: standard-error maps of the three descriptors (``ChemMaps.std``,
+  written by the joint solver) and the clusters' assignment confidence, when present.
 * :func:`fig_frc`: Fourier ring correlation with thresholds.
 
 Several results are drawn side by side on common colour scales (2-98 percentiles of the
@@ -504,6 +506,129 @@ def fig_elbow(results: Sequence[Result], labels=None) -> Figure | None:
     return fig
 
 
+def _finite_median(a) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(np.median(a)) if a.size else float("nan")
+
+
+def has_uncertainty(result: Result) -> bool:
+    """True if the result carries std maps of the descriptors or a cluster confidence map."""
+    std = getattr(_maps_of(result), "std", None) or {}
+    cl = _clusters_of(result)
+    return any(f in std for f in DESCRIPTORS) or (cl is not None and "confidence" in cl)
+
+
+def _valid_crop(valid: np.ndarray, margin: int = 3) -> tuple[slice, slice]:
+    """Row and column slices of the bounding box of ``valid`` plus ``margin`` pixels (all if none)."""
+    rows = np.flatnonzero(valid.any(axis=1))
+    cols = np.flatnonzero(valid.any(axis=0))
+    if rows.size == 0:
+        return slice(None), slice(None)
+    ny, nx = valid.shape
+    return (slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, ny)),
+            slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, nx)))
+
+
+def _show_log(ax, img, extent, cmap, vmin, vmax, bad="white"):
+    from matplotlib.colors import LogNorm
+
+    cm = colormaps[cmap].with_extremes(bad=bad)
+    pos = np.where(np.asarray(img) > 0, img, np.nan)
+    im = ax.imshow(np.ma.masked_invalid(pos), origin="lower", extent=extent, cmap=cm,
+                   norm=LogNorm(vmin=vmin, vmax=vmax, clip=True), interpolation="nearest")
+    _image_axes(ax, extent)
+    add_scale_bar(ax, extent)
+    return im
+
+
+def fig_uncertainty(results: Sequence[Result], labels=None, fields: Sequence[str] = DESCRIPTORS) -> Figure | None:
+    """Standard-error maps of ``fields`` and the clusters' assignment confidence.
+
+    One row per result that has std maps (``ChemMaps.std``) or a ``/clusters/confidence``
+    map, cropped to its valid pixels; columns: sigma of each field on a logarithmic colour
+    scale (thin particle edges have errors ten times those of the core; common scale per
+    column, 2-98 % of the valid pixels of all rows) and the assignment confidence (0-1)
+    when any row has one. Panels a row lacks read "no std map" / "no cluster confidence".
+    None if no result has either.
+    """
+    labels = _labels_for(results, labels)
+    rows = []
+    for lab, r in zip(labels, results):
+        if not has_uncertainty(r):
+            continue
+        m = _maps_of(r)
+        valid = np.asarray(m.valid).astype(bool)
+        std = m.std or {}
+        sig = {f: np.where(valid, np.asarray(std[f], dtype=np.float64), np.nan) if f in std else None for f in fields}
+        cl = _clusters_of(r)
+        conf = np.asarray(cl["confidence"], dtype=np.float64) if cl is not None and "confidence" in cl else None
+        ys, xs = _valid_crop(valid | (np.isfinite(conf) if conf is not None else False))
+        n0 = np.arange(m.shape[0])[ys]
+        n1 = np.arange(m.shape[1])[xs]
+        origin = (m.origin[0] + n1[0] * m.pixel_size, m.origin[1] + n0[0] * m.pixel_size)
+        ext = _extent_um(m.pixel_size, origin, (n0.size, n1.size))
+        sig = {f: (v[ys, xs] if v is not None else None) for f, v in sig.items()}
+        rows.append((lab, ext, sig, conf[ys, xs] if conf is not None else None))
+    if not rows:
+        return None
+    with_conf = any(row[3] is not None for row in rows)
+    nc = len(fields) + (1 if with_conf else 0)
+    fig = Figure(figsize=(PANEL * nc + 1.2, PANEL * len(rows) + 0.5), layout="constrained")
+    axes = fig.subplots(len(rows), nc, squeeze=False)
+    for c, f in enumerate(fields):
+        pos = [np.where(row[2][f] > 0, row[2][f], np.nan) for row in rows if row[2][f] is not None]
+        vmin, vmax = robust_limits(pos)
+        if not (vmin > 0 and vmax > 0):
+            vmin, vmax = 1.0, 10.0
+        if vmax < 1.5 * vmin:  # (nearly) uniform sigma: a readable range
+            vmin, vmax = vmin / 1.5, vmax * 1.5
+        p = _power_scale(vmin, vmax)
+        sc = 10.0 ** -p
+        im = None
+        for i, (lab, ext, sig, _) in enumerate(rows):
+            ax = axes[i, c]
+            if sig[f] is None:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, "no std map", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+                continue
+            im = _show_log(ax, sig[f] * sc, ext, "magma", vmin * sc, vmax * sc)
+            med = _finite_median(sig[f])
+            unit = MAP_FIELDS.get(f, ("", ""))[0]
+            ax.set_title(f"{lab}\nσ {MAP_LABELS.get(f, f)}\nmedian {med:.3g}" + (f" {unit}" if unit != "1" else ""),
+                         fontsize=8)
+        if im is not None:
+            from matplotlib.ticker import NullFormatter, NullLocator
+
+            cb = fig.colorbar(im, ax=list(axes[:, c]), shrink=0.85, location="bottom",
+                              label="σ " + _unit_label(f, power=p) + ", log scale")
+            ticks = np.geomspace(vmin * sc, vmax * sc, 4)
+            cb.ax.xaxis.set_minor_locator(NullLocator())
+            cb.ax.xaxis.set_minor_formatter(NullFormatter())
+            cb.set_ticks(ticks, labels=[f"{t:.2g}" for t in ticks])
+    if with_conf:
+        c = len(fields)
+        im = None
+        for i, (lab, ext, _, conf) in enumerate(rows):
+            ax = axes[i, c]
+            if conf is None:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, "no cluster confidence", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+                continue
+            im = _show(ax, conf, ext, "RdYlGn", 0.0, 1.0)
+            ax.set_title(f"{lab}\nassignment confidence\nmean {_finite_mean(conf):.3f}", fontsize=8)
+        if im is not None:
+            fig.colorbar(im, ax=list(axes[:, c]), shrink=0.85, location="bottom",
+                         label="P(pixel in its cluster | σ maps)")
+    return fig
+
+
+def _finite_mean(a) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(np.mean(a)) if a.size else float("nan")
+
+
 def fig_frc(frc_results: Sequence[dict], labels=None) -> Figure:
     """FRC curves (from :func:`diffxas.evaluate.frc_maps`) with 1/7 and half-bit thresholds."""
     from .evaluate import threshold_curve
@@ -555,5 +680,7 @@ def plot_all(results: Sequence[Result], out_dir, labels=None, truth=None, format
     emit(fig_clusters(results, labels, truth_maps, truth.domain_names if truth is not None else None),
          "clusters", "cluster maps: no result has a /clusters group (run `diffxas cluster`)")
     emit(fig_elbow(results, labels), "elbow", "elbow/silhouette: no result was clustered with k = auto")
+    emit(fig_uncertainty(results, labels), "uncertainty",
+         "uncertainty maps: no result has std maps (the joint solver writes them) or a cluster confidence map")
     return written, notes
 

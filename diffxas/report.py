@@ -5,7 +5,9 @@ figures of :mod:`diffxas.plotting` (PNG and PDF) side by side on common colour s
 ``summary.md`` (inputs, clustering, and with a truth a metrics table, one row per
 result) and, with a truth, ``metrics.json`` (:func:`diffxas.evaluate.evaluate` per
 result). Optional groups may be missing: without ``/clusters`` the cluster figures are
-skipped and the summary says so; without history the timing columns read "n/a".
+skipped and the summary says so; without history the timing columns read "n/a";
+without std maps (``/maps/*_std``, written by the joint solver only) and a cluster
+confidence map the uncertainty figure is skipped and the summary says so.
 """
 
 from __future__ import annotations
@@ -65,7 +67,42 @@ def _cluster_section(label: str, r: Result) -> list[str]:
     for j in range(len(centers)):
         rows.append([str(j), _f(fr[j] if j < len(fr) else None, ".3f")]
                     + [_f(centers[j, c], ".6g") for c in range(min(len(feats), centers.shape[1]))])
+    if "confidence" in cl:
+        lines += [f"Assignment confidence (probability that a pixel belongs to its cluster given its std maps; "
+                  f"Monte Carlo, independent Gaussian errors per descriptor): mean {_f(a.get('confidence_mean'), '.3f')}, "
+                  f"N_V-weighted {_f(a.get('confidence_mean_nv'), '.3f')}.", ""]
+        cc = np.asarray(cl.get("cluster_confidence", np.full(len(centers), np.nan)), dtype=np.float64)
+        header.append("mean confidence")
+        rows = [row + [_f(cc[j] if j < len(cc) else None, ".3f")] for j, row in enumerate(rows)]
     return lines + _md_table(header, rows) + [""]
+
+
+def _uncertainty_section(labels: Sequence[str], results: Sequence[Result]) -> list[str]:
+    """Median standard error of each descriptor over the valid pixels, per result."""
+    from .maps import DESCRIPTORS
+
+    md = ["## Uncertainty", ""]
+    if not any(r.maps.std for r in results):
+        return md + ["No result carries standard-error maps (`/maps/*_std`; the joint solver writes them, the "
+                     "two-step path does not).", ""]
+    md += ["Median over the valid pixels of the per-pixel standard error (Fisher information of the joint model, "
+           "neighbours and probe held fixed; see docs/analysis.md, 'Uncertainty maps'). It describes the noise, not a "
+           "model or solver bias.", ""]
+    rows = []
+    for lab, r in zip(labels, results):
+        m = r.maps
+        valid = np.asarray(m.valid).astype(bool)
+        row = [lab]
+        for f in DESCRIPTORS:
+            if f in (m.std or {}):
+                v = np.asarray(m.std[f], dtype=np.float64)[valid]
+                v = v[np.isfinite(v)]
+                row.append(_f(np.median(v) if v.size else None, ".3g"))
+            else:
+                row.append("n/a")
+        rows.append(row)
+    md += _md_table(["result"] + [f"σ {f} ({MAP_FIELDS[f][0]})" for f in DESCRIPTORS], rows)
+    return md + [""]
 
 
 def report_results(results: Sequence[Result], out_dir, truth: Truth | None = None, labels=None,
@@ -137,6 +174,8 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
     for lab, r in zip(labels, results):
         md += _cluster_section(lab, r)
 
+    md += _uncertainty_section(labels, results)
+
     md += ["## Figures", ""]
     pngs = [p for p in written if p.endswith(".png")]
     captions = {
@@ -146,6 +185,9 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
         "cluster_spectra": "Mean XANES (edge-step normalised) and phase spectra per cluster.",
         "clusters": "Cluster maps, N_V-weighted densities of each descriptor per cluster, N_V-weighted fractions.",
         "elbow": "Elbow (within-cluster sum of squares) and silhouette score vs k.",
+        "uncertainty": "Standard-error maps of the descriptors (common colour scales per column; invalid pixels blank) "
+                       "and, for clustered results, the assignment confidence: the probability that a pixel belongs to "
+                       "its cluster given its standard errors.",
     }
     for p in pngs:
         stem = os.path.splitext(os.path.basename(p))[0]

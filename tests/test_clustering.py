@@ -1,10 +1,13 @@
 """Clustering of chemical-state maps: separable synthetic cases with known partitions."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from diffxas.clustering import ClusterConfig, cluster_maps, cluster_result, knee_point, robust_standardise, write_cluster_csv
+from diffxas.clustering import (ClusterConfig, cluster_maps, cluster_result, format_clusters, knee_point, robust_standardise,
+                                write_cluster_csv)
 from diffxas.errors import ConfigError
 from diffxas.maps import ChemMaps, Result
 
@@ -178,3 +181,84 @@ def test_cluster_result_mean_spectra_and_csv(tmp_path):
     p = write_cluster_csv(tmp_path / "c.csv", cl)
     rows = open(p).read().strip().splitlines()
     assert len(rows) == 5 and rows[0].startswith("cluster,n_pixels,nv_fraction,edge_energy_center [eV]")
+
+
+# --------------------------------------------------------------------------- assignment confidence
+
+
+def with_std(maps, scale=1.0):
+    """The maps with std maps of the three descriptors = scale x the synthetic noise NOISE."""
+    std = {k: np.where(np.asarray(maps.valid, bool), scale * NOISE[i], np.nan)
+           for i, k in enumerate(("edge_energy", "pre_edge_norm", "ne_eff_per_nv"))}
+    return dataclasses.replace(maps, std=std)
+
+
+def test_assignment_confidence_two_centres_closed_form():
+    # Reference: 1-D, centres -1 and +1, pixel at z0 with std s assigned to +1:
+    # P(draw > 0) = Phi(z0 / s). 20000 draws: Monte Carlo s.e. <= 0.0035; tolerance 0.012.
+    from scipy.stats import norm
+
+    from diffxas.clustering import assignment_confidence
+
+    z0 = np.array([0.3, 1.0, -0.2, 2.0])
+    s = np.array([0.5, 1.0, 0.4, 0.0])
+    lab = np.array([1, 1, 0, 1])
+    conf = assignment_confidence(z0[:, None], s[:, None], np.array([[-1.0], [1.0]]), lab, n_samples=20000)
+    expect = np.array([norm.cdf(0.6), norm.cdf(1.0), norm.cdf(0.5), 1.0])
+    np.testing.assert_allclose(conf, expect, atol=0.012)
+    # Seeded: the same inputs give the same numbers; a non-finite std gives NaN.
+    again = assignment_confidence(z0[:, None], s[:, None], np.array([[-1.0], [1.0]]), lab, n_samples=20000)
+    np.testing.assert_array_equal(conf, again)
+    s_bad = s.copy()
+    s_bad[1] = np.nan
+    c2 = assignment_confidence(z0[:, None], s_bad[:, None], np.array([[-1.0], [1.0]]), lab, n_samples=64)
+    assert np.isnan(c2[1]) and np.isfinite(c2[[0, 2, 3]]).all()
+
+
+def test_confidence_map_from_std_maps():
+    maps, truth = make_maps(n=40)
+    cfg = ClusterConfig(k=4, **FAST)
+    # Without std maps (the two-step path): no confidence, no error.
+    cl = cluster_maps(maps, cfg)
+    assert "confidence" not in cl and "confidence_mean" not in cl
+    assert "n/a" in format_clusters(cl)
+    # Std maps equal to the true noise: the states are ~7 noise widths apart in edge
+    # energy, so nearly every pixel is confidently assigned; NaN exactly where not clustered.
+    cl = cluster_maps(with_std(maps), cfg)
+    conf = cl["confidence"]
+    assert conf.shape == maps.shape
+    clustered = cl["labels"] >= 0
+    assert np.all(np.isnan(conf[~clustered])) and np.all(np.isfinite(conf[clustered]))
+    assert np.all((conf[clustered] >= 0) & (conf[clustered] <= 1))
+    assert cl["confidence_mean"] > 0.97 and cl["cluster_confidence"].shape == (4,)
+    assert "assignment confidence" in format_clusters(cl) and f"{cl['confidence_mean']:.3f}" in format_clusters(cl)
+    # Ten times the noise: assignments become uncertain (lower mean confidence).
+    big = cluster_maps(with_std(maps, 10.0), cfg)
+    np.testing.assert_array_equal(big["labels"], cl["labels"])  # std maps do not change the clustering
+    assert big["confidence_mean"] < 0.95
+    # A std map missing for one feature: no confidence; confidence_samples = 0 disables it.
+    part = dataclasses.replace(maps, std={"edge_energy": with_std(maps).std["edge_energy"]})
+    assert "confidence" not in cluster_maps(part, cfg)
+    assert "confidence" not in cluster_maps(with_std(maps), ClusterConfig(k=4, confidence_samples=0, **FAST))
+    with pytest.raises(ConfigError):
+        ClusterConfig(confidence_samples=-1)
+
+
+def test_confidence_round_trip_through_results_file(tmp_path):
+    io = pytest.importorskip("diffxas.io")
+    from diffxas.clustering import cluster_file
+
+    maps, _ = make_maps(n=32)
+    K = 3
+    res = Result(method="joint", maps=with_std(maps), energies=np.linspace(5460, 5500, K),
+                 absorption=np.zeros((K, 32, 32)), phase=np.zeros((K, 32, 32)),
+                 probes=np.ones((K, 8, 8), np.complex64), probe_pixel_size=np.full(K, 20e-9), history={}, config={})
+    path = tmp_path / "r.h5"
+    io.write_result(path, res)
+    cl = cluster_file(path, ClusterConfig(k=4, **FAST))
+    back = io.read_result(path).clusters
+    np.testing.assert_array_equal(back["confidence"], cl["confidence"])
+    np.testing.assert_allclose(back["cluster_confidence"], cl["cluster_confidence"])
+    assert back["confidence_mean"] == pytest.approx(cl["confidence_mean"])
+    assert "mean_confidence" in open(cl["csv_path"]).readline()
+    assert "assignment confidence" in io.summarize_result(path)

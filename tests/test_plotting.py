@@ -175,3 +175,51 @@ def test_file_entry_points(tmp_path, data):
     assert os.path.exists(m["json_path"]) and m["clusters"]["ari"] > 0.5
     written = report([str(rp)], tmp_path / "rep", truth_path=str(tp), formats=("png",))
     assert any(p.endswith("summary.md") for p in written)
+
+
+def _with_std(res, nan_field=None):
+    """The result with std maps of every map (1 % of the map value; edge energy 0.1 eV);
+    ``nan_field``'s std map all NaN (a degenerate case that must not warn)."""
+    m = res.maps
+    valid = np.asarray(m.valid, bool)
+    std = {}
+    for k in MAP_FIELDS:
+        v = np.abs(np.asarray(getattr(m, k), dtype=np.float64))
+        std[k] = np.where(valid, 0.1 if k == "edge_energy" else 0.01 * v, np.nan)
+    if nan_field is not None:
+        std[nan_field] = np.full(m.shape, np.nan)
+    return dataclasses.replace(res, maps=dataclasses.replace(m, std=std))
+
+
+def test_uncertainty_figure_and_report(tmp_path, data):
+    import warnings
+
+    from diffxas.plotting import fig_uncertainty, plot_all
+    from diffxas.report import report_results
+
+    truth, res, joint = data
+    joint_u = _with_std(joint, nan_field="ne_eff_per_nv")
+    joint_u.clusters = cluster_result(joint_u, ClusterConfig(k=4, n_init=3, seeds=2, confidence_samples=64))
+    assert "confidence" in joint_u.clusters and "confidence" not in res.clusters
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no all-NaN / empty-slice warnings from numpy or matplotlib
+        written, notes = plot_all([res, joint_u], tmp_path / "a", labels=["two-step", "joint"], formats=("png",))
+        fig = fig_uncertainty([joint_u])
+    assert fig is not None
+    names = {os.path.basename(p) for p in written}
+    assert "uncertainty.png" in names
+    _check(written)
+    # Without std maps and confidence: no figure, a note, no error.
+    assert fig_uncertainty([res]) is None
+    written, notes = plot_all([res], tmp_path / "b", formats=("png",))
+    assert "uncertainty.png" not in {os.path.basename(p) for p in written}
+    assert any("uncertainty" in n for n in notes)
+    # Report: confidence in the cluster section, a sigma table; a result without std reads n/a.
+    out = tmp_path / "rep"
+    report_results([res, joint_u], out, truth=truth, labels=["two-step", "joint"], formats=("png",))
+    md = open(out / "summary.md").read()
+    assert "Assignment confidence" in md and "mean confidence" in md and "## Uncertainty" in md
+    assert "uncertainty.png" in md
+    report_results([res], tmp_path / "rep2", formats=("png",))
+    md = open(tmp_path / "rep2" / "summary.md").read()
+    assert "No result carries standard-error maps" in md
