@@ -588,9 +588,138 @@ def _run_sweep(args) -> int:
     return sweep.main_cli(args)
 
 
+# ---- design-energies ----------------------------------------------------------------------
+def _add_design_energies(subparsers) -> None:
+    p = subparsers.add_parser(
+        "design-energies",
+        help="choose the N photon energies that minimise the predicted map errors",
+        description="Choose --budget energies from a candidate grid (--step eV over --range) that minimise the "
+                    "expected variance of the chemical-state descriptors (edge energy, PE/Delta-mu-t, "
+                    "Re[Ne]/N_V) for a sample model: the Cramer-Rao bound from the joint model's Fisher "
+                    "information, normalised A-optimality, greedy selection + exchange (see docs/design.md). "
+                    "The sample model is a preset's phantom (default small; geometry and dose from the preset, "
+                    "[simulate] of --config, --set) or the valid pixels of a results file (--from, e.g. a pilot "
+                    "scan). Prints the energies and the predicted errors of designed, uniform and seed-like "
+                    "sampling at the same N. Output by suffix: .toml = [simulate] energies (for simulate "
+                    "--config), .json = energies + full record, anything else = one energy per line (beamline).",
+        epilog="example: diffxas design-energies --budget 12 --preset small -o energies.toml",
+    )
+    p.add_argument("--budget", required=True, type=_positive_int, metavar="N", help="number of energies to choose")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", default=None, help="sample model: this simulation preset's phantom (default small)")
+    src.add_argument("--from", dest="from_result", default=None, metavar="RESULT.h5",
+                     help="sample model: the valid pixels of a results file (two-step or joint)")
+    p.add_argument("--seed", type=int, default=None, help="phantom seed of the preset (default 0)")
+    p.add_argument("--range", nargs=2, type=float, default=None, metavar=("E0", "E1"),
+                   help="candidate range in eV (default: the preset's or the result's energy range); E0 is always "
+                        "chosen (the reference energy of Re[Ne]/N_V)")
+    p.add_argument("--step", type=_positive_float, default=0.25, metavar="EV", help="candidate spacing, eV (default 0.25)")
+    p.add_argument("--dose", type=_positive_float, default=None, metavar="PHOTONS",
+                   help="preset: photons per frame (default the preset's); fluence = dose x pixel^2 / scan_step^2")
+    p.add_argument("--fluence", type=_positive_float, default=None, metavar="PHOTONS",
+                   help="photons per map pixel per energy (overrides the dose / the result's scan); only scales the "
+                        "predicted errors, not the design")
+    p.add_argument("--min-spacing", type=float, default=0.0, metavar="EV",
+                   help="minimum distance between chosen energies, eV (default 0: any distinct candidates)")
+    p.add_argument("--ridge", type=float, default=None, metavar="R",
+                   help="ridge prior relative to an average energy's information (default 1e-3)")
+    p.add_argument("--shifts", default=None, metavar="D1,D2,...",
+                   help="robust design: mean criterion over the sample model with its edge and pre-edge moved by each "
+                        "shift in eV (default -4,-2,0,2,4; 0 = the local design, see docs/design.md)")
+    p.add_argument("--no-exchange", action="store_true", help="greedy selection only (no exchange refinement)")
+    p.add_argument("--pixels", type=_positive_int, default=200, metavar="N",
+                   help="at most N sample-model pixels (evenly spaced; default 200)")
+    p.add_argument("--nv-fraction", type=float, default=0.25, metavar="F",
+                   help="sample-model pixels: N_V >= F x its maximum (default 0.25, the evaluation region)")
+    p.add_argument("--params", default=None, metavar="P1,P2,...",
+                   help="per-pixel parameters (default: the joint solver's per_pixel, or the result's)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="file to write: .toml ([simulate] energies), .json (full record) or text (one energy per line)")
+    _add_config_options(p, "simulate")
+    p.set_defaults(func=_run_design_energies)
+
+
+def _run_design_energies(args) -> int:
+    import math
+
+    from . import design
+    from .demo import check_output_path
+    from .errors import ConfigError, InputError
+
+    if not (0.0 < args.nv_fraction < 1.0):
+        raise ConfigError(f"--nv-fraction must be in (0, 1), got {args.nv_fraction}")
+    if not (args.min_spacing >= 0 and math.isfinite(args.min_spacing)):
+        raise ConfigError(f"--min-spacing must be >= 0 eV, got {args.min_spacing}")
+    ridge = design.DEFAULT_RIDGE if args.ridge is None else args.ridge
+    if not (ridge >= 0 and math.isfinite(ridge)):
+        raise ConfigError(f"--ridge must be >= 0, got {args.ridge}")
+    shifts = design.DEFAULT_SHIFTS
+    if args.shifts is not None:
+        try:
+            shifts = tuple(float(t) for t in args.shifts.split(",") if t.strip())
+        except ValueError:
+            raise ConfigError(f"--shifts: expected comma-separated numbers in eV, got {args.shifts!r}") from None
+        if not shifts or not all(math.isfinite(x) and abs(x) <= 50 for x in shifts):
+            raise ConfigError(f"--shifts: expected comma-separated shifts within +-50 eV, got {args.shifts!r}")
+    names = None
+    if args.params is not None:
+        names = [s.strip() for s in args.params.split(",") if s.strip()]
+    if args.range is not None and not (args.range[0] < args.range[1]):
+        raise ConfigError(f"--range needs E0 < E1, got {args.range[0]:g} {args.range[1]:g}")
+    if args.range is not None:
+        n_cand = design.candidate_grid(args.range[0], args.range[1], args.step).size
+        if args.budget > n_cand:
+            raise ConfigError(f"--budget {args.budget} exceeds the {n_cand} candidate energies of --range "
+                              f"{args.range[0]:g} {args.range[1]:g} at --step {args.step:g}")
+    inputs = []
+    if args.from_result is not None:
+        if args.seed is not None or args.dose is not None or args.config or args.overrides:
+            raise ConfigError("--seed, --dose, --config and --set describe a preset's sample; they do not apply "
+                              "with --from")
+        _require_file(args.from_result, "results file")
+        inputs = [args.from_result]
+    out = check_output_path(args.output, "energy list", inputs=inputs)
+    if args.from_result is not None:
+        from .io import read_result
+
+        e = read_result(args.from_result).energies
+        lo, hi = float(min(e)), float(max(e))
+        e_range = (lo, hi) if args.range is None else tuple(args.range)
+        if e_range[0] < lo - 1e-6 or e_range[1] > hi + 1e-6:
+            raise InputError(f"--range {e_range[0]:g} {e_range[1]:g} eV lies outside the energies of "
+                             f"{args.from_result} ({lo:g}..{hi:g} eV): its maps constrain the model only there")
+        model = design.sample_from_result(args.from_result, e_range=e_range, nv_fraction=args.nv_fraction,
+                                          max_pixels=args.pixels, names=names, fluence=args.fluence)
+    else:
+        from .config import sim_config
+
+        mapping = _config_mapping(args, "simulate")
+        sect = dict(mapping.get("simulate") or {})
+        if args.preset is not None:
+            sect["preset"] = args.preset
+        if args.seed is not None:
+            sect["seed"] = args.seed
+        if args.dose is not None:
+            sect["dose"] = args.dose
+        cfg = sim_config(sect)
+        e_range = (float(min(cfg.energies)), float(max(cfg.energies))) if args.range is None else tuple(args.range)
+        lo, hi = design.MODEL_RANGE
+        if e_range[0] < lo or e_range[1] > hi:
+            raise ConfigError(f"--range {e_range[0]:g} {e_range[1]:g} eV lies outside the V K-edge model's range "
+                              f"({lo:g}..{hi:g} eV)")
+        model = design.sample_from_preset(cfg, e_range=e_range, nv_fraction=args.nv_fraction, max_pixels=args.pixels,
+                                          names=names, fluence=args.fluence)
+    result = design.design_energies(model, args.budget, e_range, step=args.step, ridge=ridge,
+                                    min_spacing=args.min_spacing, exchange=not args.no_exchange, shifts=shifts)
+    print(design.format_design(result))
+    design.write_design(out, result)
+    print(f"wrote {out}")
+    return 0
+
+
 #: Subcommand registration functions, in the order shown by ``--help``.
 COMMANDS: list[Callable] = [_add_info, _add_simulate, _add_reconstruct, _add_cluster, _add_evaluate, _add_report,
-                            _add_demo, _add_sweep]
+                            _add_demo, _add_sweep, _add_design_energies]
 
 
 def build_parser() -> argparse.ArgumentParser:
