@@ -87,10 +87,21 @@ class Dataset(eqx.Module):
         dx0 = float(self.pixel_sizes().max())
         return grid_covering(np.asarray(self.positions), dx0, self.frame_size, margin_px=margin_px)
 
-    def energy_grids(self, common: Grid | None = None) -> list[Grid]:
-        """Each energy's natural grid, centred like ``common`` and covering at least its field."""
+    def energy_grids(self, common: Grid | None = None, same_shape: bool = False) -> list[Grid]:
+        """Each energy's natural grid, centred like ``common`` and covering at least its field.
+
+        ``same_shape=True``: all grids enlarged to the largest shape around the common
+        centre (the solvers batch energies, so they need one array shape).
+        """
         common = self.common_grid() if common is None else common
-        return [grid_like(common, float(d)) for d in self.pixel_sizes()]
+        gs = [grid_like(common, float(d)) for d in self.pixel_sizes()]
+        if not same_shape:
+            return gs
+        ny = max(g.shape[0] for g in gs)
+        nx = max(g.shape[1] for g in gs)
+        cx, cy = common.center
+        return [Grid(pixel_size=g.pixel_size, shape=(ny, nx),
+                     origin=(cx - 0.5 * (nx - 1) * g.pixel_size, cy - 0.5 * (ny - 1) * g.pixel_size)) for g in gs]
 
     def select_energies(self, idx) -> "Dataset":
         """A dataset with only the energies ``idx`` (indices into ``energies``), re-indexed."""

@@ -176,12 +176,7 @@ def reconstruction_grids(dataset: Dataset, common: Grid | None = None) -> tuple[
     around the common centre (needed to batch energies with ``vmap``).
     """
     common = dataset.common_grid() if common is None else common
-    gs = dataset.energy_grids(common)
-    ny = max(g.shape[0] for g in gs)
-    nx = max(g.shape[1] for g in gs)
-    cx, cy = common.center
-    out = [Grid(pixel_size=g.pixel_size, shape=(ny, nx),
-                origin=(cx - 0.5 * (nx - 1) * g.pixel_size, cy - 0.5 * (ny - 1) * g.pixel_size)) for g in gs]
+    out = dataset.energy_grids(common, same_shape=True)
     return common, out
 
 

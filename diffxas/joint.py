@@ -29,7 +29,7 @@ its per-energy complex transmission is absorbed into each energy's probe.
 
 Initialisation (``JointConfig.init``)
 -------------------------------------
-* ``"stxm"`` (default, cold start): the integrated counts of each frame over the
+* ``"stxm"`` (cold start): the integrated counts of each frame over the
   membrane-only frames give the probe-averaged transmission -> a low-resolution
   absorption stack (bright-field STXM) on the map grid; eq. 1 is fitted to it per pixel
   by variable projection (shape parameters from the mean particle spectrum, amplitudes by
@@ -240,13 +240,7 @@ def chunk_layout(n_frames: int, chunk: int, n_shards: int = 1) -> tuple[int, int
 
 def energy_grids(ds: Dataset, common: Grid) -> list[Grid]:
     """Each energy's grid (:meth:`Dataset.energy_grids`), padded to one shape keeping its centre."""
-    grids = ds.energy_grids(common)
-    shapes = {g.shape for g in grids}
-    if len(shapes) != 1:  # pad to one shape, keeping each grid's centre
-        ny = max(s[0] for s in shapes)
-        nx = max(s[1] for s in shapes)
-        grids = [Grid(pixel_size=g.pixel_size, shape=(ny, nx), origin=(g.center[0] - 0.5 * (nx - 1) * g.pixel_size, g.center[1] - 0.5 * (ny - 1) * g.pixel_size)) for g in grids]
-    return grids
+    return ds.energy_grids(common, same_shape=True)
 
 
 def _in_memory(frames) -> bool:
