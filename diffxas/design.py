@@ -87,8 +87,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -947,15 +945,7 @@ def write_design(path, design: Design) -> Path:
         text = json.dumps(design.to_dict(), indent=2, default=str) + "\n"
     else:
         text = "".join(f"{e:.2f}\n" for e in design.energies)
-    d = p.parent if str(p.parent) else Path(".")
-    d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .io import write_text_atomic
+
+    write_text_atomic(p, text)
     return p

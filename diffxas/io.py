@@ -210,7 +210,7 @@ def write_text_atomic(path, text: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
-        with open(tmp, "x", newline="") as fh:
+        with open(tmp, "x", newline="", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:
