@@ -469,6 +469,14 @@ def _select(path, n_entries: int, energies) -> list[int]:
     return idx
 
 
+def _chosen_entries(path, f, energies) -> tuple[list[_Entry], bool]:
+    """The validated entries selected by ``energies`` and whether they carry illumination
+    (the common start of :func:`read_cxi` and :func:`open_cxi`)."""
+    entries = _scan_cxi(path, f)
+    chosen = [entries[i] for i in _select(path, len(entries), energies)]
+    return chosen, _check_illumination_all_or_none(path, chosen)
+
+
 def _check_illumination_all_or_none(path, chosen: list[_Entry]) -> bool:
     flags = [en.has_illumination for en in chosen]
     if any(flags) and not all(flags):
@@ -563,9 +571,7 @@ def read_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
     """
     path = Path(path)
     with _open_h5(path) as f:
-        entries = _scan_cxi(path, f)
-        chosen = [entries[i] for i in _select(path, len(entries), energies)]
-        with_illum = _check_illumination_all_or_none(path, chosen)
+        chosen, with_illum = _chosen_entries(path, f, energies)
         m = chosen[0].frame_size
         n_total = sum(en.n_frames for en in chosen)
         frames = np.empty((n_total, m, m), dtype=np.float32)
@@ -751,9 +757,7 @@ def open_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
     """
     path = Path(path)
     with _open_h5(path) as f:
-        entries = _scan_cxi(path, f)
-        chosen = [entries[i] for i in _select(path, len(entries), energies)]
-        with_illum = _check_illumination_all_or_none(path, chosen)
+        chosen, with_illum = _chosen_entries(path, f, energies)
         m = chosen[0].frame_size
         positions, energy_index, masks, probes = [], [], [], []
         for k, en in enumerate(chosen):
