@@ -101,6 +101,13 @@ class JointConfig:
     # pre-edge peak positions/widths shared across pixels, as in the recommended two-step fit
     # (like-for-like; measured on small: PE/dmt RMSE 0.22 tied vs 0.34 free)
     per_pixel: tuple[str, ...] = ("a", "b1", "b2", "b3", "c11", "c21", "n_other")
+    # Spatial prior on the per-pixel maps: "none", or "tv" = total variation with weights
+    # from the noise level (the rule: docs/physics.md, "Spatial prior"; never from a truth).
+    # prior_strength c: TV threshold of c standard errors (0.5, chosen on noisy tiny; see
+    # docs/physics.md). tv_weight > 0 instead sets
+    # one explicit weight for every raw map, in units of the data loss (for sweeps).
+    prior: str = "tv"
+    prior_strength: float = 0.5
     tv_weight: float = 0.0
     init: str = "epie"
     init_result: str | None = None
@@ -138,7 +145,12 @@ class JointConfig:
             raise ConfigError("batch_size must be positive or None (full batch)")
         if self.chunk_size < 1:
             raise ConfigError("chunk_size must be positive")
-        for name in ("lr_amp", "lr_energy", "lr_probe", "lr_positions", "tv_weight"):
+        if self.prior not in ("none", "tv"):
+            raise ConfigError(f"prior must be 'none' or 'tv', got {self.prior!r}")
+        if self.prior == "tv" and self.tv_weight > 0:
+            raise ConfigError("set either prior='tv' (weights from the noise level) or tv_weight > 0 (one explicit weight), "
+                              "not both: add prior='none' to use tv_weight")
+        for name in ("lr_amp", "lr_energy", "lr_probe", "lr_positions", "tv_weight", "prior_strength"):
             if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be finite and >= 0")
         if self.lbfgs_steps < 0:
@@ -237,6 +249,9 @@ class Problem(eqx.Module):
     empty: jax.Array  # (H, W) 1 in the empty (membrane-only) reference region, else 0
     edge: VEdge
     scales: Scales
+    # per-parameter multipliers of the total variation of each raw map (ALL_PARAMS order);
+    # ones for an explicit tv_weight, the noise rule's weights for prior="tv"
+    tv_scale: jax.Array = eqx.field(default_factory=lambda: jnp.ones(len(ALL_PARAMS), jnp.float32))
 
 
 def chunk_layout(n_frames: int, chunk: int, n_shards: int = 1) -> tuple[int, int]:
@@ -374,10 +389,18 @@ def model_objects(params: JointParams, prob: Problem):
     return transmission(resample_stack(a, prob.ry, prob.rx), resample_stack(phi, prob.ry, prob.rx))
 
 
-def _tv(x):
-    dy = jnp.diff(x, axis=-2)
-    dx = jnp.diff(x, axis=-1)
-    return jnp.sum(jnp.sqrt(dy[..., :, :-1] ** 2 + dx[..., :-1, :] ** 2 + 1e-8))
+TV_EPS = 1e-8
+
+
+def _tv(x, mask):
+    """Isotropic total variation of ``x`` over ``mask``: a forward difference counts only
+    where both of its pixels are in the mask (no artificial jump at the mask's border)."""
+    m = mask.astype(x.dtype)
+    dy = jnp.diff(x, axis=-2) * (m[1:, :] * m[:-1, :])
+    dx = jnp.diff(x, axis=-1) * (m[:, 1:] * m[:, :-1])
+    # eps: smooth at zero (|step| << 1e-4 is quadratic: float32 noise between equal pixels
+    # gives no gradient kicks); far below any step that matters (raw units ~ 1e-2..1)
+    return jnp.sum(jnp.sqrt(dy[:, :-1] ** 2 + dx[:-1, :] ** 2 + TV_EPS))
 
 
 def model_objects_and_probes(params: JointParams, prob: Problem):
@@ -445,13 +468,63 @@ def total_loss(params, prob, idx, cfg_static):
 
 
 def regulariser(params: JointParams, prob: Problem):
-    """Total variation of the per-pixel raw maps over the illuminated area (unweighted)."""
+    """Total variation of each per-pixel raw map over the illuminated area, times its
+    per-parameter weight ``prob.tv_scale`` (the noise rule, :func:`prior_weights`)."""
     reg = 0.0
-    for k in ALL_PARAMS:
+    for i, k in enumerate(ALL_PARAMS):
         r = params.raw[k]
         if r.ndim == 2:
-            reg = reg + _tv(r * prob.illuminated)
+            reg = reg + prob.tv_scale[i] * _tv(r, prob.illuminated)
     return reg
+
+
+#: Data loss per unit of negative log-likelihood (the amplitude loss sum (sqrt I - sqrt n)^2
+#: is a Gaussian on sqrt(n) of variance 1/4, i.e. half the NLL; the Poisson loss is the NLL).
+LOSS_PER_NLL = {"amplitude": 0.5, "poisson": 1.0}
+
+
+def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VEdge) -> dict[str, dict[str, float]]:
+    r"""Total-variation weights of the per-pixel maps from the noise level (``prior="tv"``).
+
+    The rule (docs/physics.md, "Spatial prior"): near the solution the data term of pixel
+    p is ``(theta - theta_hat)^2 / (2 sigma^2)`` in NLL units, with ``sigma`` the
+    Cramer-Rao standard error of that pixel's parameter (:mod:`diffxas.uncertainty`,
+    evaluated at the initial maps and probes). Adding ``(c / sigma) TV(theta)`` makes each
+    map a Rudin-Osher-Fatemi denoising of the per-pixel estimate with threshold
+    ``lambda = c sigma``: a step between neighbours smaller than about one noise standard
+    error is flattened, larger ones (domain boundaries, particle rims) are kept. ``sigma``
+    is the median over the particles' pixels (illuminated, edge jump above
+    ``valid_jump_fraction``, outside the empty reference region) of each raw parameter's
+    marginal error, so the weight of every map follows from the measured counts alone;
+    ``c = prior_strength`` (default 0.5). Returns name -> {"sigma_raw", "weight"} (weight in
+    data-loss units); a parameter without any particle pixel of finite error (e.g. a
+    membrane-only scan) gets weight 0 and ``sigma_raw`` None: no prior, rather than a guess.
+    """
+    from .uncertainty import covariance, parameter_information
+
+    names = [k for k in ALL_PARAMS if k in cfg.per_pixel and params.raw[k].ndim == 2]
+    if not names:
+        return {}
+    info = np.asarray(eqx.filter_jit(object_information_joint)(params, prob))
+    keep = 1.0 - prob.empty
+    p = physical(params, prob.scales, keep)
+    cov = covariance(parameter_information(p, prob.energies, edge, info, names))
+    b1 = np.asarray(p.b1, np.float64)
+    ill = np.asarray(prob.illuminated, bool) & (np.asarray(prob.empty) < 0.5)
+    thr = cfg.valid_jump_fraction * (np.percentile(b1[ill], 99) if ill.any() else 0.0)
+    region = ill & (b1 > thr)
+    out = {}
+    for i, k in enumerate(names):
+        # d physical / d raw, elementwise (the transforms act pixel by pixel)
+        d = np.asarray(jax.grad(lambda r: jnp.sum(from_raw(k, r, prob.scales)))(params.raw[k]), np.float64)
+        s = np.sqrt(np.abs(cov[..., i, i])) / np.maximum(np.abs(d), 1e-30)
+        vals = s[region & np.isfinite(s) & (s > 0)]
+        if vals.size == 0:
+            out[k] = {"sigma_raw": None, "weight": 0.0}
+            continue
+        sig = float(np.median(vals))
+        out[k] = {"sigma_raw": sig, "weight": float(cfg.prior_strength * LOSS_PER_NLL[cfg.loss] / sig)}
+    return out
 
 
 # ----------------------------------------------------------------------------- optimiser
@@ -810,7 +883,14 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     n_frames = ds.n_frames
     bs = n_frames if cfg.batch_size is None else min(cfg.batch_size, n_frames)
     chunk = min(cfg.chunk_size, bs)
-    static = (cfg.loss, chunk, float(cfg.tv_weight), float(n_frames))
+    tv = float(cfg.tv_weight)
+    if cfg.prior == "tv":
+        pw = prior_weights(params, prob, cfg, edge)
+        init_info["prior_weights"] = pw
+        prob = eqx.tree_at(lambda p: p.tv_scale, prob,
+                           jnp.asarray([pw[k]["weight"] if k in pw else 0.0 for k in ALL_PARAMS], jnp.float32))
+        tv = 1.0 if any(v["weight"] > 0 for v in pw.values()) else 0.0
+    static = (cfg.loss, chunk, tv, float(n_frames))
     if plan.mode == "stream":
         solver = StreamSolver(prob, opt, static, batch=bs, n_frames=n_frames, seed=cfg.seed, frames=ds.frames,
                               host_cache=plan.host_cache)

@@ -27,8 +27,8 @@ A sweep file names a base configuration and the axes to vary::
     "simulate.seed" = [0, 1, 2]
     # a *linked* axis: a name without a dot whose values are tables of dotted overrides
     # (and an optional "label"), to change several keys together:
-    prior = [{label = "none", "joint.tv_weight" = 0.0},
-             {label = "tv", "joint.tv_weight" = 1e-3, "twostep.fit.smooth_sigma" = 1.0}]
+    prior = [{label = "none", "joint.prior" = "none"},
+             {label = "tv", "joint.prior" = "tv", "twostep.fit.smooth_sigma" = 1.0}]
 
     [[points]]                    # explicit extra points (dotted overrides of [base])
     "simulate.dose" = 1e7

@@ -152,3 +152,60 @@ def test_lbfgs_polish_lowers_the_loss(small3):
     np.testing.assert_array_equal(np.asarray(polished.params.probe_re), np.asarray(state.params.probe_re))
     with pytest.raises(ConfigError):
         joint.JointConfig(lbfgs_steps=-1)
+
+
+# ----------------------------------------------------------------------------- spatial prior
+
+
+def test_masked_tv_closed_form():
+    """Reference: closed form. A step of height h across columns of an 8 x 8 map has
+    isotropic TV = h x 7 (the 7 rows where both forward differences exist); a map that is
+    constant on a mask and zero outside has TV 0 over that mask (no jump at its border);
+    tolerance 1e-5 relative (the 1e-12 smoothing inside the square root)."""
+    h = 0.3
+    x = jnp.where(jnp.arange(8)[None, :] >= 4, h, 0.0) * jnp.ones((8, 8))
+    ones = jnp.ones((8, 8), bool)
+    eps = joint.TV_EPS
+    assert float(joint._tv(x, ones)) == pytest.approx(7 * np.sqrt(h * h + eps) + 42 * np.sqrt(eps), rel=1e-5)
+    left = jnp.arange(8)[None, :] < 4
+    assert float(joint._tv(x, jnp.broadcast_to(left, (8, 8)))) == pytest.approx(49 * np.sqrt(eps), abs=1e-6)
+    disc = (jnp.arange(8)[:, None] - 3.5) ** 2 + (jnp.arange(8)[None, :] - 3.5) ** 2 < 9
+    assert float(joint._tv(2.0 * disc, disc)) == pytest.approx(49 * np.sqrt(eps), abs=1e-6)
+
+
+def test_prior_config_validation():
+    with pytest.raises(ConfigError, match="prior"):
+        joint.JointConfig(prior="l1")
+    with pytest.raises(ConfigError, match="not both"):
+        joint.JointConfig(prior="tv", tv_weight=1.0)
+    with pytest.raises(ConfigError, match="prior_strength"):
+        joint.JointConfig(prior_strength=-1.0)
+
+
+def test_prior_weights_follow_the_noise_level(small3):
+    """The noise rule (weight = c * loss-per-NLL / sigma_CRB): four times the counts (frames x4,
+    probes x2, same noise pattern, hence identical initial maps) quadruples the Fisher
+    information, halves every sigma and doubles every weight (reference: that scaling,
+    tolerance 2e-3 relative, float32 information); prior_strength scales the weights
+    linearly; the Poisson loss (loss = NLL) gets twice the amplitude loss's weights."""
+    ds = small3.dataset
+    cfg = joint.JointConfig(steps=1, prior="tv", prior_strength=0.5)
+    _, _, ctx = joint.prepare_joint(ds, cfg)
+    w1 = ctx["init_info"]["prior_weights"]
+    assert set(w1) == set(cfg.per_pixel)
+    ds4 = dataclasses.replace(ds, frames=np.asarray(ds.frames) * 4.0, illumination=np.asarray(ds.illumination) * 2.0)
+    _, _, ctx4 = joint.prepare_joint(ds4, cfg)
+    w4 = ctx4["init_info"]["prior_weights"]
+    for k in w1:
+        assert w4[k]["weight"] == pytest.approx(2.0 * w1[k]["weight"], rel=2e-3), k
+        assert w4[k]["sigma_raw"] == pytest.approx(0.5 * w1[k]["sigma_raw"], rel=2e-3), k
+    solver, state, ctx2 = joint.prepare_joint(ds, dataclasses.replace(cfg, prior_strength=1.0, loss="poisson"))
+    w2 = ctx2["init_info"]["prior_weights"]
+    for k in w1:
+        assert w2[k]["weight"] == pytest.approx(4.0 * w1[k]["weight"], rel=1e-6), k
+    # the loss adds exactly sum_k w_k TV(raw_k) (multiplier 1) to the data term
+    reg = sum(w2[k]["weight"] * float(joint._tv(state.params.raw[k], solver.prob.illuminated)) for k in w2)
+    assert solver.static[2] == 1.0
+    assert float(joint.regulariser(state.params, solver.prob)) == pytest.approx(reg, rel=1e-5)
+    assert float(joint.total_loss(state.params, solver.prob, None, solver.static)) == pytest.approx(
+        float(joint.data_loss(state.params, solver.prob, None, "poisson", solver.static[1])) + reg, rel=1e-6)

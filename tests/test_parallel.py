@@ -84,7 +84,7 @@ SCRIPT = textwrap.dedent(r'''
     part = sys.argv[1]
     cases = {"full": [("full", None, 0.0, 3)], "minibatch": [("minibatch_tv", 37, 1.0, 2)]}[part]
     for name, bs, tv, steps in cases:
-        cfg = JointConfig(steps=10, chunk_size=40, probe_start=0, lr_positions=0.01, batch_size=bs, tv_weight=tv)
+        cfg = JointConfig(steps=10, chunk_size=40, probe_start=0, lr_positions=0.01, batch_size=bs, prior="none", tv_weight=tv)
         solver, state0, _ = prepare_joint(ds, cfg, n_shards=4)
         sh = parallel.shard_solver(solver, mesh)
         st = parallel.shard_state(state0, mesh)

@@ -49,7 +49,7 @@ def _array_leaves(tree):
 
 
 @pytest.mark.parametrize("kw", [
-    dict(loss="poisson", tv_weight=1e3, lr_positions=0.05),  # full batch, every gradient path
+    dict(loss="poisson", prior="none", tv_weight=1e3, lr_positions=0.05),  # full batch, every gradient path
     dict(batch_size=100, lr_positions=0.05),  # mini-batch: 2 chunks of 64, the last one padded
 ], ids=["full-tv-positions", "minibatch"])
 def test_streamed_step_equals_in_memory(cxi, kw, monkeypatch):

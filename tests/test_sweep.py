@@ -60,10 +60,10 @@ def test_expand_product_points_linked_axes_and_profiles():
         "sweep": {"name": "t"},
         "base": {"methods": ["joint", "twostep"], "simulate": {"preset": "tiny"}, "joint": {"steps": 10}},
         "axes": {"simulate.dose": [1e4, 1e5], "simulate.seed": [0, 1, 2],
-                 "prior": [{"label": "none", "joint.tv_weight": 0.0},
-                           {"label": "tv", "joint.tv_weight": 1e-3, "two-step.fit.smooth_sigma": 1.0}]},
+                 "prior": [{"label": "none", "joint.prior": "none"},
+                           {"label": "tv", "joint.prior": "none", "joint.tv_weight": 1e-3, "two-step.fit.smooth_sigma": 1.0}]},
         "points": [{"simulate.dose": 1e7, "label": "extra"}, {"simulate.dose": 1e4, "simulate.seed": 0,
-                                                               "joint.tv_weight": 0.0}],
+                                                               "joint.prior": "none"}],
         "profiles": {"quick": {"joint.steps": 2, "axes": {"simulate.seed": [0], "prior": []}}},
     }
     s = sweep.load_spec(spec)
