@@ -17,7 +17,9 @@ Parameterisation (trainable leaves are real and dimensionless, "natural units")
 * energies ``b2, c12, c22`` = ``mid + half * tanh(raw / half)`` in eV: bounded to the
   scanned range, ~identity (1 raw unit = 1 eV) inside it;
 * widths ``b3, c13, c23`` = ``w_min + softplus(raw)`` in eV (positive).
-Each parameter is per pixel or shared (a scalar) according to ``JointConfig.per_pixel``.
+Each parameter is per pixel (``JointConfig.per_pixel``), per domain (``per_domain``: one
+value per label of a domain map, e.g. the k-means clusters of a first pass, read from
+``JointConfig.domains``), or shared (a scalar).
 Adam normalises each element's step by its gradient RMS, i.e. it is a diagonal
 preconditioner; with the natural units above a learning rate means "eV per step" for
 energies and "fraction of the edge jump per step" for amplitudes, whatever the dose or
@@ -101,6 +103,12 @@ class JointConfig:
     # pre-edge peak positions/widths shared across pixels, as in the recommended two-step fit
     # (like-for-like; measured on small: PE/dmt RMSE 0.22 tied vs 0.34 free)
     per_pixel: tuple[str, ...] = ("a", "b1", "b2", "b3", "c11", "c21", "n_other")
+    # parameters with one value per domain (e.g. the pre-edge positions and widths per
+    # chemical domain), domains from the /clusters/labels of a results file on this
+    # dataset's map grid (a first pass clustered with `diffxas cluster`); pixels without a
+    # label share one extra value. Empty = none.
+    per_domain: tuple[str, ...] = ()
+    domains: str | None = None
     # Spatial prior on the per-pixel maps: "none", or "tv" = total variation with weights
     # from the noise level (the rule: docs/physics.md, "Spatial prior"; never from a truth).
     # prior_strength c: TV threshold of c standard errors (0.5, chosen on noisy tiny; see
@@ -137,6 +145,14 @@ class JointConfig:
         bad = sorted(set(self.per_pixel) - set(ALL_PARAMS))
         if bad:
             raise ConfigError(f"per_pixel names unknown parameters {bad}; known: {list(ALL_PARAMS)}")
+        bad = sorted(set(self.per_domain) - set(ALL_PARAMS))
+        if bad:
+            raise ConfigError(f"per_domain names unknown parameters {bad}; known: {list(ALL_PARAMS)}")
+        both = sorted(set(self.per_domain) & set(self.per_pixel))
+        if both:
+            raise ConfigError(f"parameters {both} are both per_pixel and per_domain; choose one")
+        if self.per_domain and not self.domains:
+            raise ConfigError("per_domain needs domains = a results file with /clusters/labels (run `diffxas cluster` on a first pass)")
         if self.init not in ("stxm", "flat", "result", "epie"):
             raise ConfigError(f"init must be 'stxm', 'epie', 'flat' or 'result', got {self.init!r}")
         if self.init == "result" and not self.init_result:
@@ -163,6 +179,7 @@ class JointConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["per_pixel"] = list(self.per_pixel)
+        d["per_domain"] = list(self.per_domain)
         return d
 
 
@@ -215,9 +232,13 @@ def from_raw(name: str, raw, sc: Scales):
     return WIDTH_MIN[name] + jax.nn.softplus(raw)
 
 
-def physical(params: JointParams, sc: Scales, keep=None) -> XanesParams:
-    """Physical parameters; amplitudes (a, b1, c11, c21, n_other) multiplied by ``keep`` (1 = sample, 0 = pinned empty)."""
-    out = {k: from_raw(k, params.raw[k], sc) for k in ALL_PARAMS}
+def physical(params: JointParams, sc: Scales, keep=None, domain=None) -> XanesParams:
+    """Physical parameters; amplitudes (a, b1, c11, c21, n_other) multiplied by ``keep`` (1 = sample, 0 = pinned empty).
+
+    Per-domain leaves (1-D, one value per domain) are spread over the map by ``domain``
+    (H, W) int, the domain index of every pixel.
+    """
+    out = {k: from_raw(k, params.raw[k] if params.raw[k].ndim != 1 else params.raw[k][domain], sc) for k in ALL_PARAMS}
     if keep is not None:
         for k in AMPLITUDES + ("n_other",):
             out[k] = out[k] * keep
@@ -252,6 +273,8 @@ class Problem(eqx.Module):
     # per-parameter multipliers of the total variation of each raw map (ALL_PARAMS order);
     # ones for an explicit tv_weight, the noise rule's weights for prior="tv"
     tv_scale: jax.Array = eqx.field(default_factory=lambda: jnp.ones(len(ALL_PARAMS), jnp.float32))
+    # (H, W) int32 domain index of every pixel for per-domain parameters (None: no domains)
+    domain: Any = None
 
 
 def chunk_layout(n_frames: int, chunk: int, n_shards: int = 1) -> tuple[int, int]:
@@ -379,7 +402,7 @@ def model_fields(params: JointParams, prob: Problem):
     degenerate with the probe's amplitude and phase (the membrane's transmission) and leaks
     into ``a`` and ``n_other`` inside the particles.
     """
-    p = physical(params, prob.scales, 1.0 - prob.empty)
+    p = physical(params, prob.scales, 1.0 - prob.empty, prob.domain)
     return absorption(p, prob.energies), phase(p, prob.energies, prob.edge)
 
 
@@ -507,7 +530,7 @@ def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
         return {}
     info = np.asarray(eqx.filter_jit(object_information_joint)(params, prob))
     keep = 1.0 - prob.empty
-    p = physical(params, prob.scales, keep)
+    p = physical(params, prob.scales, keep, prob.domain)
     cov = covariance(parameter_information(p, prob.energies, edge, info, names))
     b1 = np.asarray(p.b1, np.float64)
     ill = np.asarray(prob.illuminated, bool) & (np.asarray(prob.empty) < 0.5)
@@ -755,11 +778,34 @@ def _epie_refine(ds: Dataset, common: Grid, cfg: JointConfig, edge: VEdge, vals:
     return out, {"init": "epie", "init_epochs": cfg.init_epochs, "probes": probes}
 
 
-def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_frames: int) -> JointParams:
+def domain_index(path: str, shape: tuple[int, int]) -> tuple[np.ndarray, dict]:
+    """Domain index map (H, W) int from the /clusters/labels of results file ``path``:
+    labels 0..D-1 as they are, unlabelled pixels (-1) -> D (one extra shared value)."""
+    from .io import read_result, sha256_file
+
+    res = read_result(path)
+    if res.clusters is None or "labels" not in res.clusters:
+        raise ConfigError(f"{path}: no /clusters/labels to take the domains from; run `diffxas cluster {path}` first")
+    lab = np.asarray(res.clusters["labels"], np.int64)
+    if lab.shape != tuple(shape):
+        raise ConfigError(f"{path}: domain map {lab.shape} differs from this dataset's map grid {tuple(shape)}")
+    n = int(lab.max()) + 1 if (lab >= 0).any() else 0
+    idx = np.where(lab >= 0, lab, n)
+    return idx, {"file": str(path), "sha256": sha256_file(path), "n_domains": n, "unlabelled_pixels": int((lab < 0).sum())}
+
+
+def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_frames: int,
+                domain: np.ndarray | None = None) -> JointParams:
+    """Trainable leaves from physical starting maps: per-pixel maps as they are, per-domain
+    parameters as the median of each domain's pixels (all pixels' median for an empty
+    domain), shared ones as the median of the map."""
     raw = {}
     for k in ALL_PARAMS:
-        v = np.asarray(vals[k], np.float64)
-        if k not in cfg.per_pixel:
+        v = np.broadcast_to(np.asarray(vals[k], np.float64), np.shape(domain) if domain is not None else np.shape(vals[k]))
+        if k in cfg.per_domain:
+            n_dom = int(domain.max()) + 1
+            v = np.asarray([np.median(v[domain == d]) if np.any(domain == d) else np.median(v) for d in range(n_dom)])
+        elif k not in cfg.per_pixel:
             v = np.asarray(np.median(v))
         raw[k] = jnp.asarray(to_raw(k, v, sc), jnp.float32)
     p = jnp.asarray(probes, jnp.complex64)
@@ -877,7 +923,11 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
         if ds.illumination is None:
             raise ConfigError("the joint solver needs an initial probe: the data file has no illumination; warm-start from a two-step result (--init)")
         probes0 = np.asarray(ds.illumination)
-    params = make_params(vals, cfg, sc, probes0, ds.n_frames)
+    domain = None
+    if cfg.per_domain:
+        domain, init_info["domains"] = domain_index(cfg.domains, common.shape)
+        prob = eqx.tree_at(lambda p: p.domain, prob, jnp.asarray(domain, jnp.int32), is_leaf=lambda x: x is None)
+    params = make_params(vals, cfg, sc, probes0, ds.n_frames, domain)
     probe_scale = float(np.sqrt(np.mean(np.abs(probes0) ** 2)))
     opt = make_optimizer(params, cfg, probe_scale)
     n_frames = ds.n_frames
@@ -1026,7 +1076,7 @@ def map_std_joint(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
     run on 2 CPU cores, mostly compilation).
     """
     info = eqx.filter_jit(object_information_joint)(params, prob)
-    p = physical(params, prob.scales, 1.0 - prob.empty)
+    p = physical(params, prob.scales, 1.0 - prob.empty, prob.domain)
     names = [k for k in ALL_PARAMS if k in cfg.per_pixel]
     if not names:
         return {}
@@ -1035,7 +1085,7 @@ def map_std_joint(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
 
 def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, grids, cfg: JointConfig, edge: VEdge,
                 history, init_info, timing) -> Result:
-    p = physical(params, prob.scales, 1.0 - prob.empty)
+    p = physical(params, prob.scales, 1.0 - prob.empty, prob.domain)
     shape = common.shape
     full = {k: np.broadcast_to(np.asarray(getattr(p, k), np.float64), shape).copy() for k in ALL_PARAMS}
     e_ref = float(cfg.reference_energy) if cfg.reference_energy is not None else float(np.asarray(ds.energies)[0])

@@ -209,3 +209,62 @@ def test_prior_weights_follow_the_noise_level(small3):
     assert float(joint.regulariser(state.params, solver.prob)) == pytest.approx(reg, rel=1e-5)
     assert float(joint.total_loss(state.params, solver.prob, None, solver.static)) == pytest.approx(
         float(joint.data_loss(state.params, solver.prob, None, "poisson", solver.static[1])) + reg, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- per-domain parameters
+
+
+def test_per_domain_parameters(small3, tmp_path):
+    """Per-domain leaves: one value per domain of a /clusters/labels map (plus one for the
+    unlabelled pixels), spread over the map. Reference: the chain rule -- the gradient of
+    the loss w.r.t. a domain's value equals the sum over its pixels of the gradient w.r.t.
+    the same parameter made per pixel (same values), tolerance 1e-4 of the largest."""
+    import equinox as eqx
+
+    from diffxas import io
+
+    ds = small3.dataset
+    path = str(tmp_path / "pass1.h5")
+    io.write_result(path, joint.reconstruct_joint(ds, joint.JointConfig(steps=1, prior="none")))
+    shape = ds.common_grid().shape
+    lab = np.where(np.arange(shape[1])[None, :] < shape[1] // 2, 0, 1) * np.ones(shape, int)
+    lab[:, :3] = -1
+    io.write_clusters(path, {"labels": lab})
+    cfg = joint.JointConfig(steps=2, prior="none", per_domain=("c12", "c13"), domains=path)
+    solver, state, ctx = joint.prepare_joint(ds, cfg)
+    assert ctx["init_info"]["domains"]["n_domains"] == 2
+    assert state.params.raw["c12"].shape == (3,) and state.params.raw["b2"].ndim == 2
+    dom = np.asarray(solver.prob.domain)
+    np.testing.assert_array_equal(dom, np.where(lab >= 0, lab, 2))
+    p = joint.physical(state.params, solver.prob.scales, None, solver.prob.domain)
+    for d in range(3):
+        vals = np.asarray(p.c12)[dom == d]
+        assert np.ptp(vals) == 0.0
+    # chain rule against the per-pixel parameterisation at the same values
+    cfg_pp = joint.JointConfig(steps=2, prior="none", per_pixel=cfg.per_pixel + ("c12", "c13"))
+    solver_pp, state_pp, _ = joint.prepare_joint(ds, cfg_pp)
+    raw_pp = dict(state.params.raw, c12=state.params.raw["c12"][dom], c13=state.params.raw["c13"][dom])
+    params_pp = eqx.tree_at(lambda q: q.raw, state.params, raw_pp)
+    g_dom = eqx.filter_grad(joint.total_loss)(state.params, solver.prob, None, solver.static).raw
+    g_pix = eqx.filter_grad(joint.total_loss)(params_pp, solver_pp.prob, None, solver_pp.static).raw
+    for k in ("c12", "c13"):
+        ref = np.asarray([np.asarray(g_pix[k], np.float64)[dom == d].sum() for d in range(3)])
+        np.testing.assert_allclose(np.asarray(g_dom[k], np.float64), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+    res = joint.reconstruct_joint(ds, cfg)
+    assert res.config["init"]["domains"]["file"] == path
+    assert len(np.unique(res.maps.extra["c12"])) <= 3
+
+
+def test_per_domain_config_errors(small3, tmp_path):
+    with pytest.raises(ConfigError, match="both per_pixel and per_domain"):
+        joint.JointConfig(per_domain=("b2",), domains="x.h5")
+    with pytest.raises(ConfigError, match="needs domains"):
+        joint.JointConfig(per_domain=("c12",))
+    with pytest.raises(ConfigError, match="unknown"):
+        joint.JointConfig(per_domain=("zz",), domains="x.h5")
+    from diffxas import io
+
+    path = str(tmp_path / "nolabels.h5")
+    io.write_result(path, joint.reconstruct_joint(small3.dataset, joint.JointConfig(steps=1, prior="none")))
+    with pytest.raises(ConfigError, match="diffxas cluster"):
+        joint.prepare_joint(small3.dataset, joint.JointConfig(steps=1, per_domain=("c12",), domains=path))
