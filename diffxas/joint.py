@@ -98,6 +98,8 @@ class JointConfig:
     lr_energy: float = 0.25
     lr_probe: float = 0.01
     lr_positions: float = 0.0
+    # per-frame intensity scale (incident-flux fluctuations), log units per step; 0 = off
+    lr_scale: float = 0.0
     probe_start: int = 20
     shape_start: int | None = None
     # pre-edge peak positions/widths shared across pixels, as in the recommended two-step fit
@@ -166,7 +168,7 @@ class JointConfig:
         if self.prior == "tv" and self.tv_weight > 0:
             raise ConfigError("set either prior='tv' (weights from the noise level) or tv_weight > 0 (one explicit weight), "
                               "not both: add prior='none' to use tv_weight")
-        for name in ("lr_amp", "lr_energy", "lr_probe", "lr_positions", "tv_weight", "prior_strength"):
+        for name in ("lr_amp", "lr_energy", "lr_probe", "lr_positions", "lr_scale", "tv_weight", "prior_strength"):
             if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be finite and >= 0")
         if self.lbfgs_steps < 0:
@@ -202,6 +204,7 @@ class JointParams(eqx.Module):
     probe_re: jax.Array  # (K, M, M)
     probe_im: jax.Array
     dpos: jax.Array  # (F, 2) position corrections, pixels of each frame's energy grid (row, col)
+    dscale: jax.Array  # (F,) log intensity scale of each frame (gauge: mean 0 per energy, see frame_nuisances)
 
 
 def _softplus_inv(y):
@@ -275,6 +278,8 @@ class Problem(eqx.Module):
     tv_scale: jax.Array = eqx.field(default_factory=lambda: jnp.ones(len(ALL_PARAMS), jnp.float32))
     # (H, W) int32 domain index of every pixel for per-domain parameters (None: no domains)
     domain: Any = None
+    # (F,) energy index of every frame in the dataset's order (gauge of the frame scales)
+    frame_energy: Any = None
 
 
 def chunk_layout(n_frames: int, chunk: int, n_shards: int = 1) -> tuple[int, int]:
@@ -386,7 +391,7 @@ def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, co
                    energies=jnp.asarray(ds.energies, jnp.float32), ry=jnp.asarray(np.stack(ry), jnp.float32),
                    rx=jnp.asarray(np.stack(rx), jnp.float32), illuminated=jnp.asarray(illuminated),
                    empty=jnp.zeros(common.shape, jnp.float32), edge=edge,
-                   scales=scales)
+                   scales=scales, frame_energy=jnp.asarray(ei, jnp.int32))
     return prob, common, grids
 
 
@@ -426,24 +431,39 @@ def _tv(x, mask):
     return jnp.sum(jnp.sqrt(dy[:, :-1] ** 2 + dx[:-1, :] ** 2 + TV_EPS))
 
 
+def frame_nuisances(params: JointParams, prob: Problem):
+    """Per-frame nuisances ``(dpos (F, 2), log scale (F,))``. The log scales have their mean
+    over each energy's frames removed: a common factor of one energy's frames is the same
+    thing as its probe's amplitude, so without this gauge it would drift freely."""
+    s = params.dscale
+    if prob.frame_energy is None:
+        return params.dpos, s
+    k = prob.energies.shape[0]
+    tot = jax.ops.segment_sum(s, prob.frame_energy, k)
+    cnt = jax.ops.segment_sum(jnp.ones_like(s), prob.frame_energy, k)
+    return params.dpos, s - (tot / jnp.maximum(cnt, 1.0))[prob.frame_energy]
+
+
 def model_objects_and_probes(params: JointParams, prob: Problem):
-    """(objects (K, N, N), fft2 of the probes (K, M, M)): everything the per-frame loss needs
-    from the maps and probes (the streaming step pulls its gradient back through this)."""
-    return model_objects(params, prob), jnp.fft.fft2(params.probe_re + 1j * params.probe_im)
+    """(objects (K, N, N), fft2 of the probes (K, M, M), frame nuisances): everything the
+    per-frame loss needs from the parameters (the streaming step pulls its gradient back
+    through this)."""
+    return model_objects(params, prob), jnp.fft.fft2(params.probe_re + 1j * params.probe_im), frame_nuisances(params, prob)
 
 
-def chunk_loss(obj, phat, dpos, weight, lf, frames, fid, k, corner, frac):
+def chunk_loss(obj, phat, nuis, weight, lf, frames, fid, k, corner, frac):
     """Data loss of one chunk of frames (``fid`` -1 = padding, weight 0); frames with zero
-    frequency at (0, 0)."""
+    frequency at (0, 0); ``nuis`` = (position corrections, log intensity scales) of all frames."""
+    dpos, lsc = nuis
     ok = fid >= 0
     j = jnp.where(ok, fid, 0)
-    inten = intensities(obj, phat, k, corner, frac + dpos[j], centered=False)
+    inten = intensities(obj, phat, k, corner, frac + dpos[j], centered=False) * jnp.exp(lsc[j])[:, None, None]
     w = weight[k] * ok[:, None, None]
     return lf(inten, frames, w)
 
 
-def _frames_loss(params: JointParams, prob: Problem, obj, phat, lf, frames, fid, k, corner, frac):
-    return chunk_loss(obj, phat, params.dpos, prob.weight, lf, frames, fid, k, corner, frac)
+def _frames_loss(params: JointParams, prob: Problem, obj, phat, nuis, lf, frames, fid, k, corner, frac):
+    return chunk_loss(obj, phat, nuis, prob.weight, lf, frames, fid, k, corner, frac)
 
 
 def data_loss(params: JointParams, prob: Problem, idx: jax.Array | None, loss_name: str, chunk: int):
@@ -452,7 +472,7 @@ def data_loss(params: JointParams, prob: Problem, idx: jax.Array | None, loss_na
     Each chunk is rematerialised in the backward pass, so memory holds one chunk of
     exit waves at a time.
     """
-    obj, phat = model_objects_and_probes(params, prob)
+    obj, phat, nuis = model_objects_and_probes(params, prob)
     lf = loss_fn(loss_name)
     flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
     if idx is None:
@@ -467,7 +487,7 @@ def data_loss(params: JointParams, prob: Problem, idx: jax.Array | None, loss_na
         xs = (sel(prob.frames), fid, sel(prob.energy_index), sel(prob.corner), sel(prob.frac))
 
     def one_chunk(x):
-        return _frames_loss(params, prob, obj, phat, lf, *x)
+        return _frames_loss(params, prob, obj, phat, nuis, lf, *x)
 
     if xs[0].shape[0] == 1:  # one chunk: no scan, no rematerialisation
         return one_chunk(tuple(x[0] for x in xs))
@@ -555,7 +575,7 @@ def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
 
 def _labels(params: JointParams, cfg: JointConfig):
     raw_labels = {k: ("amp" if k in AMPLITUDES + ("n_other",) else "energy") for k in params.raw}
-    return JointParams(raw=raw_labels, probe_re="probe", probe_im="probe", dpos="pos")
+    return JointParams(raw=raw_labels, probe_re="probe", probe_im="probe", dpos="pos", dscale="scale")
 
 
 def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
@@ -572,11 +592,18 @@ def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
     def energy_sched(step):
         return jnp.where(step >= shape_start, sched(cfg.lr_energy)(step), 0.0)
 
+    # frame scales move in the second half only: earlier they would absorb the mismatch of
+    # maps that are still far off (measured on noise-free tiny with 10 % flux jitter: freed
+    # from step 0 the scales' correlation with the truth was ~0 after 60 steps)
+    def scale_sched(step):
+        return jnp.where(step >= cfg.steps // 2, sched(cfg.lr_scale)(step), 0.0)
+
     tx = {
         "amp": optax.adam(sched(cfg.lr_amp)),
         "energy": optax.adam(energy_sched),
         "probe": optax.adam(probe_sched),
         "pos": optax.adam(sched(cfg.lr_positions)) if cfg.lr_positions > 0 else optax.set_to_zero(),
+        "scale": optax.adam(scale_sched) if cfg.lr_scale > 0 else optax.set_to_zero(),
     }
     return optax.multi_transform(tx, _labels(params, cfg))
 
@@ -809,7 +836,8 @@ def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_
             v = np.asarray(np.median(v))
         raw[k] = jnp.asarray(to_raw(k, v, sc), jnp.float32)
     p = jnp.asarray(probes, jnp.complex64)
-    return JointParams(raw=raw, probe_re=jnp.real(p), probe_im=jnp.imag(p), dpos=jnp.zeros((n_frames, 2), jnp.float32))
+    return JointParams(raw=raw, probe_re=jnp.real(p), probe_im=jnp.imag(p), dpos=jnp.zeros((n_frames, 2), jnp.float32),
+                       dscale=jnp.zeros((n_frames,), jnp.float32))
 
 
 # ----------------------------------------------------------------------------- state / step
@@ -1069,6 +1097,10 @@ def map_std_joint(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
     """Standard-error maps (``/maps/*_std``) of the joint model's maps: Fisher information of
     the per-pixel parameters (``cfg.per_pixel``) with the probes, the positions, the shared
     parameters and the neighbouring pixels held fixed (:mod:`diffxas.uncertainty`).
+    Per-domain parameters and the per-frame scales are held fixed too. The spatial prior
+    is not in it: these are the errors of the per-pixel likelihood, an upper bound for the
+    prior-regularised maps (measured on noisy ``tiny``, default TV prior: the scatter
+    between two noise realisations is 0.4-0.9 of them).
 
     Computed at every run: one pass over the frames with two FFTs each (a step costs
     about four per frame, a run hundreds of steps), so there is no option to skip it;

@@ -83,6 +83,8 @@ class SimConfig:
     scan_width: float = 1.5e-6
     jitter: float = 0.15
     position_error: float = 0.0
+    #: relative RMS of the incident flux per frame (beam-intensity fluctuations; 0 = none)
+    flux_jitter: float = 0.0
     dose: float = 1e6
     bad_pixel_fraction: float = 1e-3
     oversample: int = 2
@@ -114,6 +116,8 @@ class SimConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.dose > 0:
             raise ConfigError(f"dose must be positive (photons per frame), got {self.dose}")
+        if not (0.0 <= self.flux_jitter < 0.5):
+            raise ConfigError(f"flux_jitter must be in [0, 0.5) (relative RMS per frame), got {self.flux_jitter}")
         if self.oversample < 1 or self.truth_oversample < 1:
             raise ConfigError("oversample factors must be >= 1")
 
@@ -322,6 +326,7 @@ class Simulation:
     true_positions: np.ndarray
     true_probes: np.ndarray
     sampling_grids: list  # the (oversampled) grid each energy was simulated on
+    true_scales: np.ndarray | None = None  # (F,) incident-flux factor of each frame (flux_jitter), None = all 1
 
 
 def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
@@ -355,6 +360,9 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
     bad = rng.random((M, M)) < cfg.bad_pixel_fraction
     bad[M // 2, M // 2] = False
     mask[bad] = 0.0
+    # per-frame flux factors from their own stream, so flux_jitter = 0 leaves every other draw as it was
+    flux = (np.clip(1.0 + np.random.default_rng([cfg.seed, 15485863]).normal(0.0, cfg.flux_jitter, len(frames)), 0.05, None)
+            if cfg.flux_jitter > 0 else None)
 
     @jax.jit
     def frames_of(obj, probe_hat, corner, frac):
@@ -389,6 +397,8 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
         inten = np.asarray(frames_of(obj, jnp.fft.fft2(jnp.asarray(probe_os)), jnp.asarray(corner), jnp.asarray(frac)))
         sl = slice(k * n_pos, (k + 1) * n_pos)
         inten = np.maximum(inten, 0.0)
+        if flux is not None:
+            inten = inten * flux[sl, None, None]
         frames[sl] = (noise_rng.poisson(inten).astype(np.float32) if cfg.noise else inten.astype(np.float32)) * mask
         grids.append(grid)
         positions[sl] = nominal
@@ -400,7 +410,7 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
                  detector_pixel=float(cfg.detector_pixel))
     truth = make_truth(ph, cfg, ds, edge)
     return Simulation(dataset=ds, truth=truth, config=cfg, true_positions=true_pos, true_probes=true_probes,
-                      sampling_grids=grids)
+                      sampling_grids=grids, true_scales=flux)
 
 
 def make_truth(ph: Phantom, cfg: SimConfig, ds: Dataset, edge: VEdge) -> Truth:

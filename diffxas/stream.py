@@ -228,29 +228,30 @@ def plan_memory(cfg, n_frames: int, n_chunks: int, chunk: int, n_energies: int, 
 # ----------------------------------------------------------------------------- the streamed step
 
 
-def _chunk_value_and_grads(obj, phat, dpos, weight, frames, fid, k, corner, frac, loss_name):
+def _chunk_value_and_grads(obj, phat, nuis, weight, frames, fid, k, corner, frac, loss_name):
     from .joint import chunk_loss
 
     lf = loss_fn(loss_name)
     fr = jnp.fft.ifftshift(frames, axes=(-2, -1))  # zero frequency at (0, 0), as in the device layout
-    val, vjp = jax.vjp(lambda o, p, d: chunk_loss(o, p, d, weight, lf, fr, fid, k, corner, frac), obj, phat, dpos)
+    val, vjp = jax.vjp(lambda o, p, d: chunk_loss(o, p, d, weight, lf, fr, fid, k, corner, frac), obj, phat, nuis)
     return val, vjp(jnp.ones_like(val))
 
 
 @partial(jax.jit, static_argnames=("loss_name",), donate_argnums=(0,))
-def _accumulate(acc, obj, phat, dpos, weight, frames, fid, k, corner, frac, *, loss_name):
-    """``acc + (loss, d/d obj, d/d phat, d/d dpos)`` of one chunk (``acc`` donated); also the
-    chunk's loss on its own (not donated: the host waits on it to bound the frames in flight)."""
-    val, (go, gp, gd) = _chunk_value_and_grads(obj, phat, dpos, weight, frames, fid, k, corner, frac, loss_name)
-    return (acc[0] + val, acc[1] + go, acc[2] + gp, acc[3] + gd), val
+def _accumulate(acc, obj, phat, nuis, weight, frames, fid, k, corner, frac, *, loss_name):
+    """``acc + (loss, d/d obj, d/d phat, d/d frame nuisances)`` of one chunk (``acc`` donated);
+    also the chunk's loss on its own (not donated: the host waits on it to bound the frames
+    in flight)."""
+    val, (go, gp, gd) = _chunk_value_and_grads(obj, phat, nuis, weight, frames, fid, k, corner, frac, loss_name)
+    return (acc[0] + val, acc[1] + go, acc[2] + gp, jax.tree.map(jnp.add, acc[3], gd)), val
 
 
 @partial(jax.jit, static_argnames=("loss_name",))
-def _chunk_value(obj, phat, dpos, weight, frames, fid, k, corner, frac, *, loss_name):
+def _chunk_value(obj, phat, nuis, weight, frames, fid, k, corner, frac, *, loss_name):
     from .joint import chunk_loss
 
     fr = jnp.fft.ifftshift(frames, axes=(-2, -1))
-    return chunk_loss(obj, phat, dpos, weight, loss_fn(loss_name), fr, fid, k, corner, frac)
+    return chunk_loss(obj, phat, nuis, weight, loss_fn(loss_name), fr, fid, k, corner, frac)
 
 
 def load_frames(frames, block: int = 256) -> np.ndarray:
@@ -274,19 +275,18 @@ class _Core(eqx.Module):
     def begin(self, params):
         from .joint import model_objects_and_probes
 
-        obj, phat = model_objects_and_probes(params, self.prob)
-        acc = (jnp.zeros((), jnp.float32), jnp.zeros_like(obj), jnp.zeros_like(phat), jnp.zeros_like(params.dpos))
-        return obj, phat, acc
+        obj, phat, nuis = model_objects_and_probes(params, self.prob)
+        acc = (jnp.zeros((), jnp.float32), jnp.zeros_like(obj), jnp.zeros_like(phat), jax.tree.map(jnp.zeros_like, nuis))
+        return obj, phat, nuis, acc
 
     @eqx.filter_jit
     def finish(self, state, acc, scale):
         from .joint import JointState, model_objects_and_probes, regulariser
 
-        data, g_obj, g_phat, g_dpos = acc
+        data, g_obj, g_phat, g_nuis = acc
         params = state.params
         _, vjp = jax.vjp(lambda p: model_objects_and_probes(p, self.prob), params)
-        (grads,) = vjp((g_obj, g_phat))
-        grads = eqx.tree_at(lambda g: g.dpos, grads, grads.dpos + g_dpos)
+        (grads,) = vjp((g_obj, g_phat, g_nuis))
         grads = jax.tree.map(lambda g: g * scale, grads)
         loss = data * scale
         if self.tv_weight > 0:
@@ -400,11 +400,11 @@ class StreamSolver:
         loss_name = self.static[0]
         step = None if self.batch == self.n_frames else int(state.step)
         plans, scale = self._plans(step)
-        obj, phat, acc = self._core.begin(state.params)
-        dpos, weight = state.params.dpos, self.prob.weight
+        obj, phat, nuis, acc = self._core.begin(state.params)
+        weight = self.prob.weight
         prev = None
         for x in self._chunks(plans):
-            acc, val = _accumulate(acc, obj, phat, dpos, weight, *x, loss_name=loss_name)
+            acc, val = _accumulate(acc, obj, phat, nuis, weight, *x, loss_name=loss_name)
             if prev is not None:  # at most two chunks computing/queued on the device
                 prev.block_until_ready()
             prev = val
@@ -412,9 +412,9 @@ class StreamSolver:
 
     def loss(self, params) -> jax.Array:
         """Full-batch total loss (as :meth:`JointSolver.loss`), streamed."""
-        obj, phat = self._core.objects(params)
+        obj, phat, nuis = self._core.objects(params)
         plans, _ = self._plans(None)
         total = jnp.zeros((), jnp.float32)
         for x in self._chunks(plans):
-            total = total + _chunk_value(obj, phat, params.dpos, self.prob.weight, *x, loss_name=self.static[0])
+            total = total + _chunk_value(obj, phat, nuis, self.prob.weight, *x, loss_name=self.static[0])
         return self._core.total(params, total)

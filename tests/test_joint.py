@@ -52,8 +52,9 @@ def test_raw_transforms_round_trip():
 
 def test_gradients_through_full_chain(small3):
     """check_grads (finite differences, order 1, reverse mode, float64) of the total loss
-    w.r.t. per-pixel edge energy, edge jump, composition and the probe: the whole
-    parameter -> transmission -> resampling -> patch -> far field -> intensity -> loss chain."""
+    w.r.t. per-pixel edge energy, edge jump, composition, the probe and the per-frame
+    intensity scales: the whole parameter -> transmission -> resampling -> patch -> far
+    field -> intensity -> loss chain, with the default spatial prior."""
     ds = small3.dataset.select_energies([0, 1, 2])
     solver, state, _ = joint.prepare_joint(ds, joint.JointConfig(steps=1, chunk_size=64))
     with jax.enable_x64(True):
@@ -62,12 +63,13 @@ def test_gradients_through_full_chain(small3):
 
         names = ("b2", "b1", "n_other", "c11")
 
-        def f(b2, b1, n_other, c11, probe_re):
+        def f(b2, b1, n_other, c11, probe_re, dscale):
             raw = dict(p64.raw, b2=b2, b1=b1, n_other=n_other, c11=c11)
-            params = joint.JointParams(raw=raw, probe_re=probe_re, probe_im=p64.probe_im, dpos=p64.dpos)
+            params = joint.JointParams(raw=raw, probe_re=probe_re, probe_im=p64.probe_im, dpos=p64.dpos, dscale=dscale)
             return joint.total_loss(params, prob, None, solver.static) / 1e6
 
-        args = tuple(p64.raw[n] for n in names) + (p64.probe_re,)
+        rng = np.random.default_rng(0)
+        args = tuple(p64.raw[n] for n in names) + (p64.probe_re, jnp.asarray(rng.normal(0, 0.05, p64.dscale.shape)))
         check_grads(f, args, order=1, modes=("rev",), eps=1e-5, rtol=2e-3, atol=1e-6)
 
 
@@ -268,3 +270,31 @@ def test_per_domain_config_errors(small3, tmp_path):
     io.write_result(path, joint.reconstruct_joint(small3.dataset, joint.JointConfig(steps=1, prior="none")))
     with pytest.raises(ConfigError, match="diffxas cluster"):
         joint.prepare_joint(small3.dataset, joint.JointConfig(steps=1, per_domain=("c12",), domains=path))
+
+
+# ----------------------------------------------------------------------------- per-frame intensity scale
+
+
+def test_frame_scales_recover_flux_jitter():
+    """Per-frame intensity scales (``lr_scale``) on noise-free data with 3 % incident-flux
+    jitter (simulator ``flux_jitter``). Reference: the simulator's true factors with their
+    per-energy mean removed (the gauge of ``frame_nuisances``); after 100 steps the
+    recovered log scales correlate with them (> 0.95; measured 0.986) and their RMS error
+    is below 30 % of the jitter (measured 17 %)."""
+    sim = simulate(preset("tiny", energies=ENERGIES, noise=False, bad_pixel_fraction=0.0, flux_jitter=0.03))
+    ds = sim.dataset
+    ei = np.asarray(ds.energy_index)
+    t = np.log(sim.true_scales)
+    t = t - np.asarray([t[ei == k].mean() for k in range(len(ENERGIES))])[ei]
+    cfg = joint.JointConfig(steps=100, prior="none", lr_scale=0.01)
+    solver, state, _ = joint.prepare_joint(ds, cfg)
+    for _ in range(cfg.steps):
+        state, _ = solver.step(state)
+    _, s = joint.frame_nuisances(state.params, solver.prob)
+    s = np.asarray(s, np.float64)
+    for k in range(len(ENERGIES)):  # the gauge holds exactly
+        assert abs(s[ei == k].mean()) < 1e-6
+    assert np.corrcoef(s, t)[0, 1] > 0.95
+    assert np.sqrt(np.mean((s - t) ** 2)) < 0.3 * np.sqrt(np.mean(t ** 2))
+    with pytest.raises(ConfigError, match="lr_scale"):
+        joint.JointConfig(lr_scale=-1.0)

@@ -107,7 +107,7 @@ SCRIPT = textwrap.dedent(r'''
             out["loss_fn_rel"] = abs(float(sh.loss(st.params)) / la[0] - 1)
         out[name]["t"] = time.perf_counter() - t0
     if part == "full":  # the prepare -> shard -> loop wrapper (same problem as the full-batch case)
-        cfg = JointConfig(steps=2, chunk_size=40, probe_start=0, lr_positions=0.01, log_every=1)
+        cfg = JointConfig(steps=2, chunk_size=40, probe_start=0, lr_positions=0.01, log_every=1, prior="none")
         res = parallel.reconstruct_joint_sharded(ds, cfg)
         out["wrapper"] = dict(first_loss=float(res.history["loss"][0]) * ds.n_frames * ds.frame_size ** 2,
                               n_hist=len(res.history["loss"]), finite=bool(np.isfinite(res.absorption).all()),
