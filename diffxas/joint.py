@@ -26,8 +26,10 @@ energies and "fraction of the edge jump per step" for amplitudes, whatever the d
 sample thickness.
 
 Nuisances: one complex probe per energy (real and imaginary leaves, refined after
-``probe_start`` steps), optional per-frame position corrections (pixels) and per-frame
-intensity scale. The membrane/uniform background is the zero of absorption and phase;
+``probe_start`` steps), optional per-frame position corrections (pixels, ``lr_positions``)
+and per-frame intensity scales (incident-flux fluctuations, ``lr_scale``; log units with
+the mean over each energy's frames removed, since a common factor is the probe's
+amplitude; freed in the second half of the run, once the maps are close). The membrane/uniform background is the zero of absorption and phase;
 its per-energy complex transmission is absorbed into each energy's probe.
 
 Initialisation (``JointConfig.init``)
@@ -273,8 +275,8 @@ class Problem(eqx.Module):
     empty: jax.Array  # (H, W) 1 in the empty (membrane-only) reference region, else 0
     edge: VEdge
     scales: Scales
-    # per-parameter multipliers of the total variation of each raw map (ALL_PARAMS order);
-    # ones for an explicit tv_weight, the noise rule's weights for prior="tv"
+    # weights of the total variation of each raw map (ALL_PARAMS order): (n,) ones for an
+    # explicit tv_weight, (n, H, W) per-pixel maps from the noise rule for prior="tv"
     tv_scale: jax.Array = eqx.field(default_factory=lambda: jnp.ones(len(ALL_PARAMS), jnp.float32))
     # (H, W) int32 domain index of every pixel for per-domain parameters (None: no domains)
     domain: Any = None
@@ -420,15 +422,17 @@ def model_objects(params: JointParams, prob: Problem):
 TV_EPS = 1e-8
 
 
-def _tv(x, mask):
+def _tv(x, mask, weight=1.0):
     """Isotropic total variation of ``x`` over ``mask``: a forward difference counts only
-    where both of its pixels are in the mask (no artificial jump at the mask's border)."""
+    where both of its pixels are in the mask (no artificial jump at the mask's border).
+    ``weight``: a scalar or an (H, W) map weighting each pixel's gradient magnitude."""
     m = mask.astype(x.dtype)
     dy = jnp.diff(x, axis=-2) * (m[1:, :] * m[:-1, :])
     dx = jnp.diff(x, axis=-1) * (m[:, 1:] * m[:, :-1])
+    w = weight[:-1, :-1] if jnp.ndim(weight) == 2 else weight
     # eps: smooth at zero (|step| << 1e-4 is quadratic: float32 noise between equal pixels
     # gives no gradient kicks); far below any step that matters (raw units ~ 1e-2..1)
-    return jnp.sum(jnp.sqrt(dy[:, :-1] ** 2 + dx[:-1, :] ** 2 + TV_EPS))
+    return jnp.sum(w * jnp.sqrt(dy[:, :-1] ** 2 + dx[:-1, :] ** 2 + TV_EPS))
 
 
 def frame_nuisances(params: JointParams, prob: Problem):
@@ -517,7 +521,7 @@ def regulariser(params: JointParams, prob: Problem):
     for i, k in enumerate(ALL_PARAMS):
         r = params.raw[k]
         if r.ndim == 2:
-            reg = reg + prob.tv_scale[i] * _tv(r, prob.illuminated)
+            reg = reg + _tv(r, prob.illuminated, prob.tv_scale[i])
     return reg
 
 
@@ -526,28 +530,38 @@ def regulariser(params: JointParams, prob: Problem):
 LOSS_PER_NLL = {"amplitude": 0.5, "poisson": 1.0}
 
 
-def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VEdge) -> dict[str, dict[str, float]]:
+#: Per-pixel standard errors are clipped to this factor around their median before they
+#: set the weights (pixels without V have no edge-energy information at all).
+SIGMA_CLIP = 10.0
+
+
+def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VEdge):
     r"""Total-variation weights of the per-pixel maps from the noise level (``prior="tv"``).
 
     The rule (docs/physics.md, "Spatial prior"): near the solution the data term of pixel
-    p is ``(theta - theta_hat)^2 / (2 sigma^2)`` in NLL units, with ``sigma`` the
+    p is ``(theta_p - theta_hat_p)^2 / (2 sigma_p^2)`` in NLL units, with ``sigma_p`` the
     Cramer-Rao standard error of that pixel's parameter (:mod:`diffxas.uncertainty`,
-    evaluated at the initial maps and probes). Adding ``(c / sigma) TV(theta)`` makes each
-    map a Rudin-Osher-Fatemi denoising of the per-pixel estimate with threshold
-    ``lambda = c sigma``: a step between neighbours smaller than about one noise standard
-    error is flattened, larger ones (domain boundaries, particle rims) are kept. ``sigma``
-    is the median over the particles' pixels (illuminated, edge jump above
-    ``valid_jump_fraction``, outside the empty reference region) of each raw parameter's
-    marginal error, so the weight of every map follows from the measured counts alone;
-    ``c = prior_strength`` (default 0.5). Returns name -> {"sigma_raw", "weight"} (weight in
-    data-loss units); a parameter without any particle pixel of finite error (e.g. a
-    membrane-only scan) gets weight 0 and ``sigma_raw`` None: no prior, rather than a guess.
+    evaluated at the initial maps and probes). Weighting the pixel's gradient magnitude by
+    ``w_p = c / sigma_p`` makes each map a Rudin-Osher-Fatemi denoising of the per-pixel
+    estimate with the local threshold ``lambda_p = c sigma_p``: a step between neighbours
+    smaller than about ``c`` local noise standard errors is flattened, larger ones (domain
+    boundaries, particle rims) are kept, at every pixel whatever its own noise (thin rims,
+    dose). ``sigma_p`` is clipped to ``[median / SIGMA_CLIP, median * SIGMA_CLIP]``, the
+    median over the particles' pixels (illuminated, edge jump above
+    ``valid_jump_fraction``, outside the empty reference region); non-finite values take the
+    median. ``c = prior_strength`` (default 0.5); weights in data-loss units (times
+    :data:`LOSS_PER_NLL`).
+
+    Returns ``(record, maps)``: name -> {"sigma_raw" (median), "weight" (median weight)}
+    for the results file, and name -> (H, W) weight map. A parameter without any particle
+    pixel of finite error (e.g. a membrane-only scan) gets weight 0 and ``sigma_raw``
+    None: no prior, rather than a guess.
     """
     from .uncertainty import covariance, parameter_information
 
     names = [k for k in ALL_PARAMS if k in cfg.per_pixel and params.raw[k].ndim == 2]
     if not names:
-        return {}
+        return {}, {}
     info = np.asarray(eqx.filter_jit(object_information_joint)(params, prob))
     keep = 1.0 - prob.empty
     p = physical(params, prob.scales, keep, prob.domain)
@@ -556,18 +570,23 @@ def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
     ill = np.asarray(prob.illuminated, bool) & (np.asarray(prob.empty) < 0.5)
     thr = cfg.valid_jump_fraction * (np.percentile(b1[ill], 99) if ill.any() else 0.0)
     region = ill & (b1 > thr)
-    out = {}
+    scale = cfg.prior_strength * LOSS_PER_NLL[cfg.loss]
+    out, maps = {}, {}
     for i, k in enumerate(names):
         # d physical / d raw, elementwise (the transforms act pixel by pixel)
         d = np.asarray(jax.grad(lambda r: jnp.sum(from_raw(k, r, prob.scales)))(params.raw[k]), np.float64)
-        s = np.sqrt(np.abs(cov[..., i, i])) / np.maximum(np.abs(d), 1e-30)
-        vals = s[region & np.isfinite(s) & (s > 0)]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s = np.sqrt(np.abs(cov[..., i, i])) / np.maximum(np.abs(d), 1e-30)
+        good = np.isfinite(s) & (s > 0)
+        vals = s[region & good]
         if vals.size == 0:
             out[k] = {"sigma_raw": None, "weight": 0.0}
             continue
         sig = float(np.median(vals))
-        out[k] = {"sigma_raw": sig, "weight": float(cfg.prior_strength * LOSS_PER_NLL[cfg.loss] / sig)}
-    return out
+        s = np.clip(np.where(good, s, sig), sig / SIGMA_CLIP, sig * SIGMA_CLIP)
+        maps[k] = (scale / s).astype(np.float32)
+        out[k] = {"sigma_raw": sig, "weight": float(scale / sig)}
+    return out, maps
 
 
 # ----------------------------------------------------------------------------- optimiser
@@ -963,10 +982,11 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     chunk = min(cfg.chunk_size, bs)
     tv = float(cfg.tv_weight)
     if cfg.prior == "tv":
-        pw = prior_weights(params, prob, cfg, edge)
+        pw, wmaps = prior_weights(params, prob, cfg, edge)
         init_info["prior_weights"] = pw
+        zero = np.zeros(common.shape, np.float32)
         prob = eqx.tree_at(lambda p: p.tv_scale, prob,
-                           jnp.asarray([pw[k]["weight"] if k in pw else 0.0 for k in ALL_PARAMS], jnp.float32))
+                           jnp.asarray(np.stack([wmaps.get(k, zero) for k in ALL_PARAMS]), jnp.float32))
         tv = 1.0 if any(v["weight"] > 0 for v in pw.values()) else 0.0
     static = (cfg.loss, chunk, tv, float(n_frames))
     if plan.mode == "stream":

@@ -185,7 +185,7 @@ def test_prior_config_validation():
 
 
 def test_prior_weights_follow_the_noise_level(small3):
-    """The noise rule (weight = c * loss-per-NLL / sigma_CRB): four times the counts (frames x4,
+    """The noise rule (weight = c * loss-per-NLL / sigma_CRB per pixel): four times the counts (frames x4,
     probes x2, same noise pattern, hence identical initial maps) quadruples the Fisher
     information, halves every sigma and doubles every weight (reference: that scaling,
     tolerance 2e-3 relative, float32 information); prior_strength scales the weights
@@ -205,8 +205,16 @@ def test_prior_weights_follow_the_noise_level(small3):
     w2 = ctx2["init_info"]["prior_weights"]
     for k in w1:
         assert w2[k]["weight"] == pytest.approx(4.0 * w1[k]["weight"], rel=1e-6), k
-    # the loss adds exactly sum_k w_k TV(raw_k) (multiplier 1) to the data term
-    reg = sum(w2[k]["weight"] * float(joint._tv(state.params.raw[k], solver.prob.illuminated)) for k in w2)
+    # the weight maps are c * L / sigma_p (median weight recorded), and the loss adds exactly
+    # sum_k TV_{w_k}(raw_k) (multiplier 1) to the data term
+    ts = np.asarray(solver.prob.tv_scale)
+    for i, k in enumerate(joint.ALL_PARAMS):
+        if k in w2:
+            assert np.all(ts[i] > 0)
+            assert np.median(ts[i][np.asarray(solver.prob.illuminated)]) == pytest.approx(w2[k]["weight"], rel=0.5)
+        else:
+            assert np.all(ts[i] == 0)
+    reg = sum(float(joint._tv(state.params.raw[k], solver.prob.illuminated, ts[i])) for i, k in enumerate(joint.ALL_PARAMS) if k in w2)
     assert solver.static[2] == 1.0
     assert float(joint.regulariser(state.params, solver.prob)) == pytest.approx(reg, rel=1e-5)
     assert float(joint.total_loss(state.params, solver.prob, None, solver.static)) == pytest.approx(
