@@ -1120,7 +1120,7 @@ def map_std_joint(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
     Per-domain parameters and the per-frame scales are held fixed too. The spatial prior
     is not in it: these are the errors of the per-pixel likelihood, an upper bound for the
     prior-regularised maps (measured on noisy ``tiny``, default TV prior: the scatter
-    between two noise realisations is 0.4-0.9 of them).
+    between two noise realisations is 0.5-0.9 of them).
 
     Computed at every run: one pass over the frames with two FFTs each (a step costs
     about four per frame, a run hundreds of steps), so there is no option to skip it;

@@ -5,7 +5,7 @@ phantom, scan and probe, each reconstructed by the joint solver at its defaults 
 the spatial prior (``JointConfig(prior="none")``, 300 steps): the sigma maps are the
 Cramer-Rao errors of the per-pixel likelihood, which is what this test calibrates. With
 the default TV prior the maps scatter less than that (measured on the same kind of pair:
-RMS z 0.42-0.86 over the five maps), so there they are conservative (README,
+RMS z 0.51-0.88 over the five maps), so there they are conservative (README,
 "Uncertainty"). On the evaluation region (truth N_V >= 25 % of its
 maximum, valid in both, finite predicted sigma: ~90 pixels), the per-pixel difference
 ``z = (x_0 - x_1) / sqrt(sigma_0^2 + sigma_1^2)`` is N(0, 1) if the sigma maps describe
