@@ -709,6 +709,19 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_one_line(exc)}"
 
 
+def _same_resolved(d: Path, point: Mapping[str, Any]) -> bool:
+    """Whether the finished point in ``d`` ran with the configuration objects this code
+    resolves its values to now (``config.json`` -> ``resolved``; False if unknown)."""
+    try:
+        stored = json.loads((d / CONFIG).read_text()).get("resolved")
+        from .evaluate import jsonable
+
+        now = json.loads(json.dumps(jsonable(build_point(point["config"]).record()), allow_nan=False, default=str))
+    except Exception:  # noqa: BLE001 - unreadable or unbuildable: do not trust it
+        return False
+    return stored == now
+
+
 def run_point(point: Mapping[str, Any], out_dir: str | os.PathLike, reuse: bool = True) -> dict[str, Any]:
     """Run one point into ``out_dir/point['dir']``; never raises for the point's own failures.
 
@@ -1068,15 +1081,24 @@ def run(sweep: str | os.PathLike | Mapping[str, Any] | SweepSpec, out_dir: str |
         cache = str(out / ".jax_cache") if compile_cache is True else str(compile_cache)
 
     results: dict[str, dict[str, Any]] = {}
-    todo = []
+    todo, stale = [], set()
     for p in points:
         if resume and p["id"] in done_before:
+            if not _same_resolved(out / p["dir"], p):
+                # the point's id hashes the sweep file's values only; the defaults behind them
+                # (config classes) may have changed since it ran: recompute it from scratch
+                stale.add(p["id"])
+                todo.append(p)
+                continue
             try:
                 results[p["id"]] = {**json.loads((out / p["dir"] / DONE).read_text()), "skipped": True}
                 continue
             except (OSError, ValueError):
                 pass
         todo.append(p)
+    if stale and progress:
+        print(f"{len(stale)} finished point(s) ran with different resolved configurations (changed defaults?): "
+              "recomputing them", file=sys.stderr)
     counts = {"total": len(points), "skipped": len(results), "ran": 0, "ok": len(results), "failed": 0}
     t_start = time.time()
     meta = {"name": spec.name, "source": spec.source, "profile": spec.profile, "out_dir": str(out),
@@ -1115,10 +1137,9 @@ def run(sweep: str | os.PathLike | Mapping[str, Any] | SweepSpec, out_dir: str |
                 if cache:
                     _enable_compile_cache(cache)
                 for p in todo:
-                    reuse = resume
-                    on_result(run_point(p, out, reuse=reuse))
+                    on_result(run_point(p, out, reuse=resume and p["id"] not in stale))
             else:
-                _run_parallel(todo, out, min(workers, len(todo)), lambda p: resume, on_result, cache)
+                _run_parallel(todo, out, min(workers, len(todo)), lambda p: resume and p["id"] not in stale, on_result, cache)
     finally:
         if bar is not None:
             bar.close()

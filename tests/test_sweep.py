@@ -217,6 +217,19 @@ def test_tiny_sweep_resume_and_failing_point(tmp_path):
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "sim_wall_s")} for r in rows]  # noqa: E731
     assert strip(s2) == strip(s)
 
+    # a finished point whose recorded resolved configuration differs from what the code
+    # resolves now (e.g. a changed default) is not trusted on resume: recomputed from scratch
+    other = next(p for p in pts if p["dir"] in kept)
+    assert sweep._same_resolved(out / other["dir"], other)
+    cfg_path = out / other["dir"] / "config.json"
+    rec = json.loads(cfg_path.read_text())
+    rec["resolved"]["joint"]["lr_amp"] = 123.0  # as if the default had been different
+    cfg_path.write_text(json.dumps(rec))
+    assert not sweep._same_resolved(out / other["dir"], other)
+    s3 = sweep.run(spec, out, workers=1, resume=True, progress=False)
+    assert s3.counts == {"total": 5, "skipped": 3, "ran": 2, "ok": 4, "failed": 1}
+    assert sweep._same_resolved(out / other["dir"], other)
+
 
 def test_parallel_workers_record_failures(tmp_path):
     """The spawn path: two workers, every point invalid (fails fast), all recorded."""
