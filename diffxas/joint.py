@@ -109,8 +109,10 @@ class JointConfig:
     per_pixel: tuple[str, ...] = ("a", "b1", "b2", "b3", "c11", "c21", "n_other")
     # parameters with one value per domain (e.g. the pre-edge positions and widths per
     # chemical domain), domains from the /clusters/labels of a results file on this
-    # dataset's map grid (a first pass clustered with `diffxas cluster`); pixels without a
-    # label share one extra value. Empty = none.
+    # dataset's map grid (a first pass clustered with `diffxas cluster`), or "auto": a first
+    # pass with this configuration minus per_domain, clustered with the default
+    # ClusterConfig (k by elbow), then the second pass; pixels without a label share one
+    # extra value. Empty = none.
     per_domain: tuple[str, ...] = ()
     domains: str | None = None
     # Spatial prior on the per-pixel maps: "none", or "tv" = total variation with weights
@@ -156,7 +158,8 @@ class JointConfig:
         if both:
             raise ConfigError(f"parameters {both} are both per_pixel and per_domain; choose one")
         if self.per_domain and not self.domains:
-            raise ConfigError("per_domain needs domains = a results file with /clusters/labels (run `diffxas cluster` on a first pass)")
+            raise ConfigError("per_domain needs domains = a results file with /clusters/labels (run `diffxas cluster` on a "
+                              "first pass) or \"auto\" (first pass and clustering in the same run)")
         if self.init not in ("stxm", "flat", "result", "epie"):
             raise ConfigError(f"init must be 'stxm', 'epie', 'flat' or 'result', got {self.init!r}")
         if self.init == "result" and not self.init_result:
@@ -833,11 +836,18 @@ def domain_index(path: str, shape: tuple[int, int]) -> tuple[np.ndarray, dict]:
     if res.clusters is None or "labels" not in res.clusters:
         raise ConfigError(f"{path}: no /clusters/labels to take the domains from; run `diffxas cluster {path}` first")
     lab = np.asarray(res.clusters["labels"], np.int64)
-    if lab.shape != tuple(shape):
-        raise ConfigError(f"{path}: domain map {lab.shape} differs from this dataset's map grid {tuple(shape)}")
+    idx = _domain_index_from_labels(lab, shape, str(path))
     n = int(lab.max()) + 1 if (lab >= 0).any() else 0
-    idx = np.where(lab >= 0, lab, n)
     return idx, {"file": str(path), "sha256": sha256_file(path), "n_domains": n, "unlabelled_pixels": int((lab < 0).sum())}
+
+
+def _domain_index_from_labels(lab: np.ndarray, shape, source: str) -> np.ndarray:
+    """Labels 0..D-1 as they are, unlabelled (-1) -> D."""
+    lab = np.asarray(lab, np.int64)
+    if lab.shape != tuple(shape):
+        raise ConfigError(f"{source}: domain map {lab.shape} differs from this dataset's map grid {tuple(shape)}")
+    n = int(lab.max()) + 1 if (lab >= 0).any() else 0
+    return np.where(lab >= 0, lab, n)
 
 
 def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_frames: int,
@@ -917,7 +927,7 @@ class JointSolver(eqx.Module):
         return JointState(params=params, opt_state=opt_state, step=state.step + 1), loss
 
 
-def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int = 1):
+def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int = 1, domain_labels=None):
     """Build the problem, initial parameters and solver for ``ds``.
 
     ``n_shards``: number of devices the frames will be split over (the chunk size is
@@ -972,7 +982,14 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
         probes0 = np.asarray(ds.illumination)
     domain = None
     if cfg.per_domain:
-        domain, init_info["domains"] = domain_index(cfg.domains, common.shape)
+        if cfg.domains == "auto":
+            if domain_labels is None:
+                raise ConfigError("domains='auto' needs the first pass: run it through reconstruct_joint (or pass domain_labels)")
+            lab, rec = domain_labels
+            domain, init_info["domains"] = _domain_index_from_labels(np.asarray(lab), common.shape, "auto (first pass)"), dict(rec)
+            init_info["domains"]["n_domains"] = int(np.max(lab)) + 1 if np.any(np.asarray(lab) >= 0) else 0
+        else:
+            domain, init_info["domains"] = domain_index(cfg.domains, common.shape)
         prob = eqx.tree_at(lambda p: p.domain, prob, jnp.asarray(domain, jnp.int32), is_leaf=lambda x: x is None)
     params = make_params(vals, cfg, sc, probes0, ds.n_frames, domain)
     probe_scale = float(np.sqrt(np.mean(np.abs(probes0) ** 2)))
@@ -1033,7 +1050,7 @@ def lbfgs_polish(solver: JointSolver, state: JointState, n: int, history: dict |
 
 def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: bool = False,
                       checkpoint: str | None = None, resume: bool = False, callback=None,
-                      n_shards: int = 1, shard=None) -> Result:
+                      n_shards: int = 1, shard=None, _domain_labels=None) -> Result:
     """Run the joint solver on ``ds`` and return a :class:`Result` (maps, stacks, probes, history).
 
     ``checkpoint``: file to save the state to every ``cfg.checkpoint_every`` steps (atomic);
@@ -1043,8 +1060,10 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
     :func:`diffxas.parallel.reconstruct_joint_sharded` (``shard(solver, state)`` returns
     the sharded pair).
     """
+    if cfg.per_domain and cfg.domains == "auto" and _domain_labels is None:
+        return _reconstruct_two_pass(ds, cfg, progress, checkpoint, resume, callback, n_shards, shard)
     t_start = time.perf_counter()
-    solver, state, ctx = prepare_joint(ds, cfg, n_shards=n_shards)
+    solver, state, ctx = prepare_joint(ds, cfg, n_shards=n_shards, domain_labels=_domain_labels)
     history: dict[str, list] = {"step": [], "loss": [], "time": []}
     resumed_from = 0
     if checkpoint and resume and os.path.exists(checkpoint):
@@ -1092,6 +1111,36 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
                          timing={"wall_s": wall, "compile_s": t_compile or 0.0})
     result.config = dict(result.config or {}, memory=ctx["memory"])  # the mode that ran and why
     return result
+
+
+def _reconstruct_two_pass(ds, cfg, progress, checkpoint, resume, callback, n_shards, shard) -> Result:
+    """``domains="auto"``: a first pass without per-domain parameters, k-means of its maps
+    (default :class:`diffxas.clustering.ClusterConfig`, k by elbow), then the second pass
+    with the per-domain parameters on those domains. With a checkpoint, the first pass's
+    result is kept next to it (``CHECKPOINT.pass1.h5``) so ``resume`` does not redo it."""
+    from .clustering import ClusterConfig, cluster_maps
+    from .io import read_result, write_result
+
+    t0 = time.perf_counter()
+    p1_file = checkpoint + ".pass1.h5" if checkpoint else None
+    if p1_file and resume and os.path.exists(p1_file):
+        first = read_result(p1_file)
+    else:
+        first = reconstruct_joint(ds, dataclasses.replace(cfg, per_domain=(), domains=None), progress=progress,
+                                  checkpoint=checkpoint + ".pass1" if checkpoint else None, resume=resume,
+                                  callback=callback, n_shards=n_shards, shard=shard)
+        if p1_file:
+            write_result(p1_file, first)
+    ccfg = ClusterConfig()
+    cl = cluster_maps(first.maps, ccfg)
+    rec = {"file": "auto (first pass)", "first_pass_steps": cfg.steps, "first_pass_wall_s": float(first.history["wall_s"][0]),
+           "cluster": {"k": int(np.max(cl["labels"])) + 1, "features": list(ccfg.features)},
+           "unlabelled_pixels": int((np.asarray(cl["labels"]) < 0).sum())}
+    res = reconstruct_joint(ds, cfg, progress=progress, checkpoint=checkpoint, resume=resume, callback=callback,
+                            n_shards=n_shards, shard=shard, _domain_labels=(cl["labels"], rec))
+    res.history["wall_s"] = np.asarray([time.perf_counter() - t0])  # both passes
+    res.history["first_pass_wall_s"] = np.asarray([rec["first_pass_wall_s"]])
+    return res
 
 
 # ----------------------------------------------------------------------------- maps / result

@@ -306,3 +306,24 @@ def test_frame_scales_recover_flux_jitter():
     assert np.sqrt(np.mean((s - t) ** 2)) < 0.3 * np.sqrt(np.mean(t ** 2))
     with pytest.raises(ConfigError, match="lr_scale"):
         joint.JointConfig(lr_scale=-1.0)
+
+
+def test_per_domain_auto_two_passes(small3, tmp_path):
+    """domains="auto": first pass without per-domain parameters, k-means of its maps, second
+    pass on those domains, in one call; recorded in the result; with a checkpoint the first
+    pass's result is kept and a resume reuses it (same maps to float tolerance, 1e-6)."""
+    ds = small3.dataset
+    cfg = joint.JointConfig(steps=3, prior="none", per_domain=("c12", "c13"), domains="auto")
+    ck = str(tmp_path / "run.ckpt")
+    res = joint.reconstruct_joint(ds, cfg, checkpoint=ck)
+    dom = res.config["init"]["domains"]
+    assert dom["file"] == "auto (first pass)" and dom["n_domains"] >= 1 and dom["cluster"]["k"] == dom["n_domains"]
+    assert "first_pass_wall_s" in res.history
+    assert len(np.unique(res.maps.extra["c12"])) <= dom["n_domains"] + 1
+    import os
+
+    assert os.path.exists(ck + ".pass1.h5")
+    again = joint.reconstruct_joint(ds, cfg, checkpoint=ck, resume=True)
+    np.testing.assert_allclose(again.maps.extra["c12"], res.maps.extra["c12"], rtol=1e-6)
+    with pytest.raises(ConfigError, match="first pass"):
+        joint.prepare_joint(ds, cfg)
