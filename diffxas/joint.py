@@ -125,6 +125,13 @@ class JointConfig:
     tv_weight: float = 0.0
     init: str = "epie"
     init_result: str | None = None
+    # probes of a warm start (init="result"): "result" (the results file's refined probes,
+    # rescaled to the membrane counts), "file" (the data file's illumination) or "auto"
+    # (the file's illumination when it has one, else the result's). Measured on noisy tiny
+    # (warm start from TwoStepConfig(), whose own errors are edge 0.53 / PE/dmt 0.31 eV):
+    # "file" edge 0.232 / PE/dmt 0.167 eV, "result" 0.232 / 0.287 eV (bias -0.24: each
+    # energy's ePIE probe carries some of that energy's object error).
+    init_probes: str = "auto"
     init_epochs: int = 40
     reference_energy: float | None = None
     valid_jump_fraction: float = 0.1
@@ -162,6 +169,8 @@ class JointConfig:
                               "first pass) or \"auto\" (first pass and clustering in the same run)")
         if self.init not in ("stxm", "flat", "result", "epie"):
             raise ConfigError(f"init must be 'stxm', 'epie', 'flat' or 'result', got {self.init!r}")
+        if self.init_probes not in ("auto", "result", "file"):
+            raise ConfigError(f"init_probes must be 'auto', 'result' or 'file', got {self.init_probes!r}")
         if self.init == "result" and not self.init_result:
             raise ConfigError("init='result' needs init_result (a results file)")
         if self.batch_size is not None and self.batch_size < 1:
@@ -751,8 +760,22 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
             raise ConfigError(f"{cfg.init_result}: results file lacks per-pixel parameters {missing} needed for a warm start")
         if res.maps.shape != common.shape:
             raise ConfigError(f"{cfg.init_result}: map grid {res.maps.shape} differs from this dataset's {common.shape}")
-        vals = {k: np.nan_to_num(np.asarray(ex[k], np.float64)) for k in ALL_PARAMS}
-        return vals, {"init": "result", "init_result": cfg.init_result, "probes": res.probes}
+        # amplitudes are 0 where the result has no value (no sample); positions and widths
+        # take the median of the pixels that have one (a 0 eV edge or width is no start)
+        vals = {}
+        for k in ALL_PARAMS:
+            v = np.asarray(ex[k], np.float64)
+            fin = np.isfinite(v)
+            fill = 0.0 if (k in AMPLITUDES or k == "n_other" or not fin.any()) else float(np.median(v[fin]))
+            vals[k] = np.where(fin, v, fill)
+        use = cfg.init_probes if cfg.init_probes != "auto" else ("file" if ds.illumination is not None else "result")
+        if use == "file":
+            if ds.illumination is None:
+                raise ConfigError("init_probes='file': the data file has no illumination; use init_probes='result'")
+            return vals, {"init": "result", "init_result": cfg.init_result, "init_probes": "file"}
+        probes, gains = _membrane_normalised_probes(ds, res.probes)
+        return vals, {"init": "result", "init_result": cfg.init_result, "init_probes": "result", "probes": probes,
+                      "probe_gain": gains}
     stack = stxm_absorption(ds, common)
     vals = fit_shape_and_amplitudes(stack, e, ill)
     if cfg.init == "epie":
@@ -766,6 +789,28 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
     nv0 = np.asarray(n_v(jnp.asarray(np.clip(vals["b1"], 0, None)), edge))
     vals["n_other"] = nv0 * 20.0
     return vals, {"init": cfg.init, "reference_b1": ref_b1}
+
+
+def _membrane_normalised_probes(ds: Dataset, probes) -> tuple[np.ndarray | None, list[float] | None]:
+    """A results file's probes rescaled so that a membrane-only frame has the measured counts.
+
+    A two-step (ePIE) reconstruction's object includes the membrane, so its probes are the
+    bare beam (measured on `tiny`: 4 % larger in amplitude than the file's illumination);
+    the joint model's object is relative to the membrane (1 in the empty region), so its
+    probe is the beam times the membrane's transmission. Without this the first steps push
+    the membrane's absorption into the maps (warm start on noisy `tiny`: edge energy bias
+    +0.62 eV, PE/Δμt -0.53 eV; with it, or with the file's illumination, ~0). The gain per
+    energy, sqrt(membrane counts / sum |P|^2), is recorded (``probe_gain``).
+    """
+    if probes is None:
+        return None, None
+    p = np.asarray(probes)
+    if p.ndim != 3 or p.shape[0] != ds.n_energies:
+        return p, None
+    counts = membrane_counts(ds)
+    power = np.sum(np.abs(p) ** 2, axis=(1, 2)) * np.asarray([np.mean(np.asarray(ds.mask)[k]) for k in range(ds.n_energies)])
+    gain = np.sqrt(np.where(power > 0, counts / np.maximum(power, 1e-30), 1.0))
+    return (p * gain[:, None, None]).astype(p.dtype), [float(g) for g in gain]
 
 
 def empty_region(vals: dict, illuminated: np.ndarray, jump_fraction: float = 0.05, margin_px: int = 2) -> np.ndarray:
@@ -853,16 +898,22 @@ def _domain_index_from_labels(lab: np.ndarray, shape, source: str) -> np.ndarray
 def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_frames: int,
                 domain: np.ndarray | None = None) -> JointParams:
     """Trainable leaves from physical starting maps: per-pixel maps as they are, per-domain
-    parameters as the median of each domain's pixels (all pixels' median for an empty
-    domain), shared ones as the median of the map."""
+    parameters as the median of each domain's sample pixels (the sample's median for a
+    domain without any), shared ones as the median over the sample's pixels."""
     raw = {}
+    # shared and per-domain values: medians over the sample's pixels (edge jump above 10 %
+    # of its 99th percentile), not over the membrane, where shape parameters mean nothing
+    b1 = np.asarray(vals["b1"], np.float64)
+    sample = b1 > 0.1 * np.percentile(b1, 99) if b1.ndim == 2 and np.any(b1 > 0) else np.ones(np.shape(b1), bool)
     for k in ALL_PARAMS:
         v = np.broadcast_to(np.asarray(vals[k], np.float64), np.shape(domain) if domain is not None else np.shape(vals[k]))
+        smp = np.broadcast_to(sample, v.shape) if v.ndim == 2 and np.shape(sample) == v.shape else np.ones(v.shape, bool)
         if k in cfg.per_domain:
             n_dom = int(domain.max()) + 1
-            v = np.asarray([np.median(v[domain == d]) if np.any(domain == d) else np.median(v) for d in range(n_dom)])
+            med = float(np.median(v[smp])) if smp.any() else float(np.median(v))
+            v = np.asarray([np.median(v[(domain == d) & smp]) if np.any((domain == d) & smp) else med for d in range(n_dom)])
         elif k not in cfg.per_pixel:
-            v = np.asarray(np.median(v))
+            v = np.asarray(np.median(v[smp]) if smp.any() else np.median(v))
         raw[k] = jnp.asarray(to_raw(k, v, sc), jnp.float32)
     p = jnp.asarray(probes, jnp.complex64)
     return JointParams(raw=raw, probe_re=jnp.real(p), probe_im=jnp.imag(p), dpos=jnp.zeros((n_frames, 2), jnp.float32),

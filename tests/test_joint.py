@@ -327,3 +327,36 @@ def test_per_domain_auto_two_passes(small3, tmp_path):
     np.testing.assert_allclose(again.maps.extra["c12"], res.maps.extra["c12"], rtol=1e-6)
     with pytest.raises(ConfigError, match="first pass"):
         joint.prepare_joint(ds, cfg)
+
+
+def test_warm_start_shared_parameters_and_probes(small3, tmp_path):
+    """Warm start from a results file whose per-pixel maps are NaN off the sample (as the
+    two-step writes them): shared parameters start from the sample's values, not from a
+    median over the zero-filled membrane (regression: c12 started at the scan's lower end
+    and c13 at its minimum, 0.3 eV). The result's probes, 4 % too bright (as ePIE's, whose
+    object includes the membrane), are rescaled so that sum |P|^2 equals a membrane-only
+    frame's counts (reference: ``membrane_counts``, tolerance 1e-4 relative)."""
+    import equinox as eqx  # noqa: F401
+
+    from diffxas import io
+
+    ds = small3.dataset
+    res = joint.reconstruct_joint(ds, joint.JointConfig(steps=1, prior="none"))
+    v = np.asarray(res.maps.valid).astype(bool)
+    res.maps.extra["c12"] = np.where(v, 5466.3, np.nan)
+    res.maps.extra["c13"] = np.where(v, 1.2, np.nan)
+    res.probes = (np.asarray(ds.illumination) * 1.04).astype(np.complex64)
+    path = str(tmp_path / "warm.h5")
+    io.write_result(path, res)
+    for probes in ("result", "file"):
+        cfg = joint.JointConfig(steps=1, prior="none", init="result", init_result=path, init_probes=probes)
+        solver, state, ctx = joint.prepare_joint(ds, cfg)
+        p = joint.physical(state.params, solver.prob.scales)
+        assert float(p.c12) == pytest.approx(5466.3, abs=1e-2) and float(p.c13) == pytest.approx(1.2, abs=1e-3)
+        assert ctx["init_info"]["init_probes"] == probes
+        pw = np.sum(np.asarray(state.params.probe_re) ** 2 + np.asarray(state.params.probe_im) ** 2, axis=(1, 2))
+        if probes == "file":
+            np.testing.assert_allclose(pw, np.sum(np.abs(np.asarray(ds.illumination)) ** 2, axis=(1, 2)), rtol=1e-5)
+        else:
+            wbar = np.asarray([np.mean(np.asarray(ds.mask)[k]) for k in range(ds.n_energies)])
+            np.testing.assert_allclose(pw * wbar, joint.membrane_counts(ds), rtol=1e-4)
