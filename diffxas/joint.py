@@ -52,7 +52,9 @@ Initialisation (``JointConfig.init``)
   energy RMSE 0.27 eV vs 1.69 eV from ``"stxm"``, Re[Ne]/N_V 6.2 vs 13.8 (the flat
   composition guess of ``"stxm"`` lets the rim's phase be explained by too much V);
 * ``"flat"``: flat maps from the mean STXM spectrum (for the record / ablations);
-* ``"result"``: warm start from a results file (its maps and refined probes).
+* ``"result"``: warm start from a results file: its maps (shared parameters from the
+  sample's pixels) and, by ``init_probes``, its refined probes rescaled to the membrane
+  counts or the data file's illumination (the default when present, measured better).
 """
 
 from __future__ import annotations
