@@ -235,12 +235,12 @@ def test_per_domain_parameters(small3, tmp_path):
 
     ds = small3.dataset
     path = str(tmp_path / "pass1.h5")
-    io.write_result(path, joint.reconstruct_joint(ds, joint.JointConfig(steps=1, prior="none")))
+    io.write_result(path, joint.reconstruct_joint(ds, joint.JointConfig(steps=1, prior="none", init="stxm")))
     shape = ds.common_grid().shape
     lab = np.where(np.arange(shape[1])[None, :] < shape[1] // 2, 0, 1) * np.ones(shape, int)
     lab[:, :3] = -1
     io.write_clusters(path, {"labels": lab})
-    cfg = joint.JointConfig(steps=2, prior="none", per_domain=("c12", "c13"), domains=path)
+    cfg = joint.JointConfig(steps=2, prior="none", per_domain=("c12", "c13"), domains=path, init="stxm")
     solver, state, ctx = joint.prepare_joint(ds, cfg)
     assert ctx["init_info"]["domains"]["n_domains"] == 2
     assert state.params.raw["c12"].shape == (3,) and state.params.raw["b2"].ndim == 2
@@ -251,7 +251,7 @@ def test_per_domain_parameters(small3, tmp_path):
         vals = np.asarray(p.c12)[dom == d]
         assert np.ptp(vals) == 0.0
     # chain rule against the per-pixel parameterisation at the same values
-    cfg_pp = joint.JointConfig(steps=2, prior="none", per_pixel=cfg.per_pixel + ("c12", "c13"))
+    cfg_pp = joint.JointConfig(steps=2, prior="none", per_pixel=cfg.per_pixel + ("c12", "c13"), init="stxm")
     solver_pp, state_pp, _ = joint.prepare_joint(ds, cfg_pp)
     raw_pp = dict(state.params.raw, c12=state.params.raw["c12"][dom], c13=state.params.raw["c13"][dom])
     params_pp = eqx.tree_at(lambda q: q.raw, state.params, raw_pp)
@@ -275,7 +275,7 @@ def test_per_domain_config_errors(small3, tmp_path):
     from diffxas import io
 
     path = str(tmp_path / "nolabels.h5")
-    io.write_result(path, joint.reconstruct_joint(small3.dataset, joint.JointConfig(steps=1, prior="none")))
+    io.write_result(path, joint.reconstruct_joint(small3.dataset, joint.JointConfig(steps=1, prior="none", init="stxm")))
     with pytest.raises(ConfigError, match="diffxas cluster"):
         joint.prepare_joint(small3.dataset, joint.JointConfig(steps=1, per_domain=("c12",), domains=path))
 
@@ -313,7 +313,7 @@ def test_per_domain_auto_two_passes(small3, tmp_path):
     pass on those domains, in one call; recorded in the result; with a checkpoint the first
     pass's result is kept and a resume reuses it (same maps to float tolerance, 1e-6)."""
     ds = small3.dataset
-    cfg = joint.JointConfig(steps=3, prior="none", per_domain=("c12", "c13"), domains="auto")
+    cfg = joint.JointConfig(steps=3, prior="none", per_domain=("c12", "c13"), domains="auto", init="stxm")
     ck = str(tmp_path / "run.ckpt")
     res = joint.reconstruct_joint(ds, cfg, checkpoint=ck)
     dom = res.config["init"]["domains"]
@@ -341,7 +341,7 @@ def test_warm_start_shared_parameters_and_probes(small3, tmp_path):
     from diffxas import io
 
     ds = small3.dataset
-    res = joint.reconstruct_joint(ds, joint.JointConfig(steps=1, prior="none"))
+    res = joint.reconstruct_joint(ds, joint.JointConfig(steps=1, prior="none", init="stxm"))
     v = np.asarray(res.maps.valid).astype(bool)
     res.maps.extra["c12"] = np.where(v, 5466.3, np.nan)
     res.maps.extra["c13"] = np.where(v, 1.2, np.nan)
