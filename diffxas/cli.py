@@ -182,6 +182,15 @@ def _parse_energy_list(text: str) -> tuple[float, ...]:
     return values
 
 
+def _simulate_section(args) -> dict:
+    """The [simulate] section of --config/--set with --preset, --seed and --dose applied."""
+    sect = dict(_config_mapping(args, "simulate").get("simulate") or {})
+    for key in ("preset", "seed", "dose"):
+        if getattr(args, key) is not None:
+            sect[key] = getattr(args, key)
+    return sect
+
+
 def _run_simulate(args) -> int:
     import time
 
@@ -190,14 +199,7 @@ def _run_simulate(args) -> int:
     from .demo import check_output_path, default_truth_path, select_energies, simulate_files
     from .simulate import SimConfig
 
-    mapping = _config_mapping(args, "simulate")
-    sect = dict(mapping.get("simulate") or {})
-    if args.preset is not None:
-        sect["preset"] = args.preset
-    if args.seed is not None:
-        sect["seed"] = args.seed
-    if args.dose is not None:
-        sect["dose"] = args.dose
+    sect = _simulate_section(args)
     if args.energy_list is not None:
         sect["energies"] = _parse_energy_list(args.energy_list)
     cfg = sim_config(sect)
@@ -693,15 +695,7 @@ def _run_design_energies(args) -> int:
     else:
         from .config import sim_config
 
-        mapping = _config_mapping(args, "simulate")
-        sect = dict(mapping.get("simulate") or {})
-        if args.preset is not None:
-            sect["preset"] = args.preset
-        if args.seed is not None:
-            sect["seed"] = args.seed
-        if args.dose is not None:
-            sect["dose"] = args.dose
-        cfg = sim_config(sect)
+        cfg = sim_config(_simulate_section(args))
         e_range = (float(min(cfg.energies)), float(max(cfg.energies))) if args.range is None else tuple(args.range)
         lo, hi = design.MODEL_RANGE
         if e_range[0] < lo or e_range[1] > hi:
