@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo-output
+# test processes (pytest-xdist; whole files per process so module fixtures are built once)
+TEST_WORKERS ?= 2
 
 .PHONY: demo test venv clean bench
 
@@ -19,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/diffxas demo --out $(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --suite quick
