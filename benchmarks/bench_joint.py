@@ -229,7 +229,7 @@ def profile_step(n_energies: int = 4, frames_per_energy: int = 64, frame_size: i
 
     timed("objects_vjp", obj_vjp, params)
     obj = obj_of(params)
-    phat = jnp.fft.fft2(params.probe_re + 1j * params.probe_im)
+    phat = jnp.fft.fft2(jt.probes(params, prob))
     xs = (prob.frames, prob.frame_id, prob.energy_index, prob.corner, prob.frac)
 
     # ---- the frames part, as the solver does it, and candidate variants

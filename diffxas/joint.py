@@ -26,7 +26,9 @@ energies and "fraction of the edge jump per step" for amplitudes, whatever the d
 sample thickness.
 
 Nuisances: one complex probe per energy (real and imaginary leaves, refined after
-``probe_start`` steps), optional per-frame position corrections (pixels, ``lr_positions``)
+``probe_start`` steps), or (``probe_model = "smooth"``) the probes of all energies from a
+few shared complex arrays, polynomial in energy, times a gain per energy
+(:func:`probe_basis`, :func:`probes`); optional per-frame position corrections (pixels, ``lr_positions``)
 and per-frame intensity scales (incident-flux fluctuations, ``lr_scale``; log units with
 the mean over each energy's frames removed, since a common factor is the probe's
 amplitude; freed in the second half of the run, once the maps are close). The membrane/uniform background is the zero of absorption and phase;
@@ -151,6 +153,14 @@ class JointConfig:
     # (100 iterations after 300 Adam steps): loss -1e-4 relative, maps unchanged to 0.01 eV,
     # so it is off by default.
     lbfgs_steps: int = 0
+    # probe model: "per-energy" (one free complex probe per energy) or "smooth" (probes of all
+    # energies from a few shared complex arrays: P_k = exp(g_k) sum_j L_j(x_k) Q_j, Legendre
+    # polynomials L_j of degree <= probe_degree in the energy scaled to [-1, 1], one real
+    # log-gain g_k per energy for the incident flux). "smooth" suits achromatic (mirror)
+    # focusing, whose probe is nearly the same array in every energy's own pixels; see
+    # :func:`probe_basis`.
+    probe_model: str = "per-energy"
+    probe_degree: int = 2
 
     def __post_init__(self):
         if self.steps < 0:
@@ -187,6 +197,10 @@ class JointConfig:
         for name in ("lr_amp", "lr_energy", "lr_probe", "lr_positions", "lr_scale", "tv_weight", "prior_strength"):
             if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be finite and >= 0")
+        if self.probe_model not in ("per-energy", "smooth"):
+            raise ConfigError(f"probe_model must be 'per-energy' or 'smooth', got {self.probe_model!r}")
+        if not 0 <= self.probe_degree <= 6:
+            raise ConfigError(f"probe_degree must be 0..6 (polynomial degree in energy), got {self.probe_degree}")
         if self.lbfgs_steps < 0:
             raise ConfigError(f"lbfgs_steps must be >= 0, got {self.lbfgs_steps}")
         if self.memory not in ("auto", "device", "stream"):
@@ -217,10 +231,11 @@ class JointParams(eqx.Module):
     """Trainable leaves (all real)."""
 
     raw: dict  # name -> (H, W) or () raw values
-    probe_re: jax.Array  # (K, M, M)
+    probe_re: jax.Array  # (K, M, M) per-energy probes, or (J, M, M) shared arrays of the smooth probe model
     probe_im: jax.Array
     dpos: jax.Array  # (F, 2) position corrections, pixels of each frame's energy grid (row, col)
     dscale: jax.Array  # (F,) log intensity scale of each frame (gauge: mean 0 per energy, see frame_nuisances)
+    probe_gain: jax.Array  # (K,) log amplitude gain of each energy's probe (smooth probe model; 0 and frozen otherwise)
 
 
 def _softplus_inv(y):
@@ -296,6 +311,8 @@ class Problem(eqx.Module):
     domain: Any = None
     # (F,) energy index of every frame in the dataset's order (gauge of the frame scales)
     frame_energy: Any = None
+    # (K, J) Legendre basis of the smooth probe model (None: one free probe per energy)
+    probe_basis: Any = None
 
 
 def chunk_layout(n_frames: int, chunk: int, n_shards: int = 1) -> tuple[int, int]:
@@ -462,11 +479,65 @@ def frame_nuisances(params: JointParams, prob: Problem):
     return params.dpos, s - (tot / jnp.maximum(cnt, 1.0))[prob.frame_energy]
 
 
+def probe_basis(energies, degree: int) -> np.ndarray:
+    """(K, degree + 1) Legendre polynomials of the energies scaled to [-1, 1] (float32).
+
+    The smooth probe model: ``P_k = exp(g_k) sum_j B[k, j] Q_j``. Why smooth in energy on
+    each energy's own pixel grid: with mirror (KB) focusing of a fixed aperture the pupil
+    sits at fixed detector pixels whatever the energy (its angle NA is fixed, the
+    detector pixel's angle p/z too), so the probe is nearly the same array in each
+    energy's own pixels (object pixel lambda z/(M p)); what changes is the defocus phase
+    (proportional to 1/lambda: 2.2 % over the seed's 5420-5540 eV, linear to first order)
+    and the incident flux (the gains). Degree 2 leaves room for a slow drift of the focus.
+    Chromatic optics (zone plates, focal length proportional to E) move the focus by tens
+    of um over such a scan: use ``probe_model = "per-energy"`` there.
+    """
+    e = np.asarray(energies, np.float64)
+    span = float(e.max() - e.min())
+    x = (e - 0.5 * (e.max() + e.min())) / (0.5 * span) if span > 0 else np.zeros_like(e)
+    return np.stack([np.polynomial.legendre.Legendre.basis(j)(x) for j in range(degree + 1)], axis=1).astype(np.float32)
+
+
+def probes(params: JointParams, prob: Problem) -> jax.Array:
+    """The complex probe of every energy (K, M, M) from the trainable leaves."""
+    q = params.probe_re + 1j * params.probe_im
+    if prob.probe_basis is None:
+        return q
+    return jnp.einsum("kj,jmn->kmn", prob.probe_basis.astype(q.dtype), q) * jnp.exp(params.probe_gain)[:, None, None]
+
+
+def fit_probe_model(probes0: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Initial leaves ``(Q (J, M, M) complex, log gains (K,))`` of the smooth probe model.
+
+    With ``h_k = exp(-g_k)`` the model says that the rescaled probes ``h_k P_k`` lie in the
+    span of the basis over the energies, ``(I - B B^+) diag(h) P = 0``: linear in ``h``, so
+    ``h`` is the eigenvector of the smallest eigenvalue of ``G = R o Re(conj(P) P^T)``
+    (``R = I - B B^+``, Hadamard product), exact for probes of the model's form. Where that
+    says nothing (as many basis functions as energies) or gives a non-positive gain, the
+    gains come from each probe's power. Then ``Q`` by linear least squares; the mean log
+    gain is 0 (the gauge: a common factor belongs to ``Q``).
+    """
+    p = np.asarray(probes0, np.complex128)
+    b = np.asarray(basis, np.float64)
+    flat = p.reshape(len(p), -1)
+    power = np.sum(np.abs(flat) ** 2, axis=1)
+    g = 0.5 * np.log(np.maximum(power, 1e-30) / max(float(np.mean(power)), 1e-30))
+    r = np.eye(len(b)) - b @ np.linalg.pinv(b)
+    if np.max(np.abs(r)) > 1e-8:
+        w, v = np.linalg.eigh(r * np.real(np.conj(flat) @ flat.T))
+        h = v[:, 0] * np.sign(v[:, 0].sum())
+        if np.all(h > 0):
+            g = -np.log(h)
+            g = g - np.mean(g)
+    q, *_ = np.linalg.lstsq(b, flat / np.exp(g)[:, None], rcond=None)
+    return q.reshape((b.shape[1],) + p.shape[1:]), g
+
+
 def model_objects_and_probes(params: JointParams, prob: Problem):
     """(objects (K, N, N), fft2 of the probes (K, M, M), frame nuisances): everything the
     per-frame loss needs from the parameters (the streaming step pulls its gradient back
     through this)."""
-    return model_objects(params, prob), jnp.fft.fft2(params.probe_re + 1j * params.probe_im), frame_nuisances(params, prob)
+    return model_objects(params, prob), jnp.fft.fft2(probes(params, prob)), frame_nuisances(params, prob)
 
 
 def chunk_loss(obj, phat, nuis, weight, lf, frames, fid, k, corner, frac):
@@ -608,7 +679,7 @@ def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
 
 def _labels(params: JointParams, cfg: JointConfig):
     raw_labels = {k: ("amp" if k in AMPLITUDES + ("n_other",) else "energy") for k in params.raw}
-    return JointParams(raw=raw_labels, probe_re="probe", probe_im="probe", dpos="pos", dscale="scale")
+    return JointParams(raw=raw_labels, probe_re="probe", probe_im="probe", dpos="pos", dscale="scale", probe_gain="gain")
 
 
 def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
@@ -619,6 +690,9 @@ def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
 
     def probe_sched(step):
         return jnp.where(step >= cfg.probe_start, sched(probe_lr)(step), 0.0)
+
+    def gain_sched(step):  # log gains of the smooth probe model: log units per step, freed with the probes
+        return jnp.where(step >= cfg.probe_start, sched(cfg.lr_probe)(step), 0.0)
 
     shape_start = cfg.steps // 4 if cfg.shape_start is None else cfg.shape_start
 
@@ -637,6 +711,8 @@ def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
         "probe": optax.adam(probe_sched),
         "pos": optax.adam(sched(cfg.lr_positions)) if cfg.lr_positions > 0 else optax.set_to_zero(),
         "scale": optax.adam(scale_sched) if cfg.lr_scale > 0 else optax.set_to_zero(),
+        # log gains of the smooth probe model: log units per step, on the probes' schedule
+        "gain": optax.adam(gain_sched) if cfg.probe_model == "smooth" else optax.set_to_zero(),
     }
     return optax.multi_transform(tx, _labels(params, cfg))
 
@@ -898,10 +974,12 @@ def _domain_index_from_labels(lab: np.ndarray, shape, source: str) -> np.ndarray
 
 
 def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_frames: int,
-                domain: np.ndarray | None = None) -> JointParams:
+                domain: np.ndarray | None = None, basis: np.ndarray | None = None) -> JointParams:
     """Trainable leaves from physical starting maps: per-pixel maps as they are, per-domain
     parameters as the median of each domain's sample pixels (the sample's median for a
-    domain without any), shared ones as the median over the sample's pixels."""
+    domain without any), shared ones as the median over the sample's pixels. With a probe
+    ``basis`` (smooth probe model) the per-energy ``probes`` are fitted by
+    :func:`fit_probe_model`."""
     raw = {}
     # shared and per-domain values: medians over the sample's pixels (edge jump above 10 %
     # of its 99th percentile), not over the membrane, where shape parameters mean nothing
@@ -917,9 +995,12 @@ def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_
         elif k not in cfg.per_pixel:
             v = np.asarray(np.median(v[smp]) if smp.any() else np.median(v))
         raw[k] = jnp.asarray(to_raw(k, v, sc), jnp.float32)
+    gain = np.zeros(len(probes))
+    if basis is not None:
+        probes, gain = fit_probe_model(probes, basis)
     p = jnp.asarray(probes, jnp.complex64)
     return JointParams(raw=raw, probe_re=jnp.real(p), probe_im=jnp.imag(p), dpos=jnp.zeros((n_frames, 2), jnp.float32),
-                       dscale=jnp.zeros((n_frames,), jnp.float32))
+                       dscale=jnp.zeros((n_frames,), jnp.float32), probe_gain=jnp.asarray(gain, jnp.float32))
 
 
 # ----------------------------------------------------------------------------- state / step
@@ -1044,7 +1125,14 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
         else:
             domain, init_info["domains"] = domain_index(cfg.domains, common.shape)
         prob = eqx.tree_at(lambda p: p.domain, prob, jnp.asarray(domain, jnp.int32), is_leaf=lambda x: x is None)
-    params = make_params(vals, cfg, sc, probes0, ds.n_frames, domain)
+    basis = None
+    if cfg.probe_model == "smooth":
+        basis = probe_basis(e, min(cfg.probe_degree, ds.n_energies - 1))
+        prob = eqx.tree_at(lambda p: p.probe_basis, prob, jnp.asarray(basis), is_leaf=lambda x: x is None)
+    params = make_params(vals, cfg, sc, probes0, ds.n_frames, domain, basis)
+    if basis is not None:
+        p_fit = np.asarray(probes(params, prob))
+        init_info["probe_model_fit"] = float(np.sqrt(np.sum(np.abs(p_fit - probes0) ** 2) / max(np.sum(np.abs(probes0) ** 2), 1e-30)))
     probe_scale = float(np.sqrt(np.mean(np.abs(probes0) ** 2)))
     opt = make_optimizer(params, cfg, probe_scale)
     n_frames = ds.n_frames
@@ -1206,7 +1294,7 @@ def object_information_joint(params: JointParams, prob: Problem) -> jax.Array:
     see :mod:`diffxas.uncertainty` for the formula and the approximation.
     """
     obj = model_objects(params, prob)
-    phat = jnp.fft.fft2(params.probe_re + 1j * params.probe_im)
+    phat = jnp.fft.fft2(probes(params, prob))
     flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
     fid = flat(prob.frame_id)
     ok = fid >= 0
@@ -1266,7 +1354,7 @@ def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, g
                     pixel_size=common.pixel_size, origin=common.origin, reference_energy=e_ref,
                     delta_f2_v=float(edge.delta_f2), scattering_table=cfg.table,
                     extra={**{k: v for k, v in full.items()}, "illuminated": ill.astype(np.float64)})
-    probes = np.asarray(params.probe_re + 1j * params.probe_im, np.complex64)
+    probes_k = np.asarray(probes(params, prob), np.complex64)
     hist = {k: np.asarray(v, np.float64) for k, v in history.items()}
     hist["wall_s"] = np.asarray([timing["wall_s"]])
     hist["compile_s"] = np.asarray([timing["compile_s"]])
@@ -1274,4 +1362,4 @@ def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, g
     config = {"joint": cfg.to_dict(), "init": {k: v for k, v in init_info.items() if k != "probes"},
               "amp_scale": prob.scales.amp, "grid": {"pixel_size": common.pixel_size, "shape": list(shape), "origin": list(common.origin)}}
     return Result(method="joint", maps=maps, energies=np.asarray(ds.energies, np.float64), absorption=A, phase=phi,
-                  probes=probes, probe_pixel_size=np.asarray(ds.pixel_sizes()), history=hist, config=config)
+                  probes=probes_k, probe_pixel_size=np.asarray(ds.pixel_sizes()), history=hist, config=config)
