@@ -506,17 +506,27 @@ def probes(params: JointParams, prob: Problem) -> jax.Array:
     return jnp.einsum("kj,jmn->kmn", prob.probe_basis.astype(q.dtype), q) * jnp.exp(params.probe_gain)[:, None, None]
 
 
+#: Largest initial log gain of the smooth probe model taken from the exact fit (e^2: a
+#: flux 7x off the mean); beyond it the gains come from the probes' powers.
+GAIN_LIMIT = 2.0
+
+
 def fit_probe_model(probes0: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Initial leaves ``(Q (J, M, M) complex, log gains (K,))`` of the smooth probe model.
 
     With ``h_k = exp(-g_k)`` the model says that the rescaled probes ``h_k P_k`` lie in the
-    span of the basis over the energies, ``(I - B B^+) diag(h) P = 0``: linear in ``h``, so
-    ``h`` is the eigenvector of the smallest eigenvalue of ``G = R o Re(conj(P) P^T)``
-    (``R = I - B B^+``, Hadamard product), exact for probes of the model's form. Where that
-    says nothing (as many basis functions as energies) or gives a non-positive gain, the
-    gains come from each probe's power. Then ``Q`` by linear least squares; the mean log
-    gain is 0 (the gauge: a common factor belongs to ``Q``).
+    span of the basis over the energies, ``(I - B B^+) diag(h) P = 0``: linear in ``h``.
+    ``h`` minimises the fraction of the rescaled probes' power outside that span, the
+    generalised eigenproblem ``G h = lambda D h`` with ``G = R o Re(conj(P) P^T)`` (``R = I -
+    B B^+``, Hadamard product) and ``D = diag(|P_k|^2)``: exact for probes of the model's
+    form. (Without ``D`` the smallest eigenvector can sit on a few energies, gains of
+    e^8 measured on noisy ePIE start probes, and the run diverges.) Where that says nothing
+    (as many basis functions as energies) or gives a non-positive gain or one beyond
+    ``GAIN_LIMIT``, the gains come from each probe's power. Then ``Q`` by linear least
+    squares; the mean log gain is 0 (the gauge: a common factor belongs to ``Q``).
     """
+    from scipy.linalg import eigh
+
     p = np.asarray(probes0, np.complex128)
     b = np.asarray(basis, np.float64)
     flat = p.reshape(len(p), -1)
@@ -524,11 +534,13 @@ def fit_probe_model(probes0: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray,
     g = 0.5 * np.log(np.maximum(power, 1e-30) / max(float(np.mean(power)), 1e-30))
     r = np.eye(len(b)) - b @ np.linalg.pinv(b)
     if np.max(np.abs(r)) > 1e-8:
-        w, v = np.linalg.eigh(r * np.real(np.conj(flat) @ flat.T))
+        w, v = eigh(r * np.real(np.conj(flat) @ flat.T), np.diag(np.maximum(power, 1e-30)))
         h = v[:, 0] * np.sign(v[:, 0].sum())
         if np.all(h > 0):
-            g = -np.log(h)
-            g = g - np.mean(g)
+            g_eig = -np.log(h)
+            g_eig = g_eig - np.mean(g_eig)
+            if np.max(np.abs(g_eig)) < GAIN_LIMIT:
+                g = g_eig
     q, *_ = np.linalg.lstsq(b, flat / np.exp(g)[:, None], rcond=None)
     return q.reshape((b.shape[1],) + p.shape[1:]), g
 
