@@ -9,6 +9,7 @@ translation sign).
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Complex, Float, Int
@@ -140,3 +141,28 @@ class Dataset(eqx.Module):
         return Dataset(frames=self.frames[keep], positions=self.positions[keep], energy_index=self.energy_index[keep],
                        energies=self.energies, mask=self.mask, illumination=self.illumination,
                        distance=self.distance, detector_pixel=self.detector_pixel)
+
+
+# ----------------------------------------------------------------------------- frame sources
+
+
+def in_memory(frames) -> bool:
+    """True for frames held in memory (numpy or JAX array), False for a lazy source."""
+    return isinstance(frames, (np.ndarray, jax.Array))
+
+
+def read_frames(frames, start: int, stop: int) -> np.ndarray:
+    """Frames ``start:stop`` of an in-memory array or a lazy source (``read``), float32 on the host."""
+    if in_memory(frames):
+        return np.asarray(frames[start:stop], np.float32)
+    return frames.read(start, stop)
+
+
+def take_frames(frames, idx) -> np.ndarray:
+    """Frames ``idx`` (any order) of an in-memory array or a lazy source (``take``), float32 on the host."""
+    idx = np.asarray(idx, np.int64)
+    if isinstance(frames, np.ndarray):
+        return np.asarray(frames[idx], np.float32)
+    if in_memory(frames):  # a JAX array
+        return np.asarray(frames[jnp.asarray(idx)], np.float32)
+    return frames.take(idx)

@@ -36,6 +36,10 @@ its per-energy complex transmission is absorbed into each energy's probe.
 
 Initialisation (``JointConfig.init``)
 -------------------------------------
+The empty (membrane-only) reference region, where the sample's amplitudes are pinned to 0,
+is found on the flux-independent phase from the frames' centres of mass
+(:func:`diffxas.stxm.dpc_phase`), whatever the initialisation.
+
 * ``"stxm"`` (cold start): the integrated counts of each frame over the
   membrane-only frames give the probe-averaged transmission -> a low-resolution
   absorption stack (bright-field STXM) on the map grid; eq. 1 is fitted to it per pixel
@@ -74,7 +78,7 @@ import numpy as np
 import optax
 
 from .constants import R_E
-from .dataset import Dataset
+from .dataset import Dataset, in_memory, read_frames, take_frames  # noqa: F401 (read/take: public here too)
 from .errors import ConfigError, DivergenceError
 from .forward import (frame_geometry, illumination_map, intensities, loss_fn, resample_matrices, resample_stack,
                       transmission)
@@ -82,6 +86,7 @@ from .geometry import Grid, wavelength
 from .maps import ChemMaps, Result
 from .scattering import VEdge
 from .uncertainty import map_std, object_information, to_common_grid
+from .stxm import dpc_phase, frame_moments, membrane_counts, stxm_absorption
 from .spectra import (PARAM_NAMES, XanesParams, absorption, linear_design, n_v, ne_eff_per_nv, phase, pre_edge,
                       pre_edge_norm)
 
@@ -327,10 +332,6 @@ def energy_grids(ds: Dataset, common: Grid) -> list[Grid]:
     return ds.energy_grids(common, same_shape=True)
 
 
-def _in_memory(frames) -> bool:
-    return isinstance(frames, (np.ndarray, jax.Array))
-
-
 @eqx.filter_jit(donate="all-except-first")
 def _put_chunk(c, buf, block):
     """``buf[c] = ifftshift(block)`` in place (``buf`` donated)."""
@@ -349,23 +350,6 @@ def _device_frames(frames, nchunk: int, chunk: int) -> jax.Array:
         block[b - a:] = 0.0
         buf = _put_chunk(jnp.asarray(c, jnp.int32), buf, jnp.asarray(block))
     return buf
-
-
-def read_frames(frames, start: int, stop: int) -> np.ndarray:
-    """Frames ``start:stop`` of an in-memory array or a lazy source (``read``), float32 on the host."""
-    if _in_memory(frames):
-        return np.asarray(frames[start:stop], np.float32)
-    return frames.read(start, stop)
-
-
-def take_frames(frames, idx) -> np.ndarray:
-    """Frames ``idx`` (any order) of an in-memory array or a lazy source (``take``), float32 on the host."""
-    idx = np.asarray(idx, np.int64)
-    if isinstance(frames, np.ndarray):
-        return np.asarray(frames[idx], np.float32)
-    if isinstance(frames, jax.Array):
-        return np.asarray(frames[jnp.asarray(idx)], np.float32)
-    return frames.take(idx)
 
 
 def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, common: Grid | None = None, n_shards: int = 1,
@@ -414,7 +398,7 @@ def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, co
     # frames and mask with zero frequency at (0, 0): the model skips the fftshift (forward.uncenter)
     if not frames_on_device:
         frames = jnp.zeros((nchunk, chunk, 0, 0), jnp.float32)
-    elif _in_memory(ds.frames):
+    elif in_memory(ds.frames):
         frames = lay(np.fft.ifftshift(np.asarray(ds.frames, np.float32), axes=(-2, -1)))
     else:
         frames = _device_frames(ds.frames, nchunk, chunk)
@@ -732,62 +716,6 @@ def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
 # ----------------------------------------------------------------------------- initialisation
 
 
-def frame_sums(ds: Dataset) -> np.ndarray:
-    """Masked total counts of every frame (F,) float64 (a lazy source is read once, in ranges)."""
-    w = np.asarray(ds.mask)
-    ei = np.asarray(ds.energy_index)
-    sums = np.empty(ds.n_frames)
-    block = 256
-    for a in range(0, ds.n_frames, block):
-        b = min(a + block, ds.n_frames)
-        sums[a:b] = np.einsum("fij,fij->f", read_frames(ds.frames, a, b).astype(np.float64), w[ei[a:b]])
-    return sums
-
-
-def membrane_counts(ds: Dataset, sums: np.ndarray | None = None) -> np.ndarray:
-    """Counts of a membrane-only frame at each energy (K,): the 90th percentile of the
-    masked frame sums of that energy (the scan must see the empty membrane in at least
-    ~10 % of its frames, as for the empty reference region)."""
-    sums = frame_sums(ds) if sums is None else sums
-    ei = np.asarray(ds.energy_index)
-    return np.asarray([np.percentile(sums[ei == k], 90) for k in range(ds.n_energies)], np.float64)
-
-
-def stxm_absorption(ds: Dataset, common: Grid, sigma_m: float | None = None) -> np.ndarray:
-    """Low-resolution absorption stack (K, H, W) from integrated frame counts (bright field).
-
-    For each frame, T = sum(counts) / I0 (I0: the 90th percentile of the frame sums of that
-    energy, i.e. membrane-only frames) is the probe-weighted mean of |O|^2, so
-    A = -ln(T)/2. The scattered values are spread on the map grid with a Gaussian kernel
-    of the scan step's width.
-    """
-    ei = np.asarray(ds.energy_index)
-    pos = np.asarray(ds.positions, np.float64)
-    sums = frame_sums(ds)
-    i0 = membrane_counts(ds, sums)
-    A = np.zeros(ds.n_frames)
-    for k in range(ds.n_energies):
-        idx = ei == k
-        A[idx] = -0.5 * np.log(np.clip(sums[idx] / i0[k], 1e-3, None))
-    xs, ys = common.coords()
-    if sigma_m is None:
-        d = np.sqrt(np.diff(np.sort(pos[ei == 0, 0])).clip(0).max() ** 2) if False else None
-        k0 = ei == 0
-        p0 = pos[k0]
-        # typical nearest-neighbour distance of the scan
-        dd = np.sqrt(((p0[:, None, :] - p0[None, :, :]) ** 2).sum(-1)) + np.eye(len(p0)) * 1e9
-        sigma_m = 0.6 * float(np.median(dd.min(axis=1)))
-    out = np.zeros((ds.n_energies,) + common.shape)
-    for k in range(ds.n_energies):
-        idx = ei == k
-        gx = np.exp(-0.5 * ((xs[None, :] - pos[idx, 0:1]) / sigma_m) ** 2)  # (f, W)
-        gy = np.exp(-0.5 * ((ys[None, :] - pos[idx, 1:2]) / sigma_m) ** 2)  # (f, H)
-        num = np.einsum("f,fh,fw->hw", A[idx], gy, gx)
-        den = np.einsum("fh,fw->hw", gy, gx)
-        out[k] = num / np.maximum(den, 1e-12)
-    return out
-
-
 def fit_shape_and_amplitudes(stack: np.ndarray, energies: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     """Variable-projection fit of eq. 1: shared shape parameters, per-pixel amplitudes.
 
@@ -823,8 +751,9 @@ def fit_shape_and_amplitudes(stack: np.ndarray, energies: np.ndarray, mask: np.n
     return out
 
 
-def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge: VEdge) -> tuple[dict, dict]:
-    """Initial physical parameter maps and a record of how they were made."""
+def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge: VEdge, moments=None) -> tuple[dict, dict]:
+    """Initial physical parameter maps and a record of how they were made (``moments``: the
+    frames' :func:`diffxas.stxm.frame_moments`, computed here when not given)."""
     e = np.asarray(ds.energies, np.float64)
     ill = np.asarray(prob.illuminated)
     if cfg.init == "result":
@@ -866,19 +795,18 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
         probes, gains = _membrane_normalised_probes(ds, res.probes)
         return vals, {"init": "result", "init_result": cfg.init_result, "init_probes": "result", "probes": probes,
                       "probe_gain": gains}
-    stack = stxm_absorption(ds, common)
+    stack = stxm_absorption(ds, common, sums=None if moments is None else moments[0])
     vals = fit_shape_and_amplitudes(stack, e, ill)
     if cfg.init == "epie":
         out, info = _epie_refine(ds, common, cfg, edge, vals, ill)
-        return out, dict(info, reference_b1=vals["b1"])
-    ref_b1 = np.array(vals["b1"], copy=True)
+        return out, info
     if cfg.init == "flat":
         for k in AMPLITUDES:
             vals[k] = np.full(common.shape, np.median(vals[k][ill]))
     # composition: a typical 40 electrons per V (between LiVO2 and LiVO3); refined by the phase data
     nv0 = np.asarray(n_v(jnp.asarray(np.clip(vals["b1"], 0, None)), edge))
     vals["n_other"] = nv0 * 20.0
-    return vals, {"init": cfg.init, "reference_b1": ref_b1}
+    return vals, {"init": cfg.init}
 
 
 def _membrane_normalised_probes(ds: Dataset, probes) -> tuple[np.ndarray | None, list[float] | None]:
@@ -903,18 +831,19 @@ def _membrane_normalised_probes(ds: Dataset, probes) -> tuple[np.ndarray | None,
     return (p * gain[:, None, None]).astype(p.dtype), [float(g) for g in gain]
 
 
-def empty_region(vals: dict, illuminated: np.ndarray, jump_fraction: float = 0.05, margin_px: int = 2) -> np.ndarray:
-    """The empty (membrane-only) reference region: illuminated pixels whose initial edge jump
-    (from the bright-field/STXM or warm-start maps) is below ``jump_fraction`` of the 99th
-    percentile, shrunk by ``margin_px`` so it stays clear of the particles' blurred rims."""
+def empty_region(material: np.ndarray, illuminated: np.ndarray, fraction: float = 0.05, margin_px: int = 2) -> np.ndarray:
+    """The empty (membrane-only) reference region: illuminated pixels where a low-resolution
+    ``material`` map (zero on the bare membrane, e.g. minus the DPC phase) has magnitude below
+    ``fraction`` of its 99th percentile, shrunk by ``margin_px`` so it stays clear of the
+    particles' blurred rims; no region (all False) when fewer than 4 pixels remain."""
     from scipy import ndimage
 
-    b1 = np.abs(np.asarray(vals["b1"], np.float64))
+    b1 = np.abs(np.asarray(material, np.float64))
     ill = np.asarray(illuminated, bool)
     if not ill.any():
         return np.zeros_like(ill)
     top = np.percentile(b1[ill], 99)
-    empty = ill & (b1 < jump_fraction * top)
+    empty = ill & (b1 < fraction * top)
     empty = ndimage.binary_erosion(empty, iterations=margin_px)
     return empty if empty.sum() >= 4 else np.zeros_like(empty)
 
@@ -1099,23 +1028,23 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     plan = plan_memory(cfg, ds.n_frames, nchunk, chunk_n, ds.n_energies, ds.frame_size, common.shape,
                        energy_grids(ds, common)[0].shape, source=frames_source(ds.frames), n_shards=n_shards, emit=False)
     prob, common, grids = build_problem(ds, cfg, edge, pre, common, n_shards=n_shards, frames_on_device=plan.mode == "device")
-    vals, init_info = init_params(ds, prob, common, cfg, edge)
+    moments = frame_moments(ds)  # one pass over the frames for the bright field and the DPC phase
+    vals, init_info = init_params(ds, prob, common, cfg, edge, moments)
     ill = np.asarray(prob.illuminated)
     amp = float(np.percentile(np.abs(vals["b1"][ill]), 95)) if ill.any() else 0.05
     amp = amp if amp > 1e-6 else 0.05
     lam0 = float(wavelength(edge.edge_ev))
     sc = Scales(amp=amp, n_other=float(amp / (R_E * lam0 * float(edge.delta_f2)) * 20.0), e_mid=pre.e_mid, e_half=pre.e_half)
     prob = eqx.tree_at(lambda p: p.scales, prob, sc)
-    # The empty reference region comes from the bright-field (STXM) edge jump, smooth and
-    # noise-free enough to threshold: an ePIE-sharpened or warm-start b1 is noisy on the
-    # membrane, and on noisy `tiny` data left no pixel below the threshold after erosion,
-    # so nothing was pinned and the sample's absorption offset `a` took the membrane's
-    # absorption (measured on noisy `tiny`, noise seed 1: `a` +205 % -> +10 %, PE/Δμt bias
-    # -0.40 -> -0.01 eV, RMSE 0.455 -> 0.177 eV; edge energy 0.33 -> 0.34 eV).
-    ref_b1 = init_info.pop("reference_b1", None)
-    if ref_b1 is None:
-        ref_b1 = fit_shape_and_amplitudes(stxm_absorption(ds, common), e, ill)["b1"]
-    empty = empty_region({"b1": ref_b1}, ill)
+    # The empty reference region pins the maps' zero (amplitudes 0 there). It is found on the
+    # low-resolution phase from the frames' centres of mass (DPC, diffxas.stxm.dpc_phase),
+    # which does not see the incident flux. Earlier sources failed silently: the ePIE-sharpened
+    # b1 was too noisy on the membrane (noisy `tiny`: no pixel left, so nothing pinned the
+    # offset and `a` took the membrane's absorption: PE/dmt RMSE 0.455 vs 0.177 eV), and the
+    # bright-field (STXM) b1 that replaced it lost the whole region to a per-frame flux jitter
+    # of 1 % (`tiny`: 132 pixels without jitter, 0 with 1-10 %); the DPC phase gives 101-106
+    # pixels at 0-10 % jitter on `tiny`, 965 on `small` (STXM: 1086), none on the particle.
+    empty = empty_region(-dpc_phase(ds, common, moments=moments), ill)
     init_info["empty_pixels"] = int(empty.sum())
     if empty.any():
         prob = eqx.tree_at(lambda p: p.empty, prob, jnp.asarray(empty, jnp.float32))

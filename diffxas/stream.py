@@ -363,7 +363,7 @@ class StreamSolver:
 
     def _load(self, plan):
         """Host read (+ padding) and transfer of one chunk: (frames, fid, k, corner, frac) on the device."""
-        from .joint import read_frames, take_frames
+        from .dataset import read_frames, take_frames
 
         which, rows = plan
         n = rows.size
