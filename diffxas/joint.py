@@ -95,6 +95,8 @@ AMPLITUDES = ("a", "b1", "c11", "c21")
 POSITIONS = ("b2", "c12", "c22")
 WIDTHS = ("b3", "c13", "c23")
 WIDTH_MIN = {"b3": 0.5, "c13": 0.3, "c23": 0.3}
+#: amplitudes that may be parameterised as ratios to the edge jump (JointConfig.relative)
+RELATIVE_OK = ("c11", "c21")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +168,12 @@ class JointConfig:
     # :func:`probe_basis`.
     probe_model: str = "per-energy"
     probe_degree: int = 2
+    # amplitudes stored as ratios to the edge jump b1 (c11 = b1 * r11, ...): their maps, and
+    # the spatial prior on them, are then intensive (PE/dmt = pi r11 c13), flat across a
+    # domain however the thickness varies; see docs/physics.md ("Relative pre-edge
+    # amplitudes"). Only V-specific features may be relative (a and n_other also describe
+    # V-free matter, carbon binder say, where b1 = 0).
+    relative: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.steps < 0:
@@ -202,6 +210,11 @@ class JointConfig:
         for name in ("lr_amp", "lr_energy", "lr_probe", "lr_positions", "lr_scale", "tv_weight", "prior_strength"):
             if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be finite and >= 0")
+        bad = sorted(set(self.relative) - set(RELATIVE_OK))
+        if bad:
+            raise ConfigError(f"relative names {bad}; only the pre-edge amplitudes {list(RELATIVE_OK)} can be ratios to b1")
+        if self.relative and "b1" not in self.per_pixel:
+            raise ConfigError("relative amplitudes need a per-pixel b1 (add 'b1' to per_pixel)")
         if self.probe_model not in ("per-energy", "smooth"):
             raise ConfigError(f"probe_model must be 'per-energy' or 'smooth', got {self.probe_model!r}")
         if not 0 <= self.probe_degree <= 6:
@@ -217,6 +230,7 @@ class JointConfig:
         d = dataclasses.asdict(self)
         d["per_pixel"] = list(self.per_pixel)
         d["per_domain"] = list(self.per_domain)
+        d["relative"] = list(self.relative)
         return d
 
 
@@ -230,6 +244,8 @@ class Scales(eqx.Module):
     n_other: float = eqx.field(static=True)
     e_mid: float = eqx.field(static=True)
     e_half: float = eqx.field(static=True)
+    # amplitudes whose raw leaf is their ratio to b1 (dimensionless, O(0.1-1))
+    relative: tuple = eqx.field(static=True, default=())
 
 
 class JointParams(eqx.Module):
@@ -248,8 +264,11 @@ def _softplus_inv(y):
 
 
 def to_raw(name: str, value, sc: Scales):
-    """Physical -> raw (numpy)."""
+    """Physical -> raw (numpy). A relative amplitude (``sc.relative``) takes its ratio to
+    b1 as ``value`` (see :func:`relative_values`)."""
     v = np.asarray(value, np.float64)
+    if name in sc.relative:
+        return v
     if name in AMPLITUDES:
         return v / sc.amp
     if name == "n_other":
@@ -261,7 +280,10 @@ def to_raw(name: str, value, sc: Scales):
 
 
 def from_raw(name: str, raw, sc: Scales):
-    """Raw -> physical (JAX)."""
+    """Raw -> physical (JAX); for a relative amplitude the ratio to b1 (:func:`physical`
+    multiplies)."""
+    if name in sc.relative:
+        return raw
     if name in AMPLITUDES:
         return sc.amp * raw
     if name == "n_other":
@@ -278,6 +300,8 @@ def physical(params: JointParams, sc: Scales, keep=None, domain=None) -> XanesPa
     (H, W) int, the domain index of every pixel.
     """
     out = {k: from_raw(k, params.raw[k] if params.raw[k].ndim != 1 else params.raw[k][domain], sc) for k in ALL_PARAMS}
+    for k in sc.relative:
+        out[k] = out["b1"] * out[k]
     if keep is not None:
         for k in AMPLITUDES + ("n_other",):
             out[k] = out[k] * keep
@@ -654,10 +678,18 @@ def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
     scale = cfg.prior_strength * LOSS_PER_NLL[cfg.loss]
     out, maps = {}, {}
     for i, k in enumerate(names):
-        # d physical / d raw, elementwise (the transforms act pixel by pixel)
-        d = np.asarray(jax.grad(lambda r: jnp.sum(from_raw(k, r, prob.scales)))(params.raw[k]), np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s = np.sqrt(np.abs(cov[..., i, i])) / np.maximum(np.abs(d), 1e-30)
+        if k in prob.scales.relative and "b1" in names:
+            # raw = c / b1: delta method, g = (d raw / d b1, d raw / d c) = (-c / b1^2, 1 / b1)
+            j = names.index("b1")
+            c = np.asarray(getattr(p, k), np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                g1, g2 = -c / b1 ** 2, 1.0 / b1
+                s = np.sqrt(np.abs(g1 * g1 * cov[..., j, j] + 2 * g1 * g2 * cov[..., i, j] + g2 * g2 * cov[..., i, i]))
+        else:
+            # d physical / d raw, elementwise (the transforms act pixel by pixel)
+            d = np.asarray(jax.grad(lambda r: jnp.sum(from_raw(k, r, prob.scales)))(params.raw[k]), np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                s = np.sqrt(np.abs(cov[..., i, i])) / np.maximum(np.abs(d), 1e-30)
         good = np.isfinite(s) & (s > 0)
         vals = s[region & good]
         if vals.size == 0:
@@ -914,6 +946,25 @@ def _domain_index_from_labels(lab: np.ndarray, shape, source: str) -> np.ndarray
     return np.where(lab >= 0, lab, n)
 
 
+def relative_values(vals: dict, names, sample: np.ndarray) -> dict:
+    """``vals`` with the amplitudes ``names`` replaced by their ratios to b1: on the sample's
+    pixels (``sample``, where b1 is well above 0) the ratio itself, elsewhere the sample's
+    median ratio (the data do not see the ratio where b1 = 0; a smooth continuation keeps
+    the spatial prior from charging a jump at the particles' rims)."""
+    if not names:
+        return vals
+    out = dict(vals)
+    b1 = np.asarray(vals["b1"], np.float64)
+    for k in names:
+        v = np.broadcast_to(np.asarray(vals[k], np.float64), b1.shape)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = v / b1
+        smp = np.broadcast_to(sample, b1.shape) & np.isfinite(r)
+        med = float(np.median(r[smp])) if smp.any() else 0.0
+        out[k] = np.where(smp, r, med)
+    return out
+
+
 def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_frames: int,
                 domain: np.ndarray | None = None, basis: np.ndarray | None = None) -> JointParams:
     """Trainable leaves from physical starting maps: per-pixel maps as they are, per-domain
@@ -926,6 +977,7 @@ def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_
     # of its 99th percentile), not over the membrane, where shape parameters mean nothing
     b1 = np.asarray(vals["b1"], np.float64)
     sample = b1 > 0.1 * np.percentile(b1, 99) if b1.ndim == 2 and np.any(b1 > 0) else np.ones(np.shape(b1), bool)
+    vals = relative_values(vals, sc.relative, sample)
     for k in ALL_PARAMS:
         v = np.broadcast_to(np.asarray(vals[k], np.float64), np.shape(domain) if domain is not None else np.shape(vals[k]))
         smp = np.broadcast_to(sample, v.shape) if v.ndim == 2 and np.shape(sample) == v.shape else np.ones(v.shape, bool)
@@ -1034,7 +1086,8 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     amp = float(np.percentile(np.abs(vals["b1"][ill]), 95)) if ill.any() else 0.05
     amp = amp if amp > 1e-6 else 0.05
     lam0 = float(wavelength(edge.edge_ev))
-    sc = Scales(amp=amp, n_other=float(amp / (R_E * lam0 * float(edge.delta_f2)) * 20.0), e_mid=pre.e_mid, e_half=pre.e_half)
+    sc = Scales(amp=amp, n_other=float(amp / (R_E * lam0 * float(edge.delta_f2)) * 20.0), e_mid=pre.e_mid, e_half=pre.e_half,
+                relative=tuple(k for k in RELATIVE_OK if k in cfg.relative))
     prob = eqx.tree_at(lambda p: p.scales, prob, sc)
     # The empty reference region pins the maps' zero (amplitudes 0 there). It is found on the
     # low-resolution phase from the frames' centres of mass (DPC, diffxas.stxm.dpc_phase),
