@@ -419,3 +419,29 @@ def test_smooth_probe_model_gradients_and_run(small3):
     assert res.history["loss"][-1] < res.history["loss"][0]
     assert res.probes.shape == (3, ds.frame_size, ds.frame_size)
     assert res.config["joint"]["probe_model"] == "smooth"
+
+
+def test_relative_pre_edge_amplitudes(small3):
+    """``relative=("c11", "c21")``: the raw leaves are the ratios to b1, physical() gives
+    back the starting c11, c21 on the sample's pixels (float32, 1e-5 relative) and b1 x the
+    sample's median ratio elsewhere; the noise-rule prior weights of the ratios (delta
+    method) are positive and finite; a step runs; bad names are config errors."""
+    ds = small3.dataset
+    cfg = joint.JointConfig(steps=1, relative=("c11", "c21"), init="stxm")
+    solver, state, ctx = joint.prepare_joint(ds, cfg)
+    sc = solver.prob.scales
+    assert sc.relative == ("c11", "c21")
+    p = joint.physical(state.params, sc)
+    b1 = np.asarray(p.b1, np.float64)
+    sample = b1 > 0.1 * np.percentile(b1, 99)
+    r = np.asarray(state.params.raw["c11"], np.float64)
+    np.testing.assert_allclose(np.asarray(p.c11)[sample], (b1 * r)[sample], rtol=1e-5)
+    assert np.ptp(r[~sample]) < 1e-6  # one median ratio off the sample
+    pw = ctx["init_info"]["prior_weights"]
+    assert pw["c11"]["weight"] > 0 and np.isfinite(pw["c11"]["sigma_raw"])
+    state, loss = solver.step(state)
+    assert np.isfinite(float(loss))
+    with pytest.raises(ConfigError, match="relative"):
+        joint.JointConfig(relative=("a",))
+    with pytest.raises(ConfigError, match="per-pixel b1"):
+        joint.JointConfig(relative=("c11",), per_pixel=("a", "b2", "c11", "n_other"))
