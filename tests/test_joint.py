@@ -443,5 +443,5 @@ def test_relative_pre_edge_amplitudes(small3):
     assert np.isfinite(float(loss))
     with pytest.raises(ConfigError, match="relative"):
         joint.JointConfig(relative=("a",))
-    with pytest.raises(ConfigError, match="per-pixel b1"):
-        joint.JointConfig(relative=("c11",), per_pixel=("a", "b2", "c11", "n_other"))
+    solver, state, _ = joint.prepare_joint(ds, joint.JointConfig(steps=1, init="stxm", per_pixel=("a", "b2", "c11", "n_other")))
+    assert solver.prob.scales.relative == ()  # b1 shared: absolute amplitudes
