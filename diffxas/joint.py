@@ -543,7 +543,7 @@ def fit_probe_model(probes0: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray,
     g = 0.5 * np.log(np.maximum(power, 1e-30) / max(float(np.mean(power)), 1e-30))
     r = np.eye(len(b)) - b @ np.linalg.pinv(b)
     if np.max(np.abs(r)) > 1e-8:
-        w, v = eigh(r * np.real(np.conj(flat) @ flat.T), np.diag(np.maximum(power, 1e-30)))
+        _, v = eigh(r * np.real(np.conj(flat) @ flat.T), np.diag(np.maximum(power, 1e-30)))
         h = v[:, 0] * np.sign(v[:, 0].sum())
         if np.all(h > 0):
             g_eig = -np.log(h)
