@@ -37,6 +37,10 @@ class Dataset(eqx.Module):
             object pixel size, sum |P|^2 = photons per frame.
         distance: sample-detector distance, m.
         detector_pixel: detector pixel size, m (square pixels).
+        monitor: ``Float[Array, "frame"]`` or None: the incident-flux monitor reading of
+            every frame (I0: ion chamber, diode; any unit, only ratios between the frames of
+            one energy are used, see :func:`relative_monitor`). None: the flux is taken as
+            constant within each energy.
     """
 
     frames: Float[Array, "frame M M"]
@@ -47,6 +51,7 @@ class Dataset(eqx.Module):
     illumination: Complex[Array, "energy M M"] | None
     distance: float = eqx.field(static=True)
     detector_pixel: float = eqx.field(static=True)
+    monitor: Float[Array, " frame"] | None = None
 
     def __check_init__(self):
         f = self.frames
@@ -64,6 +69,13 @@ class Dataset(eqx.Module):
             raise InputError(f"illumination must be ({k}, M, M), got {tuple(self.illumination.shape)}")
         if not (self.distance > 0 and self.detector_pixel > 0):
             raise InputError("distance and detector_pixel must be positive")
+        if self.monitor is not None:
+            if tuple(self.monitor.shape) != (n,):
+                raise InputError(f"monitor must be ({n},), one reading per frame, got {tuple(self.monitor.shape)}")
+            mon = None if isinstance(self.monitor, jax.core.Tracer) else np.asarray(self.monitor)
+            if mon is not None and not (np.all(np.isfinite(mon)) and np.all(mon > 0)):
+                bad = int(np.argmin(np.isfinite(mon) & (mon > 0)))
+                raise InputError(f"monitor reading of frame {bad} is {mon[bad]:g}; readings must be finite and positive")
 
     # ---- derived, host side -------------------------------------------------
     @property
@@ -122,6 +134,7 @@ class Dataset(eqx.Module):
             illumination=None if self.illumination is None else self.illumination[idx],
             distance=self.distance,
             detector_pixel=self.detector_pixel,
+            monitor=None if self.monitor is None else self.monitor[keep],
         )
 
     def frames_of(self, k: int) -> np.ndarray:
@@ -140,7 +153,29 @@ class Dataset(eqx.Module):
             keep[idx[(0 if which == "even" else 1)::2]] = True
         return Dataset(frames=self.frames[keep], positions=self.positions[keep], energy_index=self.energy_index[keep],
                        energies=self.energies, mask=self.mask, illumination=self.illumination,
-                       distance=self.distance, detector_pixel=self.detector_pixel)
+                       distance=self.distance, detector_pixel=self.detector_pixel,
+                       monitor=None if self.monitor is None else self.monitor[keep])
+
+
+def relative_monitor(ds: Dataset) -> np.ndarray:
+    """``(F,)`` float64: each frame's incident flux relative to the mean over its energy's
+    frames (all ones without a monitor).
+
+    Why per energy: a flux common to all frames of one energy is the same thing as that
+    energy's probe amplitude, which every solver fits anyway; only the frame-to-frame
+    fluctuation is information the probe cannot carry. The solvers model frame ``f`` as
+    ``relative_monitor[f] * |F(P O)|^2`` (joint: a fixed log intensity scale; ePIE: the
+    measured amplitudes divided by its square root; bright field: the frame sums divided
+    by it).
+    """
+    n = ds.n_frames
+    if ds.monitor is None:
+        return np.ones(n, np.float64)
+    mon = np.asarray(ds.monitor, np.float64)
+    ei = np.asarray(ds.energy_index)
+    k = ds.n_energies
+    mean = np.bincount(ei, weights=mon, minlength=k) / np.maximum(np.bincount(ei, minlength=k), 1)
+    return mon / mean[ei]
 
 
 # ----------------------------------------------------------------------------- frame sources

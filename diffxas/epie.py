@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .dataset import Dataset
+from .dataset import Dataset, relative_monitor
 from .errors import ConfigError, DivergenceError, InputError
 from .forward import amplitude_projection, extract_patch, frame_geometry, shifted_probe
 from .geometry import Grid, wavelength
@@ -339,6 +339,10 @@ def _make_batches(dataset: Dataset, tables, batch: int | None) -> list[_Batch]:
     m = dataset.frame_size
     frames = np.asarray(dataset.frames, np.float32)
     mask = np.asarray(dataset.mask, np.float32)
+    # incident-flux monitor: frame f is modelled as rel[f] |F(P O)|^2, so its amplitude
+    # projection uses sqrt(n / rel[f]) (= the counts divided by rel[f]; exact for the
+    # amplitude loss up to a per-frame weight of rel[f], which changes nothing at the fixed point)
+    rel = relative_monitor(dataset).astype(np.float32)
     out = []
     for s in range(0, k_all, bsz):
         ks = np.arange(s, min(s + bsz, k_all))
@@ -354,7 +358,7 @@ def _make_batches(dataset: Dataset, tables, batch: int | None) -> list[_Batch]:
             corners[i, :n] = corner
             corners[i, n:] = corner[0]  # padded frames: a legal patch, zero validity
             fracs[i, :n] = frac
-            counts[i, :n] = frames[idx]
+            counts[i, :n] = frames[idx] / rel[idx, None, None]
             valid[i, :n] = 1.0
             nf[i] = n
         rows, cols = shift_ramps(fracs.reshape(-1, 2), m)
@@ -420,6 +424,8 @@ def _fingerprint(dataset: Dataset, config: EpieConfig) -> str:
     h.update(np.asarray(dataset.energies).tobytes())
     h.update(np.asarray(dataset.positions).tobytes())
     h.update(str(tuple(dataset.frames.shape)).encode())
+    if dataset.monitor is not None:
+        h.update(np.asarray(dataset.monitor, np.float64).tobytes())
     fr = np.asarray(dataset.frames)
     h.update(fr[:: max(1, fr.shape[0] // 7)].tobytes())
     return h.hexdigest()[:16]

@@ -74,6 +74,8 @@ _TRANSLATION_MAX_M = 1.0  # 1 m scan range
 _DET = "instrument_1/detector_1"
 _SRC = "instrument_1/source_1"
 _TRANS = "sample_1/geometry_1/translation"
+#: optional incident-flux monitor (NXmonitor): one reading per frame, shape (N,), any unit
+_MON = "instrument_1/monitor_1/data"
 _ENTRY_RE = re.compile(r"^entry_(\d+)$")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _READ_ERRORS = (OSError, RuntimeError, ValueError, TypeError, KeyError)
@@ -351,6 +353,7 @@ class _Entry:
     frame_size: int
     has_mask: bool
     has_illumination: bool
+    has_monitor: bool = False
 
 
 def _scan_entry(path, f: h5py.File, name: str) -> _Entry:
@@ -411,7 +414,15 @@ def _scan_entry(path, f: h5py.File, name: str) -> _Entry:
             raise _err(path, il.name, f"must have shape ({m}, {m}), got {il.shape}")
         _check_dtype(path, il, "iufc", "a complex probe")
         has_illum = True
-    return _Entry(name, energy_j / ELEMENTARY_CHARGE, distance, px, n, m, has_mask, has_illum)
+    has_mon = False
+    mo = e.get(_MON)
+    if mo is not None:
+        mo = _dataset(path, e, _MON)
+        if mo.shape != (n,):
+            raise _err(path, mo.name, f"must have shape ({n},), one reading per frame of {data.name}, got {mo.shape}")
+        _check_dtype(path, mo, "iuf", "real monitor readings")
+        has_mon = True
+    return _Entry(name, energy_j / ELEMENTARY_CHARGE, distance, px, n, m, has_mask, has_illum, has_mon)
 
 
 def _scan_cxi(path, f: h5py.File) -> list[_Entry]:
@@ -484,6 +495,26 @@ def _check_illumination_all_or_none(path, chosen: list[_Entry]) -> bool:
         raise _err(path, f"/{missing.name}/{_SRC}/illumination",
                    f"missing dataset (present in /{have.name}; give it for every energy or none)")
     return all(flags)
+
+
+def _check_monitor_all_or_none(path, chosen: list[_Entry]) -> bool:
+    flags = [en.has_monitor for en in chosen]
+    if any(flags) and not all(flags):
+        missing, have = chosen[flags.index(False)], chosen[flags.index(True)]
+        raise _err(path, f"/{missing.name}/{_MON}",
+                   f"missing dataset (present in /{have.name}; give the monitor for every energy or none)")
+    return all(flags)
+
+
+def _load_monitor(path, f: h5py.File, en: _Entry) -> np.ndarray:
+    """One entry's monitor readings (N_k,) float64, validated finite and positive."""
+    ds = f[en.name][_MON]
+    mon = _read(path, ds, dtype=np.float64)
+    ok = np.isfinite(mon) & (mon > 0)
+    if not ok.all():
+        bad = int(np.argmin(ok))
+        raise _err(path, ds.name, f"reading {bad} is {mon[bad]:g}; monitor readings must be finite and positive")
+    return mon
 
 
 def _load_entry(path, f: h5py.File, en: _Entry, frames: np.ndarray, with_illumination: bool):
@@ -579,6 +610,7 @@ def read_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
         energy_index = np.empty(n_total, dtype=np.int32)
         mask = np.ones((len(chosen), m, m), dtype=np.float32)
         illum = np.empty((len(chosen), m, m), dtype=np.complex64) if with_illum else None
+        monitor = np.empty(n_total, dtype=np.float64) if _check_monitor_all_or_none(path, chosen) else None
         start = 0
         for k, en in enumerate(chosen):
             stop = start + en.n_frames
@@ -587,6 +619,8 @@ def read_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
             energy_index[start:stop] = k
             if illum is not None:
                 illum[k] = probe
+            if monitor is not None:
+                monitor[start:stop] = _load_monitor(path, f, en)
             start = stop
         return Dataset(
             frames=frames,
@@ -597,6 +631,7 @@ def read_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
             illumination=illum,
             distance=float(chosen[0].distance),
             detector_pixel=float(chosen[0].pixel),
+            monitor=monitor,
         )
 
 
@@ -760,6 +795,8 @@ def open_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
         chosen, with_illum = _chosen_entries(path, f, energies)
         m = chosen[0].frame_size
         positions, energy_index, masks, probes = [], [], [], []
+        with_mon = _check_monitor_all_or_none(path, chosen)
+        monitor = [_load_monitor(path, f, en) for en in chosen] if with_mon else None
         for k, en in enumerate(chosen):
             pos, w, probe = _load_entry_meta(path, f, en, with_illum)
             positions.append(pos)
@@ -775,6 +812,7 @@ def open_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
         illumination=np.stack(probes).astype(np.complex64) if with_illum else None,
         distance=float(chosen[0].distance),
         detector_pixel=float(chosen[0].pixel),
+        monitor=None if monitor is None else np.concatenate(monitor),
     )
 
 
@@ -800,6 +838,7 @@ def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compressi
     energies = np.asarray(dataset.energies, dtype=np.float64)
     mask = np.asarray(dataset.mask)
     illum = None if dataset.illumination is None else np.asarray(dataset.illumination).astype(np.complex64)
+    monitor = None if dataset.monitor is None else np.asarray(dataset.monitor, np.float64)
     m = frames.shape[-1]
     if energies.size == 0:
         raise InputError(f"cannot write {path}: the dataset has no energies")
@@ -842,6 +881,8 @@ def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compressi
                 d = det.create_dataset(name, data=np.float64(value))
                 d.attrs["units"] = "m"
             det.create_dataset("mask", data=(mask[k] == 0).astype(np.uint8))
+            if monitor is not None:
+                e.create_dataset(_MON, data=monitor[idx]).attrs["units"] = "arbitrary (incident flux; ratios used)"
             geo = e.create_group("sample_1/geometry_1")
             tr = np.zeros((idx.size, 3), dtype=np.float64)
             tr[:, :2] = -pos[idx]
@@ -855,7 +896,8 @@ def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
     """Per-energy mean counts per frame, mask fraction, scan extent; validates every value
     exactly like :func:`read_cxi` (one entry in memory at a time)."""
     with_illum = _check_illumination_all_or_none(path, entries)
-    dose, masked, lo, hi, illum_photons = [], [], None, None, []
+    with_mon = _check_monitor_all_or_none(path, entries)
+    dose, masked, lo, hi, illum_photons, mon_rms = [], [], None, None, [], []
     for en in entries:
         frames = np.empty((en.n_frames, en.frame_size, en.frame_size), dtype=np.float32)
         pos, weights, probe = _load_entry(path, f, en, frames, with_illum)
@@ -865,8 +907,11 @@ def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
         hi = pos.max(0) if hi is None else np.maximum(hi, pos.max(0))
         if probe is not None:
             illum_photons.append(float((np.abs(probe.astype(np.complex128)) ** 2).sum()))
+        if with_mon:
+            mon = _load_monitor(path, f, en)
+            mon_rms.append(float(np.std(mon) / np.mean(mon)))
     return {"dose": np.array(dose), "masked": np.array(masked), "lo": lo, "hi": hi,
-            "illum_photons": np.array(illum_photons)}
+            "illum_photons": np.array(illum_photons), "monitor_rms": np.array(mon_rms)}
 
 
 def cxi_summary(path) -> str:
@@ -899,6 +944,9 @@ def cxi_summary(path) -> str:
         "  illumination:      "
         + (f"present (mean sum |P|^2 = {stats['illum_photons'].mean():.4g} photons per frame)"
            if stats["illum_photons"].size else "absent"),
+        "  monitor (I0):      "
+        + (f"present (frame-to-frame RMS {100 * stats['monitor_rms'].mean():.3g} % of the mean, averaged over energies)"
+           if stats["monitor_rms"].size else "absent (flux taken as constant within each energy)"),
         f"  scan (probe x, y): x {_si(stats['lo'][0], 'm')} .. {_si(stats['hi'][0], 'm')}, "
         f"y {_si(stats['lo'][1], 'm')} .. {_si(stats['hi'][1], 'm')}",
     ]

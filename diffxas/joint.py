@@ -78,7 +78,7 @@ import numpy as np
 import optax
 
 from .constants import R_E
-from .dataset import Dataset, in_memory, read_frames, take_frames  # noqa: F401 (read/take: public here too)
+from .dataset import Dataset, in_memory, read_frames, relative_monitor, take_frames  # noqa: F401 (read/take: public here too)
 from .errors import ConfigError, DivergenceError
 from .forward import (frame_geometry, illumination_map, intensities, loss_fn, resample_matrices, resample_stack,
                       transmission)
@@ -343,6 +343,9 @@ class Problem(eqx.Module):
     frame_energy: Any = None
     # (K, J) Legendre basis of the smooth probe model (None: one free probe per energy)
     probe_basis: Any = None
+    # (F,) log of each frame's relative incident flux from the dataset's monitor
+    # (diffxas.dataset.relative_monitor; None: no monitor); added to the trained log scales
+    log_monitor: Any = None
 
 
 def chunk_layout(n_frames: int, chunk: int, n_shards: int = 1) -> tuple[int, int]:
@@ -433,7 +436,8 @@ def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, co
                    energies=jnp.asarray(ds.energies, jnp.float32), ry=jnp.asarray(np.stack(ry), jnp.float32),
                    rx=jnp.asarray(np.stack(rx), jnp.float32), illuminated=jnp.asarray(illuminated),
                    empty=jnp.zeros(common.shape, jnp.float32), edge=edge,
-                   scales=scales, frame_energy=jnp.asarray(ei, jnp.int32))
+                   scales=scales, frame_energy=jnp.asarray(ei, jnp.int32),
+                   log_monitor=None if ds.monitor is None else jnp.asarray(np.log(relative_monitor(ds)), jnp.float32))
     return prob, common, grids
 
 
@@ -476,10 +480,12 @@ def _tv(x, mask, weight=1.0):
 
 
 def frame_nuisances(params: JointParams, prob: Problem):
-    """Per-frame nuisances ``(dpos (F, 2), log scale (F,))``. The log scales have their mean
-    over each energy's frames removed: a common factor of one energy's frames is the same
-    thing as its probe's amplitude, so without this gauge it would drift freely."""
-    s = params.dscale
+    """Per-frame nuisances ``(dpos (F, 2), log scale (F,))``. The log scale of a frame is the
+    log of its monitor's relative flux (fixed; 0 without a monitor) plus the trained
+    correction ``dscale``; the sum has its mean over each energy's frames removed: a common
+    factor of one energy's frames is the same thing as its probe's amplitude, so without
+    this gauge it would drift freely."""
+    s = params.dscale if prob.log_monitor is None else params.dscale + prob.log_monitor
     if prob.frame_energy is None:
         return params.dpos, s
     k = prob.energies.shape[0]

@@ -85,6 +85,10 @@ class SimConfig:
     position_error: float = 0.0
     #: relative RMS of the incident flux per frame (beam-intensity fluctuations; 0 = none)
     flux_jitter: float = 0.0
+    #: record an incident-flux monitor (I0) per frame in the dataset: None = no monitor; a
+    #: number = the monitor reading's own relative RMS error (0 = a perfect monitor; an ion
+    #: chamber is ~1e-3). Readings are ``1e5 * flux factor * (1 + error)`` (arbitrary units).
+    monitor_noise: float | None = None
     dose: float = 1e6
     bad_pixel_fraction: float = 1e-3
     #: simulation grid = each energy's object pixel / oversample (patches of oversample * M,
@@ -124,6 +128,8 @@ class SimConfig:
             raise ConfigError(f"dose must be positive (photons per frame), got {self.dose}")
         if not (0.0 <= self.flux_jitter < 0.5):
             raise ConfigError(f"flux_jitter must be in [0, 0.5) (relative RMS per frame), got {self.flux_jitter}")
+        if self.monitor_noise is not None and not (0.0 <= self.monitor_noise < 0.5):
+            raise ConfigError(f"monitor_noise must be None (no monitor) or in [0, 0.5) (relative RMS), got {self.monitor_noise}")
         if self.oversample < 1 or self.truth_oversample < 1:
             raise ConfigError("oversample factors must be >= 1")
 
@@ -369,6 +375,10 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
     # per-frame flux factors from their own stream, so flux_jitter = 0 leaves every other draw as it was
     flux = (np.clip(1.0 + np.random.default_rng([cfg.seed, 15485863]).normal(0.0, cfg.flux_jitter, len(frames)), 0.05, None)
             if cfg.flux_jitter > 0 else None)
+    monitor = None
+    if cfg.monitor_noise is not None:  # its own stream too
+        err = np.random.default_rng([cfg.seed, 32452843]).normal(0.0, cfg.monitor_noise, len(frames)) if cfg.monitor_noise > 0 else 0.0
+        monitor = 1e5 * (np.ones(len(frames)) if flux is None else flux) * np.clip(1.0 + err, 0.05, None)
 
     @jax.jit
     def frames_of(obj, probe_hat, corner, frac):
@@ -413,7 +423,7 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
                  energy_index=jnp.asarray(eidx), energies=jnp.asarray(energies, jnp.float32),
                  mask=jnp.asarray(np.broadcast_to(mask, (len(energies), M, M)).copy()),
                  illumination=jnp.asarray(illum), distance=float(cfg.distance),
-                 detector_pixel=float(cfg.detector_pixel))
+                 detector_pixel=float(cfg.detector_pixel), monitor=monitor)
     truth = make_truth(ph, cfg, ds, edge)
     return Simulation(dataset=ds, truth=truth, config=cfg, true_positions=true_pos, true_probes=true_probes,
                       sampling_grids=grids, true_scales=flux)

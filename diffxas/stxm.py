@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dataset import Dataset, read_frames
+from .dataset import Dataset, read_frames, relative_monitor
 from .geometry import Grid
 
 
@@ -38,8 +38,11 @@ def frame_sums(ds: Dataset) -> np.ndarray:
 def frame_moments(ds: Dataset, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Masked total counts (F,) and centres of mass (F, 2) (row, col) of every frame.
 
-    Centres in detector pixels relative to the zero frequency (pixel (M/2, M/2)); NaN for a
-    frame without counts. One pass over the frames (a lazy source is read in ranges).
+    With an incident-flux monitor the counts are divided by the frame's relative flux
+    (:func:`diffxas.dataset.relative_monitor`: counts at the mean flux of its energy); the
+    centres of mass do not depend on the flux. Centres in detector pixels relative to the
+    zero frequency (pixel (M/2, M/2)); NaN for a frame without counts. One pass over the
+    frames (a lazy source is read in ranges).
     """
     w = np.asarray(ds.mask, np.float64)
     ei = np.asarray(ds.energy_index)
@@ -55,7 +58,7 @@ def frame_moments(ds: Dataset, block: int = 256) -> tuple[np.ndarray, np.ndarray
         with np.errstate(invalid="ignore", divide="ignore"):
             com[a:b, 0] = np.einsum("fij,i->f", f, q) / s
             com[a:b, 1] = np.einsum("fij,j->f", f, q) / s
-    return sums, com
+    return sums / relative_monitor(ds), com
 
 
 def membrane_counts(ds: Dataset, sums: np.ndarray | None = None) -> np.ndarray:

@@ -801,3 +801,71 @@ def test_open_cxi_errors(tmp_path, cxi):
     with pytest.raises(InputError) as ei:
         lazy.frames.read(10, 15)
     assert_one_line_error(ei, cxi, f"/entry_3/{DET}/data", "changed since it was opened")
+
+
+# ----------------------------------------------------------------------------------------
+# incident-flux monitor (I0): /entry_k/instrument_1/monitor_1/data, one reading per frame
+# ----------------------------------------------------------------------------------------
+MON = "instrument_1/monitor_1/data"
+
+
+def _with_monitor(ds: Dataset, seed=5) -> Dataset:
+    mon = np.random.default_rng(seed).uniform(0.9e5, 1.1e5, ds.n_frames)
+    return Dataset(frames=ds.frames, positions=ds.positions, energy_index=ds.energy_index, energies=ds.energies,
+                   mask=ds.mask, illumination=ds.illumination, distance=ds.distance,
+                   detector_pixel=ds.detector_pixel, monitor=mon)
+
+
+def test_monitor_round_trip_and_selections(tmp_path):
+    """The monitor readings survive write_cxi -> read_cxi / open_cxi exactly (float64),
+    follow the frames through energy selection and halves, and relative_monitor has mean 1
+    over each energy's frames (exact ratios of the readings, 1e-12)."""
+    from diffxas.dataset import relative_monitor
+
+    ds = _with_monitor(make_dataset(interleave=True))
+    path = io.write_cxi(tmp_path / "m.cxi", ds)
+    with h5py.File(path, "r") as f:
+        assert f[f"entry_2/{MON}"].shape == (N,)
+    for back in (io.read_cxi(path), io.open_cxi(path)):
+        order = np.argsort(np.asarray(ds.energy_index), kind="stable")  # the file groups frames by energy
+        np.testing.assert_array_equal(np.asarray(back.monitor), np.asarray(ds.monitor)[order])
+    back = io.read_cxi(path)
+    sub = back.select_energies([0, 2])
+    np.testing.assert_array_equal(sub.monitor, np.asarray(back.monitor)[np.asarray(back.energy_index) != 1])
+    half = back.half("odd")
+    assert half.monitor.shape == (half.n_frames,)
+    rel = relative_monitor(back)
+    ei = np.asarray(back.energy_index)
+    for k in range(K):
+        assert rel[ei == k].mean() == pytest.approx(1.0, abs=1e-12)
+        np.testing.assert_allclose(rel[ei == k] / rel[ei == k][0], back.monitor[ei == k] / back.monitor[ei == k][0],
+                                   rtol=1e-12)
+    np.testing.assert_array_equal(relative_monitor(make_dataset()), np.ones(K * N))
+    assert "monitor (I0):      present" in io.cxi_summary(path)
+    assert "monitor (I0):      absent" in io.cxi_summary(io.write_cxi(tmp_path / "n.cxi", make_dataset()))
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda f: f[f"entry_2/{MON}"].__setitem__(3, 0.0), r"entry_2/instrument_1/monitor_1/data: reading 3 is 0"),
+    (lambda f: f[f"entry_1/{MON}"].__setitem__(0, np.nan), r"entry_1/instrument_1/monitor_1/data: reading 0 is nan"),
+    (lambda f: _replace(f, f"entry_3/{MON}", np.ones(N + 1)), r"entry_3/instrument_1/monitor_1/data: must have shape \(5,\)"),
+    (lambda f: f.__delitem__(f"entry_2/{MON}"), r"entry_2/instrument_1/monitor_1/data: missing dataset \(present in /entry_1"),
+])
+def test_monitor_errors(tmp_path, mutate, match):
+    """A bad monitor is one InputError line naming the entry and dataset."""
+    path = io.write_cxi(tmp_path / "m.cxi", _with_monitor(make_dataset()))
+    with h5py.File(path, "r+") as f:
+        mutate(f)
+    for fn in (io.read_cxi, io.open_cxi):
+        with pytest.raises(InputError, match=match):
+            fn(path)
+
+
+def test_dataset_refuses_bad_monitor():
+    ds = make_dataset()
+    kw = dict(frames=ds.frames, positions=ds.positions, energy_index=ds.energy_index, energies=ds.energies,
+              mask=ds.mask, illumination=None, distance=ds.distance, detector_pixel=ds.detector_pixel)
+    with pytest.raises(InputError, match=r"monitor must be \(15,\)"):
+        Dataset(**kw, monitor=np.ones(14))
+    with pytest.raises(InputError, match="monitor reading of frame 2 is -1"):
+        Dataset(**kw, monitor=np.array([1.0, 1.0, -1.0] + [1.0] * 12))
