@@ -488,22 +488,23 @@ def _chosen_entries(path, f, energies) -> tuple[list[_Entry], bool]:
     return chosen, _check_illumination_all_or_none(path, chosen)
 
 
-def _check_illumination_all_or_none(path, chosen: list[_Entry]) -> bool:
-    flags = [en.has_illumination for en in chosen]
+def _all_or_none(path, chosen: list[_Entry], attr: str, dataset: str) -> bool:
+    """True if every chosen entry has the optional ``dataset`` (flag ``attr``), False if
+    none has it; an InputError naming the first entry without it otherwise."""
+    flags = [getattr(en, attr) for en in chosen]
     if any(flags) and not all(flags):
         missing, have = chosen[flags.index(False)], chosen[flags.index(True)]
-        raise _err(path, f"/{missing.name}/{_SRC}/illumination",
+        raise _err(path, f"/{missing.name}/{dataset}",
                    f"missing dataset (present in /{have.name}; give it for every energy or none)")
     return all(flags)
 
 
+def _check_illumination_all_or_none(path, chosen: list[_Entry]) -> bool:
+    return _all_or_none(path, chosen, "has_illumination", f"{_SRC}/illumination")
+
+
 def _check_monitor_all_or_none(path, chosen: list[_Entry]) -> bool:
-    flags = [en.has_monitor for en in chosen]
-    if any(flags) and not all(flags):
-        missing, have = chosen[flags.index(False)], chosen[flags.index(True)]
-        raise _err(path, f"/{missing.name}/{_MON}",
-                   f"missing dataset (present in /{have.name}; give the monitor for every energy or none)")
-    return all(flags)
+    return _all_or_none(path, chosen, "has_monitor", _MON)
 
 
 def _load_monitor(path, f: h5py.File, en: _Entry) -> np.ndarray:
