@@ -97,6 +97,40 @@ def spread(values: np.ndarray, positions: np.ndarray, grid: Grid, sigma_m: float
     return (out, den) if return_weight else out
 
 
+def flux_scatter(ds: Dataset, empty: np.ndarray, common: Grid, sums: np.ndarray | None = None,
+                 min_frames: int = 5) -> float | None:
+    """Frame-to-frame scatter of the incident flux beyond Poisson noise (relative RMS),
+    from the frames that see only the membrane; None when no energy has ``min_frames`` such frames.
+
+    Frames whose probe centre falls on a pixel of ``empty`` (the empty reference region on
+    ``common``, e.g. from :func:`dpc_phase`) should all have the same counts within one
+    energy, up to Poisson noise (relative variance ``1 / counts``). Their robust relative
+    spread (1.4826 x median absolute deviation over the median) with the Poisson part
+    removed in quadrature is the flux jitter left in the data: with a monitor, what the
+    monitor did not correct (the sums are flux-normalised, :func:`frame_moments`). Median
+    over the energies. Reference: the simulator's ``flux_jitter`` (tests/test_stxm.py).
+    """
+    sums = frame_sums(ds) if sums is None else np.asarray(sums, np.float64)
+    pos = np.asarray(ds.positions, np.float64)
+    col = np.rint((pos[:, 0] - common.origin[0]) / common.pixel_size).astype(int)
+    row = np.rint((pos[:, 1] - common.origin[1]) / common.pixel_size).astype(int)
+    inside = (row >= 0) & (row < common.shape[0]) & (col >= 0) & (col < common.shape[1])
+    on_empty = np.zeros(len(sums), bool)
+    on_empty[inside] = np.asarray(empty, bool)[row[inside], col[inside]]
+    ei = np.asarray(ds.energy_index)
+    out = []
+    for k in range(ds.n_energies):
+        v = sums[(ei == k) & on_empty & np.isfinite(sums)]
+        if v.size < min_frames:
+            continue
+        med = float(np.median(v))
+        if med <= 0:
+            continue
+        rel = 1.4826 * float(np.median(np.abs(v - med))) / med
+        out.append(np.sqrt(max(rel ** 2 - 1.0 / med, 0.0)))
+    return float(np.median(out)) if out else None
+
+
 def stxm_absorption(ds: Dataset, common: Grid, sigma_m: float | None = None, sums: np.ndarray | None = None) -> np.ndarray:
     """Low-resolution absorption stack (K, H, W) from integrated frame counts (bright field).
 
