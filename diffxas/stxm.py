@@ -111,9 +111,7 @@ def flux_scatter(ds: Dataset, empty: np.ndarray, common: Grid, sums: np.ndarray 
     over the energies. Reference: the simulator's ``flux_jitter`` (tests/test_stxm.py).
     """
     sums = frame_sums(ds) if sums is None else np.asarray(sums, np.float64)
-    pos = np.asarray(ds.positions, np.float64)
-    col = np.rint((pos[:, 0] - common.origin[0]) / common.pixel_size).astype(int)
-    row = np.rint((pos[:, 1] - common.origin[1]) / common.pixel_size).astype(int)
+    row, col = np.rint(common.to_pixels(ds.positions)).astype(int).T
     inside = (row >= 0) & (row < common.shape[0]) & (col >= 0) & (col < common.shape[1])
     on_empty = np.zeros(len(sums), bool)
     on_empty[inside] = np.asarray(empty, bool)[row[inside], col[inside]]
