@@ -66,6 +66,7 @@ is found on the flux-independent phase from the frames' centres of mass
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -882,8 +883,6 @@ def _check_flux(ds: Dataset, cfg: "JointConfig", scatter: float | None, info: di
     info["flux_scatter"] = scatter
     if scatter is None or scatter <= FLUX_SCATTER_WARN:
         return
-    import logging
-
     what = "after the monitor's correction" if ds.monitor is not None else "and the data have no monitor"
     fix = ("" if cfg.lr_scale > 0 else
            "; per-frame scales can absorb part of it (joint.lr_scale = 0.003)" if ds.monitor is not None else
