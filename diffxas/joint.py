@@ -832,7 +832,7 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
             if ds.illumination is None:
                 raise ConfigError("init_probes='file': the data file has no illumination; use init_probes='result'")
             return vals, {"init": "result", "init_result": cfg.init_result, "init_probes": "file"}
-        probes, gains = _membrane_normalised_probes(ds, res.probes)
+        probes, gains = _membrane_normalised_probes(ds, res.probes, None if moments is None else moments[0])
         return vals, {"init": "result", "init_result": cfg.init_result, "init_probes": "result", "probes": probes,
                       "probe_gain": gains}
     stack = stxm_absorption(ds, common, sums=None if moments is None else moments[0])
@@ -849,7 +849,7 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
     return vals, {"init": cfg.init}
 
 
-def _membrane_normalised_probes(ds: Dataset, probes) -> tuple[np.ndarray | None, list[float] | None]:
+def _membrane_normalised_probes(ds: Dataset, probes, sums: np.ndarray | None = None) -> tuple[np.ndarray | None, list[float] | None]:
     """A results file's probes rescaled so that a membrane-only frame has the measured counts.
 
     A two-step (ePIE) reconstruction's object includes the membrane, so its probes are the
@@ -858,14 +858,15 @@ def _membrane_normalised_probes(ds: Dataset, probes) -> tuple[np.ndarray | None,
     probe is the beam times the membrane's transmission. Without this the first steps push
     the membrane's absorption into the maps (warm start on noisy `tiny`: edge energy bias
     +0.62 eV, PE/Δμt -0.53 eV; with it, or with the file's illumination, ~0). The gain per
-    energy, sqrt(membrane counts / sum |P|^2), is recorded (``probe_gain``).
+    energy, sqrt(membrane counts / sum |P|^2), is recorded (``probe_gain``). ``sums``: the
+    frames' masked counts when already known (:func:`diffxas.stxm.frame_moments`).
     """
     if probes is None:
         return None, None
     p = np.asarray(probes)
     if p.ndim != 3 or p.shape[0] != ds.n_energies:
         return p, None
-    counts = membrane_counts(ds)
+    counts = membrane_counts(ds, sums)
     power = np.sum(np.abs(p) ** 2, axis=(1, 2)) * np.asarray([np.mean(np.asarray(ds.mask)[k]) for k in range(ds.n_energies)])
     gain = np.sqrt(np.where(power > 0, counts / np.maximum(power, 1e-30), 1.0))
     return (p * gain[:, None, None]).astype(p.dtype), [float(g) for g in gain]
@@ -899,12 +900,12 @@ def empty_region(material: np.ndarray, illuminated: np.ndarray, fraction: float 
     particles' blurred rims; no region (all False) when fewer than 4 pixels remain."""
     from scipy import ndimage
 
-    b1 = np.abs(np.asarray(material, np.float64))
+    mag = np.abs(np.asarray(material, np.float64))
     ill = np.asarray(illuminated, bool)
     if not ill.any():
         return np.zeros_like(ill)
-    top = np.percentile(b1[ill], 99)
-    empty = ill & (b1 < fraction * top)
+    top = np.percentile(mag[ill], 99)
+    empty = ill & (mag < fraction * top)
     empty = ndimage.binary_erosion(empty, iterations=margin_px)
     return empty if empty.sum() >= 4 else np.zeros_like(empty)
 

@@ -6,11 +6,11 @@ sample under the probe:
 * its **integrated counts** (bright field): ``sum_q I_j(q) = I0_j sum_r |P(r - r_j)|^2 |O(r)|^2``,
   the probe-weighted transmission times the incident flux ``I0_j``
   (:func:`stxm_absorption`, which divides by a membrane frame's counts: it needs a stable
-  flux);
+  flux, or a monitor to divide by, :func:`diffxas.dataset.relative_monitor`);
 * its **centre of mass** (differential phase contrast, DPC):
   ``<q> = M/(2 pi) <d phi / d r>_{|psi|^2}`` (detector pixels; the exit wave's phase gradient
   per object pixel, weighted by the transmitted intensity), independent of the flux
-  (:func:`frame_centres`, :func:`dpc_phase`). Sign: with numpy's forward FFT an exit wave
+  (:func:`frame_moments`, :func:`dpc_phase`). Sign: with numpy's forward FFT an exit wave
   ``exp(2 pi i u0 x / M)`` puts the far-field peak at index ``u0``.
 
 Scattered per-frame values go onto the map grid with a Gaussian kernel of about the scan
