@@ -762,7 +762,20 @@ def fit_shape_and_amplitudes(stack: np.ndarray, energies: np.ndarray, mask: np.n
     Shape parameters (b2, b3, c12, c13, c22, c23) by a grid search on the mean spectrum of
     ``mask`` pixels weighted by their edge contrast; then the four amplitudes of every pixel
     by exact linear least squares (:func:`diffxas.spectra.linear_design`).
+
+    The grid holds c13 = 1.2 eV, c22 = c12 + 4 eV, c23 = 2 eV (the joint refines them). The
+    search runs in two stages, as the two-step's :func:`diffxas.fitting.fit_global` does:
+    first the main pre-edge peak alone (edge + one Lorentzian), then the full design with
+    c12 within 1 eV of that peak; amplitudes b1, c11, c21 non-negative in both (exact NNLS,
+    :func:`diffxas.fitting.varpro_grid`). A single unconstrained search over the full design
+    can put the *second* peak (the broader one, tied 4 eV up) on the measured pre-edge peak
+    and cancel the first with a negative amplitude: it did on one of five `tiny` scans with
+    20 nm position errors, where the blurred peak looked broad (c12 = 5462.5 instead of
+    ~5466 eV; joint PE/dmt error 2.45 eV). Non-negativity alone does not prevent it (the
+    second peak alone then fits best); locating the main peak first does.
     """
+    from .fitting import varpro_grid
+
     e = np.asarray(energies, np.float64)
     sel = stack[:, mask]  # (K, P)
     if sel.shape[1] == 0:
@@ -777,9 +790,19 @@ def fit_shape_and_amplitudes(stack: np.ndarray, energies: np.ndarray, mask: np.n
         # all candidate designs at once (one call of the spectral model), (G, K, 4)
         dm = np.moveaxis(np.asarray(linear_design(jnp.asarray(e), jnp.asarray(g[:, 0]), jnp.asarray(g[:, 1]),
                                                   jnp.asarray(g[:, 2]), 1.2, jnp.asarray(g[:, 2] + 4.0), 2.0), np.float64), 0, 1)
-        coef = np.einsum("gpk,k->gp", np.linalg.pinv(dm), mean)
-        rss = np.sum((np.einsum("gkp,gp->gk", dm, coef) - mean) ** 2, axis=1)
-        b2, b3, c12 = g[int(np.argmin(rss))]
+        if e.size <= 4:  # no more energies than amplitudes: the least-squares pick, nothing to constrain
+            coef = np.einsum("gpk,k->gp", np.linalg.pinv(dm), mean)
+            i = int(np.argmin(np.sum((np.einsum("gkp,gp->gk", dm, coef) - mean) ** 2, axis=1)))
+        else:
+            # stage 1: the main pre-edge peak alone (columns a, b1, c11)
+            best, _, _ = varpro_grid(mean[:, None], dm[:, :, :3], nonneg=(1, 2))
+            # stage 2: the full design, c12 from 2 eV below to 1 eV above that peak (one
+            # Lorentzian standing in for both peaks sits above the main one)
+            dc = g[:, 2] - g[int(best[0]), 2]
+            near = np.flatnonzero((dc >= -2.0 - 1e-9) & (dc <= 1.0 + 1e-9))
+            best, _, _ = varpro_grid(mean[:, None], dm[near], nonneg=(1, 2, 3))
+            i = int(near[int(best[0])])
+        b2, b3, c12 = g[i]
     else:
         b2, b3, c12 = 0.5 * (lo + hi), 3.0, lo
     shape = dict(b2=b2, b3=b3, c12=c12, c13=1.2, c22=c12 + 4.0, c23=2.0)

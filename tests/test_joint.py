@@ -467,3 +467,22 @@ def test_monitor_sets_the_frame_scales():
     np.testing.assert_array_equal(np.asarray(joint.frame_nuisances(state.params, solver.prob)[1], np.float64), s0)
     solver2, state2, _ = joint.prepare_joint(simulate(preset("tiny", **kw)).dataset, cfg)
     assert not np.any(np.asarray(joint.frame_nuisances(state2.params, solver2.prob)[1]))
+
+
+def test_initial_shape_search_finds_the_main_pre_edge_peak():
+    """A broad main pre-edge peak (c13 = 2 eV) looks like the grid's second peak (2 eV
+    wide, tied 4 eV up): a single unconstrained search put that second peak on it (c12 4 eV
+    too low, c11 < 0), as on a `tiny` scan with 20 nm position errors. Reference: the
+    generating parameters; tolerance 1 eV (twice the grid step) on c12, the amplitudes of the
+    chosen start non-negative, b2 within 1 eV."""
+    from diffxas.simulate import _tiny_energies
+    from diffxas.spectra import XanesParams, absorption
+
+    e = np.asarray(_tiny_energies())
+    p = XanesParams(a=0.004, b1=0.016, b2=5480.0, b3=4.0, c11=0.006, c12=5466.0, c13=2.0,
+                    c21=0.0006, c22=5470.0, c23=2.0, n_other=0.0)
+    y = np.asarray(absorption(p, jnp.asarray(e)), np.float64)
+    v = joint.fit_shape_and_amplitudes(y[:, None, None], e, np.ones((1, 1), bool))
+    assert abs(float(v["c12"].flat[0]) - 5466.0) <= 1.0
+    assert abs(float(v["b2"].flat[0]) - 5480.0) <= 1.0
+    assert float(v["c11"].flat[0]) > 0
