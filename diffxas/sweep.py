@@ -616,7 +616,7 @@ def _get_simulation(pc: PointConfig, d: Path, reuse_files: bool):
     if reuse_files and data.exists() and truth.exists():
         ds = dio.read_cxi(data)
         tr = dio.read_truth(truth)
-        sim = Simulation(dataset=ds, truth=tr, config=pc.sim, true_positions=None, true_probes=None)
+        sim = Simulation(dataset=ds, truth=tr, config=pc.sim, true_positions=None, true_probes=None, sampling_grids=None)
         return sim, {"source": "files", "wall_s": 0.0}
     if key in _SIM_CACHE:
         sim, src_dir = _SIM_CACHE[key]

@@ -214,11 +214,20 @@ def test_tiny_sweep_resume_and_failing_point(tmp_path):
     rec["resolved"]["joint"]["lr_amp"] = 123.0  # as if the default had been different
     cfg_path.write_text(json.dumps(rec))
     assert not sweep._same_resolved(out / other["dir"], other)
+    # an interrupted point (its data files and one method finished, no done.json): resume
+    # reads the data back from its files and runs only the missing method
+    third = next(p for p in pts if p["dir"] in kept)
+    del kept[third["dir"]]
+    third_data = (out / third["dir"] / "data.cxi").stat().st_mtime_ns
+    for name in ("done.json", "result-joint.h5", "metrics-joint.json"):
+        (out / third["dir"] / name).unlink()
     time.sleep(0.01)
     runs_before = {m: sweep.COUNTERS[f"method:{m}"] for m in methods}
     s2 = sweep.run(spec, out, workers=1, resume=True, progress=False)
-    assert s2.counts == {"total": 5, "skipped": 2, "ran": 3, "ok": 4, "failed": 1}
-    assert {m: sweep.COUNTERS[f"method:{m}"] - runs_before[m] for m in methods} == {m: 2 for m in methods}
+    assert s2.counts == {"total": 5, "skipped": 1, "ran": 4, "ok": 4, "failed": 1}
+    assert {m: sweep.COUNTERS[f"method:{m}"] - runs_before[m] for m in methods} == {m: 3 if m == "joint" else 2 for m in methods}
+    assert (out / third["dir"] / "data.cxi").stat().st_mtime_ns == third_data
+    assert (out / third["dir"] / "done.json").is_file()
     now = _mtimes(out, pts)
     assert all(now[k] == v for k, v in kept.items())  # untouched
     assert gone["dir"] in now and (out / gone["dir"] / "data.cxi").is_file()
