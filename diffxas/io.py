@@ -1269,6 +1269,8 @@ def summarize_result(path) -> str:
         if "confidence_mean" in c:
             desc.append(f"mean assignment confidence {float(c['confidence_mean']):.3f}")
         lines.append(f"  clusters:          {'; '.join(desc) or 'present'}")
+    for w in (r.config or {}).get("warnings") or []:  # the solver's plausibility checks
+        lines.append(f"  WARNING:           {w}")
     return "\n".join(lines)
 
 

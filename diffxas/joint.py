@@ -1373,6 +1373,36 @@ def map_std_joint(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
     return map_std(p, prob.energies, edge, np.asarray(info), names, reference_energy)
 
 
+def plausibility_warnings(full: dict[str, np.ndarray], pre_edge_norm: np.ndarray, valid: np.ndarray) -> list[str]:
+    """Signs that the fitted spectral model left physics (one line each; empty = none seen).
+
+    The joint's widths are bounded below only (softplus), so a collapse shows as widths
+    beyond the two-step fit's bounds (:class:`diffxas.fitting.FitConfig`: pre-edge widths
+    <= 8 eV, edge width <= 15 eV), and as a negative pre-edge peak area. Seen at 1e4 photons
+    per frame on `tiny` (experiments/README.md): c23 = 12 eV and median PE/dmt -21 eV. Medians
+    over the valid pixels (shared parameters are one value anyway).
+    """
+    from .fitting import FitConfig
+
+    fc = FitConfig()
+    v = np.asarray(valid, bool)
+    out = []
+    if not v.any():
+        return ["no valid pixel (no edge jump above valid_jump_fraction): the maps are empty"]
+    med = {k: float(np.median(np.asarray(full[k])[v])) for k in ("b3", "c13", "c23") if k in full}
+    for k, hi, what in (("c13", fc.width_bounds[1], "first pre-edge peak width"),
+                        ("c23", fc.width_bounds[1], "second pre-edge peak width"),
+                        ("b3", fc.b3_bounds[1], "edge width")):
+        if k in med and med[k] > hi:
+            out.append(f"{what} {k} = {med[k]:.3g} eV (median) is above {hi:g} eV, the two-step fit's bound: "
+                       "the spectral model has likely collapsed (too few photons or too few energies?)")
+    pe = np.asarray(pre_edge_norm, np.float64)[v]
+    pe = pe[np.isfinite(pe)]
+    if pe.size and float(np.median(pe)) < 0:
+        out.append(f"median PE/dmt is negative ({float(np.median(pe)):.3g} eV): a negative pre-edge peak area is not physical")
+    return out
+
+
 def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, grids, cfg: JointConfig, edge: VEdge,
                 history, init_info, timing) -> Result:
     p = physical(params, prob.scales, 1.0 - prob.empty, prob.domain)
@@ -1407,7 +1437,11 @@ def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, g
     hist["wall_s"] = np.asarray([timing["wall_s"]])
     hist["compile_s"] = np.asarray([timing["compile_s"]])
     hist["uncertainty_s"] = np.asarray([timing["uncertainty_s"]])
+    warnings = plausibility_warnings(full, m["pre_edge_norm"], valid)
+    for w in warnings:
+        logging.getLogger("diffxas").warning(f"joint: {w}")
     config = {"joint": cfg.to_dict(), "init": {k: v for k, v in init_info.items() if k != "probes"},
-              "amp_scale": prob.scales.amp, "grid": {"pixel_size": common.pixel_size, "shape": list(shape), "origin": list(common.origin)}}
+              "amp_scale": prob.scales.amp, "grid": {"pixel_size": common.pixel_size, "shape": list(shape), "origin": list(common.origin)},
+              "warnings": warnings}
     return Result(method="joint", maps=maps, energies=np.asarray(ds.energies, np.float64), absorption=A, phase=phi,
                   probes=probes_k, probe_pixel_size=np.asarray(ds.pixel_sizes()), history=hist, config=config)

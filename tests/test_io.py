@@ -676,6 +676,12 @@ def test_summarize_result(tmp_path):
     for name in MAP_FIELDS:
         assert name in text
     assert "history loss: 20 values" in text and "k = 3" in text
+    assert "WARNING" not in text
+    # the solver's plausibility warnings (config["warnings"]) are shown, one line each
+    r = make_result()
+    r = dataclasses.replace(r, config={**(r.config or {}), "warnings": ["edge width b3 = 16 eV (median) is above 15 eV"]})
+    text = io.summarize(io.write_result(tmp_path / "w.h5", r))
+    assert "WARNING:           edge width b3 = 16 eV" in text
 
 
 # ----------------------------------------------------------------------------------------

@@ -486,3 +486,19 @@ def test_initial_shape_search_finds_the_main_pre_edge_peak():
     assert abs(float(v["c12"].flat[0]) - 5466.0) <= 1.0
     assert abs(float(v["b2"].flat[0]) - 5480.0) <= 1.0
     assert float(v["c11"].flat[0]) > 0
+
+
+def test_plausibility_warnings():
+    """Closed cases: typical V K-edge values (widths 1.2 / 2 / 4 eV, PE/dmt 1 eV) give no
+    warning; the collapse seen at 1e4 photons (c23 = 12 eV, PE/dmt -21 eV) gives one each;
+    the bounds are the two-step fit's (FitConfig: widths <= 8 eV, edge width <= 15 eV)."""
+    shape = (4, 5)
+    ok = {"b3": np.full(shape, 4.0), "c13": np.full(shape, 1.2), "c23": np.full(shape, 2.0)}
+    valid = np.ones(shape, bool)
+    assert joint.plausibility_warnings(ok, np.full(shape, 1.0), valid) == []
+    bad = dict(ok, c23=np.full(shape, 12.0))
+    w = joint.plausibility_warnings(bad, np.full(shape, -21.0), valid)
+    assert len(w) == 2 and "c23 = 12 eV" in w[0] and "negative" in w[1]
+    assert joint.plausibility_warnings(dict(ok, b3=np.full(shape, 16.0)), np.full(shape, 1.0), valid)[0].startswith("edge width")
+    # invalid pixels do not count; no valid pixel at all is said
+    assert joint.plausibility_warnings(bad, np.full(shape, 1.0), np.zeros(shape, bool))[0].startswith("no valid pixel")
