@@ -766,7 +766,7 @@ def fit_shape_and_amplitudes(stack: np.ndarray, energies: np.ndarray, mask: np.n
     The grid holds c13 = 1.2 eV, c22 = c12 + 4 eV, c23 = 2 eV (the joint refines them). The
     search runs in two stages, as the two-step's :func:`diffxas.fitting.fit_global` does:
     first the main pre-edge peak alone (edge + one Lorentzian), then the full design with
-    c12 within 1 eV of that peak; amplitudes b1, c11, c21 non-negative in both (exact NNLS,
+    c12 from 2 eV below to 1 eV above that peak; amplitudes b1, c11, c21 non-negative in both (exact NNLS,
     :func:`diffxas.fitting.varpro_grid`). A single unconstrained search over the full design
     can put the *second* peak (the broader one, tied 4 eV up) on the measured pre-edge peak
     and cancel the first with a negative amplitude: it did on one of five `tiny` scans with

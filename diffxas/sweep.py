@@ -690,6 +690,8 @@ def flatten_metrics(m: Mapping[str, Any] | None) -> dict[str, Any]:
     h = m.get("history") or {}
     out["final_loss"] = h.get("final_loss")
     out["iterations"] = h.get("iterations")
+    w = m.get("warnings")
+    out["n_warnings"] = len(w) if isinstance(w, list) else None  # None: no checks (two-step, older runs)
     t = m.get("timing") or {}
     out["wall_s"] = t.get("method_wall_s")
     out["sim_wall_s"] = t.get("sim_wall_s")
@@ -807,6 +809,8 @@ def _run_method(method: str, pc: PointConfig, sim, sim_info: Mapping[str, Any], 
     metrics["cluster_info"] = cluster_info
     metrics["timing"] = {"method_wall_s": wall, "sim_wall_s": sim_info.get("wall_s"), "sim_source": sim_info.get("source")}
     metrics["method"] = method
+    # the solver's plausibility checks (the joint's; None for a method without them)
+    metrics["warnings"] = (res.config or {}).get("warnings")
     _write_json(d / f"metrics-{method}.json", metrics)
     return metrics
 

@@ -170,6 +170,8 @@ def test_tiny_sweep_resume_and_failing_point(tmp_path):
     assert len(ok) == 4 * nm
     for r in ok:
         assert r["coverage"] is not None and r["edge_energy_rmse"] is not None and r["ari"] is not None
+        # the joint's plausibility checks ran (tiny, 3 steps: whatever they found is counted)
+        assert (isinstance(r["n_warnings"], int) and r["n_warnings"] >= 0) if r["method"] == "joint" else r["n_warnings"] is None
         assert {r["simulate.dose"], r["simulate.seed"]} <= {1e5, 1e6, 0, 1}
         d = out / r["dir"]
         for name in ("config.json", "data.cxi", "truth.h5", f"result-{r['method']}.h5",
