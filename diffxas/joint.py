@@ -1439,7 +1439,7 @@ def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, g
     hist["uncertainty_s"] = np.asarray([timing["uncertainty_s"]])
     warnings = plausibility_warnings(full, m["pre_edge_norm"], valid)
     for w in warnings:
-        logging.getLogger("diffxas").warning(f"joint: {w}")
+        logging.getLogger("diffxas").warning(f"joint: warning: {w}")
     config = {"joint": cfg.to_dict(), "init": {k: v for k, v in init_info.items() if k != "probes"},
               "amp_scale": prob.scales.amp, "grid": {"pixel_size": common.pixel_size, "shape": list(shape), "origin": list(common.origin)},
               "warnings": warnings}
