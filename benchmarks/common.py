@@ -41,6 +41,18 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _diffxas_version() -> str:
+    from diffxas import __version__
+
+    return __version__
+
+
+def _git() -> dict:
+    from diffxas.sweep import git_state
+
+    return git_state()
+
+
 def env_info() -> dict:
     """Where the numbers come from: devices, versions, CPU, date."""
     import jax
@@ -71,27 +83,9 @@ def env_info() -> dict:
         "load_average_at_start": load,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "diffxas_version": _diffxas_version(),
-        "git": _git_describe(),
+        # which code the numbers belong to: commit and uncommitted changes in diffxas/ ({} outside git)
+        "git": _git(),
     }
-
-
-def _diffxas_version() -> str:
-    from diffxas import __version__
-
-    return __version__
-
-
-def _git_describe() -> str | None:
-    """``git describe --always --dirty`` of the checkout the benchmark runs from (None
-    outside a git checkout): which code the numbers belong to."""
-    import subprocess
-
-    try:
-        r = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "describe", "--always", "--dirty"],
-                           capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() or None if r.returncode == 0 else None
 
 
 # ----------------------------------------------------------------------------- memory

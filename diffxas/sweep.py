@@ -551,7 +551,7 @@ def _versions() -> dict[str, Any]:
     from . import __version__
 
     out: dict[str, Any] = {"diffxas": __version__, "python": sys.version.split()[0]}
-    out.update(_git_state())
+    out.update(git_state())
     try:
         import jax
 
@@ -565,7 +565,7 @@ def _versions() -> dict[str, Any]:
 _GIT: dict[str, Any] | None = None
 
 
-def _git_state() -> dict[str, Any]:
+def git_state() -> dict[str, Any]:
     """The git commit of the diffxas checkout and whether diffxas/ has uncommitted changes
     (empty when not a git checkout); computed once per process."""
     global _GIT

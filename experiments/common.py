@@ -88,7 +88,7 @@ def run_study(study: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
                               overrides=overrides or None))
     if not args.analyse_only:
         info["wall_s"] = time.time() - t0
-    info["code"] = code_version(out, rows) or _describe_git(sweep._git_state())
+    info["code"] = code_version(out, rows) or _describe_git(sweep.git_state())
     info["spec_obj"] = sweep.load_spec(spec_path, profile="quick" if args.quick else None)
     try:
         import jax

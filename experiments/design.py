@@ -287,7 +287,7 @@ def main(argv=None):
         rows = list(sweep.run(spec, out, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
                               progress=not args.quiet))
         info["wall_s"] = time.time() - t0
-    info["code"] = common.code_version(out, rows) or common._describe_git(sweep._git_state())
+    info["code"] = common.code_version(out, rows) or common._describe_git(sweep.git_state())
     info["spec_obj"] = sweep.load_spec(spec)
     try:
         import jax
