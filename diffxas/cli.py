@@ -160,7 +160,7 @@ def _add_simulate(subparsers) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--energies", type=_positive_int, default=None, metavar="N",
                    help="use N of the preset's energies, spread evenly in index (first and last included: "
-                        "indices round(linspace(0, K-1, N)))")
+                        "indices floor(linspace(0, K-1, N) + 0.5))")
     g.add_argument("--energy-list", default=None, metavar="E1,E2,...",
                    help="comma-separated photon energies in eV, strictly increasing (e.g. 5420,5466,5480,5540)")
     p.add_argument("--truth", default=None, metavar="TRUTH.h5", help="ground-truth file to write (default OUT.truth.h5)")
@@ -239,6 +239,13 @@ def _add_reconstruct(subparsers) -> None:
     p.add_argument("--method", required=True, choices=["two-step", "joint"], help="reconstruction method")
     p.add_argument("--half", choices=["even", "odd"], default=None,
                    help="use every other frame of each energy (two independent halves for `evaluate --split`)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--energies", type=_positive_int, default=None, metavar="N",
+                   help="use N of the file's energies, spread evenly in index (first and last included; the rule "
+                        "of `simulate --energies`): what a shorter energy scan would have measured")
+    g.add_argument("--energy-list", default=None, metavar="E1,E2,...",
+                   help="use only these of the file's energies (eV, comma-separated, each within 0.01 eV of one "
+                        "in the file)")
     p.add_argument("-o", "--output", required=True, metavar="RESULT.h5", help="results file to write")
     p.add_argument("--iterations", type=_positive_int, default=None, metavar="N",
                    help="two-step: number of ePIE epochs; the epoch-indexed parts of the ePIE schedule "
@@ -275,6 +282,27 @@ class _log_to_stderr:
         self.logger.removeHandler(self.handler)
         self.logger.setLevel(self.level)
         return False
+
+
+def _select_input(ds, args):
+    """The part of the data file a reconstruction uses (``--half``, ``--energies``,
+    ``--energy-list``) and its record for the results file and the checkpoint metadata:
+    ``{"half": "even"|"odd"|None, "energy_indices": [...] or None (all), "energies_ev":
+    [...] or None, "n_energies_in_file": K}``."""
+    import numpy as np
+
+    from .dataset import energy_indices
+
+    sel = {"half": args.half, "energy_indices": None, "energies_ev": None, "n_energies_in_file": int(ds.n_energies)}
+    if args.energies is not None or args.energy_list is not None:
+        listed = _parse_energy_list(args.energy_list) if args.energy_list is not None else None
+        idx = energy_indices(np.asarray(ds.energies), count=args.energies, listed=listed)
+        ds = ds.select_energies(idx)
+        sel["energy_indices"] = [int(i) for i in idx]
+        sel["energies_ev"] = [float(e) for e in np.asarray(ds.energies)]
+    if args.half is not None:
+        ds = ds.half(args.half)
+    return ds, sel
 
 
 def _run_reconstruct(args) -> int:
@@ -327,13 +355,12 @@ def _run_reconstruct(args) -> int:
     # joint: frames stay in the file and are read in ranges (streamed every step when they do
     # not fit the device, see JointConfig.memory); two-step: loaded into memory
     ds = io.open_cxi(args.data) if method == "joint" else io.read_cxi(args.data)
-    if args.half is not None:
-        ds = ds.half(args.half)
+    ds, selection = _select_input(ds, args)
     sha = io.sha256_file(args.data)
     t0 = time.perf_counter()
     with _log_to_stderr():  # the joint solver's one-line notes (memory mode) on the "diffxas" logger
         result = reconstruct(ds, method, cfg, progress=_progress(args), checkpoint=ckpt, resume=args.resume,
-                             input_path=args.data, input_sha256=sha)
+                             input_path=args.data, input_sha256=sha, selection=selection)
     wall = time.perf_counter() - t0
     io.write_result(out, result)
     if ckpt is not None and args.checkpoint is None and not args.keep_checkpoint:

@@ -93,12 +93,10 @@ def _require_twostep():
 
 def spread_indices(n_total: int, n: int) -> np.ndarray:
     """``n`` indices out of ``range(n_total)`` spread evenly *in index* (first and last
-    always included): ``round(linspace(0, n_total - 1, n))``. Distinct for n <= n_total."""
-    if n < 2:
-        raise ConfigError(f"--energies must be at least 2, got {n}")
-    if n > n_total:
-        raise ConfigError(f"--energies {n} is more than the {n_total} energies of the preset")
-    return np.round(np.linspace(0, n_total - 1, n)).astype(int)
+    always included); :func:`diffxas.dataset.spread_indices`, the one rule."""
+    from .dataset import spread_indices as rule
+
+    return rule(n_total, n)
 
 
 def select_energies(energies: Sequence[float], n: int) -> tuple[float, ...]:
@@ -290,11 +288,14 @@ def _checkpoint_exists(method: str, ckpt: Path) -> bool:
     return ckpt.is_dir() and any(p.name != "diffxas-cli.meta.json" for p in ckpt.iterdir())
 
 
-def _checkpoint_meta(method: str, cfg, input_sha256: str) -> dict[str, Any]:
+def _checkpoint_meta(method: str, cfg, input_sha256: str, selection: dict | None = None) -> dict[str, Any]:
     c = config_to_dict(cfg)
     for volatile in ("log_every", "checkpoint_every"):
         c.pop(volatile, None)
-    return {"method": method, "input_sha256": input_sha256, "config": c}
+    meta = {"method": method, "input_sha256": input_sha256, "config": c}
+    if selection is not None:
+        meta["input_selection"] = selection
+    return meta
 
 
 def remove_checkpoint(method: str, ckpt: Path) -> bool:
@@ -331,7 +332,7 @@ def _call_with_supported(fn, *args, **kwargs):
 
 
 def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint=None, resume: bool = False,
-                input_path=None, input_sha256: str = "", log=None):
+                input_path=None, input_sha256: str = "", log=None, selection: dict | None = None):
     """Run ``method`` on ``dataset`` with config object ``cfg``; returns the Result with
     ``input_path``, ``input_sha256`` and the full configuration recorded.
 
@@ -339,10 +340,14 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
     ``resume`` an existing checkpoint is continued; it must come from the same input and
     configuration (checked against a ``.meta.json`` sidecar written here).
     ``log``: callable for one-line notes (default: print to stderr).
+    ``selection``: which part of the input file ``dataset`` is (e.g. ``{"half": "even",
+    "energy_indices": [0, 4, ...]}``, as the CLI's ``--half``/``--energies`` make it);
+    recorded as ``config["input_selection"]`` and in the checkpoint metadata, so a resume
+    with another part of the same file is refused.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    meta = _checkpoint_meta(method, cfg, input_sha256)
+    meta = _checkpoint_meta(method, cfg, input_sha256, selection)
     if ckpt is not None:
         mpath = _meta_path(method, ckpt)
         exists = _checkpoint_exists(method, ckpt)
@@ -362,6 +367,9 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
                 if old.get("method") != method or old.get("config") != json.loads(json.dumps(meta["config"])):
                     raise InputError(f"{ckpt}: checkpoint was made with a different method or configuration; "
                                      "delete it or run without --resume")
+                if json.loads(json.dumps(old.get("input_selection"))) != json.loads(json.dumps(meta.get("input_selection"))):
+                    raise InputError(f"{ckpt}: checkpoint was made from another part of the input (--half, --energies "
+                                     "or --energy-list differ); delete it or run without --resume")
             else:
                 log(f"note: {ckpt} has no metadata; cannot check that it matches this input and configuration")
             log(f"resuming from checkpoint {ckpt}")
@@ -411,6 +419,8 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
     config["method"] = method
     config["diffxas_version"] = __version__
     config.setdefault("wall_time_s", wall)
+    if selection is not None:
+        config["input_selection"] = selection
     result.config = config
     result.method = result.method or method
     if input_path is not None:

@@ -1240,6 +1240,17 @@ def summarize_result(path) -> str:
         f"  method:            {r.method} (diffxas {version}, created {created})",
         f"  input:             {r.input_path or '?'}"
         + (f" (sha256 {r.input_sha256[:16]}...)" if r.input_sha256 else ""),
+    ]
+    sel = (r.config or {}).get("input_selection") or {}
+    part = []
+    if sel.get("energy_indices") is not None:
+        part.append(f"{len(sel['energy_indices'])} of its {sel.get('n_energies_in_file', '?')} energies "
+                    f"(indices {', '.join(str(i) for i in sel['energy_indices'])})")
+    if sel.get("half"):
+        part.append(f"the {sel['half']} half of the frames")
+    if part:
+        lines.append(f"  input part:        {'; '.join(part)}")
+    lines += [
         f"  map grid:          {h} x {w} pixels of {_si(m.pixel_size, 'm')}, origin "
         f"({_si(m.origin[0], 'm')}, {_si(m.origin[1], 'm')}); {100 * valid.mean():.3g} % valid",
         f"  energies:          {r.energies.size}"

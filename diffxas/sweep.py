@@ -433,9 +433,10 @@ def select_energies(energies: Sequence[float], count: int, choice: str = "unifor
                     window: Sequence[float] = EDGE_WINDOW, edge_ev: float | None = None) -> tuple[float, ...]:
     """``count`` of ``energies`` (sorted, eV).
 
-    * ``"uniform"``: uniform in index, ``round(linspace(0, K-1, count))`` (first and last
+    * ``"uniform"``: uniform in index, ``floor(linspace(0, K-1, count) + 0.5)`` (first and last
       always included; with the seed's list this already follows its denser sampling of
-      the pre-edge and edge);
+      the pre-edge and edge; :func:`diffxas.dataset.spread_indices`, the rule of
+      ``simulate --energies`` and ``reconstruct --energies`` too);
     * ``"edge"``: the first and last energies (baseline below, level above the edge),
       the other ``count - 2`` uniform in index among the energies inside ``window`` (eV,
       relative to the tabulated absorption edge ``edge_ev``, by default the V K edge:
@@ -456,8 +457,9 @@ def select_energies(energies: Sequence[float], count: int, choice: str = "unifor
     if count == k:
         return tuple(float(x) for x in e)
     if choice == "uniform":
-        idx = np.floor(np.linspace(0, k - 1, count) + 0.5).astype(int)
-        return tuple(float(x) for x in e[idx])
+        from .dataset import spread_indices
+
+        return tuple(float(x) for x in e[spread_indices(k, count, "energies.count")])
     if len(window) != 2 or not window[0] < window[1]:
         raise ConfigError(f"energies.window must be [lo, hi] eV relative to the edge, got {window!r}")
     e0 = _edge_energy_ev() if edge_ev is None else float(edge_ev)

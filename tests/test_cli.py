@@ -269,6 +269,14 @@ def test_spread_indices():
         idx = demo.spread_indices(40, k)
         assert len(set(idx.tolist())) == k and idx[0] == 0 and idx[-1] == 39
     assert demo.select_energies([1.0, 2.0, 3.0, 4.0, 5.0], 3) == (1.0, 3.0, 5.0)
+    # halves round up (np.round would give [0, 2, 5]: round half to even)
+    assert demo.spread_indices(6, 3).tolist() == [0, 3, 5]
+    # one rule: simulate --energies, reconstruct --energies and the sweeps' "uniform" agree
+    from diffxas import sweep
+
+    e = [5420.0 + 3 * i for i in range(40)]
+    for k in range(2, 41):
+        assert sweep.select_energies(e, k, "uniform") == demo.select_energies(e, k)
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -581,6 +589,12 @@ def test_reconstruct_resume(sim_dir, tmp_path):
     rc, _, err = _run(base[:-1] + ["lr_amp=0.5", "--resume"])
     assert rc == 2
     assert_one_error_line(err, "checkpoint was made with a different method or configuration")
+    # the same configuration on another part of the same file is refused too
+    rc, _, err = _run(base + ["--resume", "--half", "even"])
+    assert rc == 2
+    assert_one_error_line(err, "checkpoint was made from another part of the input")
+    assert first.config["input_selection"] == {"half": None, "energy_indices": None, "energies_ev": None,
+                                               "n_energies_in_file": 6}
     # same configuration: continues from step 2 (nothing left to do) and gives the same maps
     out.unlink()
     rc, _, err = _run(base + ["--resume"])
@@ -589,6 +603,58 @@ def test_reconstruct_resume(sim_dir, tmp_path):
     again = io.read_result(out)
     np.testing.assert_array_equal(again.maps.edge_energy, first.maps.edge_energy)
     assert again.config["init"]["resumed_from_step"] == 2
+
+
+def test_reconstruct_energy_subset_and_half(sim_dir, joint_dir, tmp_path, monkeypatch):
+    """--energies N / --energy-list pick the file's energies (the one spread rule), --half
+    the frames; the part is handed to the solver and recorded (config + checkpoint meta)."""
+    seen = {}
+    prior = io.read_result(joint_dir / "joint.h5")
+
+    def fake_reconstruct(ds, method, cfg, **kw):
+        seen.update(ds=ds, **kw)
+        return prior
+
+    monkeypatch.setattr(demo, "reconstruct", fake_reconstruct)
+    cxi = sim_dir / "tiny.cxi"
+    full = io.read_cxi(cxi)
+    e_file = np.asarray(full.energies)
+    rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "a.h5", "--energies", 3, "--no-progress"])
+    assert rc == 0, err
+    # the spread rule on 6 energies: floor(linspace(0, 5, 3) + 0.5) = [0, 3, 5] (2.5 rounds up)
+    assert seen["selection"]["energy_indices"] == [0, 3, 5] and seen["selection"]["half"] is None
+    np.testing.assert_array_equal(np.asarray(seen["ds"].energies), e_file[[0, 3, 5]])
+    assert seen["ds"].n_frames == sum(int(np.sum(np.asarray(full.energy_index) == k)) for k in (0, 3, 5))
+    rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "b.h5", "--energy-list", "5466,5480.004",
+                       "--half", "odd", "--no-progress"])
+    assert rc == 0, err
+    sel = seen["selection"]
+    assert sel["energy_indices"] == [1, 4] and sel["half"] == "odd" and sel["n_energies_in_file"] == 6
+    assert seen["ds"].n_frames == sum(int(np.sum(np.asarray(full.energy_index) == k)) // 2 for k in (1, 4))  # odd: 1, 3, ...
+    for argv, words in [(["--energies", 7], ["--energies 7 is more than the 6 energies"]),
+                        (["--energies", 1], ["--energies must be at least 2"]),
+                        (["--energy-list", "5466,5467"], ["5467 eV is not one of the file's energies", "nearest 5466.00"]),
+                        (["--energy-list", "5466,5466.001"], ["names the same energy twice"]),
+                        (["--energies", 3, "--energy-list", "5466,5480"], ["not allowed with argument"])]:
+        rc, stdout, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "c.h5"] + argv)
+        assert rc == 2 and stdout == ""
+        assert_one_error_line(err, *words)
+        assert not (tmp_path / "c.h5").exists()
+
+
+def test_demo_reconstruct_records_the_input_part(sim_dir, tmp_path):
+    """The real path: config["input_selection"] in the results file, shown by `info`."""
+    cxi = sim_dir / "tiny.cxi"
+    out = tmp_path / "r.h5"
+    rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", out, "--steps", 1, "--energies", 4,
+                       "--half", "even", "--no-progress", "--set", "init=stxm"])
+    assert rc == 0, err
+    r = io.read_result(out)
+    assert r.config["input_selection"] == {"half": "even", "energy_indices": [0, 2, 3, 5],
+                                           "energies_ev": [float(e) for e in r.energies], "n_energies_in_file": 6}
+    np.testing.assert_allclose(r.energies, [5462, 5470, 5475, 5484], atol=1e-3)
+    rc, stdout, _ = _run(["info", out])
+    assert rc == 0 and "input part:        4 of its 6 energies (indices 0, 2, 3, 5); the even half of the frames" in stdout
 
 
 # ---- demo ------------------------------------------------------------------------------
