@@ -252,6 +252,69 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
     return fig
 
 
+#: Pre-edge shape parameters of eq. 1 (``ChemMaps.extra`` of a joint result), eV.
+SHAPE_FIELDS = {"c12": "pre-edge peak 1 position", "c13": "peak 1 width", "c22": "peak 2 position", "c23": "peak 2 width"}
+
+
+def _shape_map(m: ChemMaps, f: str) -> np.ndarray | None:
+    v = m.extra.get(f) if m.extra else None
+    if v is None or np.shape(v) != tuple(m.shape):
+        return None
+    return np.where(np.asarray(m.valid, bool), np.asarray(v, np.float64), np.nan)
+
+
+def _varies(a: np.ndarray | None, tol_ev: float = 1e-4) -> bool:
+    return a is not None and np.isfinite(a).any() and float(np.nanmax(a) - np.nanmin(a)) > tol_ev
+
+
+def fig_shape_maps(results: Sequence[Result | ChemMaps], labels=None, truth=None) -> Figure | None:
+    """Maps of the pre-edge peak positions and widths (c12, c13, c22, c23 of eq. 1, eV) for
+    the results that fit them per pixel or per domain (``JointConfig.per_pixel`` /
+    ``per_domain``); one row per parameter that varies in at least one result, one column
+    per result (+ the truth's parameters, N_V-weighted onto the first result's grid, when
+    ``truth`` has them). A result that shares the parameter shows its one value. None when
+    no result has a varying pre-edge shape (the default joint fit and the two-step share it).
+    """
+    labels = _labels_for(results, labels)
+    maps = [_maps_of(r) for r in results]
+    fields = [f for f in SHAPE_FIELDS if any(_varies(_shape_map(m, f)) for m in maps)]
+    if not fields:
+        return None
+    cols = [(lab, {f: _shape_map(m, f) for f in fields}, m) for lab, m in zip(labels, maps)]
+    if truth is not None and getattr(truth, "params", None) and "n_v" in truth.maps:
+        import dataclasses
+
+        from .evaluate import resample_truth
+
+        have = [f for f in fields if f in truth.params]
+        if have:
+            t = dataclasses.replace(truth, maps={"n_v": truth.maps["n_v"], **{f: truth.params[f] for f in have}})
+            m0 = maps[0]
+            tr = resample_truth(t, m0.pixel_size, m0.origin, m0.shape)
+            cols.append(("truth", {f: (tr[f] if f in have else None) for f in fields}, m0))
+    nr, nc = len(fields), len(cols)
+    fig = Figure(figsize=(PANEL * nc + 1.6, PANEL * nr + 0.3), layout="constrained")
+    axes = fig.subplots(nr, nc, squeeze=False)
+    for i, f in enumerate(fields):
+        shown = [c[1][f] for c in cols if _varies(c[1][f])]
+        vmin, vmax = robust_limits(shown)
+        im = None
+        for j, (lab, d, m) in enumerate(cols):
+            ax = axes[i, j]
+            if i == 0:
+                ax.set_title(lab, fontsize=10)
+            a = d[f]
+            if not _varies(a):
+                ax.set_axis_off()
+                txt = "not fitted" if a is None or not np.isfinite(a).any() else f"shared:\n{np.nanmedian(a):.2f} eV"
+                ax.text(0.5, 0.5, txt, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+                continue
+            im = _show(ax, a, _extent_um(m.pixel_size, m.origin, m.shape), "viridis", vmin, vmax)
+        if im is not None:
+            fig.colorbar(im, ax=list(axes[i]), shrink=0.9, label=f"{SHAPE_FIELDS[f]} {f} (eV)")
+    return fig
+
+
 def normalise_spectra(e, absorption, phase, n_end: int = 3):
     """Edge-step normalised XANES and pre-edge normalised phase (columns = clusters).
 
@@ -680,6 +743,8 @@ def plot_all(results: Sequence[Result], out_dir, labels=None, truth=None, format
     emit(fig_clusters(results, labels, truth_maps, truth.domain_names if truth is not None else None),
          "clusters", "cluster maps: no result has a /clusters group (run `diffxas cluster`)")
     emit(fig_elbow(results, labels), "elbow", "elbow/silhouette: no result was clustered with k = auto")
+    emit(fig_shape_maps(results, labels, truth), "preedge_shape",
+         "pre-edge shape maps: every result shares one pre-edge shape (c12, c13, c22, c23 neither per pixel nor per domain)")
     emit(fig_uncertainty(results, labels), "uncertainty",
          "uncertainty maps: no result has std maps (the joint solver writes them) or a cluster confidence map")
     return written, notes

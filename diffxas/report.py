@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .io import write_text_atomic
 from .maps import MAP_FIELDS, Result, Truth
 
 
@@ -146,9 +147,7 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
     if truth is not None:
         metrics = [evaluate(r, truth, nv_fraction=nv_fraction) for r in results]
         mpath = os.path.join(out_dir, "metrics.json")
-        with open(mpath, "w") as fh:
-            json.dump({lab: m for lab, m in zip(labels, metrics)}, fh, indent=2, allow_nan=False)
-            fh.write("\n")
+        write_text_atomic(mpath, json.dumps({lab: m for lab, m in zip(labels, metrics)}, indent=2, allow_nan=False) + "\n")
         written.append(mpath)
         md += ["## Comparison with the ground truth", "",
                f"Over the pixels where the resampled truth n_V >= {nv_fraction} x its maximum; errors over the "
@@ -185,6 +184,9 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
         "cluster_spectra": "Mean XANES (edge-step normalised) and phase spectra per cluster.",
         "clusters": "Cluster maps, N_V-weighted densities of each descriptor per cluster, N_V-weighted fractions.",
         "elbow": "Elbow (within-cluster sum of squares) and silhouette score vs k.",
+        "preedge_shape": "Pre-edge peak positions and widths (eV) of the results that fit them per pixel or per domain "
+                         "(`JointConfig.per_pixel` / `per_domain`); a result that shares one value shows it"
+                         + ("; last column: the truth's parameters, N_V-weighted onto the first result's grid." if truth is not None else "."),
         "uncertainty": "Standard-error maps of the descriptors (common colour scales per column; invalid pixels blank) "
                        "and, for clustered results, the assignment confidence: the probability that a pixel belongs to "
                        "its cluster given its standard errors.",
@@ -197,8 +199,7 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
     if notes:
         md += [""]
     spath = os.path.join(out_dir, "summary.md")
-    with open(spath, "w") as fh:
-        fh.write("\n".join(md).rstrip() + "\n")
+    write_text_atomic(spath, "\n".join(md).rstrip() + "\n")
     written.append(spath)
     return written
 

@@ -223,3 +223,30 @@ def test_uncertainty_figure_and_report(tmp_path, data):
     report_results([res], tmp_path / "rep2", formats=("png",))
     md = open(tmp_path / "rep2" / "summary.md").read()
     assert "No result carries standard-error maps" in md
+
+
+def test_preedge_shape_maps(tmp_path, data):
+    """fig_shape_maps: only the pre-edge parameters that vary in some result get a row
+    (c12 per pixel here, c13 shared), one column per result + the truth's N_V-weighted
+    parameters; None (and a note in plot_all) when every result shares the shape."""
+    from diffxas.evaluate import resample_truth
+    from diffxas.plotting import fig_shape_maps, plot_all
+
+    truth, res, joint = data
+    m = joint.maps
+    lab = resample_truth(truth, m.pixel_size, m.origin, m.shape)["labels"]
+    c12 = np.where(lab >= 0, 5466.0 + 0.3 * lab, 5466.5)
+    pp = dataclasses.replace(joint, maps=dataclasses.replace(m, extra={"c12": c12, "c13": np.full(m.shape, 1.2)}))
+    tparams = {"c12": np.where(truth.labels >= 0, 5466.0 + 0.3 * truth.labels, np.nan), "c13": np.full(truth.labels.shape, 1.2)}
+    t = dataclasses.replace(truth, params=tparams)
+    assert fig_shape_maps([res]) is None  # two-step: no per-pixel shape
+    fig = fig_shape_maps([res, pp], ["two-step", "pp"], t)
+    images = [ax for ax in fig.axes if ax.get_images()]
+    assert len(images) == 2  # c12 of "pp" and of the truth; c13 varies nowhere -> no row
+    shown = images[0].get_images()[0].get_array()
+    np.testing.assert_allclose(np.ma.filled(shown, np.nan)[np.asarray(m.valid, bool)], c12[np.asarray(m.valid, bool)])
+    written, notes = plot_all([res, pp], tmp_path / "f", ["two-step", "pp"], truth=t)
+    assert any(p.endswith("preedge_shape.png") for p in written)
+    _check(written)
+    written, notes = plot_all([res], tmp_path / "g")
+    assert any("pre-edge shape maps" in n for n in notes)
