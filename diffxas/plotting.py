@@ -311,7 +311,9 @@ def fig_shape_maps(results: Sequence[Result | ChemMaps], labels=None, truth=None
                 continue
             im = _show(ax, a, _extent_um(m.pixel_size, m.origin, m.shape), "viridis", vmin, vmax)
         if im is not None:
-            fig.colorbar(im, ax=list(axes[i]), shrink=0.9, label=f"{SHAPE_FIELDS[f]} {f} (eV)")
+            cb = fig.colorbar(im, ax=list(axes[i]), shrink=0.9, label=f"{SHAPE_FIELDS[f]} {f} (eV)")
+            cb.formatter.set_useOffset(False)  # 5466.2 eV, not +5.466e3 and 0.2
+            cb.update_ticks()
     return fig
 
 
