@@ -298,6 +298,17 @@ def _checkpoint_meta(method: str, cfg, input_sha256: str, selection: dict | None
     return meta
 
 
+def _same_part(old: dict | None, new: dict | None) -> bool:
+    """Whether two checkpoint records of the input part (``input_selection``) agree. A
+    record without one (a checkpoint from before the record existed, or from the API
+    without ``selection``) means the whole file."""
+    def norm(sel):
+        sel = json.loads(json.dumps(sel or {}))
+        return sel.get("half"), sel.get("energy_indices")
+
+    return norm(old) == norm(new)
+
+
 def remove_checkpoint(method: str, ckpt: Path) -> bool:
     """Delete a checkpoint written through :func:`reconstruct` (and its sidecars).
 
@@ -367,7 +378,7 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
                 if old.get("method") != method or old.get("config") != json.loads(json.dumps(meta["config"])):
                     raise InputError(f"{ckpt}: checkpoint was made with a different method or configuration; "
                                      "delete it or run without --resume")
-                if json.loads(json.dumps(old.get("input_selection"))) != json.loads(json.dumps(meta.get("input_selection"))):
+                if not _same_part(old.get("input_selection"), meta.get("input_selection")):
                     raise InputError(f"{ckpt}: checkpoint was made from another part of the input (--half, --energies "
                                      "or --energy-list differ); delete it or run without --resume")
             else:

@@ -595,6 +595,9 @@ def test_reconstruct_resume(sim_dir, tmp_path):
     assert_one_error_line(err, "checkpoint was made from another part of the input")
     assert first.config["input_selection"] == {"half": None, "energy_indices": None, "energies_ev": None,
                                                "n_energies_in_file": 6}
+    # a checkpoint from before the record (no input_selection in its metadata) is the whole file
+    assert demo._same_part(None, first.config["input_selection"])
+    assert not demo._same_part(None, {"half": "even", "energy_indices": None})
     # same configuration: continues from step 2 (nothing left to do) and gives the same maps
     out.unlink()
     rc, _, err = _run(base + ["--resume"])
