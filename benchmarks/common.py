@@ -41,22 +41,13 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _diffxas_version() -> str:
-    from diffxas import __version__
-
-    return __version__
-
-
-def _git() -> dict:
-    from diffxas.sweep import git_state
-
-    return git_state()
-
-
 def env_info() -> dict:
     """Where the numbers come from: devices, versions, CPU, date."""
     import jax
     import jaxlib
+
+    from diffxas import __version__
+    from diffxas.sweep import git_state
 
     devs = jax.devices()
     try:
@@ -82,9 +73,9 @@ def env_info() -> dict:
         "nproc": nproc,
         "load_average_at_start": load,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "diffxas_version": _diffxas_version(),
+        "diffxas_version": __version__,
         # which code the numbers belong to: commit and uncommitted changes in diffxas/ ({} outside git)
-        "git": _git(),
+        "git": git_state(),
     }
 
 

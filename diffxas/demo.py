@@ -93,7 +93,9 @@ def _require_twostep():
 
 def spread_indices(n_total: int, n: int) -> np.ndarray:
     """``n`` indices out of ``range(n_total)`` spread evenly *in index* (first and last
-    always included); :func:`diffxas.dataset.spread_indices`, the one rule."""
+    always included); :func:`diffxas.dataset.spread_indices`, the one rule (imported here,
+    not at module level: diffxas.dataset pulls in JAX, which the CLI's light commands do
+    not need)."""
     from .dataset import spread_indices as rule
 
     return rule(n_total, n)
