@@ -215,7 +215,14 @@ def spread_indices(n_total: int, n: int, what: str = "--energies") -> np.ndarray
         raise ConfigError(f"{what} must be at least 2, got {n}")
     if n > n_total:
         raise ConfigError(f"{what} {n} is more than the {n_total} energies available")
-    return np.floor(np.linspace(0, n_total - 1, int(n)) + 0.5).astype(int)
+    return even_indices(n_total, int(n))
+
+
+def even_indices(n_total: int, n: int) -> np.ndarray:
+    """The rule itself, unchecked: ``floor(linspace(0, n_total - 1, n) + 0.5)``; ``n = 0``
+    gives no index and ``n = 1`` the first. :func:`spread_indices` validates a user's count
+    before it; the sweeps' ``"edge"`` choice spreads its inner energies with it too."""
+    return np.floor(np.linspace(0, n_total - 1, n) + 0.5).astype(int)
 
 
 def energy_indices(energies, count: int | None = None, listed=None, tol_ev: float = 0.01) -> np.ndarray:

@@ -467,8 +467,9 @@ def select_energies(energies: Sequence[float], count: int, choice: str = "unifor
     inner = [i for i in range(1, k - 1) if e0 + window[0] <= e[i] <= e0 + window[1]]
     need = count - 2
     if len(inner) >= need:
-        pick = np.floor(np.linspace(0, len(inner) - 1, need) + 0.5).astype(int) if need > 0 else []
-        chosen.update(inner[j] for j in pick)
+        from .dataset import even_indices
+
+        chosen.update(inner[j] for j in even_indices(len(inner), need))
     else:
         chosen.update(inner)
         lo, hi = e0 + window[0], e0 + window[1]

@@ -128,6 +128,11 @@ def test_select_energies_uniform_and_edge():
     # a window with too few energies is filled with the nearest ones outside it
     w = sweep.select_energies(SEED_ENERGIES, 6, "edge", window=(0.0, 1.0), edge_ev=5465.0)
     assert len(w) == 6 and {5465.0, 5465.5, 5466.0} <= set(w)
+    # two or three energies: the ends, plus (for three) the window's first energy, the one
+    # index floor(linspace(0, L - 1, 1) + 0.5) = 0 picks (dataset.even_indices)
+    assert sweep.select_energies(SEED_ENERGIES, 2, "edge", edge_ev=5465.0) == (5420.0, 5540.0)
+    inner = [x for x in SEED_ENERGIES[1:-1] if 5460.0 <= x <= 5490.0]
+    assert sweep.select_energies(SEED_ENERGIES, 3, "edge", edge_ev=5465.0) == (5420.0, inner[0], 5540.0)
     with pytest.raises(ConfigError):
         sweep.select_energies(SEED_ENERGIES, 41)
     with pytest.raises(ConfigError):
