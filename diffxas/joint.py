@@ -1253,6 +1253,9 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
         return _reconstruct_two_pass(ds, cfg, progress, checkpoint, resume, callback, n_shards, shard)
     t_start = time.perf_counter()
     solver, state, ctx = prepare_joint(ds, cfg, n_shards=n_shards, domain_labels=_domain_labels)
+    # after prepare_joint: bad input gets its one error line alone
+    for w in energy_count_warnings(ds.n_energies, cfg.per_pixel):
+        logging.getLogger("diffxas").warning(f"joint: warning: {w}")
     history: dict[str, list] = {"step": [], "loss": [], "time": []}
     resumed_from = 0
     if checkpoint and resume and os.path.exists(checkpoint):
@@ -1403,6 +1406,20 @@ def plausibility_warnings(full: dict[str, np.ndarray], pre_edge_norm: np.ndarray
     return out
 
 
+def energy_count_warnings(n_energies: int, per_pixel) -> list[str]:
+    """A warning when fewer energies are measured than the spectral model has absorption
+    parameters in every pixel (``per_pixel`` minus ``n_other``, which the phase sets): such
+    maps are set by the start, the shared parameters and the prior more than by the data.
+    Not an error: with few per-pixel parameters, or for tests and benchmarks on two to four
+    energies, the solver still runs. The two-step fit refuses fewer than 6 energies
+    (:func:`diffxas.fitting.fit_stack`), its number of per-pixel parameters."""
+    names = [k for k in PARAM_NAMES if k in per_pixel]
+    if n_energies >= len(names):
+        return []
+    return [f"{n_energies} energ{'y' if n_energies == 1 else 'ies'} for {len(names)} per-pixel spectral parameters ({', '.join(names)}): "
+            "the maps are not determined by the data; measure more energies or share parameters (JointConfig.per_pixel)"]
+
+
 def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, grids, cfg: JointConfig, edge: VEdge,
                 history, init_info, timing) -> Result:
     p = physical(params, prob.scales, 1.0 - prob.empty, prob.domain)
@@ -1440,6 +1457,8 @@ def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, g
     warnings = plausibility_warnings(full, m["pre_edge_norm"], valid)
     for w in warnings:
         logging.getLogger("diffxas").warning(f"joint: warning: {w}")
+    # said at the start already (reconstruct_joint); recorded here with the others
+    warnings = energy_count_warnings(ds.n_energies, cfg.per_pixel) + warnings
     config = {"joint": cfg.to_dict(), "init": {k: v for k, v in init_info.items() if k != "probes"},
               "amp_scale": prob.scales.amp, "grid": {"pixel_size": common.pixel_size, "shape": list(shape), "origin": list(common.origin)},
               "warnings": warnings}

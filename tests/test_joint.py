@@ -115,6 +115,8 @@ def test_resume_equals_uninterrupted(small3, tmp_path):
         joint.reconstruct_joint(ds, cfg, checkpoint=ck, callback=killer)
     resumed = joint.reconstruct_joint(ds, cfg, checkpoint=ck, resume=True)
     assert resumed.config["init"]["resumed_from_step"] == 3
+    # 3 energies for the default's 6 per-pixel spectral parameters: said and recorded
+    assert resumed.config["warnings"][0].startswith("3 energies for 6 per-pixel spectral parameters")
     for k in ("b1", "b2", "n_other"):
         np.testing.assert_allclose(resumed.maps.extra[k], full.maps.extra[k], rtol=1e-6, atol=1e-30)
     np.testing.assert_allclose(resumed.probes, full.probes, rtol=1e-6, atol=1e-6 * np.abs(full.probes).max())
@@ -486,6 +488,17 @@ def test_initial_shape_search_finds_the_main_pre_edge_peak():
     assert abs(float(v["c12"].flat[0]) - 5466.0) <= 1.0
     assert abs(float(v["b2"].flat[0]) - 5480.0) <= 1.0
     assert float(v["c11"].flat[0]) > 0
+
+
+def test_energy_count_warnings():
+    """Fewer energies than per-pixel absorption parameters (n_other excluded: the phase sets
+    it) is warned about, not refused; enough energies, or fewer per-pixel parameters, are not."""
+    d = joint.JointConfig().per_pixel
+    w = joint.energy_count_warnings(5, d)
+    assert len(w) == 1 and w[0].startswith("5 energies for 6 per-pixel spectral parameters (a, b1, b2, b3, c11, c21)")
+    assert joint.energy_count_warnings(6, d) == []
+    assert joint.energy_count_warnings(3, ("b1", "b2", "n_other")) == []
+    assert joint.energy_count_warnings(1, ("b1", "b2", "n_other"))[0].startswith("1 energy for 2")
 
 
 def test_plausibility_warnings():
