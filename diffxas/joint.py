@@ -1254,8 +1254,7 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
     t_start = time.perf_counter()
     solver, state, ctx = prepare_joint(ds, cfg, n_shards=n_shards, domain_labels=_domain_labels)
     # after prepare_joint: bad input gets its one error line alone
-    for w in energy_count_warnings(ds.n_energies, cfg.per_pixel):
-        logging.getLogger("diffxas").warning(f"joint: warning: {w}")
+    _log_warnings(energy_count_warnings(ds.n_energies, cfg.per_pixel))
     history: dict[str, list] = {"step": [], "loss": [], "time": []}
     resumed_from = 0
     if checkpoint and resume and os.path.exists(checkpoint):
@@ -1406,6 +1405,12 @@ def plausibility_warnings(full: dict[str, np.ndarray], pre_edge_norm: np.ndarray
     return out
 
 
+def _log_warnings(warnings: list[str]) -> None:
+    """One ``joint: warning: ...`` log line per warning (stderr through the CLI)."""
+    for w in warnings:
+        logging.getLogger("diffxas").warning(f"joint: warning: {w}")
+
+
 def energy_count_warnings(n_energies: int, per_pixel) -> list[str]:
     """A warning when fewer energies are measured than the spectral model has absorption
     parameters in every pixel (``per_pixel`` minus ``n_other``, which the phase sets): such
@@ -1455,8 +1460,7 @@ def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, g
     hist["compile_s"] = np.asarray([timing["compile_s"]])
     hist["uncertainty_s"] = np.asarray([timing["uncertainty_s"]])
     warnings = plausibility_warnings(full, m["pre_edge_norm"], valid)
-    for w in warnings:
-        logging.getLogger("diffxas").warning(f"joint: warning: {w}")
+    _log_warnings(warnings)
     # said at the start already (reconstruct_joint); recorded here with the others
     warnings = energy_count_warnings(ds.n_energies, cfg.per_pixel) + warnings
     config = {"joint": cfg.to_dict(), "init": {k: v for k, v in init_info.items() if k != "probes"},
