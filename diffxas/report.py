@@ -151,7 +151,9 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
         written.append(mpath)
         md += ["## Comparison with the ground truth", "",
                f"Over the pixels where the resampled truth n_V >= {nv_fraction} x its maximum; errors over the "
-               "pixels valid in the result (result - truth). ARI: adjusted Rand index of the clusters against the "
+               "pixels valid in the result (result - truth). Matched blur: the Gaussian blur (standard deviation) "
+               "of the truth that the edge-energy map matches best, and the RMSE left there (lost resolution vs "
+               "noise; docs/analysis.md). ARI: adjusted Rand index of the clusters against the "
                "true domains (n/a without clusters).", ""]
         rows = []
         for lab, m in zip(labels, metrics):
@@ -161,11 +163,13 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
             rows.append([
                 lab, str(m.get("method")), _f(m.get("coverage"), ".3f"),
                 _f(g("edge_energy", "rmse")), _f(g("edge_energy", "bias"), "+.3g"),
+                _f(g("edge_energy", "matched_blur_px"), ".2f"), _f(g("edge_energy", "matched_rmse")),
                 _f(g("pre_edge_norm", "rmse")), _f(g("ne_eff_per_nv", "rmse")),
                 _f(g("n_v", "rel_rms"), ".3f"), _f(cl.get("ari"), ".3f"),
                 _f(h.get("wall_time_s"), ".1f"), str(h.get("iterations")) if h.get("iterations") is not None else "n/a",
             ])
-        md += _md_table(["result", "method", "coverage", "E0 RMSE (eV)", "E0 bias (eV)", "PE/Δμt RMSE (eV)",
+        md += _md_table(["result", "method", "coverage", "E0 RMSE (eV)", "E0 bias (eV)",
+                         "E0 matched blur (px)", "E0 RMSE at it (eV)", "PE/Δμt RMSE (eV)",
                          "Ne/NV RMSE", "n_V rel. RMS", "ARI", "wall time (s)", "iterations"], rows)
         md += [""]
 

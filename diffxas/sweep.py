@@ -680,8 +680,9 @@ def flatten_metrics(m: Mapping[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"coverage": m.get("coverage"), "n_region": m.get("n_region"), "n_valid": m.get("n_valid")}
     for name in _MAP_METRICS:
         st = m.get(name) or {}
-        for s in ("rmse", "bias", "mae"):
-            out[f"{name}_{s}"] = st.get(s)
+        for s in ("rmse", "bias", "mae", "matched_blur_px", "matched_rmse"):
+            if s in ("rmse", "bias", "mae") or name != "edge_width":  # edge_width has no matched numbers
+                out[f"{name}_{s}"] = st.get(s)
     nv = m.get("n_v") or {}
     out["n_v_rel_rms"] = nv.get("rel_rms")
     out["n_v_rel_bias"] = nv.get("rel_bias")
