@@ -1253,8 +1253,10 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
         return _reconstruct_two_pass(ds, cfg, progress, checkpoint, resume, callback, n_shards, shard)
     t_start = time.perf_counter()
     solver, state, ctx = prepare_joint(ds, cfg, n_shards=n_shards, domain_labels=_domain_labels)
-    # after prepare_joint: bad input gets its one error line alone
-    _log_warnings(energy_count_warnings(ds.n_energies, cfg.per_pixel))
+    # after prepare_joint: bad input gets its one error line alone; a two-pass run's first
+    # pass has the same per_pixel and has logged it already
+    if _domain_labels is None:
+        _log_warnings(energy_count_warnings(ds.n_energies, cfg.per_pixel))
     history: dict[str, list] = {"step": [], "loss": [], "time": []}
     resumed_from = 0
     if checkpoint and resume and os.path.exists(checkpoint):

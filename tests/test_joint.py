@@ -311,14 +311,19 @@ def test_frame_scales_recover_flux_jitter():
         joint.JointConfig(lr_scale=-1.0)
 
 
-def test_per_domain_auto_two_passes(small3, tmp_path):
+def test_per_domain_auto_two_passes(small3, tmp_path, caplog):
     """domains="auto": first pass without per-domain parameters, k-means of its maps, second
     pass on those domains, in one call; recorded in the result; with a checkpoint the first
-    pass's result is kept and a resume reuses it (same maps to float tolerance, 1e-6)."""
+    pass's result is kept and a resume reuses it (same maps to float tolerance, 1e-6). The
+    energy-count warning (3 energies) is logged once, not once per pass."""
+    import logging
+
     ds = small3.dataset
     cfg = joint.JointConfig(steps=3, prior="none", per_domain=("c12", "c13"), domains="auto", init="stxm")
     ck = str(tmp_path / "run.ckpt")
-    res = joint.reconstruct_joint(ds, cfg, checkpoint=ck)
+    with caplog.at_level(logging.WARNING, logger="diffxas"):
+        res = joint.reconstruct_joint(ds, cfg, checkpoint=ck)
+    assert sum("energies for" in r.getMessage() for r in caplog.records) == 1, [r.getMessage() for r in caplog.records]
     dom = res.config["init"]["domains"]
     assert dom["file"] == "auto (first pass)" and dom["n_domains"] >= 1 and dom["cluster"]["k"] == dom["n_domains"]
     assert "first_pass_wall_s" in res.history
