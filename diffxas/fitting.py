@@ -308,7 +308,11 @@ def varpro_grid(Y: np.ndarray, designs: np.ndarray, nonneg: tuple[int, ...] = ()
     Y = np.asarray(Y, np.float64)
     designs = np.asarray(designs, np.float64)
     n = Y.shape[1]
-    c_all, _, p = designs.shape
+    c_all, k_rows, p = designs.shape
+    if k_rows < p:
+        # every design would fit exactly (rss 0): the pick would be meaningless; callers
+        # with so few energies take another route (e.g. joint.fit_shape_and_amplitudes)
+        raise ValueError(f"varpro_grid: {k_rows} samples for {p} design columns; needs at least as many samples as columns")
     subsets = [tuple(s) for r in range(len(nonneg) + 1) for s in itertools.combinations(nonneg, r)]
     facts = []
     for drop in subsets:

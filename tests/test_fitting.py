@@ -60,6 +60,19 @@ def test_varpro_grid_finds_exact_design():
     assert np.all(rss < 1e-10)
 
 
+def test_varpro_grid_square_and_underdetermined():
+    # as many samples as columns: each design interpolates exactly (rss ~ 0 to 1e-10) and
+    # the coefficients are the unique solution; fewer samples than columns: a clear error
+    rng = np.random.default_rng(1)
+    designs = rng.normal(size=(4, 3, 3)) + 3 * np.eye(3)
+    y = rng.normal(size=(3, 2))
+    _, coef, rss = varpro_grid(y, designs)
+    assert np.all(rss < 1e-10)
+    np.testing.assert_allclose(designs[0] @ coef[0], y[:, 0], atol=1e-8)
+    with pytest.raises(ValueError, match="2 samples for 3 design columns"):
+        varpro_grid(y[:2], designs[:, :2])
+
+
 def test_lm_converges_from_nearby_start():
     _, true, _ = synthetic(n=4, noise=0.0)
     b = bounds_for(E, FitConfig())

@@ -476,6 +476,31 @@ def test_monitor_sets_the_frame_scales():
     assert not np.any(np.asarray(joint.frame_nuisances(state2.params, solver2.prob)[1]))
 
 
+@pytest.mark.parametrize("n", [3, 4, 5])
+def test_initial_shape_search_with_few_energies(n):
+    """At the boundary of the two routes of the initial shape search (<= 4 energies: the
+    least-squares pick; 5 and more: the staged non-negative search, which needs at least
+    as many energies as design columns): finite shapes and amplitudes, b2 inside the
+    scanned range, and with <= 4 energies the amplitudes interpolate the spectrum (4
+    amplitudes, residual < 1e-6 of its scale)."""
+    from diffxas.dataset import even_indices
+    from diffxas.simulate import _tiny_energies
+    from diffxas.spectra import XanesParams, absorption, linear_design
+
+    e = np.asarray(_tiny_energies())[even_indices(len(_tiny_energies()), n)]
+    p = XanesParams(a=0.004, b1=0.016, b2=5480.0, b3=4.0, c11=0.006, c12=5466.0, c13=1.2,
+                    c21=0.0006, c22=5470.0, c23=2.0, n_other=0.0)
+    y = np.asarray(absorption(p, jnp.asarray(e)), np.float64)
+    v = joint.fit_shape_and_amplitudes(y[:, None, None], e, np.ones((1, 1), bool))
+    assert all(np.all(np.isfinite(x)) for x in v.values())
+    assert e.min() <= float(v["b2"].flat[0]) <= e.max()
+    if n <= 4:
+        f = lambda k: float(v[k].flat[0])  # noqa: E731
+        dm = np.asarray(linear_design(jnp.asarray(e), f("b2"), f("b3"), f("c12"), f("c13"), f("c22"), f("c23")), np.float64)
+        fit = dm @ np.array([f("a"), f("b1"), f("c11"), f("c21")])
+        assert np.max(np.abs(fit - y)) < 1e-6 * np.max(np.abs(y))
+
+
 def test_initial_shape_search_finds_the_main_pre_edge_peak():
     """A broad main pre-edge peak (c13 = 2 eV) looks like the grid's second peak (2 eV
     wide, tied 4 eV up): a single unconstrained search put that second peak on it (c12 4 eV
