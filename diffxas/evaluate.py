@@ -235,6 +235,30 @@ def _gaussian_blur_in_support(ref: np.ndarray, support: np.ndarray, sigma: float
         return np.where(support & (w > 1e-12), b / w, np.nan)
 
 
+def _blur_rmse(est: np.ndarray, ref: np.ndarray, mask: np.ndarray):
+    """``(rmse(sigma), comparable)``: the RMSE of ``est`` against ``ref`` blurred by sigma
+    pixels inside its support, over ``mask`` & finite ``est`` & finite ``ref``."""
+    est = np.asarray(est, np.float64)
+    ref = np.asarray(ref, np.float64)
+    support = np.isfinite(ref)
+    m = np.asarray(mask, bool) & np.isfinite(est) & support
+
+    def rmse(sig):
+        b = _gaussian_blur_in_support(ref, support, float(sig))
+        d = est[m] - b[m]
+        d = d[np.isfinite(d)]
+        return float(np.sqrt(np.mean(d * d))) if d.size else np.inf
+
+    return rmse, bool(m.any())
+
+
+def blur_error_curve(est: np.ndarray, ref: np.ndarray, mask: np.ndarray, sigmas_px) -> np.ndarray:
+    """RMSE of ``est`` against the truth ``ref`` blurred by each of ``sigmas_px`` (pixels),
+    as in :func:`blur_matched_error`; NaN everywhere when no pixel is comparable."""
+    rmse, ok = _blur_rmse(est, ref, mask)
+    return np.array([rmse(s) if ok else np.nan for s in np.asarray(sigmas_px, np.float64)])
+
+
 def blur_matched_error(est: np.ndarray, ref: np.ndarray, mask: np.ndarray, pixel_size: float | None = None,
                        max_sigma_px: float = MAX_MATCHED_BLUR_PX) -> dict[str, Any]:
     """The Gaussian blur of the truth that a map matches best, and the RMSE left at it.
@@ -252,20 +276,9 @@ def blur_matched_error(est: np.ndarray, ref: np.ndarray, mask: np.ndarray, pixel
     """
     from scipy.optimize import minimize_scalar
 
-    est = np.asarray(est, np.float64)
-    ref = np.asarray(ref, np.float64)
-    support = np.isfinite(ref)
-    m = np.asarray(mask, bool) & np.isfinite(est) & support
-    none = {"matched_blur_px": None, "matched_blur_m": None, "matched_rmse": None, "rmse_unblurred": None, "at_bound": None}
-    if not m.any():
-        return none
-
-    def rmse(sig):
-        b = _gaussian_blur_in_support(ref, support, float(sig))
-        d = est[m] - b[m]
-        d = d[np.isfinite(d)]
-        return float(np.sqrt(np.mean(d * d))) if d.size else np.inf
-
+    rmse, ok = _blur_rmse(est, ref, mask)
+    if not ok:
+        return {"matched_blur_px": None, "matched_blur_m": None, "matched_rmse": None, "rmse_unblurred": None, "at_bound": None}
     r0 = rmse(0.0)
     lo = min(MIN_MATCHED_BLUR_PX, float(max_sigma_px))
     opt = minimize_scalar(rmse, bounds=(lo, float(max_sigma_px)), method="bounded", options={"xatol": 0.01})

@@ -163,6 +163,21 @@ def test_blur_matched_error_recovers_blur_and_noise(sigma, noise):
     assert not r["at_bound"]
 
 
+def test_blur_error_curve_agrees_with_the_search():
+    # the curve at the searched sigma equals the reported matched RMSE (rel 1e-12), and no
+    # point of a fine curve lies below it by more than the search tolerance allows (1e-3)
+    from diffxas.evaluate import _gaussian_blur_in_support, blur_error_curve
+
+    ref, inside = _texture()
+    est = _gaussian_blur_in_support(ref, inside, 1.7) + 0.05 * np.random.default_rng(2).normal(size=ref.shape)
+    r = blur_matched_error(est, ref, inside)
+    c = blur_error_curve(est, ref, inside, [r["matched_blur_px"]])
+    assert c[0] == pytest.approx(r["matched_rmse"], rel=1e-12)
+    fine = blur_error_curve(est, ref, inside, np.linspace(0, 4, 81))
+    assert fine.min() >= r["matched_rmse"] * (1 - 1e-3)
+    assert np.all(np.isnan(blur_error_curve(est, ref, np.zeros_like(inside), [0.0, 1.0])))
+
+
 def test_blur_matched_error_edge_cases():
     ref, inside = _texture()
     # exact map: best match is the unblurred truth, RMSE 0 (abs 1e-12)

@@ -129,10 +129,24 @@ def test_report_two_results_with_truth(tmp_path, data):
     out = tmp_path / "rep"
     written = report_results([res, joint], out, truth=truth, labels=["two-step", "joint"])
     names = {os.path.basename(p) for p in written}
-    assert {"summary.md", "metrics.json", "maps.png", "maps.pdf", "clusters.png", "projections.png"} <= names
+    assert {"summary.md", "metrics.json", "maps.png", "maps.pdf", "clusters.png", "projections.png",
+            "blur_match.png"} <= names
     _check([p for p in written if p.endswith((".png", ".pdf"))])
     md = open(out / "summary.md").read()
-    assert "| two-step |" in md and "| joint |" in md and "ARI" in md
+    assert "| two-step |" in md and "| joint |" in md and "ARI" in md and "E0 matched blur (px)" in md
+
+
+def test_blur_match_figure_needs_truth_n_v(data):
+    from diffxas.evaluate import resample_truth
+    from diffxas.plotting import fig_blur_match
+
+    truth, res, joint = data
+    m = res.maps
+    tm = resample_truth(truth, m.pixel_size, m.origin, m.shape)
+    fig = fig_blur_match([res, joint], tm, ["two-step", "joint"])
+    assert fig is not None and len(fig.axes) == 3
+    assert len(fig.axes[0].lines) == 4  # a curve and its best-match marker per result
+    assert fig_blur_match([res], {k: v for k, v in tm.items() if k != "n_v"}) is None
 
 
 def test_report_without_clusters_or_truth(tmp_path, data):
