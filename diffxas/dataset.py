@@ -151,10 +151,42 @@ class Dataset(eqx.Module):
         for k in range(self.n_energies):
             idx = np.nonzero(ei == k)[0]
             keep[idx[(0 if which == "even" else 1)::2]] = True
+        return self.subset(keep)
+
+    def subset(self, keep) -> "Dataset":
+        """The frames where the boolean ``keep`` (frame,) is true, in their order; all
+        energies kept (an energy may be left without frames)."""
+        keep = np.asarray(keep, bool)
         return Dataset(frames=self.frames[keep], positions=self.positions[keep], energy_index=self.energy_index[keep],
                        energies=self.energies, mask=self.mask, illumination=self.illumination,
                        distance=self.distance, detector_pixel=self.detector_pixel,
                        monitor=None if self.monitor is None else self.monitor[keep])
+
+    def holdout_mask(self, fraction: float) -> np.ndarray:
+        """``(frame,)`` bool: the frames held out of a fit for validation.
+
+        Of each energy's frames in scan order, every n-th with n = round(1 / fraction),
+        starting at the (n // 2)-th, so the held-out frames are spread over the scan (a
+        raster's neighbours in scan order are neighbours in space) and the scan's first
+        frame stays in the fit. Every energy keeps at least one frame in the fit and holds
+        out at least one; ``0 < fraction <= 0.5``."""
+        if not (0.0 < float(fraction) <= 0.5):
+            raise InputError(f"holdout fraction must be in (0, 0.5], got {fraction}")
+        n = max(2, int(round(1.0 / float(fraction))))
+        ei = np.asarray(self.energy_index)
+        held = np.zeros(ei.shape, bool)
+        for k in range(self.n_energies):
+            idx = np.nonzero(ei == k)[0]
+            if idx.size < 2:
+                raise InputError(f"energy {k} has {idx.size} frame(s): a hold-out needs at least 2 per energy")
+            pick = idx[n // 2::n]
+            held[pick if pick.size else idx[-1:]] = True
+        return held
+
+    def split_holdout(self, fraction: float) -> tuple["Dataset", "Dataset"]:
+        """``(fit, held_out)``: the dataset without and with only :meth:`holdout_mask`'s frames."""
+        held = self.holdout_mask(fraction)
+        return self.subset(~held), self.subset(held)
 
 
 def relative_monitor(ds: Dataset) -> np.ndarray:

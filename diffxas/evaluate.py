@@ -155,6 +155,8 @@ def history_summary(history: dict | None, config: dict | None = None) -> dict[st
     * ``iterations``: the last ``step`` when the history logs step numbers (the joint
       solver logs every ``log_every`` steps), else the length of the loss history (else
       of the longest history array).
+    * ``final_heldout_loss``: last finite value of ``history["heldout_loss"]`` (a joint run
+      with ``holdout > 0``: the loss of the frames held out of the fit), else None.
     * ``wall_time_s``: last value of a whole-run key (``wall_time``, ``wall_s``, ``elapsed``,
       ``cumulative_time``) if present, else the sum of the per-iteration ``time`` /
       ``time_per_iteration``; else ``config["wall_time"]`` if present.
@@ -162,7 +164,7 @@ def history_summary(history: dict | None, config: dict | None = None) -> dict[st
     history = history or {}
     hist = {k: np.atleast_1d(np.asarray(v, dtype=np.float64)) for k, v in history.items() if _is_numeric(v)}
     out: dict[str, Any] = {"final_loss": None, "iterations": None, "wall_time_s": None}
-    key = "loss" if "loss" in hist else next((k for k in hist if "loss" in k), None)
+    key = "loss" if "loss" in hist else next((k for k in hist if "loss" in k and k != "heldout_loss"), None)
     if key is not None:
         v = hist[key]
         fin = v[np.isfinite(v)]
@@ -173,6 +175,10 @@ def history_summary(history: dict | None, config: dict | None = None) -> dict[st
             out["iterations"] = int(np.nanmax(hist["step"]))
     elif hist:
         out["iterations"] = int(max(v.size for v in hist.values()))
+    out["final_heldout_loss"] = None
+    if "heldout_loss" in hist:
+        fin = hist["heldout_loss"][np.isfinite(hist["heldout_loss"])]
+        out["final_heldout_loss"] = float(fin[-1]) if fin.size else None
     for k in ("wall_time", "wall_s", "elapsed", "cumulative_time", "wall_time_s"):
         if k in hist and hist[k].size:
             out["wall_time_s"] = float(hist[k][-1])
@@ -462,6 +468,8 @@ def format_metrics(metrics: dict) -> str:
     h = metrics.get("history") or {}
     if h.get("final_loss") is not None:
         lines.append(f"  final loss {h['final_loss']:.6g} after {h.get('iterations')} iterations")
+    if h.get("final_heldout_loss") is not None:
+        lines.append(f"  held-out frames' loss {h['final_heldout_loss']:.6g} (data only, per frame pixel)")
     return "\n".join(lines)
 
 

@@ -178,6 +178,13 @@ class JointConfig:
     # 0.215 -> 0.206 and 0.234 -> 0.228 eV); `()` = absolute amplitudes (before 709a520).
     # Ignored (absolute) unless b1 is per pixel.
     relative: tuple[str, ...] = ("c11", "c21")
+    # fraction of each energy's frames held out of the fit (every n-th in scan order,
+    # Dataset.holdout_mask); their loss under the fitted model is logged as
+    # history["heldout_loss"], a truth-free check of over- and under-fitting to compare
+    # settings (prior strength, steps) on measured data. 0 = off: all frames fit. Needs the
+    # frames on one device (memory "device", no sharding); see docs/physics.md ("Held-out
+    # frames").
+    holdout: float = 0.0
 
     def __post_init__(self):
         if self.steps < 0:
@@ -206,6 +213,8 @@ class JointConfig:
             raise ConfigError("batch_size must be positive or None (full batch)")
         if self.chunk_size < 1:
             raise ConfigError("chunk_size must be positive")
+        if not (0.0 <= float(self.holdout) <= 0.5):
+            raise ConfigError(f"holdout must be in [0, 0.5] (a fraction of each energy's frames), got {self.holdout}")
         if self.prior not in ("none", "tv"):
             raise ConfigError(f"prior must be 'none' or 'tv', got {self.prior!r}")
         if self.prior == "tv" and self.tv_weight > 0:
@@ -1107,7 +1116,8 @@ class JointSolver(eqx.Module):
         return JointState(params=params, opt_state=opt_state, step=state.step + 1), loss
 
 
-def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int = 1, domain_labels=None):
+def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int = 1, domain_labels=None,
+                  common: Grid | None = None):
     """Build the problem, initial parameters and solver for ``ds``.
 
     ``n_shards``: number of devices the frames will be split over (the chunk size is
@@ -1127,7 +1137,7 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
 
     edge = VEdge.from_tables("V", table=cfg.table)
     e = np.asarray(ds.energies, np.float64)
-    common = ds.common_grid()
+    common = ds.common_grid() if common is None else common
     pre = Scales(amp=1.0, n_other=1.0, e_mid=float(0.5 * (e.min() + e.max())), e_half=float(0.5 * (e.max() - e.min()) + 1.0))
     nchunk, chunk_n = chunk_layout(ds.n_frames, cfg.chunk_size, n_shards)
     plan = plan_memory(cfg, ds.n_frames, nchunk, chunk_n, ds.n_energies, ds.frame_size, common.shape,
@@ -1237,6 +1247,27 @@ def lbfgs_polish(solver: JointSolver, state: JointState, n: int, history: dict |
     return eqx.tree_at(lambda s_: s_.params, state, eqx.tree_at(lambda p: p.raw, params, raw))
 
 
+HOLDOUT_FIELDS = ("frames", "frame_id", "energy_index", "corner", "frac", "frame_energy", "log_monitor")
+
+
+def heldout_problem(prob: Problem, held: Dataset, cfg: JointConfig, common: Grid) -> Problem:
+    """``prob`` with the frames of ``held`` (on the same common grid) in place of its own:
+    the model (maps, probes, grids, empty region, scales) stays the fit's."""
+    h, _, _ = build_problem(held, cfg, prob.edge, prob.scales, common)
+    return eqx.tree_at(lambda p: tuple(getattr(p, f) for f in HOLDOUT_FIELDS), prob,
+                       tuple(getattr(h, f) for f in HOLDOUT_FIELDS), is_leaf=lambda x: x is None)
+
+
+def heldout_loss(params: JointParams, hold: Problem, loss_name: str, chunk: int) -> jax.Array:
+    """Data loss of the held-out frames in ``hold`` (:func:`heldout_problem`) under the
+    fitted ``params``, at their nominal positions and unit scale (times their monitor
+    reading): the per-frame corrections exist only for the fitted frames."""
+    n = int(hold.frame_energy.shape[0])
+    p = eqx.tree_at(lambda q: (q.dpos, q.dscale), params,
+                    (jnp.zeros((n, 2), params.dpos.dtype), jnp.zeros((n,), params.dscale.dtype)))
+    return data_loss(p, hold, None, loss_name, chunk)
+
+
 def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: bool = False,
                       checkpoint: str | None = None, resume: bool = False, callback=None,
                       n_shards: int = 1, shard=None, _domain_labels=None) -> Result:
@@ -1252,15 +1283,38 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
     if cfg.per_domain and cfg.domains == "auto" and _domain_labels is None:
         return _reconstruct_two_pass(ds, cfg, progress, checkpoint, resume, callback, n_shards, shard)
     t_start = time.perf_counter()
-    solver, state, ctx = prepare_joint(ds, cfg, n_shards=n_shards, domain_labels=_domain_labels)
+    hold = None
+    if cfg.holdout > 0:
+        if n_shards > 1:
+            raise ConfigError("holdout runs on one device: set holdout=0 for a sharded run")
+        held = ds.holdout_mask(cfg.holdout)
+        fit_ds, held_ds = ds.subset(~held), ds.subset(held)
+        # the full scan's grid: the held-out frames must lie on the fitted object
+        solver, state, ctx = prepare_joint(fit_ds, cfg, n_shards=n_shards, domain_labels=_domain_labels,
+                                           common=ds.common_grid())
+        if ctx["memory"]["mode"] != "device":
+            raise ConfigError("holdout needs the frames on the device (memory='device'); the streaming mode has no "
+                              "held-out evaluation")
+        hold = heldout_problem(solver.prob, held_ds, cfg, ctx["common"])
+        hold_norm = float(held_ds.n_frames * ds.frame_size ** 2)
+        hold_fn = eqx.filter_jit(heldout_loss)
+        ctx["init_info"]["holdout"] = {"fraction": float(cfg.holdout), "heldout_frames": int(held_ds.n_frames),
+                                       "fit_frames": int(fit_ds.n_frames)}
+        ds = fit_ds
+    else:
+        solver, state, ctx = prepare_joint(ds, cfg, n_shards=n_shards, domain_labels=_domain_labels)
     # after prepare_joint: bad input gets its one error line alone; a two-pass run's first
     # pass has the same per_pixel and has logged it already
     if _domain_labels is None:
         _log_warnings(energy_count_warnings(ds.n_energies, cfg.per_pixel))
     history: dict[str, list] = {"step": [], "loss": [], "time": []}
+    if hold is not None:
+        history["heldout_loss"] = []
     resumed_from = 0
     if checkpoint and resume and os.path.exists(checkpoint):
         state, history = _load_checkpoint(checkpoint, state)
+        if hold is not None:
+            history.setdefault("heldout_loss", [])
         resumed_from = int(state.step)
     if shard is not None and ctx["memory"]["mode"] == "device":  # streaming runs on one device (n_shards == 1)
         solver, state = shard(solver, state)
@@ -1283,9 +1337,11 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
                 raise DivergenceError(f"joint solver diverged at step {s + 1}: loss is {lv}")
             history["step"].append(s + 1)
             history["loss"].append(lv / norm)
+            if hold is not None:
+                history["heldout_loss"].append(float(hold_fn(state.params, hold, cfg.loss, solver.static[1])) / hold_norm)
             history["time"].append(time.perf_counter() - t_start)
             if bar is not None:
-                bar.set_postfix(loss=f"{lv / norm:.4g}")
+                bar.set_postfix(loss=f"{lv / norm:.4g}", **({"heldout": f"{history['heldout_loss'][-1]:.4g}"} if hold is not None else {}))
             if callback is not None:
                 callback(s + 1, lv / norm, state)
         if bar is not None:
@@ -1298,6 +1354,8 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
         if ctx["memory"]["mode"] != "device":
             raise ConfigError("lbfgs_steps needs the frames on the device (memory='device'): its line search evaluates the full loss many times")
         state = lbfgs_polish(solver, state, cfg.lbfgs_steps, history, norm, t_start)
+    if hold is not None:  # after the last step (and the L-BFGS polish, if any)
+        ctx["init_info"]["holdout"]["final_heldout_loss"] = float(hold_fn(state.params, hold, cfg.loss, solver.static[1])) / hold_norm
     wall = time.perf_counter() - t_start
     info = dict(ctx["init_info"], resumed_from_step=resumed_from)
     result = make_result(ds, state.params, solver.prob, ctx["common"], ctx["grids"], cfg, ctx["edge"], history, info,

@@ -693,6 +693,7 @@ def flatten_metrics(m: Mapping[str, Any] | None) -> dict[str, Any]:
     out["cluster_k"] = ci.get("k")
     h = m.get("history") or {}
     out["final_loss"] = h.get("final_loss")
+    out["heldout_loss"] = h.get("final_heldout_loss")
     out["iterations"] = h.get("iterations")
     w = m.get("warnings")
     out["n_warnings"] = len(w) if isinstance(w, list) else None  # None: no checks (two-step, older runs)

@@ -242,7 +242,7 @@ def test_cluster_agreement_known_confusion():
 
 def test_history_summary_cumulative():
     h = history_summary({"loss": [3.0, 2.0], "elapsed": [1.0, 4.0]})
-    assert h == {"final_loss": 2.0, "iterations": 2, "wall_time_s": 4.0, "loss_key": "loss"}
+    assert h == {"final_loss": 2.0, "iterations": 2, "wall_time_s": 4.0, "loss_key": "loss", "final_heldout_loss": None}
     assert history_summary({})["final_loss"] is None
 
 
@@ -252,6 +252,11 @@ def test_history_summary_joint_layout():
     h = history_summary({"step": [1, 10, 20, 30], "loss": [4.0, 3.0, 2.0, 1.5], "time": [5.0, 6.0, 7.0, 8.0], "wall_s": [8.5]})
     assert h["iterations"] == 30
     assert h["wall_time_s"] == 8.5
+    # with holdout: the held-out loss's last finite value, never taken for the fit loss
+    h = history_summary({"step": [1, 10], "heldout_loss": [5.0, 4.0], "loss": [3.0, 2.0]})
+    assert h["final_heldout_loss"] == 4.0 and h["final_loss"] == 2.0 and h["loss_key"] == "loss"
+    h = history_summary({"heldout_loss": [5.0, float("nan")], "fit_loss": [3.0, 2.5]})
+    assert h["final_heldout_loss"] == 5.0 and h["loss_key"] == "fit_loss"
 
 
 def _bandlimited(n, fc, rng):
