@@ -180,10 +180,12 @@ class JointConfig:
     relative: tuple[str, ...] = ("c11", "c21")
     # fraction of each energy's frames held out of the fit (every n-th in scan order,
     # Dataset.holdout_mask); their loss under the fitted model is logged as
-    # history["heldout_loss"], a truth-free check of over- and under-fitting to compare
-    # settings (prior strength, steps) on measured data. 0 = off: all frames fit. Needs the
-    # frames on one device (memory "device", no sharding); see docs/physics.md ("Held-out
-    # frames").
+    # history["heldout_loss"]: a truth-free check of how well the model predicts frames it
+    # has not fitted (over-fitting of the frames, models of the data). Measured on noisy
+    # `tiny`, it does NOT rank the chemical maps (it prefers priors that flatten the edge
+    # energy, and fewer steps than the maps need), so it is no selector for prior_strength
+    # or steps. 0 = off: all frames fit. Needs the frames on one device (memory "device",
+    # no sharding); docs/physics.md ("Held-out frames").
     holdout: float = 0.0
 
     def __post_init__(self):
