@@ -721,40 +721,42 @@ def fig_frc(frc_results: Sequence[dict], labels=None) -> Figure:
     return fig
 
 
-def fig_blur_match(results: Sequence[Result | ChemMaps], truth_maps: dict, labels=None, nv_fraction: float = 0.25,
+def fig_blur_match(results: Sequence[Result | ChemMaps], truth, labels=None, nv_fraction: float = 0.25,
                    fields: Sequence[str] = DESCRIPTORS) -> Figure | None:
     """RMSE of each descriptor map against the truth blurred by a Gaussian of standard
     deviation sigma (:func:`diffxas.evaluate.blur_error_curve`), one panel per map, one
     curve per result, the best match (:func:`diffxas.evaluate.blur_matched_error`) marked:
-    lost resolution (where the minimum sits) against noise (how low it is). Over the truth
-    region (truth n_v >= ``nv_fraction`` x max) and each result's valid pixels; the results
-    must share the truth's grid (``truth_maps`` resampled onto the first result's). None
-    when no map has a truth counterpart."""
-    from .evaluate import MAX_MATCHED_BLUR_PX, blur_error_curve, blur_matched_error
+    lost resolution (where the minimum sits) against noise (how low it is). ``truth``: a
+    :class:`~diffxas.maps.Truth`, resampled onto each result's own grid; over the region
+    truth n_v >= ``nv_fraction`` x max and each result's valid pixels. None when the truth
+    has no n_v map or none of ``fields``."""
+    from .evaluate import MAX_MATCHED_BLUR_PX, blur_error_curve, blur_matched_error, resample_truth
 
     labels = _labels_for(results, labels)
-    nv_t = truth_maps.get("n_v")
-    if nv_t is None or not np.isfinite(nv_t).any():
-        return None
-    region = np.isfinite(nv_t) & (nv_t >= nv_fraction * np.nanmax(nv_t))
-    fields = [f for f in fields if f in truth_maps]
-    if not fields:
+    fields = [f for f in fields if f in truth.maps]
+    if "n_v" not in truth.maps or not fields:
         return None
     sig = np.linspace(0.0, MAX_MATCHED_BLUR_PX, 33)
     fig = Figure(figsize=(3.6 * len(fields), 3.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(fields)))
-    for ax, f in zip(axes, fields):
-        for i, (lab, r) in enumerate(zip(labels, results)):
-            m = _maps_of(r)
-            if m.shape != region.shape:
-                continue
+    px = set()
+    for i, (lab, r) in enumerate(zip(labels, results)):
+        m = _maps_of(r)
+        tm = resample_truth(truth, m.pixel_size, m.origin, m.shape)
+        nv_t = tm["n_v"]
+        if not np.isfinite(nv_t).any() or np.nanmax(nv_t) <= 0:
+            continue
+        mask = np.isfinite(nv_t) & (nv_t >= nv_fraction * np.nanmax(nv_t)) & np.asarray(m.valid).astype(bool)
+        px.add(round(m.pixel_size * 1e9, 1))
+        for ax, f in zip(axes, fields):
             est = np.asarray(getattr(m, f), np.float64)
-            mask = region & np.asarray(m.valid).astype(bool)
-            ax.plot(sig, blur_error_curve(est, truth_maps[f], mask, sig), color=f"C{i}", lw=1.2, label=lab)
-            b = blur_matched_error(est, truth_maps[f], mask)
+            ax.plot(sig, blur_error_curve(est, tm[f], mask, sig), color=f"C{i}", lw=1.2, label=lab)
+            b = blur_matched_error(est, tm[f], mask)
             if b["matched_rmse"] is not None:
                 ax.plot([b["matched_blur_px"]], [b["matched_rmse"]], "o", color=f"C{i}", ms=4)
-        ax.set_xlabel(f"truth blurred by σ (px of {_maps_of(results[0]).pixel_size * 1e9:.0f} nm)")
+    unit = f"px of {px.pop():g} nm" if len(px) == 1 else "px of each result's grid"
+    for ax, f in zip(axes, fields):
+        ax.set_xlabel(f"truth blurred by σ ({unit})")
         ax.set_ylabel("RMSE: " + _unit_label(f))
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
@@ -790,8 +792,8 @@ def plot_all(results: Sequence[Result], out_dir, labels=None, truth=None, format
          "pre-edge shape maps: every result shares one pre-edge shape (c12, c13, c22, c23 neither per pixel nor per domain)")
     emit(fig_uncertainty(results, labels), "uncertainty",
          "uncertainty maps: no result has std maps (the joint solver writes them) or a cluster confidence map")
-    if truth_maps is not None:
-        emit(fig_blur_match(results, truth_maps, labels), "blur_match",
+    if truth is not None:
+        emit(fig_blur_match(results, truth, labels), "blur_match",
              "resolution-matched error: the truth has no n_v or descriptor map")
     return written, notes
 

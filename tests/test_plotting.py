@@ -137,16 +137,16 @@ def test_report_two_results_with_truth(tmp_path, data):
 
 
 def test_blur_match_figure_needs_truth_n_v(data):
-    from diffxas.evaluate import resample_truth
+    import dataclasses
+
     from diffxas.plotting import fig_blur_match
 
     truth, res, joint = data
-    m = res.maps
-    tm = resample_truth(truth, m.pixel_size, m.origin, m.shape)
-    fig = fig_blur_match([res, joint], tm, ["two-step", "joint"])
+    fig = fig_blur_match([res, joint], truth, ["two-step", "joint"])
     assert fig is not None and len(fig.axes) == 3
     assert len(fig.axes[0].lines) == 4  # a curve and its best-match marker per result
-    assert fig_blur_match([res], {k: v for k, v in tm.items() if k != "n_v"}) is None
+    no_nv = dataclasses.replace(truth, maps={k: v for k, v in truth.maps.items() if k != "n_v"})
+    assert fig_blur_match([res], no_nv) is None
 
 
 def test_report_without_clusters_or_truth(tmp_path, data):
