@@ -177,3 +177,43 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
     return Result(method="two-step", maps=maps, energies=e, absorption=st.absorption.astype(np.float64),
                   phase=st.phase.astype(np.float64), probes=er.probes.astype(np.complex64),
                   probe_pixel_size=np.asarray([g.pixel_size for g in er.grids], np.float64), history=history, config=config)
+
+
+def refit_two_step(result: Result, fit: FitConfig, source: str | None = None, source_sha256: str | None = None) -> Result:
+    """Step 2 again: the per-pixel fit of a two-step result's aligned stacks with ``fit``.
+
+    The ePIE reconstruction and the alignment (the expensive step 1) are taken from the
+    results file as they are: its aligned absorption and phase stacks, its common grid,
+    its illuminated area (``/maps/extra/illuminated``), its reference energy, element and
+    table. Only the maps (and the fit's records: ``fit``, ``global_fit``,
+    ``noise_energies``) change; ``config["refit"]`` records the fit that was replaced, the
+    source file and its checksum and the fit's wall time. With the run's own fit
+    configuration the maps are those of the file (up to the fit's float arithmetic).
+    Clusters of the source are dropped (they were computed from the old maps).
+    """
+    from .errors import InputError
+    from .geometry import Grid
+    from .scattering import VEdge
+
+    if result.method != "two-step":
+        raise InputError(f"refit needs a two-step result (its aligned ePIE stacks), got a {result.method!r} result")
+    ill = (result.maps.extra or {}).get("illuminated")
+    if ill is None:
+        raise InputError("the results file has no /maps/extra/illuminated map: written by an older diffxas; rerun the two-step")
+    ill = np.asarray(ill) > 0.5
+    cfg = dict(result.config or {})
+    edge = VEdge.from_tables(cfg.get("element", "V"), table=cfg.get("table", result.maps.scattering_table))
+    m = result.maps
+    common = Grid(pixel_size=float(m.pixel_size), shape=tuple(m.shape), origin=tuple(float(o) for o in m.origin))
+    e = np.asarray(result.energies, np.float64)
+    t0 = time.perf_counter()
+    fr = fit_stack(result.absorption, e, ill, fit)
+    maps = maps_from_fit(fr, result.phase, e, float(m.reference_energy), edge, common, ill,
+                         cfg.get("table", m.scattering_table), fit.smooth_sigma)
+    t_fit = time.perf_counter() - t0
+    history = dict(result.history or {})
+    history["fit_s"] = np.asarray([t_fit])
+    cfg.update({"fit": fit.to_dict(), "global_fit": fr.global_params, "noise_energies": fr.noise_energies.tolist(),
+                "refit": {"previous_fit": (result.config or {}).get("fit"), "source": source, "source_sha256": source_sha256,
+                          "fit_s": t_fit, "previous_refit": (result.config or {}).get("refit")}})
+    return dataclasses.replace(result, maps=maps, history=history, config=cfg, clusters=None)

@@ -169,27 +169,62 @@ def test_quality_on_tiny(tiny, tiny_result):
 
 def test_spatial_prior_improves_tiny(tiny, tiny_result):
     """Refit the pipeline's aligned stack on a Gaussian-smoothed stack (sigma 1 px) with a tied
-    pre-edge shape: the prior the joint solver can be given too (same last stage as
-    reconstruct_two_step: fit_stack + maps_from_fit). Measured: edge 0.55 eV, PE/Delta-mu-t
-    0.19 eV, coverage 100 %."""
-    from diffxas.fitting import fit_stack
-    from diffxas.twostep import _edge, maps_from_fit
-    from diffxas.geometry import Grid
+    pre-edge shape (refit_two_step: fit_stack + maps_from_fit on the result's stacks, the
+    same last stage as reconstruct_two_step): the prior the joint solver can be given too.
+    Measured: edge 0.55 eV, PE/Delta-mu-t 0.19 eV, coverage 100 %."""
+    from diffxas.twostep import refit_two_step
 
     res = tiny_result
     fc = FitConfig(iterations=40, tie_pre_edge=True, smooth_sigma=1.0)
-    ill = res.maps.extra["illuminated"] > 0
-    g = res.config["grid"]
-    common = Grid(pixel_size=g["pixel_size"], shape=tuple(g["shape"]), origin=tuple(g["origin"]))
-    fit = fit_stack(res.absorption, res.energies, ill, fc)
-    maps = maps_from_fit(fit, res.phase, res.energies, res.energies[0], _edge(TwoStepConfig()), common, ill, "chantler",
-                         fc.smooth_sigma)
     q0 = quality(res, tiny.truth)
-    q = quality(dataclasses.replace(res, maps=maps), tiny.truth)
+    q = quality(refit_two_step(res, fc), tiny.truth)
     assert q["edge_energy"] < q0["edge_energy"], (q, q0)
     assert q["coverage"] >= 0.95, q
     assert q["edge_energy"] < 0.8, q
     assert q["pre_edge_norm"] < 0.6, q
+
+
+def test_refit_reproduces_and_records(tiny_result):
+    """refit_two_step with the run's own fit settings gives the run's maps (reference: the
+    result itself; the same inputs and arithmetic, tolerance 1e-9 relative), records what
+    it replaced, drops the clusters, and refuses a joint result in one line."""
+    from diffxas.errors import InputError
+    from diffxas.twostep import refit_two_step
+
+    res = dataclasses.replace(tiny_result, clusters={"labels": np.zeros(tiny_result.maps.shape, np.int32)})
+    ran = FitConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in res.config["fit"].items()})
+    again = refit_two_step(res, ran, source="x.h5", source_sha256="abc")
+    for k in ("edge_energy", "pre_edge_norm", "ne_eff_per_nv", "n_v"):
+        np.testing.assert_allclose(getattr(again.maps, k), getattr(res.maps, k), rtol=1e-9, equal_nan=True)
+    np.testing.assert_array_equal(again.maps.valid, res.maps.valid)
+    assert again.clusters is None and again.absorption is res.absorption
+    rf = again.config["refit"]
+    assert rf["previous_fit"] == res.config["fit"] and rf["source"] == "x.h5" and rf["source_sha256"] == "abc"
+    smooth = refit_two_step(res, dataclasses.replace(ran, smooth_sigma=1.0))
+    assert smooth.config["fit"]["smooth_sigma"] == 1.0
+    assert not np.allclose(smooth.maps.edge_energy, res.maps.edge_energy, equal_nan=True)
+    with pytest.raises(InputError, match="needs a two-step result"):
+        refit_two_step(dataclasses.replace(res, method="joint"), ran)
+
+
+def test_refit_command(tiny_result, tmp_path, capsys):
+    """`diffxas refit` end to end on this module's two-step result: a new file with the new
+    fit settings and the source's checksum; only fit settings may be set (one-line error)."""
+    from diffxas import io
+    from diffxas.cli import main
+
+    src = tmp_path / "two.h5"
+    io.write_result(src, tiny_result)
+    out = tmp_path / "two_s1.h5"
+    assert main(["refit", str(src), "-o", str(out), "--set", "fit.smooth_sigma=1"]) == 0
+    assert "fit settings changed: {'smooth_sigma': 1.0}" in capsys.readouterr().out
+    r = io.read_result(out)
+    assert r.config["fit"]["smooth_sigma"] == 1.0 and r.config["refit"]["source_sha256"] == io.sha256_file(src)
+    assert r.config["fit"]["tie_pre_edge"] == tiny_result.config["fit"]["tie_pre_edge"]  # the rest as the source ran
+    assert main(["refit", str(src), "-o", str(tmp_path / "bad.h5"), "--set", "epie.epochs=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refit changes only the fit settings" in err[0]
+    assert not (tmp_path / "bad.h5").exists()
 
 
 def test_checkpoint_resume_and_results_file(tiny, tmp_path):
