@@ -371,6 +371,9 @@ def _run_reconstruct(args) -> int:
     h, w = valid.shape
     loss = np.asarray(result.history.get("loss", [])) if result.history else np.array([])
     last = f"; final loss {float(loss[-1]):.6g}" if loss.size else ""
+    ho = ((result.config or {}).get("init") or {}).get("holdout") if method == "joint" else None
+    if ho:
+        last += f"; {ho['heldout_frames']} frames held out, their loss {ho['final_heldout_loss']:.6g}"
     print(f"{method}: {ds.n_energies} energies, {ds.n_frames} frames -> {h} x {w} maps "
           f"({int(valid.sum())} valid pixels){last}; {wall:.1f} s")
     print(f"wrote {out}")

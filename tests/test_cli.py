@@ -746,3 +746,14 @@ def test_reconstruct_twostep_iterations(sim_dir, joint_dir, tmp_path, monkeypatc
     assert seen["method"] == "two-step" and cfg.epie.epochs == 5 and cfg.fit.iterations == 7
     assert seen["checkpoint"] == tmp_path / "t.h5.ckpt.d"
     assert cfg.epie.decay_start is None or cfg.epie.decay_start < 5
+
+
+def test_reconstruct_joint_holdout_says_it(sim_dir, tmp_path):
+    """--set joint.holdout: the summary line names the held-out frames and their loss, and
+    the results file records them."""
+    rc, out, err = _run(["reconstruct", sim_dir / "tiny.cxi", "--method", "joint", "-o", tmp_path / "h.h5", "--steps", 1,
+                         "--set", "joint.holdout=0.2", "--no-progress"])
+    assert rc == 0, err
+    assert "frames held out, their loss" in out
+    r = io.read_result(tmp_path / "h.h5")
+    assert r.config["init"]["holdout"]["heldout_frames"] > 0 and len(r.history["heldout_loss"]) == 1
