@@ -729,7 +729,7 @@ def fig_blur_match(results: Sequence[Result | ChemMaps], truth, labels=None, nv_
     lost resolution (where the minimum sits) against noise (how low it is). ``truth``: a
     :class:`~diffxas.maps.Truth`, resampled onto each result's own grid; over the region
     truth n_v >= ``nv_fraction`` x max and each result's valid pixels. None when the truth
-    has no n_v map or none of ``fields``."""
+    has no n_v map or none of ``fields``, or overlaps no result."""
     from .evaluate import MAX_MATCHED_BLUR_PX, blur_error_curve, blur_matched_error, resample_truth
 
     labels = _labels_for(results, labels)
@@ -754,6 +754,8 @@ def fig_blur_match(results: Sequence[Result | ChemMaps], truth, labels=None, nv_
             b = blur_matched_error(est, tm[f], mask)
             if b["matched_rmse"] is not None:
                 ax.plot([b["matched_blur_px"]], [b["matched_rmse"]], "o", color=f"C{i}", ms=4)
+    if not px:  # no result overlaps the truth
+        return None
     unit = f"px of {px.pop():g} nm" if len(px) == 1 else "px of each result's grid"
     for ax, f in zip(axes, fields):
         ax.set_xlabel(f"truth blurred by σ ({unit})")
