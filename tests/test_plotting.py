@@ -147,6 +147,8 @@ def test_blur_match_figure_needs_truth_n_v(data):
     assert len(fig.axes[0].lines) == 4  # a curve and its best-match marker per result
     no_nv = dataclasses.replace(truth, maps={k: v for k, v in truth.maps.items() if k != "n_v"})
     assert fig_blur_match([res], no_nv) is None
+    empty = dataclasses.replace(truth, maps=dict(truth.maps, n_v=np.zeros_like(truth.maps["n_v"])))
+    assert fig_blur_match([res], empty) is None  # no V anywhere: nothing to compare
 
 
 def test_report_without_clusters_or_truth(tmp_path, data):
