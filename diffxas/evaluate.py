@@ -229,16 +229,15 @@ MIN_MATCHED_BLUR_PX = 0.5
 
 def _gaussian_blur_in_support(ref: np.ndarray, support: np.ndarray, sigma: float) -> np.ndarray:
     """Normalised convolution: Gaussian blur of ``ref`` over ``support`` only (outside
-    pixels neither contribute nor dilute), so the particles' rims do not blur into vacuum."""
-    from scipy import ndimage
+    pixels neither contribute nor dilute), so the particles' rims do not blur into vacuum;
+    the two-step fit's spatial prior (:func:`diffxas.fitting.smooth_stack`) on one image,
+    NaN outside ``support``."""
+    from .fitting import smooth_stack
 
     if sigma <= 0:
         return ref
-    r = np.where(support, ref, 0.0)
-    w = ndimage.gaussian_filter(support.astype(np.float64), sigma, mode="constant")
-    b = ndimage.gaussian_filter(r, sigma, mode="constant")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(support & (w > 1e-12), b / w, np.nan)
+    b = smooth_stack(np.where(support, ref, 0.0)[None], support, sigma)[0]
+    return np.where(support, b, np.nan)
 
 
 def _blur_rmse(est: np.ndarray, ref: np.ndarray, mask: np.ndarray):
