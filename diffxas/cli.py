@@ -417,8 +417,9 @@ def _run_refit(args) -> int:
     if bad:
         raise ConfigError(f"refit changes only the fit settings (fit.KEY=VALUE); cannot set {', '.join(bad)}")
     mapping = load_config(args.config) if args.config else {}
-    fit_map = ((mapping.get("twostep") or {}).get("fit") or {}) if isinstance(mapping.get("twostep") or {}, dict) else {}
-    fit_map = apply_overrides({"twostep": {"fit": dict(fit_map)}}, over)["twostep"]["fit"]
+    tw = mapping.get("twostep") or {}
+    fit_map = dict(tw.get("fit") or {}) if isinstance(tw, dict) else {}
+    fit_map = apply_overrides({"twostep": {"fit": fit_map}}, over)["twostep"]["fit"]
     _require_file(args.result, "results file")
     out = check_output_path(args.output, "results file", inputs=[args.result])
     src = io.read_result(args.result)
