@@ -96,11 +96,14 @@ def test_noise_free_recovery(clean):
     assert res.history["loss"][-1] < 0.5 * res.history["loss"][0]
 
 
-def test_resume_equals_uninterrupted(small3, tmp_path):
+@pytest.mark.parametrize("holdout", [0.0, 0.1])
+def test_resume_equals_uninterrupted(small3, tmp_path, holdout):
     """Kill after step 4 (checkpoint at 3), resume to 6: same parameters as 6 uninterrupted
-    steps (tolerance 1e-6 relative: identical arithmetic)."""
+    steps (tolerance 1e-6 relative: identical arithmetic); with held-out frames, the same
+    held-out loss history too."""
     ds = small3.dataset
-    cfg = joint.JointConfig(steps=6, checkpoint_every=3, log_every=1, probe_start=2, batch_size=64, chunk_size=32)
+    cfg = joint.JointConfig(steps=6, checkpoint_every=3, log_every=1, probe_start=2, batch_size=64, chunk_size=32,
+                            holdout=holdout)
     full = joint.reconstruct_joint(ds, cfg)
 
     class Kill(Exception):
@@ -120,6 +123,9 @@ def test_resume_equals_uninterrupted(small3, tmp_path):
     for k in ("b1", "b2", "n_other"):
         np.testing.assert_allclose(resumed.maps.extra[k], full.maps.extra[k], rtol=1e-6, atol=1e-30)
     np.testing.assert_allclose(resumed.probes, full.probes, rtol=1e-6, atol=1e-6 * np.abs(full.probes).max())
+    if holdout:
+        np.testing.assert_allclose(resumed.history["heldout_loss"], full.history["heldout_loss"], rtol=1e-6)
+        assert len(full.history["heldout_loss"]) == 6
 
 
 def test_shared_parameters_are_scalars(small3):
