@@ -408,7 +408,7 @@ def _run_refit(args) -> int:
     from . import io
     from .config import apply_overrides, build_config, load_config, parse_overrides
     from .demo import check_output_path
-    from .errors import ConfigError, InputError
+    from .errors import ConfigError
     from .fitting import FitConfig
     from .twostep import refit_two_step
 
@@ -423,8 +423,6 @@ def _run_refit(args) -> int:
     _require_file(args.result, "results file")
     out = check_output_path(args.output, "results file", inputs=[args.result])
     src = io.read_result(args.result)
-    if src.method != "two-step":
-        raise InputError(f"{args.result}: refit needs a two-step result, got a {src.method!r} result")
     ran = (src.config or {}).get("fit")
     base = build_config(FitConfig, ran, section="recorded fit") if isinstance(ran, dict) else FitConfig()
     fit = build_config(FitConfig, fit_map, section="twostep.fit", base=base)

@@ -195,21 +195,22 @@ def refit_two_step(result: Result, fit: FitConfig, source: str | None = None, so
     from .geometry import Grid
     from .scattering import VEdge
 
+    where = f"{source}: " if source else ""
     if result.method != "two-step":
-        raise InputError(f"refit needs a two-step result (its aligned ePIE stacks), got a {result.method!r} result")
-    ill = (result.maps.extra or {}).get("illuminated")
+        raise InputError(f"{where}refit needs a two-step result (its aligned ePIE stacks), got a {result.method!r} result")
+    m = result.maps
+    ill = (m.extra or {}).get("illuminated")
     if ill is None:
-        raise InputError("the results file has no /maps/extra/illuminated map: written by an older diffxas; rerun the two-step")
+        raise InputError(f"{where}no /maps/extra/illuminated map: written by an older diffxas; rerun the two-step")
     ill = np.asarray(ill) > 0.5
     cfg = dict(result.config or {})
-    edge = VEdge.from_tables(cfg.get("element", "V"), table=cfg.get("table", result.maps.scattering_table))
-    m = result.maps
+    table = cfg.get("table", m.scattering_table)
+    edge = VEdge.from_tables(cfg.get("element", "V"), table=table)
     common = Grid(pixel_size=float(m.pixel_size), shape=tuple(m.shape), origin=tuple(float(o) for o in m.origin))
     e = np.asarray(result.energies, np.float64)
     t0 = time.perf_counter()
     fr = fit_stack(result.absorption, e, ill, fit)
-    maps = maps_from_fit(fr, result.phase, e, float(m.reference_energy), edge, common, ill,
-                         cfg.get("table", m.scattering_table), fit.smooth_sigma)
+    maps = maps_from_fit(fr, result.phase, e, float(m.reference_energy), edge, common, ill, table, fit.smooth_sigma)
     t_fit = time.perf_counter() - t0
     history = dict(result.history or {})
     history["fit_s"] = np.asarray([t_fit])
