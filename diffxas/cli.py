@@ -784,10 +784,12 @@ def _run_design_energies(args) -> int:
 
         cfg = sim_config(_simulate_section(args))
         e_range = (float(min(cfg.energies)), float(max(cfg.energies))) if args.range is None else tuple(args.range)
-        lo, hi = design.MODEL_RANGE
+        from .scattering import model_window
+
+        lo, hi = model_window(cfg.element, cfg.table)
         if e_range[0] < lo or e_range[1] > hi:
-            raise ConfigError(f"--range {e_range[0]:g} {e_range[1]:g} eV lies outside the V K-edge model's range "
-                              f"({lo:g}..{hi:g} eV)")
+            raise ConfigError(f"--range {e_range[0]:g} {e_range[1]:g} eV lies outside the {cfg.element} K-edge model's "
+                              f"range ({lo:g}..{hi:g} eV)")
         model = design.sample_from_preset(cfg, e_range=e_range, nv_fraction=args.nv_fraction, max_pixels=args.pixels,
                                           names=names, fluence=args.fluence)
     result = design.design_energies(model, args.budget, e_range, step=args.step, ridge=ridge,

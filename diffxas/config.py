@@ -394,7 +394,10 @@ def sim_config(mapping: Mapping[str, Any] | None = None, **defaults):
     name = m.pop("preset", None) or "small"
     if not isinstance(name, str):
         raise ConfigError(f"[simulate] preset: expected a string, got {_describe(name)}")
-    base = preset(name)
+    # another absorber without explicit energies moves the preset's energies to its edge
+    el, tab = m.get("element"), m.get("table")
+    shift_to = el if isinstance(el, str) and m.get("energies") is None else None
+    base = preset(name, element=shift_to, table=tab if isinstance(tab, str) and shift_to else None)
     return build_config(SimConfig, m, section="simulate", base=base)
 
 

@@ -138,11 +138,6 @@ DEFAULT_RIDGE = 1e-3
 DEFAULT_SHIFTS = (-4.0, -2.0, 0.0, 2.0, 4.0)
 #: Default number of sample-model pixels (evenly spaced over the region).
 DEFAULT_PIXELS = 200
-#: Energy range (eV) over which the V K-edge model's f' background is fitted
-#: (``VEdge.from_tables`` defaults): designs for a preset must lie inside it.
-MODEL_RANGE = (5300.0, 5700.0)
-
-
 # ============================================================================ sample model
 
 
@@ -161,6 +156,7 @@ class SampleModel:
         weight: sample pixels per model pixel (the sample's pixels in the region over the
             model's): the shared parameters are estimated from every pixel of the sample.
         source: a JSON-able record of where the model came from.
+        absorber: the element whose K edge the model describes (chemical symbol).
     """
 
     params: dict[str, np.ndarray]
@@ -170,6 +166,7 @@ class SampleModel:
     extra_absorption: tuple[np.ndarray, np.ndarray] | None = None
     weight: float = 1.0
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
+    absorber: str = "V"
 
     @property
     def n_pixels(self) -> int:
@@ -240,7 +237,7 @@ def sample_from_preset(cfg, e_range: tuple[float, float] | None = None, nv_fract
 
     e0 = float(min(cfg.energies)) if e_range is None else float(e_range[0])
     e1 = float(max(cfg.energies)) if e_range is None else float(e_range[1])
-    edge = VEdge.from_tables("V", table=cfg.table)
+    edge = VEdge.for_energies(cfg.element, [e0, e1, *cfg.energies], cfg.table, check=False)
     dx = float(object_pixel_size(e0, cfg.distance, cfg.detector_pixel, cfg.frame_size))
     half = 0.5 * cfg.scan_width + cfg.particle_radius + 2 * dx
     n = int(math.ceil(half / dx))
@@ -257,11 +254,12 @@ def sample_from_preset(cfg, e_range: tuple[float, float] | None = None, nv_fract
     idx = idx[_spread(idx.size, max_pixels)]
     params = {k: np.asarray(v, np.float64).ravel()[idx] for k, v in p.as_dict().items()}
     fl = raster_fluence(cfg.dose, cfg.scan_step, dx) if fluence is None else float(fluence)
-    e_mem = np.linspace(min(e0, MODEL_RANGE[0]), max(e1, MODEL_RANGE[1]), 201)
+    e_mem = np.linspace(min(e0, edge.range_ev[0]), max(e1, edge.range_ev[1]), 201)
     a_mem, _ = membrane(e_mem, cfg.membrane_thickness, cfg.table)
     return SampleModel(
         params=params, fluence=np.full(idx.size, fl), names=_check_names(names or _default_names()),
         reference_energy=e0, extra_absorption=(e_mem, np.asarray(a_mem, np.float64)), weight=float(sel.sum()) / idx.size,
+        absorber=edge.element,
         source={"kind": "preset", "preset": cfg.preset, "seed": int(cfg.seed), "dose": float(cfg.dose),
                 "scan_step": float(cfg.scan_step), "pixel_size": dx, "nv_fraction": nv_fraction,
                 "pixels": int(idx.size), "pixels_in_region": int(sel.sum()),
@@ -315,7 +313,6 @@ def sample_from_result(path, e_range: tuple[float, float] | None = None, nv_frac
     """
     import jax.numpy as jnp
 
-    from .constants import Z
     from .io import read_result
     from .joint import ALL_PARAMS
     from .scattering import VEdge
@@ -327,7 +324,7 @@ def sample_from_result(path, e_range: tuple[float, float] | None = None, nv_frac
     missing = [k for k in PARAM_NAMES if k not in ex]
     if missing:
         raise InputError(f"{path}: /maps/extra lacks the per-pixel parameters {missing} needed for a design")
-    edge = VEdge.from_tables("V", table=m.scattering_table)
+    edge = VEdge.for_energies(m.absorber, res.energies, m.scattering_table, check=False)
     b1 = np.nan_to_num(ex["b1"])
     if "n_other" not in ex:
         pr = XanesParams(**{k: jnp.asarray(np.nan_to_num(ex[k]), jnp.float32) for k in PARAM_NAMES})
@@ -336,7 +333,7 @@ def sample_from_result(path, e_range: tuple[float, float] | None = None, nv_frac
         nv = np.asarray(n_v(jnp.asarray(b1), edge), np.float64)
         ne = np.asarray(m.ne_eff_per_nv, np.float64)
         ok = np.isfinite(ne) & (b1 > 0) & np.isfinite(f1)
-        ex["n_other"] = np.where(ok, nv * (np.where(ok, ne, 0.0) - Z["V"] - np.where(ok, f1, 0.0)), np.nan)
+        ex["n_other"] = np.where(ok, nv * (np.where(ok, ne, 0.0) - edge.z - np.where(ok, f1, 0.0)), np.nan)
     valid = np.asarray(m.valid, bool) & np.all([np.isfinite(ex[k]) for k in ALL_PARAMS], axis=0) & (b1 > 0)
     if not valid.any():
         raise InputError(f"{path}: no valid pixels with finite parameters")
@@ -363,6 +360,7 @@ def sample_from_result(path, e_range: tuple[float, float] | None = None, nv_frac
     return SampleModel(
         params=params, fluence=np.asarray(fl, np.float64), names=_check_names(names),
         reference_energy=float(m.reference_energy), extra_absorption=None, weight=float(sel.sum()) / idx.size,
+        absorber=m.absorber,
         source={"kind": "result", "path": str(path), "method": res.method, "energies": [float(e.min()), float(e.max())],
                 "nv_fraction": nv_fraction, "pixels": int(idx.size), "pixels_in_region": int(sel.sum()),
                 "fluence": float(np.mean(fl)), "fluence_from": how})
@@ -587,7 +585,7 @@ def candidate_information(model: SampleModel, energies, descriptors: Sequence[st
     bad = sorted(set(shared) - set(ALL_PARAMS)) + sorted(set(shared) & set(names))
     if bad:
         raise ConfigError(f"shared parameters must be parameters that are not per pixel, got {bad}")
-    edge = VEdge.from_tables("V")
+    edge = VEdge.for_energies(model.absorber, e, check=False)
     funcs = descriptor_functions(edge, model.reference_energy)
     bad = [d for d in descriptors if d not in funcs]
     if bad or not descriptors:

@@ -1048,6 +1048,7 @@ def write_result(path, result: Result) -> Path:
         g.attrs["reference_energy"] = float(maps.reference_energy)
         g.attrs["delta_f2_v"] = float(maps.delta_f2_v)
         g.attrs["scattering_table"] = str(maps.scattering_table)
+        g.attrs["absorber"] = str(maps.absorber)
         for name, (unit, desc) in MAP_FIELDS.items():
             d = g.create_dataset(name, data=np.asarray(getattr(masked, name), dtype=np.float64))
             d.attrs["units"] = unit
@@ -1143,6 +1144,8 @@ def read_result(path) -> Result:
             reference_energy=float(_map_attr(path, g, "reference_energy")),
             delta_f2_v=float(_map_attr(path, g, "delta_f2_v")),
             scattering_table=str(_map_attr(path, g, "scattering_table")),
+            # files before the attribute existed are all V K-edge results
+            absorber=str(_attr_value(g.attrs["absorber"])) if "absorber" in g.attrs else "V",
             std=std,
             extra=extra,
         )
@@ -1255,7 +1258,7 @@ def summarize_result(path) -> str:
         f"({_si(m.origin[0], 'm')}, {_si(m.origin[1], 'm')}); {100 * valid.mean():.3g} % valid",
         f"  energies:          {r.energies.size}"
         + (f", {r.energies.min():.2f} .. {r.energies.max():.2f} eV" if r.energies.size else "")
-        + f"; reference {m.reference_energy:.2f} eV; table {m.scattering_table}",
+        + f"; {m.absorber} K edge; reference {m.reference_energy:.2f} eV; table {m.scattering_table}",
     ]
     for name, (unit, _) in MAP_FIELDS.items():
         lines.append(f"  {name + ':':18s} {_stats(getattr(m, name)[valid])} {unit}")

@@ -150,6 +150,9 @@ class JointConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 50
+    # the absorber (chemical symbol) whose K edge the data scan; "V" is the seed's. Any
+    # element with a K edge in the table works: scattering.VEdge.for_energies(element, ...)
+    element: str = "V"
     table: str = "chantler"
     lr_decay: float = 0.1
     # frames on the device ("device"), streamed from the host/file chunk by chunk ("stream"),
@@ -234,6 +237,10 @@ class JointConfig:
             raise ConfigError(f"probe_degree must be 0..6 (polynomial degree in energy), got {self.probe_degree}")
         if self.lbfgs_steps < 0:
             raise ConfigError(f"lbfgs_steps must be >= 0, got {self.lbfgs_steps}")
+        from .scattering import _symbol
+
+        if _symbol(self.element) != self.element:
+            raise ConfigError(f"element must be a chemical symbol as written (e.g. 'V', 'Mn'), got {self.element!r}")
         if self.memory not in ("auto", "device", "stream"):
             raise ConfigError(f"memory must be 'auto', 'device' or 'stream', got {self.memory!r}")
         if self.memory_budget_gib is not None and not (math.isfinite(self.memory_budget_gib) and self.memory_budget_gib > 0):
@@ -837,7 +844,6 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
         ex = dict(res.maps.extra)
         if "n_other" not in ex and all(k in ex for k in PARAM_NAMES):
             # composition from the maps: n_other = N_V (Re[Ne]/N_V - Z_V - f'_V(E_ref)), 0 where unknown
-            from .constants import Z
             from .spectra import f1_v
 
             b1 = np.nan_to_num(np.asarray(ex["b1"], np.float64))
@@ -847,7 +853,7 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
             nv = np.asarray(n_v(jnp.asarray(b1), edge), np.float64)
             ne = np.asarray(res.maps.ne_eff_per_nv, np.float64)
             ok = np.isfinite(ne) & (b1 > 0) & np.isfinite(f1)
-            ex["n_other"] = np.where(ok, nv * (np.where(ok, ne, 0.0) - Z["V"] - np.where(ok, f1, 0.0)), 0.0)
+            ex["n_other"] = np.where(ok, nv * (np.where(ok, ne, 0.0) - edge.z - np.where(ok, f1, 0.0)), 0.0)
         missing = [k for k in ALL_PARAMS if k not in ex]
         if missing:
             raise ConfigError(f"{cfg.init_result}: results file lacks per-pixel parameters {missing} needed for a warm start")
@@ -954,7 +960,6 @@ def _epie_refine(ds: Dataset, common: Grid, cfg: JointConfig, edge: VEdge, vals:
     from the data instead of a flat guess.
     """
     from .align import align_stack, illumination_map as _cov
-    from .constants import Z
     from .epie import EpieConfig, run_epie
     from .spectra import f1_v
 
@@ -980,7 +985,7 @@ def _epie_refine(ds: Dataset, common: Grid, cfg: JointConfig, edge: VEdge, vals:
     pr = XanesParams(**{**pr.as_dict(), "b1": jnp.ones(common.shape, jnp.float32)})
     f1 = np.asarray(f1_v(pr, jnp.asarray([e2[0]]), edge)[0], np.float64)
     phi0 = np.nan_to_num(st.phase[0])
-    out["n_other"] = np.clip(-phi0 / (R_E * float(wavelength(e2[0]))) - nv * (Z["V"] + f1), 0.0, None)
+    out["n_other"] = np.clip(-phi0 / (R_E * float(wavelength(e2[0]))) - nv * (edge.z + f1), 0.0, None)
     probes = np.asarray(ds.illumination).copy() if ds.illumination is not None else None
     if probes is not None:
         probes[idx[0]], probes[idx[1]] = er.probes[0], er.probes[1]
@@ -1137,8 +1142,8 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     """
     from .stream import StreamSolver, frames_source, plan_memory
 
-    edge = VEdge.from_tables("V", table=cfg.table)
     e = np.asarray(ds.energies, np.float64)
+    edge = VEdge.for_energies(cfg.element, e, cfg.table)  # fails at once on a wrong element
     common = ds.common_grid() if common is None else common
     pre = Scales(amp=1.0, n_other=1.0, e_mid=float(0.5 * (e.min() + e.max())), e_half=float(0.5 * (e.max() - e.min()) + 1.0))
     nchunk, chunk_n = chunk_layout(ds.n_frames, cfg.chunk_size, n_shards)
@@ -1514,7 +1519,7 @@ def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, g
     timing = dict(timing, uncertainty_s=time.perf_counter() - t_std)
     maps = ChemMaps(**{k: np.where(valid, v, np.nan) for k, v in m.items()}, valid=valid.astype(np.uint8), std=std,
                     pixel_size=common.pixel_size, origin=common.origin, reference_energy=e_ref,
-                    delta_f2_v=float(edge.delta_f2), scattering_table=cfg.table,
+                    delta_f2_v=float(edge.delta_f2), scattering_table=cfg.table, absorber=edge.element,
                     extra={**{k: v for k, v in full.items()}, "illuminated": ill.astype(np.float64)})
     probes_k = np.asarray(probes(params, prob), np.complex64)
     hist = {k: np.asarray(v, np.float64) for k, v in history.items()}

@@ -42,6 +42,8 @@ class ChemMaps:
         reference_energy: energy (eV) at which ``ne_eff_per_nv`` is evaluated.
         delta_f2_v: Delta f''_V used in eq. 2 (electrons).
         scattering_table: name of the scattering-factor table.
+        absorber: chemical symbol of the absorbing element whose K edge was scanned ("V"
+            for the seed; N_V and Re[N_e^eff]/N_V are then per atom of this element).
     """
 
     edge_energy: np.ndarray
@@ -57,6 +59,7 @@ class ChemMaps:
     reference_energy: float
     delta_f2_v: float
     scattering_table: str
+    absorber: str = "V"
     std: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 

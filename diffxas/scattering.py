@@ -216,6 +216,35 @@ def table_edge_energy(element: str = "V", table: str = "chantler") -> float:
     return float(0.5 * (te[i] + te[i + 1]))
 
 
+def model_window(element: str = "V", table: str = "chantler") -> tuple[float, float]:
+    """Default energy range (eV) of :meth:`VEdge.from_tables`: from 165 eV below to 235 eV above
+    the table's K edge, each end rounded to 10 eV (V: 5300-5700 eV; Mn: 6370-6770 eV).
+
+    The offsets are the V defaults (chosen around the seed's 5420-5540 eV scan) carried to
+    any absorber, so every element gets the same span of its own spectrum.
+    """
+    e0 = table_edge_energy(element, table)
+    return float(round((e0 - 165.0) / 10.0) * 10.0), float(round((e0 + 235.0) / 10.0) * 10.0)
+
+
+@functools.lru_cache(maxsize=256)
+def k_edges_between(e_lo: float, e_hi: float) -> tuple[tuple[str, float], ...]:
+    """``(symbol, K-edge energy eV)`` of the elements (Z 3-92, xraydb's Elam table) whose K
+    edge lies strictly inside ``(e_lo, e_hi)`` eV."""
+    import xraydb
+
+    out = []
+    for zz in range(3, 93):
+        sym = xraydb.atomic_symbol(zz)
+        try:
+            ek = float(xraydb.xray_edge(sym, "K").energy)
+        except Exception:  # no K edge tabulated
+            continue
+        if e_lo < ek < e_hi:
+            out.append((sym, ek))
+    return tuple(out)
+
+
 def _side_fit(te, f2, edge_ev, lo, hi, deg):
     """Least-squares polynomial (numpy ``Polynomial`` in E - edge_ev) through nodes with lo <= E - E0 <= hi."""
     m = (te - edge_ev >= lo) & (te - edge_ev <= hi)
@@ -515,8 +544,13 @@ class VEdge(eqx.Module):
         edge_ev: edge energy ``E0`` of the table (eV).
         f1_coeffs: coefficients of ``f1_background``.
         f2_coeffs: coefficients of ``f2_below``.
-        center_ev, scale_ev: polynomial variable (static).
+        center_ev, scale_ev: polynomial variable (static); the fits hold on
+            ``[center_ev - scale_ev, center_ev + scale_ev]`` (:meth:`check_energies`).
         source: ``"chantler"`` or ``"seed"`` (static).
+        element, z: the absorber's symbol and atomic number (static). The spectral model
+            is written for any absorber with a K edge in the table: ``z`` enters the
+            phase (``Z + f'``), ``delta_f2`` the edge jump (eq. 2). The maps keep the
+            seed's names (N_V, Re[N_e^eff]/N_V) and mean "per absorber atom".
     """
 
     delta_f2: float
@@ -526,14 +560,16 @@ class VEdge(eqx.Module):
     center_ev: float = eqx.field(static=True)
     scale_ev: float = eqx.field(static=True)
     source: str = eqx.field(static=True, default="chantler")
+    element: str = eqx.field(static=True, default="V")
+    z: int = eqx.field(static=True, default=23)
 
     @classmethod
     def from_tables(
         cls,
         element: str = "V",
         table: str = "chantler",
-        e_min: float = 5300.0,
-        e_max: float = 5700.0,
+        e_min: float | None = None,
+        e_max: float | None = None,
         edge_ev: float | None = None,
         f1_gap_ev: float = 10.0,
         f1_deg: int = 4,
@@ -550,7 +586,16 @@ class VEdge(eqx.Module):
         * ``f2_below``: the pre-edge straight line used for ``delta_f2`` (nodes
           ``near_ev..far_ev`` below the edge), so ``f2_below(E0) + delta_f2`` is the
           post-edge trend at the edge.
+
+        ``e_min, e_max`` default to :func:`model_window`: 165 eV below to 235 eV above the
+        table's edge, rounded to 10 eV (V: 5300-5700 eV, the range the V defaults were
+        measured on; Mn: 6370-6770 eV).
         """
+        symbol = _symbol(element)
+        if e_min is None or e_max is None:
+            lo, hi = model_window(symbol, table)
+            e_min = lo if e_min is None else e_min
+            e_max = hi if e_max is None else e_max
         if not (e_min < e_max):
             raise ConfigError(f"VEdge needs e_min < e_max, got {e_min:g}, {e_max:g}")
         e0, below, above = _edge_trends(element, edge_ev, table, near_ev, far_ev, f2_deg)
@@ -577,7 +622,32 @@ class VEdge(eqx.Module):
             center_ev=float(center),
             scale_ev=float(scale),
             source=table,
+            element=symbol,
+            z=_atomic_number(symbol),
         )
+
+    @classmethod
+    def for_energies(cls, element: str, energies_ev, table: str = "chantler", what: str = "the data",
+                     check: bool = True) -> "VEdge":
+        """:meth:`from_tables` for a scan: the default :func:`model_window`, widened (to 10 eV
+        beyond the scan, rounded out to 10 eV) where the scan reaches past it; then (``check``)
+        :meth:`check_energies`, i.e. the scan must bracket the edge.
+
+        What every reconstruction and the simulator use. For the seed's 5420-5540 eV V scan the
+        window stays 5300-5700 eV. A wider scan widens the fit rather than extrapolating it.
+        The degree-4 background reproduces Chantler's f' as well over wider windows (V
+        5300-6300 eV: 0.026 e; Mn 6370-7100 eV: 0.072 e, at |E - E0| > 10 eV).
+        """
+        e = np.asarray(energies_ev, np.float64).reshape(-1)
+        symbol = _symbol(element)
+        lo, hi = model_window(symbol, table)
+        if e.size and np.all(np.isfinite(e)):
+            lo = min(lo, math.floor((e.min() - 10.0) / 10.0) * 10.0)
+            hi = max(hi, math.ceil((e.max() + 10.0) / 10.0) * 10.0)
+        edge = cls.from_tables(symbol, table=table, e_min=lo, e_max=hi)
+        if check:
+            edge.check_energies(e, what)
+        return edge
 
     @classmethod
     def seed(cls, edge_ev: float = 5465.0) -> "VEdge":
@@ -597,6 +667,44 @@ class VEdge(eqx.Module):
             scale_ev=1.0,
             source="seed",
         )
+
+    @property
+    def range_ev(self) -> tuple[float, float]:
+        """``(e_min, e_max)`` in eV: where the fitted backgrounds hold."""
+        return (self.center_ev - self.scale_ev, self.center_ev + self.scale_ev)
+
+    def check_energies(self, energies_ev, what: str = "the data") -> None:
+        """Raise a one-line :class:`ConfigError` unless ``energies_ev`` (eV) bracket this edge
+        and lie inside :attr:`range_ev`.
+
+        Energies that do not bracket the edge cannot fix eq. 1, and outside the range the f'
+        background polynomial would extrapolate and the phase go silently wrong. The first is
+        a wrong ``element`` far more often than a wrong scan, so the message names the
+        elements whose K edge does lie inside the scanned range.
+        """
+        e = np.asarray(energies_ev, np.float64).reshape(-1)
+        if e.size == 0 or self.source == "seed":
+            return
+        if not np.all(np.isfinite(e)):
+            raise ConfigError(f"{what}'s energies must be finite numbers in eV")
+        lo, hi = self.range_ev
+        head = f"{what}'s energies {e.min():g}-{e.max():g} eV"
+        if not (e.min() < self.edge_ev < e.max()):
+            cands = [c for c in k_edges_between(float(e.min()), float(e.max())) if c[0] != self.element]
+            if len(cands) == 1:
+                s0 = cands[0][0]
+                hint = (f"; the K edge inside the scanned range is {s0} ({cands[0][1]:.0f} eV): "
+                        f"set element = \"{s0}\" (command line: --set element={s0})")
+            elif cands:
+                hint = (f"; K edges inside the scanned range: {', '.join(f'{s} ({v:.0f} eV)' for s, v in cands)}"
+                        ": set `element`")
+            else:
+                hint = "; no K edge lies inside the scanned range"
+            raise ConfigError(f"{head} do not bracket the {self.element} K edge ({self.edge_ev:.1f} eV), "
+                              f"which eq. 1 needs{hint}")
+        if e.min() < lo - 1e-6 or e.max() > hi + 1e-6:
+            raise ConfigError(f"{head} reach past the {self.element} K-edge model's range {lo:g}-{hi:g} eV "
+                              "(build it with VEdge.for_energies, which widens the range to the scan)")
 
     def _t(self, energy):
         e = jnp.asarray(energy)

@@ -105,6 +105,11 @@ class SimConfig:
     v_density: float = 2.5e28
     membrane_thickness: float = 500e-9
     texture: float = 1.0
+    #: the absorber (chemical symbol). The phantom's spectral types are written for the V K
+    #: edge (the seed's); for another element every type's energies (edge, pre-edge peaks)
+    #: move by the difference of the two table edges (:func:`edge_shift`, e.g. Mn +1073.9 eV),
+    #: and so do a preset's energies when none are given: a V-like phantom at that edge.
+    element: str = "V"
     table: str = "chantler"
     truth_oversample: int = 2
     noise: bool = True
@@ -132,6 +137,10 @@ class SimConfig:
             raise ConfigError(f"monitor_noise must be None (no monitor) or in [0, 0.5) (relative RMS), got {self.monitor_noise}")
         if self.oversample < 1 or self.truth_oversample < 1:
             raise ConfigError("oversample factors must be >= 1")
+        from .scattering import _symbol
+
+        if _symbol(self.element) != self.element:
+            raise ConfigError(f"element must be a chemical symbol as written (e.g. 'V', 'Mn'), got {self.element!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -155,8 +164,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def edge_shift(element: str, table: str = "chantler") -> float:
+    """Table K edge of ``element`` minus that of V (eV, rounded to 0.1 eV): how far the
+    phantom's V energies (:data:`DOMAIN_TYPES`, the presets' energies) move for ``element``."""
+    from .scattering import table_edge_energy
+
+    if element == "V":
+        return 0.0
+    return round(table_edge_energy(element, table) - table_edge_energy("V", table), 1)
+
+
 def preset(name: str, **overrides) -> SimConfig:
-    """The named preset with ``overrides`` applied (unknown names give a ConfigError)."""
+    """The named preset with ``overrides`` applied (unknown names give a ConfigError).
+
+    With ``element`` other than V and no ``energies``, the preset's (V) energies move by
+    :func:`edge_shift`."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     fields = {f.name for f in dataclasses.fields(SimConfig)}
@@ -164,6 +186,13 @@ def preset(name: str, **overrides) -> SimConfig:
     if bad:
         raise ConfigError(f"unknown simulation option(s) {bad}; known: {sorted(fields)}")
     kw = dict(PRESETS[name])
+    el = overrides.get("element")
+    if el is not None and el != "V" and overrides.get("energies") is None and isinstance(el, str):
+        from .scattering import _symbol
+
+        if _symbol(el) == el:  # a bad symbol is reported by SimConfig
+            shift = edge_shift(el, overrides.get("table") or "chantler")
+            kw["energies"] = tuple(round(e + shift, 3) for e in kw["energies"])
     kw.update({k: v for k, v in overrides.items() if v is not None})
     if "energies" in kw:
         kw["energies"] = tuple(float(e) for e in kw["energies"])
@@ -193,6 +222,9 @@ def make_phantom(cfg: SimConfig, center=(0.0, 0.0)) -> Phantom:
     rng = np.random.default_rng(cfg.seed)
     types = list(DOMAIN_TYPES.values())
     props = np.array([[t[p] for p in _PROPS] for t in types] + [[SURFACE_TYPE[1][p] for p in _PROPS]])
+    shift = edge_shift(cfg.element, cfg.table)  # V-edge energies -> this element's edge
+    for col in ("b2", "c12", "c22"):
+        props[:, _PROPS.index(col)] += shift
     parts, seeds, stype, spart = [], [], [], []
     r = cfg.particle_radius
     if cfg.n_particles == 1:
@@ -292,7 +324,7 @@ def phantom_fields(ph: Phantom, x, y, edge: VEdge, reference_energy: float):
     # composition: n_other so that -phi(E_ref)/(r_e lambda)/N_V equals the target
     p_safe = XanesParams(**{**p.as_dict(), "b1": jnp.where(inside, b1, 1.0)})  # f'_V divides by b1
     f1 = f1_v(p_safe, jnp.asarray([reference_energy]), edge)[0]
-    n_other = jnp.where(inside, nv * (ne_target - Z["V"] - f1), zero)
+    n_other = jnp.where(inside, nv * (ne_target - edge.z - f1), zero)
     p = XanesParams(**{**p.as_dict(), "n_other": n_other})
     labels = jnp.where(w_s > 0.5, nt, jnp.argmax(wtype, axis=0))
     labels = jnp.where(inside, labels, -1)
@@ -351,7 +383,7 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
     rng = np.random.default_rng(cfg.seed + 7919)
     noise_rng = rng if cfg.noise_seed is None else np.random.default_rng([cfg.noise_seed, 104729])
     energies = np.asarray(cfg.energies, float)
-    edge = VEdge.from_tables("V", table=cfg.table)
+    edge = VEdge.for_energies(cfg.element, energies, cfg.table, "the simulation")
     e_ref = float(energies[0])
     ph = make_phantom(cfg)
     M, os_ = cfg.frame_size, cfg.oversample

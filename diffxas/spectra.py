@@ -25,6 +25,10 @@ function of b1). ``n_other`` is the electron count per m^2 of all non-V atoms
 than 1e-3 electrons over 5.4-5.6 keV. The membrane and any uniform background are the
 reference (zero) of absorption and phase, as in the seed's alignment.
 
+"V" stands for the absorber: the model holds for any element with a K edge in the table
+(``VEdge.from_tables(element)``; ``Z_V`` is ``edge.z``), and the seed's names (N_V,
+Re[N_e^eff]/N_V) are kept for the maps whatever the element.
+
 All functions broadcast: parameter leaves may be scalars or per-pixel arrays of one
 shape ``S``; energies are ``(K,)``; outputs are ``(K, *S)``.
 """
@@ -36,7 +40,7 @@ import jax.numpy as jnp
 from jax.scipy.special import erf
 from jaxtyping import Array, Float
 
-from .constants import R_E, Z
+from .constants import R_E
 from .geometry import wavelength
 from .scattering import VEdge, kk_erf_step, kk_lorentzian
 
@@ -117,7 +121,7 @@ def phase(p: XanesParams, energies: Float[Array, " energy"], edge: VEdge) -> Flo
     e = _e(energies, jnp.zeros(s))
     lam = wavelength(e)
     lam0 = wavelength(edge.edge_ev)
-    bg = (Z["V"] + edge.f1_background(e)) / edge.delta_f2
+    bg = (edge.z + edge.f1_background(e)) / edge.delta_f2
     disp = (p.b1 * (bg + kk_erf_step(e, p.b2, p.b3))
             + p.c11 * kk_lorentzian(e, p.c12, p.c13) + p.c21 * kk_lorentzian(e, p.c22, p.c23))
     return -(lam / lam0) * disp - R_E * lam * p.n_other

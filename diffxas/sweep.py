@@ -423,10 +423,10 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
 # ============================================================================ energies
 
 
-def _edge_energy_ev(element: str = "V") -> float:
-    from .scattering import VEdge
+def _edge_energy_ev(element: str = "V", table: str = "chantler") -> float:
+    from .scattering import table_edge_energy
 
-    return float(VEdge.from_tables(element).edge_ev)
+    return float(table_edge_energy(element, table))
 
 
 def select_energies(energies: Sequence[float], count: int, choice: str = "uniform",
@@ -515,8 +515,11 @@ def build_point(mapping: Mapping[str, Any]) -> PointConfig:
         raise ConfigError(f"[energies] unknown key(s) {unknown}; valid: count, choice, window, edge_ev")
     en_rec: dict[str, Any] = {}
     if en.get("count") is not None:
+        edge_ev = en.get("edge_ev")
+        if edge_ev is None and str(en.get("choice", "uniform")) == "edge":
+            edge_ev = _edge_energy_ev(sim.element, sim.table)
         sel = select_energies(sim.energies, en["count"], str(en.get("choice", "uniform")),
-                              en.get("window", EDGE_WINDOW), en.get("edge_ev"))
+                              en.get("window", EDGE_WINDOW), edge_ev)
         en_rec = {"count": int(en["count"]), "choice": str(en.get("choice", "uniform")),
                   "from": list(sim.energies), "selected": list(sel)}
         sim = dataclasses.replace(sim, energies=sel)
@@ -525,7 +528,8 @@ def build_point(mapping: Mapping[str, Any]) -> PointConfig:
     mcfg: dict[str, Any] = {}
     for m in methods:
         section = "twostep" if m == "two-step" else m
-        mcfg[m] = build_section(mapping, section)
+        # the methods model the simulated absorber unless their section names one
+        mcfg[m] = build_section(mapping, section, element=sim.element)
     cl = mapping.get("cluster")
     cluster = None if cl is False else build_section({"cluster": cl or {}}, "cluster")
     ev = dict(mapping.get("evaluate") or {})

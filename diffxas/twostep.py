@@ -42,7 +42,9 @@ class TwoStepConfig:
         illum_fraction: pixels with scan coverage >= this fraction of the maximum are
             "illuminated" (fitted, may be valid).
         well_lit_fraction: coverage fraction of the region searched for the empty membrane.
-        element, table: absorber and scattering-factor table (for N_V and Re[N_e^eff]).
+        element, table: absorber (chemical symbol; any element with a K edge in the
+            table, "V" is the seed's) and scattering-factor table (for N_V and
+            Re[N_e^eff]). The data's energies must bracket the element's K edge.
     """
 
     epie: EpieConfig = dataclasses.field(default_factory=lambda: EpieConfig(
@@ -65,6 +67,10 @@ class TwoStepConfig:
                               f"{self.illum_fraction}, {self.well_lit_fraction}")
         if self.reference_energy is not None and not (1000.0 <= self.reference_energy <= 100000.0):
             raise ConfigError(f"two-step reference_energy must be in eV, got {self.reference_energy}")
+        from .scattering import _symbol
+
+        if _symbol(self.element) != self.element:
+            raise ConfigError(f"two-step element must be a chemical symbol as written (e.g. 'V', 'Mn'), got {self.element!r}")
 
     @classmethod
     def seed(cls, **overrides) -> "TwoStepConfig":
@@ -89,10 +95,10 @@ class TwoStepConfig:
                 "well_lit_fraction": self.well_lit_fraction, "element": self.element, "table": self.table}
 
 
-def _edge(cfg: TwoStepConfig):
+def _edge(cfg: TwoStepConfig, energies):
     from .scattering import VEdge
 
-    return VEdge.from_tables(cfg.element, table=cfg.table)
+    return VEdge.for_energies(cfg.element, energies, cfg.table)
 
 
 def maps_from_fit(fit, phase_stack: np.ndarray, energies, reference_energy: float, edge, common, illuminated,
@@ -127,7 +133,7 @@ def maps_from_fit(fit, phase_stack: np.ndarray, energies, reference_energy: floa
                   "illuminated": np.asarray(illuminated, np.float64)})
     return ChemMaps(**{k: np.where(valid, v, np.nan) for k, v in m.items()}, valid=valid.astype(np.uint8),
                     pixel_size=float(common.pixel_size), origin=tuple(float(o) for o in common.origin),
-                    reference_energy=float(e[k_ref]), delta_f2_v=float(edge.delta_f2), scattering_table=table,
+                    reference_energy=float(e[k_ref]), delta_f2_v=float(edge.delta_f2), scattering_table=table, absorber=edge.element,
                     extra=extra)
 
 
@@ -145,8 +151,8 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
     """
     cfg = TwoStepConfig() if config is None else config
     t0 = time.perf_counter()
-    edge = _edge(cfg)
     e = np.asarray(dataset.energies, np.float64)
+    edge = _edge(cfg, e)  # before the ePIE: a wrong element fails now, not after an hour
     e_ref = float(e.min()) if cfg.reference_energy is None else float(cfg.reference_energy)
     ck = None
     if checkpoint_dir is not None:
@@ -205,9 +211,9 @@ def refit_two_step(result: Result, fit: FitConfig, source: str | None = None, so
     ill = np.asarray(ill) > 0.5
     cfg = dict(result.config or {})
     table = cfg.get("table", m.scattering_table)
-    edge = VEdge.from_tables(cfg.get("element", "V"), table=table)
-    common = Grid(pixel_size=float(m.pixel_size), shape=tuple(m.shape), origin=tuple(float(o) for o in m.origin))
     e = np.asarray(result.energies, np.float64)
+    edge = VEdge.for_energies(cfg.get("element", m.absorber), e, table)
+    common = Grid(pixel_size=float(m.pixel_size), shape=tuple(m.shape), origin=tuple(float(o) for o in m.origin))
     t0 = time.perf_counter()
     fr = fit_stack(result.absorption, e, ill, fit)
     maps = maps_from_fit(fr, result.phase, e, float(m.reference_energy), edge, common, ill, table, fit.smooth_sigma)

@@ -530,7 +530,7 @@ def assert_same_result(a: Result, b: Result, check_clusters=True):
     for name, arr in a.maps.extra.items():
         np.testing.assert_array_equal(b.maps.extra[name], arr)
         assert b.maps.extra[name].dtype == np.asarray(arr).dtype
-    for attr in ("pixel_size", "origin", "reference_energy", "delta_f2_v", "scattering_table"):
+    for attr in ("pixel_size", "origin", "reference_energy", "delta_f2_v", "scattering_table", "absorber"):
         assert getattr(b.maps, attr) == getattr(a.maps, attr)
     np.testing.assert_array_equal(b.energies, a.energies)
     # absorption/phase stored float32 (input float32 here): exact
@@ -580,6 +580,18 @@ def test_result_round_trip(tmp_path):
         assert f["clusters/labels"].dtype == np.int16
         assert f["clusters"].attrs["k"] == 3
         assert list(f["clusters"].attrs["features"]) == ["edge_energy", "pre_edge_norm", "ne_eff_per_nv"]
+
+
+def test_result_absorber_round_trip_and_default(tmp_path):
+    # the absorber is recorded; files from before the attribute existed read as V (all were V)
+    r = make_result(clusters=False)
+    r.maps = dataclasses.replace(r.maps, absorber="Mn")
+    path = io.write_result(tmp_path / "mn.h5", r)
+    assert io.read_result(path).maps.absorber == "Mn"
+    assert "Mn K edge" in io.summarize_result(path)
+    with h5py.File(path, "r+") as f:
+        del f["maps"].attrs["absorber"]
+    assert io.read_result(path).maps.absorber == "V"
 
 
 def test_result_round_trip_minimal(tmp_path):

@@ -405,3 +405,65 @@ def test_vedge_errors():
         S.VEdge.from_tables(e_min=5500.0, e_max=5700.0)  # edge outside the range
     with pytest.raises(ConfigError):
         S.VEdge.from_tables(table="henke")
+
+
+def test_vedge_window_keeps_v_defaults():
+    # The default model window moved from fixed numbers to the element's edge; for V it must
+    # stay exactly 5300-5700 eV (what every V default was measured with).
+    v = S.VEdge.from_tables("V")
+    assert v.range_ev == (5300.0, 5700.0) and v.element == "V" and v.z == 23
+    assert S.model_window("Mn") == (6370.0, 6770.0)
+
+
+@pytest.mark.parametrize("element", ["Mn", "Fe", "Ni"])
+def test_vedge_other_elements_reproduce_table(element):
+    # Reference: Chantler f' (xraydb) of the element itself. Tolerance 0.08 e between 100 eV
+    # below and 150 eV above the edge (|E - E0| > 10 eV, a scan's range), 0.25 e over the whole
+    # default window (the degree-4 background drifts near the window's ends: Fe 0.15 e at -162 eV).
+    import xraydb
+
+    v = S.VEdge.from_tables(element)
+    e0 = float(xraydb.xray_edge(element, "K").energy)
+    assert abs(v.edge_ev - e0) < 2.0 and v.z == xraydb.atomic_number(element) and v.element == element
+    assert abs(v.delta_f2 - S.edge_jump_f2(element)) < 1e-12
+    lo, hi = v.range_ev
+    e = np.arange(lo, hi + 0.1, 2.5)
+    e = e[np.abs(e - v.edge_ev) > 10.0]
+    d = np.asarray(v.f1_tabulated_model(e), np.float64) - S.anomalous_factors(element, e)[0]
+    central = (e > v.edge_ev - 100.0) & (e < v.edge_ev + 150.0)
+    assert np.abs(d[central]).max() < 0.08, np.abs(d[central]).max()
+    assert np.abs(d).max() < 0.25, np.abs(d).max()
+    eb = e[e < v.edge_ev - 25.0]
+    np.testing.assert_allclose(np.asarray(v.f2_below(eb)), S.anomalous_factors(element, eb)[1], atol=0.015)
+
+
+def test_vedge_check_energies():
+    v = S.VEdge.from_tables("V")
+    v.check_energies([5420.0, 5466.0, 5540.0])  # the seed's range: fine
+    with pytest.raises(ConfigError, match=r"do not bracket the V K edge.*is Mn \(6539 eV\): set element = \"Mn\""):
+        v.check_energies([6490.0, 6540.0, 6610.0])
+    with pytest.raises(ConfigError, match="no K edge lies inside"):
+        v.check_energies([5470.0, 5540.0])  # all above the edge
+    with pytest.raises(ConfigError, match="reach past the V K-edge model's range 5300-5700"):
+        v.check_energies([5420.0, 5800.0])  # past the fitted background
+    with pytest.raises(ConfigError, match="finite"):
+        v.check_energies([5420.0, float("nan"), 5540.0])
+    S.VEdge.seed().check_energies([5420.0, 5540.0])  # the seed's flat constants carry no range
+
+
+def test_vedge_for_energies_widens_to_the_scan():
+    # The seed's scan keeps the V window (so its tables are exactly from_tables("V")); a scan
+    # reaching past it widens the fit instead of extrapolating. Reference: Chantler f' (xraydb)
+    # over the wider window, same tolerance as the default window's test (0.05 e).
+    a, b = S.VEdge.for_energies("V", [5420.0, 5540.0]), S.VEdge.from_tables("V")
+    assert a.range_ev == b.range_ev and np.array_equal(np.asarray(a.f1_coeffs), np.asarray(b.f1_coeffs))
+    w = S.VEdge.for_energies("V", [5420.0, 5466.0, 5895.0])
+    assert w.range_ev == (5300.0, 5910.0)
+    e = np.arange(5300.0, 5910.1, 2.5)
+    e = e[np.abs(e - w.edge_ev) > 10.0]
+    d = np.asarray(w.f1_tabulated_model(e), np.float64) - S.anomalous_factors("V", e)[0]
+    assert np.abs(d).max() < 0.05, np.abs(d).max()
+    with pytest.raises(ConfigError, match="do not bracket"):
+        S.VEdge.for_energies("V", [5470.0, 5540.0])
+    assert S.VEdge.for_energies("V", [5470.0, 5540.0], check=False).element == "V"
+    assert S.k_edges_between(5420.0, 5540.0) == (("V", 5465.0),)

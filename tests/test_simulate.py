@@ -108,6 +108,40 @@ def test_presets_and_errors():
         sm.preset("tiny", dose=-1)
 
 
+def test_other_absorber_moves_energies_and_phantom():
+    # Mn: the preset's V energies and the phantom's spectral types move by the table edge
+    # difference (6539.0 - 5465.1 eV, rounded to 0.1 eV); explicit energies are kept.
+    from diffxas.config import sim_config
+    from diffxas.scattering import table_edge_energy
+
+    shift = sm.edge_shift("Mn")
+    assert shift == pytest.approx(table_edge_energy("Mn") - table_edge_energy("V"), abs=0.05)
+    cfg = sim_config({"preset": "tiny", "element": "Mn"})
+    np.testing.assert_allclose(cfg.energies, np.asarray(sm.preset("tiny").energies) + shift, atol=1e-9)
+    assert sim_config({"preset": "tiny", "element": "Mn", "energies": [6500.0, 6600.0]}).energies == (6500.0, 6600.0)
+    # the same phantom, its energies moved (float32 fields at ~6.5 keV: 2e-3 eV)
+    from diffxas.scattering import VEdge
+
+    xs = np.linspace(-0.5e-6, 0.5e-6, 41)
+    X, Y = np.meshgrid(xs, xs)
+    pv, lv, _ = sm.phantom_fields(sm.make_phantom(sm.preset("tiny", seed=2)), X, Y, VEdge.from_tables("V"), 5420.0)
+    pm, lm, _ = sm.phantom_fields(sm.make_phantom(sm.preset("tiny", seed=2, element="Mn")), X, Y,
+                                  VEdge.from_tables("Mn"), 5420.0 + shift)
+    np.testing.assert_array_equal(np.asarray(lv), np.asarray(lm))
+    for k in ("b2", "c12", "c22"):
+        np.testing.assert_allclose(np.asarray(getattr(pm, k)), np.asarray(getattr(pv, k)) + shift, atol=2e-3)
+    for k in ("b3", "c13", "c23"):
+        np.testing.assert_allclose(np.asarray(getattr(pm, k)), np.asarray(getattr(pv, k)), atol=1e-6)
+    mn = sm.simulate(sm.preset("tiny", energies=(5420.0 + shift, 5480.0 + shift), seed=2, element="Mn"))
+    e = mn.truth.maps["edge_energy"]
+    b2s = [t["b2"] + shift for t in list(sm.DOMAIN_TYPES.values()) + [sm.SURFACE_TYPE[1]]]
+    assert min(b2s) - 3.0 < np.nanmin(e) and np.nanmax(e) < max(b2s) + 3.0
+    with pytest.raises(ConfigError, match="Mn K-edge model"):
+        sm.simulate(sm.preset("tiny", energies=(5420.0, 5480.0), element="Mn"))
+    with pytest.raises(ConfigError, match="chemical symbol"):
+        sm.preset("tiny", element="mn")
+
+
 def test_reproducible_with_seed():
     a = sm.simulate(sm.preset("tiny", energies=(5420.0, 5480.0), seed=3))
     b = sm.simulate(sm.preset("tiny", energies=(5420.0, 5480.0), seed=3))

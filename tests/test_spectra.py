@@ -111,3 +111,24 @@ def test_gradients_of_phase_and_absorption(edge):
             return jnp.sum(spectra.absorption(p, e) ** 2) + jnp.sum(spectra.phase(p, e, edge) ** 2)
 
         check_grads(f, (x0,), order=1, modes=("rev",), eps=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("element", ["Mn", "Ni"])
+def test_phase_other_absorber_uses_its_z(element):
+    """Another absorber (K edge in the table): the phase is -r_e lambda (N (Z + f') + n_other)
+    with that element's Z and f' (its own VEdge), the V parameters moved to its edge.
+    Reference: eq. 3 written out with Z from xraydb; tolerance 1e-4 relative (float32)."""
+    import xraydb
+
+    ed = VEdge.from_tables(element)
+    assert ed.element == element and ed.z == xraydb.atomic_number(element)
+    shift = float(ed.edge_ev) - 5465.1
+    p = spectra.XanesParams.from_dict({**P, **{k: P[k] + shift for k in ("b2", "c12", "c22")}})
+    e = np.array([5420.0, 5466.0, 5480.0, 5540.0]) + shift
+    phi = np.asarray(spectra.phase(p, e, ed), np.float64)
+    f1 = np.asarray(spectra.f1_v(p, e, ed), np.float64)
+    nv = float(spectra.n_v(jnp.float32(P["b1"]), ed))
+    ref = -R_E * wavelength(e) * (nv * (xraydb.atomic_number(element) + f1) + P["n_other"])
+    np.testing.assert_allclose(phi, ref, rtol=1e-4)
+    # and it is not V's Z: the phase with V's Z differs by r_e lambda N (Z - 23), far above 1e-4
+    assert np.all(np.abs(ref - (-R_E * wavelength(e) * (nv * (Z["V"] + f1) + P["n_other"]))) > 1e-3 * np.abs(ref))

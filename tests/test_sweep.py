@@ -139,6 +139,18 @@ def test_select_energies_uniform_and_edge():
         sweep.select_energies(SEED_ENERGIES, 8, "random")
 
 
+def test_point_passes_the_simulated_absorber_to_the_methods():
+    # [simulate] element = "Mn": the preset's energies move to the Mn edge, both methods
+    # model Mn unless their section names an element, and "edge" energies centre on Mn's edge
+    pc = sweep.build_point({"simulate": {"preset": "tiny", "element": "Mn"},
+                            "energies": {"count": 6, "choice": "edge"}})
+    assert pc.sim.element == "Mn" and min(pc.sim.energies) > 6400.0
+    assert pc.method_configs["joint"].element == "Mn" and pc.method_configs["two-step"].element == "Mn"
+    assert all(6534.0 <= x <= 6564.0 for x in pc.sim.energies[1:-1])  # [-5, +25] eV about 6539 eV
+    own = sweep.build_point({"simulate": {"preset": "tiny", "element": "Mn"}, "joint": {"element": "Fe"}})
+    assert own.method_configs["joint"].element == "Fe"  # the section's own value wins (and then fails loudly)
+
+
 def test_group_stats_over_seeds():
     rows = [{"status": "ok", "method": "joint", "dose": d, "seed": s, "m": d * 0 + s} for d in (1, 2) for s in (0, 1, 2)]
     rows.append({"status": "failed", "method": "joint", "dose": 2, "seed": 3, "m": None})

@@ -74,6 +74,8 @@ def test_config_presets_and_validation():
         TwoStepConfig(reference_energy=5.4)
     with pytest.raises(ConfigError):
         TwoStepConfig(epie={"epochs": 3})
+    with pytest.raises(ConfigError, match="chemical symbol"):
+        TwoStepConfig(element="Vanadium")
 
 
 # ----------------------------------------------------------------------------- KK constraint
@@ -225,6 +227,14 @@ def test_refit_command(tiny_result, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "refit changes only the fit settings" in err[0]
     assert not (tmp_path / "bad.h5").exists()
+
+
+def test_wrong_absorber_fails_before_epie(tiny, tiny_result):
+    assert tiny_result.maps.absorber == "V"
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"Ni K-edge model.*V \(5465 eV\)"):
+        reconstruct_two_step(tiny.dataset, TwoStepConfig.fast(element="Ni"))
+    assert time.perf_counter() - t0 < 5.0  # before the ePIE (60 epochs take ~15 s)
 
 
 def test_checkpoint_resume_and_results_file(tiny, tmp_path):
