@@ -662,7 +662,7 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
     text += [f"note: {n}" for n in notes]
     text += [f"simulation {wall['simulate']:.1f} s; total {total:.1f} s. Wall times include JIT compilation.",
              f"output: {out}/ (data.cxi, data.truth.h5, "
-             + ", ".join(p.name for p in results.values()) + f", report/summary.md)"]
+             + ", ".join(p.name for p in results.values()) + ", report/summary.md)"]
     summary = "\n".join(text)
     (out / "summary.txt").write_text(summary + "\n")
     (out / "demo.json").write_text(json.dumps({

@@ -27,7 +27,6 @@ Conventions
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp

@@ -160,7 +160,6 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
         ck = os.path.join(os.fspath(checkpoint_dir), "epie.npz")
     er = run_epie(dataset, cfg.epie, progress=progress, checkpoint=ck, resume=resume)
     t_epie = time.perf_counter() - t0
-    tables = [(dataset.frames_of(k), er.corners[k], er.fracs[k]) for k in range(len(e))]
     coverage = illumination_map(er.probes, er.corners, er.grids, er.common)
     st = align_stack(er.objects, er.grids, er.common, e, register=cfg.register, illum_fraction=cfg.illum_fraction,
                      well_lit_fraction=cfg.well_lit_fraction, coverage=coverage)

@@ -47,7 +47,7 @@ def test_config_validation():
 
 def test_wrong_absorber_fails_before_any_work(small3):
     # V K-edge data with element = "Mn": one clear error naming the edge that is in the data
-    with pytest.raises(ConfigError, match=r"Mn K-edge model.*V \(5465 eV\)"):
+    with pytest.raises(ConfigError, match=r"do not bracket the Mn K edge.*V \(5465 eV\)"):
         joint.prepare_joint(small3.dataset, joint.JointConfig(element="Mn", steps=1))
 
 

@@ -136,7 +136,7 @@ def test_other_absorber_moves_energies_and_phantom():
     e = mn.truth.maps["edge_energy"]
     b2s = [t["b2"] + shift for t in list(sm.DOMAIN_TYPES.values()) + [sm.SURFACE_TYPE[1]]]
     assert min(b2s) - 3.0 < np.nanmin(e) and np.nanmax(e) < max(b2s) + 3.0
-    with pytest.raises(ConfigError, match="Mn K-edge model"):
+    with pytest.raises(ConfigError, match="do not bracket the Mn K edge"):
         sm.simulate(sm.preset("tiny", energies=(5420.0, 5480.0), element="Mn"))
     with pytest.raises(ConfigError, match="chemical symbol"):
         sm.preset("tiny", element="mn")

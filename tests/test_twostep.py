@@ -232,7 +232,7 @@ def test_refit_command(tiny_result, tmp_path, capsys):
 def test_wrong_absorber_fails_before_epie(tiny, tiny_result):
     assert tiny_result.maps.absorber == "V"
     t0 = time.perf_counter()
-    with pytest.raises(ConfigError, match=r"Ni K-edge model.*V \(5465 eV\)"):
+    with pytest.raises(ConfigError, match=r"do not bracket the Ni K edge.*V \(5465 eV\)"):
         reconstruct_two_step(tiny.dataset, TwoStepConfig.fast(element="Ni"))
     assert time.perf_counter() - t0 < 5.0  # before the ePIE (60 epochs take ~15 s)
 
