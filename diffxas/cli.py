@@ -13,6 +13,7 @@ with code 2; Ctrl-C exits with 130. Heavy modules (jax, h5py) are imported insid
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -838,6 +839,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         sys.stderr.write(error_line("interrupted") + "\n")
         return 130
+    except BrokenPipeError:  # the reader of stdout left (`diffxas info X | head`): no message
+        try:  # and no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a killed writer
     except (DiffxasError, OSError) as e:
         if args.traceback:
             raise

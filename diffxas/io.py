@@ -934,6 +934,7 @@ def cxi_summary(path) -> str:
         f"{path}: multi-energy CXI file (cxi_version {ver}), {_human_size(path.stat().st_size)}",
         f"  energies:          {en.size} entries, {en[0]:.2f} .. {en[-1]:.2f} eV"
         + (f" (mean step {np.diff(en).mean():.3g} eV)" if en.size > 1 else ""),
+        f"  K edges in range:  {_k_edges_line(en)}",
         f"  frames per energy: {nf.min()}" + (f" .. {nf.max()}" if nf.max() != nf.min() else "")
         + f" (total {nf.sum()})",
         f"  frame size M:      {first.frame_size} x {first.frame_size} pixels",
@@ -1421,6 +1422,18 @@ def file_kind(path) -> str:
         if _is_truth(f):
             return "truth"
     raise _err(path, None, "not a CXI, diffxas results or ground-truth file")
+
+
+def _k_edges_line(en) -> str:
+    """The K edges (xraydb) inside the scanned energies: the `element` to reconstruct with."""
+    from .scattering import k_edges_between
+
+    if en.size < 2:
+        return "n/a (one energy)"
+    c = k_edges_between(float(en.min()), float(en.max()))
+    if not c:
+        return "none (diffxas models a K edge inside the scan)"
+    return ", ".join(f"{s} ({v:.0f} eV)" for s, v in c) + (" -> element = " + (f'"{c[0][0]}"' if len(c) == 1 else "one of them"))
 
 
 def summarize(path) -> str:

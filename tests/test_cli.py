@@ -47,6 +47,18 @@ def test_info_cxi(cxi, capsys):
     assert "frames per energy: 5 (total 15)" in out and "illumination:      absent" in out
 
 
+def test_closed_stdout_pipe_is_quiet(cxi):
+    # `diffxas info ... | head -1`: the reader leaves; no traceback, no error line, exit 141
+    # (200 summaries, ~0.2 MB, overflow the 64 kB pipe buffer, so the write does fail)
+    p = subprocess.Popen([sys.executable, "-m", "diffxas.cli", "info"] + [str(cxi)] * 200,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline().startswith(str(cxi).encode())
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert err == ""
+
+
 def test_info_several_files(cxi, tmp_path, capsys):
     other = io.write_cxi(tmp_path / "b.cxi", make_dataset(k=2, seed=1))
     assert cli.main(["info", str(cxi), str(other)]) == 0

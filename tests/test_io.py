@@ -456,6 +456,7 @@ def test_cxi_summary(cxi):
     assert str(cxi) in text
     assert "3 entries, 5420.00 .. 5540.25 eV" in text
     assert "frames per energy: 5 (total 15)" in text
+    assert 'K edges in range:  V (5465 eV) -> element = "V"' in text  # xraydb's Elam K edge
     assert "16 x 16" in text and "75 um" in text and "illumination:      present (" in text
     # dose: mean counts per frame, reference = the dataset itself, 1e-3 relative (4 digits shown)
     ds = make_dataset()
