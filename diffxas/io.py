@@ -544,7 +544,9 @@ def _check_frames(path, ds: h5py.Dataset, frames: np.ndarray, local_index=None) 
         neg = (frames < 0).any(axis=(1, 2))
         if neg.any():
             bad = int(np.argmax(neg))
-            raise _err(path, ds.name, f"frame {where(bad)} contains negative counts (min {frames[bad].min():g})")
+            raise _err(path, ds.name, f"frame {where(bad)} contains negative counts (min {frames[bad].min():g}); "
+                       "background-subtracted frames: clip them at 0 and mask the pixels without signal "
+                       "(docs/formats.md)")
 
 
 def _load_entry_meta(path, f: h5py.File, en: _Entry, with_illumination: bool):
