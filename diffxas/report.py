@@ -135,7 +135,7 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
             f"`{sources[i]}`" if sources else "-",
             str(r.method),
             f"{m.shape[0]} x {m.shape[1]}, {m.pixel_size * 1e9:.1f} nm",
-            f"{e.size}, {e.min():.1f}-{e.max():.1f} eV" if e.size else "0",
+            (f"{e.size}, {e.min():.1f}-{e.max():.1f} eV" if e.size else "0") + f" ({m.absorber} K)",
             f"{int(np.asarray(m.valid).astype(bool).sum())}",
             str(h["iterations"]) if h["iterations"] is not None else "n/a",
             _f(h["final_loss"], ".4g"),

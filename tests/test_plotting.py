@@ -134,6 +134,7 @@ def test_report_two_results_with_truth(tmp_path, data):
     _check([p for p in written if p.endswith((".png", ".pdf"))])
     md = open(out / "summary.md").read()
     assert "| two-step |" in md and "| joint |" in md and "ARI" in md and "E0 matched blur (px)" in md
+    assert "eV (V K) |" in md  # the absorber of each result
 
 
 def test_blur_match_figure_needs_truth_n_v(data):
