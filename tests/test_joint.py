@@ -104,6 +104,34 @@ def test_noise_free_recovery(clean):
     assert res.history["loss"][-1] < 0.5 * res.history["loss"][0]
 
 
+def test_noise_free_recovery_without_a_probe_in_the_file(clean):
+    """A data file without illumination (no probe guess, common for beamline files): the
+    default "epie" start refines the two ePIE energies from a KB guess and starts every
+    energy from the lowest energy's refined probe. Reference: the simulator's truth.
+    Measured (300 steps, inner pixels): edge energy 0.133 eV, PE/dmt 0.226 eV, Re[Ne]/N_V
+    0.85, N_V 3.0 % (with the file's probe: 0.123, 0.059, 0.86, 2.8 %). Tolerances: those
+    of test_noise_free_recovery, except PE/dmt < 0.35 eV (1.5x the measurement). Its
+    larger error is not the missing probe as such: the shared second pre-edge width c23
+    is weakly fixed by these 18 energies (its peak at 5470 eV falls between 5469 and
+    5472 eV), and the start moves it. The file's own probe scaled by the membrane
+    transmission (-1.9 % power, the physically right start of this model) gives PE/dmt
+    0.189 eV with c23 = 3.05 eV; the unscaled one 0.059 eV with c23 = 2.24 eV (truth
+    2.0). On noisy `tiny` (tinyA) the start makes no difference: 0.208 / 0.134 / 2.88 /
+    4.7 % without the file's probe, 0.206 / 0.132 / 2.57 with it."""
+    import dataclasses
+
+    ds = dataclasses.replace(clean.dataset, illumination=None)
+    res = joint.reconstruct_joint(ds, joint.JointConfig(steps=300, log_every=50))
+    assert "lowest energy's refined probe" in res.config["init"]["probes_from"]
+    m = evaluate(res, clean.truth, nv_fraction=0.6)
+    print({k: m[k]["rmse"] for k in ("edge_energy", "pre_edge_norm", "ne_eff_per_nv")}, m["n_v"]["rel_rms"])
+    assert evaluate(res, clean.truth)["coverage"] >= 0.95
+    assert m["edge_energy"]["rmse"] < 0.2
+    assert m["pre_edge_norm"]["rmse"] < 0.35
+    assert m["ne_eff_per_nv"]["rmse"] < 2.0
+    assert m["n_v"]["rel_rms"] < 0.07
+
+
 def test_noise_free_recovery_other_absorber():
     """The same noise-free check at the Mn K edge (element = "Mn" in the simulator and the
     solver): Mn's tables, Z and edge; the V-like phantom moved by +1073.9 eV; the detector
