@@ -1201,6 +1201,8 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
 
             probes0, _ = _membrane_normalised_probes(ds, initial_probes(ds, grids), moments[0])
             init_info["probes_from"] = "KB focus of 300 nm FWHM (the file has no illumination; epie.initial_probes)"
+            _log_warnings([f"the data file has no illumination and init = {cfg.init!r} starts from a 300 nm KB focus "
+                           "guess; init = 'epie' (the default) or a warm start (--init) refine the probe first"])
         else:
             probes0 = np.asarray(ds.illumination)
     domain = None

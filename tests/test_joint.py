@@ -132,6 +132,17 @@ def test_noise_free_recovery_without_a_probe_in_the_file(clean):
     assert m["n_v"]["rel_rms"] < 0.07
 
 
+def test_stxm_start_without_a_probe_warns(small3, caplog):
+    import dataclasses
+    import logging
+
+    ds = dataclasses.replace(small3.dataset, illumination=None)
+    with caplog.at_level(logging.WARNING, logger="diffxas"):
+        _, _, ctx = joint.prepare_joint(ds, joint.JointConfig(init="stxm", steps=1))
+    assert any("no illumination" in r.getMessage() for r in caplog.records)
+    assert "KB focus" in ctx["init_info"]["probes_from"]
+
+
 def test_noise_free_recovery_other_absorber():
     """The same noise-free check at the Mn K edge (element = "Mn" in the simulator and the
     solver): Mn's tables, Z and edge; the V-like phantom moved by +1073.9 eV; the detector
