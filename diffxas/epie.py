@@ -222,13 +222,14 @@ def initial_probes(dataset: Dataset, grids: list[Grid], probe_fwhm: float = 300e
     m = dataset.frame_size
     e = np.asarray(dataset.energies, np.float64)
     na = numerical_aperture_for_fwhm(probe_fwhm, float(wavelength(e.min())))
-    frames = np.asarray(dataset.frames)
+    from .dataset import take_frames
+
     mask = np.asarray(dataset.mask)
     out = np.zeros((len(e), m, m), np.complex64)
-    for k in range(len(e)):
+    for k in range(len(e)):  # one energy's frames at a time (a lazy source is read, never all at once)
         idx = dataset.frames_of(k)
         frac_used = max(float(mask[k].mean()), 1e-6)
-        photons = float(frames[idx].sum(axis=(1, 2)).mean() / frac_used) if idx.size else 1.0
+        photons = float(take_frames(dataset.frames, idx).sum(axis=(1, 2)).mean() / frac_used) if idx.size else 1.0
         out[k] = kb_probe(m, grids[k].pixel_size, float(wavelength(e[k])), na, photons=max(photons, 1.0))
     return out
 

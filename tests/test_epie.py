@@ -278,3 +278,26 @@ def test_monitor_corrects_flux_jitter():
     err_jit = _error_in_lit(run_epie(jit, cfg), objs, ds)
     assert np.all(err_mon < 0.02), err_mon
     assert np.all(err_jit > 1.5 * err_mon), (err_jit, err_mon)
+
+
+def test_initial_probes_kb_guess_from_a_lazy_file(tmp_path, monkeypatch):
+    # Without an illumination the start is a KB focus whose power is the mean detected
+    # photons per frame (reference: the frames' own sums, 1e-5 relative); a lazy CXI source
+    # (what the joint reads) gives the same probes as the in-memory dataset, read energy by energy.
+    from diffxas import io
+    from diffxas.epie import initial_probes
+
+    ds, _, _ = make_dataset(with_illumination=False)
+    _, grids = reconstruction_grids(ds)
+    p = initial_probes(ds, grids)
+    fr = np.asarray(ds.frames)
+    ei = np.asarray(ds.energy_index)
+    for k in range(ds.n_energies):
+        assert np.sum(np.abs(p[k]) ** 2) == pytest.approx(fr[ei == k].sum(axis=(1, 2)).mean(), rel=1e-5)
+    lazy = io.open_cxi(io.write_cxi(tmp_path / "d.cxi", ds))
+
+    def whole(*a, **k):
+        raise AssertionError("initial_probes read the whole file at once")
+
+    monkeypatch.setattr(io.CxiFrames, "__array__", whole)
+    np.testing.assert_allclose(initial_probes(lazy, grids), p, rtol=1e-5, atol=1e-6 * np.abs(p).max())
