@@ -628,7 +628,7 @@ def _add_demo(subparsers) -> None:
                     "demo itself tunes nothing).",
         epilog="example: diffxas demo --out demo-output",
     )
-    p.add_argument("--out", default="demo-output", metavar="DIR", help="output folder (default demo-output)")
+    p.add_argument("-o", "--out", default="demo-output", metavar="DIR", help="output folder (default demo-output)")
     p.add_argument("--preset", default="small", help="simulation preset (default small)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
     p.add_argument("--quick", action="store_true",

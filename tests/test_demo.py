@@ -204,6 +204,7 @@ def test_demo_quick_and_config(fakes, no_report, tmp_path):
     assert fakes["configs"]["joint"].steps == demo.QUICK["joint.steps"]
     assert fakes["configs"]["joint"].lr_amp == 0.03
     assert fakes["configs"]["two-step"] == FakeTwoStepConfig(epie=FakeEpie(epochs=demo.QUICK["iterations"]))
+    assert any("smoke run" in n and "compare nothing" in n for n in o.notes)  # the table is no comparison
     # explicit values win over --quick
     _quiet(demo.run_demo, tmp_path / "q2", "tiny", quick=True,
            config={**FAST_CLUSTER, "joint": {"steps": 3}, "simulate": {"energies": [5420.0, 5480.0, 5500.0]}})
