@@ -64,7 +64,7 @@ is found on the flux-independent phase from the frames' centres of mass
 
 Probes without an illumination in the data file (``probes_from`` in the results file's
 ``init`` record): ``"epie"`` starts every energy from the lowest energy's ePIE-refined
-probe (that ePIE starts from a KB focus, like the two-step), power from the membrane
+probe (that ePIE starts from a KB focus of ``probe_fwhm``, like the two-step), power from the membrane
 counts; ``"stxm"`` and ``"flat"`` from the KB focus itself (poor: noisy ``tiny``, edge
 energy 0.48 eV, Re[Ne]/N_V 13, against 0.21 / 2.9 with ``"epie"``).
 """
@@ -151,6 +151,9 @@ class JointConfig:
     # energy's ePIE probe carries some of that energy's object error).
     init_probes: str = "auto"
     init_epochs: int = 40
+    # FWHM (m) of the KB focus guessed when the data file has no illumination (as the
+    # two-step's epie.probe_fwhm); refined by the "epie" start
+    probe_fwhm: float = 300e-9
     reference_energy: float | None = None
     valid_jump_fraction: float = 0.1
     seed: int = 0
@@ -241,6 +244,8 @@ class JointConfig:
             raise ConfigError(f"probe_model must be 'per-energy' or 'smooth', got {self.probe_model!r}")
         if not 0 <= self.probe_degree <= 6:
             raise ConfigError(f"probe_degree must be 0..6 (polynomial degree in energy), got {self.probe_degree}")
+        if not (math.isfinite(self.probe_fwhm) and self.probe_fwhm > 0):
+            raise ConfigError(f"probe_fwhm must be a positive length in m, got {self.probe_fwhm}")
         if self.lbfgs_steps < 0:
             raise ConfigError(f"lbfgs_steps must be >= 0, got {self.lbfgs_steps}")
         from .scattering import _symbol
@@ -973,7 +978,8 @@ def _epie_refine(ds: Dataset, common: Grid, cfg: JointConfig, edge: VEdge, vals:
     idx = [0, ds.n_energies - 1]
     sub = ds.select_energies(idx)
     e2 = np.asarray(sub.energies, np.float64)
-    er = run_epie(sub, EpieConfig(epochs=cfg.init_epochs, probe_update_start=5, decay_start=max(1, cfg.init_epochs * 3 // 4)), common=common)
+    er = run_epie(sub, EpieConfig(epochs=cfg.init_epochs, probe_update_start=5, decay_start=max(1, cfg.init_epochs * 3 // 4),
+                                  probe_fwhm=cfg.probe_fwhm), common=common)
     st = align_stack(er.objects, er.grids, er.common, e2, register=True, coverage=_cov(er.probes, er.corners, er.grids, er.common))
     part = ill & (vals["b1"] > 0.3 * np.percentile(vals["b1"][ill], 99))
     r11 = float(np.median(vals["c11"][part] / vals["b1"][part])) if part.any() else 0.0
@@ -1199,9 +1205,10 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
         if ds.illumination is None:  # the two-step's start too: a KB focus, power from the counts
             from .epie import initial_probes
 
-            probes0, _ = _membrane_normalised_probes(ds, initial_probes(ds, grids), moments[0])
-            init_info["probes_from"] = "KB focus of 300 nm FWHM (the file has no illumination; epie.initial_probes)"
-            _log_warnings([f"the data file has no illumination and init = {cfg.init!r} starts from a 300 nm KB focus "
+            probes0, _ = _membrane_normalised_probes(ds, initial_probes(ds, grids, cfg.probe_fwhm), moments[0])
+            fwhm = f"{cfg.probe_fwhm * 1e9:.4g} nm"
+            init_info["probes_from"] = f"KB focus of {fwhm} FWHM (the file has no illumination; epie.initial_probes)"
+            _log_warnings([f"the data file has no illumination and init = {cfg.init!r} starts from a {fwhm} KB focus "
                            "guess; init = 'epie' (the default) or a warm start (--init) refine the probe first"])
         else:
             probes0 = np.asarray(ds.illumination)

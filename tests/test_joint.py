@@ -43,6 +43,8 @@ def test_config_validation():
         joint.JointConfig(steps=-1)
     with pytest.raises(ConfigError, match="chemical symbol"):
         joint.JointConfig(element="mn")
+    with pytest.raises(ConfigError, match="probe_fwhm"):
+        joint.JointConfig(probe_fwhm=0.0)
 
 
 def test_wrong_absorber_fails_before_any_work(small3):
@@ -138,9 +140,9 @@ def test_stxm_start_without_a_probe_warns(small3, caplog):
 
     ds = dataclasses.replace(small3.dataset, illumination=None)
     with caplog.at_level(logging.WARNING, logger="diffxas"):
-        _, _, ctx = joint.prepare_joint(ds, joint.JointConfig(init="stxm", steps=1))
-    assert any("no illumination" in r.getMessage() for r in caplog.records)
-    assert "KB focus" in ctx["init_info"]["probes_from"]
+        _, _, ctx = joint.prepare_joint(ds, joint.JointConfig(init="stxm", steps=1, probe_fwhm=1.5e-7))
+    assert any("no illumination" in r.getMessage() and "150 nm" in r.getMessage() for r in caplog.records)
+    assert "KB focus of 150 nm" in ctx["init_info"]["probes_from"]
 
 
 def test_noise_free_recovery_other_absorber():
