@@ -84,12 +84,23 @@ def _power_scale(vmin: float, vmax: float) -> int:
     return e if (e >= 4 or e <= -3) else 0
 
 
-def _unit_label(name: str, unit: str | None = None, power: int = 0) -> str:
+def _map_label(name: str, absorber: str = "V") -> str:
+    """Display name of map ``name``; N_V reads N_<absorber> for another absorber."""
+    label = MAP_LABELS.get(name, name)
+    return label.replace(r"\mathrm{V}", rf"\mathrm{{{absorber}}}") if absorber != "V" else label
+
+
+def _absorber(results) -> str:
+    """The absorber of the first result (a figure compares results of one absorber)."""
+    return _maps_of(results[0]).absorber if len(results) else "V"
+
+
+def _unit_label(name: str, unit: str | None = None, power: int = 0, absorber: str = "V") -> str:
     unit = MAP_FIELDS.get(name, ("", ""))[0] if unit is None else unit
     u = UNIT_TEX.get(unit, unit)
     p = rf"$10^{{{power}}}$" if power else ""
     inner = " ".join(s for s in (p, u) if s)
-    label = MAP_LABELS.get(name, name)
+    label = _map_label(name, absorber)
     return f"{label} ({inner})" if inner else label
 
 
@@ -248,7 +259,7 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
             if i == 0:
                 ax.set_title(lab, fontsize=10)
         if im is not None:
-            fig.colorbar(im, ax=list(axes[i]), shrink=0.9, label=_unit_label(f, power=p))
+            fig.colorbar(im, ax=list(axes[i]), shrink=0.9, label=_unit_label(f, power=p, absorber=_absorber(results)))
     return fig
 
 
@@ -520,7 +531,7 @@ def fig_clusters(results: Sequence[Result], labels=None, truth_maps: dict | None
             ax.set_xlim(*xr[name])
             ax.set_ylim(bottom=0)
             ax.set_yticks([])
-            ax.set_xlabel(_unit_label(name), fontsize=8)
+            ax.set_xlabel(_unit_label(name, absorber=_absorber(results)), fontsize=8)
             ax.tick_params(labelsize=7)
             if c == 0:
                 ax.set_ylabel("density", fontsize=8)
@@ -660,13 +671,13 @@ def fig_uncertainty(results: Sequence[Result], labels=None, fields: Sequence[str
             im = _show_log(ax, sig[f] * sc, ext, "magma", vmin * sc, vmax * sc)
             med = _finite_median(sig[f])
             unit = MAP_FIELDS.get(f, ("", ""))[0]
-            ax.set_title(f"{lab}\nσ {MAP_LABELS.get(f, f)}\nmedian {med:.3g}" + (f" {unit}" if unit != "1" else ""),
+            ax.set_title(f"{lab}\nσ {_map_label(f, _absorber(results))}\nmedian {med:.3g}" + (f" {unit}" if unit != "1" else ""),
                          fontsize=8)
         if im is not None:
             from matplotlib.ticker import NullFormatter, NullLocator
 
             cb = fig.colorbar(im, ax=list(axes[:, c]), shrink=0.85, location="bottom",
-                              label="σ " + _unit_label(f, power=p) + ", log scale")
+                              label="σ " + _unit_label(f, power=p, absorber=_absorber(results)) + ", log scale")
             ticks = np.geomspace(vmin * sc, vmax * sc, 4)
             cb.ax.xaxis.set_minor_locator(NullLocator())
             cb.ax.xaxis.set_minor_formatter(NullFormatter())
@@ -759,7 +770,7 @@ def fig_blur_match(results: Sequence[Result | ChemMaps], truth, labels=None, nv_
     unit = f"px of {px.pop():g} nm" if len(px) == 1 else "px of each result's grid"
     for ax, f in zip(axes, fields):
         ax.set_xlabel(f"truth blurred by σ ({unit})")
-        ax.set_ylabel("RMSE: " + _unit_label(f))
+        ax.set_ylabel("RMSE: " + _unit_label(f, absorber=_absorber(results)))
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, frameon=False)

@@ -267,3 +267,15 @@ def test_preedge_shape_maps(tmp_path, data):
     _check(written)
     written, notes = plot_all([res], tmp_path / "g")
     assert any("pre-edge shape maps" in n for n in notes)
+
+
+def test_map_labels_name_the_absorber(data):
+    # N_V reads N_Mn on a Mn result's colour bars; V results keep the seed's labels
+    from diffxas import plotting
+
+    _, res, _ = data
+    mn = dataclasses.replace(res, maps=dataclasses.replace(res.maps, absorber="Mn"))
+    for r, want, not_want in ((mn, r"N_\mathrm{Mn}", r"N_\mathrm{V}"), (res, r"N_\mathrm{V}", r"N_\mathrm{Mn}")):
+        fig = plotting.fig_maps([r], fields=("n_v", "ne_eff_per_nv"))
+        text = " ".join(ax.get_ylabel() for ax in fig.axes)
+        assert want in text and not_want not in text, text
