@@ -248,10 +248,9 @@ class JointConfig:
             raise ConfigError(f"probe_fwhm must be a positive length in m, got {self.probe_fwhm}")
         if self.lbfgs_steps < 0:
             raise ConfigError(f"lbfgs_steps must be >= 0, got {self.lbfgs_steps}")
-        from .scattering import _symbol
+        from .scattering import check_element
 
-        if _symbol(self.element) != self.element:
-            raise ConfigError(f"element must be a chemical symbol as written (e.g. 'V', 'Mn'), got {self.element!r}")
+        check_element(self.element)
         if self.memory not in ("auto", "device", "stream"):
             raise ConfigError(f"memory must be 'auto', 'device' or 'stream', got {self.memory!r}")
         if self.memory_budget_gib is not None and not (math.isfinite(self.memory_budget_gib) and self.memory_budget_gib > 0):

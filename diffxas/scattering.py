@@ -134,6 +134,12 @@ def _symbol(element) -> str:
         raise ConfigError(f"unknown element {element!r} (expected a chemical symbol such as 'V')") from None
 
 
+def check_element(element, what: str = "element") -> None:
+    """One-line ConfigError unless ``element`` is a chemical symbol as written ('V', 'Mn')."""
+    if not isinstance(element, str) or _symbol(element) != element:
+        raise ConfigError(f"{what} must be a chemical symbol as written (e.g. 'V', 'Mn'), got {element!r}")
+
+
 def _atomic_number(symbol: str) -> int:
     if symbol in Z:
         return Z[symbol]

@@ -137,10 +137,9 @@ class SimConfig:
             raise ConfigError(f"monitor_noise must be None (no monitor) or in [0, 0.5) (relative RMS), got {self.monitor_noise}")
         if self.oversample < 1 or self.truth_oversample < 1:
             raise ConfigError("oversample factors must be >= 1")
-        from .scattering import _symbol
+        from .scattering import check_element
 
-        if _symbol(self.element) != self.element:
-            raise ConfigError(f"element must be a chemical symbol as written (e.g. 'V', 'Mn'), got {self.element!r}")
+        check_element(self.element)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

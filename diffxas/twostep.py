@@ -67,10 +67,9 @@ class TwoStepConfig:
                               f"{self.illum_fraction}, {self.well_lit_fraction}")
         if self.reference_energy is not None and not (1000.0 <= self.reference_energy <= 100000.0):
             raise ConfigError(f"two-step reference_energy must be in eV, got {self.reference_energy}")
-        from .scattering import _symbol
+        from .scattering import check_element
 
-        if _symbol(self.element) != self.element:
-            raise ConfigError(f"two-step element must be a chemical symbol as written (e.g. 'V', 'Mn'), got {self.element!r}")
+        check_element(self.element, "two-step element")
 
     @classmethod
     def seed(cls, **overrides) -> "TwoStepConfig":
