@@ -1428,14 +1428,14 @@ def file_kind(path) -> str:
 
 def _k_edges_line(en) -> str:
     """The K edges (xraydb) inside the scanned energies: the `element` to reconstruct with."""
-    from .scattering import k_edges_between
+    from .scattering import k_edges_between, k_edges_text
 
     if en.size < 2:
         return "n/a (one energy)"
     c = k_edges_between(float(en.min()), float(en.max()))
     if not c:
         return "none (diffxas models a K edge inside the scan)"
-    return ", ".join(f"{s} ({v:.0f} eV)" for s, v in c) + (" -> element = " + (f'"{c[0][0]}"' if len(c) == 1 else "one of them"))
+    return k_edges_text(c) + (" -> element = " + (f'"{c[0][0]}"' if len(c) == 1 else "one of them"))
 
 
 def summarize(path) -> str:

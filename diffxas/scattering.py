@@ -251,6 +251,11 @@ def k_edges_between(e_lo: float, e_hi: float) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
+def k_edges_text(edges) -> str:
+    """``"Mn (6539 eV), Fe (7112 eV)"`` for the ``(symbol, eV)`` pairs of :func:`k_edges_between`."""
+    return ", ".join(f"{s} ({v:.0f} eV)" for s, v in edges)
+
+
 def _side_fit(te, f2, edge_ev, lo, hi, deg):
     """Least-squares polynomial (numpy ``Polynomial`` in E - edge_ev) through nodes with lo <= E - E0 <= hi."""
     m = (te - edge_ev >= lo) & (te - edge_ev <= hi)
@@ -699,10 +704,10 @@ class VEdge(eqx.Module):
             cands = [c for c in k_edges_between(float(e.min()), float(e.max())) if c[0] != self.element]
             if len(cands) == 1:
                 s0 = cands[0][0]
-                hint = (f"; the K edge inside the scanned range is {s0} ({cands[0][1]:.0f} eV): "
+                hint = (f"; the K edge inside the scanned range is {k_edges_text(cands)}: "
                         f"set element = \"{s0}\" (command line: --set element={s0})")
             elif cands:
-                hint = (f"; K edges inside the scanned range: {', '.join(f'{s} ({v:.0f} eV)' for s, v in cands)}"
+                hint = (f"; K edges inside the scanned range: {k_edges_text(cands)}"
                         ": set `element`")
             else:
                 hint = "; no K edge lies inside the scanned range"
