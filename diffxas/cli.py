@@ -61,6 +61,44 @@ def _run_info(args) -> int:
     return 0
 
 
+# ---- orientation -------------------------------------------------------------------------
+def _add_orientation(subparsers) -> None:
+    p = subparsers.add_parser(
+        "orientation",
+        help="check which flip or rotation of the frames matches the scan (detector orientation)",
+        description="Score the 8 flips and rotations of the detector frames against the scan, from the frames "
+                    "alone (no reconstruction): each frame's centre of mass is the phase gradient under the probe, "
+                    "which in the right orientation points against the absorption gradient of the bright-field "
+                    "image. Prints the scores and the --orientation to use; `diffxas reconstruct` does the same "
+                    "check by default (--orientation auto). Exit code 0 also when the check is undetermined.",
+        epilog="example: diffxas orientation data.cxi --json orientation.json",
+    )
+    p.add_argument("data", metavar="DATA.cxi", help="multi-energy CXI input")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the scores as JSON")
+    p.set_defaults(func=_run_orientation)
+
+
+def _run_orientation(args) -> int:
+    import json
+
+    from . import io
+    from .demo import check_output_path
+    from .orientation import check_centring, check_orientation
+
+    _require_file(args.data, "CXI input")
+    out = check_output_path(args.json, "JSON file", inputs=[args.data]) if args.json else None
+    ds = io.open_cxi(args.data)
+    check_centring(ds)
+    chk = check_orientation(ds)
+    print(f"{args.data}: {ds.n_energies} energies, {ds.n_frames} frames of {ds.frame_size} x {ds.frame_size}")
+    print(chk.summary())
+    if out is not None:
+        rec = {"input": str(args.data), "input_sha256": io.sha256_file(args.data), **chk.to_dict()}
+        io.write_text_atomic(out, json.dumps(rec, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
 # ---- shared helpers ---------------------------------------------------------------------
 def _positive_int(text: str) -> int:
     try:
@@ -248,6 +286,10 @@ def _add_reconstruct(subparsers) -> None:
                    help="use only these of the file's energies (eV, comma-separated, each within 0.01 eV of one "
                         "in the file)")
     p.add_argument("-o", "--output", required=True, metavar="RESULT.h5", help="results file to write")
+    p.add_argument("--orientation", default="auto", choices=_orientation_choices(), metavar="NAME",
+                   help="flip or rotation applied to every frame (and the mask) before use: auto (default: detected "
+                        "from the frames, see `diffxas orientation`), none, flipud, fliplr, rot180, transpose, "
+                        "antitranspose, rot90, rot270 (docs/formats.md, \"Detector orientation\")")
     p.add_argument("--iterations", type=_positive_int, default=None, metavar="N",
                    help="two-step: number of ePIE epochs; the epoch-indexed parts of the ePIE schedule "
                         "(probe start, KK start and period, step-decay start) not set explicitly are scaled "
@@ -283,6 +325,12 @@ class _log_to_stderr:
         self.logger.removeHandler(self.handler)
         self.logger.setLevel(self.level)
         return False
+
+
+def _orientation_choices():
+    from .orientation import CHOICES
+
+    return CHOICES
 
 
 def _select_input(ds, args):
@@ -356,10 +404,15 @@ def _run_reconstruct(args) -> int:
     # joint: frames stay in the file and are read in ranges (streamed every step when they do
     # not fit the device, see JointConfig.memory); two-step: loaded into memory
     ds = io.open_cxi(args.data) if method == "joint" else io.read_cxi(args.data)
-    ds, selection = _select_input(ds, args)
     sha = io.sha256_file(args.data)
     t0 = time.perf_counter()
-    with _log_to_stderr():  # the joint solver's one-line notes (memory mode) on the "diffxas" logger
+    ds, selection = _select_input(ds, args)
+    from .orientation import resolve
+    from .scattering import VEdge
+
+    VEdge.for_energies(cfg.element, ds.energies, cfg.table)  # a wrong element fails before the pass over the frames
+    with _log_to_stderr():  # one-line notes (orientation, the joint's memory mode) on the "diffxas" logger
+        ds, selection["orientation"] = resolve(ds, args.orientation)
         result = reconstruct(ds, method, cfg, progress=_progress(args), checkpoint=ckpt, resume=args.resume,
                              input_path=args.data, input_sha256=sha, selection=selection)
     wall = time.perf_counter() - t0
@@ -802,7 +855,7 @@ def _run_design_energies(args) -> int:
 
 
 #: Subcommand registration functions, in the order shown by ``--help``.
-COMMANDS: list[Callable] = [_add_info, _add_simulate, _add_reconstruct, _add_refit, _add_cluster, _add_evaluate, _add_report,
+COMMANDS: list[Callable] = [_add_info, _add_orientation, _add_simulate, _add_reconstruct, _add_refit, _add_cluster, _add_evaluate, _add_report,
                             _add_demo, _add_sweep, _add_design_energies]
 
 

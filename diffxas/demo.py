@@ -306,7 +306,7 @@ def _same_part(old: dict | None, new: dict | None) -> bool:
     without ``selection``) means the whole file."""
     def norm(sel):
         sel = json.loads(json.dumps(sel or {}))
-        return sel.get("half"), sel.get("energy_indices")
+        return sel.get("half"), sel.get("energy_indices"), (sel.get("orientation") or {}).get("applied", "none")
 
     return norm(old) == norm(new)
 

@@ -608,8 +608,13 @@ def test_reconstruct_resume(sim_dir, tmp_path):
     rc, _, err = _run(base + ["--resume", "--half", "even"])
     assert rc == 2
     assert_one_error_line(err, "checkpoint was made from another part of the input")
-    assert first.config["input_selection"] == {"half": None, "energy_indices": None, "energies_ev": None,
-                                               "n_energies_in_file": 6}
+    sel = dict(first.config["input_selection"])
+    orient = sel.pop("orientation")
+    assert sel == {"half": None, "energy_indices": None, "energies_ev": None, "n_energies_in_file": 6}
+    # --orientation auto (the default) checked the simulator's frames and kept them
+    assert orient["requested"] == "auto" and orient["applied"] == "none" and orient["check"]["confident"]
+    # a checkpoint of other orientation is another input
+    assert not demo._same_part({**sel, "orientation": {"applied": "rot180"}}, first.config["input_selection"])
     # a checkpoint from before the record (no input_selection in its metadata) is the whole file
     assert demo._same_part(None, first.config["input_selection"])
     assert not demo._same_part(None, {"half": "even", "energy_indices": None})
@@ -643,12 +648,12 @@ def test_reconstruct_energy_subset_and_half(sim_dir, joint_dir, tmp_path, monkey
     assert seen["selection"]["energy_indices"] == [0, 3, 5] and seen["selection"]["half"] is None
     np.testing.assert_array_equal(np.asarray(seen["ds"].energies), e_file[[0, 3, 5]])
     assert seen["ds"].n_frames == sum(int(np.sum(np.asarray(full.energy_index) == k)) for k in (0, 3, 5))
-    rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "b.h5", "--energy-list", "5466,5480.004",
+    rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "b.h5", "--energy-list", "5462,5480.004",
                        "--half", "odd", "--no-progress"])
     assert rc == 0, err
     sel = seen["selection"]
-    assert sel["energy_indices"] == [1, 4] and sel["half"] == "odd" and sel["n_energies_in_file"] == 6
-    assert seen["ds"].n_frames == sum(int(np.sum(np.asarray(full.energy_index) == k)) // 2 for k in (1, 4))  # odd: 1, 3, ...
+    assert sel["energy_indices"] == [0, 4] and sel["half"] == "odd" and sel["n_energies_in_file"] == 6
+    assert seen["ds"].n_frames == sum(int(np.sum(np.asarray(full.energy_index) == k)) // 2 for k in (0, 4))  # odd: 1, 3, ...
     for argv, words in [(["--energies", 7], ["--energies 7 is more than the 6 energies"]),
                         (["--energies", 1], ["--energies must be at least 2"]),
                         (["--energy-list", "5466,5467"], ["5467 eV is not one of the file's energies", "nearest 5466.00"]),
@@ -668,11 +673,47 @@ def test_demo_reconstruct_records_the_input_part(sim_dir, tmp_path):
                        "--half", "even", "--no-progress", "--set", "init=stxm"])
     assert rc == 0, err
     r = io.read_result(out)
-    assert r.config["input_selection"] == {"half": "even", "energy_indices": [0, 2, 3, 5],
-                                           "energies_ev": [float(e) for e in r.energies], "n_energies_in_file": 6}
+    sel = dict(r.config["input_selection"])
+    assert sel.pop("orientation")["applied"] == "none"
+    assert sel == {"half": "even", "energy_indices": [0, 2, 3, 5], "energies_ev": [float(e) for e in r.energies],
+                   "n_energies_in_file": 6}
     np.testing.assert_allclose(r.energies, [5462, 5470, 5475, 5484], atol=1e-3)
     rc, stdout, _ = _run(["info", out])
     assert rc == 0 and "input part:        4 of its 6 energies (indices 0, 2, 3, 5); the even half of the frames" in stdout
+
+
+def test_orientation_command_and_auto_reorientation(sim_dir, tmp_path):
+    """A file whose frames are rotated (what an ifft2-propagating simulator writes): `diffxas
+    orientation` names the fix, and `reconstruct` (--orientation auto) undoes it, giving
+    exactly the maps of the original file; --orientation none keeps the frames."""
+    from diffxas.orientation import reorient
+
+    cxi = sim_dir / "tiny.cxi"
+    rot = io.write_cxi(tmp_path / "rot.cxi", reorient(io.read_cxi(cxi), "rot90"))
+    rc, stdout, err = _run(["orientation", rot, "--json", tmp_path / "o.json"])
+    assert rc == 0 and err == "", err
+    assert "--orientation rot270" in stdout and "<- best" in stdout
+    import json
+
+    rec = json.loads((tmp_path / "o.json").read_text())
+    assert rec["best"] == "rot270" and rec["confident"] and rec["input_sha256"] == io.sha256_file(rot)
+    common = ["--method", "joint", "--steps", 2, "--no-progress", "--no-checkpoint", "--set", "init=stxm"]
+    rc, _, err = _run(["reconstruct", cxi, "-o", tmp_path / "a.h5"] + common)
+    assert rc == 0, err
+    rc, _, err = _run(["reconstruct", rot, "-o", tmp_path / "b.h5"] + common)
+    assert rc == 0, err
+    assert "the frames are re-oriented (rot270)" in err
+    a, b = io.read_result(tmp_path / "a.h5"), io.read_result(tmp_path / "b.h5")
+    assert b.config["input_selection"]["orientation"]["applied"] == "rot270"
+    # the same frames in the same order: the same computation (float32 tolerance)
+    np.testing.assert_allclose(b.maps.edge_energy, a.maps.edge_energy, rtol=0, atol=1e-3, equal_nan=True)
+    rc, _, err = _run(["reconstruct", rot, "-o", tmp_path / "c.h5", "--orientation", "none"] + common)
+    assert rc == 0 and "re-oriented" not in err
+    c = io.read_result(tmp_path / "c.h5")
+    assert c.config["input_selection"]["orientation"] == {"requested": "none", "applied": "none"}
+    rc, _, err = _run(["reconstruct", rot, "-o", tmp_path / "d.h5", "--orientation", "sideways"] + common)
+    assert rc == 2
+    assert_one_error_line(err, "--orientation", "sideways")
 
 
 # ---- demo ------------------------------------------------------------------------------
@@ -735,7 +776,8 @@ def test_reconstruct_failure_leaves_no_files(cxi, tmp_path, monkeypatch, method)
     monkeypatch.setattr(demo, "method_config", lambda m, mapping: diffxas.joint.JointConfig())
     before = sorted(p.name for p in tmp_path.iterdir())
     out = tmp_path / "o" / "deeper" / "r.h5"
-    rc, stdout, err = _run(["reconstruct", cxi, "--method", method, "-o", out, "--no-progress"])
+    # (--orientation none: the random frames have no orientation to detect, and its warning is not the point)
+    rc, stdout, err = _run(["reconstruct", cxi, "--method", method, "-o", out, "--no-progress", "--orientation", "none"])
     assert rc == 2 and stdout == ""
     assert_one_error_line(err, "diverged at step 3: loss is nan")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
