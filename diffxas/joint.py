@@ -93,7 +93,8 @@ from .geometry import Grid, wavelength
 from .maps import ChemMaps, Result
 from .scattering import VEdge
 from .uncertainty import map_std, object_information, to_common_grid
-from .stxm import dpc_phase, flux_scatter, frame_moments, membrane_counts, stxm_absorption
+from .stxm import (dpc_phase, flux_scatter, frame_moments, illumination_at_counts, membrane_counts,
+                   probes_at_membrane_counts, stxm_absorption)
 from .spectra import (PARAM_NAMES, XanesParams, absorption, linear_design, n_v, ne_eff_per_nv, phase, pre_edge,
                       pre_edge_norm)
 
@@ -900,26 +901,14 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
 
 
 def _membrane_normalised_probes(ds: Dataset, probes, sums: np.ndarray | None = None) -> tuple[np.ndarray | None, list[float] | None]:
-    """A results file's probes rescaled so that a membrane-only frame has the measured counts.
+    """Probes rescaled so that a membrane-only frame has the measured counts
+    (:func:`diffxas.stxm.probes_at_membrane_counts`).
 
-    A two-step (ePIE) reconstruction's object includes the membrane, so its probes are the
-    bare beam (measured on `tiny`: 4 % larger in amplitude than the file's illumination);
-    the joint model's object is relative to the membrane (1 in the empty region), so its
-    probe is the beam times the membrane's transmission. Without this the first steps push
-    the membrane's absorption into the maps (warm start on noisy `tiny`: edge energy bias
-    +0.62 eV, PE/Δμt -0.53 eV; with it, or with the file's illumination, ~0). The gain per
-    energy, sqrt(membrane counts / sum |P|^2), is recorded (``probe_gain``). ``sums``: the
-    frames' masked counts when already known (:func:`diffxas.stxm.frame_moments`).
-    """
-    if probes is None:
-        return None, None
-    p = np.asarray(probes)
-    if p.ndim != 3 or p.shape[0] != ds.n_energies:
-        return p, None
-    counts = membrane_counts(ds, sums)
-    power = np.sum(np.abs(p) ** 2, axis=(1, 2)) * np.asarray([np.mean(np.asarray(ds.mask)[k]) for k in range(ds.n_energies)])
-    gain = np.sqrt(np.where(power > 0, counts / np.maximum(power, 1e-30), 1.0))
-    return (p * gain[:, None, None]).astype(p.dtype), [float(g) for g in gain]
+    The joint model's object is 1 on the membrane, so its probe is the beam times the
+    membrane's transmission; a two-step result's probes are the bare beam. Without this a
+    warm start's first steps push the membrane's absorption into the maps (noisy `tiny`:
+    edge energy bias +0.62 eV, PE/Δμt -0.53 eV; with it ~0)."""
+    return probes_at_membrane_counts(ds, probes, sums)
 
 
 #: Incident-flux scatter (relative RMS beyond Poisson, membrane-only frames) above which
@@ -1177,7 +1166,12 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
                        energy_grids(ds, common)[0].shape, source=frames_source(ds.frames), n_shards=n_shards, emit=False)
     prob, common, grids = build_problem(ds, cfg, edge, pre, common, n_shards=n_shards, frames_on_device=plan.mode == "device")
     moments = frame_moments(ds)  # one pass over the frames for the bright field and the DPC phase
+    # a probe guess in the file at another power than the frames' (another normalisation,
+    # frames not in counts) is put at the counts: the joint is sensitive to it
+    ds, power = illumination_at_counts(ds, moments[0])
     vals, init_info = init_params(ds, prob, common, cfg, edge, moments)
+    if power is not None:
+        init_info["illumination_power"] = power
     ill = np.asarray(prob.illuminated)
     amp = float(np.percentile(np.abs(vals["b1"][ill]), 95)) if ill.any() else 0.05
     amp = amp if amp > 1e-6 else 0.05
