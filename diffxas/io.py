@@ -425,6 +425,10 @@ def _scan_entry(path, f: h5py.File, name: str) -> _Entry:
     return _Entry(name, energy_j / ELEMENTARY_CHARGE, distance, px, n, m, has_mask, has_illum, has_mon)
 
 
+#: A detector mask may exclude at most this fraction of the pixels (more looks inverted).
+_MASK_MIN_USED = 0.1
+
+
 def _scan_cxi(path, f: h5py.File) -> list[_Entry]:
     """Validate the file-level structure and every entry's metadata (no frame data read)."""
     if "cxi_version" not in f:
@@ -439,12 +443,15 @@ def _scan_cxi(path, f: h5py.File) -> list[_Entry]:
         if num != i:
             raise _err(path, f"/entry_{i}", f"missing entry (entries must be entry_1 .. entry_{len(numbers)})")
     entries = [_scan_entry(path, f, f"entry_{i}") for i in numbers]
+    # Entries may come in any order (a scan measured from high to low energy, or
+    # interleaved): diffxas uses them sorted by energy. Two at one energy are refused.
+    entries = sorted(entries, key=lambda en: en.energy_ev)
     first = entries[0]
     for prev, cur in zip(entries[:-1], entries[1:]):
         if not cur.energy_ev > prev.energy_ev:
             raise _err(path, f"/{cur.name}/{_SRC}/energy",
-                       f"energies must be strictly increasing: {cur.energy_ev:.6g} eV follows "
-                       f"{prev.energy_ev:.6g} eV in /{prev.name}")
+                       f"two entries at one energy: {cur.energy_ev:.6g} eV, also in /{prev.name} "
+                       "(merge them into one entry)")
     for cur in entries[1:]:
         if cur.frame_size != first.frame_size:
             raise _err(path, f"/{cur.name}/{_DET}/data",
@@ -576,6 +583,11 @@ def _load_entry_meta(path, f: h5py.File, en: _Entry, with_illumination: bool):
         weights = (mk == 0).astype(np.float32)
         if not weights.any():
             raise _err(path, mds.name, "excludes every pixel")
+        if weights.mean() < _MASK_MIN_USED:
+            # an inverted mask (1 = good pixel, the opposite of CXI) would otherwise keep
+            # only the few bad pixels and the run would silently fit them
+            raise _err(path, mds.name, f"excludes {100 * (1 - weights.mean()):.1f} % of the pixels: CXI masks mark the "
+                       "pixels NOT to use with non-zero values; is this one inverted?")
     probe = None
     if with_illumination:
         ids = e[f"{_SRC}/illumination"]

@@ -72,3 +72,30 @@ def probe_from_frames(mean_frame: np.ndarray, photons: float) -> np.ndarray:
     probe = np.fft.fftshift(np.asarray(back_propagate(jnp.asarray(amp, jnp.complex64))))
     probe *= np.sqrt(photons / max(np.sum(np.abs(probe) ** 2), 1e-30))
     return probe.astype(np.complex64)
+
+
+def probe_centre(probe: np.ndarray, threshold: float = 0.2) -> np.ndarray:
+    """Centre (row, col) of a probe's bright core in pixels relative to the window centre
+    (M//2, M//2): the centroid of ``|P|^2 - threshold x peak`` where positive (the core:
+    far, faint tails and reconstruction noise do not pull it; the soft cut keeps the
+    estimate continuous in the probe's sub-pixel position)."""
+    inten = np.abs(np.asarray(probe)) ** 2
+    m = inten.shape[-1]
+    core = np.clip(inten - threshold * inten.max(), 0.0, None)  # soft cut: no jump as pixels cross it
+    q = np.arange(m) - m // 2
+    total = core.sum()
+    return np.asarray([(core.sum(1) * q).sum() / total, (core.sum(0) * q).sum() / total])
+
+
+def centred_probe(probe: np.ndarray, threshold: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """``(probe shifted so that its core is centred, the shift applied (row, col) px)``.
+
+    Why: ptychography cannot tell a probe and an object both moved by ``d`` from the
+    original pair (``P(u - d) O(x - d)`` gives the same frames), so a probe refined from a
+    guess drifts, and the object with it, off the scan positions. The positions mean the
+    probe *centre*; re-centring the core puts the object back where the positions say
+    (the object must then be moved by the same shift). A Fourier shift (circular, exact
+    for band-limited fields)."""
+    d = probe_centre(probe, threshold)
+    out = np.asarray(fourier_shift(jnp.asarray(probe, jnp.complex64), jnp.asarray(-d, jnp.float32)))
+    return out.astype(np.complex64), -d

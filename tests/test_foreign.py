@@ -1,0 +1,164 @@
+"""End to end on data from an independent simulator, written to the documented file format.
+
+Nothing of diffxas is used to make the data: the simulator below is plain numpy and
+xraydb, and the CXI file is written with h5py from docs/formats.md (energies in J, the
+translation as the *sample* position, frames in fftshift order, each energy's own object
+pixel size lambda z / (M p), probe power = photons per frame). Our own simulator shares
+the forward model with the reconstructions, so it cannot catch a convention that the code
+gets consistently wrong against its documentation; this test can.
+
+The sample is physical rather than eq. 1: a V oxide sphere (N_V = 2.5e28 m^-3, 19 other
+electrons per V as in LiVO2) on a Si3N4-like membrane, whose V scattering factor is
+Chantler's f' + i f'' broadened by a Gaussian (sigma 1.5 eV, applied to both parts, so
+they stay a Kramers-Kronig pair) and shifted by +1.5 eV in the left half (x < 0) and
+-1.5 eV in the right half. No pre-edge peaks. What any correct reconstruction must give,
+whatever the spectral model:
+
+* the left half's edge 3.0 eV above the right half's (a mirrored or transposed map, a
+  wrong translation sign or a wrong per-energy pixel size would not);
+* N_V (atoms per area) = 2.5e28 x the sphere's thickness;
+* Re[Ne]/N_V at the lowest energy = Z_V + f'_V(E_ref - shift) + 19 (truth computed from
+  the same broadened table).
+
+Tolerances are stated at each assertion, with the measured values.
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from diffxas import io, joint, orientation, twostep
+
+xraydb = pytest.importorskip("xraydb")
+
+R_E = 2.8179403262e-15  # m
+HC_EVM = 1.23984198e-6  # eV m
+EV_J = 1.602176634e-19
+ENERGIES = np.array([5430.0, 5450, 5458, 5462, 5465, 5468, 5471, 5474, 5478, 5485, 5500, 5530])
+M, DIST, PIX = 32, 0.63, 75e-6
+N_V, N_OTHER, RADIUS, SHIFT = 2.5e28, 19.0, 0.45e-6, 1.5
+
+
+def broadened_f(energies, shift):
+    """Chantler f', f'' of V, Gaussian-broadened (sigma 1.5 eV), at ``energies - shift``."""
+    grid = np.arange(5250.0, 5750.0, 0.1)
+    f1, f2 = xraydb.f1_chantler("V", grid), xraydb.f2_chantler("V", grid)
+    k = np.arange(-60, 61) * 0.1
+    w = np.exp(-0.5 * (k / 1.5) ** 2)
+    w /= w.sum()
+    f1b, f2b = np.convolve(f1, w, "same"), np.convolve(f2, w, "same")
+    e = np.asarray(energies, float) - shift
+    return np.interp(e, grid, f1b), np.interp(e, grid, f2b)
+
+
+def exit_object(x, y, e_ev):
+    """Transmission (membrane included) at points (x, y), m, and energy e_ev: the sphere
+    on a 500 nm membrane (phase -0.08 rad, |O|^2 0.98)."""
+    lam = HC_EVM / e_ev
+    t = 2 * np.sqrt(np.clip(RADIUS ** 2 - x ** 2 - y ** 2, 0, None))
+    shift = np.where(x < 0, SHIFT, -SHIFT)
+    out = np.empty(x.shape, complex)
+    for s in (SHIFT, -SHIFT):
+        f1, f2 = broadened_f([e_ev], s)
+        sel = shift == s
+        absorb = R_E * lam * N_V * f2[0] * t[sel]
+        phase = -R_E * lam * N_V * (23 + f1[0] + N_OTHER) * t[sel]
+        out[sel] = np.exp(-absorb + 1j * phase)
+    return out * np.exp(-0.01 - 0.08j)
+
+
+def write_foreign_cxi(path, dose=1e6, seed=0):
+    rng = np.random.default_rng(seed)
+    g = np.arange(-0.9e-6, 0.9001e-6, 0.12e-6)
+    xs, ys = np.meshgrid(g, g)
+    pos = np.stack([xs.ravel(), ys.ravel()], 1) + rng.uniform(-20e-9, 20e-9, (xs.size, 2))  # probe centres (x, y)
+    q = np.arange(M) - M // 2
+    with h5py.File(path, "w") as f:
+        f["cxi_version"] = 150
+        for k, e in enumerate(ENERGIES):
+            dx = HC_EVM / e * DIST / (M * PIX)
+            xx, yy = np.meshgrid(q * dx, q * dx)  # probe window: column = x, row = y
+            r2 = (xx ** 2 + yy ** 2) / (300e-9 / 2.3548) ** 2
+            probe = np.exp(-0.5 * r2 + 0.4j * r2)
+            probe *= np.sqrt(dose / np.sum(np.abs(probe) ** 2))
+            frames = np.empty((len(pos), M, M), np.uint32)
+            for j, (px, py) in enumerate(pos):
+                psi = probe * exit_object(px + xx, py + yy, e)
+                frames[j] = rng.poisson(np.abs(np.fft.fftshift(np.fft.fft2(psi, norm="ortho"))) ** 2)
+            en = f.create_group(f"entry_{k + 1}")
+            inst = en.create_group("instrument_1")
+            inst["source_1/energy"] = e * EV_J
+            det = inst.create_group("detector_1")
+            det["data"] = frames
+            det["distance"] = DIST
+            det["x_pixel_size"] = PIX
+            det["y_pixel_size"] = PIX
+            en["sample_1/geometry_1/translation"] = np.concatenate([-pos, np.zeros((len(pos), 1))], 1)
+            en["data_1/data"] = h5py.SoftLink(f"/entry_{k + 1}/instrument_1/detector_1/data")
+    return path
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory):
+    return write_foreign_cxi(tmp_path_factory.mktemp("foreign") / "foreign.cxi")
+
+
+def _halves(res):
+    """Median maps over the sphere's left and right halves (truth N_V >= 50 % of its
+    maximum, at least 2 pixels from the dividing line)."""
+    mp = res.maps
+    h, w = mp.shape
+    xs = mp.origin[0] + np.arange(w) * mp.pixel_size
+    ys = mp.origin[1] + np.arange(h) * mp.pixel_size
+    x, y = np.meshgrid(xs, ys)
+    t = 2 * np.sqrt(np.clip(RADIUS ** 2 - x ** 2 - y ** 2, 0, None))
+    core = (t >= 0.5 * 2 * RADIUS) & (np.asarray(mp.valid) > 0)
+    left, right = core & (x < -2 * mp.pixel_size), core & (x > 2 * mp.pixel_size)
+    out = {}
+    for name, sel in (("left", left), ("right", right)):
+        nv_rel = np.asarray(mp.n_v)[sel] / (N_V * t[sel])
+        out[name] = {"edge": float(np.median(np.asarray(mp.edge_energy)[sel])),
+                     "ne": float(np.median(np.asarray(mp.ne_eff_per_nv)[sel])),
+                     "nv_rel": float(np.median(nv_rel)), "n": int(sel.sum())}
+    return out
+
+
+def _truth_ne(shift):
+    f1, _ = broadened_f([ENERGIES[0]], shift)
+    return 23 + float(f1[0]) + N_OTHER
+
+
+def test_reader_and_orientation_agree_with_the_documented_format(foreign):
+    ds = io.read_cxi(foreign)
+    np.testing.assert_allclose(ds.energies, ENERGIES, rtol=1e-12)
+    assert ds.n_frames == 16 * 16 * len(ENERGIES) and ds.illumination is None
+    chk = orientation.check_orientation(ds)
+    assert chk.best == "none" and chk.confident, chk.summary()
+
+
+@pytest.mark.parametrize("method", ["two-step", "joint"])
+def test_both_methods_on_the_independent_simulator(foreign, method):
+    ds = io.read_cxi(foreign)
+    if method == "two-step":
+        res = twostep.reconstruct_two_step(ds, twostep.TwoStepConfig.fast())
+    else:
+        res = joint.reconstruct_joint(ds, joint.JointConfig(steps=300, log_every=100))
+    h = _halves(res)
+    print(method, h, _truth_ne(SHIFT), _truth_ne(-SHIFT))
+    assert h["left"]["n"] >= 10 and h["right"]["n"] >= 10
+    # Measured (session 11; left / right half): two-step (fast) edge difference 2.55 eV,
+    # N_V 1.025 / 0.964 of the truth, Re[Ne]/N_V 37.36 / 37.16 (truth 37.16 / 37.07); joint
+    # (300 steps) 2.69 eV, 1.004 / 0.992, 37.43 / 38.81. Before the joint's start probe was
+    # re-centred (probe.centred_probe) its maps sat 1.1 px off and N_V read 1.14 / 0.77.
+    # The chemical shift between the halves, 3.0 eV: within 0.7 eV (the edge is sampled
+    # every 3-4 eV and is not eq. 1's erf; a mirrored, transposed or misplaced map gives
+    # -3 or ~0 eV)
+    assert h["left"]["edge"] - h["right"]["edge"] == pytest.approx(2 * SHIFT, abs=0.7)
+    # N_V per area against 2.5e28 x the sphere's thickness: within 10 %
+    for side in ("left", "right"):
+        assert h[side]["nv_rel"] == pytest.approx(1.0, abs=0.10)
+    # Re[Ne]/N_V at the lowest energy against the table's truth: within 2.5 electrons (7 %)
+    assert h["left"]["ne"] == pytest.approx(_truth_ne(SHIFT), abs=2.5)
+    assert h["right"]["ne"] == pytest.approx(_truth_ne(-SHIFT), abs=2.5)
