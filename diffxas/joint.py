@@ -93,7 +93,7 @@ from .geometry import Grid, wavelength
 from .maps import ChemMaps, Result
 from .scattering import VEdge
 from .uncertainty import map_std, object_information, to_common_grid
-from .stxm import (dpc_phase, flux_scatter, frame_moments, illumination_at_counts, membrane_counts,
+from .stxm import (check_counts, dpc_phase, flux_scatter, frame_moments, illumination_at_counts, membrane_counts,
                    probes_at_membrane_counts, stxm_absorption)
 from .spectra import (PARAM_NAMES, XanesParams, absorption, linear_design, n_v, ne_eff_per_nv, phase, pre_edge,
                       pre_edge_norm)
@@ -1188,9 +1188,12 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     # a probe guess in the file at another power than the frames' (another normalisation,
     # frames not in counts) is put at the counts: the joint is sensitive to it
     ds, power = illumination_at_counts(ds, moments[0])
+    quantum = check_counts(ds)  # frames that are counts times a constant: one warning
     vals, init_info = init_params(ds, prob, common, cfg, edge, moments)
     if power is not None:
         init_info["illumination_power"] = power
+    if quantum is not None:
+        init_info["count_quantum"] = quantum
     ill = np.asarray(prob.illuminated)
     amp = float(np.percentile(np.abs(vals["b1"][ill]), 95)) if ill.any() else 0.05
     amp = amp if amp > 1e-6 else 0.05

@@ -143,6 +143,46 @@ def illumination_at_counts(ds: Dataset, sums: np.ndarray | None = None,
     return dataclasses.replace(ds, illumination=out), rec
 
 
+def count_quantum(ds: Dataset, max_frames: int = 64) -> float | None:
+    """The photon's value in the frames when they are photon counts times a constant ``q``
+    (e.g. divided by an exposure or a flux): ``q``; None when they are plain counts
+    (integers) or not quantised at all (noise-free or processed frames).
+
+    Counts times ``q`` take only the values ``q, 2q, 3q, ...``: ``q`` is the smallest
+    positive value (one photon), and every faint value (below 1000 q, where float32 keeps
+    the steps) is a whole multiple of it. Looks at up to ``max_frames`` frames of the
+    lowest energy; needs at least 100 faint positive values."""
+    from .dataset import take_frames
+
+    idx = ds.frames_of(0)[:max_frames]
+    if idx.size == 0:
+        return None
+    f = take_frames(ds.frames, idx).astype(np.float64)
+    v = f[f > 0]
+    if v.size == 0 or np.all(v == np.round(v)):
+        return None
+    q = float(v.min())
+    r = v[v < 1000 * q] / q
+    if r.size < 100 or np.max(np.abs(r - np.round(r))) > 1e-3:
+        return None
+    return q
+
+
+def check_counts(ds: Dataset) -> float | None:
+    """:func:`count_quantum`, with one warning on the "diffxas" logger when the frames are
+    counts times a constant other than 1: both reconstructions' noise models and the
+    joint's noise-rule prior weights assume photon counts."""
+    q = count_quantum(ds)
+    if q is not None and abs(q - 1.0) > 1e-3:
+        import logging
+
+        logging.getLogger("diffxas").warning(
+            "the frames look like photon counts times %.4g (every faint value a whole multiple of it): the noise "
+            "models and the joint's prior weights assume counts; divide the frames by %.4g (docs/formats.md, "
+            "\"Photon counts\")", q, q)
+    return q
+
+
 def scan_kernel_width(ds: Dataset) -> float:
     """Width (m) of the Gaussian that spreads per-frame values on the map grid: 0.6 x the
     median nearest-neighbour distance of the lowest energy's scan positions."""

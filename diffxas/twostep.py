@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .fitting import FitConfig, fit_stack, smooth_stack
 from .maps import ChemMaps, Result
 from .spectra import PARAM_NAMES, XanesParams, n_v, ne_eff_per_nv, pre_edge, pre_edge_norm
-from .stxm import illumination_at_counts
+from .stxm import check_counts, illumination_at_counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +160,7 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
         ck = os.path.join(os.fspath(checkpoint_dir), "epie.npz")
     # a probe guess at another power than the frames' is put at the counts (stxm.illumination_at_counts)
     dataset, power = illumination_at_counts(dataset)
+    quantum = check_counts(dataset)
     er = run_epie(dataset, cfg.epie, progress=progress, checkpoint=ck, resume=resume)
     t_epie = time.perf_counter() - t0
     coverage = illumination_map(er.probes, er.corners, er.grids, er.common)
@@ -180,7 +181,7 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
     config.update({"grid": {"pixel_size": er.common.pixel_size, "shape": list(er.common.shape), "origin": list(er.common.origin)},
                    "registration_shifts_px": st.shifts.tolist(), "global_fit": fit.global_params,
                    "noise_energies": fit.noise_energies.tolist(), "empty_pixels": int(st.empty.sum()),
-                   "illumination_power": power,
+                   "illumination_power": power, "count_quantum": quantum,
                    "wall_time": wall})
     return Result(method="two-step", maps=maps, energies=e, absorption=st.absorption.astype(np.float64),
                   phase=st.phase.astype(np.float64), probes=er.probes.astype(np.complex64),

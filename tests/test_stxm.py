@@ -155,3 +155,26 @@ def test_illumination_at_counts(jittered, caplog):
     bare = dataclasses.replace(ds, illumination=None)
     kept, rec = stxm.illumination_at_counts(bare)
     assert kept is bare and rec is None
+
+
+def test_count_quantum(jittered, caplog):
+    """Counts times a constant take only its whole multiples: the constant is found exactly
+    (reference: the multiplier itself); plain counts, counts times an integer and
+    noise-free (continuous) frames give None; a warning only for the scaled counts."""
+    import dataclasses
+    import logging
+
+    noisy = simulate(preset("tiny", energies=(5420.0, 5466.0, 5480.0, 5540.0)))
+    ds = noisy.dataset
+    assert stxm.count_quantum(ds) is None
+    f = np.asarray(ds.frames, np.float64)
+    for c in (1e-3, 0.37, 1 / 3):
+        scaled = dataclasses.replace(ds, frames=(f * c).astype(np.float32))
+        assert stxm.count_quantum(scaled) == pytest.approx(c, rel=1e-6)
+    assert stxm.count_quantum(dataclasses.replace(ds, frames=(f * 20).astype(np.float32))) is None
+    assert stxm.count_quantum(jittered[0].dataset) is None  # noise-free
+    with caplog.at_level(logging.WARNING, logger="diffxas"):
+        assert stxm.check_counts(dataclasses.replace(ds, frames=(f * 1e-3).astype(np.float32))) == pytest.approx(1e-3)
+        stxm.check_counts(ds)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "photon counts times 0.001" in msgs[0] and "divide the frames by 0.001" in msgs[0]
