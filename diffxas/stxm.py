@@ -315,3 +315,26 @@ def dpc_phase(ds: Dataset, common: Grid, sigma_m: float | None = None, moments=N
     scanned = cover > 0.5 * inside
     level = np.percentile(phi[scanned], 90) if scanned.any() else 0.0
     return phi - level
+
+
+#: The warning of both methods when the scan shows no membrane-only (empty) region.
+NO_EMPTY_REGION = ("no empty (membrane-only) region in the scan: absorption and phase have no zero to refer to, and "
+                   "the maps are not to be trusted; scan beyond the particle over bare membrane (at least ~10 % of "
+                   "the frames)")
+
+
+def empty_region(material: np.ndarray, illuminated: np.ndarray, fraction: float = 0.05, margin_px: int = 2) -> np.ndarray:
+    """The empty (membrane-only) reference region: illuminated pixels where a low-resolution
+    ``material`` map (zero on the bare membrane, e.g. minus the DPC phase) has magnitude below
+    ``fraction`` of its 99th percentile, shrunk by ``margin_px`` so it stays clear of the
+    particles' blurred rims; no region (all False) when fewer than 4 pixels remain."""
+    from scipy import ndimage
+
+    mag = np.abs(np.asarray(material, np.float64))
+    ill = np.asarray(illuminated, bool)
+    if not ill.any():
+        return np.zeros_like(ill)
+    top = np.percentile(mag[ill], 99)
+    empty = ill & (mag < fraction * top)
+    empty = ndimage.binary_erosion(empty, iterations=margin_px)
+    return empty if empty.sum() >= 4 else np.zeros_like(empty)

@@ -8,6 +8,7 @@ as we can: see docs/twostep.md. ``reconstruct_two_step(dataset, config)`` return
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from typing import Any
@@ -22,7 +23,7 @@ from .errors import ConfigError
 from .fitting import FitConfig, fit_stack, smooth_stack
 from .maps import ChemMaps, Result
 from .spectra import PARAM_NAMES, XanesParams, n_v, ne_eff_per_nv, pre_edge, pre_edge_norm
-from .stxm import check_counts, illumination_at_counts
+from .stxm import NO_EMPTY_REGION, check_counts, dpc_phase, empty_region, illumination_at_counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +168,11 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
     st = align_stack(er.objects, er.grids, er.common, e, register=cfg.register, illum_fraction=cfg.illum_fraction,
                      well_lit_fraction=cfg.well_lit_fraction, coverage=coverage)
     t_align = time.perf_counter() - t0 - t_epie
+    # the alignment always finds some "empty" pixels (its fallback takes the least material);
+    # whether the scan saw bare membrane at all is told by the frames' DPC phase, as in the joint
+    seen = empty_region(-dpc_phase(dataset, er.common), st.illuminated)
+    if not seen.any():
+        logging.getLogger("diffxas").warning(f"two-step: warning: {NO_EMPTY_REGION}")
     fit = fit_stack(st.absorption, e, st.illuminated, cfg.fit)
     t_fit = time.perf_counter() - t0 - t_epie - t_align
     maps = maps_from_fit(fit, st.phase, e, e_ref, edge, er.common, st.illuminated, cfg.table, cfg.fit.smooth_sigma)
@@ -181,6 +187,7 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
     config.update({"grid": {"pixel_size": er.common.pixel_size, "shape": list(er.common.shape), "origin": list(er.common.origin)},
                    "registration_shifts_px": st.shifts.tolist(), "global_fit": fit.global_params,
                    "noise_energies": fit.noise_energies.tolist(), "empty_pixels": int(st.empty.sum()),
+                   "membrane_pixels_dpc": int(seen.sum()),
                    "illumination_power": power, "count_quantum": quantum,
                    "wall_time": wall})
     return Result(method="two-step", maps=maps, energies=e, absorption=st.absorption.astype(np.float64),

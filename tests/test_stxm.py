@@ -178,3 +178,22 @@ def test_count_quantum(jittered, caplog):
         stxm.check_counts(ds)
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 1 and "photon counts times 0.001" in msgs[0] and "divide the frames by 0.001" in msgs[0]
+
+
+def test_a_scan_without_bare_membrane_is_flagged(caplog):
+    """A scan inside the particle (`tiny` scanned 0.5 um wide, particle 1.2 um across) has
+    no membrane-only region: the DPC empty region is empty, and the joint warns (measured:
+    edge energy 0.67 eV, PE/dmt 1.31 eV there, against 0.21 / 0.13 eV with the default
+    scan; the two-step 11 eV). The default scan has one (reference: the simulator's truth,
+    test_dpc_phase_does_not_see_the_flux)."""
+    import logging
+
+    tight = simulate(preset("tiny", scan_width=0.5e-6, energies=(5420.0, 5466.0, 5480.0, 5540.0)))
+    ds = tight.dataset
+    common = ds.common_grid()
+    ill = np.ones(common.shape, bool)
+    assert not stxm.empty_region(-stxm.dpc_phase(ds, common), ill).any()
+    with caplog.at_level(logging.WARNING, logger="diffxas"):
+        _, _, ctx = joint.prepare_joint(ds, joint.JointConfig(init="stxm", steps=1))
+    assert ctx["init_info"]["empty_pixels"] == 0
+    assert any("no empty (membrane-only) region" in r.getMessage() for r in caplog.records)
