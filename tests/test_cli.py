@@ -732,7 +732,7 @@ def test_demo_bad_input(tmp_path, argv, words):
 
 
 def test_new_commands_have_help(capsys):
-    for name in ("simulate", "reconstruct", "cluster", "evaluate", "report", "demo"):
+    for name in ("simulate", "reconstruct", "cluster", "evaluate", "report", "demo", "orientation"):
         assert cli.main([name, "--help"]) == 0
         assert f"usage: diffxas {name}" in capsys.readouterr().out
     assert cli.main(["--help"]) == 0
