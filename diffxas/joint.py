@@ -93,8 +93,9 @@ from .geometry import Grid, wavelength
 from .maps import ChemMaps, Result
 from .scattering import VEdge
 from .uncertainty import map_std, object_information, to_common_grid
-from .stxm import (NO_EMPTY_REGION, check_counts, dpc_phase, empty_region, flux_scatter, frame_moments, illumination_at_counts, membrane_counts,
-                   probes_at_membrane_counts, stxm_absorption)
+from .stxm import (NO_EMPTY_REGION, check_counts, dpc_phase, empty_region, flux_scatter, frame_moments,  # noqa: F401
+                   illumination_at_counts, membrane_counts, probes_at_membrane_counts,
+                   stxm_absorption)  # (empty_region, membrane_counts: public here too)
 from .spectra import (PARAM_NAMES, XanesParams, absorption, linear_design, n_v, ne_eff_per_nv, phase, pre_edge,
                       pre_edge_norm)
 

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import Dataset, in_memory, read_frames
+from .dataset import Dataset, in_memory
 from .errors import ConfigError, InputError
 
 log = logging.getLogger("diffxas")

@@ -112,10 +112,10 @@ def illumination_at_counts(ds: Dataset, sums: np.ndarray | None = None,
     is recorded; where it is more than ``tolerance`` away from 1 the guess is rescaled to
     the counts, with one log line. Within the tolerance the guess is kept as written: the
     bare beam (a file's probe) is ~2-4 % brighter than a membrane frame (a 0.5-1 um
-    Si3N4 membrane's transmission), and both reconstructions measured best with it (noisy
-    `tiny`, joint edge-energy RMSE over three data sets 0.206 / 0.228 / 0.264 eV as written
-    against 0.205 / 0.226 / 0.260 eV at the membrane counts, PE/Δμt 0.132 / 0.148 / 0.136
-    against 0.131 / 0.166 / 0.161 eV). Outside it the joint solver fails: an amplitude
+    Si3N4 membrane's transmission), and the joint measured as well or better with it (noisy
+    `tiny`, three data sets: edge-energy RMSE 0.206 / 0.228 / 0.264 eV as written against
+    0.205 / 0.226 / 0.260 eV at the membrane counts, PE/Δμt 0.132 / 0.148 / 0.136 against
+    0.131 / 0.166 / 0.161 eV). Outside it the joint solver fails: an amplitude
     5 % low or high took `tiny`'s edge-energy RMSE from 0.21 to 0.35 / 0.74 eV, 30 % to
     2.4-3.5 eV; the two-step is hurt only far out (0.78 instead of 0.59 eV at 1e-3 of
     the power).
