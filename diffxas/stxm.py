@@ -95,8 +95,12 @@ def probes_at_membrane_counts(ds: Dataset, probes, sums: np.ndarray | None = Non
 
 
 #: A probe guess in the data file whose power differs from the membrane frames' counts by
-#: more than this (relative) is rescaled to them (:func:`illumination_at_counts`).
-ILLUMINATION_TOLERANCE = 0.05
+#: more than this (relative) is rescaled to them (:func:`illumination_at_counts`). Measured
+#: on noisy `tiny` (joint edge-energy RMSE against the guess's power over the counts):
+#: 0.205 eV at 1.00, 0.206 at 1.019 (the simulator's bare beam), 0.225 at 1.04, 0.745 at
+#: 1.12; 0.207 at 0.998 and 0.212 at 0.968. 3 % keeps a bare beam behind a thin membrane
+#: as written and rescales the rest.
+ILLUMINATION_TOLERANCE = 0.03
 
 
 def illumination_at_counts(ds: Dataset, sums: np.ndarray | None = None,
@@ -109,10 +113,11 @@ def illumination_at_counts(ds: Dataset, sums: np.ndarray | None = None,
     written with another normalisation (peak 1, unit power, an unnormalised FFT) or frames
     in other units than counts are common in files from elsewhere. Per energy, the ratio of
     the guess's power to a membrane-only frame's counts (:func:`probes_at_membrane_counts`)
-    is recorded; where it is more than ``tolerance`` away from 1 the guess is rescaled to
-    the counts, with one log line. Within the tolerance the guess is kept as written: the
-    bare beam (a file's probe) is ~2-4 % brighter than a membrane frame (a 0.5-1 um
-    Si3N4 membrane's transmission), and the joint measured as well or better with it (noisy
+    is recorded; where it is more than ``tolerance`` (plus 3x the membrane level's own
+    noise, see the code) away from 1 the guess is rescaled to the counts, with one log
+    line. Within the tolerance the guess is kept as written: the
+    bare beam (a file's probe) is ~2 % brighter than a frame through a 0.5 um Si3N4
+    membrane, and the joint measured as well or better with it (noisy
     `tiny`, three data sets: edge-energy RMSE 0.206 / 0.228 / 0.264 eV as written against
     0.205 / 0.226 / 0.260 eV at the membrane counts, PE/Δμt 0.132 / 0.148 / 0.136 against
     0.131 / 0.166 / 0.161 eV). Outside it the joint solver fails: an amplitude
@@ -123,12 +128,27 @@ def illumination_at_counts(ds: Dataset, sums: np.ndarray | None = None,
     if ds.illumination is None:
         return ds, None
     p = np.asarray(ds.illumination)
+    sums = frame_sums(ds) if sums is None else np.asarray(sums, np.float64)
     scaled, gains = probes_at_membrane_counts(ds, p, sums)
     if gains is None:
         return ds, None
     ratio = 1.0 / np.square(np.asarray(gains, np.float64))
-    off = np.nonzero(np.abs(ratio - 1.0) > tolerance)[0]
-    rec = {"power_ratio": [round(float(r), 6) for r in ratio], "rescaled": [int(k) for k in off]}
+    # The membrane level (90th percentile of the sums) is itself noisy and biased upward by
+    # about one frame-to-frame spread (shot noise, flux jitter): measured at 1e3 photons
+    # (3 %) and with 5 % flux jitter the right probe read 0.95-0.99. The tolerance grows by
+    # 3 x that spread, estimated from the top decile of the sums (whose spread is ~0.41 x
+    # the full one, for a Gaussian).
+    ei = np.asarray(ds.energy_index)
+    spread = np.zeros(ds.n_energies)
+    for k in range(ds.n_energies):
+        s = sums[(ei == k) & np.isfinite(sums)]
+        top = s[s >= np.percentile(s, 90)] if s.size else s
+        if top.size >= 3 and top.mean() > 0:
+            spread[k] = float(np.std(top, ddof=1) / top.mean() / 0.41)
+    tol = tolerance + 3.0 * spread
+    off = np.nonzero(np.abs(ratio - 1.0) > tol)[0]
+    rec = {"power_ratio": [round(float(r), 6) for r in ratio], "tolerance": [round(float(t), 4) for t in tol],
+           "rescaled": [int(k) for k in off]}
     if off.size == 0:
         return ds, rec
     import dataclasses
