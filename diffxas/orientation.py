@@ -48,12 +48,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .dataset import Dataset, in_memory
 from .errors import ConfigError, InputError
+
+if TYPE_CHECKING:  # the dataset module imports JAX; `diffxas --help` lists CHOICES without it
+    from .dataset import Dataset
 
 log = logging.getLogger("diffxas")
 
@@ -195,6 +197,8 @@ def reorient(ds: Dataset, name: str) -> Dataset:
 
     Positions, energies and the illumination (an object-plane quantity) are unchanged; a
     lazy frame source stays lazy (:class:`OrientedFrames`), re-orienting twice composes."""
+    from .dataset import in_memory
+
     matrix(name)  # validates the name
     if name == "none":
         return ds
@@ -263,11 +267,9 @@ def check_centring(ds: Dataset, max_frames: int = 64) -> tuple[int, int]:
     Looks at the mean of up to ``max_frames`` frames of the lowest energy: the brightest
     pixel, when it is a peak (10x the median or more), must lie within M/4 of the centre.
     Frames written without ``numpy.fft.fftshift`` have it in a corner."""
-    idx = ds.frames_of(0)[:max_frames]
-    if in_memory(ds.frames):
-        block = np.asarray(ds.frames)[idx]
-    else:
-        block = ds.frames.take(idx)
+    from .dataset import take_frames
+
+    block = take_frames(ds.frames, ds.frames_of(0)[:max_frames])
     mean = np.asarray(block, np.float64).mean(axis=0) * np.asarray(ds.mask[0], np.float64)
     m = ds.frame_size
     r, c = np.unravel_index(int(np.argmax(mean)), mean.shape)
@@ -283,32 +285,17 @@ def check_centring(ds: Dataset, max_frames: int = 64) -> tuple[int, int]:
 def check_orientation(ds: Dataset, moments=None) -> OrientationCheck:
     """Score the 8 detector orientations of ``ds`` (module docstring). ``moments``: the
     frames' ``(sums, centres)`` when already computed (:func:`diffxas.stxm.frame_moments`)."""
-    from .stxm import frame_moments, scan_kernel_width, spread, stxm_absorption
+    from .stxm import dpc_gradient, frame_moments, scan_kernel_width, stxm_absorption
 
     sums, com = frame_moments(ds) if moments is None else moments
     common = ds.common_grid()
     sigma = scan_kernel_width(ds)
-    ei = np.asarray(ds.energy_index)
-    pos = np.asarray(ds.positions, np.float64)
-    dx = np.asarray(ds.pixel_sizes(), np.float64)
-    m = ds.frame_size
-    grad = np.zeros((2,) + common.shape)  # raw centres of mass as phase gradients, rad per m (row, col)
-    cover = np.zeros(common.shape)
-    used = 0
-    for k in range(ds.n_energies):
-        idx = (ei == k) & np.all(np.isfinite(com), axis=1)
-        if idx.sum() < 4:
-            continue
-        c = com[idx] - np.median(com[idx], axis=0)
-        g = 2 * np.pi * c / (m * dx[k])
-        for a in range(2):
-            v, den = spread(g[:, a], pos[idx], common, sigma, return_weight=True)
-            grad[a] += v
-        cover += den
-        used += 1
+    if not np.isfinite(com).all(axis=1).any():
+        raise InputError("too few frames with counts to check the detector orientation")
+    grad, cover = dpc_gradient(ds, common, sigma, (sums, com))  # raw centres of mass as phase gradients
     absorption = stxm_absorption(ds, common, sigma, sums=sums).mean(axis=0)
     ga_r, ga_c = np.gradient(absorption)
-    if used == 0 or cover.max() <= 0:
+    if cover.max() <= 0:
         raise InputError("too few frames with counts to check the detector orientation")
     inside = np.median(cover[cover > 0.5 * cover.max()])
     # well inside the scan: the kernel mean extrapolates beyond the outermost frames

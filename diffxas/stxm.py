@@ -299,18 +299,14 @@ def integrate_gradient(gy: np.ndarray, gx: np.ndarray) -> np.ndarray:
     return np.real(np.fft.ifft2(f))[:h, :w]
 
 
-def dpc_phase(ds: Dataset, common: Grid, sigma_m: float | None = None, moments=None) -> np.ndarray:
-    """Low-resolution phase map (H, W), rad, from the frames' centres of mass (DPC).
+def dpc_gradient(ds: Dataset, common: Grid, sigma_m: float | None = None, moments=None) -> tuple[np.ndarray, np.ndarray]:
+    """The frames' phase gradients on the map grid, summed over the energies, and the
+    summed kernel weights: ``(grad (2, H, W) rad per m (rows = y, columns = x), cover (H, W))``.
 
     Each frame's centre of mass minus its energy's median (the probe's own tilt and the
-    mask's; the median frame sees the membrane or a flat interior) gives the probe-averaged
-    phase gradient ``2 pi <q> / M`` per pixel of that energy's grid; the gradients of all
-    energies, in rad per m, are averaged, spread on the map grid (:func:`spread`) and
-    integrated (:func:`integrate_gradient`). The level is set so that the 90th percentile
-    of the scanned area is 0: matter shifts the phase negatively, so the membrane-only area
-    (at least ~10 % of the field, as for :func:`membrane_counts`) sits at 0 and particles
-    below. Independent of the incident flux.
-    """
+    mask's) is ``M/(2 pi)`` times the probe-averaged phase gradient per pixel of that
+    energy's grid (module docstring); :func:`spread` puts every energy's values on the
+    map grid. ``moments``: :func:`frame_moments` when already computed."""
     sums, com = frame_moments(ds) if moments is None else moments
     ei = np.asarray(ds.energy_index)
     pos = np.asarray(ds.positions, np.float64)
@@ -327,6 +323,22 @@ def dpc_phase(ds: Dataset, common: Grid, sigma_m: float | None = None, moments=N
             v, den = spread(g[:, a], pos[idx], common, sigma_m, return_weight=True)
             grad[a] += v
         cover += den
+    return grad, cover
+
+
+def dpc_phase(ds: Dataset, common: Grid, sigma_m: float | None = None, moments=None) -> np.ndarray:
+    """Low-resolution phase map (H, W), rad, from the frames' centres of mass (DPC).
+
+    Each frame's centre of mass minus its energy's median (the probe's own tilt and the
+    mask's; the median frame sees the membrane or a flat interior) gives the probe-averaged
+    phase gradient ``2 pi <q> / M`` per pixel of that energy's grid; the gradients of all
+    energies, in rad per m, are averaged, spread on the map grid (:func:`spread`) and
+    integrated (:func:`integrate_gradient`). The level is set so that the 90th percentile
+    of the scanned area is 0: matter shifts the phase negatively, so the membrane-only area
+    (at least ~10 % of the field, as for :func:`membrane_counts`) sits at 0 and particles
+    below. Independent of the incident flux.
+    """
+    grad, cover = dpc_gradient(ds, common, sigma_m, moments)
     # no gradient where no frame looked: the kernel mean extrapolates the outermost
     # frames' values several widths beyond the scan, which integrates to a slope
     inside = np.median(cover[cover > 0.5 * cover.max()]) if cover.max() > 0 else 1.0

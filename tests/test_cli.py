@@ -731,6 +731,14 @@ def test_demo_bad_input(tmp_path, argv, words):
     assert not out.exists()
 
 
+def test_building_the_parser_does_not_import_jax():
+    """`diffxas --help` stays fast: the parser (with every command's choices) imports no JAX
+    (the module docstring's rule; orientation.CHOICES once broke it)."""
+    code = "import sys, diffxas.cli as c; c.build_parser(); print('jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
 def test_new_commands_have_help(capsys):
     for name in ("simulate", "reconstruct", "cluster", "evaluate", "report", "demo", "orientation"):
         assert cli.main([name, "--help"]) == 0
