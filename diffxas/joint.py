@@ -933,6 +933,12 @@ def _check_flux(ds: Dataset, cfg: "JointConfig", scatter: float | None, info: di
         f"(incident-flux jitter) {what}{fix}")
 
 
+#: The joint's "epie" start keeps the file's illumination for the energies it does not
+#: refine only when the refined lowest-energy probe still overlaps it this much
+#: (|<P_file, P_refined>| / (|P_file| |P_refined|)); see :func:`_epie_refine`.
+FILE_PROBE_OVERLAP = 0.99
+
+
 def _epie_refine(ds: Dataset, common: Grid, cfg: JointConfig, edge: VEdge, vals: dict, ill: np.ndarray,
                  sums: np.ndarray | None = None):
     """Sharpen the STXM start with a short ePIE at the lowest and highest energies.
@@ -955,7 +961,18 @@ def _epie_refine(ds: Dataset, common: Grid, cfg: JointConfig, edge: VEdge, vals:
     st = align_stack(er.objects, er.grids, er.common, e2, register=True, coverage=_cov(er.probes, er.corners, er.grids, er.common))
     probe0 = np.asarray(er.probes[0])
     shift = np.zeros(2)
-    if ds.illumination is None:
+    overlap = None
+    if ds.illumination is not None:
+        # How far the short ePIE moved the file's probe at the lowest energy: a file's probe
+        # is a guess, and a poor one (other focus size, no defocus phase) given to every other
+        # energy broke the joint on the independent simulator (tests/test_foreign.py:
+        # 450 nm flat guess for a 300 nm defocused probe, edge shift 0.12 eV for 3.0, N_V
+        # 0.43x). Below FILE_PROBE_OVERLAP the refined probe replaces the guess everywhere.
+        g = np.asarray(ds.illumination[idx[0]]).ravel()
+        r = probe0.ravel()
+        overlap = float(np.abs(np.vdot(g, r)) / max(np.linalg.norm(g) * np.linalg.norm(r), 1e-30))
+    poor_guess = overlap is not None and overlap < FILE_PROBE_OVERLAP
+    if ds.illumination is None or poor_guess:
         # From a guess, the refined probe and object drift together (the shift ambiguity,
         # probe.centred_probe): measured on an independent simulator (tests/test_foreign.py)
         # 1.1 px at 60 nm pixels, which moved every joint map by as much (N_V against the
@@ -989,9 +1006,18 @@ def _epie_refine(ds: Dataset, common: Grid, cfg: JointConfig, edge: VEdge, vals:
     phi0 = np.nan_to_num(st.phase[0])
     out["n_other"] = np.clip(-phi0 / (R_E * float(wavelength(e2[0]))) - nv * (edge.z + f1), 0.0, None)
     info = {"init": "epie", "init_epochs": cfg.init_epochs}
-    if ds.illumination is not None:
+    if overlap is not None:
+        info["file_probe_overlap"] = round(overlap, 5)
+    if ds.illumination is not None and not poor_guess:
         probes = np.asarray(ds.illumination).copy()
         probes[idx[0]], probes[idx[1]] = er.probes[0], er.probes[1]
+    elif poor_guess:
+        probes, _ = _membrane_normalised_probes(ds, np.repeat(probe0[None], ds.n_energies, axis=0), sums)
+        info["probes_from"] = (f"epie (the file's illumination is a poor guess: overlap {overlap:.3f} with the lowest "
+                               "energy's refined probe; that probe, re-centred, power from the membrane counts)")
+        info["probe_recentred_px"] = [round(float(v), 4) for v in shift]
+        _log_warnings([f"the file's illumination is far from what ePIE refines from it at the lowest energy (overlap "
+                       f"{overlap:.3f} < {FILE_PROBE_OVERLAP}): every energy starts from the refined probe instead"])
     else:
         # No probe in the file (the ePIE above started from its KB guess). Every energy
         # starts from the refined probe of the lowest energy: on each energy's own pixel
