@@ -78,7 +78,11 @@ class EpieConfig:
             linearly to zero over ``kk_tail_ev``) to tame the truncation of the KK integral.
         batch_energies: energies per vmapped batch (None = all at once; 1 = loop).
         probe_fwhm: FWHM (m) of the KB focus used as initial probe when the dataset has no
-            illumination.
+            illumination (or ``use_illumination`` is False).
+        use_illumination: start from the data file's illumination when it has one. False:
+            from the KB focus of ``probe_fwhm`` all the same, for a file whose probe guess is
+            poor (docs/formats.md, "A poor probe guess": a 450 nm flat guess for a 300 nm
+            defocused probe made the two-step's maps garbage).
         probe_power_limit: divergence threshold: probe power over its initial value.
         checkpoint_every: epochs between checkpoints (when a checkpoint path is given).
         decay_start: first epoch of a linear decay of alpha and beta (None = constant
@@ -100,6 +104,7 @@ class EpieConfig:
     kk_tail_ev: float = 200.0
     batch_energies: int | None = None
     probe_fwhm: float = 300e-9
+    use_illumination: bool = True
     probe_power_limit: float = 100.0
     checkpoint_every: int = 25
     decay_start: int | None = None
@@ -128,6 +133,8 @@ class EpieConfig:
             raise ConfigError(f"epie batch_energies must be >= 1 or None, got {self.batch_energies}")
         if not self.probe_fwhm > 0:
             raise ConfigError(f"epie probe_fwhm must be positive, got {self.probe_fwhm}")
+        if not isinstance(self.use_illumination, (bool, np.bool_)):
+            raise ConfigError(f"epie use_illumination must be true or false, got {self.use_illumination!r}")
         if not self.probe_power_limit > 1:
             raise ConfigError(f"epie probe_power_limit must be > 1, got {self.probe_power_limit}")
         if self.checkpoint_every < 1:
@@ -208,14 +215,15 @@ def shift_ramps(frac: np.ndarray, frame_size: int) -> tuple[np.ndarray, np.ndarr
     return rows, cols
 
 
-def initial_probes(dataset: Dataset, grids: list[Grid], probe_fwhm: float = 300e-9) -> np.ndarray:
+def initial_probes(dataset: Dataset, grids: list[Grid], probe_fwhm: float = 300e-9,
+                   use_illumination: bool = True) -> np.ndarray:
     """Initial probe of each energy (K, M, M) complex64 on its own pixel size.
 
-    The dataset's illumination when present; otherwise a KB focus of ``probe_fwhm`` (at
+    The dataset's illumination when present (and ``use_illumination``); otherwise a KB focus of ``probe_fwhm`` (at
     the lowest energy; the numerical aperture is fixed, so it scales with lambda),
     normalised to the mean detected photons per frame of that energy.
     """
-    if dataset.illumination is not None:
+    if dataset.illumination is not None and use_illumination:
         return np.asarray(dataset.illumination, np.complex64)
     from .probe import kb_probe, numerical_aperture_for_fwhm
 
@@ -492,7 +500,8 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
     batches = _make_batches(dataset, tables, config.batch_energies)
     n_max = max(t[0].size for t in tables)
 
-    probes0 = np.asarray(initial_probes(dataset, grids, config.probe_fwhm) if init_probes is None else init_probes, np.complex64)
+    probes0 = np.asarray(initial_probes(dataset, grids, config.probe_fwhm, config.use_illumination)
+                         if init_probes is None else init_probes, np.complex64)
     if probes0.shape != (kn, m, m):
         raise InputError(f"initial probes must be ({kn}, {m}, {m}), got {probes0.shape}")
     shape = grids[0].shape

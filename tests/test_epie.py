@@ -301,3 +301,22 @@ def test_initial_probes_kb_guess_from_a_lazy_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(io.CxiFrames, "__array__", whole)
     np.testing.assert_allclose(initial_probes(lazy, grids), p, rtol=1e-5, atol=1e-6 * np.abs(p).max())
+
+
+def test_use_illumination_false_starts_from_the_kb_guess():
+    """epie.use_illumination = false ignores a (poor) probe guess in the file: the start is
+    the KB focus, exactly what a file without an illumination gets (reference: that
+    file's initial probes); the default uses the file's guess. Non-booleans are refused."""
+    import dataclasses
+
+    from diffxas.epie import initial_probes
+    from diffxas.errors import ConfigError
+
+    ds, _, _ = make_dataset(with_illumination=True)
+    _, grids = reconstruction_grids(ds)
+    bare = initial_probes(dataclasses.replace(ds, illumination=None), grids)
+    np.testing.assert_array_equal(initial_probes(ds, grids, use_illumination=False), bare)
+    np.testing.assert_array_equal(initial_probes(ds, grids), np.asarray(ds.illumination, np.complex64))
+    assert EpieConfig(use_illumination=False).to_dict()["use_illumination"] is False
+    with pytest.raises(ConfigError, match="use_illumination must be true or false"):
+        EpieConfig(use_illumination="no")
