@@ -1011,27 +1011,24 @@ def _epie_refine(ds: Dataset, common: Grid, cfg: JointConfig, edge: VEdge, vals:
     if ds.illumination is not None and not poor_guess:
         probes = np.asarray(ds.illumination).copy()
         probes[idx[0]], probes[idx[1]] = er.probes[0], er.probes[1]
-    elif poor_guess:
-        probes, _ = _membrane_normalised_probes(ds, np.repeat(probe0[None], ds.n_energies, axis=0), sums)
-        info["probes_from"] = (f"epie (the file's illumination is a poor guess: overlap {overlap:.3f} with the lowest "
-                               "energy's refined probe; that probe, re-centred, power from the membrane counts)")
-        info["probe_recentred_px"] = [round(float(v), 4) for v in shift]
-        _log_warnings([f"the file's illumination is far from what ePIE refines from it at the lowest energy (overlap "
-                       f"{overlap:.3f} < {FILE_PROBE_OVERLAP}): every energy starts from the refined probe instead"])
     else:
-        # No probe in the file (the ePIE above started from its KB guess). Every energy
-        # starts from the refined probe of the lowest energy: on each energy's own pixel
-        # (lambda z / (M p)) the focus of achromatic (KB) optics, of size ~ lambda / NA,
-        # spans the same number of pixels at every energy; the power is set from that
+        # No probe in the file (the ePIE above started from its KB guess), or a poor one.
+        # Every energy starts from the refined probe of the lowest energy: on each energy's
+        # own pixel (lambda z / (M p)) the focus of achromatic (KB) optics, of size ~ lambda
+        # / NA, spans the same number of pixels at every energy; the power is set from that
         # energy's membrane counts, as for a warm start's probes. One probe for all rather
         # than the nearer of the two: the two measured alike (noise-free `tiny`: PE/dmt
         # RMSE 0.226 vs 0.232 eV, edge 0.133 vs 0.130), and one probe cannot put a step
         # into the spectra where two ePIE solutions, each with its own sub-pixel
         # probe/object shift, would meet.
         probes, _ = _membrane_normalised_probes(ds, np.repeat(probe0[None], ds.n_energies, axis=0), sums)
-        info["probes_from"] = ("epie (the file has no illumination: the lowest energy's refined probe, re-centred, power "
-                               "from the membrane counts)")
+        why = (f"the file's illumination is a poor guess: overlap {overlap:.3f} with the lowest energy's refined probe; "
+               "that probe" if poor_guess else "the file has no illumination: the lowest energy's refined probe")
+        info["probes_from"] = f"epie ({why}, re-centred, power from the membrane counts)"
         info["probe_recentred_px"] = [round(float(v), 4) for v in shift]
+        if poor_guess:
+            _log_warnings([f"the file's illumination is far from what ePIE refines from it at the lowest energy (overlap "
+                           f"{overlap:.3f} < {FILE_PROBE_OVERLAP}): every energy starts from the refined probe instead"])
     info["probes"] = probes
     return out, info
 
