@@ -123,6 +123,14 @@ class JointConfig:
     # per-frame intensity scale (incident-flux fluctuations), log units per step; 0 = off
     lr_scale: float = 0.0
     probe_start: int = 20
+    # per-energy probe amplitude gain exp(g_k), trained from step 0 (log units per step;
+    # per-energy probe model; the smooth model trains its gains with its probes). The
+    # start probe's power is otherwise fixed until probe_start, and the empty region pins
+    # the maps, so a power error went into the maps: noisy `tiny` with the guess's
+    # amplitude x 1.05 / 0.95, edge energy 0.745 / 0.355 eV without, 0.218 / 0.209 eV
+    # with (0.206 at the right power); at the right power unchanged (tiny A/B/C 0.206 /
+    # 0.228 / 0.262 eV, `small` 0.188 vs 0.190). 0 = off (the default before session 12).
+    lr_gain: float = 0.01
     shape_start: int | None = None
     # pre-edge peak positions/widths shared across pixels, as in the recommended two-step fit
     # (like-for-like; measured on small: PE/dmt RMSE 0.22 tied vs 0.34 free)
@@ -236,7 +244,7 @@ class JointConfig:
         if self.prior == "tv" and self.tv_weight > 0:
             raise ConfigError("set either prior='tv' (weights from the noise level) or tv_weight > 0 (one explicit weight), "
                               "not both: add prior='none' to use tv_weight")
-        for name in ("lr_amp", "lr_energy", "lr_probe", "lr_positions", "lr_scale", "tv_weight", "prior_strength"):
+        for name in ("lr_amp", "lr_energy", "lr_probe", "lr_positions", "lr_scale", "lr_gain", "tv_weight", "prior_strength"):
             if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be finite and >= 0")
         bad = sorted(set(self.relative) - set(RELATIVE_OK))
@@ -548,7 +556,7 @@ def probes(params: JointParams, prob: Problem) -> jax.Array:
     """The complex probe of every energy (K, M, M) from the trainable leaves."""
     q = params.probe_re + 1j * params.probe_im
     if prob.probe_basis is None:
-        return q
+        return q * jnp.exp(params.probe_gain)[:, None, None]
     return jnp.einsum("kj,jmn->kmn", prob.probe_basis.astype(q.dtype), q) * jnp.exp(params.probe_gain)[:, None, None]
 
 
@@ -778,7 +786,8 @@ def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
         "pos": optax.adam(sched(cfg.lr_positions)) if cfg.lr_positions > 0 else optax.set_to_zero(),
         "scale": optax.adam(scale_sched) if cfg.lr_scale > 0 else optax.set_to_zero(),
         # log gains of the smooth probe model: log units per step, on the probes' schedule
-        "gain": optax.adam(gain_sched) if cfg.probe_model == "smooth" else optax.set_to_zero(),
+        "gain": (optax.adam(gain_sched) if cfg.probe_model == "smooth"
+                 else optax.adam(sched(cfg.lr_gain)) if cfg.lr_gain > 0 else optax.set_to_zero()),
     }
     return optax.multi_transform(tx, _labels(params, cfg))
 
