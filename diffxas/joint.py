@@ -26,7 +26,8 @@ energies and "fraction of the edge jump per step" for amplitudes, whatever the d
 sample thickness.
 
 Nuisances: one complex probe per energy (real and imaginary leaves, refined after
-``probe_start`` steps), or (``probe_model = "smooth"``) the probes of all energies from a
+``probe_start`` steps) times a gain ``exp(g_k)`` trained from step 0 (``lr_gain``: the
+start probe's power, which the maps would otherwise absorb), or (``probe_model = "smooth"``) the probes of all energies from a
 few shared complex arrays, polynomial in energy, times a gain per energy
 (:func:`probe_basis`, :func:`probes`); optional per-frame position corrections (pixels, ``lr_positions``)
 and per-frame intensity scales (incident-flux fluctuations, ``lr_scale``; log units with
