@@ -35,6 +35,7 @@ from .dataset import Dataset
 from .errors import InputError
 from .geometry import object_pixel_size
 from .maps import MAP_FIELDS, ChemMaps, Result, Truth
+from .sources import LazyFrames
 
 __all__ = [
     "CXI_VERSION",
@@ -650,7 +651,7 @@ def read_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
         )
 
 
-class CxiFrames:
+class CxiFrames(LazyFrames):
     """Lazy, read-only frames of a CXI file: an ``(n, M, M)`` float32 array-like.
 
     Frames are read from the file only when asked for (:meth:`read`, :meth:`take`,
@@ -667,9 +668,6 @@ class CxiFrames:
     returns one frame (a numpy array).
     """
 
-    dtype = np.dtype(np.float32)
-    ndim = 3
-
     def __init__(self, path, entries, frame_size: int, index=None):
         self.path = Path(path)
         self.entries = tuple((str(name), int(n)) for name, n in entries)
@@ -685,20 +683,8 @@ class CxiFrames:
     def shape(self) -> tuple[int, int, int]:
         return (len(self), self.frame_size, self.frame_size)
 
-    @property
-    def size(self) -> int:
-        return len(self) * self.frame_size ** 2
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
-
     def __repr__(self) -> str:
         return f"CxiFrames({os.fspath(self.path)!r}, shape={self.shape}, {len(self.entries)} entries)"
-
-    def __array__(self, dtype=None, copy=None):
-        a = self.read()
-        return a if dtype is None else a.astype(dtype, copy=False)
 
     def _positions(self, key) -> np.ndarray:
         """View positions selected by a first-axis key (slice, int array or bool mask)."""

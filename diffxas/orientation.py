@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .sources import LazyFrames
 
 if TYPE_CHECKING:  # the dataset module imports JAX; `diffxas --help` lists CHOICES without it
     from .dataset import Dataset
@@ -131,13 +132,10 @@ def orient(frames: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(a[..., src_r, src_c])
 
 
-class OrientedFrames:
+class OrientedFrames(LazyFrames):
     """A lazy frame source (:class:`diffxas.io.CxiFrames` or another) read through an
-    orientation: the same protocol (``shape``, ``len``, ``read``, ``take``, first-axis
-    views, ``np.asarray``), each block re-oriented right after it is read."""
-
-    dtype = np.dtype(np.float32)
-    ndim = 3
+    orientation: the same protocol (:class:`diffxas.sources.LazyFrames`), each block
+    re-oriented right after it is read."""
 
     def __init__(self, base, name: str):
         self.base = base
@@ -155,20 +153,8 @@ class OrientedFrames:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.base.shape)
 
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
-
     def __repr__(self) -> str:
         return f"OrientedFrames({self.base!r}, {self.orientation!r})"
-
-    def __array__(self, dtype=None, copy=None):
-        a = self.read()
-        return a if dtype is None else a.astype(dtype, copy=False)
 
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
