@@ -27,8 +27,8 @@ sample thickness.
 
 Nuisances: one complex probe per energy (real and imaginary leaves, refined after
 ``probe_start`` steps) times a gain ``exp(g_k)`` trained from step 0 (``lr_gain``: the
-start probe's power, which the maps would otherwise absorb), or (``probe_model = "smooth"``) the probes of all energies from a
-few shared complex arrays, polynomial in energy, times a gain per energy
+start probe's power, which the maps would otherwise absorb), or (``probe_model =
+"smooth"``) the probes of all energies from a few shared complex arrays, polynomial in energy, times a gain per energy
 (:func:`probe_basis`, :func:`probes`); optional per-frame position corrections (pixels, ``lr_positions``)
 and per-frame intensity scales (incident-flux fluctuations, ``lr_scale``; log units with
 the mean over each energy's frames removed, since a common factor is the probe's
@@ -297,7 +297,7 @@ class JointParams(eqx.Module):
     probe_im: jax.Array
     dpos: jax.Array  # (F, 2) position corrections, pixels of each frame's energy grid (row, col)
     dscale: jax.Array  # (F,) log intensity scale of each frame (gauge: mean 0 per energy, see frame_nuisances)
-    probe_gain: jax.Array  # (K,) log amplitude gain of each energy's probe (smooth probe model; 0 and frozen otherwise)
+    probe_gain: jax.Array  # (K,) log amplitude gain of each energy's probe (trained from step 0 with lr_gain; smooth model: with its probes)
 
 
 def _softplus_inv(y):
