@@ -26,10 +26,10 @@ energies and "fraction of the edge jump per step" for amplitudes, whatever the d
 sample thickness.
 
 Nuisances: one complex probe per energy (real and imaginary leaves, refined after
-``probe_start`` steps) times a gain ``exp(g_k)`` trained from step 0 (``lr_gain``: the
-start probe's power, which the maps would otherwise absorb), or (``probe_model =
-"smooth"``) the probes of all energies from a few shared complex arrays, polynomial in energy, times a gain per energy
-(:func:`probe_basis`, :func:`probes`); optional per-frame position corrections (pixels, ``lr_positions``)
+``probe_start`` steps), or (``probe_model = "smooth"``) the probes of all energies from
+a few shared complex arrays, polynomial in energy (:func:`probe_basis`, :func:`probes`);
+either times a gain ``exp(g_k)`` per energy, trained from step 0 (``lr_gain``: the start
+probe's power, which the maps would otherwise absorb); optional per-frame position corrections (pixels, ``lr_positions``)
 and per-frame intensity scales (incident-flux fluctuations, ``lr_scale``; log units with
 the mean over each energy's frames removed, since a common factor is the probe's
 amplitude; freed in the second half of the run, once the maps are close). The membrane/uniform background is the zero of absorption and phase;
@@ -125,8 +125,8 @@ class JointConfig:
     lr_scale: float = 0.0
     probe_start: int = 20
     # per-energy probe amplitude gain exp(g_k), trained from step 0 (log units per step;
-    # per-energy probe model; the smooth model trains its gains with its probes). The
-    # start probe's power is otherwise fixed until probe_start, and the empty region pins
+    # both probe models; the smooth model's gains used to train with its probes, from
+    # probe_start at lr_probe: x 1.05 gave 0.632 eV then, 0.222 eV now). The start probe's power is otherwise fixed until probe_start, and the empty region pins
     # the maps, so a power error went into the maps: noisy `tiny` with the guess's
     # amplitude x 1.05 / 0.95, edge energy 0.745 / 0.355 eV without, 0.218 / 0.209 eV
     # with (0.206 at the right power); at the right power unchanged (tiny A/B/C 0.206 /
@@ -297,7 +297,7 @@ class JointParams(eqx.Module):
     probe_im: jax.Array
     dpos: jax.Array  # (F, 2) position corrections, pixels of each frame's energy grid (row, col)
     dscale: jax.Array  # (F,) log intensity scale of each frame (gauge: mean 0 per energy, see frame_nuisances)
-    probe_gain: jax.Array  # (K,) log amplitude gain of each energy's probe (trained from step 0 with lr_gain; smooth model: with its probes)
+    probe_gain: jax.Array  # (K,) log amplitude gain of each energy's probe (trained from step 0 with lr_gain)
 
 
 def _softplus_inv(y):
@@ -766,9 +766,6 @@ def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
     def probe_sched(step):
         return jnp.where(step >= cfg.probe_start, sched(probe_lr)(step), 0.0)
 
-    def gain_sched(step):  # log gains of the smooth probe model: log units per step, freed with the probes
-        return jnp.where(step >= cfg.probe_start, sched(cfg.lr_probe)(step), 0.0)
-
     shape_start = cfg.steps // 4 if cfg.shape_start is None else cfg.shape_start
 
     def energy_sched(step):
@@ -786,9 +783,8 @@ def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
         "probe": optax.adam(probe_sched),
         "pos": optax.adam(sched(cfg.lr_positions)) if cfg.lr_positions > 0 else optax.set_to_zero(),
         "scale": optax.adam(scale_sched) if cfg.lr_scale > 0 else optax.set_to_zero(),
-        # log gains of the smooth probe model: log units per step, on the probes' schedule
-        "gain": (optax.adam(gain_sched) if cfg.probe_model == "smooth"
-                 else optax.adam(sched(cfg.lr_gain)) if cfg.lr_gain > 0 else optax.set_to_zero()),
+        # per-energy log gains of the probes (either probe model): log units per step, from step 0
+        "gain": optax.adam(sched(cfg.lr_gain)) if cfg.lr_gain > 0 else optax.set_to_zero(),
     }
     return optax.multi_transform(tx, _labels(params, cfg))
 

@@ -155,7 +155,7 @@ def test_per_energy_gain_scales_the_probes(small3):
     """The per-energy probe model's probes are (probe_re + i probe_im) x exp(gain_k)
     (closed form, float32 1e-6 relative); the gains start at 0 (the start probes
     unchanged) and train from step 0 (``lr_gain``), before the probes themselves
-    (``probe_start``); ``lr_gain = 0`` keeps them at 0."""
+    (``probe_start``), in both probe models; ``lr_gain = 0`` keeps them fixed."""
     ds = small3.dataset
     cfg = joint.JointConfig(steps=3, init="stxm", prior="none", log_every=1)
     solver, state, _ = joint.prepare_joint(ds, cfg)
@@ -164,12 +164,14 @@ def test_per_energy_gain_scales_the_probes(small3):
     g = np.array([0.1, -0.2, 0.05], np.float32)
     p = np.asarray(joint.probes(dataclasses.replace(state.params, probe_gain=jnp.asarray(g)), solver.prob))
     np.testing.assert_allclose(p, q * np.exp(g)[:, None, None], rtol=1e-6, atol=1e-6 * np.abs(q).max())
-    for lr, moved in ((0.01, True), (0.0, False)):
-        solver, state0, _ = joint.prepare_joint(ds, dataclasses.replace(cfg, lr_gain=lr))
+    for model, lr, moved in (("per-energy", 0.01, True), ("per-energy", 0.0, False), ("smooth", 0.01, True),
+                             ("smooth", 0.0, False)):
+        solver, state0, _ = joint.prepare_joint(ds, dataclasses.replace(cfg, lr_gain=lr, probe_model=model, probe_degree=1))
         state = state0
         for _ in range(3):
             state, _ = solver.step(state)
-        assert bool(np.any(np.asarray(state.params.probe_gain) != 0.0)) is moved
+        moved_now = np.asarray(state.params.probe_gain) != np.asarray(state0.params.probe_gain)
+        assert bool(np.any(moved_now)) is moved, (model, lr)
         # the probes themselves are still frozen before probe_start (20 steps)
         np.testing.assert_array_equal(np.asarray(state.params.probe_re), np.asarray(state0.params.probe_re))
 
