@@ -125,12 +125,14 @@ class JointConfig:
     lr_scale: float = 0.0
     probe_start: int = 20
     # per-energy probe amplitude gain exp(g_k), trained from step 0 (log units per step;
-    # both probe models; the smooth model's gains used to train with its probes, from
-    # probe_start at lr_probe: x 1.05 gave 0.632 eV then, 0.222 eV now). The start probe's power is otherwise fixed until probe_start, and the empty region pins
-    # the maps, so a power error went into the maps: noisy `tiny` with the guess's
-    # amplitude x 1.05 / 0.95, edge energy 0.745 / 0.355 eV without, 0.218 / 0.209 eV
-    # with (0.206 at the right power); at the right power unchanged (tiny A/B/C 0.206 /
-    # 0.228 / 0.262 eV, `small` 0.188 vs 0.190). 0 = off (the default before session 12).
+    # both probe models). The start probe's shape is fixed until probe_start and the empty
+    # region pins the maps, so a power error of the start probe went into the maps. Noisy
+    # `tiny` with the guess's amplitude x 1.05 / 0.95: edge energy 0.745 / 0.355 eV
+    # without the gains, 0.218 / 0.209 eV with them (0.206 at the right power); the smooth
+    # model's gains, which used to train only from probe_start at lr_probe: 0.632 -> 0.222
+    # eV at x 1.05. At the right power the edge energy is unchanged (tiny A/B/C 0.206 /
+    # 0.228 / 0.262 eV, `small` 0.188 vs 0.190, `paper` 0.181 vs 0.181); Re[Ne]/N_V on
+    # `paper` 1.88 vs 1.71. 0 = off (the default before session 12).
     lr_gain: float = 0.01
     shape_start: int | None = None
     # pre-edge peak positions/widths shared across pixels, as in the recommended two-step fit
