@@ -558,9 +558,9 @@ def probe_basis(energies, degree: int) -> np.ndarray:
 def probes(params: JointParams, prob: Problem) -> jax.Array:
     """The complex probe of every energy (K, M, M) from the trainable leaves."""
     q = params.probe_re + 1j * params.probe_im
-    if prob.probe_basis is None:
-        return q * jnp.exp(params.probe_gain)[:, None, None]
-    return jnp.einsum("kj,jmn->kmn", prob.probe_basis.astype(q.dtype), q) * jnp.exp(params.probe_gain)[:, None, None]
+    if prob.probe_basis is not None:  # the smooth model: every energy's array from the shared ones
+        q = jnp.einsum("kj,jmn->kmn", prob.probe_basis.astype(q.dtype), q)
+    return q * jnp.exp(params.probe_gain)[:, None, None]
 
 
 #: Largest initial log gain of the smooth probe model taken from the exact fit (e^2: a
