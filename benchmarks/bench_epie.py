@@ -114,7 +114,7 @@ def kernel_vs_floor(ds, update_probe: bool, batch, repeats: int = 8) -> dict:
             o = jnp.ones((len(bt.energies),) + grids[0].shape, jnp.complex64)
             p = ph0[bt.energies]
             outs.append(fn(o, p, orders[bt.energies], bt.corners, bt.rows, bt.cols, bt.counts, bt.mask, bt.valid,
-                           jnp.float32(1.0), jnp.float32(1.0)))
+                           jnp.zeros_like(bt.mask), jnp.float32(1.0), jnp.float32(1.0)))
         jax.block_until_ready(outs)
 
     t0 = time.perf_counter()

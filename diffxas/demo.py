@@ -220,7 +220,7 @@ def iterations_key(method: str) -> str:
 
 
 #: Epoch-indexed ePIE options that :func:`set_iterations` scales with the epoch count.
-EPOCH_SCHEDULE = ("probe_update_start", "kk_start", "kk_every", "decay_start")
+EPOCH_SCHEDULE = ("probe_update_start", "kk_start", "kk_every", "decay_start", "background_start")
 
 
 def _get(mapping: Mapping[str, Any], dotted: str):

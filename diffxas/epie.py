@@ -50,9 +50,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .background import FLOOR, as_maps, initial_background
 from .dataset import Dataset, relative_monitor
 from .errors import ConfigError, DivergenceError, InputError
-from .forward import amplitude_projection, extract_patch, frame_geometry, shifted_probe
+from .forward import amplitude_projection, back_propagate, extract_patch, far_field, frame_geometry, modulus_update, shifted_probe
 from .geometry import Grid, wavelength
 
 # ----------------------------------------------------------------------------- configuration
@@ -90,6 +91,15 @@ class EpieConfig:
             shrinking the steps over the last epochs averages the frames' updates (the
             standard ePIE remedy for noise) and lowers the noise of the objects.
         decay_final: step factor reached at the last epoch (the decay is linear from 1).
+        background: incoherent detector background per energy (:mod:`diffxas.background`):
+            "none" (the seed's ePIE), "flat" (one level per energy) or "map" (one level per
+            energy and detector pixel). It enters the projection
+            (:func:`forward.amplitude_projection`) and is re-estimated after every epoch
+            from ``background_start`` on by the expectation-maximisation step of the
+            Poisson likelihood with the objects and probes held:
+            ``b <- mean over frames and (flat) pixels of n b / (|F psi|^2 + b)``; it starts
+            at the darkest detector block's mean counts (:func:`background.initial_background`).
+        background_start: first epoch (0-based) whose end updates the background.
     """
 
     epochs: int = 100
@@ -109,6 +119,8 @@ class EpieConfig:
     checkpoint_every: int = 25
     decay_start: int | None = None
     decay_final: float = 0.2
+    background: str = "none"
+    background_start: int = 5
 
     def __post_init__(self):
         if not (isinstance(self.epochs, (int, np.integer)) and self.epochs >= 1):
@@ -143,6 +155,11 @@ class EpieConfig:
             raise ConfigError(f"epie decay_start must be in [0, epochs) or None, got {self.decay_start}")
         if not (0.0 < self.decay_final <= 1.0):
             raise ConfigError(f"epie decay_final must be in (0, 1], got {self.decay_final}")
+        from .background import check_mode
+
+        check_mode(self.background, "epie background")
+        if self.background_start < 0:
+            raise ConfigError(f"epie background_start must be >= 0, got {self.background_start}")
 
     def step_factor(self, epoch: int) -> float:
         """Multiplier of alpha and beta at 0-based ``epoch`` (the linear decay, 1 before it)."""
@@ -245,18 +262,30 @@ def initial_probes(dataset: Dataset, grids: list[Grid], probe_fwhm: float = 300e
 # ----------------------------------------------------------------------------- the jitted epoch
 
 
-def _epoch_single(obj, probe_hat, order, corners, rows, cols, counts, mask, valid, alpha, beta, update_probe: bool):
-    """One ePIE epoch of one energy: ``lax.scan`` over the frames in ``order``."""
+def _epoch_single(obj, probe_hat, order, corners, rows, cols, counts, mask, valid, bg, alpha, beta, update_probe: bool,
+                  with_background: bool = False):
+    """One ePIE epoch of one energy: ``lax.scan`` over the frames in ``order``.
+
+    ``bg`` (M, M): the incoherent background (centred layout; zeros without one). With
+    ``with_background`` the scan also sums the background's expected share of the counts,
+    ``valid mask n b / (|F psi|^2 + b)`` (its EM update, :class:`EpieConfig`), else zeros.
+    """
     m = probe_hat.shape[-1]
 
     def step(carry, j):
-        o, ph, loss = carry
+        o, ph, loss, bacc = carry
         c = corners[j]
         ramp = rows[j][:, None] * cols[j][None, :]
         ps = jnp.fft.ifft2(ph * ramp)  # == forward.shifted_probe(ph, frac[j])
         patch = extract_patch(o, c, m)
         psi = ps * patch
-        d = (amplitude_projection(psi, counts[j], mask) - psi) * valid[j]
+        f = far_field(psi)
+        if with_background:  # amplitude_projection, with the far field kept for the background's share
+            fi = jnp.real(f) ** 2 + jnp.imag(f) ** 2
+            bacc = bacc + (valid[j] * mask * counts[j] * bg) / jnp.maximum(fi + bg, 1e-12)
+            d = (back_propagate(modulus_update(f, counts[j], mask, bg)) - psi) * valid[j]
+        else:
+            d = (back_propagate(modulus_update(f, counts[j], mask)) - psi) * valid[j]
         ip = jnp.real(ps) ** 2 + jnp.imag(ps) ** 2
         new_patch = patch + (alpha / jnp.max(ip)) * jnp.conj(ps) * d
         o = jax.lax.dynamic_update_slice(o, new_patch, (c[0], c[1]))
@@ -265,45 +294,50 @@ def _epoch_single(obj, probe_hat, order, corners, rows, cols, counts, mask, vali
             dps = (beta / jnp.maximum(jnp.max(io), 1e-30)) * jnp.conj(patch) * d
             ph = ph + jnp.fft.fft2(dps) * jnp.conj(ramp)  # shift back by -frac, into the spectrum
         loss = loss + jnp.sum(jnp.real(d) ** 2 + jnp.imag(d) ** 2)
-        return (o, ph, loss), None
+        return (o, ph, loss, bacc), None
 
-    (obj, probe_hat, loss), _ = jax.lax.scan(step, (obj, probe_hat, jnp.float32(0.0)), order)
+    carry0 = (obj, probe_hat, jnp.float32(0.0), jnp.zeros((m, m), jnp.float32))
+    (obj, probe_hat, loss, bacc), _ = jax.lax.scan(step, carry0, order)
     power = jnp.sum(jnp.real(probe_hat) ** 2 + jnp.imag(probe_hat) ** 2) / (m * m)
     finite = jnp.all(jnp.isfinite(obj)) & jnp.all(jnp.isfinite(probe_hat))
-    return obj, probe_hat, loss, power, finite
+    return obj, probe_hat, loss, power, finite, bacc
 
 
-def _make_epoch_fn(update_probe: bool):
-    def fn(obj, probe_hat, orders, corners, rows, cols, counts, mask, valid, alpha, beta):
-        f = lambda o, p, od, c, r, cl, n, w, v: _epoch_single(o, p, od, c, r, cl, n, w, v, alpha, beta, update_probe)
-        return jax.vmap(f)(obj, probe_hat, orders, corners, rows, cols, counts, mask, valid)
+def _make_epoch_fn(update_probe: bool, with_background: bool):
+    def fn(obj, probe_hat, orders, corners, rows, cols, counts, mask, valid, bg, alpha, beta):
+        f = lambda o, p, od, c, r, cl, n, w, v, b: _epoch_single(o, p, od, c, r, cl, n, w, v, b, alpha, beta,  # noqa: E731
+                                                                 update_probe, with_background)
+        return jax.vmap(f)(obj, probe_hat, orders, corners, rows, cols, counts, mask, valid, bg)
 
     return jax.jit(fn, donate_argnums=(0, 1))
 
 
-_EPOCH_FNS: dict[bool, Callable] = {}
+_EPOCH_FNS: dict[tuple[bool, bool], Callable] = {}
 
 
-def epoch_fn(update_probe: bool) -> Callable:
-    """The jitted, energy-batched epoch (cached; one compilation per shape and flag).
+def epoch_fn(update_probe: bool, with_background: bool = False) -> Callable:
+    """The jitted, energy-batched epoch (cached; one compilation per shape and flags).
 
     ``fn(obj (B,ny,nx), probe_hat (B,M,M), orders (B,N), corners (B,N,2), rows (B,N,M),
-    cols (B,N,M), counts (B,N,M,M), mask (B,M,M), valid (B,N), alpha, beta)`` returns
-    ``(obj, probe_hat, loss (B,), probe_power (B,), finite (B,))``; ``obj`` and
-    ``probe_hat`` are donated.
+    cols (B,N,M), counts (B,N,M,M), mask (B,M,M), valid (B,N), bg (B,M,M), alpha, beta)``
+    returns ``(obj, probe_hat, loss (B,), probe_power (B,), finite (B,), background share
+    (B,M,M))``; ``obj`` and ``probe_hat`` are donated. ``bg``: the incoherent background
+    (zeros for none); the share is summed only ``with_background`` (zeros otherwise).
     """
-    if update_probe not in _EPOCH_FNS:
-        _EPOCH_FNS[update_probe] = _make_epoch_fn(update_probe)
-    return _EPOCH_FNS[update_probe]
+    key = (bool(update_probe), bool(with_background))
+    if key not in _EPOCH_FNS:
+        _EPOCH_FNS[key] = _make_epoch_fn(*key)
+    return _EPOCH_FNS[key]
 
 
-def epie_update(obj_patch, probe, counts, mask, alpha: float = 1.0, beta: float = 1.0):
+def epie_update(obj_patch, probe, counts, mask, alpha: float = 1.0, beta: float = 1.0, background=0.0):
     """The ePIE update of one frame (unshifted probe, the patch itself); for tests and docs.
 
-    Returns ``(new_patch, new_probe)``.
+    ``background``: incoherent background (photons per pixel, centred layout). Returns
+    ``(new_patch, new_probe)``.
     """
     psi = probe * obj_patch
-    d = amplitude_projection(psi, counts, mask) - psi
+    d = amplitude_projection(psi, counts, mask, background) - psi
     new_patch = obj_patch + alpha * jnp.conj(probe) / jnp.max(jnp.abs(probe) ** 2) * d
     new_probe = probe + beta * jnp.conj(obj_patch) / jnp.max(jnp.abs(obj_patch) ** 2) * d
     return new_patch, new_probe
@@ -411,6 +445,8 @@ class EpieResult:
             seconds per epoch, ``kk_epochs`` epochs after which KK was applied.
         corners, fracs: per energy, the frames' patch corners and sub-pixel offsets.
         epochs_done: completed epochs.
+        background: the incoherent background (``EpieConfig.background``): None, (K,)
+            ("flat") or (K, M, M) ("map", centred like the frames), photons per pixel per frame.
     """
 
     objects: np.ndarray
@@ -423,6 +459,7 @@ class EpieResult:
     fracs: list[np.ndarray]
     epochs_done: int
     compile_time: float = 0.0
+    background: np.ndarray | None = None
 
 
 def _fingerprint(dataset: Dataset, config: EpieConfig) -> str:
@@ -439,7 +476,8 @@ def _fingerprint(dataset: Dataset, config: EpieConfig) -> str:
     return h.hexdigest()[:16]
 
 
-def save_checkpoint(path, objects, probes, epoch: int, loss_hist, time_hist, kk_epochs, fingerprint: str) -> None:
+def save_checkpoint(path, objects, probes, epoch: int, loss_hist, time_hist, kk_epochs, fingerprint: str,
+                    background=None) -> None:
     """Write an ePIE checkpoint atomically (temporary file in the same folder, then rename)."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path)) or "."
@@ -451,7 +489,8 @@ def save_checkpoint(path, objects, probes, epoch: int, loss_hist, time_hist, kk_
             np.savez(fh, objects=np.asarray(objects), probes=np.asarray(probes), epoch=np.int64(epoch),
                      loss=np.asarray(loss_hist, np.float64).reshape(-1, np.asarray(objects).shape[0]),
                      time=np.asarray(time_hist, np.float64), kk_epochs=np.asarray(kk_epochs, np.int64),
-                     fingerprint=np.asarray(fingerprint))
+                     fingerprint=np.asarray(fingerprint),
+                     **({} if background is None else {"background": np.asarray(background, np.float32)}))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -511,6 +550,13 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
     power0 = np.sum(np.abs(probes0.astype(np.complex128)) ** 2, axis=(1, 2))
 
     fp = _fingerprint(dataset, config)
+    bg0 = None
+    if config.background != "none":
+        # each energy's mean frame (counts already divided by the monitor's relative flux)
+        mean = np.zeros((kn, m, m), np.float64)
+        for b in batches:
+            mean[b.energies] = np.asarray(jnp.sum(b.counts, axis=1)) / np.maximum(b.n_frames, 1)[:, None, None]
+        bg0 = initial_background(mean, np.asarray(dataset.mask), config.background)
     start_epoch = 0
     loss_hist: list[np.ndarray] = []
     time_hist: list[float] = []
@@ -526,9 +572,13 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
         loss_hist = [row for row in ck["loss"]]
         time_hist = list(ck["time"])
         kk_epochs = [int(e) for e in ck["kk_epochs"]]
+        if "background" in ck:
+            bg0 = ck["background"]
 
     objs = [jnp.asarray(objects0[b.energies]) for b in batches]
     phat = [jnp.fft.fft2(jnp.asarray(probes0[b.energies])) for b in batches]
+    with_bg = config.background != "none"
+    bgm = [jnp.asarray(as_maps(None if bg0 is None else bg0[b.energies], len(b.energies), m)) for b in batches]
 
     it = range(start_epoch, config.epochs)
     bar = None
@@ -541,15 +591,17 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
     for epoch in it:
         t0 = time.perf_counter()
         upd = config.beta > 0 and epoch >= config.probe_update_start
-        fn = epoch_fn(upd)
+        fn = epoch_fn(upd, with_bg)
         orders = frame_orders(config.seed, epoch, n_max, energies)
         fac = config.step_factor(epoch)
         alpha = jnp.float32(config.alpha * fac)
         beta = jnp.float32(config.beta * fac)
         loss_e = np.zeros(kn)
         for i, b in enumerate(batches):
-            objs[i], phat[i], loss, power, finite = fn(objs[i], phat[i], orders[b.energies], b.corners, b.rows, b.cols,
-                                                       b.counts, b.mask, b.valid, alpha, beta)
+            objs[i], phat[i], loss, power, finite, share = fn(objs[i], phat[i], orders[b.energies], b.corners, b.rows,
+                                                              b.cols, b.counts, b.mask, b.valid, bgm[i], alpha, beta)
+            if with_bg and epoch >= config.background_start:
+                bgm[i] = _background_em(share, b, config.background)
             loss = np.asarray(loss)
             power = np.asarray(power)
             finite = np.asarray(finite)
@@ -581,7 +633,7 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
             callback(done, loss_e)
         if checkpoint is not None and (done % config.checkpoint_every == 0 or done == config.epochs):
             save_checkpoint(checkpoint, _gather(objs, batches, kn), _gather_probes(phat, batches, kn), done,
-                            loss_hist, time_hist, kk_epochs, fp)
+                            loss_hist, time_hist, kk_epochs, fp, background=_gather_background(bgm, batches, kn, config))
 
     objects = _gather(objs, batches, kn)
     probes = _gather_probes(phat, batches, kn)
@@ -590,7 +642,30 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
                                "time": np.asarray(time_hist, np.float64),
                                "kk_epochs": np.asarray(kk_epochs, np.int64)},
                       corners=[t[1] for t in tables], fracs=[t[2] for t in tables],
-                      epochs_done=max(start_epoch, config.epochs), compile_time=compile_time)
+                      epochs_done=max(start_epoch, config.epochs), compile_time=compile_time,
+                      background=_gather_background(bgm, batches, kn, config))
+
+
+def _background_em(share, b: "_Batch", mode: str) -> jax.Array:
+    """One expectation-maximisation step of the background (objects and probes held): the
+    mean over the energy's frames (and, for "flat", its used pixels) of the background's
+    expected share of the counts, ``n b / (|F psi|^2 + b)`` (``share``: its sum over frames)."""
+    nf = jnp.asarray(np.maximum(b.n_frames, 1), jnp.float32)[:, None, None]
+    if mode == "map":
+        # unused pixels keep their level (they have no counts to estimate it from)
+        return jnp.where(b.mask > 0, share / nf, jnp.zeros_like(share)) + jnp.where(b.mask > 0, 0.0, 1.0) * FLOOR
+    used = jnp.maximum(jnp.sum(b.mask > 0, axis=(1, 2)), 1)[:, None, None]
+    level = jnp.sum(share, axis=(1, 2), keepdims=True) / (nf * used)
+    return jnp.broadcast_to(level, share.shape)
+
+
+def _gather_background(bgm, batches, kn: int, config: EpieConfig) -> np.ndarray | None:
+    if config.background == "none":
+        return None
+    out = np.zeros((kn,) + tuple(bgm[0].shape[1:]), np.float32)
+    for g, b in zip(bgm, batches):
+        out[b.energies] = np.asarray(g)
+    return out[:, 0, 0].copy() if config.background == "flat" else out
 
 
 def _gather(objs, batches, kn) -> np.ndarray:

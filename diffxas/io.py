@@ -1029,6 +1029,9 @@ def write_result(path, result: Result) -> Path:
                          f"expected ({k}, {shape[0]}, {shape[1]}) (energies x map grid)")
     if probes.ndim != 3 or probes.shape[0] != k or probe_px.shape != (k,):
         raise ValueError(f"probes {probes.shape} / probe_pixel_size {probe_px.shape} do not match {k} energies")
+    bg = None if result.background is None else np.asarray(result.background, np.float32)
+    if bg is not None and not (bg.shape == (k,) or bg.shape == (k, *probes.shape[1:])):
+        raise ValueError(f"background has shape {bg.shape}, expected ({k},) or ({k}, M, M)")
     history = {str(n): np.asarray(v) for n, v in (result.history or {}).items()}
     for n, v in history.items():
         if v.ndim > 1:
@@ -1087,6 +1090,11 @@ def write_result(path, result: Result) -> Path:
             h.create_dataset(n, data=np.atleast_1d(v))
         if result.clusters is not None:
             _write_clusters_group(f, result.clusters, shape)
+        if bg is not None:
+            d = f.create_group("detector").create_dataset("background", data=bg)
+            d.attrs["units"] = "photons per detector pixel per frame"
+            d.attrs["description"] = ("incoherent background the reconstruction fitted: (K,) one level per energy, "
+                                      "or (K, M, M) per detector pixel, zero frequency at (M/2, M/2)")
     return path
 
 
@@ -1177,6 +1185,12 @@ def read_result(path) -> Result:
                 if isinstance(obj, h5py.Dataset):
                     history[name] = _read(path, obj)
         clusters = _read_clusters_group(path, _group(path, f, "clusters"), shape) if "clusters" in f else None
+        background = None
+        if "detector" in f and "background" in _group(path, f, "detector"):
+            bg_ds = _dataset(path, _group(path, f, "detector"), "background")
+            if bg_ds.shape not in ((k,), (k, *il_ds.shape[1:])):
+                raise _err(path, bg_ds.name, f"must have shape ({k},) or ({k}, M, M), got {bg_ds.shape}")
+            background = _read(path, bg_ds, dtype=np.float32)
         try:
             config = json.loads(_attr_value(f.attrs.get("config", "{}")))
         except (json.JSONDecodeError, TypeError) as e:
@@ -1194,6 +1208,7 @@ def read_result(path) -> Result:
             input_path=str(_attr_value(f.attrs.get("input", ""))),
             input_sha256=str(_attr_value(f.attrs.get("input_sha256", ""))),
             clusters=clusters,
+            background=background,
         )
 
 

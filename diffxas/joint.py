@@ -88,8 +88,8 @@ import optax
 from .constants import R_E
 from .dataset import Dataset, in_memory, read_frames, relative_monitor, take_frames  # noqa: F401 (read/take: public here too)
 from .errors import ConfigError, DivergenceError
-from .forward import (frame_geometry, illumination_map, intensities, loss_fn, resample_matrices, resample_stack,
-                      transmission)
+from .forward import (frame_geometry, illumination_map, intensities, loss_fn, loss_with_background, resample_matrices,
+                      resample_stack, transmission)
 from .geometry import Grid, wavelength
 from .maps import ChemMaps, Result
 from .scattering import VEdge
@@ -212,6 +212,13 @@ class JointConfig:
     # or steps. 0 = off: all frames fit. Needs the frames on one device (memory "device",
     # no sharding); docs/physics.md ("Held-out frames").
     holdout: float = 0.0
+    # incoherent detector background per energy (diffxas.background): "none" (the seed's
+    # model), "flat" (one level per energy) or "map" (one level per energy and detector
+    # pixel, for the scattering around the direct beam). Trained from step 0 in log units
+    # (lr_background per step) from the darkest detector block's mean counts. The
+    # measurements behind the choice of default: docs/physics.md, "Detector background".
+    background: str = "none"
+    lr_background: float = 0.05
 
     def __post_init__(self):
         if self.steps < 0:
@@ -247,7 +254,11 @@ class JointConfig:
         if self.prior == "tv" and self.tv_weight > 0:
             raise ConfigError("set either prior='tv' (weights from the noise level) or tv_weight > 0 (one explicit weight), "
                               "not both: add prior='none' to use tv_weight")
-        for name in ("lr_amp", "lr_energy", "lr_probe", "lr_positions", "lr_scale", "lr_gain", "tv_weight", "prior_strength"):
+        from .background import check_mode
+
+        check_mode(self.background, "joint background")
+        for name in ("lr_amp", "lr_energy", "lr_probe", "lr_positions", "lr_scale", "lr_gain", "lr_background", "tv_weight",
+                     "prior_strength"):
             if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be finite and >= 0")
         bad = sorted(set(self.relative) - set(RELATIVE_OK))
@@ -300,6 +311,9 @@ class JointParams(eqx.Module):
     dpos: jax.Array  # (F, 2) position corrections, pixels of each frame's energy grid (row, col)
     dscale: jax.Array  # (F,) log intensity scale of each frame (gauge: mean 0 per energy, see frame_nuisances)
     probe_gain: jax.Array  # (K,) log amplitude gain of each energy's probe (trained from step 0 with lr_gain)
+    # (K,) or (K, M, M) log factor on the starting background level Problem.background0
+    # (JointConfig.background "flat" / "map"); None: no background term
+    background: Any = None
 
 
 def _softplus_inv(y):
@@ -388,6 +402,9 @@ class Problem(eqx.Module):
     # (F,) log of each frame's relative incident flux from the dataset's monitor
     # (diffxas.dataset.relative_monitor; None: no monitor); added to the trained log scales
     log_monitor: Any = None
+    # (K,) or (K, M, M) starting incoherent background, photons per detector pixel per frame,
+    # maps with zero frequency at (0, 0) like the frames here (None: not modelled)
+    background0: Any = None
 
 
 def chunk_layout(n_frames: int, chunk: int, n_shards: int = 1) -> tuple[int, int]:
@@ -602,21 +619,36 @@ def fit_probe_model(probes0: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray,
     return q.reshape((b.shape[1],) + p.shape[1:]), g
 
 
+def background_counts(params: JointParams, prob: Problem):
+    """The incoherent background of every energy (:mod:`diffxas.background`): ``(K,)`` or
+    ``(K, M, M)`` photons per detector pixel per frame (zero frequency at (0, 0)), the
+    starting level times ``exp`` of the trained log factor; None when not modelled."""
+    if params.background is None or prob.background0 is None:
+        return None
+    return prob.background0 * jnp.exp(params.background)
+
+
 def model_objects_and_probes(params: JointParams, prob: Problem):
-    """(objects (K, N, N), fft2 of the probes (K, M, M), frame nuisances): everything the
-    per-frame loss needs from the parameters (the streaming step pulls its gradient back
-    through this)."""
-    return model_objects(params, prob), jnp.fft.fft2(probes(params, prob)), frame_nuisances(params, prob)
+    """(objects (K, N, N), fft2 of the probes (K, M, M), nuisances (position corrections,
+    log intensity scales, background)): everything the per-frame loss needs from the
+    parameters (the streaming step pulls its gradient back through this)."""
+    dpos, lsc = frame_nuisances(params, prob)
+    return model_objects(params, prob), jnp.fft.fft2(probes(params, prob)), (dpos, lsc, background_counts(params, prob))
 
 
 def chunk_loss(obj, phat, nuis, weight, lf, frames, fid, k, corner, frac):
     """Data loss of one chunk of frames (``fid`` -1 = padding, weight 0); frames with zero
-    frequency at (0, 0); ``nuis`` = (position corrections, log intensity scales) of all frames."""
-    dpos, lsc = nuis
+    frequency at (0, 0); ``nuis`` = (position corrections, log intensity scales) of all
+    frames and the background of every energy (None: none). The model intensity is
+    ``scale |F(P O)|^2 + b`` (forward.py, "Losses"); the background's gradient is the
+    Poisson likelihood's whatever the loss (:func:`forward.loss_with_background`)."""
+    dpos, lsc, bg = nuis
     ok = fid >= 0
     j = jnp.where(ok, fid, 0)
     inten = intensities(obj, phat, k, corner, frac + dpos[j], centered=False) * jnp.exp(lsc[j])[:, None, None]
     w = weight[k] * ok[:, None, None]
+    if bg is not None:
+        return loss_with_background(lf, inten, bg[k][:, None, None] if bg.ndim == 1 else bg[k], frames, w)
     return lf(inten, frames, w)
 
 
@@ -756,7 +788,8 @@ def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
 
 def _labels(params: JointParams, cfg: JointConfig):
     raw_labels = {k: ("amp" if k in AMPLITUDES + ("n_other",) else "energy") for k in params.raw}
-    return JointParams(raw=raw_labels, probe_re="probe", probe_im="probe", dpos="pos", dscale="scale", probe_gain="gain")
+    return JointParams(raw=raw_labels, probe_re="probe", probe_im="probe", dpos="pos", dscale="scale", probe_gain="gain",
+                       background=None if params.background is None else "background")
 
 
 def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
@@ -787,6 +820,8 @@ def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
         "scale": optax.adam(scale_sched) if cfg.lr_scale > 0 else optax.set_to_zero(),
         # per-energy log gains of the probes (either probe model): log units per step, from step 0
         "gain": optax.adam(sched(cfg.lr_gain)) if cfg.lr_gain > 0 else optax.set_to_zero(),
+        # log factor of the incoherent background (diffxas.background), from step 0
+        "background": optax.adam(sched(cfg.lr_background)) if cfg.lr_background > 0 else optax.set_to_zero(),
     }
     return optax.multi_transform(tx, _labels(params, cfg))
 
@@ -1084,7 +1119,8 @@ def relative_values(vals: dict, names, sample: np.ndarray) -> dict:
 
 
 def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_frames: int,
-                domain: np.ndarray | None = None, basis: np.ndarray | None = None) -> JointParams:
+                domain: np.ndarray | None = None, basis: np.ndarray | None = None,
+                background_shape: tuple | None = None) -> JointParams:
     """Trainable leaves from physical starting maps: per-pixel maps as they are, per-domain
     parameters as the median of each domain's sample pixels (the sample's median for a
     domain without any), shared ones as the median over the sample's pixels. With a probe
@@ -1111,7 +1147,8 @@ def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_
         probes, gain = fit_probe_model(probes, basis)
     p = jnp.asarray(probes, jnp.complex64)
     return JointParams(raw=raw, probe_re=jnp.real(p), probe_im=jnp.imag(p), dpos=jnp.zeros((n_frames, 2), jnp.float32),
-                       dscale=jnp.zeros((n_frames,), jnp.float32), probe_gain=jnp.asarray(gain, jnp.float32))
+                       dscale=jnp.zeros((n_frames,), jnp.float32), probe_gain=jnp.asarray(gain, jnp.float32),
+                       background=None if background_shape is None else jnp.zeros(background_shape, jnp.float32))
 
 
 # ----------------------------------------------------------------------------- state / step
@@ -1262,7 +1299,16 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     if cfg.probe_model == "smooth":
         basis = probe_basis(e, min(cfg.probe_degree, ds.n_energies - 1))
         prob = eqx.tree_at(lambda p: p.probe_basis, prob, jnp.asarray(basis), is_leaf=lambda x: x is None)
-    params = make_params(vals, cfg, sc, probes0, ds.n_frames, domain, basis)
+    bg0 = None
+    if cfg.background != "none":
+        from .background import initial_background, mean_frames, summary
+
+        bg0 = initial_background(mean_frames(ds), np.asarray(ds.mask), cfg.background)
+        init_info["background_start"] = summary(bg0)
+        bg0 = np.fft.ifftshift(bg0, axes=(-2, -1)) if bg0.ndim == 3 else bg0  # the frames' layout here
+        prob = eqx.tree_at(lambda p: p.background0, prob, jnp.asarray(bg0, jnp.float32), is_leaf=lambda x: x is None)
+    params = make_params(vals, cfg, sc, probes0, ds.n_frames, domain, basis,
+                         background_shape=None if bg0 is None else np.shape(bg0))
     if basis is not None:
         p_fit = np.asarray(probes(params, prob))
         init_info["probe_model_fit"] = float(np.sqrt(np.sum(np.abs(p_fit - probes0) ** 2) / max(np.sum(np.abs(probes0) ** 2), 1e-30)))
@@ -1602,5 +1648,14 @@ def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, g
     config = {"joint": cfg.to_dict(), "init": {k: v for k, v in init_info.items() if k != "probes"},
               "amp_scale": prob.scales.amp, "grid": {"pixel_size": common.pixel_size, "shape": list(shape), "origin": list(common.origin)},
               "warnings": warnings}
+    bg = background_counts(params, prob)
+    if bg is not None:
+        bg = np.asarray(bg, np.float32)
+        bg = np.fft.fftshift(bg, axes=(-2, -1)) if bg.ndim == 3 else bg  # the data file's layout
+        from .background import describe, summary
+
+        config["background"] = summary(bg)
+        logging.getLogger("diffxas").info(describe(bg, "joint"))
     return Result(method="joint", maps=maps, energies=np.asarray(ds.energies, np.float64), absorption=A, phase=phi,
-                  probes=probes_k, probe_pixel_size=np.asarray(ds.pixel_sizes()), history=hist, config=config)
+                  probes=probes_k, probe_pixel_size=np.asarray(ds.pixel_sizes()), history=hist, config=config,
+                  background=bg)

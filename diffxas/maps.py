@@ -99,6 +99,10 @@ class Result:
         config: the full configuration (JSON-serialisable dict).
         input_path, input_sha256: the input data file and its checksum.
         clusters: optional clustering output (labels, centers, fractions, attrs).
+        background: optional incoherent detector background the reconstruction fitted
+            (:mod:`diffxas.background`): (K,) one level per energy ("flat") or (K, M, M)
+            ("map", zero frequency at (M/2, M/2) like the data file's frames), photons per
+            detector pixel per frame; None: not modelled.
     """
 
     method: str
@@ -113,6 +117,7 @@ class Result:
     input_path: str = ""
     input_sha256: str = ""
     clusters: dict[str, Any] | None = None
+    background: np.ndarray | None = None
 
 
 @dataclasses.dataclass

@@ -116,6 +116,15 @@ class SimConfig:
     #: seed of the Poisson noise alone (None: drawn from ``seed`` like everything else);
     #: repeated noise realisations of one phantom, scan and probe vary only this.
     noise_seed: int | None = None
+    #: incoherent detector background (diffxas.background): mean expected photons per
+    #: detector pixel per frame, added to every frame before the noise, the same for
+    #: every frame and energy and not scaled by flux_jitter (dark counts, stray light);
+    #: 0 = none (the default, as before)
+    background: float = 0.0
+    #: its profile over the detector: "flat", or "radial" (air/window scattering around the
+    #: direct beam: proportional to 1 / (1 + (q / q0)^2) with q0 = M / 8 pixels from the
+    #: zero frequency, scaled to the same mean)
+    background_profile: str = "flat"
 
     def __post_init__(self):
         e = np.asarray(self.energies, float)
@@ -135,6 +144,10 @@ class SimConfig:
             raise ConfigError(f"flux_jitter must be in [0, 0.5) (relative RMS per frame), got {self.flux_jitter}")
         if self.monitor_noise is not None and not (0.0 <= self.monitor_noise < 0.5):
             raise ConfigError(f"monitor_noise must be None (no monitor) or in [0, 0.5) (relative RMS), got {self.monitor_noise}")
+        if not (math.isfinite(self.background) and self.background >= 0):
+            raise ConfigError(f"background must be >= 0 (photons per detector pixel per frame), got {self.background}")
+        if self.background_profile not in ("flat", "radial"):
+            raise ConfigError(f"background_profile must be 'flat' or 'radial', got {self.background_profile!r}")
         if self.oversample < 1 or self.truth_oversample < 1:
             raise ConfigError("oversample factors must be >= 1")
         from .scattering import check_element
@@ -370,6 +383,7 @@ class Simulation:
     true_probes: np.ndarray
     sampling_grids: list  # the (oversampled) grid each energy was simulated on
     true_scales: np.ndarray | None = None  # (F,) incident-flux factor of each frame (flux_jitter), None = all 1
+    true_background: np.ndarray | None = None  # (M, M) expected background counts per frame (centred), None = none
 
 
 def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
@@ -411,6 +425,8 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
         err = np.random.default_rng([cfg.seed, 32452843]).normal(0.0, cfg.monitor_noise, len(frames)) if cfg.monitor_noise > 0 else 0.0
         monitor = 1e5 * (np.ones(len(frames)) if flux is None else flux) * np.clip(1.0 + err, 0.05, None)
 
+    bg = background_profile(M, cfg.background, cfg.background_profile) if cfg.background > 0 else None
+
     @jax.jit
     def frames_of(obj, probe_hat, corner, frac):
         return intensities(obj[None], probe_hat[None], jnp.zeros(corner.shape[0], jnp.int32), corner, frac, crop=M)
@@ -446,6 +462,8 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
         inten = np.maximum(inten, 0.0)
         if flux is not None:
             inten = inten * flux[sl, None, None]
+        if bg is not None:
+            inten = inten + bg
         frames[sl] = (noise_rng.poisson(inten).astype(np.float32) if cfg.noise else inten.astype(np.float32)) * mask
         grids.append(grid)
         positions[sl] = nominal
@@ -457,7 +475,18 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
                  detector_pixel=float(cfg.detector_pixel), monitor=monitor)
     truth = make_truth(ph, cfg, ds, edge)
     return Simulation(dataset=ds, truth=truth, config=cfg, true_positions=true_pos, true_probes=true_probes,
-                      sampling_grids=grids, true_scales=flux)
+                      sampling_grids=grids, true_scales=flux, true_background=bg)
+
+
+def background_profile(m: int, mean: float, profile: str = "flat") -> np.ndarray:
+    """(M, M) float32 expected background counts per frame with mean ``mean``, zero
+    frequency at (M/2, M/2): flat, or "radial" ``1 / (1 + (q / q0)^2)``, ``q0 = M / 8``
+    pixels (:class:`SimConfig`)."""
+    if profile == "flat":
+        return np.full((m, m), mean, np.float32)
+    yy, xx = np.mgrid[:m, :m] - m // 2
+    shape = 1.0 / (1.0 + (xx ** 2 + yy ** 2) / (m / 8.0) ** 2)
+    return (mean * shape / shape.mean()).astype(np.float32)
 
 
 def make_truth(ph: Phantom, cfg: SimConfig, ds: Dataset, edge: VEdge) -> Truth:

@@ -163,6 +163,11 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
     dataset, power = illumination_at_counts(dataset)
     quantum = check_counts(dataset)
     er = run_epie(dataset, cfg.epie, progress=progress, checkpoint=ck, resume=resume)
+    from .background import describe, summary as background_summary
+
+    if er.background is not None:
+
+        logging.getLogger("diffxas").info(describe(er.background, "two-step"))
     t_epie = time.perf_counter() - t0
     coverage = illumination_map(er.probes, er.corners, er.grids, er.common)
     st = align_stack(er.objects, er.grids, er.common, e, register=cfg.register, illum_fraction=cfg.illum_fraction,
@@ -189,10 +194,12 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
                    "noise_energies": fit.noise_energies.tolist(), "empty_pixels": int(st.empty.sum()),
                    "membrane_pixels_dpc": int(seen.sum()),
                    "illumination_power": power, "count_quantum": quantum,
+                   "background": None if er.background is None else background_summary(er.background),
                    "wall_time": wall})
     return Result(method="two-step", maps=maps, energies=e, absorption=st.absorption.astype(np.float64),
                   phase=st.phase.astype(np.float64), probes=er.probes.astype(np.complex64),
-                  probe_pixel_size=np.asarray([g.pixel_size for g in er.grids], np.float64), history=history, config=config)
+                  probe_pixel_size=np.asarray([g.pixel_size for g in er.grids], np.float64), history=history, config=config,
+                  background=er.background)
 
 
 def refit_two_step(result: Result, fit: FitConfig, source: str | None = None, source_sha256: str | None = None) -> Result:

@@ -140,6 +140,29 @@ def test_losses_closed_form():
     assert poi == pytest.approx(expect, rel=1e-5)
 
 
+def test_loss_with_background_takes_the_background_gradient_from_poisson():
+    """forward.loss_with_background: the value is the loss of coherent + b; the gradient
+    w.r.t. the coherent intensity is that loss's, w.r.t. b the Poisson likelihood's
+    (closed forms: d/dI of (sqrt(I + b) - sqrt(n))^2 = 1 - sqrt(n / (I + b)); d/db of
+    I + b - n ln(I + b) = 1 - n / (I + b); float32, 1e-5 relative)."""
+    coh = jnp.array([[1.0, 4.0], [9.0, 0.5]])
+    b = jnp.array([[0.5, 0.25], [1.0, 2.0]])
+    n = jnp.array([[0.0, 1.0], [16.0, 2.0]])
+    w = jnp.array([[1.0, 1.0], [1.0, 0.0]])
+    for lf in (fw.amplitude_loss, fw.poisson_nll):
+        v = float(fw.loss_with_background(lf, coh, b, n, w))
+        assert v == pytest.approx(float(lf(coh + b, n, w)), rel=1e-6)
+    g_coh, g_b = jax.grad(lambda c, bb: fw.loss_with_background(fw.amplitude_loss, c, bb, n, w), argnums=(0, 1))(coh, b)
+    m = np.asarray(coh + b, np.float64)
+    np.testing.assert_allclose(np.asarray(g_coh), np.asarray(w) * (1 - np.sqrt(np.asarray(n) / m)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(g_b), np.asarray(w) * (1 - np.asarray(n) / m), rtol=1e-5, atol=1e-7)
+    # with the Poisson loss it is the plain Poisson gradient in both
+    g2 = jax.grad(lambda c, bb: fw.loss_with_background(fw.poisson_nll, c, bb, n, w), argnums=(0, 1))(coh, b)
+    g3 = jax.grad(lambda c, bb: fw.poisson_nll(c + bb, n, w), argnums=(0, 1))(coh, b)
+    for a, c in zip(g2, g3):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-6)
+
+
 def test_gradients_through_forward_model():
     """check_grads (finite differences, order 1, reverse mode) of the amplitude and Poisson
     losses w.r.t. absorption, phase and the probe, in float64."""

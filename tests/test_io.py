@@ -912,3 +912,23 @@ def test_dataset_refuses_bad_monitor():
         Dataset(**kw, monitor=np.ones(14))
     with pytest.raises(InputError, match="monitor reading of frame 2 is -1"):
         Dataset(**kw, monitor=np.array([1.0, 1.0, -1.0] + [1.0] * 12))
+
+
+@pytest.mark.parametrize("shape", ["flat", "map"])
+def test_result_background_round_trip_and_validation(tmp_path, shape):
+    """The fitted incoherent background (diffxas.background) is stored under
+    /detector/background, exactly (float32 in and out), with its units; a file without it
+    reads None; a background of another shape is a ValueError before anything is written."""
+    r = make_result(clusters=False)
+    rng = np.random.default_rng(5)
+    r.background = (rng.random(K) if shape == "flat" else rng.random((K, M, M))).astype(np.float32)
+    path = io.write_result(tmp_path / "bg.h5", r)
+    back = io.read_result(path)
+    np.testing.assert_array_equal(back.background, r.background)
+    with h5py.File(path) as f:
+        assert f["detector/background"].attrs["units"] == "photons per detector pixel per frame"
+    assert io.read_result(io.write_result(tmp_path / "none.h5", make_result(clusters=False))).background is None
+    r.background = np.zeros((K + 1,), np.float32)
+    with pytest.raises(ValueError, match="background"):
+        io.write_result(tmp_path / "bad.h5", r)
+    assert not (tmp_path / "bad.h5").exists()

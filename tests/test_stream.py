@@ -49,9 +49,11 @@ def _array_leaves(tree):
 
 
 @pytest.mark.parametrize("kw", [
-    dict(loss="poisson", prior="none", tv_weight=1e3, lr_positions=0.05),  # full batch, every gradient path
-    dict(batch_size=100, lr_positions=0.05),  # mini-batch: 2 chunks of 64, the last one padded
-], ids=["full-tv-positions", "minibatch"])
+    # full batch, every gradient path (with a flat incoherent background)
+    dict(loss="poisson", prior="none", tv_weight=1e3, lr_positions=0.05, background="flat"),
+    # mini-batch: 2 chunks of 64, the last one padded; a background map per energy
+    dict(batch_size=100, lr_positions=0.05, background="map"),
+], ids=["full-tv-positions-background", "minibatch-background-map"])
 def test_streamed_step_equals_in_memory(cxi, kw, monkeypatch):
     monkeypatch.setattr(stream, "host_available_bytes", lambda: 0)  # read the file every step (no host cache)
     cfg = joint.JointConfig(steps=3, chunk_size=64, init="stxm", probe_start=0, shape_start=0, **kw)
@@ -79,6 +81,7 @@ def test_streamed_step_equals_in_memory(cxi, kw, monkeypatch):
         if np.any(change):
             assert _rel(change, np.asarray(b, np.float64) - np.asarray(z, np.float64)) < 1e-3
     assert np.any(np.asarray(dev[2].params.dpos)), "position corrections were not exercised"
+    assert np.any(np.asarray(dev[2].params.background)), "the background was not exercised"
     if cfg.batch_size is None:  # the full-batch loss of the parameters, without a step
         assert float(ss.loss(st[2].params)) == pytest.approx(float(sd.loss(st[2].params)), rel=1e-5)
 
