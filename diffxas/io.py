@@ -1285,6 +1285,12 @@ def summarize_result(path) -> str:
     if r.probes.size:
         lines.append(f"  probe:             {r.probes.shape[0]} x {r.probes.shape[1]} x {r.probes.shape[2]}, "
                      f"mean sum |P|^2 = {np.mean(np.sum(np.abs(r.probes) ** 2, axis=(1, 2))):.4g} photons")
+    if r.background is not None:
+        from .background import summary
+
+        bs = summary(r.background)
+        lines.append(f"  background:        {bs['mode']}, {np.mean(bs['mean_per_energy']):.4g} photons per detector pixel "
+                     f"per frame ({bs['min']:.4g}-{bs['max']:.4g} over the energies)")
     for name, v in r.history.items():
         v = np.asarray(v)
         last = f", last {float(v[-1]):.5g}" if v.size and v.dtype.kind in "iuf" else ""

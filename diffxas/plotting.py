@@ -582,6 +582,41 @@ def fig_elbow(results: Sequence[Result], labels=None) -> Figure | None:
     return fig
 
 
+def fig_background(results: Sequence[Result], labels=None) -> Figure | None:
+    """The fitted incoherent detector background (``Result.background``): its mean level per
+    energy, and its radial profile over the detector (mean over the energies and over rings
+    around the zero frequency; a "flat" background is a horizontal line); None when no
+    result has one."""
+    labels = _labels_for(results, labels)
+    rows = [(lab, r) for lab, r in zip(labels, results) if r.background is not None]
+    if not rows:
+        return None
+    fig = Figure(figsize=(8.0, 3.0), layout="constrained")
+    ax_e, ax_q = fig.subplots(1, 2)
+    for i, (lab, r) in enumerate(rows):
+        b = np.asarray(r.background, np.float64)
+        e = np.asarray(r.energies, np.float64)
+        per_e = b if b.ndim == 1 else b.reshape(b.shape[0], -1).mean(axis=1)
+        ax_e.plot(e, per_e, "-o", ms=3, color=f"C{i}", label=lab)
+        m = r.probes.shape[-1]
+        yy, xx = np.mgrid[:m, :m] - m // 2
+        rad = np.sqrt(xx ** 2 + yy ** 2).astype(int)
+        img = np.broadcast_to(per_e[:, None, None], (len(e), m, m)) if b.ndim == 1 else b
+        prof = np.bincount(rad.ravel(), img.mean(axis=0).ravel()) / np.maximum(np.bincount(rad.ravel()), 1)
+        ax_q.plot(np.arange(prof.size), prof, "-", color=f"C{i}", label=lab)
+    ax_e.set_xlabel("energy (eV)")
+    ax_e.set_ylabel("mean level (photons/px/frame)")
+    ax_e.set_title("incoherent background per energy", fontsize=9)
+    ax_q.set_xlabel("radius from the zero frequency (px)")
+    ax_q.set_ylabel("level (photons/px/frame)")
+    ax_q.set_title("radial profile, mean over the energies", fontsize=9)
+    ax_q.set_yscale("log")
+    for ax in (ax_e, ax_q):
+        ax.grid(alpha=0.3)
+    ax_e.legend(fontsize=8)
+    return fig
+
+
 def _finite_median(a) -> float:
     a = np.asarray(a, dtype=np.float64)
     a = a[np.isfinite(a)]
@@ -805,6 +840,8 @@ def plot_all(results: Sequence[Result], out_dir, labels=None, truth=None, format
          "pre-edge shape maps: every result shares one pre-edge shape (c12, c13, c22, c23 neither per pixel nor per domain)")
     emit(fig_uncertainty(results, labels), "uncertainty",
          "uncertainty maps: no result has std maps (the joint solver writes them) or a cluster confidence map")
+    emit(fig_background(results, labels), "background",
+         "detector background: no result fitted one (background = \"none\")")
     if truth is not None:
         emit(fig_blur_match(results, truth, labels), "blur_match",
              "resolution-matched error: the truth has no n_v or descriptor map")

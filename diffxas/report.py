@@ -191,6 +191,8 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
         "preedge_shape": "Pre-edge peak positions and widths (eV) of the results that fit them per pixel or per domain "
                          "(`JointConfig.per_pixel` / `per_domain`); a result that shares one value shows it"
                          + ("; last column: the truth's parameters, N_V-weighted onto the first result's grid." if truth is not None else "."),
+        "background": "Fitted incoherent detector background (docs/physics.md, 'Detector background'): mean level per "
+                      "energy, and the radial profile over the detector (mean over the energies).",
         "uncertainty": "Standard-error maps of the descriptors (common colour scales per column; invalid pixels blank) "
                        "and, for clustered results, the assignment confidence: the probability that a pixel belongs to "
                        "its cluster given its standard errors.",

@@ -918,7 +918,8 @@ def test_dataset_refuses_bad_monitor():
 def test_result_background_round_trip_and_validation(tmp_path, shape):
     """The fitted incoherent background (diffxas.background) is stored under
     /detector/background, exactly (float32 in and out), with its units; a file without it
-    reads None; a background of another shape is a ValueError before anything is written."""
+    reads None; `diffxas info` names it; a background of another shape is a ValueError
+    before anything is written."""
     r = make_result(clusters=False)
     rng = np.random.default_rng(5)
     r.background = (rng.random(K) if shape == "flat" else rng.random((K, M, M))).astype(np.float32)
@@ -927,6 +928,7 @@ def test_result_background_round_trip_and_validation(tmp_path, shape):
     np.testing.assert_array_equal(back.background, r.background)
     with h5py.File(path) as f:
         assert f["detector/background"].attrs["units"] == "photons per detector pixel per frame"
+    assert "background:        " + shape in io.summarize_result(path)  # `diffxas info`
     assert io.read_result(io.write_result(tmp_path / "none.h5", make_result(clusters=False))).background is None
     r.background = np.zeros((K + 1,), np.float32)
     with pytest.raises(ValueError, match="background"):

@@ -279,3 +279,29 @@ def test_map_labels_name_the_absorber(data):
         fig = plotting.fig_maps([r], fields=("n_v", "ne_eff_per_nv"))
         text = " ".join(ax.get_ylabel() for ax in fig.axes)
         assert want in text and not_want not in text, text
+
+
+def test_background_figure(tmp_path, data):
+    """A result with a fitted background gets the "background" figure (level per energy,
+    radial profile) in the report, for "flat" and "map" alike; without one the report
+    notes why it is missing. The radial profile of a flat level is that level (closed
+    form: the ring means of a constant)."""
+    from diffxas.plotting import fig_background
+    from diffxas.report import report_results
+
+    truth, res, joint = data
+    k, m = len(res.energies), res.probes.shape[-1]
+    flat = dataclasses.replace(res, background=np.linspace(0.1, 0.2, k).astype(np.float32))
+    yy, xx = np.mgrid[:m, :m] - m // 2
+    radial = (0.5 / (1 + (xx ** 2 + yy ** 2) / 16.0)).astype(np.float32)
+    mapped = dataclasses.replace(joint, background=np.broadcast_to(radial, (k, m, m)).copy())
+    fig = fig_background([flat, mapped], ["flat", "map"])
+    lines = fig.axes[1].get_lines()
+    np.testing.assert_allclose(lines[0].get_ydata(), np.mean(flat.background), rtol=1e-6)
+    assert lines[1].get_ydata()[0] == pytest.approx(0.5, rel=1e-6) and lines[1].get_ydata()[10] < 0.1
+    written = report_results([flat, mapped], tmp_path / "r", labels=["flat", "map"])
+    assert "background.png" in {os.path.basename(p) for p in written}
+    _check([p for p in written if os.path.basename(p).startswith("background")])
+    assert fig_background([res]) is None
+    report_results([res], tmp_path / "n")
+    assert "no result fitted one" in open(tmp_path / "n" / "summary.md").read()
