@@ -31,6 +31,8 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
+from diffxas.errors import DiffxasError  # noqa: E402 (after the path set-up)
+
 #: Metrics plotted by default: summary column -> (axis label, lower is better).
 METRICS: dict[str, tuple[str, bool]] = {
     "edge_energy_rmse": ("edge energy RMSE (eV)", True),
@@ -370,7 +372,11 @@ def study_main(study: str, doc: str, analyse: Callable[[list, dict, Path], list[
     its summary to the results folder, call ``analyse(rows, info, results_dir)`` for the findings
     sections (it writes its plots there) and write ``findings.md``. Returns the results folder."""
     args = parse_args(study, doc, argv)
-    rows, info = run_study(study, args)
+    try:
+        rows, info = run_study(study, args)
+    except DiffxasError as e:  # bad input or configuration: one line, exit 2 (as the CLI), no traceback
+        print(f"{study}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     res = results_dir(study, args)
     copy_summary(info, res)
     sections = analyse(rows, info, res)
