@@ -822,3 +822,27 @@ def test_reconstruct_joint_holdout_says_it(sim_dir, tmp_path):
     assert "frames held out, their loss" in out
     r = io.read_result(tmp_path / "h.h5")
     assert r.config["init"]["holdout"]["heldout_frames"] > 0 and len(r.history["heldout_loss"]) == 1
+
+
+def test_reconstruct_with_a_background_both_methods(sim_dir, tmp_path):
+    """`--set joint.background=map` / `--set twostep.epie.background=flat` from the command
+    line: the results file holds /detector/background in the documented shapes, its config
+    the background's summary, stderr the one log line, and `diffxas info` names it."""
+    cxi = sim_dir / "tiny.cxi"
+    rc, out, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "j.h5", "--steps", 2,
+                         "--set", "joint.background=map", "--no-progress"])
+    assert rc == 0, err
+    r = io.read_result(tmp_path / "j.h5")
+    m = r.probes.shape[-1]
+    assert r.background.shape == (6, m, m) and np.all(r.background > 0)
+    assert r.config["background"]["mode"] == "map" and "joint: incoherent background (map)" in err
+    rc, out, err = _run(["reconstruct", cxi, "--method", "two-step", "-o", tmp_path / "t.h5", "--iterations", 6,
+                         "--set", "twostep.epie.background=flat", "--no-progress"])
+    assert rc == 0, err
+    t = io.read_result(tmp_path / "t.h5")
+    assert t.background.shape == (6,) and t.config["background"]["mode"] == "flat"
+    assert "two-step: incoherent background (flat)" in err
+    rc, out, err = _run(["info", tmp_path / "t.h5"])
+    assert rc == 0 and "background:        flat" in out
+    rc, out, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "x.h5", "--set", "joint.background=on"])
+    assert rc == 2 and "background must be one of" in err and "Traceback" not in err
