@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .background import FLOOR, as_maps, initial_background
+from .background import FLOOR, as_maps, initial_background, mean_frames
 from .dataset import Dataset, relative_monitor
 from .errors import ConfigError, DivergenceError, InputError
 from .forward import amplitude_projection, back_propagate, extract_patch, far_field, frame_geometry, modulus_update, shifted_probe
@@ -279,13 +279,11 @@ def _epoch_single(obj, probe_hat, order, corners, rows, cols, counts, mask, vali
         ps = jnp.fft.ifft2(ph * ramp)  # == forward.shifted_probe(ph, frac[j])
         patch = extract_patch(o, c, m)
         psi = ps * patch
-        f = far_field(psi)
-        if with_background:  # amplitude_projection, with the far field kept for the background's share
+        f = far_field(psi)  # forward.amplitude_projection in two halves: the far field also gives the background's share
+        if with_background:
             fi = jnp.real(f) ** 2 + jnp.imag(f) ** 2
             bacc = bacc + (valid[j] * mask * counts[j] * bg) / jnp.maximum(fi + bg, 1e-12)
-            d = (back_propagate(modulus_update(f, counts[j], mask, bg)) - psi) * valid[j]
-        else:
-            d = (back_propagate(modulus_update(f, counts[j], mask)) - psi) * valid[j]
+        d = (back_propagate(modulus_update(f, counts[j], mask, bg)) - psi) * valid[j]
         ip = jnp.real(ps) ** 2 + jnp.imag(ps) ** 2
         new_patch = patch + (alpha / jnp.max(ip)) * jnp.conj(ps) * d
         o = jax.lax.dynamic_update_slice(o, new_patch, (c[0], c[1]))
@@ -552,11 +550,7 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
     fp = _fingerprint(dataset, config)
     bg0 = None
     if config.background != "none":
-        # each energy's mean frame (counts already divided by the monitor's relative flux)
-        mean = np.zeros((kn, m, m), np.float64)
-        for b in batches:
-            mean[b.energies] = np.asarray(jnp.sum(b.counts, axis=1)) / np.maximum(b.n_frames, 1)[:, None, None]
-        bg0 = initial_background(mean, np.asarray(dataset.mask), config.background)
+        bg0 = initial_background(mean_frames(dataset), np.asarray(dataset.mask), config.background)
     start_epoch = 0
     loss_hist: list[np.ndarray] = []
     time_hist: list[float] = []
