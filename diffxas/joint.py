@@ -92,6 +92,7 @@ from .forward import (frame_geometry, illumination_map, intensities, loss_fn, lo
                       resample_stack, transmission)
 from .geometry import Grid, wavelength
 from .maps import ChemMaps, Result
+from .background import FLOOR
 from .scattering import VEdge
 from .uncertainty import map_std, object_information, to_common_grid
 from .stxm import (NO_EMPTY_REGION, check_counts, dpc_phase, empty_region, flux_scatter, frame_moments,  # noqa: F401
@@ -887,6 +888,16 @@ def fit_shape_and_amplitudes(stack: np.ndarray, energies: np.ndarray, mask: np.n
     return out
 
 
+def _background_for(background: np.ndarray, energies_from, energies_to) -> np.ndarray | None:
+    """A results file's background at ``energies_to`` (eV): its rows of the same energies
+    (within 0.01 eV), or None when one is missing (a warm start from another energy set)."""
+    src = np.asarray(energies_from, np.float64)
+    idx = [int(np.argmin(np.abs(src - x))) for x in np.asarray(energies_to, np.float64)]
+    if any(abs(src[i] - x) > 0.01 for i, x in zip(idx, energies_to)):
+        return None
+    return np.asarray(background, np.float32)[idx]
+
+
 def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge: VEdge, moments=None) -> tuple[dict, dict]:
     """Initial physical parameter maps and a record of how they were made (``moments``: the
     frames' :func:`diffxas.stxm.frame_moments`, computed here when not given)."""
@@ -923,13 +934,15 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
             fill = 0.0 if (k in AMPLITUDES or k == "n_other" or not fin.any()) else float(np.median(v[fin]))
             vals[k] = np.where(fin, v, fill)
         use = cfg.init_probes if cfg.init_probes != "auto" else ("file" if ds.illumination is not None else "result")
+        # the result's fitted detector background, energy by energy (prepare_joint starts from it)
+        extra = {} if res.background is None else {"background_result": _background_for(res.background, res.energies, e)}
         if use == "file":
             if ds.illumination is None:
                 raise ConfigError("init_probes='file': the data file has no illumination; use init_probes='result'")
-            return vals, {"init": "result", "init_result": cfg.init_result, "init_probes": "file"}
+            return vals, {"init": "result", "init_result": cfg.init_result, "init_probes": "file", **extra}
         probes, gains = _membrane_normalised_probes(ds, res.probes, None if moments is None else moments[0])
         return vals, {"init": "result", "init_result": cfg.init_result, "init_probes": "result", "probes": probes,
-                      "probe_gain": gains}
+                      "probe_gain": gains, **extra}
     stack = stxm_absorption(ds, common, sums=None if moments is None else moments[0])
     vals = fit_shape_and_amplitudes(stack, e, ill)
     if cfg.init == "epie":
@@ -1300,10 +1313,19 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
         basis = probe_basis(e, min(cfg.probe_degree, ds.n_energies - 1))
         prob = eqx.tree_at(lambda p: p.probe_basis, prob, jnp.asarray(basis), is_leaf=lambda x: x is None)
     bg0 = None
+    bg_result = init_info.pop("background_result", None)
     if cfg.background != "none":
-        from .background import initial_background, mean_frames, summary
+        from .background import as_maps, initial_background, mean_frames, summary
 
-        bg0 = initial_background(mean_frames(ds), np.asarray(ds.mask), cfg.background)
+        if bg_result is not None:  # a warm start from a result that fitted one: its level, in this mode
+            m = ds.frame_size
+            bg0 = (as_maps(bg_result, ds.n_energies, m) if cfg.background == "map" else
+                   (bg_result if bg_result.ndim == 1 else bg_result.reshape(len(bg_result), -1).mean(axis=1)))
+            bg0 = np.maximum(np.asarray(bg0, np.float32), FLOOR)
+            init_info["background_from"] = "the warm start's results file"
+        else:
+            bg0 = initial_background(mean_frames(ds), np.asarray(ds.mask), cfg.background)
+            init_info["background_from"] = "the darkest 4x4 detector block of each energy's mean frame"
         init_info["background_start"] = summary(bg0)
         bg0 = np.fft.ifftshift(bg0, axes=(-2, -1)) if bg0.ndim == 3 else bg0  # the frames' layout here
         prob = eqx.tree_at(lambda p: p.background0, prob, jnp.asarray(bg0, jnp.float32), is_leaf=lambda x: x is None)

@@ -512,6 +512,30 @@ def test_warm_start_shared_parameters_and_probes(small3, tmp_path):
             np.testing.assert_allclose(pw * wbar, joint.membrane_counts(ds), rtol=1e-4)
 
 
+def test_warm_start_takes_the_results_background(small3, tmp_path):
+    """A warm start (``init = "result"``) from a result with a fitted background starts the
+    joint's background from it, in the joint's own mode and layout: "map" from a map is the
+    map (the file's centred layout moved to the solver's, exact), "flat" from a map is each
+    energy's mean (1e-6 relative); energies the result does not hold fall back to the
+    darkest-block start."""
+    from diffxas import io
+
+    ds = small3.dataset
+    res = joint.reconstruct_joint(ds, joint.JointConfig(steps=1, prior="none", init="stxm"))
+    k, m = ds.n_energies, ds.frame_size
+    rng = np.random.default_rng(3)
+    res.background = (0.2 + rng.random((k, m, m))).astype(np.float32)
+    path = str(tmp_path / "warm_bg.h5")
+    io.write_result(path, res)
+    cfg = joint.JointConfig(steps=1, prior="none", init="result", init_result=path, background="map")
+    solver, state, ctx = joint.prepare_joint(ds, cfg)
+    np.testing.assert_array_equal(np.fft.fftshift(np.asarray(solver.prob.background0), axes=(-2, -1)), res.background)
+    assert ctx["init_info"]["background_from"] == "the warm start's results file"
+    solver, state, ctx = joint.prepare_joint(ds, dataclasses.replace(cfg, background="flat"))
+    np.testing.assert_allclose(np.asarray(solver.prob.background0), res.background.mean(axis=(1, 2)), rtol=1e-6)
+    assert joint._background_for(res.background, np.asarray(ds.energies) + 1.0, np.asarray(ds.energies)) is None
+
+
 # ----------------------------------------------------------------------------- smooth probe model
 
 
