@@ -1012,8 +1012,11 @@ def _epie_refine(ds: Dataset, common: Grid, cfg: JointConfig, edge: VEdge, vals:
     idx = [0, ds.n_energies - 1]
     sub = ds.select_energies(idx)
     e2 = np.asarray(sub.energies, np.float64)
+    # the same background model as the joint: without it a strong background goes into the
+    # start's maps and probe (noisy `tiny`, 2 photons per pixel flat: MEASURED)
     er = run_epie(sub, EpieConfig(epochs=cfg.init_epochs, probe_update_start=5, decay_start=max(1, cfg.init_epochs * 3 // 4),
-                                  probe_fwhm=cfg.probe_fwhm), common=common)
+                                  probe_fwhm=cfg.probe_fwhm, background=cfg.background,
+                                  background_start=min(5, cfg.init_epochs - 1)), common=common)
     st = align_stack(er.objects, er.grids, er.common, e2, register=True, coverage=_cov(er.probes, er.corners, er.grids, er.common))
     probe0 = np.asarray(er.probes[0])
     shift = np.zeros(2)
