@@ -831,8 +831,8 @@ def test_noise_free_recovery_with_a_flat_background():
     pixels of the mean frame hold ~0.3 coherent photons), ``background = "flat"`` with the
     default amplitude loss (the background's gradient from the Poisson likelihood,
     forward.loss_with_background), 100 steps: the level of every energy within 5 %
-    (measured 0.492-0.504) and the maps within test_noise_free_recovery's tolerances
-    (measured edge 0.116 eV, PE/Δμt 0.069 eV, Re[Ne]/N_V 1.65, N_V 5.6 %; without the
+    (measured 0.490-0.501) and the maps within test_noise_free_recovery's tolerances
+    (measured edge 0.122 eV, PE/Δμt 0.062 eV, Re[Ne]/N_V 1.14, N_V 5.2 %; without the
     background term, Poisson loss, PE/Δμt was 0.139 eV)."""
     sim = simulate(preset("tiny", energies=ENERGIES, noise=False, bad_pixel_fraction=0.0, background=0.5))
     res = joint.reconstruct_joint(sim.dataset, joint.JointConfig(steps=100, log_every=50, background="flat"))
@@ -849,7 +849,7 @@ def test_noise_free_background_map_in_the_data_layout(clean_radial_background, t
     truth within 12 % on average per ring (measured 1-8 %) in the data file's layout (zero
     frequency at (M/2, M/2): a map left in the solver's layout would be off by up to 8x
     there); the result file keeps it; the maps stay within the noise-free tolerances
-    (measured edge 0.112 eV, PE/Δμt 0.070 eV, Re[Ne]/N_V 1.58, N_V 6.0 %)."""
+    (measured edge 0.123 eV, PE/Δμt 0.064 eV, Re[Ne]/N_V 1.06, N_V 4.7 %)."""
     from diffxas import io
 
     sim = clean_radial_background
