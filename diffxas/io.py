@@ -898,11 +898,14 @@ def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
     exactly like :func:`read_cxi` (one entry in memory at a time)."""
     with_illum = _check_illumination_all_or_none(path, entries)
     with_mon = _check_monitor_all_or_none(path, entries)
-    dose, masked, lo, hi, illum_photons, mon_rms = [], [], None, None, [], []
+    from .background import darkest_level
+
+    dose, masked, lo, hi, illum_photons, mon_rms, dark = [], [], None, None, [], [], []
     for en in entries:
         frames = np.empty((en.n_frames, en.frame_size, en.frame_size), dtype=np.float32)
         pos, weights, probe = _load_entry(path, f, en, frames, with_illum)
         dose.append(float(frames.sum(dtype=np.float64)) / en.n_frames)
+        dark.append(darkest_level(frames.mean(axis=0, dtype=np.float64), weights))
         masked.append(float((weights == 0).mean()))
         lo = pos.min(0) if lo is None else np.minimum(lo, pos.min(0))
         hi = pos.max(0) if hi is None else np.maximum(hi, pos.max(0))
@@ -912,7 +915,7 @@ def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
             mon = _load_monitor(path, f, en)
             mon_rms.append(float(np.std(mon) / np.mean(mon)))
     return {"dose": np.array(dose), "masked": np.array(masked), "lo": lo, "hi": hi,
-            "illum_photons": np.array(illum_photons), "monitor_rms": np.array(mon_rms)}
+            "illum_photons": np.array(illum_photons), "monitor_rms": np.array(mon_rms), "darkest": np.array(dark)}
 
 
 def cxi_summary(path) -> str:
@@ -943,6 +946,9 @@ def cxi_summary(path) -> str:
         f"  dose:              mean {stats['dose'].mean():.4g} counts per frame"
         + (f" ({stats['dose'].min():.4g} .. {stats['dose'].max():.4g} over energies)" if en.size > 1 else ""),
         f"  mask:              {100 * stats['masked'].mean():.3g} % of detector pixels not used",
+        f"  darkest pixels:    {stats['darkest'].min():.3g} .. {stats['darkest'].max():.3g} counts per pixel per frame "
+        "(darkest 4x4 detector block of the mean frame: coherent signal plus any background; docs/physics.md, "
+        "\"Detector background\")",
         "  illumination:      "
         + (f"present (mean sum |P|^2 = {stats['illum_photons'].mean():.4g} photons per frame)"
            if stats["illum_photons"].size else "absent"),

@@ -487,6 +487,13 @@ def test_cxi_summary(cxi):
     dose = float(np.asarray(ds.frames).sum(axis=(1, 2)).mean())
     shown = float(text.split("dose:")[1].split()[1])
     assert shown == pytest.approx(dose, rel=1e-3)
+    # darkest pixels: background.darkest_level of each energy's mean frame (3 digits shown)
+    from diffxas.background import darkest_level
+
+    ei, fr, mk = np.asarray(ds.energy_index), np.asarray(ds.frames), np.asarray(ds.mask)
+    lv = [darkest_level(fr[ei == k].mean(axis=0), mk[k]) for k in range(ds.n_energies)]
+    lo, hi = (float(x) for x in text.split("darkest pixels:")[1].split()[0:3:2])
+    assert lo == pytest.approx(min(lv), rel=2e-3) and hi == pytest.approx(max(lv), rel=2e-3)
     assert io.summarize(cxi) == text
 
 
