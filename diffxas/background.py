@@ -110,14 +110,19 @@ def as_maps(background, n_energies: int, frame_size: int) -> np.ndarray:
     return b
 
 
+def per_energy(background) -> np.ndarray:
+    """(K,) float64 mean level of each energy: the levels of "flat", the map means of "map"."""
+    b = np.asarray(background, np.float64)
+    return b if b.ndim == 1 else b.reshape(b.shape[0], -1).mean(axis=1)
+
+
 def summary(background) -> dict | None:
     """A JSON-safe summary for logs and result records: mode, the mean level per energy and
     its range over the energies (photons per pixel per frame)."""
     if background is None:
         return None
-    b = np.asarray(background, np.float64)
-    per_e = b if b.ndim == 1 else b.reshape(b.shape[0], -1).mean(axis=1)
-    return {"mode": "flat" if b.ndim == 1 else "map", "mean_per_energy": [float(x) for x in per_e],
+    per_e = per_energy(background)
+    return {"mode": "flat" if np.ndim(background) == 1 else "map", "mean_per_energy": [float(x) for x in per_e],
             "min": float(per_e.min()), "max": float(per_e.max())}
 
 

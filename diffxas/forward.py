@@ -244,6 +244,8 @@ def loss_with_background(lf, coherent: Float[Array, "... M M"], background: Floa
     same one ePIE's expectation-maximisation step converges to). For ``lf =
     poisson_nll`` this is the plain Poisson gradient.
     """
+    if lf is poisson_nll:  # both gradients are the Poisson likelihood's already
+        return poisson_nll(coherent + background, counts, weight)
     sg = jax.lax.stop_gradient
     pois = poisson_nll(sg(coherent) + background, counts, weight)
     return lf(coherent + sg(background), counts, weight) + (pois - sg(pois))

@@ -1319,12 +1319,12 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     bg0 = None
     bg_result = init_info.pop("background_result", None)
     if cfg.background != "none":
-        from .background import as_maps, initial_background, mean_frames, summary
+        from .background import as_maps, initial_background, mean_frames, per_energy, summary
 
         if bg_result is not None:  # a warm start from a result that fitted one: its level, in this mode
             m = ds.frame_size
             bg0 = (as_maps(bg_result, ds.n_energies, m) if cfg.background == "map" else
-                   (bg_result if bg_result.ndim == 1 else bg_result.reshape(len(bg_result), -1).mean(axis=1)))
+                   per_energy(bg_result))
             bg0 = np.maximum(np.asarray(bg0, np.float32), FLOOR)
             init_info["background_from"] = "the warm start's results file"
         else:

@@ -587,6 +587,8 @@ def fig_background(results: Sequence[Result], labels=None) -> Figure | None:
     energy, and its radial profile over the detector (mean over the energies and over rings
     around the zero frequency; a "flat" background is a horizontal line); None when no
     result has one."""
+    from .background import per_energy
+
     labels = _labels_for(results, labels)
     rows = [(lab, r) for lab, r in zip(labels, results) if r.background is not None]
     if not rows:
@@ -596,7 +598,7 @@ def fig_background(results: Sequence[Result], labels=None) -> Figure | None:
     for i, (lab, r) in enumerate(rows):
         b = np.asarray(r.background, np.float64)
         e = np.asarray(r.energies, np.float64)
-        per_e = b if b.ndim == 1 else b.reshape(b.shape[0], -1).mean(axis=1)
+        per_e = per_energy(b)
         ax_e.plot(e, per_e, "-o", ms=3, color=f"C{i}", label=lab)
         m = r.probes.shape[-1]
         yy, xx = np.mgrid[:m, :m] - m // 2
