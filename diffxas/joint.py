@@ -95,7 +95,7 @@ from .maps import ChemMaps, Result
 from .background import FLOOR
 from .scattering import VEdge
 from .uncertainty import map_std, object_information, to_common_grid
-from .stxm import (NO_EMPTY_REGION, check_counts, dpc_phase, empty_region, flux_scatter, frame_moments,  # noqa: F401
+from .stxm import (NO_EMPTY_REGION, check_counts, check_direct_beam, dpc_phase, empty_region, flux_scatter, frame_moments,  # noqa: F401
                    illumination_at_counts, membrane_counts, probes_at_membrane_counts,
                    stxm_absorption)  # (empty_region, membrane_counts: public here too)
 from .spectra import (PARAM_NAMES, XanesParams, absorption, linear_design, n_v, ne_eff_per_nv, phase, pre_edge,
@@ -1258,6 +1258,7 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     # frames not in counts) is put at the counts: the joint is sensitive to it
     ds, power = illumination_at_counts(ds, moments[0])
     quantum = check_counts(ds)  # frames that are counts times a constant: one warning
+    check_direct_beam(ds)  # a beamstop: one warning
     vals, init_info = init_params(ds, prob, common, cfg, edge, moments)
     if power is not None:
         init_info["illumination_power"] = power
@@ -1547,8 +1548,10 @@ def _reconstruct_two_pass(ds, cfg, progress, checkpoint, resume, callback, n_sha
 def object_information_joint(params: JointParams, prob: Problem) -> jax.Array:
     """Per-pixel object-space Fisher blocks (K, 3, H, W) on the common grid at ``params``.
 
-    Model intensities only (no data needed); the final probes and position corrections;
-    see :mod:`diffxas.uncertainty` for the formula and the approximation.
+    Model intensities only (no data needed); the final probes, position corrections and
+    background (a pixel's counts are Poisson of ``I + b``, so the background lowers the
+    information where it is comparable to the coherent signal); see
+    :mod:`diffxas.uncertainty` for the formula and the approximation.
     """
     obj = model_objects(params, prob)
     phat = jnp.fft.fft2(probes(params, prob))
@@ -1556,7 +1559,10 @@ def object_information_joint(params: JointParams, prob: Problem) -> jax.Array:
     fid = flat(prob.frame_id)
     ok = fid >= 0
     frac = flat(prob.frac) + params.dpos[jnp.where(ok, fid, 0)]
-    info = object_information(obj, phat, flat(prob.energy_index), flat(prob.corner), frac, prob.weight, ok)
+    bg = background_counts(params, prob)
+    if bg is not None:
+        bg = jnp.broadcast_to(bg[:, None, None] if bg.ndim == 1 else bg, prob.weight.shape)
+    info = object_information(obj, phat, flat(prob.energy_index), flat(prob.corner), frac, prob.weight, ok, bg)
     return to_common_grid(info, prob.ry, prob.rx)
 
 

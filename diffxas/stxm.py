@@ -74,8 +74,8 @@ def probes_at_membrane_counts(ds: Dataset, probes, sums: np.ndarray | None = Non
     """``probes`` (K, M, M) rescaled per energy so that a membrane-only frame gets the
     measured counts (:func:`membrane_counts`), and the gains ``sqrt(counts / power)``.
 
-    ``power`` is ``sum |P|^2`` times the used fraction of the detector (the frame sums are
-    masked). This is the probe of a model whose object is 1 on the membrane (the joint
+    ``power`` is the probe's far-field intensity summed over the used detector pixels (the
+    frame sums are masked). This is the probe of a model whose object is 1 on the membrane (the joint
     solver's): the beam times the membrane's transmission. A two-step (ePIE) object
     includes the membrane, so its probes are the bare beam (measured on `tiny`: 4 % larger
     in amplitude). It also puts a probe guess written in any normalisation (peak 1, unit
@@ -89,7 +89,12 @@ def probes_at_membrane_counts(ds: Dataset, probes, sums: np.ndarray | None = Non
         return p, None
     counts = membrane_counts(ds, sums)
     mask = np.asarray(ds.mask)
-    power = np.sum(np.abs(p) ** 2, axis=(1, 2)) * np.asarray([np.mean(mask[k]) for k in range(ds.n_energies)])
+    # The probe's power on the used detector pixels: its far field's intensity summed over
+    # the mask (the frames' sums are masked). Not sum |P|^2 x the used fraction: a beamstop
+    # or a masked centre holds far more than its share of a bright-field frame's photons,
+    # and a masked outer ring (a detector larger than the beam's band) holds none.
+    far = np.fft.fftshift(np.fft.fft2(p.astype(np.complex128), norm="ortho"), axes=(-2, -1))
+    power = np.sum(np.abs(far) ** 2 * mask, axis=(1, 2))
     gain = np.sqrt(np.where(power > 0, counts / np.maximum(power, 1e-30), 1.0))
     return (p * gain[:, None, None]).astype(p.dtype), [float(g) for g in gain]
 
@@ -203,6 +208,30 @@ def check_counts(ds: Dataset) -> float | None:
             "models and the joint's prior weights assume counts; divide the frames by %.4g (docs/formats.md, "
             "\"Photon counts\")", q, q)
     return q
+
+
+def check_direct_beam(ds: Dataset) -> list[int]:
+    """Energies (indices) whose detector mask hides the direct beam: the central 3x3 pixels
+    around zero frequency (M/2, M/2) all masked, as behind a beamstop. One warning on the
+    "diffxas" logger when there are any.
+
+    Both methods still fit the frames, but the bright-field estimates assume the direct
+    beam is recorded: the membrane's counts (the 90th percentile of the masked frame sums,
+    :func:`membrane_counts`: behind a beamstop the brightest masked frames are those the
+    sample scatters most, not the membrane's), and with them the probe-power check, the
+    empty-region search and the STXM absorption start (docs/your-data.md)."""
+    m = ds.frame_size
+    c = m // 2
+    mask = np.asarray(ds.mask)
+    hidden = [int(k) for k in range(ds.n_energies) if not np.any(mask[k, c - 1:c + 2, c - 1:c + 2])]
+    if hidden:
+        import logging
+
+        logging.getLogger("diffxas").warning(
+            "the detector mask hides the direct beam (the central 3x3 pixels) at %d of %d energies, as behind a "
+            "beamstop: the bright-field estimates (membrane counts, probe-power check, STXM start) assume it is "
+            "recorded and will be off (docs/your-data.md)", len(hidden), ds.n_energies)
+    return hidden
 
 
 def scan_kernel_width(ds: Dataset) -> float:

@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .fitting import FitConfig, fit_stack, smooth_stack
 from .maps import ChemMaps, Result
 from .spectra import PARAM_NAMES, XanesParams, n_v, ne_eff_per_nv, pre_edge, pre_edge_norm
-from .stxm import NO_EMPTY_REGION, check_counts, dpc_phase, empty_region, illumination_at_counts
+from .stxm import NO_EMPTY_REGION, check_counts, check_direct_beam, dpc_phase, empty_region, illumination_at_counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +162,7 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
     # a probe guess at another power than the frames' is put at the counts (stxm.illumination_at_counts)
     dataset, power = illumination_at_counts(dataset)
     quantum = check_counts(dataset)
+    check_direct_beam(dataset)
     er = run_epie(dataset, cfg.epie, progress=progress, checkpoint=ck, resume=resume)
     from .background import describe, summary as background_summary
 

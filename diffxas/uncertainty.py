@@ -57,21 +57,29 @@ from .spectra import XanesParams, _broadcast, absorption, n_v, ne_eff_per_nv, ph
 OBJECT_COMPONENTS = ("AA", "pp", "Ap")
 
 
-def frame_information(obj_patch: Complex[Array, "M M"], probe: Complex[Array, "M M"], weight: Float[Array, "M M"]) -> Float[Array, "3 M M"]:
+def frame_information(obj_patch: Complex[Array, "M M"], probe: Complex[Array, "M M"], weight: Float[Array, "M M"],
+                      background: Float[Array, "M M"] | None = None) -> Float[Array, "3 M M"]:
     """Exact 2x2 Fisher blocks (F_AA, F_pp, F_Ap) of every pixel of one frame's patch.
 
     Args:
         obj_patch: the object under the frame (transmission, on the frame's pixels).
         probe: the (already sub-pixel shifted) probe on the same pixels.
         weight: detector mask with zero frequency at (0, 0) (uncentred layout).
+        background: incoherent background, photons per detector pixel (same layout; a
+            scalar broadcasts), or None. The counts are then Poisson of ``I + b`` and each
+            pixel's information ``(dI)^2 / (I + b)`` is that without background times
+            ``I / (I + b)``: the same formula with the weight ``w I / (I + b)``.
 
     Counts are photons and the propagator is the unitary FFT (the forward model's
-    convention), so ``sum_s F_AA + F_pp = 4 wbar * (photons in the frame)``.
+    convention), so ``sum_s F_AA + F_pp = 4 wbar * (photons in the frame)`` without a
+    background.
     """
     m = obj_patch.shape[-1]
     psi = probe * obj_patch
     big = jnp.fft.fft2(psi, norm="ortho")
     inten = jnp.real(big) ** 2 + jnp.imag(big) ** 2
+    if background is not None:
+        weight = weight * inten / jnp.maximum(inten + background, 1e-30)
     lit = inten > 1e-30
     u = jnp.where(lit, jnp.conj(big) ** 2 / jnp.where(lit, inten, 1.0), 0.0)
     uhat = jnp.fft.fft2(weight * u) / (m * m)
@@ -86,12 +94,14 @@ def frame_information(obj_patch: Complex[Array, "M M"], probe: Complex[Array, "M
 
 def object_information(objects: Complex[Array, "energy ny nx"], probes_hat: Complex[Array, "energy M M"],
                        energy_index: Int[Array, " frame"], corner: Int[Array, "frame 2"], frac: Float[Array, "frame 2"],
-                       weight: Float[Array, "energy M M"], valid: Array | None = None) -> Float[Array, "energy 3 ny nx"]:
+                       weight: Float[Array, "energy M M"], valid: Array | None = None,
+                       background: Float[Array, "energy M M"] | None = None) -> Float[Array, "energy 3 ny nx"]:
     """Per-pixel object-space Fisher blocks summed over all frames, per energy, on each energy's grid.
 
     Same geometry arguments as :func:`diffxas.forward.intensities`; ``weight`` is the
     detector mask per energy in the uncentred layout (:func:`diffxas.forward.uncenter`);
-    ``valid`` (frame,) excludes padding frames. Returns (K, 3, N, N) with components
+    ``valid`` (frame,) excludes padding frames; ``background`` (K, M, M) photons per
+    detector pixel per frame, uncentred (None: none; :func:`frame_information`). Returns (K, 3, N, N) with components
     :data:`OBJECT_COMPONENTS`. One frame's blocks at a time (a scan), so memory is that
     of the output.
     """
@@ -102,7 +112,8 @@ def object_information(objects: Complex[Array, "energy ny nx"], probes_hat: Comp
     def body(acc, inp):
         k, c, f, ok = inp
         patch = jax.lax.dynamic_slice(objects, (k, c[0], c[1]), (1, m, m))[0]
-        blk = frame_information(patch, shifted_probe(probes_hat[k], f), weight[k]) * ok
+        bk = None if background is None else background[k]
+        blk = frame_information(patch, shifted_probe(probes_hat[k], f), weight[k], bk) * ok
         cur = jax.lax.dynamic_slice(acc, (k, 0, c[0], c[1]), (1, 3, m, m))
         return jax.lax.dynamic_update_slice(acc, cur + blk[None], (k, 0, c[0], c[1])), None
 

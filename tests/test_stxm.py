@@ -163,6 +163,50 @@ def test_illumination_at_counts(jittered, caplog):
     assert kept is bare and rec is None
 
 
+def test_probe_power_counts_only_used_detector_pixels(jittered):
+    """The probe's power is compared with masked frame sums on the same pixels: its far
+    field's intensity summed over the mask, not ``sum |P|^2`` times the used fraction.
+
+    Reference (closed form): membrane-only frames ``T |F(P)|^2`` (T = 0.9) behind a beamstop
+    (the central 5x5 detector pixels masked and dark) and with an outer detector ring
+    masked give the power ratio 1 / T exactly. The used-pixel fraction would read the
+    beamstop case ~20x off (it holds most of a bright-field frame's photons on 2 % of the
+    pixels) and the ring case 1 / (used fraction) off."""
+    import dataclasses
+
+    ds = jittered[0].dataset
+    p = np.asarray(ds.illumination)
+    far = np.abs(np.fft.fftshift(np.fft.fft2(p, norm="ortho"), axes=(-2, -1))) ** 2
+    m, c = ds.frame_size, ds.frame_size // 2
+    stop = np.ones((m, m), np.float32)
+    stop[c - 2:c + 3, c - 2:c + 3] = 0.0
+    ring = np.zeros((m, m), np.float32)
+    ring[m // 4:3 * m // 4, m // 4:3 * m // 4] = 1.0
+    ei = np.asarray(ds.energy_index)
+    for mask in (stop, ring):
+        frames = (0.9 * far[ei] * mask).astype(np.float32)
+        membrane = dataclasses.replace(ds, frames=frames, mask=np.broadcast_to(mask, ds.mask.shape).copy())
+        _, gains = stxm.probes_at_membrane_counts(membrane, p)
+        np.testing.assert_allclose(1.0 / np.square(gains), 1.0 / 0.9, rtol=1e-4)  # float32 frames
+
+
+def test_check_direct_beam(jittered, caplog):
+    """A mask hiding the central 3x3 detector pixels (a beamstop) at some energies is named
+    in one warning; the simulator's masks (random bad pixels) give none."""
+    import dataclasses
+    import logging
+
+    ds = jittered[0].dataset
+    with caplog.at_level(logging.WARNING, logger="diffxas"):
+        assert stxm.check_direct_beam(ds) == []
+        mask = np.asarray(ds.mask).copy()
+        c = ds.frame_size // 2
+        mask[1:3, c - 2:c + 3, c - 2:c + 3] = 0.0
+        assert stxm.check_direct_beam(dataclasses.replace(ds, mask=mask)) == [1, 2]
+    warned = [r.getMessage() for r in caplog.records if "direct beam" in r.getMessage()]
+    assert len(warned) == 1 and f"at 2 of {ds.n_energies} energies" in warned[0]
+
+
 def test_count_quantum(jittered, caplog):
     """Counts times a constant take only its whole multiples: the constant is found exactly
     (reference: the multiplier itself); plain counts, counts times an integer and

@@ -34,8 +34,9 @@ def _problem(seed=0, m=8, n=14, k_e=2, n_frames=5):
     return A, phi, probes, ei, corner, frac, w
 
 
-def _dense_blocks(A, phi, probes, ei, corner, frac, w):
-    """Exact per-pixel 2x2 blocks from the dense Fisher matrix (float64 brute force)."""
+def _dense_blocks(A, phi, probes, ei, corner, frac, w, background=None):
+    """Exact per-pixel 2x2 blocks from the dense Fisher matrix (float64 brute force);
+    ``background`` (K, M, M) uncentred: the counts are Poisson of I + b, F = J^T diag(w / (I + b)) J."""
     with jax.enable_x64(True):
         phat = jnp.fft.fft2(jnp.asarray(probes, jnp.complex128))
         wu = uncenter(jnp.asarray(w, jnp.float64))
@@ -49,7 +50,8 @@ def _dense_blocks(A, phi, probes, ei, corner, frac, w):
         J = np.asarray(jax.jacfwd(model)(x))  # (F, M, M, 2, K, N, N)
     wt = np.asarray(wu)[ei]  # (F, M, M)
     Jf = J.reshape(-1, *J.shape[3:])
-    ww = (wt / inten).reshape(-1)
+    b = 0.0 if background is None else np.asarray(background, np.float64)[ei]
+    ww = (wt / (inten + b)).reshape(-1)
     out = np.zeros((A.shape[0], 3) + A.shape[1:])
     out[:, 0] = np.einsum("q,qkyx,qkyx->kyx", ww, Jf[:, 0], Jf[:, 0])
     out[:, 1] = np.einsum("q,qkyx,qkyx->kyx", ww, Jf[:, 1], Jf[:, 1])
@@ -67,6 +69,24 @@ def test_object_information_matches_dense_fisher():
     # float32 FFTs against the float64 dense Jacobian: 1e-4 of the largest block
     np.testing.assert_allclose(got, ref, atol=1e-4 * scale, rtol=0)
     assert np.abs(ref[:, 2]).max() > 1e-2 * scale  # the absorption-phase coupling is not trivially zero
+
+
+def test_object_information_with_background_matches_dense_fisher():
+    # Reference: the dense Fisher matrix of Poisson(I + b), J^T diag(w / (I + b)) J
+    # (float64 brute force); a background map of the order of the frames' faint pixels.
+    A, phi, probes, ei, corner, frac, w = _problem(seed=1)
+    obj = transmission(jnp.asarray(A, jnp.float32), jnp.asarray(phi, jnp.float32))
+    phat = jnp.fft.fft2(jnp.asarray(probes, jnp.complex64))
+    inten = np.asarray(intensities(obj, phat, jnp.asarray(ei), jnp.asarray(corner), jnp.asarray(frac), centered=False))
+    rng = np.random.default_rng(5)
+    bg = (np.median(inten) * rng.uniform(0.5, 2.0, (2, 8, 8))).astype(np.float32)
+    ref = _dense_blocks(A, phi, probes, ei, corner, frac, w, bg)
+    got = np.asarray(U.object_information(obj, phat, jnp.asarray(ei), jnp.asarray(corner), jnp.asarray(frac),
+                                          uncenter(jnp.asarray(w)), background=jnp.asarray(bg)))
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(got, ref, atol=1e-4 * scale, rtol=0)  # float32 against float64, as above
+    plain = _dense_blocks(A, phi, probes, ei, corner, frac, w)
+    assert ref[:, :2].sum() < 0.95 * plain[:, :2].sum()  # the background costs information here
 
 
 def test_information_sum_rule_counts_photons():
