@@ -238,7 +238,8 @@ def initial_probes(dataset: Dataset, grids: list[Grid], probe_fwhm: float = 300e
 
     The dataset's illumination when present (and ``use_illumination``); otherwise a KB focus of ``probe_fwhm`` (at
     the lowest energy; the numerical aperture is fixed, so it scales with lambda),
-    normalised to the mean detected photons per frame of that energy.
+    scaled so that its far field on the used detector pixels holds the mean masked counts
+    of a frame of that energy.
     """
     if dataset.illumination is not None and use_illumination:
         return np.asarray(dataset.illumination, np.complex64)
@@ -253,9 +254,14 @@ def initial_probes(dataset: Dataset, grids: list[Grid], probe_fwhm: float = 300e
     out = np.zeros((len(e), m, m), np.complex64)
     for k in range(len(e)):  # one energy's frames at a time (a lazy source is read, never all at once)
         idx = dataset.frames_of(k)
-        frac_used = max(float(mask[k].mean()), 1e-6)
-        photons = float(take_frames(dataset.frames, idx).sum(axis=(1, 2)).mean() / frac_used) if idx.size else 1.0
-        out[k] = kb_probe(m, grids[k].pixel_size, float(wavelength(e[k])), na, photons=max(photons, 1.0))
+        # the mean masked counts of a frame, matched on the same used detector pixels of
+        # the probe's far field (a beamstop or a masked outer ring holds another share of
+        # the photons than of the pixels; stxm.probes_at_membrane_counts does the same)
+        counts = float((take_frames(dataset.frames, idx) * mask[k]).sum(axis=(1, 2)).mean()) if idx.size else 1.0
+        p = kb_probe(m, grids[k].pixel_size, float(wavelength(e[k])), na, photons=1.0)
+        far = np.abs(np.fft.fftshift(np.fft.fft2(p, norm="ortho"))) ** 2
+        used = float(np.sum(far * mask[k]))
+        out[k] = p * np.sqrt(max(counts, 1.0) / max(used, 1e-30))
     return out
 
 

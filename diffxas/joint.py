@@ -95,8 +95,8 @@ from .maps import ChemMaps, Result
 from .background import FLOOR
 from .scattering import VEdge
 from .uncertainty import map_std, object_information, to_common_grid
-from .stxm import (NO_EMPTY_REGION, check_counts, check_direct_beam, dpc_phase, empty_region, flux_scatter, frame_moments,  # noqa: F401
-                   illumination_at_counts, membrane_counts, probes_at_membrane_counts,
+from .stxm import (NO_EMPTY_REGION, check_counts, check_direct_beam, check_saturation, dpc_phase,  # noqa: F401
+                   empty_region, flux_scatter, frame_moments, illumination_at_counts, membrane_counts, probes_at_membrane_counts,
                    stxm_absorption)  # (empty_region, membrane_counts: public here too)
 from .spectra import (PARAM_NAMES, XanesParams, absorption, linear_design, n_v, ne_eff_per_nv, phase, pre_edge,
                       pre_edge_norm)
@@ -1259,6 +1259,7 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     ds, power = illumination_at_counts(ds, moments[0])
     quantum = check_counts(ds)  # frames that are counts times a constant: one warning
     check_direct_beam(ds)  # a beamstop: one warning
+    check_saturation(ds)  # clipped or flagged pixels: one warning
     vals, init_info = init_params(ds, prob, common, cfg, edge, moments)
     if power is not None:
         init_info["illumination_power"] = power

@@ -210,6 +210,51 @@ def check_counts(ds: Dataset) -> float | None:
     return q
 
 
+#: :func:`check_saturation`: the brightest count is a clipping level or a flag when it
+#: is at least this many photons and occurs in at least ``SATURATION_MIN_PIXELS`` unmasked
+#: pixels of at least ``SATURATION_MIN_FRAMES`` of the frames looked at. Photon counts do
+#: not pile up on their maximum: the brightest pixel of Poisson frames of 1e6 photons
+#: (the simulator's `tiny` and `small`) occurs once or twice among 64 frames.
+SATURATION_MIN_COUNT = 100.0
+SATURATION_MIN_PIXELS = 10
+SATURATION_MIN_FRAMES = 3
+
+
+def check_saturation(ds: Dataset, max_frames: int = 64) -> dict | None:
+    """Saturated or flagged detector pixels left unmasked, with one warning on the
+    "diffxas" logger: ``{"value", "pixels", "frames", "looked_at"}`` or None.
+
+    A counting detector clips at its counter's range (65535, a count-rate limit) and
+    flags dead or gap pixels with the integer maximum (2^32 - 1 on an Eiger); a frame
+    written without the detector's own pixel mask keeps them. Both losses then follow
+    those values. Looks at up to ``max_frames`` frames spread over the dataset (all
+    energies): the brightest unmasked count is suspicious when it repeats
+    (:data:`SATURATION_MIN_COUNT` and the two limits after it)."""
+    from .dataset import take_frames
+
+    n = ds.n_frames
+    if n == 0:
+        return None
+    idx = np.unique(np.linspace(0, n - 1, min(n, max_frames)).astype(np.int64))
+    f = take_frames(ds.frames, idx).astype(np.float64)
+    used = np.asarray(ds.mask)[np.asarray(ds.energy_index)[idx]] > 0
+    f = np.where(used, f, -np.inf)
+    top = float(f.max())
+    if not np.isfinite(top) or top < SATURATION_MIN_COUNT:
+        return None
+    at = f == top
+    pixels, frames = int(at.sum()), int(at.any(axis=(1, 2)).sum())
+    if pixels < SATURATION_MIN_PIXELS or frames < SATURATION_MIN_FRAMES:
+        return None
+    import logging
+
+    logging.getLogger("diffxas").warning(
+        "the brightest count, %.10g, occurs in %d unmasked pixels of %d of the %d frames looked at: saturated or "
+        "flagged detector pixels (a counter's limit, 65535, 2^32 - 1)? Mask them (CXI mask), or the fit follows "
+        "them (docs/your-data.md)", top, pixels, frames, idx.size)
+    return {"value": top, "pixels": pixels, "frames": frames, "looked_at": int(idx.size)}
+
+
 def check_direct_beam(ds: Dataset) -> list[int]:
     """Energies (indices) whose detector mask hides the direct beam: the central 3x3 pixels
     around zero frequency (M/2, M/2) all masked, as behind a beamstop. One warning on the

@@ -23,7 +23,8 @@ from .errors import ConfigError
 from .fitting import FitConfig, fit_stack, smooth_stack
 from .maps import ChemMaps, Result
 from .spectra import PARAM_NAMES, XanesParams, n_v, ne_eff_per_nv, pre_edge, pre_edge_norm
-from .stxm import NO_EMPTY_REGION, check_counts, check_direct_beam, dpc_phase, empty_region, illumination_at_counts
+from .stxm import (NO_EMPTY_REGION, check_counts, check_direct_beam, check_saturation, dpc_phase, empty_region,
+                   illumination_at_counts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +164,7 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
     dataset, power = illumination_at_counts(dataset)
     quantum = check_counts(dataset)
     check_direct_beam(dataset)
+    check_saturation(dataset)
     er = run_epie(dataset, cfg.epie, progress=progress, checkpoint=ck, resume=resume)
     from .background import describe, summary as background_summary
 

@@ -207,6 +207,33 @@ def test_check_direct_beam(jittered, caplog):
     assert len(warned) == 1 and f"at 2 of {ds.n_energies} energies" in warned[0]
 
 
+def test_check_saturation(jittered, caplog):
+    """Unmasked pixels clipped at one value (a counter's limit) or carrying a flag
+    (2^32 - 1) are named in one warning; the simulator's Poisson frames (1e6 photons,
+    noisy `small`-like counts) and frames whose clipped pixels are masked give none."""
+    import dataclasses
+    import logging
+
+    ds = jittered[0].dataset
+    noisy = simulate(preset("tiny", energies=(5420.0, 5466.0, 5480.0, 5540.0))).dataset
+    with caplog.at_level(logging.WARNING, logger="diffxas"):
+        assert stxm.check_saturation(noisy) is None
+        f = np.asarray(noisy.frames).copy()
+        clipped = dataclasses.replace(noisy, frames=np.minimum(f, 2000.0))  # a counter's limit below the direct beam
+        rec = stxm.check_saturation(clipped)
+        assert rec is not None and rec["value"] == 2000.0 and rec["frames"] >= stxm.SATURATION_MIN_FRAMES
+        flagged = f.copy()
+        flagged[:, 3, 5] = 4294967295.0  # an Eiger gap pixel
+        rec = stxm.check_saturation(dataclasses.replace(noisy, frames=flagged))
+        assert rec["value"] == np.float32(4294967295.0) and rec["pixels"] == rec["frames"] == rec["looked_at"]
+        mask = np.asarray(noisy.mask).copy()
+        mask[:, 3, 5] = 0.0
+        assert stxm.check_saturation(dataclasses.replace(noisy, frames=flagged, mask=mask)) is None
+        assert stxm.check_saturation(ds) is None  # noise-free frames: no repeated maximum
+    warned = [r.getMessage() for r in caplog.records if "brightest count" in r.getMessage()]
+    assert len(warned) == 2 and "count, 2000, occurs in" in warned[0]
+
+
 def test_count_quantum(jittered, caplog):
     """Counts times a constant take only its whole multiples: the constant is found exactly
     (reference: the multiplier itself); plain counts, counts times an integer and
