@@ -901,9 +901,18 @@ def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
     from .background import darkest_level
 
     dose, masked, lo, hi, illum_photons, mon_rms, dark = [], [], None, None, [], [], []
+    top, top_pixels, top_frames, beam_hidden = -np.inf, 0, 0, 0
     for en in entries:
         frames = np.empty((en.n_frames, en.frame_size, en.frame_size), dtype=np.float32)
         pos, weights, probe = _load_entry(path, f, en, frames, with_illum)
+        c = en.frame_size // 2
+        beam_hidden += int(not weights[c - 1:c + 2, c - 1:c + 2].any())  # as stxm.check_direct_beam
+        used = np.where(weights > 0, frames, -np.inf)
+        t = float(used.max())
+        if t >= top:
+            at = used == t
+            n_pix, n_fr = int(at.sum()), int(at.any(axis=(1, 2)).sum())
+            top, top_pixels, top_frames = (t, top_pixels + n_pix, top_frames + n_fr) if t == top else (t, n_pix, n_fr)
         dose.append(float(frames.sum(dtype=np.float64)) / en.n_frames)
         dark.append(darkest_level(frames.mean(axis=0, dtype=np.float64), weights))
         masked.append(float((weights == 0).mean()))
@@ -915,7 +924,8 @@ def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
             mon = _load_monitor(path, f, en)
             mon_rms.append(float(np.std(mon) / np.mean(mon)))
     return {"dose": np.array(dose), "masked": np.array(masked), "lo": lo, "hi": hi,
-            "illum_photons": np.array(illum_photons), "monitor_rms": np.array(mon_rms), "darkest": np.array(dark)}
+            "illum_photons": np.array(illum_photons), "monitor_rms": np.array(mon_rms), "darkest": np.array(dark),
+            "brightest": (top, top_pixels, top_frames), "beam_hidden": beam_hidden}
 
 
 def cxi_summary(path) -> str:
@@ -949,6 +959,11 @@ def cxi_summary(path) -> str:
         f"  darkest pixels:    {stats['darkest'].min():.3g} .. {stats['darkest'].max():.3g} counts per pixel per frame "
         "(darkest 4x4 detector block of the mean frame: coherent signal plus any background; docs/physics.md, "
         "\"Detector background\")",
+        _brightest_line(stats["brightest"], int(nf.sum())),
+        "  direct beam:       "
+        + (f"masked (central 3x3 detector pixels) at {stats['beam_hidden']} of {en.size} energies: a beamstop? The "
+           "bright-field estimates assume the direct beam is recorded (docs/your-data.md)"
+           if stats["beam_hidden"] else "recorded (central 3x3 detector pixels used)"),
         "  illumination:      "
         + (f"present (mean sum |P|^2 = {stats['illum_photons'].mean():.4g} photons per frame)"
            if stats["illum_photons"].size else "absent"),
@@ -964,6 +979,18 @@ def cxi_summary(path) -> str:
     for k, v in shown.items():
         lines.append(f"  attr {k}: {_short(v)}")
     return "\n".join(lines)
+
+
+def _brightest_line(brightest: tuple[float, int, int], n_frames: int) -> str:
+    """``diffxas info``'s line on the brightest unmasked count: where it repeats (the
+    criteria of :func:`diffxas.stxm.check_saturation`), saturated or flagged pixels."""
+    from .stxm import SATURATION_MIN_COUNT, SATURATION_MIN_FRAMES, SATURATION_MIN_PIXELS
+
+    top, pixels, frames = brightest
+    line = f"  brightest count:   {top:.10g} in {pixels} unmasked pixel(s) of {frames} of {n_frames} frames"
+    if top >= SATURATION_MIN_COUNT and pixels >= SATURATION_MIN_PIXELS and frames >= SATURATION_MIN_FRAMES:
+        line += " (a repeated maximum: saturated or flagged pixels? mask them; docs/your-data.md)"
+    return line
 
 
 def _short(v: Any, n: int = 100) -> str:

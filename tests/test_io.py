@@ -494,7 +494,29 @@ def test_cxi_summary(cxi):
     lv = [darkest_level(fr[ei == k].mean(axis=0), mk[k]) for k in range(ds.n_energies)]
     lo, hi = (float(x) for x in text.split("darkest pixels:")[1].split()[0:3:2])
     assert lo == pytest.approx(min(lv), rel=2e-3) and hi == pytest.approx(max(lv), rel=2e-3)
+    # brightest count: the largest unmasked count and how often it occurs (reference: the
+    # dataset itself); Poisson(20) counts stay below the saturation rule's 100 counts
+    used = np.where(mk[ei] > 0, fr, -np.inf)
+    top = used.max()
+    assert (f"brightest count:   {top:.10g} in {int((used == top).sum())} unmasked pixel(s) of "
+            f"{int((used == top).any(axis=(1, 2)).sum())} of 15 frames\n") in text
+    assert "direct beam:       recorded" in text
     assert io.summarize(cxi) == text
+
+
+def test_cxi_summary_names_saturation_and_a_beamstop(tmp_path):
+    """Frames clipped at 250 counts (a counter's limit) and a mask over the central 3x3
+    pixels at one energy: ``info`` names both."""
+    import dataclasses
+
+    ds = make_dataset()
+    clipped = np.minimum(np.asarray(ds.frames) * 10.0, 250.0).astype(np.float32)
+    mask = np.asarray(ds.mask).copy()
+    mask[1, M // 2 - 1:M // 2 + 2, M // 2 - 1:M // 2 + 2] = 0.0
+    path = io.write_cxi(tmp_path / "sat.cxi", dataclasses.replace(ds, frames=clipped, mask=mask))
+    text = io.cxi_summary(path)
+    assert "brightest count:   250 in" in text and "a repeated maximum: saturated or flagged pixels?" in text
+    assert "direct beam:       masked (central 3x3 detector pixels) at 1 of 3 energies" in text
 
 
 def test_sha256_file(tmp_path):
