@@ -838,12 +838,12 @@ def _run_design_energies(args) -> int:
 
         cfg = sim_config(_simulate_section(args))
         e_range = (float(min(cfg.energies)), float(max(cfg.energies))) if args.range is None else tuple(args.range)
-        from .scattering import model_window
+        from .scattering import VEdge
 
-        lo, hi = model_window(cfg.element, cfg.table)
-        if e_range[0] < lo or e_range[1] > hi:
-            raise ConfigError(f"--range {e_range[0]:g} {e_range[1]:g} eV lies outside the {cfg.element} K-edge model's "
-                              f"range ({lo:g}..{hi:g} eV)")
+        if e_range[0] < e_range[1]:
+            # any range that brackets the edge: the sample model's f' window widens to it
+            # (VEdge.for_energies, as for a scan); one that does not cannot fix eq. 1
+            VEdge.for_energies(cfg.element, e_range, cfg.table, what="--range")
         model = design.sample_from_preset(cfg, e_range=e_range, nv_fraction=args.nv_fraction, max_pixels=args.pixels,
                                           names=names, fluence=args.fluence)
     result = design.design_energies(model, args.budget, e_range, step=args.step, ridge=ridge,

@@ -231,6 +231,20 @@ def test_cli_design_writes_a_simconfig_file(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_cli_design_range_beyond_the_default_model_window(tmp_path, capsys):
+    """A --range that brackets the edge but reaches below the V model's default window
+    (5300-5700 eV, scattering.model_window) is designed on a widened f' model
+    (VEdge.for_energies), as a scan that wide is reconstructed: the design starts at the
+    range start and stays inside it."""
+    out = tmp_path / "wide.json"
+    rc = main(["design-energies", "--budget", "4", "--preset", "tiny", "--pixels", "40", "--range", "5250", "5560",
+               "--step", "2", "-o", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    e = json.loads(out.read_text())["energies"]
+    assert len(e) == 4 and e[0] == 5250.0 and max(e) <= 5560.0 and any(x > 5465.1 for x in e)
+
+
 def _fake_result(path, input_path=""):
     """A joint-like results file whose per-pixel parameters are a realistic V sample."""
     import jax.numpy as jnp
@@ -288,9 +302,9 @@ def test_cli_design_from_results_file(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--budget", "0"], "positive integer"),
     (["--budget", "x"], "positive integer"),
-    (["--budget", "4", "--range", "5000", "5540"], "outside the V K-edge model"),
+    (["--budget", "4", "--range", "5480", "5540"], "do not bracket the V K edge"),
     (["--budget", "4", "--range", "5500", "5420"], "E0 < E1"),
-    (["--budget", "9", "--range", "5420", "5421"], "exceeds the 5 candidate energies"),
+    (["--budget", "9", "--range", "5464.5", "5465.5"], "exceeds the 5 candidate energies"),
     (["--budget", "4", "--from", "nope.h5"], "no such file"),
     (["--budget", "4", "--from", "nope.h5", "--seed", "3"], "do not apply"),
     (["--budget", "4", "--preset", "huge"], "unknown preset"),
