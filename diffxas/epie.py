@@ -243,7 +243,7 @@ def initial_probes(dataset: Dataset, grids: list[Grid], probe_fwhm: float = 300e
     """
     if dataset.illumination is not None and use_illumination:
         return np.asarray(dataset.illumination, np.complex64)
-    from .probe import kb_probe, numerical_aperture_for_fwhm
+    from .probe import detected_power, kb_probe, numerical_aperture_for_fwhm
 
     m = dataset.frame_size
     e = np.asarray(dataset.energies, np.float64)
@@ -255,13 +255,10 @@ def initial_probes(dataset: Dataset, grids: list[Grid], probe_fwhm: float = 300e
     for k in range(len(e)):  # one energy's frames at a time (a lazy source is read, never all at once)
         idx = dataset.frames_of(k)
         # the mean masked counts of a frame, matched on the same used detector pixels of
-        # the probe's far field (a beamstop or a masked outer ring holds another share of
-        # the photons than of the pixels; stxm.probes_at_membrane_counts does the same)
+        # the probe's far field (probe.detected_power)
         counts = float((take_frames(dataset.frames, idx) * mask[k]).sum(axis=(1, 2)).mean()) if idx.size else 1.0
         p = kb_probe(m, grids[k].pixel_size, float(wavelength(e[k])), na, photons=1.0)
-        far = np.abs(np.fft.fftshift(np.fft.fft2(p, norm="ortho"))) ** 2
-        used = float(np.sum(far * mask[k]))
-        out[k] = p * np.sqrt(max(counts, 1.0) / max(used, 1e-30))
+        out[k] = p * np.sqrt(max(counts, 1.0) / max(float(detected_power(p, mask[k])), 1e-30))
     return out
 
 

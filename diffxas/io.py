@@ -899,19 +899,16 @@ def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
     with_illum = _check_illumination_all_or_none(path, entries)
     with_mon = _check_monitor_all_or_none(path, entries)
     from .background import darkest_level
+    from .stxm import beam_masked, brightest_count
 
     dose, masked, lo, hi, illum_photons, mon_rms, dark = [], [], None, None, [], [], []
     top, top_pixels, top_frames, beam_hidden = -np.inf, 0, 0, 0
     for en in entries:
         frames = np.empty((en.n_frames, en.frame_size, en.frame_size), dtype=np.float32)
         pos, weights, probe = _load_entry(path, f, en, frames, with_illum)
-        c = en.frame_size // 2
-        beam_hidden += int(not weights[c - 1:c + 2, c - 1:c + 2].any())  # as stxm.check_direct_beam
-        used = np.where(weights > 0, frames, -np.inf)
-        t = float(used.max())
+        beam_hidden += int(beam_masked(weights))
+        t, n_pix, n_fr = brightest_count(frames, weights > 0)
         if t >= top:
-            at = used == t
-            n_pix, n_fr = int(at.sum()), int(at.any(axis=(1, 2)).sum())
             top, top_pixels, top_frames = (t, top_pixels + n_pix, top_frames + n_fr) if t == top else (t, n_pix, n_fr)
         dose.append(float(frames.sum(dtype=np.float64)) / en.n_frames)
         dark.append(darkest_level(frames.mean(axis=0, dtype=np.float64), weights))
@@ -984,11 +981,11 @@ def cxi_summary(path) -> str:
 def _brightest_line(brightest: tuple[float, int, int], n_frames: int) -> str:
     """``diffxas info``'s line on the brightest unmasked count: where it repeats (the
     criteria of :func:`diffxas.stxm.check_saturation`), saturated or flagged pixels."""
-    from .stxm import SATURATION_MIN_COUNT, SATURATION_MIN_FRAMES, SATURATION_MIN_PIXELS
+    from .stxm import looks_saturated
 
     top, pixels, frames = brightest
     line = f"  brightest count:   {top:.10g} in {pixels} unmasked pixel(s) of {frames} of {n_frames} frames"
-    if top >= SATURATION_MIN_COUNT and pixels >= SATURATION_MIN_PIXELS and frames >= SATURATION_MIN_FRAMES:
+    if looks_saturated(top, pixels, frames):
         line += " (a repeated maximum: saturated or flagged pixels? mask them; docs/your-data.md)"
     return line
 

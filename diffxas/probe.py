@@ -99,3 +99,16 @@ def centred_probe(probe: np.ndarray, threshold: float = 0.2) -> tuple[np.ndarray
     d = probe_centre(probe, threshold)
     out = np.asarray(fourier_shift(jnp.asarray(probe, jnp.complex64), jnp.asarray(-d, jnp.float32)))
     return out.astype(np.complex64), -d
+
+
+def detected_power(probes, mask) -> np.ndarray:
+    """Photons of a bare-beam frame on the used detector pixels: ``sum mask |F(P)|^2`` of
+    each probe (host side, float64), ``probes`` (..., M, M) on its object pixels, ``mask``
+    (..., M, M) detector weights with zero frequency at (M/2, M/2).
+
+    What a probe's power must be compared with when frames are summed over the mask: not
+    ``sum |P|^2`` times the used fraction of the detector, since a beamstop holds far more
+    than its share of a bright-field frame's photons and a masked outer ring none."""
+    p = np.asarray(probes).astype(np.complex128)
+    far = np.fft.fftshift(np.fft.fft2(p, norm="ortho"), axes=(-2, -1))
+    return np.sum((far.real ** 2 + far.imag ** 2) * np.asarray(mask, np.float64), axis=(-2, -1))

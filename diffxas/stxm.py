@@ -75,7 +75,7 @@ def probes_at_membrane_counts(ds: Dataset, probes, sums: np.ndarray | None = Non
     measured counts (:func:`membrane_counts`), and the gains ``sqrt(counts / power)``.
 
     ``power`` is the probe's far-field intensity summed over the used detector pixels (the
-    frame sums are masked). This is the probe of a model whose object is 1 on the membrane (the joint
+    frame sums are masked; :func:`diffxas.probe.detected_power`). This is the probe of a model whose object is 1 on the membrane (the joint
     solver's): the beam times the membrane's transmission. A two-step (ePIE) object
     includes the membrane, so its probes are the bare beam (measured on `tiny`: 4 % larger
     in amplitude). It also puts a probe guess written in any normalisation (peak 1, unit
@@ -89,12 +89,9 @@ def probes_at_membrane_counts(ds: Dataset, probes, sums: np.ndarray | None = Non
         return p, None
     counts = membrane_counts(ds, sums)
     mask = np.asarray(ds.mask)
-    # The probe's power on the used detector pixels: its far field's intensity summed over
-    # the mask (the frames' sums are masked). Not sum |P|^2 x the used fraction: a beamstop
-    # or a masked centre holds far more than its share of a bright-field frame's photons,
-    # and a masked outer ring (a detector larger than the beam's band) holds none.
-    far = np.fft.fftshift(np.fft.fft2(p.astype(np.complex128), norm="ortho"), axes=(-2, -1))
-    power = np.sum(np.abs(far) ** 2 * mask, axis=(1, 2))
+    from .probe import detected_power
+
+    power = detected_power(p, mask)  # on the used pixels, as the masked frame sums
     gain = np.sqrt(np.where(power > 0, counts / np.maximum(power, 1e-30), 1.0))
     return (p * gain[:, None, None]).astype(p.dtype), [float(g) for g in gain]
 
@@ -220,6 +217,31 @@ SATURATION_MIN_PIXELS = 10
 SATURATION_MIN_FRAMES = 3
 
 
+def brightest_count(frames: np.ndarray, used: np.ndarray) -> tuple[float, int, int]:
+    """(value, pixels, frames) of the brightest count of ``frames`` (F, M, M) over the
+    ``used`` pixels ((F, M, M) or (M, M) bool): its value, how many pixels hold it and in
+    how many frames; value -inf when nothing is used."""
+    f = np.where(used, np.asarray(frames, np.float64), -np.inf)
+    top = float(f.max()) if f.size else -np.inf
+    if not np.isfinite(top):
+        return top, 0, 0
+    at = f == top
+    return top, int(at.sum()), int(at.any(axis=(-2, -1)).sum())
+
+
+def looks_saturated(value: float, pixels: int, frames: int) -> bool:
+    """Whether a brightest count that repeats this often is a clipping level or a flag
+    (:data:`SATURATION_MIN_COUNT` and the two limits after it)."""
+    return value >= SATURATION_MIN_COUNT and pixels >= SATURATION_MIN_PIXELS and frames >= SATURATION_MIN_FRAMES
+
+
+def beam_masked(mask: np.ndarray) -> bool:
+    """Whether a detector mask (M, M), zero frequency at (M/2, M/2), hides the direct beam:
+    its central 3x3 pixels all unused, as behind a beamstop."""
+    c = np.shape(mask)[-1] // 2
+    return not np.any(np.asarray(mask)[c - 1:c + 2, c - 1:c + 2])
+
+
 def check_saturation(ds: Dataset, max_frames: int = 64) -> dict | None:
     """Saturated or flagged detector pixels left unmasked, with one warning on the
     "diffxas" logger: ``{"value", "pixels", "frames", "looked_at"}`` or None.
@@ -236,15 +258,9 @@ def check_saturation(ds: Dataset, max_frames: int = 64) -> dict | None:
     if n == 0:
         return None
     idx = np.unique(np.linspace(0, n - 1, min(n, max_frames)).astype(np.int64))
-    f = take_frames(ds.frames, idx).astype(np.float64)
     used = np.asarray(ds.mask)[np.asarray(ds.energy_index)[idx]] > 0
-    f = np.where(used, f, -np.inf)
-    top = float(f.max())
-    if not np.isfinite(top) or top < SATURATION_MIN_COUNT:
-        return None
-    at = f == top
-    pixels, frames = int(at.sum()), int(at.any(axis=(1, 2)).sum())
-    if pixels < SATURATION_MIN_PIXELS or frames < SATURATION_MIN_FRAMES:
+    top, pixels, frames = brightest_count(take_frames(ds.frames, idx), used)
+    if not looks_saturated(top, pixels, frames):
         return None
     import logging
 
@@ -265,10 +281,8 @@ def check_direct_beam(ds: Dataset) -> list[int]:
     :func:`membrane_counts`: behind a beamstop the brightest masked frames are those the
     sample scatters most, not the membrane's), and with them the probe-power check, the
     empty-region search and the STXM absorption start (docs/your-data.md)."""
-    m = ds.frame_size
-    c = m // 2
     mask = np.asarray(ds.mask)
-    hidden = [int(k) for k in range(ds.n_energies) if not np.any(mask[k, c - 1:c + 2, c - 1:c + 2])]
+    hidden = [int(k) for k in range(ds.n_energies) if beam_masked(mask[k])]
     if hidden:
         import logging
 
