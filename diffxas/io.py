@@ -902,11 +902,12 @@ def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
     from .stxm import beam_masked, brightest_count
 
     dose, masked, lo, hi, illum_photons, mon_rms, dark = [], [], None, None, [], [], []
-    top, top_pixels, top_frames, beam_hidden = -np.inf, 0, 0, 0
+    top, top_pixels, top_frames, beam_hidden, counts = -np.inf, 0, 0, 0, True
     for en in entries:
         frames = np.empty((en.n_frames, en.frame_size, en.frame_size), dtype=np.float32)
         pos, weights, probe = _load_entry(path, f, en, frames, with_illum)
         beam_hidden += int(beam_masked(weights))
+        counts = counts and bool(np.all(frames == np.round(frames)))  # whole counts (stxm.check_saturation)
         t, n_pix, n_fr = brightest_count(frames, weights > 0)
         if t >= top:
             top, top_pixels, top_frames = (t, top_pixels + n_pix, top_frames + n_fr) if t == top else (t, n_pix, n_fr)
@@ -922,7 +923,7 @@ def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
             mon_rms.append(float(np.std(mon) / np.mean(mon)))
     return {"dose": np.array(dose), "masked": np.array(masked), "lo": lo, "hi": hi,
             "illum_photons": np.array(illum_photons), "monitor_rms": np.array(mon_rms), "darkest": np.array(dark),
-            "brightest": (top, top_pixels, top_frames), "beam_hidden": beam_hidden}
+            "brightest": (top, top_pixels, top_frames), "whole_counts": counts, "beam_hidden": beam_hidden}
 
 
 def cxi_summary(path) -> str:
@@ -956,7 +957,7 @@ def cxi_summary(path) -> str:
         f"  darkest pixels:    {stats['darkest'].min():.3g} .. {stats['darkest'].max():.3g} counts per pixel per frame "
         "(darkest 4x4 detector block of the mean frame: coherent signal plus any background; docs/physics.md, "
         "\"Detector background\")",
-        _brightest_line(stats["brightest"], int(nf.sum())),
+        _brightest_line(stats["brightest"], int(nf.sum()), stats["whole_counts"]),
         "  direct beam:       "
         + (f"masked (central 3x3 detector pixels) at {stats['beam_hidden']} of {en.size} energies: a beamstop? The "
            "bright-field estimates assume the direct beam is recorded (docs/your-data.md)"
@@ -978,14 +979,15 @@ def cxi_summary(path) -> str:
     return "\n".join(lines)
 
 
-def _brightest_line(brightest: tuple[float, int, int], n_frames: int) -> str:
-    """``diffxas info``'s line on the brightest unmasked count: where it repeats (the
-    criteria of :func:`diffxas.stxm.check_saturation`), saturated or flagged pixels."""
+def _brightest_line(brightest: tuple[float, int, int], n_frames: int, whole_counts: bool = True) -> str:
+    """``diffxas info``'s line on the brightest unmasked count: where it repeats in frames
+    of whole counts (the criteria of :func:`diffxas.stxm.check_saturation`), saturated or
+    flagged pixels."""
     from .stxm import looks_saturated
 
     top, pixels, frames = brightest
     line = f"  brightest count:   {top:.10g} in {pixels} unmasked pixel(s) of {frames} of {n_frames} frames"
-    if looks_saturated(top, pixels, frames):
+    if whole_counts and looks_saturated(top, pixels, frames):
         line += " (a repeated maximum: saturated or flagged pixels? mask them; docs/your-data.md)"
     return line
 

@@ -251,7 +251,9 @@ def check_saturation(ds: Dataset, max_frames: int = 64) -> dict | None:
     written without the detector's own pixel mask keeps them. Both losses then follow
     those values. Looks at up to ``max_frames`` frames spread over the dataset (all
     energies): the brightest unmasked count is suspicious when it repeats
-    (:data:`SATURATION_MIN_COUNT` and the two limits after it)."""
+    (:data:`SATURATION_MIN_COUNT` and the two limits after it). Only frames of whole
+    counts are checked: noise-free frames repeat their maximum in every identical
+    membrane-only frame."""
     from .dataset import take_frames
 
     n = ds.n_frames
@@ -259,7 +261,10 @@ def check_saturation(ds: Dataset, max_frames: int = 64) -> dict | None:
         return None
     idx = np.unique(np.linspace(0, n - 1, min(n, max_frames)).astype(np.int64))
     used = np.asarray(ds.mask)[np.asarray(ds.energy_index)[idx]] > 0
-    top, pixels, frames = brightest_count(take_frames(ds.frames, idx), used)
+    f = take_frames(ds.frames, idx)
+    if not np.all(f == np.round(f)):  # not counts (noise-free or processed frames): identical
+        return None                   # membrane frames would repeat their maximum exactly
+    top, pixels, frames = brightest_count(f, used)
     if not looks_saturated(top, pixels, frames):
         return None
     import logging

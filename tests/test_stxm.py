@@ -209,8 +209,9 @@ def test_check_direct_beam(jittered, caplog):
 
 def test_check_saturation(jittered, caplog):
     """Unmasked pixels clipped at one value (a counter's limit) or carrying a flag
-    (2^32 - 1) are named in one warning; the simulator's Poisson frames (1e6 photons,
-    noisy `small`-like counts) and frames whose clipped pixels are masked give none."""
+    (2^32 - 1) are named in one warning; the simulator's Poisson frames (1e6 photons),
+    frames whose clipped pixels are masked and non-integer (noise-free) frames, even
+    identical ones, give none."""
     import dataclasses
     import logging
 
@@ -229,7 +230,9 @@ def test_check_saturation(jittered, caplog):
         mask = np.asarray(noisy.mask).copy()
         mask[:, 3, 5] = 0.0
         assert stxm.check_saturation(dataclasses.replace(noisy, frames=flagged, mask=mask)) is None
-        assert stxm.check_saturation(ds) is None  # noise-free frames: no repeated maximum
+        assert stxm.check_saturation(ds) is None  # noise-free frames are not checked
+        same = np.repeat(np.asarray(ds.frames)[:1] * 1e3, ds.n_frames, axis=0)  # identical, non-integer
+        assert stxm.check_saturation(dataclasses.replace(ds, frames=same)) is None
     warned = [r.getMessage() for r in caplog.records if "brightest count" in r.getMessage()]
     assert len(warned) == 2 and "count, 2000, occurs in" in warned[0]
 
