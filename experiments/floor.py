@@ -69,7 +69,7 @@ def main(argv=None) -> list[dict]:
     import jax.numpy as jnp
     from scipy.ndimage import binary_erosion
 
-    from diffxas import fitting, simulate
+    from diffxas import evaluate, fitting, simulate
     from diffxas.errors import DiffxasError
     from diffxas.spectra import PARAM_NAMES, XanesParams, absorption
 
@@ -85,11 +85,12 @@ def main(argv=None) -> list[dict]:
     a_fine = np.asarray(absorption(par, jnp.asarray(e, jnp.float32)), np.float64)  # (K, sH, sW)
     h, w = (n - n % s for n in a_fine.shape[1:])
     a_fine = a_fine[:, :h, :w]
-    nv = np.nan_to_num(truth.maps["n_v"])[:h, :w]
-    edge = np.nan_to_num(truth.maps["edge_energy"])[:h, :w]
-    nv_c = box_mean(nv, s)
-    ref = box_mean(edge * nv, s) / np.maximum(nv_c, 1e-300)
-    region = nv_c >= 0.25 * nv_c.max()
+    # the evaluation's own truth on the map grid (N_V-weighted area means) and region
+    d = truth.pixel_size * s
+    origin = (truth.origin[0] + 0.5 * (s - 1) * truth.pixel_size, truth.origin[1] + 0.5 * (s - 1) * truth.pixel_size)
+    coarse = evaluate.resample_truth(truth, d, origin, (h // s, w // s))
+    ref, nv_c = coarse["edge_energy"], np.nan_to_num(coarse["n_v"])
+    region = (nv_c >= 0.25 * nv_c.max()) & np.isfinite(ref)
     inner = binary_erosion(region, iterations=2)
     stacks = {
         "absorption-mixed": box_mean(a_fine, s),
