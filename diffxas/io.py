@@ -899,7 +899,7 @@ def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
     with_illum = _check_illumination_all_or_none(path, entries)
     with_mon = _check_monitor_all_or_none(path, entries)
     from .background import darkest_level
-    from .stxm import beam_masked, brightest_count
+    from .stxm import beam_masked, brightest_count, whole_counts
 
     dose, masked, lo, hi, illum_photons, mon_rms, dark = [], [], None, None, [], [], []
     top, top_pixels, top_frames, beam_hidden, counts = -np.inf, 0, 0, 0, True
@@ -907,7 +907,7 @@ def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
         frames = np.empty((en.n_frames, en.frame_size, en.frame_size), dtype=np.float32)
         pos, weights, probe = _load_entry(path, f, en, frames, with_illum)
         beam_hidden += int(beam_masked(weights))
-        counts = counts and bool(np.all(frames == np.round(frames)))  # whole counts (stxm.check_saturation)
+        counts = counts and whole_counts(frames)  # as stxm.check_saturation
         t, n_pix, n_fr = brightest_count(frames, weights > 0)
         if t >= top:
             top, top_pixels, top_frames = (t, top_pixels + n_pix, top_frames + n_fr) if t == top else (t, n_pix, n_fr)

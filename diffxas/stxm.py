@@ -167,6 +167,13 @@ def illumination_at_counts(ds: Dataset, sums: np.ndarray | None = None,
     return dataclasses.replace(ds, illumination=out), rec
 
 
+def whole_counts(values) -> bool:
+    """Whether every value is a whole number (photon counts, not noise-free or processed
+    frames)."""
+    v = np.asarray(values)
+    return bool(np.all(v == np.round(v)))
+
+
 def count_quantum(ds: Dataset, max_frames: int = 64) -> float | None:
     """The photon's value in the frames when they are photon counts times a constant ``q``
     (e.g. divided by an exposure or a flux): ``q``; None when they are plain counts
@@ -183,7 +190,7 @@ def count_quantum(ds: Dataset, max_frames: int = 64) -> float | None:
         return None
     f = take_frames(ds.frames, idx).astype(np.float64)
     v = f[f > 0]
-    if v.size == 0 or np.all(v == np.round(v)):
+    if v.size == 0 or whole_counts(v):
         return None
     q = float(v.min())
     r = v[v < 1000 * q] / q
@@ -262,7 +269,7 @@ def check_saturation(ds: Dataset, max_frames: int = 64) -> dict | None:
     idx = np.unique(np.linspace(0, n - 1, min(n, max_frames)).astype(np.int64))
     used = np.asarray(ds.mask)[np.asarray(ds.energy_index)[idx]] > 0
     f = take_frames(ds.frames, idx)
-    if not np.all(f == np.round(f)):  # not counts (noise-free or processed frames): identical
+    if not whole_counts(f):  # not counts (noise-free or processed frames): identical
         return None                   # membrane frames would repeat their maximum exactly
     top, pixels, frames = brightest_count(f, used)
     if not looks_saturated(top, pixels, frames):
