@@ -134,7 +134,8 @@ def test_cxi_layout(tmp_path):
     path = io.write_cxi(tmp_path / "d.cxi", ds, extra_attrs={"preset": "lfp", "seed": 7, "dose": {"a": 1}})
     pos = np.asarray(ds.positions)
     with h5py.File(path) as f:
-        assert f["cxi_version"][()] == 150
+        assert f["cxi_version"][()] == 160  # CXI 1.6
+        assert f["number_of_entries"][()] == K
         assert sorted(k for k in f if k.startswith("entry_")) == ["entry_1", "entry_2", "entry_3"]
         assert f.attrs["preset"] == "lfp" and f.attrs["seed"] == 7
         for k in range(K):
@@ -149,10 +150,14 @@ def test_cxi_layout(tmp_path):
             assert tr.shape == (N, 3)
             np.testing.assert_array_equal(tr[:, :2], -pos[idx])
             np.testing.assert_array_equal(tr[:, 2], 0.0)
-            # mask uint8, non-zero = not used
+            # mask: CXI 1.6 uint32 bit field, unused pixel = 0x1 (CXI_PIXEL_IS_INVALID)
             mk = e[f"{DET}/mask"]
-            assert mk.dtype == np.uint8 and mk.shape == (M, M)
-            np.testing.assert_array_equal(mk[()], (np.asarray(ds.mask)[k] == 0).astype(np.uint8))
+            assert mk.dtype == np.uint32 and mk.shape == (M, M)
+            np.testing.assert_array_equal(mk[()], (np.asarray(ds.mask)[k] == 0).astype(np.uint32))
+            # the translation links the axes attribute "translation:y:x" names
+            for grp in (DET, "data_1"):
+                assert e.get(f"{grp}/translation", getlink=True).path == f"/entry_{k + 1}/{TRANS}"
+            assert e[f"{DET}/data"].attrs["axes"] == "translation:y:x"
             assert mk[0, 0] == 1 and mk[8, 8] == 0
             il = e[f"{SRC}/illumination"]
             assert il.dtype == np.complex64 and il.shape == (M, M)
@@ -482,9 +487,11 @@ def test_cxi_summary(cxi):
     assert "frames per energy: 5 (total 15)" in text
     assert 'K edges in range:  V (5465 eV) -> element = "V"' in text  # xraydb's Elam K edge
     assert "16 x 16" in text and "75 um" in text and "illumination:      present (" in text
-    # dose: mean counts per frame, reference = the dataset itself, 1e-3 relative (4 digits shown)
+    # dose: mean counts per frame in the unmasked pixels, reference = the dataset itself,
+    # 1e-3 relative (4 digits shown)
     ds = make_dataset()
-    dose = float(np.asarray(ds.frames).sum(axis=(1, 2)).mean())
+    used_px = np.asarray(ds.mask)[np.asarray(ds.energy_index)] > 0
+    dose = float(np.where(used_px, np.asarray(ds.frames), 0).sum(axis=(1, 2)).mean())
     shown = float(text.split("dose:")[1].split()[1])
     assert shown == pytest.approx(dose, rel=1e-3)
     # darkest pixels: background.darkest_level of each energy's mean frame (3 digits shown)
