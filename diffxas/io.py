@@ -43,6 +43,7 @@ __all__ = [
     "write_cxi",
     "read_cxi",
     "open_cxi",
+    "export_cxi_entry",
     "CxiFrames",
     "cxi_summary",
     "sha256_file",
@@ -94,6 +95,10 @@ _TRANSLATION_MAX_M = 1.0  # 1 m scan range
 _DET = "instrument_1/detector_1"
 _SRC = "instrument_1/source_1"
 _TRANS = "sample_1/geometry_1/translation"
+#: translation = sign x probe position, per write_cxi(translation=...)
+_TRANSLATION_SIGN = {"sample": -1.0, "probe": 1.0}
+#: the ``convention`` attribute of a translation holding probe positions (diffxas export)
+_PROBE_CONVENTION = "probe position"
 #: where CXI 1.6 also allows the frames (NXdata): read when detector_1/data is absent
 _DATA = "data_1/data"
 #: optional incident-flux monitor (NXmonitor): one reading per frame, shape (N,), any unit
@@ -640,7 +645,8 @@ def _load_entry_meta(path, f: h5py.File, en: _Entry, with_illumination: bool):
         raise _err(path, tds.name,
                    f"row {bad} = [{', '.join(f'{v:.4g}' for v in tr[bad])}] m is not plausible (|translation| > "
                    f"{_TRANSLATION_MAX_M:g} m; CXI stores m)")
-    positions = -tr[:, :2]
+    # the probe position, x the sign of diffxas's own "probe"-convention exports
+    positions = -tr[:, :2] if _attr_value(tds.attrs.get("convention")) != _PROBE_CONVENTION else tr[:, :2].copy()
     # mask: non-zero = not used  ->  weight 0
     weights = np.ones((m, m), dtype=np.float32)
     if en.has_mask:
@@ -889,7 +895,7 @@ def open_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
 
 
 def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compression: str | None = "gzip",
-              chunk_frames: int = 16) -> Path:
+              chunk_frames: int = 16, translation: str = "sample") -> Path:
     """Write ``dataset`` as a multi-energy CXI file (one entry per energy), atomically.
 
     Args:
@@ -899,6 +905,10 @@ def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compressi
             that HDF5 cannot store natively are JSON-encoded.
         compression: h5py compression filter for the frames ("gzip", "lzf" or None).
         chunk_frames: frames per HDF5 chunk of the detector data.
+        translation: "sample" (default; the CXI specification's meaning: translation =
+            (-x, -y, 0) of the probe centre) or "probe" (translation = (x, y, 0), the probe
+            position, as ptychodus and PtyPy take it; the dataset then carries the
+            attribute ``convention = "probe position"`` and diffxas reads it back right).
 
     Frames are stored as uint32 when all counts are integral (as in measured or Poisson-
     noisy data), float32 otherwise. Returns the path written.
@@ -923,6 +933,8 @@ def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compressi
         raise InputError(f"cannot write {path}: positions must be finite")
     if chunk_frames < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    if translation not in _TRANSLATION_SIGN:
+        raise ValueError(f"translation must be one of {sorted(_TRANSLATION_SIGN)}, got {translation!r}")
     integral = bool(frames.size) and bool(np.all(frames == np.rint(frames))) and float(frames.max()) < 2**32
     fdtype = np.uint32 if integral else np.float32
     per_energy = [np.nonzero(ei == k)[0] for k in range(energies.size)]
@@ -959,9 +971,11 @@ def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compressi
                 e.create_dataset(_MON, data=monitor[idx]).attrs["units"] = "arbitrary (incident flux; ratios used)"
             geo = e.create_group("sample_1/geometry_1")
             tr = np.zeros((idx.size, 3), dtype=np.float64)
-            tr[:, :2] = -pos[idx]
+            tr[:, :2] = _TRANSLATION_SIGN[translation] * pos[idx]
             d = geo.create_dataset("translation", data=tr)
             d.attrs["units"] = "m"
+            if translation == "probe":
+                d.attrs["convention"] = _PROBE_CONVENTION
             # CXI 1.6 "Dimension Scales": the dataset named by each axes entry ("translation"
             # of "translation:y:x"), or a link to it, lies in the group of the data it
             # describes: detector_1 and data_1 (whose data is itself a link)
@@ -970,6 +984,42 @@ def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compressi
             data_1["data"] = h5py.SoftLink(f"/entry_{k + 1}/{_DET}/data")
             data_1["translation"] = h5py.SoftLink(f"/entry_{k + 1}/{_TRANS}")
     return path
+
+
+#: ``diffxas export --energy E`` picks the entry within this many eV of E (energies are
+#: stored in J, so a typed 5465.5 eV reads back as 5465.4999999...).
+EXPORT_ENERGY_TOL_EV = 0.01
+
+
+def export_cxi_entry(src, energy_ev: float, out, translation: str = "probe") -> tuple[Path, float, int]:
+    """Write the entry of ``src`` at photon energy ``energy_ev`` (eV) as a plain
+    single-entry CXI file ``out`` (``/entry_1`` only, CXI 1.6 layout, atomically), for
+    single-energy ptychography codes that read only ``entry_1`` (ptychodus, PtyPy, ...).
+
+    ``translation``: "probe" (default) writes translation = (x, y, 0), the probe position,
+    the sign ptychodus and PtyPy's position loaders take; "sample" keeps the CXI
+    specification's sample translation (-x, -y, 0), the sign diffxas and CDTools read.
+    docs/formats.md, "Other ptychography codes", compares the conventions.
+
+    Returns (path written, the entry's energy in eV, its number of frames). Raises
+    InputError (one line) when no entry lies within :data:`EXPORT_ENERGY_TOL_EV` of
+    ``energy_ev`` (the message lists the nearest energies).
+    """
+    src, out = Path(src), Path(out)
+    if not math.isfinite(energy_ev):
+        raise InputError(f"--energy must be a finite photon energy in eV, got {energy_ev}")
+    with _open_h5(src) as f:
+        entries = _scan_cxi(src, f)
+    en = np.array([e.energy_ev for e in entries])
+    k = int(np.argmin(np.abs(en - energy_ev)))
+    if abs(en[k] - energy_ev) > EXPORT_ENERGY_TOL_EV:
+        near = ", ".join(f"{v:.6g}" for v in en[np.argsort(np.abs(en - energy_ev))[:3]])
+        raise _err(src, None, f"no entry at {energy_ev:g} eV (within {EXPORT_ENERGY_TOL_EV:g} eV); nearest: {near} eV "
+                   f"({en.size} energies, {en.min():.6g} .. {en.max():.6g} eV)")
+    ds = read_cxi(src, energies=[k])
+    write_cxi(out, ds, extra_attrs={"exported_from": os.fspath(src), "exported_energy_eV": float(en[k]),
+                                    "translation_convention": translation}, translation=translation)
+    return out, float(en[k]), int(ds.n_frames)
 
 
 def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
