@@ -672,6 +672,14 @@ def _load_entry_meta(path, f: h5py.File, en: _Entry, with_illumination: bool):
     return positions, weights, probe
 
 
+def _is_nexus(path) -> bool:
+    """True if ``path`` is a NeXus NXcxi_ptycho file (:mod:`diffxas.nexus`)."""
+    from .nexus import is_nxcxi_ptycho
+
+    with _open_h5(path) as f:
+        return is_nxcxi_ptycho(f)
+
+
 def read_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
     """Read (a subset of the energies of) a multi-energy CXI file into a :class:`Dataset`.
 
@@ -686,10 +694,17 @@ def read_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
         float64 = -translation[:, :2], energies float64 in eV, mask float32 weights
         (1 = use), illumination complex64 or None.
 
+    A NeXus NXcxi_ptycho file (one NXentry per energy) is read by
+    :func:`diffxas.nexus.read_nxcxi_ptycho` into the same Dataset (dispatch by content).
+
     Raises:
         InputError: one line naming the file, entry and dataset of the first problem.
     """
     path = Path(path)
+    if _is_nexus(path):
+        from .nexus import read_nxcxi_ptycho
+
+        return read_nxcxi_ptycho(path, energies)
     with _open_h5(path) as f:
         chosen, with_illum = _chosen_entries(path, f, energies)
         m = chosen[0].frame_size
@@ -868,6 +883,10 @@ def open_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
         InputError: one line naming the file, entry and dataset of the first problem.
     """
     path = Path(path)
+    if _is_nexus(path):  # NXcxi_ptycho: read into memory (frames in any NeXus layout)
+        from .nexus import read_nxcxi_ptycho
+
+        return read_nxcxi_ptycho(path, energies)
     with _open_h5(path) as f:
         chosen, with_illum = _chosen_entries(path, f, energies)
         m = chosen[0].frame_size
@@ -1592,7 +1611,7 @@ def summarize_truth(path) -> str:
 # dispatch
 # --------------------------------------------------------------------------------------
 def file_kind(path) -> str:
-    """"cxi", "result" or "truth" (InputError for anything else)."""
+    """"cxi", "nexus" (NXcxi_ptycho), "result" or "truth" (InputError for anything else)."""
     path = Path(path)
     with _open_h5(path) as f:
         fmt = _attr_value(f.attrs["format"]) if "format" in f.attrs else None
@@ -1600,6 +1619,10 @@ def file_kind(path) -> str:
             return "result"
         if fmt == TRUTH_FORMAT:
             return "truth"
+        from .nexus import is_nxcxi_ptycho
+
+        if is_nxcxi_ptycho(f):
+            return "nexus"
         if "cxi_version" in f or "entry_1" in f:
             return "cxi"
         if "maps" in f and "method" in f.attrs:
@@ -1624,4 +1647,8 @@ def _k_edges_line(en) -> str:
 def summarize(path) -> str:
     """Summary of any file diffxas reads or writes (CXI input, results, ground truth)."""
     kind = file_kind(path)
+    if kind == "nexus":
+        from .nexus import nexus_summary
+
+        return nexus_summary(path)
     return {"cxi": cxi_summary, "result": summarize_result, "truth": summarize_truth}[kind](path)
