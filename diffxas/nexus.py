@@ -167,12 +167,21 @@ def _energy_ev(path, entry: h5py.Group, instrument: h5py.Group) -> float:
                "NXsource energy is the machine's, not the photons')")
 
 
+def _real(path, ds: h5py.Dataset) -> np.ndarray:
+    """``ds`` as float64, or a one-line error when it does not hold real numbers."""
+    if ds.dtype.kind not in "biuf":
+        raise _err(path, ds.name, f"has dtype {ds.dtype}, expected real numbers")
+    from .io import _read
+
+    return _read(path, ds, dtype=np.float64)
+
+
 def _positions(path, entry: h5py.Group, det: h5py.Group, n: int) -> np.ndarray:
     """Probe centres (n, 2) in m: -(x, y) of the sample translation or motors."""
     for g, name in ((det, "translation"), (entry, "data_1/translation"), (entry, "sample_1/geometry_1/translation")):
         ds = g.get(name)
         if isinstance(ds, h5py.Dataset):
-            tr = np.asarray(ds[()], np.float64) * _length_scale(path, ds)
+            tr = _real(path, ds) * _length_scale(path, ds)
             if tr.shape != (n, 3) and tr.shape != (n, 2):
                 raise _err(path, ds.name, f"must have shape ({n}, 3), one row per frame, got {tr.shape}")
             return -tr[:, :2]
@@ -182,7 +191,7 @@ def _positions(path, entry: h5py.Group, det: h5py.Group, n: int) -> np.ndarray:
         xy = []
         for ax in ("x", "y"):
             ds = tf[ax]
-            v = np.asarray(ds[()], np.float64).ravel() * _length_scale(path, ds)
+            v = _real(path, ds).ravel() * _length_scale(path, ds)
             if v.size != n:
                 raise _err(path, ds.name, f"has {v.size} positions for {n} frames")
             xy.append(v)
@@ -233,7 +242,7 @@ def _read_entry(path, f: h5py.File, name: str):
     for key, nexus_bits in (("pixel_mask", True), ("mask", False)):
         mk = det.get(key)
         if isinstance(mk, h5py.Dataset):
-            a = np.asarray(mk[()])
+            a = _real(path, mk).astype(np.int64) if mk.dtype.kind in "iu" else _real(path, mk)
             if a.shape != (m, m):
                 raise _err(path, mk.name, f"must have shape ({m}, {m}), got {a.shape}")
             weights = (a == 0).astype(np.float32) if nexus_bits else cxi_mask_weights(a)
@@ -244,7 +253,7 @@ def _read_entry(path, f: h5py.File, name: str):
     mon = _child(path, inst, "NXmonitor", "monitor_1", required=False) or \
         _child(path, entry, "NXmonitor", "monitor_1", required=False)
     if mon is not None and isinstance(mon.get("data"), h5py.Dataset):
-        mo = np.asarray(mon["data"][()], np.float64).ravel()
+        mo = _real(path, mon["data"]).ravel()
         if mo.size != n or not (np.isfinite(mo).all() and (mo > 0).all()):
             raise _err(path, mon["data"].name, f"must hold {n} finite positive readings, one per frame")
         monitor = mo

@@ -141,6 +141,12 @@ def _mut_translation_rows(f):
     d["translation"] = np.zeros((N + 1, 3))
 
 
+def _mut_translation_text(f):
+    d = f["entry_2/instrument_1/detector_1"]
+    del d["translation"]
+    d["translation"] = np.array([b"1 um"] * N)
+
+
 def _mut_pixel_units(f):
     f["entry_1/instrument_1/detector_1/x_pixel_size"].attrs["units"] = "furlong"
 
@@ -154,6 +160,7 @@ def _mut_same_energy(f):
     (_mut_energy_units, "not a plausible X-ray energy"),
     (_mut_translation_rows, "one row per frame"),
     (_mut_pixel_units, "unknown length unit"),
+    (_mut_translation_text, "expected real numbers"),
     (_mut_same_energy, "two entries at one energy"),
 ])
 def test_nexus_bad_input_one_line_exit_2(nxs, capsys, mutate, words):
