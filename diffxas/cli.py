@@ -61,6 +61,40 @@ def _run_info(args) -> int:
     return 0
 
 
+# ---- export ------------------------------------------------------------------------------
+def _add_export(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="write one energy of a multi-energy CXI file as a plain single-entry CXI file",
+        description="Write the entry at photon energy --energy of a multi-energy CXI file as a single-entry CXI "
+                    "file (/entry_1 only, CXI 1.6 layout) that single-energy ptychography codes read as it is "
+                    "(ptychodus, PtyPy's HDF5 loader, ...). The translation is written as the probe position "
+                    "(x, y, 0) by default, the sign those codes take; --translation sample keeps the CXI "
+                    "specification's sample translation (-x, -y, 0). See docs/formats.md, \"Other ptychography codes\".",
+        epilog="example: diffxas export data.cxi --energy 5465.5 -o one.cxi",
+    )
+    p.add_argument("data", metavar="DATA.cxi", help="multi-energy CXI file")
+    p.add_argument("--energy", required=True, type=float, metavar="EV",
+                   help="photon energy of the entry to export, eV (within 0.01 eV of an entry's energy)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="single-entry CXI file to write")
+    p.add_argument("--translation", choices=("probe", "sample"), default="probe",
+                   help="sign of the written translation: probe = probe position (x, y, 0) as ptychodus and PtyPy "
+                        "read it (default); sample = CXI's sample translation (-x, -y, 0) as diffxas writes it")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from .demo import check_output_path
+    from .io import export_cxi_entry
+
+    _require_file(args.data, "CXI file")
+    out = check_output_path(args.output, "exported CXI file", inputs=[args.data])
+    path, energy, n = export_cxi_entry(args.data, args.energy, out, translation=args.translation)
+    print(f"wrote {path}: the entry at {energy:.6g} eV ({n} frames) as /entry_1, translation = "
+          + ("probe position (x, y, 0)" if args.translation == "probe" else "sample translation (-x, -y, 0)"))
+    return 0
+
+
 # ---- orientation -------------------------------------------------------------------------
 def _add_orientation(subparsers) -> None:
     p = subparsers.add_parser(
@@ -855,7 +889,7 @@ def _run_design_energies(args) -> int:
 
 
 #: Subcommand registration functions, in the order shown by ``--help``.
-COMMANDS: list[Callable] = [_add_info, _add_orientation, _add_simulate, _add_reconstruct, _add_refit, _add_cluster, _add_evaluate, _add_report,
+COMMANDS: list[Callable] = [_add_info, _add_export, _add_orientation, _add_simulate, _add_reconstruct, _add_refit, _add_cluster, _add_evaluate, _add_report,
                             _add_demo, _add_sweep, _add_design_energies]
 
 

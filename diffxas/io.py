@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import hdf5plugin  # noqa: F401  (registers bitshuffle/LZ4, Blosc, ... filters: EIGER-style compressed frames)
 import numpy as np
 
 from . import __version__
-from .constants import ELEMENTARY_CHARGE
+from .constants import ELEMENTARY_CHARGE, HC_EV_M
 from .dataset import Dataset
 from .errors import InputError
 from .geometry import object_pixel_size
@@ -42,6 +43,7 @@ __all__ = [
     "write_cxi",
     "read_cxi",
     "open_cxi",
+    "export_cxi_entry",
     "CxiFrames",
     "cxi_summary",
     "sha256_file",
@@ -58,8 +60,26 @@ __all__ = [
     "dumps_json",
 ]
 
-#: CXI version written to ``/cxi_version``.
-CXI_VERSION = 150
+#: CXI version written to ``/cxi_version`` (CXI 1.6: version x 100). Any integer is read.
+CXI_VERSION = 160
+
+# CXI 1.6 pixel-mask bits (specification, Detector class, member ``mask``: a 32-bit field,
+# "a pixel with no bits set corresponds to an ideal pixel").
+CXI_PIXEL_IS_INVALID = 0x00000001
+CXI_PIXEL_IS_SATURATED = 0x00000002
+CXI_PIXEL_IS_HOT = 0x00000004
+CXI_PIXEL_IS_DEAD = 0x00000008
+CXI_PIXEL_IS_SHADOWED = 0x00000010
+CXI_PIXEL_IS_BAD = 0x00000080
+CXI_PIXEL_IS_MISSING = 0x00000200  # gap between the modules of a modular detector
+CXI_PIXEL_IS_NOISY = 0x00000400
+CXI_PIXEL_HAS_SIGNAL = 0x00001000  # "signal above the background": not a defect
+#: The bits that exclude a pixel: every defect the specification defines. Decision: bits
+#: without a defect meaning (0x1000 "has signal", 0x10000 "inside support" of the Image
+#: class, and the bits the specification leaves to users) do not exclude a pixel; a
+#: shadowed pixel (0x10, e.g. under a beamstop) holds no usable signal and is excluded.
+CXI_MASK_EXCLUDE = (CXI_PIXEL_IS_INVALID | CXI_PIXEL_IS_SATURATED | CXI_PIXEL_IS_HOT | CXI_PIXEL_IS_DEAD
+                    | CXI_PIXEL_IS_SHADOWED | CXI_PIXEL_IS_BAD | CXI_PIXEL_IS_MISSING | CXI_PIXEL_IS_NOISY)
 
 #: ``format`` root attribute of the files diffxas writes besides CXI.
 RESULT_FORMAT = "diffxas-result"
@@ -75,6 +95,12 @@ _TRANSLATION_MAX_M = 1.0  # 1 m scan range
 _DET = "instrument_1/detector_1"
 _SRC = "instrument_1/source_1"
 _TRANS = "sample_1/geometry_1/translation"
+#: translation = sign x probe position, per write_cxi(translation=...)
+_TRANSLATION_SIGN = {"sample": -1.0, "probe": 1.0}
+#: the ``convention`` attribute of a translation holding probe positions (diffxas export)
+_PROBE_CONVENTION = "probe position"
+#: where CXI 1.6 also allows the frames (NXdata): read when detector_1/data is absent
+_DATA = "data_1/data"
 #: optional incident-flux monitor (NXmonitor): one reading per frame, shape (N,), any unit
 _MON = "instrument_1/monitor_1/data"
 _ENTRY_RE = re.compile(r"^entry_(\d+)$")
@@ -355,13 +381,27 @@ class _Entry:
     has_mask: bool
     has_illumination: bool
     has_monitor: bool = False
+    #: the frames' dataset: detector_1/data, or data_1/data where only that exists
+    data_path: str = ""
 
 
-def _scan_entry(path, f: h5py.File, name: str) -> _Entry:
-    e = _group(path, f, name, "missing entry")
-    where = f"/{name}"
-    # energy (J in the file)
-    en_name = f"{_SRC}/energy"
+def _entry_energy_j(path, e: h5py.Group, where: str) -> float:
+    """An entry's photon energy in J: ``source_1/energy`` (J), or, where only that is
+    given, ``source_1/wavelength`` (m; E = h c / lambda), as CXI 1.6's Source class allows."""
+    en_name, wl_name = f"{_SRC}/energy", f"{_SRC}/wavelength"
+    if en_name not in e and wl_name in e:
+        wl = _scalar(path, e, wl_name)
+        if wl <= 0:
+            raise _err(path, f"{where}/{wl_name}", f"wavelength {wl:g} m must be positive")
+        energy_j = HC_EV_M / wl * ELEMENTARY_CHARGE
+        if not (_ENERGY_MIN_J <= energy_j <= _ENERGY_MAX_J):
+            raise _err(path, f"{where}/{wl_name}",
+                       f"wavelength {wl:g} m ({HC_EV_M / wl:.4g} eV) is not a plausible X-ray wavelength; CXI "
+                       f"stores m (5420 eV = {HC_EV_M / 5420:.4g} m)")
+        return energy_j
+    if en_name not in e:
+        raise _err(path, f"{where}/{en_name}", "missing dataset (give the photon energy in J, or source_1/wavelength "
+                   "in m)")
     energy_j = _scalar(path, e, en_name)
     if energy_j > _ENERGY_MAX_J:
         raise _err(path, f"{where}/{en_name}",
@@ -370,6 +410,37 @@ def _scan_entry(path, f: h5py.File, name: str) -> _Entry:
         raise _err(path, f"{where}/{en_name}",
                    f"energy {energy_j:g} J ({energy_j / ELEMENTARY_CHARGE:.3g} eV) is not a plausible X-ray "
                    "photon energy; CXI stores J")
+    return energy_j
+
+
+def _frames_dataset(path, e: h5py.Group) -> h5py.Dataset:
+    """The entry's frames: ``instrument_1/detector_1/data``, or ``data_1/data`` (the
+    entry's NXdata, CXI 1.6's mandatory Data class) where the detector has none."""
+    if f"{_DET}/data" not in e and _DATA in e:
+        return _dataset(path, e, _DATA)
+    return _dataset(path, e, f"{_DET}/data")
+
+
+def cxi_mask_weights(mask: np.ndarray) -> np.ndarray:
+    """Weights (1 = pixel used, 0 = not) of a CXI detector mask, float32, same shape.
+
+    Integer masks are read as the CXI 1.6 32-bit field: a pixel is excluded when any
+    defect bit (:data:`CXI_MASK_EXCLUDE`: invalid, saturated, hot, dead, shadowed, bad,
+    missing/gap, noisy) is set; 0x1000 "has signal" and the bits without a standard
+    meaning do not exclude it. Boolean and floating-point masks (not CXI's type, written
+    by some tools) exclude every non-zero pixel.
+    """
+    mk = np.asarray(mask)
+    if mk.dtype.kind in "iu":
+        return ((mk.astype(np.int64) & CXI_MASK_EXCLUDE) == 0).astype(np.float32)
+    return (mk == 0).astype(np.float32)
+
+
+def _scan_entry(path, f: h5py.File, name: str) -> _Entry:
+    e = _group(path, f, name, "missing entry")
+    where = f"/{name}"
+    # energy (J in the file)
+    energy_j = _entry_energy_j(path, e, where)
     # detector geometry
     distance = _scalar(path, e, f"{_DET}/distance")
     if not (0 < distance <= _DISTANCE_MAX_M):
@@ -385,7 +456,7 @@ def _scan_entry(path, f: h5py.File, name: str) -> _Entry:
         raise _err(path, f"{where}/{_DET}/y_pixel_size",
                    f"non-square pixels: x_pixel_size {px:g} m != y_pixel_size {py:g} m")
     # frames
-    data = _dataset(path, e, f"{_DET}/data")
+    data = _frames_dataset(path, e)
     if data.ndim != 3 or data.shape[1] != data.shape[2]:
         raise _err(path, data.name, f"must have shape (N, M, M), got {data.shape}")
     _check_dtype(path, data, "iuf", "real photon counts")
@@ -406,7 +477,7 @@ def _scan_entry(path, f: h5py.File, name: str) -> _Entry:
         mk = _dataset(path, e, f"{_DET}/mask")
         if mk.shape != (m, m):
             raise _err(path, mk.name, f"must have shape ({m}, {m}), got {mk.shape}")
-        _check_dtype(path, mk, "biuf", "an integer mask (non-zero = pixel not used)")
+        _check_dtype(path, mk, "biuf", "an integer mask (CXI pixel-mask bits)")
         has_mask = True
     il = e.get(f"{_SRC}/illumination")
     if il is not None:
@@ -423,7 +494,8 @@ def _scan_entry(path, f: h5py.File, name: str) -> _Entry:
             raise _err(path, mo.name, f"must have shape ({n},), one reading per frame of {data.name}, got {mo.shape}")
         _check_dtype(path, mo, "iuf", "real monitor readings")
         has_mon = True
-    return _Entry(name, energy_j / ELEMENTARY_CHARGE, distance, px, n, m, has_mask, has_illum, has_mon)
+    return _Entry(name, energy_j / ELEMENTARY_CHARGE, distance, px, n, m, has_mask, has_illum, has_mon,
+                  data_path=data.name)
 
 
 #: A detector mask may exclude at most this fraction of the pixels (more looks inverted).
@@ -529,7 +601,7 @@ def _load_monitor(path, f: h5py.File, en: _Entry) -> np.ndarray:
 def _load_entry(path, f: h5py.File, en: _Entry, frames: np.ndarray, with_illumination: bool):
     """Read one entry's frames into ``frames`` (shape (N_k, M, M), float32) and return
     (positions (N_k, 2), mask weights (M, M), illumination (M, M) or None), validating values."""
-    ds = f[en.name][f"{_DET}/data"]
+    ds = f[en.data_path]
     try:  # straight into the caller's block (HDF5 converts the type)
         ds.read_direct(frames)
     except _READ_ERRORS as exc:
@@ -573,7 +645,8 @@ def _load_entry_meta(path, f: h5py.File, en: _Entry, with_illumination: bool):
         raise _err(path, tds.name,
                    f"row {bad} = [{', '.join(f'{v:.4g}' for v in tr[bad])}] m is not plausible (|translation| > "
                    f"{_TRANSLATION_MAX_M:g} m; CXI stores m)")
-    positions = -tr[:, :2]
+    # the probe position, x the sign of diffxas's own "probe"-convention exports
+    positions = -tr[:, :2] if _attr_value(tds.attrs.get("convention")) != _PROBE_CONVENTION else tr[:, :2].copy()
     # mask: non-zero = not used  ->  weight 0
     weights = np.ones((m, m), dtype=np.float32)
     if en.has_mask:
@@ -581,14 +654,14 @@ def _load_entry_meta(path, f: h5py.File, en: _Entry, with_illumination: bool):
         mk = _read(path, mds)
         if mds.dtype.kind == "f" and not np.isfinite(mk).all():
             raise _err(path, mds.name, "contains NaN or inf")
-        weights = (mk == 0).astype(np.float32)
+        weights = cxi_mask_weights(mk)
         if not weights.any():
             raise _err(path, mds.name, "excludes every pixel")
         if weights.mean() < _MASK_MIN_USED:
             # an inverted mask (1 = good pixel, the opposite of CXI) would otherwise keep
             # only the few bad pixels and the run would silently fit them
             raise _err(path, mds.name, f"excludes {100 * (1 - weights.mean()):.1f} % of the pixels: CXI masks mark the "
-                       "pixels NOT to use with non-zero values; is this one inverted?")
+                       "pixels NOT to use (bit 0x1 invalid, 0x200 gap, ...); is this one inverted?")
     probe = None
     if with_illumination:
         ids = e[f"{_SRC}/illumination"]
@@ -597,6 +670,14 @@ def _load_entry_meta(path, f: h5py.File, en: _Entry, with_illumination: bool):
             raise _err(path, ids.name, "contains NaN or inf")
         probe = p.astype(np.complex64)
     return positions, weights, probe
+
+
+def _is_nexus(path) -> bool:
+    """True if ``path`` is a NeXus NXcxi_ptycho file (:mod:`diffxas.nexus`)."""
+    from .nexus import is_nxcxi_ptycho
+
+    with _open_h5(path) as f:
+        return is_nxcxi_ptycho(f)
 
 
 def read_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
@@ -613,10 +694,17 @@ def read_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
         float64 = -translation[:, :2], energies float64 in eV, mask float32 weights
         (1 = use), illumination complex64 or None.
 
+    A NeXus NXcxi_ptycho file (one NXentry per energy) is read by
+    :func:`diffxas.nexus.read_nxcxi_ptycho` into the same Dataset (dispatch by content).
+
     Raises:
         InputError: one line naming the file, entry and dataset of the first problem.
     """
     path = Path(path)
+    if _is_nexus(path):
+        from .nexus import read_nxcxi_ptycho
+
+        return read_nxcxi_ptycho(path, energies)
     with _open_h5(path) as f:
         chosen, with_illum = _chosen_entries(path, f, energies)
         m = chosen[0].frame_size
@@ -668,10 +756,13 @@ class CxiFrames(LazyFrames):
     returns one frame (a numpy array).
     """
 
-    def __init__(self, path, entries, frame_size: int, index=None):
+    def __init__(self, path, entries, frame_size: int, index=None, data_paths=None):
         self.path = Path(path)
         self.entries = tuple((str(name), int(n)) for name, n in entries)
         self.frame_size = int(frame_size)
+        # each entry's frames dataset (detector_1/data by default; data_1/data where only that exists)
+        self.data_paths = (tuple(f"/{name}/{_DET}/data" for name, _ in self.entries) if data_paths is None
+                           else tuple(str(p) for p in data_paths))
         self._starts = np.concatenate([[0], np.cumsum([n for _, n in self.entries], dtype=np.int64)]).astype(np.int64)
         self._index = None if index is None else np.asarray(index, np.int64).ravel()
 
@@ -721,7 +812,7 @@ class CxiFrames(LazyFrames):
             return self.take([int(key) % n])[0]
         pos = self._positions(key)
         file_pos = pos if self._index is None else self._index[pos]
-        return CxiFrames(self.path, self.entries, self.frame_size, index=file_pos)
+        return CxiFrames(self.path, self.entries, self.frame_size, index=file_pos, data_paths=self.data_paths)
 
     # ---- reading ------------------------------------------------------------------------
     def read(self, start: int = 0, stop: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
@@ -748,7 +839,7 @@ class CxiFrames(LazyFrames):
             for e, (name, count) in enumerate(self.entries):
                 sel = np.nonzero((g >= self._starts[e]) & (g < self._starts[e + 1]))[0]
                 if sel.size:
-                    ds = _dataset(self.path, f, f"/{name}/{_DET}/data")
+                    ds = _dataset(self.path, f, self.data_paths[e])
                     if ds.shape != (count, m, m):
                         raise _err(self.path, ds.name, f"has shape {ds.shape}, expected {(count, m, m)} "
                                    "(the file changed since it was opened?)")
@@ -792,6 +883,10 @@ def open_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
         InputError: one line naming the file, entry and dataset of the first problem.
     """
     path = Path(path)
+    if _is_nexus(path):  # NXcxi_ptycho: read into memory (frames in any NeXus layout)
+        from .nexus import read_nxcxi_ptycho
+
+        return read_nxcxi_ptycho(path, energies)
     with _open_h5(path) as f:
         chosen, with_illum = _chosen_entries(path, f, energies)
         m = chosen[0].frame_size
@@ -805,7 +900,8 @@ def open_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
             masks.append(w)
             probes.append(probe)
     return Dataset(
-        frames=CxiFrames(path, [(en.name, en.n_frames) for en in chosen], m),
+        frames=CxiFrames(path, [(en.name, en.n_frames) for en in chosen], m,
+                         data_paths=[en.data_path for en in chosen]),
         positions=np.concatenate(positions).astype(np.float64),
         energy_index=np.concatenate(energy_index),
         energies=np.array([en.energy_ev for en in chosen], dtype=np.float64),
@@ -818,7 +914,7 @@ def open_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
 
 
 def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compression: str | None = "gzip",
-              chunk_frames: int = 16) -> Path:
+              chunk_frames: int = 16, translation: str = "sample") -> Path:
     """Write ``dataset`` as a multi-energy CXI file (one entry per energy), atomically.
 
     Args:
@@ -828,6 +924,10 @@ def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compressi
             that HDF5 cannot store natively are JSON-encoded.
         compression: h5py compression filter for the frames ("gzip", "lzf" or None).
         chunk_frames: frames per HDF5 chunk of the detector data.
+        translation: "sample" (default; the CXI specification's meaning: translation =
+            (-x, -y, 0) of the probe centre) or "probe" (translation = (x, y, 0), the probe
+            position, as ptychodus and PtyPy take it; the dataset then carries the
+            attribute ``convention = "probe position"`` and diffxas reads it back right).
 
     Frames are stored as uint32 when all counts are integral (as in measured or Poisson-
     noisy data), float32 otherwise. Returns the path written.
@@ -852,6 +952,8 @@ def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compressi
         raise InputError(f"cannot write {path}: positions must be finite")
     if chunk_frames < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    if translation not in _TRANSLATION_SIGN:
+        raise ValueError(f"translation must be one of {sorted(_TRANSLATION_SIGN)}, got {translation!r}")
     integral = bool(frames.size) and bool(np.all(frames == np.rint(frames))) and float(frames.max()) < 2**32
     fdtype = np.uint32 if integral else np.float32
     per_energy = [np.nonzero(ei == k)[0] for k in range(energies.size)]
@@ -860,6 +962,7 @@ def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compressi
             raise InputError(f"cannot write {path}: energy {k} ({energies[k]:g} eV) has no frames")
     with _atomic_h5(path) as f:
         f.create_dataset("cxi_version", data=np.int64(CXI_VERSION))
+        f.create_dataset("number_of_entries", data=np.int64(energies.size))
         f.attrs["creator"] = f"diffxas {__version__}"
         for key, value in (extra_attrs or {}).items():
             _set_attr(f, str(key), value)
@@ -881,16 +984,61 @@ def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compressi
                                 ("y_pixel_size", dataset.detector_pixel)):
                 d = det.create_dataset(name, data=np.float64(value))
                 d.attrs["units"] = "m"
-            det.create_dataset("mask", data=(mask[k] == 0).astype(np.uint8))
+            # CXI 1.6 32-bit pixel mask: an unused pixel is CXI_PIXEL_IS_INVALID (0x1)
+            det.create_dataset("mask", data=np.where(mask[k] == 0, CXI_PIXEL_IS_INVALID, 0).astype(np.uint32))
             if monitor is not None:
                 e.create_dataset(_MON, data=monitor[idx]).attrs["units"] = "arbitrary (incident flux; ratios used)"
             geo = e.create_group("sample_1/geometry_1")
             tr = np.zeros((idx.size, 3), dtype=np.float64)
-            tr[:, :2] = -pos[idx]
+            tr[:, :2] = _TRANSLATION_SIGN[translation] * pos[idx]
             d = geo.create_dataset("translation", data=tr)
             d.attrs["units"] = "m"
-            e.create_group("data_1")["data"] = h5py.SoftLink(f"/entry_{k + 1}/{_DET}/data")
+            if translation == "probe":
+                d.attrs["convention"] = _PROBE_CONVENTION
+            # CXI 1.6 "Dimension Scales": the dataset named by each axes entry ("translation"
+            # of "translation:y:x"), or a link to it, lies in the group of the data it
+            # describes: detector_1 and data_1 (whose data is itself a link)
+            det["translation"] = h5py.SoftLink(f"/entry_{k + 1}/{_TRANS}")
+            data_1 = e.create_group("data_1")
+            data_1["data"] = h5py.SoftLink(f"/entry_{k + 1}/{_DET}/data")
+            data_1["translation"] = h5py.SoftLink(f"/entry_{k + 1}/{_TRANS}")
     return path
+
+
+#: ``diffxas export --energy E`` picks the entry within this many eV of E (energies are
+#: stored in J, so a typed 5465.5 eV reads back as 5465.4999999...).
+EXPORT_ENERGY_TOL_EV = 0.01
+
+
+def export_cxi_entry(src, energy_ev: float, out, translation: str = "probe") -> tuple[Path, float, int]:
+    """Write the entry of ``src`` at photon energy ``energy_ev`` (eV) as a plain
+    single-entry CXI file ``out`` (``/entry_1`` only, CXI 1.6 layout, atomically), for
+    single-energy ptychography codes that read only ``entry_1`` (ptychodus, PtyPy, ...).
+
+    ``translation``: "probe" (default) writes translation = (x, y, 0), the probe position,
+    the sign ptychodus and PtyPy's position loaders take; "sample" keeps the CXI
+    specification's sample translation (-x, -y, 0), the sign diffxas and CDTools read.
+    docs/formats.md, "Other ptychography codes", compares the conventions.
+
+    Returns (path written, the entry's energy in eV, its number of frames). Raises
+    InputError (one line) when no entry lies within :data:`EXPORT_ENERGY_TOL_EV` of
+    ``energy_ev`` (the message lists the nearest energies).
+    """
+    src, out = Path(src), Path(out)
+    if not math.isfinite(energy_ev):
+        raise InputError(f"--energy must be a finite photon energy in eV, got {energy_ev}")
+    with _open_h5(src) as f:
+        entries = _scan_cxi(src, f)
+    en = np.array([e.energy_ev for e in entries])
+    k = int(np.argmin(np.abs(en - energy_ev)))
+    if abs(en[k] - energy_ev) > EXPORT_ENERGY_TOL_EV:
+        near = ", ".join(f"{v:.6g}" for v in en[np.argsort(np.abs(en - energy_ev))[:3]])
+        raise _err(src, None, f"no entry at {energy_ev:g} eV (within {EXPORT_ENERGY_TOL_EV:g} eV); nearest: {near} eV "
+                   f"({en.size} energies, {en.min():.6g} .. {en.max():.6g} eV)")
+    ds = read_cxi(src, energies=[k])
+    write_cxi(out, ds, extra_attrs={"exported_from": os.fspath(src), "exported_energy_eV": float(en[k]),
+                                    "translation_convention": translation}, translation=translation)
+    return out, float(en[k]), int(ds.n_frames)
 
 
 def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
@@ -911,7 +1059,10 @@ def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
         t, n_pix, n_fr = brightest_count(frames, weights > 0)
         if t >= top:
             top, top_pixels, top_frames = (t, top_pixels + n_pix, top_frames + n_fr) if t == top else (t, n_pix, n_fr)
-        dose.append(float(frames.sum(dtype=np.float64)) / en.n_frames)
+        # dose: counts in the pixels used only (gap pixels of a modular detector hold
+        # 2^32 - 1 and are masked; counting them gave 1.4e11 instead of ~1e6 per frame)
+        frame_sum = frames.sum(axis=0, dtype=np.float64)
+        dose.append(float(frame_sum[weights > 0].sum()) / en.n_frames)
         dark.append(darkest_level(frames.mean(axis=0, dtype=np.float64), weights))
         masked.append(float((weights == 0).mean()))
         lo = pos.min(0) if lo is None else np.minimum(lo, pos.min(0))
@@ -951,7 +1102,7 @@ def cxi_summary(path) -> str:
         f"  frame size M:      {first.frame_size} x {first.frame_size} pixels",
         f"  detector:          distance {first.distance:.4g} m, pixel {_si(first.pixel, 'm')}",
         f"  object pixel:      {_si(dx.min(), 'm')} .. {_si(dx.max(), 'm')}",
-        f"  dose:              mean {stats['dose'].mean():.4g} counts per frame"
+        f"  dose:              mean {stats['dose'].mean():.4g} counts per frame in unmasked pixels"
         + (f" ({stats['dose'].min():.4g} .. {stats['dose'].max():.4g} over energies)" if en.size > 1 else ""),
         f"  mask:              {100 * stats['masked'].mean():.3g} % of detector pixels not used",
         f"  darkest pixels:    {stats['darkest'].min():.3g} .. {stats['darkest'].max():.3g} counts per pixel per frame "
@@ -1460,7 +1611,7 @@ def summarize_truth(path) -> str:
 # dispatch
 # --------------------------------------------------------------------------------------
 def file_kind(path) -> str:
-    """"cxi", "result" or "truth" (InputError for anything else)."""
+    """"cxi", "nexus" (NXcxi_ptycho), "result" or "truth" (InputError for anything else)."""
     path = Path(path)
     with _open_h5(path) as f:
         fmt = _attr_value(f.attrs["format"]) if "format" in f.attrs else None
@@ -1468,6 +1619,10 @@ def file_kind(path) -> str:
             return "result"
         if fmt == TRUTH_FORMAT:
             return "truth"
+        from .nexus import is_nxcxi_ptycho
+
+        if is_nxcxi_ptycho(f):
+            return "nexus"
         if "cxi_version" in f or "entry_1" in f:
             return "cxi"
         if "maps" in f and "method" in f.attrs:
@@ -1492,4 +1647,8 @@ def _k_edges_line(en) -> str:
 def summarize(path) -> str:
     """Summary of any file diffxas reads or writes (CXI input, results, ground truth)."""
     kind = file_kind(path)
+    if kind == "nexus":
+        from .nexus import nexus_summary
+
+        return nexus_summary(path)
     return {"cxi": cxi_summary, "result": summarize_result, "truth": summarize_truth}[kind](path)

@@ -134,7 +134,8 @@ def test_cxi_layout(tmp_path):
     path = io.write_cxi(tmp_path / "d.cxi", ds, extra_attrs={"preset": "lfp", "seed": 7, "dose": {"a": 1}})
     pos = np.asarray(ds.positions)
     with h5py.File(path) as f:
-        assert f["cxi_version"][()] == 150
+        assert f["cxi_version"][()] == 160  # CXI 1.6
+        assert f["number_of_entries"][()] == K
         assert sorted(k for k in f if k.startswith("entry_")) == ["entry_1", "entry_2", "entry_3"]
         assert f.attrs["preset"] == "lfp" and f.attrs["seed"] == 7
         for k in range(K):
@@ -149,10 +150,14 @@ def test_cxi_layout(tmp_path):
             assert tr.shape == (N, 3)
             np.testing.assert_array_equal(tr[:, :2], -pos[idx])
             np.testing.assert_array_equal(tr[:, 2], 0.0)
-            # mask uint8, non-zero = not used
+            # mask: CXI 1.6 uint32 bit field, unused pixel = 0x1 (CXI_PIXEL_IS_INVALID)
             mk = e[f"{DET}/mask"]
-            assert mk.dtype == np.uint8 and mk.shape == (M, M)
-            np.testing.assert_array_equal(mk[()], (np.asarray(ds.mask)[k] == 0).astype(np.uint8))
+            assert mk.dtype == np.uint32 and mk.shape == (M, M)
+            np.testing.assert_array_equal(mk[()], (np.asarray(ds.mask)[k] == 0).astype(np.uint32))
+            # the translation links the axes attribute "translation:y:x" names
+            for grp in (DET, "data_1"):
+                assert e.get(f"{grp}/translation", getlink=True).path == f"/entry_{k + 1}/{TRANS}"
+            assert e[f"{DET}/data"].attrs["axes"] == "translation:y:x"
             assert mk[0, 0] == 1 and mk[8, 8] == 0
             il = e[f"{SRC}/illumination"]
             assert il.dtype == np.complex64 and il.shape == (M, M)
@@ -482,9 +487,11 @@ def test_cxi_summary(cxi):
     assert "frames per energy: 5 (total 15)" in text
     assert 'K edges in range:  V (5465 eV) -> element = "V"' in text  # xraydb's Elam K edge
     assert "16 x 16" in text and "75 um" in text and "illumination:      present (" in text
-    # dose: mean counts per frame, reference = the dataset itself, 1e-3 relative (4 digits shown)
+    # dose: mean counts per frame in the unmasked pixels, reference = the dataset itself,
+    # 1e-3 relative (4 digits shown)
     ds = make_dataset()
-    dose = float(np.asarray(ds.frames).sum(axis=(1, 2)).mean())
+    used_px = np.asarray(ds.mask)[np.asarray(ds.energy_index)] > 0
+    dose = float(np.where(used_px, np.asarray(ds.frames), 0).sum(axis=(1, 2)).mean())
     shown = float(text.split("dose:")[1].split()[1])
     assert shown == pytest.approx(dose, rel=1e-3)
     # darkest pixels: background.darkest_level of each energy's mean frame (3 digits shown)
@@ -963,3 +970,170 @@ def test_result_background_round_trip_and_validation(tmp_path, shape):
     with pytest.raises(ValueError, match="background"):
         io.write_result(tmp_path / "bad.h5", r)
     assert not (tmp_path / "bad.h5").exists()
+
+
+# ----------------------------------------------------------------------------------------
+# What the CXI 1.6 specification allows besides diffxas's own layout
+# ----------------------------------------------------------------------------------------
+def test_cxi_energy_from_wavelength_only(cxi):
+    """source_1/wavelength (m) alone: E = h c / lambda. Reference: the energies written,
+    1e-12 relative (h, c, e exact; double precision)."""
+    from diffxas.constants import HC_EV_M
+
+    with h5py.File(cxi, "r+") as f:
+        for k in range(K):
+            del f[f"entry_{k + 1}/{SRC}/energy"]
+            f[f"entry_{k + 1}/{SRC}/wavelength"] = np.array([HC_EV_M / ENERGIES[k]])  # shape (1,)
+    back = io.read_cxi(cxi)
+    np.testing.assert_allclose(back.energies, ENERGIES, rtol=1e-12)
+    assert_same_dataset(make_dataset(), back)
+
+
+@pytest.mark.parametrize("value,words", [(2.3e-10 * 1e10, "not a plausible X-ray wavelength"),
+                                         (-1e-10, "must be positive")])
+def test_cxi_bad_wavelength(cxi, value, words):
+    with h5py.File(cxi, "r+") as f:
+        del f[f"entry_2/{SRC}/energy"]
+        f[f"entry_2/{SRC}/wavelength"] = value
+    with pytest.raises(InputError) as ei:
+        io.read_cxi(cxi)
+    assert_one_line_error(ei, cxi, f"/entry_2/{SRC}/wavelength", words)
+
+
+def test_cxi_no_energy_at_all(cxi):
+    with h5py.File(cxi, "r+") as f:
+        del f[f"entry_3/{SRC}/energy"]
+    with pytest.raises(InputError) as ei:
+        io.read_cxi(cxi)
+    assert_one_line_error(ei, cxi, f"/entry_3/{SRC}/energy", "missing dataset", "wavelength")
+
+
+def test_cxi_frames_only_under_data_1(cxi):
+    """Frames only in /entry_k/data_1/data (the Data class every entry must have): read
+    and streamed the same as from detector_1/data (exact: the same stored values)."""
+    ref = make_dataset()
+    with h5py.File(cxi, "r+") as f:
+        for k in range(K):
+            e = f[f"entry_{k + 1}"]
+            data = e[f"{DET}/data"][()]
+            del e["data_1/data"], e[f"{DET}/data"]
+            e["data_1/data"] = data
+    assert_same_dataset(ref, io.read_cxi(cxi))
+    lazy = io.open_cxi(cxi)
+    np.testing.assert_array_equal(np.asarray(lazy.frames), np.asarray(ref.frames))
+    np.testing.assert_array_equal(lazy.frames[[3, 11]], np.asarray(ref.frames)[[3, 11]])
+    assert "dose:" in io.cxi_summary(cxi)
+
+
+@pytest.mark.parametrize("bits,used", [
+    (0x1, False), (0x2, False), (0x4, False), (0x8, False), (0x10, False), (0x80, False), (0x200, False),
+    (0x400, False), (0x1000, True), (0x10000, True), (0x1000 | 0x200, False), (0x80000000, True),
+])
+def test_cxi_mask_bits_by_meaning(cxi, bits, used):
+    """CXI 1.6 pixel-mask table: the defect bits exclude a pixel; 0x1000 (signal above
+    background), 0x10000 (inside support) and the user bits do not."""
+    with h5py.File(cxi, "r+") as f:
+        mk = np.zeros((M, M), np.uint32)
+        mk[4:6, 7] = bits
+        _replace(f, f"entry_2/{DET}/mask", mk)
+    w = np.asarray(io.read_cxi(cxi).mask)[1]
+    assert (w[4:6, 7] == 1.0).all() == used and (w[4:6, 7] == 0.0).all() == (not used)
+    assert w.sum() == M * M - (0 if used else 2)
+
+
+def test_cxi_mask_signed_and_legacy_types(cxi):
+    """int32 -1 (all bits) excludes; bool and float masks: non-zero excludes."""
+    for data, n_bad in ((np.full((M, M), 0, np.int32), 0), (np.eye(M, dtype=bool), M),
+                        (np.eye(M, dtype=np.float32) * 0.5, M)):
+        data = data.copy()
+        if data.dtype == np.int32:
+            data[0, :5] = -1
+            n_bad = 5
+        with h5py.File(cxi, "r+") as f:
+            _replace(f, f"entry_1/{DET}/mask", data)
+        assert np.asarray(io.read_cxi(cxi).mask)[0].sum() == M * M - n_bad
+
+
+def test_cxi_mask_bits_only_signal_is_not_inverted(cxi):
+    """A mask flagging every pixel 'has signal' (0x1000) excludes none (no 'inverted' error)."""
+    with h5py.File(cxi, "r+") as f:
+        _replace(f, f"entry_1/{DET}/mask", np.full((M, M), 0x1000, np.uint32))
+    assert np.asarray(io.read_cxi(cxi).mask)[0].all()
+
+
+def test_info_dose_counts_only_unmasked_pixels(tmp_path):
+    """Gap pixels holding 2^32 - 1 and masked (0x200, CXI_PIXEL_IS_MISSING) do not count.
+    Reference: the frames' sum over the unmasked pixels, 1e-3 relative (4 digits shown)."""
+    ds = make_dataset(illumination=False)
+    frames = np.asarray(ds.frames).copy()
+    frames[:, :, 8] = 2**32 - 1  # a gap column
+    path = io.write_cxi(tmp_path / "gap.cxi", dataclasses.replace(ds, frames=frames))
+    with h5py.File(path, "r+") as f:
+        for k in range(K):
+            mk = f[f"entry_{k + 1}/{DET}/mask"][()]
+            mk[:, 8] |= 0x200
+            _replace(f, f"entry_{k + 1}/{DET}/mask", mk)
+    text = io.cxi_summary(path)
+    shown = float(text.split("dose:")[1].split()[1])
+    used = np.asarray(ds.mask)[np.asarray(ds.energy_index)] > 0
+    used[:, :, 8] = False
+    ref = float(np.where(used, frames, 0).sum(axis=(1, 2)).mean())
+    assert ref < 1e4  # Poisson(20) x 256 pixels, not 2^32 per gap pixel
+    assert shown == pytest.approx(ref, rel=1e-3)
+
+
+def _bitshuffle_copy(src: Path, dst: Path) -> Path:
+    """The file with every entry's frames rewritten bitshuffle-LZ4 compressed with plain
+    h5py + hdf5plugin (as EIGER / DECTRIS filewriters store them)."""
+    import shutil
+
+    import hdf5plugin
+
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        for k in range(K):
+            name = f"entry_{k + 1}/{DET}/data"
+            data = f[name][()]
+            del f[name]
+            f.create_dataset(name, data=data, chunks=(1, M, M), **hdf5plugin.Bitshuffle(cname="lz4"))
+            assert "32008" in f[name]._filters  # the bitshuffle filter id
+    return dst
+
+
+def test_cxi_bitshuffle_lz4_read_and_lazy(cxi, tmp_path):
+    """Bitshuffle/LZ4 frames: read, opened lazily and summarised like the gzip file
+    (exact: lossless compression of the same integers)."""
+    path = _bitshuffle_copy(cxi, tmp_path / "bslz4.cxi")
+    ref = make_dataset()
+    assert_same_dataset(ref, io.read_cxi(path))
+    lazy = io.open_cxi(path)
+    np.testing.assert_array_equal(lazy.frames.read(2, 9), np.asarray(ref.frames)[2:9])
+    np.testing.assert_array_equal(lazy.frames[[14, 0, 7]], np.asarray(ref.frames)[[14, 0, 7]])
+    assert "dose:" in io.cxi_summary(path)
+
+
+def test_cxi_bitshuffle_lz4_streamed_chunks(cxi, tmp_path):
+    """The joint's stream mode reads bitshuffle/LZ4 frames chunk by chunk in its prefetch
+    thread (StreamSolver._chunks over a CxiFrames source, the path of memory = "stream"):
+    the chunks equal the frames written (exact), the last one zero-padded.
+    (A full streamed joint step is tested on gzip data in tests/test_stream.py; compiling
+    one here would cost ~30 s for no other code path.)"""
+    from diffxas import stream
+
+    path = _bitshuffle_copy(cxi, tmp_path / "bslz4.cxi")
+    src = io.open_cxi(path).frames
+    assert isinstance(src, io.CxiFrames)
+    chunk, n = 4, K * N
+    n_chunks = -(-n // chunk)
+    solver = object.__new__(stream.StreamSolver)  # only the chunk loader: no problem to compile
+    solver.frames, solver.prefetch, solver.frame_size = src, True, M
+    rows = np.arange(n_chunks * chunk)
+    solver._fid = np.where(rows < n, rows, -1).astype(np.int32)
+    solver._k = np.zeros(rows.size, np.int32)
+    solver._corner = np.zeros((rows.size, 2), np.int32)
+    solver._frac = np.zeros((rows.size, 2), np.float32)
+    plans = [((c * chunk, min((c + 1) * chunk, n)), np.arange(c * chunk, (c + 1) * chunk)) for c in range(n_chunks)]
+    got = np.concatenate([np.asarray(x[0]) for x in solver._chunks(plans)])
+    ref = np.asarray(make_dataset().frames)
+    np.testing.assert_array_equal(got[:n], ref)
+    assert not got[n:].any()
