@@ -7,7 +7,8 @@ renderer as PNG and PDF.
 * :func:`fig_projections`: absorption above the edge (energy closest to max edge energy
   + 15 eV) and phase at the lowest energy (seed Fig. 1b-c).
 * :func:`fig_spectra`: per-cluster mean XANES (absorption) and phase spectra (Fig. 1d-e).
-* :func:`fig_maps`: the chemical-state maps, invalid pixels blank (Fig. 2).
+* :func:`fig_maps`: the chemical-state maps in the seed's Fig. 2 layout, with error rows
+  (truth) or standard-error rows (Fig. 2).
 * :func:`fig_clusters`: cluster map, per-cluster densities of each descriptor and
   N_V-weighted fractions (Fig. 3).
 * :func:`fig_elbow`: elbow (inertia) and silhouette curves of ``k = auto``.
@@ -15,9 +16,12 @@ renderer as PNG and PDF.
   written by the joint solver) and the clusters' assignment confidence, when present.
 * :func:`fig_frc`: Fourier ring correlation with thresholds.
 
-Several results are drawn side by side on common colour scales (2-98 percentiles of the
-union of their valid pixels, truth included); the truth, resampled to the first
-result's grid, is an extra column (or row). Images are drawn with y (rows) increasing
+Several results are drawn side by side on common colour scales; the truth, resampled to
+the first result's grid, is an extra row (or column). Every map figure draws only the
+pixels of :func:`display_mask` (N_V >= 10 % of its 99th percentile, not isolated; a
+display rule, the results file keeps its own ``valid``) and says so in its header; the
+maps figure takes its colour limits from the N_V-weighted 1st-99th percentiles of those
+pixels (docs/analysis.md, "How the map figures are made"). Images are drawn with y (rows) increasing
 upwards, in physical coordinates, with a scale bar in um. Cluster label j always has
 colour j (labels are ordered by edge energy, see :mod:`diffxas.clustering`); truth
 domains get colours in the order of their mean edge energy.
@@ -345,12 +349,15 @@ def _crop_box(masks: Sequence[np.ndarray], nvs: Sequence[np.ndarray], core: floa
 
 
 def _display_note(pixel_size: float | None, fraction: float = DISPLAY_NV_FRACTION,
-                  percentile: float = DISPLAY_NV_PERCENTILE, absorber: str = "V") -> str:
+                  percentile: float = DISPLAY_NV_PERCENTILE, absorber: str = "V", limits: bool = True) -> str:
+    """The header of a map figure: pixel size, the display mask's threshold, the colour limits' rule."""
     px = f"{pixel_size * 1e9:.3g} nm pixels; " if pixel_size else ""
-    return (f"{px}blank: $N_\\mathrm{{{absorber}}}$ < {100 * fraction:g} % of its {percentile:g}th percentile "
-            f"or isolated (display only; the results file keeps its own valid-pixel rule);\ncolour limits: "
-            f"{MAP_PERCENTILES[0]:g}-{MAP_PERCENTILES[1]:g} % of the $N_\\mathrm{{{absorber}}}$-weighted drawn pixels "
-            f"of all map rows")
+    note = (f"{px}blank: $N_\\mathrm{{{absorber}}}$ < {100 * fraction:g} % of its {percentile:g}th percentile "
+            f"or isolated (display only; the results file keeps its own valid-pixel rule)")
+    if limits:
+        note += (f";\ncolour limits: {MAP_PERCENTILES[0]:g}-{MAP_PERCENTILES[1]:g} % of the "
+                 f"$N_\\mathrm{{{absorber}}}$-weighted drawn pixels of all map rows")
+    return note
 
 
 def _symmetric_limit(arrays, percentile: float = MAP_PERCENTILES[1]) -> float:
@@ -462,7 +469,7 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
         dm = display_mask(m, display_fraction)
         masks.append(dm)
         d = {f: np.where(dm, np.asarray(getattr(m, f), dtype=np.float64), np.nan) for f in fields}
-        rows.append(dict(kind="map", label=lab, d=d, m=m, w=np.where(dm, np.asarray(m.n_v, np.float64), np.nan)))
+        rows.append({"kind": "map", "label": lab, "d": d, "m": m, "w": np.where(dm, np.asarray(m.n_v, np.float64), np.nan)})
     crop_masks = [(dm, r["w"]) for dm, r in zip(masks, rows)]
     if truth_maps is not None or truth is not None:
         t0 = _truth_on(truth, truth_maps, m0, m0)
@@ -472,8 +479,8 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
         for f in fields:
             v = np.asarray(t0[f], dtype=np.float64) if f in t0 else None
             td[f] = None if v is None else (np.where(tmask, v, np.nan) if tmask is not None else v)
-        rows.append(dict(kind="map", label=truth_label, d=td, m=m0,
-                         w=np.where(tmask, nv_t0, np.nan) if tmask is not None else None))
+        rows.append({"kind": "map", "label": truth_label, "d": td, "m": m0,
+                     "w": np.where(tmask, nv_t0, np.nan) if tmask is not None else None})
         if tmask is not None:
             crop_masks.append((tmask, nv_t0))
         for lab, m, dm in zip(labels, maps, masks):
@@ -487,14 +494,14 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
                 est = np.asarray(getattr(m, f), dtype=np.float64)
                 d[f] = np.where(dm, est - np.asarray(tm[f], dtype=np.float64), np.nan)
                 titles[f] = _rmse_text(f, np.where(np.asarray(m.valid, bool), est, np.nan), m, tm, nv_fraction)
-            rows.append(dict(kind="error", label=f"{lab} − {truth_label}", d=d, m=m, titles=titles, region=region))
+            rows.append({"kind": "error", "label": f"{lab} − {truth_label}", "d": d, "m": m, "titles": titles, "region": region})
     else:
         for lab, m, dm in zip(labels, maps, masks):
             std = getattr(m, "std", None) or {}
             if not any(f in std for f in fields):
                 continue
             d = {f: np.where(dm, np.asarray(std[f], dtype=np.float64), np.nan) if f in std else None for f in fields}
-            rows.append(dict(kind="std", label=f"{lab}: standard error σ", d=d, m=m))
+            rows.append({"kind": "std", "label": f"{lab}: standard error σ", "d": d, "m": m})
     # Crop: one box on the first result's grid; results on another grid are not cropped.
     ys, xs = _crop_box([c[0] for c in crop_masks], [c[1] for c in crop_masks]) if crop else (slice(None),) * 2
     outside = sum(int(dm.sum() - dm[ys, xs].sum()) for dm, m in zip(masks, maps) if m.shape == m0.shape)
@@ -558,7 +565,7 @@ def _shape_map(m: ChemMaps, f: str) -> np.ndarray | None:
     v = m.extra.get(f) if m.extra else None
     if v is None or np.shape(v) != tuple(m.shape):
         return None
-    return np.where(np.asarray(m.valid, bool), np.asarray(v, np.float64), np.nan)
+    return np.where(display_mask(m), np.asarray(v, np.float64), np.nan)
 
 
 def _varies(a: np.ndarray | None, tol_ev: float = 1e-4) -> bool:
@@ -595,7 +602,7 @@ def fig_shape_maps(results: Sequence[Result | ChemMaps], labels=None, truth=None
     axes = fig.subplots(nr, nc, squeeze=False)
     for i, f in enumerate(fields):
         shown = [c[1][f] for c in cols if _varies(c[1][f])]
-        vmin, vmax = robust_limits(shown)
+        vmin, vmax = robust_limits(shown, *MAP_PERCENTILES)
         im = None
         for j, (lab, d, m) in enumerate(cols):
             ax = axes[i, j]
@@ -612,6 +619,7 @@ def fig_shape_maps(results: Sequence[Result | ChemMaps], labels=None, truth=None
             cb = fig.colorbar(im, ax=list(axes[i]), shrink=0.9, label=f"{SHAPE_FIELDS[f]} {f} (eV)")
             cb.formatter.set_useOffset(False)  # 5466.2 eV, not +5.466e3 and 0.2
             cb.update_ticks()
+    fig.suptitle(_display_note(None, absorber=_absorber(results), limits=False), fontsize=7, color="0.25")
     return fig
 
 
@@ -948,7 +956,7 @@ def fig_uncertainty(results: Sequence[Result], labels=None, fields: Sequence[str
     One row per result that has std maps (``ChemMaps.std``) or a ``/clusters/confidence``
     map, cropped to its valid pixels; columns: sigma of each field on a logarithmic colour
     scale (thin particle edges have errors ten times those of the core; common scale per
-    column, 2-98 % of the valid pixels of all rows) and the assignment confidence (0-1)
+    column, 2-98 % of the drawn pixels of all rows; drawn: :func:`display_mask`) and the assignment confidence (0-1)
     when any row has one. Panels a row lacks read "no std map" / "no cluster confidence".
     None if no result has either.
     """
@@ -958,12 +966,13 @@ def fig_uncertainty(results: Sequence[Result], labels=None, fields: Sequence[str
         if not has_uncertainty(r):
             continue
         m = _maps_of(r)
-        valid = np.asarray(m.valid).astype(bool)
+        valid = display_mask(m)
         std = m.std or {}
         sig = {f: np.where(valid, np.asarray(std[f], dtype=np.float64), np.nan) if f in std else None for f in fields}
         cl = _clusters_of(r)
         conf = np.asarray(cl["confidence"], dtype=np.float64) if cl is not None and "confidence" in cl else None
-        ys, xs = _valid_crop(valid | (np.isfinite(conf) if conf is not None else False))
+        conf = np.where(valid, conf, np.nan) if conf is not None else None
+        ys, xs = _valid_crop(valid)
         n0 = np.arange(m.shape[0])[ys]
         n1 = np.arange(m.shape[1])[xs]
         origin = (m.origin[0] + n1[0] * m.pixel_size, m.origin[1] + n0[0] * m.pixel_size)
@@ -1020,6 +1029,7 @@ def fig_uncertainty(results: Sequence[Result], labels=None, fields: Sequence[str
         if im is not None:
             fig.colorbar(im, ax=list(axes[:, c]), shrink=0.85, location="bottom",
                          label="P(pixel in its cluster | σ maps)")
+    fig.suptitle(_display_note(None, absorber=_absorber(results), limits=False), fontsize=7, color="0.25")
     return fig
 
 
