@@ -457,7 +457,9 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
       :func:`diffxas.evaluate.evaluate` with ``nv_fraction``, of all error rows), the RMSE
       over that region in each panel's title (N_V: relative RMS, as in the metrics table).
     * Without a truth: a row of standard-error maps (``ChemMaps.std``) per result that has
-      them (linear scale from 0 to the 99th percentile of the drawn pixels, per column).
+      them (linear scale from 0 to the N_V-weighted 99th percentile of the drawn pixels,
+      per column: the particle's errors read, the thin rim's saturate; the uncertainty
+      figure shows them on a log scale).
     """
     labels = _labels_for(results, labels)
     maps = [_maps_of(r) for r in results]
@@ -501,7 +503,8 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
             if not any(f in std for f in fields):
                 continue
             d = {f: np.where(dm, np.asarray(std[f], dtype=np.float64), np.nan) if f in std else None for f in fields}
-            rows.append({"kind": "std", "label": f"{lab}: standard error σ", "d": d, "m": m})
+            rows.append({"kind": "std", "label": f"{lab}: standard error σ", "d": d, "m": m,
+                         "w": np.where(dm, np.asarray(m.n_v, np.float64), np.nan)})
     # Crop: one box on the first result's grid; results on another grid are not cropped.
     ys, xs = _crop_box([c[0] for c in crop_masks], [c[1] for c in crop_masks]) if crop else (slice(None),) * 2
     outside = sum(int(dm.sum() - dm[ys, xs].sum()) for dm, m in zip(masks, maps) if m.shape == m0.shape)
@@ -527,9 +530,11 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
         if errs:
             a = _symmetric_limit(errs)
             lims["error"] = (-a, a)
-        stds = [r["d"][f] for r in rows if r["kind"] == "std" and r["d"][f] is not None]
-        if stds:
-            lims["std"] = (0.0, _symmetric_limit(stds))
+        sr = [r for r in rows if r["kind"] == "std" and r["d"][f] is not None]
+        if sr:  # from 0 to the N_V-weighted 99th percentile: the core's errors read, the rim's saturate
+            top = _weighted_limits([r["d"][f] for r in sr], None if f == "n_v" else [r["w"] for r in sr],
+                                   *MAP_PERCENTILES)[1]
+            lims["std"] = (0.0, top if top > 0 else 1.0)
         for i, row in enumerate(rows):
             kind, m, img = row["kind"], row["m"], row["d"][f]
             ax = axes[i, c]
