@@ -160,15 +160,16 @@ def save_figure(fig: Figure, out_dir, stem: str, formats=("png", "pdf")) -> list
     Each file is written to a temporary file in ``out_dir`` and moved into place
     (``os.replace``), so an interrupted save never leaves a half-written figure.
     """
-    import tempfile
+    import uuid
 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for fmt in formats:
         p = os.path.join(out_dir, f"{stem}.{fmt}")
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{stem}.", suffix=f".{fmt}.tmp")
-        os.close(fd)
+        # A fresh name that savefig creates itself (not mkstemp's 0600 file): the figure
+        # gets the usual permissions of the user's umask.
+        tmp = os.path.join(out_dir, f".{stem}.{uuid.uuid4().hex}.{fmt}.tmp")
         try:
             fig.savefig(tmp, dpi=DPI, format=fmt)
             os.replace(tmp, p)

@@ -441,3 +441,5 @@ def test_save_figure_atomic(tmp_path, data):
     paths = save_figure(fig, tmp_path, "maps", formats=("png",))
     assert sorted(os.listdir(tmp_path)) == ["maps.png"]
     _check(paths)
+    (tmp_path / "plain.txt").write_text("x")  # the figure has a plain file's permissions (umask), not 0600
+    assert os.stat(paths[0]).st_mode & 0o777 == os.stat(tmp_path / "plain.txt").st_mode & 0o777
