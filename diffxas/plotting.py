@@ -324,20 +324,23 @@ def _weighted_limits(arrays, weights, lo: float, hi: float) -> tuple[float, floa
     return a, b
 
 
-def _crop_box(masks: Sequence[np.ndarray], nvs: Sequence[np.ndarray], core: float = 0.25,
-              margin: float = 0.2, min_margin_px: int = 4) -> tuple[slice, slice]:
-    """Rows and columns of the particle: the bounding box of the pixels, in any of
-    ``masks``, whose N_V >= ``core`` x its 99th percentile (the particle's body, not a stray
-    membrane pixel), grown by ``margin`` of its size (at least ``min_margin_px``) on every
-    side. The whole grid when nothing qualifies."""
+def _crop_box(masks: Sequence[np.ndarray], min_pixels: int = 9, margin: float = 0.2,
+              min_margin_px: int = 4) -> tuple[slice, slice]:
+    """Rows and columns of the particle(s): the bounding box of the drawn pixels (any of
+    ``masks``) that lie in a connected group (8-neighbour) of at least ``min_pixels``
+    pixels, grown by ``margin`` of its size (at least ``min_margin_px``) on every side. A
+    thin second particle is kept (any N_V above the display threshold counts); a stray
+    pair of membrane pixels does not stretch the box. The whole grid when nothing qualifies."""
+    from scipy import ndimage
+
     sel = None
-    for mk, nv in zip(masks, nvs):
-        nv = np.where(mk, np.asarray(nv, np.float64), np.nan)
-        pos = nv[np.isfinite(nv) & (nv > 0)]
-        if pos.size == 0:
+    for mk in masks:
+        lab, n = ndimage.label(np.asarray(mk, bool), structure=np.ones((3, 3), int))
+        if n == 0:
             continue
-        with np.errstate(invalid="ignore"):
-            c = np.isfinite(nv) & (nv >= core * np.percentile(pos, DISPLAY_NV_PERCENTILE))
+        sizes = np.bincount(lab.ravel())
+        big = (sizes >= min_pixels) & (np.arange(sizes.size) > 0)
+        c = big[lab]
         sel = c if sel is None else sel | c
     if sel is None or not sel.any():
         return slice(None), slice(None)
@@ -441,9 +444,9 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
     * Display mask (:func:`display_mask`): pixels with N_V < ``display_fraction`` x its
       99th percentile (or isolated) are blank in every panel of a result (the truth: its
       own N_V, same rule); the header states the threshold and the pixel size.
-    * Crop (``crop``): every panel shows the particle (:func:`_crop_box`: the box of the
-      pixels with N_V >= 25 % of its 99th percentile, plus 20 %), not the empty field of
-      view around it; the header counts drawn pixels left outside the box.
+    * Crop (``crop``): every panel shows the particle(s) (:func:`_crop_box`: the box of the
+      drawn pixels in groups of at least 9, plus 20 %), not the empty field of view around
+      it; the header counts drawn pixels left outside the box.
     * Colour limits per column: the 1st-99th percentiles of the N_V-weighted distribution
       of the drawn pixels of all the map rows (results and truth; the N_V column:
       unweighted). So every method shares one scale, and the scale spans the particle's
@@ -507,7 +510,7 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
             rows.append({"kind": "std", "label": f"{lab}: standard error σ", "d": d, "m": m,
                          "w": np.where(dm, np.asarray(m.n_v, np.float64), np.nan)})
     # Crop: one box on the first result's grid; results on another grid are not cropped.
-    ys, xs = _crop_box([c[0] for c in crop_masks], [c[1] for c in crop_masks]) if crop else (slice(None),) * 2
+    ys, xs = _crop_box([c[0] for c in crop_masks]) if crop else (slice(None),) * 2
     outside = sum(int(dm.sum() - dm[ys, xs].sum()) for dm, m in zip(masks, maps) if m.shape == m0.shape)
 
     def view(img, m):

@@ -443,3 +443,26 @@ def test_save_figure_atomic(tmp_path, data):
     _check(paths)
     (tmp_path / "plain.txt").write_text("x")  # the figure has a plain file's permissions (umask), not 0600
     assert os.stat(paths[0]).st_mode & 0o777 == os.stat(tmp_path / "plain.txt").st_mode & 0o777
+
+
+def test_maps_crop_keeps_a_thin_second_particle():
+    """The crop keeps every particle drawn (a second one at 20 % of the first's N_V, above
+    the 10 % threshold) and leaves out a stray membrane pixel, which the header counts. Shapes by construction: blocks at rows/cols 5-14 and 25-32 of a 60 x 60 grid."""
+    from diffxas.plotting import fig_maps
+
+    nv = np.zeros((60, 60))
+    nv[5:15, 5:15] = 1e22
+    nv[25:33, 25:33] = 0.2e22  # thin particle
+    nv[55, 54:57] = 0.5e22  # stray row of 3: the ends have 1 neighbour (blank), the middle 2 (drawn, alone)
+    valid = nv > 0
+    f = {k: np.where(valid, 1.0, np.nan) for k in MAP_FIELDS if k != "n_v"}
+    f["edge_energy"] = np.where(valid, 5480.0, np.nan)
+    cm = ChemMaps(**f, n_v=nv, valid=valid, pixel_size=15e-9, origin=(0.0, 0.0), reference_energy=5450.0,
+                  delta_f2_v=3.4, scattering_table="test")
+    fig = fig_maps([cm], ["x"])
+    img = _panels(fig)[3].get_images()[0]
+    x0, x1, y0, y1 = img.get_extent()
+    px = 15e-3  # um
+    assert x0 < 5 * px and x1 > 32 * px and y1 < 50 * px  # both particles in, the stray row out
+    assert "1 drawn pixel(s) outside" in fig._suptitle.get_text()  # only the triple's middle pixel is drawn
+    assert "15 nm pixels" in fig._suptitle.get_text()
