@@ -111,7 +111,7 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
     """Write figures, ``summary.md`` (and ``metrics.json`` with a truth) for in-memory results."""
     from . import __version__
     from .evaluate import evaluate, history_summary
-    from .plotting import plot_all
+    from .plotting import DISPLAY_NV_FRACTION, DISPLAY_NV_PERCENTILE, plot_all
 
     if not results:
         raise ValueError("report needs at least one result")
@@ -122,7 +122,7 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
         from .errors import ConfigError
 
         raise ConfigError(f"{len(labels)} labels given for {len(results)} results")
-    written, notes = plot_all(results, out_dir, labels=labels, truth=truth, formats=formats)
+    written, notes = plot_all(results, out_dir, labels=labels, truth=truth, formats=formats, nv_fraction=nv_fraction)
 
     md = ["# diffxas report", "", f"diffxas {__version__}; {len(results)} result(s).", "", "## Inputs", ""]
     rows = []
@@ -183,8 +183,14 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
     pngs = [p for p in written if p.endswith(".png")]
     captions = {
         "projections": "Absorption above the edge (energy closest to max edge energy + 15 eV) and phase at the lowest energy.",
-        "maps": "Chemical-state maps on common colour scales (2-98 % of all columns); invalid pixels blank"
-                + ("; last column: truth resampled to the result grid." if truth is not None else "."),
+        "maps": ("Chemical-state maps in the seed's Fig. 2 layout (edge energy, PE/Δμt, Re[Ne]/N_V, N_V), one row per "
+                 "result, cropped to the particle; colour limits per column from the N_V-weighted 1st-99th "
+                 "percentiles of the drawn pixels of all rows; pixels with N_V below "
+                 f"{100 * DISPLAY_NV_FRACTION:g} % of its {DISPLAY_NV_PERCENTILE:g}th percentile, or isolated, blank "
+                 "(display only)"
+                 + ("; then the truth resampled to the first result's grid and one error row per result (map - "
+                    "truth, symmetric diverging scale, RMSE over the evaluation region in each title)."
+                    if truth is not None else "; then each result's standard-error maps where it has them.")),
         "cluster_spectra": "Mean XANES (edge-step normalised) and phase spectra per cluster.",
         "clusters": "Cluster maps, N_V-weighted densities of each descriptor per cluster, N_V-weighted fractions.",
         "elbow": "Elbow (within-cluster sum of squares) and silhouette score vs k.",

@@ -261,7 +261,12 @@ def test_preedge_shape_maps(tmp_path, data):
     images = [ax for ax in fig.axes if ax.get_images()]
     assert len(images) == 2  # c12 of "pp" and of the truth; c13 varies nowhere -> no row
     shown = images[0].get_images()[0].get_array()
-    np.testing.assert_allclose(np.ma.filled(shown, np.nan)[np.asarray(m.valid, bool)], c12[np.asarray(m.valid, bool)])
+    from diffxas.plotting import display_mask
+
+    drawn = display_mask(m)  # the display mask: the valid pixels but the thinnest rim
+    assert drawn.sum() > 0.9 * np.asarray(m.valid, bool).sum()
+    np.testing.assert_allclose(np.ma.filled(shown, np.nan)[drawn], c12[drawn])
+    assert np.isnan(np.ma.filled(shown, np.nan)[~drawn]).all()
     written, notes = plot_all([res, pp], tmp_path / "f", ["two-step", "pp"], truth=t)
     assert any(p.endswith("preedge_shape.png") for p in written)
     _check(written)
@@ -305,3 +310,159 @@ def test_background_figure(tmp_path, data):
     assert fig_background([res]) is None
     report_results([res], tmp_path / "n")
     assert "no result fitted one" in open(tmp_path / "n" / "summary.md").read()
+
+
+# ---------------------------------------------------------------- map figure (issue: readable maps)
+
+
+def _with_membrane(res, seed=5):
+    """The two-step result with every bare-membrane pixel valid and fitted to noise, as the
+    seed's missing-data rule lets through: edge energies anywhere in the scan (5420-5540
+    eV), N_V = |noise| of ~2 % of the particle's maximum."""
+    m = res.maps
+    rng = np.random.default_rng(seed)
+    mem = ~np.asarray(m.valid, bool)
+    d = {}
+    for f, (lo, hi) in {"edge_energy": (5420, 5540), "pre_edge_norm": (0, 5), "ne_eff_per_nv": (-50, 80)}.items():
+        d[f] = np.where(mem, rng.uniform(lo, hi, m.shape), getattr(m, f))
+    d["n_v"] = np.where(mem, 3e19 * np.abs(rng.standard_normal(m.shape)), m.n_v)
+    maps = dataclasses.replace(m, valid=np.ones(m.shape, bool), **d)
+    return dataclasses.replace(res, maps=maps), mem
+
+
+def _panels(fig):
+    """The image axes of a figure, row-major (colour-bar axes hold no AxesImage)."""
+    return [ax for ax in fig.axes if ax.get_images()]
+
+
+def test_maps_colour_limits_span_the_particle_not_the_scan(data):
+    """The edge-energy panels' colour limits lie inside the particle's range of edge
+    energies (truth: 5479-5483 eV), not the membrane's 5420-5540 eV, and are the same for
+    both methods. The old 2-98 % of all valid pixels gave about (5422, 5538) here."""
+    from diffxas.plotting import fig_maps
+
+    _, res, joint = data
+    noisy, _ = _with_membrane(res)
+    fig = fig_maps([noisy, joint], ["two-step", "joint"])
+    p = _panels(fig)
+    assert len(p) == 8  # 2 rows (no std maps) x 4 fields
+    lo, hi = p[0].get_images()[0].get_clim()
+    assert 5478.5 <= lo < hi <= 5483.5, (lo, hi)
+    assert p[4].get_images()[0].get_clim() == (lo, hi)  # joint, same column: same limits
+    assert hi - lo > 3.0  # and the domains' 4 eV of contrast are spread over the scale
+
+
+def test_maps_membrane_pixels_blank_in_two_step(data):
+    """Pixels of bare membrane (valid by the seed's rule, N_V ~2 % of the particle's) are
+    masked in every panel of the two-step's row; the particle's pixels are drawn. The
+    figure states the threshold; the result itself is not changed."""
+    from diffxas.plotting import fig_maps
+
+    _, res, joint = data
+    noisy, mem = _with_membrane(res)
+    fig = fig_maps([noisy, joint], ["two-step", "joint"], crop=False)
+    for ax in _panels(fig)[:4]:
+        shown = ax.get_images()[0].get_array()
+        blank = np.ma.getmaskarray(shown) | ~np.isfinite(np.ma.filled(shown, np.nan))
+        assert blank[mem].all()
+        assert not blank[np.asarray(res.maps.valid, bool)].mean() > 0.05  # the particle is drawn (its rim may not be)
+    assert "10 %" in fig._suptitle.get_text() and "99th percentile" in fig._suptitle.get_text()
+    assert np.asarray(noisy.maps.valid).all()  # display only
+
+
+def test_display_mask_threshold_and_isolated_pixels():
+    """Closed form: with N_V = 1 on a block (the 99th percentile is 1), a pixel at 0.11 is
+    drawn and one at 0.09 is not (threshold 10 %); an isolated pixel at full N_V is blank."""
+    from diffxas.plotting import display_mask
+
+    nv = np.zeros((12, 12))
+    nv[2:8, 2:8] = 1.0
+    nv[2, 8] = 0.11  # touches the block: drawn
+    nv[3, 8] = 0.09  # below 10 %: blank
+    nv[10, 10] = 1.0  # isolated: blank
+    cm = ChemMaps(**{k: np.where(nv > 0, 1.0, np.nan) for k in MAP_FIELDS if k != "n_v"}, n_v=nv,
+                  valid=nv > 0, pixel_size=15e-9, origin=(0.0, 0.0), reference_energy=5450.0, delta_f2_v=3.4,
+                  scattering_table="test")
+    dm = display_mask(cm)
+    assert dm[2:8, 2:8].all() and dm[2, 8] and not dm[3, 8] and not dm[10, 10]
+    assert dm.sum() == 37
+
+
+def test_maps_error_rows_symmetric_with_rmse(data):
+    """With a truth: rows two-step, joint, truth, two-step - truth, joint - truth; error
+    panels on a diverging map with symmetric limits shared by both methods; each title's
+    RMSE equals diffxas.evaluate.evaluate's (same region; printed to 3 significant digits)."""
+    from diffxas.evaluate import evaluate
+    from diffxas.plotting import fig_maps
+
+    truth, res, joint = data
+    fig = fig_maps([res, joint], ["two-step", "joint"], truth=truth)
+    p = _panels(fig)
+    assert len(p) == 5 * 4
+    for c in range(4):
+        e1, e2 = p[12 + c].get_images()[0], p[16 + c].get_images()[0]
+        lo, hi = e1.get_clim()
+        assert lo == -hi and hi > 0 and e2.get_clim() == (lo, hi)
+        assert e1.get_cmap().name.startswith("RdBu_r")
+    for r, ax in ((res, p[12]), (joint, p[16])):
+        want = evaluate(r, truth)["edge_energy"]["rmse"]
+        assert f"RMSE {want:.3g} eV" in ax.get_title()
+    nv_rel = evaluate(joint, truth)["n_v"]["rel_rms"]
+    assert f"rel. RMS {nv_rel:.3g}" in p[19].get_title()
+
+
+def test_maps_colour_bars_with_units_and_std_rows(data):
+    """Every panel has its own colour bar whose label names the unit; without a truth a
+    result with std maps gets a row of standard-error maps (sequential, from 0)."""
+    from diffxas.plotting import fig_maps
+
+    _, res, joint = data
+    ju = _with_std(joint)
+    fig = fig_maps([res, ju], ["two-step", "joint"])
+    p = _panels(fig)
+    assert len(p) == 3 * 4  # two-step, joint, joint's sigma
+    units = ["(eV)", "(eV)", r"N_\mathrm{V}", r"m$^{-2}$)"]
+    for i, ax in enumerate(p):
+        cb = ax.get_images()[0].colorbar
+        assert cb is not None and units[i % 4] in cb.ax.get_ylabel(), (i, cb and cb.ax.get_ylabel())
+    assert p[8].get_images()[0].get_clim()[0] == 0.0 and "σ" in p[8].get_images()[0].colorbar.ax.get_ylabel()
+
+
+def test_save_figure_atomic(tmp_path, data):
+    """A failed save leaves neither the figure nor a temporary file; a good one leaves
+    exactly the figure."""
+    from diffxas.plotting import fig_maps, save_figure
+
+    _, res, _ = data
+    fig = fig_maps([res])
+    with pytest.raises(ValueError):
+        save_figure(fig, tmp_path, "maps", formats=("nosuchformat",))
+    assert os.listdir(tmp_path) == []
+    paths = save_figure(fig, tmp_path, "maps", formats=("png",))
+    assert sorted(os.listdir(tmp_path)) == ["maps.png"]
+    _check(paths)
+    (tmp_path / "plain.txt").write_text("x")  # the figure has a plain file's permissions (umask), not 0600
+    assert os.stat(paths[0]).st_mode & 0o777 == os.stat(tmp_path / "plain.txt").st_mode & 0o777
+
+
+def test_maps_crop_keeps_a_thin_second_particle():
+    """The crop keeps every particle drawn (a second one at 20 % of the first's N_V, above
+    the 10 % threshold) and leaves out a stray membrane pixel, which the header counts. Shapes by construction: blocks at rows/cols 5-14 and 25-32 of a 60 x 60 grid."""
+    from diffxas.plotting import fig_maps
+
+    nv = np.zeros((60, 60))
+    nv[5:15, 5:15] = 1e22
+    nv[25:33, 25:33] = 0.2e22  # thin particle
+    nv[55, 54:57] = 0.5e22  # stray row of 3: the ends have 1 neighbour (blank), the middle 2 (drawn, alone)
+    valid = nv > 0
+    f = {k: np.where(valid, 1.0, np.nan) for k in MAP_FIELDS if k != "n_v"}
+    f["edge_energy"] = np.where(valid, 5480.0, np.nan)
+    cm = ChemMaps(**f, n_v=nv, valid=valid, pixel_size=15e-9, origin=(0.0, 0.0), reference_energy=5450.0,
+                  delta_f2_v=3.4, scattering_table="test")
+    fig = fig_maps([cm], ["x"])
+    img = _panels(fig)[3].get_images()[0]
+    x0, x1, y0, y1 = img.get_extent()
+    px = 15e-3  # um
+    assert x0 < 5 * px and x1 > 32 * px and y1 < 50 * px  # both particles in, the stray row out
+    assert "1 drawn pixel(s) outside" in fig._suptitle.get_text()  # only the triple's middle pixel is drawn
+    assert "15 nm pixels" in fig._suptitle.get_text()
