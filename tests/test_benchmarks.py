@@ -1,12 +1,17 @@
 """Smoke tests of the benchmarks' floor logic and the plain numpy ePIE reference (fast)."""
 
+import os
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import common
-from benchmarks.bench_epie import epoch_passes
-from benchmarks.bench_numpy_epie import NumpyEpie, object_error
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: benchmarks/
+
+from benchmarks import common  # noqa: E402
+from benchmarks.bench_epie import epoch_passes  # noqa: E402
+from benchmarks.bench_numpy_epie import NumpyEpie, object_error  # noqa: E402
 
 
 def test_ratio_below_the_physical_minimum_is_a_measurement_error():
