@@ -216,7 +216,28 @@ def compare(m: int, n_positions: int = 400, epochs: int = 8, repeats: int = 3, l
         e["wall_ratio_to_numpy"] = e["pass_median_s"] / npm["pass_median_s"]
         e["cpu_ratio_to_numpy"] = e["pass_cpu_median_s"] / npm["pass_cpu_median_s"]
     rec["loadavg"] = {"start": load0, "end": _loadavg()}
+    rec["fft_limits"] = fft_limits(m, n_positions)
     return rec
+
+
+def fft_limits(m: int, n_frames: int = 400, min_time: float = 1.0) -> dict:
+    """What bounds an ePIE pass from below: the 2 FFT passes per frame (fft2 + ifft2 of M x M
+    complex64) of ``n_frames`` frames, in numpy one frame at a time (the plain ePIE's
+    FFTs) and in jax in its fastest batching (:func:`benchmarks.common.fft_floor_calls`),
+    timed interleaved; wall and process CPU time."""
+    from . import common
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((n_frames, m, m)) + 1j * rng.standard_normal((n_frames, m, m))).astype(np.complex64)
+
+    def numpy_ffts():
+        for j in range(n_frames):
+            np.fft.ifft2(np.fft.fft2(x[j]))
+
+    t = common.interleaved(numpy_ffts, common.fft_floor_calls(n_frames, m, passes=2), n_frames, min_time=min_time)
+    return {"frames": n_frames, "numpy_2fft_s": t["median_s"], "numpy_2fft_cpu_s": t["cpu_median_s"],
+            "jax_2fft_floor_s": t["floor"]["median_s"], "jax_2fft_floor_cpu_s": t["floor"]["cpu_median_s"],
+            "jax_floor_batch": t["floor"]["batch"], "loadavg": t["loadavg"]}
 
 
 def run(suite: str = "quick", log=None) -> list[dict]:
