@@ -25,7 +25,7 @@ import numpy as np
 from . import common
 
 
-def measure(k: int, fpe: int, m: int, min_time: float = 0.5, log=None) -> dict:
+def measure(k: int, fpe: int, m: int, min_time: float = 0.5, log=None, chunk_size: int = 512) -> dict:
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -34,7 +34,8 @@ def measure(k: int, fpe: int, m: int, min_time: float = 0.5, log=None) -> dict:
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     ds = common.synthetic_dataset(k, fpe, m)
-    solver, state, _ = jt.prepare_joint(ds, jt.JointConfig(steps=1000, loss="amplitude", probe_start=0, init="flat"))
+    solver, state, _ = jt.prepare_joint(ds, jt.JointConfig(steps=1000, loss="amplitude", probe_start=0, init="flat",
+                                                                    chunk_size=chunk_size))
     prob, params = solver.prob, state.params
     n = int(solver.batch)
     floors = common.fft_floor_calls(n, m, common.FLOOR_PASSES)
@@ -86,11 +87,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--energies", type=int, nargs="+", default=[8, 16, 32, 40])
     ap.add_argument("--fpe", type=int, default=16)
     ap.add_argument("--m", type=int, default=64)
+    ap.add_argument("--chunk", type=int, default=512, help="JointConfig.chunk_size")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
-    recs = [measure(k, a.fpe, a.m) for k in a.energies]
+    recs = [measure(k, a.fpe, a.m, chunk_size=a.chunk) for k in a.energies]
     ks = [r["n_energies"] for r in recs]
-    doc = {"environment": common.env_info(), "cases": recs, "exponents_cpu": {
+    doc = {"environment": common.env_info(), "chunk_size": a.chunk, "cases": recs, "exponents_cpu": {
         name: exponent(ks, [r["pieces"][name]["cpu_median_s"] for r in recs]) for name in recs[0]["pieces"]}}
     doc["exponents_cpu"]["floor"] = exponent(ks, [r["floor"]["cpu_median_s"] for r in recs])
     doc["environment"]["load_average_at_end"] = common.loadavg3()
