@@ -16,7 +16,11 @@ domain, and the probe update, computed in the shifted frame, is shifted back by
 spectrum ``P_hat = fft2(P)`` so that the shift and the shift-back cost one FFT each
 (``ifft2(P_hat * ramp)`` is :func:`forward.shifted_probe`; the ramps are derived from
 ``forward.shifted_probe`` itself, so the convention cannot drift, see
-:func:`shift_ramps`).
+:func:`shift_ramps`). When every frame of an energy has the same sub-pixel offset (a scan
+on the pixel grid: offset 0) the probe is shifted once per epoch instead and carried in
+real space: 2 FFTs per frame instead of 4, the same result to round-off
+(:func:`_epoch_single`, ``EpieConfig.per_frame_shift``). The counts are kept uncentred
+(zero frequency at (0, 0)), so no frame pays an fftshift.
 
 The ePIE object increment is a scaled steepest-descent step of the amplitude loss
 ``L = sum w (|F psi| - sqrt(n))^2``: by Parseval ``dL/d(psi*) = psi - psi'``, hence
