@@ -33,7 +33,6 @@ linear phase ramp (:func:`object_error`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics

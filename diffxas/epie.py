@@ -58,7 +58,7 @@ import numpy as np
 from .background import FLOOR, as_maps, initial_background, mean_frames
 from .dataset import Dataset, relative_monitor
 from .errors import ConfigError, DivergenceError, InputError
-from .forward import amplitude_projection, back_propagate, extract_patch, far_field, frame_geometry, modulus_update, shifted_probe
+from .forward import amplitude_projection, extract_patch, frame_geometry, modulus_update, shifted_probe
 from .geometry import Grid, wavelength
 
 # ----------------------------------------------------------------------------- configuration

@@ -9,9 +9,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: benchmarks/
 
-from benchmarks import common  # noqa: E402
-from benchmarks.bench_epie import epoch_passes  # noqa: E402
-from benchmarks.bench_numpy_epie import NumpyEpie, object_error  # noqa: E402
+from benchmarks import common
+from benchmarks.bench_epie import epoch_passes
+from benchmarks.bench_numpy_epie import NumpyEpie, object_error
 
 
 def test_ratio_below_the_physical_minimum_is_a_measurement_error():
@@ -55,7 +55,7 @@ def test_floor_calls_do_the_transforms_and_are_interleaved_with_the_case():
     assert t["floor"]["batch"] in (32, 70) and set(t["floor"]["batchings"]) == {"32", "70"}
     assert t["floor"]["median_s"] == min(v["median_s"] for v in t["floor"]["batchings"].values())
     assert len(t["loadavg"]["start"]) == 3 and "best_cpu_fft" not in t
-    call, n = floors[32]
+    call, _ = floors[32]
     x_out = np.asarray(call())
     rng = np.random.default_rng(0)
     x_in = (rng.standard_normal((70, 8, 8)) + 1j * rng.standard_normal((70, 8, 8))).astype(np.complex64)

@@ -432,7 +432,7 @@ def test_common_offset_route_equals_per_frame_shift(offset, beta):
     the probe shifted frame by frame (``per_frame_shift=True``, the 4-FFT route). Same frames,
     same orders: objects and probes agree to 1e-5 relative (max-norm, float32 round-off of
     ~10^3 frame updates)."""
-    ds, objs, probes = make_dataset(energies=(5420.0,), noise=True)
+    ds, _, _ = make_dataset(energies=(5420.0,), noise=True)
     ds, common = _snap_to_grid(ds, offset)
     from diffxas.epie import _frame_tables, _make_batches
 
