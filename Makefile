@@ -23,8 +23,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
+# the JSON is named by commit (benchmarks/results/cpu-quick-<shorthash>.json), load average inside
 bench: $(STAMP)
-	$(PY) -m benchmarks.run --suite quick
+	$(PY) -m benchmarks.run --suite quick --out benchmarks/results/cpu-quick-$$(git rev-parse --short HEAD 2>/dev/null || echo local).json
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -4,17 +4,18 @@ Usage::
 
     python -m benchmarks.bench_epie [--frame-size 64] [--frames 121] [--energies 8] [--epochs 6]
 
-Prints one JSON object: environment (jax version, backend, device, CPU count); under
-``kernel`` the jitted epoch alone, timed alternately with the FFT floor (best of 8 each:
-the fair ratio on a shared, loaded machine); under ``end_to_end`` ``run_epie`` itself; for
-each variant (probe fixed / probe updated; all energies in one vmapped batch / one at a
-time) the compile time (first epoch minus a steady epoch, every call ended with
-``block_until_ready``), steady-state frames x epochs per second (best epoch after the first: on a shared
-machine the minimum is the least disturbed measurement), and the ratio of that epoch
-time to the "FFT floor" (best of repeated measurements between the variants): one ``fft2`` + ``ifft2`` pair over a
-``(frames, M, M)`` complex64 batch holding every frame of the epoch, jitted and timed in
-the same run. Peak memory: ``ru_maxrss`` of the process and device ``memory_stats()``
-where the backend has them.
+Prints one JSON object: environment (jax version, backend, device, CPU count, load average
+at the end); under ``kernel`` the jitted epoch alone, timed *interleaved* with the FFT floor
+(epoch, floor batchings, epoch, ...: both see the same machine load), wall and process CPU
+time, medians; under ``end_to_end`` ``run_epie`` itself (best epoch after the first). The
+floor is the fastest of fft2 + ifft2 over all the epoch's frames in one call or in chunks
+of 32 / 64 / 256 frames (:mod:`benchmarks.common`); a ratio below the epoch's physical
+minimum (its FFT passes per frame / 2, :func:`epoch_passes`) is flagged as a measurement
+error (``ratio_measurement_error``) and its ratio is ``null``. Variants: probe fixed /
+updated; all energies in one vmapped batch / one at a time. The positions here are
+sub-pixel (the per-frame shift route); ``benchmarks/bench_numpy_epie.py`` times the
+on-grid route beside a plain numpy ePIE. Peak memory: ``ru_maxrss`` of the process and
+device ``memory_stats()`` where the backend has them.
 
 The data are hand-made (random smooth object, KB probe, exact forward-model
 intensities): throughput does not depend on the sample.
@@ -76,25 +77,23 @@ def make_dataset(m: int, n_frames: int, n_energies: int, seed: int = 0):
                    illumination=jnp.asarray(probes), distance=distance, detector_pixel=det)
 
 
-def fft_floor(n: int, m: int, repeats: int = 5) -> dict:
-    """Seconds of one jitted fft2 + ifft2 pair over (n, M, M) complex64 (best of ``repeats``)."""
-    x = jnp.asarray(np.random.default_rng(1).standard_normal((n, m, m)) + 0j, jnp.complex64)
-    f = jax.jit(lambda a: jnp.fft.ifft2(jnp.fft.fft2(a)))
-    t0 = time.perf_counter()
-    f(x).block_until_ready()
-    compile_s = time.perf_counter() - t0
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(x).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return {"seconds": best, "compile_s": compile_s}
+def epoch_passes(update_probe: bool, common_offset: bool) -> int:
+    """FFT passes per frame of an ePIE epoch: far field and back-propagation (2), plus, when
+    the frames do not share one sub-pixel offset, the probe's shift (1) and, with the probe
+    updated, the shift back of its update (1) (:func:`diffxas.epie._epoch_single`)."""
+    if common_offset:
+        return 2
+    return 4 if update_probe else 3
 
 
-def kernel_vs_floor(ds, update_probe: bool, batch, repeats: int = 8) -> dict:
-    """Best-of-``repeats`` jitted epoch (all energies, ``batch`` per vmapped call) against the
-    FFT floor, the two timed alternately so that both see the same machine load."""
+def kernel_vs_floor(ds, update_probe: bool, batch, min_time: float = 1.0) -> dict:
+    """The jitted epoch (all energies, ``batch`` per vmapped call) timed interleaved with the
+    FFT floor (fastest batching of fft2 + ifft2 over the epoch's frames,
+    :func:`benchmarks.common.interleaved`); the ratio is judged against the physical minimum
+    ``epoch_passes / 2`` (:func:`benchmarks.common.judge_ratio`)."""
     from diffxas.epie import _frame_tables, _make_batches, epoch_fn, frame_orders, reconstruction_grids
+
+    from . import common as cm
 
     common, grids = reconstruction_grids(ds)
     tables = _frame_tables(ds, grids)
@@ -102,35 +101,38 @@ def kernel_vs_floor(ds, update_probe: bool, batch, repeats: int = 8) -> dict:
     n_max = max(t[0].size for t in tables)
     orders = frame_orders(0, 0, n_max, np.asarray(ds.energies))
     ph0 = jnp.fft.fft2(jnp.asarray(ds.illumination))
-    fn = epoch_fn(update_probe)
-    m = ds.frame_size
-    x = jnp.asarray(np.random.default_rng(1).standard_normal((ds.n_frames, m, m)) + 0j, jnp.complex64)
-    fft = jax.jit(lambda a: jnp.fft.ifft2(jnp.fft.fft2(a)))
-    fft(x).block_until_ready()
+    same = all(bt.common_offset for bt in batches)
 
     def epoch():
         outs = []
         for bt in batches:
+            fn = epoch_fn(update_probe, False, bt.common_offset)
             o = jnp.ones((len(bt.energies),) + grids[0].shape, jnp.complex64)
             p = ph0[bt.energies]
             outs.append(fn(o, p, orders[bt.energies], bt.corners, bt.rows, bt.cols, bt.counts, bt.mask, bt.valid,
                            jnp.zeros_like(bt.mask), jnp.float32(1.0), jnp.float32(1.0)))
-        jax.block_until_ready(outs)
+        return outs
 
     t0 = time.perf_counter()
-    epoch()
+    jax.block_until_ready(epoch())
     first = time.perf_counter() - t0
-    best_e = best_f = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fft(x).block_until_ready()
-        best_f = min(best_f, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        epoch()
-        best_e = min(best_e, time.perf_counter() - t0)
-    return {"update_probe": update_probe, "batch_energies": batch, "compile_s": max(first - best_e, 0.0),
-            "epoch_s": best_e, "fft_floor_s": best_f, "frames_epochs_per_s": ds.n_frames / best_e,
-            "ratio_to_fft_floor": best_e / best_f}
+    floors = cm.fft_floor_calls(ds.n_frames, ds.frame_size, passes=2)
+    t = cm.interleaved(epoch, floors, ds.n_frames, min_time=min_time,
+                       reference=cm.torch_fft_calls(ds.n_frames, ds.frame_size, passes=2))
+    passes = epoch_passes(update_probe, same)
+    rec = {"update_probe": update_probe, "batch_energies": batch, "common_offset": same, "fft_passes_per_frame": passes,
+           "compile_s": max(first - t["median_s"], 0.0), "epoch_s": t["median_s"], "epoch_cpu_s": t["cpu_median_s"],
+           "fft_floor": dict(t["floor"], passes=2, timing="interleaved with the epoch"),
+           "best_cpu_fft": t.get("best_cpu_fft", {"status": "skipped", "reason": "torch not importable"}),
+           "frames_epochs_per_s": ds.n_frames / t["median_s"], "loadavg": t["loadavg"], "reps": t["reps"]}
+    for tag, a, b in (("", t["median_s"], t["floor"]["median_s"]), ("cpu_", t["cpu_median_s"], t["floor"]["cpu_median_s"])):
+        j = cm.judge_ratio(a, b, passes, 2)
+        rec[tag + "ratio_to_fft_floor"] = j["ratio"]
+        rec["physical_min_ratio"] = j["physical_min"]
+        if j["ratio"] is None:
+            rec[tag + "ratio_measurement_error"] = j["measurement_error"]
+            rec[tag + "ratio_measured"] = j["ratio_measured"]
+    return rec
 
 
 def run_variant(ds, epochs: int, update_probe: bool, batch) -> dict:
@@ -146,6 +148,18 @@ def run_variant(ds, epochs: int, update_probe: bool, batch) -> dict:
             "frames_epochs_per_s": ds.n_frames / steady}
 
 
+def common_judge(case_s: float, floor_s: float, passes: int) -> dict:
+    """Ratio of an end-to-end epoch to its kernel's floor, judged against ``passes / 2``."""
+    from . import common as cm
+
+    j = cm.judge_ratio(case_s, floor_s, passes, 2)
+    out = {"ratio_to_fft_floor": j["ratio"], "physical_min_ratio": j["physical_min"]}
+    if j["ratio"] is None:
+        out["ratio_measurement_error"] = j["measurement_error"]
+        out["ratio_measured"] = j["ratio_measured"]
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frame-size", type=int, default=64)
@@ -159,17 +173,16 @@ def main(argv=None):
     t0 = time.perf_counter()
     ds = make_dataset(a.frame_size, a.frames, a.energies)
     setup_s = time.perf_counter() - t0
-    floor = fft_floor(ds.n_frames, a.frame_size, repeats=10)
     kernels, variants = [], []
     for upd in (False, True):
         for batch in (None, 1):
-            kernels.append(kernel_vs_floor(ds, upd, batch))
-            v = run_variant(ds, a.epochs, upd, batch)
-            again = fft_floor(ds.n_frames, a.frame_size, repeats=10)
-            floor["seconds"] = min(floor["seconds"], again["seconds"])
-            variants.append(v)
-    for v in variants:
-        v["ratio_to_fft_floor"] = v["steady_epoch_s"] / floor["seconds"]
+            kernels.append(kernel_vs_floor(ds, upd, batch, min_time=0.3 if a.quick else 1.0))
+            variants.append(run_variant(ds, a.epochs, upd, batch))
+    # end to end (run_epie, host loop included) against the same epoch's interleaved floor
+    for v, k in zip(variants, kernels):
+        v["fft_floor_s"] = k["fft_floor"]["median_s"]
+        j = common_judge(v["steady_epoch_s"], k["fft_floor"]["median_s"], k["fft_passes_per_frame"])
+        v.update(j)
     dev = jax.devices()[0]
     mem = None
     try:
@@ -186,8 +199,9 @@ def main(argv=None):
                 "xla_flags": os.environ.get("XLA_FLAGS", "")},
         "problem": {"frame_size": a.frame_size, "frames_per_energy": a.frames, "energies": a.energies,
                     "frames_total": ds.n_frames, "dtype": "complex64", "setup_s": setup_s},
-        "fft_floor": {"shape": [ds.n_frames, a.frame_size, a.frame_size], **floor,
-                      "frames_per_s": ds.n_frames / floor["seconds"]},
+        "fft_floor_definition": "fastest of fft2 + ifft2 over (frames, M, M) complex64 in one call or in chunks "
+                                "of 32/64/256 frames, timed interleaved with each kernel (see benchmarks/common.py)",
+        "loadavg_end": list(os.getloadavg()),
         "kernel": kernels,
         "end_to_end": variants,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,

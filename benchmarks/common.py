@@ -168,6 +168,14 @@ def loadavg() -> float | None:
         return None
 
 
+def loadavg3() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def time_compiled(call, min_reps: int = 3, max_reps: int = 50, min_time: float = 1.0) -> dict:
     """Time ``call()`` (already compiled) repeatedly: wall-clock and process CPU time per call.
 
@@ -205,43 +213,184 @@ def xla_compiled(compiled):
 
 
 # ----------------------------------------------------------------------------- FFT floor
+#
+# The floor of a case is the fastest of a few *batchings* of the same library's FFTs of the
+# same shapes (all frames in one call, and chunks of 32 / 64 / 256 frames run one after the
+# other inside one jitted call), timed *interleaved* with the case in the same process
+# (case, floor batchings, case, ...), so that both see the same machine load. On this CPU
+# one jitted FFT over all frames costs 3-5x more per frame than the same FFTs in chunks
+# of 32-64 (cache), so a floor of one batching only is no floor. A case cannot do its FFT
+# passes faster than the fastest batching of the same FFTs: a ratio case / floor below
+# ``case_passes / floor_passes`` is a measurement error (load changed between the two, or
+# the floor missed a faster batching) and is flagged, not reported (:func:`judge_ratio`).
 
-#: FFT passes per frame that the brief's floor counts for one step: forward (fft2 of the
-#: exit wave + ifft2 of the shifted probe) and their adjoints in the backward pass. The
-#: joint step itself does 6 (the two forward FFTs are recomputed under jax.checkpoint).
+#: FFT passes per frame that the joint step's floor is timed with: forward (fft2 of the
+#: exit wave + ifft2 of the shifted probe) and their adjoints in the backward pass.
 FLOOR_PASSES = 4
 
-#: Frames per timed FFT call (bigger problems are timed on this many and scaled
-#: linearly: the batched FFT is linear in the batch once it fills the machine).
+#: FFT passes per frame the joint step itself does: 2 forward, the same 2 recomputed under
+#: jax.checkpoint, 2 adjoint (its physical minimum is JOINT_STEP_PASSES / FLOOR_PASSES floors).
+JOINT_STEP_PASSES = 6
+
+#: Bytes of one all-frames floor call at most (bigger problems are timed on this many frames
+#: and scaled linearly: the batched FFT is linear in the batch once it fills the machine).
 FLOOR_MAX_BYTES = 512 * 2 ** 20
 
+#: Chunk sizes (frames) of the floor's batchings, besides all frames in one call.
+FLOOR_CHUNKS = (32, 64, 256)
 
-def fft_floor(n_frames: int, frame_size: int, min_time: float = 1.0) -> dict:
-    """Time of the bare batched FFTs of a step: fft2, ifft2, fft2, ifft2 on (frames, M, M) complex64."""
+
+def floor_batchings(n_frames: int, chunks=FLOOR_CHUNKS) -> list[int]:
+    """Frames per FFT call of each floor batching: all frames, and each chunk size below that."""
+    n = int(n_frames)
+    return sorted({n} | {int(c) for c in chunks if c < n}, reverse=True)
+
+
+def fft_floor_calls(n_frames: int, frame_size: int, passes: int = FLOOR_PASSES, chunks=FLOOR_CHUNKS) -> dict:
+    """Compiled floor candidates: ``{batch: (call, frames_measured)}``.
+
+    ``call()`` runs ``passes`` alternating fft2 / ifft2 (jnp, complex64) over
+    ``frames_measured`` frames of M x M, in chunks of ``batch`` frames scanned one after
+    another inside one jitted call (``batch`` = all: one batched call). ``frames_measured``
+    is the largest multiple of ``batch`` <= ``n_frames`` (capped at ``FLOOR_MAX_BYTES``);
+    the time per frame is scaled to ``n_frames``.
+    """
     import jax
     import jax.numpy as jnp
 
     M = int(frame_size)
-    per_frame = M * M * 8
-    n_meas = int(max(1, min(n_frames, FLOOR_MAX_BYTES // per_frame)))
+    cap = int(max(1, FLOOR_MAX_BYTES // (M * M * 8)))
+    rng = np.random.default_rng(0)
+    out = {}
+    for b in floor_batchings(min(n_frames, cap), chunks):
+        n_meas = (min(n_frames, cap) // b) * b
+        x = jnp.asarray((rng.standard_normal((n_meas // b, b, M, M))
+                         + 1j * rng.standard_normal((n_meas // b, b, M, M))).astype(np.complex64))
 
-    @jax.jit
-    def passes(x):
-        # four passes, as in forward + backward; no algebra in between that XLA could fold
-        y = jnp.fft.fft2(x)
-        y = jnp.fft.ifft2(y)
-        y = jnp.fft.fft2(y)
-        return jnp.fft.ifft2(y)
+        def chunk(y):
+            for i in range(passes):  # no algebra in between that XLA could fold
+                y = jnp.fft.fft2(y) if i % 2 == 0 else jnp.fft.ifft2(y)
+            return y
 
-    x = jnp.asarray((np.random.default_rng(0).standard_normal((n_meas, M, M))
-                     + 1j * np.random.default_rng(1).standard_normal((n_meas, M, M))).astype(np.complex64))
-    compiled, t_comp = aot(passes, x)
-    t = time_compiled(lambda: compiled(x), min_time=min_time)
-    scale = n_frames / n_meas
-    del x
-    return {"frames": int(n_frames), "frame_size": M, "passes": FLOOR_PASSES, "frames_measured": n_meas,
-            "compile_s": t_comp, "median_s": t["median_s"] * scale, "min_s": t["min_s"] * scale,
-            "cpu_median_s": t["cpu_median_s"] * scale, "reps": t["reps"], "loadavg": t["loadavg"], "per_frame_pass_us": 1e6 * t["median_s"] / (n_meas * FLOOR_PASSES)}
+        fn = jax.jit(lambda a: jax.lax.map(chunk, a))
+        compiled = fn.lower(x).compile()
+        out[b] = (lambda compiled=compiled, x=x: compiled(x), n_meas)
+    return out
+
+
+def torch_fft_calls(n_frames: int, frame_size: int, passes: int = FLOOR_PASSES, chunks=FLOOR_CHUNKS) -> dict | None:
+    """The same batchings with torch's CPU FFT (MKL/pocketfft) as a "best CPU FFT" reference;
+    None where torch is not importable (it is not a dependency)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    M = int(frame_size)
+    cap = int(max(1, FLOOR_MAX_BYTES // (M * M * 8)))
+    out = {}
+    for b in floor_batchings(min(n_frames, cap), chunks):
+        n_meas = (min(n_frames, cap) // b) * b
+        x = torch.randn(n_meas // b, b, M, M, dtype=torch.complex64)
+
+        def call(x=x):
+            res = []
+            for a in x:
+                y = a
+                for i in range(passes):
+                    y = torch.fft.fft2(y) if i % 2 == 0 else torch.fft.ifft2(y)
+                res.append(y)
+            return res
+
+        out[b] = (call, n_meas)
+    return out
+
+
+def _timed(call, sync) -> tuple[float, float]:
+    c0, t0 = time.process_time(), time.perf_counter()
+    sync(call())
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def interleaved(case, floors: dict, n_frames: int, min_reps: int = 3, max_reps: int = 50, min_time: float = 1.0,
+                reference: dict | None = None) -> dict:
+    """Time ``case()`` and every floor batching alternately (case, floor b1, floor b2, ...,
+    case, ...): at least ``min_reps`` rounds and ``min_time`` seconds of case time.
+
+    Returns the case's ``first_run_s``, ``median_s``, ``min_s``, ``max_s``, ``cpu_median_s``
+    (process CPU time, all threads), ``reps``; ``floor`` with per batching the median wall
+    and CPU time scaled to ``n_frames``, and ``median_s`` / ``cpu_median_s`` / ``batch`` of
+    the fastest batching; ``reference`` (torch, when given) likewise; and the load average
+    (1, 5, 15 min) at start and end.
+    """
+    import jax
+
+    load0 = loadavg3()
+    t0 = time.perf_counter()
+    block(case())
+    first = time.perf_counter() - t0
+    for call, _ in floors.values():  # warm
+        block(call())
+    ref_sync = (lambda r: r)
+    if reference:
+        for call, _ in reference.values():
+            call()
+    cw, cc = [], []
+    fw = {b: [] for b in floors}
+    fc = {b: [] for b in floors}
+    rw = {b: [] for b in (reference or {})}
+    rc = {b: [] for b in (reference or {})}
+    while len(cw) < max_reps and (len(cw) < min_reps or sum(cw) < min_time):
+        w, c = _timed(case, jax.block_until_ready)
+        cw.append(w)
+        cc.append(c)
+        for b, (call, nm) in floors.items():
+            w, c = _timed(call, jax.block_until_ready)
+            fw[b].append(w * n_frames / nm)
+            fc[b].append(c * n_frames / nm)
+        for b, (call, nm) in (reference or {}).items():
+            w, c = _timed(call, ref_sync)
+            rw[b].append(w * n_frames / nm)
+            rc[b].append(c * n_frames / nm)
+
+    def summarise(ws, cs):
+        per = {str(b): {"median_s": statistics.median(ws[b]), "cpu_median_s": statistics.median(cs[b]),
+                        "min_s": min(ws[b])} for b in ws}
+        best = min(ws, key=lambda b: statistics.median(ws[b]))
+        return {"batchings": per, "batch": int(best), "median_s": per[str(best)]["median_s"],
+                "cpu_median_s": min(v["cpu_median_s"] for v in per.values()), "min_s": min(v["min_s"] for v in per.values())}
+
+    out = {"first_run_s": first, "median_s": statistics.median(cw), "min_s": min(cw), "max_s": max(cw),
+           "cpu_median_s": statistics.median(cc), "reps": len(cw), "floor": summarise(fw, fc),
+           "loadavg": {"start": load0, "end": loadavg3()}}
+    if reference:
+        out["best_cpu_fft"] = dict(summarise(rw, rc), library="torch")
+    return out
+
+
+def judge_ratio(case_s: float, floor_s: float, case_passes: float, floor_passes: float) -> dict:
+    """``{"ratio": case_s / floor_s, "physical_min": case_passes / floor_passes}``, or, when the
+    ratio is below the physical minimum, ``ratio: None`` and ``measurement_error`` (the
+    measured value kept as ``ratio_measured``): a case cannot run its FFT passes faster than
+    the fastest batching of the same FFTs."""
+    ratio = case_s / floor_s
+    pmin = case_passes / floor_passes
+    if ratio < pmin:
+        return {"ratio": None, "ratio_measured": ratio, "physical_min": pmin,
+                "measurement_error": f"ratio {ratio:.3g} below the physical minimum {pmin:.3g} "
+                                     f"({case_passes:g} FFT passes per frame against the floor's {floor_passes:g})"}
+    return {"ratio": ratio, "physical_min": pmin}
+
+
+def fft_floor(n_frames: int, frame_size: int, min_time: float = 1.0, passes: int = FLOOR_PASSES) -> dict:
+    """The floor alone (no case): fastest batching of ``passes`` FFTs of (frames, M, M) complex64."""
+    floors = fft_floor_calls(n_frames, frame_size, passes)
+    first = next(iter(floors.values()))[0]
+    t = interleaved(first, floors, n_frames, min_time=min_time)
+    f = t["floor"]
+    return {"frames": int(n_frames), "frame_size": int(frame_size), "passes": passes, **f,
+            "loadavg": t["loadavg"], "per_frame_pass_us": 1e6 * f["median_s"] / (n_frames * passes)}
 
 
 # ----------------------------------------------------------------------------- synthetic data

@@ -16,7 +16,11 @@ domain, and the probe update, computed in the shifted frame, is shifted back by
 spectrum ``P_hat = fft2(P)`` so that the shift and the shift-back cost one FFT each
 (``ifft2(P_hat * ramp)`` is :func:`forward.shifted_probe`; the ramps are derived from
 ``forward.shifted_probe`` itself, so the convention cannot drift, see
-:func:`shift_ramps`).
+:func:`shift_ramps`). When every frame of an energy has the same sub-pixel offset (a scan
+on the pixel grid: offset 0) the probe is shifted once per epoch instead and carried in
+real space: 2 FFTs per frame instead of 4, the same result to round-off
+(:func:`_epoch_single`, ``EpieConfig.per_frame_shift``). The counts are kept uncentred
+(zero frequency at (0, 0)), so no frame pays an fftshift.
 
 The ePIE object increment is a scaled steepest-descent step of the amplitude loss
 ``L = sum w (|F psi| - sqrt(n))^2``: by Parseval ``dL/d(psi*) = psi - psi'``, hence
@@ -39,6 +43,7 @@ applied between epochs, see :func:`kk_constrain`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -53,7 +58,7 @@ import numpy as np
 from .background import FLOOR, as_maps, initial_background, mean_frames
 from .dataset import Dataset, relative_monitor
 from .errors import ConfigError, DivergenceError, InputError
-from .forward import amplitude_projection, back_propagate, extract_patch, far_field, frame_geometry, modulus_update, shifted_probe
+from .forward import amplitude_projection, extract_patch, frame_geometry, modulus_update, shifted_probe
 from .geometry import Grid, wavelength
 
 # ----------------------------------------------------------------------------- configuration
@@ -100,6 +105,10 @@ class EpieConfig:
             ``b <- mean over frames and (flat) pixels of n b / (|F psi|^2 + b)``; it starts
             at the darkest detector block's mean counts (:func:`background.initial_background`).
         background_start: first epoch (0-based) whose end updates the background.
+        per_frame_shift: always shift the probe frame by frame (4 FFTs per frame with the
+            probe updated). False (default): energies whose frames all share one sub-pixel
+            offset (e.g. all on the pixel grid) take the equivalent 2-FFT route
+            (:func:`_epoch_single`); the same result to float32 round-off. For comparisons.
     """
 
     epochs: int = 100
@@ -121,6 +130,7 @@ class EpieConfig:
     decay_final: float = 0.2
     background: str = "none"
     background_start: int = 5
+    per_frame_shift: bool = False
 
     def __post_init__(self):
         if not (isinstance(self.epochs, (int, np.integer)) and self.epochs >= 1):
@@ -266,66 +276,99 @@ def initial_probes(dataset: Dataset, grids: list[Grid], probe_fwhm: float = 300e
 
 
 def _epoch_single(obj, probe_hat, order, corners, rows, cols, counts, mask, valid, bg, alpha, beta, update_probe: bool,
-                  with_background: bool = False):
+                  with_background: bool = False, common_offset: bool = False):
     """One ePIE epoch of one energy: ``lax.scan`` over the frames in ``order``.
 
-    ``bg`` (M, M): the incoherent background (centred layout; zeros without one). With
-    ``with_background`` the scan also sums the background's expected share of the counts,
+    ``counts`` (N, M, M) are in the *uncentred* detector layout (zero frequency at pixel
+    (0, 0), :func:`forward.uncenter`: done once in :func:`_make_batches`), so no frame pays
+    an fftshift/ifftshift; ``mask`` and ``bg`` (M, M) come centred and are uncentred here
+    once per epoch, and the background share is centred again at the end.
+
+    ``bg`` (M, M): the incoherent background (zeros without one). With ``with_background``
+    the scan also sums the background's expected share of the counts,
     ``valid mask n b / (|F psi|^2 + b)`` (its EM update, :class:`EpieConfig`), else zeros.
+
+    ``common_offset`` (static): every frame of this energy has the same sub-pixel offset
+    (``frac``; the frames on the pixel grid: 0) so its shift ramp ``rows[0], cols[0]``
+    serves all of them. The shifted probe is then formed once per epoch, carried and
+    updated in real space, and shifted back once at the end: 2 FFTs per frame (far field
+    and back-propagation) instead of 4. Exact: the shift is linear and unitary, so
+    ``shift_-f(shift_f(P) + sum dps) = P + sum shift_-f(dps)`` (the per-frame route's
+    result) up to float32 round-off (tests/test_epie.py compares the two routes).
+    Otherwise each frame shifts the probe (``ifft2``) and, with the probe updated, shifts
+    its update back (``fft2``): 4 FFTs per frame (3 with the probe fixed).
     """
     m = probe_hat.shape[-1]
+    ortho = 1.0 / m  # norm="ortho" of an M x M transform
+    mask_u = jnp.fft.ifftshift(mask, axes=(-2, -1))
+    bg_u = jnp.fft.ifftshift(bg, axes=(-2, -1))
+    if common_offset:
+        ramp0 = rows[0][:, None] * cols[0][None, :]
+        probe0 = jnp.fft.ifft2(probe_hat * ramp0)  # the probe shifted by the common offset
 
     def step(carry, j):
-        o, ph, loss, bacc = carry
+        o, pc, loss, bacc = carry
         c = corners[j]
-        ramp = rows[j][:, None] * cols[j][None, :]
-        ps = jnp.fft.ifft2(ph * ramp)  # == forward.shifted_probe(ph, frac[j])
+        if common_offset:
+            ps = pc
+        else:
+            ramp = rows[j][:, None] * cols[j][None, :]
+            ps = jnp.fft.ifft2(pc * ramp)  # == forward.shifted_probe(ph, frac[j])
         patch = extract_patch(o, c, m)
         psi = ps * patch
-        f = far_field(psi)  # forward.amplitude_projection in two halves: the far field also gives the background's share
+        # forward.amplitude_projection in two halves, uncentred (the far field also gives the background's share)
+        f = jnp.fft.fft2(psi) * ortho
         if with_background:
             fi = jnp.real(f) ** 2 + jnp.imag(f) ** 2
-            bacc = bacc + (valid[j] * mask * counts[j] * bg) / jnp.maximum(fi + bg, 1e-12)
-        d = (back_propagate(modulus_update(f, counts[j], mask, bg)) - psi) * valid[j]
+            bacc = bacc + (valid[j] * mask_u * counts[j] * bg_u) / jnp.maximum(fi + bg_u, 1e-12)
+        d = (jnp.fft.ifft2(modulus_update(f, counts[j], mask_u, bg_u)) * m - psi) * valid[j]
         ip = jnp.real(ps) ** 2 + jnp.imag(ps) ** 2
         new_patch = patch + (alpha / jnp.max(ip)) * jnp.conj(ps) * d
         o = jax.lax.dynamic_update_slice(o, new_patch, (c[0], c[1]))
         if update_probe:
             io = jnp.real(patch) ** 2 + jnp.imag(patch) ** 2
             dps = (beta / jnp.maximum(jnp.max(io), 1e-30)) * jnp.conj(patch) * d
-            ph = ph + jnp.fft.fft2(dps) * jnp.conj(ramp)  # shift back by -frac, into the spectrum
+            if common_offset:
+                pc = pc + dps
+            else:
+                pc = pc + jnp.fft.fft2(dps) * jnp.conj(ramp)  # shift back by -frac, into the spectrum
         loss = loss + jnp.sum(jnp.real(d) ** 2 + jnp.imag(d) ** 2)
-        return (o, ph, loss, bacc), None
+        return (o, pc, loss, bacc), None
 
-    carry0 = (obj, probe_hat, jnp.float32(0.0), jnp.zeros((m, m), jnp.float32))
-    (obj, probe_hat, loss, bacc), _ = jax.lax.scan(step, carry0, order)
+    carry0 = (obj, probe0 if common_offset else probe_hat, jnp.float32(0.0), jnp.zeros((m, m), jnp.float32))
+    (obj, pc, loss, bacc), _ = jax.lax.scan(step, carry0, order)
+    probe_hat = jnp.fft.fft2(pc) * jnp.conj(ramp0) if common_offset else pc
     power = jnp.sum(jnp.real(probe_hat) ** 2 + jnp.imag(probe_hat) ** 2) / (m * m)
     finite = jnp.all(jnp.isfinite(obj)) & jnp.all(jnp.isfinite(probe_hat))
-    return obj, probe_hat, loss, power, finite, bacc
+    return obj, probe_hat, loss, power, finite, jnp.fft.fftshift(bacc, axes=(-2, -1))
 
 
-def _make_epoch_fn(update_probe: bool, with_background: bool):
+def _make_epoch_fn(update_probe: bool, with_background: bool, common_offset: bool = False):
     def fn(obj, probe_hat, orders, corners, rows, cols, counts, mask, valid, bg, alpha, beta):
         f = lambda o, p, od, c, r, cl, n, w, v, b: _epoch_single(o, p, od, c, r, cl, n, w, v, b, alpha, beta,  # noqa: E731
-                                                                 update_probe, with_background)
+                                                                 update_probe, with_background, common_offset)
         return jax.vmap(f)(obj, probe_hat, orders, corners, rows, cols, counts, mask, valid, bg)
 
     return jax.jit(fn, donate_argnums=(0, 1))
 
 
-_EPOCH_FNS: dict[tuple[bool, bool], Callable] = {}
+_EPOCH_FNS: dict[tuple[bool, bool, bool], Callable] = {}
 
 
-def epoch_fn(update_probe: bool, with_background: bool = False) -> Callable:
+def epoch_fn(update_probe: bool, with_background: bool = False, common_offset: bool = False) -> Callable:
     """The jitted, energy-batched epoch (cached; one compilation per shape and flags).
 
     ``fn(obj (B,ny,nx), probe_hat (B,M,M), orders (B,N), corners (B,N,2), rows (B,N,M),
     cols (B,N,M), counts (B,N,M,M), mask (B,M,M), valid (B,N), bg (B,M,M), alpha, beta)``
     returns ``(obj, probe_hat, loss (B,), probe_power (B,), finite (B,), background share
-    (B,M,M))``; ``obj`` and ``probe_hat`` are donated. ``bg``: the incoherent background
-    (zeros for none); the share is summed only ``with_background`` (zeros otherwise).
+    (B,M,M))``; ``obj`` and ``probe_hat`` are donated. ``counts``: uncentred layout
+    (:func:`forward.uncenter`, as :func:`_make_batches` stores them); ``mask``, ``bg`` and
+    the share: centred. ``bg``: the incoherent background (zeros for none); the share is
+    summed only ``with_background`` (zeros otherwise). ``common_offset``: every real frame
+    of each energy has the sub-pixel offset of its first frame (:attr:`_Batch.common_offset`),
+    the 2-FFT route of :func:`_epoch_single`.
     """
-    key = (bool(update_probe), bool(with_background))
+    key = (bool(update_probe), bool(with_background), bool(common_offset))
     if key not in _EPOCH_FNS:
         _EPOCH_FNS[key] = _make_epoch_fn(*key)
     return _EPOCH_FNS[key]
@@ -359,6 +402,9 @@ class _Batch:
     mask: jax.Array
     valid: jax.Array
     n_frames: np.ndarray  # real frames per energy
+    #: every real frame of each energy has the sub-pixel offset of its first frame (e.g. all
+    #: on the pixel grid): the epoch takes the 2-FFT route (:func:`_epoch_single`)
+    common_offset: bool = False
 
 
 def _frame_tables(dataset: Dataset, grids: list[Grid]):
@@ -373,6 +419,14 @@ def _frame_tables(dataset: Dataset, grids: list[Grid]):
         corner, frac = frame_geometry(pos[idx], g, m)
         out.append((idx, corner, frac))
     return out
+
+
+#: Sub-pixel offsets (pixels) that differ by at most this are taken as one (the first
+#: frame's), so that an energy scanned on the pixel grid takes the 2-FFT route of
+#: :func:`_epoch_single` although float32 positions put its offsets ~1e-6 pixel apart.
+#: 1e-3 pixel (0.05 nm at 50 nm pixels) is far below any scan's position accuracy; the
+#: probe phase it changes is at most 2 pi 0.5e-3 = 3e-3 rad at the Nyquist frequency.
+OFFSET_TOL = 1e-3
 
 
 def _make_batches(dataset: Dataset, tables, batch: int | None) -> list[_Batch]:
@@ -395,19 +449,26 @@ def _make_batches(dataset: Dataset, tables, batch: int | None) -> list[_Batch]:
         counts = np.zeros((b, n_max, m, m), np.float32)
         valid = np.zeros((b, n_max), np.float32)
         nf = np.zeros(b, np.int64)
+        same = True
         for i, k in enumerate(ks):
             idx, corner, frac = tables[k]
             n = idx.size
             corners[i, :n] = corner
             corners[i, n:] = corner[0]  # padded frames: a legal patch, zero validity
+            if np.max(np.abs(frac - frac[0])) <= OFFSET_TOL:
+                frac = np.broadcast_to(frac[0], frac.shape)  # one offset (see OFFSET_TOL)
+            else:
+                same = False
             fracs[i, :n] = frac
-            counts[i, :n] = frames[idx] / rel[idx, None, None]
+            fracs[i, n:] = frac[0]  # padded frames: the first frame's offset (no-ops either way)
+            # uncentred layout (zero frequency at (0, 0)): the epoch needs no per-frame fftshift
+            counts[i, :n] = np.fft.ifftshift(frames[idx] / rel[idx, None, None], axes=(-2, -1))
             valid[i, :n] = 1.0
             nf[i] = n
         rows, cols = shift_ramps(fracs.reshape(-1, 2), m)
         out.append(_Batch(energies=ks, corners=jnp.asarray(corners), rows=jnp.asarray(rows.reshape(b, n_max, m)),
                           cols=jnp.asarray(cols.reshape(b, n_max, m)), counts=jnp.asarray(counts),
-                          mask=jnp.asarray(mask[ks]), valid=jnp.asarray(valid), n_frames=nf))
+                          mask=jnp.asarray(mask[ks]), valid=jnp.asarray(valid), n_frames=nf, common_offset=same))
     return out
 
 
@@ -419,8 +480,15 @@ def frame_orders(seed: int, epoch: int, n_frames: int, energies) -> jax.Array:
     order therefore does not depend on how many padded frames follow them, nor on which
     other energies are in the dataset, and a resumed run repeats it.
     """
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
     tags = jnp.asarray(np.round(np.asarray(energies, np.float64) * 100).astype(np.int64) % (2 ** 31), jnp.int32)
+    # one jitted call (eager, the key arithmetic cost ~7 ms of CPU per epoch: 20 % of a
+    # 400-frame 64 x 64 pass); the same jax.random operations, the same orders
+    return _frame_orders_jit(jnp.int32(seed), jnp.int32(epoch), tags, int(n_frames))
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _frame_orders_jit(seed, epoch, tags, n_frames: int):
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
 
     def one(tag):
         ke = jax.random.fold_in(key, tag)
@@ -465,7 +533,9 @@ class EpieResult:
 
 def _fingerprint(dataset: Dataset, config: EpieConfig) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({k: v for k, v in config.to_dict().items() if k not in ("epochs", "checkpoint_every")},
+    # per_frame_shift picks an equivalent route (same result to round-off), not another answer
+    h.update(json.dumps({k: v for k, v in config.to_dict().items() if k not in ("epochs", "checkpoint_every",
+                                                                                 "per_frame_shift")},
                         sort_keys=True).encode())
     h.update(np.asarray(dataset.energies).tobytes())
     h.update(np.asarray(dataset.positions).tobytes())
@@ -588,13 +658,13 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
     for epoch in it:
         t0 = time.perf_counter()
         upd = config.beta > 0 and epoch >= config.probe_update_start
-        fn = epoch_fn(upd, with_bg)
         orders = frame_orders(config.seed, epoch, n_max, energies)
         fac = config.step_factor(epoch)
         alpha = jnp.float32(config.alpha * fac)
         beta = jnp.float32(config.beta * fac)
         loss_e = np.zeros(kn)
         for i, b in enumerate(batches):
+            fn = epoch_fn(upd, with_bg, b.common_offset and not config.per_frame_shift)
             objs[i], phat[i], loss, power, finite, share = fn(objs[i], phat[i], orders[b.energies], b.corners, b.rows,
                                                               b.cols, b.counts, b.mask, b.valid, bgm[i], alpha, beta)
             if with_bg and epoch >= config.background_start:
