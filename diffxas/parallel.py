@@ -141,7 +141,7 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         kwargs["heartbeat_timeout_seconds"] = int(heartbeat_timeout_s)
     try:
         jax.distributed.initialize(initialization_timeout=int(timeout_s), **kwargs)
-    except Exception as e:  # jax raises RuntimeError/ValueError/XlaRuntimeError with long texts
+    except Exception as e:  # noqa: BLE001 - jax raises RuntimeError/ValueError/XlaRuntimeError, long texts
         where = kwargs.get("coordinator_address") or os.environ.get("JAX_COORDINATOR_ADDRESS") or distributed_environment()
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"distributed start failed (coordinator {where}): {msg}") from None
