@@ -447,9 +447,17 @@ def _run_reconstruct(args) -> int:
     VEdge.for_energies(cfg.element, ds.energies, cfg.table)  # a wrong element fails before the pass over the frames
     with _log_to_stderr():  # one-line notes (orientation, the joint's memory mode) on the "diffxas" logger
         ds, selection["orientation"] = resolve(ds, args.orientation)
-        result = reconstruct(ds, method, cfg, progress=_progress(args) and primary, checkpoint=ckpt,
-                             resume=args.resume, input_path=args.data, input_sha256=sha, selection=selection,
-                             sharded=distributed)
+        try:
+            result = reconstruct(ds, method, cfg, progress=_progress(args) and primary, checkpoint=ckpt,
+                                 resume=args.resume, input_path=args.data, input_sha256=sha, selection=selection,
+                                 sharded=distributed)
+        except DiffxasError as e:
+            if not distributed:
+                raise
+            # one line, then exit at once: jax's shutdown of a broken distributed runtime aborts
+            sys.stderr.write(error_line(str(e)) + "\n")
+            sys.stderr.flush()
+            os._exit(2)
     wall = time.perf_counter() - t0
     if not primary:  # every process holds the same (replicated) result: process 0 writes it
         return 0

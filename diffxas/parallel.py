@@ -61,7 +61,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .dataset import Dataset, take_frames
-from .errors import ConfigError
+from .errors import ConfigError, DiffxasError
 
 log = logging.getLogger("diffxas")
 
@@ -70,6 +70,10 @@ AXIS = "frames"
 
 #: Problem fields laid out per frame as (n_chunks, chunk, ...).
 FRAME_FIELDS = ("frames", "frame_id", "energy_index", "corner", "frac")
+
+
+class DistributedError(DiffxasError):
+    """Another process of a multi-process run failed (died, or its collectives broke)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -454,6 +458,16 @@ def reconstruct_joint_sharded(ds: Dataset, cfg=None, devices: Sequence[jax.Devic
         if cfg.memory != "device":
             cfg = dataclasses.replace(cfg, memory="device")
     mesh = frames_mesh(devices)
-    return joint.reconstruct_joint(ds, cfg, progress=progress, checkpoint=checkpoint, resume=resume,
-                                   callback=callback, n_shards=mesh.devices.size, shard=sharder(mesh),
-                                   place_frames=frames_placer(mesh))
+    try:
+        return joint.reconstruct_joint(ds, cfg, progress=progress, checkpoint=checkpoint, resume=resume,
+                                       callback=callback, n_shards=mesh.devices.size, shard=sharder(mesh),
+                                       place_frames=frames_placer(mesh))
+    except DiffxasError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a collective that broke: one line for every survivor
+        if jax.process_count() == 1:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise DistributedError(f"process {jax.process_index()} of {jax.process_count()}: the distributed run stopped "
+                               f"(another process died or its connection broke: {first}); rerun all processes "
+                               "with --resume to continue from the last checkpoint") from None

@@ -50,7 +50,8 @@ WORKER = textwrap.dedent(r'''
     from diffxas.errors import DiffxasError
     if n > 1:
         try:
-            parallel.initialize_distributed(f"127.0.0.1:{port}", n, i, timeout_s=60)
+            parallel.initialize_distributed(f"127.0.0.1:{port}", n, i, timeout_s=60,
+                                            heartbeat_timeout_s=int(os.environ.get("MP_HEARTBEAT", "100")))
         except DiffxasError as e:
             print(f"ERROR {e}", flush=True)
             sys.exit(2)
@@ -70,7 +71,7 @@ WORKER = textwrap.dedent(r'''
     parallel.take_frames = counting_take  # count the frames this process reads into its device share
     res = {}
     if mode in ("step", "both"):
-        if n == 1:
+        if n == 1 and not os.environ.get("MP_SHARDED1"):
             solver, state, _ = prepare_joint(ds, cfg)
             loss, grad = eqx.filter_jit(eqx.filter_value_and_grad(total_loss))(state.params, solver.prob, None, solver.static)
             share = None
@@ -88,10 +89,15 @@ WORKER = textwrap.dedent(r'''
         if n == 1:
             r = reconstruct_joint(ds, cfg)
         else:
-            r = parallel.reconstruct_joint_sharded(ds, cfg, checkpoint=ck, resume=True)
+            try:
+                r = parallel.reconstruct_joint_sharded(ds, cfg, checkpoint=ck, resume=True)
+            except DiffxasError as e:
+                print(f"ERROR {e}", flush=True)
+                os._exit(2)  # as the CLI: jax's shutdown of a broken distributed runtime would abort
         if jax.process_index() == 0:
             np.savez(out + ".maps.npz", **{k: np.asarray(v) for k, v in r.maps.as_dict().items()})
-        res.update(run_loss=[float(x) for x in r.history["loss"]], ckpt=os.path.exists(ck))
+        res.update(run_loss=[float(x) for x in r.history["loss"]], ckpt=os.path.exists(ck),
+                   resumed_from=int(r.config["init"].get("resumed_from_step", 0)) if n > 1 else 0)
     res.update(process=jax.process_index(), processes=jax.process_count(), devices=jax.device_count(),
                n_frames=int(ds.n_frames),
                peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -297,3 +303,81 @@ def test_cli_distributed_without_launcher_is_one_clear_error(cxi, tmp_path):
     assert p.returncode == 2
     assert "--distributed: no launcher found" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert not (tmp_path / "x.h5").exists()
+
+
+def measure_rss(M: int = 256, side: int = 16, n_energies: int = 4, processes=(1, 2, 3), folder: str | None = None) -> dict:
+    """Peak RSS per process of the sharded step (prepare + one loss/gradient) for N processes.
+
+    ``python tests/test_multiprocess.py`` prints it: n_energies x side^2 frames of MxM
+    (random Poisson counts of a centred disc: only the memory matters here), uncompressed
+    CXI, every N run through the sharded path (``frames_placer``, so N = 1 reads all frames)."""
+    import tempfile
+
+    from diffxas.dataset import Dataset
+    from diffxas.io import write_cxi
+
+    d = Path(folder or tempfile.mkdtemp(prefix="diffxas-rss-"))
+    data = d / "rss.cxi"
+    rng = np.random.default_rng(0)
+    e = np.linspace(5462.0, 5472.0, n_energies)
+    F = n_energies * side * side
+    yy, xx = np.mgrid[:M, :M] - M // 2
+    disc = (xx ** 2 + yy ** 2 < (M / 8) ** 2) * 50.0
+    if not data.exists():
+        frames = rng.poisson(disc, (F, M, M)).astype(np.float32)
+        g = (np.arange(side) - 0.5 * (side - 1)) * 60e-9
+        pos = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+        ds = Dataset(frames=frames, positions=np.tile(pos, (n_energies, 1)),
+                     energy_index=np.repeat(np.arange(n_energies), side * side).astype(np.int32), energies=e,
+                     mask=np.ones((n_energies, M, M), np.float32), illumination=None, distance=0.63,
+                     detector_pixel=75e-6)
+        write_cxi(data, ds, compression=None)
+        del frames, ds
+    out = {"frames": F, "frame_size": M, "frames_mib": F * M * M * 4 / 2 ** 20}
+    for n in processes:
+        r = run_group("step", data, d / f"rss{n}", n, timeout=600,
+                      env_extra={"MP_SHARDED1": "1", "MP_CHUNK": "128"})
+        out[f"N={n}"] = [round(x["peak_rss_mib"], 1) for x in r]
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure_rss(folder=sys.argv[1] if len(sys.argv) > 1 else None)))
+
+
+def test_killed_process_stops_all_and_resume_continues(cxi, tmp_path):
+    """SIGKILL process 1 once process 0 has checkpointed: process 0 stops with one clear
+    error line (exit 2) within the heartbeat timeout, and a rerun with --resume continues
+    from the checkpoint's step to the end."""
+    from diffxas.parallel import free_port
+
+    n, out = 2, tmp_path / "k"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1", MP_STEPS="400", MP_HEARTBEAT="10",
+               JAX_COMPILATION_CACHE_DIR=str(cxi.parent / "jax-cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, "run", str(cxi), str(out), str(n), str(i), str(port)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True) for i in range(n)]
+    ckpt = Path(str(out) + ".ckpt")
+    try:
+        deadline = time.monotonic() + 300
+        while not ckpt.exists() and time.monotonic() < deadline and procs[0].poll() is None:
+            time.sleep(0.2)
+        assert ckpt.exists(), "no checkpoint within 300 s"
+        os.killpg(procs[1].pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+        text, _ = procs[0].communicate(timeout=120)
+        t_stop = time.monotonic() - t_kill
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    assert procs[0].returncode == 2, text[-2000:]
+    print(f"process 0 stopped {t_stop:.1f} s after the kill, exit {procs[0].returncode}")
+    assert "ERROR process 0 of 2: the distributed run stopped" in text, text[-3000:]
+    # resume: both processes continue from process 0's last checkpoint (to 6 steps, not 400)
+    got = run_group("run", cxi, out, n, env_extra={"MP_STEPS": "6", "MP_HEARTBEAT": "10"})
+    assert got[0]["resumed_from"] >= 2 and got[0]["resumed_from"] % 2 == 0, got[0]
+    assert got[0]["run_loss"] and all(np.isfinite(got[0]["run_loss"]))
