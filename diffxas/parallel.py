@@ -464,7 +464,7 @@ def reconstruct_joint_sharded(ds: Dataset, cfg=None, devices: Sequence[jax.Devic
                                        place_frames=frames_placer(mesh))
     except DiffxasError:
         raise
-    except Exception as e:  # noqa: BLE001 - a collective that broke: one line for every survivor
+    except Exception as e:  # a collective that broke: one line for every survivor
         if jax.process_count() == 1:
             raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]

@@ -204,7 +204,7 @@ def reference(cxi):
     return run_group("both", cxi, out, 1)[0], out
 
 
-@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("n", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_multiprocess_step_and_run_match_single_process(cxi, reference, tmp_path, n):
     ref, ref_out = reference
     got = run_group("both", cxi, tmp_path / "mp", n)
