@@ -33,16 +33,19 @@ Several hosts
 -------------
 Call :func:`initialize_distributed` (``jax.distributed.initialize()``) in every process
 before any other JAX call; ``jax.devices()`` then lists the devices of all hosts and the
-mesh spans them. Every process loads the same dataset and runs the same program
-(multi-controller SPMD); :func:`place` builds each global array from the host copy with
-``jax.make_array_from_callback``, so a process only transfers its own devices' shards.
+mesh spans them. Every process opens the same dataset and runs the same program
+(multi-controller SPMD); :func:`place` builds each replicated array from the host copy
+with ``jax.make_array_from_callback``, and :func:`frames_placer` builds the frames so that
+a process reads (from a lazy CXI source) only its own devices' frames (:func:`frame_share`).
+Process 0 writes checkpoints and results; a process that dies stops the others with a
+:class:`DistributedError` (tests/test_multiprocess.py runs 2 and 3 real processes).
 Under ``srun`` (SLURM), ``jax.distributed.initialize()`` needs no arguments: it reads
 ``SLURM_JOB_ID``, ``SLURM_STEP_NODELIST`` (coordinator = first node, port derived from the
 job id), ``SLURM_NTASKS``, ``SLURM_PROCID`` and ``SLURM_LOCALID``. Under Open MPI 4
 ``mpirun`` it reads ``OMPI_MCA_orte_hnp_uri``, ``OMPI_COMM_WORLD_SIZE``,
 ``OMPI_COMM_WORLD_RANK`` and ``OMPI_COMM_WORLD_LOCAL_RANK``. Elsewhere (Open MPI 5,
 plain ssh) pass ``coordinator_address="host0:1234", num_processes=..., process_id=...``
-or set ``JAX_COORDINATOR_ADDRESS``. See ``docs/scaling.md`` and ``examples/slurm_joint.sh``.
+or set ``JAX_COORDINATOR_ADDRESS``. See ``docs/distributed.md`` and ``examples/slurm_joint.sh``.
 """
 
 from __future__ import annotations
