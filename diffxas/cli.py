@@ -336,9 +336,37 @@ def _add_reconstruct(subparsers) -> None:
     p.add_argument("--no-checkpoint", action="store_true", help="write no checkpoints")
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the checkpoint after success")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if there is one")
+    d = p.add_argument_group("several processes (joint; docs/distributed.md)")
+    d.add_argument("--distributed", action="store_true",
+                   help="run as one of several JAX processes, the frames split over all their devices: the "
+                        "launcher is detected (SLURM srun, Open MPI mpirun) unless --coordinator is given; each "
+                        "process reads only its share of the frames, process 0 writes the results")
+    d.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="with --num-processes and --process-id: the address of process 0 (implies --distributed)")
+    d.add_argument("--num-processes", type=_positive_int, default=None, metavar="N", help="number of processes")
+    d.add_argument("--process-id", type=_nonneg_int, default=None, metavar="I", help="this process, 0..N-1")
     _add_config_options(p, "the method's section")
     _add_progress_option(p)
     p.set_defaults(func=_run_reconstruct)
+
+
+def _start_distributed(args) -> bool:
+    """``--distributed`` / ``--coordinator``: join the multi-process job before any JAX
+    computation (:func:`diffxas.parallel.initialize_distributed`); True when several processes run."""
+    explicit = args.coordinator is not None or args.num_processes is not None or args.process_id is not None
+    if not (args.distributed or explicit):
+        return False
+    from .errors import ConfigError
+
+    if args.method != "joint":
+        raise ConfigError("--distributed runs the joint solver (--method joint); the two-step runs in one process")
+    from . import parallel
+
+    if not explicit and parallel.distributed_environment() is None:
+        raise ConfigError("--distributed: no launcher found (no SLURM srun step, Open MPI mpirun or "
+                          "JAX_COORDINATOR_ADDRESS); give --coordinator HOST:PORT --num-processes N --process-id I")
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    return True
 
 
 class _log_to_stderr:
@@ -398,6 +426,12 @@ def _run_reconstruct(args) -> int:
 
     method = args.method
     section = SECTION[method]
+    distributed = _start_distributed(args)  # before any JAX computation
+    primary = True
+    if distributed:
+        import jax
+
+        primary = jax.process_index() == 0
     if args.iterations is not None and method != "two-step":
         raise ConfigError("--iterations sets the two-step ePIE epochs; use --steps for --method joint")
     if args.steps is not None and method != "joint":
@@ -447,9 +481,20 @@ def _run_reconstruct(args) -> int:
     VEdge.for_energies(cfg.element, ds.energies, cfg.table)  # a wrong element fails before the pass over the frames
     with _log_to_stderr():  # one-line notes (orientation, the joint's memory mode) on the "diffxas" logger
         ds, selection["orientation"] = resolve(ds, args.orientation)
-        result = reconstruct(ds, method, cfg, progress=_progress(args), checkpoint=ckpt, resume=args.resume,
-                             input_path=args.data, input_sha256=sha, selection=selection)
+        try:
+            result = reconstruct(ds, method, cfg, progress=_progress(args) and primary, checkpoint=ckpt,
+                                 resume=args.resume, input_path=args.data, input_sha256=sha, selection=selection,
+                                 sharded=distributed)
+        except DiffxasError as e:
+            if not distributed:
+                raise
+            # one line, then exit at once: jax's shutdown of a broken distributed runtime aborts
+            sys.stderr.write(error_line(str(e)) + "\n")
+            sys.stderr.flush()
+            os._exit(2)
     wall = time.perf_counter() - t0
+    if not primary:  # every process holds the same (replicated) result: process 0 writes it
+        return 0
     io.write_result(out, result)
     if ckpt is not None and args.checkpoint is None and not args.keep_checkpoint:
         remove_checkpoint(method, ckpt)

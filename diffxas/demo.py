@@ -345,7 +345,8 @@ def _call_with_supported(fn, *args, **kwargs):
 
 
 def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint=None, resume: bool = False,
-                input_path=None, input_sha256: str = "", log=None, selection: dict | None = None):
+                input_path=None, input_sha256: str = "", log=None, selection: dict | None = None,
+                sharded: bool = False):
     """Run ``method`` on ``dataset`` with config object ``cfg``; returns the Result with
     ``input_path``, ``input_sha256`` and the full configuration recorded.
 
@@ -357,7 +358,15 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
     "energy_indices": [0, 4, ...]}``, as the CLI's ``--half``/``--energies`` make it);
     recorded as ``config["input_selection"]`` and in the checkpoint metadata, so a resume
     with another part of the same file is refused.
+    ``sharded``: joint only, the frames split over all devices of all processes
+    (:func:`diffxas.parallel.reconstruct_joint_sharded`); only process 0 writes the
+    checkpoint and its metadata.
     """
+    primary = True
+    if sharded:
+        import jax
+
+        primary = jax.process_index() == 0
     log = log or (lambda msg: print(msg, file=sys.stderr))
     ckpt = Path(checkpoint) if checkpoint is not None else None
     meta = _checkpoint_meta(method, cfg, input_sha256, selection)
@@ -390,7 +399,7 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
             log(f"note: no checkpoint at {ckpt}; starting from the beginning")
         elif exists:
             log(f"note: existing checkpoint {ckpt} will be overwritten (use --resume to continue it)")
-            if method == "joint":  # a stale file must not be resumed later under the new metadata
+            if method == "joint" and primary:  # a stale file must not be resumed later under the new metadata
                 remove_checkpoint(method, ckpt)
         folder = ckpt if method == "two-step" else ckpt.parent
         created_dirs = []  # folders made here, deepest first (removed again if the run leaves nothing)
@@ -399,14 +408,17 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
             created_dirs.append(d)
             d = d.parent
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = mpath.with_name(mpath.name + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, mpath)
+        if primary:
+            tmp = mpath.with_name(mpath.name + ".tmp")
+            tmp.write_text(json.dumps(meta, indent=1))
+            os.replace(tmp, mpath)
     t0 = time.perf_counter()
     try:
         if method == "joint":
             from .joint import reconstruct_joint
 
+            if sharded:
+                from .parallel import reconstruct_joint_sharded as reconstruct_joint
             result = reconstruct_joint(dataset, cfg, progress=progress,
                                        checkpoint=None if ckpt is None else str(ckpt), resume=resume)
         elif method == "two-step":

@@ -441,10 +441,12 @@ def _device_frames(frames, nchunk: int, chunk: int) -> jax.Array:
 
 
 def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, common: Grid | None = None, n_shards: int = 1,
-                  frames_on_device: bool = True) -> tuple[Problem, Grid, list[Grid]]:
+                  frames_on_device: bool = True, place_frames=None) -> tuple[Problem, Grid, list[Grid]]:
     """The :class:`Problem` of ``ds``. ``frames_on_device=False`` (streaming mode): the
     problem holds no frames (``frames`` has shape ``(n_chunks, chunk, 0, 0)``); the
-    streaming solver reads them chunk by chunk (:mod:`diffxas.stream`)."""
+    streaming solver reads them chunk by chunk (:mod:`diffxas.stream`).
+    ``place_frames(frames, n_chunks, chunk)``: builds the chunked, ifftshifted frames array
+    itself (:func:`diffxas.parallel.frames_placer`: each process reads only its share)."""
     common = ds.common_grid() if common is None else common
     grids = energy_grids(ds, common)
     M = ds.frame_size
@@ -486,6 +488,8 @@ def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, co
     # frames and mask with zero frequency at (0, 0): the model skips the fftshift (forward.uncenter)
     if not frames_on_device:
         frames = jnp.zeros((nchunk, chunk, 0, 0), jnp.float32)
+    elif place_frames is not None:
+        frames = place_frames(ds.frames, nchunk, chunk)
     elif in_memory(ds.frames):
         frames = lay(np.fft.ifftshift(np.asarray(ds.frames, np.float32), axes=(-2, -1)))
     else:
@@ -1227,7 +1231,7 @@ class JointSolver(eqx.Module):
 
 
 def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int = 1, domain_labels=None,
-                  common: Grid | None = None):
+                  common: Grid | None = None, place_frames=None):
     """Build the problem, initial parameters and solver for ``ds``.
 
     ``n_shards``: number of devices the frames will be split over (the chunk size is
@@ -1252,7 +1256,8 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     nchunk, chunk_n = chunk_layout(ds.n_frames, cfg.chunk_size, n_shards)
     plan = plan_memory(cfg, ds.n_frames, nchunk, chunk_n, ds.n_energies, ds.frame_size, common.shape,
                        energy_grids(ds, common)[0].shape, source=frames_source(ds.frames), n_shards=n_shards, emit=False)
-    prob, common, grids = build_problem(ds, cfg, edge, pre, common, n_shards=n_shards, frames_on_device=plan.mode == "device")
+    prob, common, grids = build_problem(ds, cfg, edge, pre, common, n_shards=n_shards, frames_on_device=plan.mode == "device",
+                                        place_frames=place_frames)
     moments = frame_moments(ds)  # one pass over the frames for the bright field and the DPC phase
     # a probe guess in the file at another power than the frames' (another normalisation,
     # frames not in counts) is put at the counts: the joint is sensitive to it
@@ -1419,7 +1424,7 @@ def heldout_loss(params: JointParams, hold: Problem, loss_name: str, chunk: int)
 
 def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: bool = False,
                       checkpoint: str | None = None, resume: bool = False, callback=None,
-                      n_shards: int = 1, shard=None, _domain_labels=None) -> Result:
+                      n_shards: int = 1, shard=None, _domain_labels=None, place_frames=None) -> Result:
     """Run the joint solver on ``ds`` and return a :class:`Result` (maps, stacks, probes, history).
 
     ``checkpoint``: file to save the state to every ``cfg.checkpoint_every`` steps (atomic);
@@ -1451,7 +1456,8 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
                                        "fit_frames": int(fit_ds.n_frames)}
         ds = fit_ds
     else:
-        solver, state, ctx = prepare_joint(ds, cfg, n_shards=n_shards, domain_labels=_domain_labels)
+        solver, state, ctx = prepare_joint(ds, cfg, n_shards=n_shards, domain_labels=_domain_labels,
+                                           place_frames=place_frames)
     # after prepare_joint: bad input gets its one error line alone; a two-pass run's first
     # pass has the same per_pixel and has logged it already
     if _domain_labels is None:

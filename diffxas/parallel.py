@@ -33,21 +33,27 @@ Several hosts
 -------------
 Call :func:`initialize_distributed` (``jax.distributed.initialize()``) in every process
 before any other JAX call; ``jax.devices()`` then lists the devices of all hosts and the
-mesh spans them. Every process loads the same dataset and runs the same program
-(multi-controller SPMD); :func:`place` builds each global array from the host copy with
-``jax.make_array_from_callback``, so a process only transfers its own devices' shards.
+mesh spans them. Every process opens the same dataset and runs the same program
+(multi-controller SPMD); :func:`place` builds each replicated array from the host copy
+with ``jax.make_array_from_callback``, and :func:`frames_placer` builds the frames so that
+a process reads (from a lazy CXI source) only its own devices' frames (:func:`frame_share`).
+Process 0 writes checkpoints and results; a process that dies stops the others with a
+:class:`DistributedError` (tests/test_multiprocess.py runs 2 and 3 real processes).
 Under ``srun`` (SLURM), ``jax.distributed.initialize()`` needs no arguments: it reads
 ``SLURM_JOB_ID``, ``SLURM_STEP_NODELIST`` (coordinator = first node, port derived from the
 job id), ``SLURM_NTASKS``, ``SLURM_PROCID`` and ``SLURM_LOCALID``. Under Open MPI 4
 ``mpirun`` it reads ``OMPI_MCA_orte_hnp_uri``, ``OMPI_COMM_WORLD_SIZE``,
 ``OMPI_COMM_WORLD_RANK`` and ``OMPI_COMM_WORLD_LOCAL_RANK``. Elsewhere (Open MPI 5,
 plain ssh) pass ``coordinator_address="host0:1234", num_processes=..., process_id=...``
-or set ``JAX_COORDINATOR_ADDRESS``. See ``docs/scaling.md`` and ``examples/slurm_joint.sh``.
+or set ``JAX_COORDINATOR_ADDRESS``. See ``docs/distributed.md`` and ``examples/slurm_joint.sh``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
+import socket
 from typing import Any, Callable, Sequence
 
 import equinox as eqx
@@ -57,7 +63,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .dataset import Dataset
+from .dataset import Dataset, take_frames
+from .errors import ConfigError, DiffxasError
+
+log = logging.getLogger("diffxas")
 
 #: Name of the mesh axis the frames are split over.
 AXIS = "frames"
@@ -66,16 +75,84 @@ AXIS = "frames"
 FRAME_FIELDS = ("frames", "frame_id", "energy_index", "corner", "frac")
 
 
-def initialize_distributed(**kwargs) -> None:
-    """``jax.distributed.initialize(**kwargs)`` when running as one of several processes.
+class DistributedError(DiffxasError):
+    """Another process of a multi-process run failed (died, or its collectives broke)."""
 
-    Does nothing for a single process (no SLURM/Open MPI/coordinator environment), so
-    scripts can call it unconditionally. Must run before any other JAX call.
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (bind to port 0 and read the port the OS chose)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_taken(address: str) -> bool:
+    """True when ``host:port`` cannot be bound here (another program listens on it)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host if host not in ("", "localhost") else "127.0.0.1", int(port)))
+    except OSError:
+        return True
+    except ValueError:
+        raise ConfigError(f"--coordinator {address!r}: expected HOST:PORT") from None
+    return False
+
+
+def distributed_environment() -> str | None:
+    """Which launcher started this process as one of several: ``"slurm"`` (``srun`` with
+    more than one task), ``"ompi"`` (Open MPI ``mpirun``), ``"env"`` (``JAX_COORDINATOR_ADDRESS``
+    set) or None (a single process)."""
+    if "SLURM_STEP_NODELIST" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return "slurm"
+    if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        return "ompi"
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return "env"
+    return None
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, timeout_s: int = 300,
+                           heartbeat_timeout_s: int | None = None, **kwargs) -> bool:
+    """``jax.distributed.initialize`` when running as one of several processes; True if it ran.
+
+    With ``coordinator="HOST:PORT"``, ``num_processes`` and ``process_id`` the process joins
+    that job (process 0 opens the coordinator on PORT). Without them the launcher is
+    detected (:func:`distributed_environment`: SLURM ``srun``, Open MPI ``mpirun``, or
+    ``JAX_COORDINATOR_ADDRESS``) and jax's cluster detection fills in the rest; with no
+    launcher this does nothing (a single process), so scripts can call it unconditionally.
+    Must run before any other JAX computation.
+
+    On CPU the cross-process collectives use gloo (``jax_cpu_collectives_implementation``);
+    GPUs use NCCL. A coordinator port already in use on this host, or a failed start, is
+    one :class:`~diffxas.errors.ConfigError` line naming the address. ``heartbeat_timeout_s``:
+    how soon the others notice a dead process (jax's default: 100 s).
     """
-    slurm = "SLURM_STEP_NODELIST" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    ompi = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-    if kwargs or slurm or ompi or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize(**kwargs)
+    explicit = coordinator is not None or num_processes is not None or process_id is not None
+    if explicit and None in (coordinator, num_processes, process_id):
+        raise ConfigError("--coordinator, --num-processes and --process-id go together (or none of them: "
+                          "SLURM/Open MPI detection)")
+    if not (explicit or kwargs or distributed_environment()):
+        return False
+    if explicit:
+        if not 0 <= int(process_id) < int(num_processes):
+            raise ConfigError(f"--process-id {process_id} is not in 0..{int(num_processes) - 1} (--num-processes)")
+        kwargs.update(coordinator_address=coordinator, num_processes=int(num_processes), process_id=int(process_id))
+        host = coordinator.rpartition(":")[0]
+        if int(process_id) == 0 and host in ("127.0.0.1", "localhost", "") and _port_taken(coordinator):
+            raise ConfigError(f"coordinator {coordinator}: the port is already in use on this host "
+                              "(pick another, e.g. diffxas.parallel.free_port())")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if heartbeat_timeout_s is not None:
+        kwargs["heartbeat_timeout_seconds"] = int(heartbeat_timeout_s)
+    try:
+        jax.distributed.initialize(initialization_timeout=int(timeout_s), **kwargs)
+    except Exception as e:  # noqa: BLE001 - jax raises RuntimeError/ValueError/XlaRuntimeError, long texts
+        where = kwargs.get("coordinator_address") or os.environ.get("JAX_COORDINATOR_ADDRESS") or distributed_environment()
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"distributed start failed (coordinator {where}): {msg}") from None
+    return True
 
 
 def frames_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -112,9 +189,60 @@ def shard_problem(prob, mesh: Mesh):
         raise ValueError(f"chunk of {chunk} frames does not split over {n} devices: "
                          f"build the solver with prepare_joint(ds, cfg, n_shards={n})")
     split = NamedSharding(mesh, P(None, AXIS))
-    prob = replicate(prob, mesh)
     get = lambda p: tuple(getattr(p, f) for f in FRAME_FIELDS)  # noqa: E731
-    return eqx.tree_at(get, prob, tuple(place(x, split) for x in get(prob)))
+    fields = tuple(place(x, split) for x in get(prob))  # before replicating: frames may be global already
+    prob = eqx.tree_at(get, prob, tuple(None for _ in FRAME_FIELDS))
+    prob = replicate(prob, mesh)
+    return eqx.tree_at(get, prob, fields, is_leaf=lambda x: x is None)
+
+
+def frame_share(n_frames: int, n_chunks: int, chunk: int, n_devices: int, device: int) -> np.ndarray:
+    """Frame indices (into the dataset's frame order) held by mesh position ``device``.
+
+    The chunked layout puts frame ``g`` in chunk ``g // chunk`` at offset ``g % chunk`` and
+    the mesh splits every chunk into ``n_devices`` equal slices, so device ``d`` holds
+    offsets ``[d * chunk / n, (d + 1) * chunk / n)`` of every chunk: the same number of
+    slots on every device (the padding of the last chunk excepted).
+
+    Decision: the share is balanced in *count* and taken from every chunk, not reordered
+    per energy. Every device evaluates the objects of all energies (they are replicated),
+    so the cost of a frame does not depend on its energy and count balance is load
+    balance; with the usual many chunks per run (e.g. 28 000 frames, chunk 512: 55 chunks,
+    frames sorted by energy) every process also holds frames of every energy. Reordering
+    would change the frame positions that the mini-batch sampler and checkpoints rely on.
+    """
+    cl = chunk // n_devices
+    off = np.arange(device * cl, (device + 1) * cl)
+    g = (np.arange(n_chunks)[:, None] * chunk + off[None, :]).ravel()
+    return g[g < n_frames]
+
+
+def frames_placer(mesh: Mesh) -> Callable:
+    """``place_frames(frames, n_chunks, chunk)`` for :func:`diffxas.joint.prepare_joint`: the
+    chunked, ifftshifted frames as a global array split over ``mesh`` (``P(None, "frames")``),
+    built with ``jax.make_array_from_callback`` so that each process reads from ``frames``
+    (a lazy :class:`diffxas.io.CxiFrames` or an array) only the frames of its own devices
+    (:func:`frame_share`), one device slice of one chunk at a time. Host memory per process
+    for the frames: ``4 M^2 F / N`` bytes instead of ``4 M^2 F`` (N processes)."""
+    sharding = NamedSharding(mesh, P(None, AXIS))
+
+    def place_frames(frames, n_chunks: int, chunk: int):
+        n, m = int(frames.shape[0]), int(frames.shape[-1])
+
+        def shard(idx):
+            cs, fs = idx[0], idx[1]
+            c0, c1, _ = cs.indices(n_chunks)
+            f0, f1, _ = fs.indices(chunk)
+            out = np.zeros((c1 - c0, f1 - f0, m, m), np.float32)
+            for i, c in enumerate(range(c0, c1)):
+                g = np.arange(c * chunk + f0, min(c * chunk + f1, n))
+                if g.size:
+                    out[i, : g.size] = np.fft.ifftshift(take_frames(frames, g), axes=(-2, -1))
+            return out
+
+        return jax.make_array_from_callback((n_chunks, chunk, m, m), sharding, shard)
+
+    return place_frames
 
 
 class ShardedJointSolver(eqx.Module):
@@ -305,7 +433,7 @@ def prepare_joint_sharded(ds: Dataset, cfg=None, devices: Sequence[jax.Device] |
 
     cfg = JointConfig() if cfg is None else cfg
     mesh = frames_mesh(devices)
-    solver, state, ctx = prepare_joint(ds, cfg, n_shards=mesh.devices.size)
+    solver, state, ctx = prepare_joint(ds, cfg, n_shards=mesh.devices.size, place_frames=frames_placer(mesh))
     solver, state = sharder(mesh)(solver, state)
     return solver, state, ctx, mesh
 
@@ -317,10 +445,32 @@ def reconstruct_joint_sharded(ds: Dataset, cfg=None, devices: Sequence[jax.Devic
 
     Same arguments and result; ``devices`` defaults to all devices (of all processes after
     :func:`initialize_distributed`). With one device this is the single-device solver.
+    Each process reads only its share of the frames into memory (:func:`frames_placer`;
+    the initialisation's one pass over all frames reads them in blocks). With several
+    processes the frames must fit the devices (``memory="device"``: the streaming mode
+    runs on one device); ``memory="auto"`` is taken as ``"device"``. Every process returns
+    the same (replicated) result; only process 0 writes checkpoints.
     """
     from . import joint
 
     cfg = joint.JointConfig() if cfg is None else cfg
+    if jax.process_count() > 1:
+        if cfg.memory == "stream":
+            raise ConfigError("memory='stream' runs on one device: a multi-process run needs memory='device' "
+                              "(the frames split over all devices)")
+        if cfg.memory != "device":
+            cfg = dataclasses.replace(cfg, memory="device")
     mesh = frames_mesh(devices)
-    return joint.reconstruct_joint(ds, cfg, progress=progress, checkpoint=checkpoint, resume=resume,
-                                   callback=callback, n_shards=mesh.devices.size, shard=sharder(mesh))
+    try:
+        return joint.reconstruct_joint(ds, cfg, progress=progress, checkpoint=checkpoint, resume=resume,
+                                       callback=callback, n_shards=mesh.devices.size, shard=sharder(mesh),
+                                       place_frames=frames_placer(mesh))
+    except DiffxasError:
+        raise
+    except Exception as e:  # a collective that broke: one line for every survivor
+        if jax.process_count() == 1:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise DistributedError(f"process {jax.process_index()} of {jax.process_count()}: the distributed run stopped "
+                               f"(another process died or its connection broke: {first}); rerun all processes "
+                               "with --resume to continue from the last checkpoint") from None

@@ -876,20 +876,6 @@ def _thread_env() -> dict[str, str]:
     return env
 
 
-def _worker_init(counter, gpus: list[str], workers: int, env: dict[str, str], cache_dir: str | None) -> None:
-    with counter.get_lock():
-        idx = counter.value
-        counter.value += 1
-    os.environ.update(env)
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    if gpus:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[idx % len(gpus)]
-        if workers > len(gpus):  # workers share a GPU: no preallocation of 75 % of its memory each
-            os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-    if cache_dir:
-        _enable_compile_cache(cache_dir)
-
-
 def _enable_compile_cache(cache_dir: str) -> None:
     """Persistent XLA compilation cache shared by the workers (identical programs compile once)."""
     import jax
@@ -899,53 +885,162 @@ def _enable_compile_cache(cache_dir: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
-def _run_point_task(point: dict, out_dir: str, reuse: bool) -> dict[str, Any]:
+#: Test-only hook (read in the worker): JSON ``{"fake": true, "kill": ["<point dir>", ...]}``.
+#: ``fake`` replaces the point's methods by a 0.2 s no-op that succeeds (to test the pool,
+#: not the methods); a point whose folder is listed in ``kill`` SIGKILLs its worker process.
+TEST_HOOK_ENV = "DIFFXAS_SWEEP_TEST_HOOK"
+
+
+def _test_hook(point: Mapping[str, Any], out_dir: str) -> dict[str, Any] | None:
+    raw = os.environ.get(TEST_HOOK_ENV)
+    if not raw:
+        return None
+    hook = json.loads(raw)
+    if point["dir"] in hook.get("kill", ()):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    if hook.get("fake"):
+        t0 = time.perf_counter()
+        d = Path(out_dir) / point["dir"]
+        d.mkdir(parents=True, exist_ok=True)
+        for stale in (DONE, ERROR):
+            if (d / stale).exists():
+                (d / stale).unlink()
+        _write_json(d / CONFIG, {"point": point["id"], "resolved": build_point(point["config"]).record()})
+        time.sleep(0.2)
+        methods = _norm_methods(point["config"].get("methods", list(METHODS)), "methods")
+        return _finish(point, d, [_row(point, m, "ok", {"fake": 1.0}) for m in methods], [], t0)
+    return None
+
+
+def _assign_gpu(gpus: list[str], n_workers: int) -> None:
+    """In a Dask worker: ``CUDA_VISIBLE_DEVICES`` round-robin by the worker's index (its
+    name on a LocalCluster), set before the first JAX computation of the process."""
+    if not gpus or os.environ.get("DIFFXAS_GPU_ASSIGNED"):
+        return
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+        idx = int(name) if str(name).isdigit() else abs(hash(name))
+    except (ImportError, ValueError):
+        idx = 0
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[idx % len(gpus)]
+    if n_workers > len(gpus):  # workers share a GPU: no preallocation of 75 % of its memory each
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    os.environ["DIFFXAS_GPU_ASSIGNED"] = "1"
+
+
+def _run_point_task(point: dict, out_dir: str, reuse: bool, gpus: list[str] | None = None, n_workers: int = 1,
+                    cache_dir: str | None = None) -> dict[str, Any]:
+    """One point as a Dask task (in a worker process): GPU, compile cache, then :func:`run_point`."""
+    _assign_gpu(gpus or [], n_workers)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    fake = _test_hook(point, out_dir)
+    if fake is not None:
+        return fake
+    if cache_dir:
+        _enable_compile_cache(cache_dir)
     return run_point(point, out_dir, reuse=reuse)
 
 
-def _run_parallel(points, out_dir, workers, reuse_of, on_result, compile_cache):
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
+#: Message recorded for a point whose worker process died.
+WORKER_DIED = ("worker process died while this point ran (killed for memory? a crash in a native library?); "
+               "rerun with --resume to retry")
 
-    ctx = mp.get_context("spawn")
-    counter = ctx.Value("i", 0)
-    gpus = visible_gpus()
-    env = _thread_env()
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # inherited by the spawned workers (set before jax starts there)
-    pending = collections.deque(points)
+
+def cluster_from_spec(spec: Mapping[str, Any]):
+    """A dask-jobqueue cluster from the sweep file's ``[cluster]`` table, e.g.
+    ``{kind = "slurm", jobs = 4, cores = 8, memory = "32GB", walltime = "02:00:00"}``:
+    ``kind`` picks ``SLURMCluster``/``PBSCluster``/``SGECluster``/``LSFCluster``, ``jobs``
+    how many batch jobs to scale to, the rest goes to the cluster class unchanged."""
+    spec = dict(spec)
+    kind = str(spec.pop("kind", "slurm")).lower()
+    jobs = int(spec.pop("jobs", 1))
+    classes = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster"}
+    if kind not in classes:
+        raise ConfigError(f"[cluster] kind must be one of {', '.join(classes)}, got {kind!r}")
     try:
-        while pending:
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                                       initargs=(counter, gpus, workers, env, compile_cache))
-            inflight: dict = {}
-            broken = False
-            try:
-                while (pending and not broken) or inflight:
-                    while pending and not broken and len(inflight) < workers:
-                        p = pending.popleft()
-                        inflight[pool.submit(_run_point_task, p, str(out_dir), reuse_of(p))] = p
-                    done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-                    for f in done:
-                        p = inflight.pop(f)
-                        try:
-                            res = f.result()
-                        except BrokenProcessPool:
-                            broken = True
-                            res = _failure(p, out_dir, "worker process died while this point ran (killed for memory?"
-                                           " a crash in a native library?); rerun with --resume to retry")
-                        except Exception as e:  # noqa: BLE001 - e.g. an unpicklable result
-                            res = _failure(p, out_dir, f"worker error: {_error_text(e)}")
-                        on_result(res)
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
+        import dask_jobqueue
+    except ImportError:
+        raise ConfigError("[cluster] needs dask-jobqueue (pip install dask-jobqueue); or start a scheduler "
+                          "yourself and pass --scheduler ADDRESS") from None
+    try:
+        cluster = getattr(dask_jobqueue, classes[kind])(**spec)
+    except TypeError as e:
+        raise ConfigError(f"[cluster]: {_one_line(e)}") from None
+    cluster.scale(jobs=jobs)
+    return cluster
+
+
+def _run_dask(points, out_dir, workers, reuse_of, on_result, compile_cache, scheduler: str | None = None,
+              cluster_spec: Mapping[str, Any] | None = None):
+    """Run ``points`` as Dask tasks, one point per worker thread, ``on_result`` as each finishes.
+
+    Where: ``scheduler`` (an address, e.g. ``tcp://host:8786``: a cluster started
+    elsewhere), else ``cluster_spec`` (dask-jobqueue, :func:`cluster_from_spec`), else a
+    ``LocalCluster`` of ``workers`` processes with one thread each, single-threaded XLA and
+    BLAS (:func:`_thread_env`) and the visible GPUs assigned round-robin.
+
+    A point whose worker dies is recorded as failed (:data:`WORKER_DIED`) and the sweep goes
+    on: on a cluster started here the scheduler does not retry it
+    (``distributed.scheduler.allowed-failures = 0``; a point that killed one worker would
+    likely kill the next); a scheduler started elsewhere applies its own setting.
+    """
+    import dask
+    from distributed import Client, LocalCluster, as_completed
+    from distributed.scheduler import KilledWorker
+
+    gpus = visible_gpus() if scheduler is None and cluster_spec is None else []
+    cluster = None
+    # worker-saturation 1.0: a worker holds only the point it runs (queued points stay on the
+    # scheduler), so a dying worker takes no innocent queued point with it
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                          "distributed.scheduler.worker-saturation": 1.0,
+                          "distributed.worker.daemon": False,
+                          "distributed.admin.tick.limit": "1h"}):
+        if scheduler is not None:
+            client = Client(scheduler)
+        else:
+            if cluster_spec is not None:
+                cluster = cluster_from_spec(cluster_spec)
             else:
-                os.environ[k] = v
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, env=_thread_env(), silence_logs=40)
+            client = Client(cluster)
+        try:
+            # Each point is pinned to an idle worker (one point per worker at a time), so a
+            # dying worker takes only its own point with it: the scheduler would otherwise
+            # queue points on workers ahead of time and fail those too.
+            pending = collections.deque(points)
+            busy: dict = {}  # future -> (point, worker address)
+            ac = as_completed()
+            while pending or busy:
+                taken = {a for _, a in busy.values()}
+                free = [a for a in client.scheduler_info(n_workers=-1)["workers"] if a not in taken]
+                while pending and free:
+                    p, a = pending.popleft(), free.pop(0)
+                    f = client.submit(_run_point_task, p, str(out_dir), reuse_of(p), gpus, workers, compile_cache,
+                                      pure=False, key=f"point-{p['id']}", workers=[a], allow_other_workers=False)
+                    busy[f] = (p, a)
+                    ac.add(f)
+                if not busy:  # no worker yet (a batch-system cluster scaling up)
+                    client.wait_for_workers(1)
+                    continue
+                f = next(ac)
+                p, _ = busy.pop(f)
+                try:
+                    res = f.result()
+                except KilledWorker:
+                    res = _failure(p, out_dir, WORKER_DIED)
+                except Exception as e:  # noqa: BLE001 - e.g. an unpicklable result
+                    res = _failure(p, out_dir, f"worker error: {_error_text(e)}")
+                on_result(res)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
 
 
 # ============================================================================ summary
@@ -1058,13 +1153,19 @@ def group_stats(rows: Sequence[Mapping[str, Any]], by: Sequence[str], metric: st
 
 def run(sweep: str | os.PathLike | Mapping[str, Any] | SweepSpec, out_dir: str | os.PathLike, workers: int = 1,
         resume: bool = False, progress: bool = True, profile: str | None = None, overwrite: bool = False,
-        overrides: Mapping[str, Any] | None = None, compile_cache: str | bool | None = None) -> SweepSummary:
+        overrides: Mapping[str, Any] | None = None, compile_cache: str | bool | None = None,
+        scheduler: str | None = None, cluster: Mapping[str, Any] | None = None) -> SweepSummary:
     """Run a sweep; returns the summary table (also written to ``out_dir/summary.{csv,json}``).
 
     Args:
         sweep: a sweep file (TOML), its mapping or a :class:`SweepSpec`.
         out_dir: output folder (created).
-        workers: worker processes (1: run the points in this process, one at a time).
+        workers: worker processes of a Dask ``LocalCluster`` (1: run the points in this
+            process, one at a time).
+        scheduler: address of a running Dask scheduler (``tcp://host:8786``): the points
+            run on its workers (``workers`` is then ignored).
+        cluster: a dask-jobqueue spec (:func:`cluster_from_spec`; default: the sweep file's
+            ``[sweep.cluster]`` table) to start a batch-system cluster for the points.
         resume: skip points whose ``done.json`` exists; incomplete points keep their data
             and finished methods.
         progress: show a tqdm bar (points done/failed/remaining, ETA) on stderr.
@@ -1146,13 +1247,15 @@ def run(sweep: str | os.PathLike | Mapping[str, Any] | SweepSpec, out_dir: str |
 
     try:
         if todo:
-            if workers == 1:
+            cluster_spec = cluster if cluster is not None else spec.settings.get("cluster")
+            if workers == 1 and scheduler is None and cluster_spec is None:
                 if cache:
                     _enable_compile_cache(cache)
                 for p in todo:
                     on_result(run_point(p, out, reuse=resume and p["id"] not in stale))
             else:
-                _run_parallel(todo, out, min(workers, len(todo)), lambda p: resume and p["id"] not in stale, on_result, cache)
+                _run_dask(todo, out, min(workers, len(todo)), lambda p: resume and p["id"] not in stale, on_result, cache,
+                          scheduler=scheduler, cluster_spec=cluster_spec)
     finally:
         if bar is not None:
             bar.close()
@@ -1171,8 +1274,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SWEEP.toml", help="sweep file: [base], [axes], [[points]], [profiles.*]")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (one sub-folder per point)")
     p.add_argument("-j", "--workers", type=int, default=1, metavar="N",
-                   help="worker processes (default 1: run in this process); with several GPUs visible, "
-                        "workers are assigned to them round-robin")
+                   help="worker processes of a local Dask cluster, one point each (default 1: run in this "
+                        "process); with several GPUs visible, workers are assigned to them round-robin")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the points on the workers of a running Dask scheduler (e.g. tcp://host:8786); "
+                        "see docs/distributed.md")
     p.add_argument("--resume", action="store_true", help="skip finished points (done.json), finish the others")
     p.add_argument("--overwrite", action="store_true", help="recompute every point even if the folder holds results")
     p.add_argument("--profile", metavar="NAME", help="apply [profiles.NAME] of the sweep file (e.g. quick)")
@@ -1217,7 +1323,8 @@ def main_cli(args: argparse.Namespace) -> int:
         return 0
     s = run(args.spec, args.out, workers=args.workers, resume=args.resume, progress=not getattr(args, "quiet", False),
             profile=getattr(args, "profile", None), overwrite=getattr(args, "overwrite", False),
-            overrides=overrides, compile_cache=getattr(args, "compile_cache", None))
+            overrides=overrides, compile_cache=getattr(args, "compile_cache", None),
+            scheduler=getattr(args, "scheduler", None))
     c = s.counts
     print(f"{c['total']} point(s): {c['ok']} ok ({c['skipped']} skipped as done), {c['failed']} failed; "
           f"summary: {s.paths['csv']}")

@@ -4,23 +4,26 @@
 #
 #   sbatch examples/slurm_joint.sh data.cxi joint.h5 [STEPS]
 #
-# One process per GPU (multi-controller JAX). jax.distributed.initialize() reads the SLURM
-# step environment (SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID,
-# SLURM_LOCALID): the coordinator is the first node of the step, its port derived from the
-# job id. Every process reads the whole CXI file (host memory: the full frames per
-# process; device memory: its own share of the frames, see docs/scaling.md).
+# One process per GPU (multi-controller JAX). `diffxas reconstruct --distributed` calls
+# jax.distributed.initialize(), which reads the SLURM step environment (SLURM_JOB_ID,
+# SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID): the coordinator is the
+# first node of the step, its port derived from the job id. Each process reads only its
+# share of the frames from the CXI file (host memory for the frames: 1/N of them per
+# process; the initialisation's one pass over all frames reads them in blocks), process 0
+# writes the checkpoint and the results file. See docs/distributed.md.
 #
-# Open MPI 4 instead of srun:  mpirun -np 8 --map-by ppr:4:node python -c "$PY" ...
+# Open MPI 4 instead of srun:
+#   mpirun -np 8 --map-by ppr:4:node diffxas reconstruct DATA --method joint -o OUT --distributed
 #   (jax reads OMPI_MCA_orte_hnp_uri, OMPI_COMM_WORLD_SIZE/RANK/LOCAL_RANK).
-# Anything else (Open MPI 5, ssh): export JAX_COORDINATOR_ADDRESS=host0:12345 and call
-#   jax.distributed.initialize(num_processes=N, process_id=i) in each process.
+# Anything else (Open MPI 5, ssh): on each host i of N
+#   diffxas reconstruct DATA --method joint -o OUT --coordinator host0:12345 --num-processes N --process-id i
 #
 #SBATCH --job-name=diffxas-joint
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=4          # = GPUs per node: one JAX process per GPU
 #SBATCH --gpus-per-task=1
 #SBATCH --cpus-per-task=8
-#SBATCH --mem=0                      # all host memory of the node (each process holds the frames)
+#SBATCH --mem-per-gpu=32G            # host memory per process: ~1/N of the frames + ~2 GiB (docs/distributed.md)
 #SBATCH --time=02:00:00
 #SBATCH --output=%x-%j.out
 
@@ -37,26 +40,7 @@ STEPS=${3:-500}
 # jax.devices() lists all SLURM_NTASKS of them after initialize().
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # grow GPU memory as needed (the step's peak is in docs/scaling.md)
 
-read -r -d '' PY <<'EOF' || true
-import sys
-from diffxas.parallel import initialize_distributed
-
-initialize_distributed()          # before any other JAX call; a no-op for a single process
-import jax
-from diffxas.io import read_cxi, write_result
-from diffxas.joint import JointConfig
-from diffxas.parallel import reconstruct_joint_sharded
-
-data, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-main = jax.process_index() == 0
-if main:
-    print(f"{jax.process_count()} processes, {jax.device_count()} devices: {jax.devices()}", flush=True)
-ds = read_cxi(data)
-cfg = JointConfig(steps=steps, chunk_size=512)     # chunk: frames per scan step, split over all devices
-res = reconstruct_joint_sharded(ds, cfg, progress=main, checkpoint=out + ".ckpt", resume=True)
-if main:                                             # results are replicated: one process writes
-    write_result(out, res)
-    print(f"wrote {out}: {res.history['wall_s'][0]:.0f} s, compile {res.history['compile_s'][0]:.0f} s", flush=True)
-EOF
-
-srun --kill-on-bad-exit=1 python -c "$PY" "$DATA" "$OUT" "$STEPS"
+# --resume: a requeued or resubmitted job continues from the checkpoint (OUT.ckpt, kept with
+# --keep-checkpoint until the run is done). chunk_size: frames per scan step, split over all GPUs.
+srun --kill-on-bad-exit=1 diffxas reconstruct "$DATA" --method joint -o "$OUT" --steps "$STEPS" \
+    --distributed --resume --keep-checkpoint --no-progress --set joint.chunk_size=512

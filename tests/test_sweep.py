@@ -280,21 +280,26 @@ def test_cli_dry_run_and_exit_codes(tmp_path, capsys):
 
 
 def test_worker_env_round_robin_gpus_and_single_thread(monkeypatch):
-    import multiprocessing as mp
+    """Dask workers: GPU by worker index (round-robin), single-threaded XLA/BLAS env."""
+    import types
 
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     monkeypatch.setattr(os, "environ", env)
     env["CUDA_VISIBLE_DEVICES"] = "3,5"
     assert sweep.visible_gpus() == ["3", "5"]
-    counter = mp.get_context("spawn").Value("i", 0)
+    import distributed
+
     seen = []
-    for _ in range(3):
-        sweep._worker_init(counter, ["3", "5"], 3, sweep._thread_env(), None)
-        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    for name in (0, 1, 2):
+        env.pop("DIFFXAS_GPU_ASSIGNED", None)
+        monkeypatch.setattr(distributed, "get_worker", lambda n=name: types.SimpleNamespace(name=n))
+        sweep._assign_gpu(["3", "5"], 3)
+        seen.append(env["CUDA_VISIBLE_DEVICES"])
     assert seen == ["3", "5", "3"]
-    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"  # 3 workers share 2 GPUs
-    assert "--xla_cpu_multi_thread_eigen=false" in os.environ["XLA_FLAGS"]
-    assert "intra_op_parallelism_threads=1" in os.environ["XLA_FLAGS"] and os.environ["OMP_NUM_THREADS"] == "1"
+    assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"  # 3 workers share 2 GPUs
+    t = sweep._thread_env()
+    assert "--xla_cpu_multi_thread_eigen=false" in t["XLA_FLAGS"]
+    assert "intra_op_parallelism_threads=1" in t["XLA_FLAGS"] and t["OMP_NUM_THREADS"] == "1"
     env["CUDA_VISIBLE_DEVICES"] = ""
     assert sweep.visible_gpus() == []
