@@ -412,7 +412,11 @@ def _run_reconstruct(args) -> int:
 
     VEdge.for_energies(cfg.element, ds.energies, cfg.table)  # a wrong element fails before the pass over the frames
     with _log_to_stderr():  # one-line notes (orientation, the joint's memory mode) on the "diffxas" logger
+        from .checks import check_dataset, mark_checked
+
+        ds = check_dataset(ds, source=args.data)  # before the orientation check: broken frames, positions
         ds, selection["orientation"] = resolve(ds, args.orientation)
+        mark_checked(ds)  # the same frames and positions, re-oriented
         result = reconstruct(ds, method, cfg, progress=_progress(args), checkpoint=ckpt, resume=args.resume,
                              input_path=args.data, input_sha256=sha, selection=selection)
     wall = time.perf_counter() - t0

@@ -266,6 +266,8 @@ def _open_h5(path) -> Iterator[h5py.File]:
         raise _err(p, None, "no such file")
     if p.is_dir():
         raise _err(p, None, "is a directory, expected an HDF5 file")
+    if not p.is_file():  # a FIFO, socket or device: reading it could block forever
+        raise _err(p, None, "is not a regular file (a pipe, socket or device?), expected an HDF5 file")
     try:
         f = h5py.File(p, "r")
     except OSError as e:

@@ -1429,6 +1429,9 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
     :func:`diffxas.parallel.reconstruct_joint_sharded` (``shard(solver, state)`` returns
     the sharded pair).
     """
+    from .checks import check_dataset
+
+    ds = check_dataset(ds)  # can these data support maps? (refuse, or drop bad frames; once per dataset)
     if cfg.per_domain and cfg.domains == "auto" and _domain_labels is None:
         return _reconstruct_two_pass(ds, cfg, progress, checkpoint, resume, callback, n_shards, shard)
     t_start = time.perf_counter()
