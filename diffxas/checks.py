@@ -59,6 +59,12 @@ MIN_FRAMES = 2
 MIN_SPREAD_PX = 1.0
 #: A scan wider than this (m) is taken for translations in the wrong unit.
 MAX_SPAN_M = 1e-3
+#: Energies closer than this (eV) are one energy written twice (monochromator steps are
+#: >= 0.05 eV; 1e-3 eV is far below any beamline's resolution).
+ENERGY_TOL_EV = 1e-3
+#: Frames smaller than this (pixels a side) cannot carry a ptychographic reconstruction
+#: (the simulator's minimum as well).
+MIN_FRAME_SIZE = 8
 
 log = logging.getLogger("diffxas")
 
@@ -89,6 +95,36 @@ def is_checked(ds: Dataset) -> bool:
 def object_pixel_sizes(ds: Dataset) -> np.ndarray:
     """Object pixel size (K,) of every energy, m: lambda z / (M d)."""
     return np.asarray(ds.pixel_sizes(), np.float64).reshape(-1)
+
+
+def check_layout(ds: Dataset, source=None) -> None:
+    """Refuse frames below :data:`MIN_FRAME_SIZE` pixels a side and energies closer than
+    :data:`ENERGY_TOL_EV` (the exact "strictly increasing" test lets 5e-7 eV pass)."""
+    m = ds.frame_size
+    if m < MIN_FRAME_SIZE:
+        raise InputError(f"{_where(source)}frames of {m} x {m} detector pixels: a reconstruction needs at least "
+                         f"{MIN_FRAME_SIZE} x {MIN_FRAME_SIZE}")
+    e = np.asarray(ds.energies, np.float64)
+    d = np.diff(e)
+    if d.size and np.min(d) < ENERGY_TOL_EV:
+        j = int(np.argmin(d))
+        raise InputError(f"{_where(source)}energies {e[j]:.7g} and {e[j + 1]:.7g} eV are {d[j]:.3g} eV apart (less "
+                         f"than {ENERGY_TOL_EV:g} eV): one energy written twice? merge or remove one")
+
+
+def check_reference_energy(value, energies, what: str = "reference_energy") -> None:
+    """Refuse a reference energy (eV) outside the scanned range (+- :data:`ENERGY_TOL_EV`):
+    Re[N_e^eff]/N_V is read at it from the fitted model, which the data constrain only
+    inside the scan (1 eV gave Re[Ne]/N_V = -27229)."""
+    if value is None:
+        return
+    from .errors import ConfigError
+
+    e = np.asarray(energies, np.float64)
+    v = float(value)
+    if not (np.isfinite(v) and e.min() - ENERGY_TOL_EV <= v <= e.max() + ENERGY_TOL_EV):
+        raise ConfigError(f"{what} = {v:g} eV lies outside the scanned energies {e.min():g}..{e.max():g} eV; "
+                          "choose one inside the scan (default: the lowest)")
 
 
 def check_positions(ds: Dataset, source=None, warn: bool = True) -> dict:
@@ -223,6 +259,7 @@ def check_dataset(ds: Dataset, source=None) -> Dataset:
     :func:`mark_checked`) is returned as it is by a second call."""
     if is_checked(ds):
         return ds
+    check_layout(ds, source=source)
     check_positions(ds, source=source)
     bad = bad_frames(ds)
     ei = np.asarray(ds.energy_index)

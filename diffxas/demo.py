@@ -165,7 +165,10 @@ def write_simulation(sim, cxi_path, truth_path=None) -> tuple[Path, Path]:
     tmp_cxi, tmp_truth = _tmp_name(cxi), _tmp_name(truth)
     try:
         io.write_cxi(tmp_cxi, sim.dataset, extra_attrs=attrs)
-        io.write_truth(tmp_truth, sim.truth)
+        # the truth names the data it belongs to (evaluate/report --truth check it against
+        # the input SHA-256 a results file records)
+        t_attrs = dict(sim.truth.attrs or {}, data_sha256=io.sha256_file(tmp_cxi))
+        io.write_truth(tmp_truth, dataclasses.replace(sim.truth, attrs=t_attrs))
         os.replace(tmp_cxi, cxi)
         os.replace(tmp_truth, truth)
     finally:

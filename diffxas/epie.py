@@ -125,6 +125,8 @@ class EpieConfig:
     def __post_init__(self):
         if not (isinstance(self.epochs, (int, np.integer)) and self.epochs >= 1):
             raise ConfigError(f"epie epochs must be a positive integer, got {self.epochs!r}")
+        if self.epochs > 1_000_000:  # the seed runs 800; a million epochs of even tiny data take days
+            raise ConfigError(f"epie epochs must be <= 1e6 (the seed's schedule is 800), got {self.epochs:g}")
         if not (0.0 < self.alpha <= 2.0):
             raise ConfigError(f"epie alpha must be in (0, 2], got {self.alpha}")
         if not (0.0 <= self.beta <= 2.0):
@@ -495,9 +497,17 @@ def save_checkpoint(path, objects, probes, epoch: int, loss_hist, time_hist, kk_
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        from .errors import is_disk_full
+
+        if isinstance(e, Exception) and is_disk_full(e):  # the run goes on; the previous checkpoint is kept
+            import logging
+
+            logging.getLogger("diffxas").warning("%s: disk full: checkpoint at epoch %d not written (the previous "
+                                                 "one, if any, is kept); the run goes on", path, int(epoch))
+            return
         raise
 
 

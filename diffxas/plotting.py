@@ -156,7 +156,18 @@ def save_figure(fig: Figure, out_dir, stem: str, formats=("png", "pdf")) -> list
     paths = []
     for fmt in formats:
         p = os.path.join(os.fspath(out_dir), f"{stem}.{fmt}")
-        fig.savefig(p, dpi=DPI)
+        tmp = os.path.join(os.fspath(out_dir), f".{stem}.{os.getpid()}.tmp.{fmt}")
+        try:  # never a half-written (0-byte) figure: a temporary file, then a rename
+            fig.savefig(tmp, dpi=DPI, format=fmt)
+            os.replace(tmp, p)
+        except BaseException as e:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            from .errors import DiskFullError, is_disk_full
+
+            if is_disk_full(e):
+                raise DiskFullError(f"{p}: disk full while writing the figure; nothing written") from None
+            raise
         paths.append(p)
     return paths
 
