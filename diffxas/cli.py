@@ -56,9 +56,37 @@ def _add_info(subparsers) -> None:
 def _run_info(args) -> int:
     from .io import summarize
 
-    texts = [summarize(path) for path in args.files]
+    texts = [summarize(path) + _info_checks(path) for path in args.files]
     print("\n\n".join(texts))
     return 0
+
+
+def _info_checks(path) -> str:
+    """Lines for ``diffxas info``: what :mod:`diffxas.checks` would refuse or mask in a CXI
+    input; map values that are NaN/inf inside the valid pixels of a results file (each
+    also one warning line on stderr)."""
+    import numpy as np
+
+    from . import io
+
+    kind = io.file_kind(path)
+    lines = []
+    if kind == "cxi":
+        from .checks import findings
+
+        lines = findings(io.open_cxi(path))
+    elif kind == "result":
+        from .maps import MAP_FIELDS
+
+        m = io.read_result(path).maps
+        v = np.asarray(m.valid, bool)
+        for name in MAP_FIELDS:
+            bad = int(np.sum(v & ~np.isfinite(np.asarray(getattr(m, name), np.float64))))
+            if bad:
+                lines.append(f"{name}: {bad} of {int(v.sum())} valid pixels are NaN/inf")
+    for line in lines:
+        sys.stderr.write(f"{PROG}: warning: {path}: {line}\n")
+    return "".join(f"\n  check: {line}" for line in lines)
 
 
 # ---- orientation -------------------------------------------------------------------------

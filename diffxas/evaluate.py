@@ -372,7 +372,13 @@ def evaluate(result_or_maps: Result | ChemMaps, truth: Truth, nv_fraction: float
     if not np.isfinite(nv_t).any() or np.nanmax(nv_t) <= 0:
         raise InputError("truth n_v is zero on the result grid: the truth and the result do not overlap")
     region = np.isfinite(nv_t) & (nv_t >= nv_fraction * np.nanmax(nv_t))
-    valid = np.asarray(maps.valid).astype(bool)
+    flagged = np.asarray(maps.valid).astype(bool)
+    # a pixel flagged valid whose descriptor or n_v map is NaN/inf is not covered: it has
+    # no estimate (else the coverage reads 1.0 beside empty metrics)
+    finite = np.ones(maps.shape, bool)
+    for name in DESCRIPTORS + ("n_v",):
+        finite &= np.isfinite(np.asarray(getattr(maps, name), dtype=np.float64))
+    valid = flagged & finite
     vr = region & valid
     n_region = int(region.sum())
     out: dict[str, Any] = {
@@ -381,6 +387,7 @@ def evaluate(result_or_maps: Result | ChemMaps, truth: Truth, nv_fraction: float
         "n_region": n_region,
         "n_valid": int(vr.sum()),
         "coverage": float(vr.sum() / n_region) if n_region else None,
+        "n_valid_nonfinite": int((flagged & ~finite).sum()),
     }
     for name in DESCRIPTORS + ("edge_width",):
         if name in tr:
