@@ -382,15 +382,16 @@ def _select_input(ds, args):
     return ds, sel
 
 
-def _check_room(ds, out, ckpt) -> None:
+def _check_room(ds, out, ckpt, source=None) -> None:
     """Refuse a run whose results file (and checkpoint) cannot fit the free disk space,
     before the run: stacks K x H x W (absorption, phase; float32) on the scan's map grid,
     probes K x M x M (complex64), maps; a checkpoint holds about three times the result
     (parameters and the optimiser's two moments)."""
     from . import io
-    from .checks import check_positions
+    from .checks import check_layout, check_positions
 
-    check_positions(ds, warn=False)  # translations in the wrong unit: refused before the grid is sized
+    check_layout(ds, source=source)  # a 2x2 detector, near-duplicate energies
+    check_positions(ds, source=source, warn=False)  # translations in the wrong unit: refused before the grid is sized
     h, w = ds.common_grid().shape
     k, m = ds.n_energies, ds.frame_size
     need = (1 << 20) + k * h * w * 8 + k * m * m * 8 + 16 * h * w * 8
@@ -464,7 +465,7 @@ def _run_reconstruct(args) -> int:
     from .checks import check_reference_energy
 
     check_reference_energy(getattr(cfg, "reference_energy", None), ds.energies, f"{section}.reference_energy")
-    _check_room(ds, out, ckpt)
+    _check_room(ds, out, ckpt, source=args.data)
     with _log_to_stderr():  # one-line notes (orientation, the joint's memory mode) on the "diffxas" logger
         from .checks import check_dataset, mark_checked
 

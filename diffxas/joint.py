@@ -110,13 +110,13 @@ WIDTH_MIN = {"b3": 0.5, "c13": 0.3, "c23": 0.3}
 RELATIVE_OK = ("c11", "c21")
 
 
-@dataclasses.dataclass(frozen=True)
 #: The most optimiser steps a run may ask for: 1e7 steps of ~10 ms (the fastest measured,
 #: preset tiny on a GPU) are more than a day; the presets converge in 1e2-1e4 steps, so a
 #: larger number is a typo (``steps = 1e9`` would otherwise start and never end).
 MAX_STEPS = 10_000_000
 
 
+@dataclasses.dataclass(frozen=True)
 class JointConfig:
     """Configuration of the joint solver (frozen, validated). Energies in eV."""
 
