@@ -19,6 +19,10 @@ Decisions (the issue is silent on the thresholds; the reasons are given here):
   so twice a membrane-only frame is a detector or beam fault. The relative limits are wide
   on purpose: frames over a particle legitimately differ from the membrane's by tens of
   percent, far beyond their Poisson scatter, so a plain MAD rule would drop real data.
+  These relative rules are skipped for an energy whose median frame holds fewer than
+  ``MIN_MEDIAN_PHOTONS`` (50) photons (an empty frame is then Poisson noise) or whose mask
+  hides the direct beam (behind a beamstop the sums follow the sample, not the beam); an
+  energy whose median frame is empty has all its empty frames flagged (and is refused).
 * A frame with a **non-finite** unmasked pixel (NaN, inf) or a count above
   ``MAX_COUNT`` (2^32, more than any counting detector's counter holds; 3e38 is a float32
   overflow, not photons) is dropped: one such pixel dominates every loss (loss 2.4e32).
@@ -44,6 +48,7 @@ import numpy as np
 
 from .dataset import Dataset, read_frames, relative_monitor
 from .errors import InputError
+from .stxm import beam_masked
 
 #: Counts above this in an unmasked pixel are no photon counts (2^32: a 32-bit counter's range).
 MAX_COUNT = float(2**32)
@@ -55,6 +60,9 @@ HIGH_FACTOR = 2.0
 OUTLIER_Z = 8.0
 #: An energy needs at least this many usable frames.
 MIN_FRAMES = 2
+#: The relative (empty, bright) rules apply only where the energy's median frame holds at
+#: least this many photons (and the direct beam is not masked).
+MIN_MEDIAN_PHOTONS = 50.0
 #: The scan must span at least this many object pixels at every energy.
 MIN_SPREAD_PX = 1.0
 #: A scan wider than this (m) is taken for translations in the wrong unit.
@@ -102,14 +110,18 @@ def check_layout(ds: Dataset, source=None) -> None:
     :data:`ENERGY_TOL_EV` (the exact "strictly increasing" test lets 5e-7 eV pass)."""
     m = ds.frame_size
     if m < MIN_FRAME_SIZE:
-        raise InputError(f"{_where(source)}frames of {m} x {m} detector pixels: a reconstruction needs at least "
-                         f"{MIN_FRAME_SIZE} x {MIN_FRAME_SIZE}")
+        raise InputError(
+            f"{_where(source)}frames of {m} x {m} detector pixels: a reconstruction needs at least "
+            f"{MIN_FRAME_SIZE} x {MIN_FRAME_SIZE}"
+        )
     e = np.asarray(ds.energies, np.float64)
     d = np.diff(e)
     if d.size and np.min(d) < ENERGY_TOL_EV:
         j = int(np.argmin(d))
-        raise InputError(f"{_where(source)}energies {e[j]:.7g} and {e[j + 1]:.7g} eV are {d[j]:.3g} eV apart (less "
-                         f"than {ENERGY_TOL_EV:g} eV): one energy written twice? merge or remove one")
+        raise InputError(
+            f"{_where(source)}energies {e[j]:.7g} and {e[j + 1]:.7g} eV are {d[j]:.3g} eV apart (less "
+            f"than {ENERGY_TOL_EV:g} eV): one energy written twice? merge or remove one"
+        )
 
 
 def check_reference_energy(value, energies, what: str = "reference_energy") -> None:
@@ -123,8 +135,10 @@ def check_reference_energy(value, energies, what: str = "reference_energy") -> N
     e = np.asarray(energies, np.float64)
     v = float(value)
     if not (np.isfinite(v) and e.min() - ENERGY_TOL_EV <= v <= e.max() + ENERGY_TOL_EV):
-        raise ConfigError(f"{what} = {v:g} eV lies outside the scanned energies {e.min():g}..{e.max():g} eV; "
-                          "choose one inside the scan (default: the lowest)")
+        raise ConfigError(
+            f"{what} = {v:g} eV lies outside the scanned energies {e.min():g}..{e.max():g} eV; "
+            "choose one inside the scan (default: the lowest)"
+        )
 
 
 def check_positions(ds: Dataset, source=None, warn: bool = True) -> dict:
@@ -144,7 +158,8 @@ def check_positions(ds: Dataset, source=None, warn: bool = True) -> dict:
         raise InputError(
             f"{_where(source)}the scan positions span {span:.4g} m ({span / px:.3g} object pixels of {px:.3g} m): "
             f"more than {MAX_SPAN_M * 1e3:g} mm, translations in mm or um rather than m? The CXI translation "
-            "is in metres (docs/formats.md)")
+            "is in metres (docs/formats.md)"
+        )
     px = object_pixel_sizes(ds)
     dups = {}
     for k in range(ds.n_energies):
@@ -155,15 +170,20 @@ def check_positions(ds: Dataset, source=None, warn: bool = True) -> dict:
         if s < MIN_SPREAD_PX * px[k]:
             raise InputError(
                 f"{_where(source)}all {p.shape[0]} scan positions of energy {e[k]:g} eV lie within {s:.3g} m, less "
-                f"than one object pixel ({px[k]:.3g} m): ptychography needs displaced, overlapping views")
+                f"than one object pixel ({px[k]:.3g} m): ptychography needs displaced, overlapping views"
+            )
         q = np.round(p / (1e-3 * px[k]))  # identical to 1/1000 of a pixel
         n_unique = np.unique(q, axis=0).shape[0]
         if n_unique < p.shape[0]:
             dups[k] = int(p.shape[0] - n_unique)
     if dups and warn:
         parts = [f"{e[k]:g} eV: {n}" for k, n in list(dups.items())[:6]]
-        log.warning("%srepeated scan positions (%s%s): repeated exposures are used as they are",
-                    _where(source), "; ".join(parts), ", ..." if len(dups) > 6 else "")
+        log.warning(
+            "%srepeated scan positions (%s%s): repeated exposures are used as they are",
+            _where(source),
+            "; ".join(parts),
+            ", ..." if len(dups) > 6 else "",
+        )
     return {"span_m": span, "duplicates": dups}
 
 
@@ -175,6 +195,7 @@ def frame_statistics(ds: Dataset, block: int = 256) -> dict[str, np.ndarray]:
     ei = np.asarray(ds.energy_index)
     n = ds.n_frames
     sums, top, nonfinite = np.zeros(n), np.zeros(n), np.zeros(n, np.int64)
+    minpos = np.full(n, np.inf)
     for a in range(0, n, block):
         b = min(a + block, n)
         f = read_frames(ds.frames, a, b).astype(np.float64)
@@ -184,9 +205,10 @@ def frame_statistics(ds: Dataset, block: int = 256) -> dict[str, np.ndarray]:
         g = np.where(used & fin, f, 0.0)
         sums[a:b] = g.sum(axis=(1, 2))
         top[a:b] = g.max(axis=(1, 2)) if g.size else 0.0
+        minpos[a:b] = np.where(g > 0, g, np.inf).min(axis=(1, 2)) if g.size else np.inf
     with np.errstate(invalid="ignore", over="ignore"):
         sums = sums / relative_monitor(ds)
-    return {"sums": sums, "max": top, "nonfinite": nonfinite}
+    return {"sums": sums, "max": top, "nonfinite": nonfinite, "minpos": minpos}
 
 
 def bad_frames(ds: Dataset, stats: dict | None = None) -> dict[str, np.ndarray]:
@@ -199,26 +221,37 @@ def bad_frames(ds: Dataset, stats: dict | None = None) -> dict[str, np.ndarray]:
     nonfinite = st["nonfinite"] > 0
     beyond = st["max"] > MAX_COUNT
     usable = ~(nonfinite | beyond)
-    empty = st["sums"] <= 0
+    empty = np.zeros(ds.n_frames, bool)
     bright = np.zeros_like(empty)
+    mask = np.asarray(ds.mask)
     for k in range(ds.n_energies):
         sel = (ei == k) & usable
         s = st["sums"][sel]
         if s.size == 0:
             continue
         med = float(np.median(s))
-        if med <= 0:  # most frames empty: every empty one is flagged by empty
+        if med <= 0:  # most frames empty: the energy has (nearly) no data
+            empty[sel] = s <= 0
+            continue
+        # the median in photons (the smallest positive value is one photon for counts and
+        # counts times a constant): at a few photons per frame an empty frame is Poisson
+        # noise, not a fault; behind a beamstop the frame sums follow the sample, not the beam
+        q = float(np.min(st["minpos"][sel]))
+        if not np.isfinite(q) or med / q < MIN_MEDIAN_PHOTONS or beam_masked(mask[k]):
             continue
         sig = 1.4826 * float(np.median(np.abs(s - med)))
-        empty[sel] |= s < LOW_FRACTION * med
+        empty[sel] = (s <= 0) | (s < LOW_FRACTION * med)
         bright[sel] = (s > HIGH_FACTOR * med) & (s > med + OUTLIER_Z * sig)
     empty &= usable
     return {"nonfinite": nonfinite, "beyond": beyond, "empty": empty, "bright": bright}
 
 
-_REASON = {"nonfinite": "non-finite (NaN/inf) pixel values", "beyond": f"counts above {MAX_COUNT:.4g} (no detector)",
-           "empty": "empty (no counts, or < 10 % of the energy's median)",
-           "bright": "more than twice the energy's median counts"}
+_REASON = {
+    "nonfinite": "non-finite (NaN/inf) pixel values",
+    "beyond": f"counts above {MAX_COUNT:.4g} (no detector)",
+    "empty": "empty (no counts, or < 10 % of the energy's median)",
+    "bright": "more than twice the energy's median counts",
+}
 
 
 def findings(ds: Dataset, source=None) -> list[str]:
@@ -276,7 +309,8 @@ def check_dataset(ds: Dataset, source=None) -> Dataset:
             raise InputError(
                 f"{_where(source)}energy {e[k]:g} eV (index {k}) has {n_ok} usable of {n_all} frames"
                 + (f" ({'; '.join(reasons)})" if reasons else "")
-                + f": no maps from it; leave it out (--energy-list {others})")
+                + f": no maps from it; leave it out (--energy-list {others})"
+            )
     if not drop.any():
         return mark_checked(ds)
     for why, m in bad.items():
@@ -286,5 +320,11 @@ def check_dataset(ds: Dataset, source=None) -> Dataset:
         for k in np.unique(ei[m]):
             idx = np.nonzero(m & (ei == k))[0]
             parts.append(f"{e[k]:g} eV frames {_list(idx)}")
-        log.warning("%s%d frame(s) dropped, %s: %s", _where(source), int(m.sum()), _REASON[why], "; ".join(parts))
+        log.warning(
+            "%s%d frame(s) dropped, %s: %s",
+            _where(source),
+            int(m.sum()),
+            _REASON[why],
+            "; ".join(parts),
+        )
     return mark_checked(ds.subset(~drop))

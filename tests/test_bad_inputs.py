@@ -18,12 +18,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from test_checks import (  # tests/ is on sys.path (pytest prepend import mode)
+    ENERGIES,
+    make_dataset,
+)
 
 from diffxas import io
 from diffxas.cli import main
 from diffxas.maps import MAP_FIELDS, ChemMaps, Result, Truth
-
-from test_checks import ENERGIES, make_dataset  # tests/ is on sys.path (pytest prepend import mode)
 
 H = W = 12
 PX = 2e-7
@@ -40,7 +42,7 @@ def run(capsys, *argv):
 
 def refused(capsys, *argv, words=(), absent=()):
     """Run the CLI; assert exit 2 and exactly one error line holding ``words``; return it."""
-    rc, out, err = run(capsys, *argv)
+    rc, _out, err = run(capsys, *argv)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2, (rc, err)
     assert len(lines) == 1 and lines[0].startswith("diffxas: error:"), err
@@ -53,7 +55,9 @@ def refused(capsys, *argv, words=(), absent=()):
 
 
 def leftovers(folder) -> list[str]:
-    return sorted(p.name for p in Path(folder).iterdir() if ".tmp" in p.name or p.name.endswith(".partial"))
+    return sorted(
+        p.name for p in Path(folder).iterdir() if ".tmp" in p.name or p.name.endswith(".partial")
+    )
 
 
 def enospc(*_a, **_k):
@@ -68,22 +72,47 @@ def fake_result(sha="", half=None, seed=0, nan_inside=False, selection=True) -> 
     fields["edge_energy"] = 5470.0 + rng.standard_normal((H, W))
     if nan_inside:
         fields["edge_energy"][3, 4] = np.nan
-    maps = ChemMaps(**fields, valid=valid, pixel_size=PX, origin=(0.0, 0.0), reference_energy=5450.0,
-                    delta_f2_v=3.9, scattering_table="chantler")
+    maps = ChemMaps(
+        **fields,
+        valid=valid,
+        pixel_size=PX,
+        origin=(0.0, 0.0),
+        reference_energy=5450.0,
+        delta_f2_v=3.9,
+        scattering_table="chantler",
+    )
     k = len(ENERGIES)
     cfg = {"input_selection": {"half": half}} if selection else {}
-    return Result(method="joint", maps=maps, energies=ENERGIES.copy(), absorption=np.zeros((k, H, W), np.float32),
-                  phase=np.zeros((k, H, W), np.float32), probes=np.ones((k, 4, 4), np.complex64),
-                  probe_pixel_size=np.full(k, PX), history={"loss": np.array([1.0, 0.5])}, config=cfg,
-                  input_path="", input_sha256=sha)
+    return Result(
+        method="joint",
+        maps=maps,
+        energies=ENERGIES.copy(),
+        absorption=np.zeros((k, H, W), np.float32),
+        phase=np.zeros((k, H, W), np.float32),
+        probes=np.ones((k, 4, 4), np.complex64),
+        probe_pixel_size=np.full(k, PX),
+        history={"loss": np.array([1.0, 0.5])},
+        config=cfg,
+        input_path="",
+        input_sha256=sha,
+    )
 
 
 def fake_truth(attrs) -> Truth:
     nv = np.ones((H, W))
     maps = {n: np.ones((H, W)) for n in MAP_FIELDS}
     maps.update(n_v=nv, edge_energy=np.full((H, W), 5470.0))
-    return Truth(maps=maps, labels=np.zeros((H, W), np.int16), domain_names=["a"], params={}, pixel_size=PX,
-                 origin=(0.0, 0.0), energies=ENERGIES.copy(), reference_energy=5450.0, attrs=attrs)
+    return Truth(
+        maps=maps,
+        labels=np.zeros((H, W), np.int16),
+        domain_names=["a"],
+        params={},
+        pixel_size=PX,
+        origin=(0.0, 0.0),
+        energies=ENERGIES.copy(),
+        reference_energy=5450.0,
+        attrs=attrs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -130,23 +159,46 @@ def files(tmp_path_factory):
 # ----------------------------------------------------------------------------- broken frames and positions
 
 
-@pytest.mark.parametrize("name, words", [
-    ("zero_energy", ["zero_energy.cxi", "energy 5480 eV", "0 usable of 36", "--energy-list 5450,5465,5500"]),
-    ("same_pos", ["same_pos.cxi", "less than one object pixel"]),
-    ("pos_mm", ["pos_mm.cxi", "translations in mm or um"]),
-    ("pos_um", ["pos_um.cxi", "translations in mm or um"]),
-    ("near_dup_e", ["near_dup_e.cxi", "apart", "one energy written twice"]),
-    ("det2x2", ["det2x2.cxi", "2 x 2", "at least 8 x 8"]),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        (
+            "zero_energy",
+            ["zero_energy.cxi", "energy 5480 eV", "0 usable of 36", "--energy-list 5450,5465,5500"],
+        ),
+        ("same_pos", ["same_pos.cxi", "less than one object pixel"]),
+        ("pos_mm", ["pos_mm.cxi", "translations in mm or um"]),
+        ("pos_um", ["pos_um.cxi", "translations in mm or um"]),
+        ("near_dup_e", ["near_dup_e.cxi", "apart", "one energy written twice"]),
+        ("det2x2", ["det2x2.cxi", "2 x 2", "at least 8 x 8"]),
+    ],
+)
 @pytest.mark.parametrize("method", ["joint", "two-step"])
-def test_reconstruct_refuses_data_that_cannot_support_maps(files, capsys, tmp_path, name, words, method):
+def test_reconstruct_refuses_data_that_cannot_support_maps(
+    files, capsys, tmp_path, name, words, method
+):
     out = tmp_path / "r.h5"
-    refused(capsys, "reconstruct", files[name], "--method", method, "-o", out, "--no-checkpoint",
-            words=words, absent=[out])
+    refused(
+        capsys,
+        "reconstruct",
+        files[name],
+        "--method",
+        method,
+        "-o",
+        out,
+        "--no-checkpoint",
+        words=words,
+        absent=[out],
+    )
 
 
-@pytest.mark.parametrize("name, words", [("zero_half", ["18 frame(s)", "5465 eV", "empty"]),
-                                         ("huge_pixel", ["1 frame(s)", "5450 eV", "above"])])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("zero_half", ["18 frame(s)", "5465 eV", "empty"]),
+        ("huge_pixel", ["1 frame(s)", "5450 eV", "above"]),
+    ],
+)
 def test_info_names_the_frames_a_run_would_drop(files, capsys, name, words):
     rc, out, err = run(capsys, "info", files[name])
     assert rc == 0
@@ -210,8 +262,17 @@ def test_reconstruct_refused_before_the_run_without_room(files, capsys, tmp_path
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1000))
     out = tmp_path / "r.h5"
-    refused(capsys, "reconstruct", files["good"], "--method", "joint", "-o", out, words=["disk full", str(out)],
-            absent=[out, tmp_path / "r.h5.ckpt"])
+    refused(
+        capsys,
+        "reconstruct",
+        files["good"],
+        "--method",
+        "joint",
+        "-o",
+        out,
+        words=["disk full", str(out)],
+        absent=[out, tmp_path / "r.h5.ckpt"],
+    )
 
 
 def test_cluster_on_a_full_disk(files, capsys, tmp_path, monkeypatch):
@@ -219,8 +280,17 @@ def test_cluster_on_a_full_disk(files, capsys, tmp_path, monkeypatch):
     io.write_result(res, fake_result(sha=files["sha_good"]))
     before = io.sha256_file(res)
     monkeypatch.setattr(io.h5py, "File", _FullH5(tmp_path))
-    refused(capsys, "cluster", res, "--k", "2", "--seeds", "1", words=["disk full", str(res)],
-            absent=[tmp_path / "c_clusters.csv"])
+    refused(
+        capsys,
+        "cluster",
+        res,
+        "--k",
+        "2",
+        "--seeds",
+        "1",
+        words=["disk full", str(res)],
+        absent=[tmp_path / "c_clusters.csv"],
+    )
     monkeypatch.undo()
     assert io.sha256_file(res) == before and leftovers(tmp_path) == []
 
@@ -278,15 +348,33 @@ def test_epie_checkpoint_on_a_full_disk(tmp_path, monkeypatch, caplog):
 
 def test_evaluate_refuses_another_datasets_truth(files, capsys, tmp_path):
     js = tmp_path / "e.json"
-    refused(capsys, "evaluate", files["result"], "--truth", files["other_truth"], "--json", js,
-            words=["other.truth.h5", "another dataset"], absent=[js])
-    rc, out, err = run(capsys, "evaluate", files["result"], "--truth", files["truth"], "--json", js)
-    assert rc == 0 and js.is_file()
+    refused(
+        capsys,
+        "evaluate",
+        files["result"],
+        "--truth",
+        files["other_truth"],
+        "--json",
+        js,
+        words=["other.truth.h5", "another dataset"],
+        absent=[js],
+    )
+    assert run(capsys, "evaluate", files["result"], "--truth", files["truth"], "--json", js)[0] == 0
+    assert js.is_file()
 
 
 def test_report_refuses_another_datasets_truth(files, capsys, tmp_path):
-    refused(capsys, "report", files["result"], "-o", tmp_path / "rep", "--truth", files["other_truth"],
-            words=["another dataset"], absent=[tmp_path / "rep"])
+    refused(
+        capsys,
+        "report",
+        files["result"],
+        "-o",
+        tmp_path / "rep",
+        "--truth",
+        files["other_truth"],
+        words=["another dataset"],
+        absent=[tmp_path / "rep"],
+    )
 
 
 def test_truth_checked_against_the_simulation_record_without_checksum(files, tmp_path):
@@ -298,7 +386,9 @@ def test_truth_checked_against_the_simulation_record_without_checksum(files, tmp
     r = dataclasses.replace(fake_result(), input_path=str(files["good"]))
     check_truth_matches(r, fake_truth({"preset": "hand", "seed": 1, "dose": 1e5}), "r.h5", "t.h5")
     with pytest.raises(InputError, match="another dataset"):
-        check_truth_matches(r, fake_truth({"preset": "hand", "seed": 2, "dose": 1e5}), "r.h5", "t.h5")
+        check_truth_matches(
+            r, fake_truth({"preset": "hand", "seed": 2, "dose": 1e5}), "r.h5", "t.h5"
+        )
 
 
 def test_simulation_records_its_data_checksum_in_the_truth(tmp_path):
@@ -306,18 +396,33 @@ def test_simulation_records_its_data_checksum_in_the_truth(tmp_path):
 
     from diffxas.demo import write_simulation
 
-    cfg = SimpleNamespace(to_dict=lambda: {}, preset="hand", seed=1, dose=1e5)
+    cfg = SimpleNamespace(to_dict=dict, preset="hand", seed=1, dose=1e5)
     sim = SimpleNamespace(config=cfg, dataset=make_dataset(), truth=fake_truth({"seed": 1}))
     cxi, truth = write_simulation(sim, tmp_path / "s.cxi")
     assert io.read_truth(truth).attrs["data_sha256"] == io.sha256_file(cxi)
 
 
-@pytest.mark.parametrize("pair, words", [(("result", "result"), ["the same results"]),
-                                         (("result", "full2"), ["a result of all frames"]),
-                                         (("even", "even"), ["the same results"])])
+@pytest.mark.parametrize(
+    "pair, words",
+    [
+        (("result", "result"), ["the same results"]),
+        (("result", "full2"), ["a result of all frames"]),
+        (("even", "even"), ["the same results"]),
+    ],
+)
 def test_split_refuses_what_is_not_two_halves(files, capsys, tmp_path, pair, words):
     js = tmp_path / "frc.json"
-    refused(capsys, "evaluate", files[pair[0]], "--split", files[pair[1]], "--json", js, words=words, absent=[js])
+    refused(
+        capsys,
+        "evaluate",
+        files[pair[0]],
+        "--split",
+        files[pair[1]],
+        "--json",
+        js,
+        words=words,
+        absent=[js],
+    )
 
 
 def test_split_of_two_halves_names_its_figure_after_the_json(files, capsys, tmp_path):
@@ -330,22 +435,35 @@ def test_split_of_two_halves_names_its_figure_after_the_json(files, capsys, tmp_
 # ----------------------------------------------------------------------------- values outside physics
 
 
-@pytest.mark.parametrize("method, opts, words", [
-    ("joint", ["--set", "joint.reference_energy=1"], ["reference_energy"]),
-    ("joint", ["--set", "joint.reference_energy=5000"], ["outside the scanned energies"]),
-    ("two-step", ["--set", "twostep.reference_energy=5600"], ["outside the scanned energies"]),
-    ("joint", ["--set", "joint.valid_jump_fraction=nan"], ["valid_jump_fraction"]),
-    ("two-step", ["--set", "fit.smooth_sigma=nan"], ["smooth_sigma"]),
-    ("two-step", ["--set", "fit.smooth_sigma=inf"], ["smooth_sigma"]),
-    ("joint", ["--steps", "1000000000"], ["steps must be <="]),
-    ("two-step", ["--iterations", "1000000000"], ["epochs must be <="]),
-    ("joint", ["--set", "joint.log_every=0"], ["log_every"]),
-    ("joint", ["--set", "joint.checkpoint_every=0"], ["checkpoint_every"]),
-])
+@pytest.mark.parametrize(
+    "method, opts, words",
+    [
+        ("joint", ["--set", "joint.reference_energy=1"], ["reference_energy"]),
+        ("joint", ["--set", "joint.reference_energy=5000"], ["outside the scanned energies"]),
+        ("two-step", ["--set", "twostep.reference_energy=5600"], ["outside the scanned energies"]),
+        ("joint", ["--set", "joint.valid_jump_fraction=nan"], ["valid_jump_fraction"]),
+        ("two-step", ["--set", "fit.smooth_sigma=nan"], ["smooth_sigma"]),
+        ("two-step", ["--set", "fit.smooth_sigma=inf"], ["smooth_sigma"]),
+        ("joint", ["--steps", "1000000000"], ["steps must be <="]),
+        ("two-step", ["--iterations", "1000000000"], ["epochs must be <="]),
+        ("joint", ["--set", "joint.log_every=0"], ["log_every"]),
+        ("joint", ["--set", "joint.checkpoint_every=0"], ["checkpoint_every"]),
+    ],
+)
 def test_values_outside_physics_refused_before_work(files, capsys, tmp_path, method, opts, words):
     out = tmp_path / "r.h5"
-    refused(capsys, "reconstruct", files["good"], "--method", method, "-o", out, *opts, words=words,
-            absent=[out, tmp_path / "r.h5.ckpt", tmp_path / "r.h5.ckpt.d"])
+    refused(
+        capsys,
+        "reconstruct",
+        files["good"],
+        "--method",
+        method,
+        "-o",
+        out,
+        *opts,
+        words=words,
+        absent=[out, tmp_path / "r.h5.ckpt", tmp_path / "r.h5.ckpt.d"],
+    )
 
 
 # ----------------------------------------------------------------------------- smaller
@@ -357,7 +475,7 @@ def test_nan_inside_valid_pixels(tmp_path, capsys, files):
 
     r = fake_result(sha=files["sha_good"], nan_inside=True)
     p = io.write_result(tmp_path / "nan.h5", r)
-    rc, out, err = run(capsys, "info", p)
+    rc, _out, err = run(capsys, "info", p)
     assert rc == 0 and "edge_energy: 1 of 144 valid pixels are NaN/inf" in err
     m = evaluate(r, fake_truth({}))
     assert m["coverage"] == pytest.approx(143 / 144) and m["n_valid_nonfinite"] == 1
@@ -372,12 +490,23 @@ def test_info_on_a_fifo_does_not_hang(tmp_path):
     fifo = tmp_path / "pipe.cxi"
     os.mkfifo(fifo)
     try:
-        p = subprocess.run([sys.executable, "-m", "diffxas.cli", "info", str(fifo)], capture_output=True, text=True,
-                           timeout=120, env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+        p = subprocess.run(
+            [sys.executable, "-m", "diffxas.cli", "info", str(fifo)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])),
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("diffxas info blocked on a FIFO")
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert p.returncode == 2 and len(lines) == 1 and "not a regular file" in lines[0] and str(fifo) in lines[0]
+    assert (
+        p.returncode == 2
+        and len(lines) == 1
+        and "not a regular file" in lines[0]
+        and str(fifo) in lines[0]
+    )
 
 
 def test_unknown_method_in_results_refused(tmp_path, capsys):
@@ -399,19 +528,24 @@ steps = 2
 """
 
 
-@pytest.mark.parametrize("axis, extra, words", [
-    ('"joint.stepz"', [], ["unknown key", "stepz"]),
-    ('"joint.steps"', ["--set", "joint.lr_ampp=1"], ["unknown key", "lr_ampp"]),
-    ('"joint.steps"', ["--workers", "0"], ["--workers"]),
-    ('"joint.steps"', ["-o", "FILE"], ["is not a folder"]),
-])
+@pytest.mark.parametrize(
+    "axis, extra, words",
+    [
+        ('"joint.stepz"', [], ["unknown key", "stepz"]),
+        ('"joint.steps"', ["--set", "joint.lr_ampp=1"], ["unknown key", "lr_ampp"]),
+        ('"joint.steps"', ["--workers", "0"], ["--workers"]),
+        ('"joint.steps"', ["-o", "FILE"], ["is not a folder"]),
+    ],
+)
 def test_sweep_dry_run_rejects_typos_and_bad_options(tmp_path, capsys, axis, extra, words):
     spec = tmp_path / "s.toml"
     spec.write_text(SWEEP.format(axis=axis))
     (tmp_path / "FILE").write_text("x")
     out = ["-o", tmp_path / "FILE"] if "-o" in extra else ["-o", tmp_path / "out"]
     extra = [e for e in extra if e not in ("-o", "FILE")]
-    refused(capsys, "sweep", spec, *out, "--dry-run", *extra, words=words, absent=[tmp_path / "out"])
+    refused(
+        capsys, "sweep", spec, *out, "--dry-run", *extra, words=words, absent=[tmp_path / "out"]
+    )
 
 
 def test_empty_probe_is_named_not_divergence():
@@ -435,5 +569,30 @@ def test_resume_refusal_names_the_orientation(tmp_path):
     sel = {"half": None, "energy_indices": None, "orientation": {"applied": "rot180"}}
     _meta_path("joint", ckpt).write_text(json.dumps(_checkpoint_meta("joint", cfg, "abc", sel)))
     now = dict(sel, orientation={"applied": "none"})
-    with pytest.raises(InputError, match="orientation differs: rot180 then, none now; pass --orientation rot180"):
-        reconstruct(make_dataset(), "joint", cfg, checkpoint=ckpt, resume=True, input_sha256="abc", selection=now)
+    with pytest.raises(
+        InputError, match="orientation differs: rot180 then, none now; pass --orientation rot180"
+    ):
+        reconstruct(
+            make_dataset(),
+            "joint",
+            cfg,
+            checkpoint=ckpt,
+            resume=True,
+            input_sha256="abc",
+            selection=now,
+        )
+
+
+def test_simulate_refuses_near_duplicate_energies(capsys, tmp_path):
+    out = tmp_path / "s.cxi"
+    refused(
+        capsys,
+        "simulate",
+        out,
+        "--preset",
+        "tiny",
+        "--energy-list",
+        "5420,5420.0000005,5500",
+        words=["closer than 1e-3 eV"],
+        absent=[out],
+    )

@@ -28,10 +28,19 @@ def make_dataset(m=16, side=6, step=3e-7, dose=1e5, seed=0, energies=ENERGIES) -
     g = (np.arange(side) - side / 2) * step
     pos = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
     n = pos.shape[0]
-    frames = np.stack([rng.poisson(dose * (0.9 + 0.1 * rng.random()) * spot) for _ in range(n * k)]).astype(np.float32)
-    return Dataset(frames=frames, positions=np.tile(pos, (k, 1)), energy_index=np.repeat(np.arange(k), n),
-                   energies=np.asarray(energies, np.float64), mask=np.ones((k, m, m), np.float32), illumination=None,
-                   distance=1.0, detector_pixel=75e-6)
+    frames = np.stack(
+        [rng.poisson(dose * (0.9 + 0.1 * rng.random()) * spot) for _ in range(n * k)]
+    ).astype(np.float32)
+    return Dataset(
+        frames=frames,
+        positions=np.tile(pos, (k, 1)),
+        energy_index=np.repeat(np.arange(k), n),
+        energies=np.asarray(energies, np.float64),
+        mask=np.ones((k, m, m), np.float32),
+        illumination=None,
+        distance=1.0,
+        detector_pixel=75e-6,
+    )
 
 
 def with_frames(ds, frames):
@@ -101,7 +110,10 @@ def test_energy_without_usable_frames_refused_with_hint():
     ds = make_dataset()
     f = np.array(ds.frames)
     f[ds.frames_of(2)] = 0
-    with pytest.raises(InputError, match=r"energy 5480 eV \(index 2\) has 0 usable of 36.*--energy-list 5450,5465,5500"):
+    with pytest.raises(
+        InputError,
+        match=r"energy 5480 eV \(index 2\) has 0 usable of 36.*--energy-list 5450,5465,5500",
+    ):
         checks.check_dataset(with_frames(ds, f))
 
 
@@ -159,3 +171,27 @@ def test_second_call_on_a_checked_dataset_is_free(monkeypatch):
     ds = checks.check_dataset(make_dataset())
     monkeypatch.setattr(checks, "bad_frames", lambda *a, **k: pytest.fail("checked twice"))
     assert checks.check_dataset(ds) is ds
+
+
+def test_low_dose_empty_frames_are_poisson_not_faults():
+    """At 3 photons per frame (median below 50 photons) zero-count frames occur by chance
+    (P = e^-3 = 5 %): none is dropped."""
+    ds = make_dataset(dose=3.0)
+    sums = np.asarray(ds.frames).sum(axis=(1, 2))
+    assert (sums == 0).any()  # the case exists in this dataset
+    assert checks.check_dataset(ds).n_frames == ds.n_frames
+
+
+def test_beamstop_energy_skips_the_relative_rules():
+    """With the direct beam masked the frame sums follow the sample: a frame 5x the
+    median is kept there (and dropped at an energy without a beamstop)."""
+    import dataclasses
+
+    ds = make_dataset()
+    f = np.array(ds.frames)
+    f[ds.frames_of(0)[3]] *= 5.0
+    f[ds.frames_of(1)[3]] *= 5.0
+    mask = np.array(ds.mask)
+    mask[0, 7:10, 7:10] = 0  # beamstop at energy 0 only
+    out = checks.check_dataset(dataclasses.replace(ds, frames=f, mask=mask))
+    assert out.n_frames == ds.n_frames - 1
