@@ -469,7 +469,10 @@ def _run_reconstruct(args) -> int:
     with _log_to_stderr():  # one-line notes (orientation, the joint's memory mode) on the "diffxas" logger
         from .checks import check_dataset, mark_checked
 
+        n_before = ds.n_frames
         ds = check_dataset(ds, source=args.data)  # before the orientation check: broken frames, positions
+        if ds.n_frames < n_before:  # recorded with the input selection (the warning names them)
+            selection["frames_dropped_by_checks"] = int(n_before - ds.n_frames)
         ds, selection["orientation"] = resolve(ds, args.orientation)
         mark_checked(ds)  # the same frames and positions, re-oriented
         result = reconstruct(ds, method, cfg, progress=_progress(args), checkpoint=ckpt, resume=args.resume,
