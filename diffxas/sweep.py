@@ -1225,9 +1225,8 @@ def main_cli(args: argparse.Namespace) -> int:
     if overrides:
         spec.base = _apply(spec.base, overrides)
     # key typos (in [base], an axis, a point or --set) fail every point: refuse them before
-    # anything runs; a dry run checks every value too (a real run records a bad value as
-    # that point's failure and runs the others)
-    check_points(expand_points(spec), spec.source or str(args.spec), values=getattr(args, "dry_run", False))
+    # anything runs (a bad value stays that point's failure, recorded; the others run)
+    check_points(expand_points(spec), spec.source or str(args.spec))
     if getattr(args, "dry_run", False):
         pts = expand_points(spec)
         out = Path(args.out)
