@@ -559,9 +559,9 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
     if objects0.shape != (kn,) + shape:
         raise InputError(f"initial objects must be ({kn}, {shape[0]}, {shape[1]}), got {objects0.shape}")
     power0 = np.sum(np.abs(probes0.astype(np.complex128)) ** 2, axis=(1, 2))
-    empty = np.nonzero(~(np.isfinite(power0) & (power0 > 0)))[0]
+    empty = np.nonzero(power0 == 0)[0]  # (a non-finite probe still fails as a divergence at epoch 1)
     if empty.size:  # else the first epoch fails as "diverged ... lower alpha/beta", which it is not
-        raise InputError(f"the initial probe of energy {energies[empty[0]]:.1f} eV is empty (all zero or non-finite; "
+        raise InputError(f"the initial probe of energy {energies[empty[0]]:.1f} eV is empty (all zero; "
                          f"{empty.size} energies): fix the file's illumination or set epie.use_illumination=false")
 
     fp = _fingerprint(dataset, config)
