@@ -56,7 +56,7 @@ def _add_info(subparsers) -> None:
 def _run_info(args) -> int:
     from .io import summarize
 
-    texts = [summarize(path) for path in args.files]
+    texts = [summarize(path) + _info_checks(path) for path in args.files]
     print("\n\n".join(texts))
     return 0
 
@@ -93,6 +93,34 @@ def _run_export(args) -> int:
     print(f"wrote {path}: the entry at {energy:.6g} eV ({n} frames) as /entry_1, translation = "
           + ("probe position (x, y, 0)" if args.translation == "probe" else "sample translation (-x, -y, 0)"))
     return 0
+
+
+def _info_checks(path) -> str:
+    """Lines for ``diffxas info``: what :mod:`diffxas.checks` would refuse or mask in a CXI
+    input; map values that are NaN/inf inside the valid pixels of a results file (each
+    also one warning line on stderr)."""
+    import numpy as np
+
+    from . import io
+
+    kind = io.file_kind(path)
+    lines = []
+    if kind == "cxi":
+        from .checks import findings
+
+        lines = findings(io.open_cxi(path))
+    elif kind == "result":
+        from .maps import MAP_FIELDS
+
+        m = io.read_result(path).maps
+        v = np.asarray(m.valid, bool)
+        for name in MAP_FIELDS:
+            bad = int(np.sum(v & ~np.isfinite(np.asarray(getattr(m, name), np.float64))))
+            if bad:
+                lines.append(f"{name}: {bad} of {int(v.sum())} valid pixels are NaN/inf")
+    for line in lines:
+        sys.stderr.write(f"{PROG}: warning: {path}: {line}\n")
+    return "".join(f"\n  check: {line}" for line in lines)
 
 
 # ---- orientation -------------------------------------------------------------------------
@@ -416,6 +444,29 @@ def _select_input(ds, args):
     return ds, sel
 
 
+def _check_room(ds, out, ckpt, source=None) -> None:
+    """Refuse a run whose results file (and checkpoint) cannot fit the free disk space,
+    before the run: stacks K x H x W (absorption, phase; float32) on the scan's map grid,
+    probes K x M x M (complex64), maps; a checkpoint holds about three times the result
+    (parameters and the optimiser's two moments)."""
+    from . import io
+    from .checks import check_layout, check_positions
+
+    check_layout(ds, source=source)  # a 2x2 detector, near-duplicate energies
+    check_positions(ds, source=source, warn=False)  # translations in the wrong unit: refused before the grid is sized
+    h, w = ds.common_grid().shape
+    k, m = ds.n_energies, ds.frame_size
+    need = (1 << 20) + k * h * w * 8 + k * m * m * 8 + 16 * h * w * 8
+    io.check_free_space(out, need, "results file")
+    if ckpt is not None:
+        import os
+
+        if os.path.dirname(os.path.abspath(ckpt)) == os.path.dirname(os.path.abspath(out)):
+            io.check_free_space(out, 4 * need, "results file and checkpoint")
+        else:
+            io.check_free_space(os.path.join(ckpt, "x"), 3 * need, "checkpoint")
+
+
 def _run_reconstruct(args) -> int:
     import time
 
@@ -479,8 +530,19 @@ def _run_reconstruct(args) -> int:
     from .scattering import VEdge
 
     VEdge.for_energies(cfg.element, ds.energies, cfg.table)  # a wrong element fails before the pass over the frames
+    from .checks import check_reference_energy
+
+    check_reference_energy(getattr(cfg, "reference_energy", None), ds.energies, f"{section}.reference_energy")
+    _check_room(ds, out, ckpt, source=args.data)
     with _log_to_stderr():  # one-line notes (orientation, the joint's memory mode) on the "diffxas" logger
+        from .checks import check_dataset, mark_checked
+
+        n_before = ds.n_frames
+        ds = check_dataset(ds, source=args.data)  # before the orientation check: broken frames, positions
+        if ds.n_frames < n_before:  # recorded with the input selection (the warning names them)
+            selection["frames_dropped_by_checks"] = int(n_before - ds.n_frames)
         ds, selection["orientation"] = resolve(ds, args.orientation)
+        mark_checked(ds)  # the same frames and positions, re-oriented
         try:
             result = reconstruct(ds, method, cfg, progress=_progress(args) and primary, checkpoint=ckpt,
                                  resume=args.resume, input_path=args.data, input_sha256=sha, selection=selection,
@@ -495,7 +557,7 @@ def _run_reconstruct(args) -> int:
     wall = time.perf_counter() - t0
     if not primary:  # every process holds the same (replicated) result: process 0 writes it
         return 0
-    io.write_result(out, result)
+    io.write_result_or_keep(out, result)  # a full disk: the result goes to a temporary folder, named in the error
     if ckpt is not None and args.checkpoint is None and not args.keep_checkpoint:
         remove_checkpoint(method, ckpt)
     import numpy as np
@@ -561,7 +623,7 @@ def _run_refit(args) -> int:
     fit = build_config(FitConfig, fit_map, section="twostep.fit", base=base)
     t0 = time.perf_counter()
     res = refit_two_step(src, fit, source=args.result, source_sha256=io.sha256_file(args.result))
-    io.write_result(out, res)
+    io.write_result_or_keep(out, res)
     valid = np.asarray(res.maps.valid).astype(bool)
     changed = {k: v for k, v in fit.to_dict().items() if not isinstance(ran, dict) or ran.get(k) != v}
     print(f"refit: {len(res.energies)} energies, {valid.shape[0]} x {valid.shape[1]} maps ({int(valid.sum())} valid "
@@ -739,8 +801,12 @@ def _run_report(args) -> int:
         _require_file(r, "results file")
         io.read_result(r)
     if args.truth is not None:
+        from .evaluate import check_truth_matches
+
         _require_file(args.truth, "ground-truth file")
-        io.read_truth(args.truth)
+        truth = io.read_truth(args.truth)
+        for r in args.results:
+            check_truth_matches(io.read_result(r), truth, r, args.truth)
     files = report(args.results, out, truth_path=args.truth, labels=labels, formats=formats,
                    nv_fraction=args.nv_fraction)
     summary = [f for f in files if os.path.basename(f) == "summary.md"]

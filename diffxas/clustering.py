@@ -534,17 +534,22 @@ def write_cluster_csv(path: str | os.PathLike, clusters: dict) -> str:
         header += [f"{f}_center [{unit}]", f"{f}_std [{unit}]"]
     if cconf is not None:
         header += ["mean_confidence"]
+    import io as _io
+
+    from .io import write_text_atomic
+
     path = os.fspath(path)
-    with open(path, "w", newline="") as fh:
-        wr = csv.writer(fh)
-        wr.writerow(header)
-        for j in range(len(fr)):
-            row = [j, int(counts[j]), f"{fr[j]:.6g}"]
-            for c in range(len(feats)):
-                row += [f"{centers[j, c]:.8g}", f"{cstd[j, c]:.6g}"]
-            if cconf is not None:
-                row += [f"{cconf[j]:.4g}" if j < len(cconf) else "nan"]
-            wr.writerow(row)
+    fh = _io.StringIO(newline="")
+    wr = csv.writer(fh)
+    wr.writerow(header)
+    for j in range(len(fr)):
+        row = [j, int(counts[j]), f"{fr[j]:.6g}"]
+        for c in range(len(feats)):
+            row += [f"{centers[j, c]:.8g}", f"{cstd[j, c]:.6g}"]
+        if cconf is not None:
+            row += [f"{cconf[j]:.4g}" if j < len(cconf) else "nan"]
+        wr.writerow(row)
+    write_text_atomic(path, fh.getvalue())  # never half-written; a full disk is one "disk full" line
     return path
 
 

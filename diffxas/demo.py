@@ -165,7 +165,10 @@ def write_simulation(sim, cxi_path, truth_path=None) -> tuple[Path, Path]:
     tmp_cxi, tmp_truth = _tmp_name(cxi), _tmp_name(truth)
     try:
         io.write_cxi(tmp_cxi, sim.dataset, extra_attrs=attrs)
-        io.write_truth(tmp_truth, sim.truth)
+        # the truth names the data it belongs to (evaluate/report --truth check it against
+        # the input SHA-256 a results file records)
+        t_attrs = dict(sim.truth.attrs or {}, data_sha256=io.sha256_file(tmp_cxi))
+        io.write_truth(tmp_truth, dataclasses.replace(sim.truth, attrs=t_attrs))
         os.replace(tmp_cxi, cxi)
         os.replace(tmp_truth, truth)
     finally:
@@ -390,8 +393,14 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
                     raise InputError(f"{ckpt}: checkpoint was made with a different method or configuration; "
                                      "delete it or run without --resume")
                 if not _same_part(old.get("input_selection"), meta.get("input_selection")):
-                    raise InputError(f"{ckpt}: checkpoint was made from another part of the input (--half, --energies "
-                                     "or --energy-list differ); delete it or run without --resume")
+                    o_sel, n_sel = old.get("input_selection") or {}, meta.get("input_selection") or {}
+                    o_or = (o_sel.get("orientation") or {}).get("applied", "none")
+                    n_or = (n_sel.get("orientation") or {}).get("applied", "none")
+                    # name what differs: an orientation found by --orientation auto is no --half
+                    what = (f"the frames' orientation differs: {o_or} then, {n_or} now; pass --orientation {o_or}"
+                            if o_or != n_or else "--half, --energies or --energy-list differ")
+                    raise InputError(f"{ckpt}: checkpoint was made from another part of the input ({what}); delete it "
+                                     "or run without --resume")
             else:
                 log(f"note: {ckpt} has no metadata; cannot check that it matches this input and configuration")
             log(f"resuming from checkpoint {ckpt}")

@@ -135,6 +135,8 @@ class EpieConfig:
     def __post_init__(self):
         if not (isinstance(self.epochs, (int, np.integer)) and self.epochs >= 1):
             raise ConfigError(f"epie epochs must be a positive integer, got {self.epochs!r}")
+        if self.epochs > 1_000_000:  # the seed runs 800; a million epochs of even tiny data take days
+            raise ConfigError(f"epie epochs must be <= 1e6 (the seed's schedule is 800), got {self.epochs:g}")
         if not (0.0 < self.alpha <= 2.0):
             raise ConfigError(f"epie alpha must be in (0, 2], got {self.alpha}")
         if not (0.0 <= self.beta <= 2.0):
@@ -565,9 +567,17 @@ def save_checkpoint(path, objects, probes, epoch: int, loss_hist, time_hist, kk_
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        from .errors import is_disk_full
+
+        if isinstance(e, Exception) and is_disk_full(e):  # the run goes on; the previous checkpoint is kept
+            import logging
+
+            logging.getLogger("diffxas").warning("%s: disk full: checkpoint at epoch %d not written (the previous "
+                                                 "one, if any, is kept); the run goes on", path, int(epoch))
+            return
         raise
 
 
@@ -619,6 +629,10 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
     if objects0.shape != (kn,) + shape:
         raise InputError(f"initial objects must be ({kn}, {shape[0]}, {shape[1]}), got {objects0.shape}")
     power0 = np.sum(np.abs(probes0.astype(np.complex128)) ** 2, axis=(1, 2))
+    empty = np.nonzero(power0 == 0)[0]  # (a non-finite probe still fails as a divergence at epoch 1)
+    if empty.size:  # else the first epoch fails as "diverged ... lower alpha/beta", which it is not
+        raise InputError(f"the initial probe of energy {energies[empty[0]]:.1f} eV is empty (all zero; "
+                         f"{empty.size} energies): fix the file's illumination or set epie.use_illumination=false")
 
     fp = _fingerprint(dataset, config)
     bg0 = None

@@ -372,7 +372,13 @@ def evaluate(result_or_maps: Result | ChemMaps, truth: Truth, nv_fraction: float
     if not np.isfinite(nv_t).any() or np.nanmax(nv_t) <= 0:
         raise InputError("truth n_v is zero on the result grid: the truth and the result do not overlap")
     region = np.isfinite(nv_t) & (nv_t >= nv_fraction * np.nanmax(nv_t))
-    valid = np.asarray(maps.valid).astype(bool)
+    flagged = np.asarray(maps.valid).astype(bool)
+    # a pixel flagged valid whose descriptor or n_v map is NaN/inf is not covered: it has
+    # no estimate (else the coverage reads 1.0 beside empty metrics)
+    finite = np.ones(maps.shape, bool)
+    for name in DESCRIPTORS + ("n_v",):
+        finite &= np.isfinite(np.asarray(getattr(maps, name), dtype=np.float64))
+    valid = flagged & finite
     vr = region & valid
     n_region = int(region.sum())
     out: dict[str, Any] = {
@@ -381,6 +387,7 @@ def evaluate(result_or_maps: Result | ChemMaps, truth: Truth, nv_fraction: float
         "n_region": n_region,
         "n_valid": int(vr.sum()),
         "coverage": float(vr.sum() / n_region) if n_region else None,
+        "n_valid_nonfinite": int((flagged & ~finite).sum()),
     }
     for name in DESCRIPTORS + ("edge_width",):
         if name in tr:
@@ -421,6 +428,78 @@ def default_json_path(results_path) -> str:
     return root + "_eval.json"
 
 
+def _sample_id(d) -> tuple | None:
+    """(preset, seed, dose) of a simulation record (truth attrs or a CXI's root attrs)."""
+    try:
+        return (str(d["preset"]), int(d["seed"]), float(d["dose"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def check_truth_matches(result, truth, result_path, truth_path) -> None:
+    """Refuse (one InputError line) a ground truth that belongs to another dataset than
+    the result's input. Evidence, strongest first: the truth's ``data_sha256`` (the CXI
+    file's SHA-256, recorded at simulate time) against the result's ``input_sha256``;
+    else the simulation record (preset, seed, dose) of the result's input CXI file, when
+    it is still there, against the truth's. Without either record there is nothing to
+    compare (e.g. a truth file from before the record, or a result from the API)."""
+    from . import io
+
+    attrs = truth.attrs or {}
+    sha = str(attrs.get("data_sha256") or "")
+    if sha and result.input_sha256:
+        if sha != result.input_sha256:
+            raise InputError(f"{os.fspath(truth_path)}: the ground truth belongs to another dataset (its data "
+                             f"SHA-256 {sha[:12]}... differs from the input {result.input_sha256[:12]}... recorded in "
+                             f"{os.fspath(result_path)})")
+        return
+    src = result.input_path
+    if not src or not os.path.isfile(src):
+        return
+    try:
+        with io._open_h5(src) as f:
+            cxi = {k: io._attr_value(v) for k, v in f.attrs.items()}
+    except InputError:
+        return
+    a, b = _sample_id(cxi), _sample_id(attrs)
+    if a is not None and b is not None and a != b:
+        raise InputError(f"{os.fspath(truth_path)}: the ground truth belongs to another dataset (preset, seed, dose "
+                         f"{b}) than the input {src} of {os.fspath(result_path)} {a}")
+
+
+def check_split_pair(path1, path2, r1=None, r2=None) -> None:
+    """Refuse FRC inputs that are not two independent halves: the same file twice (FRC
+    would be 1 at every frequency), two results recorded as the full data or as the same
+    half (``--half``), or halves of different input files."""
+    from . import io
+
+    p1, p2 = os.fspath(path1), os.fspath(path2)
+    same = os.path.abspath(p1) == os.path.abspath(p2)
+    try:
+        same = same or os.path.samefile(p1, p2)
+    except OSError:
+        pass
+    if same or io.sha256_file(p1) == io.sha256_file(p2):
+        raise InputError(f"--split {p2}: the same results as {p1}; FRC needs the two independent halves "
+                         "(reconstruct --half even and --half odd)")
+    r1 = io.read_result(p1) if r1 is None else r1
+    r2 = io.read_result(p2) if r2 is None else r2
+    h = []
+    for p, r in ((p1, r1), (p2, r2)):
+        cfg = r.config or {}
+        sel = cfg.get("input_selection") if isinstance(cfg, dict) else None
+        if isinstance(sel, dict):
+            if sel.get("half") not in ("even", "odd"):
+                raise InputError(f"{p}: a result of all frames, not of one half (reconstruct --half even/odd); "
+                                 "FRC between full-data results does not measure resolution")
+            h.append(sel.get("half"))
+    if len(h) == 2 and h[0] == h[1]:
+        raise InputError(f"{p1}, {p2}: both are the {h[0]} half; FRC needs the even and the odd half")
+    if r1.input_sha256 and r2.input_sha256 and r1.input_sha256 != r2.input_sha256:
+        raise InputError(f"{p1}, {p2}: halves of different input files (SHA-256 {r1.input_sha256[:12]}... and "
+                         f"{r2.input_sha256[:12]}...)")
+
+
 def evaluate_file(path, truth_path, json_path=None, nv_fraction: float = 0.25) -> dict[str, Any]:
     """The ``diffxas evaluate`` command: read result and truth, evaluate, write JSON.
 
@@ -431,6 +510,7 @@ def evaluate_file(path, truth_path, json_path=None, nv_fraction: float = 0.25) -
 
     result = io.read_result(path)
     truth = io.read_truth(truth_path)
+    check_truth_matches(result, truth, path, truth_path)
     metrics = evaluate(result, truth, nv_fraction=nv_fraction)
     json_path = os.fspath(json_path) if json_path is not None else default_json_path(path)
     metrics["result_path"] = os.fspath(path)
@@ -618,7 +698,9 @@ def frc_files(path1, path2, names=DESCRIPTORS, json_path=None, fig_dir=None) -> 
     """
     from . import io
 
-    m1, m2 = io.read_result(path1).maps, io.read_result(path2).maps
+    r1, r2 = io.read_result(path1), io.read_result(path2)
+    check_split_pair(path1, path2, r1, r2)
+    m1, m2 = r1.maps, r2.maps
     out = {}
     for name in names:
         try:
@@ -632,5 +714,8 @@ def frc_files(path1, path2, names=DESCRIPTORS, json_path=None, fig_dir=None) -> 
     if fig_dir is not None:
         from .plotting import fig_frc, save_figure
 
-        save_figure(fig_frc(list(out.values()), labels=list(out)), fig_dir, "frc")
+        # named after the JSON (or the first result): a second split evaluation in the same
+        # folder does not overwrite the first one's figure
+        stem = os.path.splitext(os.path.basename(os.fspath(json_path if json_path is not None else path1)))[0]
+        save_figure(fig_frc(list(out.values()), labels=list(out)), fig_dir, stem if stem.endswith("frc") else f"{stem}_frc")
     return out

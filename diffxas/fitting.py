@@ -86,8 +86,8 @@ class FitConfig:
     chunk: int = 1024
 
     def __post_init__(self):
-        if self.smooth_sigma < 0:
-            raise ConfigError(f"fit smooth_sigma must be >= 0 pixels, got {self.smooth_sigma}")
+        if not (0 <= self.smooth_sigma < float("inf")):  # NaN and inf too (they would be recorded and ignored)
+            raise ConfigError(f"fit smooth_sigma must be a finite number >= 0 of pixels, got {self.smooth_sigma}")
         if self.iterations < 1:
             raise ConfigError(f"fit iterations must be >= 1, got {self.iterations}")
         for name in ("b3_bounds", "width_bounds"):
@@ -100,7 +100,7 @@ class FitConfig:
             raise ConfigError(f"fit b2_step must be positive, got {self.b2_step}")
         if not self.b3_grid or min(self.b3_grid) <= 0:
             raise ConfigError(f"fit b3_grid must hold positive widths, got {self.b3_grid}")
-        if self.jump_threshold < 0:
+        if not (0 <= self.jump_threshold < float("inf")):
             raise ConfigError(f"fit jump_threshold must be >= 0, got {self.jump_threshold}")
         if self.chunk < 1:
             raise ConfigError(f"fit chunk must be >= 1, got {self.chunk}")

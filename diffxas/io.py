@@ -33,7 +33,7 @@ import numpy as np
 from . import __version__
 from .constants import ELEMENTARY_CHARGE, HC_EV_M
 from .dataset import Dataset
-from .errors import InputError
+from .errors import DiffxasError, DiskFullError, InputError, is_disk_full
 from .geometry import object_pixel_size
 from .maps import MAP_FIELDS, ChemMaps, Result, Truth
 from .sources import LazyFrames
@@ -233,8 +233,42 @@ def _attr_value(value: Any) -> Any:
 
 
 # ---- atomic writes ----------------------------------------------------------------------
+def _free_bytes(folder) -> float | None:
+    """Free bytes in ``folder`` (its nearest existing ancestor); None if unknown."""
+    import shutil
+
+    d = Path(folder)
+    while not d.exists() and d.parent != d:
+        d = d.parent
+    try:
+        return float(shutil.disk_usage(d).free)
+    except OSError:
+        return None
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:.3g} MB"
+
+
+def disk_full_error(path, exc: BaseException | None = None, what: str = "file") -> DiskFullError:
+    """The one-line error of a write that failed on a full disk (``nothing written``)."""
+    free = _free_bytes(Path(path).parent)
+    tail = f"; {_mb(free)} free in {Path(path).parent}" if free is not None else ""
+    return DiskFullError(f"{path}: disk full while writing the {what}; nothing written{tail}")
+
+
+def check_free_space(path, need_bytes: float, what: str = "file") -> None:
+    """Refuse (one line, "disk full") before writing ``need_bytes`` to ``path`` when its
+    folder has less free space (an estimate: what a write may need, compression ignored)."""
+    free = _free_bytes(Path(path).parent)
+    if free is not None and need_bytes > free:
+        raise DiskFullError(f"{path}: disk full: the {what} needs about {_mb(need_bytes)}, only {_mb(free)} free "
+                            f"in {Path(path).parent}")
+
+
 def write_text_atomic(path, text: str) -> str:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written;
+    a full disk is one :class:`~diffxas.errors.DiskFullError` line naming ``path``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
@@ -242,9 +276,11 @@ def write_text_atomic(path, text: str) -> str:
         with open(tmp, "x", newline="", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if is_disk_full(e):
+            raise disk_full_error(path) from None
         raise
     return os.fspath(path)
 
@@ -260,9 +296,11 @@ def _atomic_h5(path) -> Iterator[h5py.File]:
         with h5py.File(tmp, "x") as f:
             yield f
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if is_disk_full(e):  # one line naming the file, not HDF5's error stack
+            raise disk_full_error(path) from None
         raise
 
 
@@ -292,6 +330,8 @@ def _open_h5(path) -> Iterator[h5py.File]:
         raise _err(p, None, "no such file")
     if p.is_dir():
         raise _err(p, None, "is a directory, expected an HDF5 file")
+    if not p.is_file():  # a FIFO, socket or device: reading it could block forever
+        raise _err(p, None, "is not a regular file (a pipe, socket or device?), expected an HDF5 file")
     try:
         f = h5py.File(p, "r")
     except OSError as e:
@@ -1190,6 +1230,34 @@ def _read_clusters_group(path, g: h5py.Group, shape) -> dict[str, Any]:
     return out
 
 
+def result_bytes(result: Result) -> int:
+    """Upper estimate of a results file's size (bytes, uncompressed arrays + 1 MiB)."""
+    n = 1 << 20
+    for a in (result.absorption, result.phase, result.probes, result.background):
+        if a is not None:
+            n += int(np.size(a)) * (8 if np.iscomplexobj(a) else 4)
+    n += (len(MAP_FIELDS) + 1 + len(result.maps.std or {})) * 8 * int(np.prod(result.maps.shape))
+    return n
+
+
+def write_result_or_keep(path, result: Result) -> Path:
+    """:func:`write_result`; on a full disk write it to a new temporary folder instead
+    and raise one :class:`~diffxas.errors.DiskFullError` line naming both files (the
+    finished reconstruction is not lost)."""
+    import tempfile
+
+    try:
+        return write_result(path, result)
+    except DiskFullError as e:
+        first = str(e)
+        try:
+            alt = Path(tempfile.mkdtemp(prefix="diffxas-")) / Path(path).name
+            write_result(alt, result)
+        except (OSError, DiffxasError) as e2:
+            raise DiskFullError(f"{first}; could not keep the result elsewhere either ({e2})") from None
+        raise DiskFullError(f"{first}; the result was saved to {alt} instead (move it where there is room)") from None
+
+
 def write_result(path, result: Result) -> Path:
     """Write a reconstruction's :class:`Result` to an HDF5 results file, atomically.
 
@@ -1221,6 +1289,7 @@ def write_result(path, result: Result) -> Path:
             raise ValueError(f"history {n!r} must be 1-D, got shape {v.shape}")
     valid = np.asarray(maps.valid).astype(bool)
     masked = maps.masked()
+    check_free_space(path, result_bytes(result), "results file")
     with _atomic_h5(path) as f:
         f.attrs["format"] = RESULT_FORMAT
         f.attrs["method"] = str(result.method)
@@ -1281,12 +1350,20 @@ def write_result(path, result: Result) -> Path:
     return path
 
 
+#: The methods whose results diffxas writes (and reads).
+RESULT_METHODS = ("two-step", "joint")
+
+
 def _check_result_file(path, f: h5py.File) -> None:
     fmt = f.attrs.get("format")
     if fmt is not None and _attr_value(fmt) not in (RESULT_FORMAT,):
         raise _err(path, None, f"not a diffxas results file (format {_attr_value(fmt)!r})")
     if "maps" not in f or "method" not in f.attrs:
         raise _err(path, None, "not a diffxas results file (no /maps group or 'method' attribute)")
+    method = str(_attr_value(f.attrs["method"]))
+    if method not in RESULT_METHODS:
+        raise _err(path, None, f"unknown method {method!r} in the results file; diffxas writes "
+                               f"{', '.join(RESULT_METHODS)}")
 
 
 def _map_attr(path, g: h5py.Group, name: str):

@@ -110,6 +110,12 @@ WIDTH_MIN = {"b3": 0.5, "c13": 0.3, "c23": 0.3}
 RELATIVE_OK = ("c11", "c21")
 
 
+#: The most optimiser steps a run may ask for: 1e7 steps of ~10 ms (the fastest measured,
+#: preset tiny on a GPU) are more than a day; the presets converge in 1e2-1e4 steps, so a
+#: larger number is a typo (``steps = 1e9`` would otherwise start and never end).
+MAX_STEPS = 10_000_000
+
+
 @dataclasses.dataclass(frozen=True)
 class JointConfig:
     """Configuration of the joint solver (frozen, validated). Energies in eV."""
@@ -224,6 +230,19 @@ class JointConfig:
     def __post_init__(self):
         if self.steps < 0:
             raise ConfigError(f"steps must be >= 0, got {self.steps}")
+        if self.steps > MAX_STEPS:
+            raise ConfigError(f"steps must be <= {MAX_STEPS:g}, got {self.steps:g}: at the fastest measured step "
+                              "(~10 ms, tiny on a GPU) that is more than a day; the presets converge in 1e2-1e4")
+        for name in ("log_every", "checkpoint_every"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, np.integer)) and v >= 1):
+                raise ConfigError(f"{name} must be a positive number of steps, got {v!r}")
+        if not (math.isfinite(self.valid_jump_fraction) and 0.0 <= self.valid_jump_fraction < 1.0):
+            raise ConfigError(f"valid_jump_fraction must be in [0, 1) (a fraction of the 99th-percentile edge jump), "
+                              f"got {self.valid_jump_fraction}")
+        if self.reference_energy is not None and not (1000.0 <= self.reference_energy <= 100000.0):
+            raise ConfigError(f"reference_energy must be a photon energy in eV (1e3..1e5) inside the scan, got "
+                              f"{self.reference_energy}")
         if self.loss not in ("amplitude", "poisson"):
             raise ConfigError(f"loss must be 'amplitude' or 'poisson', got {self.loss!r}")
         bad = sorted(set(self.per_pixel) - set(ALL_PARAMS))
@@ -1182,12 +1201,30 @@ class JointState(eqx.Module):
 
 
 def _save_checkpoint(path: str, state: JointState, history: dict):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        eqx.tree_serialise_leaves(f, state)
-    np.savez(path + ".hist.tmp.npz", **{k: np.asarray(v) for k, v in history.items()})
-    os.replace(path + ".hist.tmp.npz", path + ".hist.npz")
-    os.replace(tmp, path)
+    """Write the state and history (both to temporary files first, then both renamed: a
+    failure leaves the previous checkpoint whole and no ``*.tmp``). A full disk skips this
+    checkpoint with one warning naming the file (the run goes on; the previous checkpoint
+    stays resumable); any other failure raises."""
+    import contextlib
+
+    from .errors import is_disk_full
+
+    tmp, htmp = path + ".tmp", path + ".hist.tmp.npz"
+    try:
+        with open(tmp, "wb") as f:
+            eqx.tree_serialise_leaves(f, state)
+        np.savez(htmp, **{k: np.asarray(v) for k, v in history.items()})
+        os.replace(tmp, path)
+        os.replace(htmp, path + ".hist.npz")
+    except Exception as e:
+        for t in (tmp, htmp):
+            with contextlib.suppress(OSError):
+                os.unlink(t)
+        if not is_disk_full(e):
+            raise
+        logging.getLogger("diffxas").warning(
+            "%s: disk full: checkpoint at step %d not written (the previous one, if any, is kept); the run goes on",
+            path, int(state.step))
 
 
 def _load_checkpoint(path: str, like: JointState):
@@ -1434,6 +1471,10 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
     :func:`diffxas.parallel.reconstruct_joint_sharded` (``shard(solver, state)`` returns
     the sharded pair).
     """
+    from .checks import check_dataset, check_reference_energy
+
+    ds = check_dataset(ds)  # can these data support maps? (refuse, or drop bad frames; once per dataset)
+    check_reference_energy(cfg.reference_energy, ds.energies, "joint.reference_energy")
     if cfg.per_domain and cfg.domains == "auto" and _domain_labels is None:
         return _reconstruct_two_pass(ds, cfg, progress, checkpoint, resume, callback, n_shards, shard)
     t_start = time.perf_counter()

@@ -166,16 +166,20 @@ def save_figure(fig: Figure, out_dir, stem: str, formats=("png", "pdf")) -> list
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for fmt in formats:
-        p = os.path.join(out_dir, f"{stem}.{fmt}")
-        # A fresh name that savefig creates itself (not mkstemp's 0600 file): the figure
-        # gets the usual permissions of the user's umask.
-        tmp = os.path.join(out_dir, f".{stem}.{uuid.uuid4().hex}.{fmt}.tmp")
+        p = os.path.join(os.fspath(out_dir), f"{stem}.{fmt}")
+        # never a half-written (0-byte) figure: a fresh name that savefig creates itself (not
+        # mkstemp's 0600 file, so the figure gets the user's umask), then a rename
+        tmp = os.path.join(os.fspath(out_dir), f".{stem}.{uuid.uuid4().hex}.{fmt}.tmp")
         try:
             fig.savefig(tmp, dpi=DPI, format=fmt)
             os.replace(tmp, p)
-        except BaseException:
+        except BaseException as e:
             if os.path.exists(tmp):
-                os.remove(tmp)
+                os.unlink(tmp)
+            from .errors import DiskFullError, is_disk_full
+
+            if is_disk_full(e):
+                raise DiskFullError(f"{p}: disk full while writing the figure; nothing written") from None
             raise
         paths.append(p)
     return paths

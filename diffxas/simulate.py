@@ -132,6 +132,8 @@ class SimConfig:
             raise ConfigError("energies must be at least two strictly increasing values in eV")
         if e.min() < 1000 or e.max() > 100000:
             raise ConfigError(f"energies must be in eV (1e3..1e5), got {e.min()}..{e.max()}")
+        if np.any(np.diff(e) < 1e-3):  # checks.ENERGY_TOL_EV: one energy written twice
+            raise ConfigError(f"energies closer than 1e-3 eV: {e[np.argmin(np.diff(e))]:.7g} eV twice?")
         if self.frame_size < 8 or self.frame_size % 2:
             raise ConfigError(f"frame_size must be even and >= 8, got {self.frame_size}")
         for name in ("detector_pixel", "distance", "probe_fwhm", "scan_step", "scan_width", "particle_radius",

@@ -1304,16 +1304,36 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def check_points(points: Sequence[Mapping[str, Any]], where: str, values: bool = False) -> None:
+    """Build every point's configuration (:func:`build_point`) and raise the first
+    unknown-key error (with ``values``: any configuration error) as one ConfigError line
+    naming the sweep file and the point's folder."""
+    for p in points:
+        try:
+            build_point(p["config"])
+        except ConfigError as e:
+            if values or "unknown key" in str(e):
+                raise ConfigError(f"{where}: point {p['dir']}: {_one_line(e)}") from None
+
+
 def main_cli(args: argparse.Namespace) -> int:
     """The ``diffxas sweep`` command: 0 if every point succeeded, 1 if some failed.
 
     Configuration errors raise :class:`ConfigError` (the CLI prints one line, exit 2).
     """
     overrides = _parse_set(getattr(args, "overrides", None) or [])
+    workers = getattr(args, "workers", 1)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"-o {args.out}: exists and is not a folder (the sweep writes one sub-folder per point)")
+    spec = load_spec(args.spec, profile=getattr(args, "profile", None))
+    if overrides:
+        spec.base = _apply(spec.base, overrides)
+    # key typos (in [base], an axis, a point or --set) fail every point: refuse them before
+    # anything runs (a bad value stays that point's failure, recorded; the others run)
+    check_points(expand_points(spec), spec.source or str(args.spec))
     if getattr(args, "dry_run", False):
-        spec = load_spec(args.spec, profile=getattr(args, "profile", None))
-        if overrides:
-            spec.base = _apply(spec.base, overrides)
         pts = expand_points(spec)
         out = Path(args.out)
         for p in pts:

@@ -153,7 +153,11 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
     """
     cfg = TwoStepConfig() if config is None else config
     t0 = time.perf_counter()
+    from .checks import check_dataset, check_reference_energy
+
+    dataset = check_dataset(dataset)  # can these data support maps? (refuse, or drop bad frames)
     e = np.asarray(dataset.energies, np.float64)
+    check_reference_energy(cfg.reference_energy, e, "twostep.reference_energy")
     edge = _edge(cfg, e)  # before the ePIE: a wrong element fails now, not after an hour
     e_ref = float(e.min()) if cfg.reference_energy is None else float(cfg.reference_energy)
     ck = None
