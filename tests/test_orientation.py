@@ -261,8 +261,9 @@ def test_beamstop_never_gives_a_wrong_orientation_tiny(tiny_one_energy, size):
     and 3x3 masks (both leave a 3x3 hole once the mask is made symmetric under the 8
     candidates; bright-field index 0.54, score 0.3+); with 4x4 and larger the direct beam is
     hidden, the unmasked counts are dark field (index 0.01-0.02) and the check keeps the
-    frames. Before the fix a 4x4 mask gave undetermined/wrong pairs and 6x6 to 12x12 gave the
-    180-degree twin with score 0.45-0.64 (confident): this test failed there."""
+    frames. Before the fix a 4x4 mask gave an undetermined check (score 0.13) and 6x6 to
+    12x12 the 180-degree twin with score 0.39-0.64 (confident): this test failed for 6, 8
+    and 12 (checked against the code before the fix)."""
     got = _decisions(tiny_one_energy, size)
     for written, decision in got.items():
         assert decision in (O.inverse(written), O.UNDECIDED), (size, written, decision)
