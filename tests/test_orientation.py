@@ -257,18 +257,18 @@ def test_beamstop_never_gives_a_wrong_orientation_tiny(tiny_one_energy, size):
     """`tiny` frames behind central masks of 2x2 to 12x12 pixels, written in each of the 8
     orientations. Reference: the orientation they were written in (its inverse undoes it).
 
-    Never a wrong orientation. Found (measured at this commit) with no mask and with 2x2
-    and 3x3 masks (both leave a 3x3 hole once the mask is made symmetric under the 8
-    candidates; bright-field index 0.54, score 0.3+); with 4x4 and larger the direct beam is
-    hidden, the unmasked counts are dark field (index 0.01-0.02) and the check keeps the
-    frames. Before the fix a 4x4 mask gave an undetermined check (score 0.13) and 6x6 to
+    Never a wrong orientation. Found with no mask (score 0.98, bright-field index 0.96) and
+    with 2x2 and 3x3 masks (both leave a 3x3 hole once the mask is made symmetric under the
+    8 candidates; score 0.65, index 0.70); with 4x4 and larger the direct beam is hidden,
+    the unmasked counts are dark field (index 0.02-0.05, while the score is 0.60-0.66 for
+    the *wrong* twin) and the check keeps the frames. Before the fix a 4x4 mask gave an undetermined check (score 0.13) and 6x6 to
     12x12 the 180-degree twin with score 0.39-0.64 (confident): this test failed for 6, 8
     and 12 (checked against the code before the fix)."""
     got = _decisions(tiny_one_energy, size)
     for written, decision in got.items():
         assert decision in (O.inverse(written), O.UNDECIDED), (size, written, decision)
-    if size == 0:
-        assert all(d == O.inverse(w) for w, d in got.items()), got
+    if size <= 3:
+        assert all(d == O.inverse(w) for w, d in got.items()), (size, got)
     if size >= 4:
         assert all(d == O.UNDECIDED for d in got.values()), got
 
