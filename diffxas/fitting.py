@@ -25,8 +25,9 @@ Initialisation (robust, variable projection):
 2. *Per pixel.* With the pre-edge shape fixed at the global values, a grid over
    (b2, b3) with the linear amplitudes (a, b1, c11, c21) solved exactly for every pixel
    at once (one thin QR per grid point, the projection of all pixels in one product)
-   picks the start; LM then refines all ten parameters per pixel (or six with
-   ``tie_pre_edge``: c12, c13, c22, c23 fixed at the global values).
+   picks the start; LM then refines six parameters per pixel (c12, c13, c22, c23 fixed
+   at the global values: ``tie_pre_edge``), and without ``tie_pre_edge`` all ten from
+   that solution and from restarts of the pre-edge peaks (:func:`multistart_fit`).
 
 Noise and validity (the seed's missing-data rule): ``sigma`` per pixel is the RMS about
 their mean (ddof 1) of the points in the noise window (default: energies below the
@@ -507,6 +508,104 @@ def noise_energy_mask(energies, global_params: dict[str, float], cfg: FitConfig)
     return sel
 
 
+#: Restarts of the ten-parameter fit (:func:`multistart_fit`): (offset of the second peak
+#: c22 from the first, c12, in eV; its width c23 in eV); ``None`` keeps the tied solution's
+#: position and width (only the amplitude is revived).
+SECOND_PEAK_STARTS: tuple[tuple[float | None, float | None], ...] = ((2.0, 0.6), (4.0, 2.0), (7.0, 3.0), (None, 0.6))
+
+
+def multistart_fit(Y: np.ndarray, u_tied: np.ndarray, energies, bounds, cfg: FitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """All ten parameters per pixel, the best of several LM runs: ``(u (N, 10), cost (N,))``.
+
+    ``Y`` (K, N) spectra, ``u_tied`` (N, 10) the raw tied solution (pre-edge shape at the
+    global values). From the tied solution alone, LM stops short of the minimum on 9-14 %
+    of spectra at the seed's 40 energies (measured against lmfit, tests/test_fitting_lmfit.py):
+    the second Lorentzian's amplitude runs to 0 (where ``softplus`` is flat and the peak
+    cannot come back) or its width to a bound, and the edge takes up its share. So LM
+    also runs from :data:`SECOND_PEAK_STARTS`: the tied solution with the second peak
+    moved to ``c12 + offset`` with width ``c23`` and its amplitude revived to at least
+    0.3 c11; per pixel the run with the lowest cost wins (the tied start first on ties,
+    so a pixel is never worse than before). All these starts go through one vmapped LM
+    call. Then, twice more (second peak, then first): the peak is re-placed where it
+    lowers that pixel's residual most (:func:`peak_grid`, a closed-form grid over the
+    measured energies and widths 0.3-3 eV, the other parameters kept), LM runs from
+    there, and the result is kept where it is lower. Noise can make a narrow peak on one
+    noisy point a local minimum that LM cannot leave by small steps; the grid finds it.
+
+    Measured (tests/test_fitting_lmfit.py, 200 spectra, sigma 0.003 / 0.01): spectra more
+    than 1 above lmfit's chi-square 1.5 % / 8.5 % before, 0 % / 0 % after; fit_stack of
+    2000 spectra 2.5 -> 3.1 ms per spectrum (2-core CPU, loaded).
+    """
+    e = np.asarray(energies, np.float64)
+    n = Y.shape[1]
+    p0 = {k: np.asarray(v, np.float64) for k, v in from_raw(jnp.asarray(u_tied), bounds).items()}
+    lo22, hi22 = bounds["c22"]
+    starts = [np.asarray(u_tied, np.float64)]
+    for off, w in SECOND_PEAK_STARTS:
+        p = dict(p0)
+        p["c21"] = np.maximum(p0["c21"], 0.3 * np.maximum(p0["c11"], 1e-4))
+        if off is not None:
+            p["c22"] = np.clip(p0["c12"] + off, lo22, hi22)
+        if w is not None:
+            p["c23"] = np.full(n, w)
+        starts.append(to_raw(p, bounds))
+    s = len(starts)
+    u, cost = lm_fit(np.tile(Y.T, (s, 1)), np.concatenate(starts), e, bounds, iterations=cfg.iterations, chunk=cfg.chunk)
+    cost = np.where(np.isfinite(cost), cost, np.inf).reshape(s, n)
+    best = np.argmin(cost, axis=0)  # first minimum: the tied start wins ties
+    cols = np.arange(n)
+    u, cost = u.reshape(s, n, -1)[best, cols], cost[best, cols]
+    # one more start: the second peak placed where it lowers the residual most, every
+    # other parameter kept (a narrow peak on one noisy point is a minimum LM cannot leave)
+    # and then the first peak the same way (the second one kept)
+    for peak in (2, 1):
+        p1 = {k: np.asarray(v, np.float64) for k, v in from_raw(jnp.asarray(u), bounds).items()}
+        p1.update(peak_grid(Y, e, p1, bounds, peak))
+        u2, c2 = lm_fit(Y.T, to_raw(p1, bounds), e, bounds, iterations=cfg.iterations, chunk=cfg.chunk)
+        better = np.isfinite(c2) & (c2 < cost)
+        u, cost = np.where(better[:, None], u2, u), np.where(better, c2, cost)
+    return u, cost
+
+
+def peak_grid(Y: np.ndarray, energies, p: dict[str, np.ndarray], bounds, peak: int = 2,
+              block: int = 4096) -> dict[str, np.ndarray]:
+    """Per pixel, the pre-edge peak ``peak`` (1 or 2: c{peak}1 >= 0, c{peak}2, c{peak}3)
+    that best fits what the rest of eq. 1 (``p``, physical, (N,) each) leaves of ``Y``
+    (K, N): a grid of the position over
+    the measured energies inside its bounds (and their midpoints) times widths 0.3-3 eV
+    (inside the width bounds), the amplitude by non-negative least squares (closed form)."""
+    e = np.asarray(energies, np.float64)
+    amp, cen, wid = (f"c{peak}1", f"c{peak}2", f"c{peak}3")
+    other = 3 - peak
+    lo, hi = bounds[cen]
+    wlo, whi = bounds[wid]
+    es = np.unique(e)
+    pos = np.unique(np.concatenate([es, 0.5 * (es[1:] + es[:-1])]))
+    pos = pos[(pos >= lo) & (pos <= hi)]
+    if pos.size == 0:
+        return {}
+    widths = np.unique(np.clip([0.3, 0.6, 1.0, 2.0, 3.0], wlo, whi))
+    cand = np.array([(c, w) for c in pos for w in widths])  # (C, 2)
+    L = _lor(e[None, :], cand[:, :1], cand[:, 1:])  # (C, K)
+    LL = np.sum(L * L, axis=1)  # (C,)
+    q = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    rest = (q["a"] + q["b1"] * _step(e[:, None], q["b2"], q["b3"])
+            + q[f"c{other}1"] * _lor(e[:, None], q[f"c{other}2"], q[f"c{other}3"]))
+    R = np.asarray(Y, np.float64) - rest  # (K, N)
+    n = R.shape[1]
+    out = {amp: np.array(q[amp]), cen: np.array(q[cen]), wid: np.array(q[wid])}
+    for a in range(0, n, block):
+        r = R[:, a:a + block]
+        proj = np.maximum(L @ r, 0.0)  # (C, n)
+        gain = proj * proj / LL[:, None]  # decrease of the rss
+        i = np.argmax(gain, axis=0)
+        cols = np.arange(r.shape[1])
+        out[amp][a:a + block] = proj[i, cols] / LL[i]
+        out[cen][a:a + block] = cand[i, 0]
+        out[wid][a:a + block] = cand[i, 1]
+    return out
+
+
 def fit_stack(stack: np.ndarray, energies, mask: np.ndarray, cfg: FitConfig | None = None) -> FitResult:
     """Fit eq. 1 to every pixel of ``stack`` (K, H, W) inside ``mask`` (H, W)."""
     cfg = FitConfig() if cfg is None else cfg
@@ -538,8 +637,8 @@ def fit_stack(stack: np.ndarray, energies, mask: np.ndarray, cfg: FitConfig | No
     start = init_pixels(Y, e, gp, cfg)
     tied = [n not in PRE_EDGE_SHAPE for n in PARAM_NAMES]
     u, cost = lm_fit(Y.T, to_raw(start, bounds), e, bounds, free=tied, iterations=cfg.iterations, chunk=cfg.chunk)
-    if not cfg.tie_pre_edge:  # all ten per pixel, from the tied solution
-        u, cost = lm_fit(Y.T, u, e, bounds, iterations=cfg.iterations, chunk=cfg.chunk)
+    if not cfg.tie_pre_edge:  # all ten per pixel, from the tied solution and a few restarts
+        u, cost = multistart_fit(Y, u, e, bounds, cfg)
     p = {k: np.asarray(v, np.float64) for k, v in from_raw(jnp.asarray(u), bounds).items()}
     sel = noise_energy_mask(e, gp, cfg)
     sig = np.std(Y[sel], axis=0, ddof=1) if sel.sum() > 1 else np.zeros(Y.shape[1])

@@ -42,6 +42,21 @@ with strong phase curvature far out of focus (its own phase gradient, weighted b
 transmission, adds to the centre of mass), or too few frames over the particle. The check
 then reports a low score or a small margin and :func:`resolve` keeps the frames as they
 are (with a warning).
+
+**Masked pixels (a beamstop).** Only unmasked pixels give evidence, and only pixels that
+stay unmasked under every candidate: the sums and centres of mass are taken over the
+mask's intersection with its 8 re-orientations (:func:`symmetric_mask`), so the candidates
+are compared on the same pixels and ``R^T c`` is exactly the re-oriented frame's centre
+of mass. A mask over the direct beam leaves a second trap: the unmasked counts are then
+mostly light scattered by the sample (dark field), which is *higher* over the particle,
+not lower, so the "absorption" changes sign and the 180-degree twin wins (measured on
+`tiny`, 32 x 32 frames: a central 4 x 4 to 12 x 12 mask gave ``rot180`` with score
+0.4-0.6 on correctly oriented frames). The check therefore asks whether the unmasked
+counts still behave as bright field: in a bright field the empty-membrane frames, the
+most common level of the frame sums, are the *brightest* frames; in a dark field the
+darkest. :func:`bright_field_index` puts the sums' mode within their 2-98 % range (1: at
+the top, 0: at the bottom); below :data:`MIN_BRIGHT_FIELD` the check is not decisive and
+:func:`resolve` keeps the frames ("undecided, frames kept").
 """
 
 from __future__ import annotations
@@ -82,6 +97,12 @@ MIN_SCORE = 0.3
 #: ... and leads the runner-up by at least this much (see docs/formats.md, "Detector
 #: orientation", for the scores measured on simulated data of every preset and dose).
 MIN_MARGIN = 0.2
+#: ... and the unmasked counts behave as bright field (:func:`bright_field_index` at least
+#: this; measured: 0.8-1.0 with the direct beam visible, 0.0-0.3 with it hidden).
+MIN_BRIGHT_FIELD = 0.5
+#: the words :func:`resolve` and :meth:`OrientationCheck.summary` use when the check is not
+#: decisive
+UNDECIDED = "undecided, frames kept"
 
 
 def matrix(name: str) -> np.ndarray:
@@ -221,12 +242,29 @@ class OrientationCheck:
     confident: bool
     pixels: int
     absorption_contrast: float
+    #: :func:`bright_field_index` of the unmasked frame sums (median over the energies)
+    bright_field: float = 1.0
+    #: detector pixels left out (masked, or masked under one of the 8 candidates), most of any energy
+    excluded_pixels: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"scores": {k: round(float(v), 4) for k, v in self.scores.items()}, "best": self.best,
                 "margin": round(float(self.margin), 4), "confident": bool(self.confident),
+                "decision": self.best if self.confident else UNDECIDED,
                 "pixels": int(self.pixels), "absorption_contrast": float(self.absorption_contrast),
-                "min_score": MIN_SCORE, "min_margin": MIN_MARGIN}
+                "bright_field": round(float(self.bright_field), 4), "excluded_pixels": int(self.excluded_pixels),
+                "min_score": MIN_SCORE, "min_margin": MIN_MARGIN, "min_bright_field": MIN_BRIGHT_FIELD}
+
+    def reason(self) -> str:
+        """Why the check is not decisive ('' when it is)."""
+        if self.confident:
+            return ""
+        if not self.bright_field >= MIN_BRIGHT_FIELD:
+            return (f"the unmasked counts look like dark field, not bright field (index {self.bright_field:.2f} < "
+                    f"{MIN_BRIGHT_FIELD}; {self.excluded_pixels} detector pixels masked or masked under a flip: "
+                    "a beamstop over the direct beam?)")
+        return (f"needs a best score >= {MIN_SCORE} and a margin >= {MIN_MARGIN} (little absorption contrast, "
+                "few frames on the sample, or a strongly defocused probe?)")
 
     def summary(self) -> str:
         lines = ["orientation      score   (correlation of the DPC phase gradient with -grad(absorption))"]
@@ -234,10 +272,10 @@ class OrientationCheck:
             mark = "  <- best" if name == self.best else ""
             lines.append(f"  {name:<14s} {s:+.3f}{mark}")
         lines.append(f"margin {self.margin:.3f} over the runner-up; {self.pixels} map pixels; "
-                     f"absorption contrast {self.absorption_contrast:.3g}")
+                     f"absorption contrast {self.absorption_contrast:.3g}; bright-field index "
+                     f"{self.bright_field:.2f}; {self.excluded_pixels} detector pixels excluded")
         if not self.confident:
-            lines.append(f"undetermined: needs a best score >= {MIN_SCORE} and a margin >= {MIN_MARGIN} "
-                         "(little absorption contrast, few frames on the sample, or a strongly defocused probe?)")
+            lines.append(f"{UNDECIDED}: {self.reason()}")
         elif self.best == "none":
             lines.append("the frames match diffxas's convention: no re-orientation needed (--orientation none)")
         else:
@@ -268,12 +306,55 @@ def check_centring(ds: Dataset, max_frames: int = 64) -> tuple[int, int]:
     return int(r), int(c)
 
 
+def symmetric_mask(mask) -> np.ndarray:
+    """``mask`` (K, M, M) (or (M, M)) reduced to the pixels unmasked under all 8
+    orientations: 1 where ``orient(mask, name)`` is nonzero for every ``name``, else 0
+    (float32, same shape). Statistics over it compare every candidate on the same pixels."""
+    m = np.asarray(mask) > 0
+    out = np.ones(m.shape, bool)
+    for name in ORIENTATIONS:
+        out &= orient(m, name)
+    return out.astype(np.float32)
+
+
+def bright_field_index(sums: np.ndarray, energy_index: np.ndarray) -> float:
+    """Where the frame sums' most common level lies within their range, median over the
+    energies: 1 = at the top (bright field: the empty-membrane frames are the brightest),
+    0 = at the bottom (dark field: the sample scatters light into the unmasked pixels).
+
+    Per energy: the mode is the middle of the shortest interval holding 10 % of the
+    frames (at least 3), placed within the 2-98 % percentiles. An energy with fewer than
+    3 finite sums or no spread gives no value; none at all gives NaN."""
+    ei = np.asarray(energy_index)
+    sums = np.asarray(sums, np.float64)
+    vals = []
+    for k in np.unique(ei):
+        v = np.sort(sums[(ei == k) & np.isfinite(sums)])
+        if v.size < 3:
+            continue
+        lo, hi = np.percentile(v, [2, 98])
+        if not hi > lo:
+            continue
+        w = max(3, v.size // 10)
+        widths = v[w - 1:] - v[: v.size - w + 1]
+        i = int(np.argmin(widths))
+        mode = 0.5 * (v[i] + v[i + w - 1])
+        vals.append(float(np.clip((mode - lo) / (hi - lo), 0.0, 1.0)))
+    return float(np.median(vals)) if vals else float("nan")
+
+
 def check_orientation(ds: Dataset, moments=None) -> OrientationCheck:
     """Score the 8 detector orientations of ``ds`` (module docstring). ``moments``: the
-    frames' ``(sums, centres)`` when already computed (:func:`diffxas.stxm.frame_moments`)."""
+    frames' ``(sums, centres)`` when already computed (:func:`diffxas.stxm.frame_moments`)
+    over :func:`symmetric_mask` of ``ds.mask``; otherwise they are computed here that way."""
     from .stxm import dpc_gradient, frame_moments, scan_kernel_width, stxm_absorption
 
+    sym = symmetric_mask(ds.mask)
+    excluded = int((sym.reshape(-1, *sym.shape[-2:]) == 0).sum(axis=(1, 2)).max())
+    # evidence only from pixels unmasked under every candidate orientation
+    ds = dataclasses.replace(ds, mask=sym)
     sums, com = frame_moments(ds) if moments is None else moments
+    bright = bright_field_index(sums, ds.energy_index)
     common = ds.common_grid()
     sigma = scan_kernel_width(ds)
     if not np.isfinite(com).all(axis=1).any():
@@ -304,9 +385,10 @@ def check_orientation(ds: Dataset, moments=None) -> OrientationCheck:
     best, margin = order[0], scores[order[0]] - scores[order[1]]
     a_in = absorption[scanned]
     contrast = float(np.sqrt(np.mean((a_in - a_in.mean()) ** 2)))
-    confident = scores[best] >= MIN_SCORE and margin >= MIN_MARGIN
+    confident = scores[best] >= MIN_SCORE and margin >= MIN_MARGIN and bright >= MIN_BRIGHT_FIELD
     return OrientationCheck(scores=scores, best=best, margin=float(margin), confident=bool(confident),
-                            pixels=int(scanned.sum()), absorption_contrast=contrast)
+                            pixels=int(scanned.sum()), absorption_contrast=contrast, bright_field=bright,
+                            excluded_pixels=excluded)
 
 
 def resolve(ds: Dataset, requested: str = "auto") -> tuple[Dataset, dict[str, Any]]:
@@ -330,8 +412,9 @@ def resolve(ds: Dataset, requested: str = "auto") -> tuple[Dataset, dict[str, An
         return ds, {"requested": "auto", "applied": "none", "check": None}
     rec = {"requested": "auto", "check": chk.to_dict()}
     if not chk.confident:
-        log.warning("detector orientation undetermined (best %s, score %.2f, margin %.2f): frames used as they are; "
-                    "run `diffxas orientation DATA.cxi` for the table", chk.best, chk.scores[chk.best], chk.margin)
+        log.warning("detector orientation %s (best %s, score %.2f, margin %.2f; %s); "
+                    "run `diffxas orientation DATA.cxi` for the table", UNDECIDED, chk.best, chk.scores[chk.best],
+                    chk.margin, chk.reason())
         rec["applied"] = "none"
         return ds, rec
     rec["applied"] = chk.best

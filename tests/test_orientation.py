@@ -158,7 +158,7 @@ def test_detection_at_low_dose_and_without_absorption_contrast():
     empty = O.check_orientation(Dataset(frames=flat, positions=ds.positions, energy_index=ds.energy_index,
                                         energies=ds.energies, mask=ds.mask, illumination=None, distance=DIST,
                                         detector_pixel=DET_PIX))
-    assert not empty.confident and "undetermined" in empty.summary()
+    assert not empty.confident and O.UNDECIDED in empty.summary()
 
 
 # ---- using it ------------------------------------------------------------------------------
@@ -214,3 +214,107 @@ def test_uncentred_frames_are_one_line_errors():
     with pytest.raises(InputError, match="fftshift"):
         O.resolve(bad, "auto")
     assert O.check_centring(ds) == (M // 2, M // 2)
+
+
+# ---- a beamstop: evidence only from unmasked pixels ---------------------------------------
+BEAMSTOPS = [0, 2, 3, 4, 6, 8, 12]
+
+
+def with_beamstop(ds: Dataset, size: int, written: str) -> Dataset:
+    """``ds`` with a central ``size`` x ``size`` block of pixels masked (rows and columns
+    M//2 - size//2 ... + size - 1; zero counts there, as behind a beamstop), the frames and
+    the mask then written in orientation ``written`` (so that ``inverse(written)`` undoes it)."""
+    m = ds.frame_size
+    mask = np.array(ds.mask, np.float32)
+    lo = m // 2 - size // 2
+    mask[:, lo:lo + size, lo:lo + size] = 0
+    frames = np.asarray(ds.frames) * mask[np.asarray(ds.energy_index)]
+    return Dataset(frames=O.orient(frames, written), positions=ds.positions, energy_index=ds.energy_index,
+                   energies=ds.energies, mask=O.orient(mask, written), illumination=None, distance=ds.distance,
+                   detector_pixel=ds.detector_pixel)
+
+
+@pytest.fixture(scope="module")
+def tiny_one_energy():
+    """diffxas's own simulator, `tiny` preset (32 x 32 frames, 81 frames per energy, 1e6 photons),
+    two energies, below and above the edge: a probe whose direct beam is a disc about 5 pixels wide."""
+    from diffxas.simulate import preset, simulate
+
+    return simulate(preset("tiny", energies=(5420.0, 5520.0), seed=1)).dataset
+
+
+def _decisions(ds: Dataset, size: int) -> dict[str, str]:
+    """written orientation -> what the check decides (the orientation to apply, or UNDECIDED)."""
+    out = {}
+    for written in NAMES:
+        chk = O.check_orientation(with_beamstop(ds, size, written))
+        out[written] = chk.best if chk.confident else O.UNDECIDED
+    return out
+
+
+@pytest.mark.parametrize("size", BEAMSTOPS)
+def test_beamstop_never_gives_a_wrong_orientation_tiny(tiny_one_energy, size):
+    """`tiny` frames behind central masks of 2x2 to 12x12 pixels, written in each of the 8
+    orientations. Reference: the orientation they were written in (its inverse undoes it).
+
+    Never a wrong orientation. Found with no mask (score 0.98, bright-field index 0.96) and
+    with 2x2 and 3x3 masks (both leave a 3x3 hole once the mask is made symmetric under the
+    8 candidates; score 0.65, index 0.70); with 4x4 and larger the direct beam is hidden,
+    the unmasked counts are dark field (index 0.02-0.05, while the score is 0.60-0.66 for
+    the *wrong* twin) and the check keeps the frames. Before the fix a 4x4 mask gave an undetermined check (score 0.13) and 6x6 to
+    12x12 the 180-degree twin with score 0.39-0.64 (confident): this test failed for 6, 8
+    and 12 (checked against the code before the fix)."""
+    got = _decisions(tiny_one_energy, size)
+    for written, decision in got.items():
+        assert decision in (O.inverse(written), O.UNDECIDED), (size, written, decision)
+    if size <= 3:
+        assert all(d == O.inverse(w) for w, d in got.items()), (size, got)
+    if size >= 4:
+        assert all(d == O.UNDECIDED for d in got.values()), got
+
+
+@pytest.mark.parametrize("size", BEAMSTOPS)
+def test_beamstop_never_gives_a_wrong_orientation_foreign(size):
+    """The independent simulator above (a wider, defocused beam of 1e5 photons): masks of
+    2x2 to 12x12 pixels in each of the 8 orientations. Reference: as above.
+
+    Found with masks up to 6x6 (measured: score 0.92 with 2x2/3x3, 0.75 with 4x4, 0.41
+    with 6x6; bright-field index 0.97-0.98); 8x8 and 12x12 leave too little (score 0.14 and
+    0.07) and the frames are kept. Never a wrong orientation."""
+    got = _decisions(foreign_dataset("standard"), size)
+    for written, decision in got.items():
+        assert decision in (O.inverse(written), O.UNDECIDED), (size, written, decision)
+    if size <= 6:
+        assert all(d == O.inverse(w) for w, d in got.items()), (size, got)
+
+
+def test_symmetric_mask_and_bright_field_index():
+    m = np.ones((2, 8, 8), np.float32)
+    m[0, 3:5, 3:5] = 0  # rows/cols 3, 4 about the centre pixel 4: symmetric about 4 is 3..5
+    m[1, 0, 2] = 0
+    s = O.symmetric_mask(m)
+    assert s.shape == m.shape and s.dtype == np.float32
+    assert (s[0] == 0).sum() == 9 and s[0, 3:6, 3:6].sum() == 0  # a 3x3 hole
+    for n in NAMES:  # unchanged by every candidate
+        np.testing.assert_array_equal(O.orient(s, n), s)
+    assert (s <= (m > 0)).all()
+    # bright field: most frames at the top (empty membrane), a tail down (the particle)
+    rng = np.random.default_rng(5)
+    bright = np.concatenate([1000 + rng.normal(0, 3, 70), rng.uniform(400, 990, 30)])
+    dark = 1400 - bright
+    ei = np.zeros(100, int)
+    assert O.bright_field_index(bright, ei) > 0.9 and O.bright_field_index(dark, ei) < 0.1
+    assert np.isnan(O.bright_field_index(np.ones(2), np.zeros(2, int)))
+
+
+def test_resolve_keeps_the_frames_when_undecided(tiny_one_energy, caplog):
+    """A 6x6 beamstop on `tiny` frames written rot180: `auto` keeps them as they are, says
+    "undecided, frames kept" in one log line, and records it (`diffxas orientation`'s table
+    says it too)."""
+    ds = with_beamstop(tiny_one_energy, 6, "rot180")
+    with caplog.at_level("WARNING", logger="diffxas"):
+        same, rec = O.resolve(ds, "auto")
+    assert same is ds and rec["applied"] == "none" and rec["check"]["decision"] == O.UNDECIDED
+    lines = [r.getMessage() for r in caplog.records if O.UNDECIDED in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0] and "dark field" in lines[0], lines
+    assert O.UNDECIDED in O.check_orientation(ds).summary()
