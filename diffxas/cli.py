@@ -132,7 +132,7 @@ def _add_orientation(subparsers) -> None:
                     "alone (no reconstruction): each frame's centre of mass is the phase gradient under the probe, "
                     "which in the right orientation points against the absorption gradient of the bright-field "
                     "image. Prints the scores and the --orientation to use; `diffxas reconstruct` does the same "
-                    "check by default (--orientation auto). Exit code 0 also when the check is undetermined.",
+                    "check by default (--orientation auto). Exit code 0 also when the check is undecided.",
         epilog="example: diffxas orientation data.cxi --json orientation.json",
     )
     p.add_argument("data", metavar="DATA.cxi", help="multi-energy CXI input")

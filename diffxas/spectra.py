@@ -21,8 +21,9 @@ so the phase is computed without dividing by b1 (pixels without V are safe)::
 
 ``lambda_0`` is the wavelength at the tabulated edge energy (fixed, so N_V is a linear
 function of b1). ``n_other`` is the electron count per m^2 of all non-V atoms
-(sum_j N_j (Z_j + f'_j)), taken as energy independent: f' of Li and O change by less
-than 1e-3 electrons over 5.4-5.6 keV. The membrane and any uniform background are the
+(sum_j N_j (Z_j + f'_j)), taken as energy independent: over 5.4-5.6 keV f' of Li changes by
+2e-4 electrons and f' of O by 5e-3 (0.01-0.015 e per V with 2-3 O per V, 0.03 % of
+Re[Ne]/N_V; docs/physics.md). The membrane and any uniform background are the
 reference (zero) of absorption and phase, as in the seed's alignment.
 
 "V" stands for the absorber: the model holds for any element with a K edge in the table
