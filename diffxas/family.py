@@ -195,13 +195,13 @@ def draw_family(seed: int, scan_width: float = 1.5e-6) -> dict[str, Any]:
                           "t_max": t_max, "power": _u(rng, "profile_power"), "geometry": geom,
                           "diameter_drawn": float(d_drawn[p]), "size_scale": float(scale), "b2_gradient": grad})
 
-        def local(u, v):
-            return (c + rot @ np.array([u * ax[p], v * ay[p]])).tolist()
+        def local(u, v, c=c, rot=rot, a=ax[p], b=ay[p]):
+            return (c + rot @ np.array([u * a, v * b])).tolist()
 
         cells = []  # (centre, offset, q): score = offset - q * |x - centre|
-        size_n = max(1, int(round(2 * ax[p] / 0.35e-6)))  # fewer domains in small particles
+        size_n = max(1, round(2 * ax[p] / 0.35e-6))  # fewer domains in small particles
         if geom == "voronoi":
-            k = int(np.clip(rng.integers(3, 7), 2, max(2, size_n)))
+            k = min(int(rng.integers(3, 7)), max(2, size_n))
             for _ in range(k):
                 r, th = 0.8 * np.sqrt(rng.uniform(0.0, 1.0)), rng.uniform(0, 2 * np.pi)
                 cells.append((local(r * np.cos(th), r * np.sin(th)), 0.0, 1.0))
@@ -307,7 +307,7 @@ def _family_props(particles, props, amp, score, dom_particle, is_surface, surf_t
     def bc(a):  # (N,) -> (N, 1, ..., 1) against the points
         return a.reshape((-1,) + (1,) * x.ndim)
 
-    cx, cy, ax, ay, ang, tmax, power, gx, gy = (bc(particles[:, i]) for i in range(9))
+    cx, cy, ax, ay, ang, tmax, power = (bc(particles[:, i]) for i in range(7))
     dx, dy = x[None] - cx, y[None] - cy
     u = (jnp.cos(ang) * dx + jnp.sin(ang) * dy) / ax
     v = (-jnp.sin(ang) * dx + jnp.cos(ang) * dy) / ay

@@ -360,7 +360,7 @@ def test_frc_files_roundtrip(tmp_path):
 
 # --------------------------------------------------------------------------- error anatomy
 
-from diffxas.evaluate import (  # noqa: E402
+from diffxas.evaluate import (
     boundary_distance,
     calibration,
     error_anatomy,

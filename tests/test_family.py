@@ -106,7 +106,7 @@ def test_per_domain_shapes_differ_and_labels_exist():
 def test_within_domain_texture_is_smooth_but_present():
     """The edge energy varies inside a domain (texture) by a fraction of an eV, not by
     pixel noise: neighbouring 12.5 nm points differ far less than the domain's spread."""
-    ph, p, lab, _ = _truth_like(2)
+    _, p, lab, _ = _truth_like(2)
     b2 = p["b2"]
     for dl in set(np.unique(lab)) - {-1}:
         m = lab == dl
