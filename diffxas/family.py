@@ -103,7 +103,7 @@ SURFACE_PROBABILITY = 0.8
 TEXTURES = ("b2", "b3", "pen", "c12", "c13", "r21", "c23", "ne", "nv")
 _PROPS = ("b2", "b3", "pen", "c12", "c13", "r21", "c22", "c23", "ne")
 _WAVES = 16  # cosines per random field
-_FIELD_MARGIN = 0.2e-6
+_FIELD_MARGIN = 0.05e-6  # particles stay this far inside the outermost scan positions (the probe reaches ~150 nm beyond)
 _MAX_DOMAINS = 32  # >= 3 particles x (6 cells + surface)
 _MAX_PARTICLES = int(RANGES["n_particles"][1])  # particles keep this far from the scan's edge (the probe's half width)
 
