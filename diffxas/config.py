@@ -397,7 +397,9 @@ def sim_config(mapping: Mapping[str, Any] | None = None, **defaults):
     # another absorber without explicit energies moves the preset's energies to its edge
     el, tab = m.get("element"), m.get("table")
     shift_to = el if isinstance(el, str) and m.get("energies") is None else None
-    base = preset(name, element=shift_to, table=tab if isinstance(tab, str) and shift_to else None)
+    # a family preset draws its experimental conditions from the seed (diffxas.family)
+    seed = m.get("seed") if isinstance(m.get("seed"), int) and not isinstance(m.get("seed"), bool) else None
+    base = preset(name, element=shift_to, table=tab if isinstance(tab, str) and shift_to else None, seed=seed)
     return build_config(SimConfig, m, section="simulate", base=base)
 
 

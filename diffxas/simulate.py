@@ -176,6 +176,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(energies=SEED_ENERGIES, frame_size=128, scan_width=3.0e-6, particle_radius=0.8e-6,
                   n_particles=2, domains_per_particle=7, dose=1e6),
 }
+#: The randomized sample family (:mod:`diffxas.family`, docs/family.md): sample and
+#: experimental conditions are drawn from ``seed``; these are only the fixed frame and field.
+#: ``family``: cost like ``small``; ``family-tiny``: like ``tiny`` (tests, quick studies).
+FAMILY_PRESETS: dict[str, dict[str, Any]] = {
+    "family": dict(energies=SEED_ENERGIES, frame_size=64, scan_width=1.5e-6),
+    "family-tiny": dict(energies=_tiny_energies(), frame_size=32, scan_width=1.2e-6),
+}
+PRESETS.update(FAMILY_PRESETS)
 
 
 def edge_shift(element: str, table: str = "chantler") -> float:
@@ -200,6 +208,10 @@ def preset(name: str, **overrides) -> SimConfig:
     if bad:
         raise ConfigError(f"unknown simulation option(s) {bad}; known: {sorted(fields)}")
     kw = dict(PRESETS[name])
+    if name in FAMILY_PRESETS:  # this seed's experimental conditions (dose, step, errors, drift)
+        from .family import draw_conditions
+
+        kw.update(draw_conditions(int(overrides.get("seed") or 0)))
     el = overrides.get("element")
     if el is not None and el != "V" and overrides.get("energies") is None and isinstance(el, str):
         from .scattering import _symbol
@@ -232,7 +244,12 @@ class Phantom(eqx.Module):
 
 
 def make_phantom(cfg: SimConfig, center=(0.0, 0.0)) -> Phantom:
-    """Random phantom for ``cfg`` (reproducible from ``cfg.seed``)."""
+    """Random phantom for ``cfg`` (reproducible from ``cfg.seed``); for a family preset
+    (:data:`FAMILY_PRESETS`) the family's draw (:func:`diffxas.family.make_family_phantom`)."""
+    if cfg.preset in FAMILY_PRESETS:
+        from .family import make_family_phantom
+
+        return make_family_phantom(cfg, center)
     rng = np.random.default_rng(cfg.seed)
     types = list(DOMAIN_TYPES.values())
     props = np.array([[t[p] for p in _PROPS] for t in types] + [[SURFACE_TYPE[1][p] for p in _PROPS]])
@@ -282,6 +299,8 @@ def phantom_fields(ph: Phantom, x, y, edge: VEdge, reference_energy: float):
     Returns ``(params: XanesParams, labels: int array, thickness: m)``; outside particles
     the spectral amplitudes (a, b1, c11, c21, n_other) are 0 and labels are -1.
     """
+    if not isinstance(ph, Phantom):  # a randomized family draw (diffxas.family)
+        return ph.fields(x, y, edge, reference_energy)
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.float32)
     cx, cy, ax, ay, ang, tmax = (ph.particles[:, i][:, None, None] if x.ndim == 2 else ph.particles[:, i].reshape((-1,) + (1,) * x.ndim) for i in range(6))
@@ -323,26 +342,40 @@ def phantom_fields(ph: Phantom, x, y, edge: VEdge, reference_energy: float):
     pen = P["pen"] * (1 + t * 0.05 * tex(1))
     ne_target = P["ne"] * (1 + t * 0.02 * tex(2))
     nv = ph.v_density * thickness * (1 + t * 0.04 * tex(3))
+    p = xanes_from_properties(dict(P, b2=b2, pen=pen), ne_target, nv, inside, edge, reference_energy)
+    labels = jnp.where(w_s > 0.5, nt, jnp.argmax(wtype, axis=0))
+    labels = jnp.where(inside, labels, -1)
+    return p, labels, thickness
+
+
+def xanes_from_properties(P, ne_target, nv, inside, edge: VEdge, reference_energy: float) -> XanesParams:
+    """Eq. 1's parameters from the phantom's per-point properties (the simulator's physics,
+    shared by :func:`phantom_fields` and :mod:`diffxas.family`).
+
+    Args:
+        P: mapping with ``b2, b3`` (eV), ``pen`` (PE/Delta-mu-t, eV), ``c12, c13`` (eV),
+            ``r21`` (second-peak amplitude / first), ``c22, c23`` (eV); arrays of the points' shape.
+        ne_target: Re[N_e^eff]/N_V at ``reference_energy`` (electrons per V atom).
+        nv: V atoms per m^2; inside: bool, points inside a particle.
+    Returns XanesParams with a, b1, c11, c21, n_other zero outside particles.
+    """
     lam0 = wavelength(edge.edge_ev)
     b1 = R_E * lam0 * edge.delta_f2 * nv
     c13 = P["c13"]
-    c11 = pen * b1 / (jnp.pi * c13)
+    c11 = P["pen"] * b1 / (jnp.pi * c13)
     c21 = P["r21"] * c11
     # pre-edge absorption of V (table trend below the edge) and O (2.33 per V, Li negligible)
     f2_o = float(anomalous_factors("O", np.array([reference_energy]))[1][0])
     a = R_E * lam0 * nv * (edge.f2_below(jnp.float32(reference_energy)) + 2.33 * f2_o)
-    zero = jnp.zeros_like(x)
-    p = XanesParams(a=jnp.where(inside, a, zero), b1=jnp.where(inside, b1, zero), b2=b2, b3=P["b3"],
+    zero = jnp.zeros_like(nv)
+    p = XanesParams(a=jnp.where(inside, a, zero), b1=jnp.where(inside, b1, zero), b2=P["b2"], b3=P["b3"],
                     c11=jnp.where(inside, c11, zero), c12=P["c12"], c13=c13,
                     c21=jnp.where(inside, c21, zero), c22=P["c22"], c23=P["c23"], n_other=zero)
     # composition: n_other so that -phi(E_ref)/(r_e lambda)/N_V equals the target
     p_safe = XanesParams(**{**p.as_dict(), "b1": jnp.where(inside, b1, 1.0)})  # f'_V divides by b1
     f1 = f1_v(p_safe, jnp.asarray([reference_energy]), edge)[0]
     n_other = jnp.where(inside, nv * (ne_target - edge.z - f1), zero)
-    p = XanesParams(**{**p.as_dict(), "n_other": n_other})
-    labels = jnp.where(w_s > 0.5, nt, jnp.argmax(wtype, axis=0))
-    labels = jnp.where(inside, labels, -1)
-    return p, labels, thickness
+    return XanesParams(**{**p.as_dict(), "n_other": n_other})
 
 
 def membrane(energies_ev, thickness_m: float, table: str = "chantler", density_g_cm3: float = 3.1):
@@ -517,8 +550,10 @@ def make_truth(ph: Phantom, cfg: SimConfig, ds: Dataset, edge: VEdge) -> Truth:
         maps[k] = np.where(inside, maps[k], np.nan).astype(np.float64)
     params = {k: np.asarray(getattr(p, k), np.float64) for k in PARAM_NAMES + ("n_other",)}
     params["thickness"] = np.asarray(thick, np.float64)
-    return Truth(maps=maps, labels=np.asarray(labels, np.int16), domain_names=list(DOMAIN_TYPES) + [SURFACE_TYPE[0]],
+    names = list(ph.domain_names) if not isinstance(ph, Phantom) else list(DOMAIN_TYPES) + [SURFACE_TYPE[0]]
+    attrs_extra = {"family": ph.draw} if not isinstance(ph, Phantom) else {}
+    return Truth(maps=maps, labels=np.asarray(labels, np.int16), domain_names=names,
                  params=params, pixel_size=float(d), origin=tuple(float(o) for o in grid.origin),
                  energies=np.asarray(cfg.energies, float), reference_energy=e_ref,
                  attrs={"preset": cfg.preset, "seed": cfg.seed, "dose": cfg.dose, "diffxas_version": __version__,
-                        "config": cfg.to_dict()})
+                        "config": cfg.to_dict(), **attrs_extra})

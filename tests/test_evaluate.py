@@ -356,3 +356,113 @@ def test_frc_files_roundtrip(tmp_path):
     assert set(out) == {"edge_energy", "pre_edge_norm", "ne_eff_per_nv"}
     assert json.load(open(tmp_path / "frc.json"))["edge_energy"]["resolution_1_7"] > 0
     assert (tmp_path / "frc.png").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------- error anatomy
+
+from diffxas.evaluate import (
+    boundary_distance,
+    calibration,
+    error_anatomy,
+    truth_boundary_distance,
+)
+
+
+def test_boundary_distance_closed_form():
+    """Two half-planes (columns < 10: label 0, >= 10: label 1) of pixel 15 nm: column j is
+    |j - 9.5| pixels from the boundary (closed form), exactly."""
+    lab = np.zeros((20, 20), np.int16)
+    lab[:, 10:] = 1
+    d = boundary_distance(lab, 15e-9)
+    expect = np.abs(np.arange(20) - 9.5) * 15e-9
+    np.testing.assert_allclose(d, np.broadcast_to(expect, (20, 20)), rtol=0, atol=1e-15)
+    # a disk of radius 30 px in vacuum: its centre pixel is ~30 px from the rim (pixelised
+    # disk: the nearest vacuum pixel centre is at 30.5 +- 1 px; minus half a pixel)
+    yy, xx = np.mgrid[:81, :81] - 40
+    disk = np.where(xx ** 2 + yy ** 2 <= 30 ** 2, 0, -1)
+    assert abs(boundary_distance(disk, 1.0)[40, 40] - 30.0) <= 1.0
+    assert np.all(np.isinf(boundary_distance(np.zeros((4, 4)), 1.0)))
+
+
+def test_truth_boundary_distance_on_coarser_grid():
+    """Read at result-pixel centres (2x coarser, aligned so every result centre is a truth
+    centre): equals the truth-grid distance there."""
+    lab = np.zeros((20, 20), np.int16)
+    lab[:, 10:] = 1
+    t = Truth(maps={}, labels=lab, domain_names=["a", "b"], params={}, pixel_size=1.0, origin=(0.0, 0.0),
+              energies=np.array([1.0, 2.0]), reference_energy=1.0)
+    d = truth_boundary_distance(t, 2.0, (0.0, 0.0), (10, 10))
+    np.testing.assert_allclose(d[0], np.abs(np.arange(0, 20, 2) - 9.5))
+
+
+def test_anatomy_constant_offset_per_domain():
+    """Error = a constant offset per domain (closed form): bias_d = offset_d, scatter_d = 0,
+    domain-mean RMS = sqrt(sum n_d off_d^2 / N), within-domain RMS = 0; and with errors put
+    only near the boundary, the bulk RMSE is 0 and the near RMSE carries everything."""
+    lab = np.zeros((20, 20), np.int16)
+    lab[:, 10:] = 1
+    ref = np.full((20, 20), 5480.0)
+    off = {0: 0.3, 1: -0.1}
+    est = ref + np.where(lab == 0, off[0], off[1])
+    mask = np.ones((20, 20), bool)
+    a = error_anatomy(est, ref, lab, mask, domain_names=["x", "y"])
+    by = {d["label"]: d for d in a["per_domain"]}
+    for lv in (0, 1):
+        assert by[lv]["bias"] == pytest.approx(off[lv], abs=1e-9)
+        assert by[lv]["scatter"] == pytest.approx(0.0, abs=1e-9)
+        assert by[lv]["n"] == 200
+    assert a["domain_mean_rms"] == pytest.approx(np.sqrt((0.3 ** 2 + 0.1 ** 2) / 2), rel=1e-9)
+    assert a["within_domain_rms"] == pytest.approx(0.0, abs=1e-9)
+    assert by[0]["name"] == "x"
+    # errors only within 3 px of the boundary
+    dist = boundary_distance(lab, 15e-9)
+    est2 = ref + np.where(dist < 45e-9, 1.0, 0.0)
+    b = error_anatomy(est2, ref, lab, mask, distance=dist)
+    assert b["bulk"]["rmse"] == 0.0 and b["near"]["rmse"] == pytest.approx(1.0)
+    assert b["near"]["n"] == 20 * 6 and b["near_fraction"] == pytest.approx(0.3)
+    # RMSE^2 = domain part^2 + within part^2 (exact identity)
+    rng = np.random.default_rng(0)
+    est3 = ref + rng.normal(0, 0.2, ref.shape) + 0.1 * lab
+    c = error_anatomy(est3, ref, lab, mask)
+    assert c["rmse"] ** 2 == pytest.approx(c["domain_mean_rms"] ** 2 + c["within_domain_rms"] ** 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("scale, f1, f2, z", [(1.0, 0.6827, 0.9545, 0.6745), (2.0, 0.3829, 0.6827, 1.349)])
+def test_calibration_gaussian(scale, f1, f2, z):
+    """Gaussian errors of standard deviation scale x sigma against std maps of sigma: the
+    fractions within 1 and 2 sigma are P(|N| <= 1/scale), P(|N| <= 2/scale) (closed form,
+    erf) within 4 binomial standard errors for N = 40000 pixels (<= 0.01); the median
+    |z| is scale x 0.6745 within 0.02."""
+    rng = np.random.default_rng(1)
+    sig = rng.uniform(0.05, 0.5, 40000)
+    err = rng.normal(0.0, 1.0, sig.size) * sig * scale
+    c = calibration(err, sig)
+    tol = 4 * np.sqrt(0.25 / sig.size)
+    assert c["within_1sigma"] == pytest.approx(f1, abs=tol)
+    assert c["within_2sigma"] == pytest.approx(f2, abs=tol)
+    assert c["median_abs_z"] == pytest.approx(z, abs=0.02)
+    assert c["n"] == sig.size
+    assert calibration(err, np.zeros_like(sig))["n"] == 0
+
+
+def test_evaluate_reports_anatomy():
+    """evaluate() writes the anatomy into its metrics and format_metrics prints it: a map
+    offset by +0.5 eV in domain 1 only, with std maps of 0.6 eV in domain 1 (|z| = 0.83:
+    all within 1 sigma) and 0.1 eV in domain 0 (zero error): all pixels within 1 sigma."""
+    maps_t, lab = coarse_truth()
+    t = fine_truth(maps_t, lab)
+    ee = np.where(lab == 1, maps_t["edge_energy"] + 0.5, maps_t["edge_energy"])
+    cm = chem({**maps_t, "edge_energy": ee})
+    cm = ChemMaps(**{**{f: getattr(cm, f) for f in MAP_FIELDS}, "valid": cm.valid, "pixel_size": cm.pixel_size,
+                     "origin": cm.origin, "reference_energy": cm.reference_energy, "delta_f2_v": cm.delta_f2_v,
+                     "scattering_table": cm.scattering_table, "std": {"edge_energy": np.where(lab == 1, 0.6, 0.1)}})
+    m = evaluate(cm, t)
+    a = m["anatomy"]["edge_energy"]
+    by = {d["label"]: d for d in a["per_domain"]}
+    assert by[1]["bias"] == pytest.approx(0.5, abs=1e-6) and by[0]["bias"] == pytest.approx(0.0, abs=1e-6)
+    assert a["within_domain_rms"] == pytest.approx(0.0, abs=1e-6)
+    assert a["calibration"]["within_1sigma"] == pytest.approx(1.0)
+    assert a["near"]["n"] + a["bulk"]["n"] == a["n"]
+    json.dumps(m, allow_nan=False)
+    text = format_metrics(m)
+    assert "error anatomy" in text and "within 1 sigma" in text
