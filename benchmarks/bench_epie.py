@@ -37,11 +37,11 @@ import numpy as np
 
 
 def make_dataset(m: int, n_frames: int, n_energies: int, seed: int = 0):
-    from diffxas import forward
-    from diffxas.dataset import Dataset
-    from diffxas.epie import reconstruction_grids
-    from diffxas.geometry import wavelength
-    from diffxas.probe import kb_probe, numerical_aperture_for_fwhm
+    from diffxas.data.dataset import Dataset
+    from diffxas.physics import forward
+    from diffxas.physics.geometry import wavelength
+    from diffxas.physics.probe import kb_probe, numerical_aperture_for_fwhm
+    from diffxas.solvers.twostep.epie import reconstruction_grids
 
     rng = np.random.default_rng(seed)
     energies = np.linspace(5420.0, 5540.0, n_energies)
@@ -80,7 +80,7 @@ def make_dataset(m: int, n_frames: int, n_energies: int, seed: int = 0):
 def epoch_passes(update_probe: bool, common_offset: bool) -> int:
     """FFT passes per frame of an ePIE epoch: far field and back-propagation (2), plus, when
     the frames do not share one sub-pixel offset, the probe's shift (1) and, with the probe
-    updated, the shift back of its update (1) (:func:`diffxas.epie._epoch_single`)."""
+    updated, the shift back of its update (1) (:func:`diffxas.solvers.twostep.epie._epoch_single`)."""
     if common_offset:
         return 2
     return 4 if update_probe else 3
@@ -91,7 +91,13 @@ def kernel_vs_floor(ds, update_probe: bool, batch, min_time: float = 1.0) -> dic
     FFT floor (fastest batching of fft2 + ifft2 over the epoch's frames,
     :func:`benchmarks.common.interleaved`); the ratio is judged against the physical minimum
     ``epoch_passes / 2`` (:func:`benchmarks.common.judge_ratio`)."""
-    from diffxas.epie import _frame_tables, _make_batches, epoch_fn, frame_orders, reconstruction_grids
+    from diffxas.solvers.twostep.epie import (
+        _frame_tables,
+        _make_batches,
+        epoch_fn,
+        frame_orders,
+        reconstruction_grids,
+    )
 
     from . import common as cm
 
@@ -137,7 +143,7 @@ def kernel_vs_floor(ds, update_probe: bool, batch, min_time: float = 1.0) -> dic
 
 def run_variant(ds, epochs: int, update_probe: bool, batch) -> dict:
     """End to end through ``run_epie`` (host loop, orders, checks): best epoch after the first."""
-    from diffxas.epie import EpieConfig, run_epie
+    from diffxas.solvers.twostep.epie import EpieConfig, run_epie
 
     cfg = EpieConfig(epochs=epochs, beta=1.0 if update_probe else 0.0, probe_update_start=0, batch_energies=batch)
     res = run_epie(ds, cfg)

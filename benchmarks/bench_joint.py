@@ -38,7 +38,8 @@ def joint_case(case_id: str, n_energies: int, frames_per_energy: int, frame_size
     import equinox as eqx
     import jax
 
-    from diffxas.joint import JointConfig, prepare_joint
+    from diffxas.solvers.joint.config import JointConfig
+    from diffxas.solvers.joint.run import prepare_joint
 
     gc.collect()
     common.reset_peak_rss()
@@ -215,12 +216,15 @@ def profile_step(n_energies: int = 4, frames_per_energy: int = 64, frame_size: i
     import jax
     import jax.numpy as jnp
 
-    from diffxas import forward as fw
-    from diffxas import joint as jt
+    from diffxas.physics import forward as fw
+    from diffxas.solvers.joint import config as jt_config
+    from diffxas.solvers.joint import loss as jt_loss
+    from diffxas.solvers.joint import model as jt_model
+    from diffxas.solvers.joint import run as jt_run
 
     ds = common.synthetic_dataset(n_energies, frames_per_energy, frame_size)
-    cfg = jt.JointConfig(steps=1000, chunk_size=chunk_size, loss=loss, probe_start=0)
-    solver, state, _ = jt.prepare_joint(ds, cfg)
+    cfg = jt_config.JointConfig(steps=1000, chunk_size=chunk_size, loss=loss, probe_start=0)
+    solver, state, _ = jt_run.prepare_joint(ds, cfg)
     prob, params = solver.prob, state.params
     lf = fw.loss_fn(loss)
     M = ds.frame_size
@@ -239,7 +243,7 @@ def profile_step(n_energies: int = 4, frames_per_energy: int = 64, frame_size: i
         return t["median_s"]
 
     def obj_of(p):
-        return jt.model_objects(p, prob)
+        return jt_model.model_objects(p, prob)
 
     timed("objects_fwd", obj_of, params)
 
@@ -249,7 +253,7 @@ def profile_step(n_energies: int = 4, frames_per_energy: int = 64, frame_size: i
 
     timed("objects_vjp", obj_vjp, params)
     obj = obj_of(params)
-    phat = jnp.fft.fft2(jt.probes(params, prob))
+    phat = jnp.fft.fft2(jt_model.probes(params, prob))
     xs = (prob.frames, prob.frame_id, prob.energy_index, prob.corner, prob.frac)
 
     # ---- the frames part, as the solver does it, and candidate variants
@@ -294,7 +298,7 @@ def profile_step(n_energies: int = 4, frames_per_energy: int = 64, frame_size: i
     timed("frames_fwd", lambda o, ph, d: frames_loss(o, ph, d), obj, phat, params.dpos)
     grad3 = lambda f: jax.value_and_grad(f, argnums=(0, 1, 2))  # noqa: E731
     timed("frames_vjp", grad3(lambda o, ph, d: frames_loss(o, ph, d)), obj, phat, params.dpos)
-    timed("loss_grad", lambda p: eqx.filter_value_and_grad(jt.total_loss)(p, prob, None, solver.static), params)
+    timed("loss_grad", lambda p: eqx.filter_value_and_grad(jt_loss.total_loss)(p, prob, None, solver.static), params)
     compiled, t_comp = common.aot(type(solver).step, solver, state)
     t = common.time_compiled(lambda: compiled(solver, state), min_time=min_time)
     res["pieces"]["step"] = {"median_s": t["median_s"], "cpu_median_s": t["cpu_median_s"], "compile_s": t_comp,
@@ -352,7 +356,7 @@ def stream_case(case_id: str, n_energies: int = 4, frames_per_energy: int = 64, 
 
     Sources: ``device`` (frames resident, ``JointSolver.step``), ``host`` (streamed from an
     in-memory array), ``raw`` / ``gzip`` (streamed from a CXI file opened with
-    :func:`diffxas.io.open_cxi`, uncompressed / gzip with 16-frame HDF5 chunks, read every
+    :func:`diffxas.data.cxi.open_cxi`, uncompressed / gzip with 16-frame HDF5 chunks, read every
     step: the host cache is switched off). Also the time of reading all frames from each
     file once (the I/O floor of a streamed step) and the loss of every variant (they agree
     to float32 rounding).
@@ -363,8 +367,10 @@ def stream_case(case_id: str, n_energies: int = 4, frames_per_energy: int = 64, 
 
     import jax
 
-    from diffxas import io, stream
-    from diffxas.joint import JointConfig, prepare_joint
+    from diffxas.data import cxi as io_cxi
+    from diffxas.solvers.joint import stream
+    from diffxas.solvers.joint.config import JointConfig
+    from diffxas.solvers.joint.run import prepare_joint
 
     ds = common.synthetic_dataset(n_energies, frames_per_energy, frame_size)
     cfg = JointConfig(steps=1000, chunk_size=chunk_size, init="flat", probe_start=0, shape_start=0)
@@ -379,8 +385,8 @@ def stream_case(case_id: str, n_energies: int = 4, frames_per_energy: int = 64, 
             data = ds
             if src in ("raw", "gzip"):
                 path = os.path.join(tmp, f"{src}.cxi")
-                io.write_cxi(path, ds, compression=None if src == "raw" else "gzip", chunk_frames=16)
-                data = io.open_cxi(path)
+                io_cxi.write_cxi(path, ds, compression=None if src == "raw" else "gzip", chunk_frames=16)
+                data = io_cxi.open_cxi(path)
                 t0 = time.perf_counter()
                 stream.load_frames(data.frames, chunk_size)
                 read_s = time.perf_counter() - t0

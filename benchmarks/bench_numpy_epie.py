@@ -13,7 +13,7 @@ probe of 1e6 photons, a smooth random object, Poisson frames of diffxas's forwar
 Engines (alpha = beta = 1, probe updated from the second epoch, both from O = 1 and the
 true probe, each in its own random frame order):
 
-* ``diffxas``: :func:`diffxas.epie.run_epie` (all frames on the grid: the 2-FFT route);
+* ``diffxas``: :func:`diffxas.solvers.twostep.epie.run_epie` (all frames on the grid: the 2-FFT route);
 * ``diffxas_per_frame_shift``: the same with ``per_frame_shift=True`` (the 4-FFT route the
   package used before; the same answer to round-off);
 * ``numpy``: the classic Maiden & Rodenburg (2009) ePIE in plain numpy, complex64 (numpy >= 2
@@ -48,11 +48,11 @@ def make_problem(m: int, n_positions: int, photons: float = 1e6, seed: int = 0) 
     """One-energy dataset on the pixel grid, its truth and the grid (see the module doc)."""
     import jax.numpy as jnp
 
-    from diffxas import forward
-    from diffxas.dataset import Dataset
-    from diffxas.epie import reconstruction_grids
-    from diffxas.geometry import wavelength
-    from diffxas.probe import kb_probe, numerical_aperture_for_fwhm
+    from diffxas.data.dataset import Dataset
+    from diffxas.physics import forward
+    from diffxas.physics.geometry import wavelength
+    from diffxas.physics.probe import kb_probe, numerical_aperture_for_fwhm
+    from diffxas.solvers.twostep.epie import reconstruction_grids
 
     rng = np.random.default_rng(seed)
     energy, distance, det = 5480.0, 0.63, 75e-6
@@ -165,7 +165,7 @@ def _loadavg():
 
 def compare(m: int, n_positions: int = 400, epochs: int = 8, repeats: int = 3, log=None) -> dict:
     """One frame size: ``repeats`` runs of each diffxas route, numpy interleaved epoch by epoch."""
-    from diffxas.epie import EpieConfig, run_epie
+    from diffxas.solvers.twostep.epie import EpieConfig, run_epie
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     prob = make_problem(m, n_positions)

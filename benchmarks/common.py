@@ -47,7 +47,7 @@ def env_info() -> dict:
     import jaxlib
 
     from diffxas import __version__
-    from diffxas.sweep import git_state
+    from diffxas.app.sweep.cache import git_state
 
     devs = jax.devices()
     try:
@@ -398,11 +398,11 @@ def fft_floor(n_frames: int, frame_size: int, min_time: float = 1.0, passes: int
 
 def synthetic_dataset(n_energies: int, frames_per_energy: int, frame_size: int, seed: int = 0,
                       photons: float = 1e6, e_range: tuple[float, float] = (5420.0, 5540.0)):
-    """A :class:`~diffxas.dataset.Dataset` with benchmark shapes, built in seconds.
+    """A :class:`~diffxas.data.dataset.Dataset` with benchmark shapes, built in seconds.
 
     Raster scan of ``ceil(sqrt(frames_per_energy))`` columns (step M/12 pixels, i.e. ~50 %
     linear overlap of a probe of FWHM M/6 pixels, as in the simulator at M = 64), KB probe
-    from :func:`diffxas.probe.kb_probe` at every energy, frames = Poisson counts of the
+    from :func:`diffxas.physics.probe.kb_probe` at every energy, frames = Poisson counts of the
     probe's far field with a random +-20 % modulation (shapes and magnitudes are what
     matter, not the object). Energies evenly over ``e_range`` (the seed's scan; one energy:
     its midpoint). An earlier 0.25 eV spacing made the joint solver's initial spectral fit
@@ -412,9 +412,9 @@ def synthetic_dataset(n_energies: int, frames_per_energy: int, frame_size: int, 
     """
     import jax.numpy as jnp
 
-    from diffxas.dataset import Dataset
-    from diffxas.geometry import object_pixel_size, wavelength
-    from diffxas.probe import kb_probe, numerical_aperture_for_fwhm
+    from diffxas.data.dataset import Dataset
+    from diffxas.physics.geometry import object_pixel_size, wavelength
+    from diffxas.physics.probe import kb_probe, numerical_aperture_for_fwhm
 
     rng = np.random.default_rng(seed)
     M = int(frame_size)

@@ -26,7 +26,7 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # diffxas from this checkout, not installed
-DX="$PY -m diffxas.cli"
+DX="$PY -m diffxas.app.cli"
 
 if [ "${SMOKE:-0}" = 1 ]; then
   PRESET=tiny; JOINT_OPT="--steps 3"; TS_OPT="--iterations 2"

@@ -30,11 +30,14 @@ def measure(k: int, fpe: int, m: int, min_time: float = 0.5, log=None, chunk_siz
     import jax
     import jax.numpy as jnp
 
-    from diffxas import joint as jt
+    from diffxas.solvers.joint import config as jt_config
+    from diffxas.solvers.joint import loss as jt_loss
+    from diffxas.solvers.joint import model as jt_model
+    from diffxas.solvers.joint import run as jt_run
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     ds = common.synthetic_dataset(k, fpe, m)
-    solver, state, _ = jt.prepare_joint(ds, jt.JointConfig(steps=1000, loss="amplitude", probe_start=0, init="flat",
+    solver, state, _ = jt_run.prepare_joint(ds, jt_config.JointConfig(steps=1000, loss="amplitude", probe_start=0, init="flat",
                                                                     chunk_size=chunk_size))
     prob, params = solver.prob, state.params
     n = int(solver.batch)
@@ -44,11 +47,11 @@ def measure(k: int, fpe: int, m: int, min_time: float = 0.5, log=None, chunk_siz
            "pieces": {}}
 
     def obj_vjp(p):
-        o, vjp = jax.vjp(lambda q: jt.model_objects(q, prob), p)
+        o, vjp = jax.vjp(lambda q: jt_model.model_objects(q, prob), p)
         return vjp(jnp.ones_like(o))
 
     def loss_grad(p):
-        return eqx.filter_value_and_grad(jt.total_loss)(p, prob, None, solver.static)
+        return eqx.filter_value_and_grad(jt_loss.total_loss)(p, prob, None, solver.static)
 
     pieces = {"objects_vjp": (jax.jit(obj_vjp), (params,)),
               "loss_grad": (eqx.filter_jit(loss_grad), (params,))}

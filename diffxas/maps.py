@@ -3,7 +3,7 @@
 Both the two-step path (ePIE + per-pixel fit) and the joint solver end in a
 :class:`ChemMaps` on the common map grid and a :class:`Result`; clustering,
 evaluation and plotting read only these (through the results file written by
-:mod:`diffxas.io`), never anything method-specific.
+:mod:`diffxas.data`), never anything method-specific.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Result:
         input_path, input_sha256: the input data file and its checksum.
         clusters: optional clustering output (labels, centers, fractions, attrs).
         background: optional incoherent detector background the reconstruction fitted
-            (:mod:`diffxas.background`): (K,) one level per energy ("flat") or (K, M, M)
+            (:mod:`diffxas.physics.background`): (K,) one level per energy ("flat") or (K, M, M)
             ("map", zero frequency at (M/2, M/2) like the data file's frames), photons per
             detector pixel per frame; None: not modelled.
     """

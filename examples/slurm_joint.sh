@@ -1,6 +1,6 @@
 #!/bin/bash
 # Joint solver on several GPUs / nodes with SLURM: the frames are split over every GPU of
-# the job (diffxas.parallel), parameters are replicated, gradients are summed with psum.
+# the job (diffxas.solvers.joint.parallel), parameters are replicated, gradients are summed with psum.
 #
 #   sbatch examples/slurm_joint.sh data.cxi joint.h5 [STEPS]
 #

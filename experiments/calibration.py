@@ -1,16 +1,16 @@
 """Calibration of the joint solver's per-pixel standard errors (``/maps/*_std``).
 
 The joint solver writes, next to every chemical map, a standard-error map from the
-Fisher information of its forward model (:mod:`diffxas.uncertainty`: exact per-pixel
+Fisher information of its forward model (:mod:`diffxas.physics.uncertainty`: exact per-pixel
 object-space blocks, neighbours/probe/positions/shared parameters held fixed, delta
 method to the maps). This script measures how well those errors describe the actual
 scatter and error of the maps:
 
 * one phantom, scan and probe (``seed``), ``N`` Poisson noise realisations
-  (``noise_seed`` 0..N-1, :class:`diffxas.simulate.SimConfig`), the joint solver at its
-  defaults (:class:`diffxas.joint.JointConfig`) on each;
-* region: truth N_V >= 25 % of its maximum (as :func:`diffxas.evaluate.evaluate`), the
-  truth area-averaged onto the map grid (:func:`diffxas.evaluate.resample_truth`), pixels
+  (``noise_seed`` 0..N-1, :class:`diffxas.simulate.presets.SimConfig`), the joint solver at its
+  defaults (:class:`diffxas.solvers.joint.config.JointConfig`) on each;
+* region: truth N_V >= 25 % of its maximum (as :func:`diffxas.analysis.evaluate.evaluate`), the
+  truth area-averaged onto the map grid (:func:`diffxas.analysis.evaluate.resample_truth`), pixels
   valid with a finite, positive predicted sigma in every realisation;
 * per map: fraction of (pixel, realisation) pairs whose truth lies within +-1 sigma and
   +-2 sigma of the estimate (68.3 % / 95.4 % for calibrated, unbiased Gaussian errors);
@@ -38,7 +38,7 @@ Writes ``experiments/results/calibration-<mode>/``: ``findings.md`` (the tables)
 descriptor) and ``summary.json`` (git commit, configuration, wall times, every number of
 the tables). The results files of the realisations and the truth go to
 ``experiments/runs/calibration-<mode>/`` (not committed). Public API only
-(``diffxas.simulate``, ``diffxas.joint``, ``diffxas.evaluate``, ``diffxas.io``).
+(``diffxas.simulate``, ``diffxas.solvers.joint``, ``diffxas.analysis.evaluate``, ``diffxas.data``).
 """
 
 from __future__ import annotations
@@ -97,10 +97,12 @@ def run_realisations(preset: str, n: int, seed: int, joint_overrides: dict, sim_
                      quiet: bool = False, command: str = "") -> list[dict]:
     """Simulate and reconstruct ``n`` noise realisations; results files in ``out``."""
     t_start = time.perf_counter()
-    from diffxas import io
-    from diffxas.joint import JointConfig, reconstruct_joint
-    from diffxas.simulate import preset as make_preset
-    from diffxas.simulate import simulate
+    from diffxas.data import results as io_results
+    from diffxas.data import truth as io_truth
+    from diffxas.simulate.presets import preset as make_preset
+    from diffxas.simulate.presets import simulate
+    from diffxas.solvers.joint.config import JointConfig
+    from diffxas.solvers.joint.run import reconstruct_joint
 
     out.mkdir(parents=True, exist_ok=True)
     jcfg = JointConfig(**joint_overrides)
@@ -111,13 +113,13 @@ def run_realisations(preset: str, n: int, seed: int, joint_overrides: dict, sim_
         sim = simulate(cfg)
         t_sim = time.perf_counter() - t0
         if i == 0:
-            io.write_truth(out / "truth.h5", sim.truth)
+            io_truth.write_truth(out / "truth.h5", sim.truth)
         t0 = time.perf_counter()
         res = reconstruct_joint(sim.dataset, jcfg)
         t_joint = time.perf_counter() - t0
         res.config = dict(res.config, simulation=cfg.to_dict())
         path = out / f"joint_noise{i}.h5"
-        io.write_result(path, res)
+        io_results.write_result(path, res)
         h = res.history
         row = {"noise_seed": i, "file": path.name, "simulate_s": t_sim, "joint_s": t_joint,
                "joint_wall_s": float(np.asarray(h["wall_s"])[0]), "compile_s": float(np.asarray(h["compile_s"])[0]),
@@ -139,16 +141,17 @@ def run_realisations(preset: str, n: int, seed: int, joint_overrides: dict, sim_
 
 def load(out: Path):
     """(results, truth maps on the common map grid, runs metadata) from a run folder."""
-    from diffxas import io
-    from diffxas.evaluate import resample_truth
+    from diffxas.analysis.evaluate import resample_truth
+    from diffxas.data import results as io_results
+    from diffxas.data import truth as io_truth
 
     meta = json.loads((out / "runs.json").read_text())
-    results = [io.read_result(out / r["file"]) for r in meta["runs"]]
+    results = [io_results.read_result(out / r["file"]) for r in meta["runs"]]
     m0 = results[0].maps
     for r in results[1:]:
         if r.maps.shape != m0.shape or not np.allclose(r.maps.origin, m0.origin) or r.maps.pixel_size != m0.pixel_size:
             raise SystemExit("realisations have different map grids: not the same scan")
-    truth = io.read_truth(out / "truth.h5")
+    truth = io_truth.read_truth(out / "truth.h5")
     tr = resample_truth(truth, m0.pixel_size, m0.origin, m0.shape)
     return results, tr, meta
 
@@ -373,7 +376,7 @@ def main(argv=None) -> Path:
     for st in stats.values():
         st["_n"] = len(results)
 
-    from diffxas.joint import JointConfig
+    from diffxas.solvers.joint.config import JointConfig
 
     info = {"mode": mode, "preset": preset, "seed": args.seed, "n_realisations": len(results),
             "nv_fraction": args.nv_fraction, "n_region": n_region, "joint_overrides": joint_over,

@@ -2,7 +2,7 @@
 
 Every study is a sweep file ``experiments/<study>.toml`` (full mode: the ``[base]`` and
 ``[axes]``, meant for a GPU) with a ``[profiles.quick]`` variant (minutes on 2 CPU cores);
-its script ``experiments/<study>.py`` runs the sweep through :func:`diffxas.sweep.run`
+its script ``experiments/<study>.py`` runs the sweep through :func:`diffxas.app.sweep.runner.run`
 and then writes, into ``experiments/results/<study>-<mode>/``:
 
 * ``summary.csv`` / ``summary.json``: the sweep's table (one row per point x method);
@@ -70,28 +70,32 @@ def parse_args(study: str, doc: str, argv=None) -> argparse.Namespace:
 
 def run_study(study: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run (or, with --analyse-only, read) the study's sweep; returns (rows, info)."""
-    from diffxas import sweep
+    from diffxas.app.sweep import cache as sweep_cache
+    from diffxas.app.sweep import cli as sweep_cli
+    from diffxas.app.sweep import runner as sweep_runner
+    from diffxas.app.sweep import spec as sweep_spec
+    from diffxas.app.sweep import summary as sweep_summary
 
     mode = "quick" if args.quick else "full"
     out = Path(args.out) if args.out else HERE / "runs" / f"{study}-{mode}"
     spec_path = HERE / f"{study}.toml"
-    overrides = sweep._parse_set(args.overrides)
+    overrides = sweep_cli._parse_set(args.overrides)
     info: dict[str, Any] = {"study": study, "mode": mode, "spec": str(spec_path.relative_to(ROOT)), "out": str(out),
                             "overrides": overrides}
     t0 = time.time()
     if args.analyse_only:
         import json
 
-        rows = sweep.read_summary(out)
+        rows = sweep_summary.read_summary(out)
         info["wall_s"] = json.loads((out / "summary.json").read_text()).get("wall_s") or 0.0
     else:
-        rows = list(sweep.run(spec_path, out, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
+        rows = list(sweep_runner.run(spec_path, out, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
                               progress=not args.quiet, profile="quick" if args.quick else None,
                               overrides=overrides or None))
     if not args.analyse_only:
         info["wall_s"] = time.time() - t0
-    info["code"] = code_version(out, rows) or _describe_git(sweep.git_state())
-    info["spec_obj"] = sweep.load_spec(spec_path, profile="quick" if args.quick else None)
+    info["code"] = code_version(out, rows) or _describe_git(sweep_cache.git_state())
+    info["spec_obj"] = sweep_spec.load_spec(spec_path, profile="quick" if args.quick else None)
     try:
         import jax
 
@@ -162,7 +166,7 @@ def series_label(key: tuple, series: Sequence[str]) -> str:
 
 def stats_table(rows, x: str, series: Sequence[str], metric: str) -> dict[tuple, list[dict[str, Any]]]:
     """series key -> group_stats over (x) of ``metric`` (mean/std/n over the other axes, i.e. seeds)."""
-    from diffxas.sweep import group_stats
+    from diffxas.app.sweep.summary import group_stats
 
     keys = sorted({series_key(r, series) for r in rows}, key=lambda k: tuple(map(str, k)))
     out = {}

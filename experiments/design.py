@@ -3,7 +3,7 @@
 For each budget N four samplings of the seed's range (5420-5540 eV) are simulated and
 reconstructed with the joint solver (defaults), on the same phantoms:
 
-* ``designed``: :func:`diffxas.design.design_energies` with ``shifts=(0,)``, the local
+* ``designed``: :func:`diffxas.app.design.design_energies` with ``shifts=(0,)``, the local
   design (normalised A-optimality on the three seed descriptors, greedy + exchange, 0.25 eV
   candidates), for a sample model that is the preset's phantom with a *different* seed
   (``DESIGN_SEED``) from the evaluated ones: the design knows the kind of sample (the
@@ -23,7 +23,7 @@ prediction vs achieved RMSE), ``designs.json`` (every energy list and its predic
                                                 # measured 39 min on 2 CPU cores shared with other jobs (see findings.md)
     python experiments/design.py                # small preset, 3 seeds, N = 8, 12, 16, 20, 24 (GPU)
 
-Only the public API is used: :mod:`diffxas.design` and :func:`diffxas.sweep.run` (the
+Only the public API is used: :mod:`diffxas.app.design` and :func:`diffxas.app.sweep.runner.run` (the
 energy lists go in as ``simulate.energies`` of a linked axis).
 """
 
@@ -38,7 +38,7 @@ import common
 STUDY = "design"
 RANGE = (5420.0, 5540.0)  # the seed's range
 DESIGN_SEED = 100  # phantom seed of the sample model (not among the evaluated seeds)
-SHIFTS = (-4.0, -2.0, 0.0, 2.0, 4.0)  # "designed-robust" (= diffxas.design.DEFAULT_SHIFTS, the CLI default): +-4 eV
+SHIFTS = (-4.0, -2.0, 0.0, 2.0, 4.0)  # "designed-robust" (= diffxas.app.design.DEFAULT_SHIFTS, the CLI default): +-4 eV
 SAMPLINGS = ("designed", "designed-robust", "uniform", "seed-like")
 STYLE = {"designed": dict(color="tab:green", marker="D"), "designed-robust": dict(color="tab:purple", marker="^"),
          "uniform": dict(color="tab:gray", marker="v"), "seed-like": dict(color="tab:orange", marker="o")}
@@ -56,8 +56,8 @@ MODES = {
 
 def make_designs(mode: dict) -> dict:
     """Energy lists of the three samplings at every budget, with their predicted std."""
-    from diffxas import design as D
-    from diffxas.simulate import SEED_ENERGIES, preset
+    from diffxas.app import design as D
+    from diffxas.simulate.presets import SEED_ENERGIES, preset
 
     t0 = time.perf_counter()
     cfg = preset(mode["preset"], seed=DESIGN_SEED)
@@ -88,7 +88,7 @@ def make_designs(mode: dict) -> dict:
 
 
 def sweep_spec(mode: dict, designs: dict, overrides: dict) -> dict:
-    from diffxas.simulate import SEED_ENERGIES
+    from diffxas.simulate.presets import SEED_ENERGIES
 
     values = []
     for n in mode["budgets"]:
@@ -262,14 +262,18 @@ def analyse(rows, info, res: Path, designs: dict) -> list[str]:
 
 
 def main(argv=None):
-    from diffxas import sweep
+    from diffxas.app.sweep import cache as sweep_cache
+    from diffxas.app.sweep import cli as sweep_cli
+    from diffxas.app.sweep import runner as sweep_runner
+    from diffxas.app.sweep import spec as sweep_spec
+    from diffxas.app.sweep import summary as sweep_summary
 
     args = common.parse_args(STUDY, __doc__, argv)
     mode_name = "quick" if args.quick else "full"
     mode = MODES[mode_name]
     out = Path(args.out) if args.out else common.HERE / "runs" / f"{STUDY}-{mode_name}"
     res = common.results_dir(STUDY, args)
-    overrides = sweep._parse_set(args.overrides)
+    overrides = sweep_cli._parse_set(args.overrides)
     t0 = time.time()
     dpath = res / "designs.json"
     if args.analyse_only and dpath.exists():
@@ -281,14 +285,14 @@ def main(argv=None):
     info = {"study": STUDY, "mode": mode_name, "spec": "experiments/design.py (sweep built in the script)", "out": str(out),
             "overrides": overrides}
     if args.analyse_only:
-        rows = sweep.read_summary(out)
+        rows = sweep_summary.read_summary(out)
         info["wall_s"] = json.loads((out / "summary.json").read_text()).get("wall_s") or 0.0
     else:
-        rows = list(sweep.run(spec, out, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
+        rows = list(sweep_runner.run(spec, out, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
                               progress=not args.quiet))
         info["wall_s"] = time.time() - t0
-    info["code"] = common.code_version(out, rows) or common._describe_git(sweep.git_state())
-    info["spec_obj"] = sweep.load_spec(spec)
+    info["code"] = common.code_version(out, rows) or common._describe_git(sweep_cache.git_state())
+    info["spec_obj"] = sweep_spec.load_spec(spec)
     try:
         import jax
 

@@ -3,11 +3,11 @@ absorption stack on the map grid lands from the ground truth, with no noise, no 
 no solver.
 
 The evaluation's truth on the map grid is the N_V-weighted area mean of the truth's
-finer grid (:func:`diffxas.evaluate.resample_truth`). A measurement never sees that
+finer grid (:func:`diffxas.analysis.evaluate.resample_truth`). A measurement never sees that
 directly. This script builds three ideal stacks on the map grid from the truth's finer grid
 (``SimConfig.truth_oversample`` x finer; the absorption A(E) of every fine pixel from the
 one spectral model), fits each with the two-step's per-pixel fit
-(:func:`diffxas.fitting.fit_stack`, its defaults) and reports the edge-energy error
+(:func:`diffxas.solvers.twostep.fitting.fit_stack`, its defaults) and reports the edge-energy error
 against the evaluation's truth:
 
 * ``absorption-mixed``: the area mean of A(E) over each map pixel (the mixing the
@@ -69,9 +69,11 @@ def main(argv=None) -> list[dict]:
     import jax.numpy as jnp
     from scipy.ndimage import binary_erosion
 
-    from diffxas import evaluate, fitting, simulate
+    from diffxas.analysis import evaluate
     from diffxas.errors import DiffxasError
-    from diffxas.spectra import PARAM_NAMES, XanesParams, absorption
+    from diffxas.physics.spectra import PARAM_NAMES, XanesParams, absorption
+    from diffxas.simulate import presets as simulate
+    from diffxas.solvers.twostep import fitting
 
     try:
         cfg = simulate.preset(args.preset, seed=args.seed, noise=False)

@@ -13,8 +13,8 @@ bulk (>= 45 nm from any domain boundary or rim), the joint/two-step ratios, the 
 bias of the edge energy (domain-mean part of its RMSE), the calibration of the joint's std
 maps and the wall times.
 
-Only public functions of diffxas are used (``diffxas.sweep.run``/``read_summary``; the
-per-point ``metrics-<method>.json`` files written by :func:`diffxas.evaluate.evaluate`).
+Only public functions of diffxas are used (``diffxas.app.sweep.runner.run``/``read_summary``; the
+per-point ``metrics-<method>.json`` files written by :func:`diffxas.analysis.evaluate.evaluate`).
 """
 
 from __future__ import annotations
@@ -190,7 +190,9 @@ def analyse(recs: list[dict[str, Any]], info: dict[str, Any]) -> str:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    from diffxas import sweep
+    from diffxas.app.sweep import cache as sweep_cache
+    from diffxas.app.sweep import runner as sweep_runner
+    from diffxas.app.sweep import summary as sweep_summary
 
     mode = "quick" if args.quick else "full"
     out = Path(args.out) if args.out else HERE / "runs" / f"{STUDY}-{mode}-{args.split}"
@@ -198,20 +200,20 @@ def main(argv=None) -> Path:
     info: dict[str, Any] = {"mode": mode, "split": args.split, "out": str(out), "overrides": args.overrides}
     t0 = time.time()
     if args.analyse_only:
-        rows = sweep.read_summary(out)
+        rows = sweep_summary.read_summary(out)
     else:
         spec = spec_mapping(args.split, args.seeds, args.quick)
         over = {}
         for item in args.overrides:
             k, _, v = item.partition("=")
-            from diffxas.config import parse_value
+            from diffxas.app.config import parse_value
 
             over[k.strip()] = parse_value(v)
-        rows = list(sweep.run(spec, out, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
+        rows = list(sweep_runner.run(spec, out, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
                               progress=not args.quiet, profile="quick" if args.quick else None,
                               overrides=over or None))
     info["wall_s"] = time.time() - t0
-    g = sweep.git_state()
+    g = sweep_cache.git_state()
     info["code"] = f"diffxas git {g.get('git_commit')}" + (" (uncommitted changes)" if g.get("git_dirty") else "")
     recs = [r for r in (point_record(out, row) for row in rows) if r is not None]
     res.mkdir(parents=True, exist_ok=True)

@@ -3,10 +3,20 @@
 import numpy as np
 import pytest
 
-from diffxas import forward
-from diffxas.align import (align_stack, apply_shifts, estimate_shift, find_empty_region, illumination_map,
-                           register_stack, remove_background, resample_field, to_common, unwrap_phase)
-from diffxas.geometry import Grid
+from diffxas.physics import forward
+from diffxas.physics.geometry import Grid
+from diffxas.solvers.twostep.align import (
+    align_stack,
+    apply_shifts,
+    estimate_shift,
+    find_empty_region,
+    illumination_map,
+    register_stack,
+    remove_background,
+    resample_field,
+    to_common,
+    unwrap_phase,
+)
 
 
 def blobs(n=48, seed=0):

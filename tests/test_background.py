@@ -1,4 +1,4 @@
-"""Incoherent detector background (diffxas.background) and the simulator's background.
+"""Incoherent detector background (diffxas.physics.background) and the simulator's background.
 
 References: closed forms (a flat floor under a bright centre; the simulator's profile and
 its mean), noise-free frames of the forward model.
@@ -7,9 +7,9 @@ its mean), noise-free frames of the forward model.
 import numpy as np
 import pytest
 
-from diffxas import background
 from diffxas.errors import ConfigError
-from diffxas.simulate import background_profile, preset, simulate
+from diffxas.physics import background
+from diffxas.simulate.presets import background_profile, preset, simulate
 
 
 def test_darkest_level_is_the_floor_under_a_bright_centre():

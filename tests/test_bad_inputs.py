@@ -4,7 +4,7 @@ Every bad input: one line on stderr naming the file or option and what is wrong,
 code 2, no traceback, no output file. Every fault (a full disk, simulated by raising
 ``OSError(ENOSPC)`` from the write): one "disk full" line naming the file, nothing
 half-written left, the finished reconstruction kept. The CLI runs in-process
-(``diffxas.cli.main``) on small hand-made files (16 x 16 frames, 4 energies around the
+(``diffxas.app.cli.main``) on small hand-made files (16 x 16 frames, 4 energies around the
 V K edge, a 6 x 6 raster), written once per module, so the whole module runs in seconds.
 """
 
@@ -23,8 +23,11 @@ from test_checks import (  # tests/ is on sys.path (pytest prepend import mode)
     make_dataset,
 )
 
-from diffxas import io
-from diffxas.cli import main
+from diffxas.app.cli import main
+from diffxas.data import cxi as io_cxi
+from diffxas.data import files as io_files
+from diffxas.data import results as io_results
+from diffxas.data import truth as io_truth
 from diffxas.maps import MAP_FIELDS, ChemMaps, Result, Truth
 
 H = W = 12
@@ -124,7 +127,7 @@ def files(tmp_path_factory):
 
     def cxi(name, data, **attrs):
         p = d / f"{name}.cxi"
-        io.write_cxi(p, data, extra_attrs=attrs or None)
+        io_cxi.write_cxi(p, data, extra_attrs=attrs or None)
         f[name] = p
 
     cxi("good", ds, preset="hand", seed=1, dose=1e5)
@@ -145,14 +148,14 @@ def files(tmp_path_factory):
     e[2] = e[1] + 5e-7
     cxi("near_dup_e", make_dataset(energies=e))
     cxi("det2x2", make_dataset(m=2))
-    f["sha_good"] = io.sha256_file(f["good"])
+    f["sha_good"] = io_files.sha256_file(f["good"])
     # results and truths
-    f["result"] = io.write_result(d / "result.h5", fake_result(sha=f["sha_good"]))
-    f["even"] = io.write_result(d / "even.h5", fake_result(sha=f["sha_good"], half="even", seed=1))
-    f["odd"] = io.write_result(d / "odd.h5", fake_result(sha=f["sha_good"], half="odd", seed=2))
-    f["full2"] = io.write_result(d / "full2.h5", fake_result(sha=f["sha_good"], seed=3))
-    f["truth"] = io.write_truth(d / "good.truth.h5", fake_truth({"data_sha256": f["sha_good"]}))
-    f["other_truth"] = io.write_truth(d / "other.truth.h5", fake_truth({"data_sha256": "f" * 64}))
+    f["result"] = io_results.write_result(d / "result.h5", fake_result(sha=f["sha_good"]))
+    f["even"] = io_results.write_result(d / "even.h5", fake_result(sha=f["sha_good"], half="even", seed=1))
+    f["odd"] = io_results.write_result(d / "odd.h5", fake_result(sha=f["sha_good"], half="odd", seed=2))
+    f["full2"] = io_results.write_result(d / "full2.h5", fake_result(sha=f["sha_good"], seed=3))
+    f["truth"] = io_truth.write_truth(d / "good.truth.h5", fake_truth({"data_sha256": f["sha_good"]}))
+    f["other_truth"] = io_truth.write_truth(d / "other.truth.h5", fake_truth({"data_sha256": "f" * 64}))
     return f
 
 
@@ -214,9 +217,9 @@ def test_info_on_clean_data_has_no_check_lines(files, capsys):
 
 def test_run_masks_the_broken_frames(files, caplog):
     """The data of a run: the 18 empty frames are dropped with one warning, the rest kept."""
-    from diffxas.checks import check_dataset
+    from diffxas.data.checks import check_dataset
 
-    ds = io.read_cxi(files["zero_half"])
+    ds = io_cxi.read_cxi(files["zero_half"])
     with caplog.at_level(logging.WARNING, logger="diffxas"):
         kept = check_dataset(ds, source=files["zero_half"])
     assert kept.n_frames == ds.n_frames - 18 and "dropped" in caplog.text
@@ -243,16 +246,16 @@ class _FullH5:
 def test_full_disk_keeps_the_result_elsewhere_and_leaves_nothing(tmp_path, monkeypatch):
     from diffxas.errors import DiskFullError
 
-    monkeypatch.setattr(io.h5py, "File", _FullH5(tmp_path))
+    monkeypatch.setattr(h5py, "File", _FullH5(tmp_path))
     target = tmp_path / "r.h5"
     with pytest.raises(DiskFullError) as e:
-        io.write_result_or_keep(target, fake_result())
+        io_results.write_result_or_keep(target, fake_result())
     msg = str(e.value)
     assert str(target) in msg and "disk full" in msg and "saved to" in msg
     kept = Path(msg.split("saved to ")[1].split(" instead")[0])
     assert kept.is_file() and kept.parent != tmp_path
     monkeypatch.undo()
-    assert io.read_result(kept).method == "joint"
+    assert io_results.read_result(kept).method == "joint"
     assert not target.exists() and leftovers(tmp_path) == []
 
 
@@ -277,9 +280,9 @@ def test_reconstruct_refused_before_the_run_without_room(files, capsys, tmp_path
 
 def test_cluster_on_a_full_disk(files, capsys, tmp_path, monkeypatch):
     res = tmp_path / "c.h5"
-    io.write_result(res, fake_result(sha=files["sha_good"]))
-    before = io.sha256_file(res)
-    monkeypatch.setattr(io.h5py, "File", _FullH5(tmp_path))
+    io_results.write_result(res, fake_result(sha=files["sha_good"]))
+    before = io_files.sha256_file(res)
+    monkeypatch.setattr(h5py, "File", _FullH5(tmp_path))
     refused(
         capsys,
         "cluster",
@@ -292,7 +295,7 @@ def test_cluster_on_a_full_disk(files, capsys, tmp_path, monkeypatch):
         absent=[tmp_path / "c_clusters.csv"],
     )
     monkeypatch.undo()
-    assert io.sha256_file(res) == before and leftovers(tmp_path) == []
+    assert io_files.sha256_file(res) == before and leftovers(tmp_path) == []
 
 
 def test_report_on_a_full_disk_leaves_no_empty_figure(files, capsys, tmp_path, monkeypatch):
@@ -314,7 +317,7 @@ def test_joint_checkpoint_on_a_full_disk(tmp_path, monkeypatch, caplog):
     import equinox as eqx
     import jax.numpy as jnp
 
-    from diffxas.joint import _load_checkpoint, _save_checkpoint
+    from diffxas.solvers.joint.solver import _load_checkpoint, _save_checkpoint
 
     class S(eqx.Module):
         x: object
@@ -334,7 +337,7 @@ def test_joint_checkpoint_on_a_full_disk(tmp_path, monkeypatch, caplog):
 
 
 def test_epie_checkpoint_on_a_full_disk(tmp_path, monkeypatch, caplog):
-    from diffxas.epie import save_checkpoint
+    from diffxas.solvers.twostep.epie import save_checkpoint
 
     path = tmp_path / "epie.npz"
     monkeypatch.setattr(np, "savez", enospc)
@@ -380,8 +383,8 @@ def test_report_refuses_another_datasets_truth(files, capsys, tmp_path):
 def test_truth_checked_against_the_simulation_record_without_checksum(files, tmp_path):
     """A truth without data_sha256 (older files): its (preset, seed, dose) against the
     input CXI's."""
+    from diffxas.analysis.evaluate import check_truth_matches
     from diffxas.errors import InputError
-    from diffxas.evaluate import check_truth_matches
 
     r = dataclasses.replace(fake_result(), input_path=str(files["good"]))
     check_truth_matches(r, fake_truth({"preset": "hand", "seed": 1, "dose": 1e5}), "r.h5", "t.h5")
@@ -394,12 +397,12 @@ def test_truth_checked_against_the_simulation_record_without_checksum(files, tmp
 def test_simulation_records_its_data_checksum_in_the_truth(tmp_path):
     from types import SimpleNamespace
 
-    from diffxas.demo import write_simulation
+    from diffxas.app.pipeline import write_simulation
 
     cfg = SimpleNamespace(to_dict=dict, preset="hand", seed=1, dose=1e5)
     sim = SimpleNamespace(config=cfg, dataset=make_dataset(), truth=fake_truth({"seed": 1}))
     cxi, truth = write_simulation(sim, tmp_path / "s.cxi")
-    assert io.read_truth(truth).attrs["data_sha256"] == io.sha256_file(cxi)
+    assert io_truth.read_truth(truth).attrs["data_sha256"] == io_files.sha256_file(cxi)
 
 
 @pytest.mark.parametrize(
@@ -471,10 +474,10 @@ def test_values_outside_physics_refused_before_work(files, capsys, tmp_path, met
 
 def test_nan_inside_valid_pixels(tmp_path, capsys, files):
     """info warns; evaluate counts such a pixel as not covered (coverage < 1)."""
-    from diffxas.evaluate import evaluate
+    from diffxas.analysis.evaluate import evaluate
 
     r = fake_result(sha=files["sha_good"], nan_inside=True)
-    p = io.write_result(tmp_path / "nan.h5", r)
+    p = io_results.write_result(tmp_path / "nan.h5", r)
     rc, _out, err = run(capsys, "info", p)
     assert rc == 0 and "edge_energy: 1 of 144 valid pixels are NaN/inf" in err
     m = evaluate(r, fake_truth({}))
@@ -491,7 +494,7 @@ def test_info_on_a_fifo_does_not_hang(tmp_path):
     os.mkfifo(fifo)
     try:
         p = subprocess.run(
-            [sys.executable, "-m", "diffxas.cli", "info", str(fifo)],
+            [sys.executable, "-m", "diffxas.app.cli", "info", str(fifo)],
             capture_output=True,
             text=True,
             check=False,
@@ -510,7 +513,7 @@ def test_info_on_a_fifo_does_not_hang(tmp_path):
 
 
 def test_unknown_method_in_results_refused(tmp_path, capsys):
-    p = io.write_result(tmp_path / "foo.h5", fake_result())
+    p = io_results.write_result(tmp_path / "foo.h5", fake_result())
     with h5py.File(p, "r+") as f:
         f.attrs["method"] = "foo"
     refused(capsys, "info", p, words=["foo.h5", "unknown method 'foo'"])
@@ -549,8 +552,8 @@ def test_sweep_dry_run_rejects_typos_and_bad_options(tmp_path, capsys, axis, ext
 
 
 def test_empty_probe_is_named_not_divergence():
-    from diffxas.epie import EpieConfig, run_epie
     from diffxas.errors import InputError
+    from diffxas.solvers.twostep.epie import EpieConfig, run_epie
 
     ds = make_dataset()
     ds = dataclasses.replace(ds, illumination=np.zeros((ds.n_energies, 16, 16), np.complex64))
@@ -559,9 +562,9 @@ def test_empty_probe_is_named_not_divergence():
 
 
 def test_resume_refusal_names_the_orientation(tmp_path):
-    from diffxas.demo import _checkpoint_meta, _meta_path, reconstruct
+    from diffxas.app.pipeline import _checkpoint_meta, _meta_path, reconstruct
     from diffxas.errors import InputError
-    from diffxas.joint import JointConfig
+    from diffxas.solvers.joint.config import JointConfig
 
     cfg = JointConfig(steps=1)
     ckpt = tmp_path / "r.h5.ckpt"

@@ -80,10 +80,10 @@ def test_best_cpu_fft_with_torch():
 
 
 def test_numpy_epie_frame_update_is_the_classic_update():
-    """Reference: diffxas.epie.epie_update (the 2009 ePIE update of one frame, checked against the
+    """Reference: diffxas.solvers.twostep.epie.epie_update (the 2009 ePIE update of one frame, checked against the
     amplitude loss's gradient in tests/test_epie.py); one frame, alpha = beta = 1; float32."""
-    from diffxas import forward
-    from diffxas.epie import epie_update
+    from diffxas.physics import forward
+    from diffxas.solvers.twostep.epie import epie_update
 
     rng = np.random.default_rng(2)
     m = 16

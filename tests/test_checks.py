@@ -1,4 +1,4 @@
-"""diffxas.checks: which frames and scans can support maps (refuse / mask / pass).
+"""diffxas.data.checks: which frames and scans can support maps (refuse / mask / pass).
 
 Hand-made datasets (Poisson frames of a Gaussian beam, 4 energies around the V K edge, a
 6 x 6 raster): every case is decided by the checks' stated thresholds, so each test
@@ -10,8 +10,8 @@ import logging
 import numpy as np
 import pytest
 
-from diffxas import checks
-from diffxas.dataset import Dataset
+from diffxas.data import checks
+from diffxas.data.dataset import Dataset
 from diffxas.errors import ConfigError, InputError
 
 ENERGIES = np.array([5450.0, 5465.0, 5480.0, 5500.0])

@@ -1,4 +1,4 @@
-"""Tests of the diffxas command line (diffxas.cli): the info command and error handling."""
+"""Tests of the diffxas command line (diffxas.app.cli): the info command and error handling."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffxas.joint import JointConfig
-from diffxas import __version__, cli, io
-from diffxas.dataset import Dataset
+from diffxas import __version__
+from diffxas.app import cli
+from diffxas.data import cxi as io_cxi
+from diffxas.data import files as io_files
+from diffxas.data import info as io_info
+from diffxas.data import results as io_results
+from diffxas.data import truth as io_truth
+from diffxas.data.dataset import Dataset
 from diffxas.errors import ConfigError, DivergenceError
+from diffxas.solvers.joint.config import JointConfig
 
 ENERGIES = np.array([5420.0, 5480.0, 5540.0])
 
@@ -27,7 +33,7 @@ def make_dataset(k=3, n=5, m=16, seed=0) -> Dataset:
 
 @pytest.fixture
 def cxi(tmp_path) -> Path:
-    return io.write_cxi(tmp_path / "data.cxi", make_dataset())
+    return io_cxi.write_cxi(tmp_path / "data.cxi", make_dataset())
 
 
 def assert_one_error_line(err: str, *needles):
@@ -50,7 +56,7 @@ def test_info_cxi(cxi, capsys):
 def test_closed_stdout_pipe_is_quiet(cxi):
     # `diffxas info ... | head -1`: the reader leaves; no traceback, no error line, exit 141
     # (200 summaries, ~0.2 MB, overflow the 64 kB pipe buffer, so the write does fail)
-    p = subprocess.Popen([sys.executable, "-m", "diffxas.cli", "info"] + [str(cxi)] * 200,
+    p = subprocess.Popen([sys.executable, "-m", "diffxas.app.cli", "info"] + [str(cxi)] * 200,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert p.stdout.readline().startswith(str(cxi).encode())
     p.stdout.close()
@@ -60,7 +66,7 @@ def test_closed_stdout_pipe_is_quiet(cxi):
 
 
 def test_info_several_files(cxi, tmp_path, capsys):
-    other = io.write_cxi(tmp_path / "b.cxi", make_dataset(k=2, seed=1))
+    other = io_cxi.write_cxi(tmp_path / "b.cxi", make_dataset(k=2, seed=1))
     assert cli.main(["info", str(cxi), str(other)]) == 0
     out = capsys.readouterr().out
     assert str(cxi) in out and str(other) in out and "2 entries" in out
@@ -73,8 +79,8 @@ def test_info_result_and_truth(tmp_path, capsys):
         import test_io
     finally:
         sys.path.pop(0)
-    r = io.write_result(tmp_path / "r.h5", test_io.make_result())
-    t = io.write_truth(tmp_path / "t.h5", test_io.make_truth())
+    r = io_results.write_result(tmp_path / "r.h5", test_io.make_result())
+    t = io_truth.write_truth(tmp_path / "t.h5", test_io.make_truth())
     assert cli.main(["info", str(r)]) == 0
     assert "diffxas results file" in capsys.readouterr().out
     assert cli.main(["info", str(t)]) == 0
@@ -92,7 +98,7 @@ def _missing(tmp_path):
 
 
 def _truncated(tmp_path):
-    p = io.write_cxi(tmp_path / "t.cxi", make_dataset())
+    p = io_cxi.write_cxi(tmp_path / "t.cxi", make_dataset())
     data = p.read_bytes()
     p.write_bytes(data[: len(data) // 2])
     return p, "truncated or corrupt"
@@ -101,7 +107,7 @@ def _truncated(tmp_path):
 def _ev_energy(tmp_path):
     import h5py
 
-    p = io.write_cxi(tmp_path / "ev.cxi", make_dataset())
+    p = io_cxi.write_cxi(tmp_path / "ev.cxi", make_dataset())
     with h5py.File(p, "r+") as f:
         del f["entry_1/instrument_1/source_1/energy"]
         f["entry_1/instrument_1/source_1/energy"] = 5420.0
@@ -146,25 +152,25 @@ def test_errors_and_interrupt(monkeypatch, capsys, cxi):
     def config_error(path):
         raise ConfigError("bad value for iterations: -1\n(second line is folded)")
 
-    monkeypatch.setattr(io, "summarize", config_error)
+    monkeypatch.setattr(io_info, "summarize", config_error)
     assert cli.main(["info", str(cxi)]) == 2
     assert_one_error_line(capsys.readouterr().err, "bad value for iterations: -1 (second line is folded)")
 
     def permission(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(io, "summarize", permission)
+    monkeypatch.setattr(io_info, "summarize", permission)
     assert cli.main(["info", str(cxi)]) == 2
     assert_one_error_line(capsys.readouterr().err, "Permission denied", str(cxi))
 
     def interrupt(path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io, "summarize", interrupt)
+    monkeypatch.setattr(io_info, "summarize", interrupt)
     assert cli.main(["info", str(cxi)]) == 130
     assert_one_error_line(capsys.readouterr().err, "interrupted")
     # --traceback re-raises for debugging
-    monkeypatch.setattr(io, "summarize", config_error)
+    monkeypatch.setattr(io_info, "summarize", config_error)
     with pytest.raises(ConfigError):
         cli.main(["--traceback", "info", str(cxi)])
 
@@ -195,7 +201,7 @@ import io as _stdio  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 
-from diffxas import demo  # noqa: E402
+from diffxas.app import pipeline as demo_pipeline  # noqa: E402
 
 #: Six energies over the edge (the two-step fit needs >= 6; a narrow range keeps the joint
 #: solver's initial grid search short).
@@ -234,11 +240,11 @@ def joint_dir(sim_dir, tmp_path_factory) -> Path:
 def test_simulate_writes_readable_cxi_and_truth(sim_dir):
     cxi, truth = sim_dir / "tiny.cxi", sim_dir / "tiny.truth.h5"
     assert sorted(p.name for p in sim_dir.iterdir()) == ["simulate.stdout", "tiny.cxi", "tiny.truth.h5"]
-    ds = io.read_cxi(cxi)
+    ds = io_cxi.read_cxi(cxi)
     np.testing.assert_allclose(ds.energies, [float(e) for e in TINY_ENERGIES.split(",")])
     assert ds.frame_size == 32 and ds.illumination is not None
     assert np.all(np.asarray(ds.frames) >= 0)
-    t = io.read_truth(truth)
+    t = io_truth.read_truth(truth)
     assert t.attrs["preset"] == "tiny" and t.attrs["seed"] == 1
     assert (t.labels >= 0).any()
     np.testing.assert_allclose(t.energies, ds.energies)
@@ -255,14 +261,14 @@ def test_simulate_option_precedence(tmp_path, monkeypatch):
         seen["cfg"], seen["cxi"], seen["truth"] = cfg, Path(cxi), Path(truth)
         raise KeyboardInterrupt  # stop here: nothing is simulated or written
 
-    monkeypatch.setattr(demo, "simulate_files", fake_simulate_files)
+    monkeypatch.setattr(demo_pipeline, "simulate_files", fake_simulate_files)
     conf = tmp_path / "c.toml"
     conf.write_text('[simulate]\npreset = "tiny"\nseed = 5\ndose = 1e4\nframe_size = 48\n')
     rc, _, err = _run(["simulate", tmp_path / "x.cxi", "--config", conf, "--set", "seed=6", "--set",
                        "simulate.jitter=0.1", "--dose", "2e5", "--energies", 4])
     assert rc == 130 and "interrupted" in err
     cfg = seen["cfg"]
-    from diffxas.simulate import PRESETS
+    from diffxas.simulate.presets import PRESETS
 
     tiny = PRESETS["tiny"]["energies"]
     assert cfg.preset == "tiny" and cfg.seed == 6 and cfg.dose == 2e5 and cfg.frame_size == 48 and cfg.jitter == 0.1
@@ -275,20 +281,20 @@ def test_simulate_option_precedence(tmp_path, monkeypatch):
 
 
 def test_spread_indices():
-    assert demo.spread_indices(40, 40).tolist() == list(range(40))
-    assert demo.spread_indices(40, 2).tolist() == [0, 39]
+    assert demo_pipeline.spread_indices(40, 40).tolist() == list(range(40))
+    assert demo_pipeline.spread_indices(40, 2).tolist() == [0, 39]
     for k in range(2, 41):
-        idx = demo.spread_indices(40, k)
+        idx = demo_pipeline.spread_indices(40, k)
         assert len(set(idx.tolist())) == k and idx[0] == 0 and idx[-1] == 39
-    assert demo.select_energies([1.0, 2.0, 3.0, 4.0, 5.0], 3) == (1.0, 3.0, 5.0)
+    assert demo_pipeline.select_energies([1.0, 2.0, 3.0, 4.0, 5.0], 3) == (1.0, 3.0, 5.0)
     # halves round up (np.round would give [0, 2, 5]: round half to even)
-    assert demo.spread_indices(6, 3).tolist() == [0, 3, 5]
+    assert demo_pipeline.spread_indices(6, 3).tolist() == [0, 3, 5]
     # one rule: simulate --energies, reconstruct --energies and the sweeps' "uniform" agree
-    from diffxas import sweep
+    from diffxas.app.sweep import spec as sweep_spec
 
     e = [5420.0 + 3 * i for i in range(40)]
     for k in range(2, 41):
-        assert sweep.select_energies(e, k, "uniform") == demo.select_energies(e, k)
+        assert sweep_spec.select_energies(e, k, "uniform") == demo_pipeline.select_energies(e, k)
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -334,9 +340,9 @@ def test_simulate_bad_config_and_output(tmp_path):
 
 def test_reconstruct_joint_writes_result(sim_dir, joint_dir):
     cxi, res = sim_dir / "tiny.cxi", joint_dir / "joint.h5"
-    r = io.read_result(res)
+    r = io_results.read_result(res)
     assert r.method == "joint"
-    assert r.input_sha256 == io.sha256_file(cxi) and len(r.input_sha256) == 64
+    assert r.input_sha256 == io_files.sha256_file(cxi) and len(r.input_sha256) == 64
     assert Path(r.input_path) == cxi.resolve()
     assert r.config["method"] == "joint" and r.config["joint"]["steps"] == 2 and r.config["joint"]["log_every"] == 1
     assert r.config["joint"]["per_pixel"] == list(JointConfig().per_pixel)  # full default config recorded
@@ -350,14 +356,14 @@ def test_reconstruct_joint_writes_result(sim_dir, joint_dir):
 def test_reconstruct_config_precedence(sim_dir, joint_dir, tmp_path, monkeypatch):
     """defaults < --config < --set < --steps/--init; recorded config is the one used."""
     seen = {}
-    prior = io.read_result(joint_dir / "joint.h5")
+    prior = io_results.read_result(joint_dir / "joint.h5")
 
     def fake_reconstruct(ds, method, cfg, **kw):
         seen.update(method=method, cfg=cfg, **kw)
         prior.config = {"joint": "from the solver"}
         return prior
 
-    monkeypatch.setattr(demo, "reconstruct", fake_reconstruct)
+    monkeypatch.setattr(demo_pipeline, "reconstruct", fake_reconstruct)
     conf = tmp_path / "j.toml"
     conf.write_text("[joint]\nsteps = 7\nlr_amp = 0.5\nseed = 3\n[cluster]\nk = 3\n")
     rc, _, err = _run(["reconstruct", sim_dir / "tiny.cxi", "--method", "joint", "-o", tmp_path / "r.h5", "--config",
@@ -368,8 +374,8 @@ def test_reconstruct_config_precedence(sim_dir, joint_dir, tmp_path, monkeypatch
     assert seen["method"] == "joint" and cfg.steps == 9 and cfg.lr_amp == 0.25 and cfg.seed == 3
     assert cfg.init == "result" and cfg.init_result == str(joint_dir / "joint.h5")
     assert seen["checkpoint"] == tmp_path / "r.h5.ckpt" and seen["resume"] is False
-    assert seen["input_sha256"] == io.sha256_file(sim_dir / "tiny.cxi")
-    assert io.read_result(tmp_path / "r.h5").method == "joint"
+    assert seen["input_sha256"] == io_files.sha256_file(sim_dir / "tiny.cxi")
+    assert io_results.read_result(tmp_path / "r.h5").method == "joint"
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -425,10 +431,10 @@ def test_reconstruct_refuses_to_overwrite_input(cxi, capsys):
 
 
 def test_reconstruct_twostep_missing_module_is_one_line(cxi, tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "twostep_available", lambda: (False, "diffxas.twostep is not installed"))
+    monkeypatch.setattr(demo_pipeline, "twostep_available", lambda: (False, "diffxas.solvers.twostep.run is not installed"))
     rc, _, err = _run(["reconstruct", cxi, "--method", "two-step", "-o", tmp_path / "r.h5"])
     assert rc == 2
-    assert_one_error_line(err, "the two-step method is not available: diffxas.twostep is not installed")
+    assert_one_error_line(err, "the two-step method is not available: diffxas.solvers.twostep.run is not installed")
     assert not (tmp_path / "r.h5").exists()
 
 
@@ -436,7 +442,7 @@ def test_reconstruct_twostep_missing_module_is_one_line(cxi, tmp_path, monkeypat
 def _cxi_edit(tmp_path, name, edit):
     import h5py
 
-    p = io.write_cxi(tmp_path / name, make_dataset())
+    p = io_cxi.write_cxi(tmp_path / name, make_dataset())
     with h5py.File(p, "r+") as f:
         edit(f)
     return p
@@ -509,7 +515,7 @@ def test_cluster_evaluate_report(result_copy, sim_dir, tmp_path):
     rc, out, err = _run(["cluster", result_copy, "--k", 2, "--seeds", 2, "--features", "edge_energy,pre_edge_norm"])
     assert rc == 0, err
     assert "k = 2" in out and "wrote /clusters" in out
-    r = io.read_result(result_copy)
+    r = io_results.read_result(result_copy)
     assert r.clusters is not None and int(r.clusters["k"]) == 2
     assert list(r.clusters["features"]) == ["edge_energy", "pre_edge_norm"]
     assert (tmp_path / "joint_clusters.csv").exists()
@@ -599,7 +605,7 @@ def test_reconstruct_resume(sim_dir, tmp_path):
     rc, _, err = _run(base)
     assert rc == 0, err
     assert ck.exists() and (tmp_path / "ck" / "state.eqx.meta.json").exists()  # explicit checkpoints are kept
-    first = io.read_result(out)
+    first = io_results.read_result(out)
     # a different configuration is refused
     rc, _, err = _run(base[:-1] + ["lr_amp=0.5", "--resume"])
     assert rc == 2
@@ -614,16 +620,16 @@ def test_reconstruct_resume(sim_dir, tmp_path):
     # --orientation auto (the default) checked the simulator's frames and kept them
     assert orient["requested"] == "auto" and orient["applied"] == "none" and orient["check"]["confident"]
     # a checkpoint of other orientation is another input
-    assert not demo._same_part({**sel, "orientation": {"applied": "rot180"}}, first.config["input_selection"])
+    assert not demo_pipeline._same_part({**sel, "orientation": {"applied": "rot180"}}, first.config["input_selection"])
     # a checkpoint from before the record (no input_selection in its metadata) is the whole file
-    assert demo._same_part(None, first.config["input_selection"])
-    assert not demo._same_part(None, {"half": "even", "energy_indices": None})
+    assert demo_pipeline._same_part(None, first.config["input_selection"])
+    assert not demo_pipeline._same_part(None, {"half": "even", "energy_indices": None})
     # same configuration: continues from step 2 (nothing left to do) and gives the same maps
     out.unlink()
     rc, _, err = _run(base + ["--resume"])
     assert rc == 0, err
     assert "resuming from checkpoint" in err
-    again = io.read_result(out)
+    again = io_results.read_result(out)
     np.testing.assert_array_equal(again.maps.edge_energy, first.maps.edge_energy)
     assert again.config["init"]["resumed_from_step"] == 2
 
@@ -632,15 +638,15 @@ def test_reconstruct_energy_subset_and_half(sim_dir, joint_dir, tmp_path, monkey
     """--energies N / --energy-list pick the file's energies (the one spread rule), --half
     the frames; the part is handed to the solver and recorded (config + checkpoint meta)."""
     seen = {}
-    prior = io.read_result(joint_dir / "joint.h5")
+    prior = io_results.read_result(joint_dir / "joint.h5")
 
     def fake_reconstruct(ds, method, cfg, **kw):
         seen.update(ds=ds, **kw)
         return prior
 
-    monkeypatch.setattr(demo, "reconstruct", fake_reconstruct)
+    monkeypatch.setattr(demo_pipeline, "reconstruct", fake_reconstruct)
     cxi = sim_dir / "tiny.cxi"
-    full = io.read_cxi(cxi)
+    full = io_cxi.read_cxi(cxi)
     e_file = np.asarray(full.energies)
     rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "a.h5", "--energies", 3, "--no-progress"])
     assert rc == 0, err
@@ -672,7 +678,7 @@ def test_demo_reconstruct_records_the_input_part(sim_dir, tmp_path):
     rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", out, "--steps", 1, "--energies", 4,
                        "--half", "even", "--no-progress", "--set", "init=stxm"])
     assert rc == 0, err
-    r = io.read_result(out)
+    r = io_results.read_result(out)
     sel = dict(r.config["input_selection"])
     assert sel.pop("orientation")["applied"] == "none"
     assert sel == {"half": "even", "energy_indices": [0, 2, 3, 5], "energies_ev": [float(e) for e in r.energies],
@@ -686,30 +692,30 @@ def test_orientation_command_and_auto_reorientation(sim_dir, tmp_path):
     """A file whose frames are rotated (what an ifft2-propagating simulator writes): `diffxas
     orientation` names the fix, and `reconstruct` (--orientation auto) undoes it, giving
     exactly the maps of the original file; --orientation none keeps the frames."""
-    from diffxas.orientation import reorient
+    from diffxas.data.orientation import reorient
 
     cxi = sim_dir / "tiny.cxi"
-    rot = io.write_cxi(tmp_path / "rot.cxi", reorient(io.read_cxi(cxi), "rot90"))
+    rot = io_cxi.write_cxi(tmp_path / "rot.cxi", reorient(io_cxi.read_cxi(cxi), "rot90"))
     rc, stdout, err = _run(["orientation", rot, "--json", tmp_path / "o.json"])
     assert rc == 0 and err == "", err
     assert "--orientation rot270" in stdout and "<- best" in stdout
     import json
 
     rec = json.loads((tmp_path / "o.json").read_text())
-    assert rec["best"] == "rot270" and rec["confident"] and rec["input_sha256"] == io.sha256_file(rot)
+    assert rec["best"] == "rot270" and rec["confident"] and rec["input_sha256"] == io_files.sha256_file(rot)
     common = ["--method", "joint", "--steps", 2, "--no-progress", "--no-checkpoint", "--set", "init=stxm"]
     rc, _, err = _run(["reconstruct", cxi, "-o", tmp_path / "a.h5"] + common)
     assert rc == 0, err
     rc, _, err = _run(["reconstruct", rot, "-o", tmp_path / "b.h5"] + common)
     assert rc == 0, err
     assert "the frames are re-oriented (rot270)" in err
-    a, b = io.read_result(tmp_path / "a.h5"), io.read_result(tmp_path / "b.h5")
+    a, b = io_results.read_result(tmp_path / "a.h5"), io_results.read_result(tmp_path / "b.h5")
     assert b.config["input_selection"]["orientation"]["applied"] == "rot270"
     # the same frames in the same order: the same computation (float32 tolerance)
     np.testing.assert_allclose(b.maps.edge_energy, a.maps.edge_energy, rtol=0, atol=1e-3, equal_nan=True)
     rc, _, err = _run(["reconstruct", rot, "-o", tmp_path / "c.h5", "--orientation", "none"] + common)
     assert rc == 0 and "re-oriented" not in err
-    c = io.read_result(tmp_path / "c.h5")
+    c = io_results.read_result(tmp_path / "c.h5")
     assert c.config["input_selection"]["orientation"] == {"requested": "none", "applied": "none"}
     rc, _, err = _run(["reconstruct", rot, "-o", tmp_path / "d.h5", "--orientation", "sideways"] + common)
     assert rc == 2
@@ -734,7 +740,7 @@ def test_demo_bad_input(tmp_path, argv, words):
 def test_building_the_parser_does_not_import_jax():
     """`diffxas --help` stays fast: the parser (with every command's choices) imports no JAX
     (the module docstring's rule; orientation.CHOICES once broke it)."""
-    code = "import sys, diffxas.cli as c; c.build_parser(); print('jax' in sys.modules)"
+    code = "import sys, diffxas.app.cli as c; c.build_parser(); print('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
 
@@ -748,7 +754,7 @@ def test_new_commands_have_help(capsys):
     for name in ("simulate", "reconstruct", "cluster", "evaluate", "report", "demo"):
         assert name in out
     try:
-        import diffxas.sweep  # noqa: F401
+        import diffxas.app.sweep  # noqa: F401
     except Exception:
         return
     assert cli._add_sweep in cli.COMMANDS and "sweep" in out
@@ -760,7 +766,7 @@ def test_internal_errors_are_one_line(monkeypatch, cxi, capsys):
     def bug(path):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(io, "summarize", bug)
+    monkeypatch.setattr(io_info, "summarize", bug)
     assert cli.main(["info", str(cxi)]) == 1
     assert_one_error_line(capsys.readouterr().err, "internal error: ZeroDivisionError: division by zero",
                           "--traceback")
@@ -775,13 +781,14 @@ def test_reconstruct_failure_leaves_no_files(cxi, tmp_path, monkeypatch, method)
     def fail(*a, **kw):
         raise DivergenceError("diverged at step 3: loss is nan")
 
-    import diffxas.joint
+    import diffxas.solvers.joint.config
+    import diffxas.solvers.joint.run
 
-    monkeypatch.setattr(diffxas.joint, "reconstruct_joint", fail)
-    fake = types.SimpleNamespace(TwoStepConfig=diffxas.joint.JointConfig, reconstruct_two_step=fail)
-    monkeypatch.setattr(demo, "twostep_available", lambda: (True, ""))
-    monkeypatch.setattr(demo, "_require_twostep", lambda: fake)
-    monkeypatch.setattr(demo, "method_config", lambda m, mapping: diffxas.joint.JointConfig())
+    monkeypatch.setattr(diffxas.solvers.joint.run, "reconstruct_joint", fail)
+    fake = types.SimpleNamespace(TwoStepConfig=diffxas.solvers.joint.config.JointConfig, reconstruct_two_step=fail)
+    monkeypatch.setattr(demo_pipeline, "twostep_available", lambda: (True, ""))
+    monkeypatch.setattr(demo_pipeline, "_require_twostep", lambda: fake)
+    monkeypatch.setattr(demo_pipeline, "method_config", lambda m, mapping: diffxas.solvers.joint.config.JointConfig())
     before = sorted(p.name for p in tmp_path.iterdir())
     out = tmp_path / "o" / "deeper" / "r.h5"
     # (--orientation none: the random frames have no orientation to detect, and its warning is not the point)
@@ -793,17 +800,17 @@ def test_reconstruct_failure_leaves_no_files(cxi, tmp_path, monkeypatch, method)
 
 def test_reconstruct_twostep_iterations(sim_dir, joint_dir, tmp_path, monkeypatch):
     """--iterations sets the ePIE epochs and keeps the (scaled) default schedule valid."""
-    ok, _ = demo.twostep_available()
+    ok, _ = demo_pipeline.twostep_available()
     if not ok:
-        pytest.skip("diffxas.twostep not available")
+        pytest.skip("diffxas.solvers.twostep.run not available")
     seen = {}
-    prior = io.read_result(joint_dir / "joint.h5")
+    prior = io_results.read_result(joint_dir / "joint.h5")
 
     def fake_reconstruct(ds, method, cfg, **kw):
         seen.update(method=method, cfg=cfg, **kw)
         return prior
 
-    monkeypatch.setattr(demo, "reconstruct", fake_reconstruct)
+    monkeypatch.setattr(demo_pipeline, "reconstruct", fake_reconstruct)
     rc, _, err = _run(["reconstruct", sim_dir / "tiny.cxi", "--method", "two-step", "-o", tmp_path / "t.h5",
                        "--iterations", 5, "--set", "fit.iterations=7", "--no-progress"])
     assert rc == 0, err
@@ -820,7 +827,7 @@ def test_reconstruct_joint_holdout_says_it(sim_dir, tmp_path):
                          "--set", "joint.holdout=0.2", "--no-progress"])
     assert rc == 0, err
     assert "frames held out, their loss" in out
-    r = io.read_result(tmp_path / "h.h5")
+    r = io_results.read_result(tmp_path / "h.h5")
     assert r.config["init"]["holdout"]["heldout_frames"] > 0 and len(r.history["heldout_loss"]) == 1
 
 
@@ -832,14 +839,14 @@ def test_reconstruct_with_a_background_both_methods(sim_dir, tmp_path):
     rc, out, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "j.h5", "--steps", 2,
                          "--set", "joint.background=map", "--no-progress"])
     assert rc == 0, err
-    r = io.read_result(tmp_path / "j.h5")
+    r = io_results.read_result(tmp_path / "j.h5")
     m = r.probes.shape[-1]
     assert r.background.shape == (6, m, m) and np.all(r.background > 0)
     assert r.config["background"]["mode"] == "map" and "joint: incoherent background (map)" in err
     rc, out, err = _run(["reconstruct", cxi, "--method", "two-step", "-o", tmp_path / "t.h5", "--iterations", 6,
                          "--set", "twostep.epie.background=flat", "--no-progress"])
     assert rc == 0, err
-    t = io.read_result(tmp_path / "t.h5")
+    t = io_results.read_result(tmp_path / "t.h5")
     assert t.background.shape == (6,) and t.config["background"]["mode"] == "flat"
     assert "two-step: incoherent background (flat)" in err
     rc, out, err = _run(["info", tmp_path / "t.h5"])

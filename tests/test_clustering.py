@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from diffxas.clustering import (ClusterConfig, cluster_maps, cluster_result, format_clusters, knee_point, robust_standardise,
-                                write_cluster_csv)
+from diffxas.analysis.clustering import (
+    ClusterConfig,
+    cluster_maps,
+    cluster_result,
+    format_clusters,
+    knee_point,
+    robust_standardise,
+    write_cluster_csv,
+)
 from diffxas.errors import ConfigError
 from diffxas.maps import ChemMaps, Result
 
@@ -198,7 +205,7 @@ def test_assignment_confidence_two_centres_closed_form():
     # P(draw > 0) = Phi(z0 / s). 20000 draws: Monte Carlo s.e. <= 0.0035; tolerance 0.012.
     from scipy.stats import norm
 
-    from diffxas.clustering import assignment_confidence
+    from diffxas.analysis.clustering import assignment_confidence
 
     z0 = np.array([0.3, 1.0, -0.2, 2.0])
     s = np.array([0.5, 1.0, 0.4, 0.0])
@@ -245,8 +252,8 @@ def test_confidence_map_from_std_maps():
 
 
 def test_confidence_round_trip_through_results_file(tmp_path):
-    io = pytest.importorskip("diffxas.io")
-    from diffxas.clustering import cluster_file
+    io = pytest.importorskip("diffxas.data")
+    from diffxas.analysis.clustering import cluster_file
 
     maps, _ = make_maps(n=32)
     K = 3

@@ -1,4 +1,4 @@
-"""Tests of diffxas.config: TOML loading, typed construction, overrides, recording."""
+"""Tests of diffxas.app.config: TOML loading, typed construction, overrides, recording."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from diffxas import config as C
-from diffxas.clustering import ClusterConfig
+from diffxas.analysis.clustering import ClusterConfig
+from diffxas.app import config as C
 from diffxas.errors import ConfigError
-from diffxas.joint import JointConfig
+from diffxas.solvers.joint.config import JointConfig
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -86,7 +86,7 @@ def test_real_config_classes():
 
 
 def test_sim_config_uses_preset():
-    from diffxas.simulate import preset
+    from diffxas.simulate.presets import preset
 
     s = C.sim_config({"preset": "tiny", "seed": 3, "energies": [5420, 5480, 5500]})
     assert s == dataclasses.replace(preset("tiny"), seed=3, energies=(5420.0, 5480.0, 5500.0))
@@ -216,7 +216,7 @@ def test_config_to_dict_and_toml_roundtrip():
 def test_examples_parse(name):
     m = C.load_config(EXAMPLES / name)
     assert m
-    C.validate_config(m)  # the twostep section is skipped while diffxas.twostep is absent
+    C.validate_config(m)  # the twostep section is skipped while diffxas.solvers.twostep.run is absent
 
 
 def test_examples_are_the_defaults():
@@ -227,24 +227,24 @@ def test_examples_are_the_defaults():
     try:
         ts = C.section_class("twostep")
     except ConfigError:
-        pytest.skip("diffxas.twostep not available")
+        pytest.skip("diffxas.solvers.twostep.run not available")
     m = C.load_config(EXAMPLES / "twostep.toml")
     assert C.build_section(m, "twostep") == ts(), "examples/twostep.toml no longer lists the TwoStepConfig defaults"
 
 
 def test_set_iterations_scales_the_epie_schedule():
-    from diffxas import demo
+    from diffxas.app import pipeline as demo_pipeline
 
-    assert demo.set_iterations({}, "joint", 7) == {"joint": {"steps": 7}}
+    assert demo_pipeline.set_iterations({}, "joint", 7) == {"joint": {"steps": 7}}
     try:
         ts = C.section_class("twostep")
     except ConfigError:
-        pytest.skip("diffxas.twostep not available")
+        pytest.skip("diffxas.solvers.twostep.run not available")
     base = ts().epie
     for n in (1, 5, 30, base.epochs, 3 * base.epochs):
-        e = C.build_section(demo.set_iterations({}, "two-step", n), "twostep").epie  # always valid
+        e = C.build_section(demo_pipeline.set_iterations({}, "two-step", n), "twostep").epie  # always valid
         assert e.epochs == n
-        for name in demo.EPOCH_SCHEDULE:
+        for name in demo_pipeline.EPOCH_SCHEDULE:
             v0, v = getattr(base, name), getattr(e, name)
             if v0 is None:
                 assert v is None
@@ -253,5 +253,5 @@ def test_set_iterations_scales_the_epie_schedule():
             else:
                 assert v == min(max(round(v0 * n / base.epochs), 0), n - 1)
     # explicitly configured schedule values are kept
-    m = demo.set_iterations({"twostep": {"epie": {"kk_start": 2}}}, "two-step", 10)
+    m = demo_pipeline.set_iterations({"twostep": {"epie": {"kk_start": 2}}}, "two-step", 10)
     assert C.build_section(m, "twostep").epie.kk_start == 2

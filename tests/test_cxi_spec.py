@@ -31,8 +31,8 @@ import h5py
 import numpy as np
 import pytest
 
-from diffxas import io
-from diffxas.dataset import Dataset
+from diffxas.data import cxi as io_cxi
+from diffxas.data.dataset import Dataset
 
 IMPLICIT_AXES = {"y", "x", "coordinate", "dimension", "dot_product", "unit_cell"}
 DET = "instrument_1/detector_1"
@@ -148,7 +148,7 @@ def _dataset(k=3, n=4, m=8, seed=0) -> Dataset:
 
 @pytest.fixture
 def written(tmp_path):
-    return io.write_cxi(tmp_path / "d.cxi", _dataset())
+    return io_cxi.write_cxi(tmp_path / "d.cxi", _dataset())
 
 
 def test_written_cxi_passes_the_spec_rules(written):
@@ -158,7 +158,7 @@ def test_written_cxi_passes_the_spec_rules(written):
 def test_written_cxi_float_frames_pass(tmp_path):
     ds = dataclasses.replace(_dataset(), illumination=None, monitor=None)
     ds = dataclasses.replace(ds, frames=np.asarray(ds.frames) + 0.5)
-    path = io.write_cxi(tmp_path / "f.cxi", ds, compression=None)
+    path = io_cxi.write_cxi(tmp_path / "f.cxi", ds, compression=None)
     with h5py.File(path) as f:
         assert f[f"entry_1/{DET}/data"].dtype == np.float32
     assert cxi_spec_errors(path) == []

@@ -1,4 +1,4 @@
-"""Tests of diffxas.demo (the end-to-end demo) and the `diffxas demo` command.
+"""Tests of diffxas.app (the end-to-end demo) and the `diffxas demo` command.
 
 The fast tests replace the simulation and the reconstructions by synthetic stand-ins (a
 small dataset, a truth with four domains, results equal to the truth plus noise) and run
@@ -19,8 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffxas import cli, demo, io
-from diffxas.dataset import Dataset
+from diffxas.app import cli
+from diffxas.app import demo as demo_demo
+from diffxas.app import pipeline as demo_pipeline
+from diffxas.data import files as io_files
+from diffxas.data import results as io_results
+from diffxas.data.dataset import Dataset
 from diffxas.errors import DivergenceError
 from diffxas.maps import MAP_FIELDS, ChemMaps, Result, Truth
 
@@ -116,16 +120,16 @@ def fakes(monkeypatch):
     FakeTwoStep.TwoStepConfig = FakeTwoStepConfig
     FakeTwoStep.reconstruct_two_step = reconstruct_two_step
 
-    import diffxas.config
-    import diffxas.joint
+    import diffxas.app.config
     import diffxas.simulate
+    import diffxas.solvers.joint.run
 
     monkeypatch.setitem(sys.modules, "fake_twostep", FakeTwoStep)
-    monkeypatch.setitem(diffxas.config._SECTION_CLASSES, "twostep", ("fake_twostep", "TwoStepConfig"))
-    monkeypatch.setattr(diffxas.simulate, "simulate", simulate)
-    monkeypatch.setattr(diffxas.joint, "reconstruct_joint", reconstruct_joint)
-    monkeypatch.setattr(demo, "twostep_available", lambda: (True, ""))
-    monkeypatch.setattr(demo, "_require_twostep", lambda: FakeTwoStep)
+    monkeypatch.setitem(diffxas.app.config._SECTION_CLASSES, "twostep", ("fake_twostep", "TwoStepConfig"))
+    monkeypatch.setattr(diffxas.simulate.presets, "simulate", simulate)
+    monkeypatch.setattr(diffxas.solvers.joint.run, "reconstruct_joint", reconstruct_joint)
+    monkeypatch.setattr(demo_pipeline, "twostep_available", lambda: (True, ""))
+    monkeypatch.setattr(demo_pipeline, "_require_twostep", lambda: FakeTwoStep)
     seen["FakeTwoStep"] = FakeTwoStep
     return seen
 
@@ -142,7 +146,7 @@ FAST_CLUSTER = {"cluster": {"seeds": 2, "n_init": 2, "k_max": 5}}
 
 def test_demo_pipeline_and_outputs(fakes, tmp_path):
     out = tmp_path / "demo"
-    o, stdout, stderr = _quiet(demo.run_demo, out, "tiny", config=FAST_CLUSTER, report_formats=("png",))
+    o, stdout, stderr = _quiet(demo_demo.run_demo, out, "tiny", config=FAST_CLUSTER, report_formats=("png",))
     assert o.failures == {} and o.notes == []
     assert set(o.results) == {"two-step", "joint"}
     names = sorted(p.name for p in out.iterdir())
@@ -151,21 +155,21 @@ def test_demo_pipeline_and_outputs(fakes, tmp_path):
         assert n in names, names
     assert (out / "report" / "summary.md").exists() and (out / "report" / "metrics.json").exists()
     # the simulation went through the CXI file; results record the input and its checksum
-    sha = io.sha256_file(out / "data.cxi")
+    sha = io_files.sha256_file(out / "data.cxi")
     for m, p in o.results.items():
-        r = io.read_result(p)
+        r = io_results.read_result(p)
         assert r.input_sha256 == sha and r.method == m
         assert r.clusters is not None  # clustered in place
     # both methods clustered with the same settings
-    a = [io.read_result(p).clusters for p in o.results.values()]
+    a = [io_results.read_result(p).clusters for p in o.results.values()]
     assert list(a[0]["features"]) == list(a[1]["features"]) == ["edge_energy", "pre_edge_norm", "ne_eff_per_nv"]
     # default configs of every method (nothing tuned); the demo's only choices are preset and seed
-    from diffxas.joint import JointConfig
+    from diffxas.solvers.joint.config import JointConfig
 
     assert fakes["configs"]["joint"] == JointConfig()
     assert fakes["configs"]["two-step"] == FakeTwoStepConfig()
     assert fakes["sim"].preset == "tiny" and fakes["sim"].seed == 0
-    from diffxas.simulate import preset
+    from diffxas.simulate.presets import preset
 
     assert fakes["sim"] == preset("tiny")
     # the table: one row per method, joint (truth + small noise) is the better one here
@@ -179,7 +183,7 @@ def test_demo_pipeline_and_outputs(fakes, tmp_path):
     assert d["preset"] == "tiny" and set(d["results"]) == {"two-step", "joint"} and "joint" in d["wall_s"]
     assert "[1/7] simulating preset 'tiny'" in stdout and "[7/7] writing the report" in stdout
     # config.toml records what was used, and reads back to the same configs
-    from diffxas.config import build_section, load_config
+    from diffxas.app.config import build_section, load_config
 
     used = load_config(out / "config.toml")
     assert build_section(used, "joint") == JointConfig()
@@ -191,31 +195,31 @@ def no_report(monkeypatch):
     """Skip the figures (tested elsewhere) where a test is about the demo's wiring."""
     import diffxas.report
 
-    monkeypatch.setattr(diffxas.report, "report", lambda paths, out, **kw: [])
+    monkeypatch.setattr(diffxas.report.report, "report", lambda paths, out, **kw: [])
 
 
 def test_demo_quick_and_config(fakes, no_report, tmp_path):
-    o, _, _ = _quiet(demo.run_demo, tmp_path / "q", "tiny", quick=True, seed=4,
+    o, _, _ = _quiet(demo_demo.run_demo, tmp_path / "q", "tiny", quick=True, seed=4,
                      config={**FAST_CLUSTER, "joint": {"lr_amp": 0.03}})
-    from diffxas.simulate import PRESETS
+    from diffxas.simulate.presets import PRESETS
 
     tiny = PRESETS["tiny"]["energies"]
-    assert fakes["sim"].energies == demo.select_energies(tiny, 12) and fakes["sim"].seed == 4
-    assert fakes["configs"]["joint"].steps == demo.QUICK["joint.steps"]
+    assert fakes["sim"].energies == demo_pipeline.select_energies(tiny, 12) and fakes["sim"].seed == 4
+    assert fakes["configs"]["joint"].steps == demo_demo.QUICK["joint.steps"]
     assert fakes["configs"]["joint"].lr_amp == 0.03
-    assert fakes["configs"]["two-step"] == FakeTwoStepConfig(epie=FakeEpie(epochs=demo.QUICK["iterations"]))
+    assert fakes["configs"]["two-step"] == FakeTwoStepConfig(epie=FakeEpie(epochs=demo_demo.QUICK["iterations"]))
     assert any("smoke run" in n and "compare nothing" in n for n in o.notes)  # the table is no comparison
     # explicit values win over --quick
-    _quiet(demo.run_demo, tmp_path / "q2", "tiny", quick=True,
+    _quiet(demo_demo.run_demo, tmp_path / "q2", "tiny", quick=True,
            config={**FAST_CLUSTER, "joint": {"steps": 3}, "simulate": {"energies": [5420.0, 5480.0, 5500.0]}})
     assert fakes["configs"]["joint"].steps == 3 and fakes["sim"].energies == (5420.0, 5480.0, 5500.0)
 
 
 def test_demo_without_twostep_says_so(fakes, no_report, tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "twostep_available", lambda: (False, "diffxas.twostep is not installed"))
-    o, stdout, stderr = _quiet(demo.run_demo, tmp_path / "d", "tiny", config=FAST_CLUSTER)
+    monkeypatch.setattr(demo_pipeline, "twostep_available", lambda: (False, "diffxas.solvers.twostep.run is not installed"))
+    o, stdout, stderr = _quiet(demo_demo.run_demo, tmp_path / "d", "tiny", config=FAST_CLUSTER)
     assert set(o.results) == {"joint"} and "two-step" not in fakes["configs"]
-    assert "WARNING: the two-step baseline is not available (diffxas.twostep is not installed)" in stderr
+    assert "WARNING: the two-step baseline is not available (diffxas.solvers.twostep.run is not installed)" in stderr
     assert "running the joint path only" in stderr
     assert any("two-step baseline is not available" in n for n in o.notes)
     assert "note: WARNING: the two-step baseline is not available" in o.table
@@ -224,7 +228,7 @@ def test_demo_without_twostep_says_so(fakes, no_report, tmp_path, monkeypatch):
 
 def test_demo_method_failure_is_reported(fakes, no_report, tmp_path):
     fakes["twostep_fails"] = True
-    o, stdout, _ = _quiet(demo.run_demo, tmp_path / "f", "tiny", config=FAST_CLUSTER)
+    o, stdout, _ = _quiet(demo_demo.run_demo, tmp_path / "f", "tiny", config=FAST_CLUSTER)
     assert set(o.results) == {"joint"}
     assert o.failures == {"two-step": "ePIE diverged at energy 3 (5466 eV), epoch 7"}
     assert "two-step  FAILED: ePIE diverged at energy 3" in o.table
@@ -251,7 +255,7 @@ def test_demo_cli(fakes, no_report, tmp_path):
 def test_format_table():
     metrics = {"joint": {"coverage": 0.95, "edge_energy": {"rmse": 0.512}, "pre_edge_norm": {"rmse": 0.1},
                          "ne_eff_per_nv": {"rmse": 1.5}, "n_v": {"rel_rms": 0.05}, "clusters": {"ari": 0.8}}}
-    t = demo.format_table(metrics, {"joint": 12.34}, {"two-step": "boom"}, {"joint": 4})
+    t = demo_demo.format_table(metrics, {"joint": 12.34}, {"two-step": "boom"}, {"joint": 4})
     lines = t.splitlines()
     assert lines[0].split()[:3] == ["method", "coverage", "E0"]
     assert lines[2].split() == ["joint", "0.950", "0.512", "0.1", "1.5", "0.050", "4", "0.800", "12.3"]
@@ -261,13 +265,13 @@ def test_format_table():
 @pytest.mark.slow
 def test_demo_smoke_real(tmp_path):
     """The real pipeline on the tiny preset, 6 energies, 2 steps/epochs (about a minute on 2 CPU cores)."""
-    ok, _ = demo.twostep_available()
+    ok, _ = demo_pipeline.twostep_available()
     config = {"simulate": {"energies": [5462.0, 5466.0, 5470.0, 5475.0, 5480.0, 5484.0]}, "joint": {"steps": 2},
               "cluster": {"seeds": 2, "n_init": 2}}
     if ok:
         config["twostep"] = {"fit": {"iterations": 5}}
-        config = demo.set_iterations(config, "two-step", 3)
-    o, stdout, stderr = _quiet(demo.run_demo, tmp_path / "demo", "tiny", config=config)
+        config = demo_pipeline.set_iterations(config, "two-step", 3)
+    o, stdout, stderr = _quiet(demo_demo.run_demo, tmp_path / "demo", "tiny", config=config)
     assert "joint" in o.results and (not ok or "two-step" in o.results or "two-step" in o.failures)
     for m in o.results:
         assert o.metrics[m]["n_region"] > 0

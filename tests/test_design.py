@@ -1,4 +1,4 @@
-"""Energy design (diffxas.design): toy problems with known optima, information algebra, CLI.
+"""Energy design (diffxas.app.design): toy problems with known optima, information algebra, CLI.
 
 Toy references: linear regression y = t0 + t1 x on x in [-1, 1] (two points: the endpoints,
 variances 1/2 each in closed form) and quadratic regression (three points: -1, 0, 1, checked
@@ -11,8 +11,8 @@ import json
 import numpy as np
 import pytest
 
-from diffxas import design as D
-from diffxas.cli import main
+from diffxas.app import design as D
+from diffxas.app.cli import main
 
 
 def _poly_info(degree, n_cand=21, ridge=1e-9):
@@ -151,9 +151,9 @@ def test_candidate_information_matches_parameter_information():
     """Per-candidate factors of the XANES model sum to uncertainty.parameter_information."""
     import jax.numpy as jnp
 
-    from diffxas.scattering import VEdge
-    from diffxas.spectra import XanesParams, absorption
-    from diffxas.uncertainty import isotropic_information, parameter_information
+    from diffxas.physics.scattering import VEdge
+    from diffxas.physics.spectra import XanesParams, absorption
+    from diffxas.physics.uncertainty import isotropic_information, parameter_information
 
     P = 3
     vals = dict(a=0.01, b1=0.05, b2=5478.0, b3=4.0, c11=0.01, c12=5466.0, c13=1.2, c21=0.004, c22=5470.0, c23=2.0)
@@ -196,7 +196,7 @@ def test_comparison_samplings():
     u = D.uniform_energies(grid, 5)
     np.testing.assert_allclose(grid[u], [5420, 5450, 5480, 5510, 5540])
     s = D.seed_like_energies(grid, 40)
-    from diffxas.simulate import SEED_ENERGIES
+    from diffxas.simulate.presets import SEED_ENERGIES
 
     np.testing.assert_allclose(grid[s], SEED_ENERGIES)
     assert D.seed_like_energies(D.candidate_grid(5700.0, 5710.0), 3) is None  # no seed energies there
@@ -207,7 +207,7 @@ def test_comparison_samplings():
 
 
 def test_cli_design_writes_a_simconfig_file(tmp_path, capsys):
-    from diffxas.config import load_config, sim_config
+    from diffxas.app.config import load_config, sim_config
 
     out = tmp_path / "energies.toml"
     rc = main(["design-energies", "--budget", "6", "--preset", "tiny", "--pixels", "40", "-o", str(out)])
@@ -249,10 +249,10 @@ def _fake_result(path, input_path=""):
     """A joint-like results file whose per-pixel parameters are a realistic V sample."""
     import jax.numpy as jnp
 
-    from diffxas import io
+    from diffxas.data import results as io_results
     from diffxas.maps import ChemMaps, Result
-    from diffxas.scattering import VEdge
-    from diffxas.spectra import n_v
+    from diffxas.physics.scattering import VEdge
+    from diffxas.physics.spectra import n_v
 
     h, w = 6, 7
     rng = np.random.default_rng(0)
@@ -273,7 +273,7 @@ def _fake_result(path, input_path=""):
     res = Result(method="joint", maps=maps, energies=e, absorption=np.zeros((k, h, w)), phase=np.zeros((k, h, w)),
                  probes=np.ones((k, 8, 8), np.complex64), probe_pixel_size=np.full(k, 6e-8), history={},
                  config={"joint": {"per_pixel": ["a", "b1", "b2", "b3", "c11", "c21", "n_other"]}}, input_path=input_path)
-    io.write_result(path, res)
+    io_results.write_result(path, res)
     return path
 
 

@@ -17,7 +17,7 @@ def _python_blocks(name: str) -> list[str]:
 def test_your_data_snippet_writes_a_readable_file(tmp_path, monkeypatch):
     # The guide's conversion snippet, with small arrays of the shapes it names; the file it
     # writes must read back with the same frames, positions and energies.
-    from diffxas import io
+    from diffxas.data import cxi as io_cxi
 
     blocks = _python_blocks("your-data.md")
     assert len(blocks) == 1
@@ -30,8 +30,8 @@ def test_your_data_snippet_writes_a_readable_file(tmp_path, monkeypatch):
           "mask": np.ones((k, m, m), np.float32)}
     monkeypatch.chdir(tmp_path)
     exec(compile(blocks[0], "docs/your-data.md", "exec"), ns)
-    back = io.read_cxi(tmp_path / "scan.cxi")
+    back = io_cxi.read_cxi(tmp_path / "scan.cxi")
     np.testing.assert_array_equal(np.asarray(back.frames), ns["frames"].astype(np.float32))
     np.testing.assert_allclose(np.asarray(back.positions), ns["positions"], rtol=0, atol=1e-15)
     np.testing.assert_allclose(np.asarray(back.energies), ns["energies"], rtol=1e-12)
-    assert 'element = "V"' in io.cxi_summary(tmp_path / "scan.cxi")
+    assert 'element = "V"' in io_cxi.cxi_summary(tmp_path / "scan.cxi")

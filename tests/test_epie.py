@@ -7,12 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffxas import forward
-from diffxas.dataset import Dataset
-from diffxas.epie import (EpieConfig, epie_update, frame_orders, reconstruction_grids, run_epie, shift_ramps)
+from diffxas.data.dataset import Dataset
 from diffxas.errors import ConfigError, DivergenceError, InputError
-from diffxas.geometry import wavelength
-from diffxas.probe import kb_probe, numerical_aperture_for_fwhm
+from diffxas.physics import forward
+from diffxas.physics.geometry import wavelength
+from diffxas.physics.probe import kb_probe, numerical_aperture_for_fwhm
+from diffxas.solvers.twostep.epie import (
+    EpieConfig,
+    epie_update,
+    frame_orders,
+    reconstruction_grids,
+    run_epie,
+    shift_ramps,
+)
 
 
 def smooth_object(grid, seed=0, amp=0.3, ph=0.6):
@@ -259,7 +266,7 @@ def test_monitor_corrects_flux_jitter():
     monitor the error is larger than with it (measured 3.5-4.6x)."""
     import equinox as eqx
 
-    from diffxas.epie import _frame_tables, _make_batches
+    from diffxas.solvers.twostep.epie import _frame_tables, _make_batches
 
     ds, objs, probes = make_dataset()
     rng = np.random.default_rng(7)
@@ -284,8 +291,8 @@ def test_initial_probes_kb_guess_from_a_lazy_file(tmp_path, monkeypatch):
     # Without an illumination the start is a KB focus whose power is the mean detected
     # photons per frame (reference: the frames' own sums, 1e-5 relative); a lazy CXI source
     # (what the joint reads) gives the same probes as the in-memory dataset, read energy by energy.
-    from diffxas import io
-    from diffxas.epie import initial_probes
+    from diffxas.data import cxi as io_cxi
+    from diffxas.solvers.twostep.epie import initial_probes
 
     ds, _, _ = make_dataset(with_illumination=False)
     _, grids = reconstruction_grids(ds)
@@ -294,12 +301,12 @@ def test_initial_probes_kb_guess_from_a_lazy_file(tmp_path, monkeypatch):
     ei = np.asarray(ds.energy_index)
     for k in range(ds.n_energies):
         assert np.sum(np.abs(p[k]) ** 2) == pytest.approx(fr[ei == k].sum(axis=(1, 2)).mean(), rel=1e-5)
-    lazy = io.open_cxi(io.write_cxi(tmp_path / "d.cxi", ds))
+    lazy = io_cxi.open_cxi(io_cxi.write_cxi(tmp_path / "d.cxi", ds))
 
     def whole(*a, **k):
         raise AssertionError("initial_probes read the whole file at once")
 
-    monkeypatch.setattr(io.CxiFrames, "__array__", whole)
+    monkeypatch.setattr(io_cxi.CxiFrames, "__array__", whole)
     np.testing.assert_allclose(initial_probes(lazy, grids), p, rtol=1e-5, atol=1e-6 * np.abs(p).max())
 
 
@@ -309,8 +316,8 @@ def test_use_illumination_false_starts_from_the_kb_guess():
     file's initial probes); the default uses the file's guess. Non-booleans are refused."""
     import dataclasses
 
-    from diffxas.epie import initial_probes
     from diffxas.errors import ConfigError
+    from diffxas.solvers.twostep.epie import initial_probes
 
     ds, _, _ = make_dataset(with_illumination=True)
     _, grids = reconstruction_grids(ds)
@@ -434,7 +441,7 @@ def test_common_offset_route_equals_per_frame_shift(offset, beta):
     ~10^3 frame updates)."""
     ds, _, _ = make_dataset(energies=(5420.0,), noise=True)
     ds, common = _snap_to_grid(ds, offset)
-    from diffxas.epie import _frame_tables, _make_batches
+    from diffxas.solvers.twostep.epie import _frame_tables, _make_batches
 
     grids = reconstruction_grids(ds, common)[1]
     tab = _frame_tables(ds, grids)

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from diffxas.evaluate import (
+from diffxas.analysis.evaluate import (
     blur_matched_error,
     cluster_agreement,
-    format_metrics,
     evaluate,
+    format_metrics,
     frc,
     frc_maps,
     history_summary,
@@ -149,7 +149,7 @@ def test_blur_matched_error_recovers_blur_and_noise(sigma, noise):
     # convolution) by a known sigma plus white noise of known std, so the best match is at
     # that sigma (tolerance 0.15 px: the noise realisation moves the minimum a little) and
     # the RMSE there is the noise's (rel 5 %: ~4000 pixels), while the plain RMSE is larger.
-    from diffxas.evaluate import _gaussian_blur_in_support
+    from diffxas.analysis.evaluate import _gaussian_blur_in_support
 
     ref, inside = _texture()
     est = _gaussian_blur_in_support(ref, inside, sigma) + noise * np.random.default_rng(1).normal(size=ref.shape)
@@ -166,7 +166,7 @@ def test_blur_matched_error_recovers_blur_and_noise(sigma, noise):
 def test_blur_error_curve_agrees_with_the_search():
     # the curve at the searched sigma equals the reported matched RMSE (rel 1e-12), and no
     # point of a fine curve lies below it by more than the search tolerance allows (1e-3)
-    from diffxas.evaluate import _gaussian_blur_in_support, blur_error_curve
+    from diffxas.analysis.evaluate import _gaussian_blur_in_support, blur_error_curve
 
     ref, inside = _texture()
     est = _gaussian_blur_in_support(ref, inside, 1.7) + 0.05 * np.random.default_rng(2).normal(size=ref.shape)
@@ -185,7 +185,7 @@ def test_blur_matched_error_edge_cases():
     assert r["matched_blur_px"] == 0.0 and r["matched_rmse"] == pytest.approx(0.0, abs=1e-12)
     assert r["matched_blur_m"] is None  # no pixel size given
     # a map blurrier than the search range is reported at the bound
-    from diffxas.evaluate import _gaussian_blur_in_support
+    from diffxas.analysis.evaluate import _gaussian_blur_in_support
 
     r = blur_matched_error(_gaussian_blur_in_support(ref, inside, 8.0), ref, inside, max_sigma_px=2.0)
     assert r["at_bound"] and r["matched_blur_px"] == pytest.approx(2.0, abs=0.02)
@@ -335,8 +335,8 @@ def test_frc_maps_split():
 
 
 def test_frc_files_roundtrip(tmp_path):
-    io = pytest.importorskip("diffxas.io")
-    from diffxas.evaluate import frc_files
+    io = pytest.importorskip("diffxas.data")
+    from diffxas.analysis.evaluate import frc_files
 
     rng = np.random.default_rng(4)
     n = 64
@@ -360,7 +360,7 @@ def test_frc_files_roundtrip(tmp_path):
 
 # --------------------------------------------------------------------------- error anatomy
 
-from diffxas.evaluate import (
+from diffxas.analysis.evaluate import (
     boundary_distance,
     calibration,
     error_anatomy,

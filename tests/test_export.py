@@ -15,14 +15,14 @@ import pytest
 from test_cxi_spec import cxi_spec_errors
 from test_io import DET, SRC, TRANS, assert_same_dataset, make_dataset
 
-from diffxas import io
-from diffxas.cli import main
-from diffxas.constants import ELEMENTARY_CHARGE
+from diffxas.app.cli import main
+from diffxas.data import cxi as io_cxi
+from diffxas.physics.constants import ELEMENTARY_CHARGE
 
 
 @pytest.fixture
 def data(tmp_path):
-    return io.write_cxi(tmp_path / "multi.cxi", make_dataset())
+    return io_cxi.write_cxi(tmp_path / "multi.cxi", make_dataset())
 
 
 @pytest.mark.parametrize("translation,sign", [("probe", 1.0), ("sample", -1.0)])
@@ -48,13 +48,13 @@ def test_export_round_trip_and_sign(data, tmp_path, capsys, translation, sign):
         np.testing.assert_array_equal(mk != 0, np.asarray(ref.mask)[0] == 0)  # ptychodus: bad = mask != 0
     assert cxi_spec_errors(out) == []
     # diffxas reads its own export back (the convention attribute tells it the sign)
-    assert_same_dataset(ref, io.read_cxi(out))
+    assert_same_dataset(ref, io_cxi.read_cxi(out))
 
 
 def test_export_probe_sign_differs_from_a_plain_cxi_reader(data, tmp_path):
     """The probe-convention export is not the CXI sample translation: a reader of CXI's
     meaning (probe = -translation) that ignores the attribute gets the mirrored scan."""
-    out, _, _ = io.export_cxi_entry(data, 5420.0, tmp_path / "one.cxi")
+    out, _, _ = io_cxi.export_cxi_entry(data, 5420.0, tmp_path / "one.cxi")
     with h5py.File(out) as f:
         tr = f[f"entry_1/{TRANS}"][()]
         assert f[f"entry_1/{TRANS}"].attrs["convention"] == "probe position"

@@ -1,17 +1,17 @@
-"""Tests of the randomized sample family (diffxas.family).
+"""Tests of the randomized sample family (diffxas.simulate.family).
 
-References: the documented ranges (diffxas.family.RANGES, docs/family.md) and the draw's own
+References: the documented ranges (diffxas.simulate.family.RANGES, docs/family.md) and the draw's own
 definitions (reproducibility from the seed is exact equality, not a tolerance).
 """
 
 import numpy as np
 import pytest
 
-from diffxas import family as fam
-from diffxas import simulate as sm
-from diffxas.config import sim_config
+from diffxas.app.config import sim_config
 from diffxas.errors import ConfigError
-from diffxas.scattering import VEdge
+from diffxas.physics.scattering import VEdge
+from diffxas.simulate import family as fam
+from diffxas.simulate import presets as sm
 
 SEEDS = range(12)
 

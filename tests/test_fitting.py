@@ -5,9 +5,17 @@ import numpy as np
 import pytest
 
 from diffxas.errors import ConfigError
-from diffxas.fitting import (FitConfig, bounds_for, fit_stack, from_raw, lm_fit, noise_energy_mask, to_raw,
-                             varpro_grid)
-from diffxas.spectra import PARAM_NAMES, XanesParams, absorption
+from diffxas.physics.spectra import PARAM_NAMES, XanesParams, absorption
+from diffxas.solvers.twostep.fitting import (
+    FitConfig,
+    bounds_for,
+    fit_stack,
+    from_raw,
+    lm_fit,
+    noise_energy_mask,
+    to_raw,
+    varpro_grid,
+)
 
 E = np.array([5420.0, 5440.0, 5455.0, 5460.0, 5463.0, 5464.0, 5465.0, 5465.5, 5466.0, 5466.5, 5467.0, 5468.0, 5469.0,
               5470.0, 5471.0, 5472.0, 5473.0, 5474.0, 5475.0, 5476.0, 5477.0, 5478.0, 5479.0, 5480.0, 5481.0, 5482.0,
@@ -133,9 +141,10 @@ def test_fit_config_validation(kw):
 
 
 def test_grid_search_basis_is_the_spectral_model():
-    # reference: diffxas.spectra (eq. 1, float32); tolerance 1e-4: the model's float32 energies
+    # reference: diffxas.physics.spectra (eq. 1, float32); tolerance 1e-4: the model's float32 energies
     # (ulp 5e-4 eV at 5.5 keV) over a width of ~4 eV, times the slope of the step (<0.3/eV)
-    from diffxas import fitting, spectra
+    from diffxas.physics import spectra
+    from diffxas.solvers.twostep import fitting
 
     e = np.linspace(5420.0, 5540.0, 41)
     np.testing.assert_allclose(fitting._step(e, 5478.3, 3.7), np.asarray(spectra.edge_step(e, 5478.3, 3.7)), atol=1e-4)

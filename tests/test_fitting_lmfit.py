@@ -2,9 +2,9 @@
 ``leastsq`` with MINUIT-style bounds, the least-squares library XAS users fit with, e.g.
 through xraylarch; a test-only dependency, never used by diffxas itself).
 
-Synthetic spectra at the seed's 40 energies (``diffxas.simulate.SEED_ENERGIES``,
+Synthetic spectra at the seed's 40 energies (``diffxas.simulate.presets.SEED_ENERGIES``,
 5420-5540 eV): eq. 1 with parameters drawn around the phantom's four domain types
-(``diffxas.simulate.DOMAIN_TYPES``), every pixel with its own pre-edge shape, plus white
+(``diffxas.simulate.presets.DOMAIN_TYPES``), every pixel with its own pre-edge shape, plus white
 Gaussian noise of known sigma. lmfit fits the same model (written here in numpy) with the
 same bounds from a generic start (edge at the steepest point, peaks at 5466 and 5470 eV).
 The chi-square is ``sum(residual^2) / sigma^2``.
@@ -12,7 +12,7 @@ The chi-square is ``sum(residual^2) / sigma^2``.
 Criterion (issue #25): at most 1 % of the spectra end with diffxas's chi-square more than
 1 above lmfit's (lmfit sometimes ends far *above* diffxas from its generic start; that is
 not counted). Measured on 200 spectra per noise level (slow test), before the restarts of
-:func:`diffxas.fitting.multistart_fit`: 1.5 % (sigma 0.003) and 8.5 % (sigma 0.01) with
+:func:`diffxas.solvers.twostep.fitting.multistart_fit`: 1.5 % (sigma 0.003) and 8.5 % (sigma 0.01) with
 ``FitConfig(tie_pre_edge=False)`` (the seed's fit), 1.5 % and 9.0 % with 40 iterations
 (``TwoStepConfig.fast()``); after: 0 % and 0 % (seed), 0 % and 0.5 % (fast); the tied
 default 0 % throughout.
@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from diffxas.fitting import FitConfig, bounds_for, fit_stack
-from diffxas.simulate import DOMAIN_TYPES, SEED_ENERGIES
-from diffxas.spectra import PARAM_NAMES, XanesParams, absorption
+from diffxas.physics.spectra import PARAM_NAMES, XanesParams, absorption
+from diffxas.simulate.presets import DOMAIN_TYPES, SEED_ENERGIES
+from diffxas.solvers.twostep.fitting import FitConfig, bounds_for, fit_stack
 
 lmfit = pytest.importorskip("lmfit")
 
@@ -68,7 +68,7 @@ def spectra(n: int, noise: float, seed: int) -> tuple[np.ndarray, dict[str, np.n
 
 
 def model(p: dict[str, float], e: np.ndarray) -> np.ndarray:
-    """Eq. 1 in plain numpy (independent of diffxas.spectra)."""
+    """Eq. 1 in plain numpy (independent of diffxas.physics.spectra)."""
     return (
         p["a"]
         + 0.5 * p["b1"] * (1 + erf((e - p["b2"]) / p["b3"]))

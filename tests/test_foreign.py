@@ -29,7 +29,12 @@ import h5py
 import numpy as np
 import pytest
 
-from diffxas import io, joint, orientation, twostep
+from diffxas.data import cxi as io_cxi
+from diffxas.data import orientation
+from diffxas.solvers.joint import config as joint_config
+from diffxas.solvers.joint import init as joint_init
+from diffxas.solvers.joint import run as joint_run
+from diffxas.solvers.twostep import run as twostep
 
 xraydb = pytest.importorskip("xraydb")
 
@@ -150,7 +155,7 @@ def _truth_ne(shift):
 
 
 def test_reader_and_orientation_agree_with_the_documented_format(foreign):
-    ds = io.read_cxi(foreign)
+    ds = io_cxi.read_cxi(foreign)
     np.testing.assert_allclose(ds.energies, ENERGIES, rtol=1e-12)
     assert ds.n_frames == 16 * 16 * len(ENERGIES) and ds.illumination is None
     chk = orientation.check_orientation(ds)
@@ -159,16 +164,16 @@ def test_reader_and_orientation_agree_with_the_documented_format(foreign):
 
 @pytest.mark.parametrize("method", ["two-step", "joint", "joint, poor probe guess in the file"])
 def test_both_methods_on_the_independent_simulator(foreign, foreign_poor_guess, method):
-    ds = io.read_cxi(foreign_poor_guess if "guess" in method else foreign)
+    ds = io_cxi.read_cxi(foreign_poor_guess if "guess" in method else foreign)
     if method == "two-step":
         res = twostep.reconstruct_two_step(ds, twostep.TwoStepConfig.fast())
     else:
-        res = joint.reconstruct_joint(ds, joint.JointConfig(steps=300, log_every=100))
+        res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=300, log_every=100))
     if "guess" in method:
         # the short ePIE moves the guess far (overlap well below joint.FILE_PROBE_OVERLAP),
         # so every energy starts from the refined probe (without this: edge shift 0.12 eV,
         # N_V 0.43x)
-        assert res.config["init"]["file_probe_overlap"] < joint.FILE_PROBE_OVERLAP
+        assert res.config["init"]["file_probe_overlap"] < joint_init.FILE_PROBE_OVERLAP
         assert "poor guess" in res.config["init"]["probes_from"]
     h = _halves(res)
     print(method, h, _truth_ne(SHIFT), _truth_ne(-SHIFT))
@@ -208,12 +213,12 @@ def test_both_methods_fit_the_background_of_the_independent_simulator(foreign_ba
     implementation, not the gain (docs/physics.md, "Detector background")."""
     import dataclasses
 
-    ds = io.read_cxi(foreign_background)
+    ds = io_cxi.read_cxi(foreign_background)
     if method == "two-step":
         cfg = twostep.TwoStepConfig.fast()
         res = twostep.reconstruct_two_step(ds, dataclasses.replace(cfg, epie=dataclasses.replace(cfg.epie, background="flat")))
     else:
-        res = joint.reconstruct_joint(ds, joint.JointConfig(steps=300, log_every=100, background="flat"))
+        res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=300, log_every=100, background="flat"))
     h = _halves(res)
     print(method, np.round(res.background, 3), h, _truth_ne(SHIFT), _truth_ne(-SHIFT))
     np.testing.assert_allclose(res.background, 1.0, rtol=0.15)

@@ -1,4 +1,4 @@
-"""Tests of the one forward model (diffxas.forward).
+"""Tests of the one forward model (diffxas.physics.forward).
 
 References: closed forms (trigonometric polynomials are reproduced exactly by the
 Dirichlet resampling), an independent plain-numpy frame computation, the DFT shift
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from diffxas import forward as fw
-from diffxas.geometry import Grid, grid_like, object_pixel_size
+from diffxas.physics import forward as fw
+from diffxas.physics.geometry import Grid, grid_like, object_pixel_size
 
 
 def trig_field(grid: Grid, x, y, modes):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from diffxas import sweep
+from diffxas.app.sweep import spec as sweep_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,16 +31,16 @@ def test_split_is_fixed_and_disjoint(gen):
 def test_spec_expands_to_both_cases_and_split_seeds(gen):
     """Full spec: 2 doses x 2 energy counts x the split's seeds, preset family; quick: family-tiny
     with 8 and 15 energies and the first QUICK_SEEDS seeds."""
-    full = sweep.load_spec(gen.spec_mapping("test", 2, quick=False))
-    pts = sweep.expand_points(full)
+    full = sweep_spec.load_spec(gen.spec_mapping("test", 2, quick=False))
+    pts = sweep_spec.expand_points(full)
     assert len(pts) == 2 * 2 * 2
-    cfgs = [sweep.build_point(p["config"]) for p in pts]
+    cfgs = [sweep_spec.build_point(p["config"]) for p in pts]
     assert {c.sim.preset for c in cfgs} == {"family"}
     assert {c.sim.seed for c in cfgs} == {1000, 1001}
     assert {c.sim.dose for c in cfgs} == {1e6, 1e7}
     assert {len(c.sim.energies) for c in cfgs} == {16, 40}
-    quick = sweep.load_spec(gen.spec_mapping("train", None, quick=True), profile="quick")
-    qc = [sweep.build_point(p["config"]) for p in sweep.expand_points(quick)]
+    quick = sweep_spec.load_spec(gen.spec_mapping("train", None, quick=True), profile="quick")
+    qc = [sweep_spec.build_point(p["config"]) for p in sweep_spec.expand_points(quick)]
     assert {c.sim.preset for c in qc} == {"family-tiny"}
     assert {c.sim.seed for c in qc} == set(range(gen.QUICK_SEEDS))
     assert {len(c.sim.energies) for c in qc} == {8, 15}

@@ -1,4 +1,4 @@
-"""Tests of diffxas.io: CXI input, results files, ground-truth sidecars.
+"""Tests of diffxas.data: CXI input, results files, ground-truth sidecars.
 
 Reference values are the in-memory objects written; tolerances are stated per check
 (exact where the stored dtype equals the in-memory dtype).
@@ -16,11 +16,15 @@ import h5py
 import numpy as np
 import pytest
 
-from diffxas import io
-from diffxas.constants import ELEMENTARY_CHARGE
-from diffxas.dataset import Dataset
+from diffxas.data import cxi as io_cxi
+from diffxas.data import files as io_files
+from diffxas.data import info as io_info
+from diffxas.data import results as io_results
+from diffxas.data import truth as io_truth
+from diffxas.data.dataset import Dataset
 from diffxas.errors import InputError
 from diffxas.maps import MAP_FIELDS, ChemMaps, Result, Truth
+from diffxas.physics.constants import ELEMENTARY_CHARGE
 
 K, N, M = 3, 5, 16
 ENERGIES = np.array([5420.0, 5465.5, 5540.25])  # eV
@@ -53,7 +57,7 @@ def make_dataset(seed=0, integral=True, illumination=True, interleave=False, k=K
 @pytest.fixture
 def cxi(tmp_path) -> Path:
     path = tmp_path / "data.cxi"
-    io.write_cxi(path, make_dataset())
+    io_cxi.write_cxi(path, make_dataset())
     return path
 
 
@@ -83,8 +87,8 @@ def assert_same_dataset(a: Dataset, b: Dataset):
 @pytest.mark.parametrize("integral", [True, False])
 def test_cxi_round_trip(tmp_path, compression, integral):
     ds = make_dataset(integral=integral)
-    path = io.write_cxi(tmp_path / "sub" / "d.cxi", ds, compression=compression, chunk_frames=2)
-    back = io.read_cxi(path)
+    path = io_cxi.write_cxi(tmp_path / "sub" / "d.cxi", ds, compression=compression, chunk_frames=2)
+    back = io_cxi.read_cxi(path)
     assert_same_dataset(ds, back)
     assert back.frames.dtype == np.float32 and back.energies.dtype == np.float64
     with h5py.File(path) as f:
@@ -96,7 +100,7 @@ def test_cxi_round_trip(tmp_path, compression, integral):
 
 def test_cxi_round_trip_interleaved_no_illumination(tmp_path):
     ds = make_dataset(illumination=False, interleave=True, seed=3)
-    back = io.read_cxi(io.write_cxi(tmp_path / "d.cxi", ds, compression=None))
+    back = io_cxi.read_cxi(io_cxi.write_cxi(tmp_path / "d.cxi", ds, compression=None))
     assert_same_dataset(ds, back)
     np.testing.assert_array_equal(np.asarray(back.energy_index), np.repeat(np.arange(K), N))
 
@@ -105,7 +109,7 @@ def test_cxi_round_trip_interleaved_no_illumination(tmp_path):
                                           ([2, 0, 2], [0, 2]), (None, [0, 1, 2])])
 def test_cxi_subset(cxi, sel, expected):
     ds = make_dataset()
-    back = io.read_cxi(cxi, energies=sel)
+    back = io_cxi.read_cxi(cxi, energies=sel)
     assert_same_dataset(ds.select_energies(expected), back)
 
 
@@ -116,22 +120,22 @@ def test_cxi_subset_does_not_read_other_entries(cxi):
         del f[f"entry_2/{DET}/data"]
         f.create_dataset(f"entry_2/{DET}/data", data=np.full(d.shape, np.nan, np.float32))
     with pytest.raises(InputError, match="entry_2"):
-        io.read_cxi(cxi)
-    back = io.read_cxi(cxi, energies=[0, 2])
+        io_cxi.read_cxi(cxi)
+    back = io_cxi.read_cxi(cxi, energies=[0, 2])
     np.testing.assert_allclose(back.energies, ENERGIES[[0, 2]], rtol=1e-9)
 
 
 @pytest.mark.parametrize("sel", [[3], [-4], slice(5, None), [], [0.5]])
 def test_cxi_bad_selection(cxi, sel):
     with pytest.raises(InputError) as ei:
-        io.read_cxi(cxi, energies=sel)
+        io_cxi.read_cxi(cxi, energies=sel)
     assert str(cxi) in str(ei.value) and "\n" not in str(ei.value)
 
 
 def test_cxi_layout(tmp_path):
     """The file is laid out exactly as docs/formats.md says."""
     ds = make_dataset()
-    path = io.write_cxi(tmp_path / "d.cxi", ds, extra_attrs={"preset": "lfp", "seed": 7, "dose": {"a": 1}})
+    path = io_cxi.write_cxi(tmp_path / "d.cxi", ds, extra_attrs={"preset": "lfp", "seed": 7, "dose": {"a": 1}})
     pos = np.asarray(ds.positions)
     with h5py.File(path) as f:
         assert f["cxi_version"][()] == 160  # CXI 1.6
@@ -172,7 +176,7 @@ def test_cxi_layout(tmp_path):
 
 def test_cxi_write_is_atomic(tmp_path, monkeypatch):
     target = tmp_path / "d.cxi"
-    io.write_cxi(target, make_dataset(seed=1))
+    io_cxi.write_cxi(target, make_dataset(seed=1))
     before = target.read_bytes()
 
     def boom(*a, **k):
@@ -180,11 +184,11 @@ def test_cxi_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(h5py, "SoftLink", boom)  # fails after entry_1's data is written
     with pytest.raises(RuntimeError, match="simulated"):
-        io.write_cxi(target, make_dataset(seed=2))
+        io_cxi.write_cxi(target, make_dataset(seed=2))
     assert target.read_bytes() == before  # the old file is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.cxi"]  # no temp files left
     with pytest.raises(RuntimeError):
-        io.write_cxi(tmp_path / "new.cxi", make_dataset(seed=2))
+        io_cxi.write_cxi(tmp_path / "new.cxi", make_dataset(seed=2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.cxi"]
 
 
@@ -200,14 +204,14 @@ def test_cxi_entries_in_any_energy_order_are_read_sorted(cxi, tmp_path):
             f.move(f"entry_{i}", f"tmp_{i}")
         for i in range(1, K + 1):
             f.move(f"tmp_{i}", f"entry_{K + 1 - i}")
-    want = io.read_cxi(cxi)
-    for got in (io.read_cxi(rev), io.open_cxi(rev)):
+    want = io_cxi.read_cxi(cxi)
+    for got in (io_cxi.read_cxi(rev), io_cxi.open_cxi(rev)):
         np.testing.assert_array_equal(np.asarray(got.energies), np.asarray(want.energies))
         np.testing.assert_array_equal(np.asarray(got.frames), np.asarray(want.frames))
         np.testing.assert_array_equal(np.asarray(got.positions), np.asarray(want.positions))
         np.testing.assert_array_equal(np.asarray(got.illumination), np.asarray(want.illumination))
         np.testing.assert_array_equal(np.asarray(got.mask), np.asarray(want.mask))
-    np.testing.assert_array_equal(np.asarray(io.read_cxi(rev, energies=[0]).frames),
+    np.testing.assert_array_equal(np.asarray(io_cxi.read_cxi(rev, energies=[0]).frames),
                                   np.asarray(want.frames)[want.frames_of(0)])
 
 
@@ -217,7 +221,7 @@ def test_cxi_write_refuses_invalid_dataset(tmp_path):
                   energies=ENERGIES[::-1].copy(), mask=ds.mask, illumination=ds.illumination,
                   distance=ds.distance, detector_pixel=ds.detector_pixel)
     with pytest.raises(InputError, match="strictly increasing"):
-        io.write_cxi(tmp_path / "d.cxi", bad)
+        io_cxi.write_cxi(tmp_path / "d.cxi", bad)
     assert not list(tmp_path.iterdir())
 
 
@@ -418,17 +422,17 @@ def test_cxi_bad_input(cxi, mutate, where, words):
     with h5py.File(cxi, "r+") as f:
         mutate(f)
     with pytest.raises(InputError) as ei:
-        io.read_cxi(cxi)
+        io_cxi.read_cxi(cxi)
     assert_one_line_error(ei, cxi, where, words)
     # the summary validates the same way
     with pytest.raises(InputError) as ei2:
-        io.cxi_summary(cxi)
+        io_cxi.cxi_summary(cxi)
     assert str(ei2.value) == str(ei.value)
 
 
 def test_missing_file(tmp_path):
     path = tmp_path / "nope.cxi"
-    for fn in (io.read_cxi, io.cxi_summary, io.read_result, io.read_truth, io.summarize):
+    for fn in (io_cxi.read_cxi, io_cxi.cxi_summary, io_results.read_result, io_truth.read_truth, io_info.summarize):
         with pytest.raises(InputError) as ei:
             fn(path)
         assert_one_line_error(ei, path, "no such file")
@@ -436,14 +440,14 @@ def test_missing_file(tmp_path):
 
 def test_directory(tmp_path):
     with pytest.raises(InputError) as ei:
-        io.read_cxi(tmp_path)
+        io_cxi.read_cxi(tmp_path)
     assert_one_line_error(ei, tmp_path, "directory")
 
 
 def test_not_hdf5(tmp_path):
     path = tmp_path / "notes.cxi"
     path.write_text("energy,counts\n5420,12\n" * 50)
-    for fn in (io.read_cxi, io.read_result, io.read_truth, io.summarize):
+    for fn in (io_cxi.read_cxi, io_results.read_result, io_truth.read_truth, io_info.summarize):
         with pytest.raises(InputError) as ei:
             fn(path)
         assert_one_line_error(ei, path, "not an HDF5 file")
@@ -453,7 +457,7 @@ def test_empty_file(tmp_path):
     path = tmp_path / "empty.cxi"
     path.write_bytes(b"")
     with pytest.raises(InputError) as ei:
-        io.read_cxi(path)
+        io_cxi.read_cxi(path)
     assert_one_line_error(ei, path, "not an HDF5 file")
 
 
@@ -461,13 +465,13 @@ def test_truncated_file(cxi):
     data = cxi.read_bytes()
     cxi.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError) as ei:
-        io.read_cxi(cxi)
+        io_cxi.read_cxi(cxi)
     assert_one_line_error(ei, cxi, "truncated or corrupt")
 
 
 def test_corrupt_chunk(tmp_path):
     """A damaged compressed chunk is reported with the dataset that holds it."""
-    path = io.write_cxi(tmp_path / "d.cxi", make_dataset(integral=False), compression="gzip")
+    path = io_cxi.write_cxi(tmp_path / "d.cxi", make_dataset(integral=False), compression="gzip")
     with h5py.File(path) as f:
         ds = f[f"entry_2/{DET}/data"]
         info = ds.id.get_chunk_info(0)
@@ -476,12 +480,12 @@ def test_corrupt_chunk(tmp_path):
     raw[offset:offset + size] = b"\xff" * size
     path.write_bytes(bytes(raw))
     with pytest.raises(InputError) as ei:
-        io.read_cxi(path)
+        io_cxi.read_cxi(path)
     assert_one_line_error(ei, path, f"/entry_2/{DET}/data", "corrupt")
 
 
 def test_cxi_summary(cxi):
-    text = io.cxi_summary(cxi)
+    text = io_cxi.cxi_summary(cxi)
     assert str(cxi) in text
     assert "3 entries, 5420.00 .. 5540.25 eV" in text
     assert "frames per energy: 5 (total 15)" in text
@@ -495,7 +499,7 @@ def test_cxi_summary(cxi):
     shown = float(text.split("dose:")[1].split()[1])
     assert shown == pytest.approx(dose, rel=1e-3)
     # darkest pixels: background.darkest_level of each energy's mean frame (3 digits shown)
-    from diffxas.background import darkest_level
+    from diffxas.physics.background import darkest_level
 
     ei, fr, mk = np.asarray(ds.energy_index), np.asarray(ds.frames), np.asarray(ds.mask)
     lv = [darkest_level(fr[ei == k].mean(axis=0), mk[k]) for k in range(ds.n_energies)]
@@ -508,7 +512,7 @@ def test_cxi_summary(cxi):
     assert (f"brightest count:   {top:.10g} in {int((used == top).sum())} unmasked pixel(s) of "
             f"{int((used == top).any(axis=(1, 2)).sum())} of 15 frames\n") in text
     assert "direct beam:       recorded" in text
-    assert io.summarize(cxi) == text
+    assert io_info.summarize(cxi) == text
 
 
 def test_cxi_summary_names_saturation_and_a_beamstop(tmp_path):
@@ -520,8 +524,8 @@ def test_cxi_summary_names_saturation_and_a_beamstop(tmp_path):
     clipped = np.minimum(np.asarray(ds.frames) * 10.0, 250.0).astype(np.float32)
     mask = np.asarray(ds.mask).copy()
     mask[1, M // 2 - 1:M // 2 + 2, M // 2 - 1:M // 2 + 2] = 0.0
-    path = io.write_cxi(tmp_path / "sat.cxi", dataclasses.replace(ds, frames=clipped, mask=mask))
-    text = io.cxi_summary(path)
+    path = io_cxi.write_cxi(tmp_path / "sat.cxi", dataclasses.replace(ds, frames=clipped, mask=mask))
+    text = io_cxi.cxi_summary(path)
     assert "brightest count:   250 in" in text and "a repeated maximum: saturated or flagged pixels?" in text
     assert "direct beam:       masked (central 3x3 detector pixels) at 1 of 3 energies" in text
 
@@ -530,10 +534,10 @@ def test_sha256_file(tmp_path):
     p = tmp_path / "abc"
     p.write_bytes(b"abc")
     # FIPS 180-2 test vector for "abc"
-    assert io.sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert io_files.sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     big = os.urandom(3 * (1 << 20) + 17)
     p.write_bytes(big)
-    assert io.sha256_file(p) == hashlib.sha256(big).hexdigest()
+    assert io_files.sha256_file(p) == hashlib.sha256(big).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------
@@ -603,7 +607,7 @@ def assert_same_result(a: Result, b: Result, check_clusters=True):
     assert sorted(b.history) == sorted(a.history)
     for name in a.history:
         np.testing.assert_array_equal(b.history[name], a.history[name])
-    assert json.dumps(b.config, sort_keys=True) == io.dumps_json(a.config, sort_keys=True)
+    assert json.dumps(b.config, sort_keys=True) == io_files.dumps_json(a.config, sort_keys=True)
     if check_clusters:
         assert_same_clusters(a.clusters, b.clusters)
 
@@ -623,8 +627,8 @@ def assert_same_clusters(a, b):
 
 def test_result_round_trip(tmp_path):
     r = make_result()
-    path = io.write_result(tmp_path / "deep" / "dir" / "result.h5", r)
-    back = io.read_result(path)
+    path = io_results.write_result(tmp_path / "deep" / "dir" / "result.h5", r)
+    back = io_results.read_result(path)
     assert_same_result(r, back)
     assert back.config["iterations"] == 20 and back.config["path"] == "/data/x.cxi"
     assert np.isnan(back.config["nan"])
@@ -647,19 +651,19 @@ def test_result_absorber_round_trip_and_default(tmp_path):
     # the absorber is recorded; files from before the attribute existed read as V (all were V)
     r = make_result(clusters=False)
     r.maps = dataclasses.replace(r.maps, absorber="Mn")
-    path = io.write_result(tmp_path / "mn.h5", r)
-    assert io.read_result(path).maps.absorber == "Mn"
-    assert "Mn K edge" in io.summarize_result(path)
+    path = io_results.write_result(tmp_path / "mn.h5", r)
+    assert io_results.read_result(path).maps.absorber == "Mn"
+    assert "Mn K edge" in io_results.summarize_result(path)
     with h5py.File(path, "r+") as f:
         del f["maps"].attrs["absorber"]
-    assert io.read_result(path).maps.absorber == "V"
+    assert io_results.read_result(path).maps.absorber == "V"
 
 
 def test_result_round_trip_minimal(tmp_path):
     r = make_result(clusters=False)
     r.maps = dataclasses.replace(r.maps, std={}, extra={})
     r.history = {}
-    back = io.read_result(io.write_result(tmp_path / "r.h5", r))
+    back = io_results.read_result(io_results.write_result(tmp_path / "r.h5", r))
     assert_same_result(r, back)
     assert back.clusters is None
 
@@ -669,82 +673,82 @@ def test_result_write_atomic_on_bad_config(tmp_path):
     r = make_result()
     r.config = {"callback": object()}
     with pytest.raises(TypeError, match="JSON"):
-        io.write_result(target, r)
+        io_results.write_result(target, r)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_result_write_atomic_midway(tmp_path, monkeypatch):
     target = tmp_path / "r.h5"
-    io.write_result(target, make_result(seed=1))
+    io_results.write_result(target, make_result(seed=1))
     before = target.read_bytes()
 
     def boom(*a, **k):
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr(io, "_write_clusters_group", boom)  # after maps, object, probe, history
+    monkeypatch.setattr(io_results, "_write_clusters_group", boom)  # after maps, object, probe, history
     with pytest.raises(RuntimeError, match="simulated"):
-        io.write_result(target, make_result(seed=2))
+        io_results.write_result(target, make_result(seed=2))
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5"]
 
 
 def test_write_clusters(tmp_path):
     r = make_result(clusters=False)
-    path = io.write_result(tmp_path / "r.h5", r)
+    path = io_results.write_result(tmp_path / "r.h5", r)
     with h5py.File(path) as f:
         created = f.attrs["created"]
     rng = np.random.default_rng(5)
     c1 = {"labels": np.where(r.maps.valid, rng.integers(0, 2, (H, W)), -1), "centers": np.ones((2, 3)),
           "fractions": np.array([0.4, 0.6]), "k": 2, "features": ["edge_energy", "pre_edge_norm", "n_v"],
           "scores": {"silhouette": 0.5}}
-    io.write_clusters(path, c1)
-    back = io.read_result(path)
+    io_results.write_clusters(path, c1)
+    back = io_results.read_result(path)
     assert_same_result(r, back, check_clusters=False)
     assert_same_clusters(c1, back.clusters)
     c2 = {"labels": np.full((H, W), -1), "k": 4, "features": ["edge_energy"]}
-    io.write_clusters(path, c2)  # replaces, does not merge
-    back = io.read_result(path)
+    io_results.write_clusters(path, c2)  # replaces, does not merge
+    back = io_results.read_result(path)
     assert_same_clusters(c2, back.clusters)
     assert_same_result(r, back, check_clusters=False)
     with h5py.File(path) as f:
         assert f.attrs["created"] == created
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5"]
     with pytest.raises(ValueError, match="shape"):
-        io.write_clusters(path, {"labels": np.zeros((3, 3))})
-    assert_same_clusters(c2, io.read_result(path).clusters)
+        io_results.write_clusters(path, {"labels": np.zeros((3, 3))})
+    assert_same_clusters(c2, io_results.read_result(path).clusters)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5"]
 
 
 def test_read_result_bad_inputs(tmp_path, cxi):
     with pytest.raises(InputError) as ei:
-        io.read_result(cxi)
+        io_results.read_result(cxi)
     assert_one_line_error(ei, cxi, "not a diffxas results file")
     with pytest.raises(InputError):
-        io.write_clusters(cxi, {"k": 1})
-    path = io.write_result(tmp_path / "r.h5", make_result())
+        io_results.write_clusters(cxi, {"k": 1})
+    path = io_results.write_result(tmp_path / "r.h5", make_result())
     with h5py.File(path, "r+") as f:
         del f["maps/pre_edge"]
     with pytest.raises(InputError) as ei:
-        io.read_result(path)
+        io_results.read_result(path)
     assert_one_line_error(ei, path, "/maps/pre_edge", "missing dataset")
-    path = io.write_result(tmp_path / "r2.h5", make_result())
+    path = io_results.write_result(tmp_path / "r2.h5", make_result())
     with h5py.File(path, "r+") as f:
         _replace(f, "object/phase", np.zeros((K, H, W + 1), np.float32))
     with pytest.raises(InputError) as ei:
-        io.read_result(path)
+        io_results.read_result(path)
     assert_one_line_error(ei, path, "/object/phase", "shape")
-    path = io.write_result(tmp_path / "r3.h5", make_result())
+    path = io_results.write_result(tmp_path / "r3.h5", make_result())
     with h5py.File(path, "r+") as f:
         f.attrs["config"] = "{not json"
     with pytest.raises(InputError) as ei:
-        io.read_result(path)
+        io_results.read_result(path)
     assert_one_line_error(ei, path, "config", "JSON")
 
 
 def test_summarize_result(tmp_path):
-    path = io.write_result(tmp_path / "r.h5", make_result())
-    text = io.summarize(path)
-    assert text == io.summarize_result(path)
+    path = io_results.write_result(tmp_path / "r.h5", make_result())
+    text = io_info.summarize(path)
+    assert text == io_results.summarize_result(path)
     assert "method:            two-step" in text and "12 x 10 pixels" in text
     for name in MAP_FIELDS:
         assert name in text
@@ -753,7 +757,7 @@ def test_summarize_result(tmp_path):
     # the solver's plausibility warnings (config["warnings"]) are shown, one line each
     r = make_result()
     r = dataclasses.replace(r, config={**(r.config or {}), "warnings": ["edge width b3 = 16 eV (median) is above 15 eV"]})
-    text = io.summarize(io.write_result(tmp_path / "w.h5", r))
+    text = io_info.summarize(io_results.write_result(tmp_path / "w.h5", r))
     assert "WARNING:           edge width b3 = 16 eV" in text
 
 
@@ -773,8 +777,8 @@ def make_truth(seed=0) -> Truth:
 
 def test_truth_round_trip(tmp_path):
     t = make_truth()
-    path = io.write_truth(tmp_path / "d.truth.h5", t)
-    back = io.read_truth(path)
+    path = io_truth.write_truth(tmp_path / "d.truth.h5", t)
+    back = io_truth.read_truth(path)
     np.testing.assert_array_equal(back.labels, t.labels)
     assert back.labels.dtype == np.int16
     assert back.domain_names == t.domain_names
@@ -787,10 +791,10 @@ def test_truth_round_trip(tmp_path):
     assert back.reference_energy == t.reference_energy
     np.testing.assert_array_equal(back.energies, t.energies)
     assert back.attrs == t.attrs
-    text = io.summarize(path)
+    text = io_info.summarize(path)
     assert "ground-truth" in text and "LiFePO4" in text
     with pytest.raises(InputError) as ei:
-        io.read_truth(io.write_result(tmp_path / "r.h5", make_result()))
+        io_truth.read_truth(io_results.write_result(tmp_path / "r.h5", make_result()))
     assert "not a diffxas ground-truth file" in str(ei.value)
 
 
@@ -799,17 +803,17 @@ def test_summarize_unknown_hdf5(tmp_path):
     with h5py.File(path, "w") as f:
         f["x"] = 1
     with pytest.raises(InputError) as ei:
-        io.summarize(path)
+        io_info.summarize(path)
     assert_one_line_error(ei, path, "not a CXI, diffxas results or ground-truth file")
 
 
 def test_to_jsonable():
     obj = {"a": np.float32(1.5), "b": np.arange(3), "c": (1, np.int8(2)), "d": Path("x/y"), "e": {3, 1},
            "f": 1 + 2j, np.int64(4): None}
-    assert io.to_jsonable(obj) == {"a": 1.5, "b": [0, 1, 2], "c": [1, 2], "d": "x/y", "e": [1, 3],
+    assert io_files.to_jsonable(obj) == {"a": 1.5, "b": [0, 1, 2], "c": [1, 2], "d": "x/y", "e": [1, 3],
                                    "f": [1.0, 2.0], "4": None}
     with pytest.raises(TypeError):
-        io.dumps_json({"f": lambda x: x})
+        io_files.dumps_json({"f": lambda x: x})
 
 
 # ----------------------------------------------------------------------------------------
@@ -820,9 +824,9 @@ def test_to_jsonable():
 def test_open_cxi_frames_equal_read_cxi(tmp_path, compression, chunk_frames, integral):
     """Reference: read_cxi of the same file; float32 frames in both, so every comparison is exact."""
     ds = make_dataset(integral=integral, n=7, interleave=True)
-    path = io.write_cxi(tmp_path / "d.cxi", ds, compression=compression, chunk_frames=chunk_frames)
-    eager, lazy = io.read_cxi(path), io.open_cxi(path)
-    assert isinstance(lazy.frames, io.CxiFrames)
+    path = io_cxi.write_cxi(tmp_path / "d.cxi", ds, compression=compression, chunk_frames=chunk_frames)
+    eager, lazy = io_cxi.read_cxi(path), io_cxi.open_cxi(path)
+    assert isinstance(lazy.frames, io_cxi.CxiFrames)
     assert lazy.frames.shape == eager.frames.shape and lazy.frames.dtype == np.float32
     assert lazy.frames.nbytes == eager.frames.nbytes
     ref = np.asarray(eager.frames)
@@ -842,18 +846,18 @@ def test_open_cxi_frames_equal_read_cxi(tmp_path, compression, chunk_frames, int
     np.testing.assert_array_equal(fr[2, 3:5], ref[2, 3:5])
     # first-axis views stay lazy and compose
     view = fr[::2]
-    assert isinstance(view, io.CxiFrames) and view.shape == ref[::2].shape
+    assert isinstance(view, io_cxi.CxiFrames) and view.shape == ref[::2].shape
     np.testing.assert_array_equal(np.asarray(view), ref[::2])
     np.testing.assert_array_equal(np.asarray(view[np.array([True, False] * 5 + [True])]), ref[::2][::2])
     np.testing.assert_array_equal(view.read(2, 6), ref[::2][2:6])
     # the dataset methods that select frames keep them lazy and give read_cxi's values
     for a, b in [(lazy.select_energies([0, 2]), eager.select_energies([0, 2])), (lazy.half("odd"), eager.half("odd"))]:
-        assert isinstance(a.frames, io.CxiFrames)
+        assert isinstance(a.frames, io_cxi.CxiFrames)
         np.testing.assert_array_equal(np.asarray(a.frames), np.asarray(b.frames))
         np.testing.assert_array_equal(np.asarray(a.energy_index), np.asarray(b.energy_index))
     # energy subsets like read_cxi
-    np.testing.assert_array_equal(np.asarray(io.open_cxi(path, energies=[1]).frames),
-                                  np.asarray(io.read_cxi(path, energies=[1]).frames))
+    np.testing.assert_array_equal(np.asarray(io_cxi.open_cxi(path, energies=[1]).frames),
+                                  np.asarray(io_cxi.read_cxi(path, energies=[1]).frames))
     with pytest.raises(IndexError):
         fr[21]
 
@@ -861,9 +865,9 @@ def test_open_cxi_frames_equal_read_cxi(tmp_path, compression, chunk_frames, int
 def test_open_cxi_errors(tmp_path, cxi):
     """Structure errors when opening, value errors when the frames are read: one line each."""
     with pytest.raises(InputError) as ei:
-        io.open_cxi(tmp_path / "missing.cxi")
+        io_cxi.open_cxi(tmp_path / "missing.cxi")
     assert_one_line_error(ei, tmp_path / "missing.cxi", "no such file")
-    lazy = io.open_cxi(cxi)
+    lazy = io_cxi.open_cxi(cxi)
     with h5py.File(cxi, "r+") as f:  # a NaN in the middle of entry 2 (frames stored as uint32 -> rewrite as float)
         d = f[f"entry_2/{DET}/data"]
         data = d[()].astype(np.float32)
@@ -899,16 +903,16 @@ def test_monitor_round_trip_and_selections(tmp_path):
     """The monitor readings survive write_cxi -> read_cxi / open_cxi exactly (float64),
     follow the frames through energy selection and halves, and relative_monitor has mean 1
     over each energy's frames (exact ratios of the readings, 1e-12)."""
-    from diffxas.dataset import relative_monitor
+    from diffxas.data.dataset import relative_monitor
 
     ds = _with_monitor(make_dataset(interleave=True))
-    path = io.write_cxi(tmp_path / "m.cxi", ds)
+    path = io_cxi.write_cxi(tmp_path / "m.cxi", ds)
     with h5py.File(path, "r") as f:
         assert f[f"entry_2/{MON}"].shape == (N,)
-    for back in (io.read_cxi(path), io.open_cxi(path)):
+    for back in (io_cxi.read_cxi(path), io_cxi.open_cxi(path)):
         order = np.argsort(np.asarray(ds.energy_index), kind="stable")  # the file groups frames by energy
         np.testing.assert_array_equal(np.asarray(back.monitor), np.asarray(ds.monitor)[order])
-    back = io.read_cxi(path)
+    back = io_cxi.read_cxi(path)
     sub = back.select_energies([0, 2])
     np.testing.assert_array_equal(sub.monitor, np.asarray(back.monitor)[np.asarray(back.energy_index) != 1])
     half = back.half("odd")
@@ -920,8 +924,8 @@ def test_monitor_round_trip_and_selections(tmp_path):
         np.testing.assert_allclose(rel[ei == k] / rel[ei == k][0], back.monitor[ei == k] / back.monitor[ei == k][0],
                                    rtol=1e-12)
     np.testing.assert_array_equal(relative_monitor(make_dataset()), np.ones(K * N))
-    assert "monitor (I0):      present" in io.cxi_summary(path)
-    assert "monitor (I0):      absent" in io.cxi_summary(io.write_cxi(tmp_path / "n.cxi", make_dataset()))
+    assert "monitor (I0):      present" in io_cxi.cxi_summary(path)
+    assert "monitor (I0):      absent" in io_cxi.cxi_summary(io_cxi.write_cxi(tmp_path / "n.cxi", make_dataset()))
 
 
 @pytest.mark.parametrize("mutate, match", [
@@ -932,10 +936,10 @@ def test_monitor_round_trip_and_selections(tmp_path):
 ])
 def test_monitor_errors(tmp_path, mutate, match):
     """A bad monitor is one InputError line naming the entry and dataset."""
-    path = io.write_cxi(tmp_path / "m.cxi", _with_monitor(make_dataset()))
+    path = io_cxi.write_cxi(tmp_path / "m.cxi", _with_monitor(make_dataset()))
     with h5py.File(path, "r+") as f:
         mutate(f)
-    for fn in (io.read_cxi, io.open_cxi):
+    for fn in (io_cxi.read_cxi, io_cxi.open_cxi):
         with pytest.raises(InputError, match=match):
             fn(path)
 
@@ -952,23 +956,23 @@ def test_dataset_refuses_bad_monitor():
 
 @pytest.mark.parametrize("shape", ["flat", "map"])
 def test_result_background_round_trip_and_validation(tmp_path, shape):
-    """The fitted incoherent background (diffxas.background) is stored under
+    """The fitted incoherent background (diffxas.physics.background) is stored under
     /detector/background, exactly (float32 in and out), with its units; a file without it
     reads None; `diffxas info` names it; a background of another shape is a ValueError
     before anything is written."""
     r = make_result(clusters=False)
     rng = np.random.default_rng(5)
     r.background = (rng.random(K) if shape == "flat" else rng.random((K, M, M))).astype(np.float32)
-    path = io.write_result(tmp_path / "bg.h5", r)
-    back = io.read_result(path)
+    path = io_results.write_result(tmp_path / "bg.h5", r)
+    back = io_results.read_result(path)
     np.testing.assert_array_equal(back.background, r.background)
     with h5py.File(path) as f:
         assert f["detector/background"].attrs["units"] == "photons per detector pixel per frame"
-    assert "background:        " + shape in io.summarize_result(path)  # `diffxas info`
-    assert io.read_result(io.write_result(tmp_path / "none.h5", make_result(clusters=False))).background is None
+    assert "background:        " + shape in io_results.summarize_result(path)  # `diffxas info`
+    assert io_results.read_result(io_results.write_result(tmp_path / "none.h5", make_result(clusters=False))).background is None
     r.background = np.zeros((K + 1,), np.float32)
     with pytest.raises(ValueError, match="background"):
-        io.write_result(tmp_path / "bad.h5", r)
+        io_results.write_result(tmp_path / "bad.h5", r)
     assert not (tmp_path / "bad.h5").exists()
 
 
@@ -978,13 +982,13 @@ def test_result_background_round_trip_and_validation(tmp_path, shape):
 def test_cxi_energy_from_wavelength_only(cxi):
     """source_1/wavelength (m) alone: E = h c / lambda. Reference: the energies written,
     1e-12 relative (h, c, e exact; double precision)."""
-    from diffxas.constants import HC_EV_M
+    from diffxas.physics.constants import HC_EV_M
 
     with h5py.File(cxi, "r+") as f:
         for k in range(K):
             del f[f"entry_{k + 1}/{SRC}/energy"]
             f[f"entry_{k + 1}/{SRC}/wavelength"] = np.array([HC_EV_M / ENERGIES[k]])  # shape (1,)
-    back = io.read_cxi(cxi)
+    back = io_cxi.read_cxi(cxi)
     np.testing.assert_allclose(back.energies, ENERGIES, rtol=1e-12)
     assert_same_dataset(make_dataset(), back)
 
@@ -996,7 +1000,7 @@ def test_cxi_bad_wavelength(cxi, value, words):
         del f[f"entry_2/{SRC}/energy"]
         f[f"entry_2/{SRC}/wavelength"] = value
     with pytest.raises(InputError) as ei:
-        io.read_cxi(cxi)
+        io_cxi.read_cxi(cxi)
     assert_one_line_error(ei, cxi, f"/entry_2/{SRC}/wavelength", words)
 
 
@@ -1004,7 +1008,7 @@ def test_cxi_no_energy_at_all(cxi):
     with h5py.File(cxi, "r+") as f:
         del f[f"entry_3/{SRC}/energy"]
     with pytest.raises(InputError) as ei:
-        io.read_cxi(cxi)
+        io_cxi.read_cxi(cxi)
     assert_one_line_error(ei, cxi, f"/entry_3/{SRC}/energy", "missing dataset", "wavelength")
 
 
@@ -1018,11 +1022,11 @@ def test_cxi_frames_only_under_data_1(cxi):
             data = e[f"{DET}/data"][()]
             del e["data_1/data"], e[f"{DET}/data"]
             e["data_1/data"] = data
-    assert_same_dataset(ref, io.read_cxi(cxi))
-    lazy = io.open_cxi(cxi)
+    assert_same_dataset(ref, io_cxi.read_cxi(cxi))
+    lazy = io_cxi.open_cxi(cxi)
     np.testing.assert_array_equal(np.asarray(lazy.frames), np.asarray(ref.frames))
     np.testing.assert_array_equal(lazy.frames[[3, 11]], np.asarray(ref.frames)[[3, 11]])
-    assert "dose:" in io.cxi_summary(cxi)
+    assert "dose:" in io_cxi.cxi_summary(cxi)
 
 
 @pytest.mark.parametrize("bits,used", [
@@ -1036,7 +1040,7 @@ def test_cxi_mask_bits_by_meaning(cxi, bits, used):
         mk = np.zeros((M, M), np.uint32)
         mk[4:6, 7] = bits
         _replace(f, f"entry_2/{DET}/mask", mk)
-    w = np.asarray(io.read_cxi(cxi).mask)[1]
+    w = np.asarray(io_cxi.read_cxi(cxi).mask)[1]
     assert (w[4:6, 7] == 1.0).all() == used and (w[4:6, 7] == 0.0).all() == (not used)
     assert w.sum() == M * M - (0 if used else 2)
 
@@ -1051,14 +1055,14 @@ def test_cxi_mask_signed_and_legacy_types(cxi):
             n_bad = 5
         with h5py.File(cxi, "r+") as f:
             _replace(f, f"entry_1/{DET}/mask", data)
-        assert np.asarray(io.read_cxi(cxi).mask)[0].sum() == M * M - n_bad
+        assert np.asarray(io_cxi.read_cxi(cxi).mask)[0].sum() == M * M - n_bad
 
 
 def test_cxi_mask_bits_only_signal_is_not_inverted(cxi):
     """A mask flagging every pixel 'has signal' (0x1000) excludes none (no 'inverted' error)."""
     with h5py.File(cxi, "r+") as f:
         _replace(f, f"entry_1/{DET}/mask", np.full((M, M), 0x1000, np.uint32))
-    assert np.asarray(io.read_cxi(cxi).mask)[0].all()
+    assert np.asarray(io_cxi.read_cxi(cxi).mask)[0].all()
 
 
 def test_info_dose_counts_only_unmasked_pixels(tmp_path):
@@ -1067,13 +1071,13 @@ def test_info_dose_counts_only_unmasked_pixels(tmp_path):
     ds = make_dataset(illumination=False)
     frames = np.asarray(ds.frames).copy()
     frames[:, :, 8] = 2**32 - 1  # a gap column
-    path = io.write_cxi(tmp_path / "gap.cxi", dataclasses.replace(ds, frames=frames))
+    path = io_cxi.write_cxi(tmp_path / "gap.cxi", dataclasses.replace(ds, frames=frames))
     with h5py.File(path, "r+") as f:
         for k in range(K):
             mk = f[f"entry_{k + 1}/{DET}/mask"][()]
             mk[:, 8] |= 0x200
             _replace(f, f"entry_{k + 1}/{DET}/mask", mk)
-    text = io.cxi_summary(path)
+    text = io_cxi.cxi_summary(path)
     shown = float(text.split("dose:")[1].split()[1])
     used = np.asarray(ds.mask)[np.asarray(ds.energy_index)] > 0
     used[:, :, 8] = False
@@ -1105,11 +1109,11 @@ def test_cxi_bitshuffle_lz4_read_and_lazy(cxi, tmp_path):
     (exact: lossless compression of the same integers)."""
     path = _bitshuffle_copy(cxi, tmp_path / "bslz4.cxi")
     ref = make_dataset()
-    assert_same_dataset(ref, io.read_cxi(path))
-    lazy = io.open_cxi(path)
+    assert_same_dataset(ref, io_cxi.read_cxi(path))
+    lazy = io_cxi.open_cxi(path)
     np.testing.assert_array_equal(lazy.frames.read(2, 9), np.asarray(ref.frames)[2:9])
     np.testing.assert_array_equal(lazy.frames[[14, 0, 7]], np.asarray(ref.frames)[[14, 0, 7]])
-    assert "dose:" in io.cxi_summary(path)
+    assert "dose:" in io_cxi.cxi_summary(path)
 
 
 def test_cxi_bitshuffle_lz4_streamed_chunks(cxi, tmp_path):
@@ -1118,11 +1122,11 @@ def test_cxi_bitshuffle_lz4_streamed_chunks(cxi, tmp_path):
     the chunks equal the frames written (exact), the last one zero-padded.
     (A full streamed joint step is tested on gzip data in tests/test_stream.py; compiling
     one here would cost ~30 s for no other code path.)"""
-    from diffxas import stream
+    from diffxas.solvers.joint import stream
 
     path = _bitshuffle_copy(cxi, tmp_path / "bslz4.cxi")
-    src = io.open_cxi(path).frames
-    assert isinstance(src, io.CxiFrames)
+    src = io_cxi.open_cxi(path).frames
+    assert isinstance(src, io_cxi.CxiFrames)
     chunk, n = 4, K * N
     n_chunks = -(-n // chunk)
     solver = object.__new__(stream.StreamSolver)  # only the chunk loader: no problem to compile

@@ -1,4 +1,4 @@
-"""Tests of the joint solver (diffxas.joint).
+"""Tests of the joint solver (diffxas.solvers.joint).
 
 References: finite differences through the full parameter -> intensity chain
 (jax.test_util.check_grads), the simulator's ground truth (noise-free data), and an
@@ -13,10 +13,18 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from diffxas import joint
+from diffxas.analysis.evaluate import evaluate
+from diffxas.data import stxm as joint_stxm
 from diffxas.errors import ConfigError
-from diffxas.evaluate import evaluate
-from diffxas.simulate import preset, simulate
+from diffxas.physics import forward as joint_forward
+from diffxas.simulate.presets import preset, simulate
+from diffxas.solvers.joint import config as joint_config
+from diffxas.solvers.joint import init as joint_init
+from diffxas.solvers.joint import loss as joint_loss
+from diffxas.solvers.joint import model as joint_model
+from diffxas.solvers.joint import result as joint_result
+from diffxas.solvers.joint import run as joint_run
+from diffxas.solvers.joint import solver as joint_solver
 
 ENERGIES = (5420.0, 5455.0, 5463.0, 5465.0, 5466.0, 5467.0, 5469.0, 5472.0, 5475.0, 5478.0, 5480.0,
             5482.0, 5484.0, 5487.0, 5492.0, 5500.0, 5520.0, 5540.0)
@@ -34,30 +42,30 @@ def small3():
 
 def test_config_validation():
     with pytest.raises(ConfigError, match="loss"):
-        joint.JointConfig(loss="l2")
+        joint_config.JointConfig(loss="l2")
     with pytest.raises(ConfigError, match="per_pixel"):
-        joint.JointConfig(per_pixel=("b2", "zz"))
+        joint_config.JointConfig(per_pixel=("b2", "zz"))
     with pytest.raises(ConfigError, match="init_result"):
-        joint.JointConfig(init="result")
+        joint_config.JointConfig(init="result")
     with pytest.raises(ConfigError, match="steps"):
-        joint.JointConfig(steps=-1)
+        joint_config.JointConfig(steps=-1)
     with pytest.raises(ConfigError, match="chemical symbol"):
-        joint.JointConfig(element="mn")
+        joint_config.JointConfig(element="mn")
     with pytest.raises(ConfigError, match="probe_fwhm"):
-        joint.JointConfig(probe_fwhm=0.0)
+        joint_config.JointConfig(probe_fwhm=0.0)
 
 
 def test_wrong_absorber_fails_before_any_work(small3):
     # V K-edge data with element = "Mn": one clear error naming the edge that is in the data
     with pytest.raises(ConfigError, match=r"do not bracket the Mn K edge.*V \(5465 eV\)"):
-        joint.prepare_joint(small3.dataset, joint.JointConfig(element="Mn", steps=1))
+        joint_run.prepare_joint(small3.dataset, joint_config.JointConfig(element="Mn", steps=1))
 
 
 def test_raw_transforms_round_trip():
-    sc = joint.Scales(amp=0.05, n_other=1e23, e_mid=5480.0, e_half=61.0)
+    sc = joint_model.Scales(amp=0.05, n_other=1e23, e_mid=5480.0, e_half=61.0)
     for name, v in dict(a=0.01, b1=0.04, b2=5477.3, b3=3.7, c11=0.01, c12=5466.2, c13=1.1, c21=0.003, c22=5470.0, c23=2.1, n_other=3e23).items():
-        r = joint.to_raw(name, v, sc)
-        assert float(joint.from_raw(name, jnp.asarray(r, jnp.float32), sc)) == pytest.approx(v, rel=1e-5), name
+        r = joint_model.to_raw(name, v, sc)
+        assert float(joint_model.from_raw(name, jnp.asarray(r, jnp.float32), sc)) == pytest.approx(v, rel=1e-5), name
 
 
 def test_gradients_through_full_chain(small3):
@@ -66,7 +74,7 @@ def test_gradients_through_full_chain(small3):
     intensity scales: the whole parameter -> transmission -> resampling -> patch -> far
     field -> intensity -> loss chain, with the default spatial prior."""
     ds = small3.dataset.select_energies([0, 1, 2])
-    solver, state, _ = joint.prepare_joint(ds, joint.JointConfig(steps=1, chunk_size=64))
+    solver, state, _ = joint_run.prepare_joint(ds, joint_config.JointConfig(steps=1, chunk_size=64))
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, state.params)
         prob = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x, solver.prob)
@@ -75,9 +83,9 @@ def test_gradients_through_full_chain(small3):
 
         def f(b2, b1, n_other, c11, probe_re, dscale):
             raw = dict(p64.raw, b2=b2, b1=b1, n_other=n_other, c11=c11)
-            params = joint.JointParams(raw=raw, probe_re=probe_re, probe_im=p64.probe_im, dpos=p64.dpos, dscale=dscale,
+            params = joint_model.JointParams(raw=raw, probe_re=probe_re, probe_im=p64.probe_im, dpos=p64.dpos, dscale=dscale,
                                        probe_gain=p64.probe_gain)
-            return joint.total_loss(params, prob, None, solver.static) / 1e6
+            return joint_loss.total_loss(params, prob, None, solver.static) / 1e6
 
         rng = np.random.default_rng(0)
         args = tuple(p64.raw[n] for n in names) + (p64.probe_re, jnp.asarray(rng.normal(0, 0.05, p64.dscale.shape)))
@@ -96,7 +104,7 @@ def test_noise_free_recovery(clean):
     RMSE < 2, N_V relative RMS < 0.07; coverage of the seed's region (>= 25 %) >= 0.95;
     loss down at least 2x from the start.
     """
-    res = joint.reconstruct_joint(clean.dataset, joint.JointConfig(steps=300, log_every=50))
+    res = joint_run.reconstruct_joint(clean.dataset, joint_config.JointConfig(steps=300, log_every=50))
     _check_noise_free(res, clean.truth)
     assert res.history["loss"][-1] < 0.5 * res.history["loss"][0]
 
@@ -127,7 +135,7 @@ def test_noise_free_recovery_without_a_probe_in_the_file(clean):
     import dataclasses
 
     ds = dataclasses.replace(clean.dataset, illumination=None)
-    res = joint.reconstruct_joint(ds, joint.JointConfig(steps=300, log_every=50))
+    res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=300, log_every=50))
     assert "lowest energy's refined probe" in res.config["init"]["probes_from"]
     _check_noise_free(res, clean.truth)
 
@@ -146,7 +154,7 @@ def test_noise_free_recovery_with_a_probe_guess_in_another_normalisation(clean):
 
     p = np.asarray(clean.dataset.illumination)
     ds = dataclasses.replace(clean.dataset, illumination=p / np.abs(p).max(axis=(1, 2), keepdims=True))
-    res = joint.reconstruct_joint(ds, joint.JointConfig(steps=300, log_every=50))
+    res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=300, log_every=50))
     assert res.config["init"]["illumination_power"]["rescaled"] == list(range(ds.n_energies))
     _check_noise_free(res, clean.truth)
 
@@ -157,16 +165,16 @@ def test_per_energy_gain_scales_the_probes(small3):
     unchanged) and train from step 0 (``lr_gain``), before the probes themselves
     (``probe_start``), in both probe models; ``lr_gain = 0`` keeps them fixed."""
     ds = small3.dataset
-    cfg = joint.JointConfig(steps=3, init="stxm", prior="none", log_every=1)
-    solver, state, _ = joint.prepare_joint(ds, cfg)
+    cfg = joint_config.JointConfig(steps=3, init="stxm", prior="none", log_every=1)
+    solver, state, _ = joint_run.prepare_joint(ds, cfg)
     assert np.all(np.asarray(state.params.probe_gain) == 0.0)
     q = np.asarray(state.params.probe_re) + 1j * np.asarray(state.params.probe_im)
     g = np.array([0.1, -0.2, 0.05], np.float32)
-    p = np.asarray(joint.probes(dataclasses.replace(state.params, probe_gain=jnp.asarray(g)), solver.prob))
+    p = np.asarray(joint_model.probes(dataclasses.replace(state.params, probe_gain=jnp.asarray(g)), solver.prob))
     np.testing.assert_allclose(p, q * np.exp(g)[:, None, None], rtol=1e-6, atol=1e-6 * np.abs(q).max())
     for model, lr, moved in (("per-energy", 0.01, True), ("per-energy", 0.0, False), ("smooth", 0.01, True),
                              ("smooth", 0.0, False)):
-        solver, state0, _ = joint.prepare_joint(ds, dataclasses.replace(cfg, lr_gain=lr, probe_model=model, probe_degree=1))
+        solver, state0, _ = joint_run.prepare_joint(ds, dataclasses.replace(cfg, lr_gain=lr, probe_model=model, probe_degree=1))
         state = state0
         for _ in range(3):
             state, _ = solver.step(state)
@@ -187,13 +195,13 @@ def test_noise_free_recovery_with_a_start_probe_at_the_wrong_power(clean, monkey
     membrane, so its probe carries the membrane; measured 0.983-0.985). Without the gains
     (``lr_gain = 0``, the default before session 12) the same error cost 3.6x on the
     edge energy of noisy `tiny` (0.745 against 0.206 eV; 0.218 eV with them)."""
-    from diffxas import stxm
-    from diffxas.simulate import membrane
+    from diffxas.data import stxm
+    from diffxas.simulate.presets import membrane
 
-    monkeypatch.setattr(joint, "illumination_at_counts", lambda ds, sums=None: stxm.illumination_at_counts(ds, sums, tolerance=10.0))
+    monkeypatch.setattr(joint_run, "illumination_at_counts", lambda ds, sums=None: stxm.illumination_at_counts(ds, sums, tolerance=10.0))
     p = np.asarray(clean.dataset.illumination)
     ds = dataclasses.replace(clean.dataset, illumination=p * 1.05)
-    res = joint.reconstruct_joint(ds, joint.JointConfig(steps=300, log_every=50))
+    res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=300, log_every=50))
     assert res.config["init"]["illumination_power"]["rescaled"] == []
     _check_noise_free(res, clean.truth)
     ratio = np.sum(np.abs(np.asarray(res.probes)) ** 2, axis=(1, 2)) / np.sum(np.abs(p) ** 2, axis=(1, 2))
@@ -208,7 +216,7 @@ def test_stxm_start_without_a_probe_warns(small3, caplog):
 
     ds = dataclasses.replace(small3.dataset, illumination=None)
     with caplog.at_level(logging.WARNING, logger="diffxas"):
-        _, _, ctx = joint.prepare_joint(ds, joint.JointConfig(init="stxm", steps=1, probe_fwhm=1.5e-7))
+        _, _, ctx = joint_run.prepare_joint(ds, joint_config.JointConfig(init="stxm", steps=1, probe_fwhm=1.5e-7))
     assert any("no illumination" in r.getMessage() and "150 nm" in r.getMessage() for r in caplog.records)
     assert "KB focus of 150 nm" in ctx["init_info"]["probes_from"]
 
@@ -222,11 +230,11 @@ def test_noise_free_recovery_other_absorber():
     Re[Ne]/N_V 0.91, N_V 2.7 % (the V test in the same run: 0.123, 0.059, 0.86, 2.8 %); the
     tolerances are the V test's.
     """
-    from diffxas.scattering import table_edge_energy
+    from diffxas.physics.scattering import table_edge_energy
 
     z = 0.63 * table_edge_energy("Mn") / table_edge_energy("V")
     sim = simulate(preset("tiny", element="Mn", distance=z, noise=False, bad_pixel_fraction=0.0))
-    res = joint.reconstruct_joint(sim.dataset, joint.JointConfig(element="Mn", steps=300, log_every=50))
+    res = joint_run.reconstruct_joint(sim.dataset, joint_config.JointConfig(element="Mn", steps=300, log_every=50))
     assert res.maps.absorber == "Mn" and res.config["joint"]["element"] == "Mn"
     m = _check_noise_free(res, sim.truth)
     assert abs(m["edge_energy"]["bias"]) < 0.1  # an edge-model error would show as an offset
@@ -238,9 +246,9 @@ def test_resume_equals_uninterrupted(small3, tmp_path, holdout):
     steps (tolerance 1e-6 relative: identical arithmetic); with held-out frames, the same
     held-out loss history too."""
     ds = small3.dataset
-    cfg = joint.JointConfig(steps=6, checkpoint_every=3, log_every=1, probe_start=2, batch_size=64, chunk_size=32,
+    cfg = joint_config.JointConfig(steps=6, checkpoint_every=3, log_every=1, probe_start=2, batch_size=64, chunk_size=32,
                             holdout=holdout)
-    full = joint.reconstruct_joint(ds, cfg)
+    full = joint_run.reconstruct_joint(ds, cfg)
 
     class Kill(Exception):
         pass
@@ -251,8 +259,8 @@ def test_resume_equals_uninterrupted(small3, tmp_path, holdout):
 
     ck = str(tmp_path / "run.ckpt")
     with pytest.raises(Kill):
-        joint.reconstruct_joint(ds, cfg, checkpoint=ck, callback=killer)
-    resumed = joint.reconstruct_joint(ds, cfg, checkpoint=ck, resume=True)
+        joint_run.reconstruct_joint(ds, cfg, checkpoint=ck, callback=killer)
+    resumed = joint_run.reconstruct_joint(ds, cfg, checkpoint=ck, resume=True)
     assert resumed.config["init"]["resumed_from_step"] == 3
     # 3 energies for the default's 6 per-pixel spectral parameters: said and recorded
     assert resumed.config["warnings"][0].startswith("3 energies for 6 per-pixel spectral parameters")
@@ -265,8 +273,8 @@ def test_resume_equals_uninterrupted(small3, tmp_path, holdout):
 
 
 def test_shared_parameters_are_scalars(small3):
-    cfg = joint.JointConfig(steps=2, per_pixel=("a", "b1", "b2", "c11", "n_other"))
-    solver, state, _ = joint.prepare_joint(small3.dataset, cfg)
+    cfg = joint_config.JointConfig(steps=2, per_pixel=("a", "b1", "b2", "c11", "n_other"))
+    solver, state, _ = joint_run.prepare_joint(small3.dataset, cfg)
     assert state.params.raw["c13"].shape == ()
     assert state.params.raw["b2"].ndim == 2
     state, loss = solver.step(state)
@@ -277,7 +285,7 @@ def test_shared_parameters_are_scalars(small3):
 def test_joint_step_on_gpu(small3):
     gpu = [d for d in jax.devices() if d.platform == "gpu"][0]
     with jax.default_device(gpu):
-        solver, state, _ = joint.prepare_joint(small3.dataset, joint.JointConfig(steps=2))
+        solver, state, _ = joint_run.prepare_joint(small3.dataset, joint_config.JointConfig(steps=2))
         state, loss = solver.step(state)
         assert np.isfinite(float(loss))
 
@@ -286,19 +294,19 @@ def test_lbfgs_polish_lowers_the_loss(small3):
     """L-BFGS polish (optax.lbfgs with a zoom line search) after a few Adam steps: the
     line search guarantees a non-increasing loss, so the polished loss is <= the Adam
     endpoint's and the sample parameters move; probes stay exactly as they were."""
-    cfg = joint.JointConfig(steps=5, init="stxm", log_every=1)
-    solver, state, _ = joint.prepare_joint(small3.dataset, cfg)
+    cfg = joint_config.JointConfig(steps=5, init="stxm", log_every=1)
+    solver, state, _ = joint_run.prepare_joint(small3.dataset, cfg)
     for _ in range(cfg.steps):
         state, _ = solver.step(state)
     hist = {}
-    polished = joint.lbfgs_polish(solver, state, 4, hist)
+    polished = joint_solver.lbfgs_polish(solver, state, 4, hist)
     l0, l1 = float(solver.loss(state.params)), float(solver.loss(polished.params))
     assert l1 <= l0 * (1 + 1e-6)
     assert l1 < l0  # it does something
     assert len(hist["lbfgs_loss"]) == 4
     np.testing.assert_array_equal(np.asarray(polished.params.probe_re), np.asarray(state.params.probe_re))
     with pytest.raises(ConfigError):
-        joint.JointConfig(lbfgs_steps=-1)
+        joint_config.JointConfig(lbfgs_steps=-1)
 
 
 # ----------------------------------------------------------------------------- spatial prior
@@ -312,21 +320,21 @@ def test_masked_tv_closed_form():
     h = 0.3
     x = jnp.where(jnp.arange(8)[None, :] >= 4, h, 0.0) * jnp.ones((8, 8))
     ones = jnp.ones((8, 8), bool)
-    eps = joint.TV_EPS
-    assert float(joint._tv(x, ones)) == pytest.approx(7 * np.sqrt(h * h + eps) + 42 * np.sqrt(eps), rel=1e-5)
+    eps = joint_model.TV_EPS
+    assert float(joint_model._tv(x, ones)) == pytest.approx(7 * np.sqrt(h * h + eps) + 42 * np.sqrt(eps), rel=1e-5)
     left = jnp.arange(8)[None, :] < 4
-    assert float(joint._tv(x, jnp.broadcast_to(left, (8, 8)))) == pytest.approx(49 * np.sqrt(eps), abs=1e-6)
+    assert float(joint_model._tv(x, jnp.broadcast_to(left, (8, 8)))) == pytest.approx(49 * np.sqrt(eps), abs=1e-6)
     disc = (jnp.arange(8)[:, None] - 3.5) ** 2 + (jnp.arange(8)[None, :] - 3.5) ** 2 < 9
-    assert float(joint._tv(2.0 * disc, disc)) == pytest.approx(49 * np.sqrt(eps), abs=1e-6)
+    assert float(joint_model._tv(2.0 * disc, disc)) == pytest.approx(49 * np.sqrt(eps), abs=1e-6)
 
 
 def test_prior_config_validation():
     with pytest.raises(ConfigError, match="prior"):
-        joint.JointConfig(prior="l1")
+        joint_config.JointConfig(prior="l1")
     with pytest.raises(ConfigError, match="not both"):
-        joint.JointConfig(prior="tv", tv_weight=1.0)
+        joint_config.JointConfig(prior="tv", tv_weight=1.0)
     with pytest.raises(ConfigError, match="prior_strength"):
-        joint.JointConfig(prior_strength=-1.0)
+        joint_config.JointConfig(prior_strength=-1.0)
 
 
 def test_prior_weights_follow_the_noise_level(small3):
@@ -336,34 +344,34 @@ def test_prior_weights_follow_the_noise_level(small3):
     tolerance 2e-3 relative, float32 information); prior_strength scales the weights
     linearly; the Poisson loss (loss = NLL) gets twice the amplitude loss's weights."""
     ds = small3.dataset
-    cfg = joint.JointConfig(steps=1, prior="tv", prior_strength=0.5)
-    _, _, ctx = joint.prepare_joint(ds, cfg)
+    cfg = joint_config.JointConfig(steps=1, prior="tv", prior_strength=0.5)
+    _, _, ctx = joint_run.prepare_joint(ds, cfg)
     w1 = ctx["init_info"]["prior_weights"]
     assert set(w1) == set(cfg.per_pixel)
     ds4 = dataclasses.replace(ds, frames=np.asarray(ds.frames) * 4.0, illumination=np.asarray(ds.illumination) * 2.0)
-    _, _, ctx4 = joint.prepare_joint(ds4, cfg)
+    _, _, ctx4 = joint_run.prepare_joint(ds4, cfg)
     w4 = ctx4["init_info"]["prior_weights"]
     for k in w1:
         assert w4[k]["weight"] == pytest.approx(2.0 * w1[k]["weight"], rel=2e-3), k
         assert w4[k]["sigma_raw"] == pytest.approx(0.5 * w1[k]["sigma_raw"], rel=2e-3), k
-    solver, state, ctx2 = joint.prepare_joint(ds, dataclasses.replace(cfg, prior_strength=1.0, loss="poisson"))
+    solver, state, ctx2 = joint_run.prepare_joint(ds, dataclasses.replace(cfg, prior_strength=1.0, loss="poisson"))
     w2 = ctx2["init_info"]["prior_weights"]
     for k in w1:
         assert w2[k]["weight"] == pytest.approx(4.0 * w1[k]["weight"], rel=1e-6), k
     # the weight maps are c * L / sigma_p (median weight recorded), and the loss adds exactly
     # sum_k TV_{w_k}(raw_k) (multiplier 1) to the data term
     ts = np.asarray(solver.prob.tv_scale)
-    for i, k in enumerate(joint.ALL_PARAMS):
+    for i, k in enumerate(joint_config.ALL_PARAMS):
         if k in w2:
             assert np.all(ts[i] > 0)
             assert np.median(ts[i][np.asarray(solver.prob.illuminated)]) == pytest.approx(w2[k]["weight"], rel=0.5)
         else:
             assert np.all(ts[i] == 0)
-    reg = sum(float(joint._tv(state.params.raw[k], solver.prob.illuminated, ts[i])) for i, k in enumerate(joint.ALL_PARAMS) if k in w2)
+    reg = sum(float(joint_model._tv(state.params.raw[k], solver.prob.illuminated, ts[i])) for i, k in enumerate(joint_config.ALL_PARAMS) if k in w2)
     assert solver.static[2] == 1.0
-    assert float(joint.regulariser(state.params, solver.prob)) == pytest.approx(reg, rel=1e-5)
-    assert float(joint.total_loss(state.params, solver.prob, None, solver.static)) == pytest.approx(
-        float(joint.data_loss(state.params, solver.prob, None, "poisson", solver.static[1])) + reg, rel=1e-6)
+    assert float(joint_loss.regulariser(state.params, solver.prob)) == pytest.approx(reg, rel=1e-5)
+    assert float(joint_loss.total_loss(state.params, solver.prob, None, solver.static)) == pytest.approx(
+        float(joint_loss.data_loss(state.params, solver.prob, None, "poisson", solver.static[1])) + reg, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- per-domain parameters
@@ -376,53 +384,53 @@ def test_per_domain_parameters(small3, tmp_path):
     the same parameter made per pixel (same values), tolerance 1e-4 of the largest."""
     import equinox as eqx
 
-    from diffxas import io
+    from diffxas.data import results as io_results
 
     ds = small3.dataset
     path = str(tmp_path / "pass1.h5")
-    io.write_result(path, joint.reconstruct_joint(ds, joint.JointConfig(steps=1, prior="none", init="stxm")))
+    io_results.write_result(path, joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=1, prior="none", init="stxm")))
     shape = ds.common_grid().shape
     lab = np.where(np.arange(shape[1])[None, :] < shape[1] // 2, 0, 1) * np.ones(shape, int)
     lab[:, :3] = -1
-    io.write_clusters(path, {"labels": lab})
-    cfg = joint.JointConfig(steps=2, prior="none", per_domain=("c12", "c13"), domains=path, init="stxm")
-    solver, state, ctx = joint.prepare_joint(ds, cfg)
+    io_results.write_clusters(path, {"labels": lab})
+    cfg = joint_config.JointConfig(steps=2, prior="none", per_domain=("c12", "c13"), domains=path, init="stxm")
+    solver, state, ctx = joint_run.prepare_joint(ds, cfg)
     assert ctx["init_info"]["domains"]["n_domains"] == 2
     assert state.params.raw["c12"].shape == (3,) and state.params.raw["b2"].ndim == 2
     dom = np.asarray(solver.prob.domain)
     np.testing.assert_array_equal(dom, np.where(lab >= 0, lab, 2))
-    p = joint.physical(state.params, solver.prob.scales, None, solver.prob.domain)
+    p = joint_model.physical(state.params, solver.prob.scales, None, solver.prob.domain)
     for d in range(3):
         vals = np.asarray(p.c12)[dom == d]
         assert np.ptp(vals) == 0.0
     # chain rule against the per-pixel parameterisation at the same values
-    cfg_pp = joint.JointConfig(steps=2, prior="none", per_pixel=cfg.per_pixel + ("c12", "c13"), init="stxm")
-    solver_pp, state_pp, _ = joint.prepare_joint(ds, cfg_pp)
+    cfg_pp = joint_config.JointConfig(steps=2, prior="none", per_pixel=cfg.per_pixel + ("c12", "c13"), init="stxm")
+    solver_pp, state_pp, _ = joint_run.prepare_joint(ds, cfg_pp)
     raw_pp = dict(state.params.raw, c12=state.params.raw["c12"][dom], c13=state.params.raw["c13"][dom])
     params_pp = eqx.tree_at(lambda q: q.raw, state.params, raw_pp)
-    g_dom = eqx.filter_grad(joint.total_loss)(state.params, solver.prob, None, solver.static).raw
-    g_pix = eqx.filter_grad(joint.total_loss)(params_pp, solver_pp.prob, None, solver_pp.static).raw
+    g_dom = eqx.filter_grad(joint_loss.total_loss)(state.params, solver.prob, None, solver.static).raw
+    g_pix = eqx.filter_grad(joint_loss.total_loss)(params_pp, solver_pp.prob, None, solver_pp.static).raw
     for k in ("c12", "c13"):
         ref = np.asarray([np.asarray(g_pix[k], np.float64)[dom == d].sum() for d in range(3)])
         np.testing.assert_allclose(np.asarray(g_dom[k], np.float64), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
-    res = joint.reconstruct_joint(ds, cfg)
+    res = joint_run.reconstruct_joint(ds, cfg)
     assert res.config["init"]["domains"]["file"] == path
     assert len(np.unique(res.maps.extra["c12"])) <= 3
 
 
 def test_per_domain_config_errors(small3, tmp_path):
     with pytest.raises(ConfigError, match="both per_pixel and per_domain"):
-        joint.JointConfig(per_domain=("b2",), domains="x.h5")
+        joint_config.JointConfig(per_domain=("b2",), domains="x.h5")
     with pytest.raises(ConfigError, match="needs domains"):
-        joint.JointConfig(per_domain=("c12",))
+        joint_config.JointConfig(per_domain=("c12",))
     with pytest.raises(ConfigError, match="unknown"):
-        joint.JointConfig(per_domain=("zz",), domains="x.h5")
-    from diffxas import io
+        joint_config.JointConfig(per_domain=("zz",), domains="x.h5")
+    from diffxas.data import results as io_results
 
     path = str(tmp_path / "nolabels.h5")
-    io.write_result(path, joint.reconstruct_joint(small3.dataset, joint.JointConfig(steps=1, prior="none", init="stxm")))
+    io_results.write_result(path, joint_run.reconstruct_joint(small3.dataset, joint_config.JointConfig(steps=1, prior="none", init="stxm")))
     with pytest.raises(ConfigError, match="diffxas cluster"):
-        joint.prepare_joint(small3.dataset, joint.JointConfig(steps=1, per_domain=("c12",), domains=path))
+        joint_run.prepare_joint(small3.dataset, joint_config.JointConfig(steps=1, per_domain=("c12",), domains=path))
 
 
 # ----------------------------------------------------------------------------- per-frame intensity scale
@@ -439,18 +447,18 @@ def test_frame_scales_recover_flux_jitter():
     ei = np.asarray(ds.energy_index)
     t = np.log(sim.true_scales)
     t = t - np.asarray([t[ei == k].mean() for k in range(len(ENERGIES))])[ei]
-    cfg = joint.JointConfig(steps=100, prior="none", lr_scale=0.01)
-    solver, state, _ = joint.prepare_joint(ds, cfg)
+    cfg = joint_config.JointConfig(steps=100, prior="none", lr_scale=0.01)
+    solver, state, _ = joint_run.prepare_joint(ds, cfg)
     for _ in range(cfg.steps):
         state, _ = solver.step(state)
-    _, s = joint.frame_nuisances(state.params, solver.prob)
+    _, s = joint_model.frame_nuisances(state.params, solver.prob)
     s = np.asarray(s, np.float64)
     for k in range(len(ENERGIES)):  # the gauge holds exactly
         assert abs(s[ei == k].mean()) < 1e-6
     assert np.corrcoef(s, t)[0, 1] > 0.95
     assert np.sqrt(np.mean((s - t) ** 2)) < 0.3 * np.sqrt(np.mean(t ** 2))
     with pytest.raises(ConfigError, match="lr_scale"):
-        joint.JointConfig(lr_scale=-1.0)
+        joint_config.JointConfig(lr_scale=-1.0)
 
 
 def test_per_domain_auto_two_passes(small3, tmp_path, caplog):
@@ -461,10 +469,10 @@ def test_per_domain_auto_two_passes(small3, tmp_path, caplog):
     import logging
 
     ds = small3.dataset
-    cfg = joint.JointConfig(steps=3, prior="none", per_domain=("c12", "c13"), domains="auto", init="stxm")
+    cfg = joint_config.JointConfig(steps=3, prior="none", per_domain=("c12", "c13"), domains="auto", init="stxm")
     ck = str(tmp_path / "run.ckpt")
     with caplog.at_level(logging.WARNING, logger="diffxas"):
-        res = joint.reconstruct_joint(ds, cfg, checkpoint=ck)
+        res = joint_run.reconstruct_joint(ds, cfg, checkpoint=ck)
     assert sum("energies for" in r.getMessage() for r in caplog.records) == 1, [r.getMessage() for r in caplog.records]
     dom = res.config["init"]["domains"]
     assert dom["file"] == "auto (first pass)" and dom["n_domains"] >= 1 and dom["cluster"]["k"] == dom["n_domains"]
@@ -473,10 +481,10 @@ def test_per_domain_auto_two_passes(small3, tmp_path, caplog):
     import os
 
     assert os.path.exists(ck + ".pass1.h5")
-    again = joint.reconstruct_joint(ds, cfg, checkpoint=ck, resume=True)
+    again = joint_run.reconstruct_joint(ds, cfg, checkpoint=ck, resume=True)
     np.testing.assert_allclose(again.maps.extra["c12"], res.maps.extra["c12"], rtol=1e-6)
     with pytest.raises(ConfigError, match="first pass"):
-        joint.prepare_joint(ds, cfg)
+        joint_run.prepare_joint(ds, cfg)
 
 
 def test_warm_start_shared_parameters_and_probes(small3, tmp_path):
@@ -488,20 +496,20 @@ def test_warm_start_shared_parameters_and_probes(small3, tmp_path):
     frame's counts (reference: ``membrane_counts``, tolerance 1e-4 relative)."""
     import equinox as eqx  # noqa: F401
 
-    from diffxas import io
+    from diffxas.data import results as io_results
 
     ds = small3.dataset
-    res = joint.reconstruct_joint(ds, joint.JointConfig(steps=1, prior="none", init="stxm"))
+    res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=1, prior="none", init="stxm"))
     v = np.asarray(res.maps.valid).astype(bool)
     res.maps.extra["c12"] = np.where(v, 5466.3, np.nan)
     res.maps.extra["c13"] = np.where(v, 1.2, np.nan)
     res.probes = (np.asarray(ds.illumination) * 1.04).astype(np.complex64)
     path = str(tmp_path / "warm.h5")
-    io.write_result(path, res)
+    io_results.write_result(path, res)
     for probes in ("result", "file"):
-        cfg = joint.JointConfig(steps=1, prior="none", init="result", init_result=path, init_probes=probes)
-        solver, state, ctx = joint.prepare_joint(ds, cfg)
-        p = joint.physical(state.params, solver.prob.scales)
+        cfg = joint_config.JointConfig(steps=1, prior="none", init="result", init_result=path, init_probes=probes)
+        solver, state, ctx = joint_run.prepare_joint(ds, cfg)
+        p = joint_model.physical(state.params, solver.prob.scales)
         assert float(p.c12) == pytest.approx(5466.3, abs=1e-2) and float(p.c13) == pytest.approx(1.2, abs=1e-3)
         assert ctx["init_info"]["init_probes"] == probes
         pw = np.sum(np.asarray(state.params.probe_re) ** 2 + np.asarray(state.params.probe_im) ** 2, axis=(1, 2))
@@ -512,7 +520,7 @@ def test_warm_start_shared_parameters_and_probes(small3, tmp_path):
             # detector pixels (stxm.probes_at_membrane_counts) equals a membrane frame's counts
             pr = np.asarray(state.params.probe_re) + 1j * np.asarray(state.params.probe_im)
             far = np.abs(np.fft.fftshift(np.fft.fft2(pr, norm="ortho"), axes=(-2, -1))) ** 2
-            np.testing.assert_allclose(np.sum(far * np.asarray(ds.mask), axis=(1, 2)), joint.membrane_counts(ds), rtol=1e-4)
+            np.testing.assert_allclose(np.sum(far * np.asarray(ds.mask), axis=(1, 2)), joint_stxm.membrane_counts(ds), rtol=1e-4)
 
 
 def test_warm_start_takes_the_results_background(small3, tmp_path):
@@ -521,22 +529,22 @@ def test_warm_start_takes_the_results_background(small3, tmp_path):
     map (the file's centred layout moved to the solver's, exact), "flat" from a map is each
     energy's mean (1e-6 relative); energies the result does not hold fall back to the
     darkest-block start."""
-    from diffxas import io
+    from diffxas.data import results as io_results
 
     ds = small3.dataset
-    res = joint.reconstruct_joint(ds, joint.JointConfig(steps=1, prior="none", init="stxm"))
+    res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=1, prior="none", init="stxm"))
     k, m = ds.n_energies, ds.frame_size
     rng = np.random.default_rng(3)
     res.background = (0.2 + rng.random((k, m, m))).astype(np.float32)
     path = str(tmp_path / "warm_bg.h5")
-    io.write_result(path, res)
-    cfg = joint.JointConfig(steps=1, prior="none", init="result", init_result=path, background="map")
-    solver, state, ctx = joint.prepare_joint(ds, cfg)
+    io_results.write_result(path, res)
+    cfg = joint_config.JointConfig(steps=1, prior="none", init="result", init_result=path, background="map")
+    solver, state, ctx = joint_run.prepare_joint(ds, cfg)
     np.testing.assert_array_equal(np.fft.fftshift(np.asarray(solver.prob.background0), axes=(-2, -1)), res.background)
     assert ctx["init_info"]["background_from"] == "the warm start's results file"
-    solver, state, ctx = joint.prepare_joint(ds, dataclasses.replace(cfg, background="flat"))
+    solver, state, ctx = joint_run.prepare_joint(ds, dataclasses.replace(cfg, background="flat"))
     np.testing.assert_allclose(np.asarray(solver.prob.background0), res.background.mean(axis=(1, 2)), rtol=1e-6)
-    assert joint._background_for(res.background, np.asarray(ds.energies) + 1.0, np.asarray(ds.energies)) is None
+    assert joint_init._background_for(res.background, np.asarray(ds.energies) + 1.0, np.asarray(ds.energies)) is None
 
 
 # ----------------------------------------------------------------------------- smooth probe model
@@ -547,7 +555,7 @@ def test_probe_basis_and_exact_fit():
     [-1, 1], column 2 = (3x^2 - 1)/2, closed forms) and the initial fit: probes that are of
     the model's form exp(g_k) sum_j B_kj Q_j are reproduced exactly (float64, 1e-10 relative)."""
     e = np.array([5420.0, 5450.0, 5480.0, 5540.0])
-    b = joint.probe_basis(e, 2)
+    b = joint_model.probe_basis(e, 2)
     x = (e - 5480.0) / 60.0
     np.testing.assert_allclose(b, np.stack([np.ones(4), x, 0.5 * (3 * x ** 2 - 1)], 1), atol=1e-6)
     rng = np.random.default_rng(0)
@@ -555,13 +563,13 @@ def test_probe_basis_and_exact_fit():
     q[0] += 5.0  # a dominant shared part, as a real probe
     g = np.array([0.1, -0.05, 0.0, 0.2])
     p = np.exp(g)[:, None, None] * np.einsum("kj,jmn->kmn", b.astype(np.float64), q)
-    q_fit, g_fit = joint.fit_probe_model(p, b.astype(np.float64))
+    q_fit, g_fit = joint_model.fit_probe_model(p, b.astype(np.float64))
     p_fit = np.exp(g_fit)[:, None, None] * np.einsum("kj,jmn->kmn", b.astype(np.float64), q_fit)
     assert np.max(np.abs(p_fit - p)) < 1e-10 * np.max(np.abs(p))
     with pytest.raises(ConfigError, match="probe_model"):
-        joint.JointConfig(probe_model="shared")
+        joint_config.JointConfig(probe_model="shared")
     with pytest.raises(ConfigError, match="probe_degree"):
-        joint.JointConfig(probe_model="smooth", probe_degree=-1)
+        joint_config.JointConfig(probe_model="smooth", probe_degree=-1)
 
 
 def test_smooth_probe_model_gradients_and_run(small3):
@@ -573,9 +581,9 @@ def test_smooth_probe_model_gradients_and_run(small3):
     probes in test_gradients_through_full_chain); a few steps lower the loss, move the
     gains and write per-energy probes to the result."""
     ds = small3.dataset
-    cfg = joint.JointConfig(steps=6, probe_model="smooth", probe_degree=1, probe_start=0, prior="none", init="stxm",
+    cfg = joint_config.JointConfig(steps=6, probe_model="smooth", probe_degree=1, probe_start=0, prior="none", init="stxm",
                             log_every=1)
-    solver, state, ctx = joint.prepare_joint(ds, cfg)
+    solver, state, ctx = joint_run.prepare_joint(ds, cfg)
     assert state.params.probe_re.shape == (2, ds.frame_size, ds.frame_size) and state.params.probe_gain.shape == (3,)
     assert ctx["init_info"]["probe_model_fit"] < 1e-4
     with jax.enable_x64(True):
@@ -583,15 +591,15 @@ def test_smooth_probe_model_gradients_and_run(small3):
         w = jnp.asarray(np.random.default_rng(1).normal(size=(3, ds.frame_size, ds.frame_size)))
 
         def f(re, im, gain):
-            params = joint.JointParams(raw=state.params.raw, probe_re=re, probe_im=im, dpos=state.params.dpos,
+            params = joint_model.JointParams(raw=state.params.raw, probe_re=re, probe_im=im, dpos=state.params.dpos,
                                        dscale=state.params.dscale, probe_gain=gain)
-            p = joint.probes(params, prob)
+            p = joint_model.probes(params, prob)
             return jnp.sum(w * jnp.abs(p) ** 2) / 1e4 + jnp.sum(w * jnp.real(p)) / 1e2
 
         args = tuple(jnp.asarray(np.asarray(a), jnp.float64) for a in (state.params.probe_re, state.params.probe_im,
                                                                         state.params.probe_gain + jnp.array([0.1, -0.1, 0.05])))
         check_grads(f, args, order=1, modes=("rev",), eps=1e-6, rtol=1e-4)
-    res = joint.reconstruct_joint(ds, cfg)
+    res = joint_run.reconstruct_joint(ds, cfg)
     assert res.history["loss"][-1] < res.history["loss"][0]
     assert res.probes.shape == (3, ds.frame_size, ds.frame_size)
     assert res.config["joint"]["probe_model"] == "smooth"
@@ -603,11 +611,11 @@ def test_relative_pre_edge_amplitudes(small3):
     sample's median ratio elsewhere; the noise-rule prior weights of the ratios (delta
     method) are positive and finite; a step runs; bad names are config errors."""
     ds = small3.dataset
-    cfg = joint.JointConfig(steps=1, relative=("c11", "c21"), init="stxm")
-    solver, state, ctx = joint.prepare_joint(ds, cfg)
+    cfg = joint_config.JointConfig(steps=1, relative=("c11", "c21"), init="stxm")
+    solver, state, ctx = joint_run.prepare_joint(ds, cfg)
     sc = solver.prob.scales
     assert sc.relative == ("c11", "c21")
-    p = joint.physical(state.params, sc)
+    p = joint_model.physical(state.params, sc)
     b1 = np.asarray(p.b1, np.float64)
     sample = b1 > 0.1 * np.percentile(b1, 99)
     r = np.asarray(state.params.raw["c11"], np.float64)
@@ -618,8 +626,8 @@ def test_relative_pre_edge_amplitudes(small3):
     state, loss = solver.step(state)
     assert np.isfinite(float(loss))
     with pytest.raises(ConfigError, match="relative"):
-        joint.JointConfig(relative=("a",))
-    solver, state, _ = joint.prepare_joint(ds, joint.JointConfig(steps=1, init="stxm", per_pixel=("a", "b2", "c11", "n_other")))
+        joint_config.JointConfig(relative=("a",))
+    solver, state, _ = joint_run.prepare_joint(ds, joint_config.JointConfig(steps=1, init="stxm", per_pixel=("a", "b2", "c11", "n_other")))
     assert solver.prob.scales.relative == ()  # b1 shared: absolute amplitudes
 
 
@@ -635,14 +643,14 @@ def test_monitor_sets_the_frame_scales():
     ei = np.asarray(ds.energy_index)
     t = np.log(sim.true_scales)
     t = t - np.asarray([t[ei == k].mean() for k in range(3)])[ei]
-    cfg = joint.JointConfig(steps=2, prior="none", init="stxm")
-    solver, state, _ = joint.prepare_joint(ds, cfg)
-    s0 = np.asarray(joint.frame_nuisances(state.params, solver.prob)[1], np.float64)
+    cfg = joint_config.JointConfig(steps=2, prior="none", init="stxm")
+    solver, state, _ = joint_run.prepare_joint(ds, cfg)
+    s0 = np.asarray(joint_model.frame_nuisances(state.params, solver.prob)[1], np.float64)
     np.testing.assert_allclose(s0, t, atol=1e-6)
     state, _ = solver.step(state)
-    np.testing.assert_array_equal(np.asarray(joint.frame_nuisances(state.params, solver.prob)[1], np.float64), s0)
-    solver2, state2, _ = joint.prepare_joint(simulate(preset("tiny", **kw)).dataset, cfg)
-    assert not np.any(np.asarray(joint.frame_nuisances(state2.params, solver2.prob)[1]))
+    np.testing.assert_array_equal(np.asarray(joint_model.frame_nuisances(state.params, solver.prob)[1], np.float64), s0)
+    solver2, state2, _ = joint_run.prepare_joint(simulate(preset("tiny", **kw)).dataset, cfg)
+    assert not np.any(np.asarray(joint_model.frame_nuisances(state2.params, solver2.prob)[1]))
 
 
 @pytest.mark.parametrize("n", [3, 4, 5])
@@ -652,15 +660,15 @@ def test_initial_shape_search_with_few_energies(n):
     as many energies as design columns): finite shapes and amplitudes, b2 inside the
     scanned range, and with <= 4 energies the amplitudes interpolate the spectrum (4
     amplitudes, residual < 1e-6 of its scale)."""
-    from diffxas.dataset import even_indices
-    from diffxas.simulate import _tiny_energies
-    from diffxas.spectra import XanesParams, absorption, linear_design
+    from diffxas.data.dataset import even_indices
+    from diffxas.physics.spectra import XanesParams, absorption, linear_design
+    from diffxas.simulate.presets import _tiny_energies
 
     e = np.asarray(_tiny_energies())[even_indices(len(_tiny_energies()), n)]
     p = XanesParams(a=0.004, b1=0.016, b2=5480.0, b3=4.0, c11=0.006, c12=5466.0, c13=1.2,
                     c21=0.0006, c22=5470.0, c23=2.0, n_other=0.0)
     y = np.asarray(absorption(p, jnp.asarray(e)), np.float64)
-    v = joint.fit_shape_and_amplitudes(y[:, None, None], e, np.ones((1, 1), bool))
+    v = joint_init.fit_shape_and_amplitudes(y[:, None, None], e, np.ones((1, 1), bool))
     assert all(np.all(np.isfinite(x)) for x in v.values())
     assert e.min() <= float(v["b2"].flat[0]) <= e.max()
     if n <= 4:
@@ -676,14 +684,14 @@ def test_initial_shape_search_finds_the_main_pre_edge_peak():
     too low, c11 < 0), as on a `tiny` scan with 20 nm position errors. Reference: the
     generating parameters; tolerance 1 eV (twice the grid step) on c12, the amplitudes of the
     chosen start non-negative, b2 within 1 eV."""
-    from diffxas.simulate import _tiny_energies
-    from diffxas.spectra import XanesParams, absorption
+    from diffxas.physics.spectra import XanesParams, absorption
+    from diffxas.simulate.presets import _tiny_energies
 
     e = np.asarray(_tiny_energies())
     p = XanesParams(a=0.004, b1=0.016, b2=5480.0, b3=4.0, c11=0.006, c12=5466.0, c13=2.0,
                     c21=0.0006, c22=5470.0, c23=2.0, n_other=0.0)
     y = np.asarray(absorption(p, jnp.asarray(e)), np.float64)
-    v = joint.fit_shape_and_amplitudes(y[:, None, None], e, np.ones((1, 1), bool))
+    v = joint_init.fit_shape_and_amplitudes(y[:, None, None], e, np.ones((1, 1), bool))
     assert abs(float(v["c12"].flat[0]) - 5466.0) <= 1.0
     assert abs(float(v["b2"].flat[0]) - 5480.0) <= 1.0
     assert float(v["c11"].flat[0]) > 0
@@ -692,12 +700,12 @@ def test_initial_shape_search_finds_the_main_pre_edge_peak():
 def test_energy_count_warnings():
     """Fewer energies than per-pixel absorption parameters (n_other excluded: the phase sets
     it) is warned about, not refused; enough energies, or fewer per-pixel parameters, are not."""
-    d = joint.JointConfig().per_pixel
-    w = joint.energy_count_warnings(5, d)
+    d = joint_config.JointConfig().per_pixel
+    w = joint_result.energy_count_warnings(5, d)
     assert len(w) == 1 and w[0].startswith("5 energies for 6 per-pixel spectral parameters (a, b1, b2, b3, c11, c21)")
-    assert joint.energy_count_warnings(6, d) == []
-    assert joint.energy_count_warnings(3, ("b1", "b2", "n_other")) == []
-    assert joint.energy_count_warnings(1, ("b1", "b2", "n_other"))[0].startswith("1 energy for 2")
+    assert joint_result.energy_count_warnings(6, d) == []
+    assert joint_result.energy_count_warnings(3, ("b1", "b2", "n_other")) == []
+    assert joint_result.energy_count_warnings(1, ("b1", "b2", "n_other"))[0].startswith("1 energy for 2")
 
 
 def test_plausibility_warnings():
@@ -707,13 +715,13 @@ def test_plausibility_warnings():
     shape = (4, 5)
     ok = {"b3": np.full(shape, 4.0), "c13": np.full(shape, 1.2), "c23": np.full(shape, 2.0)}
     valid = np.ones(shape, bool)
-    assert joint.plausibility_warnings(ok, np.full(shape, 1.0), valid) == []
+    assert joint_result.plausibility_warnings(ok, np.full(shape, 1.0), valid) == []
     bad = dict(ok, c23=np.full(shape, 12.0))
-    w = joint.plausibility_warnings(bad, np.full(shape, -21.0), valid)
+    w = joint_result.plausibility_warnings(bad, np.full(shape, -21.0), valid)
     assert len(w) == 2 and "c23 = 12 eV" in w[0] and "negative" in w[1]
-    assert joint.plausibility_warnings(dict(ok, b3=np.full(shape, 16.0)), np.full(shape, 1.0), valid)[0].startswith("edge width")
+    assert joint_result.plausibility_warnings(dict(ok, b3=np.full(shape, 16.0)), np.full(shape, 1.0), valid)[0].startswith("edge width")
     # invalid pixels do not count; no valid pixel at all is said
-    assert joint.plausibility_warnings(bad, np.full(shape, 1.0), np.zeros(shape, bool))[0].startswith("no valid pixel")
+    assert joint_result.plausibility_warnings(bad, np.full(shape, 1.0), np.zeros(shape, bool))[0].startswith("no valid pixel")
 
 
 def test_holdout_mask_spreads_and_keeps_every_energy(small3):
@@ -735,26 +743,26 @@ def test_holdout_mask_spreads_and_keeps_every_energy(small3):
         with pytest.raises(InputError, match="holdout fraction"):
             ds.holdout_mask(bad)
     with pytest.raises(ConfigError, match="holdout"):
-        joint.JointConfig(holdout=0.7)
+        joint_config.JointConfig(holdout=0.7)
 
 
 def test_heldout_loss_matches_a_direct_forward_model(small3):
     """The held-out loss (the fit's model on the held-out frames, nominal positions) equals
-    the loss summed frame by frame with diffxas.forward on those frames' own geometry
+    the loss summed frame by frame with diffxas.physics.forward on those frames' own geometry
     (reference: forward.frame_geometry + forward.intensities + the loss; rtol 1e-4, float32
     sums of ~24 frames x 4096 pixels)."""
-    from diffxas.forward import frame_geometry, intensities, loss_fn
+    from diffxas.physics.forward import frame_geometry, intensities, loss_fn
 
     ds = small3.dataset
     held = ds.holdout_mask(0.1)
     fit_ds, held_ds = ds.subset(~held), ds.subset(held)
-    cfg = joint.JointConfig(steps=2, init="stxm", holdout=0.1)
-    solver, state, ctx = joint.prepare_joint(fit_ds, cfg, common=ds.common_grid())
+    cfg = joint_config.JointConfig(steps=2, init="stxm", holdout=0.1)
+    solver, state, ctx = joint_run.prepare_joint(fit_ds, cfg, common=ds.common_grid())
     state, _ = solver.step(state)
     state, _ = solver.step(state)
-    hold = joint.heldout_problem(solver.prob, held_ds, cfg, ctx["common"])
-    got = float(joint.heldout_loss(state.params, hold, cfg.loss, 32))
-    obj, phat, _ = joint.model_objects_and_probes(state.params, solver.prob)
+    hold = joint_solver.heldout_problem(solver.prob, held_ds, cfg, ctx["common"])
+    got = float(joint_solver.heldout_loss(state.params, hold, cfg.loss, 32))
+    obj, phat, _ = joint_model.model_objects_and_probes(state.params, solver.prob)
     ref = 0.0
     lf = loss_fn(cfg.loss)
     ei = np.asarray(held_ds.energy_index)
@@ -769,17 +777,17 @@ def test_heldout_loss_matches_a_direct_forward_model(small3):
 def test_holdout_run_records_the_heldout_loss(small3):
     """A run with holdout fits only the kept frames, logs the held-out loss at every log
     step (finite) and records the split and the final value; a sharded run is refused."""
-    cfg = joint.JointConfig(steps=6, log_every=2, init="stxm", holdout=0.2)
-    res = joint.reconstruct_joint(small3.dataset, cfg)
+    cfg = joint_config.JointConfig(steps=6, log_every=2, init="stxm", holdout=0.2)
+    res = joint_run.reconstruct_joint(small3.dataset, cfg)
     h = res.config["init"]["holdout"]
     assert h["fit_frames"] + h["heldout_frames"] == small3.dataset.n_frames and h["heldout_frames"] > 0
     assert len(res.history["heldout_loss"]) == len(res.history["loss"]) == 4  # steps 1, 2, 4, 6
     assert np.all(np.isfinite(res.history["heldout_loss"]))
     assert h["final_heldout_loss"] == pytest.approx(float(res.history["heldout_loss"][-1]), rel=1e-6)
     with pytest.raises(ConfigError, match="one device"):
-        joint.reconstruct_joint(small3.dataset, cfg, n_shards=2)
+        joint_run.reconstruct_joint(small3.dataset, cfg, n_shards=2)
     with pytest.raises(ConfigError, match="holdout needs the frames on the device"):
-        joint.reconstruct_joint(small3.dataset, dataclasses.replace(cfg, memory="stream"))
+        joint_run.reconstruct_joint(small3.dataset, dataclasses.replace(cfg, memory="stream"))
 
 
 # ----------------------------------------------------------------------------- incoherent background
@@ -791,36 +799,36 @@ def test_gradients_through_the_background(small3):
     background enters the model intensity as ``+ b``: the data loss with a background
     equals the loss of forward.intensities + b computed by hand (float32 sums, 1e-5
     relative)."""
-    from diffxas.forward import poisson_nll
+    from diffxas.physics.forward import poisson_nll
 
     ds = small3.dataset
-    solver, state, _ = joint.prepare_joint(ds, joint.JointConfig(steps=1, chunk_size=64, background="map", loss="poisson",
+    solver, state, _ = joint_run.prepare_joint(ds, joint_config.JointConfig(steps=1, chunk_size=64, background="map", loss="poisson",
                                                                  prior="none"))
     p = state.params
     assert p.background.shape == (3, ds.frame_size, ds.frame_size)
     rng = np.random.default_rng(1)
     logb = jnp.asarray(rng.normal(0, 0.3, p.background.shape), jnp.float32)
     p1 = dataclasses.replace(p, background=logb)
-    obj, phat, (dpos, lsc, bg) = joint.model_objects_and_probes(p1, solver.prob)
+    obj, phat, (dpos, lsc, bg) = joint_model.model_objects_and_probes(p1, solver.prob)
     prob = solver.prob
     flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
     ok = np.asarray(flat(prob.frame_id)) >= 0
     k = flat(prob.energy_index)[ok]
-    inten = joint.intensities(obj, phat, k, flat(prob.corner)[ok], flat(prob.frac)[ok], centered=False) + bg[k]
+    inten = joint_forward.intensities(obj, phat, k, flat(prob.corner)[ok], flat(prob.frac)[ok], centered=False) + bg[k]
     by_hand = float(poisson_nll(inten, flat(prob.frames)[ok], prob.weight[k]))
     # float32 sums over ~1e5 terms in another order: 1e-5 relative (measured 1.7e-6)
-    assert float(joint.data_loss(p1, prob, None, "poisson", 64)) == pytest.approx(by_hand, rel=1e-5)
+    assert float(joint_loss.data_loss(p1, prob, None, "poisson", 64)) == pytest.approx(by_hand, rel=1e-5)
     np.testing.assert_allclose(np.asarray(bg), np.asarray(prob.background0) * np.exp(np.asarray(logb)), rtol=1e-6)
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, p1)
         prob64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x, prob)
 
         def f(lb):
-            return joint.total_loss(dataclasses.replace(p64, background=lb), prob64, None, solver.static) / 1e6
+            return joint_loss.total_loss(dataclasses.replace(p64, background=lb), prob64, None, solver.static) / 1e6
 
         check_grads(f, (p64.background,), order=1, modes=("rev",), eps=1e-5, rtol=2e-3, atol=1e-6)
     with pytest.raises(ConfigError, match="background"):
-        joint.JointConfig(background="constant")
+        joint_config.JointConfig(background="constant")
 
 
 @pytest.fixture(scope="module")
@@ -838,7 +846,7 @@ def test_noise_free_recovery_with_a_flat_background():
     (measured edge 0.122 eV, PE/Δμt 0.062 eV, Re[Ne]/N_V 1.14, N_V 5.2 %; without the
     background term, Poisson loss, PE/Δμt was 0.139 eV)."""
     sim = simulate(preset("tiny", energies=ENERGIES, noise=False, bad_pixel_fraction=0.0, background=0.5))
-    res = joint.reconstruct_joint(sim.dataset, joint.JointConfig(steps=100, log_every=50, background="flat"))
+    res = joint_run.reconstruct_joint(sim.dataset, joint_config.JointConfig(steps=100, log_every=50, background="flat"))
     assert res.background.shape == (len(ENERGIES),)
     np.testing.assert_allclose(res.background, 0.5, rtol=0.05)
     assert res.config["background"]["mode"] == "flat"
@@ -853,10 +861,10 @@ def test_noise_free_background_map_in_the_data_layout(clean_radial_background, t
     frequency at (M/2, M/2): a map left in the solver's layout would be off by up to 8x
     there); the result file keeps it; the maps stay within the noise-free tolerances
     (measured edge 0.123 eV, PE/Δμt 0.064 eV, Re[Ne]/N_V 1.06, N_V 4.7 %)."""
-    from diffxas import io
+    from diffxas.data import results as io_results
 
     sim = clean_radial_background
-    res = joint.reconstruct_joint(sim.dataset, joint.JointConfig(steps=100, log_every=50, background="map", loss="poisson"))
+    res = joint_run.reconstruct_joint(sim.dataset, joint_config.JointConfig(steps=100, log_every=50, background="map", loss="poisson"))
     tb = sim.true_background
     m = tb.shape[0]
     yy, xx = np.mgrid[:m, :m] - m // 2
@@ -865,6 +873,6 @@ def test_noise_free_background_map_in_the_data_layout(clean_radial_background, t
         ring = (r >= lo) & (r < hi)
         fit = res.background[:, ring].mean(axis=1)
         assert np.all(np.abs(fit / tb[ring].mean() - 1.0) < 0.12), (lo, hi, fit, tb[ring].mean())
-    back = io.read_result(io.write_result(tmp_path / "r.h5", res))
+    back = io_results.read_result(io_results.write_result(tmp_path / "r.h5", res))
     np.testing.assert_array_equal(back.background, res.background)
     _check_noise_free(res, sim.truth)

@@ -1,13 +1,13 @@
 """Multi-process JAX for real: 2 and 3 Python processes on this machine, one CPU device each.
 
-Every process calls :func:`diffxas.parallel.initialize_distributed` (``jax.distributed``
+Every process calls :func:`diffxas.solvers.joint.parallel.initialize_distributed` (``jax.distributed``
 with a coordinator on ``127.0.0.1:<free port>``, gloo CPU collectives), opens the same
 small CXI file lazily (``open_cxi``), reads only its share of the frames
-(:func:`diffxas.parallel.frames_placer`), and runs
+(:func:`diffxas.solvers.joint.parallel.frames_placer`), and runs
 
 * the sharded joint loss and gradient at the initial parameters (``ShardedJointSolver``,
   ``shard_map`` + ``psum`` across processes), and
-* a short sharded run (:func:`diffxas.parallel.reconstruct_joint_sharded`, 4 Adam steps,
+* a short sharded run (:func:`diffxas.solvers.joint.parallel.reconstruct_joint_sharded`, 4 Adam steps,
   checkpointed by process 0).
 
 Reference: the single-process, single-device solver on the same file
@@ -46,7 +46,7 @@ WORKER = textwrap.dedent(r'''
     import json, os, resource, sys, time
     t0 = time.perf_counter()
     mode, data, out, n, i, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-    from diffxas import parallel
+    from diffxas.solvers.joint import parallel
     from diffxas.errors import DiffxasError
     if n > 1:
         try:
@@ -56,8 +56,8 @@ WORKER = textwrap.dedent(r'''
             print(f"ERROR {e}", flush=True)
             sys.exit(2)
     import equinox as eqx, jax, numpy as np
-    from diffxas.io import open_cxi
-    from diffxas.joint import JointConfig, prepare_joint, reconstruct_joint, total_loss
+    from diffxas.data import open_cxi
+    from diffxas.solvers.joint import JointConfig, prepare_joint, reconstruct_joint, total_loss
 
     steps = int(os.environ.get("MP_STEPS", "4"))
     cfg = JointConfig(steps=steps, chunk_size=int(os.environ.get("MP_CHUNK", "24")), probe_start=0, lr_positions=0.01,
@@ -110,11 +110,11 @@ def _tiny_cxi(path: Path, M: int = 16, side: int = 4, energies=(5462.0, 5466.0, 
     """4 energies x side^2 frames of MxM (forward model, Poisson noise) written to ``path``."""
     import jax.numpy as jnp
 
-    from diffxas.dataset import Dataset
-    from diffxas.forward import frame_geometry, intensities, transmission
-    from diffxas.geometry import grid_covering, object_pixel_size, wavelength
-    from diffxas.io import write_cxi
-    from diffxas.probe import kb_probe, numerical_aperture_for_fwhm
+    from diffxas.data.cxi import write_cxi
+    from diffxas.data.dataset import Dataset
+    from diffxas.physics.forward import frame_geometry, intensities, transmission
+    from diffxas.physics.geometry import grid_covering, object_pixel_size, wavelength
+    from diffxas.physics.probe import kb_probe, numerical_aperture_for_fwhm
 
     rng = np.random.default_rng(seed)
     e = np.asarray(energies)
@@ -151,7 +151,7 @@ def run_group(mode: str, data: Path, out: Path, n: int, port: int | None = None,
 
     On a timeout or any failure every process still running is killed (SIGKILL to its
     group) before the assertion reports the failing process's output."""
-    from diffxas.parallel import free_port
+    from diffxas.solvers.joint.parallel import free_port
 
     port = free_port() if port is None else port
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
@@ -254,13 +254,13 @@ def test_port_in_use_is_one_clear_error(cxi, tmp_path):
 
 def _cli_group(cxi: Path, out: Path, n: int, extra=(), timeout: float = 300) -> list[subprocess.CompletedProcess]:
     """``diffxas reconstruct --coordinator ... --process-id i`` in ``n`` processes (killed as a group on failure)."""
-    from diffxas.parallel import free_port
+    from diffxas.solvers.joint.parallel import free_port
 
     port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1",
                JAX_COMPILATION_CACHE_DIR=str(cxi.parent / "jax-cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "diffxas.cli", "reconstruct", str(cxi), "--method", "joint", "-o", str(out),
+    cmd = [sys.executable, "-m", "diffxas.app.cli", "reconstruct", str(cxi), "--method", "joint", "-o", str(out),
            "--steps", "2", "--no-progress", "--set", "init=stxm", "--set", "prior=none", "--set", "chunk_size=24",
            "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n), *extra]
     procs = [subprocess.Popen(cmd + ["--process-id", str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -280,7 +280,7 @@ def _cli_group(cxi: Path, out: Path, n: int, extra=(), timeout: float = 300) -> 
 
 
 def test_cli_reconstruct_distributed_writes_once(cxi, tmp_path):
-    from diffxas.io import read_result
+    from diffxas.data.results import read_result
 
     out = tmp_path / "joint.h5"
     done = _cli_group(cxi, out, 2)
@@ -297,7 +297,7 @@ def test_cli_distributed_without_launcher_is_one_clear_error(cxi, tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     for k in ("SLURM_STEP_NODELIST", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS"):
         env.pop(k, None)
-    p = subprocess.run([sys.executable, "-m", "diffxas.cli", "reconstruct", str(cxi), "--method", "joint", "-o",
+    p = subprocess.run([sys.executable, "-m", "diffxas.app.cli", "reconstruct", str(cxi), "--method", "joint", "-o",
                         str(tmp_path / "x.h5"), "--distributed"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=120, check=False)
     assert p.returncode == 2
@@ -313,8 +313,8 @@ def measure_rss(M: int = 256, side: int = 16, n_energies: int = 4, processes=(1,
     CXI, every N run through the sharded path (``frames_placer``, so N = 1 reads all frames)."""
     import tempfile
 
-    from diffxas.dataset import Dataset
-    from diffxas.io import write_cxi
+    from diffxas.data.cxi import write_cxi
+    from diffxas.data.dataset import Dataset
 
     d = Path(folder or tempfile.mkdtemp(prefix="diffxas-rss-"))
     data = d / "rss.cxi"
@@ -349,7 +349,7 @@ def test_killed_process_stops_all_and_resume_continues(cxi, tmp_path):
     """SIGKILL process 1 once process 0 has checkpointed: process 0 stops with one clear
     error line (exit 2) within the heartbeat timeout, and a rerun with --resume continues
     from the checkpoint's step to the end."""
-    from diffxas.parallel import free_port
+    from diffxas.solvers.joint.parallel import free_port
 
     n, out = 2, tmp_path / "k"
     env = dict(os.environ, JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1", MP_STEPS="400", MP_HEARTBEAT="10",

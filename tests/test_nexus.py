@@ -1,4 +1,4 @@
-"""Reading multi-energy NeXus NXcxi_ptycho files (diffxas.nexus, dispatched from io.read_cxi).
+"""Reading multi-energy NeXus NXcxi_ptycho files (diffxas.data.nexus, dispatched from io.read_cxi).
 
 The test file is written with plain h5py from the application definition (nexusformat
 definitions, NXcxi_ptycho.nxdl.xml): per energy one NXentry with ``definition``,
@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 from test_io import ENERGIES, K, M, N, make_dataset
 
-from diffxas import io, nexus
-from diffxas.cli import main
+from diffxas.app.cli import main
+from diffxas.data import cxi as io_cxi
+from diffxas.data import info as io_info
+from diffxas.data import nexus
 from diffxas.errors import InputError
 
 
@@ -93,8 +95,8 @@ def test_read_nxcxi_ptycho_into_the_same_dataset(nxs):
     ref = make_dataset(illumination=False)
     with h5py.File(nxs) as f:
         assert nexus.is_nxcxi_ptycho(f) and len(nexus.nexus_entries(f)) == K
-    assert io.file_kind(nxs) == "nexus"
-    for ds in (io.read_cxi(nxs), io.open_cxi(nxs)):
+    assert io_info.file_kind(nxs) == "nexus"
+    for ds in (io_cxi.read_cxi(nxs), io_cxi.open_cxi(nxs)):
         np.testing.assert_allclose(ds.energies, ENERGIES, rtol=1e-12)  # keV -> eV; sorted
         np.testing.assert_array_equal(np.asarray(ds.frames), np.asarray(ref.frames))  # exact
         np.testing.assert_allclose(np.asarray(ds.positions), np.asarray(ref.positions), rtol=1e-12, atol=1e-22)
@@ -102,7 +104,7 @@ def test_read_nxcxi_ptycho_into_the_same_dataset(nxs):
         assert ds.distance == pytest.approx(ref.distance, rel=1e-12)
         assert ds.detector_pixel == pytest.approx(ref.detector_pixel, rel=1e-12)
         np.testing.assert_array_equal(np.asarray(ds.monitor), 1e6)
-    sub = io.read_cxi(nxs, energies=[2])
+    sub = io_cxi.read_cxi(nxs, energies=[2])
     np.testing.assert_allclose(sub.energies, ENERGIES[2:], rtol=1e-12)
 
 
@@ -114,7 +116,7 @@ def test_nexus_info(nxs, capsys):
 
 def test_nexus_wavelength_and_entry_names(tmp_path):
     """Any NXentry names; NXbeam incident_wavelength in Angstrom (E = h c / lambda)."""
-    from diffxas.constants import HC_EV_M
+    from diffxas.physics.constants import HC_EV_M
 
     p = write_nxcxi_ptycho(tmp_path / "w.nxs", make_dataset(illumination=False), names=("scan_a", "scan_b", "zz"))
     with h5py.File(p, "r+") as f:
@@ -124,7 +126,7 @@ def test_nexus_wavelength_and_entry_names(tmp_path):
             del b["energy"]
             b["incident_wavelength"] = HC_EV_M / ev * 1e10
             b["incident_wavelength"].attrs["units"] = "angstrom"
-    np.testing.assert_allclose(io.read_cxi(p).energies, ENERGIES, rtol=1e-12)
+    np.testing.assert_allclose(io_cxi.read_cxi(p).energies, ENERGIES, rtol=1e-12)
 
 
 def _mut_machine_energy_only(f):
@@ -167,7 +169,7 @@ def test_nexus_bad_input_one_line_exit_2(nxs, capsys, mutate, words):
     with h5py.File(nxs, "r+") as f:
         mutate(f)
     with pytest.raises(InputError) as ei:
-        io.read_cxi(nxs)
+        io_cxi.read_cxi(nxs)
     msg = str(ei.value)
     assert "\n" not in msg and msg.startswith(f"{nxs}: ") and words in msg
     assert main(["info", str(nxs)]) == 2

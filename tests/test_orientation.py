@@ -1,4 +1,4 @@
-"""Tests of diffxas.orientation: the 8 detector orientations, their detection from the
+"""Tests of diffxas.data.orientation: the 8 detector orientations, their detection from the
 frames alone, and their use on lazy and in-memory datasets.
 
 References: numpy's own flips and rotations (exact index identities); the closed forms
@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffxas import io
-from diffxas import orientation as O
-from diffxas.dataset import Dataset
+from diffxas.data import cxi as io_cxi
+from diffxas.data import orientation as O
+from diffxas.data.dataset import Dataset
 from diffxas.errors import ConfigError, InputError
-from diffxas.geometry import object_pixel_size
+from diffxas.physics.geometry import object_pixel_size
 
 NAMES = list(O.ORIENTATIONS)
 
@@ -184,8 +184,8 @@ def test_resolve_auto_named_and_bad():
 
 def test_lazy_source_stays_lazy_and_reads_the_same(tmp_path):
     ds = foreign_dataset("standard")
-    path = io.write_cxi(tmp_path / "f.cxi", ds)
-    lazy = O.reorient(io.open_cxi(path), "rot90")
+    path = io_cxi.write_cxi(tmp_path / "f.cxi", ds)
+    lazy = O.reorient(io_cxi.open_cxi(path), "rot90")
     assert isinstance(lazy.frames, O.OrientedFrames) and lazy.frames.path == path
     want = O.orient(np.asarray(ds.frames), "rot90")
     np.testing.assert_array_equal(lazy.frames.read(3, 9), want[3:9])
@@ -238,7 +238,7 @@ def with_beamstop(ds: Dataset, size: int, written: str) -> Dataset:
 def tiny_one_energy():
     """diffxas's own simulator, `tiny` preset (32 x 32 frames, 81 frames per energy, 1e6 photons),
     two energies, below and above the edge: a probe whose direct beam is a disc about 5 pixels wide."""
-    from diffxas.simulate import preset, simulate
+    from diffxas.simulate.presets import preset, simulate
 
     return simulate(preset("tiny", energies=(5420.0, 5520.0), seed=1)).dataset
 

@@ -37,12 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent(r'''
     import json, sys, time
     import jax, jax.numpy as jnp, numpy as np
-    from diffxas.dataset import Dataset
-    from diffxas.forward import frame_geometry, intensities, transmission
-    from diffxas.geometry import grid_covering, object_pixel_size, wavelength
-    from diffxas.joint import JointConfig, prepare_joint
-    from diffxas.probe import kb_probe, numerical_aperture_for_fwhm
-    from diffxas import parallel
+    from diffxas.data.dataset import Dataset
+    from diffxas.physics.forward import frame_geometry, intensities, transmission
+    from diffxas.physics.geometry import grid_covering, object_pixel_size, wavelength
+    from diffxas.solvers.joint import JointConfig, prepare_joint
+    from diffxas.physics.probe import kb_probe, numerical_aperture_for_fwhm
+    from diffxas.solvers.joint import parallel
 
     assert len(jax.devices()) == 4, jax.devices()
     t0 = time.perf_counter()

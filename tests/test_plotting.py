@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from diffxas.clustering import ClusterConfig, cluster_result
+from diffxas.analysis.clustering import ClusterConfig, cluster_result
 from diffxas.maps import MAP_FIELDS, ChemMaps, Result, Truth
 
 STATES = [  # (name, edge energy eV, pre-edge/jump eV, Ne_eff/N_V)
@@ -50,7 +50,7 @@ def synthetic(n_truth=96, factor=2, noise=0.0, seed=0, iters=30):
     energies = np.linspace(5450.0, 5520.0, 36)
     truth = Truth(maps=tm, labels=lab, domain_names=[s[0] for s in STATES], params={}, pixel_size=d,
                   origin=origin_t, energies=energies, reference_energy=5450.0)
-    from diffxas.evaluate import resample_truth
+    from diffxas.analysis.evaluate import resample_truth
 
     H = n // factor
     px = d * factor
@@ -107,7 +107,7 @@ def test_synthetic_clusters_recover_domains(data):
 
 
 def test_figures_single_result_with_and_without_clusters(tmp_path, data):
-    from diffxas.plotting import plot_all
+    from diffxas.report.plotting import plot_all
 
     truth, res, _ = data
     written, notes = plot_all([res], tmp_path / "a")
@@ -123,7 +123,7 @@ def test_figures_single_result_with_and_without_clusters(tmp_path, data):
 
 
 def test_report_two_results_with_truth(tmp_path, data):
-    from diffxas.report import report_results
+    from diffxas.report.report import report_results
 
     truth, res, joint = data
     out = tmp_path / "rep"
@@ -140,7 +140,7 @@ def test_report_two_results_with_truth(tmp_path, data):
 def test_blur_match_figure_needs_truth_n_v(data):
     import dataclasses
 
-    from diffxas.plotting import fig_blur_match
+    from diffxas.report.plotting import fig_blur_match
 
     truth, res, joint = data
     fig = fig_blur_match([res, joint], truth, ["two-step", "joint"])
@@ -153,7 +153,7 @@ def test_blur_match_figure_needs_truth_n_v(data):
 
 
 def test_report_without_clusters_or_truth(tmp_path, data):
-    from diffxas.report import report_results
+    from diffxas.report.report import report_results
 
     truth, res, _ = data
     bare = dataclasses.replace(res, clusters=None, history={})
@@ -164,8 +164,8 @@ def test_report_without_clusters_or_truth(tmp_path, data):
 
 
 def test_frc_figure(tmp_path):
-    from diffxas.evaluate import frc_maps
-    from diffxas.plotting import fig_frc, save_figure
+    from diffxas.analysis.evaluate import frc_maps
+    from diffxas.report.plotting import fig_frc, save_figure
 
     _, a = synthetic(noise=0.01, seed=2)
     _, b = synthetic(noise=0.01, seed=3)
@@ -174,11 +174,11 @@ def test_frc_figure(tmp_path):
 
 
 def test_file_entry_points(tmp_path, data):
-    # Round trip through diffxas.io: cluster_file, evaluate_file, report on paths.
-    io = pytest.importorskip("diffxas.io")
-    from diffxas.clustering import cluster_file
-    from diffxas.evaluate import evaluate_file
-    from diffxas.report import report
+    # Round trip through diffxas.data: cluster_file, evaluate_file, report on paths.
+    io = pytest.importorskip("diffxas.data")
+    from diffxas.analysis.clustering import cluster_file
+    from diffxas.analysis.evaluate import evaluate_file
+    from diffxas.report.report import report
 
     truth, res, _ = data
     rp, tp = tmp_path / "res.h5", tmp_path / "truth.h5"
@@ -211,8 +211,8 @@ def _with_std(res, nan_field=None):
 def test_uncertainty_figure_and_report(tmp_path, data):
     import warnings
 
-    from diffxas.plotting import fig_uncertainty, plot_all
-    from diffxas.report import report_results
+    from diffxas.report.plotting import fig_uncertainty, plot_all
+    from diffxas.report.report import report_results
 
     truth, res, joint = data
     joint_u = _with_std(joint, nan_field="ne_eff_per_nv")
@@ -246,8 +246,8 @@ def test_preedge_shape_maps(tmp_path, data):
     """fig_shape_maps: only the pre-edge parameters that vary in some result get a row
     (c12 per pixel here, c13 shared), one column per result + the truth's N_V-weighted
     parameters; None (and a note in plot_all) when every result shares the shape."""
-    from diffxas.evaluate import resample_truth
-    from diffxas.plotting import fig_shape_maps, plot_all
+    from diffxas.analysis.evaluate import resample_truth
+    from diffxas.report.plotting import fig_shape_maps, plot_all
 
     truth, res, joint = data
     m = joint.maps
@@ -261,7 +261,7 @@ def test_preedge_shape_maps(tmp_path, data):
     images = [ax for ax in fig.axes if ax.get_images()]
     assert len(images) == 2  # c12 of "pp" and of the truth; c13 varies nowhere -> no row
     shown = images[0].get_images()[0].get_array()
-    from diffxas.plotting import display_mask
+    from diffxas.report.plotting import display_mask
 
     drawn = display_mask(m)  # the display mask: the valid pixels but the thinnest rim
     assert drawn.sum() > 0.9 * np.asarray(m.valid, bool).sum()
@@ -276,7 +276,7 @@ def test_preedge_shape_maps(tmp_path, data):
 
 def test_map_labels_name_the_absorber(data):
     # N_V reads N_Mn on a Mn result's colour bars; V results keep the seed's labels
-    from diffxas import plotting
+    from diffxas.report import plotting
 
     _, res, _ = data
     mn = dataclasses.replace(res, maps=dataclasses.replace(res.maps, absorber="Mn"))
@@ -291,8 +291,8 @@ def test_background_figure(tmp_path, data):
     radial profile) in the report, for "flat" and "map" alike; without one the report
     notes why it is missing. The radial profile of a flat level is that level (closed
     form: the ring means of a constant)."""
-    from diffxas.plotting import fig_background
-    from diffxas.report import report_results
+    from diffxas.report.plotting import fig_background
+    from diffxas.report.report import report_results
 
     truth, res, joint = data
     k, m = len(res.energies), res.probes.shape[-1]
@@ -339,7 +339,7 @@ def test_maps_colour_limits_span_the_particle_not_the_scan(data):
     """The edge-energy panels' colour limits lie inside the particle's range of edge
     energies (truth: 5479-5483 eV), not the membrane's 5420-5540 eV, and are the same for
     both methods. The old 2-98 % of all valid pixels gave about (5422, 5538) here."""
-    from diffxas.plotting import fig_maps
+    from diffxas.report.plotting import fig_maps
 
     _, res, joint = data
     noisy, _ = _with_membrane(res)
@@ -356,7 +356,7 @@ def test_maps_membrane_pixels_blank_in_two_step(data):
     """Pixels of bare membrane (valid by the seed's rule, N_V ~2 % of the particle's) are
     masked in every panel of the two-step's row; the particle's pixels are drawn. The
     figure states the threshold; the result itself is not changed."""
-    from diffxas.plotting import fig_maps
+    from diffxas.report.plotting import fig_maps
 
     _, res, joint = data
     noisy, mem = _with_membrane(res)
@@ -373,7 +373,7 @@ def test_maps_membrane_pixels_blank_in_two_step(data):
 def test_display_mask_threshold_and_isolated_pixels():
     """Closed form: with N_V = 1 on a block (the 99th percentile is 1), a pixel at 0.11 is
     drawn and one at 0.09 is not (threshold 10 %); an isolated pixel at full N_V is blank."""
-    from diffxas.plotting import display_mask
+    from diffxas.report.plotting import display_mask
 
     nv = np.zeros((12, 12))
     nv[2:8, 2:8] = 1.0
@@ -391,9 +391,9 @@ def test_display_mask_threshold_and_isolated_pixels():
 def test_maps_error_rows_symmetric_with_rmse(data):
     """With a truth: rows two-step, joint, truth, two-step - truth, joint - truth; error
     panels on a diverging map with symmetric limits shared by both methods; each title's
-    RMSE equals diffxas.evaluate.evaluate's (same region; printed to 3 significant digits)."""
-    from diffxas.evaluate import evaluate
-    from diffxas.plotting import fig_maps
+    RMSE equals diffxas.analysis.evaluate.evaluate's (same region; printed to 3 significant digits)."""
+    from diffxas.analysis.evaluate import evaluate
+    from diffxas.report.plotting import fig_maps
 
     truth, res, joint = data
     fig = fig_maps([res, joint], ["two-step", "joint"], truth=truth)
@@ -414,7 +414,7 @@ def test_maps_error_rows_symmetric_with_rmse(data):
 def test_maps_colour_bars_with_units_and_std_rows(data):
     """Every panel has its own colour bar whose label names the unit; without a truth a
     result with std maps gets a row of standard-error maps (sequential, from 0)."""
-    from diffxas.plotting import fig_maps
+    from diffxas.report.plotting import fig_maps
 
     _, res, joint = data
     ju = _with_std(joint)
@@ -431,7 +431,7 @@ def test_maps_colour_bars_with_units_and_std_rows(data):
 def test_save_figure_atomic(tmp_path, data):
     """A failed save leaves neither the figure nor a temporary file; a good one leaves
     exactly the figure."""
-    from diffxas.plotting import fig_maps, save_figure
+    from diffxas.report.plotting import fig_maps, save_figure
 
     _, res, _ = data
     fig = fig_maps([res])
@@ -448,7 +448,7 @@ def test_save_figure_atomic(tmp_path, data):
 def test_maps_crop_keeps_a_thin_second_particle():
     """The crop keeps every particle drawn (a second one at 20 % of the first's N_V, above
     the 10 % threshold) and leaves out a stray membrane pixel, which the header counts. Shapes by construction: blocks at rows/cols 5-14 and 25-32 of a 60 x 60 grid."""
-    from diffxas.plotting import fig_maps
+    from diffxas.report.plotting import fig_maps
 
     nv = np.zeros((60, 60))
     nv[5:15, 5:15] = 1e22

@@ -1,4 +1,4 @@
-"""Tests of diffxas.probe's centring (probe_centre, centred_probe).
+"""Tests of diffxas.physics.probe's centring (probe_centre, centred_probe).
 
 Reference: a Gaussian focus with a known sub-pixel offset (closed form: its intensity
 centroid is the offset) and the shift identity of the far field.
@@ -7,7 +7,7 @@ centroid is the offset) and the shift identity of the far field.
 import numpy as np
 import pytest
 
-from diffxas.probe import centred_probe, probe_centre
+from diffxas.physics.probe import centred_probe, probe_centre
 
 
 def _gaussian(m, centre, sigma=2.5, curvature=0.3):

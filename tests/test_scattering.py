@@ -1,4 +1,4 @@
-"""Tests of diffxas.scattering: tables (xraydb/Chantler), seed numbers, Dawson integral, KK partners.
+"""Tests of diffxas.physics.scattering: tables (xraydb/Chantler), seed numbers, Dawson integral, KK partners.
 
 References: xraydb 4.5 Chantler tables; Uematsu et al., PCCP 25, 3867 (2023) (seed numbers);
 scipy.special.dawsn and scipy.integrate.quad (weight='cauchy' for principal values) in float64.
@@ -18,9 +18,9 @@ import scipy.special
 import xraydb
 from jax.test_util import check_grads
 
-from diffxas import scattering as S
-from diffxas.constants import HC_EV_M, R_E
 from diffxas.errors import ConfigError
+from diffxas.physics import scattering as S
+from diffxas.physics.constants import HC_EV_M, R_E
 
 # ------------------------------------------------------------------------------------------------
 # Brute-force principal values (float64 numpy/scipy reference)

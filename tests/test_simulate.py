@@ -4,15 +4,15 @@ References: an independent plain-numpy recomputation of a simulated frame (sign 
 centring convention), the scattering tables for the membrane, the truth's own definitions.
 """
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
-import jax.numpy as jnp
 
-from diffxas import simulate as sm
 from diffxas.errors import ConfigError
-from diffxas.forward import crop_center
-from diffxas.spectra import absorption, phase
-from diffxas.scattering import VEdge
+from diffxas.physics.forward import crop_center
+from diffxas.physics.scattering import VEdge
+from diffxas.physics.spectra import absorption, phase
+from diffxas.simulate import presets as sm
 
 ENERGIES = (5420.0, 5466.0, 5480.0, 5530.0)
 
@@ -39,8 +39,8 @@ def test_frame_recomputed_with_numpy(sim):
     A = np.asarray(absorption(p, jnp.asarray([ENERGIES[k]]))[0], np.float64) + mem_a[k]
     phi = np.asarray(phase(p, jnp.asarray([ENERGIES[k]]), edge)[0], np.float64) + mem_phi[k]
     obj = np.exp(-A + 1j * phi)
-    from diffxas.probe import kb_probe, numerical_aperture_for_fwhm
-    from diffxas.geometry import wavelength
+    from diffxas.physics.geometry import wavelength
+    from diffxas.physics.probe import kb_probe, numerical_aperture_for_fwhm
 
     na = numerical_aperture_for_fwhm(cfg.probe_fwhm, wavelength(ENERGIES[0]))
     probe = kb_probe(M, g.pixel_size, wavelength(ENERGIES[k]), na, photons=cfg.dose, defocus_m=cfg.probe_defocus).astype(np.complex128)
@@ -111,8 +111,8 @@ def test_presets_and_errors():
 def test_other_absorber_moves_energies_and_phantom():
     # Mn: the preset's V energies and the phantom's spectral types move by the table edge
     # difference (6539.0 - 5465.1 eV, rounded to 0.1 eV); explicit energies are kept.
-    from diffxas.config import sim_config
-    from diffxas.scattering import table_edge_energy
+    from diffxas.app.config import sim_config
+    from diffxas.physics.scattering import table_edge_energy
 
     shift = sm.edge_shift("Mn")
     assert shift == pytest.approx(table_edge_energy("Mn") - table_edge_energy("V"), abs=0.05)
@@ -120,7 +120,7 @@ def test_other_absorber_moves_energies_and_phantom():
     np.testing.assert_allclose(cfg.energies, np.asarray(sm.preset("tiny").energies) + shift, atol=1e-9)
     assert sim_config({"preset": "tiny", "element": "Mn", "energies": [6500.0, 6600.0]}).energies == (6500.0, 6600.0)
     # the same phantom, its energies moved (float32 fields at ~6.5 keV: 2e-3 eV)
-    from diffxas.scattering import VEdge
+    from diffxas.physics.scattering import VEdge
 
     xs = np.linspace(-0.5e-6, 0.5e-6, 41)
     X, Y = np.meshgrid(xs, xs)

@@ -1,4 +1,4 @@
-"""Tests of the spectral model (diffxas.spectra): eq. 1, derived quantities, KK-consistent phase.
+"""Tests of the spectral model (diffxas.physics.spectra): eq. 1, derived quantities, KK-consistent phase.
 
 References: the seed's eq. 1-4 written out by hand in numpy; brute-force principal-value
 integrals (scipy.integrate.quad, weight='cauchy'); finite differences.
@@ -12,10 +12,10 @@ from jax.test_util import check_grads
 from scipy import integrate
 from scipy.special import erf
 
-from diffxas import spectra
-from diffxas.constants import R_E, Z
-from diffxas.geometry import wavelength
-from diffxas.scattering import VEdge
+from diffxas.physics import spectra
+from diffxas.physics.constants import R_E, Z
+from diffxas.physics.geometry import wavelength
+from diffxas.physics.scattering import VEdge
 
 P = dict(a=0.01, b1=0.05, b2=5480.0, b3=4.0, c11=0.012, c12=5466.0, c13=1.2, c21=0.004, c22=5470.0, c23=2.0, n_other=3e23)
 

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from diffxas import cli, io
+from diffxas.app import cli
+from diffxas.data import cxi as io_cxi
 from diffxas.errors import InputError
-from diffxas.simulate import preset, simulate
+from diffxas.simulate.presets import preset, simulate
 
 
 def test_half_partitions_frames():
@@ -21,7 +22,7 @@ def test_half_partitions_frames():
 def test_reconstruct_halves_and_frc(tmp_path, capsys):
     sim = simulate(preset("tiny"))
     data = tmp_path / "d.cxi"
-    io.write_cxi(data, sim.dataset)
+    io_cxi.write_cxi(data, sim.dataset)
     for h in ("even", "odd"):
         rc = cli.main(["reconstruct", str(data), "--method", "joint", "-o", str(tmp_path / f"{h}.h5"), "--steps", "3",
                        "--half", h, "--set", "init=stxm"])

@@ -1,6 +1,6 @@
-"""Tests of the streaming joint solver (diffxas.stream) and the memory-mode choice.
+"""Tests of the streaming joint solver (diffxas.solvers.joint.stream) and the memory-mode choice.
 
-Reference: the in-memory full-batch (or mini-batch) step of diffxas.joint on the same
+Reference: the in-memory full-batch (or mini-batch) step of diffxas.solvers.joint on the same
 ``tiny`` data (3 energies, 243 frames of 32 x 32, chunks of 64 -> 4 chunks, the last one
 padded). The streamed step reads the frames from a gzip-compressed, chunked CXI file
 (``io.open_cxi``); the in-memory one from ``io.read_cxi`` of the same file. Only the order
@@ -24,9 +24,15 @@ import jax
 import numpy as np
 import pytest
 
-from diffxas import io, joint, stream
+from diffxas.data import cxi as io_cxi
+from diffxas.data import results as io_results
 from diffxas.errors import ConfigError
-from diffxas.simulate import preset, simulate
+from diffxas.physics import scattering as joint_scattering
+from diffxas.simulate.presets import preset, simulate
+from diffxas.solvers.joint import config as joint_config
+from diffxas.solvers.joint import model as joint_model
+from diffxas.solvers.joint import run as joint_run
+from diffxas.solvers.joint import stream
 
 ENERGIES = (5420.0, 5466.0, 5484.0)
 
@@ -35,7 +41,7 @@ ENERGIES = (5420.0, 5466.0, 5484.0)
 def cxi(tmp_path_factory):
     sim = simulate(preset("tiny", energies=ENERGIES))
     path = tmp_path_factory.mktemp("stream") / "tiny3.cxi"
-    io.write_cxi(path, sim.dataset, compression="gzip", chunk_frames=16)
+    io_cxi.write_cxi(path, sim.dataset, compression="gzip", chunk_frames=16)
     return path
 
 
@@ -56,10 +62,10 @@ def _array_leaves(tree):
 ], ids=["full-tv-positions-background", "minibatch-background-map"])
 def test_streamed_step_equals_in_memory(cxi, kw, monkeypatch):
     monkeypatch.setattr(stream, "host_available_bytes", lambda: 0)  # read the file every step (no host cache)
-    cfg = joint.JointConfig(steps=3, chunk_size=64, init="stxm", probe_start=0, shape_start=0, **kw)
+    cfg = joint_config.JointConfig(steps=3, chunk_size=64, init="stxm", probe_start=0, shape_start=0, **kw)
     runs = {}
-    for mem, ds in (("device", io.read_cxi(cxi)), ("stream", io.open_cxi(cxi))):
-        solver, state, ctx = joint.prepare_joint(ds, dataclasses.replace(cfg, memory=mem))
+    for mem, ds in (("device", io_cxi.read_cxi(cxi)), ("stream", io_cxi.open_cxi(cxi))):
+        solver, state, ctx = joint_run.prepare_joint(ds, dataclasses.replace(cfg, memory=mem))
         assert ctx["memory"]["mode"] == mem
         s0, states, losses = state, [], []
         for _ in range(3):
@@ -68,7 +74,7 @@ def test_streamed_step_equals_in_memory(cxi, kw, monkeypatch):
             losses.append(float(loss))
         runs[mem] = (s0, states, losses, solver)
     (s0, dev, l_dev, sd), (s0s, st, l_st, ss) = runs["device"], runs["stream"]
-    assert isinstance(ss, stream.StreamSolver) and isinstance(ss.frames, io.CxiFrames)
+    assert isinstance(ss, stream.StreamSolver) and isinstance(ss.frames, io_cxi.CxiFrames)
     assert ss.prob.frames.size == 0  # nothing of the frames on the device
     for a, b in zip(_array_leaves(s0.params), _array_leaves(s0s.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # same start
@@ -89,14 +95,14 @@ def test_streamed_step_equals_in_memory(cxi, kw, monkeypatch):
 def test_device_mode_from_lazy_source_equals_in_memory(cxi):
     """Device mode with an open_cxi source fills the chunked device array chunk by chunk:
     the same array (exactly) as from read_cxi's in-memory frames."""
-    cfg = joint.JointConfig(chunk_size=64)
-    edge = joint.VEdge.from_tables("V")
-    sc = joint.Scales(amp=1.0, n_other=1.0, e_mid=5480.0, e_half=61.0)
-    a, _, _ = joint.build_problem(io.read_cxi(cxi), cfg, edge, sc)
-    b, _, _ = joint.build_problem(io.open_cxi(cxi), cfg, edge, sc)
+    cfg = joint_config.JointConfig(chunk_size=64)
+    edge = joint_scattering.VEdge.from_tables("V")
+    sc = joint_model.Scales(amp=1.0, n_other=1.0, e_mid=5480.0, e_half=61.0)
+    a, _, _ = joint_model.build_problem(io_cxi.read_cxi(cxi), cfg, edge, sc)
+    b, _, _ = joint_model.build_problem(io_cxi.open_cxi(cxi), cfg, edge, sc)
     assert a.frames.shape == b.frames.shape == (4, 61, 32, 32)
     np.testing.assert_array_equal(np.asarray(a.frames), np.asarray(b.frames))
-    c, _, _ = joint.build_problem(io.open_cxi(cxi), cfg, edge, sc, frames_on_device=False)
+    c, _, _ = joint_model.build_problem(io_cxi.open_cxi(cxi), cfg, edge, sc, frames_on_device=False)
     assert c.frames.shape == (4, 61, 0, 0)
     np.testing.assert_array_equal(np.asarray(c.frame_id), np.asarray(a.frame_id))
 
@@ -111,7 +117,7 @@ def test_memory_plan_and_log_line(caplog):
     # the seed-size dataset (docs/scaling.md section 4): ~6.8 GiB of frames, ~10-11 GiB in all
     assert 6.5 < est["frames"] / 2 ** 30 < 7.0 and 9.5 < est["device"] / 2 ** 30 < 11.5
     with caplog.at_level(logging.INFO, logger="diffxas"):
-        p = stream.plan_memory(joint.JointConfig(memory_budget_gib=8.0), **args)
+        p = stream.plan_memory(joint_config.JointConfig(memory_budget_gib=8.0), **args)
     assert p.mode == "stream" and p.budget_bytes == 8 * 2 ** 30
     (rec,) = [r for r in caplog.records if r.name == "diffxas"]
     assert "\n" not in rec.message
@@ -119,25 +125,25 @@ def test_memory_plan_and_log_line(caplog):
     assert "in 55 chunks of 510" in rec.message and "> budget 8 GiB (memory_budget_gib)" in rec.message
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="diffxas"):
-        p = stream.plan_memory(joint.JointConfig(memory_budget_gib=80.0), **args)
+        p = stream.plan_memory(joint_config.JointConfig(memory_budget_gib=80.0), **args)
     assert p.mode == "device"
     assert "joint: frames on device" in caplog.text and "<= budget 80 GiB" in caplog.text
-    assert stream.plan_memory(joint.JointConfig(memory="stream"), **args).mode == "stream"
-    assert stream.plan_memory(joint.JointConfig(memory="device", memory_budget_gib=1.0), **args).mode == "device"
+    assert stream.plan_memory(joint_config.JointConfig(memory="stream"), **args).mode == "stream"
+    assert stream.plan_memory(joint_config.JointConfig(memory="device", memory_budget_gib=1.0), **args).mode == "device"
     # several devices: streaming is single-device
-    assert stream.plan_memory(joint.JointConfig(memory_budget_gib=1.0), **args, n_shards=4).mode == "device"
+    assert stream.plan_memory(joint_config.JointConfig(memory_budget_gib=1.0), **args, n_shards=4).mode == "device"
     with pytest.raises(ConfigError, match="one device"):
-        stream.plan_memory(joint.JointConfig(memory="stream"), **args, n_shards=4)
+        stream.plan_memory(joint_config.JointConfig(memory="stream"), **args, n_shards=4)
     budget, what = stream.default_budget()  # CPU here: half the available host memory
     assert budget is None or (budget > 0 and what)
 
 
 def test_config_validation_and_toml(tmp_path):
-    from diffxas import config as C
+    from diffxas.app import config as C
 
     for bad in (dict(memory="disk"), dict(memory_budget_gib=0.0), dict(memory_budget_gib=float("nan"))):
         with pytest.raises(ConfigError) as ei:
-            joint.JointConfig(**bad)
+            joint_config.JointConfig(**bad)
         assert "\n" not in str(ei.value) and "memory" in str(ei.value)
     p = tmp_path / "c.toml"
     p.write_text('[joint]\nmemory = "stream"\nmemory_budget_gib = 2.5\n')
@@ -149,7 +155,7 @@ def test_config_validation_and_toml(tmp_path):
 def test_cli_joint_streams_from_the_file(cxi, tmp_path, capsys, monkeypatch):
     """`diffxas reconstruct --method joint` on a file larger than the (forced) budget: stream
     mode from the lazy source, the log line on stderr, the mode recorded in the result."""
-    from diffxas.cli import main
+    from diffxas.app.cli import main
 
     monkeypatch.setattr(stream, "host_available_bytes", lambda: 0)
     out = tmp_path / "r.h5"
@@ -161,7 +167,7 @@ def test_cli_joint_streams_from_the_file(cxi, tmp_path, capsys, monkeypatch):
     lines = [ln for ln in cap.err.splitlines() if ln.startswith("joint: ") and "warning" not in ln]
     assert len(lines) == 1 and f"streaming frames from {cxi} (read every step" in lines[0], cap.err
     assert "in 31 chunks of 8" in lines[0] and "> budget 1.02 MiB (memory_budget_gib)" in lines[0]
-    r = io.read_result(out)
+    r = io_results.read_result(out)
     assert r.config["memory"]["mode"] == "stream" and r.config["memory"]["requested"] == "auto"
     assert r.config["joint"]["memory_budget_gib"] == 0.001
     assert np.isfinite(r.history["loss"]).all()

@@ -1,4 +1,4 @@
-"""Tests of the scanning images from the frames alone (diffxas.stxm).
+"""Tests of the scanning images from the frames alone (diffxas.data.stxm).
 
 References: closed forms (the far-field centre of mass of a phase ramp, the integral of an
 analytic gradient field) and the simulator's truth (where the particles are).
@@ -8,10 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffxas import joint, stxm
-from diffxas.dataset import Dataset
-from diffxas.evaluate import resample_truth
-from diffxas.simulate import preset, simulate
+from diffxas.analysis.evaluate import resample_truth
+from diffxas.data import stxm
+from diffxas.data import stxm as joint_stxm
+from diffxas.data.dataset import Dataset
+from diffxas.simulate.presets import preset, simulate
+from diffxas.solvers.joint import config as joint_config
+from diffxas.solvers.joint import run as joint_run
 
 
 def _dataset(frames, positions, pixel=75e-6):
@@ -74,7 +77,7 @@ def test_dpc_phase_does_not_see_the_flux(jittered):
     tr = resample_truth(clean.truth, common.pixel_size, common.origin, common.shape)
     particle = np.nan_to_num(tr["n_v"]) > 0
     assert np.median(p0[particle]) < -0.05
-    solver, state, ctx = joint.prepare_joint(jit.dataset, joint.JointConfig(steps=0, init="stxm", prior="none"))
+    solver, state, ctx = joint_run.prepare_joint(jit.dataset, joint_config.JointConfig(steps=0, init="stxm", prior="none"))
     empty = np.asarray(solver.prob.empty) > 0.5
     assert ctx["init_info"]["empty_pixels"] == int(empty.sum()) >= 50
     assert not (empty & particle).any()
@@ -105,15 +108,15 @@ def test_flux_scatter_measures_the_jitter(jittered, caplog):
 
     clean, jit = jittered
     common = clean.dataset.common_grid()
-    empty = joint.empty_region(-stxm.dpc_phase(clean.dataset, common), np.ones(common.shape, bool))
+    empty = joint_stxm.empty_region(-stxm.dpc_phase(clean.dataset, common), np.ones(common.shape, bool))
     assert stxm.flux_scatter(jit.dataset, empty, common) == pytest.approx(0.03, rel=0.25)
     assert stxm.flux_scatter(clean.dataset, empty, common) < 5e-4
     assert stxm.flux_scatter(clean.dataset, np.zeros(common.shape, bool), common) is None
-    cfg = joint.JointConfig(steps=0, init="stxm", prior="none")
+    cfg = joint_config.JointConfig(steps=0, init="stxm", prior="none")
     with caplog.at_level(logging.WARNING, logger="diffxas"):
-        _, _, ctx = joint.prepare_joint(jit.dataset, cfg)
+        _, _, ctx = joint_run.prepare_joint(jit.dataset, cfg)
         assert ctx["init_info"]["flux_scatter"] > 0.02
-        _, _, ctx = joint.prepare_joint(clean.dataset, cfg)
+        _, _, ctx = joint_run.prepare_joint(clean.dataset, cfg)
         assert ctx["init_info"]["flux_scatter"] < 5e-4
     warned = [r.getMessage() for r in caplog.records if "beyond Poisson" in r.getMessage()]
     assert len(warned) == 1 and "no monitor" in warned[0]
@@ -274,6 +277,6 @@ def test_a_scan_without_bare_membrane_is_flagged(caplog):
     ill = np.ones(common.shape, bool)
     assert not stxm.empty_region(-stxm.dpc_phase(ds, common), ill).any()
     with caplog.at_level(logging.WARNING, logger="diffxas"):
-        _, _, ctx = joint.prepare_joint(ds, joint.JointConfig(init="stxm", steps=1))
+        _, _, ctx = joint_run.prepare_joint(ds, joint_config.JointConfig(init="stxm", steps=1))
     assert ctx["init_info"]["empty_pixels"] == 0
     assert any("no empty (membrane-only) region" in r.getMessage() for r in caplog.records)

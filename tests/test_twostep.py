@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffxas.epie import EpieConfig, kk_matrix, kk_phase
 from diffxas.errors import ConfigError
-from diffxas.fitting import FitConfig
 from diffxas.maps import ChemMaps, Result
-from diffxas.twostep import TwoStepConfig, reconstruct_two_step
+from diffxas.solvers.twostep.epie import EpieConfig, kk_matrix, kk_phase
+from diffxas.solvers.twostep.fitting import FitConfig
+from diffxas.solvers.twostep.run import TwoStepConfig, reconstruct_two_step
 
 TINY_E = np.array([5420.0, 5450.0, 5462.0, 5465.0, 5466.0, 5467.0, 5469.0, 5472.0, 5475.0, 5478.0, 5481.0, 5484.0,
                    5488.0, 5495.0, 5520.0])
@@ -87,8 +87,8 @@ def test_kk_phase_recovers_model_phase():
     spectra.phase is built from the closed-form KK partners (erf step, Lorentzians); kk_phase
     uses the numerical transform of the sampled absorption + a fitted linear baseline.
     """
-    from diffxas.scattering import VEdge
-    from diffxas.spectra import XanesParams, absorption, phase
+    from diffxas.physics.scattering import VEdge
+    from diffxas.physics.spectra import XanesParams, absorption, phase
 
     edge = VEdge.from_tables("V")
     rng = np.random.default_rng(0)
@@ -99,7 +99,7 @@ def test_kk_phase_recovers_model_phase():
                     c11=jnp.asarray(0.3 * b1, jnp.float32), c12=jnp.full(n, 5466.0, jnp.float32), c13=jnp.full(n, 1.2, jnp.float32),
                     c21=jnp.asarray(0.1 * b1, jnp.float32), c22=jnp.full(n, 5470.0, jnp.float32), c23=jnp.full(n, 2.0, jnp.float32),
                     n_other=jnp.asarray(rng.uniform(1e25, 3e25, n), jnp.float32))
-    from diffxas.simulate import SEED_ENERGIES
+    from diffxas.simulate.presets import SEED_ENERGIES
 
     for energies, tol in ((np.asarray(SEED_ENERGIES), 0.01), (TINY_E, 0.04)):  # sparse sampling: coarser
         e = jnp.asarray(energies, jnp.float32)
@@ -122,7 +122,7 @@ def test_kk_phase_recovers_model_phase():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from diffxas.simulate import preset, simulate
+    from diffxas.simulate.presets import preset, simulate
 
     return simulate(preset("tiny"))
 
@@ -174,7 +174,7 @@ def test_spatial_prior_improves_tiny(tiny, tiny_result):
     pre-edge shape (refit_two_step: fit_stack + maps_from_fit on the result's stacks, the
     same last stage as reconstruct_two_step): the prior the joint solver can be given too.
     Measured: edge 0.55 eV, PE/Delta-mu-t 0.19 eV, coverage 100 %."""
-    from diffxas.twostep import refit_two_step
+    from diffxas.solvers.twostep.run import refit_two_step
 
     res = tiny_result
     fc = FitConfig(iterations=40, tie_pre_edge=True, smooth_sigma=1.0)
@@ -191,7 +191,7 @@ def test_refit_reproduces_and_records(tiny_result):
     result itself; the same inputs and arithmetic, tolerance 1e-9 relative), records what
     it replaced, drops the clusters, and refuses a joint result in one line."""
     from diffxas.errors import InputError
-    from diffxas.twostep import refit_two_step
+    from diffxas.solvers.twostep.run import refit_two_step
 
     res = dataclasses.replace(tiny_result, clusters={"labels": np.zeros(tiny_result.maps.shape, np.int32)})
     ran = FitConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in res.config["fit"].items()})
@@ -212,16 +212,17 @@ def test_refit_reproduces_and_records(tiny_result):
 def test_refit_command(tiny_result, tmp_path, capsys):
     """`diffxas refit` end to end on this module's two-step result: a new file with the new
     fit settings and the source's checksum; only fit settings may be set (one-line error)."""
-    from diffxas import io
-    from diffxas.cli import main
+    from diffxas.app.cli import main
+    from diffxas.data import files as io_files
+    from diffxas.data import results as io_results
 
     src = tmp_path / "two.h5"
-    io.write_result(src, tiny_result)
+    io_results.write_result(src, tiny_result)
     out = tmp_path / "two_s1.h5"
     assert main(["refit", str(src), "-o", str(out), "--set", "fit.smooth_sigma=1"]) == 0
     assert "fit settings changed: {'smooth_sigma': 1.0}" in capsys.readouterr().out
-    r = io.read_result(out)
-    assert r.config["fit"]["smooth_sigma"] == 1.0 and r.config["refit"]["source_sha256"] == io.sha256_file(src)
+    r = io_results.read_result(out)
+    assert r.config["fit"]["smooth_sigma"] == 1.0 and r.config["refit"]["source_sha256"] == io_files.sha256_file(src)
     assert r.config["fit"]["tie_pre_edge"] == tiny_result.config["fit"]["tie_pre_edge"]  # the rest as the source ran
     assert main(["refit", str(src), "-o", str(tmp_path / "bad.h5"), "--set", "epie.epochs=3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -239,8 +240,8 @@ def test_wrong_absorber_fails_before_epie(tiny, tiny_result):
 
 def test_checkpoint_resume_and_results_file(tiny, tmp_path):
     """checkpoint_dir holds the ePIE state; a resumed run continues from it; the Result
-    round-trips through diffxas.io."""
-    from diffxas import io
+    round-trips through diffxas.data."""
+    from diffxas.data import results as io_results
 
     cfg = TwoStepConfig.fast(epie=EpieConfig(epochs=4, probe_update_start=1, checkpoint_every=2))
     a = reconstruct_two_step(tiny.dataset, dataclasses.replace(cfg, epie=dataclasses.replace(cfg.epie, epochs=2)),
@@ -250,7 +251,7 @@ def test_checkpoint_resume_and_results_file(tiny, tmp_path):
     c = reconstruct_two_step(tiny.dataset, cfg)
     np.testing.assert_allclose(b.history["loss"], c.history["loss"], rtol=1e-4)
     np.testing.assert_allclose(b.absorption, c.absorption, atol=1e-4)
-    path = io.write_result(tmp_path / "res.h5", b)
-    back = io.read_result(path)
+    path = io_results.write_result(tmp_path / "res.h5", b)
+    back = io_results.read_result(path)
     assert back.method == "two-step" and back.maps.shape == b.maps.shape
     np.testing.assert_array_equal(back.maps.valid, b.maps.valid)

@@ -1,4 +1,4 @@
-"""Fisher information of the forward model (diffxas.uncertainty) against brute force.
+"""Fisher information of the forward model (diffxas.physics.uncertainty) against brute force.
 
 References: the dense Fisher matrix F = J^T diag(w / I) J of a small problem, with J the
 full Jacobian of every detector pixel of every frame from jax.jacfwd (float64), and the
@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffxas import uncertainty as U
-from diffxas.forward import intensities, transmission, uncenter
-from diffxas.scattering import VEdge
-from diffxas.spectra import XanesParams, absorption, phase
+from diffxas.physics import uncertainty as U
+from diffxas.physics.forward import intensities, transmission, uncenter
+from diffxas.physics.scattering import VEdge
+from diffxas.physics.spectra import XanesParams, absorption, phase
 
 jax.config.update("jax_enable_x64", False)
 

@@ -34,9 +34,10 @@ user CPU, with the 2 cores shared by about 7 runnable processes (load average 7)
 import numpy as np
 import pytest
 
-from diffxas.evaluate import resample_truth
-from diffxas.joint import JointConfig, reconstruct_joint
-from diffxas.simulate import preset, simulate
+from diffxas.analysis.evaluate import resample_truth
+from diffxas.simulate.presets import preset, simulate
+from diffxas.solvers.joint.config import JointConfig
+from diffxas.solvers.joint.run import reconstruct_joint
 
 NV_FRACTION = 0.25
 NOISE_MAPS = ("edge_energy", "edge_width")

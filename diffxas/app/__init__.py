@@ -1,0 +1,1 @@
+"""Applications: command line, TOML configuration, the pipeline, demo, sweeps, energy design."""

@@ -1,0 +1,445 @@
+"""The end-to-end demo and the pipeline steps shared with the command line.
+
+:func:`run_demo` is the main job on the built-in sample, with the default configuration
+of every method (nothing tuned to the phantom)::
+
+    simulate (preset "small")  ->  data.cxi + data.truth.h5
+    two-step (ePIE + per-pixel fit)  ->  twostep.h5
+    joint solver                     ->  joint.h5
+    cluster both (one ClusterConfig) ->  /clusters in each results file + *_clusters.csv
+    evaluate both against the truth  ->  *_eval.json
+    report, side by side with truth  ->  report/ (figures, summary.md, metrics.json)
+    summary table                    ->  stdout, summary.txt, demo.json
+
+The building blocks (:func:`write_simulation`, :func:`reconstruct`, ...) are what the
+``diffxas simulate`` and ``diffxas reconstruct`` commands call.
+
+If :mod:`diffxas.solvers.twostep.run` is not installed the demo runs the joint path only and says so
+loudly (stderr and the summary).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffxas.app.config import apply_overrides, build_section, config_to_dict
+from diffxas.errors import ConfigError, InputError
+
+__all__ = ["METHODS", "default_checkpoint", "default_truth_path", "iterations_key", "method_config", "reconstruct", "select_energies", "set_iterations", "spread_indices", "twostep_available", "write_simulation"]
+
+
+#: Reconstruction methods, as named on the command line.
+METHODS = ("two-step", "joint")
+
+
+#: Config section of each method.
+SECTION = {"two-step": "twostep", "joint": "joint"}
+
+
+def twostep_available() -> tuple[bool, str]:
+    """(True, "") if :mod:`diffxas.solvers.twostep.run` with the expected API is importable, else
+    (False, reason)."""
+    try:
+        import diffxas.solvers.twostep.run as ts  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name in ("diffxas.solvers.twostep.run",):
+            return False, "diffxas.solvers.twostep.run is not installed"
+        return False, f"diffxas.solvers.twostep.run cannot be imported: {e}"
+    except Exception as e:  # a half-written module must not break the joint path
+        return False, f"diffxas.solvers.twostep.run cannot be imported: {type(e).__name__}: {e}"
+    missing = [n for n in ("TwoStepConfig", "reconstruct_two_step") if not hasattr(ts, n)]
+    if missing:
+        return False, f"diffxas.solvers.twostep.run lacks {', '.join(missing)}"
+    return True, ""
+
+
+def _require_twostep():
+    ok, why = twostep_available()
+    if not ok:
+        raise ConfigError(f"the two-step method is not available: {why}")
+    import diffxas.solvers.twostep.run as ts
+
+    return ts
+
+
+def spread_indices(n_total: int, n: int) -> np.ndarray:
+    """``n`` indices out of ``range(n_total)`` spread evenly *in index* (first and last
+    always included); :func:`diffxas.data.dataset.spread_indices`, the one rule (imported here,
+    not at module level: diffxas.data.dataset pulls in JAX, which the CLI's light commands do
+    not need)."""
+    from diffxas.data.dataset import spread_indices as rule
+
+    return rule(n_total, n)
+
+
+def select_energies(energies: Sequence[float], n: int) -> tuple[float, ...]:
+    """``n`` of ``energies`` spread evenly in index (see :func:`spread_indices`)."""
+    e = list(energies)
+    return tuple(float(e[i]) for i in spread_indices(len(e), n))
+
+
+def default_truth_path(cxi_path) -> Path:
+    """``DATA.truth.h5`` next to ``DATA.cxi`` (the suffix of the CXI file is replaced)."""
+    p = Path(cxi_path)
+    return p.with_name(p.stem + ".truth.h5") if p.suffix else p.with_name(p.name + ".truth.h5")
+
+
+def check_output_path(path, what: str = "output file", inputs: Sequence = ()) -> Path:
+    """Fail early (one line) if ``path`` cannot be written: a directory, the same file as
+    one of ``inputs``, or a parent folder that is not writable."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, expected a file name for the {what}")
+    for src in inputs:
+        with contextlib.suppress(OSError):
+            if Path(src).exists() and p.exists() and os.path.samefile(src, p):
+                raise InputError(f"{p}: the {what} would overwrite the input file")
+        if os.path.abspath(src) == os.path.abspath(p):
+            raise InputError(f"{p}: the {what} would overwrite the input file")
+    parent = p.parent if str(p.parent) else Path(".")
+    anc = parent
+    while not anc.exists():
+        if anc.parent == anc:
+            break
+        anc = anc.parent
+    if anc.exists() and not anc.is_dir():
+        raise InputError(f"{p}: cannot create the {what}: {anc} is not a directory")
+    if anc.exists() and not os.access(anc, os.W_OK):
+        raise InputError(f"{p}: cannot write the {what}: permission denied in {anc}")
+    return p
+
+
+def _tmp_name(p: Path) -> Path:
+    return p.with_name(f".{p.name}.{uuid.uuid4().hex[:12]}.partial")
+
+
+def write_simulation(sim, cxi_path, truth_path=None) -> tuple[Path, Path]:
+    """Write a :class:`~diffxas.simulate.presets.Simulation` as CXI + ground-truth sidecar.
+
+    Both files appear together or not at all (each is written to a hidden temporary file
+    in its folder, then both are renamed). Returns (cxi path, truth path).
+    """
+    from diffxas.data import cxi as io_cxi
+    from diffxas.data import files as io_files
+    from diffxas.data import truth as io_truth
+
+    cxi = Path(cxi_path)
+    truth = Path(truth_path) if truth_path is not None else default_truth_path(cxi)
+    if os.path.abspath(cxi) == os.path.abspath(truth):
+        raise InputError(f"{truth}: the truth file must differ from the CXI file")
+    check_output_path(cxi, "CXI file")
+    check_output_path(truth, "ground-truth file")
+    cfg = sim.config
+    attrs = {"simulation": cfg.to_dict(), "preset": cfg.preset, "seed": int(cfg.seed), "dose": float(cfg.dose),
+             "truth_file": truth.name if truth.parent.resolve() == cxi.parent.resolve() else os.path.abspath(truth)}
+    tmp_cxi, tmp_truth = _tmp_name(cxi), _tmp_name(truth)
+    try:
+        io_cxi.write_cxi(tmp_cxi, sim.dataset, extra_attrs=attrs)
+        # the truth names the data it belongs to (evaluate/report --truth check it against
+        # the input SHA-256 a results file records)
+        t_attrs = dict(sim.truth.attrs or {}, data_sha256=io_files.sha256_file(tmp_cxi))
+        io_truth.write_truth(tmp_truth, dataclasses.replace(sim.truth, attrs=t_attrs))
+        os.replace(tmp_cxi, cxi)
+        os.replace(tmp_truth, truth)
+    finally:
+        for t in (tmp_cxi, tmp_truth):
+            with contextlib.suppress(OSError):
+                t.unlink()
+    return cxi, truth
+
+
+def simulate_files(sim_cfg, cxi_path, truth_path=None, progress: bool = False):
+    """Simulate ``sim_cfg`` and write the CXI and truth files; returns (simulation, cxi, truth)."""
+    from diffxas.simulate.presets import simulate
+
+    sim = simulate(sim_cfg, progress=progress)
+    cxi, truth = write_simulation(sim, cxi_path, truth_path)
+    return sim, cxi, truth
+
+
+def _config_fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def iterations_key(method: str) -> str:
+    """The dotted config key that ``--iterations`` (two-step: ePIE epochs) or ``--steps``
+    (joint) sets, e.g. ``"twostep.epie.epochs"`` or ``"joint.steps"``."""
+    if method == "joint":
+        return "joint.steps"
+    ts = _require_twostep()
+    f = _config_fields(ts.TwoStepConfig)
+    for name in ("epochs", "iterations"):
+        if name in f:
+            return f"twostep.{name}"
+    import typing
+
+    hints = {}
+    with contextlib.suppress(Exception):
+        hints = typing.get_type_hints(ts.TwoStepConfig)
+    for name, fld in f.items():
+        tp = hints.get(name)
+        default = None
+        if fld.default is not dataclasses.MISSING:
+            default = fld.default
+        elif fld.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = fld.default_factory()  # type: ignore[misc]
+        sub = type(default) if dataclasses.is_dataclass(default) else tp
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub) and "epochs" in _config_fields(sub):
+            return f"twostep.{name}.epochs"
+    raise ConfigError("cannot tell which two-step option counts ePIE epochs; use --set twostep.<key>=N")
+
+
+#: Epoch-indexed ePIE options that :func:`set_iterations` scales with the epoch count.
+EPOCH_SCHEDULE = ("probe_update_start", "kk_start", "kk_every", "decay_start", "background_start")
+
+
+def _get(mapping: Mapping[str, Any], dotted: str):
+    node: Any = mapping
+    for p in dotted.split("."):
+        if not isinstance(node, Mapping) or p not in node:
+            return dataclasses.MISSING
+        node = node[p]
+    return node
+
+
+def set_iterations(config: Mapping[str, Any] | None, method: str, n: int) -> dict[str, Any]:
+    """``config`` with the iteration count of ``method`` set to ``n`` (joint: ``steps``;
+    two-step: the ePIE ``epochs``).
+
+    For the two-step method the epoch-indexed parts of the ePIE schedule
+    (:data:`EPOCH_SCHEDULE`: probe start, KK start and period, step-decay start) that the
+    configuration does not set explicitly are scaled by ``n / epochs`` of the configured
+    schedule (rounded; starts kept below ``n``, the KK period >= 1), so that ``--iterations``
+    runs the same schedule compressed or stretched instead of an invalid one (e.g. a decay
+    starting after the last epoch).
+    """
+    config = dict(config or {})
+    key = iterations_key(method)
+    if method == "joint" or not key.endswith(".epochs") or key.count(".") != 2:
+        return apply_overrides(config, {key: n})
+    sub = key.rsplit(".", 1)[0]  # "twostep.epie"
+    base_ts = build_section(config, "twostep")
+    base = getattr(base_ts, sub.split(".")[1])
+    old = int(getattr(base, "epochs"))
+    over: dict[str, Any] = {key: n}
+    names = {f.name for f in dataclasses.fields(base)}
+    for name in EPOCH_SCHEDULE:
+        if name not in names or _get(config, f"{sub}.{name}") is not dataclasses.MISSING:
+            continue
+        v = getattr(base, name)
+        if v is None or old == n:
+            continue
+        scaled = int(round(v * n / old))
+        scaled = max(1, scaled) if name == "kk_every" else min(max(scaled, 0), n - 1)
+        over[f"{sub}.{name}"] = scaled
+    return apply_overrides(config, over)
+
+
+def method_config(method: str, config: Mapping[str, Any] | None = None):
+    """The config object of ``method`` ("two-step" or "joint") from a configuration mapping."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "two-step":
+        _require_twostep()
+    return build_section(config or {}, SECTION[method])
+
+
+def default_checkpoint(method: str, result_path) -> Path:
+    """``RESULT.h5.ckpt`` (joint, a file) or ``RESULT.h5.ckpt.d`` (two-step, a folder)."""
+    p = Path(result_path)
+    return p.with_name(p.name + (".ckpt" if method == "joint" else ".ckpt.d"))
+
+
+def _meta_path(method: str, ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.name + ".meta.json") if method == "joint" else ckpt / "diffxas-cli.meta.json"
+
+
+def _checkpoint_exists(method: str, ckpt: Path) -> bool:
+    if method == "joint":
+        return ckpt.is_file()
+    return ckpt.is_dir() and any(p.name != "diffxas-cli.meta.json" for p in ckpt.iterdir())
+
+
+def _checkpoint_meta(method: str, cfg, input_sha256: str, selection: dict | None = None) -> dict[str, Any]:
+    c = config_to_dict(cfg)
+    for volatile in ("log_every", "checkpoint_every"):
+        c.pop(volatile, None)
+    meta = {"method": method, "input_sha256": input_sha256, "config": c}
+    if selection is not None:
+        meta["input_selection"] = selection
+    return meta
+
+
+def _same_part(old: dict | None, new: dict | None) -> bool:
+    """Whether two checkpoint records of the input part (``input_selection``) agree. A
+    record without one (a checkpoint from before the record existed, or from the API
+    without ``selection``) means the whole file."""
+    def norm(sel):
+        sel = json.loads(json.dumps(sel or {}))
+        return sel.get("half"), sel.get("energy_indices"), (sel.get("orientation") or {}).get("applied", "none")
+
+    return norm(old) == norm(new)
+
+
+def remove_checkpoint(method: str, ckpt: Path) -> bool:
+    """Delete a checkpoint written through :func:`reconstruct` (and its sidecars).
+
+    Joint: the checkpoint file, its ``.hist.npz`` and ``.meta.json``. Two-step: the
+    folder, but only if it is named ``*.ckpt.d`` and holds the metadata file written by
+    :func:`reconstruct` (a folder the user named for something else is never removed).
+    Returns True if something was removed.
+    """
+    ckpt = Path(ckpt)
+    removed = False
+    if method == "joint":
+        for p in (ckpt, ckpt.with_name(ckpt.name + ".hist.npz"), _meta_path(method, ckpt)):
+            if p.is_file():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed = True
+    elif ckpt.is_dir() and ckpt.name.endswith(".ckpt.d") and _meta_path(method, ckpt).is_file():
+        shutil.rmtree(ckpt, ignore_errors=True)
+        removed = True
+    return removed
+
+
+def _call_with_supported(fn, *args, **kwargs):
+    """Call ``fn`` passing only the keyword arguments its signature accepts."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn(*args, **kwargs)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return fn(*args, **kwargs)
+    return fn(*args, **{k: v for k, v in kwargs.items() if k in params})
+
+
+def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint=None, resume: bool = False,
+                input_path=None, input_sha256: str = "", log=None, selection: dict | None = None,
+                sharded: bool = False):
+    """Run ``method`` on ``dataset`` with config object ``cfg``; returns the Result with
+    ``input_path``, ``input_sha256`` and the full configuration recorded.
+
+    ``checkpoint``: joint: a file; two-step: a folder (None: no checkpoints). With
+    ``resume`` an existing checkpoint is continued; it must come from the same input and
+    configuration (checked against a ``.meta.json`` sidecar written here).
+    ``log``: callable for one-line notes (default: print to stderr).
+    ``selection``: which part of the input file ``dataset`` is (e.g. ``{"half": "even",
+    "energy_indices": [0, 4, ...]}``, as the CLI's ``--half``/``--energies`` make it);
+    recorded as ``config["input_selection"]`` and in the checkpoint metadata, so a resume
+    with another part of the same file is refused.
+    ``sharded``: joint only, the frames split over all devices of all processes
+    (:func:`diffxas.solvers.joint.parallel.reconstruct_joint_sharded`); only process 0 writes the
+    checkpoint and its metadata.
+    """
+    primary = True
+    if sharded:
+        import jax
+
+        primary = jax.process_index() == 0
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    meta = _checkpoint_meta(method, cfg, input_sha256, selection)
+    if ckpt is not None:
+        mpath = _meta_path(method, ckpt)
+        exists = _checkpoint_exists(method, ckpt)
+        if method == "joint" and ckpt.is_dir():
+            raise InputError(f"{ckpt}: the joint checkpoint must be a file, not a directory")
+        if method == "two-step" and ckpt.exists() and not ckpt.is_dir():
+            raise InputError(f"{ckpt}: the two-step checkpoint must be a folder, not a file")
+        if resume and exists:
+            if mpath.is_file():
+                try:
+                    old = json.loads(mpath.read_text())
+                except (OSError, ValueError) as e:
+                    raise InputError(f"{mpath}: unreadable checkpoint metadata: {e}") from None
+                if old.get("input_sha256") != meta["input_sha256"] and meta["input_sha256"]:
+                    raise InputError(f"{ckpt}: checkpoint was made from a different input file; "
+                                     "delete it or run without --resume")
+                if old.get("method") != method or old.get("config") != json.loads(json.dumps(meta["config"])):
+                    raise InputError(f"{ckpt}: checkpoint was made with a different method or configuration; "
+                                     "delete it or run without --resume")
+                if not _same_part(old.get("input_selection"), meta.get("input_selection")):
+                    o_sel, n_sel = old.get("input_selection") or {}, meta.get("input_selection") or {}
+                    o_or = (o_sel.get("orientation") or {}).get("applied", "none")
+                    n_or = (n_sel.get("orientation") or {}).get("applied", "none")
+                    # name what differs: an orientation found by --orientation auto is no --half
+                    what = (f"the frames' orientation differs: {o_or} then, {n_or} now; pass --orientation {o_or}"
+                            if o_or != n_or else "--half, --energies or --energy-list differ")
+                    raise InputError(f"{ckpt}: checkpoint was made from another part of the input ({what}); delete it "
+                                     "or run without --resume")
+            else:
+                log(f"note: {ckpt} has no metadata; cannot check that it matches this input and configuration")
+            log(f"resuming from checkpoint {ckpt}")
+        elif resume:
+            log(f"note: no checkpoint at {ckpt}; starting from the beginning")
+        elif exists:
+            log(f"note: existing checkpoint {ckpt} will be overwritten (use --resume to continue it)")
+            if method == "joint" and primary:  # a stale file must not be resumed later under the new metadata
+                remove_checkpoint(method, ckpt)
+        folder = ckpt if method == "two-step" else ckpt.parent
+        created_dirs = []  # folders made here, deepest first (removed again if the run leaves nothing)
+        d = folder
+        while not d.exists() and d.parent != d:
+            created_dirs.append(d)
+            d = d.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        if primary:
+            tmp = mpath.with_name(mpath.name + ".tmp")
+            tmp.write_text(json.dumps(meta, indent=1))
+            os.replace(tmp, mpath)
+    t0 = time.perf_counter()
+    try:
+        if method == "joint":
+            from diffxas.solvers.joint.run import reconstruct_joint
+
+            if sharded:
+                from diffxas.solvers.joint.parallel import (
+                    reconstruct_joint_sharded as reconstruct_joint,
+                )
+            result = reconstruct_joint(dataset, cfg, progress=progress,
+                                       checkpoint=None if ckpt is None else str(ckpt), resume=resume)
+        elif method == "two-step":
+            ts = _require_twostep()
+            result = _call_with_supported(ts.reconstruct_two_step, dataset, cfg, progress=progress,
+                                          checkpoint_dir=None if ckpt is None else str(ckpt), resume=resume)
+        else:
+            raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    except BaseException:
+        # keep a checkpoint to resume from; but no metadata (or empty folder) without one
+        if ckpt is not None and not _checkpoint_exists(method, ckpt):
+            with contextlib.suppress(OSError):
+                _meta_path(method, ckpt).unlink()
+            for d in created_dirs:
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only if empty
+        raise
+    wall = time.perf_counter() - t0
+    from diffxas import __version__
+
+    config = dict(result.config or {})
+    config[SECTION[method]] = config_to_dict(cfg)
+    config["method"] = method
+    config["diffxas_version"] = __version__
+    config.setdefault("wall_time_s", wall)
+    if selection is not None:
+        config["input_selection"] = selection
+    result.config = config
+    result.method = result.method or method
+    if input_path is not None:
+        result.input_path = os.path.abspath(os.fspath(input_path))
+    result.input_sha256 = input_sha256 or result.input_sha256
+    return result

@@ -1,0 +1,1 @@
+"""Reconstruction methods: two-step (ePIE + per-pixel fit) and joint (autodiff)."""

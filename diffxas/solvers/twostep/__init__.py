@@ -1,0 +1,130 @@
+"""Two-step method: ePIE per energy, alignment, per-pixel XANES fit."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+#: name -> submodule that defines it. Resolved on first access (PEP 562), so that importing one
+#: submodule does not import the others (the CLI's light commands must not import JAX).
+_API = {
+    "AlignedStack": "align",
+    "BOUNDED": "fitting",
+    "EpieConfig": "epie",
+    "EpieResult": "epie",
+    "FitConfig": "fitting",
+    "FitResult": "fitting",
+    "LINEAR": "fitting",
+    "OFFSET_TOL": "epie",
+    "POSITIVE": "fitting",
+    "PRE_EDGE_SHAPE": "fitting",
+    "SECOND_PEAK_STARTS": "fitting",
+    "TwoStepConfig": "run",
+    "align_stack": "align",
+    "apply_shifts": "align",
+    "bounds_for": "fitting",
+    "cached_matrices": "align",
+    "epie_update": "epie",
+    "epoch_fn": "epie",
+    "estimate_shift": "align",
+    "find_empty_region": "align",
+    "fit_global": "fitting",
+    "fit_shared_shape": "fitting",
+    "fit_stack": "fitting",
+    "frame_orders": "epie",
+    "from_raw": "fitting",
+    "illumination_map": "align",
+    "init_pixels": "fitting",
+    "initial_probes": "epie",
+    "kk_constrain": "epie",
+    "kk_matrix": "epie",
+    "kk_phase": "epie",
+    "levenberg_marquardt": "fitting",
+    "lm_fit": "fitting",
+    "load_checkpoint": "epie",
+    "maps_from_fit": "run",
+    "multistart_fit": "fitting",
+    "noise_energy_mask": "fitting",
+    "peak_grid": "fitting",
+    "reconstruct_two_step": "run",
+    "reconstruction_grids": "epie",
+    "refit_two_step": "run",
+    "register_stack": "align",
+    "remove_background": "align",
+    "resample_field": "align",
+    "run_epie": "epie",
+    "save_checkpoint": "epie",
+    "shift_ramps": "epie",
+    "smooth_stack": "fitting",
+    "to_common": "align",
+    "to_raw": "fitting",
+    "unwrap_phase": "align",
+    "varpro_grid": "fitting",
+}
+
+if TYPE_CHECKING:
+    from .align import AlignedStack as AlignedStack
+    from .align import align_stack as align_stack
+    from .align import apply_shifts as apply_shifts
+    from .align import cached_matrices as cached_matrices
+    from .align import estimate_shift as estimate_shift
+    from .align import find_empty_region as find_empty_region
+    from .align import illumination_map as illumination_map
+    from .align import register_stack as register_stack
+    from .align import remove_background as remove_background
+    from .align import resample_field as resample_field
+    from .align import to_common as to_common
+    from .align import unwrap_phase as unwrap_phase
+    from .epie import OFFSET_TOL as OFFSET_TOL
+    from .epie import EpieConfig as EpieConfig
+    from .epie import EpieResult as EpieResult
+    from .epie import epie_update as epie_update
+    from .epie import epoch_fn as epoch_fn
+    from .epie import frame_orders as frame_orders
+    from .epie import initial_probes as initial_probes
+    from .epie import kk_constrain as kk_constrain
+    from .epie import kk_matrix as kk_matrix
+    from .epie import kk_phase as kk_phase
+    from .epie import load_checkpoint as load_checkpoint
+    from .epie import reconstruction_grids as reconstruction_grids
+    from .epie import run_epie as run_epie
+    from .epie import save_checkpoint as save_checkpoint
+    from .epie import shift_ramps as shift_ramps
+    from .fitting import BOUNDED as BOUNDED
+    from .fitting import LINEAR as LINEAR
+    from .fitting import POSITIVE as POSITIVE
+    from .fitting import PRE_EDGE_SHAPE as PRE_EDGE_SHAPE
+    from .fitting import SECOND_PEAK_STARTS as SECOND_PEAK_STARTS
+    from .fitting import FitConfig as FitConfig
+    from .fitting import FitResult as FitResult
+    from .fitting import bounds_for as bounds_for
+    from .fitting import fit_global as fit_global
+    from .fitting import fit_shared_shape as fit_shared_shape
+    from .fitting import fit_stack as fit_stack
+    from .fitting import from_raw as from_raw
+    from .fitting import init_pixels as init_pixels
+    from .fitting import levenberg_marquardt as levenberg_marquardt
+    from .fitting import lm_fit as lm_fit
+    from .fitting import multistart_fit as multistart_fit
+    from .fitting import noise_energy_mask as noise_energy_mask
+    from .fitting import peak_grid as peak_grid
+    from .fitting import smooth_stack as smooth_stack
+    from .fitting import to_raw as to_raw
+    from .fitting import varpro_grid as varpro_grid
+    from .run import TwoStepConfig as TwoStepConfig
+    from .run import maps_from_fit as maps_from_fit
+    from .run import reconstruct_two_step as reconstruct_two_step
+    from .run import refit_two_step as refit_two_step
+
+
+def __getattr__(name: str):
+    mod = _API.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))
