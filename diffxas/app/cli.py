@@ -484,7 +484,7 @@ def _run_reconstruct(args) -> int:
     import time
 
     from diffxas.app.pipeline import (
-        SECTION,
+        METHODS,
         check_output_path,
         default_checkpoint,
         method_config,
@@ -498,7 +498,7 @@ def _run_reconstruct(args) -> int:
     from diffxas.errors import ConfigError
 
     method = args.method
-    section = SECTION[method]
+    section = METHODS[method].section
     distributed = _start_distributed(args)  # before any JAX computation
     primary = True
     if distributed:
@@ -545,11 +545,11 @@ def _run_reconstruct(args) -> int:
             for other in [args.data, out] + ([args.init] if args.init else []):
                 if os.path.abspath(ckpt) == os.path.abspath(other):
                     raise ConfigError(f"--checkpoint {ckpt} must differ from the input and output files")
-            if method == "joint":
+            if METHODS[method].checkpoint == "file":
                 check_output_path(ckpt, "checkpoint")
-    # joint: frames stay in the file and are read in ranges (streamed every step when they do
-    # not fit the device, see JointConfig.memory); two-step: loaded into memory
-    ds = io_cxi.open_cxi(args.data) if method == "joint" else io_cxi.read_cxi(args.data)
+    # lazy_frames (joint): frames stay in the file and are read in ranges (streamed every step
+    # when they do not fit the device, see JointConfig.memory); otherwise loaded into memory
+    ds = io_cxi.open_cxi(args.data) if METHODS[method].lazy_frames else io_cxi.read_cxi(args.data)
     sha = io_files.sha256_file(args.data)
     t0 = time.perf_counter()
     ds, selection = _select_input(ds, args)

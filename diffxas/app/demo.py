@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,7 +14,6 @@ import numpy as np
 from diffxas.app.config import build_section, dumps_toml, validate_config
 from diffxas.app.pipeline import (
     METHODS,
-    SECTION,
     _get,
     iterations_key,
     method_config,
@@ -23,7 +21,6 @@ from diffxas.app.pipeline import (
     select_energies,
     set_iterations,
     simulate_files,
-    twostep_available,
 )
 from diffxas.errors import ConfigError, DiffxasError, InputError
 
@@ -142,14 +139,6 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
     notes: list[str] = []
     failures: dict[str, str] = {}
     run_methods = list(methods)
-    if "two-step" in run_methods:
-        ok, why = twostep_available()
-        if not ok:
-            msg = (f"WARNING: the two-step baseline is not available ({why}); "
-                   "running the joint path only, there is no method comparison")
-            print("!" * 78 + f"\n{msg}\n" + "!" * 78, file=sys.stderr, flush=True)
-            notes.append(msg)
-            run_methods.remove("two-step")
     if not run_methods:
         raise ConfigError("no reconstruction method to run")
     if quick:
@@ -177,7 +166,7 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
     cluster_cfg = build_section(cfg_map, "cluster")
 
     out.mkdir(parents=True, exist_ok=True)
-    used = {"simulate": sim_cfg, **{SECTION[m]: c for m, c in method_cfgs.items()}, "cluster": cluster_cfg}
+    used = {"simulate": sim_cfg, **{METHODS[m].section: c for m, c in method_cfgs.items()}, "cluster": cluster_cfg}
     (out / "config.toml").write_text("# configuration used by `diffxas demo` (all defaults unless given)\n"
                                      + dumps_toml(used))
     n_stages = 2 + len(run_methods) + 3
@@ -209,7 +198,7 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
         try:
             res = reconstruct(ds, m, method_cfgs[m], progress=progress, input_path=cxi, input_sha256=sha,
                               log=lambda s: log("    " + s))
-            path = out / ("twostep.h5" if m == "two-step" else "joint.h5")
+            path = out / (METHODS[m].result_name or f"{m}.h5")
             io_results.write_result(path, res)
         except DiffxasError as e:
             failures[m] = " ".join(str(e).split())

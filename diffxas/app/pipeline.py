@@ -1,28 +1,16 @@
-"""The end-to-end demo and the pipeline steps shared with the command line.
+"""The one pipeline: checks -> reconstruct -> cluster -> write -> evaluate, and its parts.
 
-:func:`run_demo` is the main job on the built-in sample, with the default configuration
-of every method (nothing tuned to the phantom)::
-
-    simulate (preset "small")  ->  data.cxi + data.truth.h5
-    two-step (ePIE + per-pixel fit)  ->  twostep.h5
-    joint solver                     ->  joint.h5
-    cluster both (one ClusterConfig) ->  /clusters in each results file + *_clusters.csv
-    evaluate both against the truth  ->  *_eval.json
-    report, side by side with truth  ->  report/ (figures, summary.md, metrics.json)
-    summary table                    ->  stdout, summary.txt, demo.json
-
-The building blocks (:func:`write_simulation`, :func:`reconstruct`, ...) are what the
+Used by ``diffxas reconstruct``, the demo (:mod:`diffxas.app.demo`) and sweeps
+(:mod:`diffxas.app.sweep`). Methods are known only through the registry
+(:data:`diffxas.solvers.registry.METHODS`): this module has no method names in it.
+The building blocks (:func:`write_simulation`, :func:`reconstruct`, ...) are also what the
 ``diffxas simulate`` and ``diffxas reconstruct`` commands call.
-
-If :mod:`diffxas.solvers.twostep.run` is not installed the demo runs the joint path only and says so
-loudly (stderr and the summary).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import json
 import os
 import shutil
@@ -37,42 +25,13 @@ import numpy as np
 
 from diffxas.app.config import apply_overrides, build_section, config_to_dict
 from diffxas.errors import ConfigError, InputError
+from diffxas.solvers import registry as _registry
 
-__all__ = ["METHODS", "default_checkpoint", "default_truth_path", "iterations_key", "method_config", "reconstruct", "select_energies", "set_iterations", "spread_indices", "twostep_available", "write_simulation"]
-
-
-#: Reconstruction methods, as named on the command line.
-METHODS = ("two-step", "joint")
+__all__ = ["METHODS", "default_checkpoint", "default_truth_path", "iterations_key", "method_config", "reconstruct", "select_energies", "set_iterations", "spread_indices", "write_simulation"]
 
 
-#: Config section of each method.
-SECTION = {"two-step": "twostep", "joint": "joint"}
-
-
-def twostep_available() -> tuple[bool, str]:
-    """(True, "") if :mod:`diffxas.solvers.twostep.run` with the expected API is importable, else
-    (False, reason)."""
-    try:
-        import diffxas.solvers.twostep.run as ts  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name in ("diffxas.solvers.twostep.run",):
-            return False, "diffxas.solvers.twostep.run is not installed"
-        return False, f"diffxas.solvers.twostep.run cannot be imported: {e}"
-    except Exception as e:  # a half-written module must not break the joint path
-        return False, f"diffxas.solvers.twostep.run cannot be imported: {type(e).__name__}: {e}"
-    missing = [n for n in ("TwoStepConfig", "reconstruct_two_step") if not hasattr(ts, n)]
-    if missing:
-        return False, f"diffxas.solvers.twostep.run lacks {', '.join(missing)}"
-    return True, ""
-
-
-def _require_twostep():
-    ok, why = twostep_available()
-    if not ok:
-        raise ConfigError(f"the two-step method is not available: {why}")
-    import diffxas.solvers.twostep.run as ts
-
-    return ts
+#: Reconstruction methods, as named on the command line (the registry's table).
+METHODS = _registry.METHODS
 
 
 def spread_indices(n_total: int, n: int) -> np.ndarray:
@@ -176,30 +135,12 @@ def _config_fields(cls) -> dict[str, dataclasses.Field]:
 
 def iterations_key(method: str) -> str:
     """The dotted config key that ``--iterations`` (two-step: ePIE epochs) or ``--steps``
-    (joint) sets, e.g. ``"twostep.epie.epochs"`` or ``"joint.steps"``."""
-    if method == "joint":
-        return "joint.steps"
-    ts = _require_twostep()
-    f = _config_fields(ts.TwoStepConfig)
-    for name in ("epochs", "iterations"):
-        if name in f:
-            return f"twostep.{name}"
-    import typing
-
-    hints = {}
-    with contextlib.suppress(Exception):
-        hints = typing.get_type_hints(ts.TwoStepConfig)
-    for name, fld in f.items():
-        tp = hints.get(name)
-        default = None
-        if fld.default is not dataclasses.MISSING:
-            default = fld.default
-        elif fld.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = fld.default_factory()  # type: ignore[misc]
-        sub = type(default) if dataclasses.is_dataclass(default) else tp
-        if isinstance(sub, type) and dataclasses.is_dataclass(sub) and "epochs" in _config_fields(sub):
-            return f"twostep.{name}.epochs"
-    raise ConfigError("cannot tell which two-step option counts ePIE epochs; use --set twostep.<key>=N")
+    (joint) sets, e.g. ``"twostep.epie.epochs"`` or ``"joint.steps"`` (the registry's
+    :attr:`~diffxas.solvers.registry.Method.iterations_key`)."""
+    key = _registry.get(method).iterations_key
+    if key is None:
+        raise ConfigError(f"method {method!r} has no iteration count; use --set <section>.<key>=N")
+    return key
 
 
 #: Epoch-indexed ePIE options that :func:`set_iterations` scales with the epoch count.
@@ -228,10 +169,10 @@ def set_iterations(config: Mapping[str, Any] | None, method: str, n: int) -> dic
     """
     config = dict(config or {})
     key = iterations_key(method)
-    if method == "joint" or not key.endswith(".epochs") or key.count(".") != 2:
+    if not key.endswith(".epochs") or key.count(".") != 2:
         return apply_overrides(config, {key: n})
     sub = key.rsplit(".", 1)[0]  # "twostep.epie"
-    base_ts = build_section(config, "twostep")
+    base_ts = build_section(config, sub.split(".")[0])
     base = getattr(base_ts, sub.split(".")[1])
     old = int(getattr(base, "epochs"))
     over: dict[str, Any] = {key: n}
@@ -249,26 +190,26 @@ def set_iterations(config: Mapping[str, Any] | None, method: str, n: int) -> dic
 
 
 def method_config(method: str, config: Mapping[str, Any] | None = None):
-    """The config object of ``method`` ("two-step" or "joint") from a configuration mapping."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if method == "two-step":
-        _require_twostep()
-    return build_section(config or {}, SECTION[method])
+    """The config object of ``method`` (a registry name) from a configuration mapping."""
+    return build_section(config or {}, _registry.get(method).section)
 
 
 def default_checkpoint(method: str, result_path) -> Path:
-    """``RESULT.h5.ckpt`` (joint, a file) or ``RESULT.h5.ckpt.d`` (two-step, a folder)."""
-    p = Path(result_path)
-    return p.with_name(p.name + (".ckpt" if method == "joint" else ".ckpt.d"))
+    """``RESULT.h5.ckpt`` (a file) or ``RESULT.h5.ckpt.d`` (a folder), by the method's
+    checkpoint kind."""
+    return _registry.default_checkpoint(method, result_path)
+
+
+def _file_checkpoint(method: str) -> bool:
+    return _registry.get(method).checkpoint == "file"
 
 
 def _meta_path(method: str, ckpt: Path) -> Path:
-    return ckpt.with_name(ckpt.name + ".meta.json") if method == "joint" else ckpt / "diffxas-cli.meta.json"
+    return ckpt.with_name(ckpt.name + ".meta.json") if _file_checkpoint(method) else ckpt / "diffxas-cli.meta.json"
 
 
 def _checkpoint_exists(method: str, ckpt: Path) -> bool:
-    if method == "joint":
+    if _file_checkpoint(method):
         return ckpt.is_file()
     return ckpt.is_dir() and any(p.name != "diffxas-cli.meta.json" for p in ckpt.iterdir())
 
@@ -304,7 +245,7 @@ def remove_checkpoint(method: str, ckpt: Path) -> bool:
     """
     ckpt = Path(ckpt)
     removed = False
-    if method == "joint":
+    if _file_checkpoint(method):
         for p in (ckpt, ckpt.with_name(ckpt.name + ".hist.npz"), _meta_path(method, ckpt)):
             if p.is_file():
                 with contextlib.suppress(OSError):
@@ -316,24 +257,13 @@ def remove_checkpoint(method: str, ckpt: Path) -> bool:
     return removed
 
 
-def _call_with_supported(fn, *args, **kwargs):
-    """Call ``fn`` passing only the keyword arguments its signature accepts."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return fn(*args, **kwargs)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return fn(*args, **kwargs)
-    return fn(*args, **{k: v for k, v in kwargs.items() if k in params})
-
-
 def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint=None, resume: bool = False,
                 input_path=None, input_sha256: str = "", log=None, selection: dict | None = None,
                 sharded: bool = False):
     """Run ``method`` on ``dataset`` with config object ``cfg``; returns the Result with
     ``input_path``, ``input_sha256`` and the full configuration recorded.
 
-    ``checkpoint``: joint: a file; two-step: a folder (None: no checkpoints). With
+    ``checkpoint``: a file or a folder, by the method's registry entry (None: no checkpoints). With
     ``resume`` an existing checkpoint is continued; it must come from the same input and
     configuration (checked against a ``.meta.json`` sidecar written here).
     ``log``: callable for one-line notes (default: print to stderr).
@@ -351,15 +281,16 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
 
         primary = jax.process_index() == 0
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    spec = _registry.get(method)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     meta = _checkpoint_meta(method, cfg, input_sha256, selection)
     if ckpt is not None:
         mpath = _meta_path(method, ckpt)
         exists = _checkpoint_exists(method, ckpt)
-        if method == "joint" and ckpt.is_dir():
-            raise InputError(f"{ckpt}: the joint checkpoint must be a file, not a directory")
-        if method == "two-step" and ckpt.exists() and not ckpt.is_dir():
-            raise InputError(f"{ckpt}: the two-step checkpoint must be a folder, not a file")
+        if spec.checkpoint == "file" and ckpt.is_dir():
+            raise InputError(f"{ckpt}: the {method} checkpoint must be a file, not a directory")
+        if spec.checkpoint == "folder" and ckpt.exists() and not ckpt.is_dir():
+            raise InputError(f"{ckpt}: the {method} checkpoint must be a folder, not a file")
         if resume and exists:
             if mpath.is_file():
                 try:
@@ -388,9 +319,9 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
             log(f"note: no checkpoint at {ckpt}; starting from the beginning")
         elif exists:
             log(f"note: existing checkpoint {ckpt} will be overwritten (use --resume to continue it)")
-            if method == "joint" and primary:  # a stale file must not be resumed later under the new metadata
+            if spec.checkpoint == "file" and primary:  # a stale file must not be resumed later under the new metadata
                 remove_checkpoint(method, ckpt)
-        folder = ckpt if method == "two-step" else ckpt.parent
+        folder = ckpt if spec.checkpoint == "folder" else ckpt.parent
         created_dirs = []  # folders made here, deepest first (removed again if the run leaves nothing)
         d = folder
         while not d.exists() and d.parent != d:
@@ -403,21 +334,12 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
             os.replace(tmp, mpath)
     t0 = time.perf_counter()
     try:
-        if method == "joint":
-            from diffxas.solvers.joint.run import reconstruct_joint
-
-            if sharded:
-                from diffxas.solvers.joint.parallel import (
-                    reconstruct_joint_sharded as reconstruct_joint,
-                )
-            result = reconstruct_joint(dataset, cfg, progress=progress,
-                                       checkpoint=None if ckpt is None else str(ckpt), resume=resume)
-        elif method == "two-step":
-            ts = _require_twostep()
-            result = _call_with_supported(ts.reconstruct_two_step, dataset, cfg, progress=progress,
-                                          checkpoint_dir=None if ckpt is None else str(ckpt), resume=resume)
-        else:
-            raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        run = spec.reconstruct
+        if sharded:
+            if spec.reconstruct_sharded is None:
+                raise ConfigError(f"the {method} method has no sharded variant")
+            run = spec.reconstruct_sharded
+        result = run(dataset, cfg, progress=progress, checkpoint=ckpt, resume=resume)
     except BaseException:
         # keep a checkpoint to resume from; but no metadata (or empty folder) without one
         if ckpt is not None and not _checkpoint_exists(method, ckpt):
@@ -431,7 +353,7 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
     from diffxas import __version__
 
     config = dict(result.config or {})
-    config[SECTION[method]] = config_to_dict(cfg)
+    config[spec.section] = config_to_dict(cfg)
     config["method"] = method
     config["diffxas_version"] = __version__
     config.setdefault("wall_time_s", wall)

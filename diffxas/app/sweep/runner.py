@@ -110,25 +110,22 @@ __all__ = ["run", "run_point"]
 
 
 def _reconstruct(method: str, ds, cfg, d: Path):
-    if method == "joint":
-        from diffxas.solvers.joint.run import reconstruct_joint
+    """Run ``method`` (a registry name) with a checkpoint in the point's folder (resumed when a
+    killed run left one), removed after success."""
+    from diffxas.solvers import registry  # JAX: imported when a point runs, not for `sweep --help`
 
-        ckpt = d / "joint.ckpt"
-        res = reconstruct_joint(ds, cfg, progress=False, checkpoint=str(ckpt), resume=True)
+    spec = registry.get(method)
+    if spec.checkpoint == "file":
+        ckpt = d / f"{spec.section}.ckpt"
+        res = spec.reconstruct(ds, cfg, progress=False, checkpoint=ckpt, resume=True)
         for p in (ckpt, Path(str(ckpt) + ".hist.npz")):
             if p.exists():
                 p.unlink()
-        return res
-    if method == "two-step":
-        try:
-            from diffxas.solvers.twostep.run import reconstruct_two_step
-        except ImportError as e:
-            raise ConfigError(f"the two-step method is not available in this installation ({e})") from None
-        ck = d / "twostep-ckpt"
-        res = reconstruct_two_step(ds, cfg, progress=False, checkpoint_dir=str(ck), resume=True)
-        shutil.rmtree(ck, ignore_errors=True)
-        return res
-    raise ConfigError(f"unknown method {method!r}")
+    else:
+        ckpt = d / f"{spec.section}-ckpt"
+        res = spec.reconstruct(ds, cfg, progress=False, checkpoint=ckpt, resume=True)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return res
 
 
 def run_point(point: Mapping[str, Any], out_dir: str | os.PathLike, reuse: bool = True) -> dict[str, Any]:
