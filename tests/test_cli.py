@@ -430,14 +430,6 @@ def test_reconstruct_refuses_to_overwrite_input(cxi, capsys):
     assert cxi.read_bytes() == before
 
 
-def test_reconstruct_twostep_missing_module_is_one_line(cxi, tmp_path, monkeypatch):
-    monkeypatch.setattr(demo_pipeline, "twostep_available", lambda: (False, "diffxas.solvers.twostep.run is not installed"))
-    rc, _, err = _run(["reconstruct", cxi, "--method", "two-step", "-o", tmp_path / "r.h5"])
-    assert rc == 2
-    assert_one_error_line(err, "the two-step method is not available: diffxas.solvers.twostep.run is not installed")
-    assert not (tmp_path / "r.h5").exists()
-
-
 # ---- bad CXI files, for every command that reads one ---------------------------------------
 def _cxi_edit(tmp_path, name, edit):
     import h5py
@@ -776,7 +768,6 @@ def test_internal_errors_are_one_line(monkeypatch, cxi, capsys):
 def test_reconstruct_failure_leaves_no_files(cxi, tmp_path, monkeypatch, method):
     """A run that fails after reading the data leaves neither a result nor checkpoint
     files (nor the folders made for them)."""
-    import types
 
     def fail(*a, **kw):
         raise DivergenceError("diverged at step 3: loss is nan")
@@ -785,9 +776,9 @@ def test_reconstruct_failure_leaves_no_files(cxi, tmp_path, monkeypatch, method)
     import diffxas.solvers.joint.run
 
     monkeypatch.setattr(diffxas.solvers.joint.run, "reconstruct_joint", fail)
-    fake = types.SimpleNamespace(TwoStepConfig=diffxas.solvers.joint.config.JointConfig, reconstruct_two_step=fail)
-    monkeypatch.setattr(demo_pipeline, "twostep_available", lambda: (True, ""))
-    monkeypatch.setattr(demo_pipeline, "_require_twostep", lambda: fake)
+    import diffxas.solvers.twostep.run
+
+    monkeypatch.setattr(diffxas.solvers.twostep.run, "reconstruct_two_step", fail)
     monkeypatch.setattr(demo_pipeline, "method_config", lambda m, mapping: diffxas.solvers.joint.config.JointConfig())
     before = sorted(p.name for p in tmp_path.iterdir())
     out = tmp_path / "o" / "deeper" / "r.h5"
@@ -800,9 +791,6 @@ def test_reconstruct_failure_leaves_no_files(cxi, tmp_path, monkeypatch, method)
 
 def test_reconstruct_twostep_iterations(sim_dir, joint_dir, tmp_path, monkeypatch):
     """--iterations sets the ePIE epochs and keeps the (scaled) default schedule valid."""
-    ok, _ = demo_pipeline.twostep_available()
-    if not ok:
-        pytest.skip("diffxas.solvers.twostep.run not available")
     seen = {}
     prior = io_results.read_result(joint_dir / "joint.h5")
 

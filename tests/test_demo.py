@@ -128,8 +128,9 @@ def fakes(monkeypatch):
     monkeypatch.setitem(diffxas.app.config._SECTION_CLASSES, "twostep", ("fake_twostep", "TwoStepConfig"))
     monkeypatch.setattr(diffxas.simulate.presets, "simulate", simulate)
     monkeypatch.setattr(diffxas.solvers.joint.run, "reconstruct_joint", reconstruct_joint)
-    monkeypatch.setattr(demo_pipeline, "twostep_available", lambda: (True, ""))
-    monkeypatch.setattr(demo_pipeline, "_require_twostep", lambda: FakeTwoStep)
+    import diffxas.solvers.twostep.run
+
+    monkeypatch.setattr(diffxas.solvers.twostep.run, "reconstruct_two_step", reconstruct_two_step)
     seen["FakeTwoStep"] = FakeTwoStep
     return seen
 
@@ -215,17 +216,6 @@ def test_demo_quick_and_config(fakes, no_report, tmp_path):
     assert fakes["configs"]["joint"].steps == 3 and fakes["sim"].energies == (5420.0, 5480.0, 5500.0)
 
 
-def test_demo_without_twostep_says_so(fakes, no_report, tmp_path, monkeypatch):
-    monkeypatch.setattr(demo_pipeline, "twostep_available", lambda: (False, "diffxas.solvers.twostep.run is not installed"))
-    o, stdout, stderr = _quiet(demo_demo.run_demo, tmp_path / "d", "tiny", config=FAST_CLUSTER)
-    assert set(o.results) == {"joint"} and "two-step" not in fakes["configs"]
-    assert "WARNING: the two-step baseline is not available (diffxas.solvers.twostep.run is not installed)" in stderr
-    assert "running the joint path only" in stderr
-    assert any("two-step baseline is not available" in n for n in o.notes)
-    assert "note: WARNING: the two-step baseline is not available" in o.table
-    assert not (tmp_path / "d" / "twostep.h5").exists()
-
-
 def test_demo_method_failure_is_reported(fakes, no_report, tmp_path):
     fakes["twostep_fails"] = True
     o, stdout, _ = _quiet(demo_demo.run_demo, tmp_path / "f", "tiny", config=FAST_CLUSTER)
@@ -265,7 +255,7 @@ def test_format_table():
 @pytest.mark.slow
 def test_demo_smoke_real(tmp_path):
     """The real pipeline on the tiny preset, 6 energies, 2 steps/epochs (about a minute on 2 CPU cores)."""
-    ok, _ = demo_pipeline.twostep_available()
+    ok = True  # the two-step method is part of the registry
     config = {"simulate": {"energies": [5462.0, 5466.0, 5470.0, 5475.0, 5480.0, 5484.0]}, "joint": {"steps": 2},
               "cluster": {"seeds": 2, "n_init": 2}}
     if ok:

@@ -352,7 +352,10 @@ def test_frc_files_roundtrip(tmp_path):
                    history={}, config={})
         paths.append(tmp_path / f"half{i}.h5")
         io.write_result(paths[-1], r)
-    out = frc_files(*paths, json_path=tmp_path / "frc.json", fig_dir=tmp_path)
+    out = frc_files(*paths, json_path=tmp_path / "frc.json")
+    from diffxas.report.plotting import fig_frc, save_figure  # the figure: drawn by the caller
+
+    save_figure(fig_frc(list(out.values()), labels=list(out)), tmp_path, "frc")
     assert set(out) == {"edge_energy", "pre_edge_norm", "ne_eff_per_nv"}
     assert json.load(open(tmp_path / "frc.json"))["edge_energy"]["resolution_1_7"] > 0
     assert (tmp_path / "frc.png").stat().st_size > 1000

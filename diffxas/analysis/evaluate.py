@@ -872,12 +872,13 @@ def frc_maps(maps1: ChemMaps, maps2: ChemMaps, name: str = "edge_energy", window
     return out
 
 
-def frc_files(path1, path2, names=DESCRIPTORS, json_path=None, fig_dir=None) -> dict[str, Any]:
+def frc_files(path1, path2, names=DESCRIPTORS, json_path=None) -> dict[str, Any]:
     """FRC of each named map between two results files (the two halves of a split run).
 
-    Writes the curves and resolutions as strict JSON to ``json_path`` (if given) and the
-    figure ``frc.png``/``frc.pdf`` to ``fig_dir`` (if given). Returns name -> the dict of
-    :func:`frc_maps` (maps without common valid pixels are left out).
+    Writes the curves and resolutions as strict JSON to ``json_path`` (if given). Returns
+    name -> the dict of :func:`frc_maps` (maps without common valid pixels are left out);
+    the figure is :func:`diffxas.report.plotting.fig_frc` of it (drawn by the caller: analysis
+    does not import report/).
     """
     from diffxas.data import files as io_files
     from diffxas.data import results as io_results
@@ -895,11 +896,4 @@ def frc_files(path1, path2, names=DESCRIPTORS, json_path=None, fig_dir=None) -> 
         raise InputError(f"{os.fspath(path1)}, {os.fspath(path2)}: no map has pixels valid in both results")
     if json_path is not None:
         io_files.write_text_atomic(json_path, json.dumps(jsonable(out), indent=2, allow_nan=False) + "\n")
-    if fig_dir is not None:
-        from diffxas.report.plotting import fig_frc, save_figure
-
-        # named after the JSON (or the first result): a second split evaluation in the same
-        # folder does not overwrite the first one's figure
-        stem = os.path.splitext(os.path.basename(os.fspath(json_path if json_path is not None else path1)))[0]
-        save_figure(fig_frc(list(out.values()), labels=list(out)), fig_dir, stem if stem.endswith("frc") else f"{stem}_frc")
     return out

@@ -779,7 +779,10 @@ def _run_evaluate(args) -> int:
         _require_file(args.split, "results file")
         json_path = args.json if args.json is not None else default_json_path(args.result).replace("_eval.json", "_frc.json")
         check_output_path(json_path, "JSON file", inputs=[args.result, args.split])
-        out = frc_files(args.result, args.split, json_path=json_path, fig_dir=os.path.dirname(os.path.abspath(json_path)))
+        out = frc_files(args.result, args.split, json_path=json_path)
+        from diffxas.report.plotting import fig_frc, save_figure  # matplotlib: only for this command
+
+        save_figure(fig_frc(list(out.values()), labels=list(out)), os.path.dirname(os.path.abspath(json_path)), "frc")
         for name, d in out.items():
             res = {k: v for k, v in d.items() if "resolution" in k} if isinstance(d, dict) else d
             print(f"{name}: {_json.dumps(res, default=str)}")

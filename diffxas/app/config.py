@@ -130,8 +130,17 @@ def _check_sections(data: Mapping[str, Any], source: str) -> None:
 
 
 def section_class(name: str) -> type:
-    """The config class of section ``name`` (ConfigError if unknown or not installed)."""
+    """The config class of section ``name`` (ConfigError if unknown or not installed).
+
+    A section that is not one of the built-in ones may be a registered method's
+    (:func:`diffxas.solvers.registry.by_section`): a method added to the registry gets its
+    section without an edit here."""
     if name not in _SECTION_CLASSES:
+        from diffxas.solvers import registry  # JAX: only reached for a non-built-in section
+
+        method = registry.by_section(name)
+        if method is not None:
+            return method.config
         raise ConfigError(f"unknown section [{name}]; valid sections: {', '.join(SECTIONS)}")
     mod_name, cls_name = _SECTION_CLASSES[name]
     import importlib
