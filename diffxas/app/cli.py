@@ -782,7 +782,10 @@ def _run_evaluate(args) -> int:
         out = frc_files(args.result, args.split, json_path=json_path)
         from diffxas.report.plotting import fig_frc, save_figure  # matplotlib: only for this command
 
-        save_figure(fig_frc(list(out.values()), labels=list(out)), os.path.dirname(os.path.abspath(json_path)), "frc")
+        # named after the JSON: a second split evaluation in the same folder does not overwrite the first one's figure
+        stem = os.path.splitext(os.path.basename(json_path))[0]
+        save_figure(fig_frc(list(out.values()), labels=list(out)), os.path.dirname(os.path.abspath(json_path)),
+                    stem if stem.endswith("frc") else f"{stem}_frc")
         for name, d in out.items():
             res = {k: v for k, v in d.items() if "resolution" in k} if isinstance(d, dict) else d
             print(f"{name}: {_json.dumps(res, default=str)}")
