@@ -97,6 +97,13 @@ class SweepSpec:
                 "points": self.points}
 
 
+def _section(method: str) -> str:
+    """The config section of ``method`` (the registry's)."""
+    from diffxas.solvers import registry  # JAX: imported when points are built, not for `sweep --help`
+
+    return registry.get(method).section
+
+
 def _norm_section(name: str) -> str:
     return _SECTION_ALIASES.get(name, name)
 
@@ -420,7 +427,7 @@ class PointConfig:
         out = {"simulate": self.sim.to_dict(), "methods": list(self.methods), "energies": self.energies,
                "evaluate": self.evaluate, "cluster": config_to_dict(self.cluster) if self.cluster is not None else None}
         for m, c in self.method_configs.items():
-            out["twostep" if m == "two-step" else m] = config_to_dict(c)
+            out[_section(m)] = config_to_dict(c)
         return out
 
 
@@ -449,7 +456,7 @@ def build_point(mapping: Mapping[str, Any]) -> PointConfig:
         raise ConfigError("[energies] needs count (choice/window only qualify it)")
     mcfg: dict[str, Any] = {}
     for m in methods:
-        section = "twostep" if m == "two-step" else m
+        section = _section(m)
         # the methods model the simulated absorber unless their section names one
         mcfg[m] = build_section(mapping, section, element=sim.element)
     cl = mapping.get("cluster")
