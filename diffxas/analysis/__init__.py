@@ -45,14 +45,15 @@ _API = {
     "resolution": "evaluate",
     "robust_standardise": "clustering",
     "select_pixels": "clustering",
+    "smooth_stack": "smoothing",
     "threshold_curve": "evaluate",
     "truth_boundary_distance": "evaluate",
     "write_cluster_csv": "clustering",
 }
 
 if TYPE_CHECKING:
-    from .clustering import MAD_TO_STD as MAD_TO_STD
     from .clustering import ClusterConfig as ClusterConfig
+    from .clustering import MAD_TO_STD as MAD_TO_STD
     from .clustering import assignment_confidence as assignment_confidence
     from .clustering import cluster_attrs as cluster_attrs
     from .clustering import cluster_file as cluster_file
@@ -91,6 +92,7 @@ if TYPE_CHECKING:
     from .evaluate import resolution as resolution
     from .evaluate import threshold_curve as threshold_curve
     from .evaluate import truth_boundary_distance as truth_boundary_distance
+    from .smoothing import smooth_stack as smooth_stack
 
 
 def __getattr__(name: str):

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from diffxas.analysis.smoothing import smooth_stack
 from diffxas.errors import InputError
 from diffxas.maps import DESCRIPTORS, MAP_FIELDS, ChemMaps, Result, Truth
 
@@ -230,9 +231,8 @@ MIN_MATCHED_BLUR_PX = 0.5
 def _gaussian_blur_in_support(ref: np.ndarray, support: np.ndarray, sigma: float) -> np.ndarray:
     """Normalised convolution: Gaussian blur of ``ref`` over ``support`` only (outside
     pixels neither contribute nor dilute), so the particles' rims do not blur into vacuum;
-    the two-step fit's spatial prior (:func:`diffxas.solvers.twostep.fitting.smooth_stack`) on one image,
+    the two-step fit's spatial prior (:func:`diffxas.analysis.smoothing.smooth_stack`) on one image,
     NaN outside ``support``."""
-    from diffxas.solvers.twostep.fitting import smooth_stack
 
     if sigma <= 0:
         return ref

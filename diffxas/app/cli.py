@@ -780,7 +780,10 @@ def _run_evaluate(args) -> int:
         json_path = args.json if args.json is not None else default_json_path(args.result).replace("_eval.json", "_frc.json")
         check_output_path(json_path, "JSON file", inputs=[args.result, args.split])
         out = frc_files(args.result, args.split, json_path=json_path)
-        from diffxas.report.plotting import fig_frc, save_figure  # matplotlib: only for this command
+        from diffxas.report.plotting import (  # matplotlib: only for this command
+            fig_frc,
+            save_figure,
+        )
 
         # named after the JSON: a second split evaluation in the same folder does not overwrite the first one's figure
         stem = os.path.splitext(os.path.basename(json_path))[0]

@@ -136,7 +136,9 @@ def section_class(name: str) -> type:
     (:func:`diffxas.solvers.registry.by_section`): a method added to the registry gets its
     section without an edit here."""
     if name not in _SECTION_CLASSES:
-        from diffxas.solvers import registry  # JAX: only reached for a non-built-in section
+        from diffxas.solvers import (
+            registry,  # JAX: only reached for a non-built-in section
+        )
 
         method = registry.by_section(name)
         if method is not None:

@@ -74,6 +74,7 @@ _API = {
     "looks_saturated": "stxm",
     "mark_checked": "checks",
     "matrix": "orientation",
+    "mean_frames": "dataset",
     "membrane_counts": "stxm",
     "name_of": "orientation",
     "nexus_entries": "nexus",
@@ -114,8 +115,8 @@ if TYPE_CHECKING:
     from .checks import LOW_FRACTION as LOW_FRACTION
     from .checks import MAX_COUNT as MAX_COUNT
     from .checks import MAX_SPAN_M as MAX_SPAN_M
-    from .checks import MIN_FRAME_SIZE as MIN_FRAME_SIZE
     from .checks import MIN_FRAMES as MIN_FRAMES
+    from .checks import MIN_FRAME_SIZE as MIN_FRAME_SIZE
     from .checks import MIN_MEDIAN_PHOTONS as MIN_MEDIAN_PHOTONS
     from .checks import MIN_SPREAD_PX as MIN_SPREAD_PX
     from .checks import OUTLIER_Z as OUTLIER_Z
@@ -140,6 +141,7 @@ if TYPE_CHECKING:
     from .dataset import energy_indices as energy_indices
     from .dataset import even_indices as even_indices
     from .dataset import in_memory as in_memory
+    from .dataset import mean_frames as mean_frames
     from .dataset import read_frames as read_frames
     from .dataset import relative_monitor as relative_monitor
     from .dataset import spread_indices as spread_indices
@@ -159,9 +161,9 @@ if TYPE_CHECKING:
     from .orientation import MIN_MARGIN as MIN_MARGIN
     from .orientation import MIN_SCORE as MIN_SCORE
     from .orientation import ORIENTATIONS as ORIENTATIONS
-    from .orientation import UNDECIDED as UNDECIDED
     from .orientation import OrientationCheck as OrientationCheck
     from .orientation import OrientedFrames as OrientedFrames
+    from .orientation import UNDECIDED as UNDECIDED
     from .orientation import bright_field_index as bright_field_index
     from .orientation import check_centring as check_centring
     from .orientation import check_orientation as check_orientation

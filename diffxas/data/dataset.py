@@ -280,3 +280,19 @@ def energy_indices(energies, count: int | None = None, listed=None, tol_ev: floa
     if len(set(idx)) != len(idx):
         raise ConfigError("--energy-list names the same energy twice")
     return np.asarray(sorted(idx), dtype=int)
+
+
+def mean_frames(ds, block: int = 256) -> np.ndarray:
+    """(K, M, M) float64: each energy's frames averaged over its frames, in the file's
+    layout (zero frequency at (M/2, M/2)); counts divided by each frame's relative flux when
+    there is a monitor. One pass over the frames (a lazy source is read in ranges)."""
+    ei = np.asarray(ds.energy_index)
+    m, kn = ds.frame_size, ds.n_energies
+    rel = relative_monitor(ds)
+    acc = np.zeros((kn, m, m), np.float64)
+    for a in range(0, ds.n_frames, block):
+        b = min(a + block, ds.n_frames)
+        f = read_frames(ds.frames, a, b).astype(np.float64) / rel[a:b, None, None]
+        np.add.at(acc, ei[a:b], f)
+    n = np.bincount(ei, minlength=kn).astype(np.float64)
+    return acc / np.maximum(n, 1.0)[:, None, None]

@@ -75,7 +75,6 @@ _API = {
     "loss_fn": "forward",
     "loss_with_background": "forward",
     "map_std": "uncertainty",
-    "mean_frames": "background",
     "model_intensity": "forward",
     "modulus_update": "forward",
     "n_v": "spectra",
@@ -116,7 +115,6 @@ if TYPE_CHECKING:
     from .background import darkest_level as darkest_level
     from .background import describe as describe
     from .background import initial_background as initial_background
-    from .background import mean_frames as mean_frames
     from .background import per_energy as per_energy
     from .background import summary as summary
     from .constants import AVOGADRO as AVOGADRO

@@ -126,24 +126,6 @@ def summary(background) -> dict | None:
             "min": float(per_e.min()), "max": float(per_e.max())}
 
 
-def mean_frames(ds, block: int = 256) -> np.ndarray:
-    """(K, M, M) float64: each energy's frames averaged over its frames, in the file's
-    layout (zero frequency at (M/2, M/2)); counts divided by each frame's relative flux when
-    there is a monitor. One pass over the frames (a lazy source is read in ranges)."""
-    from diffxas.data.dataset import read_frames, relative_monitor
-
-    ei = np.asarray(ds.energy_index)
-    m, kn = ds.frame_size, ds.n_energies
-    rel = relative_monitor(ds)
-    acc = np.zeros((kn, m, m), np.float64)
-    for a in range(0, ds.n_frames, block):
-        b = min(a + block, ds.n_frames)
-        f = read_frames(ds.frames, a, b).astype(np.float64) / rel[a:b, None, None]
-        np.add.at(acc, ei[a:b], f)
-    n = np.bincount(ei, minlength=kn).astype(np.float64)
-    return acc / np.maximum(n, 1.0)[:, None, None]
-
-
 def describe(background, method: str) -> str:
     """One log line on a fitted background: mode, mean level and its range over the energies."""
     s = summary(background)

@@ -112,7 +112,9 @@ __all__ = ["run", "run_point"]
 def _reconstruct(method: str, ds, cfg, d: Path):
     """Run ``method`` (a registry name) with a checkpoint in the point's folder (resumed when a
     killed run left one), removed after success."""
-    from diffxas.solvers import registry  # JAX: imported when a point runs, not for `sweep --help`
+    from diffxas.solvers import (
+        registry,  # JAX: imported when a point runs, not for `sweep --help`
+    )
 
     spec = registry.get(method)
     if spec.checkpoint == "file":

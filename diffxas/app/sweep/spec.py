@@ -99,7 +99,9 @@ class SweepSpec:
 
 def _section(method: str) -> str:
     """The config section of ``method`` (the registry's)."""
-    from diffxas.solvers import registry  # JAX: imported when points are built, not for `sweep --help`
+    from diffxas.solvers import (
+        registry,  # JAX: imported when points are built, not for `sweep --help`
+    )
 
     return registry.get(method).section
 

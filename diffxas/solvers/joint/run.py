@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffxas.data.dataset import Dataset
+from diffxas.data.dataset import Dataset, mean_frames
 from diffxas.data.stxm import (
     NO_EMPTY_REGION,
     check_counts,
@@ -163,7 +163,6 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
         from diffxas.physics.background import (
             as_maps,
             initial_background,
-            mean_frames,
             per_energy,
             summary,
         )

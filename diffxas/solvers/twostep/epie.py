@@ -55,9 +55,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffxas.data.dataset import Dataset, relative_monitor
+from diffxas.data.dataset import Dataset, mean_frames, relative_monitor
 from diffxas.errors import ConfigError, DivergenceError, InputError
-from diffxas.physics.background import FLOOR, as_maps, initial_background, mean_frames
+from diffxas.physics.background import FLOOR, as_maps, initial_background
 from diffxas.physics.forward import (
     amplitude_projection,
     extract_patch,

@@ -50,8 +50,8 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg
 import numpy as np
-from scipy import ndimage
 
+from diffxas.analysis.smoothing import smooth_stack
 from diffxas.errors import ConfigError
 from diffxas.physics.spectra import PARAM_NAMES, XanesParams, absorption
 
@@ -481,18 +481,6 @@ class FitResult:
     global_params: dict[str, float]
     noise_energies: np.ndarray
     stack: np.ndarray
-
-
-def smooth_stack(stack: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing of every energy's image, normalised inside ``mask`` (pixels)."""
-    if sigma <= 0:
-        return np.asarray(stack, np.float64)
-    m = np.asarray(mask, np.float64)
-    den = ndimage.gaussian_filter(m, sigma)
-    out = np.stack([ndimage.gaussian_filter(np.asarray(s, np.float64) * m, sigma) for s in stack])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(den > 1e-6, out / np.maximum(den, 1e-12), 0.0)
-    return out
 
 
 def noise_energy_mask(energies, global_params: dict[str, float], cfg: FitConfig) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from diffxas.analysis.smoothing import smooth_stack
 from diffxas.data.dataset import Dataset
 from diffxas.data.stxm import (
     NO_EMPTY_REGION,
@@ -38,7 +39,7 @@ from diffxas.physics.spectra import (
 )
 from diffxas.solvers.twostep.align import align_stack, illumination_map
 from diffxas.solvers.twostep.epie import EpieConfig, run_epie
-from diffxas.solvers.twostep.fitting import FitConfig, fit_stack, smooth_stack
+from diffxas.solvers.twostep.fitting import FitConfig, fit_stack
 
 
 @dataclasses.dataclass(frozen=True)
