@@ -178,7 +178,7 @@ def test_both_methods_on_the_independent_simulator(foreign, foreign_poor_guess, 
     h = _halves(res)
     print(method, h, _truth_ne(SHIFT), _truth_ne(-SHIFT))
     assert h["left"]["n"] >= 10 and h["right"]["n"] >= 10
-    # Measured (session 11; left / right half): two-step (fast) edge difference 2.55 eV,
+    # Measured (commit ad70ff9; left / right half): two-step (fast) edge difference 2.55 eV,
     # N_V 1.025 / 0.964 of the truth, Re[Ne]/N_V 37.36 / 37.16 (truth 37.16 / 37.07); joint
     # (300 steps) 2.69 eV, 1.004 / 0.992, 37.43 / 38.81; joint with the poor guess (300
     # steps) 3.03 eV, 1.007 / 1.000, 37.89 / 37.30. Before the joint's start probe was
@@ -206,8 +206,8 @@ def test_both_methods_fit_the_background_of_the_independent_simulator(foreign_ba
     two-step edge difference 2.94 eV, N_V 0.950 / 1.024, Re[Ne]/N_V 36.77 / 37.96; joint
     2.81 eV, 0.955 / 0.963, 39.57 / 39.41; truth 3.0 eV, 1, 37.16 / 37.07). Re[Ne]/N_V
     gets 3 electrons (8 %) instead of 2.5: the joint's reads +2.4 / +2.3 here, against
-    +0.3 / +1.7 on the frames without a background (session 11), a cost of the
-    background not understood (closing note, session 13). On this sphere the half-medians
+    +0.3 / +1.7 on the frames without a background (commit ad70ff9), a cost of the
+    background not understood (closing note, commit 85db098). On this sphere the half-medians
     barely feel the background even without the term (two-step 2.43 eV, 37.80 / 38.48;
     joint 2.75 eV, 38.27 / 39.38), so this test checks the level against an independent
     implementation, not the gain (docs/physics.md, "Detector background")."""

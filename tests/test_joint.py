@@ -97,7 +97,7 @@ def test_noise_free_recovery(clean):
 
     Reference: the simulator's truth (oversampled analytic phantom, so the 60 nm map grid
     is not the simulation's discretisation). Tolerances, measured on this phantom with
-    300 steps (0.11 eV, 0.058 eV, 1.0, 0.034; session 12: 0.124, 0.064, 0.79, 0.028) and
+    300 steps (0.11 eV, 0.058 eV, 1.0, 0.034; commit 8d57a46: 0.124, 0.064, 0.79, 0.028) and
     set at ~2x those: inner pixels (truth
     N_V >= 60 % of its max, away from the rim where pixel sampling of the sharp particle
     edge dominates) edge energy RMSE < 0.2 eV, PE/Delta-mu-t RMSE < 0.12 eV, Re[Ne]/N_V
@@ -125,10 +125,10 @@ def test_noise_free_recovery_without_a_probe_in_the_file(clean):
     """A data file without illumination (no probe guess, common for beamline files): the
     default "epie" start refines the two ePIE energies from a KB guess and starts every
     energy from the lowest energy's refined probe. Reference: the simulator's truth.
-    Measured (300 steps, inner pixels, session 12): edge energy 0.124 eV, PE/dmt 0.081 eV,
+    Measured (300 steps, inner pixels, commit 8d57a46): edge energy 0.124 eV, PE/dmt 0.081 eV,
     Re[Ne]/N_V 0.76, N_V 3.0 % (with the file's probe: 0.124, 0.064, 0.79, 2.8 %).
     Tolerances: those of test_noise_free_recovery. Before the per-energy gains
-    (``lr_gain``, session 12) PE/dmt was 0.226 eV here and needed a wider tolerance: the
+    (``lr_gain``, commit 8d57a46) PE/dmt was 0.226 eV here and needed a wider tolerance: the
     start probe's power (the refined probe's, at the membrane counts) was fixed until
     ``probe_start`` and moved the weakly fixed shared width c23 (its peak at 5470 eV falls
     between these 18 energies); the gains now absorb that power error."""
@@ -146,8 +146,8 @@ def test_noise_free_recovery_with_a_probe_guess_in_another_normalisation(clean):
     maps are recovered within test_noise_free_recovery's tolerances (reference: the
     simulator's truth). Without the rescaling the joint failed on noisy `tiny` (amplitude
     x 0.001: no valid pixel; x 0.95 / 1.05 already: edge energy 0.35 / 0.74 eV instead of
-    0.21 eV); with it x 0.001 and x 1.4 gave 0.206 / 0.205 eV (session 11). Measured
-    (session 12, with the per-energy gains): 0.123 / 0.081 eV / 0.88 / 2.8 %; before the
+    0.21 eV); with it x 0.001 and x 1.4 gave 0.206 / 0.205 eV (commit ad70ff9). Measured
+    (commit 8d57a46; with the per-energy gains): 0.123 / 0.081 eV / 0.88 / 2.8 %; before the
     gains PE/dmt was 0.176 eV (the start at the membrane counts, -1.9 % power against the
     bare beam, moved the weakly fixed shared width c23; see the test without a probe)."""
     import dataclasses
@@ -193,7 +193,7 @@ def test_noise_free_recovery_with_a_start_probe_at_the_wrong_power(clean, monkey
     times the membrane's transmission exp(-2 A_mem(E)), within 0.5 % (reference: the
     tabulated Si3N4 membrane of the simulator, 0.981-0.982; the joint's object is 1 on the
     membrane, so its probe carries the membrane; measured 0.983-0.985). Without the gains
-    (``lr_gain = 0``, the default before session 12) the same error cost 3.6x on the
+    (``lr_gain = 0``, the default before commit 8d57a46) the same error cost 3.6x on the
     edge energy of noisy `tiny` (0.745 against 0.206 eV; 0.218 eV with them)."""
     from diffxas.data import stxm
     from diffxas.simulate.presets import membrane
