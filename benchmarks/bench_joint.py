@@ -65,7 +65,7 @@ def joint_case(case_id: str, n_energies: int, frames_per_energy: int, frame_size
     holder = {"state": state}
 
     def call():
-        holder["state"], loss_v = compiled(solver, holder["state"])
+        holder["state"], loss_v = compiled(solver, holder["state"])  # noqa: F821
         return loss_v
 
     frames_step = int(solver.batch)
@@ -401,7 +401,7 @@ def stream_case(case_id: str, n_energies: int = 4, frames_per_energy: int = 64, 
             first = time.perf_counter() - t0
 
             def call():
-                holder["state"], loss_v = solver.step(holder["state"])
+                holder["state"], loss_v = solver.step(holder["state"])  # noqa: F821, B023
                 return loss_v
 
             t = common.time_compiled(call, min_time=min_time)

@@ -59,7 +59,7 @@ def env_info() -> dict:
     except OSError:
         load = None
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "jax": jax.__version__,

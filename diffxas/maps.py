@@ -76,7 +76,7 @@ class ChemMaps:
     def as_dict(self) -> dict[str, np.ndarray]:
         return {name: np.asarray(getattr(self, name)) for name in MAP_FIELDS}
 
-    def masked(self) -> "ChemMaps":
+    def masked(self) -> ChemMaps:
         """A copy with every float map set to NaN where not valid."""
         v = np.asarray(self.valid).astype(bool)
         kw = {name: np.where(v, np.asarray(getattr(self, name), dtype=np.float64), np.nan) for name in MAP_FIELDS}

@@ -362,7 +362,6 @@ def main(argv=None) -> Path:
             p.error(f"--set needs joint.FIELD=VALUE or simulate.FIELD=VALUE, got {item!r}")
         (joint_over if sect == "joint" else sim_over)[field] = parse_value(val)
 
-    t0 = time.perf_counter()
     if args.analyse_only:
         meta = json.loads((out / "runs.json").read_text())
         runs = meta["runs"]

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -215,7 +215,7 @@ def plot_study(rows, x: str, path: Path, series: Sequence[str] = ("method",), me
     for ax, (metric, (label, _)) in zip(axes.ravel(), metrics.items()):
         table = stats_table(rows, x, series, metric)
         other_keys = sorted({tuple(str(v) for s, v in zip(series, k) if s != "method") for k in table})
-        for i, (key, groups) in enumerate(table.items()):
+        for key, groups in table.items():
             pts = [(g[x], g["mean"], g["std"], g["n"]) for g in groups if g["n"] > 0 and g[x] in xs]
             if not pts:
                 continue

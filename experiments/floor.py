@@ -79,7 +79,7 @@ def main(argv=None) -> list[dict]:
         cfg = simulate.preset(args.preset, seed=args.seed, noise=False)
     except DiffxasError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     truth = simulate.simulate(cfg).truth
     s = cfg.truth_oversample
     e = np.asarray(cfg.energies, np.float64)
@@ -105,7 +105,7 @@ def main(argv=None) -> list[dict]:
         ok = region & np.isfinite(est)
 
         def stats(m):
-            d = est[m] - ref[m]
+            d = est[m] - ref[m]  # noqa: B023
             return {"rmse": round(float(np.sqrt(np.mean(d ** 2))), 4), "bias": round(float(d.mean()), 4), "n": int(m.sum())}
 
         row = {"preset": args.preset, "seed": args.seed, "stack": name, "edge_energy_ev": stats(ok),

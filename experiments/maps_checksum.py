@@ -24,7 +24,6 @@ from diffxas.solvers.joint.config import JointConfig  # noqa: E402
 from diffxas.solvers.joint.run import reconstruct_joint  # noqa: E402
 from diffxas.solvers.twostep.run import TwoStepConfig, reconstruct_two_step  # noqa: E402
 
-
 SAVE = os.environ.get("MAPS_CHECKSUM_SAVE")  # folder: also save the maps as <method>.npz
 
 

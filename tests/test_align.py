@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from diffxas.physics import forward
 from diffxas.physics.geometry import Grid
 from diffxas.solvers.twostep.align import (
     align_stack,
@@ -13,7 +12,6 @@ from diffxas.solvers.twostep.align import (
     illumination_map,
     register_stack,
     remove_background,
-    resample_field,
     to_common,
     unwrap_phase,
 )

@@ -363,7 +363,7 @@ def test_frc_files_roundtrip(tmp_path):
 
 # --------------------------------------------------------------------------- error anatomy
 
-from diffxas.analysis.evaluate import (
+from diffxas.analysis.evaluate import (  # noqa: E402
     boundary_distance,
     calibration,
     error_anatomy,

@@ -183,8 +183,8 @@ def test_gradients_through_forward_model():
             return fw.loss_fn(name)(i, counts, w)
 
         for name in ("amplitude", "poisson"):
-            check_grads(lambda a, p: loss(a, p, probe, name), (A, P), order=1, modes=("rev",), eps=1e-6)
-            check_grads(lambda pr: loss(A, P, pr, name), (probe,), order=1, modes=("rev",), eps=1e-6)
+            check_grads(lambda a, p: loss(a, p, probe, name), (A, P), order=1, modes=("rev",), eps=1e-6)  # noqa: B023
+            check_grads(lambda pr: loss(A, P, pr, name), (probe,), order=1, modes=("rev",), eps=1e-6)  # noqa: B023
 
 
 def test_frame_geometry_rejects_patches_outside_grid():

@@ -257,7 +257,7 @@ def test_kk_lorentzian_vs_principal_value():
     for e, c2, c3 in [(5466.0, 5467.0, 1.2), (5467.0, 5467.0, 1.2), (5450.0, 5470.0, 3.0), (5600.0, 5470.0, 0.8)]:
 
         def lor(t):
-            return 1.0 / (1.0 + ((t - c2) / c3) ** 2)
+            return 1.0 / (1.0 + ((t - c2) / c3) ** 2)  # noqa: B023
 
         ref = pv_hilbert(lor, e, c2 - 200.0, c2 + 200.0, tails=True)
         with jax.enable_x64(True):

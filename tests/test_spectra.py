@@ -65,7 +65,6 @@ def test_phase_far_below_edge_is_tabulated(edge):
     f1 = np.asarray(spectra.f1_v(p, e, edge), np.float64)
     nv = float(spectra.n_v(jnp.float32(P["b1"]), edge))
     lam = wavelength(e)
-    lam0 = wavelength(float(edge.edge_ev))
     # the model uses N_V from lambda_0 and scales the V term by lambda/lambda_0
     ref = -R_E * lam * (nv * (Z["V"] + f1) + P["n_other"])
     np.testing.assert_allclose(phi, ref, rtol=1e-4)

@@ -1,6 +1,5 @@
 """The split-halves workflow for real data: reconstruct --half even/odd, evaluate --split (FRC)."""
 
-import numpy as np
 import pytest
 
 from diffxas.app import cli

@@ -8,7 +8,6 @@ closed form of a linear-Gaussian model.
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from diffxas.physics import uncertainty as U
 from diffxas.physics.forward import intensities, transmission, uncenter

@@ -52,8 +52,8 @@ _API = {
 }
 
 if TYPE_CHECKING:
-    from .clustering import ClusterConfig as ClusterConfig
     from .clustering import MAD_TO_STD as MAD_TO_STD
+    from .clustering import ClusterConfig as ClusterConfig
     from .clustering import assignment_confidence as assignment_confidence
     from .clustering import cluster_attrs as cluster_attrs
     from .clustering import cluster_file as cluster_file

@@ -292,7 +292,7 @@ def _convert(value, tp, where: str):
         if len(value) != len(args):
             raise _Mismatch(f"a list of {len(args)} values")
         return tuple(_convert(v, a, where) for v, a in zip(value, args))
-    if origin in (list, typing.List) or tp is list:
+    if origin in (list, list) or tp is list:
         if not isinstance(value, (list, tuple)):
             raise _Mismatch("a list")
         args = typing.get_args(tp)

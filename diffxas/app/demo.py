@@ -73,7 +73,7 @@ def format_table(metrics: Mapping[str, Mapping], wall_s: Mapping[str, float], fa
             rows.append([method, "FAILED: " + failures[method]] + [""] * (len(header) - 2))
             continue
         m = metrics[method]
-        g = lambda name, key: (m.get(name) or {}).get(key)  # noqa: E731
+        g = lambda name, key: (m.get(name) or {}).get(key)  # noqa: E731, B023
         cl = m.get("clusters") or {}
         k = (clusters or {}).get(method, "n/a")
         rows.append([method, _fmt(m.get("coverage"), ".3f"), _fmt(g("edge_energy", "rmse")),

@@ -678,7 +678,7 @@ def greedy_design(ci, budget: int, include: Sequence[int] = (), min_spacing: flo
     n_exch, passes = 0, 0
     fixed = set(include)
     if exchange:
-        for passes in range(1, max_passes + 1):
+        for _ in range(max_passes):
             improved = False
             for pos in range(len(chosen)):
                 if chosen[pos] in fixed:

@@ -174,7 +174,7 @@ def set_iterations(config: Mapping[str, Any] | None, method: str, n: int) -> dic
     sub = key.rsplit(".", 1)[0]  # "twostep.epie"
     base_ts = build_section(config, sub.split(".")[0])
     base = getattr(base_ts, sub.split(".")[1])
-    old = int(getattr(base, "epochs"))
+    old = int(base.epochs)
     over: dict[str, Any] = {key: n}
     names = {f.name for f in dataclasses.fields(base)}
     for name in EPOCH_SCHEDULE:

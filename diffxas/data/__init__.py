@@ -115,8 +115,8 @@ if TYPE_CHECKING:
     from .checks import LOW_FRACTION as LOW_FRACTION
     from .checks import MAX_COUNT as MAX_COUNT
     from .checks import MAX_SPAN_M as MAX_SPAN_M
-    from .checks import MIN_FRAMES as MIN_FRAMES
     from .checks import MIN_FRAME_SIZE as MIN_FRAME_SIZE
+    from .checks import MIN_FRAMES as MIN_FRAMES
     from .checks import MIN_MEDIAN_PHOTONS as MIN_MEDIAN_PHOTONS
     from .checks import MIN_SPREAD_PX as MIN_SPREAD_PX
     from .checks import OUTLIER_Z as OUTLIER_Z
@@ -161,9 +161,9 @@ if TYPE_CHECKING:
     from .orientation import MIN_MARGIN as MIN_MARGIN
     from .orientation import MIN_SCORE as MIN_SCORE
     from .orientation import ORIENTATIONS as ORIENTATIONS
+    from .orientation import UNDECIDED as UNDECIDED
     from .orientation import OrientationCheck as OrientationCheck
     from .orientation import OrientedFrames as OrientedFrames
-    from .orientation import UNDECIDED as UNDECIDED
     from .orientation import bright_field_index as bright_field_index
     from .orientation import check_centring as check_centring
     from .orientation import check_orientation as check_orientation

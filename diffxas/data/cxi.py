@@ -605,7 +605,7 @@ class CxiFrames(LazyFrames):
         if not g.size:
             return out
         with _open_h5(self.path) as f:
-            for e, (name, count) in enumerate(self.entries):
+            for e, (_name, count) in enumerate(self.entries):
                 sel = np.nonzero((g >= self._starts[e]) & (g < self._starts[e + 1]))[0]
                 if sel.size:
                     ds = _dataset(self.path, f, self.data_paths[e])

@@ -116,7 +116,7 @@ class Dataset(eqx.Module):
         return [Grid(pixel_size=g.pixel_size, shape=(ny, nx),
                      origin=(cx - 0.5 * (nx - 1) * g.pixel_size, cy - 0.5 * (ny - 1) * g.pixel_size)) for g in gs]
 
-    def select_energies(self, idx) -> "Dataset":
+    def select_energies(self, idx) -> Dataset:
         """A dataset with only the energies ``idx`` (indices into ``energies``), re-indexed."""
         idx = np.asarray(sorted(set(int(i) for i in np.atleast_1d(idx))))
         if idx.size == 0 or idx.min() < 0 or idx.max() >= self.n_energies:
@@ -141,7 +141,7 @@ class Dataset(eqx.Module):
         """Indices of the frames of energy ``k``."""
         return np.nonzero(np.asarray(self.energy_index) == k)[0]
 
-    def half(self, which: str) -> "Dataset":
+    def half(self, which: str) -> Dataset:
         """Every other frame of each energy (``"even"`` or ``"odd"`` in scan order): the two
         independent halves whose reconstructions give a Fourier-ring-correlation resolution."""
         if which not in ("even", "odd"):
@@ -153,7 +153,7 @@ class Dataset(eqx.Module):
             keep[idx[(0 if which == "even" else 1)::2]] = True
         return self.subset(keep)
 
-    def subset(self, keep) -> "Dataset":
+    def subset(self, keep) -> Dataset:
         """The frames where the boolean ``keep`` (frame,) is true, in their order; all
         energies kept (an energy may be left without frames)."""
         keep = np.asarray(keep, bool)
@@ -183,7 +183,7 @@ class Dataset(eqx.Module):
             held[pick if pick.size else idx[-1:]] = True
         return held
 
-    def split_holdout(self, fraction: float) -> tuple["Dataset", "Dataset"]:
+    def split_holdout(self, fraction: float) -> tuple[Dataset, Dataset]:
         """``(fit, held_out)``: the dataset without and with only :meth:`holdout_mask`'s frames."""
         held = self.holdout_mask(fraction)
         return self.subset(~held), self.subset(held)

@@ -140,7 +140,7 @@ def write_result(path, result: Result) -> Path:
         f.attrs["format"] = RESULT_FORMAT
         f.attrs["method"] = str(result.method)
         f.attrs["diffxas_version"] = __version__
-        f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        f.attrs["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         f.attrs["input"] = str(result.input_path or "")
         f.attrs["input_sha256"] = str(result.input_sha256 or "")
         f.attrs["config"] = config_json

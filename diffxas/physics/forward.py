@@ -113,12 +113,12 @@ def frame_geometry(positions_m, grid: Grid, frame_size: int) -> tuple[np.ndarray
     return corner, frac
 
 
-def fourier_shift(field: Complex[Array, "M M"], shift: Float[Array, "2"]) -> Complex[Array, "M M"]:
+def fourier_shift(field: Complex[Array, "M M"], shift: Float[Array, 2]) -> Complex[Array, "M M"]:
     """Shift a field by ``shift`` = (rows, cols) pixels (exact for band-limited fields, circular)."""
     return jnp.fft.ifft2(jnp.fft.fft2(field) * _ramp(field.shape, shift))
 
 
-def shifted_probe(probe_hat: Complex[Array, "M M"], shift: Float[Array, "2"]) -> Complex[Array, "M M"]:
+def shifted_probe(probe_hat: Complex[Array, "M M"], shift: Float[Array, 2]) -> Complex[Array, "M M"]:
     """Probe shifted by ``shift`` pixels, from its precomputed spectrum ``fft2(probe)``."""
     return jnp.fft.ifft2(probe_hat * _ramp(probe_hat.shape, shift))
 
@@ -130,7 +130,7 @@ def _ramp(shape, shift):
     return jnp.exp(-2j * jnp.pi * k0 * shift[0])[:, None] * jnp.exp(-2j * jnp.pi * k1 * shift[1])[None, :]
 
 
-def extract_patch(obj: Complex[Array, "ny nx"], corner: Int[Array, "2"], size: int) -> Complex[Array, "M M"]:
+def extract_patch(obj: Complex[Array, "ny nx"], corner: Int[Array, 2], size: int) -> Complex[Array, "M M"]:
     """``obj[r0:r0+M, c0:c0+M]`` with a traced corner (dynamic_slice, no gather)."""
     return jax.lax.dynamic_slice(obj, (corner[0], corner[1]), (size, size))
 
@@ -152,7 +152,7 @@ def crop_center(frames: Float[Array, "... N N"], size: int) -> Float[Array, "...
     return frames[..., o:o + size, o:o + size]
 
 
-def exit_wave(obj: Complex[Array, "ny nx"], probe_hat: Complex[Array, "M M"], corner: Int[Array, "2"], frac: Float[Array, "2"]) -> Complex[Array, "M M"]:
+def exit_wave(obj: Complex[Array, "ny nx"], probe_hat: Complex[Array, "M M"], corner: Int[Array, 2], frac: Float[Array, 2]) -> Complex[Array, "M M"]:
     """Exit wave of one frame: Fourier-shifted probe times the object patch."""
     m = probe_hat.shape[-1]
     return shifted_probe(probe_hat, frac) * extract_patch(obj, corner, m)
@@ -203,7 +203,7 @@ def intensities(objects: Complex[Array, "energy ny nx"], probes_hat: Complex[Arr
 # ----------------------------------------------------------------------------- transmission
 
 
-def transmission(absorption: Float[Array, "..."], phase: Float[Array, "..."]) -> Complex[Array, "..."]:
+def transmission(absorption: Float[Array, ...], phase: Float[Array, ...]) -> Complex[Array, ...]:
     """O = exp(-A + i phi) (complex64 for float32 inputs)."""
     return jnp.exp(-absorption + 1j * phase)
 

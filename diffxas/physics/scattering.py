@@ -587,7 +587,7 @@ class VEdge(eqx.Module):
         near_ev: float = 25.0,
         far_ev: float = 300.0,
         f2_deg: int = 1,
-    ) -> "VEdge":
+    ) -> VEdge:
         """Fit the backgrounds to the table (host side, float64 numpy).
 
         * ``delta_f2``: :func:`edge_jump_f2` with ``near_ev, far_ev, f2_deg``.
@@ -639,7 +639,7 @@ class VEdge(eqx.Module):
 
     @classmethod
     def for_energies(cls, element: str, energies_ev, table: str = "chantler", what: str = "the data",
-                     check: bool = True) -> "VEdge":
+                     check: bool = True) -> VEdge:
         """:meth:`from_tables` for a scan: the default :func:`model_window`, widened (to 10 eV
         beyond the scan, rounded out to 10 eV) where the scan reaches past it; then (``check``)
         :meth:`check_energies`, i.e. the scan must bracket the edge.
@@ -661,7 +661,7 @@ class VEdge(eqx.Module):
         return edge
 
     @classmethod
-    def seed(cls, edge_ev: float = 5465.0) -> "VEdge":
+    def seed(cls, edge_ev: float = 5465.0) -> VEdge:
         """The seed paper's constants: ``delta_f2 = 3.53``, flat ``f'_V = -7.14`` (its value at
         5420 eV), no pre-edge f'' (``f2_below = 0``).
 

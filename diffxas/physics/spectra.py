@@ -55,20 +55,20 @@ class XanesParams(eqx.Module):
     c23 in eV; n_other in electrons per m^2.
     """
 
-    a: Float[Array, "..."]
-    b1: Float[Array, "..."]
-    b2: Float[Array, "..."]
-    b3: Float[Array, "..."]
-    c11: Float[Array, "..."]
-    c12: Float[Array, "..."]
-    c13: Float[Array, "..."]
-    c21: Float[Array, "..."]
-    c22: Float[Array, "..."]
-    c23: Float[Array, "..."]
-    n_other: Float[Array, "..."] = 0.0
+    a: Float[Array, ...]
+    b1: Float[Array, ...]
+    b2: Float[Array, ...]
+    b3: Float[Array, ...]
+    c11: Float[Array, ...]
+    c12: Float[Array, ...]
+    c13: Float[Array, ...]
+    c21: Float[Array, ...]
+    c22: Float[Array, ...]
+    c23: Float[Array, ...]
+    n_other: Float[Array, ...] = 0.0
 
     @classmethod
-    def from_dict(cls, d) -> "XanesParams":
+    def from_dict(cls, d) -> XanesParams:
         return cls(**{k: jnp.asarray(d[k], jnp.float32) for k in PARAM_NAMES}, n_other=jnp.asarray(d.get("n_other", 0.0), jnp.float32))
 
     def as_dict(self) -> dict:

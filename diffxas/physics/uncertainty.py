@@ -42,7 +42,7 @@ the same information matrices serve the energy design (:mod:`diffxas.app.design`
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -242,7 +242,7 @@ def fig_projections(results: Sequence[Result], labels=None) -> Figure:
         ip = int(np.argmin(np.asarray(r.energies)))
         rows.append(((np.asarray(r.absorption[ia], dtype=np.float64), r.energies[ia]),
                      (np.asarray(r.phase[ip], dtype=np.float64), r.energies[ip])))
-    for row, (what, cmap, unit) in enumerate((("absorption", "gray_r", ""), ("phase", "gray", "rad"))):
+    for row, (what, cmap, _unit) in enumerate((("absorption", "gray_r", ""), ("phase", "gray", "rad"))):
         vmin, vmax = robust_limits([x[row][0] for x in rows])
         im = None
         for j, r in enumerate(results):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -161,7 +161,7 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
                "true domains (n/a without clusters).", ""]
         rows = []
         for lab, m in zip(labels, metrics):
-            g = lambda name, key: (m.get(name) or {}).get(key)  # noqa: E731
+            g = lambda name, key: (m.get(name) or {}).get(key)  # noqa: E731, B023
             cl = m.get("clusters") or {}
             h = m.get("history") or {}
             rows.append([

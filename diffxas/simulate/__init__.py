@@ -38,11 +38,11 @@ _API = {
 }
 
 if TYPE_CHECKING:
-    from .family import FamilyPhantom as FamilyPhantom
     from .family import GEOMETRIES as GEOMETRIES
     from .family import RANGES as RANGES
     from .family import SURFACE_PROBABILITY as SURFACE_PROBABILITY
     from .family import TEXTURES as TEXTURES
+    from .family import FamilyPhantom as FamilyPhantom
     from .family import domain_name as domain_name
     from .family import draw_conditions as draw_conditions
     from .family import draw_family as draw_family
@@ -50,9 +50,9 @@ if TYPE_CHECKING:
     from .presets import DOMAIN_TYPES as DOMAIN_TYPES
     from .presets import FAMILY_PRESETS as FAMILY_PRESETS
     from .presets import PRESETS as PRESETS
-    from .presets import Phantom as Phantom
     from .presets import SEED_ENERGIES as SEED_ENERGIES
     from .presets import SURFACE_TYPE as SURFACE_TYPE
+    from .presets import Phantom as Phantom
     from .presets import SimConfig as SimConfig
     from .presets import Simulation as Simulation
     from .presets import background_profile as background_profile

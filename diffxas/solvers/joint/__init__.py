@@ -95,12 +95,12 @@ _API = {
 if TYPE_CHECKING:
     from .config import ALL_PARAMS as ALL_PARAMS
     from .config import AMPLITUDES as AMPLITUDES
-    from .config import JointConfig as JointConfig
     from .config import MAX_STEPS as MAX_STEPS
     from .config import POSITIONS as POSITIONS
     from .config import RELATIVE_OK as RELATIVE_OK
-    from .config import WIDTHS as WIDTHS
     from .config import WIDTH_MIN as WIDTH_MIN
+    from .config import WIDTHS as WIDTHS
+    from .config import JointConfig as JointConfig
     from .init import FILE_PROBE_OVERLAP as FILE_PROBE_OVERLAP
     from .init import FLUX_SCATTER_WARN as FLUX_SCATTER_WARN
     from .init import domain_index as domain_index
@@ -116,10 +116,10 @@ if TYPE_CHECKING:
     from .loss import regulariser as regulariser
     from .loss import total_loss as total_loss
     from .model import GAIN_LIMIT as GAIN_LIMIT
+    from .model import TV_EPS as TV_EPS
     from .model import JointParams as JointParams
     from .model import Problem as Problem
     from .model import Scales as Scales
-    from .model import TV_EPS as TV_EPS
     from .model import background_counts as background_counts
     from .model import build_problem as build_problem
     from .model import chunk_layout as chunk_layout
@@ -135,8 +135,8 @@ if TYPE_CHECKING:
     from .model import probes as probes
     from .model import to_raw as to_raw
     from .parallel import AXIS as AXIS
-    from .parallel import DistributedError as DistributedError
     from .parallel import FRAME_FIELDS as FRAME_FIELDS
+    from .parallel import DistributedError as DistributedError
     from .parallel import ShardedJointSolver as ShardedJointSolver
     from .parallel import distributed_environment as distributed_environment
     from .parallel import frame_share as frame_share

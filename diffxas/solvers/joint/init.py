@@ -240,7 +240,7 @@ def _membrane_normalised_probes(ds: Dataset, probes, sums: np.ndarray | None = N
 FLUX_SCATTER_WARN = 0.003
 
 
-def _check_flux(ds: Dataset, cfg: "JointConfig", scatter: float | None, info: dict) -> None:
+def _check_flux(ds: Dataset, cfg: JointConfig, scatter: float | None, info: dict) -> None:
     """Record the measured flux scatter (``info["flux_scatter"]``) and warn (the "diffxas"
     logger) when it is above :data:`FLUX_SCATTER_WARN` and nothing models it."""
     info["flux_scatter"] = scatter

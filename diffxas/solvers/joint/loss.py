@@ -153,7 +153,7 @@ def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
                 s = np.sqrt(np.abs(g1 * g1 * cov[..., j, j] + 2 * g1 * g2 * cov[..., i, j] + g2 * g2 * cov[..., i, i]))
         else:
             # d physical / d raw, elementwise (the transforms act pixel by pixel)
-            d = np.asarray(jax.grad(lambda r: jnp.sum(from_raw(k, r, prob.scales)))(params.raw[k]), np.float64)
+            d = np.asarray(jax.grad(lambda r: jnp.sum(from_raw(k, r, prob.scales)))(params.raw[k]), np.float64)  # noqa: B023
             with np.errstate(invalid="ignore", divide="ignore"):
                 s = np.sqrt(np.abs(cov[..., i, i])) / np.maximum(np.abs(d), 1e-30)
         good = np.isfinite(s) & (s > 0)

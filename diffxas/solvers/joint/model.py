@@ -145,7 +145,8 @@ class Problem(eqx.Module):
 def chunk_layout(n_frames: int, chunk: int, n_shards: int = 1) -> tuple[int, int]:
     """(n_chunks, chunk) with chunk a multiple of ``n_shards`` and n_chunks * chunk >= n_frames."""
     n_chunks = -(-n_frames // max(1, min(chunk, n_frames)))
-    chunk = -(-(-(-n_frames // n_chunks)) // n_shards) * n_shards  # balanced, a multiple of n_shards
+    per_chunk = -(-n_frames // n_chunks)  # ceil: balanced chunks
+    chunk = -(-per_chunk // n_shards) * n_shards  # rounded up to a multiple of n_shards
     return n_chunks, chunk
 
 

@@ -156,7 +156,7 @@ def lbfgs_polish(solver: JointSolver, state: JointState, n: int, history: dict |
         return optax.apply_updates(raw, u), st, v
 
     raw, st = params.raw, opt.init(params.raw)
-    for i in range(n):
+    for _ in range(n):
         raw, st, v = it(raw, st)
         if history is not None:
             history.setdefault("lbfgs_loss", []).append(float(v) / norm)

@@ -74,9 +74,9 @@ if TYPE_CHECKING:
     from .align import resample_field as resample_field
     from .align import to_common as to_common
     from .align import unwrap_phase as unwrap_phase
+    from .epie import OFFSET_TOL as OFFSET_TOL
     from .epie import EpieConfig as EpieConfig
     from .epie import EpieResult as EpieResult
-    from .epie import OFFSET_TOL as OFFSET_TOL
     from .epie import epie_update as epie_update
     from .epie import epoch_fn as epoch_fn
     from .epie import frame_orders as frame_orders
@@ -90,12 +90,12 @@ if TYPE_CHECKING:
     from .epie import save_checkpoint as save_checkpoint
     from .epie import shift_ramps as shift_ramps
     from .fitting import BOUNDED as BOUNDED
-    from .fitting import FitConfig as FitConfig
-    from .fitting import FitResult as FitResult
     from .fitting import LINEAR as LINEAR
     from .fitting import POSITIVE as POSITIVE
     from .fitting import PRE_EDGE_SHAPE as PRE_EDGE_SHAPE
     from .fitting import SECOND_PEAK_STARTS as SECOND_PEAK_STARTS
+    from .fitting import FitConfig as FitConfig
+    from .fitting import FitResult as FitResult
     from .fitting import bounds_for as bounds_for
     from .fitting import fit_global as fit_global
     from .fitting import fit_shared_shape as fit_shared_shape

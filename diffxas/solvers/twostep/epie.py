@@ -49,7 +49,8 @@ import json
 import os
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -188,7 +189,7 @@ class EpieConfig:
         return 1.0 - t * (1.0 - self.decay_final)
 
     @classmethod
-    def seed_schedule(cls, **overrides) -> "EpieConfig":
+    def seed_schedule(cls, **overrides) -> EpieConfig:
         """The seed study's schedule: 800 epochs, KK every 50 epochs after the 500th."""
         kw = dict(epochs=800, kk_start=500, kk_every=50)
         kw.update(overrides)
@@ -737,7 +738,7 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
                       background=_gather_background(bgm, batches, kn, config))
 
 
-def _background_em(share, b: "_Batch", mode: str) -> jax.Array:
+def _background_em(share, b: _Batch, mode: str) -> jax.Array:
     """One expectation-maximisation step of the background (objects and probes held): the
     mean over the energy's frames (and, for "flat", its used pixels) of the background's
     expected share of the counts, ``n b / (|F psi|^2 + b)`` (``share``: its sum over frames)."""

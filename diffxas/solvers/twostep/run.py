@@ -90,7 +90,7 @@ class TwoStepConfig:
         check_element(self.element, "two-step element")
 
     @classmethod
-    def seed(cls, **overrides) -> "TwoStepConfig":
+    def seed(cls, **overrides) -> TwoStepConfig:
         """The seed's schedule: 800 ePIE epochs, KK every 50 epochs after the 500th, all ten
         parameters fitted per pixel, no spatial prior."""
         kw: dict[str, Any] = dict(epie=EpieConfig.seed_schedule(), fit=FitConfig(tie_pre_edge=False))
@@ -98,7 +98,7 @@ class TwoStepConfig:
         return cls(**kw)
 
     @classmethod
-    def fast(cls, **overrides) -> "TwoStepConfig":
+    def fast(cls, **overrides) -> TwoStepConfig:
         """Short schedule for tests and quick looks: 60 epochs, KK at 40, 50, 60, step decay from
         epoch 45, all ten parameters per pixel (the seed's fit)."""
         kw: dict[str, Any] = dict(epie=EpieConfig(epochs=60, probe_update_start=5, kk_start=40, kk_every=10, decay_start=45),
