@@ -10,7 +10,7 @@ scatter and error of the maps:
   (``noise_seed`` 0..N-1, :class:`diffxas.simulate.presets.SimConfig`), the joint solver at its
   defaults (:class:`diffxas.solvers.joint.config.JointConfig`) on each;
 * region: truth N_V >= 25 % of its maximum (as :func:`diffxas.analysis.evaluate.evaluate`), the
-  truth area-averaged onto the map grid (:func:`diffxas.analysis.evaluate.resample_truth`), pixels
+  truth area-averaged onto the map grid (:func:`diffxas.analysis.resample.resample_truth`), pixels
   valid with a finite, positive predicted sigma in every realisation;
 * per map: fraction of (pixel, realisation) pairs whose truth lies within +-1 sigma and
   +-2 sigma of the estimate (68.3 % / 95.4 % for calibrated, unbiased Gaussian errors);
@@ -141,7 +141,7 @@ def run_realisations(preset: str, n: int, seed: int, joint_overrides: dict, sim_
 
 def load(out: Path):
     """(results, truth maps on the common map grid, runs metadata) from a run folder."""
-    from diffxas.analysis.evaluate import resample_truth
+    from diffxas.analysis.resample import resample_truth
     from diffxas.data import results as io_results
     from diffxas.data import truth as io_truth
 

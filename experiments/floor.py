@@ -3,7 +3,7 @@ absorption stack on the map grid lands from the ground truth, with no noise, no 
 no solver.
 
 The evaluation's truth on the map grid is the N_V-weighted area mean of the truth's
-finer grid (:func:`diffxas.analysis.evaluate.resample_truth`). A measurement never sees that
+finer grid (:func:`diffxas.analysis.resample.resample_truth`). A measurement never sees that
 directly. This script builds three ideal stacks on the map grid from the truth's finer grid
 (``SimConfig.truth_oversample`` x finer; the absorption A(E) of every fine pixel from the
 one spectral model), fits each with the two-step's per-pixel fit
@@ -69,7 +69,7 @@ def main(argv=None) -> list[dict]:
     import jax.numpy as jnp
     from scipy.ndimage import binary_erosion
 
-    from diffxas.analysis import evaluate
+    from diffxas.analysis import resample
     from diffxas.errors import DiffxasError
     from diffxas.physics.spectra import PARAM_NAMES, XanesParams, absorption
     from diffxas.simulate import presets as simulate
@@ -90,7 +90,7 @@ def main(argv=None) -> list[dict]:
     # the evaluation's own truth on the map grid (N_V-weighted area means) and region
     d = truth.pixel_size * s
     origin = (truth.origin[0] + 0.5 * (s - 1) * truth.pixel_size, truth.origin[1] + 0.5 * (s - 1) * truth.pixel_size)
-    coarse = evaluate.resample_truth(truth, d, origin, (h // s, w // s))
+    coarse = resample.resample_truth(truth, d, origin, (h // s, w // s))
     ref, nv_c = coarse["edge_energy"], np.nan_to_num(coarse["n_v"])
     region = (nv_c >= 0.25 * nv_c.max()) & np.isfinite(ref)
     inner = binary_erosion(region, iterations=2)

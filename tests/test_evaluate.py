@@ -5,18 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from diffxas.analysis.evaluate import (
-    blur_matched_error,
-    cluster_agreement,
-    evaluate,
-    format_metrics,
-    frc,
-    frc_maps,
-    history_summary,
-    resample_truth,
-    resolution,
-    threshold_curve,
-)
+from diffxas.analysis.evaluate import blur_matched_error, cluster_agreement, evaluate, format_metrics, history_summary
+from diffxas.analysis.frc import frc, frc_maps, resolution, threshold_curve
+from diffxas.analysis.resample import resample_truth
 from diffxas.maps import MAP_FIELDS, ChemMaps, Result, Truth
 
 PX = 40e-9  # coarse (result) pixel, m
@@ -336,7 +327,7 @@ def test_frc_maps_split():
 
 def test_frc_files_roundtrip(tmp_path):
     io = pytest.importorskip("diffxas.data")
-    from diffxas.analysis.evaluate import frc_files
+    from diffxas.analysis.frc import frc_files
 
     rng = np.random.default_rng(4)
     n = 64
@@ -363,7 +354,7 @@ def test_frc_files_roundtrip(tmp_path):
 
 # --------------------------------------------------------------------------- error anatomy
 
-from diffxas.analysis.evaluate import (  # noqa: E402
+from diffxas.analysis.anatomy import (  # noqa: E402
     boundary_distance,
     calibration,
     error_anatomy,

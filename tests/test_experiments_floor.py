@@ -3,7 +3,7 @@
 Reference (closed form): mixing inside a map pixel in absorption is linear, so the
 per-pixel fit of the area-averaged absorption stack recovers the N_V-weighted area mean
 of the edge energy, which is how the evaluation defines the truth on the map grid
-(:func:`diffxas.analysis.evaluate.resample_truth`): to first order exactly; measured 0.003 eV on
+(:func:`diffxas.analysis.resample.resample_truth`): to first order exactly; measured 0.003 eV on
 `tiny`, tolerance 0.01 eV. The band-limited stack (a perfect far-field reconstruction)
 must lie further from that truth (measured 0.052 eV) but well below the joint's
 noise-free 0.158 eV (tolerance 0.1 eV).

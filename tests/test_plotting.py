@@ -50,7 +50,7 @@ def synthetic(n_truth=96, factor=2, noise=0.0, seed=0, iters=30):
     energies = np.linspace(5450.0, 5520.0, 36)
     truth = Truth(maps=tm, labels=lab, domain_names=[s[0] for s in STATES], params={}, pixel_size=d,
                   origin=origin_t, energies=energies, reference_energy=5450.0)
-    from diffxas.analysis.evaluate import resample_truth
+    from diffxas.analysis.resample import resample_truth
 
     H = n // factor
     px = d * factor
@@ -164,7 +164,7 @@ def test_report_without_clusters_or_truth(tmp_path, data):
 
 
 def test_frc_figure(tmp_path):
-    from diffxas.analysis.evaluate import frc_maps
+    from diffxas.analysis.frc import frc_maps
     from diffxas.report.plotting import fig_frc, save_figure
 
     _, a = synthetic(noise=0.01, seed=2)
@@ -246,7 +246,7 @@ def test_preedge_shape_maps(tmp_path, data):
     """fig_shape_maps: only the pre-edge parameters that vary in some result get a row
     (c12 per pixel here, c13 shared), one column per result + the truth's N_V-weighted
     parameters; None (and a note in plot_all) when every result shares the shape."""
-    from diffxas.analysis.evaluate import resample_truth
+    from diffxas.analysis.resample import resample_truth
     from diffxas.report.plotting import fig_shape_maps, plot_all
 
     truth, res, joint = data

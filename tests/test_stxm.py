@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffxas.analysis.evaluate import resample_truth
+from diffxas.analysis.resample import resample_truth
 from diffxas.data import stxm
 from diffxas.data import stxm as joint_stxm
 from diffxas.data.dataset import Dataset

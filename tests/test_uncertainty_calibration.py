@@ -34,7 +34,7 @@ user CPU, with the 2 cores shared by about 7 runnable processes (load average 7)
 import numpy as np
 import pytest
 
-from diffxas.analysis.evaluate import resample_truth
+from diffxas.analysis.resample import resample_truth
 from diffxas.simulate.presets import preset, simulate
 from diffxas.solvers.joint.config import JointConfig
 from diffxas.solvers.joint.run import reconstruct_joint

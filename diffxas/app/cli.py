@@ -759,11 +759,7 @@ def _default_truth_for(result_path) -> str:
 
 
 def _run_evaluate(args) -> int:
-    from diffxas.analysis.evaluate import (
-        default_json_path,
-        evaluate_file,
-        format_metrics,
-    )
+    from diffxas.analysis.evaluate import default_json_path, evaluate_file, format_metrics
     from diffxas.app.pipeline import check_output_path
     from diffxas.errors import ConfigError
 
@@ -774,7 +770,7 @@ def _run_evaluate(args) -> int:
         import json as _json
         import os
 
-        from diffxas.analysis.evaluate import frc_files
+        from diffxas.analysis.frc import frc_files
 
         _require_file(args.split, "results file")
         json_path = args.json if args.json is not None else default_json_path(args.result).replace("_eval.json", "_frc.json")

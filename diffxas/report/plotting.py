@@ -39,13 +39,9 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 from diffxas.analysis.clustering import cluster_attrs, cluster_mean_spectra
-from diffxas.analysis.evaluate import (
-    MAX_MATCHED_BLUR_PX,
-    blur_error_curve,
-    blur_matched_error,
-    resample_truth,
-    threshold_curve,
-)
+from diffxas.analysis.evaluate import MAX_MATCHED_BLUR_PX, blur_error_curve, blur_matched_error
+from diffxas.analysis.frc import threshold_curve
+from diffxas.analysis.resample import resample_truth
 from diffxas.errors import DiskFullError, is_disk_full
 from diffxas.maps import DESCRIPTORS, MAP_FIELDS, ChemMaps, Result
 from diffxas.physics.background import per_energy
@@ -464,7 +460,7 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
       values, not the scan's: the thin rim, where each descriptor is least certain (and
       Re[Ne]/N_V includes the matrix's electrons), carries little weight and cannot stretch
       it. Values outside the limits saturate. A colour bar with units beside every panel.
-    * With a truth (``truth_maps``: :func:`diffxas.analysis.evaluate.resample_truth` on the first
+    * With a truth (``truth_maps``: :func:`diffxas.analysis.resample.resample_truth` on the first
       result's grid; ``truth``: the :class:`~diffxas.maps.Truth`, to resample on a result
       of another grid): an error row per result (map - truth, its drawn pixels) on a
       diverging colour map centred on zero, one symmetric scale per column (99th
@@ -1057,7 +1053,7 @@ def _finite_mean(a) -> float:
 
 
 def fig_frc(frc_results: Sequence[dict], labels=None) -> Figure:
-    """FRC curves (from :func:`diffxas.analysis.evaluate.frc_maps`) with 1/7 and half-bit thresholds."""
+    """FRC curves (from :func:`diffxas.analysis.frc.frc_maps`) with 1/7 and half-bit thresholds."""
 
     fig = Figure(figsize=(5.0, 3.4), layout="constrained")
     ax = fig.subplots()

@@ -36,7 +36,7 @@ What is drawn, per draw:
 Ground truth: the truth labels are the domain index (one label per domain, bulk and
 surface layers, numbered particle by particle), ``Truth.domain_names`` describes each one;
 the distance of a pixel to the nearest domain boundary or particle rim follows from the
-labels (:func:`diffxas.analysis.evaluate.boundary_distance`).
+labels (:func:`diffxas.analysis.anatomy.boundary_distance`).
 """
 
 from __future__ import annotations
