@@ -344,7 +344,8 @@ def test_frc_files_roundtrip(tmp_path):
         paths.append(tmp_path / f"half{i}.h5")
         io.write_result(paths[-1], r)
     out = frc_files(*paths, json_path=tmp_path / "frc.json")
-    from diffxas.report.plotting import fig_frc, save_figure  # the figure: drawn by the caller
+    from diffxas.report.figure_style import save_figure
+    from diffxas.report.plotting import fig_frc  # the figure: drawn by the caller
 
     save_figure(fig_frc(list(out.values()), labels=list(out)), tmp_path, "frc")
     assert set(out) == {"edge_energy", "pre_edge_norm", "ne_eff_per_nv"}

@@ -165,7 +165,8 @@ def test_report_without_clusters_or_truth(tmp_path, data):
 
 def test_frc_figure(tmp_path):
     from diffxas.analysis.frc import frc_maps
-    from diffxas.report.plotting import fig_frc, save_figure
+    from diffxas.report.figure_style import save_figure
+    from diffxas.report.plotting import fig_frc
 
     _, a = synthetic(noise=0.01, seed=2)
     _, b = synthetic(noise=0.01, seed=3)
@@ -211,7 +212,8 @@ def _with_std(res, nan_field=None):
 def test_uncertainty_figure_and_report(tmp_path, data):
     import warnings
 
-    from diffxas.report.plotting import fig_uncertainty, plot_all
+    from diffxas.report.map_figures import fig_uncertainty
+    from diffxas.report.plotting import plot_all
     from diffxas.report.report import report_results
 
     truth, res, joint = data
@@ -247,7 +249,8 @@ def test_preedge_shape_maps(tmp_path, data):
     (c12 per pixel here, c13 shared), one column per result + the truth's N_V-weighted
     parameters; None (and a note in plot_all) when every result shares the shape."""
     from diffxas.analysis.resample import resample_truth
-    from diffxas.report.plotting import fig_shape_maps, plot_all
+    from diffxas.report.map_figures import fig_shape_maps
+    from diffxas.report.plotting import plot_all
 
     truth, res, joint = data
     m = joint.maps
@@ -261,7 +264,7 @@ def test_preedge_shape_maps(tmp_path, data):
     images = [ax for ax in fig.axes if ax.get_images()]
     assert len(images) == 2  # c12 of "pp" and of the truth; c13 varies nowhere -> no row
     shown = images[0].get_images()[0].get_array()
-    from diffxas.report.plotting import display_mask
+    from diffxas.report.map_figures import display_mask
 
     drawn = display_mask(m)  # the display mask: the valid pixels but the thinnest rim
     assert drawn.sum() > 0.9 * np.asarray(m.valid, bool).sum()
@@ -339,7 +342,7 @@ def test_maps_colour_limits_span_the_particle_not_the_scan(data):
     """The edge-energy panels' colour limits lie inside the particle's range of edge
     energies (truth: 5479-5483 eV), not the membrane's 5420-5540 eV, and are the same for
     both methods. The old 2-98 % of all valid pixels gave about (5422, 5538) here."""
-    from diffxas.report.plotting import fig_maps
+    from diffxas.report.map_figures import fig_maps
 
     _, res, joint = data
     noisy, _ = _with_membrane(res)
@@ -356,7 +359,7 @@ def test_maps_membrane_pixels_blank_in_two_step(data):
     """Pixels of bare membrane (valid by the seed's rule, N_V ~2 % of the particle's) are
     masked in every panel of the two-step's row; the particle's pixels are drawn. The
     figure states the threshold; the result itself is not changed."""
-    from diffxas.report.plotting import fig_maps
+    from diffxas.report.map_figures import fig_maps
 
     _, res, joint = data
     noisy, mem = _with_membrane(res)
@@ -373,7 +376,7 @@ def test_maps_membrane_pixels_blank_in_two_step(data):
 def test_display_mask_threshold_and_isolated_pixels():
     """Closed form: with N_V = 1 on a block (the 99th percentile is 1), a pixel at 0.11 is
     drawn and one at 0.09 is not (threshold 10 %); an isolated pixel at full N_V is blank."""
-    from diffxas.report.plotting import display_mask
+    from diffxas.report.map_figures import display_mask
 
     nv = np.zeros((12, 12))
     nv[2:8, 2:8] = 1.0
@@ -393,7 +396,7 @@ def test_maps_error_rows_symmetric_with_rmse(data):
     panels on a diverging map with symmetric limits shared by both methods; each title's
     RMSE equals diffxas.analysis.evaluate.evaluate's (same region; printed to 3 significant digits)."""
     from diffxas.analysis.evaluate import evaluate
-    from diffxas.report.plotting import fig_maps
+    from diffxas.report.map_figures import fig_maps
 
     truth, res, joint = data
     fig = fig_maps([res, joint], ["two-step", "joint"], truth=truth)
@@ -414,7 +417,7 @@ def test_maps_error_rows_symmetric_with_rmse(data):
 def test_maps_colour_bars_with_units_and_std_rows(data):
     """Every panel has its own colour bar whose label names the unit; without a truth a
     result with std maps gets a row of standard-error maps (sequential, from 0)."""
-    from diffxas.report.plotting import fig_maps
+    from diffxas.report.map_figures import fig_maps
 
     _, res, joint = data
     ju = _with_std(joint)
@@ -431,7 +434,8 @@ def test_maps_colour_bars_with_units_and_std_rows(data):
 def test_save_figure_atomic(tmp_path, data):
     """A failed save leaves neither the figure nor a temporary file; a good one leaves
     exactly the figure."""
-    from diffxas.report.plotting import fig_maps, save_figure
+    from diffxas.report.figure_style import save_figure
+    from diffxas.report.map_figures import fig_maps
 
     _, res, _ = data
     fig = fig_maps([res])
@@ -448,7 +452,7 @@ def test_save_figure_atomic(tmp_path, data):
 def test_maps_crop_keeps_a_thin_second_particle():
     """The crop keeps every particle drawn (a second one at 20 % of the first's N_V, above
     the 10 % threshold) and leaves out a stray membrane pixel, which the header counts. Shapes by construction: blocks at rows/cols 5-14 and 25-32 of a 60 x 60 grid."""
-    from diffxas.report.plotting import fig_maps
+    from diffxas.report.map_figures import fig_maps
 
     nv = np.zeros((60, 60))
     nv[5:15, 5:15] = 1e22

@@ -776,10 +776,8 @@ def _run_evaluate(args) -> int:
         json_path = args.json if args.json is not None else default_json_path(args.result).replace("_eval.json", "_frc.json")
         check_output_path(json_path, "JSON file", inputs=[args.result, args.split])
         out = frc_files(args.result, args.split, json_path=json_path)
-        from diffxas.report.plotting import (  # matplotlib: only for this command
-            fig_frc,
-            save_figure,
-        )
+        from diffxas.report.figure_style import save_figure
+        from diffxas.report.plotting import fig_frc
 
         # named after the JSON: a second split evaluation in the same folder does not overwrite the first one's figure
         stem = os.path.splitext(os.path.basename(json_path))[0]

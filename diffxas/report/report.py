@@ -111,11 +111,8 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
     """Write figures, ``summary.md`` (and ``metrics.json`` with a truth) for in-memory results."""
     from diffxas import __version__
     from diffxas.analysis.evaluate import evaluate, history_summary
-    from diffxas.report.plotting import (
-        DISPLAY_NV_FRACTION,
-        DISPLAY_NV_PERCENTILE,
-        plot_all,
-    )
+    from diffxas.report.map_figures import DISPLAY_NV_FRACTION, DISPLAY_NV_PERCENTILE
+    from diffxas.report.plotting import plot_all
 
     if not results:
         raise ValueError("report needs at least one result")
