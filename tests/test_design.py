@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from diffxas.app import design as D
+from diffxas.app import design_information as DI
 from diffxas.app.cli import main
 
 
@@ -19,7 +20,7 @@ def _poly_info(degree, n_cand=21, ridge=1e-9):
     x = np.linspace(-1.0, 1.0, n_cand)
     U = np.stack([x ** j for j in range(degree + 1)], axis=-1)[None, :, :, None]  # (1, K, n, 1)
     grads = {f"t{j}": np.eye(degree + 1)[j][None] for j in range(degree + 1)}
-    return x, D.from_factors(x, U, grads, ridge=ridge)
+    return x, DI.from_factors(x, U, grads, ridge=ridge)
 
 
 # ---------------------------------------------------------------------------- (a) known optima
@@ -70,7 +71,7 @@ def _random_info(seed=0, P=5, K=25, n=4):
     rng = np.random.default_rng(seed)
     U = rng.normal(size=(P, K, n, 2)) * rng.uniform(0.1, 10, size=(1, 1, n, 1))
     grads = {"d0": rng.normal(size=(P, n)), "d1": rng.normal(size=(P, n))}
-    return D.from_factors(np.arange(K, dtype=float), U, grads, ridge=1e-3)
+    return DI.from_factors(np.arange(K, dtype=float), U, grads, ridge=1e-3)
 
 
 @pytest.mark.parametrize("shared", [False, True])
@@ -102,7 +103,7 @@ def _random_shared(seed=0, P=4, K=25, n=3, s=2, weight=1.0):
     V = rng.normal(size=(P, K, s, 2)) * rng.uniform(0.1, 10, size=(1, 1, s, 1))
     g = {"d0": rng.normal(size=(P, n)), "d1": rng.normal(size=(P, n))}
     h = {"d0": rng.normal(size=(P, s)), "d1": np.zeros((P, s))}
-    return D.from_factors(np.arange(K, dtype=float), U, g, V=V, grads_shared=h, weight=weight, ridge=1e-3), (U, V, g, h)
+    return DI.from_factors(np.arange(K, dtype=float), U, g, V=V, grads_shared=h, weight=weight, ridge=1e-3), (U, V, g, h)
 
 
 @pytest.mark.parametrize("weight", [1.0, 2.0])
@@ -140,7 +141,7 @@ def test_shared_parameters_match_the_dense_fisher_matrix(weight):
 def test_woodbury_scores_equal_direct_criterion(shared):
     ci = _random_shared(seed=3)[0] if shared else _random_info(seed=3)
     s = [2, 7, 11]
-    scores = D._scores(ci, D._state(ci, s), block=7)
+    scores = DI._scores(ci, DI._state(ci, s), block=7)
     for k in (0, 5, 19, 24):
         assert scores[k] == pytest.approx(D.criterion(ci, s + [k]), rel=1e-9)
     out = D.greedy_design(ci, 8, exchange=False)
