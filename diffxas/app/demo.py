@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from diffxas.app import pipeline
 from diffxas.app.config import build_section, dumps_toml, validate_config
 from diffxas.app.pipeline import (
     METHODS,
     _get,
     iterations_key,
     method_config,
-    run,
     select_energies,
     set_iterations,
     simulate_files,
@@ -216,7 +216,7 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
 
     # the one pipeline (checks -> reconstruct -> cluster -> write -> evaluate), every method;
     # the simulator writes its frames in the file convention: no orientation search
-    runs = run(ds, method_cfgs, source=cxi, input_path=cxi, input_sha256=sha,
+    runs = pipeline.run(ds, method_cfgs, source=cxi, input_path=cxi, input_sha256=sha,
                out={m: out / (METHODS[m].result_name or f"{m}.h5") for m in run_methods}, cluster=cluster_cfg,
                cluster_csv=True, truth=truth_map, truth_path=truth, eval_json=True, keep_going=True, progress=progress,
                log=lambda s: log("    " + s), on_step=on_step)
