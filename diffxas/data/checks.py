@@ -1,9 +1,11 @@
 """Can these data support maps? Checks of the frames and the scan positions before a run.
 
-One concern: whether a dataset is physically usable by either reconstruction. Both
-methods call :func:`check_dataset` first (``reconstruct_two_step``, ``reconstruct_joint``;
-the CLI calls it before the orientation check, and ``diffxas info`` reports the same
-findings through :func:`findings`). What cannot work is refused with one
+One concern: whether a dataset is physically usable by either reconstruction. The
+pipeline (:func:`diffxas.app.pipeline.check_data`, for ``diffxas reconstruct``, the demo and
+sweeps) runs :func:`check_dataset` before the orientation check and :func:`ensure_checked`
+after it; both solvers call :func:`ensure_checked` on entry, which costs nothing for a
+dataset checked there and checks one given to them from Python (``diffxas info`` reports
+the same findings through :func:`findings`). What cannot work is refused with one
 :class:`~diffxas.errors.InputError` line; what can work once some frames are left out is
 masked (the frames dropped) with one warning on the "diffxas" logger naming the energy and
 the frame indices.
