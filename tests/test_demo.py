@@ -58,12 +58,13 @@ def _truth_maps(lab, rng=None, noise=0.0):
 
 
 def fake_simulation(cfg):
-    """A Simulation-like object for ``cfg``: a tiny valid dataset and a four-domain truth."""
+    """A Simulation-like object for ``cfg``: a tiny valid dataset (its scan spans more than one
+    object pixel at every energy: the pipeline's data checks pass) and a four-domain truth."""
     rng = np.random.default_rng(0)
     e = np.asarray(cfg.energies, np.float64)
     k, n, m = e.size, 4, 16
     ds = Dataset(frames=rng.poisson(10.0, (k * n, m, m)).astype(np.float32),
-                 positions=rng.uniform(-1e-7, 1e-7, (k * n, 2)), energy_index=np.repeat(np.arange(k, dtype=np.int32), n),
+                 positions=rng.uniform(-3e-7, 3e-7, (k * n, 2)), energy_index=np.repeat(np.arange(k, dtype=np.int32), n),
                  energies=e, mask=np.ones((k, m, m), np.float32), illumination=None, distance=0.5,
                  detector_pixel=75e-6)
     lab = _labels()
@@ -121,7 +122,7 @@ def fakes(monkeypatch):
     FakeTwoStep.reconstruct_two_step = reconstruct_two_step
 
     import diffxas.app.config
-    import diffxas.simulate
+    import diffxas.simulate.presets
     import diffxas.solvers.joint.run
 
     monkeypatch.setitem(sys.modules, "fake_twostep", FakeTwoStep)

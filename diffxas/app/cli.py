@@ -457,29 +457,6 @@ def _select_input(ds, args):
     return ds, sel
 
 
-def _check_room(ds, out, ckpt, source=None) -> None:
-    """Refuse a run whose results file (and checkpoint) cannot fit the free disk space,
-    before the run: stacks K x H x W (absorption, phase; float32) on the scan's map grid,
-    probes K x M x M (complex64), maps; a checkpoint holds about three times the result
-    (parameters and the optimiser's two moments)."""
-    from diffxas.data import files as io_files
-    from diffxas.data.checks import check_layout, check_positions
-
-    check_layout(ds, source=source)  # a 2x2 detector, near-duplicate energies
-    check_positions(ds, source=source, warn=False)  # translations in the wrong unit: refused before the grid is sized
-    h, w = ds.common_grid().shape
-    k, m = ds.n_energies, ds.frame_size
-    need = (1 << 20) + k * h * w * 8 + k * m * m * 8 + 16 * h * w * 8
-    io_files.check_free_space(out, need, "results file")
-    if ckpt is not None:
-        import os
-
-        if os.path.dirname(os.path.abspath(ckpt)) == os.path.dirname(os.path.abspath(out)):
-            io_files.check_free_space(out, 4 * need, "results file and checkpoint")
-        else:
-            io_files.check_free_space(os.path.join(ckpt, "x"), 3 * need, "checkpoint")
-
-
 def _run_reconstruct(args) -> int:
     import time
 
@@ -488,8 +465,6 @@ def _run_reconstruct(args) -> int:
         check_output_path,
         default_checkpoint,
         method_config,
-        reconstruct,
-        remove_checkpoint,
         set_iterations,
     )
     from diffxas.data import cxi as io_cxi
@@ -553,27 +528,16 @@ def _run_reconstruct(args) -> int:
     sha = io_files.sha256_file(args.data)
     t0 = time.perf_counter()
     ds, selection = _select_input(ds, args)
-    from diffxas.data.orientation import resolve
-    from diffxas.physics.scattering import VEdge
+    from diffxas.app.pipeline import run
 
-    VEdge.for_energies(cfg.element, ds.energies, cfg.table)  # a wrong element fails before the pass over the frames
-    from diffxas.data.checks import check_reference_energy
-
-    check_reference_energy(getattr(cfg, "reference_energy", None), ds.energies, f"{section}.reference_energy")
-    _check_room(ds, out, ckpt, source=args.data)
     with _log_to_stderr():  # one-line notes (orientation, the joint's memory mode) on the "diffxas" logger
-        from diffxas.data.checks import check_dataset, mark_checked
-
-        n_before = ds.n_frames
-        ds = check_dataset(ds, source=args.data)  # before the orientation check: broken frames, positions
-        if ds.n_frames < n_before:  # recorded with the input selection (the warning names them)
-            selection["frames_dropped_by_checks"] = int(n_before - ds.n_frames)
-        ds, selection["orientation"] = resolve(ds, args.orientation)
-        mark_checked(ds)  # the same frames and positions, re-oriented
         try:
-            result = reconstruct(ds, method, cfg, progress=_progress(args) and primary, checkpoint=ckpt,
-                                 resume=args.resume, input_path=args.data, input_sha256=sha, selection=selection,
-                                 sharded=distributed)
+            # the one pipeline: checks (config, free space, frames, orientation) -> reconstruct -> write
+            runs = run(ds, {method: cfg}, source=args.data, input_path=args.data, input_sha256=sha,
+                       orientation=args.orientation, selection=selection, out={method: out},
+                       checkpoint={method: ckpt}, resume=args.resume,
+                       keep_checkpoint=args.checkpoint is not None or args.keep_checkpoint,
+                       progress=_progress(args) and primary, sharded=distributed)
         except DiffxasError as e:
             if not distributed:
                 raise
@@ -582,11 +546,9 @@ def _run_reconstruct(args) -> int:
             sys.stderr.flush()
             os._exit(2)
     wall = time.perf_counter() - t0
-    if not primary:  # every process holds the same (replicated) result: process 0 writes it
+    if not primary:  # every process holds the same (replicated) result: process 0 wrote it
         return 0
-    io_results.write_result_or_keep(out, result)  # a full disk: the result goes to a temporary folder, named in the error
-    if ckpt is not None and args.checkpoint is None and not args.keep_checkpoint:
-        remove_checkpoint(method, ckpt)
+    result, ds = runs[method].result, runs[method].dataset  # ds: the checked frames the method used
     import numpy as np
 
     valid = np.asarray(result.maps.valid).astype(bool)

@@ -1,4 +1,5 @@
-"""`diffxas demo`: simulate, reconstruct with every method, evaluate and report."""
+"""`diffxas demo`: simulate, then the one pipeline (:func:`diffxas.app.pipeline.run`: checks ->
+reconstruct -> cluster -> write -> evaluate) with every method, and the report."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from diffxas.app import pipeline
 from diffxas.app.config import build_section, dumps_toml, validate_config
 from diffxas.app.pipeline import (
     METHODS,
     _get,
     iterations_key,
     method_config,
-    reconstruct,
     select_energies,
     set_iterations,
     simulate_files,
@@ -116,11 +117,10 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
     Failures of one method (e.g. divergence) are recorded and the demo goes on with the
     others; a failure of the simulation or of every method raises.
     """
-    from diffxas.analysis.clustering import cluster_file, format_clusters
-    from diffxas.analysis.evaluate import evaluate_file
+    from diffxas.analysis.clustering import format_clusters
     from diffxas.data import cxi as io_cxi
     from diffxas.data import files as io_files
-    from diffxas.data import results as io_results
+    from diffxas.data import truth as io_truth
     from diffxas.report.report import report
 
     log = log or (lambda msg: print(msg, flush=True))
@@ -190,47 +190,49 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
     head(f"reading {cxi}")
     ds = io_cxi.read_cxi(cxi)
     sha = io_files.sha256_file(cxi)
+    truth_map = io_truth.read_truth(truth)
 
+    def on_step(step, m, run):
+        # the pipeline runs each step over every method: one stage per reconstruction, then
+        # one for the clustering and one for the evaluation of them all
+        if step == "reconstruct" and m is not None:
+            head(f"reconstructing with the {m} method")
+        elif step == "failed":
+            log(f"    FAILED: {run.error}")
+        elif step == "written":
+            valid = int(np.asarray(run.result.maps.valid).astype(bool).sum())
+            log(f"    wrote {run.path} in {run.wall_s:.1f} s ({valid} valid map pixels)")
+        elif step == "cluster" and m is None:
+            head(f"clustering ({'k=auto' if cluster_cfg.k == 'auto' else f'k={cluster_cfg.k}'}, features "
+                 f"{', '.join(cluster_cfg.features)}, same settings for every method)")
+        elif step == "clustered":
+            if run.cluster_error is not None:
+                notes.append(f"{m}: clustering failed: {run.cluster_error}")
+                log(f"    {m}: clustering failed: {run.cluster_error}")
+            else:
+                log(f"    {m}: " + format_clusters(run.clusters).splitlines()[0])
+        elif step == "evaluate" and m is None:
+            head("evaluating against the ground truth")
+
+    # the one pipeline (checks -> reconstruct -> cluster -> write -> evaluate), every method;
+    # the simulator writes its frames in the file convention: no orientation search
+    runs = pipeline.run(ds, method_cfgs, source=cxi, input_path=cxi, input_sha256=sha,
+               out={m: out / (METHODS[m].result_name or f"{m}.h5") for m in run_methods}, cluster=cluster_cfg,
+               cluster_csv=True, truth=truth_map, truth_path=truth, eval_json=True, keep_going=True, progress=progress,
+               log=lambda s: log("    " + s), on_step=on_step)
     results: dict[str, Path] = {}
-    for m in run_methods:
-        head(f"reconstructing with the {m} method")
-        t0 = time.perf_counter()
-        try:
-            res = reconstruct(ds, m, method_cfgs[m], progress=progress, input_path=cxi, input_sha256=sha,
-                              log=lambda s: log("    " + s))
-            path = out / (METHODS[m].result_name or f"{m}.h5")
-            io_results.write_result(path, res)
-        except DiffxasError as e:
-            failures[m] = " ".join(str(e).split())
-            log(f"    FAILED: {failures[m]}")
+    ks: dict[str, Any] = {}
+    metrics: dict[str, dict] = {}
+    for m, r in runs.items():
+        if r.error is not None:
+            failures[m] = r.error
             continue
-        wall[m] = time.perf_counter() - t0
-        results[m] = path
-        valid = int(np.asarray(res.maps.valid).astype(bool).sum())
-        log(f"    wrote {path} in {wall[m]:.1f} s ({valid} valid map pixels)")
-        del res
+        results[m], wall[m] = r.path, r.wall_s
+        if r.clusters is not None:
+            ks[m] = int(r.clusters["k"]) if r.clusters.get("k") is not None else None
+        metrics[m] = r.metrics
     if not results:
         raise DiffxasError("every reconstruction failed: " + "; ".join(f"{m}: {e}" for m, e in failures.items()))
-
-    head(f"clustering ({'k=auto' if cluster_cfg.k == 'auto' else f'k={cluster_cfg.k}'}, features "
-         f"{', '.join(cluster_cfg.features)}, same settings for every method)")
-    ks: dict[str, Any] = {}
-    for m, path in list(results.items()):
-        try:
-            cl = cluster_file(path, cluster_cfg)
-        except DiffxasError as e:
-            msg = " ".join(str(e).split())
-            notes.append(f"{m}: clustering failed: {msg}")
-            log(f"    {m}: clustering failed: {msg}")
-            continue
-        ks[m] = int(cl["k"]) if cl.get("k") is not None else None
-        log(f"    {m}: " + format_clusters(cl).splitlines()[0])
-
-    head("evaluating against the ground truth")
-    metrics: dict[str, dict] = {}
-    for m, path in results.items():
-        stem = path.with_suffix("")
-        metrics[m] = evaluate_file(path, truth, json_path=f"{stem}_eval.json")
 
     head("writing the report")
     labels = list(results)

@@ -1,7 +1,12 @@
 """The one pipeline: checks -> reconstruct -> cluster -> write -> evaluate, and its parts.
 
-Used by ``diffxas reconstruct``, the demo (:mod:`diffxas.app.demo`) and sweeps
-(:mod:`diffxas.app.sweep`). Methods are known only through the registry
+:func:`run` is the chain, used by ``diffxas reconstruct`` (checks, reconstruct, write), the
+demo (:mod:`diffxas.app.demo`: every step, several methods) and sweeps
+(:mod:`diffxas.app.sweep.runner`: every step, one method per call). The data checks run
+here and only here for these three (:func:`check_config`, :func:`check_room`,
+:func:`check_data`); the solvers trust a dataset checked here (the check is recorded with
+the dataset, :func:`diffxas.data.checks.ensure_checked`) and check only one that reaches
+them from Python unchecked. Methods are known only through the registry
 (:data:`diffxas.solvers.registry.METHODS`): this module has no method names in it.
 The building blocks (:func:`write_simulation`, :func:`reconstruct`, ...) are also what the
 ``diffxas simulate`` and ``diffxas reconstruct`` commands call.
@@ -27,7 +32,9 @@ from diffxas.app.config import apply_overrides, build_section, config_to_dict
 from diffxas.errors import ConfigError, InputError
 from diffxas.solvers import registry as _registry
 
-__all__ = ["METHODS", "default_checkpoint", "default_truth_path", "iterations_key", "method_config", "reconstruct", "select_energies", "set_iterations", "spread_indices", "write_simulation"]
+__all__ = ["METHODS", "MethodRun", "check_config", "check_data", "check_room", "default_checkpoint", "default_truth_path",
+           "iterations_key", "method_config", "reconstruct", "run", "select_energies", "set_iterations", "spread_indices",
+           "write_simulation"]
 
 
 #: Reconstruction methods, as named on the command line (the registry's table).
@@ -235,12 +242,13 @@ def _same_part(old: dict | None, new: dict | None) -> bool:
     return norm(old) == norm(new)
 
 
-def remove_checkpoint(method: str, ckpt: Path) -> bool:
+def remove_checkpoint(method: str, ckpt: Path, owned: bool = False) -> bool:
     """Delete a checkpoint written through :func:`reconstruct` (and its sidecars).
 
-    Joint: the checkpoint file, its ``.hist.npz`` and ``.meta.json``. Two-step: the
-    folder, but only if it is named ``*.ckpt.d`` and holds the metadata file written by
-    :func:`reconstruct` (a folder the user named for something else is never removed).
+    A file checkpoint: the file, its ``.hist.npz`` and ``.meta.json``. A folder: only if it
+    holds the metadata file written by :func:`reconstruct` and is named ``*.ckpt.d`` or
+    ``owned`` (the caller named it for the run, e.g. a sweep point's ``<section>-ckpt``): a
+    folder the user named for something else is never removed.
     Returns True if something was removed.
     """
     ckpt = Path(ckpt)
@@ -251,7 +259,7 @@ def remove_checkpoint(method: str, ckpt: Path) -> bool:
                 with contextlib.suppress(OSError):
                     p.unlink()
                     removed = True
-    elif ckpt.is_dir() and ckpt.name.endswith(".ckpt.d") and _meta_path(method, ckpt).is_file():
+    elif ckpt.is_dir() and (owned or ckpt.name.endswith(".ckpt.d")) and _meta_path(method, ckpt).is_file():
         shutil.rmtree(ckpt, ignore_errors=True)
         removed = True
     return removed
@@ -365,3 +373,245 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
         result.input_path = os.path.abspath(os.fspath(input_path))
     result.input_sha256 = input_sha256 or result.input_sha256
     return result
+
+
+# ---- the chain -------------------------------------------------------------------------
+def check_config(ds, method: str, cfg) -> None:
+    """The configuration against the data, before any pass over the frames: the absorber's
+    K edge within the energies (``cfg.element``) and ``cfg.reference_energy`` among them
+    (for a method whose config has these fields)."""
+    from diffxas.data.checks import check_reference_energy
+
+    element = getattr(cfg, "element", None)
+    if element is not None:
+        from diffxas.physics.scattering import VEdge
+
+        VEdge.for_energies(element, ds.energies, getattr(cfg, "table", "chantler"))
+    check_reference_energy(getattr(cfg, "reference_energy", None), ds.energies,
+                           f"{_registry.get(method).section}.reference_energy")
+
+
+def check_room(ds, out, ckpt=None, source=None) -> None:
+    """Refuse a run whose results file (and checkpoint) cannot fit the free disk space,
+    before the run: stacks K x H x W (absorption, phase; float32) on the scan's map grid,
+    probes K x M x M (complex64), maps; a checkpoint holds about three times the result
+    (parameters and the optimiser's two moments). The layout and the positions are checked
+    first (a 2x2 detector, near-duplicate energies, translations in the wrong unit) so that
+    the grid is never sized from nonsense."""
+    from diffxas.data import files as io_files
+    from diffxas.data.checks import check_layout, check_positions
+
+    check_layout(ds, source=source)
+    check_positions(ds, source=source, warn=False)
+    h, w = ds.common_grid().shape
+    k, m = ds.n_energies, ds.frame_size
+    need = (1 << 20) + k * h * w * 8 + k * m * m * 8 + 16 * h * w * 8
+    io_files.check_free_space(out, need, "results file")
+    if ckpt is not None:
+        if os.path.dirname(os.path.abspath(ckpt)) == os.path.dirname(os.path.abspath(out)):
+            io_files.check_free_space(out, 4 * need, "results file and checkpoint")
+        else:
+            io_files.check_free_space(os.path.join(ckpt, "x"), 3 * need, "checkpoint")
+
+
+def check_data(ds, *, source=None, orientation: str | None = None, selection: dict | None = None):
+    """The data checks, once per dataset: broken frames and positions
+    (:func:`diffxas.data.checks.check_dataset`: refuse, or drop frames with one warning),
+    then the frames' orientation (``orientation``: a ``--orientation`` choice; None keeps
+    the frames as they are, the simulator's own files), then the warnings of a usable
+    dataset (counts, direct beam, saturation: :func:`diffxas.data.checks.ensure_checked`).
+    The returned dataset is marked checked: the solvers take it as it is.
+
+    ``selection`` (the input part's record, see :func:`reconstruct`) gets
+    ``frames_dropped_by_checks`` and ``orientation``. Warnings go to the "diffxas" logger.
+    """
+    from diffxas.data.checks import check_dataset, ensure_checked, mark_checked
+
+    n_before = ds.n_frames
+    ds = check_dataset(ds, source=source)  # before the orientation check: broken frames, positions
+    if selection is not None and ds.n_frames < n_before:  # recorded with the input selection
+        selection["frames_dropped_by_checks"] = int(n_before - ds.n_frames)
+    if orientation is not None:
+        from diffxas.data.orientation import resolve
+
+        ds, applied = resolve(ds, orientation)
+        if selection is not None:
+            selection["orientation"] = applied
+        mark_checked(ds)  # the same frames and positions, re-oriented
+    ds, _ = ensure_checked(ds, source=source)  # counts, direct beam, saturation (on the oriented frames)
+    return ds
+
+
+@dataclasses.dataclass
+class MethodRun:
+    """One method's way through :func:`run`.
+
+    ``result``: the :class:`~diffxas.maps.Result` (None if the method failed; on a process
+    other than 0 of a sharded run, the replicated result that was not written);
+    ``path``: the results file written; ``clusters`` (None: not clustered, or
+    ``cluster_error`` says why); ``metrics``: :func:`diffxas.analysis.evaluate.evaluate`
+    (None without a truth); ``error``: one line, why the method failed (checks,
+    reconstruction or writing); ``wall_s``: checks + reconstruction + writing, s;
+    ``dataset``: the checked dataset the method ran on.
+    """
+
+    method: str
+    result: Any = None
+    path: Path | None = None
+    clusters: dict | None = None
+    cluster_error: str | None = None
+    metrics: dict | None = None
+    error: str | None = None
+    wall_s: float = 0.0
+    dataset: Any = None
+
+
+def _one_line(e) -> str:
+    return " ".join(str(e).split())
+
+
+def run(ds, configs: Mapping[str, Any], *, source=None, input_sha256: str = "", input_path=None,
+        orientation: str | None = None, selection: dict | None = None,
+        out: Mapping[str, Any] | None = None, checkpoint: Mapping[str, Any] | None = None, resume: bool = False,
+        keep_checkpoint: Mapping[str, bool] | bool = True, progress: bool = False, sharded: bool = False,
+        cluster=None, cluster_csv: bool = False, truth=None, truth_path=None, nv_fraction: float = 0.25,
+        eval_json: bool = False, keep_going: bool = False, log=None, on_step=None) -> dict[str, MethodRun]:
+    """The chain checks -> reconstruct -> cluster -> write -> evaluate for the methods of
+    ``configs`` (``{method: config object}``, in that order) on one dataset.
+
+    Steps, each over every method before the next:
+
+    1. checks: :func:`check_config` and, with ``out``, :func:`check_room` per method; then
+       :func:`check_data` once (``source`` names the input in messages, ``orientation``,
+       ``selection`` as there);
+    2. reconstruct (:func:`reconstruct`: ``checkpoint[method]``, ``resume``, ``progress``,
+       ``sharded``; ``input_path``/``input_sha256``/``selection`` recorded in the result);
+    3. cluster, in memory, when ``cluster`` (a :class:`~diffxas.analysis.clustering.ClusterConfig`)
+       is given: the clusters go into the result (a failure is recorded, not raised);
+    4. write ``out[method]`` (a results file, atomic; on a full disk the result is kept in a
+       temporary folder, named in the error) and, with ``cluster_csv``, the clusters' CSV
+       next to it; the checkpoint is removed unless ``keep_checkpoint`` (a bool or one per
+       method). Only process 0 of a sharded run writes;
+    5. evaluate against ``truth`` (a :class:`~diffxas.maps.Truth`) when given, with
+       ``nv_fraction``; with ``eval_json`` the metrics go to ``<results stem>_eval.json``
+       (with ``result_path``, ``truth_path`` and ``json_path``, as ``diffxas evaluate`` writes).
+
+    ``keep_going``: a method's failure (any :class:`~diffxas.errors.DiffxasError`) is
+    recorded in its :class:`MethodRun` and the others go on (the demo); otherwise it is
+    raised (the CLI, a sweep point). ``log``: one-line notes (default stderr);
+    ``on_step(step, method, run)``: called with ``method=None`` when a step starts
+    ("checks", "reconstruct", "cluster", "write", "evaluate"), with the method before its
+    reconstruction, and with ``step + "ed"`` / ``"written"`` after each method's
+    reconstruction, clustering, writing and evaluation, and ``"failed"`` when a method
+    fails under ``keep_going`` (the demo prints its progress from it).
+    Returns ``{method: MethodRun}``.
+    """
+    from diffxas.errors import DiffxasError
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    step = on_step or (lambda *a: None)
+    out = dict(out or {})
+    ckpts = dict(checkpoint or {})
+    runs = {m: MethodRun(m) for m in configs}
+    primary = True
+    if sharded:
+        import jax
+
+        primary = jax.process_index() == 0
+
+    def fail(m, e):
+        if not keep_going:
+            raise e
+        runs[m].error = _one_line(e)
+        step("failed", m, runs[m])
+
+    def live():
+        return [m for m, r in runs.items() if r.error is None]
+
+    step("checks", None, None)
+    t_check = {}
+    for m, cfg in configs.items():
+        t0 = time.perf_counter()
+        try:
+            check_config(ds, m, cfg)
+            if out.get(m) is not None:
+                check_room(ds, out[m], ckpts.get(m), source=source)
+        except DiffxasError as e:
+            fail(m, e)
+        t_check[m] = time.perf_counter() - t0
+    checked = None
+    if live():
+        t0 = time.perf_counter()
+        try:
+            checked = check_data(ds, source=source, orientation=orientation, selection=selection)
+        except DiffxasError as e:
+            for m in live():
+                fail(m, e)
+        for m in runs:
+            t_check[m] += (time.perf_counter() - t0) / max(len(runs), 1)
+    step("reconstruct", None, None)
+    for m in live():
+        step("reconstruct", m, runs[m])
+        runs[m].dataset = checked
+        t0 = time.perf_counter()
+        try:
+            runs[m].result = reconstruct(checked, m, configs[m], progress=progress, checkpoint=ckpts.get(m),
+                                         resume=resume, input_path=input_path, input_sha256=input_sha256, log=log,
+                                         selection=selection, sharded=sharded)
+        except DiffxasError as e:
+            fail(m, e)
+            continue
+        runs[m].wall_s = t_check[m] + time.perf_counter() - t0
+        step("reconstructed", m, runs[m])
+    if cluster is not None and live():
+        from diffxas.analysis.clustering import cluster_result
+
+        step("cluster", None, None)
+        for m in live():
+            try:
+                runs[m].clusters = cluster_result(runs[m].result, cluster)
+                runs[m].result.clusters = runs[m].clusters
+            except DiffxasError as e:  # e.g. no valid pixel to cluster: the maps still count
+                runs[m].cluster_error = _one_line(e)
+            step("clustered", m, runs[m])
+    if out and primary and live():
+        from diffxas.analysis.clustering import default_csv_path, write_cluster_csv
+        from diffxas.data import results as io_results
+
+        step("write", None, None)
+        for m in live():
+            if out.get(m) is None:
+                continue
+            t0 = time.perf_counter()
+            try:
+                runs[m].path = io_results.write_result_or_keep(out[m], runs[m].result)
+            except DiffxasError as e:
+                fail(m, e)
+                continue
+            if cluster_csv and runs[m].clusters is not None:
+                csv = default_csv_path(runs[m].path)
+                write_cluster_csv(csv, runs[m].clusters)
+                runs[m].clusters["csv_path"] = csv
+            keep = keep_checkpoint.get(m, True) if isinstance(keep_checkpoint, Mapping) else keep_checkpoint
+            if ckpts.get(m) is not None and not keep:
+                remove_checkpoint(m, Path(ckpts[m]), owned=True)
+            runs[m].wall_s += time.perf_counter() - t0
+            step("written", m, runs[m])
+    if truth is not None and live():
+        from diffxas.analysis.evaluate import default_json_path, evaluate
+
+        step("evaluate", None, None)
+        for m in live():
+            metrics = evaluate(runs[m].result, truth, nv_fraction=nv_fraction, clusters=runs[m].clusters)
+            if eval_json and runs[m].path is not None:
+                from diffxas.data import files as io_files
+
+                jpath = default_json_path(runs[m].path)
+                metrics["result_path"] = os.fspath(runs[m].path)
+                if truth_path is not None:
+                    metrics["truth_path"] = os.fspath(truth_path)
+                metrics["json_path"] = jpath
+                io_files.write_text_atomic(jpath, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+            runs[m].metrics = metrics
+            step("evaluated", m, runs[m])
+    return runs

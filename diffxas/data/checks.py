@@ -1,9 +1,11 @@
 """Can these data support maps? Checks of the frames and the scan positions before a run.
 
-One concern: whether a dataset is physically usable by either reconstruction. Both
-methods call :func:`check_dataset` first (``reconstruct_two_step``, ``reconstruct_joint``;
-the CLI calls it before the orientation check, and ``diffxas info`` reports the same
-findings through :func:`findings`). What cannot work is refused with one
+One concern: whether a dataset is physically usable by either reconstruction. The
+pipeline (:func:`diffxas.app.pipeline.check_data`, for ``diffxas reconstruct``, the demo and
+sweeps) runs :func:`check_dataset` before the orientation check and :func:`ensure_checked`
+after it; both solvers call :func:`ensure_checked` on entry, which costs nothing for a
+dataset checked there and checks one given to them from Python (``diffxas info`` reports
+the same findings through :func:`findings`). What cannot work is refused with one
 :class:`~diffxas.errors.InputError` line; what can work once some frames are left out is
 masked (the frames dropped) with one warning on the "diffxas" logger naming the energy and
 the frame indices.
@@ -76,7 +78,9 @@ MIN_FRAME_SIZE = 8
 
 log = logging.getLogger("diffxas")
 
-_checked: dict[int, weakref.ref] = {}
+#: id(dataset) -> (weak reference, findings of :func:`ensure_checked` or None): the datasets
+#: that passed :func:`check_dataset` (an entry goes when its dataset is garbage-collected).
+_checked: dict[int, tuple[weakref.ref, dict | None]] = {}
 
 
 def _where(source) -> str:
@@ -89,15 +93,56 @@ def _list(idx, n: int = 8) -> str:
     return s + (f", ... ({len(idx)} in all)" if len(idx) > n else "")
 
 
-def mark_checked(ds: Dataset) -> Dataset:
-    """Record that ``ds`` passed :func:`check_dataset` (a later call returns it as it is)."""
-    _checked[id(ds)] = weakref.ref(ds)
+def mark_checked(ds: Dataset, findings: dict | None = None) -> Dataset:
+    """Record that ``ds`` passed :func:`check_dataset` (a later call returns it as it is);
+    ``findings``: what :func:`ensure_checked` found (then a later call of it does nothing)."""
+    key = id(ds)
+    _checked[key] = (weakref.ref(ds, lambda _r, key=key: _checked.pop(key, None)), findings)
     return ds
 
 
 def is_checked(ds: Dataset) -> bool:
     r = _checked.get(id(ds))
-    return r is not None and r() is ds
+    return r is not None and r[0]() is ds
+
+
+def checked_findings(ds: Dataset) -> dict | None:
+    """The findings :func:`ensure_checked` recorded for ``ds`` (None: not run on it)."""
+    r = _checked.get(id(ds))
+    return r[1] if r is not None and r[0]() is ds else None
+
+
+def data_findings(ds: Dataset) -> dict:
+    """The warnings of a usable dataset, one line each on the "diffxas" logger, and their
+    record: ``count_quantum`` (:func:`~diffxas.data.stxm.check_counts`: frames that are
+    counts times a constant), ``beam_masked`` (energies whose mask hides the direct beam,
+    :func:`~diffxas.data.stxm.check_direct_beam`) and ``saturation``
+    (:func:`~diffxas.data.stxm.check_saturation`: clipped or flagged pixels)."""
+    from diffxas.data.stxm import check_counts, check_direct_beam, check_saturation
+
+    return {"count_quantum": check_counts(ds), "beam_masked": check_direct_beam(ds),
+            "saturation": check_saturation(ds)}
+
+
+def ensure_checked(ds: Dataset, source=None) -> tuple[Dataset, dict]:
+    """Every data check a reconstruction needs, once per dataset: :func:`check_dataset`
+    (refuse, or drop broken frames) then :func:`data_findings` (warnings). Returns the
+    dataset to use and the findings; the pair is recorded with the dataset, so a second
+    call (the pipeline checked, the solver asks again) costs nothing and warns nothing.
+
+    The pipeline (:func:`diffxas.app.pipeline.check_data`) calls it after the orientation
+    is resolved; the solvers call it on entry, which does the work only for a dataset that
+    came to them from Python without the pipeline.
+    """
+    found = checked_findings(ds)
+    if found is not None:
+        return ds, found
+    ds = check_dataset(ds, source=source)
+    found = checked_findings(ds)
+    if found is None:
+        found = data_findings(ds)
+        mark_checked(ds, found)
+    return ds, found
 
 
 def object_pixel_sizes(ds: Dataset) -> np.ndarray:

@@ -104,30 +104,19 @@ from diffxas.app.sweep.summary import (
     _same_resolved,
     write_summary,
 )
-from diffxas.errors import ConfigError, DiffxasError
+from diffxas.errors import ConfigError
 
 __all__ = ["run", "run_point"]
 
 
-def _reconstruct(method: str, ds, cfg, d: Path):
-    """Run ``method`` (a registry name) with a checkpoint in the point's folder (resumed when a
-    killed run left one), removed after success."""
-    from diffxas.solvers import (
-        registry,  # JAX: imported when a point runs, not for `sweep --help`
-    )
+def _checkpoint(method: str, d: Path) -> Path:
+    """The point's checkpoint of ``method``: ``<section>.ckpt`` (a file) or ``<section>-ckpt``
+    (a folder) in the point's folder; resumed when a killed run left one, removed after success."""
+    # JAX: imported when a point runs, not for `sweep --help`
+    from diffxas.solvers import registry
 
     spec = registry.get(method)
-    if spec.checkpoint == "file":
-        ckpt = d / f"{spec.section}.ckpt"
-        res = spec.reconstruct(ds, cfg, progress=False, checkpoint=ckpt, resume=True)
-        for p in (ckpt, Path(str(ckpt) + ".hist.npz")):
-            if p.exists():
-                p.unlink()
-    else:
-        ckpt = d / f"{spec.section}-ckpt"
-        res = spec.reconstruct(ds, cfg, progress=False, checkpoint=ckpt, resume=True)
-        shutil.rmtree(ckpt, ignore_errors=True)
-    return res
+    return d / (f"{spec.section}.ckpt" if spec.checkpoint == "file" else f"{spec.section}-ckpt")
 
 
 def run_point(point: Mapping[str, Any], out_dir: str | os.PathLike, reuse: bool = True) -> dict[str, Any]:
@@ -191,32 +180,31 @@ def run_point(point: Mapping[str, Any], out_dir: str | os.PathLike, reuse: bool 
 
 
 def _run_method(method: str, pc: PointConfig, sim, sim_info: Mapping[str, Any], d: Path) -> dict[str, Any]:
-    from diffxas.analysis.evaluate import evaluate
-    from diffxas.data import results as dio_results
+    """One method on the point's simulation through the one pipeline
+    (:func:`diffxas.app.pipeline.run`: checks -> reconstruct -> cluster -> write -> evaluate)."""
+    from diffxas.app import pipeline
 
-    t0 = time.perf_counter()
-    res = _reconstruct(method, sim.dataset, pc.method_configs[method], d)
-    wall = time.perf_counter() - t0
+    # the simulator writes its frames in the file convention: no orientation search
+    r = pipeline.run(sim.dataset, {method: pc.method_configs[method]}, source=d / DATA, input_path=(d / DATA).resolve(),
+            out={method: d / f"result-{method}.h5"}, checkpoint={method: _checkpoint(method, d)}, resume=True,
+            keep_checkpoint=False, cluster=pc.cluster, truth=sim.truth,
+            nv_fraction=float(pc.evaluate["nv_fraction"]), log=lambda msg: None)[method]
     COUNTERS[f"method:{method}"] += 1
-    clusters, cluster_info = None, {}
-    if pc.cluster is not None:
-        from diffxas.analysis.clustering import cluster_attrs, cluster_result
+    cluster_info: dict[str, Any] = {}
+    if r.cluster_error is not None:  # e.g. no valid pixel to cluster: metrics still count
+        cluster_info = {"error": r.cluster_error}
+    elif r.clusters is not None:
+        from diffxas.analysis.clustering import cluster_attrs
 
-        try:
-            clusters = cluster_result(res, pc.cluster)
-            res.clusters = clusters
-            a = cluster_attrs(clusters)
-            cluster_info = {"k": a.get("k"), "stability": a.get("stability"), "n_pixels": a.get("n_pixels")}
-        except DiffxasError as e:  # e.g. no valid pixel to cluster: metrics still count
-            cluster_info = {"error": _error_text(e)}
-    res.input_path = str((d / DATA).resolve())
-    dio_results.write_result(d / f"result-{method}.h5", res)
-    metrics = evaluate(res, sim.truth, nv_fraction=float(pc.evaluate["nv_fraction"]), clusters=clusters)
+        a = cluster_attrs(r.clusters)
+        cluster_info = {"k": a.get("k"), "stability": a.get("stability"), "n_pixels": a.get("n_pixels")}
+    metrics = r.metrics
     metrics["cluster_info"] = cluster_info
-    metrics["timing"] = {"method_wall_s": wall, "sim_wall_s": sim_info.get("wall_s"), "sim_source": sim_info.get("source")}
+    metrics["timing"] = {"method_wall_s": r.wall_s, "sim_wall_s": sim_info.get("wall_s"),
+                         "sim_source": sim_info.get("source")}
     metrics["method"] = method
     # the solver's plausibility checks (the joint's; None for a method without them)
-    metrics["warnings"] = (res.config or {}).get("warnings")
+    metrics["warnings"] = (r.result.config or {}).get("warnings")
     _write_json(d / f"metrics-{method}.json", metrics)
     return metrics
 

@@ -38,7 +38,96 @@ MAX_STEPS = 10_000_000
 
 @dataclasses.dataclass(frozen=True)
 class JointConfig:
-    """Configuration of the joint solver (frozen, validated). Energies in eV."""
+    """Configuration of the joint solver (frozen, validated). Energies in eV, lengths in m,
+    learning rates in the parameters' own units per Adam step.
+
+    The measurements behind the defaults are in docs/results.md ("Joint configuration notes");
+    the physics in docs/physics.md.
+
+    Attributes:
+        steps: Adam steps (300: the setting the measurements in docs/results.md use).
+        loss: data term, "amplitude" (squared error of the amplitudes, robust, the default)
+            or "poisson" (negative log-likelihood of the counts).
+        batch_size: frames per step; None = all frames (full batch, deterministic).
+        chunk_size: frames evaluated at once inside a step (memory, not the result: about
+            13 GiB for the seed-size step at 512, 9 GiB at 64; docs/scaling.md).
+        lr_amp: learning rate of the amplitude parameters (a, b1, c11, c21, n_other).
+        lr_energy: learning rate of the shape parameters (edge and peak positions and
+            widths), from ``shape_start``.
+        lr_probe: learning rate of the probes (relative), from ``probe_start``.
+        lr_positions: learning rate of per-frame position corrections (pixels); 0 = the
+            file's positions are used as they are (the default).
+        lr_scale: learning rate of a per-frame intensity scale (incident-flux
+            fluctuations), log units per step; 0 = off.
+        probe_start: step from which the probes are refined (the start probe is held for
+            the first 20 steps while the maps take shape).
+        lr_gain: learning rate of a per-energy probe amplitude gain exp(g_k), log units
+            per step, trained from step 0 (both probe models); 0.01 makes the maps
+            insensitive to a start probe at the wrong power; 0 = off.
+        shape_start: step from which the shape parameters (``lr_energy``) move; before it
+            only the amplitudes, the composition and the probes do; None = a quarter of
+            ``steps``.
+        per_pixel: parameters with one value per map pixel; the rest are shared by all
+            pixels (default: the pre-edge positions and widths shared, as in the
+            recommended two-step fit, like-for-like).
+        per_domain: parameters with one value per chemical domain (domains from
+            ``domains``); pixels without a label share one extra value; () = none.
+        domains: where the domains of ``per_domain`` come from: a results file with
+            /clusters/labels on this dataset's map grid, or "auto" (a first pass without
+            ``per_domain``, clustered with the default ClusterConfig, then the second pass).
+        prior: spatial prior on the per-pixel maps: "tv" (total variation, weights from
+            the noise level, never from a truth; docs/physics.md, "Spatial prior") or "none".
+        prior_strength: TV threshold in standard errors (0.5, chosen on noisy `tiny`).
+        tv_weight: one explicit TV weight for every raw map, in units of the data loss
+            (for sweeps; needs ``prior = "none"``); 0 = off.
+        init: start of the maps: "epie" (a short ePIE per energy, the default), "stxm"
+            (bright field and DPC), "flat" or "result" (a warm start from ``init_result``).
+        init_result: results file of a warm start (``init = "result"``, ``--init``).
+        init_probes: probes of a warm start: "result" (the results file's, rescaled to the
+            membrane counts), "file" (the data file's illumination) or "auto" (the file's
+            when it has one, else the result's: the file's gave the better pre-edge maps).
+        init_epochs: ePIE epochs of the "epie" start (40).
+        probe_fwhm: FWHM (m) of the KB focus guessed when the data file has no
+            illumination (as the two-step's ``epie.probe_fwhm``); refined by the "epie" start.
+        reference_energy: energy (eV) of the Re[N_e^eff]/N_V map; None = the lowest.
+        valid_jump_fraction: pixels whose edge jump is below this fraction of the
+            99th-percentile jump are not valid (no vanadium to speak of there).
+        seed: seed of the mini-batch order (a resumed run follows the uninterrupted one).
+        log_every: steps between loss records (and progress updates).
+        checkpoint_every: steps between checkpoints.
+        element: absorber (chemical symbol) whose K edge the data scan; "V" is the seed's;
+            any element with a K edge in ``table`` works.
+        table: scattering-factor table for N_V and Re[N_e^eff] ("chantler").
+        lr_decay: final factor of the cosine learning-rate decay over ``steps`` (0.1).
+        memory: frames on the device ("device"), streamed from the host or file chunk by
+            chunk ("stream"), or chosen from the memory model and the budget ("auto");
+            docs/scaling.md.
+        memory_budget_gib: device memory (GiB) for "auto"; None = from the device (or
+            the host RAM).
+        lbfgs_steps: L-BFGS iterations after the Adam steps (optax.lbfgs, zoom line
+            search) on the sample parameters, probes and positions held; 0 = off (the
+            default: it changed the maps by less than 0.01 eV on noisy `tiny`).
+        probe_model: "per-energy" (one free complex probe per energy) or "smooth" (probes
+            of all energies from a few shared complex arrays, P_k = exp(g_k) sum_j L_j(x_k)
+            Q_j, Legendre polynomials of degree <= ``probe_degree`` in the scaled energy; for
+            achromatic mirror focusing; :func:`probe_basis`).
+        probe_degree: polynomial degree in energy of the "smooth" probe model (2).
+        relative: amplitudes stored as ratios to the edge jump b1 (c11 = b1 r11, ...), so
+            that their maps and prior are intensive, flat across a domain whatever the
+            thickness (docs/physics.md, "Relative pre-edge amplitudes"); only V-specific
+            features qualify; ignored unless b1 is per pixel; () = absolute amplitudes.
+        holdout: fraction of each energy's frames held out of the fit (every n-th in scan
+            order); their loss is logged as history["heldout_loss"], a truth-free check of
+            how well the model predicts unfitted frames (it does not rank the maps: no
+            selector for ``prior_strength`` or ``steps``); needs memory "device", no
+            sharding; 0 = off (docs/physics.md, "Held-out frames").
+        background: incoherent detector background per energy
+            (:mod:`diffxas.physics.background`): "none" (the seed's model), "flat" (one
+            level per energy) or "map" (one level per energy and detector pixel); trained
+            from step 0 from the darkest detector block's mean counts (docs/physics.md,
+            "Detector background").
+        lr_background: learning rate of the background, log units per step.
+    """
 
     steps: int = 300
     loss: str = "amplitude"
@@ -48,102 +137,36 @@ class JointConfig:
     lr_energy: float = 0.25
     lr_probe: float = 0.01
     lr_positions: float = 0.0
-    # per-frame intensity scale (incident-flux fluctuations), log units per step; 0 = off
     lr_scale: float = 0.0
     probe_start: int = 20
-    # per-energy probe amplitude gain exp(g_k), trained from step 0 (log units per step;
-    # both probe models). The start probe's shape is fixed until probe_start and the empty
-    # region pins the maps, so a power error of the start probe went into the maps. Noisy
-    # `tiny` with the guess's amplitude x 1.05 / 0.95: edge energy 0.745 / 0.355 eV
-    # without the gains, 0.218 / 0.209 eV with them (0.206 at the right power); the smooth
-    # model's gains, which used to train only from probe_start at lr_probe: 0.632 -> 0.222
-    # eV at x 1.05. At the right power the edge energy is unchanged (tiny A/B/C 0.206 /
-    # 0.228 / 0.262 eV, `small` 0.188 vs 0.190, `paper` 0.181 vs 0.181); Re[Ne]/N_V on
-    # `paper` 1.88 vs 1.71. 0 = off (the default before session 12).
     lr_gain: float = 0.01
     shape_start: int | None = None
-    # pre-edge peak positions/widths shared across pixels, as in the recommended two-step fit
-    # (like-for-like; measured on small: PE/dmt RMSE 0.22 tied vs 0.34 free)
     per_pixel: tuple[str, ...] = ("a", "b1", "b2", "b3", "c11", "c21", "n_other")
-    # parameters with one value per domain (e.g. the pre-edge positions and widths per
-    # chemical domain), domains from the /clusters/labels of a results file on this
-    # dataset's map grid (a first pass clustered with `diffxas cluster`), or "auto": a first
-    # pass with this configuration minus per_domain, clustered with the default
-    # ClusterConfig (k by elbow), then the second pass; pixels without a label share one
-    # extra value. Empty = none.
     per_domain: tuple[str, ...] = ()
     domains: str | None = None
-    # Spatial prior on the per-pixel maps: "none", or "tv" = total variation with weights
-    # from the noise level (the rule: docs/physics.md, "Spatial prior"; never from a truth).
-    # prior_strength c: TV threshold of c standard errors (0.5, chosen on noisy tiny; see
-    # docs/physics.md). tv_weight > 0 instead sets
-    # one explicit weight for every raw map, in units of the data loss (for sweeps).
     prior: str = "tv"
     prior_strength: float = 0.5
     tv_weight: float = 0.0
     init: str = "epie"
     init_result: str | None = None
-    # probes of a warm start (init="result"): "result" (the results file's refined probes,
-    # rescaled to the membrane counts), "file" (the data file's illumination) or "auto"
-    # (the file's illumination when it has one, else the result's). Measured on noisy tiny
-    # (warm start from TwoStepConfig(), whose own errors are edge 0.53 / PE/dmt 0.31 eV):
-    # "file" edge 0.232 / PE/dmt 0.167 eV, "result" 0.232 / 0.287 eV (bias -0.24: each
-    # energy's ePIE probe carries some of that energy's object error).
     init_probes: str = "auto"
     init_epochs: int = 40
-    # FWHM (m) of the KB focus guessed when the data file has no illumination (as the
-    # two-step's epie.probe_fwhm); refined by the "epie" start
     probe_fwhm: float = 300e-9
     reference_energy: float | None = None
     valid_jump_fraction: float = 0.1
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 50
-    # the absorber (chemical symbol) whose K edge the data scan; "V" is the seed's. Any
-    # element with a K edge in the table works: scattering.VEdge.for_energies(element, ...)
     element: str = "V"
     table: str = "chantler"
     lr_decay: float = 0.1
-    # frames on the device ("device"), streamed from the host/file chunk by chunk ("stream"),
-    # or chosen from the memory model and the budget ("auto"); see docs/scaling.md
     memory: str = "auto"
-    memory_budget_gib: float | None = None  # device memory for "auto"; None = from the device (or host RAM)
-    # optional L-BFGS polish after the Adam steps (optax.lbfgs with its zoom line search) on
-    # the sample parameters, probes and positions held; 0 = off. Measured on noisy tiny
-    # (100 iterations after 300 Adam steps): loss -1e-4 relative, maps unchanged to 0.01 eV,
-    # so it is off by default.
+    memory_budget_gib: float | None = None
     lbfgs_steps: int = 0
-    # probe model: "per-energy" (one free complex probe per energy) or "smooth" (probes of all
-    # energies from a few shared complex arrays: P_k = exp(g_k) sum_j L_j(x_k) Q_j, Legendre
-    # polynomials L_j of degree <= probe_degree in the energy scaled to [-1, 1], one real
-    # log-gain g_k per energy for the incident flux). "smooth" suits achromatic (mirror)
-    # focusing, whose probe is nearly the same array in every energy's own pixels; see
-    # :func:`probe_basis`.
     probe_model: str = "per-energy"
     probe_degree: int = 2
-    # amplitudes stored as ratios to the edge jump b1 (c11 = b1 * r11, ...): their maps, and
-    # the spatial prior on them, are then intensive (PE/dmt = pi r11 c13), flat across a
-    # domain however the thickness varies; see docs/physics.md ("Relative pre-edge
-    # amplitudes"). Only V-specific features may be relative (a and n_other also describe
-    # V-free matter, carbon binder say, where b1 = 0). Default chosen on noisy `tiny` (two
-    # noise realisations, PE/dmt RMSE 0.179 -> 0.132 and 0.211 -> 0.148 eV, edge energy
-    # 0.215 -> 0.206 and 0.234 -> 0.228 eV); `()` = absolute amplitudes (before 709a520).
-    # Ignored (absolute) unless b1 is per pixel.
     relative: tuple[str, ...] = ("c11", "c21")
-    # fraction of each energy's frames held out of the fit (every n-th in scan order,
-    # Dataset.holdout_mask); their loss under the fitted model is logged as
-    # history["heldout_loss"]: a truth-free check of how well the model predicts frames it
-    # has not fitted (over-fitting of the frames, models of the data). Measured on noisy
-    # `tiny`, it does NOT rank the chemical maps (it prefers priors that flatten the edge
-    # energy, and fewer steps than the maps need), so it is no selector for prior_strength
-    # or steps. 0 = off: all frames fit. Needs the frames on one device (memory "device",
-    # no sharding); docs/physics.md ("Held-out frames").
     holdout: float = 0.0
-    # incoherent detector background per energy (diffxas.physics.background): "none" (the seed's
-    # model), "flat" (one level per energy) or "map" (one level per energy and detector
-    # pixel, for the scattering around the direct beam). Trained from step 0 in log units
-    # (lr_background per step) from the darkest detector block's mean counts. The
-    # measurements behind the choice of default: docs/physics.md, "Detector background".
     background: str = "none"
     lr_background: float = 0.05
 

@@ -15,9 +15,6 @@ import numpy as np
 from diffxas.data.dataset import Dataset, mean_frames
 from diffxas.data.stxm import (
     NO_EMPTY_REGION,
-    check_counts,
-    check_direct_beam,
-    check_saturation,
     dpc_phase,
     empty_region,
     flux_scatter,
@@ -65,8 +62,15 @@ from diffxas.solvers.joint.solver import (
 
 
 def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int = 1, domain_labels=None,
-                  common: Grid | None = None, place_frames=None):
+                  common: Grid | None = None, place_frames=None, findings: dict | None = None):
     """Build the problem, initial parameters and solver for ``ds``.
+
+    ``findings``: the data checks' record (:func:`diffxas.data.checks.ensure_checked`, which
+    :func:`reconstruct_joint` runs once on the whole dataset before holding frames out);
+    None (a direct call, e.g. from a benchmark) runs the warnings of
+    :func:`diffxas.data.checks.data_findings` here. The frames' power (the probe guess put at
+    the counts, :func:`~diffxas.data.stxm.illumination_at_counts`) is set here in either case:
+    it is part of the start, not a check, and uses this function's one pass over the frames.
 
     ``n_shards``: number of devices the frames will be split over (the chunk size is
     rounded to a multiple of it; see :mod:`diffxas.solvers.joint.parallel`).
@@ -96,9 +100,11 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     # a probe guess in the file at another power than the frames' (another normalisation,
     # frames not in counts) is put at the counts: the joint is sensitive to it
     ds, power = illumination_at_counts(ds, moments[0])
-    quantum = check_counts(ds)  # frames that are counts times a constant: one warning
-    check_direct_beam(ds)  # a beamstop: one warning
-    check_saturation(ds)  # clipped or flagged pixels: one warning
+    if findings is None:  # counts times a constant, a beamstop, clipped pixels: one warning each
+        from diffxas.data.checks import data_findings
+
+        findings = data_findings(ds)
+    quantum = findings.get("count_quantum")
     vals, init_info = init_params(ds, prob, common, cfg, edge, moments)
     if power is not None:
         init_info["illumination_power"] = power
@@ -219,10 +225,18 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
     the uninterrupted one). ``n_shards``/``shard``: multi-device hook used by
     :func:`diffxas.solvers.joint.parallel.reconstruct_joint_sharded` (``shard(solver, state)`` returns
     the sharded pair).
-    """
-    from diffxas.data.checks import check_dataset, check_reference_energy
 
-    ds = check_dataset(ds)  # can these data support maps? (refuse, or drop bad frames; once per dataset)
+    Data checks: a dataset checked by the pipeline (:func:`diffxas.app.pipeline.check_data`,
+    used by ``diffxas reconstruct``, the demo and sweeps) is trusted as it is; one that comes
+    here from Python unchecked is checked once (:func:`diffxas.data.checks.ensure_checked`),
+    so that a direct call refuses the same inputs and warns the same way as the command.
+    The check is remembered with the dataset, so the two-pass mode's second call and the
+    sharded driver do not repeat it. The reference-energy check stays here as well: it
+    compares two numbers and guards direct calls.
+    """
+    from diffxas.data.checks import check_reference_energy, ensure_checked
+
+    ds, found = ensure_checked(ds)  # trusted when the pipeline checked it; else refuse or drop bad frames here
     check_reference_energy(cfg.reference_energy, ds.energies, "joint.reference_energy")
     if cfg.per_domain and cfg.domains == "auto" and _domain_labels is None:
         return _reconstruct_two_pass(ds, cfg, progress, checkpoint, resume, callback, n_shards, shard)
@@ -235,7 +249,7 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
         fit_ds, held_ds = ds.subset(~held), ds.subset(held)
         # the full scan's grid: the held-out frames must lie on the fitted object
         solver, state, ctx = prepare_joint(fit_ds, cfg, n_shards=n_shards, domain_labels=_domain_labels,
-                                           common=ds.common_grid())
+                                           common=ds.common_grid(), findings=found)
         if ctx["memory"]["mode"] != "device":
             raise ConfigError("holdout needs the frames on the device (memory='device'); the streaming mode has no "
                               "held-out evaluation")
@@ -247,7 +261,7 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
         ds = fit_ds
     else:
         solver, state, ctx = prepare_joint(ds, cfg, n_shards=n_shards, domain_labels=_domain_labels,
-                                           place_frames=place_frames)
+                                           place_frames=place_frames, findings=found)
     # after prepare_joint: bad input gets its one error line alone; a two-pass run's first
     # pass has the same per_pixel and has logged it already
     if _domain_labels is None:

@@ -20,9 +20,6 @@ from diffxas.analysis.smoothing import smooth_stack
 from diffxas.data.dataset import Dataset
 from diffxas.data.stxm import (
     NO_EMPTY_REGION,
-    check_counts,
-    check_direct_beam,
-    check_saturation,
     dpc_phase,
     empty_region,
     illumination_at_counts,
@@ -165,12 +162,17 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
         checkpoint_dir: folder for the ePIE checkpoint (``epie.npz``), written every
             ``config.epie.checkpoint_every`` epochs.
         resume: continue ePIE from the checkpoint in ``checkpoint_dir`` when present.
+
+    Data checks: a dataset checked by the pipeline (:func:`diffxas.app.pipeline.check_data`)
+    is trusted as it is; an unchecked one (a direct call from Python) is checked here once
+    (:func:`diffxas.data.checks.ensure_checked`: refuse, drop broken frames, warn), so both
+    routes refuse and warn alike and neither does the work twice.
     """
     cfg = TwoStepConfig() if config is None else config
     t0 = time.perf_counter()
-    from diffxas.data.checks import check_dataset, check_reference_energy
+    from diffxas.data.checks import check_reference_energy, ensure_checked
 
-    dataset = check_dataset(dataset)  # can these data support maps? (refuse, or drop bad frames)
+    dataset, found = ensure_checked(dataset)  # trusted when the pipeline checked it
     e = np.asarray(dataset.energies, np.float64)
     check_reference_energy(cfg.reference_energy, e, "twostep.reference_energy")
     edge = _edge(cfg, e)  # before the ePIE: a wrong element fails now, not after an hour
@@ -181,9 +183,7 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
         ck = os.path.join(os.fspath(checkpoint_dir), "epie.npz")
     # a probe guess at another power than the frames' is put at the counts (stxm.illumination_at_counts)
     dataset, power = illumination_at_counts(dataset)
-    quantum = check_counts(dataset)
-    check_direct_beam(dataset)
-    check_saturation(dataset)
+    quantum = found.get("count_quantum")
     er = run_epie(dataset, cfg.epie, progress=progress, checkpoint=ck, resume=resume)
     from diffxas.physics.background import describe
     from diffxas.physics.background import summary as background_summary
