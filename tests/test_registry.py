@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from diffxas.app import pipeline
+from diffxas.data import results as io_results
 from diffxas.data.results import read_result, write_result
 from diffxas.errors import ConfigError
 from diffxas.maps import MAP_FIELDS, ChemMaps, Result
@@ -45,7 +46,10 @@ def toy_reconstruct(dataset, config, *, progress=False, checkpoint=None, resume=
 def toy(monkeypatch):
     method = registry.Method("toy", ToyConfig, toy_reconstruct, section="toy", checkpoint="file",
                              iterations_key=None, result_name="toy.h5")
-    monkeypatch.setitem(registry.METHODS, "toy", method)  # the one registry line
+    # undone after the test: the registry entry and the results reader's list of methods
+    monkeypatch.setitem(registry.METHODS, "toy", method)
+    monkeypatch.setattr(io_results, "RESULT_METHODS", set(io_results.RESULT_METHODS))
+    registry.register(method)  # the one registry line (its results files read back too)
     return method
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from diffxas.data.results import known_result_method
 from diffxas.errors import ConfigError
 from diffxas.maps import Result
 from diffxas.solvers.joint import parallel as joint_parallel
@@ -93,6 +94,7 @@ def register(method: Method) -> Method:
     if method.checkpoint not in ("file", "folder"):
         raise ConfigError(f"method {method.name!r}: checkpoint must be 'file' or 'folder', got {method.checkpoint!r}")
     METHODS[method.name] = method
+    known_result_method(method.name)  # its results files read back like the built-in methods'
     return method
 
 

@@ -85,7 +85,7 @@ def plausibility_warnings(full: dict[str, np.ndarray], pre_edge_norm: np.ndarray
     The joint's widths are bounded below only (softplus), so a collapse shows as widths
     beyond the two-step fit's bounds (:class:`diffxas.solvers.twostep.fitting.FitConfig`: pre-edge widths
     <= 8 eV, edge width <= 15 eV), and as a negative pre-edge peak area. Seen at 1e4
-    photons per frame on `tiny` before the per-energy probe gains of session 12
+    photons per frame on `tiny` before the per-energy probe gains (commit 8d57a46)
     (experiments/README.md): c23 = 12 eV and median PE/dmt -21 eV. Medians over the valid
     pixels (shared parameters are one value anyway).
     """
