@@ -188,11 +188,16 @@ def spectral_jacobian(p: XanesParams, energies: Float[Array, " energy"], edge: V
 def parameter_information(p: XanesParams, energies, edge: VEdge, info: Float[Array, "energy 3 H W"], names: Sequence[str]) -> np.ndarray:
     """Per-pixel Fisher matrix (H, W, n, n) float64 of the parameters ``names`` (physical units): ``sum_k J_k^T G_k J_k``."""
     sc = parameter_scales(names, edge)
-    f = _scaled_information(p, jnp.asarray(energies, jnp.float32), edge, jnp.asarray(info, jnp.float32), tuple(names), tuple(sc))
+    f = scaled_information(p, jnp.asarray(energies, jnp.float32), edge, jnp.asarray(info, jnp.float32), tuple(names), tuple(sc))
     return np.asarray(f, np.float64) / (sc[:, None] * sc[None, :])
 
 
-def _scaled_information(p, energies, edge, info, names, sc):
+def scaled_information(p: XanesParams, energies: Float[Array, " energy"], edge: VEdge, info: Float[Array, "energy 3 H W"],
+                       names: Sequence[str], sc: Sequence[float]) -> Float[Array, "H W n n"]:
+    """``sum_k J_k^T G_k J_k`` per pixel with derivatives per ``theta_i / sc[i]`` (float32,
+    pure JAX: jittable with ``names`` and ``sc`` static, as in
+    :func:`diffxas.solvers.joint.loss.prior_weights`); :func:`parameter_information` divides
+    by ``sc_i sc_j`` in float64."""
     dA, dp = spectral_jacobian(p, energies, edge, names, sc)  # (n, K, H, W)
     g_aa, g_pp, g_ap = info[:, 0], info[:, 1], info[:, 2]
     f = (jnp.einsum("ikhw,khw,jkhw->hwij", dA, g_aa, dA) + jnp.einsum("ikhw,khw,jkhw->hwij", dp, g_pp, dp)
