@@ -937,3 +937,37 @@ def test_noise_free_background_map_in_the_data_layout(clean_radial_background, t
     back = io_results.read_result(io_results.write_result(tmp_path / "r.h5", res))
     np.testing.assert_array_equal(back.background, res.background)
     _check_noise_free(res, sim.truth)
+
+
+# ----------------------------------------------------------------------------- convergence criterion
+
+
+def test_convergence_rule_brute_force():
+    """``solver.Convergence`` stops at the first step >= ``earliest`` where the window means
+    of a loss curve 1 + exp(-s / 10) differ by <= tol relative (reference: the same rule
+    written out over the whole curve); tol = 0 never stops; bad settings are ConfigError."""
+    cfg = joint_config.JointConfig(steps=200, tol=1e-3, tol_window=5)
+    conv = joint_solver.Convergence(cfg)
+    assert conv.earliest == 50 + 2 * 5  # shape_start = steps // 4 = 50 > probe_start = 20
+    loss = 1.0 + np.exp(-np.arange(1, 201) / 10.0)
+    got = next(s for s in range(1, 201) if conv.update(s, loss[s - 1]))
+    want = next(s for s in range(conv.earliest, 201)
+                if abs(loss[s - 10:s - 5].mean() - loss[s - 5:s].mean()) <= 1e-3 * loss[s - 5:s].mean())
+    assert got == want and got > conv.earliest  # the loss still moves at `earliest`
+    off = joint_solver.Convergence(joint_config.JointConfig(steps=200))
+    assert not any(off.update(s, 1.0) for s in range(1, 201))
+    for bad in ({"tol": -1.0}, {"tol": float("nan")}, {"tol_window": 0}):
+        with pytest.raises(ConfigError, match="tol"):
+            joint_solver.Convergence(joint_config.JointConfig(**bad))
+
+
+def test_convergence_stops_the_run_and_records_steps(small3):
+    """With tol = 1 (any two window means within 100 %) the run stops at ``earliest``
+    (probe_start 4, shape_start 3, window 2: step 8 of 30) and records it in
+    history["steps_taken"] and as the last logged step; without tol all steps run."""
+    kw = {"steps": 30, "prior": "none", "init": "stxm", "probe_start": 4, "shape_start": 3, "log_every": 50}
+    res = joint_run.reconstruct_joint(small3.dataset, joint_config.JointConfig(tol=1.0, tol_window=2, **kw))
+    assert res.history["steps_taken"].tolist() == [8.0]
+    assert res.history["step"][-1] == 8
+    res = joint_run.reconstruct_joint(small3.dataset, joint_config.JointConfig(**kw))
+    assert res.history["steps_taken"].tolist() == [30.0]
