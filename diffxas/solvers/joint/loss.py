@@ -210,6 +210,7 @@ def _prior_information_fused(params: JointParams, prob: Problem, edge: VEdge, na
 
     info = object_information_joint(params, prob)
     p = physical(params, prob.scales, 1.0 - prob.empty, prob.domain)
-    f = scaled_information(p, jnp.asarray(prob.energies, jnp.float32), edge, jnp.asarray(info, jnp.float32), names, sc)
+    f = scaled_information(p, jnp.asarray(prob.energies, jnp.float32), edge, jnp.asarray(info, jnp.float32), names, sc,
+                           batched=True)
     maps = {k: getattr(p, k) for k in set(names) | {"b1"}}
     return f, maps, {k: _raw_derivative(k, params.raw[k], prob.scales) for k in names}
