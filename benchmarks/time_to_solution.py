@@ -72,7 +72,13 @@ def _timed(fn):
 
 
 def run_dataset(
-    name: str, seed: int, steps=(100, 200, 300), tol: float = 1e-4, tol_window: int = 20, log=print
+    name: str,
+    seed: int,
+    steps=(100, 200, 300),
+    tol: float = 1e-4,
+    tol_window: int = 20,
+    log=print,
+    two_step: bool = True,
 ) -> dict:
     """All runs on one simulated dataset; a JSON-ready dict."""
     from diffxas.simulate.presets import preset, simulate
@@ -96,19 +102,20 @@ def run_dataset(
         "runs": [],
     }
 
-    tcfg = TwoStepConfig()
-    res, t = _timed(lambda: reconstruct_two_step(ds, tcfg))
-    epochs = int(getattr(tcfg.epie, "epochs", getattr(tcfg.epie, "n_epochs", 0)) or 0)
-    shift = bool(getattr(tcfg.epie, "per_frame_shift", False))
-    run = {
-        "method": "two-step",
-        **t,
-        "epochs": epochs,
-        "fft_passes": (4 if shift else 2) * n_frames * epochs,
-        **_errors(res, truth),
-    }
-    rec["runs"].append(run)
-    log(f"{name}:{seed} two-step: {t['wall_s']:.1f} s wall, {t['cpu_s']:.1f} s CPU, {run}")
+    if two_step:
+        tcfg = TwoStepConfig()
+        res, t = _timed(lambda: reconstruct_two_step(ds, tcfg))
+        epochs = int(getattr(tcfg.epie, "epochs", 0) or 0)
+        shift = bool(getattr(tcfg.epie, "per_frame_shift", False))
+        run = {
+            "method": "two-step",
+            **t,
+            "epochs": epochs,
+            "fft_passes": (4 if shift else 2) * n_frames * epochs,
+            **_errors(res, truth),
+        }
+        rec["runs"].append(run)
+        log(f"{name}:{seed} two-step: {t['wall_s']:.1f} s wall, {t['cpu_s']:.1f} s CPU, {run}")
 
     variants = [(f"joint-{s}", JointConfig(steps=s)) for s in steps]
     variants.append(
@@ -158,6 +165,7 @@ def main(argv=None) -> int:
         default=["tiny:0", "family-tiny:0"],
         help="preset:seed (family seeds < 1000)",
     )
+    ap.add_argument("--no-two-step", action="store_true", help="joint runs only")
     a = ap.parse_args(argv)
     env = common.env_info()
     out = a.out
@@ -175,7 +183,14 @@ def main(argv=None) -> int:
     for spec in a.datasets:
         name, _, seed = spec.partition(":")
         doc["datasets"].append(
-            run_dataset(name, int(seed or 0), tuple(a.steps), a.tol, a.tol_window)
+            run_dataset(
+                name,
+                int(seed or 0),
+                tuple(a.steps),
+                a.tol,
+                a.tol_window,
+                two_step=not a.no_two_step,
+            )
         )
         doc["environment"]["load_average_at_end"] = list(os.getloadavg())
         tmp = out + ".tmp"
