@@ -374,6 +374,67 @@ def test_prior_weights_follow_the_noise_level(small3):
         float(joint_loss.data_loss(state.params, solver.prob, None, "poisson", solver.static[1])) + reg, rel=1e-6)
 
 
+def test_prior_weights_fused_equals_eager(clean):
+    """The start-up's one jitted call for the prior weights (object information, physical maps,
+    spectral Jacobian, raw-map derivatives: ``loss._prior_information``) gives the step-by-step
+    eager route's results (reference: ``prior_weights(..., _eager=True)``, the route before the
+    fusion). Tolerances from float32: the per-pixel Fisher matrices agree to 1e-6 of their
+    largest entry (measured 1.4e-7 on `tiny`: XLA fuses the elementwise chain); the weight
+    maps are sigma^-1 through a 7x7 inversion of condition number up to ~2e3, so rounding at
+    6e-8 becomes up to ~1e-4 per pixel (measured: max 2.9e-5, median 5e-7 on `tiny`) and the
+    recorded median weights 1e-5 (measured 1.4e-6). On 18 energies: with 3 (``small3``) the
+    7 per-pixel parameters meet 6 numbers per pixel, the matrices are singular up to
+    rounding and no two routes agree on their inverses."""
+    ds = clean.dataset
+    cfg = joint_config.JointConfig(steps=1, prior="none", init="stxm")
+    solver, state, ctx = joint_run.prepare_joint(ds, cfg)
+    edge = ctx["edge"]
+    names = [k for k in joint_config.ALL_PARAMS if k in cfg.per_pixel]
+    fe, pe, de = joint_loss._prior_information_eager(state.params, solver.prob, edge, names)
+    ff, pf, df = joint_loss._prior_information(state.params, solver.prob, edge, names)
+    assert fe.shape == ff.shape == solver.prob.illuminated.shape + (len(names), len(names))
+    big = np.max(np.abs(fe), axis=(-1, -2), keepdims=True)
+    assert np.max(np.abs(ff - fe) / np.maximum(big, 1e-30)) < 1e-6
+    for k in pe:
+        np.testing.assert_array_equal(pf[k], pe[k])
+    for k in de:  # fused elementwise chains: a float32 ulp (6e-8) or two
+        np.testing.assert_allclose(df[k], de[k], rtol=1e-6)
+    cfg_tv = dataclasses.replace(cfg, prior="tv")
+    rec_e, maps_e = joint_loss.prior_weights(state.params, solver.prob, cfg_tv, edge, _eager=True)
+    rec_f, maps_f = joint_loss.prior_weights(state.params, solver.prob, cfg_tv, edge)
+    assert set(rec_e) == set(rec_f) == set(names) and set(maps_e) == set(maps_f)
+    for k in rec_e:
+        assert rec_f[k]["weight"] == pytest.approx(rec_e[k]["weight"], rel=1e-5), k
+        assert rec_f[k]["sigma_raw"] == pytest.approx(rec_e[k]["sigma_raw"], rel=1e-5), k
+        np.testing.assert_allclose(maps_f[k], maps_e[k], rtol=1e-4)
+
+
+def test_compilation_cache_switch(tmp_path, monkeypatch):
+    """The CLI's persistent compilation cache (``DIFFXAS_COMPILATION_CACHE``): off under pytest
+    by default and with ``0``/``off``; a directory switches it on for jax (config read back);
+    a user's own ``JAX_COMPILATION_CACHE_DIR`` is left alone."""
+    from diffxas.app import cli
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv(cli.COMPILATION_CACHE_ENV, raising=False)
+    assert cli._compilation_cache() is None  # pytest: off unless asked
+    monkeypatch.setenv(cli.COMPILATION_CACHE_ENV, "off")
+    assert cli._compilation_cache() is None
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    before = {k: getattr(jax.config, k) for k in keys}
+    try:
+        monkeypatch.setenv(cli.COMPILATION_CACHE_ENV, str(tmp_path / "cache"))
+        assert cli._compilation_cache() == str(tmp_path / "cache")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+        monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+        assert cli._compilation_cache() is None
+    finally:
+        for k, v in before.items():
+            jax.config.update(k, v)
+
+
 # ----------------------------------------------------------------------------- per-domain parameters
 
 
@@ -876,3 +937,37 @@ def test_noise_free_background_map_in_the_data_layout(clean_radial_background, t
     back = io_results.read_result(io_results.write_result(tmp_path / "r.h5", res))
     np.testing.assert_array_equal(back.background, res.background)
     _check_noise_free(res, sim.truth)
+
+
+# ----------------------------------------------------------------------------- convergence criterion
+
+
+def test_convergence_rule_brute_force():
+    """``solver.Convergence`` stops at the first step >= ``earliest`` where the window means
+    of a loss curve 1 + exp(-s / 10) differ by <= tol relative (reference: the same rule
+    written out over the whole curve); tol = 0 never stops; bad settings are ConfigError."""
+    cfg = joint_config.JointConfig(steps=200, tol=1e-3, tol_window=5)
+    conv = joint_solver.Convergence(cfg)
+    assert conv.earliest == 50 + 2 * 5  # shape_start = steps // 4 = 50 > probe_start = 20
+    loss = 1.0 + np.exp(-np.arange(1, 201) / 10.0)
+    got = next(s for s in range(1, 201) if conv.update(s, loss[s - 1]))
+    want = next(s for s in range(conv.earliest, 201)
+                if abs(loss[s - 10:s - 5].mean() - loss[s - 5:s].mean()) <= 1e-3 * loss[s - 5:s].mean())
+    assert got == want and got > conv.earliest  # the loss still moves at `earliest`
+    off = joint_solver.Convergence(joint_config.JointConfig(steps=200))
+    assert not any(off.update(s, 1.0) for s in range(1, 201))
+    for bad in ({"tol": -1.0}, {"tol": float("nan")}, {"tol_window": 0}):
+        with pytest.raises(ConfigError, match="tol"):
+            joint_solver.Convergence(joint_config.JointConfig(**bad))
+
+
+def test_convergence_stops_the_run_and_records_steps(small3):
+    """With tol = 1 (any two window means within 100 %) the run stops at ``earliest``
+    (probe_start 4, shape_start 3, window 2: step 8 of 30) and records it in
+    history["steps_taken"] and as the last logged step; without tol all steps run."""
+    kw = {"steps": 30, "prior": "none", "init": "stxm", "probe_start": 4, "shape_start": 3, "log_every": 50}
+    res = joint_run.reconstruct_joint(small3.dataset, joint_config.JointConfig(tol=1.0, tol_window=2, **kw))
+    assert res.history["steps_taken"].tolist() == [8.0]
+    assert res.history["step"][-1] == 8
+    res = joint_run.reconstruct_joint(small3.dataset, joint_config.JointConfig(**kw))
+    assert res.history["steps_taken"].tolist() == [30.0]

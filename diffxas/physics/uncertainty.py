@@ -164,10 +164,14 @@ def parameter_scales(names: Sequence[str], edge: VEdge) -> np.ndarray:
     return np.asarray([1.0 / (R_E * float(wavelength(edge.edge_ev))) if n == "n_other" else 1.0 for n in names], np.float64)
 
 
-def spectral_jacobian(p: XanesParams, energies: Float[Array, " energy"], edge: VEdge, names: Sequence[str], scales=None):
+def spectral_jacobian(p: XanesParams, energies: Float[Array, " energy"], edge: VEdge, names: Sequence[str], scales=None,
+                      batched: bool = False):
     """d(A, phi)/d theta for each name: two arrays (n, K, *S) (one JVP per parameter, all pixels at once).
 
     ``scales``: derivatives with respect to ``theta_i / scales[i]`` (default 1).
+    ``batched``: the n JVPs as one ``vmap`` over the tangent directions (one traced graph
+    instead of n: the jitted start-up, :func:`diffxas.solvers.joint.loss.prior_weights`, compiles
+    a seventh of the spectral chain); the same derivatives up to float32 rounding.
     """
     p = _broadcast(p)
     scales = np.ones(len(names)) if scales is None else np.asarray(scales)
@@ -175,6 +179,12 @@ def spectral_jacobian(p: XanesParams, energies: Float[Array, " energy"], edge: V
     def f(q):
         return absorption(q, energies), phase(q, energies, edge)
 
+    if batched:
+        fields = p.as_dict()
+        tangents = XanesParams(**{
+            k: jnp.stack([jnp.full_like(v, sc) if name == k else jnp.zeros_like(v) for name, sc in zip(names, scales)])
+            for k, v in fields.items()})
+        return jax.vmap(lambda t: jax.jvp(f, (p,), (t,))[1])(tangents)
     zero = jax.tree_util.tree_map(jnp.zeros_like, p)
     dA, dp = [], []
     for name, sc in zip(names, scales):
@@ -188,12 +198,17 @@ def spectral_jacobian(p: XanesParams, energies: Float[Array, " energy"], edge: V
 def parameter_information(p: XanesParams, energies, edge: VEdge, info: Float[Array, "energy 3 H W"], names: Sequence[str]) -> np.ndarray:
     """Per-pixel Fisher matrix (H, W, n, n) float64 of the parameters ``names`` (physical units): ``sum_k J_k^T G_k J_k``."""
     sc = parameter_scales(names, edge)
-    f = _scaled_information(p, jnp.asarray(energies, jnp.float32), edge, jnp.asarray(info, jnp.float32), tuple(names), tuple(sc))
+    f = scaled_information(p, jnp.asarray(energies, jnp.float32), edge, jnp.asarray(info, jnp.float32), tuple(names), tuple(sc))
     return np.asarray(f, np.float64) / (sc[:, None] * sc[None, :])
 
 
-def _scaled_information(p, energies, edge, info, names, sc):
-    dA, dp = spectral_jacobian(p, energies, edge, names, sc)  # (n, K, H, W)
+def scaled_information(p: XanesParams, energies: Float[Array, " energy"], edge: VEdge, info: Float[Array, "energy 3 H W"],
+                       names: Sequence[str], sc: Sequence[float], batched: bool = False) -> Float[Array, "H W n n"]:
+    """``sum_k J_k^T G_k J_k`` per pixel with derivatives per ``theta_i / sc[i]`` (float32,
+    pure JAX: jittable with ``names`` and ``sc`` static, as in
+    :func:`diffxas.solvers.joint.loss.prior_weights`); :func:`parameter_information` divides
+    by ``sc_i sc_j`` in float64. ``batched``: :func:`spectral_jacobian`'s one-vmap route."""
+    dA, dp = spectral_jacobian(p, energies, edge, names, sc, batched)  # (n, K, H, W)
     g_aa, g_pp, g_ap = info[:, 0], info[:, 1], info[:, 2]
     f = (jnp.einsum("ikhw,khw,jkhw->hwij", dA, g_aa, dA) + jnp.einsum("ikhw,khw,jkhw->hwij", dp, g_pp, dp)
          + jnp.einsum("ikhw,khw,jkhw->hwij", dA, g_ap, dp) + jnp.einsum("ikhw,khw,jkhw->hwij", dp, g_ap, dA))

@@ -169,6 +169,16 @@ class JointConfig:
     holdout: float = 0.0
     background: str = "none"
     lr_background: float = 0.05
+    # convergence criterion (issue #27, time to solution): 0 = off, the run takes ``steps``
+    # steps (the default). tol > 0: stop when the mean loss of the last ``tol_window`` steps
+    # is within a relative ``tol`` of the mean of the ``tol_window`` steps before it, checked
+    # only once every parameter group is free (after shape_start, probe_start and, with
+    # lr_scale > 0, steps // 2) plus two windows; the schedules still run over ``steps``.
+    # Steps taken: history["steps_taken"] (diffxas.solvers.joint.solver.Convergence).
+    # Off by default: no measurement yet shows the same map errors in fewer steps
+    # (docs/scaling.md, "Start-up and time to solution").
+    tol: float = 0.0
+    tol_window: int = 20
 
     def __post_init__(self):
         if self.steps < 0:

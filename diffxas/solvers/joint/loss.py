@@ -106,7 +106,7 @@ LOSS_PER_NLL = {"amplitude": 0.5, "poisson": 1.0}
 SIGMA_CLIP = 10.0
 
 
-def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VEdge):
+def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VEdge, _eager: bool = False):
     r"""Total-variation weights of the per-pixel maps from the noise level (``prior="tv"``).
 
     The rule (docs/physics.md, "Spatial prior"): near the solution the data term of pixel
@@ -127,17 +127,20 @@ def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
     for the results file, and name -> (H, W) weight map. A parameter without any particle
     pixel of finite error (e.g. a membrane-only scan) gets weight 0 and ``sigma_raw``
     None: no prior, rather than a guess.
+
+    The information, the physical maps and the transforms' derivatives are computed in one
+    jitted call (:func:`_prior_information`): one compilation instead of ~150 small eager
+    ones (the start-up of every joint run; ``_eager=True`` keeps the step-by-step route,
+    the reference of tests/test_joint.py::test_prior_weights_fused_equals_eager).
     """
-    from diffxas.physics.uncertainty import covariance, parameter_information
+    from diffxas.physics.uncertainty import covariance
 
     names = [k for k in ALL_PARAMS if k in cfg.per_pixel and params.raw[k].ndim == 2]
     if not names:
         return {}, {}
-    info = np.asarray(eqx.filter_jit(object_information_joint)(params, prob))
-    keep = 1.0 - prob.empty
-    p = physical(params, prob.scales, keep, prob.domain)
-    cov = covariance(parameter_information(p, prob.energies, edge, info, names))
-    b1 = np.asarray(p.b1, np.float64)
+    fisher, p, dphys = (_prior_information_eager if _eager else _prior_information)(params, prob, edge, names)
+    cov = covariance(fisher)
+    b1 = np.asarray(p["b1"], np.float64)
     ill = np.asarray(prob.illuminated, bool) & (np.asarray(prob.empty) < 0.5)
     thr = cfg.valid_jump_fraction * (np.percentile(b1[ill], 99) if ill.any() else 0.0)
     region = ill & (b1 > thr)
@@ -147,13 +150,13 @@ def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
         if k in prob.scales.relative and "b1" in names:
             # raw = c / b1: delta method, g = (d raw / d b1, d raw / d c) = (-c / b1^2, 1 / b1)
             j = names.index("b1")
-            c = np.asarray(getattr(p, k), np.float64)
+            c = np.asarray(p[k], np.float64)
             with np.errstate(invalid="ignore", divide="ignore"):
                 g1, g2 = -c / b1 ** 2, 1.0 / b1
                 s = np.sqrt(np.abs(g1 * g1 * cov[..., j, j] + 2 * g1 * g2 * cov[..., i, j] + g2 * g2 * cov[..., i, i]))
         else:
             # d physical / d raw, elementwise (the transforms act pixel by pixel)
-            d = np.asarray(jax.grad(lambda r: jnp.sum(from_raw(k, r, prob.scales)))(params.raw[k]), np.float64)  # noqa: B023
+            d = np.asarray(dphys[k], np.float64)
             with np.errstate(invalid="ignore", divide="ignore"):
                 s = np.sqrt(np.abs(cov[..., i, i])) / np.maximum(np.abs(d), 1e-30)
         good = np.isfinite(s) & (s > 0)
@@ -166,3 +169,48 @@ def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
         maps[k] = (scale / s).astype(np.float32)
         out[k] = {"sigma_raw": sig, "weight": float(scale / sig)}
     return out, maps
+
+
+def _raw_derivative(k: str, raw, scales):
+    """d physical / d raw of per-pixel map ``k``, elementwise (H, W): the transforms act pixel by pixel."""
+    return jax.grad(lambda r: jnp.sum(from_raw(k, r, scales)))(raw)
+
+
+def _prior_information_eager(params: JointParams, prob: Problem, edge: VEdge, names):
+    """The step-by-step route of :func:`prior_weights` (eager JAX, one compilation per small
+    operation): per-pixel Fisher matrices (H, W, n, n) float64 of ``names`` (physical units),
+    the physical maps by name (b1 and ``names``), and d physical / d raw per name."""
+    from diffxas.physics.uncertainty import parameter_information
+
+    info = np.asarray(eqx.filter_jit(object_information_joint)(params, prob))
+    p = physical(params, prob.scales, 1.0 - prob.empty, prob.domain)
+    fisher = parameter_information(p, prob.energies, edge, info, names)
+    maps = {k: np.asarray(getattr(p, k)) for k in set(names) | {"b1"}}
+    return fisher, maps, {k: np.asarray(_raw_derivative(k, params.raw[k], prob.scales)) for k in names}
+
+
+def _prior_information(params: JointParams, prob: Problem, edge: VEdge, names):
+    """Same outputs as :func:`_prior_information_eager` from one jitted call
+    (:func:`_prior_information_fused`); the float64 rescaling is done on the host."""
+    from diffxas.physics.uncertainty import parameter_scales
+
+    sc = parameter_scales(names, edge)
+    f, maps, d = _prior_information_fused(params, prob, edge, tuple(names), tuple(float(x) for x in sc))
+    fisher = np.asarray(f, np.float64) / (sc[:, None] * sc[None, :])
+    return fisher, {k: np.asarray(v) for k, v in maps.items()}, {k: np.asarray(v) for k, v in d.items()}
+
+
+@eqx.filter_jit
+def _prior_information_fused(params: JointParams, prob: Problem, edge: VEdge, names: tuple, sc: tuple):
+    """Object information on the common grid, the spectral chain and the raw-map derivatives
+    in one XLA program (``names``, ``sc`` static). Scaled Fisher matrices (H, W, n, n) float32
+    as :func:`diffxas.physics.uncertainty.parameter_information` computes them before its
+    float64 rescaling."""
+    from diffxas.physics.uncertainty import scaled_information
+
+    info = object_information_joint(params, prob)
+    p = physical(params, prob.scales, 1.0 - prob.empty, prob.domain)
+    f = scaled_information(p, jnp.asarray(prob.energies, jnp.float32), edge, jnp.asarray(info, jnp.float32), names, sc,
+                           batched=True)
+    maps = {k: getattr(p, k) for k in set(names) | {"b1"}}
+    return f, maps, {k: _raw_derivative(k, params.raw[k], prob.scales) for k in names}

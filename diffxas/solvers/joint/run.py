@@ -51,6 +51,7 @@ from diffxas.solvers.joint.result import (
     make_result,
 )
 from diffxas.solvers.joint.solver import (
+    Convergence,
     JointSolver,
     _load_checkpoint,
     _save_checkpoint,
@@ -240,6 +241,7 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
     check_reference_energy(cfg.reference_energy, ds.energies, "joint.reference_energy")
     if cfg.per_domain and cfg.domains == "auto" and _domain_labels is None:
         return _reconstruct_two_pass(ds, cfg, progress, checkpoint, resume, callback, n_shards, shard)
+    conv = Convergence(cfg)  # cfg.tol > 0: stop when the loss has settled (bad tol: ConfigError before any work)
     t_start = time.perf_counter()
     hold = None
     if cfg.holdout > 0:
@@ -290,7 +292,8 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
         if t_compile is None:
             jax.block_until_ready(loss)
             t_compile = time.perf_counter() - t0
-        if (s + 1) % cfg.log_every == 0 or s == cfg.steps - 1 or s == 0:
+        stop = conv.on and conv.update(s + 1, float(loss) / norm)
+        if (s + 1) % cfg.log_every == 0 or s == cfg.steps - 1 or s == 0 or stop:
             lv = float(loss)
             if not math.isfinite(lv):
                 raise DivergenceError(f"joint solver diverged at step {s + 1}: loss is {lv}")
@@ -307,6 +310,9 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
             bar.update(1)
         if checkpoint and (s + 1) % cfg.checkpoint_every == 0 and jax.process_index() == 0:
             _save_checkpoint(checkpoint, state, history)
+        if stop:
+            break
+    history["steps_taken"] = [int(state.step)]  # Adam steps (cfg.steps unless cfg.tol stopped the run)
     if bar is not None:
         bar.close()
     if cfg.lbfgs_steps > 0:

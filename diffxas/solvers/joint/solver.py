@@ -60,6 +60,44 @@ def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
     return optax.multi_transform(tx, _labels(params, cfg))
 
 
+class Convergence:
+    """The optional stopping rule of the joint run (``cfg.tol`` > 0; see :class:`JointConfig`).
+
+    :meth:`update` takes the loss of every step (data-loss units; a host float, so with the
+    rule on every step synchronises) and returns True when the run may stop: the mean of the
+    last ``tol_window`` losses is within ``tol`` (relative) of the mean of the window before
+    it, and the step is at least :attr:`earliest`. Means over windows, not single steps:
+    mini-batch losses scatter from step to step. Bad settings are :class:`ConfigError`.
+    """
+
+    def __init__(self, cfg: JointConfig):
+        from diffxas.errors import ConfigError
+
+        if not (cfg.tol >= 0.0) or not np.isfinite(cfg.tol):
+            raise ConfigError(f"tol must be a finite number >= 0 (0 = off), got {cfg.tol!r}")
+        if not isinstance(cfg.tol_window, (int, np.integer)) or cfg.tol_window < 1:
+            raise ConfigError(f"tol_window must be a positive number of steps, got {cfg.tol_window!r}")
+        self.tol, self.window = float(cfg.tol), int(cfg.tol_window)
+        shape_start = cfg.steps // 4 if cfg.shape_start is None else cfg.shape_start
+        free = max(shape_start, cfg.probe_start, cfg.steps // 2 if cfg.lr_scale > 0 else 0)
+        #: first step count (1-based) at which the rule may stop the run
+        self.earliest = free + 2 * self.window
+        self.losses: list[float] = []
+
+    @property
+    def on(self) -> bool:
+        return self.tol > 0
+
+    def update(self, step: int, loss: float) -> bool:
+        """Record the loss after ``step`` steps (1-based); True: converged, stop here."""
+        self.losses.append(float(loss))
+        w = self.window
+        if not self.on or step < self.earliest or len(self.losses) < 2 * w:
+            return False
+        last, prev = float(np.mean(self.losses[-w:])), float(np.mean(self.losses[-2 * w:-w]))
+        return abs(prev - last) <= self.tol * abs(last)
+
+
 class JointState(eqx.Module):
     params: JointParams
     opt_state: Any
