@@ -7,7 +7,7 @@ DEMO_DIR ?= demo-output
 # test processes (pytest-xdist; whole files per process so module fixtures are built once)
 TEST_WORKERS ?= 2
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test lint venv clean bench
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/diffxas demo --out $(DEMO_DIR)
 
-test: $(STAMP)
+# ruff: lint and format check (settings in pyproject.toml), before the tests
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # the JSON is named by commit (benchmarks/results/cpu-quick-<shorthash>.json), load average inside
