@@ -54,9 +54,16 @@ def make_dataset(m: int, n_frames: int, n_energies: int, seed: int = 0):
     pos = pos + rng.uniform(-0.2, 0.2, pos.shape) * (m / 8) * dx0
     allpos = np.tile(pos, (n_energies, 1)).astype(np.float32)
     eidx = np.repeat(np.arange(n_energies), n_frames).astype(np.int32)
-    proto = Dataset(frames=jnp.zeros((len(allpos), m, m)), positions=jnp.asarray(allpos), energy_index=jnp.asarray(eidx),
-                    energies=jnp.asarray(energies, jnp.float32), mask=jnp.ones((n_energies, m, m)), illumination=None,
-                    distance=distance, detector_pixel=det)
+    proto = Dataset(
+        frames=jnp.zeros((len(allpos), m, m)),
+        positions=jnp.asarray(allpos),
+        energy_index=jnp.asarray(eidx),
+        energies=jnp.asarray(energies, jnp.float32),
+        mask=jnp.ones((n_energies, m, m)),
+        illumination=None,
+        distance=distance,
+        detector_pixel=det,
+    )
     common, grids = reconstruction_grids(proto)
     na = numerical_aperture_for_fwhm(m / 10 * dx0, wavelength(energies[0]))
     frames = np.zeros((len(allpos), m, m), np.float32)
@@ -64,17 +71,30 @@ def make_dataset(m: int, n_frames: int, n_energies: int, seed: int = 0):
     for k, grid in enumerate(grids):
         ny, nx = grid.shape
         spec = (rng.standard_normal((ny, nx)) + 1j * rng.standard_normal((ny, nx))) * np.exp(
-            -(np.fft.fftfreq(ny)[:, None] ** 2 + np.fft.fftfreq(nx)[None, :] ** 2) / (2 * 0.05 ** 2))
+            -(np.fft.fftfreq(ny)[:, None] ** 2 + np.fft.fftfreq(nx)[None, :] ** 2) / (2 * 0.05**2)
+        )
         f = np.fft.ifft2(spec)
         obj = np.exp(-0.2 * np.abs(f) / np.abs(f).max() + 1j * 0.5 * np.real(f) / np.abs(f).max()).astype(np.complex64)
         probes[k] = kb_probe(m, grid.pixel_size, wavelength(energies[k]), na, photons=1e6, defocus_m=2e-6)
         corner, frac = forward.frame_geometry(pos, grid, m)
-        inten = forward.intensities(jnp.asarray(obj)[None], jnp.fft.fft2(jnp.asarray(probes[k]))[None],
-                                    jnp.zeros(len(pos), jnp.int32), jnp.asarray(corner), jnp.asarray(frac))
-        frames[k * n_frames:(k + 1) * n_frames] = rng.poisson(np.asarray(inten)).astype(np.float32)
-    return Dataset(frames=jnp.asarray(frames), positions=jnp.asarray(allpos), energy_index=jnp.asarray(eidx),
-                   energies=jnp.asarray(energies, jnp.float32), mask=jnp.ones((n_energies, m, m), jnp.float32),
-                   illumination=jnp.asarray(probes), distance=distance, detector_pixel=det)
+        inten = forward.intensities(
+            jnp.asarray(obj)[None],
+            jnp.fft.fft2(jnp.asarray(probes[k]))[None],
+            jnp.zeros(len(pos), jnp.int32),
+            jnp.asarray(corner),
+            jnp.asarray(frac),
+        )
+        frames[k * n_frames : (k + 1) * n_frames] = rng.poisson(np.asarray(inten)).astype(np.float32)
+    return Dataset(
+        frames=jnp.asarray(frames),
+        positions=jnp.asarray(allpos),
+        energy_index=jnp.asarray(eidx),
+        energies=jnp.asarray(energies, jnp.float32),
+        mask=jnp.ones((n_energies, m, m), jnp.float32),
+        illumination=jnp.asarray(probes),
+        distance=distance,
+        detector_pixel=det,
+    )
 
 
 def epoch_passes(update_probe: bool, common_offset: bool) -> int:
@@ -115,23 +135,54 @@ def kernel_vs_floor(ds, update_probe: bool, batch, min_time: float = 1.0) -> dic
             fn = epoch_fn(update_probe, False, bt.common_offset)
             o = jnp.ones((len(bt.energies),) + grids[0].shape, jnp.complex64)
             p = ph0[bt.energies]
-            outs.append(fn(o, p, orders[bt.energies], bt.corners, bt.rows, bt.cols, bt.counts, bt.mask, bt.valid,
-                           jnp.zeros_like(bt.mask), jnp.float32(1.0), jnp.float32(1.0)))
+            outs.append(
+                fn(
+                    o,
+                    p,
+                    orders[bt.energies],
+                    bt.corners,
+                    bt.rows,
+                    bt.cols,
+                    bt.counts,
+                    bt.mask,
+                    bt.valid,
+                    jnp.zeros_like(bt.mask),
+                    jnp.float32(1.0),
+                    jnp.float32(1.0),
+                )
+            )
         return outs
 
     t0 = time.perf_counter()
     jax.block_until_ready(epoch())
     first = time.perf_counter() - t0
     floors = cm.fft_floor_calls(ds.n_frames, ds.frame_size, passes=2)
-    t = cm.interleaved(epoch, floors, ds.n_frames, min_time=min_time,
-                       reference=cm.torch_fft_calls(ds.n_frames, ds.frame_size, passes=2))
+    t = cm.interleaved(
+        epoch,
+        floors,
+        ds.n_frames,
+        min_time=min_time,
+        reference=cm.torch_fft_calls(ds.n_frames, ds.frame_size, passes=2),
+    )
     passes = epoch_passes(update_probe, same)
-    rec = {"update_probe": update_probe, "batch_energies": batch, "common_offset": same, "fft_passes_per_frame": passes,
-           "compile_s": max(first - t["median_s"], 0.0), "epoch_s": t["median_s"], "epoch_cpu_s": t["cpu_median_s"],
-           "fft_floor": dict(t["floor"], passes=2, timing="interleaved with the epoch"),
-           "best_cpu_fft": t.get("best_cpu_fft", {"status": "skipped", "reason": "torch not importable"}),
-           "frames_epochs_per_s": ds.n_frames / t["median_s"], "loadavg": t["loadavg"], "reps": t["reps"]}
-    for tag, a, b in (("", t["median_s"], t["floor"]["median_s"]), ("cpu_", t["cpu_median_s"], t["floor"]["cpu_median_s"])):
+    rec = {
+        "update_probe": update_probe,
+        "batch_energies": batch,
+        "common_offset": same,
+        "fft_passes_per_frame": passes,
+        "compile_s": max(first - t["median_s"], 0.0),
+        "epoch_s": t["median_s"],
+        "epoch_cpu_s": t["cpu_median_s"],
+        "fft_floor": dict(t["floor"], passes=2, timing="interleaved with the epoch"),
+        "best_cpu_fft": t.get("best_cpu_fft", {"status": "skipped", "reason": "torch not importable"}),
+        "frames_epochs_per_s": ds.n_frames / t["median_s"],
+        "loadavg": t["loadavg"],
+        "reps": t["reps"],
+    }
+    for tag, a, b in (
+        ("", t["median_s"], t["floor"]["median_s"]),
+        ("cpu_", t["cpu_median_s"], t["floor"]["cpu_median_s"]),
+    ):
         j = cm.judge_ratio(a, b, passes, 2)
         rec[tag + "ratio_to_fft_floor"] = j["ratio"]
         rec["physical_min_ratio"] = j["physical_min"]
@@ -149,9 +200,15 @@ def run_variant(ds, epochs: int, update_probe: bool, batch) -> dict:
     res = run_epie(ds, cfg)
     t = res.history["time"]
     steady = float(np.min(t[1:])) if len(t) > 1 else float(t[0])
-    return {"update_probe": update_probe, "batch_energies": batch, "epochs": epochs,
-            "first_epoch_s": float(t[0]), "compile_s": float(max(t[0] - steady, 0.0)), "steady_epoch_s": steady,
-            "frames_epochs_per_s": ds.n_frames / steady}
+    return {
+        "update_probe": update_probe,
+        "batch_energies": batch,
+        "epochs": epochs,
+        "first_epoch_s": float(t[0]),
+        "compile_s": float(max(t[0] - steady, 0.0)),
+        "steady_epoch_s": steady,
+        "frames_epochs_per_s": ds.n_frames / steady,
+    }
 
 
 def common_judge(case_s: float, floor_s: float, passes: int) -> dict:
@@ -199,14 +256,27 @@ def main(argv=None):
         mem = None
     out = {
         "benchmark": "epie",
-        "env": {"jax": jax.__version__, "jaxlib": getattr(__import__("jaxlib"), "__version__", None),
-                "backend": jax.default_backend(), "device": str(dev), "device_kind": getattr(dev, "device_kind", None),
-                "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform(),
-                "xla_flags": os.environ.get("XLA_FLAGS", "")},
-        "problem": {"frame_size": a.frame_size, "frames_per_energy": a.frames, "energies": a.energies,
-                    "frames_total": ds.n_frames, "dtype": "complex64", "setup_s": setup_s},
+        "env": {
+            "jax": jax.__version__,
+            "jaxlib": getattr(__import__("jaxlib"), "__version__", None),
+            "backend": jax.default_backend(),
+            "device": str(dev),
+            "device_kind": getattr(dev, "device_kind", None),
+            "cpu_count": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        },
+        "problem": {
+            "frame_size": a.frame_size,
+            "frames_per_energy": a.frames,
+            "energies": a.energies,
+            "frames_total": ds.n_frames,
+            "dtype": "complex64",
+            "setup_s": setup_s,
+        },
         "fft_floor_definition": "fastest of fft2 + ifft2 over (frames, M, M) complex64 in one call or in chunks "
-                                "of 32/64/256 frames, timed interleaved with each kernel (see benchmarks/common.py)",
+        "of 32/64/256 frames, timed interleaved with each kernel (see benchmarks/common.py)",
         "loadavg_end": list(os.getloadavg()),
         "kernel": kernels,
         "end_to_end": variants,

@@ -24,16 +24,34 @@ from . import common
 def _layout(solver, ds) -> dict:
     prob = solver.prob
     n_chunks, chunk = (int(s) for s in prob.frames.shape[:2])
-    return {"n_frames": int(ds.n_frames), "n_energies": int(ds.n_energies), "frame_size": int(ds.frame_size),
-            "frames_per_energy": int(ds.n_frames // ds.n_energies),
-            "map_shape": [int(s) for s in prob.illuminated.shape], "energy_grid_shape": [int(prob.ry.shape[1]), int(prob.rx.shape[1])],
-            "n_chunks": n_chunks, "chunk": chunk, "padded_frames": int(n_chunks * chunk - ds.n_frames),
-            "batch": int(solver.batch), "step_chunk": int(solver.static[1])}
+    return {
+        "n_frames": int(ds.n_frames),
+        "n_energies": int(ds.n_energies),
+        "frame_size": int(ds.frame_size),
+        "frames_per_energy": int(ds.n_frames // ds.n_energies),
+        "map_shape": [int(s) for s in prob.illuminated.shape],
+        "energy_grid_shape": [int(prob.ry.shape[1]), int(prob.rx.shape[1])],
+        "n_chunks": n_chunks,
+        "chunk": chunk,
+        "padded_frames": int(n_chunks * chunk - ds.n_frames),
+        "batch": int(solver.batch),
+        "step_chunk": int(solver.static[1]),
+    }
 
 
-def joint_case(case_id: str, n_energies: int, frames_per_energy: int, frame_size: int, batch_size: int | None = None,
-               chunk_size: int = 512, loss: str = "amplitude", min_time: float = 1.0, sweeps=(), seed: int = 0,
-               init: str = "flat") -> dict:
+def joint_case(
+    case_id: str,
+    n_energies: int,
+    frames_per_energy: int,
+    frame_size: int,
+    batch_size: int | None = None,
+    chunk_size: int = 512,
+    loss: str = "amplitude",
+    min_time: float = 1.0,
+    sweeps=(),
+    seed: int = 0,
+    init: str = "flat",
+) -> dict:
     """One timed configuration of the joint step; a JSON-ready dict."""
     import equinox as eqx
     import jax
@@ -44,9 +62,20 @@ def joint_case(case_id: str, n_energies: int, frames_per_energy: int, frame_size
     gc.collect()
     common.reset_peak_rss()
     rss0 = common.host_memory()["rss_mib"]
-    rec = {"id": case_id, "kind": "joint_step", "sweeps": list(sweeps),
-           "config": {"n_energies": n_energies, "frames_per_energy": frames_per_energy, "frame_size": frame_size,
-                      "batch_size": batch_size, "chunk_size": chunk_size, "loss": loss, "init": init}}
+    rec = {
+        "id": case_id,
+        "kind": "joint_step",
+        "sweeps": list(sweeps),
+        "config": {
+            "n_energies": n_energies,
+            "frames_per_energy": frames_per_energy,
+            "frame_size": frame_size,
+            "batch_size": batch_size,
+            "chunk_size": chunk_size,
+            "loss": loss,
+            "init": init,
+        },
+    }
     t0 = time.perf_counter()
     ds = common.synthetic_dataset(n_energies, frames_per_energy, frame_size, seed=seed)
     rec["data_s"] = time.perf_counter() - t0
@@ -72,9 +101,16 @@ def joint_case(case_id: str, n_energies: int, frames_per_energy: int, frame_size
     floors = common.fft_floor_calls(frames_step, frame_size, common.FLOOR_PASSES)
     ref = common.torch_fft_calls(frames_step, frame_size, common.FLOOR_PASSES)
     t = common.interleaved(call, floors, frames_step, min_time=min_time, reference=ref)
-    rec.update(first_run_s=t["first_run_s"], first_call_s=rec["compile_s"] + t["first_run_s"], step_median_s=t["median_s"],
-               step_min_s=t["min_s"], step_max_s=t["max_s"], step_cpu_median_s=t["cpu_median_s"], reps=t["reps"],
-               loadavg=t["loadavg"])
+    rec.update(
+        first_run_s=t["first_run_s"],
+        first_call_s=rec["compile_s"] + t["first_run_s"],
+        step_median_s=t["median_s"],
+        step_min_s=t["min_s"],
+        step_max_s=t["max_s"],
+        step_cpu_median_s=t["cpu_median_s"],
+        reps=t["reps"],
+        loadavg=t["loadavg"],
+    )
     rec["frames_per_step"] = frames_step
     rec["frames_per_s"] = frames_step / t["median_s"]
     rec["loss_finite"] = bool(np.isfinite(float(call())))
@@ -83,10 +119,18 @@ def joint_case(case_id: str, n_energies: int, frames_per_energy: int, frame_size
     xc = common.xla_compiled(compiled)
     rec["xla_memory"] = common.compiled_memory(xc)
     rec["xla_cost"] = common.compiled_cost(xc)
-    rec["fft_floor"] = dict(t["floor"], frames=frames_step, frame_size=frame_size, passes=common.FLOOR_PASSES,
-                            timing="interleaved with the step")
+    rec["fft_floor"] = dict(
+        t["floor"],
+        frames=frames_step,
+        frame_size=frame_size,
+        passes=common.FLOOR_PASSES,
+        timing="interleaved with the step",
+    )
     rec["best_cpu_fft"] = t.get("best_cpu_fft", {"status": "skipped", "reason": "torch not importable"})
-    for tag, a, b in (("", t["median_s"], t["floor"]["median_s"]), ("cpu_", t["cpu_median_s"], t["floor"]["cpu_median_s"])):
+    for tag, a, b in (
+        ("", t["median_s"], t["floor"]["median_s"]),
+        ("cpu_", t["cpu_median_s"], t["floor"]["cpu_median_s"]),
+    ):
         j = common.judge_ratio(a, b, common.JOINT_STEP_PASSES, common.FLOOR_PASSES)
         rec[tag + "ratio_to_fft_floor"] = j["ratio"]
         rec["physical_min_ratio"] = j["physical_min"]
@@ -99,6 +143,7 @@ def joint_case(case_id: str, n_energies: int, frames_per_energy: int, frame_size
 
 
 # ----------------------------------------------------------------------------- suites
+
 
 def _base(fpe=64, k=4, m=64):
     return dict(n_energies=k, frames_per_energy=fpe, frame_size=m)
@@ -152,8 +197,13 @@ def suite_cases(suite: str) -> list[dict]:
 
 
 #: x value of each sweep (a key of the case's "shapes"/"config")
-SWEEP_X = {"frames": ("shapes", "n_frames"), "frame_size": ("shapes", "frame_size"),
-           "energies": ("shapes", "n_energies"), "batch": ("shapes", "batch"), "chunk": ("shapes", "chunk")}
+SWEEP_X = {
+    "frames": ("shapes", "n_frames"),
+    "frame_size": ("shapes", "frame_size"),
+    "energies": ("shapes", "n_energies"),
+    "batch": ("shapes", "batch"),
+    "chunk": ("shapes", "chunk"),
+}
 
 
 def _ratio_text(rec) -> str:
@@ -173,24 +223,38 @@ def run_suite(suite: str, log=print, only=None) -> list[dict]:
         try:
             rec = joint_case(spec["id"], sweeps=spec["sweeps"], **spec["kwargs"])
         except Exception as e:  # noqa: BLE001 - record and go on (e.g. out of memory)
-            rec = {"id": spec["id"], "kind": "joint_step", "sweeps": spec["sweeps"], "error": f"{type(e).__name__}: {e}"}
+            rec = {
+                "id": spec["id"],
+                "kind": "joint_step",
+                "sweeps": spec["sweeps"],
+                "error": f"{type(e).__name__}: {e}",
+            }
         rec["wall_s"] = time.perf_counter() - t0
         out.append(rec)
         if "error" in rec:
             log(f"[joint] {spec['id']:>6}: ERROR {rec['error']}")
         else:
             s = rec["shapes"]
-            log(f"[joint] {spec['id']:>6}: {s['n_frames']:5d} frames K={s['n_energies']:2d} M={s['frame_size']:3d} "
+            log(
+                f"[joint] {spec['id']:>6}: {s['n_frames']:5d} frames K={s['n_energies']:2d} M={s['frame_size']:3d} "
                 f"batch={s['batch']:5d}: {rec['step_median_s'] * 1e3:9.1f} ms/step {rec['frames_per_s']:8.1f} frames/s "
-                f"{_ratio_text(rec)} floor, compile {rec['compile_s']:5.1f} s (case {rec['wall_s']:.0f} s)")
+                f"{_ratio_text(rec)} floor, compile {rec['compile_s']:5.1f} s (case {rec['wall_s']:.0f} s)"
+            )
     return out
 
 
 # ----------------------------------------------------------------------------- profile
 
 
-def profile_step(n_energies: int = 4, frames_per_energy: int = 64, frame_size: int = 64, chunk_size: int = 512,
-                 loss: str = "amplitude", min_time: float = 1.0, log=print) -> dict:
+def profile_step(
+    n_energies: int = 4,
+    frames_per_energy: int = 64,
+    frame_size: int = 64,
+    chunk_size: int = 512,
+    loss: str = "amplitude",
+    min_time: float = 1.0,
+    log=print,
+) -> dict:
     """Where the time of one full-batch joint step goes, and what candidate changes would save.
 
     Pieces (each jitted and timed alone, same shapes):
@@ -228,18 +292,35 @@ def profile_step(n_energies: int = 4, frames_per_energy: int = 64, frame_size: i
     prob, params = solver.prob, state.params
     lf = fw.loss_fn(loss)
     M = ds.frame_size
-    res = {"config": {"n_energies": n_energies, "frames_per_energy": frames_per_energy, "frame_size": frame_size,
-                      "chunk_size": chunk_size, "loss": loss},
-           "shapes": _layout(solver, ds), "pieces": {}, "candidates": {}}
+    res = {
+        "config": {
+            "n_energies": n_energies,
+            "frames_per_energy": frames_per_energy,
+            "frame_size": frame_size,
+            "chunk_size": chunk_size,
+            "loss": loss,
+        },
+        "shapes": _layout(solver, ds),
+        "pieces": {},
+        "candidates": {},
+    }
 
     def timed(name, fn, *args, group="pieces"):
         jfn = jax.jit(fn)
         compiled, t_comp = common.aot(jfn, *args)
         t = common.time_compiled(lambda: compiled(*args), min_time=min_time)
         mem = common.compiled_memory(compiled) or {}
-        res[group][name] = {"median_s": t["median_s"], "cpu_median_s": t["cpu_median_s"], "compile_s": t_comp,
-                            "reps": t["reps"], "loadavg": t["loadavg"], "xla_temp_bytes": mem.get("temp_size_in_bytes")}
-        log(f"[profile] {name:>14}: {t['median_s'] * 1e3:9.2f} ms wall {t['cpu_median_s'] * 1e3:9.2f} ms cpu (compile {t_comp:.1f} s)")
+        res[group][name] = {
+            "median_s": t["median_s"],
+            "cpu_median_s": t["cpu_median_s"],
+            "compile_s": t_comp,
+            "reps": t["reps"],
+            "loadavg": t["loadavg"],
+            "xla_temp_bytes": mem.get("temp_size_in_bytes"),
+        }
+        log(
+            f"[profile] {name:>14}: {t['median_s'] * 1e3:9.2f} ms wall {t['cpu_median_s'] * 1e3:9.2f} ms cpu (compile {t_comp:.1f} s)"
+        )
         return t["median_s"]
 
     def obj_of(p):
@@ -301,12 +382,21 @@ def profile_step(n_energies: int = 4, frames_per_energy: int = 64, frame_size: i
     timed("loss_grad", lambda p: eqx.filter_value_and_grad(jt_loss.total_loss)(p, prob, None, solver.static), params)
     compiled, t_comp = common.aot(type(solver).step, solver, state)
     t = common.time_compiled(lambda: compiled(solver, state), min_time=min_time)
-    res["pieces"]["step"] = {"median_s": t["median_s"], "cpu_median_s": t["cpu_median_s"], "compile_s": t_comp,
-                             "reps": t["reps"], "loadavg": t["loadavg"]}
-    log(f"[profile] {'step':>14}: {t['median_s'] * 1e3:9.2f} ms wall {t['cpu_median_s'] * 1e3:9.2f} ms cpu (compile {t_comp:.1f} s)")
+    res["pieces"]["step"] = {
+        "median_s": t["median_s"],
+        "cpu_median_s": t["cpu_median_s"],
+        "compile_s": t_comp,
+        "reps": t["reps"],
+        "loadavg": t["loadavg"],
+    }
+    log(
+        f"[profile] {'step':>14}: {t['median_s'] * 1e3:9.2f} ms wall {t['cpu_median_s'] * 1e3:9.2f} ms cpu (compile {t_comp:.1f} s)"
+    )
     floor = common.fft_floor(ds.n_frames, M, min_time=min_time)
     res["pieces"]["fft_floor"] = {k: floor.get(k) for k in ("median_s", "cpu_median_s", "batch", "loadavg")}
-    log(f"[profile] {'fft_floor':>14}: {floor['median_s'] * 1e3:9.2f} ms wall {floor['cpu_median_s'] * 1e3:9.2f} ms cpu")
+    log(
+        f"[profile] {'fft_floor':>14}: {floor['median_s'] * 1e3:9.2f} ms wall {floor['cpu_median_s'] * 1e3:9.2f} ms cpu"
+    )
 
     # candidates: same loss value (checked), different cost
     sh = lambda x: jnp.fft.ifftshift(x, axes=(-2, -1))  # noqa: E731
@@ -327,7 +417,8 @@ def profile_step(n_energies: int = 4, frames_per_energy: int = 64, frame_size: i
         res["candidates"][name]["loss_rel_diff"] = abs(val / ref_val - 1)
         for key in ("median_s", "cpu_median_s"):
             res["candidates"][name]["speedup_" + key.replace("median_s", "") + "vs_frames_vjp"] = (
-                res["pieces"]["frames_vjp"][key] / res["candidates"][name][key])
+                res["pieces"]["frames_vjp"][key] / res["candidates"][name][key]
+            )
 
     for key in ("median_s", "cpu_median_s"):
         p = {k: v[key] for k, v in res["pieces"].items()}
@@ -349,9 +440,17 @@ def profile_step(n_energies: int = 4, frames_per_energy: int = 64, frame_size: i
 # ----------------------------------------------------------------------------- streaming
 
 
-def stream_case(case_id: str, n_energies: int = 4, frames_per_energy: int = 64, frame_size: int = 64,
-                chunk_size: int = 64, min_time: float = 1.0, sources=("device", "host", "raw", "gzip"),
-                tmpdir: str | None = None, log=print) -> dict:
+def stream_case(
+    case_id: str,
+    n_energies: int = 4,
+    frames_per_energy: int = 64,
+    frame_size: int = 64,
+    chunk_size: int = 64,
+    min_time: float = 1.0,
+    sources=("device", "host", "raw", "gzip"),
+    tmpdir: str | None = None,
+    log=print,
+) -> dict:
     """Time of one full-batch joint step with the frames on the device vs streamed (same shapes).
 
     Sources: ``device`` (frames resident, ``JointSolver.step``), ``host`` (streamed from an
@@ -374,9 +473,18 @@ def stream_case(case_id: str, n_energies: int = 4, frames_per_energy: int = 64, 
 
     ds = common.synthetic_dataset(n_energies, frames_per_energy, frame_size)
     cfg = JointConfig(steps=1000, chunk_size=chunk_size, init="flat", probe_start=0, shape_start=0)
-    rec = {"id": case_id, "kind": "joint_stream", "config": {"n_energies": n_energies, "frames_per_energy": frames_per_energy,
-                                                             "frame_size": frame_size, "chunk_size": chunk_size},
-           "frames_mib": common.nbytes_mib(ds.n_frames * frame_size ** 2 * 4), "variants": {}}
+    rec = {
+        "id": case_id,
+        "kind": "joint_stream",
+        "config": {
+            "n_energies": n_energies,
+            "frames_per_energy": frames_per_energy,
+            "frame_size": frame_size,
+            "chunk_size": chunk_size,
+        },
+        "frames_mib": common.nbytes_mib(ds.n_frames * frame_size**2 * 4),
+        "variants": {},
+    }
     tmp = tempfile.mkdtemp(dir=tmpdir)
     saved = stream.host_available_bytes
     stream.host_available_bytes = lambda: 0  # files are read every step
@@ -406,13 +514,22 @@ def stream_case(case_id: str, n_energies: int = 4, frames_per_energy: int = 64, 
 
             t = common.time_compiled(call, min_time=min_time)
             rec["n_chunks"], rec["chunk"] = ctx["memory"]["n_chunks"], ctx["memory"]["chunk"]
-            rec["variants"][src] = {"mode": ctx["memory"]["mode"], "first_step_s": first, "step_median_s": t["median_s"],
-                                    "step_cpu_median_s": t["cpu_median_s"], "reps": t["reps"], "loss_step1": float(loss0),
-                                    "read_all_frames_s": read_s, "loadavg": t["loadavg"]}
+            rec["variants"][src] = {
+                "mode": ctx["memory"]["mode"],
+                "first_step_s": first,
+                "step_median_s": t["median_s"],
+                "step_cpu_median_s": t["cpu_median_s"],
+                "reps": t["reps"],
+                "loss_step1": float(loss0),
+                "read_all_frames_s": read_s,
+                "loadavg": t["loadavg"],
+            }
             v = rec["variants"][src]
-            log(f"[stream] {case_id}: {src:>6} ({v['mode']}): {v['step_median_s'] * 1e3:8.1f} ms/step "
+            log(
+                f"[stream] {case_id}: {src:>6} ({v['mode']}): {v['step_median_s'] * 1e3:8.1f} ms/step "
                 f"(CPU {v['step_cpu_median_s'] * 1e3:8.1f} ms), loss {v['loss_step1']:.6g}"
-                + (f", read all frames {read_s * 1e3:.1f} ms" if read_s is not None else ""))
+                + (f", read all frames {read_s * 1e3:.1f} ms" if read_s is not None else "")
+            )
             del solver, state, holder
             gc.collect()
     finally:

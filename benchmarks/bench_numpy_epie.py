@@ -63,9 +63,16 @@ def make_problem(m: int, n_positions: int, photons: float = 1e6, seed: int = 0) 
     rr, cc = np.meshgrid(g, g, indexing="ij")
     pix = np.stack([rr.ravel(), cc.ravel()], -1)[:n_positions] + rng.integers(-1, 2, (n_positions, 2))
     pos = np.stack([pix[:, 1], pix[:, 0]], -1) * dx  # (x, y) m
-    proto = Dataset(frames=jnp.zeros((n_positions, m, m)), positions=jnp.asarray(pos, jnp.float32),
-                    energy_index=jnp.zeros(n_positions, jnp.int32), energies=jnp.asarray([energy], jnp.float32),
-                    mask=jnp.ones((1, m, m)), illumination=None, distance=distance, detector_pixel=det)
+    proto = Dataset(
+        frames=jnp.zeros((n_positions, m, m)),
+        positions=jnp.asarray(pos, jnp.float32),
+        energy_index=jnp.zeros(n_positions, jnp.int32),
+        energies=jnp.asarray([energy], jnp.float32),
+        mask=jnp.ones((1, m, m)),
+        illumination=None,
+        distance=distance,
+        detector_pixel=det,
+    )
     common, grids = reconstruction_grids(proto)
     grid = grids[0]
     # snap the positions onto this grid's pixels (the classic ePIE's integer patches)
@@ -74,23 +81,44 @@ def make_problem(m: int, n_positions: int, photons: float = 1e6, seed: int = 0) 
     corner, frac = forward.frame_geometry(pos.astype(np.float32), grid, m)
     ny, nx = grid.shape
     spec = (rng.standard_normal((ny, nx)) + 1j * rng.standard_normal((ny, nx))) * np.exp(
-        -(np.fft.fftfreq(ny)[:, None] ** 2 + np.fft.fftfreq(nx)[None, :] ** 2) / (2 * 0.05 ** 2))
+        -(np.fft.fftfreq(ny)[:, None] ** 2 + np.fft.fftfreq(nx)[None, :] ** 2) / (2 * 0.05**2)
+    )
     f = np.fft.ifft2(spec)
     obj = np.exp(-0.3 * np.abs(f) / np.abs(f).max() + 1j * 0.8 * np.real(f) / np.abs(f).max()).astype(np.complex64)
     na = numerical_aperture_for_fwhm(m / 8 * dx, wavelength(energy))
     probe = kb_probe(m, grid.pixel_size, wavelength(energy), na, photons=photons, defocus_m=2e-6).astype(np.complex64)
-    inten = forward.intensities(jnp.asarray(obj)[None], jnp.fft.fft2(jnp.asarray(probe))[None],
-                                jnp.zeros(n_positions, jnp.int32), jnp.asarray(corner), jnp.asarray(frac))
+    inten = forward.intensities(
+        jnp.asarray(obj)[None],
+        jnp.fft.fft2(jnp.asarray(probe))[None],
+        jnp.zeros(n_positions, jnp.int32),
+        jnp.asarray(corner),
+        jnp.asarray(frac),
+    )
     frames = rng.poisson(np.asarray(inten, np.float64)).astype(np.float32)
-    ds = Dataset(frames=jnp.asarray(frames), positions=jnp.asarray(pos, jnp.float32),
-                 energy_index=jnp.zeros(n_positions, jnp.int32), energies=jnp.asarray([energy], jnp.float32),
-                 mask=jnp.ones((1, m, m), jnp.float32), illumination=jnp.asarray(probe[None]),
-                 distance=distance, detector_pixel=det)
+    ds = Dataset(
+        frames=jnp.asarray(frames),
+        positions=jnp.asarray(pos, jnp.float32),
+        energy_index=jnp.zeros(n_positions, jnp.int32),
+        energies=jnp.asarray([energy], jnp.float32),
+        mask=jnp.ones((1, m, m), jnp.float32),
+        illumination=jnp.asarray(probe[None]),
+        distance=distance,
+        detector_pixel=det,
+    )
     cover = np.zeros(grid.shape)
     for r, c in corner:
-        cover[r:r + m, c:c + m] += np.abs(probe) ** 2
-    return {"ds": ds, "common": common, "grid": grid, "corner": np.asarray(corner), "frac": np.asarray(frac),
-            "truth": obj, "probe": probe, "frames": frames, "lit": cover > 0.5 * cover.max()}
+        cover[r : r + m, c : c + m] += np.abs(probe) ** 2
+    return {
+        "ds": ds,
+        "common": common,
+        "grid": grid,
+        "corner": np.asarray(corner),
+        "frac": np.asarray(frac),
+        "truth": obj,
+        "probe": probe,
+        "frames": frames,
+        "lit": cover > 0.5 * cover.max(),
+    }
 
 
 # ----------------------------------------------------------------------------- plain numpy ePIE
@@ -120,11 +148,11 @@ class NumpyEpie:
         loss = 0.0
         for j in self.rng.permutation(len(self.corner)):
             r, c = self.corner[j]
-            patch = o[r:r + m, c:c + m].copy()
+            patch = o[r : r + m, c : c + m].copy()
             psi = p * patch
             f = np.fft.fft2(psi)
             d = np.fft.ifft2(f * (self.amp[j] / np.maximum(np.abs(f), 1e-12))) - psi
-            o[r:r + m, c:c + m] = patch + (alpha / np.max(np.abs(p) ** 2)) * np.conj(p) * d
+            o[r : r + m, c : c + m] = patch + (alpha / np.max(np.abs(p) ** 2)) * np.conj(p) * d
             if beta > 0:
                 p += (beta / np.max(np.abs(patch) ** 2)) * np.conj(patch) * d
             loss += float(np.vdot(d, d).real)
@@ -172,14 +200,25 @@ def compare(m: int, n_positions: int = 400, epochs: int = 8, repeats: int = 3, l
     assert np.max(np.abs(prob["frac"])) < 1e-3, "positions must lie on the pixel grid"
     load0 = _loadavg()
     routes = {"diffxas": False, "diffxas_per_frame_shift": True}
-    rec = {"frame_size": m, "positions": n_positions, "epochs": epochs, "repeats": repeats,
-           "grid_shape": list(prob["grid"].shape), "engines": {}}
+    rec = {
+        "frame_size": m,
+        "positions": n_positions,
+        "epochs": epochs,
+        "repeats": repeats,
+        "grid_shape": list(prob["grid"].shape),
+        "engines": {},
+    }
     times = {k: {"wall": [], "cpu": []} for k in (*routes, "numpy")}
     errors = {k: [] for k in (*routes, "numpy")}
     for rep in range(repeats):
         for name, per_frame in routes.items():
-            npe = NumpyEpie(prob["frames"], prob["corner"], np.ones(prob["grid"].shape, np.complex64), prob["probe"],
-                            seed=100 * rep + 1)
+            npe = NumpyEpie(
+                prob["frames"],
+                prob["corner"],
+                np.ones(prob["grid"].shape, np.complex64),
+                prob["probe"],
+                seed=100 * rep + 1,
+            )
             mark = {"cpu": time.process_time(), "wall": time.perf_counter()}
             cpu_dx, wall_np, cpu_np = [], [], []
 
@@ -191,8 +230,9 @@ def compare(m: int, n_positions: int = 400, epochs: int = 8, repeats: int = 3, l
                 cpu_np.append(time.process_time() - c0)
                 mark["cpu"] = time.process_time()
 
-            cfg = EpieConfig(epochs=epochs, alpha=1.0, beta=1.0, probe_update_start=1, seed=rep,
-                             per_frame_shift=per_frame)
+            cfg = EpieConfig(
+                epochs=epochs, alpha=1.0, beta=1.0, probe_update_start=1, seed=rep, per_frame_shift=per_frame
+            )
             res = run_epie(prob["ds"], cfg, common=prob["common"], callback=cb)
             times[name]["wall"] += list(res.history["time"][1:])
             times[name]["cpu"] += cpu_dx[1:]
@@ -200,15 +240,19 @@ def compare(m: int, n_positions: int = 400, epochs: int = 8, repeats: int = 3, l
             times["numpy"]["cpu"] += cpu_np[1:]
             errors[name].append(object_error(np.asarray(res.objects[0]), prob["truth"], prob["lit"]))
             errors["numpy"].append(object_error(npe.obj, prob["truth"], prob["lit"]))
-            log(f"[numpy-epie] M={m} rep {rep} {name}: {statistics.median(res.history['time'][1:]) * 1e3:.1f} ms/pass, "
+            log(
+                f"[numpy-epie] M={m} rep {rep} {name}: {statistics.median(res.history['time'][1:]) * 1e3:.1f} ms/pass, "
                 f"numpy {statistics.median(wall_np[1:]) * 1e3:.1f} ms/pass; errors {errors[name][-1]:.4f} / "
-                f"{errors['numpy'][-1]:.4f}")
+                f"{errors['numpy'][-1]:.4f}"
+            )
     for k in times:
-        rec["engines"][k] = {"pass_median_s": statistics.median(times[k]["wall"]),
-                             "pass_min_s": min(times[k]["wall"]),
-                             "pass_cpu_median_s": statistics.median(times[k]["cpu"]),
-                             "passes_timed": len(times[k]["wall"]),
-                             "object_error_median": statistics.median(errors[k])}
+        rec["engines"][k] = {
+            "pass_median_s": statistics.median(times[k]["wall"]),
+            "pass_min_s": min(times[k]["wall"]),
+            "pass_cpu_median_s": statistics.median(times[k]["cpu"]),
+            "passes_timed": len(times[k]["wall"]),
+            "object_error_median": statistics.median(errors[k]),
+        }
     npm = rec["engines"]["numpy"]
     for k in routes:
         e = rec["engines"][k]
@@ -234,9 +278,15 @@ def fft_limits(m: int, n_frames: int = 400, min_time: float = 1.0) -> dict:
             np.fft.ifft2(np.fft.fft2(x[j]))
 
     t = common.interleaved(numpy_ffts, common.fft_floor_calls(n_frames, m, passes=2), n_frames, min_time=min_time)
-    return {"frames": n_frames, "numpy_2fft_s": t["median_s"], "numpy_2fft_cpu_s": t["cpu_median_s"],
-            "jax_2fft_floor_s": t["floor"]["median_s"], "jax_2fft_floor_cpu_s": t["floor"]["cpu_median_s"],
-            "jax_floor_batch": t["floor"]["batch"], "loadavg": t["loadavg"]}
+    return {
+        "frames": n_frames,
+        "numpy_2fft_s": t["median_s"],
+        "numpy_2fft_cpu_s": t["cpu_median_s"],
+        "jax_2fft_floor_s": t["floor"]["median_s"],
+        "jax_2fft_floor_cpu_s": t["floor"]["cpu_median_s"],
+        "jax_floor_batch": t["floor"]["batch"],
+        "loadavg": t["loadavg"],
+    }
 
 
 def run(suite: str = "quick", log=None) -> list[dict]:
@@ -255,8 +305,11 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     from . import common
 
-    doc = {"benchmark": "numpy_epie", "environment": common.env_info(),
-           "cases": [compare(m, a.positions, a.epochs, a.repeats) for m in a.sizes]}
+    doc = {
+        "benchmark": "numpy_epie",
+        "environment": common.env_info(),
+        "cases": [compare(m, a.positions, a.epochs, a.repeats) for m in a.sizes],
+    }
     doc["environment"]["load_average_at_end"] = _loadavg()
     text = json.dumps(doc, indent=1, default=float)
     print(text)

@@ -108,9 +108,11 @@ def host_memory() -> dict:
     if sys.platform == "darwin":
         ru /= 1024.0
     hwm, rss = _status_kb("VmHWM"), _status_kb("VmRSS")  # peak since reset, current
-    return {"peak_rss_mib": round(ru / 1024.0, 1),
-            "vm_hwm_mib": None if hwm is None else round(hwm / 1024.0, 1),
-            "rss_mib": None if rss is None else round(rss / 1024.0, 1)}
+    return {
+        "peak_rss_mib": round(ru / 1024.0, 1),
+        "vm_hwm_mib": None if hwm is None else round(hwm / 1024.0, 1),
+        "rss_mib": None if rss is None else round(rss / 1024.0, 1),
+    }
 
 
 def device_memory() -> dict | None:
@@ -135,9 +137,17 @@ def compiled_memory(compiled) -> dict | None:
         return None
     if m is None:
         return None
-    return {k: int(getattr(m, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes",
-                                            "temp_size_in_bytes", "alias_size_in_bytes",
-                                            "generated_code_size_in_bytes") if hasattr(m, k)}
+    return {
+        k: int(getattr(m, k))
+        for k in (
+            "argument_size_in_bytes",
+            "output_size_in_bytes",
+            "temp_size_in_bytes",
+            "alias_size_in_bytes",
+            "generated_code_size_in_bytes",
+        )
+        if hasattr(m, k)
+    }
 
 
 def compiled_cost(compiled) -> dict | None:
@@ -195,9 +205,15 @@ def time_compiled(call, min_reps: int = 3, max_reps: int = 50, min_time: float =
         block(call())
         times.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
-    return {"first_run_s": first, "median_s": statistics.median(times), "min_s": min(times),
-            "max_s": max(times), "cpu_median_s": statistics.median(cpus), "reps": len(times),
-            "loadavg": [load0, loadavg()]}
+    return {
+        "first_run_s": first,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "cpu_median_s": statistics.median(cpus),
+        "reps": len(times),
+        "loadavg": [load0, loadavg()],
+    }
 
 
 def aot(fn, *args):
@@ -234,7 +250,7 @@ JOINT_STEP_PASSES = 6
 
 #: Bytes of one all-frames floor call at most (bigger problems are timed on this many frames
 #: and scaled linearly: the batched FFT is linear in the batch once it fills the machine).
-FLOOR_MAX_BYTES = 512 * 2 ** 20
+FLOOR_MAX_BYTES = 512 * 2**20
 
 #: Chunk sizes (frames) of the floor's batchings, besides all frames in one call.
 FLOOR_CHUNKS = (32, 64, 256)
@@ -264,8 +280,11 @@ def fft_floor_calls(n_frames: int, frame_size: int, passes: int = FLOOR_PASSES, 
     out = {}
     for b in floor_batchings(min(n_frames, cap), chunks):
         n_meas = (min(n_frames, cap) // b) * b
-        x = jnp.asarray((rng.standard_normal((n_meas // b, b, M, M))
-                         + 1j * rng.standard_normal((n_meas // b, b, M, M))).astype(np.complex64))
+        x = jnp.asarray(
+            (rng.standard_normal((n_meas // b, b, M, M)) + 1j * rng.standard_normal((n_meas // b, b, M, M))).astype(
+                np.complex64
+            )
+        )
 
         def chunk(y):
             for i in range(passes):  # no algebra in between that XLA could fold
@@ -313,8 +332,15 @@ def _timed(call, sync) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def interleaved(case, floors: dict, n_frames: int, min_reps: int = 3, max_reps: int = 50, min_time: float = 1.0,
-                reference: dict | None = None) -> dict:
+def interleaved(
+    case,
+    floors: dict,
+    n_frames: int,
+    min_reps: int = 3,
+    max_reps: int = 50,
+    min_time: float = 1.0,
+    reference: dict | None = None,
+) -> dict:
     """Time ``case()`` and every floor batching alternately (case, floor b1, floor b2, ...,
     case, ...): at least ``min_reps`` rounds and ``min_time`` seconds of case time.
 
@@ -332,7 +358,7 @@ def interleaved(case, floors: dict, n_frames: int, min_reps: int = 3, max_reps: 
     first = time.perf_counter() - t0
     for call, _ in floors.values():  # warm
         block(call())
-    ref_sync = (lambda r: r)
+    ref_sync = lambda r: r
     if reference:
         for call, _ in reference.values():
             call()
@@ -355,15 +381,33 @@ def interleaved(case, floors: dict, n_frames: int, min_reps: int = 3, max_reps: 
             rc[b].append(c * n_frames / nm)
 
     def summarise(ws, cs):
-        per = {str(b): {"median_s": statistics.median(ws[b]), "cpu_median_s": statistics.median(cs[b]),
-                        "min_s": min(ws[b])} for b in ws}
+        per = {
+            str(b): {
+                "median_s": statistics.median(ws[b]),
+                "cpu_median_s": statistics.median(cs[b]),
+                "min_s": min(ws[b]),
+            }
+            for b in ws
+        }
         best = min(ws, key=lambda b: statistics.median(ws[b]))
-        return {"batchings": per, "batch": int(best), "median_s": per[str(best)]["median_s"],
-                "cpu_median_s": min(v["cpu_median_s"] for v in per.values()), "min_s": min(v["min_s"] for v in per.values())}
+        return {
+            "batchings": per,
+            "batch": int(best),
+            "median_s": per[str(best)]["median_s"],
+            "cpu_median_s": min(v["cpu_median_s"] for v in per.values()),
+            "min_s": min(v["min_s"] for v in per.values()),
+        }
 
-    out = {"first_run_s": first, "median_s": statistics.median(cw), "min_s": min(cw), "max_s": max(cw),
-           "cpu_median_s": statistics.median(cc), "reps": len(cw), "floor": summarise(fw, fc),
-           "loadavg": {"start": load0, "end": loadavg3()}}
+    out = {
+        "first_run_s": first,
+        "median_s": statistics.median(cw),
+        "min_s": min(cw),
+        "max_s": max(cw),
+        "cpu_median_s": statistics.median(cc),
+        "reps": len(cw),
+        "floor": summarise(fw, fc),
+        "loadavg": {"start": load0, "end": loadavg3()},
+    }
     if reference:
         out["best_cpu_fft"] = dict(summarise(rw, rc), library="torch")
     return out
@@ -377,9 +421,13 @@ def judge_ratio(case_s: float, floor_s: float, case_passes: float, floor_passes:
     ratio = case_s / floor_s
     pmin = case_passes / floor_passes
     if ratio < pmin:
-        return {"ratio": None, "ratio_measured": ratio, "physical_min": pmin,
-                "measurement_error": f"ratio {ratio:.3g} below the physical minimum {pmin:.3g} "
-                                     f"({case_passes:g} FFT passes per frame against the floor's {floor_passes:g})"}
+        return {
+            "ratio": None,
+            "ratio_measured": ratio,
+            "physical_min": pmin,
+            "measurement_error": f"ratio {ratio:.3g} below the physical minimum {pmin:.3g} "
+            f"({case_passes:g} FFT passes per frame against the floor's {floor_passes:g})",
+        }
     return {"ratio": ratio, "physical_min": pmin}
 
 
@@ -389,15 +437,27 @@ def fft_floor(n_frames: int, frame_size: int, min_time: float = 1.0, passes: int
     first = next(iter(floors.values()))[0]
     t = interleaved(first, floors, n_frames, min_time=min_time)
     f = t["floor"]
-    return {"frames": int(n_frames), "frame_size": int(frame_size), "passes": passes, **f,
-            "loadavg": t["loadavg"], "per_frame_pass_us": 1e6 * f["median_s"] / (n_frames * passes)}
+    return {
+        "frames": int(n_frames),
+        "frame_size": int(frame_size),
+        "passes": passes,
+        **f,
+        "loadavg": t["loadavg"],
+        "per_frame_pass_us": 1e6 * f["median_s"] / (n_frames * passes),
+    }
 
 
 # ----------------------------------------------------------------------------- synthetic data
 
 
-def synthetic_dataset(n_energies: int, frames_per_energy: int, frame_size: int, seed: int = 0,
-                      photons: float = 1e6, e_range: tuple[float, float] = (5420.0, 5540.0)):
+def synthetic_dataset(
+    n_energies: int,
+    frames_per_energy: int,
+    frame_size: int,
+    seed: int = 0,
+    photons: float = 1e6,
+    e_range: tuple[float, float] = (5420.0, 5540.0),
+):
     """A :class:`~diffxas.data.dataset.Dataset` with benchmark shapes, built in seconds.
 
     Raster scan of ``ceil(sqrt(frames_per_energy))`` columns (step M/12 pixels, i.e. ~50 %
@@ -435,12 +495,18 @@ def synthetic_dataset(n_energies: int, frames_per_energy: int, frame_size: int, 
     frames = np.empty((K * n, M, M), np.float32)
     for k in range(K):
         lam = far[k][None] * rng.uniform(0.8, 1.2, (n, M, M)).astype(np.float32)
-        frames[k * n:(k + 1) * n] = rng.poisson(lam).astype(np.float32)
-    return Dataset(frames=jnp.asarray(frames), positions=jnp.asarray(np.tile(pos, (K, 1)), jnp.float32),
-                   energy_index=jnp.asarray(np.repeat(np.arange(K), n).astype(np.int32)),
-                   energies=jnp.asarray(e, jnp.float32), mask=jnp.ones((K, M, M), jnp.float32),
-                   illumination=jnp.asarray(illum), distance=z, detector_pixel=p)
+        frames[k * n : (k + 1) * n] = rng.poisson(lam).astype(np.float32)
+    return Dataset(
+        frames=jnp.asarray(frames),
+        positions=jnp.asarray(np.tile(pos, (K, 1)), jnp.float32),
+        energy_index=jnp.asarray(np.repeat(np.arange(K), n).astype(np.int32)),
+        energies=jnp.asarray(e, jnp.float32),
+        mask=jnp.ones((K, M, M), jnp.float32),
+        illumination=jnp.asarray(illum),
+        distance=z,
+        detector_pixel=p,
+    )
 
 
 def nbytes_mib(n: float) -> float:
-    return round(n / 2 ** 20, 2)
+    return round(n / 2**20, 2)

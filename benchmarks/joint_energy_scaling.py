@@ -37,14 +37,20 @@ def measure(k: int, fpe: int, m: int, min_time: float = 0.5, log=None, chunk_siz
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     ds = common.synthetic_dataset(k, fpe, m)
-    solver, state, _ = jt_run.prepare_joint(ds, jt_config.JointConfig(steps=1000, loss="amplitude", probe_start=0, init="flat",
-                                                                    chunk_size=chunk_size))
+    solver, state, _ = jt_run.prepare_joint(
+        ds, jt_config.JointConfig(steps=1000, loss="amplitude", probe_start=0, init="flat", chunk_size=chunk_size)
+    )
     prob, params = solver.prob, state.params
     n = int(solver.batch)
     floors = common.fft_floor_calls(n, m, common.FLOOR_PASSES)
-    rec = {"n_energies": k, "frames": n, "map_shape": [int(s) for s in prob.illuminated.shape],
-           "energy_grid": [int(prob.ry.shape[1]), int(prob.rx.shape[1])], "chunks": [int(s) for s in prob.frames.shape[:2]],
-           "pieces": {}}
+    rec = {
+        "n_energies": k,
+        "frames": n,
+        "map_shape": [int(s) for s in prob.illuminated.shape],
+        "energy_grid": [int(prob.ry.shape[1]), int(prob.rx.shape[1])],
+        "chunks": [int(s) for s in prob.frames.shape[:2]],
+        "pieces": {},
+    }
 
     def obj_vjp(p):
         o, vjp = jax.vjp(lambda q: jt_model.model_objects(q, prob), p)
@@ -53,14 +59,16 @@ def measure(k: int, fpe: int, m: int, min_time: float = 0.5, log=None, chunk_siz
     def loss_grad(p):
         return eqx.filter_value_and_grad(jt_loss.total_loss)(p, prob, None, solver.static)
 
-    pieces = {"objects_vjp": (jax.jit(obj_vjp), (params,)),
-              "loss_grad": (eqx.filter_jit(loss_grad), (params,))}
+    pieces = {"objects_vjp": (jax.jit(obj_vjp), (params,)), "loss_grad": (eqx.filter_jit(loss_grad), (params,))}
     for name, (fn, args) in pieces.items():
         jax.block_until_ready(fn(*args))
         t = common.interleaved(lambda fn=fn, args=args: fn(*args), floors, n, min_time=min_time)
         rec["pieces"][name] = {"median_s": t["median_s"], "cpu_median_s": t["cpu_median_s"]}
-        rec["floor"] = {"median_s": t["floor"]["median_s"], "cpu_median_s": t["floor"]["cpu_median_s"],
-                        "batch": t["floor"]["batch"]}
+        rec["floor"] = {
+            "median_s": t["floor"]["median_s"],
+            "cpu_median_s": t["floor"]["cpu_median_s"],
+            "batch": t["floor"]["batch"],
+        }
     compiled, _ = common.aot(type(solver).step, solver, state)
     holder = {"s": state}
 
@@ -74,9 +82,11 @@ def measure(k: int, fpe: int, m: int, min_time: float = 0.5, log=None, chunk_siz
     rec["floor_cpu_per_frame_ms"] = 1e3 * t["floor"]["cpu_median_s"] / n
     rec["loadavg"] = t["loadavg"]
     p = rec["pieces"]
-    log(f"[K={k:2d}] {n} frames: step {p['step']['cpu_median_s'] * 1e3:.1f} ms cpu ({rec['step_cpu_per_frame_ms']:.3f} "
+    log(
+        f"[K={k:2d}] {n} frames: step {p['step']['cpu_median_s'] * 1e3:.1f} ms cpu ({rec['step_cpu_per_frame_ms']:.3f} "
         f"ms/frame), objects_vjp {p['objects_vjp']['cpu_median_s'] * 1e3:.1f} ms, loss_grad "
-        f"{p['loss_grad']['cpu_median_s'] * 1e3:.1f} ms, floor {t['floor']['cpu_median_s'] * 1e3:.1f} ms cpu; load {t['loadavg']}")
+        f"{p['loss_grad']['cpu_median_s'] * 1e3:.1f} ms, floor {t['floor']['cpu_median_s'] * 1e3:.1f} ms cpu; load {t['loadavg']}"
+    )
     return rec
 
 
@@ -95,8 +105,14 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     recs = [measure(k, a.fpe, a.m, chunk_size=a.chunk) for k in a.energies]
     ks = [r["n_energies"] for r in recs]
-    doc = {"environment": common.env_info(), "chunk_size": a.chunk, "cases": recs, "exponents_cpu": {
-        name: exponent(ks, [r["pieces"][name]["cpu_median_s"] for r in recs]) for name in recs[0]["pieces"]}}
+    doc = {
+        "environment": common.env_info(),
+        "chunk_size": a.chunk,
+        "cases": recs,
+        "exponents_cpu": {
+            name: exponent(ks, [r["pieces"][name]["cpu_median_s"] for r in recs]) for name in recs[0]["pieces"]
+        },
+    }
     doc["exponents_cpu"]["floor"] = exponent(ks, [r["floor"]["cpu_median_s"] for r in recs])
     doc["environment"]["load_average_at_end"] = common.loadavg3()
     text = json.dumps(doc, indent=1, default=float)

@@ -12,14 +12,24 @@ import json
 import os
 import sys
 
-SWEEP_LABEL = {"frames": "frames per step (all energies)", "frame_size": "frame size M (pixels)",
-               "energies": "number of energies", "batch": "batch size (frames per step)", "chunk": "chunk size (frames)"}
+SWEEP_LABEL = {
+    "frames": "frames per step (all energies)",
+    "frame_size": "frame size M (pixels)",
+    "energies": "number of energies",
+    "batch": "batch size (frames per step)",
+    "chunk": "chunk size (frames)",
+}
 
 
 def _x(rec, sweep):
     s = rec["shapes"]
-    return {"frames": s["n_frames"], "frame_size": s["frame_size"], "energies": s["n_energies"],
-            "batch": s["batch"], "chunk": s["chunk"]}[sweep]
+    return {
+        "frames": s["n_frames"],
+        "frame_size": s["frame_size"],
+        "energies": s["n_energies"],
+        "batch": s["batch"],
+        "chunk": s["chunk"],
+    }[sweep]
 
 
 def scaling_figure(doc: dict, path: str) -> str | None:
@@ -38,7 +48,9 @@ def scaling_figure(doc: dict, path: str) -> str | None:
         rs = sorted((r for r in cases if sw in r["sweeps"]), key=lambda r: _x(r, sw))
         x = [_x(r, sw) for r in rs]
         row[0].plot(x, [r["frames_per_s"] for r in rs], "o-", label="joint step (wall)")
-        row[0].plot(x, [r["frames_per_step"] / r["step_cpu_median_s"] for r in rs], "s--", alpha=0.7, label="per CPU-second")
+        row[0].plot(
+            x, [r["frames_per_step"] / r["step_cpu_median_s"] for r in rs], "s--", alpha=0.7, label="per CPU-second"
+        )
         row[0].plot(x, [r["frames_per_step"] / r["fft_floor"]["median_s"] for r in rs], "k:", label="FFT floor (wall)")
         row[0].set_ylabel("frames / s")
         row[1].plot(x, [r["ratio_to_fft_floor"] for r in rs], "o-", label="wall time")
@@ -57,11 +69,17 @@ def scaling_figure(doc: dict, path: str) -> str | None:
         row[0].set_yscale("log")
         row[2].set_yscale("log")
         fixed = rs[0]["config"]
-        row[0].set_title(f"{sw}: K={fixed['n_energies'] if sw != 'energies' else 'var'}, "
-                         f"M={fixed['frame_size'] if sw != 'frame_size' else 'var'}", fontsize=9, loc="left")
-    fig.suptitle(f"diffxas joint step, suite {doc.get('suite')}: {env.get('device_kind')} "
-                 f"({env.get('cpu_model')}, {env.get('nproc')} cores), jax {env.get('jax')}, {env.get('date', '')[:10]}",
-                 fontsize=10)
+        row[0].set_title(
+            f"{sw}: K={fixed['n_energies'] if sw != 'energies' else 'var'}, "
+            f"M={fixed['frame_size'] if sw != 'frame_size' else 'var'}",
+            fontsize=9,
+            loc="left",
+        )
+    fig.suptitle(
+        f"diffxas joint step, suite {doc.get('suite')}: {env.get('device_kind')} "
+        f"({env.get('cpu_model')}, {env.get('nproc')} cores), jax {env.get('jax')}, {env.get('date', '')[:10]}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -85,7 +103,9 @@ def profile_figure(doc: dict, path: str) -> str | None:
     axes[0].set_yticks(range(len(names)), [n.split(" (")[0] for n in names], fontsize=8)
     axes[0].axvline(1e3 * prof["pieces"]["fft_floor"]["cpu_median_s"], color="k", ls=":", label="FFT floor (4 passes)")
     axes[0].set_xlabel("ms (process CPU time)")
-    axes[0].set_title(f"one step: {1e3 * prof['step_cpu_s']:.0f} ms CPU, {prof['cpu_ratio_to_fft_floor']:.1f}x floor", fontsize=9)
+    axes[0].set_title(
+        f"one step: {1e3 * prof['step_cpu_s']:.0f} ms CPU, {prof['cpu_ratio_to_fft_floor']:.1f}x floor", fontsize=9
+    )
     axes[0].legend(fontsize=7)
     cand = prof["candidates"]
     names = ["frames_vjp"] + list(cand)
@@ -97,7 +117,9 @@ def profile_figure(doc: dict, path: str) -> str | None:
     axes[1].set_title("candidate optimisations (same loss)", fontsize=9)
     axes[1].legend(fontsize=7)
     c = prof["config"]
-    fig.suptitle(f"profile: K={c['n_energies']}, {c['frames_per_energy']} frames/energy, M={c['frame_size']}", fontsize=10)
+    fig.suptitle(
+        f"profile: K={c['n_energies']}, {c['frames_per_energy']} frames/energy, M={c['frame_size']}", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

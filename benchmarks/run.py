@@ -58,24 +58,34 @@ def run_epie(suite: str) -> dict:
         return {"status": "error", "reason": f"{type(e).__name__}: {e}"}
     if isinstance(cases, dict):
         cases = cases.get("cases", [cases])
+
     def num(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) else "?"
 
     for c in cases or []:
-        for v in ((c.get("variants") or c.get("kernel") or []) if isinstance(c, dict) else []):
+        for v in (c.get("variants") or c.get("kernel") or []) if isinstance(c, dict) else []:
             if isinstance(v, dict):
-                _log(f"[epie] update_probe={v.get('update_probe')} batch_energies={v.get('batch_energies')}: "
-                     f"{num(v.get('frames_epochs_per_s'), '.0f')} frames x epochs / s, "
-                     + (f"x{num(v.get('ratio_to_fft_floor'), '.1f')} its floor" if v.get("ratio_to_fft_floor") is not None
-                        else "MEASUREMENT ERROR (below the physical minimum)")
-                     + f", compile {num(v.get('compile_s'), '.1f')} s")
+                _log(
+                    f"[epie] update_probe={v.get('update_probe')} batch_energies={v.get('batch_energies')}: "
+                    f"{num(v.get('frames_epochs_per_s'), '.0f')} frames x epochs / s, "
+                    + (
+                        f"x{num(v.get('ratio_to_fft_floor'), '.1f')} its floor"
+                        if v.get("ratio_to_fft_floor") is not None
+                        else "MEASUREMENT ERROR (below the physical minimum)"
+                    )
+                    + f", compile {num(v.get('compile_s'), '.1f')} s"
+                )
     return {"status": "ok", "cases": list(cases or [])}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", choices=("quick", "full", "profile"), default="quick",
-                    help="quick: minutes on a laptop CPU; full: bigger shapes (GPU or patience); profile: only the step profile")
+    ap.add_argument(
+        "--suite",
+        choices=("quick", "full", "profile"),
+        default="quick",
+        help="quick: minutes on a laptop CPU; full: bigger shapes (GPU or patience); profile: only the step profile",
+    )
     ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--profile", action="store_true", help="add the step profile (pieces and candidate optimisations)")
     ap.add_argument("--only", nargs="*", help="only these joint case ids (see bench_joint.suite_cases)")
@@ -85,20 +95,25 @@ def main(argv=None) -> int:
     from . import bench_joint, common
 
     t0 = time.perf_counter()
-    doc = {"suite": args.suite, "environment": common.env_info(), "fft_floor_definition":
-           "fastest of several batchings (all frames in one call; chunks of 32/64/256 frames scanned in one "
-           "jitted call) of bare jnp fft2, ifft2, fft2, ifft2 of (frames per step, M, M) complex64 (4 passes per "
-           "frame: forward + backward of a step), timed interleaved with the step (step, each batching, step, "
-           "...) in the same process. The joint step does 6 passes (2 forward, 2 recomputed under "
-           "jax.checkpoint, 2 adjoint), so a ratio below 6/4 = 1.5 is physically impossible: it is flagged "
-           "(ratio_measurement_error) and its ratio is null", "timing":
-           "compile_s = trace + lower + compile (AOT); first_call_s = compile_s + first run; step_median_s = median "
-           "wall time of steady steps (block_until_ready); step_cpu_median_s = median process CPU time "
-           "(time.process_time, all threads); frames_per_s = frames per step / step_median_s; loadavg = "
-           "os.getloadavg() (1, 5, 15 min) at the start and end of each case; setup_s = prepare_joint with "
-           "init='flat' (the step timed is the same as after the default init='epie'; only the start values differ)"}
-    _log(f"[env] {doc['environment']['device_kind']} ({doc['environment']['cpu_model']}, nproc {doc['environment']['nproc']}), "
-         f"jax {doc['environment']['jax']}, load {doc['environment']['load_average_at_start']}")
+    doc = {
+        "suite": args.suite,
+        "environment": common.env_info(),
+        "fft_floor_definition": "fastest of several batchings (all frames in one call; chunks of 32/64/256 frames scanned in one "
+        "jitted call) of bare jnp fft2, ifft2, fft2, ifft2 of (frames per step, M, M) complex64 (4 passes per "
+        "frame: forward + backward of a step), timed interleaved with the step (step, each batching, step, "
+        "...) in the same process. The joint step does 6 passes (2 forward, 2 recomputed under "
+        "jax.checkpoint, 2 adjoint), so a ratio below 6/4 = 1.5 is physically impossible: it is flagged "
+        "(ratio_measurement_error) and its ratio is null",
+        "timing": "compile_s = trace + lower + compile (AOT); first_call_s = compile_s + first run; step_median_s = median "
+        "wall time of steady steps (block_until_ready); step_cpu_median_s = median process CPU time "
+        "(time.process_time, all threads); frames_per_s = frames per step / step_median_s; loadavg = "
+        "os.getloadavg() (1, 5, 15 min) at the start and end of each case; setup_s = prepare_joint with "
+        "init='flat' (the step timed is the same as after the default init='epie'; only the start values differ)",
+    }
+    _log(
+        f"[env] {doc['environment']['device_kind']} ({doc['environment']['cpu_model']}, nproc {doc['environment']['nproc']}), "
+        f"jax {doc['environment']['jax']}, load {doc['environment']['load_average_at_start']}"
+    )
     if args.suite != "profile":
         doc["joint"] = bench_joint.run_suite(args.suite, log=_log, only=args.only)
         doc["sweeps"] = {k: {"x": list(v)} for k, v in bench_joint.SWEEP_X.items()}

@@ -52,9 +52,7 @@ def _errors(res, truth) -> dict:
     out = {}
     for key, metric in MAPS:
         v = ev.get(key)
-        out[f"{key}_{metric}"] = (
-            None if not isinstance(v, dict) or v.get(metric) is None else float(v[metric])
-        )
+        out[f"{key}_{metric}"] = None if not isinstance(v, dict) or v.get(metric) is None else float(v[metric])
     out["coverage"] = ev.get("coverage")
     return out
 
@@ -87,9 +85,7 @@ def run_dataset(
     from diffxas.solvers.twostep.run import TwoStepConfig, reconstruct_two_step
 
     if seed >= 1000 and name.startswith("family"):
-        raise SystemExit(
-            "family seeds >= 1000 are the held-out draws: use a train draw (seed < 1000)"
-        )
+        raise SystemExit("family seeds >= 1000 are the held-out draws: use a train draw (seed < 1000)")
     sim = simulate(preset(name, seed=seed))
     ds, truth = sim.dataset, sim.truth
     n_frames = int(ds.n_frames)
@@ -171,9 +167,7 @@ def main(argv=None) -> int:
     out = a.out
     if out is None:
         commit = (env.get("git") or {}).get("git_commit") or "nocommit"
-        out = os.path.join(
-            os.path.dirname(__file__), "results", f"time-to-solution-{str(commit)[:7]}.json"
-        )
+        out = os.path.join(os.path.dirname(__file__), "results", f"time-to-solution-{str(commit)[:7]}.json")
     doc = {
         "kind": "time_to_solution",
         "environment": env,
@@ -195,9 +189,7 @@ def main(argv=None) -> int:
         doc["environment"]["load_average_at_end"] = list(os.getloadavg())
         tmp = out + ".tmp"
         with open(tmp, "w") as f:  # after every dataset: a partial run keeps what it measured
-            json.dump(
-                doc, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)
-            )
+            json.dump(doc, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
         os.replace(tmp, out)
     print(f"wrote {out}", file=sys.stderr)
     return 0

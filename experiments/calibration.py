@@ -64,9 +64,15 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 MAPS = ("edge_energy", "edge_width", "edge_jump", "pre_edge", "pre_edge_norm", "n_v", "ne_eff_per_nv")
 #: The three clustering descriptors drawn in calibration.png.
 DESCRIPTORS = ("edge_energy", "pre_edge_norm", "ne_eff_per_nv")
-LABELS = {"edge_energy": "edge energy (eV)", "edge_width": "edge width (eV)", "edge_jump": "edge jump Δμt",
-          "pre_edge": "pre-edge PE (eV)", "pre_edge_norm": "PE/Δμt (eV)", "n_v": "N_V (m⁻²)",
-          "ne_eff_per_nv": "Re[Ne]/N_V"}
+LABELS = {
+    "edge_energy": "edge energy (eV)",
+    "edge_width": "edge width (eV)",
+    "edge_jump": "edge jump Δμt",
+    "pre_edge": "pre-edge PE (eV)",
+    "pre_edge_norm": "PE/Δμt (eV)",
+    "n_v": "N_V (m⁻²)",
+    "ne_eff_per_nv": "Re[Ne]/N_V",
+}
 MODES = {"quick": dict(preset="tiny", n=4), "full": dict(preset="small", n=8)}
 
 
@@ -79,8 +85,12 @@ def git_state() -> dict:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return {}
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "diffxas"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "diffxas"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return {"git_commit": head.stdout.strip(), "git_dirty_diffxas": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
         return {}
@@ -93,8 +103,16 @@ def parse_value(text: str):
         return text
 
 
-def run_realisations(preset: str, n: int, seed: int, joint_overrides: dict, sim_overrides: dict, out: Path,
-                     quiet: bool = False, command: str = "") -> list[dict]:
+def run_realisations(
+    preset: str,
+    n: int,
+    seed: int,
+    joint_overrides: dict,
+    sim_overrides: dict,
+    out: Path,
+    quiet: bool = False,
+    command: str = "",
+) -> list[dict]:
     """Simulate and reconstruct ``n`` noise realisations; results files in ``out``."""
     t_start = time.perf_counter()
     from diffxas.data import results as io_results
@@ -121,18 +139,36 @@ def run_realisations(preset: str, n: int, seed: int, joint_overrides: dict, sim_
         path = out / f"joint_noise{i}.h5"
         io_results.write_result(path, res)
         h = res.history
-        row = {"noise_seed": i, "file": path.name, "simulate_s": t_sim, "joint_s": t_joint,
-               "joint_wall_s": float(np.asarray(h["wall_s"])[0]), "compile_s": float(np.asarray(h["compile_s"])[0]),
-               "uncertainty_s": float(np.asarray(h["uncertainty_s"])[0]),
-               "load_average_1min": float(os.getloadavg()[0]) if hasattr(os, "getloadavg") else None}
+        row = {
+            "noise_seed": i,
+            "file": path.name,
+            "simulate_s": t_sim,
+            "joint_s": t_joint,
+            "joint_wall_s": float(np.asarray(h["wall_s"])[0]),
+            "compile_s": float(np.asarray(h["compile_s"])[0]),
+            "uncertainty_s": float(np.asarray(h["uncertainty_s"])[0]),
+            "load_average_1min": float(os.getloadavg()[0]) if hasattr(os, "getloadavg") else None,
+        }
         runs.append(row)
         if not quiet:
-            print(f"realisation {i}: simulate {t_sim:.1f} s, joint {t_joint:.1f} s "
-                  f"(of which uncertainty {row['uncertainty_s']:.1f} s)", flush=True)
+            print(
+                f"realisation {i}: simulate {t_sim:.1f} s, joint {t_joint:.1f} s "
+                f"(of which uncertainty {row['uncertainty_s']:.1f} s)",
+                flush=True,
+            )
     with open(out / "runs.json", "w") as fh:
-        json.dump({"runs": runs, "simulation": make_preset(preset, seed=seed, **sim_overrides).to_dict(),
-                   "joint": jcfg.to_dict(), "command": command, "git": git_state(),
-                   "wall_total_s": time.perf_counter() - t_start}, fh, indent=2)
+        json.dump(
+            {
+                "runs": runs,
+                "simulation": make_preset(preset, seed=seed, **sim_overrides).to_dict(),
+                "joint": jcfg.to_dict(),
+                "command": command,
+                "git": git_state(),
+                "wall_total_s": time.perf_counter() - t_start,
+            },
+            fh,
+            indent=2,
+        )
     return runs
 
 
@@ -168,10 +204,10 @@ def calibration_stats(x: np.ndarray, s: np.ndarray, t: np.ndarray) -> dict:
     n = x.shape[0]
     z_truth = (x - t[None]) / s
     xbar = x.mean(axis=0)
-    var_dev = s ** 2 * (1.0 - 2.0 / n) + np.mean(s ** 2, axis=0)[None] / n
+    var_dev = s**2 * (1.0 - 2.0 / n) + np.mean(s**2, axis=0)[None] / n
     z_mean = (x - xbar[None]) / np.sqrt(var_dev)
     emp = x.std(axis=0, ddof=1)
-    pred = np.sqrt(np.mean(s ** 2, axis=0))
+    pred = np.sqrt(np.mean(s**2, axis=0))
     ratio = emp / pred
     bias = (xbar - t) / pred
     return {
@@ -182,7 +218,7 @@ def calibration_stats(x: np.ndarray, s: np.ndarray, t: np.ndarray) -> dict:
         "mean_within_2sigma": float(np.mean(np.abs(z_mean) <= 2)),
         "median_ratio_emp_pred": float(np.median(ratio)),
         "median_ratio_expected": float(np.sqrt(chi2.median(n - 1) / (n - 1))),
-        "rms_ratio_emp_pred": float(np.sqrt(np.mean(ratio ** 2))),
+        "rms_ratio_emp_pred": float(np.sqrt(np.mean(ratio**2))),
         "median_bias_sigma": float(np.median(bias)),
         "median_abs_bias_sigma": float(np.median(np.abs(bias))),
         "median_abs_bias_expected_unbiased": float(0.6745 / math.sqrt(n)),
@@ -191,7 +227,10 @@ def calibration_stats(x: np.ndarray, s: np.ndarray, t: np.ndarray) -> dict:
         "rmse_vs_truth": float(np.sqrt(np.mean((x - t[None]) ** 2))),
         "median_error_per_realisation": [float(v) for v in np.median(x - t[None], axis=1)],
         "median_error_sigma_per_realisation": [float(v) for v in np.median(z_truth, axis=1)],
-        "_z_truth": z_truth.ravel(), "_z_mean": z_mean.ravel(), "_emp": emp, "_pred": pred,
+        "_z_truth": z_truth.ravel(),
+        "_z_mean": z_mean.ravel(),
+        "_emp": emp,
+        "_pred": pred,
     }
 
 
@@ -226,17 +265,31 @@ def plot(stats: dict, path: Path, title: str) -> None:
     fig = Figure(figsize=(3.6 * len(names) + 0.4, 6.6), layout="constrained")
     axes = fig.subplots(2, len(names), squeeze=False)
     g = np.linspace(-5, 5, 400)
-    pdf = np.exp(-0.5 * g ** 2) / np.sqrt(2 * np.pi)
+    pdf = np.exp(-0.5 * g**2) / np.sqrt(2 * np.pi)
     for j, name in enumerate(names):
         st = stats[name]
         ax = axes[0, j]
         bins = np.linspace(-5, 5, 41)
         zm = np.clip(st["_z_mean"], -5, 5)
         zt = np.clip(st["_z_truth"], -5, 5)
-        ax.hist(zm, bins=bins, density=True, histtype="stepfilled", alpha=0.35, color="C0",
-                label=f"about realisation mean ({100 * st['mean_within_1sigma']:.0f} % in ±1σ)")
-        ax.hist(zt, bins=bins, density=True, histtype="step", lw=1.4, color="C3",
-                label=f"about truth ({100 * st['truth_within_1sigma']:.0f} % in ±1σ)")
+        ax.hist(
+            zm,
+            bins=bins,
+            density=True,
+            histtype="stepfilled",
+            alpha=0.35,
+            color="C0",
+            label=f"about realisation mean ({100 * st['mean_within_1sigma']:.0f} % in ±1σ)",
+        )
+        ax.hist(
+            zt,
+            bins=bins,
+            density=True,
+            histtype="step",
+            lw=1.4,
+            color="C3",
+            label=f"about truth ({100 * st['truth_within_1sigma']:.0f} % in ±1σ)",
+        )
         ax.plot(g, pdf, "k--", lw=1, label="N(0, 1)")
         ax.set_xlabel("z = error / predicted σ (clipped to ±5)")
         ax.set_title(LABELS.get(name, name), fontsize=10)
@@ -248,16 +301,22 @@ def plot(stats: dict, path: Path, title: str) -> None:
         hi = float(np.nanmax([pred.max(), emp.max()]))
         lims = (lo / 1.5, hi * 1.5)
         ax.plot(lims, lims, "k--", lw=1, label="empirical = predicted")
-        ax.plot(lims, [v * st["median_ratio_expected"] for v in lims], "k:", lw=1,
-                label=f"expected median at N={st['_n']} ({st['median_ratio_expected']:.2f}×)")
+        ax.plot(
+            lims,
+            [v * st["median_ratio_expected"] for v in lims],
+            "k:",
+            lw=1,
+            label=f"expected median at N={st['_n']} ({st['median_ratio_expected']:.2f}×)",
+        )
         ax.set_xlim(*lims)
         ax.set_ylim(*lims)
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("predicted σ (RMS over realisations)")
         ax.set_ylabel("empirical σ (std over realisations)")
-        ax.set_title(f"median ratio {st['median_ratio_emp_pred']:.2f}, RMS ratio {st['rms_ratio_emp_pred']:.2f}",
-                     fontsize=9)
+        ax.set_title(
+            f"median ratio {st['median_ratio_emp_pred']:.2f}, RMS ratio {st['rms_ratio_emp_pred']:.2f}", fontsize=9
+        )
         ax.legend(fontsize=7, frameon=False, loc="upper left")
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=130)
@@ -271,7 +330,8 @@ def findings(stats: dict, info: dict) -> str:
     n = info["n_realisations"]
     exp_med = next(iter(stats.values()))["median_ratio_expected"] if stats else float("nan")
     lines = [
-        f"# Calibration of the joint solver's standard-error maps ({info['mode']} mode)", "",
+        f"# Calibration of the joint solver's standard-error maps ({info['mode']} mode)",
+        "",
         f"Code (when the realisations were run): {info.get('git_commit', 'unknown')}"
         + (" with uncommitted changes in diffxas/" if info.get("git_dirty_diffxas") else "")
         + f". Preset `{info['preset']}` (phantom seed {info['seed']}), {n} Poisson noise realisations "
@@ -281,14 +341,16 @@ def findings(stats: dict, info: dict) -> str:
         f"realisation: {info['n_region']} pixels (per map: those with a finite predicted σ in every realisation). "
         f"Total run time {info['wall_total_s']:.0f} s on {os.cpu_count()} CPU cores shared with other jobs (the "
         "1-minute load average after each realisation is in the last table when it was recorded; times are not "
-        "benchmarks).", "",
+        "benchmarks).",
+        "",
         "Columns: fraction of (pixel, realisation) pairs with the truth within ±1σ / ±2σ of the estimate "
         "(calibrated and unbiased: 68 % / 95 %); the same for the deviation from the mean over the realisations, "
         "divided by its own predicted σ (finite-N corrected; noise only, no bias); median and pooled RMS of the "
         f"per-pixel ratio empirical σ (std over the {n} realisations) / predicted σ (calibrated: median "
         f"{exp_med:.2f} at N = {n}, RMS 1); bias (mean over realisations - truth) / σ: median and median absolute "
         f"value (unbiased: median |bias| {0.6745 / math.sqrt(n):.2f} from the noise of the mean alone); median "
-        "predicted σ and empirical scatter in the map's units; RMSE against the truth.", "",
+        "predicted σ and empirical scatter in the map's units; RMSE against the truth.",
+        "",
         "| map | px | truth ±1σ | truth ±2σ | mean ±1σ | mean ±2σ | median emp/pred | RMS emp/pred | "
         "median bias/σ | median abs bias/σ | median pred σ | median emp σ | RMSE |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -298,49 +360,86 @@ def findings(stats: dict, info: dict) -> str:
             f"| {name} | {st['n_pixels']} | {pct(st['truth_within_1sigma'])} | {pct(st['truth_within_2sigma'])} | "
             f"{pct(st['mean_within_1sigma'])} | {pct(st['mean_within_2sigma'])} | {st['median_ratio_emp_pred']:.2f} | "
             f"{st['rms_ratio_emp_pred']:.2f} | {st['median_bias_sigma']:+.2f} | {st['median_abs_bias_sigma']:.2f} | "
-            f"{st['median_pred_sigma']:.3g} | {st['median_emp_sigma']:.3g} | {st['rmse_vs_truth']:.3g} |")
+            f"{st['median_pred_sigma']:.3g} | {st['median_emp_sigma']:.3g} | {st['rmse_vs_truth']:.3g} |"
+        )
     lines += ["", "## Observations (from the numbers above)", ""]
     for name, st in stats.items():
         noise_ok = 0.5 <= st["rms_ratio_emp_pred"] <= 1.5
         biased = st["median_abs_bias_sigma"] > 3 * st["median_abs_bias_expected_unbiased"]
-        desc = (f"- **{name}**: scatter about the realisation mean {pct(st['mean_within_1sigma'])} / "
-                f"{pct(st['mean_within_2sigma'])} within ±1σ / ±2σ, RMS empirical/predicted σ "
-                f"{st['rms_ratio_emp_pred']:.2f}")
-        desc += (" — the predicted σ describes the noise" if noise_ok else
-                 (" — the predicted σ is too large" if st["rms_ratio_emp_pred"] < 0.5 else " — the predicted σ is too small"))
-        desc += (f"; truth within ±1σ {pct(st['truth_within_1sigma'])}, median |bias| {st['median_abs_bias_sigma']:.2f} σ"
-                 + (f" (noise alone: {st['median_abs_bias_expected_unbiased']:.2f}): bias-dominated, the error "
-                    "against the truth is mostly a systematic (model/solver) error that the σ map does not contain."
-                    if biased else f" (noise alone: {st['median_abs_bias_expected_unbiased']:.2f})."))
+        desc = (
+            f"- **{name}**: scatter about the realisation mean {pct(st['mean_within_1sigma'])} / "
+            f"{pct(st['mean_within_2sigma'])} within ±1σ / ±2σ, RMS empirical/predicted σ "
+            f"{st['rms_ratio_emp_pred']:.2f}"
+        )
+        desc += (
+            " — the predicted σ describes the noise"
+            if noise_ok
+            else (
+                " — the predicted σ is too large"
+                if st["rms_ratio_emp_pred"] < 0.5
+                else " — the predicted σ is too small"
+            )
+        )
+        desc += (
+            f"; truth within ±1σ {pct(st['truth_within_1sigma'])}, median |bias| {st['median_abs_bias_sigma']:.2f} σ"
+            + (
+                f" (noise alone: {st['median_abs_bias_expected_unbiased']:.2f}): bias-dominated, the error "
+                "against the truth is mostly a systematic (model/solver) error that the σ map does not contain."
+                if biased
+                else f" (noise alone: {st['median_abs_bias_expected_unbiased']:.2f})."
+            )
+        )
         lines.append(desc)
     desc = [d for d in DESCRIPTORS if d in stats]
-    lines += ["", "Per realisation (median error against the truth over the region, in the map's units and in "
-              "predicted σ; times on the machine that ran it):", "",
-              "| noise seed | " + " | ".join(f"{d} median error" for d in desc)
-              + " | simulate (s) | joint (s) | of which compile (s) | uncertainty (s) | load average |",
-              "|---|" + "---|" * len(desc) + "---|---|---|---|---|"]
+    lines += [
+        "",
+        "Per realisation (median error against the truth over the region, in the map's units and in "
+        "predicted σ; times on the machine that ran it):",
+        "",
+        "| noise seed | "
+        + " | ".join(f"{d} median error" for d in desc)
+        + " | simulate (s) | joint (s) | of which compile (s) | uncertainty (s) | load average |",
+        "|---|" + "---|" * len(desc) + "---|---|---|---|---|",
+    ]
     for i, r in enumerate(info["runs"]):
-        errs = [f"{stats[d]['median_error_per_realisation'][i]:+.3g} ({stats[d]['median_error_sigma_per_realisation'][i]:+.2f}σ)"
-                for d in desc]
-        lines.append(f"| {r['noise_seed']} | " + " | ".join(errs) + f" | {r['simulate_s']:.1f} | {r['joint_wall_s']:.1f} | "
-                     f"{r['compile_s']:.1f} | {r['uncertainty_s']:.1f} | "
-                     + (f"{r['load_average_1min']:.1f} |" if r.get("load_average_1min") is not None else "n/a |"))
-    lines += ["", "![calibration](calibration.png)", "",
-              "Top: z-scores about the realisation mean (filled) and about the truth (line) vs N(0, 1). Bottom: "
-              "empirical vs predicted σ per pixel (dashed: equality; dotted: the median expected for calibrated "
-              "errors with this N).", "",
-              f"Regenerate: `{info['command']}` (add `--analyse-only` to re-analyse the saved results files)."]
+        errs = [
+            f"{stats[d]['median_error_per_realisation'][i]:+.3g} ({stats[d]['median_error_sigma_per_realisation'][i]:+.2f}σ)"
+            for d in desc
+        ]
+        lines.append(
+            f"| {r['noise_seed']} | " + " | ".join(errs) + f" | {r['simulate_s']:.1f} | {r['joint_wall_s']:.1f} | "
+            f"{r['compile_s']:.1f} | {r['uncertainty_s']:.1f} | "
+            + (f"{r['load_average_1min']:.1f} |" if r.get("load_average_1min") is not None else "n/a |")
+        )
+    lines += [
+        "",
+        "![calibration](calibration.png)",
+        "",
+        "Top: z-scores about the realisation mean (filled) and about the truth (line) vs N(0, 1). Bottom: "
+        "empirical vs predicted σ per pixel (dashed: equality; dotted: the median expected for calibrated "
+        "errors with this N).",
+        "",
+        f"Regenerate: `{info['command']}` (add `--analyse-only` to re-analyse the saved results files).",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> Path:
     p = argparse.ArgumentParser(prog="experiments/calibration.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny preset, 4 realisations (minutes on 2 CPU cores)")
-    p.add_argument("-n", "--realisations", type=int, default=None, help="number of noise realisations (quick 4, full 8)")
+    p.add_argument(
+        "-n", "--realisations", type=int, default=None, help="number of noise realisations (quick 4, full 8)"
+    )
     p.add_argument("--seed", type=int, default=0, help="phantom/scan seed (default 0)")
     p.add_argument("--nv-fraction", type=float, default=0.25, help="region: truth N_V >= this x max (default 0.25)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a JointConfig field (joint.steps=100) or a SimConfig field (simulate.dose=1e5)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a JointConfig field (joint.steps=100) or a SimConfig field (simulate.dose=1e5)",
+    )
     p.add_argument("--out", metavar="DIR", help="run folder (default experiments/runs/calibration-<mode>)")
     p.add_argument("--results", metavar="DIR", help="output folder (default experiments/results/calibration-<mode>)")
     p.add_argument("--analyse-only", action="store_true", help="re-analyse the results files in the run folder")
@@ -367,8 +466,11 @@ def main(argv=None) -> Path:
         runs = meta["runs"]
     else:
         command = "python experiments/calibration.py " + " ".join(
-            a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("-q", "--quiet"))
-        runs = run_realisations(preset, n, args.seed, joint_over, sim_over, out, quiet=args.quiet, command=command.strip())
+            a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("-q", "--quiet")
+        )
+        runs = run_realisations(
+            preset, n, args.seed, joint_over, sim_over, out, quiet=args.quiet, command=command.strip()
+        )
     results, tr, meta = load(out)
     wall = meta.get("wall_total_s") or sum(r["simulate_s"] + r["joint_s"] for r in runs)
     stats, n_region = analyse(results, tr, args.nv_fraction)
@@ -377,15 +479,29 @@ def main(argv=None) -> Path:
 
     from diffxas.solvers.joint.config import JointConfig
 
-    info = {"mode": mode, "preset": preset, "seed": args.seed, "n_realisations": len(results),
-            "nv_fraction": args.nv_fraction, "n_region": n_region, "joint_overrides": joint_over,
-            "simulation_overrides": sim_over, "simulation": meta["simulation"], "joint": meta["joint"],
-            "joint_defaults": JointConfig().to_dict(), "runs": runs, "wall_total_s": wall,
-            "command": meta.get("command") or f"python experiments/calibration.py{' --quick' if args.quick else ''}",
-            **(meta.get("git") or git_state())}
+    info = {
+        "mode": mode,
+        "preset": preset,
+        "seed": args.seed,
+        "n_realisations": len(results),
+        "nv_fraction": args.nv_fraction,
+        "n_region": n_region,
+        "joint_overrides": joint_over,
+        "simulation_overrides": sim_over,
+        "simulation": meta["simulation"],
+        "joint": meta["joint"],
+        "joint_defaults": JointConfig().to_dict(),
+        "runs": runs,
+        "wall_total_s": wall,
+        "command": meta.get("command") or f"python experiments/calibration.py{' --quick' if args.quick else ''}",
+        **(meta.get("git") or git_state()),
+    }
     res_dir.mkdir(parents=True, exist_ok=True)
-    plot(stats, res_dir / "calibration.png",
-         f"σ-map calibration: {preset}, {len(results)} noise realisations, joint defaults, {n_region} region pixels")
+    plot(
+        stats,
+        res_dir / "calibration.png",
+        f"σ-map calibration: {preset}, {len(results)} noise realisations, joint defaults, {n_region} region pixels",
+    )
     (res_dir / "findings.md").write_text(findings(stats, info))
     public = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in stats.items()}
     with open(res_dir / "summary.json", "w") as fh:

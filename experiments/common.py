@@ -57,12 +57,20 @@ def parse_args(study: str, doc: str, argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=f"experiments/{study}.py", description=doc)
     p.add_argument("--quick", action="store_true", help="the quick profile (minutes on 2 CPU cores)")
     p.add_argument("--out", metavar="DIR", help=f"sweep folder (default experiments/runs/{study}-<mode>)")
-    p.add_argument("--results", metavar="DIR", help=f"plots/findings folder (default experiments/results/{study}-<mode>)")
+    p.add_argument(
+        "--results", metavar="DIR", help=f"plots/findings folder (default experiments/results/{study}-<mode>)"
+    )
     p.add_argument("-j", "--workers", type=int, default=1, help="sweep worker processes (default 1)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     p.add_argument("--overwrite", action="store_true", help="recompute every point")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a base key of the sweep (e.g. joint.steps=100); recorded in findings.md")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base key of the sweep (e.g. joint.steps=100); recorded in findings.md",
+    )
     p.add_argument("--analyse-only", action="store_true", help="only re-plot an existing sweep folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -80,8 +88,13 @@ def run_study(study: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
     out = Path(args.out) if args.out else HERE / "runs" / f"{study}-{mode}"
     spec_path = HERE / f"{study}.toml"
     overrides = sweep_cli._parse_set(args.overrides)
-    info: dict[str, Any] = {"study": study, "mode": mode, "spec": str(spec_path.relative_to(ROOT)), "out": str(out),
-                            "overrides": overrides}
+    info: dict[str, Any] = {
+        "study": study,
+        "mode": mode,
+        "spec": str(spec_path.relative_to(ROOT)),
+        "out": str(out),
+        "overrides": overrides,
+    }
     t0 = time.time()
     if args.analyse_only:
         import json
@@ -89,9 +102,18 @@ def run_study(study: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
         rows = sweep_summary.read_summary(out)
         info["wall_s"] = json.loads((out / "summary.json").read_text()).get("wall_s") or 0.0
     else:
-        rows = list(sweep_runner.run(spec_path, out, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
-                              progress=not args.quiet, profile="quick" if args.quick else None,
-                              overrides=overrides or None))
+        rows = list(
+            sweep_runner.run(
+                spec_path,
+                out,
+                workers=args.workers,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                profile="quick" if args.quick else None,
+                overrides=overrides or None,
+            )
+        )
     if not args.analyse_only:
         info["wall_s"] = time.time() - t0
     info["code"] = code_version(out, rows) or _describe_git(sweep_cache.git_state())
@@ -191,9 +213,19 @@ def x_order(rows, x: str, order: Sequence | None = None) -> list:
 # ----------------------------------------------------------------------------- plots
 
 
-def plot_study(rows, x: str, path: Path, series: Sequence[str] = ("method",), metrics: dict | None = None,
-               xlabel: str | None = None, xscale: float = 1.0, logx: bool = False, order=None,
-               title: str = "", hlines: Callable | None = None) -> Path:
+def plot_study(
+    rows,
+    x: str,
+    path: Path,
+    series: Sequence[str] = ("method",),
+    metrics: dict | None = None,
+    xlabel: str | None = None,
+    xscale: float = 1.0,
+    logx: bool = False,
+    order=None,
+    title: str = "",
+    hlines: Callable | None = None,
+) -> Path:
     """One panel per metric: mean +- std over seeds vs ``x``, one line per series (both methods).
 
     Categorical ``x`` (strings) are spaced evenly in ``order``; numeric ``x`` uses its value
@@ -225,8 +257,15 @@ def plot_study(rows, x: str, path: Path, series: Sequence[str] = ("method",), me
             style = dict(METHOD_STYLE.get(method, {}))
             others = tuple(str(v) for s, v in zip(series, key) if s != "method")
             ls = linestyles[other_keys.index(others) % len(linestyles)]
-            ax.errorbar(px, [p[1] for p in pts], yerr=[p[2] for p in pts], capsize=3, linestyle=ls,
-                        label=series_label(key, series), **style)
+            ax.errorbar(
+                px,
+                [p[1] for p in pts],
+                yerr=[p[2] for p in pts],
+                capsize=3,
+                linestyle=ls,
+                label=series_label(key, series),
+                **style,
+            )
         if hlines is not None:
             for y, lab, st in hlines(metric):
                 ax.axhline(y, label=lab, **st)
@@ -242,8 +281,13 @@ def plot_study(rows, x: str, path: Path, series: Sequence[str] = ("method",), me
         ax.axis("off")
     handles, labels = axes.ravel()[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="lower right" if n < nrow * ncol else "upper right", fontsize=8,
-                   bbox_to_anchor=(0.98, 0.08) if n < nrow * ncol else None)
+        fig.legend(
+            handles,
+            labels,
+            loc="lower right" if n < nrow * ncol else "upper right",
+            fontsize=8,
+            bbox_to_anchor=(0.98, 0.08) if n < nrow * ncol else None,
+        )
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -266,8 +310,9 @@ def fmt(v, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
-def markdown_table(rows, x: str, series: Sequence[str], metrics: dict | None = None, order=None,
-                   xfmt: Callable = str) -> str:
+def markdown_table(
+    rows, x: str, series: Sequence[str], metrics: dict | None = None, order=None, xfmt: Callable = str
+) -> str:
     """Markdown: one line per (x, series), mean ± std (n) of every metric."""
     metrics = metrics or METRICS
     xs = x_order(rows, x, order)
@@ -293,8 +338,9 @@ def markdown_table(rows, x: str, series: Sequence[str], metrics: dict | None = N
     return "\n".join(lines)
 
 
-def compare_methods(rows, x: str, metrics: dict | None = None, order=None, where: dict | None = None,
-                    xfmt: Callable = str) -> list[str]:
+def compare_methods(
+    rows, x: str, metrics: dict | None = None, order=None, where: dict | None = None, xfmt: Callable = str
+) -> list[str]:
     """Sentences: at each x, which method has the better mean, and by how much."""
     metrics = metrics or METRICS
     out = []
@@ -325,12 +371,17 @@ def failures(rows) -> list[str]:
 def write_findings(path: Path, study: str, info: dict[str, Any], sections: list[str], rows) -> Path:
     spec = info.get("spec_obj")
     n_points = len({r["point"] for r in rows})
-    head = [f"# {study}: {info['mode']} mode", "",
-            f"Sweep `{info['spec']}`" + (" (profile quick)" if info["mode"] == "quick" else "") +
-            f", {n_points} points x methods = {len(rows)} rows, device {info.get('device')}, "
-            f"sweep wall time {info['wall_s'] / 60:.1f} min; "
-            f"summed method time {sum(r.get('wall_s') or 0 for r in rows) / 60:.1f} min, simulation time "
-            f"{sum({r['point']: r.get('sim_wall_s') or 0 for r in rows}.values()) / 60:.1f} min.", ""]
+    head = [
+        f"# {study}: {info['mode']} mode",
+        "",
+        f"Sweep `{info['spec']}`"
+        + (" (profile quick)" if info["mode"] == "quick" else "")
+        + f", {n_points} points x methods = {len(rows)} rows, device {info.get('device')}, "
+        f"sweep wall time {info['wall_s'] / 60:.1f} min; "
+        f"summed method time {sum(r.get('wall_s') or 0 for r in rows) / 60:.1f} min, simulation time "
+        f"{sum({r['point']: r.get('sim_wall_s') or 0 for r in rows}.values()) / 60:.1f} min.",
+        "",
+    ]
     if info.get("overrides"):
         head.append(f"Command-line overrides: `{info['overrides']}`.")
         head.append("")
@@ -339,9 +390,11 @@ def write_findings(path: Path, study: str, info: dict[str, Any], sections: list[
         head.append("")
     if spec is not None:
         b = spec.base
-        head.append(f"Base: simulate `{b.get('simulate', {})}`, joint `{b.get('joint', {})}`, "
-                    f"two-step `{b.get('twostep', {})}`, cluster `{b.get('cluster', {})}`; axes "
-                    f"`{ {k: v for k, v in spec.axes.items()} }`.")
+        head.append(
+            f"Base: simulate `{b.get('simulate', {})}`, joint `{b.get('joint', {})}`, "
+            f"two-step `{b.get('twostep', {})}`, cluster `{b.get('cluster', {})}`; axes "
+            f"`{ {k: v for k, v in spec.axes.items()} }`."
+        )
         head.append("")
     bad = failures(rows)
     tail = ["", "## Failed points", ""] + (bad or ["none"]) + [""]
@@ -352,9 +405,21 @@ def write_findings(path: Path, study: str, info: dict[str, Any], sections: list[
 # ----------------------------------------------------------------------------- the scripts' shared tail
 
 
-def standard_sections(study: str, rows, res: Path, x: str, *, series: Sequence[str] = ("method",), order=None,
-                      xfmt: Callable = str, compare: Sequence[tuple[str, dict | None]] = (), extra: Sequence[str] = (),
-                      plot_rows=None, plot_note: str = "", **plot_kw) -> list[str]:
+def standard_sections(
+    study: str,
+    rows,
+    res: Path,
+    x: str,
+    *,
+    series: Sequence[str] = ("method",),
+    order=None,
+    xfmt: Callable = str,
+    compare: Sequence[tuple[str, dict | None]] = (),
+    extra: Sequence[str] = (),
+    plot_rows=None,
+    plot_note: str = "",
+    **plot_kw,
+) -> list[str]:
     """The usual analysis of a study: ``<study>.png`` (metric vs ``x``, see :func:`plot_study`) and
     the findings sections: results table, ``extra`` (study-specific lines), one joint-vs-two-step
     comparison per ``(heading, where)`` of ``compare``, secondary metrics, the plot's name.

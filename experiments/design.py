@@ -40,17 +40,32 @@ RANGE = (5420.0, 5540.0)  # the seed's range
 DESIGN_SEED = 100  # phantom seed of the sample model (not among the evaluated seeds)
 SHIFTS = (-4.0, -2.0, 0.0, 2.0, 4.0)  # "designed-robust" (= diffxas.app.design.DEFAULT_SHIFTS, the CLI default): +-4 eV
 SAMPLINGS = ("designed", "designed-robust", "uniform", "seed-like")
-STYLE = {"designed": dict(color="tab:green", marker="D"), "designed-robust": dict(color="tab:purple", marker="^"),
-         "uniform": dict(color="tab:gray", marker="v"), "seed-like": dict(color="tab:orange", marker="o")}
-PREDICTED = {"edge_energy": "edge_energy_rmse", "pre_edge_norm": "pre_edge_norm_rmse", "ne_eff_per_nv": "ne_eff_per_nv_rmse"}
+STYLE = {
+    "designed": dict(color="tab:green", marker="D"),
+    "designed-robust": dict(color="tab:purple", marker="^"),
+    "uniform": dict(color="tab:gray", marker="v"),
+    "seed-like": dict(color="tab:orange", marker="o"),
+}
+PREDICTED = {
+    "edge_energy": "edge_energy_rmse",
+    "pre_edge_norm": "pre_edge_norm_rmse",
+    "ne_eff_per_nv": "ne_eff_per_nv_rmse",
+}
 
 #: mode -> preset, evaluated seeds, budgets, base configuration (joint/two-step budgets as in energies.toml)
 MODES = {
     "quick": dict(preset="tiny", seeds=[0], budgets=[8, 12, 16, 24], base={"joint": {}, "twostep": {}}),
-    "full": dict(preset="small", seeds=[0, 1, 2], budgets=[8, 12, 16, 20, 24],
-                 base={"joint": {"steps": 1000},
-                       "twostep": {"epie": {"epochs": 600, "probe_update_start": 10, "kk_start": 360, "kk_every": 20,
-                                            "decay_start": 450}}}),
+    "full": dict(
+        preset="small",
+        seeds=[0, 1, 2],
+        budgets=[8, 12, 16, 20, 24],
+        base={
+            "joint": {"steps": 1000},
+            "twostep": {
+                "epie": {"epochs": 600, "probe_update_start": 10, "kk_start": 360, "kk_every": 20, "decay_start": 450}
+            },
+        },
+    ),
 }
 
 
@@ -66,8 +81,15 @@ def make_designs(mode: dict) -> dict:
     cis = [D.candidate_information(D.shifted(model, x), grid) for x in SHIFTS]
     ci = cis[SHIFTS.index(0.0)]
     t_info = time.perf_counter() - t0
-    out = {"range": list(RANGE), "design_seed": DESIGN_SEED, "preset": mode["preset"], "sample": model.source,
-           "information_s": t_info, "shifts": list(SHIFTS), "budgets": {}}
+    out = {
+        "range": list(RANGE),
+        "design_seed": DESIGN_SEED,
+        "preset": mode["preset"],
+        "sample": model.source,
+        "information_s": t_info,
+        "shifts": list(SHIFTS),
+        "budgets": {},
+    }
     for n in mode["budgets"]:
         t1 = time.perf_counter()
         d = D.design_energies(model, n, RANGE, shifts=(0.0,), ci=ci)
@@ -76,8 +98,13 @@ def make_designs(mode: dict) -> dict:
         t3 = time.perf_counter()
         samp = dict(d.samplings)
         samp["designed-robust"] = r.samplings["designed"]
-        out["budgets"][str(n)] = {"samplings": samp, "optimiser": d.optimiser, "optimiser_robust": r.optimiser,
-                                  "design_s": t2 - t1, "design_robust_s": t3 - t2}
+        out["budgets"][str(n)] = {
+            "samplings": samp,
+            "optimiser": d.optimiser,
+            "optimiser_robust": r.optimiser,
+            "design_s": t2 - t1,
+            "design_robust_s": t3 - t2,
+        }
         print(D.format_design(d), flush=True)
         print("robust:", D.format_design(r), flush=True)
     d40 = D.predicted_errors(ci, SEED_ENERGIES)
@@ -97,16 +124,23 @@ def sweep_spec(mode: dict, designs: dict, overrides: dict) -> dict:
             if samp is not None:
                 values.append({"label": f"{s} N={n}", "simulate.energies": samp["energies"]})
     values.append({"label": "seed 40", "simulate.energies": list(SEED_ENERGIES), "methods": ["two-step", "joint"]})
-    base = {"methods": ["joint"], "simulate": {"preset": mode["preset"]},
-            "cluster": {"k": 5, "seeds": 1, "n_init": 10}, **mode["base"]}
+    base = {
+        "methods": ["joint"],
+        "simulate": {"preset": mode["preset"]},
+        "cluster": {"k": 5, "seeds": 1, "n_init": 10},
+        **mode["base"],
+    }
     for k, v in overrides.items():  # --set: dotted base keys
         node = base
         parts = k.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = v
-    return {"sweep": {"name": STUDY, "description": "designed vs uniform vs seed-like energies at equal N"},
-            "base": base, "axes": {"simulate.seed": mode["seeds"], "sampling": values}}
+    return {
+        "sweep": {"name": STUDY, "description": "designed vs uniform vs seed-like energies at equal N"},
+        "base": base,
+        "axes": {"simulate.seed": mode["seeds"], "sampling": values},
+    }
 
 
 def annotate(rows):
@@ -152,10 +186,19 @@ def plot_predicted(rows, designs, path: Path):
             ns = sorted(int(n) for n in designs["budgets"])
             if not any(designs["budgets"][str(n)]["samplings"].get(s) for n in ns):
                 continue
-            pred = [(n, designs["budgets"][str(n)]["samplings"][s]["std"][desc]) for n in ns
-                    if designs["budgets"][str(n)]["samplings"].get(s)]
-            ax.plot([p[0] for p in pred], [p[1] for p in pred], linestyle="--", alpha=0.7, **STYLE[s],
-                    label=f"{s} predicted (CRB)")
+            pred = [
+                (n, designs["budgets"][str(n)]["samplings"][s]["std"][desc])
+                for n in ns
+                if designs["budgets"][str(n)]["samplings"].get(s)
+            ]
+            ax.plot(
+                [p[0] for p in pred],
+                [p[1] for p in pred],
+                linestyle="--",
+                alpha=0.7,
+                **STYLE[s],
+                label=f"{s} predicted (CRB)",
+            )
             t = common.stats_table([r for r in rows if r["sampling"] == s], "N", ["method"], metric).get(("joint",), [])
             pts = sorted((g["N"], g["mean"]) for g in t if g["n"])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="-", **STYLE[s], label=f"{s} achieved (joint)")
@@ -177,23 +220,42 @@ def analyse(rows, info, res: Path, designs: dict) -> list[str]:
 
     def hl(metric):
         out = []
-        for method, st in (("two-step", dict(color="tab:blue", linestyle=":")), ("joint", dict(color="tab:red", linestyle=":"))):
+        for method, st in (
+            ("two-step", dict(color="tab:blue", linestyle=":")),
+            ("joint", dict(color="tab:red", linestyle=":")),
+        ):
             v = ref_value(rows, metric, method)
             if v is not None:
                 out.append((v, f"{method}, seed's 40 energies", st))
         return out
 
-    common.plot_study(plot_rows, "N", res / f"{STUDY}.png", series=["sampling"], xlabel="number of energies N",
-                      hlines=hl, title="Joint solver: designed vs uniform vs seed-like energies (dotted: seed's 40)")
+    common.plot_study(
+        plot_rows,
+        "N",
+        res / f"{STUDY}.png",
+        series=["sampling"],
+        xlabel="number of energies N",
+        hlines=hl,
+        title="Joint solver: designed vs uniform vs seed-like energies (dotted: seed's 40)",
+    )
     plot_predicted(rows, designs, res / f"{STUDY}_predicted.png")
-    sec = ["## Achieved (joint solver; mean ± std over seeds)", "",
-           common.markdown_table([r for r in rows if r["sampling"] in SAMPLINGS], "N", ["sampling"]), "",
-           "Reference, the seed's 40 energies:", "",
-           common.markdown_table([r for r in rows if r["sampling"] == "seed 40"], "N", ["method"]), ""]
+    sec = [
+        "## Achieved (joint solver; mean ± std over seeds)",
+        "",
+        common.markdown_table([r for r in rows if r["sampling"] in SAMPLINGS], "N", ["sampling"]),
+        "",
+        "Reference, the seed's 40 energies:",
+        "",
+        common.markdown_table([r for r in rows if r["sampling"] == "seed 40"], "N", ["method"]),
+        "",
+    ]
     # predicted
-    sec += ["## Predicted (Cramér-Rao bound, rms over the sample model's pixels) and achieved RMSE", "",
-            "| N | sampling | criterion | edge energy pred / achieved (eV) | PE/Δμt pred / achieved (eV) | Re[Ne]/N_V pred / achieved |",
-            "|---|---|---|---|---|---|"]
+    sec += [
+        "## Predicted (Cramér-Rao bound, rms over the sample model's pixels) and achieved RMSE",
+        "",
+        "| N | sampling | criterion | edge energy pred / achieved (eV) | PE/Δμt pred / achieved (eV) | Re[Ne]/N_V pred / achieved |",
+        "|---|---|---|---|---|---|",
+    ]
     for n in sorted(int(k) for k in designs["budgets"]):
         for s in SAMPLINGS:
             p = designs["budgets"][str(n)]["samplings"].get(s)
@@ -201,15 +263,26 @@ def analyse(rows, info, res: Path, designs: dict) -> list[str]:
                 continue
             cells = []
             for desc, metric in PREDICTED.items():
-                t = common.stats_table([r for r in rows if r["sampling"] == s], "N", ["method"], metric).get(("joint",), [])
+                t = common.stats_table([r for r in rows if r["sampling"] == s], "N", ["method"], metric).get(
+                    ("joint",), []
+                )
                 a = next((g["mean"] for g in t if g["N"] == n and g["n"]), float("nan"))
                 cells.append(f"{common.fmt(p['std'][desc])} / {common.fmt(a)}")
             sec.append(f"| {n} | {s} | {common.fmt(p['criterion'])} | " + " | ".join(cells) + " |")
     s40 = designs["seed40"]
-    sec.append(f"| 40 | seed's 40 | {common.fmt(s40['criterion'])} | " + " | ".join(
-        f"{common.fmt(s40['std'][d])} / {common.fmt(ref_value(rows, m, 'joint'))}" for d, m in PREDICTED.items()) + " |")
-    sec += ["", "Achieved = joint solver's map RMSE over the evaluation region. The criterion is 1 with every "
-            "0.25 eV candidate measured.", ""]
+    sec.append(
+        f"| 40 | seed's 40 | {common.fmt(s40['criterion'])} | "
+        + " | ".join(
+            f"{common.fmt(s40['std'][d])} / {common.fmt(ref_value(rows, m, 'joint'))}" for d, m in PREDICTED.items()
+        )
+        + " |"
+    )
+    sec += [
+        "",
+        "Achieved = joint solver's map RMSE over the evaluation region. The criterion is 1 with every "
+        "0.25 eV candidate measured.",
+        "",
+    ]
     # where designed reaches two-step at 40
     sec += ["## Where the designed energies reach two-step at the seed's 40 energies", ""]
     for metric, (label, lower) in common.METRICS.items():
@@ -220,8 +293,10 @@ def analyse(rows, info, res: Path, designs: dict) -> list[str]:
         for s in SAMPLINGS:
             best = match_n(rows, metric, lower, ref, s)
             parts.append(f"{s}: " + (f"N = {best['N']} ({common.fmt(best['mean'])})" if best else "none"))
-        sec.append(f"- **{label}** (two-step at 40: {common.fmt(ref)}) — joint meets it from (at every larger tested N): "
-                   + "; ".join(parts))
+        sec.append(
+            f"- **{label}** (two-step at 40: {common.fmt(ref)}) — joint meets it from (at every larger tested N): "
+            + "; ".join(parts)
+        )
     # designed vs others, per N
     sec += ["", "## All samplings at each N (joint)", ""]
     for metric, (label, lower) in common.METRICS.items():
@@ -231,33 +306,55 @@ def analyse(rows, info, res: Path, designs: dict) -> list[str]:
         for n in sorted(int(k) for k in designs["budgets"]):
             vals = {}
             for s in SAMPLINGS:
-                t = common.stats_table([r for r in rows if r["sampling"] == s], "N", ["method"], metric).get(("joint",), [])
+                t = common.stats_table([r for r in rows if r["sampling"] == s], "N", ["method"], metric).get(
+                    ("joint",), []
+                )
                 vals[s] = next((g["mean"] for g in t if g["N"] == n and g["n"]), None)
             if vals["designed"] is None:
                 continue
-            best = min((v, s) for s, v in vals.items() if v is not None) if lower else max((v, s) for s, v in vals.items() if v is not None)
+            best = (
+                min((v, s) for s, v in vals.items() if v is not None)
+                if lower
+                else max((v, s) for s, v in vals.items() if v is not None)
+            )
             parts.append(f"N={n}: " + " / ".join(common.fmt(vals[s]) for s in SAMPLINGS) + f" (best: {best[1]})")
         sec.append(f"- **{label}** ({' / '.join(SAMPLINGS)}) — " + "; ".join(parts))
     sec += ["", "## Designed energies", ""]
     for n in sorted(int(k) for k in designs["budgets"]):
         b = designs["budgets"][str(n)]
-        for s, key, tkey in (("designed", "optimiser", "design_s"), ("designed-robust", "optimiser_robust", "design_robust_s")):
+        for s, key, tkey in (
+            ("designed", "optimiser", "design_s"),
+            ("designed-robust", "optimiser_robust", "design_robust_s"),
+        ):
             if s not in b["samplings"]:
                 continue
             o = b[key]
-            sec.append(f"- {s} N={n}: " + ", ".join(f"{e:g}" for e in b["samplings"][s]["energies"])
-                       + f" (greedy {common.fmt(o['greedy_criterion'])} → exchange {common.fmt(o['criterion'])}, "
-                       f"{o['exchanges']} exchanges, {b.get(tkey, float('nan')):.0f} s)")
-    sec.append(f"\n`designed`: local design at the sample model; `designed-robust`: the mean criterion over the "
-               f"sample model moved by {designs.get('shifts')} eV (pseudo-Bayesian over the chemical shift).")
+            sec.append(
+                f"- {s} N={n}: "
+                + ", ".join(f"{e:g}" for e in b["samplings"][s]["energies"])
+                + f" (greedy {common.fmt(o['greedy_criterion'])} → exchange {common.fmt(o['criterion'])}, "
+                f"{o['exchanges']} exchanges, {b.get(tkey, float('nan')):.0f} s)"
+            )
+    sec.append(
+        f"\n`designed`: local design at the sample model; `designed-robust`: the mean criterion over the "
+        f"sample model moved by {designs.get('shifts')} eV (pseudo-Bayesian over the chemical shift)."
+    )
     src = designs["sample"]
-    sec += ["", f"Sample model of the design: preset `{designs['preset']}` phantom seed {designs['design_seed']} "
-            f"(not an evaluated seed), {src['pixels']} pixels with N_V ≥ 25 % of max, fluence "
-            f"{common.fmt(src['fluence'])} photons/pixel/energy ({src['fluence_from']}). Design time (information of "
-            f"{int((RANGE[1] - RANGE[0]) / 0.25) + 1} candidates + all budgets): {designs['wall_s']:.1f} s.", "",
-            "## Secondary metrics (joint)", "",
-            common.markdown_table([r for r in rows if r["sampling"] in SAMPLINGS], "N", ["sampling"], metrics=common.SECONDARY),
-            "", f"Plots: `{STUDY}.png` (achieved), `{STUDY}_predicted.png` (predicted vs achieved)."]
+    sec += [
+        "",
+        f"Sample model of the design: preset `{designs['preset']}` phantom seed {designs['design_seed']} "
+        f"(not an evaluated seed), {src['pixels']} pixels with N_V ≥ 25 % of max, fluence "
+        f"{common.fmt(src['fluence'])} photons/pixel/energy ({src['fluence_from']}). Design time (information of "
+        f"{int((RANGE[1] - RANGE[0]) / 0.25) + 1} candidates + all budgets): {designs['wall_s']:.1f} s.",
+        "",
+        "## Secondary metrics (joint)",
+        "",
+        common.markdown_table(
+            [r for r in rows if r["sampling"] in SAMPLINGS], "N", ["sampling"], metrics=common.SECONDARY
+        ),
+        "",
+        f"Plots: `{STUDY}.png` (achieved), `{STUDY}_predicted.png` (predicted vs achieved).",
+    ]
     return sec
 
 
@@ -282,14 +379,22 @@ def main(argv=None):
         designs = make_designs(mode)
         dpath.write_text(json.dumps(designs, indent=1, default=str) + "\n")
     spec = sweep_spec(mode, designs, overrides)
-    info = {"study": STUDY, "mode": mode_name, "spec": "experiments/design.py (sweep built in the script)", "out": str(out),
-            "overrides": overrides}
+    info = {
+        "study": STUDY,
+        "mode": mode_name,
+        "spec": "experiments/design.py (sweep built in the script)",
+        "out": str(out),
+        "overrides": overrides,
+    }
     if args.analyse_only:
         rows = sweep_summary.read_summary(out)
         info["wall_s"] = json.loads((out / "summary.json").read_text()).get("wall_s") or 0.0
     else:
-        rows = list(sweep_runner.run(spec, out, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
-                              progress=not args.quiet))
+        rows = list(
+            sweep_runner.run(
+                spec, out, workers=args.workers, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet
+            )
+        )
         info["wall_s"] = time.time() - t0
     info["code"] = common.code_version(out, rows) or common._describe_git(sweep_cache.git_state())
     info["spec_obj"] = sweep_spec.load_spec(spec)

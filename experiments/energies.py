@@ -18,14 +18,19 @@ def match_counts(rows, full_count: int) -> list[str]:
     mean is at least as good as two-step's with all energies."""
     out = []
     for metric, (label, lower) in common.METRICS.items():
-        ref = [g for g in common.stats_table(rows, "energies.count", ["method"], metric).get(("two-step",), [])
-               if g["energies.count"] == full_count and g["n"]]
+        ref = [
+            g
+            for g in common.stats_table(rows, "energies.count", ["method"], metric).get(("two-step",), [])
+            if g["energies.count"] == full_count and g["n"]
+        ]
         if not ref:
             continue
         base = ref[0]["mean"]
         parts = []
         for choice in ("uniform", "edge"):
-            sel = [r for r in rows if r.get("energies.choice") in (choice, None) or r.get("energies.count") == full_count]
+            sel = [
+                r for r in rows if r.get("energies.choice") in (choice, None) or r.get("energies.count") == full_count
+            ]
             t = common.stats_table(sel, "energies.count", ["method"], metric).get(("joint",), [])
             # smallest n such that joint meets the reference at every tested count >= n
             best = None
@@ -34,9 +39,17 @@ def match_counts(rows, full_count: int) -> list[str]:
                     best = g
                 else:
                     break
-            parts.append(f"{choice}: " + (f"{best['energies.count']} (joint {common.fmt(best['mean'])})" if best
-                                          else "not even at the largest tested count"))
-        out.append(f"- **{label}** (two-step at {full_count}: {common.fmt(base)}) — joint reaches it at: " + "; ".join(parts))
+            parts.append(
+                f"{choice}: "
+                + (
+                    f"{best['energies.count']} (joint {common.fmt(best['mean'])})"
+                    if best
+                    else "not even at the largest tested count"
+                )
+            )
+        out.append(
+            f"- **{label}** (two-step at {full_count}: {common.fmt(base)}) — joint reaches it at: " + "; ".join(parts)
+        )
     return out
 
 
@@ -56,15 +69,27 @@ def analyse(rows, info, res):
     def ref_lines(metric):
         t = common.stats_table(rows, x, ["method"], metric).get(("two-step",), [])
         g = [g for g in t if g[x] == full and g["n"]]
-        return [(g[0]["mean"], f"two-step, {full} energies", dict(color="tab:blue", linestyle=":", alpha=0.6))] if g else []
+        return (
+            [(g[0]["mean"], f"two-step, {full} energies", dict(color="tab:blue", linestyle=":", alpha=0.6))]
+            if g
+            else []
+        )
 
     return common.standard_sections(
-        STUDY, expanded, res, x, series=["method", "energies.choice"],
+        STUDY,
+        expanded,
+        res,
+        x,
+        series=["method", "energies.choice"],
         extra=["", f"## Where joint matches two-step with all {full} energies", ""] + match_counts(rows, full),
-        compare=[(f"Joint vs two-step at each count ({c} choice)", {"energies.choice": c}) for c in ("uniform", "edge")],
+        compare=[
+            (f"Joint vs two-step at each count ({c} choice)", {"energies.choice": c}) for c in ("uniform", "edge")
+        ],
         plot_note=f" (dotted line: two-step with all {full} energies)",
-        xlabel="number of energies", hlines=ref_lines,
-        title="Map errors and ARI vs number of energies (mean ± std over seeds)")
+        xlabel="number of energies",
+        hlines=ref_lines,
+        title="Map errors and ARI vs number of energies (mean ± std over seeds)",
+    )
 
 
 def main(argv=None):

@@ -14,10 +14,16 @@ ORDER = ["none", "weak", "strong"]
 
 
 def analyse(rows, info, res):
-    return common.standard_sections(STUDY, rows, res, "prior", order=ORDER,
-                                     compare=[("Joint vs two-step at each prior level", None)],
-                                     xlabel="spatial prior (both methods)",
-                                     title="Same spatial prior for both methods vs neither (mean ± std over seeds)")
+    return common.standard_sections(
+        STUDY,
+        rows,
+        res,
+        "prior",
+        order=ORDER,
+        compare=[("Joint vs two-step at each prior level", None)],
+        xlabel="spatial prior (both methods)",
+        title="Same spatial prior for both methods vs neither (mean ± std over seeds)",
+    )
 
 
 def main(argv=None):

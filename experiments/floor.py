@@ -56,7 +56,7 @@ def band_limited(x: np.ndarray, s: int) -> np.ndarray:
     f = f * np.exp(2j * np.pi * (np.fft.fftfreq(h)[:, None] * shift + np.fft.fftfreq(w)[None, :] * shift))
     fs = np.fft.fftshift(f, axes=(-2, -1))
     hc, wc = h // s, w // s
-    c = fs[..., h // 2 - hc // 2:h // 2 - hc // 2 + hc, w // 2 - wc // 2:w // 2 - wc // 2 + wc]
+    c = fs[..., h // 2 - hc // 2 : h // 2 - hc // 2 + hc, w // 2 - wc // 2 : w // 2 - wc // 2 + wc]
     return np.real(np.fft.ifft2(np.fft.ifftshift(c, axes=(-2, -1)))) / (s * s)
 
 
@@ -106,10 +106,20 @@ def main(argv=None) -> list[dict]:
 
         def stats(m):
             d = est[m] - ref[m]  # noqa: B023
-            return {"rmse": round(float(np.sqrt(np.mean(d ** 2))), 4), "bias": round(float(d.mean()), 4), "n": int(m.sum())}
+            return {
+                "rmse": round(float(np.sqrt(np.mean(d**2))), 4),
+                "bias": round(float(d.mean()), 4),
+                "n": int(m.sum()),
+            }
 
-        row = {"preset": args.preset, "seed": args.seed, "stack": name, "edge_energy_ev": stats(ok),
-               "rim": stats(ok & ~inner), "inner": stats(ok & inner)}
+        row = {
+            "preset": args.preset,
+            "seed": args.seed,
+            "stack": name,
+            "edge_energy_ev": stats(ok),
+            "rim": stats(ok & ~inner),
+            "inner": stats(ok & inner),
+        }
         print(json.dumps(row))
         rows.append(row)
     return rows

@@ -43,20 +43,33 @@ DESCRIPTORS = {"edge_energy": "edge energy (eV)", "pre_edge_norm": "PE/Δμt (eV
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="experiments/generalization.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="experiments/generalization.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="family-tiny, few draws (minutes on 2 CPU cores)")
     p.add_argument("--split", choices=sorted(SPLITS), default="test", help="which seeds (default test)")
-    p.add_argument("--seeds", type=int, default=None, metavar="N",
-                   help=f"use the first N seeds of the split (default: all 100; quick {QUICK_SEEDS})")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"use the first N seeds of the split (default: all 100; quick {QUICK_SEEDS})",
+    )
     p.add_argument("--out", metavar="DIR", help="sweep folder (default experiments/runs/generalization-<mode>-<split>)")
-    p.add_argument("--results", metavar="DIR",
-                   help="findings folder (default experiments/results/generalization-<mode>-<split>)")
+    p.add_argument(
+        "--results", metavar="DIR", help="findings folder (default experiments/results/generalization-<mode>-<split>)"
+    )
     p.add_argument("-j", "--workers", type=int, default=1, help="sweep worker processes (default 1)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     p.add_argument("--overwrite", action="store_true", help="recompute every point")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a base key (e.g. joint.steps=100); recorded in findings.md")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base key (e.g. joint.steps=100); recorded in findings.md",
+    )
     p.add_argument("--analyse-only", action="store_true", help="only re-analyse an existing sweep folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -96,11 +109,16 @@ def point_record(out: Path, row: dict[str, Any]) -> dict[str, Any] | None:
         return None
     m = json.loads(path.read_text())
     an = m.get("anatomy") or {}
-    rec: dict[str, Any] = {"seed": row.get("simulate.seed"), "dose": row.get("simulate.dose"),
-                           "n_energies": row.get("energies.count"), "method": row["method"],
-                           "coverage": _f(m.get("coverage")), "ari": _f((m.get("clusters") or {}).get("ari")),
-                           "n_v_rel_rms": _f((m.get("n_v") or {}).get("rel_rms")),
-                           "wall_s": _f((m.get("timing") or {}).get("method_wall_s"))}
+    rec: dict[str, Any] = {
+        "seed": row.get("simulate.seed"),
+        "dose": row.get("simulate.dose"),
+        "n_energies": row.get("energies.count"),
+        "method": row["method"],
+        "coverage": _f(m.get("coverage")),
+        "ari": _f((m.get("clusters") or {}).get("ari")),
+        "n_v_rel_rms": _f((m.get("n_v") or {}).get("rel_rms")),
+        "wall_s": _f((m.get("timing") or {}).get("method_wall_s")),
+    }
     for name in DESCRIPTORS:
         a = an.get(name) or {}
         rec[f"{name}_all"] = _f((m.get(name) or {}).get("rmse"))
@@ -138,12 +156,17 @@ def analyse(recs: list[dict[str, Any]], info: dict[str, Any]) -> str:
         by[(r["dose"], r["n_energies"], r["seed"], r["method"])] = r
     cases = sorted({(r["dose"], r["n_energies"]) for r in recs})
     seeds = sorted({r["seed"] for r in recs})
-    L = [f"# Generalization study ({info['mode']}, {info['split']} split)", "",
-         f"Code: {info.get('code', '?')}; seeds {seeds[0] if seeds else '-'}..{seeds[-1] if seeds else '-'} "
-         f"({len(seeds)} draws); wall {info.get('wall_s', 0):.0f} s; overrides {info.get('overrides') or 'none'}.", "",
-         "Errors are RMSEs over the evaluation region (truth N_V >= 25 % of its maximum; `all`) and over its bulk "
-         "(>= 45 nm from any true domain boundary or rim; `bulk`). Ratio = joint / two-step on the same data "
-         "(< 1: the joint is better).", ""]
+    L = [
+        f"# Generalization study ({info['mode']}, {info['split']} split)",
+        "",
+        f"Code: {info.get('code', '?')}; seeds {seeds[0] if seeds else '-'}..{seeds[-1] if seeds else '-'} "
+        f"({len(seeds)} draws); wall {info.get('wall_s', 0):.0f} s; overrides {info.get('overrides') or 'none'}.",
+        "",
+        "Errors are RMSEs over the evaluation region (truth N_V >= 25 % of its maximum; `all`) and over its bulk "
+        "(>= 45 nm from any true domain boundary or rim; `bulk`). Ratio = joint / two-step on the same data "
+        "(< 1: the joint is better).",
+        "",
+    ]
     for dose, ne in cases:
         L += [f"## {dose:g} photons per frame, {ne} energies", ""]
         head = ["seed"]
@@ -177,14 +200,22 @@ def analyse(recs: list[dict[str, Any]], info: dict[str, Any]) -> str:
             L.append("| " + " | ".join(cells) + " |")
         L += ["", "Mean ± standard deviation over draws:", ""]
         for name, label in DESCRIPTORS.items():
-            L.append(f"- {label}: all {_ms(ratios.get(f'{name}_all', []))}x, bulk {_ms(ratios.get(f'{name}_bulk', []))}x")
-        L.append(f"- N_V relative RMS error: {_ms(ratios.get('n_v', []))}x; ARI joint − two-step "
-                 f"{_ms(ratios.get('ari_diff', []))}")
-        L.append(f"- joint's edge-energy std maps: bulk pixels within 1σ {_ms(ratios.get('calib', []))} "
-                 "(target 0.55-0.80)")
+            L.append(
+                f"- {label}: all {_ms(ratios.get(f'{name}_all', []))}x, bulk {_ms(ratios.get(f'{name}_bulk', []))}x"
+            )
+        L.append(
+            f"- N_V relative RMS error: {_ms(ratios.get('n_v', []))}x; ARI joint − two-step "
+            f"{_ms(ratios.get('ari_diff', []))}"
+        )
+        L.append(
+            f"- joint's edge-energy std maps: bulk pixels within 1σ {_ms(ratios.get('calib', []))} (target 0.55-0.80)"
+        )
         L.append("")
-    L += ["Targets (issue 24, on the test split): bulk edge energy and PE/Δμt <= 0.5x, bulk Re[Ne]/N_V <= 0.8x; "
-          "all pixels edge energy <= 0.8x; 55-80 % of bulk pixels within 1σ of the joint's std maps.", ""]
+    L += [
+        "Targets (issue 24, on the test split): bulk edge energy and PE/Δμt <= 0.5x, bulk Re[Ne]/N_V <= 0.8x; "
+        "all pixels edge energy <= 0.8x; 55-80 % of bulk pixels within 1σ of the joint's std maps.",
+        "",
+    ]
     return "\n".join(L)
 
 
@@ -209,9 +240,18 @@ def main(argv=None) -> Path:
             from diffxas.app.config import parse_value
 
             over[k.strip()] = parse_value(v)
-        rows = list(sweep_runner.run(spec, out, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
-                              progress=not args.quiet, profile="quick" if args.quick else None,
-                              overrides=over or None))
+        rows = list(
+            sweep_runner.run(
+                spec,
+                out,
+                workers=args.workers,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                profile="quick" if args.quick else None,
+                overrides=over or None,
+            )
+        )
     info["wall_s"] = time.time() - t0
     g = sweep_cache.git_state()
     info["code"] = f"diffxas git {g.get('git_commit')}" + (" (uncommitted changes)" if g.get("git_dirty") else "")

@@ -14,9 +14,17 @@ STUDY = "joint_probe"
 
 def analyse(rows, info, res):
     g = lambda v: f"{v:g}"  # noqa: E731
-    return common.standard_sections(STUDY, rows, res, "simulate.dose", series=["method", "joint.lr_probe"], xfmt=g,
-                                     xlabel="photons per frame", logx=True,
-                                     title="Joint: probe refinement off (lr_probe=0) vs on (mean ± std over seeds)")
+    return common.standard_sections(
+        STUDY,
+        rows,
+        res,
+        "simulate.dose",
+        series=["method", "joint.lr_probe"],
+        xfmt=g,
+        xlabel="photons per frame",
+        logx=True,
+        title="Joint: probe refinement off (lr_probe=0) vs on (mean ± std over seeds)",
+    )
 
 
 def main(argv=None):

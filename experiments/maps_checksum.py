@@ -12,8 +12,9 @@ import os
 import sys
 
 # one thread for XLA and BLAS: multi-threaded CPU reductions need not be bit-reproducible
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                           "intra_op_parallelism_threads=1").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+).strip()
 for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[v] = "1"
 
@@ -58,8 +59,12 @@ ds = sim.dataset
 total = hashlib.sha256()
 runs = {
     "joint": lambda: reconstruct_joint(ds, JointConfig(steps=30, seed=0)),
-    "two-step": lambda: reconstruct_two_step(ds, TwoStepConfig.fast(
-        epie=dataclasses.replace(TwoStepConfig.fast().epie, epochs=12, kk_start=8, kk_every=2, decay_start=9))),
+    "two-step": lambda: reconstruct_two_step(
+        ds,
+        TwoStepConfig.fast(
+            epie=dataclasses.replace(TwoStepConfig.fast().epie, epochs=12, kk_start=8, kk_every=2, decay_start=9)
+        ),
+    ),
 }
 for name in sys.argv[1:] or list(runs):
     hx = maps_hash(runs[name](), name)

@@ -14,9 +14,17 @@ ORDER = ["ideal", "positions", "drift", "both"]
 
 
 def analyse(rows, info, res):
-    return common.standard_sections(STUDY, rows, res, "errors", series=["method", "refine"], order=ORDER,
-                                     compare=[(f"Joint vs two-step, refinement {ref}", {"refine": ref}) for ref in ("off", "on")],
-                                     xlabel="simulated errors", title="Position errors / probe drift, refinement off vs on")
+    return common.standard_sections(
+        STUDY,
+        rows,
+        res,
+        "errors",
+        series=["method", "refine"],
+        order=ORDER,
+        compare=[(f"Joint vs two-step, refinement {ref}", {"refine": ref}) for ref in ("off", "on")],
+        xlabel="simulated errors",
+        title="Position errors / probe drift, refinement off vs on",
+    )
 
 
 def main(argv=None):

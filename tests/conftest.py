@@ -11,7 +11,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # stale. Measured on the 2-core CI-like machine: the suite took 677 s serially without it,
 # 376 s with two workers and the cache. Set JAX_COMPILATION_CACHE_DIR yourself to move or
 # share it; the thresholds below cache every executable.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"diffxas-test-jax-cache-{getattr(os, 'getuid', lambda: 0)()}"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), f"diffxas-test-jax-cache-{getattr(os, 'getuid', lambda: 0)()}"),
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # XLA:CPU logs a false "machine type doesn't match" error on every load from that cache

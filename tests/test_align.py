@@ -32,7 +32,7 @@ def blobs(n=48, seed=0):
 def test_unwrap_phase_recovers_large_smooth_phase():
     n = 48
     yy, xx = np.mgrid[:n, :n]
-    ph = 5.0 * np.exp(-((yy - 24) ** 2 + (xx - 20) ** 2) / (2 * 8.0 ** 2)) + 0.05 * xx - 2.0
+    ph = 5.0 * np.exp(-((yy - 24) ** 2 + (xx - 20) ** 2) / (2 * 8.0**2)) + 0.05 * xx - 2.0
     w = np.angle(np.exp(1j * ph))
     u = unwrap_phase(w)
     d = u - ph
@@ -89,16 +89,18 @@ def test_empty_region_and_background_removal():
 
 def test_to_common_and_illumination():
     common = Grid(pixel_size=10e-9, shape=(40, 40), origin=(-195e-9, -195e-9))
-    fine = Grid(pixel_size=9.8e-9, shape=(42, 42), origin=(common.center[0] - 20.5 * 9.8e-9, common.center[1] - 20.5 * 9.8e-9))
+    fine = Grid(
+        pixel_size=9.8e-9, shape=(42, 42), origin=(common.center[0] - 20.5 * 9.8e-9, common.center[1] - 20.5 * 9.8e-9)
+    )
     x, y = fine.coords()
     X, Y = np.meshgrid(x, y)
-    A = 0.2 * np.exp(-(X ** 2 + Y ** 2) / (2 * (60e-9) ** 2))
-    P = -0.6 * np.exp(-(X ** 2 + Y ** 2) / (2 * (60e-9) ** 2))
+    A = 0.2 * np.exp(-(X**2 + Y**2) / (2 * (60e-9) ** 2))
+    P = -0.6 * np.exp(-(X**2 + Y**2) / (2 * (60e-9) ** 2))
     obj = np.exp(-A + 1j * P)[None]
     a_c, p_c = to_common(obj, [fine], common)
     xc, yc = common.coords()
     Xc, Yc = np.meshgrid(xc, yc)
-    ref = np.exp(-(Xc ** 2 + Yc ** 2) / (2 * (60e-9) ** 2))
+    ref = np.exp(-(Xc**2 + Yc**2) / (2 * (60e-9) ** 2))
     np.testing.assert_allclose(a_c[0], 0.2 * ref, atol=2e-3)
     np.testing.assert_allclose(p_c[0], -0.6 * ref, atol=5e-3)
     probe = np.zeros((8, 8), np.complex64)
@@ -112,7 +114,14 @@ def test_to_common_and_illumination():
 def test_align_stack_end_to_end_with_offsets():
     """Two energies on slightly different grids, different phase offsets/ramps and a shift."""
     common = Grid(pixel_size=10e-9, shape=(64, 64), origin=(-315e-9, -315e-9))
-    grids = [common, Grid(pixel_size=9.9e-9, shape=(64, 64), origin=(common.center[0] - 31.5 * 9.9e-9, common.center[1] - 31.5 * 9.9e-9))]
+    grids = [
+        common,
+        Grid(
+            pixel_size=9.9e-9,
+            shape=(64, 64),
+            origin=(common.center[0] - 31.5 * 9.9e-9, common.center[1] - 31.5 * 9.9e-9),
+        ),
+    ]
     objs = []
     shift_true = np.array([0.0, 0.35])  # (rows, cols) in pixels of energy 1
     for k, g in enumerate(grids):
@@ -122,13 +131,13 @@ def test_align_stack_end_to_end_with_offsets():
             X = X - shift_true[1] * g.pixel_size
             Y = Y - shift_true[0] * g.pixel_size
         r2 = (X / 90e-9) ** 2 + (Y / 70e-9) ** 2
-        blob = np.exp(-r2 / 2) + 0.5 * np.exp(-((X - 50e-9) ** 2 + Y ** 2) / (2 * (30e-9) ** 2))
+        blob = np.exp(-r2 / 2) + 0.5 * np.exp(-((X - 50e-9) ** 2 + Y**2) / (2 * (30e-9) ** 2))
         A = 0.1 * blob + (0.02 if k else 0.0)
-        lit = np.exp(-((X ** 2 + Y ** 2) / (250e-9) ** 2) ** 8)  # ePIE's offsets/ramps live where it is lit
+        lit = np.exp(-(((X**2 + Y**2) / (250e-9) ** 2) ** 8))  # ePIE's offsets/ramps live where it is lit
         P = -0.5 * blob + lit * ((0.8 if k else -0.3) + 1e6 * k * X)
         objs.append(np.exp(-A * lit + 1j * P))
     xc, yc = common.coords()
-    cov = np.exp(-((xc[None, :] ** 2 + yc[:, None] ** 2) / (190e-9) ** 2) ** 4)
+    cov = np.exp(-(((xc[None, :] ** 2 + yc[:, None] ** 2) / (190e-9) ** 2) ** 4))
     st = align_stack(np.stack(objs), grids, common, [5420.0, 5480.0], register=True, coverage=cov)
     # energy 1 is displaced by +0.35 px (its pixels) along columns relative to energy 0
     assert abs((st.shifts[0, 1] - st.shifts[1, 1]) - 0.35 * 0.99) < 0.03, st.shifts

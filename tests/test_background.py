@@ -18,7 +18,7 @@ def test_darkest_level_is_the_floor_under_a_bright_centre():
     there); masked pixels are left out of every block; an all-zero frame gives FLOOR."""
     m = 32
     yy, xx = np.mgrid[:m, :m] - m // 2
-    frame = 0.3 + 1e5 * np.exp(-(xx ** 2 + yy ** 2) / 8.0)
+    frame = 0.3 + 1e5 * np.exp(-(xx**2 + yy**2) / 8.0)
     mask = np.ones((m, m))
     assert background.darkest_level(frame, mask) == pytest.approx(0.3, rel=1e-6)
     # a dead (masked, zero) pixel in the darkest corner does not pull the level to 0

@@ -58,9 +58,7 @@ def refused(capsys, *argv, words=(), absent=()):
 
 
 def leftovers(folder) -> list[str]:
-    return sorted(
-        p.name for p in Path(folder).iterdir() if ".tmp" in p.name or p.name.endswith(".partial")
-    )
+    return sorted(p.name for p in Path(folder).iterdir() if ".tmp" in p.name or p.name.endswith(".partial"))
 
 
 def enospc(*_a, **_k):
@@ -177,9 +175,7 @@ def files(tmp_path_factory):
     ],
 )
 @pytest.mark.parametrize("method", ["joint", "two-step"])
-def test_reconstruct_refuses_data_that_cannot_support_maps(
-    files, capsys, tmp_path, name, words, method
-):
+def test_reconstruct_refuses_data_that_cannot_support_maps(files, capsys, tmp_path, name, words, method):
     out = tmp_path / "r.h5"
     refused(
         capsys,
@@ -389,9 +385,7 @@ def test_truth_checked_against_the_simulation_record_without_checksum(files, tmp
     r = dataclasses.replace(fake_result(), input_path=str(files["good"]))
     check_truth_matches(r, fake_truth({"preset": "hand", "seed": 1, "dose": 1e5}), "r.h5", "t.h5")
     with pytest.raises(InputError, match="another dataset"):
-        check_truth_matches(
-            r, fake_truth({"preset": "hand", "seed": 2, "dose": 1e5}), "r.h5", "t.h5"
-        )
+        check_truth_matches(r, fake_truth({"preset": "hand", "seed": 2, "dose": 1e5}), "r.h5", "t.h5")
 
 
 def test_simulation_records_its_data_checksum_in_the_truth(tmp_path):
@@ -504,12 +498,7 @@ def test_info_on_a_fifo_does_not_hang(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("diffxas info blocked on a FIFO")
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert (
-        p.returncode == 2
-        and len(lines) == 1
-        and "not a regular file" in lines[0]
-        and str(fifo) in lines[0]
-    )
+    assert p.returncode == 2 and len(lines) == 1 and "not a regular file" in lines[0] and str(fifo) in lines[0]
 
 
 def test_unknown_method_in_results_refused(tmp_path, capsys):
@@ -546,9 +535,7 @@ def test_sweep_dry_run_rejects_typos_and_bad_options(tmp_path, capsys, axis, ext
     (tmp_path / "FILE").write_text("x")
     out = ["-o", tmp_path / "FILE"] if "-o" in extra else ["-o", tmp_path / "out"]
     extra = [e for e in extra if e not in ("-o", "FILE")]
-    refused(
-        capsys, "sweep", spec, *out, "--dry-run", *extra, words=words, absent=[tmp_path / "out"]
-    )
+    refused(capsys, "sweep", spec, *out, "--dry-run", *extra, words=words, absent=[tmp_path / "out"])
 
 
 def test_empty_probe_is_named_not_divergence():
@@ -572,9 +559,7 @@ def test_resume_refusal_names_the_orientation(tmp_path):
     sel = {"half": None, "energy_indices": None, "orientation": {"applied": "rot180"}}
     _meta_path("joint", ckpt).write_text(json.dumps(_checkpoint_meta("joint", cfg, "abc", sel)))
     now = dict(sel, orientation={"applied": "none"})
-    with pytest.raises(
-        InputError, match="orientation differs: rot180 then, none now; pass --orientation rot180"
-    ):
+    with pytest.raises(InputError, match="orientation differs: rot180 then, none now; pass --orientation rot180"):
         reconstruct(
             make_dataset(),
             "joint",

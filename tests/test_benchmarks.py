@@ -46,6 +46,7 @@ def test_floor_calls_do_the_transforms_and_are_interleaved_with_the_case():
         def f():
             order.append(tag)
             return call()
+
         return f
 
     fl = {b: (tagged(f"floor{b}", c), n) for b, (c, n) in floors.items()}
@@ -74,8 +75,9 @@ def test_best_cpu_fft_is_skipped_without_torch():
 def test_best_cpu_fft_with_torch():
     pytest.importorskip("torch")
     calls = common.torch_fft_calls(64, 16, passes=2)
-    t = common.interleaved(lambda: jnp.zeros(1), common.fft_floor_calls(64, 16, passes=2), 64, min_reps=2,
-                           min_time=0.0, reference=calls)
+    t = common.interleaved(
+        lambda: jnp.zeros(1), common.fft_floor_calls(64, 16, passes=2), 64, min_reps=2, min_time=0.0, reference=calls
+    )
     assert t["best_cpu_fft"]["library"] == "torch" and t["best_cpu_fft"]["median_s"] > 0
 
 

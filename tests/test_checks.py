@@ -28,9 +28,7 @@ def make_dataset(m=16, side=6, step=3e-7, dose=1e5, seed=0, energies=ENERGIES) -
     g = (np.arange(side) - side / 2) * step
     pos = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
     n = pos.shape[0]
-    frames = np.stack(
-        [rng.poisson(dose * (0.9 + 0.1 * rng.random()) * spot) for _ in range(n * k)]
-    ).astype(np.float32)
+    frames = np.stack([rng.poisson(dose * (0.9 + 0.1 * rng.random()) * spot) for _ in range(n * k)]).astype(np.float32)
     return Dataset(
         frames=frames,
         positions=np.tile(pos, (k, 1)),

@@ -25,10 +25,16 @@ ENERGIES = np.array([5420.0, 5480.0, 5540.0])
 
 def make_dataset(k=3, n=5, m=16, seed=0) -> Dataset:
     rng = np.random.default_rng(seed)
-    return Dataset(frames=rng.poisson(10.0, (k * n, m, m)).astype(np.float32),
-                   positions=rng.uniform(-1e-6, 1e-6, (k * n, 2)),
-                   energy_index=np.repeat(np.arange(k, dtype=np.int32), n), energies=ENERGIES[:k].copy(),
-                   mask=np.ones((k, m, m), np.float32), illumination=None, distance=0.5, detector_pixel=75e-6)
+    return Dataset(
+        frames=rng.poisson(10.0, (k * n, m, m)).astype(np.float32),
+        positions=rng.uniform(-1e-6, 1e-6, (k * n, 2)),
+        energy_index=np.repeat(np.arange(k, dtype=np.int32), n),
+        energies=ENERGIES[:k].copy(),
+        mask=np.ones((k, m, m), np.float32),
+        illumination=None,
+        distance=0.5,
+        detector_pixel=75e-6,
+    )
 
 
 @pytest.fixture
@@ -56,8 +62,11 @@ def test_info_cxi(cxi, capsys):
 def test_closed_stdout_pipe_is_quiet(cxi):
     # `diffxas info ... | head -1`: the reader leaves; no traceback, no error line, exit 141
     # (200 summaries, ~0.2 MB, overflow the 64 kB pipe buffer, so the write does fail)
-    p = subprocess.Popen([sys.executable, "-m", "diffxas.app.cli", "info"] + [str(cxi)] * 200,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "diffxas.app.cli", "info"] + [str(cxi)] * 200,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert p.stdout.readline().startswith(str(cxi).encode())
     p.stdout.close()
     err = p.stderr.read().decode()
@@ -186,8 +195,7 @@ def test_console_script(tmp_path):
     exe = Path(sys.executable).parent / "diffxas"
     if not exe.exists():
         pytest.skip(f"console script not installed at {exe}")
-    proc = subprocess.run([str(exe), "info", "missing.cxi"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([str(exe), "info", "missing.cxi"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert_one_error_line(proc.stderr, "missing.cxi: no such file")
@@ -219,8 +227,9 @@ def _run(argv) -> tuple[int, str, str]:
 def sim_dir(tmp_path_factory) -> Path:
     """`diffxas simulate` of the tiny preset (the command under test, run once per module)."""
     d = tmp_path_factory.mktemp("sim")
-    rc, out, err = _run(["simulate", d / "tiny.cxi", "--preset", "tiny", "--seed", "1", "--energy-list", TINY_ENERGIES,
-                         "--no-progress"])
+    rc, out, err = _run(
+        ["simulate", d / "tiny.cxi", "--preset", "tiny", "--seed", "1", "--energy-list", TINY_ENERGIES, "--no-progress"]
+    )
     assert rc == 0, err
     (d / "simulate.stdout").write_text(out)
     return d
@@ -230,8 +239,21 @@ def sim_dir(tmp_path_factory) -> Path:
 def joint_dir(sim_dir, tmp_path_factory) -> Path:
     """`diffxas reconstruct --method joint` with 2 steps on the tiny file (run once)."""
     d = tmp_path_factory.mktemp("joint")
-    rc, out, err = _run(["reconstruct", sim_dir / "tiny.cxi", "--method", "joint", "-o", d / "joint.h5", "--steps", 2,
-                         "--set", "joint.log_every=1", "--no-progress"])
+    rc, out, err = _run(
+        [
+            "reconstruct",
+            sim_dir / "tiny.cxi",
+            "--method",
+            "joint",
+            "-o",
+            d / "joint.h5",
+            "--steps",
+            2,
+            "--set",
+            "joint.log_every=1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0, err
     (d / "reconstruct.stdout").write_text(out)
     return d
@@ -264,8 +286,22 @@ def test_simulate_option_precedence(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_pipeline, "simulate_files", fake_simulate_files)
     conf = tmp_path / "c.toml"
     conf.write_text('[simulate]\npreset = "tiny"\nseed = 5\ndose = 1e4\nframe_size = 48\n')
-    rc, _, err = _run(["simulate", tmp_path / "x.cxi", "--config", conf, "--set", "seed=6", "--set",
-                       "simulate.jitter=0.1", "--dose", "2e5", "--energies", 4])
+    rc, _, err = _run(
+        [
+            "simulate",
+            tmp_path / "x.cxi",
+            "--config",
+            conf,
+            "--set",
+            "seed=6",
+            "--set",
+            "simulate.jitter=0.1",
+            "--dose",
+            "2e5",
+            "--energies",
+            4,
+        ]
+    )
     assert rc == 130 and "interrupted" in err
     cfg = seen["cfg"]
     from diffxas.simulate.presets import PRESETS
@@ -274,8 +310,18 @@ def test_simulate_option_precedence(tmp_path, monkeypatch):
     assert cfg.preset == "tiny" and cfg.seed == 6 and cfg.dose == 2e5 and cfg.frame_size == 48 and cfg.jitter == 0.1
     assert cfg.energies == (tiny[0], tiny[5], tiny[9], tiny[14])  # round(linspace(0, 14, 4)) = 0, 5, 9, 14
     assert seen["truth"] == tmp_path / "x.truth.h5"
-    rc, _, _ = _run(["simulate", tmp_path / "y.cxi", "--preset", "tiny", "--energy-list", "5420, 5480,5500",
-                     "--truth", tmp_path / "t" / "truth.h5"])
+    rc, _, _ = _run(
+        [
+            "simulate",
+            tmp_path / "y.cxi",
+            "--preset",
+            "tiny",
+            "--energy-list",
+            "5420, 5480,5500",
+            "--truth",
+            tmp_path / "t" / "truth.h5",
+        ]
+    )
     assert seen["cfg"].energies == (5420.0, 5480.0, 5500.0) and seen["truth"] == tmp_path / "t" / "truth.h5"
     assert not list(tmp_path.glob("*.h5")) and not list(tmp_path.glob("*.cxi"))
 
@@ -297,21 +343,24 @@ def test_spread_indices():
         assert sweep_spec.select_energies(e, k, "uniform") == demo_pipeline.select_energies(e, k)
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--preset", "nope"], ["unknown preset 'nope'"]),
-    (["--preset", "tiny", "--set", "frame_sizee=3"], ["[simulate] unknown key 'frame_sizee'", "valid keys:"]),
-    (["--preset", "tiny", "--set", "frame_size"], ["bad --set 'frame_size': expected KEY=VALUE"]),
-    (["--preset", "tiny", "--set", "jont.steps=3"], ["[simulate] unknown key 'jont'"]),
-    (["--preset", "tiny", "--set", "frame_size=big"], ["[simulate] frame_size: expected an integer, got 'big'"]),
-    (["--preset", "tiny", "--energies", "99"], ["--energies 99 is more than the 15 energies"]),
-    (["--preset", "tiny", "--energies", "1"], ["--energies must be at least 2"]),
-    (["--preset", "tiny", "--energies", "0"], ["argument --energies: expected a positive integer"]),
-    (["--preset", "tiny", "--energy-list", "8.68e-16,8.8e-16"], ["energies must be in eV"]),
-    (["--preset", "tiny", "--energy-list", "5420,abc"], ["--energy-list: expected comma-separated energies"]),
-    (["--preset", "tiny", "--energy-list", "5480,5420"], ["strictly increasing"]),
-    (["--preset", "tiny", "--dose", "-5"], ["argument --dose: expected a positive number"]),
-    (["--preset", "tiny", "--energies", "3", "--energy-list", "5420,5480"], ["not allowed with argument"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--preset", "nope"], ["unknown preset 'nope'"]),
+        (["--preset", "tiny", "--set", "frame_sizee=3"], ["[simulate] unknown key 'frame_sizee'", "valid keys:"]),
+        (["--preset", "tiny", "--set", "frame_size"], ["bad --set 'frame_size': expected KEY=VALUE"]),
+        (["--preset", "tiny", "--set", "jont.steps=3"], ["[simulate] unknown key 'jont'"]),
+        (["--preset", "tiny", "--set", "frame_size=big"], ["[simulate] frame_size: expected an integer, got 'big'"]),
+        (["--preset", "tiny", "--energies", "99"], ["--energies 99 is more than the 15 energies"]),
+        (["--preset", "tiny", "--energies", "1"], ["--energies must be at least 2"]),
+        (["--preset", "tiny", "--energies", "0"], ["argument --energies: expected a positive integer"]),
+        (["--preset", "tiny", "--energy-list", "8.68e-16,8.8e-16"], ["energies must be in eV"]),
+        (["--preset", "tiny", "--energy-list", "5420,abc"], ["--energy-list: expected comma-separated energies"]),
+        (["--preset", "tiny", "--energy-list", "5480,5420"], ["strictly increasing"]),
+        (["--preset", "tiny", "--dose", "-5"], ["argument --dose: expected a positive number"]),
+        (["--preset", "tiny", "--energies", "3", "--energy-list", "5420,5480"], ["not allowed with argument"]),
+    ],
+)
 def test_simulate_bad_input(tmp_path, argv, words):
     rc, out, err = _run(["simulate", tmp_path / "o.cxi"] + argv)
     assert rc == 2 and out == ""
@@ -366,9 +415,27 @@ def test_reconstruct_config_precedence(sim_dir, joint_dir, tmp_path, monkeypatch
     monkeypatch.setattr(demo_pipeline, "reconstruct", fake_reconstruct)
     conf = tmp_path / "j.toml"
     conf.write_text("[joint]\nsteps = 7\nlr_amp = 0.5\nseed = 3\n[cluster]\nk = 3\n")
-    rc, _, err = _run(["reconstruct", sim_dir / "tiny.cxi", "--method", "joint", "-o", tmp_path / "r.h5", "--config",
-                       conf, "--set", "lr_amp=0.25", "--set", "joint.steps=8", "--steps", 9, "--init",
-                       joint_dir / "joint.h5", "--no-progress"])
+    rc, _, err = _run(
+        [
+            "reconstruct",
+            sim_dir / "tiny.cxi",
+            "--method",
+            "joint",
+            "-o",
+            tmp_path / "r.h5",
+            "--config",
+            conf,
+            "--set",
+            "lr_amp=0.25",
+            "--set",
+            "joint.steps=8",
+            "--steps",
+            9,
+            "--init",
+            joint_dir / "joint.h5",
+            "--no-progress",
+        ]
+    )
     assert rc == 0, err
     cfg = seen["cfg"]
     assert seen["method"] == "joint" and cfg.steps == 9 and cfg.lr_amp == 0.25 and cfg.seed == 3
@@ -378,24 +445,27 @@ def test_reconstruct_config_precedence(sim_dir, joint_dir, tmp_path, monkeypatch
     assert io_results.read_result(tmp_path / "r.h5").method == "joint"
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--method", "joint", "--iterations", "5"], ["--iterations sets the two-step ePIE epochs"]),
-    (["--method", "two-step", "--steps", "5"], ["--steps sets the joint solver's steps"]),
-    (["--method", "two-step", "--init", "x.h5"], ["--init (warm start) applies to --method joint only"]),
-    (["--method", "joint", "--set", "joint.stepz=3"], ["[joint] unknown key 'stepz'", "valid keys: steps"]),
-    (["--method", "joint", "--set", "stepz=3"], ["[joint] unknown key 'stepz'"]),
-    (["--method", "joint", "--set", "joint.loss=l2"], ["[joint] loss must be 'amplitude' or 'poisson'"]),
-    (["--method", "joint", "--set", "steps"], ["bad --set 'steps': expected KEY=VALUE"]),
-    (["--method", "joint", "--set", "cluster.k=zero"], ["[cluster]"]),
-    (["--method", "joint", "--steps", "-1"], ["argument --steps: expected an integer >= 0"]),
-    (["--method", "joint", "--set", "element=Mn"], ["do not bracket the Mn K edge", 'set element = "V"']),
-    (["--method", "two-step", "--set", "element=Ni"], ["do not bracket the Ni K edge", "--set element=V"]),
-    (["--method", "joint", "--set", "element=mn"], ["[joint] element must be a chemical symbol as written"]),
-    (["--method", "nope"], ["argument --method: invalid choice"]),
-    (["--method", "joint", "--init", "missing.h5"], ["missing.h5: no such file"]),
-    (["--method", "joint", "--no-checkpoint", "--resume"], ["--no-checkpoint cannot be combined"]),
-    ([], ["the following arguments are required: --method"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--method", "joint", "--iterations", "5"], ["--iterations sets the two-step ePIE epochs"]),
+        (["--method", "two-step", "--steps", "5"], ["--steps sets the joint solver's steps"]),
+        (["--method", "two-step", "--init", "x.h5"], ["--init (warm start) applies to --method joint only"]),
+        (["--method", "joint", "--set", "joint.stepz=3"], ["[joint] unknown key 'stepz'", "valid keys: steps"]),
+        (["--method", "joint", "--set", "stepz=3"], ["[joint] unknown key 'stepz'"]),
+        (["--method", "joint", "--set", "joint.loss=l2"], ["[joint] loss must be 'amplitude' or 'poisson'"]),
+        (["--method", "joint", "--set", "steps"], ["bad --set 'steps': expected KEY=VALUE"]),
+        (["--method", "joint", "--set", "cluster.k=zero"], ["[cluster]"]),
+        (["--method", "joint", "--steps", "-1"], ["argument --steps: expected an integer >= 0"]),
+        (["--method", "joint", "--set", "element=Mn"], ["do not bracket the Mn K edge", 'set element = "V"']),
+        (["--method", "two-step", "--set", "element=Ni"], ["do not bracket the Ni K edge", "--set element=V"]),
+        (["--method", "joint", "--set", "element=mn"], ["[joint] element must be a chemical symbol as written"]),
+        (["--method", "nope"], ["argument --method: invalid choice"]),
+        (["--method", "joint", "--init", "missing.h5"], ["missing.h5: no such file"]),
+        (["--method", "joint", "--no-checkpoint", "--resume"], ["--no-checkpoint cannot be combined"]),
+        ([], ["the following arguments are required: --method"]),
+    ],
+)
 def test_reconstruct_bad_options(cxi, tmp_path, argv, words):
     out = tmp_path / "res.h5"
     if "-o" not in argv and argv:
@@ -446,6 +516,7 @@ _DATA = "entry_1/instrument_1/detector_1/data"
 def _missing_dataset(tmp_path):
     def edit(f):
         del f["entry_1/instrument_1/detector_1/distance"]
+
     return _cxi_edit(tmp_path, "nodist.cxi", edit), "/entry_1/instrument_1/detector_1/distance: missing dataset"
 
 
@@ -453,6 +524,7 @@ def _wrong_shape(tmp_path):
     def edit(f):
         del f[_DATA]
         f[_DATA] = np.ones((5, 16, 15), np.float32)
+
     return _cxi_edit(tmp_path, "shape.cxi", edit), "must have shape (N, M, M), got (5, 16, 15)"
 
 
@@ -462,6 +534,7 @@ def _nan_counts(tmp_path):
         a[2, 3, 4] = np.nan
         del f[_DATA]
         f[_DATA] = a
+
     return _cxi_edit(tmp_path, "nan.cxi", edit), "frame 2 contains NaN or inf counts"
 
 
@@ -471,6 +544,7 @@ def _negative_counts(tmp_path):
         a[1, 0, 0] = -3.0
         del f[_DATA]
         f[_DATA] = a
+
     return _cxi_edit(tmp_path, "neg.cxi", edit), "frame 1 contains negative counts"
 
 
@@ -522,8 +596,21 @@ def test_cluster_evaluate_report(result_copy, sim_dir, tmp_path):
     assert rc == 0, err
     assert (tmp_path / "joint_eval.json").exists()
 
-    rc, out, err = _run(["report", result_copy, result_copy, "-o", tmp_path / "rep", "--truth", truth, "--labels",
-                         "a,b", "--formats", "png"])
+    rc, out, err = _run(
+        [
+            "report",
+            result_copy,
+            result_copy,
+            "-o",
+            tmp_path / "rep",
+            "--truth",
+            truth,
+            "--labels",
+            "a,b",
+            "--formats",
+            "png",
+        ]
+    )
     assert rc == 0, err
     names = sorted(p.name for p in (tmp_path / "rep").iterdir())
     assert "summary.md" in names and "metrics.json" in names and "maps.png" in names
@@ -537,40 +624,55 @@ def _bad_result_files(tmp_path, result_copy, cxi):
     trunc.write_bytes(data[: len(data) // 3])
     text = tmp_path / "notes.h5"
     text.write_text("hello\n" * 50)
-    return [(tmp_path / "missing.h5", "no such file"), (text, "not an HDF5 file"),
-            (trunc, "truncated or corrupt"), (cxi, "not a diffxas results file")]
+    return [
+        (tmp_path / "missing.h5", "no such file"),
+        (text, "not an HDF5 file"),
+        (trunc, "truncated or corrupt"),
+        (cxi, "not a diffxas results file"),
+    ]
 
 
 def test_cluster_evaluate_report_bad_inputs(result_copy, cxi, sim_dir, tmp_path):
     truth = sim_dir / "tiny.truth.h5"
     before = result_copy.read_bytes()
     for path, words in _bad_result_files(tmp_path, result_copy, cxi):
-        for argv in (["cluster", path], ["evaluate", path, "--truth", truth], ["report", path, "-o", tmp_path / "rep"],
-                     ["report", result_copy, path, "-o", tmp_path / "rep"]):
+        for argv in (
+            ["cluster", path],
+            ["evaluate", path, "--truth", truth],
+            ["report", path, "-o", tmp_path / "rep"],
+            ["report", result_copy, path, "-o", tmp_path / "rep"],
+        ):
             rc, out, err = _run(argv)
             assert rc == 2 and out == "", argv
             assert_one_error_line(err, str(path), words)
     assert not (tmp_path / "rep").exists()
     assert not list(tmp_path.glob("*.csv")) and not list(tmp_path.glob("*.json"))
     # bad truth files
-    for path, words in [(tmp_path / "none.h5", "no such file"), (result_copy, "not a diffxas ground-truth file"),
-                        (cxi, "not a diffxas ground-truth file")]:
-        for argv in (["evaluate", result_copy, "--truth", path], ["report", result_copy, "-o", tmp_path / "rep",
-                                                                   "--truth", path]):
+    for path, words in [
+        (tmp_path / "none.h5", "no such file"),
+        (result_copy, "not a diffxas ground-truth file"),
+        (cxi, "not a diffxas ground-truth file"),
+    ]:
+        for argv in (
+            ["evaluate", result_copy, "--truth", path],
+            ["report", result_copy, "-o", tmp_path / "rep", "--truth", path],
+        ):
             rc, out, err = _run(argv)
             assert rc == 2 and out == "", argv
             assert_one_error_line(err, str(path), words)
     assert not (tmp_path / "rep").exists() and not list(tmp_path.glob("*.json"))
     # bad options
-    for argv, words in [(["cluster", result_copy, "--k", "zero"], "cluster k must be an integer >= 1 or 'auto'"),
-                        (["cluster", result_copy, "--features", "edge_energy,bogus"], "unknown cluster feature 'bogus'"),
-                        (["cluster", result_copy, "--set", "cluster.kk=3"], "[cluster] unknown key 'kk'"),
-                        (["cluster", result_copy, "--weight", "mass"], "argument --weight: invalid choice"),
-                        (["evaluate", result_copy, "--truth", truth, "--nv-fraction", "2"], "--nv-fraction must be in"),
-                        (["report", result_copy, "-o", tmp_path / "rep", "--labels", "a,b"], "--labels needs 1"),
-                        (["report", result_copy, "-o", tmp_path / "rep", "--formats", "gif"], "--formats"),
-                        (["report", result_copy, "-o", result_copy], "exists and is not a directory"),
-                        (["report", "-o", tmp_path / "rep"], "the following arguments are required: RESULT.h5")]:
+    for argv, words in [
+        (["cluster", result_copy, "--k", "zero"], "cluster k must be an integer >= 1 or 'auto'"),
+        (["cluster", result_copy, "--features", "edge_energy,bogus"], "unknown cluster feature 'bogus'"),
+        (["cluster", result_copy, "--set", "cluster.kk=3"], "[cluster] unknown key 'kk'"),
+        (["cluster", result_copy, "--weight", "mass"], "argument --weight: invalid choice"),
+        (["evaluate", result_copy, "--truth", truth, "--nv-fraction", "2"], "--nv-fraction must be in"),
+        (["report", result_copy, "-o", tmp_path / "rep", "--labels", "a,b"], "--labels needs 1"),
+        (["report", result_copy, "-o", tmp_path / "rep", "--formats", "gif"], "--formats"),
+        (["report", result_copy, "-o", result_copy], "exists and is not a directory"),
+        (["report", "-o", tmp_path / "rep"], "the following arguments are required: RESULT.h5"),
+    ]:
         rc, out, err = _run(argv)
         assert rc == 2 and out == "", argv
         assert_one_error_line(err, words)
@@ -592,8 +694,21 @@ def test_evaluate_without_truth_sidecar(result_copy, tmp_path, monkeypatch):
 def test_reconstruct_resume(sim_dir, tmp_path):
     cxi = sim_dir / "tiny.cxi"
     out, ck = tmp_path / "r.h5", tmp_path / "ck" / "state.eqx"
-    base = ["reconstruct", cxi, "--method", "joint", "-o", out, "--steps", 2, "--checkpoint", ck, "--no-progress",
-            "--set", "checkpoint_every=1"]
+    base = [
+        "reconstruct",
+        cxi,
+        "--method",
+        "joint",
+        "-o",
+        out,
+        "--steps",
+        2,
+        "--checkpoint",
+        ck,
+        "--no-progress",
+        "--set",
+        "checkpoint_every=1",
+    ]
     rc, _, err = _run(base)
     assert rc == 0, err
     assert ck.exists() and (tmp_path / "ck" / "state.eqx.meta.json").exists()  # explicit checkpoints are kept
@@ -640,23 +755,42 @@ def test_reconstruct_energy_subset_and_half(sim_dir, joint_dir, tmp_path, monkey
     cxi = sim_dir / "tiny.cxi"
     full = io_cxi.read_cxi(cxi)
     e_file = np.asarray(full.energies)
-    rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "a.h5", "--energies", 3, "--no-progress"])
+    rc, _, err = _run(
+        ["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "a.h5", "--energies", 3, "--no-progress"]
+    )
     assert rc == 0, err
     # the spread rule on 6 energies: floor(linspace(0, 5, 3) + 0.5) = [0, 3, 5] (2.5 rounds up)
     assert seen["selection"]["energy_indices"] == [0, 3, 5] and seen["selection"]["half"] is None
     np.testing.assert_array_equal(np.asarray(seen["ds"].energies), e_file[[0, 3, 5]])
     assert seen["ds"].n_frames == sum(int(np.sum(np.asarray(full.energy_index) == k)) for k in (0, 3, 5))
-    rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "b.h5", "--energy-list", "5462,5480.004",
-                       "--half", "odd", "--no-progress"])
+    rc, _, err = _run(
+        [
+            "reconstruct",
+            cxi,
+            "--method",
+            "joint",
+            "-o",
+            tmp_path / "b.h5",
+            "--energy-list",
+            "5462,5480.004",
+            "--half",
+            "odd",
+            "--no-progress",
+        ]
+    )
     assert rc == 0, err
     sel = seen["selection"]
     assert sel["energy_indices"] == [0, 4] and sel["half"] == "odd" and sel["n_energies_in_file"] == 6
-    assert seen["ds"].n_frames == sum(int(np.sum(np.asarray(full.energy_index) == k)) // 2 for k in (0, 4))  # odd: 1, 3, ...
-    for argv, words in [(["--energies", 7], ["--energies 7 is more than the 6 energies"]),
-                        (["--energies", 1], ["--energies must be at least 2"]),
-                        (["--energy-list", "5466,5467"], ["5467 eV is not one of the file's energies", "nearest 5466.00"]),
-                        (["--energy-list", "5466,5466.001"], ["names the same energy twice"]),
-                        (["--energies", 3, "--energy-list", "5466,5480"], ["not allowed with argument"])]:
+    assert seen["ds"].n_frames == sum(
+        int(np.sum(np.asarray(full.energy_index) == k)) // 2 for k in (0, 4)
+    )  # odd: 1, 3, ...
+    for argv, words in [
+        (["--energies", 7], ["--energies 7 is more than the 6 energies"]),
+        (["--energies", 1], ["--energies must be at least 2"]),
+        (["--energy-list", "5466,5467"], ["5467 eV is not one of the file's energies", "nearest 5466.00"]),
+        (["--energy-list", "5466,5466.001"], ["names the same energy twice"]),
+        (["--energies", 3, "--energy-list", "5466,5480"], ["not allowed with argument"]),
+    ]:
         rc, stdout, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "c.h5"] + argv)
         assert rc == 2 and stdout == ""
         assert_one_error_line(err, *words)
@@ -667,17 +801,40 @@ def test_demo_reconstruct_records_the_input_part(sim_dir, tmp_path):
     """The real path: config["input_selection"] in the results file, shown by `info`."""
     cxi = sim_dir / "tiny.cxi"
     out = tmp_path / "r.h5"
-    rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", out, "--steps", 1, "--energies", 4,
-                       "--half", "even", "--no-progress", "--set", "init=stxm"])
+    rc, _, err = _run(
+        [
+            "reconstruct",
+            cxi,
+            "--method",
+            "joint",
+            "-o",
+            out,
+            "--steps",
+            1,
+            "--energies",
+            4,
+            "--half",
+            "even",
+            "--no-progress",
+            "--set",
+            "init=stxm",
+        ]
+    )
     assert rc == 0, err
     r = io_results.read_result(out)
     sel = dict(r.config["input_selection"])
     assert sel.pop("orientation")["applied"] == "none"
-    assert sel == {"half": "even", "energy_indices": [0, 2, 3, 5], "energies_ev": [float(e) for e in r.energies],
-                   "n_energies_in_file": 6}
+    assert sel == {
+        "half": "even",
+        "energy_indices": [0, 2, 3, 5],
+        "energies_ev": [float(e) for e in r.energies],
+        "n_energies_in_file": 6,
+    }
     np.testing.assert_allclose(r.energies, [5462, 5470, 5475, 5484], atol=1e-3)
     rc, stdout, _ = _run(["info", out])
-    assert rc == 0 and "input part:        4 of its 6 energies (indices 0, 2, 3, 5); the even half of the frames" in stdout
+    assert (
+        rc == 0 and "input part:        4 of its 6 energies (indices 0, 2, 3, 5); the even half of the frames" in stdout
+    )
 
 
 def test_orientation_command_and_auto_reorientation(sim_dir, tmp_path):
@@ -715,12 +872,15 @@ def test_orientation_command_and_auto_reorientation(sim_dir, tmp_path):
 
 
 # ---- demo ------------------------------------------------------------------------------
-@pytest.mark.parametrize("argv, words", [
-    (["--preset", "nope"], ["unknown preset 'nope'"]),
-    (["--set", "joint.stepz=1"], ["[joint] unknown key 'stepz'"]),
-    (["--set", "steps=1"], ["the key needs a section"]),
-    (["--methods", "joint,magic"], ["--methods: choose from two-step, joint"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--preset", "nope"], ["unknown preset 'nope'"]),
+        (["--set", "joint.stepz=1"], ["[joint] unknown key 'stepz'"]),
+        (["--set", "steps=1"], ["the key needs a section"]),
+        (["--methods", "joint,magic"], ["--methods: choose from two-step, joint"]),
+    ],
+)
 def test_demo_bad_input(tmp_path, argv, words):
     out = tmp_path / "demo"
     rc, stdout, err = _run(["demo", "--out", out, "--no-progress"] + argv)
@@ -760,8 +920,7 @@ def test_internal_errors_are_one_line(monkeypatch, cxi, capsys):
 
     monkeypatch.setattr(io_info, "summarize", bug)
     assert cli.main(["info", str(cxi)]) == 1
-    assert_one_error_line(capsys.readouterr().err, "internal error: ZeroDivisionError: division by zero",
-                          "--traceback")
+    assert_one_error_line(capsys.readouterr().err, "internal error: ZeroDivisionError: division by zero", "--traceback")
 
 
 @pytest.mark.parametrize("method", ["joint", "two-step"])
@@ -783,7 +942,9 @@ def test_reconstruct_failure_leaves_no_files(cxi, tmp_path, monkeypatch, method)
     before = sorted(p.name for p in tmp_path.iterdir())
     out = tmp_path / "o" / "deeper" / "r.h5"
     # (--orientation none: the random frames have no orientation to detect, and its warning is not the point)
-    rc, stdout, err = _run(["reconstruct", cxi, "--method", method, "-o", out, "--no-progress", "--orientation", "none"])
+    rc, stdout, err = _run(
+        ["reconstruct", cxi, "--method", method, "-o", out, "--no-progress", "--orientation", "none"]
+    )
     assert rc == 2 and stdout == ""
     assert_one_error_line(err, "diverged at step 3: loss is nan")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
@@ -799,8 +960,21 @@ def test_reconstruct_twostep_iterations(sim_dir, joint_dir, tmp_path, monkeypatc
         return prior
 
     monkeypatch.setattr(demo_pipeline, "reconstruct", fake_reconstruct)
-    rc, _, err = _run(["reconstruct", sim_dir / "tiny.cxi", "--method", "two-step", "-o", tmp_path / "t.h5",
-                       "--iterations", 5, "--set", "fit.iterations=7", "--no-progress"])
+    rc, _, err = _run(
+        [
+            "reconstruct",
+            sim_dir / "tiny.cxi",
+            "--method",
+            "two-step",
+            "-o",
+            tmp_path / "t.h5",
+            "--iterations",
+            5,
+            "--set",
+            "fit.iterations=7",
+            "--no-progress",
+        ]
+    )
     assert rc == 0, err
     cfg = seen["cfg"]
     assert seen["method"] == "two-step" and cfg.epie.epochs == 5 and cfg.fit.iterations == 7
@@ -811,8 +985,21 @@ def test_reconstruct_twostep_iterations(sim_dir, joint_dir, tmp_path, monkeypatc
 def test_reconstruct_joint_holdout_says_it(sim_dir, tmp_path):
     """--set joint.holdout: the summary line names the held-out frames and their loss, and
     the results file records them."""
-    rc, out, err = _run(["reconstruct", sim_dir / "tiny.cxi", "--method", "joint", "-o", tmp_path / "h.h5", "--steps", 1,
-                         "--set", "joint.holdout=0.2", "--no-progress"])
+    rc, out, err = _run(
+        [
+            "reconstruct",
+            sim_dir / "tiny.cxi",
+            "--method",
+            "joint",
+            "-o",
+            tmp_path / "h.h5",
+            "--steps",
+            1,
+            "--set",
+            "joint.holdout=0.2",
+            "--no-progress",
+        ]
+    )
     assert rc == 0, err
     assert "frames held out, their loss" in out
     r = io_results.read_result(tmp_path / "h.h5")
@@ -824,20 +1011,48 @@ def test_reconstruct_with_a_background_both_methods(sim_dir, tmp_path):
     line: the results file holds /detector/background in the documented shapes, its config
     the background's summary, stderr the one log line, and `diffxas info` names it."""
     cxi = sim_dir / "tiny.cxi"
-    rc, out, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "j.h5", "--steps", 2,
-                         "--set", "joint.background=map", "--no-progress"])
+    rc, out, err = _run(
+        [
+            "reconstruct",
+            cxi,
+            "--method",
+            "joint",
+            "-o",
+            tmp_path / "j.h5",
+            "--steps",
+            2,
+            "--set",
+            "joint.background=map",
+            "--no-progress",
+        ]
+    )
     assert rc == 0, err
     r = io_results.read_result(tmp_path / "j.h5")
     m = r.probes.shape[-1]
     assert r.background.shape == (6, m, m) and np.all(r.background > 0)
     assert r.config["background"]["mode"] == "map" and "joint: incoherent background (map)" in err
-    rc, out, err = _run(["reconstruct", cxi, "--method", "two-step", "-o", tmp_path / "t.h5", "--iterations", 6,
-                         "--set", "twostep.epie.background=flat", "--no-progress"])
+    rc, out, err = _run(
+        [
+            "reconstruct",
+            cxi,
+            "--method",
+            "two-step",
+            "-o",
+            tmp_path / "t.h5",
+            "--iterations",
+            6,
+            "--set",
+            "twostep.epie.background=flat",
+            "--no-progress",
+        ]
+    )
     assert rc == 0, err
     t = io_results.read_result(tmp_path / "t.h5")
     assert t.background.shape == (6,) and t.config["background"]["mode"] == "flat"
     assert "two-step: incoherent background (flat)" in err
     rc, out, err = _run(["info", tmp_path / "t.h5"])
     assert rc == 0 and "background:        flat" in out
-    rc, out, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "x.h5", "--set", "joint.background=on"])
+    rc, out, err = _run(
+        ["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "x.h5", "--set", "joint.background=on"]
+    )
     assert rc == 2 and "background must be one of" in err and "Traceback" not in err

@@ -48,13 +48,25 @@ def make_maps(n=48, states=STATES, seed=0, outliers=True, order=None):
         vals[rim] = [5470.0, 3.0, 40.0] + rng.standard_normal((rim.sum(), 3)) * [4.0, 1.0, 5.0]
     else:
         valid = core
-    f = {k: np.where(valid, vals[..., i], np.nan) for i, k in enumerate(("edge_energy", "pre_edge_norm", "ne_eff_per_nv"))}
+    f = {
+        k: np.where(valid, vals[..., i], np.nan)
+        for i, k in enumerate(("edge_energy", "pre_edge_norm", "ne_eff_per_nv"))
+    }
     nan = np.full((n, n), np.nan)
     maps = ChemMaps(
-        edge_energy=f["edge_energy"], edge_width=np.where(valid, 2.0, np.nan), edge_jump=np.where(valid, 0.1, np.nan),
-        pre_edge=np.where(valid, 0.05, np.nan), pre_edge_norm=f["pre_edge_norm"], n_v=np.where(valid, nv, nan),
-        ne_eff_per_nv=f["ne_eff_per_nv"], valid=valid, pixel_size=20e-9, origin=(0.0, 0.0),
-        reference_energy=5450.0, delta_f2_v=3.4, scattering_table="test",
+        edge_energy=f["edge_energy"],
+        edge_width=np.where(valid, 2.0, np.nan),
+        edge_jump=np.where(valid, 0.1, np.nan),
+        pre_edge=np.where(valid, 0.05, np.nan),
+        pre_edge_norm=f["pre_edge_norm"],
+        n_v=np.where(valid, nv, nan),
+        ne_eff_per_nv=f["ne_eff_per_nv"],
+        valid=valid,
+        pixel_size=20e-9,
+        origin=(0.0, 0.0),
+        reference_energy=5450.0,
+        delta_f2_v=3.4,
+        scattering_table="test",
     )
     truth = np.where(core, dom, -1)
     return maps, truth
@@ -178,9 +190,17 @@ def test_cluster_result_mean_spectra_and_csv(tmp_path):
     # absorption at energy i of a domain-d pixel = d + i (exact cluster means).
     absorption = (lab_t[None] + np.arange(K)[:, None, None]).astype(np.float64)
     phase = -absorption
-    res = Result(method="two-step", maps=maps, energies=e, absorption=absorption, phase=phase,
-                 probes=np.ones((K, 8, 8), np.complex64), probe_pixel_size=np.full(K, 20e-9),
-                 history={}, config={})
+    res = Result(
+        method="two-step",
+        maps=maps,
+        energies=e,
+        absorption=absorption,
+        phase=phase,
+        probes=np.ones((K, 8, 8), np.complex64),
+        probe_pixel_size=np.full(K, 20e-9),
+        history={},
+        config={},
+    )
     cl = cluster_result(res, ClusterConfig(k=4, **FAST))
     assert cl["mean_absorption"].shape == (K, 4)
     np.testing.assert_allclose(cl["mean_absorption"], np.arange(K)[:, None] + np.arange(4)[None], atol=1e-12)
@@ -195,8 +215,10 @@ def test_cluster_result_mean_spectra_and_csv(tmp_path):
 
 def with_std(maps, scale=1.0):
     """The maps with std maps of the three descriptors = scale x the synthetic noise NOISE."""
-    std = {k: np.where(np.asarray(maps.valid, bool), scale * NOISE[i], np.nan)
-           for i, k in enumerate(("edge_energy", "pre_edge_norm", "ne_eff_per_nv"))}
+    std = {
+        k: np.where(np.asarray(maps.valid, bool), scale * NOISE[i], np.nan)
+        for i, k in enumerate(("edge_energy", "pre_edge_norm", "ne_eff_per_nv"))
+    }
     return dataclasses.replace(maps, std=std)
 
 
@@ -257,9 +279,17 @@ def test_confidence_round_trip_through_results_file(tmp_path):
 
     maps, _ = make_maps(n=32)
     K = 3
-    res = Result(method="joint", maps=with_std(maps), energies=np.linspace(5460, 5500, K),
-                 absorption=np.zeros((K, 32, 32)), phase=np.zeros((K, 32, 32)),
-                 probes=np.ones((K, 8, 8), np.complex64), probe_pixel_size=np.full(K, 20e-9), history={}, config={})
+    res = Result(
+        method="joint",
+        maps=with_std(maps),
+        energies=np.linspace(5460, 5500, K),
+        absorption=np.zeros((K, 32, 32)),
+        phase=np.zeros((K, 32, 32)),
+        probes=np.ones((K, 8, 8), np.complex64),
+        probe_pixel_size=np.full(K, 20e-9),
+        history={},
+        config={},
+    )
     path = tmp_path / "r.h5"
     io.write_result(path, res)
     cl = cluster_file(path, ClusterConfig(k=4, **FAST))

@@ -37,10 +37,25 @@ class Outer:
 
 
 def test_build_nested_and_conversions():
-    o = C.build_config(Outer, {"name": "y", "flag": True, "energies": [5420, 5466.5], "labels": "p, q",
-                               "k": 4, "inner": {"epochs": 3, "start": "none", "alpha": 2}})
-    assert o == Outer(name="y", flag=True, energies=(5420.0, 5466.5), labels=("p", "q"), k=4,
-                      inner=Inner(epochs=3, alpha=2.0, start=None))
+    o = C.build_config(
+        Outer,
+        {
+            "name": "y",
+            "flag": True,
+            "energies": [5420, 5466.5],
+            "labels": "p, q",
+            "k": 4,
+            "inner": {"epochs": 3, "start": "none", "alpha": 2},
+        },
+    )
+    assert o == Outer(
+        name="y",
+        flag=True,
+        energies=(5420.0, 5466.5),
+        labels=("p", "q"),
+        k=4,
+        inner=Inner(epochs=3, alpha=2.0, start=None),
+    )
     assert isinstance(o.energies, tuple) and isinstance(o.energies[0], float)
     assert C.build_config(Outer, {"k": "auto"}).k == "auto"
     assert C.build_config(Outer, {"inner": {"epochs": 5.0}}).inner.epochs == 5  # integral float ok
@@ -51,19 +66,22 @@ def test_build_nested_and_conversions():
     assert C.build_config(Outer, {}) == Outer()
 
 
-@pytest.mark.parametrize("mapping, words", [
-    ({"nmae": 1}, ["[outer] unknown key 'nmae'", "valid keys: name, flag, energies, labels, k, inner"]),
-    ({"inner": {"epochz": 1}}, ["[outer.inner] unknown key 'epochz'", "valid keys: epochs, alpha, start"]),
-    ({"flag": "yes"}, ["[outer] flag: expected true or false, got 'yes' (str)"]),
-    ({"name": 3}, ["[outer] name: expected a string"]),
-    ({"energies": [1, "a"]}, ["[outer] energies: expected a list of a number (item 1"]),
-    ({"energies": 3.0}, ["[outer] energies: expected a list of a number, got 3.0"]),
-    ({"inner": {"epochs": 1.5}}, ["[outer.inner] epochs: expected an integer, got 1.5"]),
-    ({"inner": {"epochs": True}}, ["[outer.inner] epochs: expected an integer, got True (bool)"]),
-    ({"inner": 3}, ["[outer] inner: expected a table (Inner), got 3"]),
-    ({"inner": {"epochs": 0}}, ["[outer.inner] epochs must be >= 1, got 0"]),
-    ({"k": 1.5}, ["[outer] k: expected an integer or a string"]),
-])
+@pytest.mark.parametrize(
+    "mapping, words",
+    [
+        ({"nmae": 1}, ["[outer] unknown key 'nmae'", "valid keys: name, flag, energies, labels, k, inner"]),
+        ({"inner": {"epochz": 1}}, ["[outer.inner] unknown key 'epochz'", "valid keys: epochs, alpha, start"]),
+        ({"flag": "yes"}, ["[outer] flag: expected true or false, got 'yes' (str)"]),
+        ({"name": 3}, ["[outer] name: expected a string"]),
+        ({"energies": [1, "a"]}, ["[outer] energies: expected a list of a number (item 1"]),
+        ({"energies": 3.0}, ["[outer] energies: expected a list of a number, got 3.0"]),
+        ({"inner": {"epochs": 1.5}}, ["[outer.inner] epochs: expected an integer, got 1.5"]),
+        ({"inner": {"epochs": True}}, ["[outer.inner] epochs: expected an integer, got True (bool)"]),
+        ({"inner": 3}, ["[outer] inner: expected a table (Inner), got 3"]),
+        ({"inner": {"epochs": 0}}, ["[outer.inner] epochs must be >= 1, got 0"]),
+        ({"k": 1.5}, ["[outer] k: expected an integer or a string"]),
+    ],
+)
 def test_build_errors(mapping, words):
     with pytest.raises(ConfigError) as e:
         C.build_config(Outer, mapping, section="outer")
@@ -74,8 +92,9 @@ def test_build_errors(mapping, words):
 
 
 def test_real_config_classes():
-    j = C.build_config(JointConfig, {"steps": 5, "per_pixel": ["a", "b1"], "batch_size": "none",
-                                     "reference_energy": 5420})
+    j = C.build_config(
+        JointConfig, {"steps": 5, "per_pixel": ["a", "b1"], "batch_size": "none", "reference_energy": 5420}
+    )
     assert j.steps == 5 and j.per_pixel == ("a", "b1") and j.batch_size is None and j.reference_energy == 5420.0
     with pytest.raises(ConfigError, match=r"^\[joint\] steps must be >= 0"):
         C.build_config(JointConfig, {"steps": -1}, section="joint")
@@ -111,12 +130,15 @@ def test_load_config(tmp_path):
     assert C.build_section({}, "joint") == JointConfig()
 
 
-@pytest.mark.parametrize("text, words", [
-    ("[joint\nsteps = 5\n", ["invalid TOML"]),
-    ("steps = 5\n", ["key 'steps' must be inside a section"]),
-    ("[jiont]\nsteps = 5\n", ["unknown section [jiont]", "valid sections: simulate, twostep, joint, cluster"]),
-    ("joint = 5\n", ["[joint] must be a table"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("[joint\nsteps = 5\n", ["invalid TOML"]),
+        ("steps = 5\n", ["key 'steps' must be inside a section"]),
+        ("[jiont]\nsteps = 5\n", ["unknown section [jiont]", "valid sections: simulate, twostep, joint, cluster"]),
+        ("joint = 5\n", ["[joint] must be a table"]),
+    ],
+)
 def test_load_config_errors(tmp_path, text, words):
     p = tmp_path / "bad.toml"
     p.write_text(text)
@@ -168,18 +190,40 @@ def test_apply_overrides():
 
 
 def test_parse_overrides():
-    got = C.parse_overrides(["joint.steps=50", "init=flat", "lr_amp = 1e-3", "simulate.energies=[5420, 5480]",
-                             "cluster.features=edge_energy,n_v", 'joint.table="chantler"', "joint.tv_weight=0",
-                             "cluster.weight=none", "joint.per_pixel=[]"], default_section="joint")
-    assert got == {"joint.steps": 50, "joint.init": "flat", "joint.lr_amp": 1e-3, "simulate.energies": [5420, 5480],
-                   "cluster.features": "edge_energy,n_v", "joint.table": "chantler", "joint.tv_weight": 0,
-                   "cluster.weight": "none", "joint.per_pixel": []}
+    got = C.parse_overrides(
+        [
+            "joint.steps=50",
+            "init=flat",
+            "lr_amp = 1e-3",
+            "simulate.energies=[5420, 5480]",
+            "cluster.features=edge_energy,n_v",
+            'joint.table="chantler"',
+            "joint.tv_weight=0",
+            "cluster.weight=none",
+            "joint.per_pixel=[]",
+        ],
+        default_section="joint",
+    )
+    assert got == {
+        "joint.steps": 50,
+        "joint.init": "flat",
+        "joint.lr_amp": 1e-3,
+        "simulate.energies": [5420, 5480],
+        "cluster.features": "edge_energy,n_v",
+        "joint.table": "chantler",
+        "joint.tv_weight": 0,
+        "cluster.weight": "none",
+        "joint.per_pixel": [],
+    }
     m = C.apply_overrides({}, got)
     assert C.build_section(m, "cluster").features == ("edge_energy", "n_v")
     assert C.build_section(m, "cluster").weight is None
-    for bad, words in [("joint.steps", "expected KEY=VALUE"), ("=5", "expected KEY=VALUE"),
-                       ("joint.steps=", "empty value"), ("a b=1", "bad override key"),
-                       ]:
+    for bad, words in [
+        ("joint.steps", "expected KEY=VALUE"),
+        ("=5", "expected KEY=VALUE"),
+        ("joint.steps=", "empty value"),
+        ("a b=1", "bad override key"),
+    ]:
         with pytest.raises(ConfigError, match=words):
             C.parse_overrides([bad], default_section="joint")
     with pytest.raises(ConfigError, match="needs a section"):
@@ -196,8 +240,14 @@ def test_parse_overrides():
 def test_config_to_dict_and_toml_roundtrip():
     o = Outer(energies=(1.0, 2.5), inner=Inner(start=None))
     d = C.config_to_dict(o)
-    assert d == {"name": "x", "flag": False, "energies": [1.0, 2.5], "labels": ["a"], "k": "auto",
-                 "inner": {"epochs": 10, "alpha": 1.0, "start": None}}
+    assert d == {
+        "name": "x",
+        "flag": False,
+        "energies": [1.0, 2.5],
+        "labels": ["a"],
+        "k": "auto",
+        "inner": {"epochs": 10, "alpha": 1.0, "start": None},
+    }
     import json
 
     json.dumps(d)

@@ -73,8 +73,11 @@ def _check_axes(ds: h5py.Dataset, errors: list[str]) -> None:
 
 def _check_complex(ds: h5py.Dataset, errors: list[str]) -> None:
     t = ds.id.get_type()
-    if t.get_class() != h5py.h5t.COMPOUND or t.get_nmembers() != 2 or \
-            (t.get_member_name(0), t.get_member_name(1)) != (b"r", b"i"):
+    if (
+        t.get_class() != h5py.h5t.COMPOUND
+        or t.get_nmembers() != 2
+        or (t.get_member_name(0), t.get_member_name(1)) != (b"r", b"i")
+    ):
         errors.append(f"{ds.name}: complex data must be a compound of members r and i")
 
 
@@ -139,11 +142,17 @@ def _dataset(k=3, n=4, m=8, seed=0) -> Dataset:
     rng = np.random.default_rng(seed)
     mask = np.ones((k, m, m), np.float32)
     mask[:, 0, :2] = 0
-    return Dataset(frames=rng.poisson(9.0, (k * n, m, m)).astype(np.float32),
-                   positions=rng.uniform(-1e-6, 1e-6, (k * n, 2)), energy_index=np.repeat(np.arange(k), n),
-                   energies=np.array([5450.0, 5465.0, 5480.0][:k]), mask=mask,
-                   illumination=(rng.normal(size=(k, m, m)) + 1j).astype(np.complex64),
-                   distance=1.0, detector_pixel=75e-6, monitor=rng.uniform(0.9, 1.1, k * n))
+    return Dataset(
+        frames=rng.poisson(9.0, (k * n, m, m)).astype(np.float32),
+        positions=rng.uniform(-1e-6, 1e-6, (k * n, 2)),
+        energy_index=np.repeat(np.arange(k), n),
+        energies=np.array([5450.0, 5465.0, 5480.0][:k]),
+        mask=mask,
+        illumination=(rng.normal(size=(k, m, m)) + 1j).astype(np.complex64),
+        distance=1.0,
+        detector_pixel=75e-6,
+        monitor=rng.uniform(0.9, 1.1, k * n),
+    )
 
 
 @pytest.fixture
@@ -172,8 +181,9 @@ def _break(path, fn):
 
 def test_checker_finds_the_old_layout_without_translation_links(written):
     """What diffxas wrote before: axes named a translation that was in neither group."""
-    errs = _break(written, lambda f: [f.__delitem__(f"entry_{k}/{g}/translation")
-                                      for k in (1, 2, 3) for g in (DET, "data_1")])
+    errs = _break(
+        written, lambda f: [f.__delitem__(f"entry_{k}/{g}/translation") for k in (1, 2, 3) for g in (DET, "data_1")]
+    )
     assert len(errs) == 6 and all("'translation' is not a dataset" in e for e in errs)
 
 
@@ -182,6 +192,7 @@ def test_checker_finds_a_uint8_mask(written):
         mk = f[f"entry_2/{DET}/mask"][()]
         del f[f"entry_2/{DET}/mask"]
         f[f"entry_2/{DET}/mask"] = mk.astype(np.uint8)
+
     assert any("32-bit mask" in e for e in _break(written, fn))
 
 
@@ -189,6 +200,7 @@ def test_checker_finds_an_entry_gap_and_a_missing_data_group(written):
     def fn(f):
         f.move("entry_3", "entry_4")
         del f["entry_1/data_1"]
+
     errs = _break(written, fn)
     assert any("entry_1 .. entry_3, found entry_4" in e for e in errs)
     assert any("/entry_1: no data_N group" in e for e in errs)
@@ -199,6 +211,7 @@ def test_checker_finds_wrong_axes_and_units(written):
         f[f"entry_1/{DET}/data"].attrs["axes"] = "translation:x"
         f[f"entry_2/{SRC}/energy"].attrs["units"] = "eV"
         f["cxi_version"][()] = 150
+
     errs = _break(written, fn)
     assert any("has 2 names for 3 dimensions" in e for e in errs)
     assert any("units 'eV', expected 'J'" in e for e in errs)

@@ -32,7 +32,11 @@ H = W = 20
 PX = 5e-8
 ORIGIN = (-H / 2 * PX, -W / 2 * PX)
 DOMAIN_VALUES = {  # per domain: edge_energy, pre_edge_norm, ne_eff_per_nv
-    0: (5477.5, 0.8, 41.0), 1: (5478.5, 2.0, 36.0), 2: (5482.5, 1.2, 44.0), 3: (5483.5, 2.6, 35.5)}
+    0: (5477.5, 0.8, 41.0),
+    1: (5478.5, 2.0, 36.0),
+    2: (5482.5, 1.2, 44.0),
+    3: (5483.5, 2.6, 35.5),
+}
 
 
 def _labels():
@@ -63,13 +67,28 @@ def fake_simulation(cfg):
     rng = np.random.default_rng(0)
     e = np.asarray(cfg.energies, np.float64)
     k, n, m = e.size, 4, 16
-    ds = Dataset(frames=rng.poisson(10.0, (k * n, m, m)).astype(np.float32),
-                 positions=rng.uniform(-3e-7, 3e-7, (k * n, 2)), energy_index=np.repeat(np.arange(k, dtype=np.int32), n),
-                 energies=e, mask=np.ones((k, m, m), np.float32), illumination=None, distance=0.5,
-                 detector_pixel=75e-6)
+    ds = Dataset(
+        frames=rng.poisson(10.0, (k * n, m, m)).astype(np.float32),
+        positions=rng.uniform(-3e-7, 3e-7, (k * n, 2)),
+        energy_index=np.repeat(np.arange(k, dtype=np.int32), n),
+        energies=e,
+        mask=np.ones((k, m, m), np.float32),
+        illumination=None,
+        distance=0.5,
+        detector_pixel=75e-6,
+    )
     lab = _labels()
-    truth = Truth(maps=_truth_maps(lab), labels=lab, domain_names=["a", "b", "c", "d"], params={}, pixel_size=PX,
-                  origin=ORIGIN, energies=e, reference_energy=float(e[0]), attrs={"preset": cfg.preset})
+    truth = Truth(
+        maps=_truth_maps(lab),
+        labels=lab,
+        domain_names=["a", "b", "c", "d"],
+        params={},
+        pixel_size=PX,
+        origin=ORIGIN,
+        energies=e,
+        reference_energy=float(e[0]),
+        attrs={"preset": cfg.preset},
+    )
     return types.SimpleNamespace(dataset=ds, truth=truth, config=cfg)  # what the demo uses of a Simulation
 
 
@@ -78,13 +97,27 @@ def fake_result(method: str, energies, noise: float, seed: int) -> Result:
     lab = _labels()
     maps = _truth_maps(lab, rng, noise)
     valid = lab >= 0
-    cm = ChemMaps(**maps, valid=valid, pixel_size=PX, origin=ORIGIN, reference_energy=float(energies[0]),
-                  delta_f2_v=3.9, scattering_table="chantler")
+    cm = ChemMaps(
+        **maps,
+        valid=valid,
+        pixel_size=PX,
+        origin=ORIGIN,
+        reference_energy=float(energies[0]),
+        delta_f2_v=3.9,
+        scattering_table="chantler",
+    )
     k = len(energies)
-    return Result(method=method, maps=cm, energies=np.asarray(energies, np.float64),
-                  absorption=rng.normal(size=(k, H, W)) * 0.01, phase=rng.normal(size=(k, H, W)) * 0.01,
-                  probes=np.ones((k, 16, 16), np.complex64), probe_pixel_size=np.full(k, PX),
-                  history={"loss": np.linspace(1, 0.5, 5), "step": np.arange(1, 6, dtype=float)}, config={})
+    return Result(
+        method=method,
+        maps=cm,
+        energies=np.asarray(energies, np.float64),
+        absorption=rng.normal(size=(k, H, W)) * 0.01,
+        phase=rng.normal(size=(k, H, W)) * 0.01,
+        probes=np.ones((k, 16, 16), np.complex64),
+        probe_pixel_size=np.full(k, PX),
+        history={"loss": np.linspace(1, 0.5, 5), "step": np.arange(1, 6, dtype=float)},
+        config={},
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,8 +185,20 @@ def test_demo_pipeline_and_outputs(fakes, tmp_path):
     assert o.failures == {} and o.notes == []
     assert set(o.results) == {"two-step", "joint"}
     names = sorted(p.name for p in out.iterdir())
-    for n in ("config.toml", "data.cxi", "data.truth.h5", "demo.json", "joint.h5", "joint_clusters.csv",
-              "joint_eval.json", "report", "summary.txt", "twostep.h5", "twostep_clusters.csv", "twostep_eval.json"):
+    for n in (
+        "config.toml",
+        "data.cxi",
+        "data.truth.h5",
+        "demo.json",
+        "joint.h5",
+        "joint_clusters.csv",
+        "joint_eval.json",
+        "report",
+        "summary.txt",
+        "twostep.h5",
+        "twostep_clusters.csv",
+        "twostep_eval.json",
+    ):
         assert n in names, names
     assert (out / "report" / "summary.md").exists() and (out / "report" / "metrics.json").exists()
     # the simulation went through the CXI file; results record the input and its checksum
@@ -201,8 +246,14 @@ def no_report(monkeypatch):
 
 
 def test_demo_quick_and_config(fakes, no_report, tmp_path):
-    o, _, _ = _quiet(demo_demo.run_demo, tmp_path / "q", "tiny", quick=True, seed=4,
-                     config={**FAST_CLUSTER, "joint": {"lr_amp": 0.03}})
+    o, _, _ = _quiet(
+        demo_demo.run_demo,
+        tmp_path / "q",
+        "tiny",
+        quick=True,
+        seed=4,
+        config={**FAST_CLUSTER, "joint": {"lr_amp": 0.03}},
+    )
     from diffxas.simulate.presets import PRESETS
 
     tiny = PRESETS["tiny"]["energies"]
@@ -212,8 +263,13 @@ def test_demo_quick_and_config(fakes, no_report, tmp_path):
     assert fakes["configs"]["two-step"] == FakeTwoStepConfig(epie=FakeEpie(epochs=demo_demo.QUICK["iterations"]))
     assert any("smoke run" in n and "compare nothing" in n for n in o.notes)  # the table is no comparison
     # explicit values win over --quick
-    _quiet(demo_demo.run_demo, tmp_path / "q2", "tiny", quick=True,
-           config={**FAST_CLUSTER, "joint": {"steps": 3}, "simulate": {"energies": [5420.0, 5480.0, 5500.0]}})
+    _quiet(
+        demo_demo.run_demo,
+        tmp_path / "q2",
+        "tiny",
+        quick=True,
+        config={**FAST_CLUSTER, "joint": {"steps": 3}, "simulate": {"energies": [5420.0, 5480.0, 5500.0]}},
+    )
     assert fakes["configs"]["joint"].steps == 3 and fakes["sim"].energies == (5420.0, 5480.0, 5500.0)
 
 
@@ -229,8 +285,18 @@ def test_demo_method_failure_is_reported(fakes, no_report, tmp_path):
 def test_demo_cli(fakes, no_report, tmp_path):
     conf = tmp_path / "c.toml"
     conf.write_text("[cluster]\nseeds = 2\nn_init = 2\nk_max = 5\n")
-    argv = ["demo", "--out", str(tmp_path / "o"), "--preset", "tiny", "--config", str(conf), "--no-progress",
-            "--set", "joint.steps=4"]
+    argv = [
+        "demo",
+        "--out",
+        str(tmp_path / "o"),
+        "--preset",
+        "tiny",
+        "--config",
+        str(conf),
+        "--no-progress",
+        "--set",
+        "joint.steps=4",
+    ]
     rc, stdout, stderr = _quiet(cli.main, argv)
     assert rc == 0, stderr
     assert "method" in stdout and "joint" in stdout and "two-step" in stdout and "output:" in stdout
@@ -244,8 +310,16 @@ def test_demo_cli(fakes, no_report, tmp_path):
 
 
 def test_format_table():
-    metrics = {"joint": {"coverage": 0.95, "edge_energy": {"rmse": 0.512}, "pre_edge_norm": {"rmse": 0.1},
-                         "ne_eff_per_nv": {"rmse": 1.5}, "n_v": {"rel_rms": 0.05}, "clusters": {"ari": 0.8}}}
+    metrics = {
+        "joint": {
+            "coverage": 0.95,
+            "edge_energy": {"rmse": 0.512},
+            "pre_edge_norm": {"rmse": 0.1},
+            "ne_eff_per_nv": {"rmse": 1.5},
+            "n_v": {"rel_rms": 0.05},
+            "clusters": {"ari": 0.8},
+        }
+    }
     t = demo_demo.format_table(metrics, {"joint": 12.34}, {"two-step": "boom"}, {"joint": 4})
     lines = t.splitlines()
     assert lines[0].split()[:3] == ["method", "coverage", "E0"]
@@ -257,8 +331,11 @@ def test_format_table():
 def test_demo_smoke_real(tmp_path):
     """The real pipeline on the tiny preset, 6 energies, 2 steps/epochs (about a minute on 2 CPU cores)."""
     ok = True  # the two-step method is part of the registry
-    config = {"simulate": {"energies": [5462.0, 5466.0, 5470.0, 5475.0, 5480.0, 5484.0]}, "joint": {"steps": 2},
-              "cluster": {"seeds": 2, "n_init": 2}}
+    config = {
+        "simulate": {"energies": [5462.0, 5466.0, 5470.0, 5475.0, 5480.0, 5484.0]},
+        "joint": {"steps": 2},
+        "cluster": {"seeds": 2, "n_init": 2},
+    }
     if ok:
         config["twostep"] = {"fit": {"iterations": 5}}
         config = demo_pipeline.set_iterations(config, "two-step", 3)

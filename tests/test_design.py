@@ -18,7 +18,7 @@ from diffxas.app.cli import main
 
 def _poly_info(degree, n_cand=21, ridge=1e-9):
     x = np.linspace(-1.0, 1.0, n_cand)
-    U = np.stack([x ** j for j in range(degree + 1)], axis=-1)[None, :, :, None]  # (1, K, n, 1)
+    U = np.stack([x**j for j in range(degree + 1)], axis=-1)[None, :, :, None]  # (1, K, n, 1)
     grads = {f"t{j}": np.eye(degree + 1)[j][None] for j in range(degree + 1)}
     return x, DI.from_factors(x, U, grads, ridge=ridge)
 
@@ -34,7 +34,7 @@ def test_linear_two_points_are_the_endpoints():
     # closed form for x = -1, 1: var t0 = (x1^2 + x2^2)/(x1 - x2)^2 = 1/2, var t1 = 2/(x1 - x2)^2 = 1/2
     assert v["t0"][0] == pytest.approx(0.5, rel=1e-6) and v["t1"][0] == pytest.approx(0.5, rel=1e-6)
     # normalised criterion: reference = every candidate (var t0 = 1/K, var t1 = 1/sum x^2)
-    expect = 0.5 * (0.5 * x.size + 0.5 * np.sum(x ** 2))
+    expect = 0.5 * (0.5 * x.size + 0.5 * np.sum(x**2))
     assert out["criterion"] == pytest.approx(expect, rel=1e-6)
 
 
@@ -103,7 +103,12 @@ def _random_shared(seed=0, P=4, K=25, n=3, s=2, weight=1.0):
     V = rng.normal(size=(P, K, s, 2)) * rng.uniform(0.1, 10, size=(1, 1, s, 1))
     g = {"d0": rng.normal(size=(P, n)), "d1": rng.normal(size=(P, n))}
     h = {"d0": rng.normal(size=(P, s)), "d1": np.zeros((P, s))}
-    return DI.from_factors(np.arange(K, dtype=float), U, g, V=V, grads_shared=h, weight=weight, ridge=1e-3), (U, V, g, h)
+    return DI.from_factors(np.arange(K, dtype=float), U, g, V=V, grads_shared=h, weight=weight, ridge=1e-3), (
+        U,
+        V,
+        g,
+        h,
+    )
 
 
 @pytest.mark.parametrize("weight", [1.0, 2.0])
@@ -126,14 +131,14 @@ def test_shared_parameters_match_the_dense_fisher_matrix(weight):
         F[np.ix_(sl, sl)] += f
     # the ridge, in the same (rescaled) units
     dp = np.concatenate([ci.scale[q % P] for q in range(Pd)])
-    F += np.diag(np.concatenate([dp ** 2 * ci.prior[0], ci.scale_shared ** 2 * ci.prior_shared[0]]))
+    F += np.diag(np.concatenate([dp**2 * ci.prior[0], ci.scale_shared**2 * ci.prior_shared[0]]))
     cov = np.linalg.inv(F)
     v = D.descriptor_variances(ci, idx)
     for d in g:
         for p in range(P):
             gv = np.zeros(N)
-            gv[p * n:(p + 1) * n] = g[d][p]
-            gv[Pd * n:] = h[d][p]
+            gv[p * n : (p + 1) * n] = g[d][p]
+            gv[Pd * n :] = h[d][p]
             assert v[d][p] == pytest.approx(gv @ cov @ gv, rel=1e-8)
 
 
@@ -170,8 +175,9 @@ def test_candidate_information_matches_parameter_information():
     ref = parameter_information(p, e, VEdge.from_tables("V"), info, names)[0]  # (P, n, n)
     got = ci.physical_fisher(range(e.size))
     scale = np.sqrt(np.einsum("pii->pi", ref))
-    np.testing.assert_allclose(got / scale[:, :, None] / scale[:, None, :], ref / scale[:, :, None] / scale[:, None, :],
-                               atol=2e-3)
+    np.testing.assert_allclose(
+        got / scale[:, :, None] / scale[:, None, :], ref / scale[:, :, None] / scale[:, None, :], atol=2e-3
+    )
 
 
 def test_ensemble_design():
@@ -184,8 +190,12 @@ def test_ensemble_design():
     cj = _random_info(seed=5, P=1, K=21, n=3)
     idx = [0, 5, 10, 20]
     assert D.ensemble_criterion([ci, cj], idx) == pytest.approx(0.5 * (D.criterion(ci, idx) + D.criterion(cj, idx)))
-    m = D.SampleModel(params={"b2": np.array([5478.0]), "c12": np.array([5466.0]), "c22": np.array([5470.0]),
-                              "b3": np.array([4.0])}, fluence=np.ones(1), names=("b2",), reference_energy=5420.0)
+    m = D.SampleModel(
+        params={"b2": np.array([5478.0]), "c12": np.array([5466.0]), "c22": np.array([5470.0]), "b3": np.array([4.0])},
+        fluence=np.ones(1),
+        names=("b2",),
+        reference_energy=5420.0,
+    )
     s = D.shifted(m, -3.0)
     assert s.params["b2"][0] == 5475.0 and s.params["c12"][0] == 5463.0 and s.params["c22"][0] == 5467.0
     assert s.params["b3"][0] == 4.0 and m.params["b2"][0] == 5478.0
@@ -219,8 +229,11 @@ def test_cli_design_writes_a_simconfig_file(tmp_path, capsys):
     e = np.asarray(cfg.energies)
     assert e.size == 6 and e[0] == 5420.0 and e[-1] <= 5520.0 and np.all(np.diff(e) > 0)
     rec = json.loads("\n".join(line[4:] for line in out.read_text().splitlines() if line.startswith("#   ")))
-    assert rec["budget"] == 6 and rec["version"] and rec["criterion"]["descriptors"] == [
-        "edge_energy", "pre_edge_norm", "ne_eff_per_nv"]
+    assert (
+        rec["budget"] == 6
+        and rec["version"]
+        and rec["criterion"]["descriptors"] == ["edge_energy", "pre_edge_norm", "ne_eff_per_nv"]
+    )
     assert rec["samplings"]["designed"]["criterion"] <= rec["samplings"]["seed-like"]["criterion"]
     assert rec["samplings"]["designed"]["criterion"] <= rec["samplings"]["uniform"]["criterion"]
     # the other formats from the same design
@@ -238,8 +251,24 @@ def test_cli_design_range_beyond_the_default_model_window(tmp_path, capsys):
     (VEdge.for_energies), as a scan that wide is reconstructed: the design starts at the
     range start and stays inside it."""
     out = tmp_path / "wide.json"
-    rc = main(["design-energies", "--budget", "4", "--preset", "tiny", "--pixels", "40", "--range", "5250", "5560",
-               "--step", "2", "-o", str(out)])
+    rc = main(
+        [
+            "design-energies",
+            "--budget",
+            "4",
+            "--preset",
+            "tiny",
+            "--pixels",
+            "40",
+            "--range",
+            "5250",
+            "5560",
+            "--step",
+            "2",
+            "-o",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     e = json.loads(out.read_text())["energies"]
@@ -258,22 +287,52 @@ def _fake_result(path, input_path=""):
     h, w = 6, 7
     rng = np.random.default_rng(0)
     b1 = rng.uniform(0.03, 0.06, (h, w))
-    vals = dict(a=0.3 * b1, b1=b1, b2=rng.uniform(5476, 5484, (h, w)), b3=np.full((h, w), 4.0), c11=0.012 * b1 / 0.05,
-                c12=np.full((h, w), 5466.0), c13=np.full((h, w), 1.2), c21=0.004 * b1 / 0.05, c22=np.full((h, w), 5470.0),
-                c23=np.full((h, w), 2.0))
+    vals = dict(
+        a=0.3 * b1,
+        b1=b1,
+        b2=rng.uniform(5476, 5484, (h, w)),
+        b3=np.full((h, w), 4.0),
+        c11=0.012 * b1 / 0.05,
+        c12=np.full((h, w), 5466.0),
+        c13=np.full((h, w), 1.2),
+        c21=0.004 * b1 / 0.05,
+        c22=np.full((h, w), 5470.0),
+        c23=np.full((h, w), 2.0),
+    )
     nv = np.asarray(n_v(jnp.asarray(b1), VEdge.from_tables("V")), np.float64)
     vals["n_other"] = nv * 15.0
     valid = np.ones((h, w), bool)
     valid[0, :] = False
-    maps = ChemMaps(edge_energy=vals["b2"], edge_width=vals["b3"], edge_jump=b1, pre_edge=np.pi * vals["c11"] * 1.2,
-                    pre_edge_norm=np.pi * vals["c11"] * 1.2 / b1, n_v=nv, ne_eff_per_nv=np.full((h, w), 40.0), valid=valid,
-                    pixel_size=6e-8, origin=(0.0, 0.0), reference_energy=5420.0, delta_f2_v=3.9,
-                    scattering_table="chantler", extra=vals)
+    maps = ChemMaps(
+        edge_energy=vals["b2"],
+        edge_width=vals["b3"],
+        edge_jump=b1,
+        pre_edge=np.pi * vals["c11"] * 1.2,
+        pre_edge_norm=np.pi * vals["c11"] * 1.2 / b1,
+        n_v=nv,
+        ne_eff_per_nv=np.full((h, w), 40.0),
+        valid=valid,
+        pixel_size=6e-8,
+        origin=(0.0, 0.0),
+        reference_energy=5420.0,
+        delta_f2_v=3.9,
+        scattering_table="chantler",
+        extra=vals,
+    )
     e = np.array([5420.0, 5466.0, 5478.0, 5490.0, 5520.0])
     k = e.size
-    res = Result(method="joint", maps=maps, energies=e, absorption=np.zeros((k, h, w)), phase=np.zeros((k, h, w)),
-                 probes=np.ones((k, 8, 8), np.complex64), probe_pixel_size=np.full(k, 6e-8), history={},
-                 config={"joint": {"per_pixel": ["a", "b1", "b2", "b3", "c11", "c21", "n_other"]}}, input_path=input_path)
+    res = Result(
+        method="joint",
+        maps=maps,
+        energies=e,
+        absorption=np.zeros((k, h, w)),
+        phase=np.zeros((k, h, w)),
+        probes=np.ones((k, 8, 8), np.complex64),
+        probe_pixel_size=np.full(k, 6e-8),
+        history={},
+        config={"joint": {"per_pixel": ["a", "b1", "b2", "b3", "c11", "c21", "n_other"]}},
+        input_path=input_path,
+    )
     io_results.write_result(path, res)
     return path
 
@@ -291,8 +350,22 @@ def test_cli_design_from_results_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "--fluence" in err and len(err.strip().splitlines()) == 1
     # a range outside the result's energies
-    rc = main(["design-energies", "--budget", "5", "--from", str(res), "--fluence", "1e5", "--range", "5400", "5520",
-               "-o", str(tmp_path / "e3.txt")])
+    rc = main(
+        [
+            "design-energies",
+            "--budget",
+            "5",
+            "--from",
+            str(res),
+            "--fluence",
+            "1e5",
+            "--range",
+            "5400",
+            "5520",
+            "-o",
+            str(tmp_path / "e3.txt"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "outside the energies" in err and len(err.strip().splitlines()) == 1
 
@@ -300,18 +373,21 @@ def test_cli_design_from_results_file(tmp_path, capsys):
 # ---------------------------------------------------------------------------- (d) bad input
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--budget", "0"], "positive integer"),
-    (["--budget", "x"], "positive integer"),
-    (["--budget", "4", "--range", "5480", "5540"], "do not bracket the V K edge"),
-    (["--budget", "4", "--range", "5500", "5420"], "E0 < E1"),
-    (["--budget", "9", "--range", "5464.5", "5465.5"], "exceeds the 5 candidate energies"),
-    (["--budget", "4", "--from", "nope.h5"], "no such file"),
-    (["--budget", "4", "--from", "nope.h5", "--seed", "3"], "do not apply"),
-    (["--budget", "4", "--preset", "huge"], "unknown preset"),
-    (["--budget", "4", "--nv-fraction", "1.5"], "--nv-fraction"),
-    (["--budget", "4", "--params", "a,zz"], "per-pixel parameters"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--budget", "0"], "positive integer"),
+        (["--budget", "x"], "positive integer"),
+        (["--budget", "4", "--range", "5480", "5540"], "do not bracket the V K edge"),
+        (["--budget", "4", "--range", "5500", "5420"], "E0 < E1"),
+        (["--budget", "9", "--range", "5464.5", "5465.5"], "exceeds the 5 candidate energies"),
+        (["--budget", "4", "--from", "nope.h5"], "no such file"),
+        (["--budget", "4", "--from", "nope.h5", "--seed", "3"], "do not apply"),
+        (["--budget", "4", "--preset", "huge"], "unknown preset"),
+        (["--budget", "4", "--nv-fraction", "1.5"], "--nv-fraction"),
+        (["--budget", "4", "--params", "a,zz"], "per-pixel parameters"),
+    ],
+)
 def test_cli_bad_input_one_line(tmp_path, capsys, argv, message):
     rc = main(["design-energies"] + argv + ["-o", str(tmp_path / "e.toml")])
     err = capsys.readouterr().err

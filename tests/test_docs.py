@@ -23,11 +23,13 @@ def test_your_data_snippet_writes_a_readable_file(tmp_path, monkeypatch):
     assert len(blocks) == 1
     rng = np.random.default_rng(0)
     k, n, m = 3, 4, 16
-    ns = {"frames": rng.poisson(5.0, (k * n, m, m)).astype(np.float64),
-          "positions": rng.uniform(-1e-6, 1e-6, (k * n, 2)),
-          "energy_index": np.repeat(np.arange(k), n).astype(np.int32),
-          "energies": np.array([5420.0, 5466.0, 5540.0]),
-          "mask": np.ones((k, m, m), np.float32)}
+    ns = {
+        "frames": rng.poisson(5.0, (k * n, m, m)).astype(np.float64),
+        "positions": rng.uniform(-1e-6, 1e-6, (k * n, 2)),
+        "energy_index": np.repeat(np.arange(k), n).astype(np.int32),
+        "energies": np.array([5420.0, 5466.0, 5540.0]),
+        "mask": np.ones((k, m, m), np.float32),
+    }
     monkeypatch.chdir(tmp_path)
     exec(compile(blocks[0], "docs/your-data.md", "exec"), ns)
     back = io_cxi.read_cxi(tmp_path / "scan.cxi")

@@ -26,10 +26,10 @@ def smooth_object(grid, seed=0, amp=0.3, ph=0.6):
     """Band-limited random complex transmission on ``grid`` (smooth blobs)."""
     rng = np.random.default_rng(seed)
     ny, nx = grid.shape
-    spec = (rng.standard_normal((ny, nx)) + 1j * rng.standard_normal((ny, nx)))
+    spec = rng.standard_normal((ny, nx)) + 1j * rng.standard_normal((ny, nx))
     ky = np.fft.fftfreq(ny)[:, None]
     kx = np.fft.fftfreq(nx)[None, :]
-    spec *= np.exp(-(kx ** 2 + ky ** 2) / (2 * 0.06 ** 2))
+    spec *= np.exp(-(kx**2 + ky**2) / (2 * 0.06**2))
     f = np.fft.ifft2(spec)
     a = np.real(f)
     p = np.imag(f)
@@ -38,8 +38,17 @@ def smooth_object(grid, seed=0, amp=0.3, ph=0.6):
     return np.exp(-a + 1j * p).astype(np.complex64)
 
 
-def make_dataset(energies=(5420.0, 5480.0), m=16, n_side=6, step_px=2.3, dose=1e7, noise=False, seed=0,
-                 drop=0, with_illumination=True):
+def make_dataset(
+    energies=(5420.0, 5480.0),
+    m=16,
+    n_side=6,
+    step_px=2.3,
+    dose=1e7,
+    noise=False,
+    seed=0,
+    drop=0,
+    with_illumination=True,
+):
     """A hand-made multi-energy dataset from the forward model (no spectra involved)."""
     rng = np.random.default_rng(seed)
     energies = np.asarray(energies, np.float64)
@@ -49,10 +58,16 @@ def make_dataset(energies=(5420.0, 5480.0), m=16, n_side=6, step_px=2.3, dose=1e
     yy, xx = np.meshgrid(g, g, indexing="ij")
     pos = np.stack([xx.ravel(), yy.ravel()], -1) + rng.uniform(-0.3, 0.3, (n_side * n_side, 2)) * step_px * dx0
     frames, positions, eidx, illum, objs = [], [], [], [], []
-    tmp = Dataset(frames=jnp.zeros((len(energies) * len(pos), m, m)), positions=jnp.asarray(np.tile(pos, (len(energies), 1)), jnp.float32),
-                  energy_index=jnp.asarray(np.repeat(np.arange(len(energies)), len(pos)), jnp.int32),
-                  energies=jnp.asarray(energies, jnp.float32), mask=jnp.ones((len(energies), m, m)), illumination=None,
-                  distance=distance, detector_pixel=det)
+    tmp = Dataset(
+        frames=jnp.zeros((len(energies) * len(pos), m, m)),
+        positions=jnp.asarray(np.tile(pos, (len(energies), 1)), jnp.float32),
+        energy_index=jnp.asarray(np.repeat(np.arange(len(energies)), len(pos)), jnp.int32),
+        energies=jnp.asarray(energies, jnp.float32),
+        mask=jnp.ones((len(energies), m, m)),
+        illumination=None,
+        distance=distance,
+        detector_pixel=det,
+    )
     common, grids = reconstruction_grids(tmp)
     na = numerical_aperture_for_fwhm(3.0 * dx0, wavelength(energies[0]))
     for k, e in enumerate(energies):
@@ -61,8 +76,13 @@ def make_dataset(energies=(5420.0, 5480.0), m=16, n_side=6, step_px=2.3, dose=1e
         probe = kb_probe(m, grid.pixel_size, wavelength(e), na, photons=dose, defocus_m=1.5e-6)
         p_k = pos if drop == 0 or k == 0 else pos[:-drop]
         corner, frac = forward.frame_geometry(p_k.astype(np.float32), grid, m)
-        inten = forward.intensities(jnp.asarray(obj)[None], jnp.fft.fft2(jnp.asarray(probe))[None], jnp.zeros(len(p_k), jnp.int32),
-                                    jnp.asarray(corner), jnp.asarray(frac))
+        inten = forward.intensities(
+            jnp.asarray(obj)[None],
+            jnp.fft.fft2(jnp.asarray(probe))[None],
+            jnp.zeros(len(p_k), jnp.int32),
+            jnp.asarray(corner),
+            jnp.asarray(frac),
+        )
         inten = np.asarray(inten)
         if noise:
             inten = rng.poisson(inten).astype(np.float32)
@@ -71,11 +91,16 @@ def make_dataset(energies=(5420.0, 5480.0), m=16, n_side=6, step_px=2.3, dose=1e
         eidx.append(np.full(len(p_k), k, np.int32))
         illum.append(probe)
         objs.append(obj)
-    ds = Dataset(frames=jnp.asarray(np.concatenate(frames), jnp.float32), positions=jnp.asarray(np.concatenate(positions), jnp.float32),
-                 energy_index=jnp.asarray(np.concatenate(eidx)), energies=jnp.asarray(energies, jnp.float32),
-                 mask=jnp.ones((len(energies), m, m), jnp.float32),
-                 illumination=jnp.asarray(np.stack(illum)) if with_illumination else None,
-                 distance=distance, detector_pixel=det)
+    ds = Dataset(
+        frames=jnp.asarray(np.concatenate(frames), jnp.float32),
+        positions=jnp.asarray(np.concatenate(positions), jnp.float32),
+        energy_index=jnp.asarray(np.concatenate(eidx)),
+        energies=jnp.asarray(energies, jnp.float32),
+        mask=jnp.ones((len(energies), m, m), jnp.float32),
+        illumination=jnp.asarray(np.stack(illum)) if with_illumination else None,
+        distance=distance,
+        detector_pixel=det,
+    )
     return ds, np.stack(objs), np.stack(illum)
 
 
@@ -91,7 +116,9 @@ def test_object_update_is_scaled_gradient_step():
     """
     rng = np.random.default_rng(3)
     m = 16
-    probe = jnp.asarray(kb_probe(m, 50e-9, 2.3e-10, numerical_aperture_for_fwhm(150e-9, 2.3e-10), photons=1e5, defocus_m=1e-6))
+    probe = jnp.asarray(
+        kb_probe(m, 50e-9, 2.3e-10, numerical_aperture_for_fwhm(150e-9, 2.3e-10), photons=1e5, defocus_m=1e-6)
+    )
     patch = jnp.asarray(np.exp(-0.2 * rng.random((m, m)) + 1j * rng.normal(0, 0.5, (m, m))), jnp.complex64)
     truth = jnp.asarray(np.exp(1j * rng.normal(0, 0.3, (m, m))), jnp.complex64) * patch
     counts = jnp.abs(forward.far_field(probe * truth)) ** 2
@@ -106,12 +133,16 @@ def test_object_update_is_scaled_gradient_step():
     new_patch, _ = epie_update(patch, probe, counts, mask, alpha=alpha)
     scale = alpha / (2.0 * jnp.max(jnp.abs(probe) ** 2))
     expected = -scale * jnp.conj(g)
-    np.testing.assert_allclose(np.asarray(new_patch - patch), np.asarray(expected), rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(expected))))
+    np.testing.assert_allclose(
+        np.asarray(new_patch - patch), np.asarray(expected), rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(expected)))
+    )
     # and the same holds for the probe with the roles exchanged
     g_p = jax.grad(lambda p: forward.amplitude_loss(jnp.abs(forward.far_field(p * patch)) ** 2, counts, mask))(probe)
     _, new_probe = epie_update(patch, probe, counts, mask, beta=0.5)
     exp_p = -0.5 / (2.0 * jnp.max(jnp.abs(patch) ** 2)) * jnp.conj(g_p)
-    np.testing.assert_allclose(np.asarray(new_probe - probe), np.asarray(exp_p), rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(exp_p))))
+    np.testing.assert_allclose(
+        np.asarray(new_probe - probe), np.asarray(exp_p), rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(exp_p)))
+    )
 
 
 def test_shift_ramps_equal_forward_shifted_probe():
@@ -156,7 +187,7 @@ def _error_in_lit(res, objs, ds, frac=0.5):
         pr = np.abs(res.probes[k]) ** 2
         m = ds.frame_size
         for c in corner:
-            cover[c[0]:c[0] + m, c[1]:c[1] + m] += pr
+            cover[c[0] : c[0] + m, c[1] : c[1] + m] += pr
         lit = cover > frac * cover.max()
         o, t = res.objects[k][lit], objs[k][lit]
         c = np.vdot(o, t) / np.vdot(o, o)  # complex scale: global phase and O c, P / c ambiguity
@@ -180,8 +211,12 @@ def test_epie_probe_refinement_from_wrong_probe():
     grids = reconstruction_grids(ds)[1]
     # start from a wider, astigmatic probe
     na = numerical_aperture_for_fwhm(3.6 * grids[0].pixel_size, wavelength(float(ds.energies[0])))
-    wrong = np.stack([kb_probe(ds.frame_size, g.pixel_size, wavelength(float(e)), na, photons=1e7, aberrations={"astig": 0.5})
-                      for e, g in zip(np.asarray(ds.energies), grids)])
+    wrong = np.stack(
+        [
+            kb_probe(ds.frame_size, g.pixel_size, wavelength(float(e)), na, photons=1e7, aberrations={"astig": 0.5})
+            for e, g in zip(np.asarray(ds.energies), grids)
+        ]
+    )
     fixed = run_epie(ds, EpieConfig(epochs=40, beta=0.0), init_probes=wrong)
     refined = run_epie(ds, EpieConfig(epochs=40, beta=1.0, probe_update_start=2), init_probes=wrong)
     assert refined.history["loss"][-1].sum() < 0.01 * fixed.history["loss"][-1].sum()
@@ -235,9 +270,20 @@ def test_checkpoint_resume_reproduces_straight_run(tmp_path):
         run_epie(ds, dataclasses.replace(cfg, alpha=0.5), checkpoint=ck, resume=True)
 
 
-@pytest.mark.parametrize("kw", [dict(epochs=0), dict(alpha=0.0), dict(beta=-1.0), dict(kk_every=10),
-                                dict(kk_start=-1), dict(batch_energies=0), dict(kk_weight=2.0),
-                                dict(epochs=10, decay_start=10), dict(decay_final=0.0)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(epochs=0),
+        dict(alpha=0.0),
+        dict(beta=-1.0),
+        dict(kk_every=10),
+        dict(kk_start=-1),
+        dict(batch_energies=0),
+        dict(kk_weight=2.0),
+        dict(epochs=10, decay_start=10),
+        dict(decay_final=0.0),
+    ],
+)
 def test_config_validation(kw):
     with pytest.raises(ConfigError):
         EpieConfig(**kw)
@@ -278,8 +324,9 @@ def test_monitor_corrects_flux_jitter():
     mon = eqx.tree_at(lambda d: d.monitor, jit, jnp.asarray(123.0 * flux), is_leaf=lambda x: x is None)
     grids = reconstruction_grids(ds)[1]
     b_mon, b_clean = (_make_batches(d, _frame_tables(d, grids), None)[0] for d in (mon, ds))
-    np.testing.assert_allclose(np.asarray(b_mon.counts), np.asarray(b_clean.counts), rtol=1e-5,
-                               atol=1e-6 * float(np.max(b_clean.counts)))
+    np.testing.assert_allclose(
+        np.asarray(b_mon.counts), np.asarray(b_clean.counts), rtol=1e-5, atol=1e-6 * float(np.max(b_clean.counts))
+    )
     cfg = EpieConfig(epochs=30, beta=0.0)
     err_mon = _error_in_lit(run_epie(mon, cfg), objs, ds)
     err_jit = _error_in_lit(run_epie(jit, cfg), objs, ds)
@@ -338,7 +385,9 @@ def test_update_with_background_is_scaled_gradient_step():
     same reference and tolerance as test_object_update_is_scaled_gradient_step."""
     rng = np.random.default_rng(4)
     m = 16
-    probe = jnp.asarray(kb_probe(m, 50e-9, 2.3e-10, numerical_aperture_for_fwhm(150e-9, 2.3e-10), photons=1e5, defocus_m=1e-6))
+    probe = jnp.asarray(
+        kb_probe(m, 50e-9, 2.3e-10, numerical_aperture_for_fwhm(150e-9, 2.3e-10), photons=1e5, defocus_m=1e-6)
+    )
     patch = jnp.asarray(np.exp(-0.2 * rng.random((m, m)) + 1j * rng.normal(0, 0.5, (m, m))), jnp.complex64)
     truth = jnp.asarray(np.exp(1j * rng.normal(0, 0.3, (m, m))), jnp.complex64) * patch
     bg = jnp.asarray(5.0 + rng.random((m, m)), jnp.float32)
@@ -352,8 +401,9 @@ def test_update_with_background_is_scaled_gradient_step():
     g = jax.grad(loss)(patch)
     new_patch, _ = epie_update(patch, probe, counts, mask, alpha=0.7, background=bg)
     expected = -0.7 / (2.0 * jnp.max(jnp.abs(probe) ** 2)) * jnp.conj(g)
-    np.testing.assert_allclose(np.asarray(new_patch - patch), np.asarray(expected), rtol=0,
-                               atol=2e-5 * float(jnp.max(jnp.abs(expected))))
+    np.testing.assert_allclose(
+        np.asarray(new_patch - patch), np.asarray(expected), rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(expected)))
+    )
     # b = 0 is the plain projection
     a0, _ = epie_update(patch, probe, counts, mask)
     b0, _ = epie_update(patch, probe, counts, mask, background=0.0)

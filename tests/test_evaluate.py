@@ -42,9 +42,16 @@ def fine_truth(maps, lab, f=2):
     d = PX / f
     o = -0.5 * PX + 0.5 * d  # fine pixel [0, 0] centre so that block edges coincide
     up = lambda a: np.kron(a, np.ones((f, f)))  # noqa: E731
-    return Truth(maps={k: up(v) for k, v in maps.items()}, labels=up(lab).astype(np.int16),
-                 domain_names=["V4+", "V5+"], params={}, pixel_size=d, origin=(o, o),
-                 energies=np.linspace(5460, 5500, 5), reference_energy=5450.0)
+    return Truth(
+        maps={k: up(v) for k, v in maps.items()},
+        labels=up(lab).astype(np.int16),
+        domain_names=["V4+", "V5+"],
+        params={},
+        pixel_size=d,
+        origin=(o, o),
+        energies=np.linspace(5460, 5500, 5),
+        reference_energy=5450.0,
+    )
 
 
 def chem(maps, valid=None, **over):
@@ -52,8 +59,15 @@ def chem(maps, valid=None, **over):
     m.update(over)
     if valid is None:
         valid = np.isfinite(m["edge_energy"])
-    return ChemMaps(**{k: np.where(valid, m[k], np.nan) for k in MAP_FIELDS}, valid=valid, pixel_size=PX,
-                    origin=(0.0, 0.0), reference_energy=5450.0, delta_f2_v=3.4, scattering_table="test")
+    return ChemMaps(
+        **{k: np.where(valid, m[k], np.nan) for k in MAP_FIELDS},
+        valid=valid,
+        pixel_size=PX,
+        origin=(0.0, 0.0),
+        reference_energy=5450.0,
+        delta_f2_v=3.4,
+        scattering_table="test",
+    )
 
 
 def test_resample_exact_on_blocks():
@@ -75,8 +89,16 @@ def test_resample_mixed_pixel_weights():
     d = PX / 2
     nv = np.array([[1e20, 3e20]] * 2)
     ee = np.array([[5480.0, 5484.0]] * 2)
-    t = Truth(maps={"n_v": nv, "edge_energy": ee}, labels=np.array([[0, 1]] * 2, np.int16), domain_names=["a", "b"],
-              params={}, pixel_size=d, origin=(-0.5 * d, -0.5 * d), energies=np.zeros(1), reference_energy=0.0)
+    t = Truth(
+        maps={"n_v": nv, "edge_energy": ee},
+        labels=np.array([[0, 1]] * 2, np.int16),
+        domain_names=["a", "b"],
+        params={},
+        pixel_size=d,
+        origin=(-0.5 * d, -0.5 * d),
+        energies=np.zeros(1),
+        reference_energy=0.0,
+    )
     tr = resample_truth(t, PX, (0.0, 0.0), (1, 1))
     assert tr["n_v"][0, 0] == pytest.approx(2e20, rel=1e-12)
     assert tr["edge_energy"][0, 0] == pytest.approx((5480 * 1 + 5484 * 3) / 4, rel=1e-12)
@@ -206,11 +228,18 @@ def test_cluster_ari_confusion_and_history():
     # Clusters = truth domains with swapped ids -> ARI 1 (exact), matched accuracy 1.
     clab = np.where(lab >= 0, 1 - lab, -1).astype(np.int16)
     clab[1, 2:14] = -1
-    result = Result(method="joint", maps=res_maps, energies=np.linspace(5460, 5500, K),
-                    absorption=np.zeros((K,) + lab.shape), phase=np.zeros((K,) + lab.shape),
-                    probes=np.ones((K, 4, 4), np.complex64), probe_pixel_size=np.full(K, PX),
-                    history={"loss": np.array([5.0, 2.0, 1.5, np.nan]), "time": np.array([1.0, 1.0, 0.5])},
-                    config={}, clusters={"labels": clab, "k": 2})
+    result = Result(
+        method="joint",
+        maps=res_maps,
+        energies=np.linspace(5460, 5500, K),
+        absorption=np.zeros((K,) + lab.shape),
+        phase=np.zeros((K,) + lab.shape),
+        probes=np.ones((K, 4, 4), np.complex64),
+        probe_pixel_size=np.full(K, PX),
+        history={"loss": np.array([5.0, 2.0, 1.5, np.nan]), "time": np.array([1.0, 1.0, 0.5])},
+        config={},
+        clusters={"labels": clab, "k": 2},
+    )
     m = evaluate(result, truth)
     cl = m["clusters"]
     assert cl["ari"] == 1.0 and cl["matched_accuracy"] == 1.0
@@ -240,7 +269,9 @@ def test_history_summary_cumulative():
 def test_history_summary_joint_layout():
     # the joint solver logs every 10 steps with a cumulative "time" and one whole-run wall_s:
     # iterations = last logged step (not the number of log entries), wall time = wall_s (not a sum)
-    h = history_summary({"step": [1, 10, 20, 30], "loss": [4.0, 3.0, 2.0, 1.5], "time": [5.0, 6.0, 7.0, 8.0], "wall_s": [8.5]})
+    h = history_summary(
+        {"step": [1, 10, 20, 30], "loss": [4.0, 3.0, 2.0, 1.5], "time": [5.0, 6.0, 7.0, 8.0], "wall_s": [8.5]}
+    )
     assert h["iterations"] == 30
     assert h["wall_time_s"] == 8.5
     # with holdout: the held-out loss's last finite value, never taken for the fit loss
@@ -315,9 +346,16 @@ def test_frc_maps_split():
 
     def mk(noise):
         e = s + sigma * noise
-        return ChemMaps(**{k: np.full((n, n), 1.0) for k in MAP_FIELDS if k != "edge_energy"},
-                        edge_energy=np.where(valid, e, np.nan), valid=valid, pixel_size=PX, origin=(0.0, 0.0),
-                        reference_energy=5450.0, delta_f2_v=3.4, scattering_table="t")
+        return ChemMaps(
+            **{k: np.full((n, n), 1.0) for k in MAP_FIELDS if k != "edge_energy"},
+            edge_energy=np.where(valid, e, np.nan),
+            valid=valid,
+            pixel_size=PX,
+            origin=(0.0, 0.0),
+            reference_energy=5450.0,
+            delta_f2_v=3.4,
+            scattering_table="t",
+        )
 
     r = frc_maps(mk(rng.standard_normal((n, n))), mk(rng.standard_normal((n, n))), "edge_energy")
     assert r["resolution_1_7"] == pytest.approx(PX / fc, rel=0.15)
@@ -335,12 +373,27 @@ def test_frc_files_roundtrip(tmp_path):
     paths = []
     for i in range(2):
         e = s + 0.1 * rng.standard_normal((n, n))
-        maps = ChemMaps(**{k: np.full((n, n), 1.0) for k in MAP_FIELDS if k != "edge_energy"}, edge_energy=e,
-                        valid=np.ones((n, n), bool), pixel_size=PX, origin=(0.0, 0.0), reference_energy=5450.0,
-                        delta_f2_v=3.4, scattering_table="t")
-        r = Result(method="two-step", maps=maps, energies=np.array([5450.0, 5500.0]), absorption=np.zeros((2, n, n)),
-                   phase=np.zeros((2, n, n)), probes=np.ones((2, 4, 4), np.complex64), probe_pixel_size=np.full(2, PX),
-                   history={}, config={})
+        maps = ChemMaps(
+            **{k: np.full((n, n), 1.0) for k in MAP_FIELDS if k != "edge_energy"},
+            edge_energy=e,
+            valid=np.ones((n, n), bool),
+            pixel_size=PX,
+            origin=(0.0, 0.0),
+            reference_energy=5450.0,
+            delta_f2_v=3.4,
+            scattering_table="t",
+        )
+        r = Result(
+            method="two-step",
+            maps=maps,
+            energies=np.array([5450.0, 5500.0]),
+            absorption=np.zeros((2, n, n)),
+            phase=np.zeros((2, n, n)),
+            probes=np.ones((2, 4, 4), np.complex64),
+            probe_pixel_size=np.full(2, PX),
+            history={},
+            config={},
+        )
         paths.append(tmp_path / f"half{i}.h5")
         io.write_result(paths[-1], r)
     out = frc_files(*paths, json_path=tmp_path / "frc.json")
@@ -374,7 +427,7 @@ def test_boundary_distance_closed_form():
     # a disk of radius 30 px in vacuum: its centre pixel is ~30 px from the rim (pixelised
     # disk: the nearest vacuum pixel centre is at 30.5 +- 1 px; minus half a pixel)
     yy, xx = np.mgrid[:81, :81] - 40
-    disk = np.where(xx ** 2 + yy ** 2 <= 30 ** 2, 0, -1)
+    disk = np.where(xx**2 + yy**2 <= 30**2, 0, -1)
     assert abs(boundary_distance(disk, 1.0)[40, 40] - 30.0) <= 1.0
     assert np.all(np.isinf(boundary_distance(np.zeros((4, 4)), 1.0)))
 
@@ -384,8 +437,16 @@ def test_truth_boundary_distance_on_coarser_grid():
     centre): equals the truth-grid distance there."""
     lab = np.zeros((20, 20), np.int16)
     lab[:, 10:] = 1
-    t = Truth(maps={}, labels=lab, domain_names=["a", "b"], params={}, pixel_size=1.0, origin=(0.0, 0.0),
-              energies=np.array([1.0, 2.0]), reference_energy=1.0)
+    t = Truth(
+        maps={},
+        labels=lab,
+        domain_names=["a", "b"],
+        params={},
+        pixel_size=1.0,
+        origin=(0.0, 0.0),
+        energies=np.array([1.0, 2.0]),
+        reference_energy=1.0,
+    )
     d = truth_boundary_distance(t, 2.0, (0.0, 0.0), (10, 10))
     np.testing.assert_allclose(d[0], np.abs(np.arange(0, 20, 2) - 9.5))
 
@@ -406,7 +467,7 @@ def test_anatomy_constant_offset_per_domain():
         assert by[lv]["bias"] == pytest.approx(off[lv], abs=1e-9)
         assert by[lv]["scatter"] == pytest.approx(0.0, abs=1e-9)
         assert by[lv]["n"] == 200
-    assert a["domain_mean_rms"] == pytest.approx(np.sqrt((0.3 ** 2 + 0.1 ** 2) / 2), rel=1e-9)
+    assert a["domain_mean_rms"] == pytest.approx(np.sqrt((0.3**2 + 0.1**2) / 2), rel=1e-9)
     assert a["within_domain_rms"] == pytest.approx(0.0, abs=1e-9)
     assert by[0]["name"] == "x"
     # errors only within 3 px of the boundary
@@ -448,9 +509,18 @@ def test_evaluate_reports_anatomy():
     t = fine_truth(maps_t, lab)
     ee = np.where(lab == 1, maps_t["edge_energy"] + 0.5, maps_t["edge_energy"])
     cm = chem({**maps_t, "edge_energy": ee})
-    cm = ChemMaps(**{**{f: getattr(cm, f) for f in MAP_FIELDS}, "valid": cm.valid, "pixel_size": cm.pixel_size,
-                     "origin": cm.origin, "reference_energy": cm.reference_energy, "delta_f2_v": cm.delta_f2_v,
-                     "scattering_table": cm.scattering_table, "std": {"edge_energy": np.where(lab == 1, 0.6, 0.1)}})
+    cm = ChemMaps(
+        **{
+            **{f: getattr(cm, f) for f in MAP_FIELDS},
+            "valid": cm.valid,
+            "pixel_size": cm.pixel_size,
+            "origin": cm.origin,
+            "reference_energy": cm.reference_energy,
+            "delta_f2_v": cm.delta_f2_v,
+            "scattering_table": cm.scattering_table,
+            "std": {"edge_energy": np.where(lab == 1, 0.6, 0.1)},
+        }
+    )
     m = evaluate(cm, t)
     a = m["anatomy"]["edge_energy"]
     by = {d["label"]: d for d in a["per_domain"]}

@@ -62,10 +62,13 @@ def test_export_probe_sign_differs_from_a_plain_cxi_reader(data, tmp_path):
     np.testing.assert_array_equal(-tr[:, :2], -pos)
 
 
-@pytest.mark.parametrize("argv,words", [
-    (["--energy", "5466"], "no entry at 5466 eV"),
-    (["--energy", "nan"], "finite"),
-])
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--energy", "5466"], "no entry at 5466 eV"),
+        (["--energy", "nan"], "finite"),
+    ],
+)
 def test_export_bad_energy(data, tmp_path, capsys, argv, words):
     out = tmp_path / "one.cxi"
     assert main(["export", str(data), *argv, "-o", str(out)]) == 2

@@ -106,9 +106,7 @@ def excess_chi2(n: int, noise: float, cfg: FitConfig, seed: int = 1) -> np.ndarr
     bounds = bounds_for(E, cfg, gp["pre_edge_max"])
     p = {k: fr.params[k][0] for k in PARAM_NAMES}
     fixed = {k: gp[k] for k in SHAPE} if cfg.tie_pre_edge else None
-    ours = np.array(
-        [np.sum((model({k: p[k][i] for k in PARAM_NAMES}, E) - Y[:, i]) ** 2) for i in range(n)]
-    )
+    ours = np.array([np.sum((model({k: p[k][i] for k in PARAM_NAMES}, E) - Y[:, i]) ** 2) for i in range(n)])
     ref = np.array([lmfit_rss(Y[:, i], bounds, fixed) for i in range(n)])
     return (ours - ref) / noise**2
 

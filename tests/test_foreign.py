@@ -62,7 +62,7 @@ def exit_object(x, y, e_ev):
     """Transmission (membrane included) at points (x, y), m, and energy e_ev: the sphere
     on a 500 nm membrane (phase -0.08 rad, |O|^2 0.98)."""
     lam = HC_EVM / e_ev
-    t = 2 * np.sqrt(np.clip(RADIUS ** 2 - x ** 2 - y ** 2, 0, None))
+    t = 2 * np.sqrt(np.clip(RADIUS**2 - x**2 - y**2, 0, None))
     shift = np.where(x < 0, SHIFT, -SHIFT)
     out = np.empty(x.shape, complex)
     for s in (SHIFT, -SHIFT):
@@ -88,7 +88,7 @@ def write_foreign_cxi(path, dose=1e6, seed=0, guess=None, background=0.0):
         for k, e in enumerate(ENERGIES):
             dx = HC_EVM / e * DIST / (M * PIX)
             xx, yy = np.meshgrid(q * dx, q * dx)  # probe window: column = x, row = y
-            r2 = (xx ** 2 + yy ** 2) / (300e-9 / 2.3548) ** 2
+            r2 = (xx**2 + yy**2) / (300e-9 / 2.3548) ** 2
             probe = np.exp(-0.5 * r2 + 0.4j * r2)
             probe *= np.sqrt(dose / np.sum(np.abs(probe) ** 2))
             frames = np.empty((len(pos), M, M), np.uint32)
@@ -106,7 +106,7 @@ def write_foreign_cxi(path, dose=1e6, seed=0, guess=None, background=0.0):
             en["sample_1/geometry_1/translation"] = np.concatenate([-pos, np.zeros((len(pos), 1))], 1)
             en["data_1/data"] = h5py.SoftLink(f"/entry_{k + 1}/instrument_1/detector_1/data")
             if guess is not None:
-                r2g = (xx ** 2 + yy ** 2) / (guess[0] / 2.3548) ** 2
+                r2g = (xx**2 + yy**2) / (guess[0] / 2.3548) ** 2
                 g = np.exp(-0.5 * r2g + 1j * guess[1] * r2g)
                 inst["source_1/illumination"] = (g * np.sqrt(dose / np.sum(np.abs(g) ** 2))).astype(np.complex64)
     return path
@@ -137,15 +137,18 @@ def _halves(res):
     xs = mp.origin[0] + np.arange(w) * mp.pixel_size
     ys = mp.origin[1] + np.arange(h) * mp.pixel_size
     x, y = np.meshgrid(xs, ys)
-    t = 2 * np.sqrt(np.clip(RADIUS ** 2 - x ** 2 - y ** 2, 0, None))
+    t = 2 * np.sqrt(np.clip(RADIUS**2 - x**2 - y**2, 0, None))
     core = (t >= 0.5 * 2 * RADIUS) & (np.asarray(mp.valid) > 0)
     left, right = core & (x < -2 * mp.pixel_size), core & (x > 2 * mp.pixel_size)
     out = {}
     for name, sel in (("left", left), ("right", right)):
         nv_rel = np.asarray(mp.n_v)[sel] / (N_V * t[sel])
-        out[name] = {"edge": float(np.median(np.asarray(mp.edge_energy)[sel])),
-                     "ne": float(np.median(np.asarray(mp.ne_eff_per_nv)[sel])),
-                     "nv_rel": float(np.median(nv_rel)), "n": int(sel.sum())}
+        out[name] = {
+            "edge": float(np.median(np.asarray(mp.edge_energy)[sel])),
+            "ne": float(np.median(np.asarray(mp.ne_eff_per_nv)[sel])),
+            "nv_rel": float(np.median(nv_rel)),
+            "n": int(sel.sum()),
+        }
     return out
 
 
@@ -216,7 +219,9 @@ def test_both_methods_fit_the_background_of_the_independent_simulator(foreign_ba
     ds = io_cxi.read_cxi(foreign_background)
     if method == "two-step":
         cfg = twostep.TwoStepConfig.fast()
-        res = twostep.reconstruct_two_step(ds, dataclasses.replace(cfg, epie=dataclasses.replace(cfg.epie, background="flat")))
+        res = twostep.reconstruct_two_step(
+            ds, dataclasses.replace(cfg, epie=dataclasses.replace(cfg.epie, background="flat"))
+        )
     else:
         res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=300, log_every=100, background="flat"))
     h = _halves(res)

@@ -22,7 +22,7 @@ def trig_field(grid: Grid, x, y, modes):
     u = (x - grid.origin[0]) / Lx
     v = (y - grid.origin[1]) / Ly
     out = np.zeros(np.broadcast(u, v).shape)
-    for (kx, ky, amp, ph) in modes:
+    for kx, ky, amp, ph in modes:
         out = out + amp * np.cos(2 * np.pi * (kx * u + ky * v) + ph)
     return out
 
@@ -50,14 +50,14 @@ def numpy_frame(obj, probe, grid, position, M):
     k = np.fft.fftfreq(M)
     ramp = np.exp(-2j * np.pi * (k[:, None] * fr + k[None, :] * fc))
     p = np.fft.ifft2(np.fft.fft2(probe) * ramp)
-    patch = obj[r0 - M // 2:r0 - M // 2 + M, c0 - M // 2:c0 - M // 2 + M]
+    patch = obj[r0 - M // 2 : r0 - M // 2 + M, c0 - M // 2 : c0 - M // 2 + M]
     f = np.fft.fftshift(np.fft.fft2(p * patch, norm="ortho"))
     return np.abs(f) ** 2
 
 
 def _probe(M, width=3.0):
     yy, xx = np.mgrid[:M, :M] - M // 2
-    return (np.exp(-(xx ** 2 + yy ** 2) / (2 * width ** 2)) * np.exp(0.3j * xx / M)).astype(np.complex128) * 100
+    return (np.exp(-(xx**2 + yy**2) / (2 * width**2)) * np.exp(0.3j * xx / M)).astype(np.complex128) * 100
 
 
 def test_frames_from_common_grid_equal_true_per_energy_sampling():
@@ -80,14 +80,23 @@ def test_frames_from_common_grid_equal_true_per_energy_sampling():
     for dx in dxs:
         g = grid_like(common, float(dx))
         xe, ye = g.coords()
-        obj_true = np.exp(-trig_field(common, xe[None, :], ye[:, None], modes_a) + 1j * trig_field(common, xe[None, :], ye[:, None], modes_p))
+        obj_true = np.exp(
+            -trig_field(common, xe[None, :], ye[:, None], modes_a)
+            + 1j * trig_field(common, xe[None, :], ye[:, None], modes_p)
+        )
         ref = np.stack([numpy_frame(obj_true, probe, g, p, M) for p in positions])
         ry, rx = fw.resample_matrices(common, g)
         A = fw.resample(jnp.asarray(A0, jnp.float32), jnp.asarray(ry, jnp.float32), jnp.asarray(rx, jnp.float32))
         P = fw.resample(jnp.asarray(P0, jnp.float32), jnp.asarray(ry, jnp.float32), jnp.asarray(rx, jnp.float32))
         obj = fw.transmission(A, P)
         corner, frac = fw.frame_geometry(positions, g, M)
-        got = fw.intensities(obj[None], jnp.fft.fft2(jnp.asarray(probe, jnp.complex64))[None], jnp.zeros(5, jnp.int32), jnp.asarray(corner), jnp.asarray(frac))
+        got = fw.intensities(
+            obj[None],
+            jnp.fft.fft2(jnp.asarray(probe, jnp.complex64))[None],
+            jnp.zeros(5, jnp.int32),
+            jnp.asarray(corner),
+            jnp.asarray(frac),
+        )
         np.testing.assert_allclose(np.asarray(got), ref, rtol=2e-4, atol=2e-4 * ref.max())
 
 
@@ -98,15 +107,23 @@ def test_shifting_object_equals_shifting_positions():
     g = Grid(pixel_size=20e-9, shape=(64, 64), origin=(-0.63e-6, -0.63e-6))
     xs, ys = g.coords()
     modes = [(2, 1, 0.3, 0.2), (-4, 6, 0.1, -0.7), (9, 2, 0.05, 0.0)]
-    obj = np.exp(1j * trig_field(g, xs[None, :], ys[:, None], modes) - 0.1 * trig_field(g, xs[None, :], ys[:, None], modes[:2]))
+    obj = np.exp(
+        1j * trig_field(g, xs[None, :], ys[:, None], modes) - 0.1 * trig_field(g, xs[None, :], ys[:, None], modes[:2])
+    )
     d = np.array([37e-9, -13e-9])  # (x, y), m: 1.85 and -0.65 pixels
-    shifted = fw.fourier_shift(jnp.asarray(obj, jnp.complex64), jnp.asarray([d[1] / g.pixel_size, d[0] / g.pixel_size], jnp.float32))
+    shifted = fw.fourier_shift(
+        jnp.asarray(obj, jnp.complex64), jnp.asarray([d[1] / g.pixel_size, d[0] / g.pixel_size], jnp.float32)
+    )
     pos = np.array([[0.0, 0.0], [0.11e-6, -0.07e-6], [-0.2e-6, 0.15e-6]])
-    probe_hat = jnp.fft.fft2(jnp.asarray(_probe(M, 1.8), jnp.complex64))[None]  # ~0 at the window edge: the sub-pixel shift is circular
+    probe_hat = jnp.fft.fft2(jnp.asarray(_probe(M, 1.8), jnp.complex64))[
+        None
+    ]  # ~0 at the window edge: the sub-pixel shift is circular
     c1, f1 = fw.frame_geometry(pos, g, M)
     c2, f2 = fw.frame_geometry(pos - d, g, M)
     i1 = fw.intensities(shifted[None], probe_hat, jnp.zeros(3, jnp.int32), jnp.asarray(c1), jnp.asarray(f1))
-    i2 = fw.intensities(jnp.asarray(obj, jnp.complex64)[None], probe_hat, jnp.zeros(3, jnp.int32), jnp.asarray(c2), jnp.asarray(f2))
+    i2 = fw.intensities(
+        jnp.asarray(obj, jnp.complex64)[None], probe_hat, jnp.zeros(3, jnp.int32), jnp.asarray(c2), jnp.asarray(f2)
+    )
     np.testing.assert_allclose(np.asarray(i1), np.asarray(i2), atol=1e-4 * float(np.max(i2)))
 
 
@@ -154,7 +171,9 @@ def test_loss_with_background_takes_the_background_gradient_from_poisson():
         assert v == pytest.approx(float(lf(coh + b, n, w)), rel=1e-6)
     g_coh, g_b = jax.grad(lambda c, bb: fw.loss_with_background(fw.amplitude_loss, c, bb, n, w), argnums=(0, 1))(coh, b)
     m = np.asarray(coh + b, np.float64)
-    np.testing.assert_allclose(np.asarray(g_coh), np.asarray(w) * (1 - np.sqrt(np.asarray(n) / m)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(g_coh), np.asarray(w) * (1 - np.sqrt(np.asarray(n) / m)), rtol=1e-5, atol=1e-7
+    )
     np.testing.assert_allclose(np.asarray(g_b), np.asarray(w) * (1 - np.asarray(n) / m), rtol=1e-5, atol=1e-7)
     # with the Poisson loss it is the plain Poisson gradient in both
     g2 = jax.grad(lambda c, bb: fw.loss_with_background(fw.poisson_nll, c, bb, n, w), argnums=(0, 1))(coh, b)

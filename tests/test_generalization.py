@@ -54,15 +54,36 @@ def test_analysis_of_handmade_metrics(gen, tmp_path):
         for method, scale in (("two-step", 1.0), ("joint", r)):
             d = f"p{seed}"
             (tmp_path / d).mkdir(exist_ok=True)
-            an = {name: {"bulk": {"rmse": 0.1 * scale}, "near": {"rmse": 0.3 * scale}, "domain_mean_rms": 0.05,
-                         "within_domain_rms": 0.05, "near_fraction": 0.6,
-                         "calibration_bulk": {"within_1sigma": 0.7}} for name in gen.DESCRIPTORS}
-            m = {"coverage": 1.0, "clusters": {"ari": 0.8}, "n_v": {"rel_rms": 0.04 * scale},
-                 "timing": {"method_wall_s": 10.0}, "anatomy": an,
-                 **{name: {"rmse": 0.2 * scale} for name in gen.DESCRIPTORS}}
+            an = {
+                name: {
+                    "bulk": {"rmse": 0.1 * scale},
+                    "near": {"rmse": 0.3 * scale},
+                    "domain_mean_rms": 0.05,
+                    "within_domain_rms": 0.05,
+                    "near_fraction": 0.6,
+                    "calibration_bulk": {"within_1sigma": 0.7},
+                }
+                for name in gen.DESCRIPTORS
+            }
+            m = {
+                "coverage": 1.0,
+                "clusters": {"ari": 0.8},
+                "n_v": {"rel_rms": 0.04 * scale},
+                "timing": {"method_wall_s": 10.0},
+                "anatomy": an,
+                **{name: {"rmse": 0.2 * scale} for name in gen.DESCRIPTORS},
+            }
             (tmp_path / d / f"metrics-{method}.json").write_text(json.dumps(m))
-            rows.append({"dir": d, "method": method, "status": "ok", "simulate.seed": seed, "simulate.dose": 1e6,
-                         "energies.count": 16})
+            rows.append(
+                {
+                    "dir": d,
+                    "method": method,
+                    "status": "ok",
+                    "simulate.seed": seed,
+                    "simulate.dose": 1e6,
+                    "energies.count": 16,
+                }
+            )
     recs = [gen.point_record(tmp_path, r) for r in rows]
     text = gen.analyse(recs, {"mode": "quick", "split": "train", "wall_s": 1.0})
     assert "= 0.50x" in text and "= 1.50x" in text

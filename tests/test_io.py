@@ -50,8 +50,16 @@ def make_dataset(seed=0, integral=True, illumination=True, interleave=False, k=K
     illum = None
     if illumination:
         illum = (rng.normal(size=(k, m, m)) + 1j * rng.normal(size=(k, m, m))).astype(np.complex64)
-    return Dataset(frames=frames, positions=positions, energy_index=ei, energies=ENERGIES[:k].copy(),
-                   mask=mask, illumination=illum, distance=0.734, detector_pixel=75e-6)
+    return Dataset(
+        frames=frames,
+        positions=positions,
+        energy_index=ei,
+        energies=ENERGIES[:k].copy(),
+        mask=mask,
+        illumination=illum,
+        distance=0.734,
+        detector_pixel=75e-6,
+    )
 
 
 @pytest.fixture
@@ -105,8 +113,10 @@ def test_cxi_round_trip_interleaved_no_illumination(tmp_path):
     np.testing.assert_array_equal(np.asarray(back.energy_index), np.repeat(np.arange(K), N))
 
 
-@pytest.mark.parametrize("sel,expected", [([0, 2], [0, 2]), (slice(1, None), [1, 2]), (1, [1]), ([-1], [2]),
-                                          ([2, 0, 2], [0, 2]), (None, [0, 1, 2])])
+@pytest.mark.parametrize(
+    "sel,expected",
+    [([0, 2], [0, 2]), (slice(1, None), [1, 2]), (1, [1]), ([-1], [2]), ([2, 0, 2], [0, 2]), (None, [0, 1, 2])],
+)
 def test_cxi_subset(cxi, sel, expected):
     ds = make_dataset()
     back = io_cxi.read_cxi(cxi, energies=sel)
@@ -211,15 +221,23 @@ def test_cxi_entries_in_any_energy_order_are_read_sorted(cxi, tmp_path):
         np.testing.assert_array_equal(np.asarray(got.positions), np.asarray(want.positions))
         np.testing.assert_array_equal(np.asarray(got.illumination), np.asarray(want.illumination))
         np.testing.assert_array_equal(np.asarray(got.mask), np.asarray(want.mask))
-    np.testing.assert_array_equal(np.asarray(io_cxi.read_cxi(rev, energies=[0]).frames),
-                                  np.asarray(want.frames)[want.frames_of(0)])
+    np.testing.assert_array_equal(
+        np.asarray(io_cxi.read_cxi(rev, energies=[0]).frames), np.asarray(want.frames)[want.frames_of(0)]
+    )
 
 
 def test_cxi_write_refuses_invalid_dataset(tmp_path):
     ds = make_dataset()
-    bad = Dataset(frames=ds.frames, positions=ds.positions, energy_index=ds.energy_index,
-                  energies=ENERGIES[::-1].copy(), mask=ds.mask, illumination=ds.illumination,
-                  distance=ds.distance, detector_pixel=ds.detector_pixel)
+    bad = Dataset(
+        frames=ds.frames,
+        positions=ds.positions,
+        energy_index=ds.energy_index,
+        energies=ENERGIES[::-1].copy(),
+        mask=ds.mask,
+        illumination=ds.illumination,
+        distance=ds.distance,
+        detector_pixel=ds.detector_pixel,
+    )
     with pytest.raises(InputError, match="strictly increasing"):
         io_cxi.write_cxi(tmp_path / "d.cxi", bad)
     assert not list(tmp_path.iterdir())
@@ -477,7 +495,7 @@ def test_corrupt_chunk(tmp_path):
         info = ds.id.get_chunk_info(0)
         offset, size = info.byte_offset, info.size
     raw = bytearray(path.read_bytes())
-    raw[offset:offset + size] = b"\xff" * size
+    raw[offset : offset + size] = b"\xff" * size
     path.write_bytes(bytes(raw))
     with pytest.raises(InputError) as ei:
         io_cxi.read_cxi(path)
@@ -509,8 +527,10 @@ def test_cxi_summary(cxi):
     # dataset itself); Poisson(20) counts stay below the saturation rule's 100 counts
     used = np.where(mk[ei] > 0, fr, -np.inf)
     top = used.max()
-    assert (f"brightest count:   {top:.10g} in {int((used == top).sum())} unmasked pixel(s) of "
-            f"{int((used == top).any(axis=(1, 2)).sum())} of 15 frames\n") in text
+    assert (
+        f"brightest count:   {top:.10g} in {int((used == top).sum())} unmasked pixel(s) of "
+        f"{int((used == top).any(axis=(1, 2)).sum())} of 15 frames\n"
+    ) in text
     assert "direct beam:       recorded" in text
     assert io_info.summarize(cxi) == text
 
@@ -523,7 +543,7 @@ def test_cxi_summary_names_saturation_and_a_beamstop(tmp_path):
     ds = make_dataset()
     clipped = np.minimum(np.asarray(ds.frames) * 10.0, 250.0).astype(np.float32)
     mask = np.asarray(ds.mask).copy()
-    mask[1, M // 2 - 1:M // 2 + 2, M // 2 - 1:M // 2 + 2] = 0.0
+    mask[1, M // 2 - 1 : M // 2 + 2, M // 2 - 1 : M // 2 + 2] = 0.0
     path = io_cxi.write_cxi(tmp_path / "sat.cxi", dataclasses.replace(ds, frames=clipped, mask=mask))
     text = io_cxi.cxi_summary(path)
     assert "brightest count:   250 in" in text and "a repeated maximum: saturated or flagged pixels?" in text
@@ -551,17 +571,34 @@ def make_result(seed=0, clusters=True) -> Result:
     valid = np.zeros((H, W), bool)
     valid[2:10, 1:8] = True
     fields = {name: rng.normal(size=(H, W)) for name in MAP_FIELDS}
-    maps = ChemMaps(**fields, valid=valid, pixel_size=2.5e-8, origin=(-1.5e-7, 2.0e-7), reference_energy=5480.0,
-                    delta_f2_v=3.9, scattering_table="chantler",
-                    std={"edge_energy": np.abs(rng.normal(size=(H, W))), "n_v": np.abs(rng.normal(size=(H, W)))},
-                    extra={"fit_residual": rng.normal(size=(H, W)), "a": rng.normal(size=(3, H, W)),
-                           "count": rng.integers(0, 9, (H, W)).astype(np.int32)})
+    maps = ChemMaps(
+        **fields,
+        valid=valid,
+        pixel_size=2.5e-8,
+        origin=(-1.5e-7, 2.0e-7),
+        reference_energy=5480.0,
+        delta_f2_v=3.9,
+        scattering_table="chantler",
+        std={"edge_energy": np.abs(rng.normal(size=(H, W))), "n_v": np.abs(rng.normal(size=(H, W)))},
+        extra={
+            "fit_residual": rng.normal(size=(H, W)),
+            "a": rng.normal(size=(3, H, W)),
+            "count": rng.integers(0, 9, (H, W)).astype(np.int32),
+        },
+    )
     cl = None
     if clusters:
         labels = np.where(valid, rng.integers(0, 3, (H, W)), -1)
-        cl = {"labels": labels, "centers": rng.normal(size=(3, 3)), "fractions": np.array([0.2, 0.3, 0.5]),
-              "k": 3, "features": ["edge_energy", "pre_edge_norm", "ne_eff_per_nv"], "method": "kmeans",
-              "inertia": 12.5, "standardize": {"mean": [1.0, 2.0], "scale": [0.5, 0.25]}}
+        cl = {
+            "labels": labels,
+            "centers": rng.normal(size=(3, 3)),
+            "fractions": np.array([0.2, 0.3, 0.5]),
+            "k": 3,
+            "features": ["edge_energy", "pre_edge_norm", "ne_eff_per_nv"],
+            "method": "kmeans",
+            "inertia": 12.5,
+            "standardize": {"mean": [1.0, 2.0], "scale": [0.5, 0.25]},
+        }
     return Result(
         method="two-step",
         maps=maps,
@@ -571,9 +608,15 @@ def make_result(seed=0, clusters=True) -> Result:
         probes=(rng.normal(size=(K, M, M)) + 1j * rng.normal(size=(K, M, M))).astype(np.complex64),
         probe_pixel_size=np.array([9.5e-8, 9.4e-8, 9.3e-8]),
         history={"loss": np.linspace(1.0, 0.1, 20), "time": np.arange(20, dtype=np.float64)},
-        config={"method": "two-step", "iterations": np.int64(20), "lr": np.float32(0.5),
-                "energies": np.array([1.0, 2.0]), "path": Path("/data/x.cxi"), "nested": {"tuple": (1, 2)},
-                "nan": float("nan")},
+        config={
+            "method": "two-step",
+            "iterations": np.int64(20),
+            "lr": np.float32(0.5),
+            "energies": np.array([1.0, 2.0]),
+            "path": Path("/data/x.cxi"),
+            "nested": {"tuple": (1, 2)},
+            "nan": float("nan"),
+        },
         input_path="/data/x.cxi",
         input_sha256="0" * 64,
         clusters=cl,
@@ -698,9 +741,14 @@ def test_write_clusters(tmp_path):
     with h5py.File(path) as f:
         created = f.attrs["created"]
     rng = np.random.default_rng(5)
-    c1 = {"labels": np.where(r.maps.valid, rng.integers(0, 2, (H, W)), -1), "centers": np.ones((2, 3)),
-          "fractions": np.array([0.4, 0.6]), "k": 2, "features": ["edge_energy", "pre_edge_norm", "n_v"],
-          "scores": {"silhouette": 0.5}}
+    c1 = {
+        "labels": np.where(r.maps.valid, rng.integers(0, 2, (H, W)), -1),
+        "centers": np.ones((2, 3)),
+        "fractions": np.array([0.4, 0.6]),
+        "k": 2,
+        "features": ["edge_energy", "pre_edge_norm", "n_v"],
+        "scores": {"silhouette": 0.5},
+    }
     io_results.write_clusters(path, c1)
     back = io_results.read_result(path)
     assert_same_result(r, back, check_clusters=False)
@@ -756,7 +804,9 @@ def test_summarize_result(tmp_path):
     assert "WARNING" not in text
     # the solver's plausibility warnings (config["warnings"]) are shown, one line each
     r = make_result()
-    r = dataclasses.replace(r, config={**(r.config or {}), "warnings": ["edge width b3 = 16 eV (median) is above 15 eV"]})
+    r = dataclasses.replace(
+        r, config={**(r.config or {}), "warnings": ["edge width b3 = 16 eV (median) is above 15 eV"]}
+    )
     text = io_info.summarize(io_results.write_result(tmp_path / "w.h5", r))
     assert "WARNING:           edge width b3 = 16 eV" in text
 
@@ -769,10 +819,17 @@ def make_truth(seed=0) -> Truth:
     labels = rng.integers(-1, 3, (H, W)).astype(np.int16)
     maps = {name: np.where(labels >= 0, rng.normal(size=(H, W)), np.nan) for name in MAP_FIELDS}
     params = {name: rng.normal(size=(H, W)) for name in ("a", "b1", "b2", "b3", "c11", "n_other")}
-    return Truth(maps=maps, labels=labels, domain_names=["LiFePO4", "FePO4", "mixed"], params=params,
-                 pixel_size=1e-8, origin=(-3e-7, -2e-7), energies=ENERGIES.copy(), reference_energy=5480.0,
-                 attrs={"preset": "two-phase", "seed": 7, "dose": 1e5, "nested": {"x": [1, 2]},
-                        "version": "0.1.0"})
+    return Truth(
+        maps=maps,
+        labels=labels,
+        domain_names=["LiFePO4", "FePO4", "mixed"],
+        params=params,
+        pixel_size=1e-8,
+        origin=(-3e-7, -2e-7),
+        energies=ENERGIES.copy(),
+        reference_energy=5480.0,
+        attrs={"preset": "two-phase", "seed": 7, "dose": 1e5, "nested": {"x": [1, 2]}, "version": "0.1.0"},
+    )
 
 
 def test_truth_round_trip(tmp_path):
@@ -808,10 +865,24 @@ def test_summarize_unknown_hdf5(tmp_path):
 
 
 def test_to_jsonable():
-    obj = {"a": np.float32(1.5), "b": np.arange(3), "c": (1, np.int8(2)), "d": Path("x/y"), "e": {3, 1},
-           "f": 1 + 2j, np.int64(4): None}
-    assert io_files.to_jsonable(obj) == {"a": 1.5, "b": [0, 1, 2], "c": [1, 2], "d": "x/y", "e": [1, 3],
-                                   "f": [1.0, 2.0], "4": None}
+    obj = {
+        "a": np.float32(1.5),
+        "b": np.arange(3),
+        "c": (1, np.int8(2)),
+        "d": Path("x/y"),
+        "e": {3, 1},
+        "f": 1 + 2j,
+        np.int64(4): None,
+    }
+    assert io_files.to_jsonable(obj) == {
+        "a": 1.5,
+        "b": [0, 1, 2],
+        "c": [1, 2],
+        "d": "x/y",
+        "e": [1, 3],
+        "f": [1.0, 2.0],
+        "4": None,
+    }
     with pytest.raises(TypeError):
         io_files.dumps_json({"f": lambda x: x})
 
@@ -856,8 +927,9 @@ def test_open_cxi_frames_equal_read_cxi(tmp_path, compression, chunk_frames, int
         np.testing.assert_array_equal(np.asarray(a.frames), np.asarray(b.frames))
         np.testing.assert_array_equal(np.asarray(a.energy_index), np.asarray(b.energy_index))
     # energy subsets like read_cxi
-    np.testing.assert_array_equal(np.asarray(io_cxi.open_cxi(path, energies=[1]).frames),
-                                  np.asarray(io_cxi.read_cxi(path, energies=[1]).frames))
+    np.testing.assert_array_equal(
+        np.asarray(io_cxi.open_cxi(path, energies=[1]).frames), np.asarray(io_cxi.read_cxi(path, energies=[1]).frames)
+    )
     with pytest.raises(IndexError):
         fr[21]
 
@@ -894,9 +966,17 @@ MON = "instrument_1/monitor_1/data"
 
 def _with_monitor(ds: Dataset, seed=5) -> Dataset:
     mon = np.random.default_rng(seed).uniform(0.9e5, 1.1e5, ds.n_frames)
-    return Dataset(frames=ds.frames, positions=ds.positions, energy_index=ds.energy_index, energies=ds.energies,
-                   mask=ds.mask, illumination=ds.illumination, distance=ds.distance,
-                   detector_pixel=ds.detector_pixel, monitor=mon)
+    return Dataset(
+        frames=ds.frames,
+        positions=ds.positions,
+        energy_index=ds.energy_index,
+        energies=ds.energies,
+        mask=ds.mask,
+        illumination=ds.illumination,
+        distance=ds.distance,
+        detector_pixel=ds.detector_pixel,
+        monitor=mon,
+    )
 
 
 def test_monitor_round_trip_and_selections(tmp_path):
@@ -921,19 +1001,32 @@ def test_monitor_round_trip_and_selections(tmp_path):
     ei = np.asarray(back.energy_index)
     for k in range(K):
         assert rel[ei == k].mean() == pytest.approx(1.0, abs=1e-12)
-        np.testing.assert_allclose(rel[ei == k] / rel[ei == k][0], back.monitor[ei == k] / back.monitor[ei == k][0],
-                                   rtol=1e-12)
+        np.testing.assert_allclose(
+            rel[ei == k] / rel[ei == k][0], back.monitor[ei == k] / back.monitor[ei == k][0], rtol=1e-12
+        )
     np.testing.assert_array_equal(relative_monitor(make_dataset()), np.ones(K * N))
     assert "monitor (I0):      present" in io_cxi.cxi_summary(path)
     assert "monitor (I0):      absent" in io_cxi.cxi_summary(io_cxi.write_cxi(tmp_path / "n.cxi", make_dataset()))
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda f: f[f"entry_2/{MON}"].__setitem__(3, 0.0), r"entry_2/instrument_1/monitor_1/data: reading 3 is 0"),
-    (lambda f: f[f"entry_1/{MON}"].__setitem__(0, np.nan), r"entry_1/instrument_1/monitor_1/data: reading 0 is nan"),
-    (lambda f: _replace(f, f"entry_3/{MON}", np.ones(N + 1)), r"entry_3/instrument_1/monitor_1/data: must have shape \(5,\)"),
-    (lambda f: f.__delitem__(f"entry_2/{MON}"), r"entry_2/instrument_1/monitor_1/data: missing dataset \(present in /entry_1"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda f: f[f"entry_2/{MON}"].__setitem__(3, 0.0), r"entry_2/instrument_1/monitor_1/data: reading 3 is 0"),
+        (
+            lambda f: f[f"entry_1/{MON}"].__setitem__(0, np.nan),
+            r"entry_1/instrument_1/monitor_1/data: reading 0 is nan",
+        ),
+        (
+            lambda f: _replace(f, f"entry_3/{MON}", np.ones(N + 1)),
+            r"entry_3/instrument_1/monitor_1/data: must have shape \(5,\)",
+        ),
+        (
+            lambda f: f.__delitem__(f"entry_2/{MON}"),
+            r"entry_2/instrument_1/monitor_1/data: missing dataset \(present in /entry_1",
+        ),
+    ],
+)
 def test_monitor_errors(tmp_path, mutate, match):
     """A bad monitor is one InputError line naming the entry and dataset."""
     path = io_cxi.write_cxi(tmp_path / "m.cxi", _with_monitor(make_dataset()))
@@ -946,8 +1039,16 @@ def test_monitor_errors(tmp_path, mutate, match):
 
 def test_dataset_refuses_bad_monitor():
     ds = make_dataset()
-    kw = dict(frames=ds.frames, positions=ds.positions, energy_index=ds.energy_index, energies=ds.energies,
-              mask=ds.mask, illumination=None, distance=ds.distance, detector_pixel=ds.detector_pixel)
+    kw = dict(
+        frames=ds.frames,
+        positions=ds.positions,
+        energy_index=ds.energy_index,
+        energies=ds.energies,
+        mask=ds.mask,
+        illumination=None,
+        distance=ds.distance,
+        detector_pixel=ds.detector_pixel,
+    )
     with pytest.raises(InputError, match=r"monitor must be \(15,\)"):
         Dataset(**kw, monitor=np.ones(14))
     with pytest.raises(InputError, match="monitor reading of frame 2 is -1"):
@@ -969,7 +1070,10 @@ def test_result_background_round_trip_and_validation(tmp_path, shape):
     with h5py.File(path) as f:
         assert f["detector/background"].attrs["units"] == "photons per detector pixel per frame"
     assert "background:        " + shape in io_results.summarize_result(path)  # `diffxas info`
-    assert io_results.read_result(io_results.write_result(tmp_path / "none.h5", make_result(clusters=False))).background is None
+    assert (
+        io_results.read_result(io_results.write_result(tmp_path / "none.h5", make_result(clusters=False))).background
+        is None
+    )
     r.background = np.zeros((K + 1,), np.float32)
     with pytest.raises(ValueError, match="background"):
         io_results.write_result(tmp_path / "bad.h5", r)
@@ -993,8 +1097,9 @@ def test_cxi_energy_from_wavelength_only(cxi):
     assert_same_dataset(make_dataset(), back)
 
 
-@pytest.mark.parametrize("value,words", [(2.3e-10 * 1e10, "not a plausible X-ray wavelength"),
-                                         (-1e-10, "must be positive")])
+@pytest.mark.parametrize(
+    "value,words", [(2.3e-10 * 1e10, "not a plausible X-ray wavelength"), (-1e-10, "must be positive")]
+)
 def test_cxi_bad_wavelength(cxi, value, words):
     with h5py.File(cxi, "r+") as f:
         del f[f"entry_2/{SRC}/energy"]
@@ -1029,10 +1134,23 @@ def test_cxi_frames_only_under_data_1(cxi):
     assert "dose:" in io_cxi.cxi_summary(cxi)
 
 
-@pytest.mark.parametrize("bits,used", [
-    (0x1, False), (0x2, False), (0x4, False), (0x8, False), (0x10, False), (0x80, False), (0x200, False),
-    (0x400, False), (0x1000, True), (0x10000, True), (0x1000 | 0x200, False), (0x80000000, True),
-])
+@pytest.mark.parametrize(
+    "bits,used",
+    [
+        (0x1, False),
+        (0x2, False),
+        (0x4, False),
+        (0x8, False),
+        (0x10, False),
+        (0x80, False),
+        (0x200, False),
+        (0x400, False),
+        (0x1000, True),
+        (0x10000, True),
+        (0x1000 | 0x200, False),
+        (0x80000000, True),
+    ],
+)
 def test_cxi_mask_bits_by_meaning(cxi, bits, used):
     """CXI 1.6 pixel-mask table: the defect bits exclude a pixel; 0x1000 (signal above
     background), 0x10000 (inside support) and the user bits do not."""
@@ -1047,8 +1165,11 @@ def test_cxi_mask_bits_by_meaning(cxi, bits, used):
 
 def test_cxi_mask_signed_and_legacy_types(cxi):
     """int32 -1 (all bits) excludes; bool and float masks: non-zero excludes."""
-    for data, n_bad in ((np.full((M, M), 0, np.int32), 0), (np.eye(M, dtype=bool), M),
-                        (np.eye(M, dtype=np.float32) * 0.5, M)):
+    for data, n_bad in (
+        (np.full((M, M), 0, np.int32), 0),
+        (np.eye(M, dtype=bool), M),
+        (np.eye(M, dtype=np.float32) * 0.5, M),
+    ):
         data = data.copy()
         if data.dtype == np.int32:
             data[0, :5] = -1

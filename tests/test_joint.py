@@ -26,8 +26,26 @@ from diffxas.solvers.joint import result as joint_result
 from diffxas.solvers.joint import run as joint_run
 from diffxas.solvers.joint import solver as joint_solver
 
-ENERGIES = (5420.0, 5455.0, 5463.0, 5465.0, 5466.0, 5467.0, 5469.0, 5472.0, 5475.0, 5478.0, 5480.0,
-            5482.0, 5484.0, 5487.0, 5492.0, 5500.0, 5520.0, 5540.0)
+ENERGIES = (
+    5420.0,
+    5455.0,
+    5463.0,
+    5465.0,
+    5466.0,
+    5467.0,
+    5469.0,
+    5472.0,
+    5475.0,
+    5478.0,
+    5480.0,
+    5482.0,
+    5484.0,
+    5487.0,
+    5492.0,
+    5500.0,
+    5520.0,
+    5540.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +81,9 @@ def test_wrong_absorber_fails_before_any_work(small3):
 
 def test_raw_transforms_round_trip():
     sc = joint_model.Scales(amp=0.05, n_other=1e23, e_mid=5480.0, e_half=61.0)
-    for name, v in dict(a=0.01, b1=0.04, b2=5477.3, b3=3.7, c11=0.01, c12=5466.2, c13=1.1, c21=0.003, c22=5470.0, c23=2.1, n_other=3e23).items():
+    for name, v in dict(
+        a=0.01, b1=0.04, b2=5477.3, b3=3.7, c11=0.01, c12=5466.2, c13=1.1, c21=0.003, c22=5470.0, c23=2.1, n_other=3e23
+    ).items():
         r = joint_model.to_raw(name, v, sc)
         assert float(joint_model.from_raw(name, jnp.asarray(r, jnp.float32), sc)) == pytest.approx(v, rel=1e-5), name
 
@@ -76,15 +96,28 @@ def test_gradients_through_full_chain(small3):
     ds = small3.dataset.select_energies([0, 1, 2])
     solver, state, _ = joint_run.prepare_joint(ds, joint_config.JointConfig(steps=1, chunk_size=64))
     with jax.enable_x64(True):
-        p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, state.params)
-        prob = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x, solver.prob)
+        p64 = jax.tree.map(
+            lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, state.params
+        )
+        prob = jax.tree.map(
+            lambda x: (
+                jnp.asarray(x, jnp.float64) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x
+            ),
+            solver.prob,
+        )
 
         names = ("b2", "b1", "n_other", "c11")
 
         def f(b2, b1, n_other, c11, probe_re, dscale):
             raw = dict(p64.raw, b2=b2, b1=b1, n_other=n_other, c11=c11)
-            params = joint_model.JointParams(raw=raw, probe_re=probe_re, probe_im=p64.probe_im, dpos=p64.dpos, dscale=dscale,
-                                       probe_gain=p64.probe_gain)
+            params = joint_model.JointParams(
+                raw=raw,
+                probe_re=probe_re,
+                probe_im=p64.probe_im,
+                dpos=p64.dpos,
+                dscale=dscale,
+                probe_gain=p64.probe_gain,
+            )
             return joint_loss.total_loss(params, prob, None, solver.static) / 1e6
 
         rng = np.random.default_rng(0)
@@ -172,9 +205,15 @@ def test_per_energy_gain_scales_the_probes(small3):
     g = np.array([0.1, -0.2, 0.05], np.float32)
     p = np.asarray(joint_model.probes(dataclasses.replace(state.params, probe_gain=jnp.asarray(g)), solver.prob))
     np.testing.assert_allclose(p, q * np.exp(g)[:, None, None], rtol=1e-6, atol=1e-6 * np.abs(q).max())
-    for model, lr, moved in (("per-energy", 0.01, True), ("per-energy", 0.0, False), ("smooth", 0.01, True),
-                             ("smooth", 0.0, False)):
-        solver, state0, _ = joint_run.prepare_joint(ds, dataclasses.replace(cfg, lr_gain=lr, probe_model=model, probe_degree=1))
+    for model, lr, moved in (
+        ("per-energy", 0.01, True),
+        ("per-energy", 0.0, False),
+        ("smooth", 0.01, True),
+        ("smooth", 0.0, False),
+    ):
+        solver, state0, _ = joint_run.prepare_joint(
+            ds, dataclasses.replace(cfg, lr_gain=lr, probe_model=model, probe_degree=1)
+        )
         state = state0
         for _ in range(3):
             state, _ = solver.step(state)
@@ -198,7 +237,9 @@ def test_noise_free_recovery_with_a_start_probe_at_the_wrong_power(clean, monkey
     from diffxas.data import stxm
     from diffxas.simulate.presets import membrane
 
-    monkeypatch.setattr(joint_run, "illumination_at_counts", lambda ds, sums=None: stxm.illumination_at_counts(ds, sums, tolerance=10.0))
+    monkeypatch.setattr(
+        joint_run, "illumination_at_counts", lambda ds, sums=None: stxm.illumination_at_counts(ds, sums, tolerance=10.0)
+    )
     p = np.asarray(clean.dataset.illumination)
     ds = dataclasses.replace(clean.dataset, illumination=p * 1.05)
     res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=300, log_every=50))
@@ -246,8 +287,9 @@ def test_resume_equals_uninterrupted(small3, tmp_path, holdout):
     steps (tolerance 1e-6 relative: identical arithmetic); with held-out frames, the same
     held-out loss history too."""
     ds = small3.dataset
-    cfg = joint_config.JointConfig(steps=6, checkpoint_every=3, log_every=1, probe_start=2, batch_size=64, chunk_size=32,
-                            holdout=holdout)
+    cfg = joint_config.JointConfig(
+        steps=6, checkpoint_every=3, log_every=1, probe_start=2, batch_size=64, chunk_size=32, holdout=holdout
+    )
     full = joint_run.reconstruct_joint(ds, cfg)
 
     class Kill(Exception):
@@ -367,11 +409,16 @@ def test_prior_weights_follow_the_noise_level(small3):
             assert np.median(ts[i][np.asarray(solver.prob.illuminated)]) == pytest.approx(w2[k]["weight"], rel=0.5)
         else:
             assert np.all(ts[i] == 0)
-    reg = sum(float(joint_model._tv(state.params.raw[k], solver.prob.illuminated, ts[i])) for i, k in enumerate(joint_config.ALL_PARAMS) if k in w2)
+    reg = sum(
+        float(joint_model._tv(state.params.raw[k], solver.prob.illuminated, ts[i]))
+        for i, k in enumerate(joint_config.ALL_PARAMS)
+        if k in w2
+    )
     assert solver.static[2] == 1.0
     assert float(joint_loss.regulariser(state.params, solver.prob)) == pytest.approx(reg, rel=1e-5)
     assert float(joint_loss.total_loss(state.params, solver.prob, None, solver.static)) == pytest.approx(
-        float(joint_loss.data_loss(state.params, solver.prob, None, "poisson", solver.static[1])) + reg, rel=1e-6)
+        float(joint_loss.data_loss(state.params, solver.prob, None, "poisson", solver.static[1])) + reg, rel=1e-6
+    )
 
 
 def test_prior_weights_fused_equals_eager(clean):
@@ -420,8 +467,11 @@ def test_compilation_cache_switch(tmp_path, monkeypatch):
     assert cli._compilation_cache() is None  # pytest: off unless asked
     monkeypatch.setenv(cli.COMPILATION_CACHE_ENV, "off")
     assert cli._compilation_cache() is None
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
+    keys = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
     before = {k: getattr(jax.config, k) for k in keys}
     try:
         monkeypatch.setenv(cli.COMPILATION_CACHE_ENV, str(tmp_path / "cache"))
@@ -449,7 +499,9 @@ def test_per_domain_parameters(small3, tmp_path):
 
     ds = small3.dataset
     path = str(tmp_path / "pass1.h5")
-    io_results.write_result(path, joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=1, prior="none", init="stxm")))
+    io_results.write_result(
+        path, joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=1, prior="none", init="stxm"))
+    )
     shape = ds.common_grid().shape
     lab = np.where(np.arange(shape[1])[None, :] < shape[1] // 2, 0, 1) * np.ones(shape, int)
     lab[:, :3] = -1
@@ -489,7 +541,9 @@ def test_per_domain_config_errors(small3, tmp_path):
     from diffxas.data import results as io_results
 
     path = str(tmp_path / "nolabels.h5")
-    io_results.write_result(path, joint_run.reconstruct_joint(small3.dataset, joint_config.JointConfig(steps=1, prior="none", init="stxm")))
+    io_results.write_result(
+        path, joint_run.reconstruct_joint(small3.dataset, joint_config.JointConfig(steps=1, prior="none", init="stxm"))
+    )
     with pytest.raises(ConfigError, match="diffxas cluster"):
         joint_run.prepare_joint(small3.dataset, joint_config.JointConfig(steps=1, per_domain=("c12",), domains=path))
 
@@ -517,7 +571,7 @@ def test_frame_scales_recover_flux_jitter():
     for k in range(len(ENERGIES)):  # the gauge holds exactly
         assert abs(s[ei == k].mean()) < 1e-6
     assert np.corrcoef(s, t)[0, 1] > 0.95
-    assert np.sqrt(np.mean((s - t) ** 2)) < 0.3 * np.sqrt(np.mean(t ** 2))
+    assert np.sqrt(np.mean((s - t) ** 2)) < 0.3 * np.sqrt(np.mean(t**2))
     with pytest.raises(ConfigError, match="lr_scale"):
         joint_config.JointConfig(lr_scale=-1.0)
 
@@ -581,7 +635,9 @@ def test_warm_start_shared_parameters_and_probes(small3, tmp_path):
             # detector pixels (stxm.probes_at_membrane_counts) equals a membrane frame's counts
             pr = np.asarray(state.params.probe_re) + 1j * np.asarray(state.params.probe_im)
             far = np.abs(np.fft.fftshift(np.fft.fft2(pr, norm="ortho"), axes=(-2, -1))) ** 2
-            np.testing.assert_allclose(np.sum(far * np.asarray(ds.mask), axis=(1, 2)), joint_stxm.membrane_counts(ds), rtol=1e-4)
+            np.testing.assert_allclose(
+                np.sum(far * np.asarray(ds.mask), axis=(1, 2)), joint_stxm.membrane_counts(ds), rtol=1e-4
+            )
 
 
 def test_warm_start_takes_the_results_background(small3, tmp_path):
@@ -618,7 +674,7 @@ def test_probe_basis_and_exact_fit():
     e = np.array([5420.0, 5450.0, 5480.0, 5540.0])
     b = joint_model.probe_basis(e, 2)
     x = (e - 5480.0) / 60.0
-    np.testing.assert_allclose(b, np.stack([np.ones(4), x, 0.5 * (3 * x ** 2 - 1)], 1), atol=1e-6)
+    np.testing.assert_allclose(b, np.stack([np.ones(4), x, 0.5 * (3 * x**2 - 1)], 1), atol=1e-6)
     rng = np.random.default_rng(0)
     q = rng.normal(size=(3, 6, 6)) + 1j * rng.normal(size=(3, 6, 6))
     q[0] += 5.0  # a dominant shared part, as a real probe
@@ -642,23 +698,41 @@ def test_smooth_probe_model_gradients_and_run(small3):
     probes in test_gradients_through_full_chain); a few steps lower the loss, move the
     gains and write per-energy probes to the result."""
     ds = small3.dataset
-    cfg = joint_config.JointConfig(steps=6, probe_model="smooth", probe_degree=1, probe_start=0, prior="none", init="stxm",
-                            log_every=1)
+    cfg = joint_config.JointConfig(
+        steps=6, probe_model="smooth", probe_degree=1, probe_start=0, prior="none", init="stxm", log_every=1
+    )
     solver, state, ctx = joint_run.prepare_joint(ds, cfg)
     assert state.params.probe_re.shape == (2, ds.frame_size, ds.frame_size) and state.params.probe_gain.shape == (3,)
     assert ctx["init_info"]["probe_model_fit"] < 1e-4
     with jax.enable_x64(True):
-        prob = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x, solver.prob)
+        prob = jax.tree.map(
+            lambda x: (
+                jnp.asarray(x, jnp.float64) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x
+            ),
+            solver.prob,
+        )
         w = jnp.asarray(np.random.default_rng(1).normal(size=(3, ds.frame_size, ds.frame_size)))
 
         def f(re, im, gain):
-            params = joint_model.JointParams(raw=state.params.raw, probe_re=re, probe_im=im, dpos=state.params.dpos,
-                                       dscale=state.params.dscale, probe_gain=gain)
+            params = joint_model.JointParams(
+                raw=state.params.raw,
+                probe_re=re,
+                probe_im=im,
+                dpos=state.params.dpos,
+                dscale=state.params.dscale,
+                probe_gain=gain,
+            )
             p = joint_model.probes(params, prob)
             return jnp.sum(w * jnp.abs(p) ** 2) / 1e4 + jnp.sum(w * jnp.real(p)) / 1e2
 
-        args = tuple(jnp.asarray(np.asarray(a), jnp.float64) for a in (state.params.probe_re, state.params.probe_im,
-                                                                        state.params.probe_gain + jnp.array([0.1, -0.1, 0.05])))
+        args = tuple(
+            jnp.asarray(np.asarray(a), jnp.float64)
+            for a in (
+                state.params.probe_re,
+                state.params.probe_im,
+                state.params.probe_gain + jnp.array([0.1, -0.1, 0.05]),
+            )
+        )
         check_grads(f, args, order=1, modes=("rev",), eps=1e-6, rtol=1e-4)
     res = joint_run.reconstruct_joint(ds, cfg)
     assert res.history["loss"][-1] < res.history["loss"][0]
@@ -688,7 +762,9 @@ def test_relative_pre_edge_amplitudes(small3):
     assert np.isfinite(float(loss))
     with pytest.raises(ConfigError, match="relative"):
         joint_config.JointConfig(relative=("a",))
-    solver, state, _ = joint_run.prepare_joint(ds, joint_config.JointConfig(steps=1, init="stxm", per_pixel=("a", "b2", "c11", "n_other")))
+    solver, state, _ = joint_run.prepare_joint(
+        ds, joint_config.JointConfig(steps=1, init="stxm", per_pixel=("a", "b2", "c11", "n_other"))
+    )
     assert solver.prob.scales.relative == ()  # b1 shared: absolute amplitudes
 
 
@@ -726,15 +802,28 @@ def test_initial_shape_search_with_few_energies(n):
     from diffxas.simulate.presets import _tiny_energies
 
     e = np.asarray(_tiny_energies())[even_indices(len(_tiny_energies()), n)]
-    p = XanesParams(a=0.004, b1=0.016, b2=5480.0, b3=4.0, c11=0.006, c12=5466.0, c13=1.2,
-                    c21=0.0006, c22=5470.0, c23=2.0, n_other=0.0)
+    p = XanesParams(
+        a=0.004,
+        b1=0.016,
+        b2=5480.0,
+        b3=4.0,
+        c11=0.006,
+        c12=5466.0,
+        c13=1.2,
+        c21=0.0006,
+        c22=5470.0,
+        c23=2.0,
+        n_other=0.0,
+    )
     y = np.asarray(absorption(p, jnp.asarray(e)), np.float64)
     v = joint_init.fit_shape_and_amplitudes(y[:, None, None], e, np.ones((1, 1), bool))
     assert all(np.all(np.isfinite(x)) for x in v.values())
     assert e.min() <= float(v["b2"].flat[0]) <= e.max()
     if n <= 4:
         f = lambda k: float(v[k].flat[0])  # noqa: E731
-        dm = np.asarray(linear_design(jnp.asarray(e), f("b2"), f("b3"), f("c12"), f("c13"), f("c22"), f("c23")), np.float64)
+        dm = np.asarray(
+            linear_design(jnp.asarray(e), f("b2"), f("b3"), f("c12"), f("c13"), f("c22"), f("c23")), np.float64
+        )
         fit = dm @ np.array([f("a"), f("b1"), f("c11"), f("c21")])
         assert np.max(np.abs(fit - y)) < 1e-6 * np.max(np.abs(y))
 
@@ -749,8 +838,19 @@ def test_initial_shape_search_finds_the_main_pre_edge_peak():
     from diffxas.simulate.presets import _tiny_energies
 
     e = np.asarray(_tiny_energies())
-    p = XanesParams(a=0.004, b1=0.016, b2=5480.0, b3=4.0, c11=0.006, c12=5466.0, c13=2.0,
-                    c21=0.0006, c22=5470.0, c23=2.0, n_other=0.0)
+    p = XanesParams(
+        a=0.004,
+        b1=0.016,
+        b2=5480.0,
+        b3=4.0,
+        c11=0.006,
+        c12=5466.0,
+        c13=2.0,
+        c21=0.0006,
+        c22=5470.0,
+        c23=2.0,
+        n_other=0.0,
+    )
     y = np.asarray(absorption(p, jnp.asarray(e)), np.float64)
     v = joint_init.fit_shape_and_amplitudes(y[:, None, None], e, np.ones((1, 1), bool))
     assert abs(float(v["c12"].flat[0]) - 5466.0) <= 1.0
@@ -780,9 +880,13 @@ def test_plausibility_warnings():
     bad = dict(ok, c23=np.full(shape, 12.0))
     w = joint_result.plausibility_warnings(bad, np.full(shape, -21.0), valid)
     assert len(w) == 2 and "c23 = 12 eV" in w[0] and "negative" in w[1]
-    assert joint_result.plausibility_warnings(dict(ok, b3=np.full(shape, 16.0)), np.full(shape, 1.0), valid)[0].startswith("edge width")
+    assert joint_result.plausibility_warnings(dict(ok, b3=np.full(shape, 16.0)), np.full(shape, 1.0), valid)[
+        0
+    ].startswith("edge width")
     # invalid pixels do not count; no valid pixel at all is said
-    assert joint_result.plausibility_warnings(bad, np.full(shape, 1.0), np.zeros(shape, bool))[0].startswith("no valid pixel")
+    assert joint_result.plausibility_warnings(bad, np.full(shape, 1.0), np.zeros(shape, bool))[0].startswith(
+        "no valid pixel"
+    )
 
 
 def test_holdout_mask_spreads_and_keeps_every_energy(small3):
@@ -830,8 +934,16 @@ def test_heldout_loss_matches_a_direct_forward_model(small3):
     for k, g in enumerate(ctx["grids"]):
         idx = np.nonzero(ei == k)[0]
         corner, frac = frame_geometry(np.asarray(held_ds.positions, np.float64)[idx], g, ds.frame_size)
-        inten = intensities(obj, phat, jnp.full(idx.size, k, jnp.int32), jnp.asarray(corner), jnp.asarray(frac), centered=True)
-        ref += float(lf(inten, jnp.asarray(np.asarray(held_ds.frames)[idx], jnp.float32), jnp.asarray(np.asarray(ds.mask)[k])[None]))
+        inten = intensities(
+            obj, phat, jnp.full(idx.size, k, jnp.int32), jnp.asarray(corner), jnp.asarray(frac), centered=True
+        )
+        ref += float(
+            lf(
+                inten,
+                jnp.asarray(np.asarray(held_ds.frames)[idx], jnp.float32),
+                jnp.asarray(np.asarray(ds.mask)[k])[None],
+            )
+        )
     assert got == pytest.approx(ref, rel=1e-4)
 
 
@@ -863,8 +975,9 @@ def test_gradients_through_the_background(small3):
     from diffxas.physics.forward import poisson_nll
 
     ds = small3.dataset
-    solver, state, _ = joint_run.prepare_joint(ds, joint_config.JointConfig(steps=1, chunk_size=64, background="map", loss="poisson",
-                                                                 prior="none"))
+    solver, state, _ = joint_run.prepare_joint(
+        ds, joint_config.JointConfig(steps=1, chunk_size=64, background="map", loss="poisson", prior="none")
+    )
     p = state.params
     assert p.background.shape == (3, ds.frame_size, ds.frame_size)
     rng = np.random.default_rng(1)
@@ -882,7 +995,12 @@ def test_gradients_through_the_background(small3):
     np.testing.assert_allclose(np.asarray(bg), np.asarray(prob.background0) * np.exp(np.asarray(logb)), rtol=1e-6)
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, p1)
-        prob64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x, prob)
+        prob64 = jax.tree.map(
+            lambda x: (
+                jnp.asarray(x, jnp.float64) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x
+            ),
+            prob,
+        )
 
         def f(lb):
             return joint_loss.total_loss(dataclasses.replace(p64, background=lb), prob64, None, solver.static) / 1e6
@@ -894,8 +1012,11 @@ def test_gradients_through_the_background(small3):
 
 @pytest.fixture(scope="module")
 def clean_radial_background():
-    return simulate(preset("tiny", energies=ENERGIES, noise=False, bad_pixel_fraction=0.0, background=0.5,
-                           background_profile="radial"))
+    return simulate(
+        preset(
+            "tiny", energies=ENERGIES, noise=False, bad_pixel_fraction=0.0, background=0.5, background_profile="radial"
+        )
+    )
 
 
 def test_noise_free_recovery_with_a_flat_background():
@@ -925,11 +1046,13 @@ def test_noise_free_background_map_in_the_data_layout(clean_radial_background, t
     from diffxas.data import results as io_results
 
     sim = clean_radial_background
-    res = joint_run.reconstruct_joint(sim.dataset, joint_config.JointConfig(steps=100, log_every=50, background="map", loss="poisson"))
+    res = joint_run.reconstruct_joint(
+        sim.dataset, joint_config.JointConfig(steps=100, log_every=50, background="map", loss="poisson")
+    )
     tb = sim.true_background
     m = tb.shape[0]
     yy, xx = np.mgrid[:m, :m] - m // 2
-    r = np.sqrt(xx ** 2 + yy ** 2)
+    r = np.sqrt(xx**2 + yy**2)
     for lo, hi in ((4, 8), (8, 12), (12, 17)):
         ring = (r >= lo) & (r < hi)
         fit = res.background[:, ring].mean(axis=1)
@@ -951,8 +1074,11 @@ def test_convergence_rule_brute_force():
     assert conv.earliest == 50 + 2 * 5  # shape_start = steps // 4 = 50 > probe_start = 20
     loss = 1.0 + np.exp(-np.arange(1, 201) / 10.0)
     got = next(s for s in range(1, 201) if conv.update(s, loss[s - 1]))
-    want = next(s for s in range(conv.earliest, 201)
-                if abs(loss[s - 10:s - 5].mean() - loss[s - 5:s].mean()) <= 1e-3 * loss[s - 5:s].mean())
+    want = next(
+        s
+        for s in range(conv.earliest, 201)
+        if abs(loss[s - 10 : s - 5].mean() - loss[s - 5 : s].mean()) <= 1e-3 * loss[s - 5 : s].mean()
+    )
     assert got == want and got > conv.earliest  # the loss still moves at `earliest`
     off = joint_solver.Convergence(joint_config.JointConfig(steps=200))
     assert not any(off.update(s, 1.0) for s in range(1, 201))

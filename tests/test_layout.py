@@ -93,7 +93,7 @@ def test_no_module_level_import_cycles():
         stack.append(n)
         for m in graph.get(n, ()):
             if state.get(m) == 1:
-                cycles.append(stack[stack.index(m):] + [m])
+                cycles.append(stack[stack.index(m) :] + [m])
             elif not state.get(m):
                 visit(m, stack)
         stack.pop()

@@ -42,7 +42,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-WORKER = textwrap.dedent(r'''
+WORKER = textwrap.dedent(r"""
     import json, os, resource, sys, time
     t0 = time.perf_counter()
     mode, data, out, n, i, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
@@ -103,7 +103,7 @@ WORKER = textwrap.dedent(r'''
                peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                seconds=time.perf_counter() - t0)
     print("RESULT " + json.dumps(res), flush=True)
-''')
+""")
 
 
 def _tiny_cxi(path: Path, M: int = 16, side: int = 4, energies=(5462.0, 5466.0, 5469.0, 5472.0), seed: int = 0) -> Path:
@@ -131,22 +131,42 @@ def _tiny_cxi(path: Path, M: int = 16, side: int = 4, energies=(5462.0, 5466.0, 
         grid = grid_covering(pos, dx[k], M, margin_px=2)
         ny, nx = grid.shape
         r2 = ((np.arange(ny)[:, None] - ny / 2) ** 2 + (np.arange(nx)[None, :] - nx / 2) ** 2) / (0.25 * ny) ** 2
-        obj = transmission(jnp.asarray(0.3 * np.exp(-r2) * (1 + 0.3 * k / K), jnp.float32),
-                           jnp.asarray(-0.5 * np.exp(-r2), jnp.float32))
+        obj = transmission(
+            jnp.asarray(0.3 * np.exp(-r2) * (1 + 0.3 * k / K), jnp.float32),
+            jnp.asarray(-0.5 * np.exp(-r2), jnp.float32),
+        )
         c, f = frame_geometry(pos, grid, M)
-        inten = intensities(obj[None], jnp.fft.fft2(jnp.asarray(illum[k]))[None], jnp.zeros(len(pos), jnp.int32),
-                            jnp.asarray(c), jnp.asarray(f))
+        inten = intensities(
+            obj[None],
+            jnp.fft.fft2(jnp.asarray(illum[k]))[None],
+            jnp.zeros(len(pos), jnp.int32),
+            jnp.asarray(c),
+            jnp.asarray(f),
+        )
         frames.append(rng.poisson(np.maximum(np.asarray(inten), 0)).astype(np.float32))
     n = len(pos)
-    ds = Dataset(frames=np.concatenate(frames), positions=np.tile(pos, (K, 1)),
-                 energy_index=np.repeat(np.arange(K), n).astype(np.int32), energies=e,
-                 mask=np.ones((K, M, M), np.float32), illumination=illum.astype(np.complex64), distance=z,
-                 detector_pixel=p)
+    ds = Dataset(
+        frames=np.concatenate(frames),
+        positions=np.tile(pos, (K, 1)),
+        energy_index=np.repeat(np.arange(K), n).astype(np.int32),
+        energies=e,
+        mask=np.ones((K, M, M), np.float32),
+        illumination=illum.astype(np.complex64),
+        distance=z,
+        detector_pixel=p,
+    )
     return write_cxi(path, ds)
 
 
-def run_group(mode: str, data: Path, out: Path, n: int, port: int | None = None, timeout: float = 300,
-              env_extra: dict | None = None) -> list[dict]:
+def run_group(
+    mode: str,
+    data: Path,
+    out: Path,
+    n: int,
+    port: int | None = None,
+    timeout: float = 300,
+    env_extra: dict | None = None,
+) -> list[dict]:
     """Start ``n`` worker processes (one process group each), wait, return their RESULT dicts.
 
     On a timeout or any failure every process still running is killed (SIGKILL to its
@@ -154,16 +174,30 @@ def run_group(mode: str, data: Path, out: Path, n: int, port: int | None = None,
     from diffxas.solvers.joint.parallel import free_port
 
     port = free_port() if port is None else port
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               OMP_NUM_THREADS="1", **(env_extra or {}))
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        OMP_NUM_THREADS="1",
+        **(env_extra or {}),
+    )
     # one persistent compilation cache for all runs of the module (next to the data file):
     # the initialisation's programs are the same in every process and every run
     env.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(data).parent / "jax-cache"))
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, mode, str(data), str(out), str(n), str(i), str(port)],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True) for i in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, mode, str(data), str(out), str(n), str(i), str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for i in range(n)
+    ]
     deadline = time.monotonic() + timeout
     outs: list[str | None] = [None] * n
     try:
@@ -183,7 +217,7 @@ def run_group(mode: str, data: Path, out: Path, n: int, port: int | None = None,
     for text in outs:
         line = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
         assert line, text[-3000:]
-        res.append(json.loads(line[-1][len("RESULT "):]))
+        res.append(json.loads(line[-1][len("RESULT ") :]))
     return res
 
 
@@ -246,8 +280,15 @@ def test_port_in_use_is_one_clear_error(cxi, tmp_path):
         s.listen()
         port = s.getsockname()[1]
         env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-        p = subprocess.run([sys.executable, "-c", WORKER, "step", str(cxi), str(tmp_path / "x"), "2", "0", str(port)],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+        p = subprocess.run(
+            [sys.executable, "-c", WORKER, "step", str(cxi), str(tmp_path / "x"), "2", "0", str(port)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     assert p.returncode == 2
     assert f"coordinator 127.0.0.1:{port}: the port is already in use" in p.stdout, p.stdout + p.stderr
 
@@ -257,14 +298,51 @@ def _cli_group(cxi: Path, out: Path, n: int, extra=(), timeout: float = 300) -> 
     from diffxas.solvers.joint.parallel import free_port
 
     port = free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1",
-               JAX_COMPILATION_CACHE_DIR=str(cxi.parent / "jax-cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        OMP_NUM_THREADS="1",
+        JAX_COMPILATION_CACHE_DIR=str(cxi.parent / "jax-cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "diffxas.app.cli", "reconstruct", str(cxi), "--method", "joint", "-o", str(out),
-           "--steps", "2", "--no-progress", "--set", "init=stxm", "--set", "prior=none", "--set", "chunk_size=24",
-           "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n), *extra]
-    procs = [subprocess.Popen(cmd + ["--process-id", str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True) for i in range(n)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffxas.app.cli",
+        "reconstruct",
+        str(cxi),
+        "--method",
+        "joint",
+        "-o",
+        str(out),
+        "--steps",
+        "2",
+        "--no-progress",
+        "--set",
+        "init=stxm",
+        "--set",
+        "prior=none",
+        "--set",
+        "chunk_size=24",
+        "--coordinator",
+        f"127.0.0.1:{port}",
+        "--num-processes",
+        str(n),
+        *extra,
+    ]
+    procs = [
+        subprocess.Popen(
+            cmd + ["--process-id", str(i)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for i in range(n)
+    ]
     deadline = time.monotonic() + timeout
     done = []
     try:
@@ -297,15 +375,34 @@ def test_cli_distributed_without_launcher_is_one_clear_error(cxi, tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     for k in ("SLURM_STEP_NODELIST", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS"):
         env.pop(k, None)
-    p = subprocess.run([sys.executable, "-m", "diffxas.app.cli", "reconstruct", str(cxi), "--method", "joint", "-o",
-                        str(tmp_path / "x.h5"), "--distributed"], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=120, check=False)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "diffxas.app.cli",
+            "reconstruct",
+            str(cxi),
+            "--method",
+            "joint",
+            "-o",
+            str(tmp_path / "x.h5"),
+            "--distributed",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert p.returncode == 2
     assert "--distributed: no launcher found" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert not (tmp_path / "x.h5").exists()
 
 
-def measure_rss(M: int = 256, side: int = 16, n_energies: int = 4, processes=(1, 2, 3), folder: str | None = None) -> dict:
+def measure_rss(
+    M: int = 256, side: int = 16, n_energies: int = 4, processes=(1, 2, 3), folder: str | None = None
+) -> dict:
     """Peak RSS per process of the sharded step (prepare + one loss/gradient) for N processes.
 
     ``python tests/test_multiprocess.py`` prints it: n_energies x side^2 frames of MxM
@@ -322,21 +419,26 @@ def measure_rss(M: int = 256, side: int = 16, n_energies: int = 4, processes=(1,
     e = np.linspace(5462.0, 5472.0, n_energies)
     F = n_energies * side * side
     yy, xx = np.mgrid[:M, :M] - M // 2
-    disc = (xx ** 2 + yy ** 2 < (M / 8) ** 2) * 50.0
+    disc = (xx**2 + yy**2 < (M / 8) ** 2) * 50.0
     if not data.exists():
         frames = rng.poisson(disc, (F, M, M)).astype(np.float32)
         g = (np.arange(side) - 0.5 * (side - 1)) * 60e-9
         pos = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
-        ds = Dataset(frames=frames, positions=np.tile(pos, (n_energies, 1)),
-                     energy_index=np.repeat(np.arange(n_energies), side * side).astype(np.int32), energies=e,
-                     mask=np.ones((n_energies, M, M), np.float32), illumination=None, distance=0.63,
-                     detector_pixel=75e-6)
+        ds = Dataset(
+            frames=frames,
+            positions=np.tile(pos, (n_energies, 1)),
+            energy_index=np.repeat(np.arange(n_energies), side * side).astype(np.int32),
+            energies=e,
+            mask=np.ones((n_energies, M, M), np.float32),
+            illumination=None,
+            distance=0.63,
+            detector_pixel=75e-6,
+        )
         write_cxi(data, ds, compression=None)
         del frames, ds
-    out = {"frames": F, "frame_size": M, "frames_mib": F * M * M * 4 / 2 ** 20}
+    out = {"frames": F, "frame_size": M, "frames_mib": F * M * M * 4 / 2**20}
     for n in processes:
-        r = run_group("step", data, d / f"rss{n}", n, timeout=600,
-                      env_extra={"MP_SHARDED1": "1", "MP_CHUNK": "128"})
+        r = run_group("step", data, d / f"rss{n}", n, timeout=600, env_extra={"MP_SHARDED1": "1", "MP_CHUNK": "128"})
         out[f"N={n}"] = [round(x["peak_rss_mib"], 1) for x in r]
     return out
 
@@ -352,13 +454,29 @@ def test_killed_process_stops_all_and_resume_continues(cxi, tmp_path):
     from diffxas.solvers.joint.parallel import free_port
 
     n, out = 2, tmp_path / "k"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1", MP_STEPS="400", MP_HEARTBEAT="10",
-               JAX_COMPILATION_CACHE_DIR=str(cxi.parent / "jax-cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        OMP_NUM_THREADS="1",
+        MP_STEPS="400",
+        MP_HEARTBEAT="10",
+        JAX_COMPILATION_CACHE_DIR=str(cxi.parent / "jax-cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, "run", str(cxi), str(out), str(n), str(i), str(port)],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True) for i in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, "run", str(cxi), str(out), str(n), str(i), str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for i in range(n)
+    ]
     ckpt = Path(str(out) + ".ckpt")
     try:
         deadline = time.monotonic() + 300

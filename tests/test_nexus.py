@@ -59,11 +59,13 @@ def write_nxcxi_ptycho(path, ds, names=("entry_1", "entry_2", "entry_3"), raster
             det["translation"].attrs["units"] = "um"
             det["translation"].attrs["axes"] = "translation:y:x"
             det["translation"].attrs["interpretation"] = "image"
-            for key, value, unit in (("x_pixel_size", ds.detector_pixel * 1e6, "um"),
-                                     ("y_pixel_size", ds.detector_pixel * 1e6, "um"),
-                                     ("distance", ds.distance * 1e3, "mm"),
-                                     ("beam_center_x", M / 2 * ds.detector_pixel, "m"),
-                                     ("beam_center_y", M / 2 * ds.detector_pixel, "m")):
+            for key, value, unit in (
+                ("x_pixel_size", ds.detector_pixel * 1e6, "um"),
+                ("y_pixel_size", ds.detector_pixel * 1e6, "um"),
+                ("distance", ds.distance * 1e3, "mm"),
+                ("beam_center_x", M / 2 * ds.detector_pixel, "m"),
+                ("beam_center_y", M / 2 * ds.detector_pixel, "m"),
+            ):
                 det[key] = value
                 det[key].attrs["units"] = unit
             det["pixel_mask"] = (np.asarray(ds.mask)[k] == 0).astype(np.uint32)  # NeXus bit 0: gap/bad
@@ -157,14 +159,17 @@ def _mut_same_energy(f):
     f["entry_2/instrument_1/beam_1/energy"][()] = f["entry_1/instrument_1/beam_1/energy"][()]
 
 
-@pytest.mark.parametrize("mutate,words", [
-    (_mut_machine_energy_only, "no photon energy"),
-    (_mut_energy_units, "not a plausible X-ray energy"),
-    (_mut_translation_rows, "one row per frame"),
-    (_mut_pixel_units, "unknown length unit"),
-    (_mut_translation_text, "expected real numbers"),
-    (_mut_same_energy, "two entries at one energy"),
-])
+@pytest.mark.parametrize(
+    "mutate,words",
+    [
+        (_mut_machine_energy_only, "no photon energy"),
+        (_mut_energy_units, "not a plausible X-ray energy"),
+        (_mut_translation_rows, "one row per frame"),
+        (_mut_pixel_units, "unknown length unit"),
+        (_mut_translation_text, "expected real numbers"),
+        (_mut_same_energy, "two entries at one energy"),
+    ],
+)
 def test_nexus_bad_input_one_line_exit_2(nxs, capsys, mutate, words):
     with h5py.File(nxs, "r+") as f:
         mutate(f)

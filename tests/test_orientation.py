@@ -96,11 +96,11 @@ def foreign_dataset(convention: str = "standard", dose: float = 1e5, seed: int =
     n = 96
     yy, xx = (np.mgrid[0:n, 0:n] - n / 2) * dx
     r0 = 0.5e-6
-    t = 2 * np.sqrt(np.clip(r0 ** 2 - xx ** 2 - yy ** 2, 0, None)) / (2 * r0)
+    t = 2 * np.sqrt(np.clip(r0**2 - xx**2 - yy**2, 0, None)) / (2 * r0)
     sign = -1.0 if convention != "conjugate" else 1.0  # n = 1 - delta -/+ i beta
     obj = np.exp(-0.02 - 0.15 * t + 1j * sign * (0.1 + 1.0 * t))
     py, px = np.mgrid[0:M, 0:M] - M // 2
-    rho2 = (px ** 2 + py ** 2) / (4 / 2.3548) ** 2
+    rho2 = (px**2 + py**2) / (4 / 2.3548) ** 2
     probe = np.exp(-0.5 * rho2 + 1j * 0.5 * rho2)
     probe *= np.sqrt(dose / np.sum(np.abs(probe) ** 2))
     frames, pos = [], []
@@ -108,7 +108,7 @@ def foreign_dataset(convention: str = "standard", dose: float = 1e5, seed: int =
     for sy in steps:
         for sx in steps:
             rc, cc = n // 2 + sy, n // 2 + sx
-            psi = probe * obj[rc - M // 2: rc + M // 2, cc - M // 2: cc + M // 2]
+            psi = probe * obj[rc - M // 2 : rc + M // 2, cc - M // 2 : cc + M // 2]
             f = np.fft.ifft2(psi) * M * M / M if convention == "ifft" else np.fft.fft2(psi) / M
             frames.append(rng.poisson(np.abs(np.fft.fftshift(f)) ** 2))
             pos.append((sx * dx, sy * dx))  # probe centre (x, y), m
@@ -123,19 +123,30 @@ def foreign_dataset(convention: str = "standard", dose: float = 1e5, seed: int =
     elif convention == "swapped-scan-axes":
         pos = pos[:, ::-1].copy()
     k = len(frames)
-    return Dataset(frames=frames, positions=pos, energy_index=np.zeros(k, np.int32), energies=np.array([E_EV]),
-                   mask=np.ones((1, M, M), np.float32), illumination=None, distance=DIST, detector_pixel=DET_PIX)
+    return Dataset(
+        frames=frames,
+        positions=pos,
+        energy_index=np.zeros(k, np.int32),
+        energies=np.array([E_EV]),
+        mask=np.ones((1, M, M), np.float32),
+        illumination=None,
+        distance=DIST,
+        detector_pixel=DET_PIX,
+    )
 
 
-@pytest.mark.parametrize("convention, fix", [
-    ("standard", "none"),
-    ("ifft", "rot180"),
-    ("conjugate", "rot180"),
-    ("transposed-detector", "transpose"),
-    ("flipped-rows", "flipud"),
-    ("numpy-rot90", "rot270"),
-    ("swapped-scan-axes", "transpose"),
-])
+@pytest.mark.parametrize(
+    "convention, fix",
+    [
+        ("standard", "none"),
+        ("ifft", "rot180"),
+        ("conjugate", "rot180"),
+        ("transposed-detector", "transpose"),
+        ("flipped-rows", "flipud"),
+        ("numpy-rot90", "rot270"),
+        ("swapped-scan-axes", "transpose"),
+    ],
+)
 def test_detection_on_an_independent_simulator(convention, fix):
     ds = foreign_dataset(convention)
     chk = O.check_orientation(ds)
@@ -155,9 +166,18 @@ def test_detection_at_low_dose_and_without_absorption_contrast():
     ds = foreign_dataset("standard")
     rng = np.random.default_rng(4)
     flat = rng.poisson(np.broadcast_to(np.asarray(ds.frames).mean(0), ds.frames.shape)).astype(np.float32)
-    empty = O.check_orientation(Dataset(frames=flat, positions=ds.positions, energy_index=ds.energy_index,
-                                        energies=ds.energies, mask=ds.mask, illumination=None, distance=DIST,
-                                        detector_pixel=DET_PIX))
+    empty = O.check_orientation(
+        Dataset(
+            frames=flat,
+            positions=ds.positions,
+            energy_index=ds.energy_index,
+            energies=ds.energies,
+            mask=ds.mask,
+            illumination=None,
+            distance=DIST,
+            detector_pixel=DET_PIX,
+        )
+    )
     assert not empty.confident and O.UNDECIDED in empty.summary()
 
 
@@ -177,8 +197,16 @@ def test_resolve_auto_named_and_bad():
     # the mask turns with the frames
     mask = np.ones((1, M, M), np.float32)
     mask[0, 0, 3] = 0
-    ds2 = Dataset(frames=ds.frames, positions=ds.positions, energy_index=ds.energy_index, energies=ds.energies,
-                  mask=mask, illumination=None, distance=DIST, detector_pixel=DET_PIX)
+    ds2 = Dataset(
+        frames=ds.frames,
+        positions=ds.positions,
+        energy_index=ds.energy_index,
+        energies=ds.energies,
+        mask=mask,
+        illumination=None,
+        distance=DIST,
+        detector_pixel=DET_PIX,
+    )
     assert np.asarray(O.reorient(ds2, "transpose").mask)[0, 3, 0] == 0
 
 
@@ -207,8 +235,16 @@ def test_lazy_source_stays_lazy_and_reads_the_same(tmp_path):
 def test_uncentred_frames_are_one_line_errors():
     ds = foreign_dataset("standard")
     shifted = np.fft.ifftshift(np.asarray(ds.frames), axes=(1, 2))  # written without fftshift
-    bad = Dataset(frames=shifted, positions=ds.positions, energy_index=ds.energy_index, energies=ds.energies,
-                  mask=ds.mask, illumination=None, distance=DIST, detector_pixel=DET_PIX)
+    bad = Dataset(
+        frames=shifted,
+        positions=ds.positions,
+        energy_index=ds.energy_index,
+        energies=ds.energies,
+        mask=ds.mask,
+        illumination=None,
+        distance=DIST,
+        detector_pixel=DET_PIX,
+    )
     with pytest.raises(InputError, match=r"brightest pixel .* is at \(row 0, col 0\).*fftshift"):
         O.check_centring(bad)
     with pytest.raises(InputError, match="fftshift"):
@@ -227,11 +263,18 @@ def with_beamstop(ds: Dataset, size: int, written: str) -> Dataset:
     m = ds.frame_size
     mask = np.array(ds.mask, np.float32)
     lo = m // 2 - size // 2
-    mask[:, lo:lo + size, lo:lo + size] = 0
+    mask[:, lo : lo + size, lo : lo + size] = 0
     frames = np.asarray(ds.frames) * mask[np.asarray(ds.energy_index)]
-    return Dataset(frames=O.orient(frames, written), positions=ds.positions, energy_index=ds.energy_index,
-                   energies=ds.energies, mask=O.orient(mask, written), illumination=None, distance=ds.distance,
-                   detector_pixel=ds.detector_pixel)
+    return Dataset(
+        frames=O.orient(frames, written),
+        positions=ds.positions,
+        energy_index=ds.energy_index,
+        energies=ds.energies,
+        mask=O.orient(mask, written),
+        illumination=None,
+        distance=ds.distance,
+        detector_pixel=ds.detector_pixel,
+    )
 
 
 @pytest.fixture(scope="module")

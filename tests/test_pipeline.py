@@ -34,11 +34,16 @@ def small_dataset(seed: int = 0) -> Dataset:
     """3 energies x 5 Poisson(10) frames of 16 x 16 pixels over a 1.2 um scan (passes the checks)."""
     rng = np.random.default_rng(seed)
     k, n, m = 3, 5, 16
-    return Dataset(frames=rng.poisson(10.0, (k * n, m, m)).astype(np.float32),
-                   positions=rng.uniform(-6e-7, 6e-7, (k * n, 2)),
-                   energy_index=np.repeat(np.arange(k, dtype=np.int32), n),
-                   energies=np.array([5420.0, 5480.0, 5540.0]), mask=np.ones((k, m, m), np.float32),
-                   illumination=None, distance=0.5, detector_pixel=75e-6)
+    return Dataset(
+        frames=rng.poisson(10.0, (k * n, m, m)).astype(np.float32),
+        positions=rng.uniform(-6e-7, 6e-7, (k * n, 2)),
+        energy_index=np.repeat(np.arange(k, dtype=np.int32), n),
+        energies=np.array([5420.0, 5480.0, 5540.0]),
+        mask=np.ones((k, m, m), np.float32),
+        illumination=None,
+        distance=0.5,
+        detector_pixel=75e-6,
+    )
 
 
 @pytest.fixture
@@ -72,8 +77,9 @@ def test_cli_demo_and_sweep_run_the_same_checks(stop_in_checks, fake_sim, tmp_pa
     """One step of the pipeline, patched once, is hit by `diffxas reconstruct`, the demo and a
     sweep point: there is one chain, not three."""
     data = io_cxi.write_cxi(tmp_path / "d.cxi", small_dataset())
-    rc, out, err = _quiet(cli.main, ["reconstruct", str(data), "--method", "joint", "-o", str(tmp_path / "r.h5"),
-                                     "--no-progress"])
+    rc, out, err = _quiet(
+        cli.main, ["reconstruct", str(data), "--method", "joint", "-o", str(tmp_path / "r.h5"), "--no-progress"]
+    )
     assert rc == 2 and out == "" and err.strip() == f"diffxas: error: {SENTINEL}"
     assert stop_in_checks[-1]["orientation"] == "auto" and stop_in_checks[-1]["source"] == str(data)
     assert not (tmp_path / "r.h5").exists()

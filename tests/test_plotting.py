@@ -48,8 +48,16 @@ def synthetic(n_truth=96, factor=2, noise=0.0, seed=0, iters=30):
     }
     origin_t = (-(n - 1) / 2 * d, -(n - 1) / 2 * d)
     energies = np.linspace(5450.0, 5520.0, 36)
-    truth = Truth(maps=tm, labels=lab, domain_names=[s[0] for s in STATES], params={}, pixel_size=d,
-                  origin=origin_t, energies=energies, reference_energy=5450.0)
+    truth = Truth(
+        maps=tm,
+        labels=lab,
+        domain_names=[s[0] for s in STATES],
+        params={},
+        pixel_size=d,
+        origin=origin_t,
+        energies=energies,
+        reference_energy=5450.0,
+    )
     from diffxas.analysis.resample import resample_truth
 
     H = n // factor
@@ -61,8 +69,15 @@ def synthetic(n_truth=96, factor=2, noise=0.0, seed=0, iters=30):
     for k in MAP_FIELDS:
         v = tr[k] * (1 + noise * rng.standard_normal((H, H)) * (0.002 if k == "edge_energy" else 1))
         maps[k] = np.where(valid, v, np.nan)
-    cm = ChemMaps(**maps, valid=valid, pixel_size=px, origin=origin, reference_energy=5450.0, delta_f2_v=3.4,
-                  scattering_table="test")
+    cm = ChemMaps(
+        **maps,
+        valid=valid,
+        pixel_size=px,
+        origin=origin,
+        reference_energy=5450.0,
+        delta_f2_v=3.4,
+        scattering_table="test",
+    )
     jump = np.nan_to_num(tr["edge_jump"])
     e0 = np.nan_to_num(tr["edge_energy"], nan=5481.0)
     pe = np.nan_to_num(tr["pre_edge_norm"])
@@ -72,9 +87,17 @@ def synthetic(n_truth=96, factor=2, noise=0.0, seed=0, iters=30):
     absorption = jump * (0.3 + step + peak) + 0.002 * rng.standard_normal((len(energies), H, H))
     phase = -jump * (12.0 - 3.0 * np.exp(-0.5 * ((E - e0) / 3) ** 2)) * 0.1
     K = len(energies)
-    res = Result(method="two-step", maps=cm, energies=energies, absorption=absorption, phase=phase,
-                 probes=np.ones((K, 16, 16), np.complex64), probe_pixel_size=np.full(K, px),
-                 history={"loss": np.geomspace(10, 1, iters), "time": np.full(iters, 0.1)}, config={"method": "two-step"})
+    res = Result(
+        method="two-step",
+        maps=cm,
+        energies=energies,
+        absorption=absorption,
+        phase=phase,
+        probes=np.ones((K, 16, 16), np.complex64),
+        probe_pixel_size=np.full(K, px),
+        history={"loss": np.geomspace(10, 1, iters), "time": np.full(iters, 0.1)},
+        config={"method": "two-step"},
+    )
     return truth, res
 
 
@@ -129,8 +152,15 @@ def test_report_two_results_with_truth(tmp_path, data):
     out = tmp_path / "rep"
     written = report_results([res, joint], out, truth=truth, labels=["two-step", "joint"])
     names = {os.path.basename(p) for p in written}
-    assert {"summary.md", "metrics.json", "maps.png", "maps.pdf", "clusters.png", "projections.png",
-            "blur_match.png"} <= names
+    assert {
+        "summary.md",
+        "metrics.json",
+        "maps.png",
+        "maps.pdf",
+        "clusters.png",
+        "projections.png",
+        "blur_match.png",
+    } <= names
     _check([p for p in written if p.endswith((".png", ".pdf"))])
     md = open(out / "summary.md").read()
     assert "| two-step |" in md and "| joint |" in md and "ARI" in md and "E0 matched blur (px)" in md
@@ -257,7 +287,10 @@ def test_preedge_shape_maps(tmp_path, data):
     lab = resample_truth(truth, m.pixel_size, m.origin, m.shape)["labels"]
     c12 = np.where(lab >= 0, 5466.0 + 0.3 * lab, 5466.5)
     pp = dataclasses.replace(joint, maps=dataclasses.replace(m, extra={"c12": c12, "c13": np.full(m.shape, 1.2)}))
-    tparams = {"c12": np.where(truth.labels >= 0, 5466.0 + 0.3 * truth.labels, np.nan), "c13": np.full(truth.labels.shape, 1.2)}
+    tparams = {
+        "c12": np.where(truth.labels >= 0, 5466.0 + 0.3 * truth.labels, np.nan),
+        "c13": np.full(truth.labels.shape, 1.2),
+    }
     t = dataclasses.replace(truth, params=tparams)
     assert fig_shape_maps([res]) is None  # two-step: no per-pixel shape
     fig = fig_shape_maps([res, pp], ["two-step", "pp"], t)
@@ -301,7 +334,7 @@ def test_background_figure(tmp_path, data):
     k, m = len(res.energies), res.probes.shape[-1]
     flat = dataclasses.replace(res, background=np.linspace(0.1, 0.2, k).astype(np.float32))
     yy, xx = np.mgrid[:m, :m] - m // 2
-    radial = (0.5 / (1 + (xx ** 2 + yy ** 2) / 16.0)).astype(np.float32)
+    radial = (0.5 / (1 + (xx**2 + yy**2) / 16.0)).astype(np.float32)
     mapped = dataclasses.replace(joint, background=np.broadcast_to(radial, (k, m, m)).copy())
     fig = fig_background([flat, mapped], ["flat", "map"])
     lines = fig.axes[1].get_lines()
@@ -383,9 +416,16 @@ def test_display_mask_threshold_and_isolated_pixels():
     nv[2, 8] = 0.11  # touches the block: drawn
     nv[3, 8] = 0.09  # below 10 %: blank
     nv[10, 10] = 1.0  # isolated: blank
-    cm = ChemMaps(**{k: np.where(nv > 0, 1.0, np.nan) for k in MAP_FIELDS if k != "n_v"}, n_v=nv,
-                  valid=nv > 0, pixel_size=15e-9, origin=(0.0, 0.0), reference_energy=5450.0, delta_f2_v=3.4,
-                  scattering_table="test")
+    cm = ChemMaps(
+        **{k: np.where(nv > 0, 1.0, np.nan) for k in MAP_FIELDS if k != "n_v"},
+        n_v=nv,
+        valid=nv > 0,
+        pixel_size=15e-9,
+        origin=(0.0, 0.0),
+        reference_energy=5450.0,
+        delta_f2_v=3.4,
+        scattering_table="test",
+    )
     dm = display_mask(cm)
     assert dm[2:8, 2:8].all() and dm[2, 8] and not dm[3, 8] and not dm[10, 10]
     assert dm.sum() == 37
@@ -461,8 +501,16 @@ def test_maps_crop_keeps_a_thin_second_particle():
     valid = nv > 0
     f = {k: np.where(valid, 1.0, np.nan) for k in MAP_FIELDS if k != "n_v"}
     f["edge_energy"] = np.where(valid, 5480.0, np.nan)
-    cm = ChemMaps(**f, n_v=nv, valid=valid, pixel_size=15e-9, origin=(0.0, 0.0), reference_energy=5450.0,
-                  delta_f2_v=3.4, scattering_table="test")
+    cm = ChemMaps(
+        **f,
+        n_v=nv,
+        valid=valid,
+        pixel_size=15e-9,
+        origin=(0.0, 0.0),
+        reference_energy=5450.0,
+        delta_f2_v=3.4,
+        scattering_table="test",
+    )
     fig = fig_maps([cm], ["x"])
     img = _panels(fig)[3].get_images()[0]
     x0, x1, y0, y1 = img.get_extent()

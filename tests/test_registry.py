@@ -31,21 +31,36 @@ def toy_reconstruct(dataset, config, *, progress=False, checkpoint=None, resume=
     """Constant maps on a `size` x `size` grid; writes `checkpoint` (a file) when given."""
     n = config.size
     e = np.asarray(dataset.energies, float)
-    maps = ChemMaps(**{k: np.full((n, n), 1.0) for k in MAP_FIELDS if k != "edge_energy"},
-                    edge_energy=np.full((n, n), config.edge_energy), valid=np.ones((n, n), bool),
-                    pixel_size=40e-9, origin=(0.0, 0.0), reference_energy=float(e[0]), delta_f2_v=3.4,
-                    scattering_table="toy")
+    maps = ChemMaps(
+        **{k: np.full((n, n), 1.0) for k in MAP_FIELDS if k != "edge_energy"},
+        edge_energy=np.full((n, n), config.edge_energy),
+        valid=np.ones((n, n), bool),
+        pixel_size=40e-9,
+        origin=(0.0, 0.0),
+        reference_energy=float(e[0]),
+        delta_f2_v=3.4,
+        scattering_table="toy",
+    )
     if checkpoint is not None:
         checkpoint.write_text("toy state")
-    return Result(method="toy", maps=maps, energies=e, absorption=np.zeros((e.size, n, n)),
-                  phase=np.zeros((e.size, n, n)), probes=np.ones((e.size, 4, 4), np.complex64),
-                  probe_pixel_size=np.full(e.size, 40e-9), history={"loss": np.zeros(1)}, config={})
+    return Result(
+        method="toy",
+        maps=maps,
+        energies=e,
+        absorption=np.zeros((e.size, n, n)),
+        phase=np.zeros((e.size, n, n)),
+        probes=np.ones((e.size, 4, 4), np.complex64),
+        probe_pixel_size=np.full(e.size, 40e-9),
+        history={"loss": np.zeros(1)},
+        config={},
+    )
 
 
 @pytest.fixture
 def toy(monkeypatch):
-    method = registry.Method("toy", ToyConfig, toy_reconstruct, section="toy", checkpoint="file",
-                             iterations_key=None, result_name="toy.h5")
+    method = registry.Method(
+        "toy", ToyConfig, toy_reconstruct, section="toy", checkpoint="file", iterations_key=None, result_name="toy.h5"
+    )
     # undone after the test: the registry entry and the results reader's list of methods
     monkeypatch.setitem(registry.METHODS, "toy", method)
     monkeypatch.setattr(io_results, "RESULT_METHODS", set(io_results.RESULT_METHODS))

@@ -131,7 +131,9 @@ def test_eq2_eq3_conversions():
     e = 5420.0
     lam = HC_EV_M / e
     b1, phi = 0.05, -0.3
-    np.testing.assert_allclose(float(S.n_v_from_edge_jump(jnp.float32(b1), e, 3.53)), b1 / (R_E * lam * 3.53), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(S.n_v_from_edge_jump(jnp.float32(b1), e, 3.53)), b1 / (R_E * lam * 3.53), rtol=1e-6
+    )
     np.testing.assert_allclose(float(S.ne_eff_from_phase(jnp.float32(phi), e)), -phi / (R_E * lam), rtol=1e-6)
     # Consistency: phi of N_V V atoms with f1 = Z + f' gives back N_V * (Z + f').
     n_v = 1e21
@@ -228,9 +230,14 @@ def test_kk_erf_step_vs_principal_value():
     for e, b2, b3, e0 in _ERF_CASES:
         ref = _erf_step_pv(e, b2, b3, e0)
         with jax.enable_x64(True):
-            got64 = float(S.kk_erf_step(jnp.float64(e), jnp.float64(b2), jnp.float64(b3))) - math.log(abs(e - e0)) / math.pi
+            got64 = (
+                float(S.kk_erf_step(jnp.float64(e), jnp.float64(b2), jnp.float64(b3))) - math.log(abs(e - e0)) / math.pi
+            )
         assert abs(got64 - ref) < 1e-7, f"float64 kk_erf_step{(e, b2, b3, e0)}: {got64} vs PV {ref}"
-        got32 = float(jax.jit(S.kk_erf_step)(jnp.float32(e), jnp.float32(b2), jnp.float32(b3))) - math.log(abs(e - e0)) / math.pi
+        got32 = (
+            float(jax.jit(S.kk_erf_step)(jnp.float32(e), jnp.float32(b2), jnp.float32(b3)))
+            - math.log(abs(e - e0)) / math.pi
+        )
         assert abs(got32 - ref) < 1e-5, f"float32 kk_erf_step{(e, b2, b3, e0)}: {got32} vs PV {ref}"
 
 
@@ -287,7 +294,9 @@ def test_kk_piecewise_linear_vs_principal_value():
     # number, and H has a steep slope there).
     n32, v32, e32 = (a.astype(np.float32) for a in (nodes, vals, evals))
     g32 = _interp(n32.astype(np.float64), v32.astype(np.float64))
-    ref32 = np.array([pv_hilbert(g32, float(x), float(n32[0]), float(n32[-1]), breaks=tuple(n32.astype(float))) for x in e32])
+    ref32 = np.array(
+        [pv_hilbert(g32, float(x), float(n32[0]), float(n32[-1]), breaks=tuple(n32.astype(float))) for x in e32]
+    )
     got32 = np.asarray(jax.jit(S.kk_piecewise_linear)(n32, v32, e32))
     np.testing.assert_allclose(got32, ref32, atol=2e-5, rtol=0, err_msg="float32 kk_piecewise_linear vs PV")
     # Scalar evaluation point and batched (pixel) samples.
@@ -312,9 +321,13 @@ def test_kk_piecewise_linear_end_node_finite_part():
     vals = np.array([1.0, 3.0, -1.0, 2.0])
     g = _interp(nodes, vals)
     x = nodes[0]
-    ref = (_quad(lambda t: (g(t) - vals[0]) / (x - t), nodes[0], nodes[-1]) - vals[0] * math.log(nodes[-1] - x)) / math.pi
+    ref = (
+        _quad(lambda t: (g(t) - vals[0]) / (x - t), nodes[0], nodes[-1]) - vals[0] * math.log(nodes[-1] - x)
+    ) / math.pi
     x = nodes[-1]
-    ref_n = (_quad(lambda t: (g(t) - vals[-1]) / (x - t), nodes[0], nodes[-1]) + vals[-1] * math.log(x - nodes[0])) / math.pi
+    ref_n = (
+        _quad(lambda t: (g(t) - vals[-1]) / (x - t), nodes[0], nodes[-1]) + vals[-1] * math.log(x - nodes[0])
+    ) / math.pi
     with jax.enable_x64(True):
         got = np.asarray(S.kk_piecewise_linear(nodes, vals, nodes[[0, -1]]))
     np.testing.assert_allclose(got, [ref, ref_n], atol=1e-8)

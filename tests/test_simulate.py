@@ -43,7 +43,9 @@ def test_frame_recomputed_with_numpy(sim):
     from diffxas.physics.probe import kb_probe, numerical_aperture_for_fwhm
 
     na = numerical_aperture_for_fwhm(cfg.probe_fwhm, wavelength(ENERGIES[0]))
-    probe = kb_probe(M, g.pixel_size, wavelength(ENERGIES[k]), na, photons=cfg.dose, defocus_m=cfg.probe_defocus).astype(np.complex128)
+    probe = kb_probe(
+        M, g.pixel_size, wavelength(ENERGIES[k]), na, photons=cfg.dose, defocus_m=cfg.probe_defocus
+    ).astype(np.complex128)
     n_pos = sim.dataset.n_frames // len(ENERGIES)
     pos = sim.true_positions[k * n_pos + j]
     # probe centre (x, y) -> continuous (row, col) on the grid; x along columns
@@ -53,13 +55,13 @@ def test_frame_recomputed_with_numpy(sim):
     kk = np.fft.fftfreq(M)
     ramp = np.exp(-2j * np.pi * (kk[:, None] * (row - r0) + kk[None, :] * (col - c0)))
     pr = np.fft.ifft2(np.fft.fft2(probe) * ramp)
-    patch = obj[r0 - M // 2:r0 + M // 2, c0 - M // 2:c0 + M // 2]
+    patch = obj[r0 - M // 2 : r0 + M // 2, c0 - M // 2 : c0 + M // 2]
     far = np.fft.fftshift(np.fft.fft2(pr * patch, norm="ortho"))
     ref = np.asarray(crop_center(np.abs(far) ** 2, cfg.frame_size))
     got = np.asarray(sim.dataset.frames[k * n_pos + j])
     np.testing.assert_allclose(got, ref, atol=1e-3 * ref.max())
     # centring: the bright field (unscattered beam) is centred on pixel (M/2, M/2)
-    yy, xx = np.mgrid[:cfg.frame_size, :cfg.frame_size]
+    yy, xx = np.mgrid[: cfg.frame_size, : cfg.frame_size]
     com = (np.sum(yy * got) / got.sum(), np.sum(xx * got) / got.sum())
     assert abs(com[0] - cfg.frame_size // 2) < 1.0 and abs(com[1] - cfg.frame_size // 2) < 1.0
 
@@ -69,7 +71,9 @@ def test_dose_is_photons_per_frame(sim):
     sums = np.asarray(sim.dataset.frames).sum(axis=(1, 2))
     assert np.all(sums <= sim.config.dose * 1.0001)
     assert np.all(sums > 0.8 * sim.config.dose)
-    np.testing.assert_allclose(np.sum(np.abs(np.asarray(sim.dataset.illumination)) ** 2, axis=(1, 2)), sim.config.dose, rtol=1e-4)
+    np.testing.assert_allclose(
+        np.sum(np.abs(np.asarray(sim.dataset.illumination)) ** 2, axis=(1, 2)), sim.config.dose, rtol=1e-4
+    )
 
 
 def test_truth_has_seed_like_domains(sim):
@@ -125,8 +129,9 @@ def test_other_absorber_moves_energies_and_phantom():
     xs = np.linspace(-0.5e-6, 0.5e-6, 41)
     X, Y = np.meshgrid(xs, xs)
     pv, lv, _ = sm.phantom_fields(sm.make_phantom(sm.preset("tiny", seed=2)), X, Y, VEdge.from_tables("V"), 5420.0)
-    pm, lm, _ = sm.phantom_fields(sm.make_phantom(sm.preset("tiny", seed=2, element="Mn")), X, Y,
-                                  VEdge.from_tables("Mn"), 5420.0 + shift)
+    pm, lm, _ = sm.phantom_fields(
+        sm.make_phantom(sm.preset("tiny", seed=2, element="Mn")), X, Y, VEdge.from_tables("Mn"), 5420.0 + shift
+    )
     np.testing.assert_array_equal(np.asarray(lv), np.asarray(lm))
     for k in ("b2", "c12", "c22"):
         np.testing.assert_allclose(np.asarray(getattr(pm, k)), np.asarray(getattr(pv, k)) + shift, atol=2e-3)
@@ -169,7 +174,7 @@ def test_monitor_records_the_flux():
     assert none.dataset.monitor is None
     np.testing.assert_allclose(np.asarray(perfect.dataset.monitor), 1e5 * perfect.true_scales, rtol=1e-12)
     err = np.asarray(noisy.dataset.monitor) / (1e5 * noisy.true_scales) - 1.0
-    assert np.sqrt(np.mean(err ** 2)) == pytest.approx(1e-3, rel=0.15)
+    assert np.sqrt(np.mean(err**2)) == pytest.approx(1e-3, rel=0.15)
     np.testing.assert_array_equal(np.asarray(none.dataset.frames), np.asarray(noisy.dataset.frames))
     with pytest.raises(ConfigError, match="monitor_noise"):
         sm.preset("tiny", monitor_noise=-0.1)

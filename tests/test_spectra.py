@@ -17,7 +17,9 @@ from diffxas.physics.constants import R_E, Z
 from diffxas.physics.geometry import wavelength
 from diffxas.physics.scattering import VEdge
 
-P = dict(a=0.01, b1=0.05, b2=5480.0, b3=4.0, c11=0.012, c12=5466.0, c13=1.2, c21=0.004, c22=5470.0, c23=2.0, n_other=3e23)
+P = dict(
+    a=0.01, b1=0.05, b2=5480.0, b3=4.0, c11=0.012, c12=5466.0, c13=1.2, c21=0.004, c22=5470.0, c23=2.0, n_other=3e23
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,12 @@ def test_absorption_is_eq1():
     # Reference: eq. 1 of Uematsu et al. (2023) in numpy; tolerance 1e-6 relative (float32).
     e = np.linspace(5420, 5540, 61)
     p = spectra.XanesParams.from_dict(P)
-    ref = (P["a"] + P["b1"] / 2 * (1 + erf((e - P["b2"]) / P["b3"]))
-           + P["c11"] / (1 + ((e - P["c12"]) / P["c13"]) ** 2) + P["c21"] / (1 + ((e - P["c22"]) / P["c23"]) ** 2))
+    ref = (
+        P["a"]
+        + P["b1"] / 2 * (1 + erf((e - P["b2"]) / P["b3"]))
+        + P["c11"] / (1 + ((e - P["c12"]) / P["c13"]) ** 2)
+        + P["c21"] / (1 + ((e - P["c22"]) / P["c23"]) ** 2)
+    )
     np.testing.assert_allclose(np.asarray(spectra.absorption(p, e)), ref, rtol=1e-5)
 
 
@@ -81,14 +87,20 @@ def test_f1_is_kk_of_modelled_f2(edge):
 
     def f2_struct(x):
         step = 0.5 * (1 + erf((x - P["b2"]) / P["b3"])) - (x > e0)
-        lor = (P["c11"] / P["b1"]) / (1 + ((x - P["c12"]) / P["c13"]) ** 2) + (P["c21"] / P["b1"]) / (1 + ((x - P["c22"]) / P["c23"]) ** 2)
+        lor = (P["c11"] / P["b1"]) / (1 + ((x - P["c12"]) / P["c13"]) ** 2) + (P["c21"] / P["b1"]) / (
+            1 + ((x - P["c22"]) / P["c23"]) ** 2
+        )
         return df2 * (step + lor)
 
     for E in (5440.0, 5466.3, 5478.7, 5500.0):
         lo, hi = E - 4000.0, E + 4000.0
         pv = -integrate.quad(f2_struct, lo, hi, weight="cauchy", wvar=E, limit=800)[0] / np.pi
         # Lorentzian tails beyond +-4000 eV: analytic remainder of (1/pi) int c/(1+u^2)/(E-x)
-        model = float(spectra.f1_v(p, np.array([E]), edge)[0]) - float(edge.f1_background(jnp.float32(E))) - df2 / np.pi * np.log(abs(E - e0))
+        model = (
+            float(spectra.f1_v(p, np.array([E]), edge)[0])
+            - float(edge.f1_background(jnp.float32(E)))
+            - df2 / np.pi * np.log(abs(E - e0))
+        )
         assert model == pytest.approx(pv, abs=2e-3), E
 
 
@@ -96,7 +108,9 @@ def test_linear_design_reproduces_absorption():
     p = spectra.XanesParams.from_dict(P)
     e = np.linspace(5420, 5540, 30)
     dm = np.asarray(spectra.linear_design(e, P["b2"], P["b3"], P["c12"], P["c13"], P["c22"], P["c23"]))
-    np.testing.assert_allclose(dm @ np.array([P["a"], P["b1"], P["c11"], P["c21"]]), np.asarray(spectra.absorption(p, e)), rtol=1e-5)
+    np.testing.assert_allclose(
+        dm @ np.array([P["a"], P["b1"], P["c11"], P["c21"]]), np.asarray(spectra.absorption(p, e)), rtol=1e-5
+    )
 
 
 def test_gradients_of_phase_and_absorption(edge):

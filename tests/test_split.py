@@ -23,10 +23,33 @@ def test_reconstruct_halves_and_frc(tmp_path, capsys):
     data = tmp_path / "d.cxi"
     io_cxi.write_cxi(data, sim.dataset)
     for h in ("even", "odd"):
-        rc = cli.main(["reconstruct", str(data), "--method", "joint", "-o", str(tmp_path / f"{h}.h5"), "--steps", "3",
-                       "--half", h, "--set", "init=stxm"])
+        rc = cli.main(
+            [
+                "reconstruct",
+                str(data),
+                "--method",
+                "joint",
+                "-o",
+                str(tmp_path / f"{h}.h5"),
+                "--steps",
+                "3",
+                "--half",
+                h,
+                "--set",
+                "init=stxm",
+            ]
+        )
         assert rc == 0
-    rc = cli.main(["evaluate", str(tmp_path / "even.h5"), "--split", str(tmp_path / "odd.h5"), "--json", str(tmp_path / "frc.json")])
+    rc = cli.main(
+        [
+            "evaluate",
+            str(tmp_path / "even.h5"),
+            "--split",
+            str(tmp_path / "odd.h5"),
+            "--json",
+            str(tmp_path / "frc.json"),
+        ]
+    )
     assert rc == 0
     assert (tmp_path / "frc.json").exists()
     assert "wrote" in capsys.readouterr().out

@@ -54,12 +54,16 @@ def _array_leaves(tree):
     return [x for x in jax.tree.leaves(tree) if hasattr(x, "shape")]
 
 
-@pytest.mark.parametrize("kw", [
-    # full batch, every gradient path (with a flat incoherent background)
-    dict(loss="poisson", prior="none", tv_weight=1e3, lr_positions=0.05, background="flat"),
-    # mini-batch: 2 chunks of 64, the last one padded; a background map per energy
-    dict(batch_size=100, lr_positions=0.05, background="map"),
-], ids=["full-tv-positions-background", "minibatch-background-map"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        # full batch, every gradient path (with a flat incoherent background)
+        dict(loss="poisson", prior="none", tv_weight=1e3, lr_positions=0.05, background="flat"),
+        # mini-batch: 2 chunks of 64, the last one padded; a background map per energy
+        dict(batch_size=100, lr_positions=0.05, background="map"),
+    ],
+    ids=["full-tv-positions-background", "minibatch-background-map"],
+)
 def test_streamed_step_equals_in_memory(cxi, kw, monkeypatch):
     monkeypatch.setattr(stream, "host_available_bytes", lambda: 0)  # read the file every step (no host cache)
     cfg = joint_config.JointConfig(steps=3, chunk_size=64, init="stxm", probe_start=0, shape_start=0, **kw)
@@ -109,16 +113,24 @@ def test_device_mode_from_lazy_source_equals_in_memory(cxi):
 
 def test_memory_plan_and_log_line(caplog):
     """The mode follows the budget; one INFO line says which and why."""
-    args = dict(n_frames=28000, n_chunks=55, chunk=510, n_energies=40, frame_size=256, map_shape=(746, 806),
-                grid_shape=(764, 824), source="data.cxi")
+    args = dict(
+        n_frames=28000,
+        n_chunks=55,
+        chunk=510,
+        n_energies=40,
+        frame_size=256,
+        map_shape=(746, 806),
+        grid_shape=(764, 824),
+        source="data.cxi",
+    )
     est = stream.memory_estimate(55, 510, 40, 256, (746, 806), (764, 824))
-    assert est["frames"] == 4 * 256 ** 2 * 55 * 510
+    assert est["frames"] == 4 * 256**2 * 55 * 510
     assert est["stream"] < est["device"] - 0.8 * est["frames"]  # the frames leave; chunks in flight + accumulators come
     # the seed-size dataset (docs/scaling.md section 4): ~6.8 GiB of frames, ~10-11 GiB in all
-    assert 6.5 < est["frames"] / 2 ** 30 < 7.0 and 9.5 < est["device"] / 2 ** 30 < 11.5
+    assert 6.5 < est["frames"] / 2**30 < 7.0 and 9.5 < est["device"] / 2**30 < 11.5
     with caplog.at_level(logging.INFO, logger="diffxas"):
         p = stream.plan_memory(joint_config.JointConfig(memory_budget_gib=8.0), **args)
-    assert p.mode == "stream" and p.budget_bytes == 8 * 2 ** 30
+    assert p.mode == "stream" and p.budget_bytes == 8 * 2**30
     (rec,) = [r for r in caplog.records if r.name == "diffxas"]
     assert "\n" not in rec.message
     assert rec.message.startswith("joint: streaming frames from ") and "data.cxi" in rec.message
@@ -159,9 +171,26 @@ def test_cli_joint_streams_from_the_file(cxi, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(stream, "host_available_bytes", lambda: 0)
     out = tmp_path / "r.h5"
-    rc = main(["reconstruct", str(cxi), "--method", "joint", "-o", str(out), "--steps", "2", "--no-checkpoint",
-               "--no-progress", "--set", "joint.memory_budget_gib=0.001", "--set", "joint.init=stxm",
-               "--set", "joint.chunk_size=8"])
+    rc = main(
+        [
+            "reconstruct",
+            str(cxi),
+            "--method",
+            "joint",
+            "-o",
+            str(out),
+            "--steps",
+            "2",
+            "--no-checkpoint",
+            "--no-progress",
+            "--set",
+            "joint.memory_budget_gib=0.001",
+            "--set",
+            "joint.init=stxm",
+            "--set",
+            "joint.chunk_size=8",
+        ]
+    )
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     lines = [ln for ln in cap.err.splitlines() if ln.startswith("joint: ") and "warning" not in ln]
@@ -176,10 +205,26 @@ def test_cli_joint_streams_from_the_file(cxi, tmp_path, capsys, monkeypatch):
         info = f["entry_2/instrument_1/detector_1/data"].id.get_chunk_info(1)
     bad = tmp_path / "bad.cxi"
     raw = bytearray(cxi.read_bytes())
-    raw[info.byte_offset:info.byte_offset + info.size] = b"\xff" * info.size
+    raw[info.byte_offset : info.byte_offset + info.size] = b"\xff" * info.size
     bad.write_bytes(bytes(raw))
-    rc = main(["reconstruct", str(bad), "--method", "joint", "-o", str(tmp_path / "b.h5"), "--steps", "1",
-               "--no-checkpoint", "--no-progress", "--set", "joint.memory=stream", "--set", "joint.init=stxm"])
+    rc = main(
+        [
+            "reconstruct",
+            str(bad),
+            "--method",
+            "joint",
+            "-o",
+            str(tmp_path / "b.h5"),
+            "--steps",
+            "1",
+            "--no-checkpoint",
+            "--no-progress",
+            "--set",
+            "joint.memory=stream",
+            "--set",
+            "joint.init=stxm",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("diffxas: error: ") and "/entry_2/instrument_1/detector_1/data" in err[-1]
     assert "Traceback" not in "\n".join(err)

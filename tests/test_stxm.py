@@ -20,9 +20,16 @@ from diffxas.solvers.joint import run as joint_run
 def _dataset(frames, positions, pixel=75e-6):
     f = np.asarray(frames, np.float32)
     m = f.shape[-1]
-    return Dataset(frames=jnp.asarray(f), positions=jnp.asarray(positions, jnp.float32),
-                   energy_index=jnp.zeros(len(f), jnp.int32), energies=jnp.asarray([5420.0], jnp.float32),
-                   mask=jnp.ones((1, m, m), jnp.float32), illumination=None, distance=0.63, detector_pixel=pixel)
+    return Dataset(
+        frames=jnp.asarray(f),
+        positions=jnp.asarray(positions, jnp.float32),
+        energy_index=jnp.zeros(len(f), jnp.int32),
+        energies=jnp.asarray([5420.0], jnp.float32),
+        mask=jnp.ones((1, m, m), jnp.float32),
+        illumination=None,
+        distance=0.63,
+        detector_pixel=pixel,
+    )
 
 
 def test_centre_of_mass_of_a_phase_ramp():
@@ -32,7 +39,7 @@ def test_centre_of_mass_of_a_phase_ramp():
     move it: the same frame x 7 gives the same centre."""
     m = 32
     y, x = np.mgrid[:m, :m] - m // 2
-    probe = np.exp(-(x ** 2 + y ** 2) / (2 * 4.0 ** 2))
+    probe = np.exp(-(x**2 + y**2) / (2 * 4.0**2))
     frames = []
     for u0, v0 in ((3, 0), (-2, 5)):
         psi = probe * np.exp(2j * np.pi * (u0 * x + v0 * y) / m)
@@ -50,9 +57,9 @@ def test_integrate_gradient_of_a_gaussian():
     h = w = 64
     y, x = np.mgrid[:h, :w].astype(float)
     s = 6.0
-    phi = -0.5 * np.exp(-((x - 30) ** 2 + (y - 34) ** 2) / (2 * s ** 2))
-    gy = -phi * (y - 34) / s ** 2
-    gx = -phi * (x - 30) / s ** 2
+    phi = -0.5 * np.exp(-((x - 30) ** 2 + (y - 34) ** 2) / (2 * s**2))
+    gy = -phi * (y - 34) / s**2
+    gx = -phi * (x - 30) / s**2
     rec = stxm.integrate_gradient(gy, gx)
     rec = rec - np.median(rec[:8, :8]) + phi[:8, :8].mean()
     assert np.max(np.abs(rec - phi)) < 0.02 * 0.5
@@ -77,7 +84,9 @@ def test_dpc_phase_does_not_see_the_flux(jittered):
     tr = resample_truth(clean.truth, common.pixel_size, common.origin, common.shape)
     particle = np.nan_to_num(tr["n_v"]) > 0
     assert np.median(p0[particle]) < -0.05
-    solver, state, ctx = joint_run.prepare_joint(jit.dataset, joint_config.JointConfig(steps=0, init="stxm", prior="none"))
+    solver, state, ctx = joint_run.prepare_joint(
+        jit.dataset, joint_config.JointConfig(steps=0, init="stxm", prior="none")
+    )
     empty = np.asarray(solver.prob.empty) > 0.5
     assert ctx["init_info"]["empty_pixels"] == int(empty.sum()) >= 50
     assert not (empty & particle).any()
@@ -148,8 +157,11 @@ def test_illumination_at_counts(jittered, caplog):
     power = np.sum(np.abs(np.asarray(fixed.illumination)) ** 2, axis=(1, 2))
     np.testing.assert_allclose(power, counts, rtol=1e-4)  # (mask all ones here)
     # the probe's shape is untouched, only its scale
-    np.testing.assert_allclose(np.asarray(fixed.illumination) / np.sqrt(power)[:, None, None],
-                               p / np.sqrt(np.sum(np.abs(p) ** 2, axis=(1, 2)))[:, None, None], atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(fixed.illumination) / np.sqrt(power)[:, None, None],
+        p / np.sqrt(np.sum(np.abs(p) ** 2, axis=(1, 2)))[:, None, None],
+        atol=1e-6,
+    )
     # one energy off by 10 % in power: only that one is rescaled
     q = p.copy()
     q[2] *= np.sqrt(1.1)
@@ -182,9 +194,9 @@ def test_probe_power_counts_only_used_detector_pixels(jittered):
     far = np.abs(np.fft.fftshift(np.fft.fft2(p, norm="ortho"), axes=(-2, -1))) ** 2
     m, c = ds.frame_size, ds.frame_size // 2
     stop = np.ones((m, m), np.float32)
-    stop[c - 2:c + 3, c - 2:c + 3] = 0.0
+    stop[c - 2 : c + 3, c - 2 : c + 3] = 0.0
     ring = np.zeros((m, m), np.float32)
-    ring[m // 4:3 * m // 4, m // 4:3 * m // 4] = 1.0
+    ring[m // 4 : 3 * m // 4, m // 4 : 3 * m // 4] = 1.0
     ei = np.asarray(ds.energy_index)
     for mask in (stop, ring):
         frames = (0.9 * far[ei] * mask).astype(np.float32)
@@ -204,7 +216,7 @@ def test_check_direct_beam(jittered, caplog):
         assert stxm.check_direct_beam(ds) == []
         mask = np.asarray(ds.mask).copy()
         c = ds.frame_size // 2
-        mask[1:3, c - 2:c + 3, c - 2:c + 3] = 0.0
+        mask[1:3, c - 2 : c + 3, c - 2 : c + 3] = 0.0
         assert stxm.check_direct_beam(dataclasses.replace(ds, mask=mask)) == [1, 2]
     warned = [r.getMessage() for r in caplog.records if "direct beam" in r.getMessage()]
     assert len(warned) == 1 and f"at 2 of {ds.n_energies} energies" in warned[0]

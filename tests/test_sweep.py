@@ -26,9 +26,19 @@ HAS_TWOSTEP = importlib.util.find_spec("diffxas.solvers.twostep.run") is not Non
 def _tiny_base(methods=("joint",)):
     base = {
         "methods": list(methods),
-        "simulate": {"preset": "tiny", "energies": ENERGIES, "scan_step": 250e-9, "oversample": 1,
-                     "truth_oversample": 1},
-        "joint": {"steps": 3, "checkpoint_every": 2, "init": "stxm", "prior": "none"},  # sweep mechanics, not quality: the cheapest start
+        "simulate": {
+            "preset": "tiny",
+            "energies": ENERGIES,
+            "scan_step": 250e-9,
+            "oversample": 1,
+            "truth_oversample": 1,
+        },
+        "joint": {
+            "steps": 3,
+            "checkpoint_every": 2,
+            "init": "stxm",
+            "prior": "none",
+        },  # sweep mechanics, not quality: the cheapest start
         "cluster": {"k": 3, "seeds": 1, "n_init": 2},
     }
     if "two-step" in methods:
@@ -44,14 +54,23 @@ def _fast_twostep() -> dict:
 
     out: dict = {}
     for f in dataclasses.fields(TwoStepConfig):
-        d = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        d = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )  # type: ignore[misc]
         if f.name == "epochs":
             out["epochs"] = 2
         elif f.name in ("epie", "fit") and dataclasses.is_dataclass(d):
             names = {g.name for g in dataclasses.fields(d)}
-            want = {"epochs": 2, "probe_update_start": 1, "kk_start": "none", "kk_every": "none",
-                    "decay_start": "none", "iterations": 3}
+            want = {
+                "epochs": 2,
+                "probe_update_start": 1,
+                "kk_start": "none",
+                "kk_every": "none",
+                "decay_start": "none",
+                "iterations": 3,
+            }
             out[f.name] = {k: v for k, v in want.items() if k in names}
     return out
 
@@ -63,11 +82,18 @@ def test_expand_product_points_linked_axes_and_profiles():
     spec = {
         "sweep": {"name": "t"},
         "base": {"methods": ["joint", "twostep"], "simulate": {"preset": "tiny"}, "joint": {"steps": 10}},
-        "axes": {"simulate.dose": [1e4, 1e5], "simulate.seed": [0, 1, 2],
-                 "prior": [{"label": "none", "joint.prior": "none"},
-                           {"label": "tv", "joint.prior": "none", "joint.tv_weight": 1e-3, "two-step.fit.smooth_sigma": 1.0}]},
-        "points": [{"simulate.dose": 1e7, "label": "extra"}, {"simulate.dose": 1e4, "simulate.seed": 0,
-                                                               "joint.prior": "none"}],
+        "axes": {
+            "simulate.dose": [1e4, 1e5],
+            "simulate.seed": [0, 1, 2],
+            "prior": [
+                {"label": "none", "joint.prior": "none"},
+                {"label": "tv", "joint.prior": "none", "joint.tv_weight": 1e-3, "two-step.fit.smooth_sigma": 1.0},
+            ],
+        },
+        "points": [
+            {"simulate.dose": 1e7, "label": "extra"},
+            {"simulate.dose": 1e4, "simulate.seed": 0, "joint.prior": "none"},
+        ],
         "profiles": {"quick": {"joint.steps": 2, "axes": {"simulate.seed": [0], "prior": []}}},
     }
     s = sweep_spec.load_spec(spec)
@@ -87,19 +113,25 @@ def test_expand_product_points_linked_axes_and_profiles():
     q = sweep_spec.expand_points(sweep_spec.load_spec(spec, profile="quick"))
     assert len(q) == 2 + 2  # dose axis only (seed [0], prior removed) + 2 explicit points
     assert all(p["config"]["joint"]["steps"] == 2 for p in q)
-    z = sweep_spec.expand_points(sweep_spec.load_spec({"sweep": {"combine": "zip"},
-                                             "axes": {"simulate.dose": [1e4, 1e5], "simulate.seed": [3, 4]}}))
+    z = sweep_spec.expand_points(
+        sweep_spec.load_spec(
+            {"sweep": {"combine": "zip"}, "axes": {"simulate.dose": [1e4, 1e5], "simulate.seed": [3, 4]}}
+        )
+    )
     assert [(p["config"]["simulate"]["dose"], p["config"]["simulate"]["seed"]) for p in z] == [(1e4, 3), (1e5, 4)]
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"axes": {"simulate.dose": 1e4}}, "must be a list"),
-    ({"axes": {"nosuch.key": [1]}}, "unknown section"),
-    ({"axes": {"dose": [1, 2]}}, "linked axis"),
-    ({"base": {"methods": ["epie"]}}, "unknown method"),
-    ({"extra": {}}, "unknown top-level"),
-    ({"sweep": {"combine": "zip"}, "axes": {"simulate.dose": [1, 2], "simulate.seed": [1]}}, "equal length"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"axes": {"simulate.dose": 1e4}}, "must be a list"),
+        ({"axes": {"nosuch.key": [1]}}, "unknown section"),
+        ({"axes": {"dose": [1, 2]}}, "linked axis"),
+        ({"base": {"methods": ["epie"]}}, "unknown method"),
+        ({"extra": {}}, "unknown top-level"),
+        ({"sweep": {"combine": "zip"}, "axes": {"simulate.dose": [1, 2], "simulate.seed": [1]}}, "equal length"),
+    ],
+)
 def test_bad_specs_raise_one_line_config_errors(bad, match):
     with pytest.raises(ConfigError, match=match):
         sweep_spec.expand_points(sweep_spec.load_spec(bad))
@@ -107,9 +139,11 @@ def test_bad_specs_raise_one_line_config_errors(bad, match):
 
 def test_spec_from_toml_file_and_missing_profile(tmp_path):
     f = tmp_path / "s.toml"
-    f.write_text('[base]\nmethods = ["joint"]\n[base.simulate]\npreset = "tiny"\n'
-                 '[axes]\n"simulate.seed" = [0, 1]\n"energies.count" = [4, 8]\n'
-                 '[profiles.quick]\n"joint.steps" = 5\n')
+    f.write_text(
+        '[base]\nmethods = ["joint"]\n[base.simulate]\npreset = "tiny"\n'
+        '[axes]\n"simulate.seed" = [0, 1]\n"energies.count" = [4, 8]\n'
+        '[profiles.quick]\n"joint.steps" = 5\n'
+    )
     s = sweep_spec.load_spec(f)
     assert s.name == "s" and len(sweep_spec.expand_points(s)) == 4
     with pytest.raises(ConfigError, match="no profile"):
@@ -146,8 +180,9 @@ def test_select_energies_uniform_and_edge():
 def test_point_passes_the_simulated_absorber_to_the_methods():
     # [simulate] element = "Mn": the preset's energies move to the Mn edge, both methods
     # model Mn unless their section names an element, and "edge" energies centre on Mn's edge
-    pc = sweep_spec.build_point({"simulate": {"preset": "tiny", "element": "Mn"},
-                            "energies": {"count": 6, "choice": "edge"}})
+    pc = sweep_spec.build_point(
+        {"simulate": {"preset": "tiny", "element": "Mn"}, "energies": {"count": 6, "choice": "edge"}}
+    )
     assert pc.sim.element == "Mn" and min(pc.sim.energies) > 6400.0
     assert pc.method_configs["joint"].element == "Mn" and pc.method_configs["two-step"].element == "Mn"
     assert all(6534.0 <= x <= 6564.0 for x in pc.sim.energies[1:-1])  # [-5, +25] eV about 6539 eV
@@ -156,7 +191,9 @@ def test_point_passes_the_simulated_absorber_to_the_methods():
 
 
 def test_group_stats_over_seeds():
-    rows = [{"status": "ok", "method": "joint", "dose": d, "seed": s, "m": d * 0 + s} for d in (1, 2) for s in (0, 1, 2)]
+    rows = [
+        {"status": "ok", "method": "joint", "dose": d, "seed": s, "m": d * 0 + s} for d in (1, 2) for s in (0, 1, 2)
+    ]
     rows.append({"status": "failed", "method": "joint", "dose": 2, "seed": 3, "m": None})
     g = sweep_summary.group_stats(rows, ["method", "dose"], "m")
     assert [(x["dose"], x["mean"], x["n"], x["n_failed"]) for x in g] == [(1, 1.0, 3, 0), (2, 1.0, 3, 1)]
@@ -167,8 +204,11 @@ def test_group_stats_over_seeds():
 
 
 def _mtimes(out, pts):
-    return {p["dir"]: os.stat(out / p["dir"] / sweep_spec.DONE).st_mtime_ns for p in pts
-            if (out / p["dir"] / sweep_spec.DONE).exists()}
+    return {
+        p["dir"]: os.stat(out / p["dir"] / sweep_spec.DONE).st_mtime_ns
+        for p in pts
+        if (out / p["dir"] / sweep_spec.DONE).exists()
+    }
 
 
 def test_tiny_sweep_resume_and_failing_point(tmp_path):
@@ -192,11 +232,21 @@ def test_tiny_sweep_resume_and_failing_point(tmp_path):
     for r in ok:
         assert r["coverage"] is not None and r["edge_energy_rmse"] is not None and r["ari"] is not None
         # the joint's plausibility checks ran (tiny, 3 steps: whatever they found is counted)
-        assert (isinstance(r["n_warnings"], int) and r["n_warnings"] >= 0) if r["method"] == "joint" else r["n_warnings"] is None
+        assert (
+            (isinstance(r["n_warnings"], int) and r["n_warnings"] >= 0)
+            if r["method"] == "joint"
+            else r["n_warnings"] is None
+        )
         assert {r["simulate.dose"], r["simulate.seed"]} <= {1e5, 1e6, 0, 1}
         d = out / r["dir"]
-        for name in ("config.json", "data.cxi", "truth.h5", f"result-{r['method']}.h5",
-                     f"metrics-{r['method']}.json", "done.json"):
+        for name in (
+            "config.json",
+            "data.cxi",
+            "truth.h5",
+            f"result-{r['method']}.h5",
+            f"metrics-{r['method']}.json",
+            "done.json",
+        ):
             assert (d / name).is_file(), name
         assert not (d / "joint.ckpt").exists()  # checkpoints removed after success
         cfg = json.loads((d / "config.json").read_text())
@@ -225,7 +275,9 @@ def test_tiny_sweep_resume_and_failing_point(tmp_path):
     # whose recorded resolved configuration differs from what the code resolves now (e.g. a
     # changed default) is not trusted either: recomputed from scratch
     pts = s.points
-    gone = next(p for p in pts if p["config"]["simulate"].get("dose") == 1e6 and p["config"]["simulate"].get("seed") == 1)
+    gone = next(
+        p for p in pts if p["config"]["simulate"].get("dose") == 1e6 and p["config"]["simulate"].get("seed") == 1
+    )
     kept = _mtimes(out, pts)
     del kept[gone["dir"]]
     shutil.rmtree(out / gone["dir"])
@@ -248,7 +300,9 @@ def test_tiny_sweep_resume_and_failing_point(tmp_path):
     runs_before = {m: sweep_cache.COUNTERS[f"method:{m}"] for m in methods}
     s2 = sweep_runner.run(spec, out, workers=1, resume=True, progress=False)
     assert s2.counts == {"total": 5, "skipped": 1, "ran": 4, "ok": 4, "failed": 1}
-    assert {m: sweep_cache.COUNTERS[f"method:{m}"] - runs_before[m] for m in methods} == {m: 3 if m == "joint" else 2 for m in methods}
+    assert {m: sweep_cache.COUNTERS[f"method:{m}"] - runs_before[m] for m in methods} == {
+        m: 3 if m == "joint" else 2 for m in methods
+    }
     assert (out / third["dir"] / "data.cxi").stat().st_mtime_ns == third_data
     assert (out / third["dir"] / "done.json").is_file()
     now = _mtimes(out, pts)
@@ -263,8 +317,10 @@ def test_tiny_sweep_resume_and_failing_point(tmp_path):
 
 def test_parallel_workers_record_failures(tmp_path):
     """The spawn path: two workers, every point invalid (fails fast), all recorded."""
-    spec = {"base": {"methods": ["joint"], "simulate": {"preset": "tiny"}},
-            "axes": {"simulate.dose": [-1.0, -2.0], "joint.steps": [-1]}}
+    spec = {
+        "base": {"methods": ["joint"], "simulate": {"preset": "tiny"}},
+        "axes": {"simulate.dose": [-1.0, -2.0], "joint.steps": [-1]},
+    }
     s = sweep_runner.run(spec, tmp_path / "par", workers=2, progress=False)
     assert s.counts["failed"] == 2 and s.counts["ok"] == 0
     assert all(r["status"] == "failed" and "ConfigError" in r["error"] for r in s)

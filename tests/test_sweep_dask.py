@@ -20,8 +20,10 @@ from diffxas.app.sweep import spec as sweep_spec
 
 def _spec():
     # 4 points from one axis; the values are never used by the fake methods
-    return {"base": {"methods": ["joint"], "simulate": {"preset": "tiny"}},
-            "axes": {"simulate.dose": [1.0, 2.0, 3.0, 4.0]}}
+    return {
+        "base": {"methods": ["joint"], "simulate": {"preset": "tiny"}},
+        "axes": {"simulate.dose": [1.0, 2.0, 3.0, 4.0]},
+    }
 
 
 def test_dask_local_cluster_killed_worker_is_recorded_and_resume_finishes(tmp_path, monkeypatch):

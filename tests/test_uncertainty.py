@@ -22,7 +22,7 @@ def _problem(seed=0, m=8, n=14, k_e=2, n_frames=5):
     A = 0.3 * rng.random((k_e, n, n))
     phi = rng.normal(0, 0.8, (k_e, n, n))
     yy, xx = np.mgrid[:m, :m] - m / 2
-    probe = np.exp(-(xx ** 2 + yy ** 2) / 6.0) * np.exp(1j * 0.3 * xx) * 30.0
+    probe = np.exp(-(xx**2 + yy**2) / 6.0) * np.exp(1j * 0.3 * xx) * 30.0
     probes = np.stack([probe * (1 + 0.2 * k) for k in range(k_e)])
     ei = rng.integers(0, k_e, n_frames).astype(np.int32)
     corner = rng.integers(0, n - m + 1, (n_frames, 2)).astype(np.int32)
@@ -42,7 +42,9 @@ def _dense_blocks(A, phi, probes, ei, corner, frac, w, background=None):
 
         def model(x):
             obj = transmission(x[0], x[1])
-            return intensities(obj, phat, jnp.asarray(ei), jnp.asarray(corner), jnp.asarray(frac, jnp.float64), centered=False)
+            return intensities(
+                obj, phat, jnp.asarray(ei), jnp.asarray(corner), jnp.asarray(frac, jnp.float64), centered=False
+            )
 
         x = jnp.asarray(np.stack([A, phi]), jnp.float64)
         inten = np.asarray(model(x))
@@ -61,9 +63,16 @@ def _dense_blocks(A, phi, probes, ei, corner, frac, w, background=None):
 def test_object_information_matches_dense_fisher():
     A, phi, probes, ei, corner, frac, w = _problem()
     ref = _dense_blocks(A, phi, probes, ei, corner, frac, w)
-    got = np.asarray(U.object_information(transmission(jnp.asarray(A, jnp.float32), jnp.asarray(phi, jnp.float32)),
-                                          jnp.fft.fft2(jnp.asarray(probes, jnp.complex64)), jnp.asarray(ei), jnp.asarray(corner),
-                                          jnp.asarray(frac), uncenter(jnp.asarray(w))))
+    got = np.asarray(
+        U.object_information(
+            transmission(jnp.asarray(A, jnp.float32), jnp.asarray(phi, jnp.float32)),
+            jnp.fft.fft2(jnp.asarray(probes, jnp.complex64)),
+            jnp.asarray(ei),
+            jnp.asarray(corner),
+            jnp.asarray(frac),
+            uncenter(jnp.asarray(w)),
+        )
+    )
     scale = np.abs(ref).max()
     # float32 FFTs against the float64 dense Jacobian: 1e-4 of the largest block
     np.testing.assert_allclose(got, ref, atol=1e-4 * scale, rtol=0)
@@ -80,8 +89,17 @@ def test_object_information_with_background_matches_dense_fisher():
     rng = np.random.default_rng(5)
     bg = (np.median(inten) * rng.uniform(0.5, 2.0, (2, 8, 8))).astype(np.float32)
     ref = _dense_blocks(A, phi, probes, ei, corner, frac, w, bg)
-    got = np.asarray(U.object_information(obj, phat, jnp.asarray(ei), jnp.asarray(corner), jnp.asarray(frac),
-                                          uncenter(jnp.asarray(w)), background=jnp.asarray(bg)))
+    got = np.asarray(
+        U.object_information(
+            obj,
+            phat,
+            jnp.asarray(ei),
+            jnp.asarray(corner),
+            jnp.asarray(frac),
+            uncenter(jnp.asarray(w)),
+            background=jnp.asarray(bg),
+        )
+    )
     scale = np.abs(ref).max()
     np.testing.assert_allclose(got, ref, atol=1e-4 * scale, rtol=0)  # float32 against float64, as above
     plain = _dense_blocks(A, phi, probes, ei, corner, frac, w)
@@ -93,17 +111,44 @@ def test_information_sum_rule_counts_photons():
     A, phi, probes, ei, corner, frac, _ = _problem(seed=3, n_frames=1)
     w = np.ones((2, 8, 8), np.float32)
     obj = transmission(jnp.asarray(A, jnp.float32), jnp.asarray(phi, jnp.float32))
-    info = np.asarray(U.object_information(obj, jnp.fft.fft2(jnp.asarray(probes, jnp.complex64)), jnp.asarray(ei), jnp.asarray(corner), jnp.asarray(frac), jnp.asarray(w)))
-    photons = float(np.sum(intensities(obj, jnp.fft.fft2(jnp.asarray(probes, jnp.complex64)), jnp.asarray(ei), jnp.asarray(corner), jnp.asarray(frac))))
+    info = np.asarray(
+        U.object_information(
+            obj,
+            jnp.fft.fft2(jnp.asarray(probes, jnp.complex64)),
+            jnp.asarray(ei),
+            jnp.asarray(corner),
+            jnp.asarray(frac),
+            jnp.asarray(w),
+        )
+    )
+    photons = float(
+        np.sum(
+            intensities(
+                obj,
+                jnp.fft.fft2(jnp.asarray(probes, jnp.complex64)),
+                jnp.asarray(ei),
+                jnp.asarray(corner),
+                jnp.asarray(frac),
+            )
+        )
+    )
     np.testing.assert_allclose(info[:, 0].sum() + info[:, 1].sum(), 4 * photons, rtol=1e-4)
 
 
 def _xanes(shape, rng):
-    return XanesParams(a=jnp.asarray(0.02 + 0.01 * rng.random(shape), jnp.float32), b1=jnp.asarray(0.1 + 0.05 * rng.random(shape), jnp.float32),
-                       b2=jnp.asarray(5480 + 2 * rng.random(shape), jnp.float32), b3=jnp.asarray(4.0 + rng.random(shape), jnp.float32),
-                       c11=jnp.asarray(0.02 + 0.01 * rng.random(shape), jnp.float32), c12=jnp.asarray(5469.0), c13=jnp.asarray(1.5),
-                       c21=jnp.asarray(0.01 + 0.01 * rng.random(shape), jnp.float32), c22=jnp.asarray(5474.0), c23=jnp.asarray(2.0),
-                       n_other=jnp.asarray(1e23 * (1 + rng.random(shape)), jnp.float32))
+    return XanesParams(
+        a=jnp.asarray(0.02 + 0.01 * rng.random(shape), jnp.float32),
+        b1=jnp.asarray(0.1 + 0.05 * rng.random(shape), jnp.float32),
+        b2=jnp.asarray(5480 + 2 * rng.random(shape), jnp.float32),
+        b3=jnp.asarray(4.0 + rng.random(shape), jnp.float32),
+        c11=jnp.asarray(0.02 + 0.01 * rng.random(shape), jnp.float32),
+        c12=jnp.asarray(5469.0),
+        c13=jnp.asarray(1.5),
+        c21=jnp.asarray(0.01 + 0.01 * rng.random(shape), jnp.float32),
+        c22=jnp.asarray(5474.0),
+        c23=jnp.asarray(2.0),
+        n_other=jnp.asarray(1e23 * (1 + rng.random(shape)), jnp.float32),
+    )
 
 
 NAMES = ("a", "b1", "b2", "b3", "c11", "c21", "n_other")
@@ -117,7 +162,7 @@ def test_parameter_information_matches_dense_chain():
     e = np.array([5440.0, 5468.0, 5478.0, 5485.0, 5520.0])
     p = _xanes((n, n), rng)
     yy, xx = np.mgrid[:m, :m] - m / 2
-    probe = np.exp(-(xx ** 2 + yy ** 2) / 5.0) * 50.0
+    probe = np.exp(-(xx**2 + yy**2) / 5.0) * 50.0
     probes = np.stack([probe] * len(e))
     n_fr = 12
     ei = np.arange(n_fr, dtype=np.int32) % len(e)
@@ -139,7 +184,11 @@ def test_parameter_information_matches_dense_chain():
     J = np.asarray(jax.jacfwd(lambda z: model(z * scl))(x0 / scl), np.float64)  # (F, M, M, n, H, W)
     inten = np.asarray(model(x0), np.float64)
     Jf = J.reshape(-1, len(NAMES), n, n)
-    dense = np.einsum("q,qiyx,qjyx->yxij", 1.0 / inten.reshape(-1), Jf, Jf) / np.asarray(scl)[:, 0, 0][None, None, :, None] / np.asarray(scl)[:, 0, 0][None, None, None, :]
+    dense = (
+        np.einsum("q,qiyx,qjyx->yxij", 1.0 / inten.reshape(-1), Jf, Jf)
+        / np.asarray(scl)[:, 0, 0][None, None, :, None]
+        / np.asarray(scl)[:, 0, 0][None, None, None, :]
+    )
     obj = transmission(absorption(p, ej), phase(p, ej, edge))
     info = U.object_information(obj, phat, jnp.asarray(ei), jnp.asarray(corner), jnp.asarray(frac), jnp.asarray(w))
     got = np.asarray(U.parameter_information(p, ej, edge, info, NAMES), np.float64)
@@ -162,8 +211,10 @@ def test_batched_spectral_jacobian_equals_loop():
     p = _xanes((6, 7), rng)
     sc = U.parameter_scales(NAMES, edge)
     ref = U.spectral_jacobian(p, ej, edge, NAMES, sc)
-    for got in (U.spectral_jacobian(p, ej, edge, NAMES, sc, batched=True),
-                jax.jit(lambda q: U.spectral_jacobian(q, ej, edge, NAMES, sc, batched=True))(p)):
+    for got in (
+        U.spectral_jacobian(p, ej, edge, NAMES, sc, batched=True),
+        jax.jit(lambda q: U.spectral_jacobian(q, ej, edge, NAMES, sc, batched=True))(p),
+    ):
         for r, g in zip(ref, got):
             assert g.shape == r.shape == (len(NAMES), 5, 6, 7)
             big = np.max(np.abs(np.asarray(r)), axis=(1, 2, 3), keepdims=True)
@@ -175,9 +226,9 @@ def test_covariance_linear_gaussian_closed_form():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(30, 3))
     sigma = 0.2
-    fisher = (X.T @ X / sigma ** 2)[None, None]
+    fisher = (X.T @ X / sigma**2)[None, None]
     cov = U.covariance(fisher)[0, 0]
-    np.testing.assert_allclose(cov, sigma ** 2 * np.linalg.inv(X.T @ X), rtol=1e-10)
+    np.testing.assert_allclose(cov, sigma**2 * np.linalg.inv(X.T @ X), rtol=1e-10)
     # delta method on g = theta_0 + 2 theta_2: var = g^T C g
     g = np.array([1.0, 0.0, 2.0])
     std = U.descriptor_std(U.covariance(fisher), {"g": g[:, None, None]})["g"][0, 0]

@@ -68,7 +68,7 @@ def _pairs(maps, region, name):
 def _calibrated(z):
     """(ok, numbers): the tolerance bands of the module docstring."""
     a = np.abs(z)
-    f1, f2, rms = float(np.mean(a <= 1)), float(np.mean(a <= 2)), float(np.sqrt(np.mean(z ** 2)))
+    f1, f2, rms = float(np.mean(a <= 1)), float(np.mean(a <= 2)), float(np.sqrt(np.mean(z**2)))
     return (0.55 <= f1 <= 0.85) and f2 >= 0.85 and (0.7 <= rms <= 1.4), dict(within1=f1, within2=f2, rms=rms)
 
 
@@ -76,7 +76,9 @@ def test_std_maps_present_and_finite(realisations):
     maps, _, region = realisations
     assert region.sum() >= 60
     for m in maps:
-        assert {"edge_energy", "edge_width", "edge_jump", "pre_edge", "pre_edge_norm", "n_v", "ne_eff_per_nv"} <= set(m.std)
+        assert {"edge_energy", "edge_width", "edge_jump", "pre_edge", "pre_edge_norm", "n_v", "ne_eff_per_nv"} <= set(
+            m.std
+        )
         for name, s in m.std.items():
             s = np.asarray(s)[region]
             assert np.mean(np.isfinite(s) & (s > 0)) >= 0.9, name

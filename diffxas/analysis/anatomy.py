@@ -67,7 +67,7 @@ def truth_boundary_distance(truth: Truth, pixel_size: float, origin, shape) -> n
 def _split_stats(e: np.ndarray) -> dict[str, Any]:
     if e.size == 0:
         return {"rmse": None, "bias": None, "n": 0}
-    return {"rmse": float(np.sqrt(np.mean(e ** 2))), "bias": float(np.mean(e)), "n": int(e.size)}
+    return {"rmse": float(np.sqrt(np.mean(e**2))), "bias": float(np.mean(e)), "n": int(e.size)}
 
 
 def calibration(err: np.ndarray, std: np.ndarray) -> dict[str, Any]:
@@ -81,13 +81,25 @@ def calibration(err: np.ndarray, std: np.ndarray) -> dict[str, Any]:
     if not m.any():
         return {"within_1sigma": None, "within_2sigma": None, "median_abs_z": None, "median_sigma": None, "n": 0}
     z = np.abs(err[m]) / std[m]
-    return {"within_1sigma": float(np.mean(z <= 1.0)), "within_2sigma": float(np.mean(z <= 2.0)),
-            "median_abs_z": float(np.median(z)), "median_sigma": float(np.median(std[m])), "n": int(m.sum())}
+    return {
+        "within_1sigma": float(np.mean(z <= 1.0)),
+        "within_2sigma": float(np.mean(z <= 2.0)),
+        "median_abs_z": float(np.median(z)),
+        "median_sigma": float(np.median(std[m])),
+        "n": int(m.sum()),
+    }
 
 
-def error_anatomy(est: np.ndarray, ref: np.ndarray, labels: np.ndarray, mask: np.ndarray,
-                  distance: np.ndarray | None = None, std: np.ndarray | None = None,
-                  near_m: float = NEAR_BOUNDARY_M, domain_names=None) -> dict[str, Any]:
+def error_anatomy(
+    est: np.ndarray,
+    ref: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    distance: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+    near_m: float = NEAR_BOUNDARY_M,
+    domain_names=None,
+) -> dict[str, Any]:
     """What a map's error is made of, over ``mask`` & finite ``est`` & finite ``ref``.
 
     Args:
@@ -121,13 +133,27 @@ def error_anatomy(est: np.ndarray, ref: np.ndarray, labels: np.ndarray, mask: np
         bias, scatter = float(ed.mean()), float(ed.std())
         lv = int(lv)
         name = "none" if lv < 0 else (str(names[lv]) if lv < len(names) else f"domain {lv}")
-        per.append({"label": lv, "name": name, "n": int(ed.size), "bias": bias, "scatter": scatter,
-                    "rmse": float(np.sqrt(np.mean(ed ** 2)))})
-        sb += ed.size * bias ** 2
-        sw += ed.size * scatter ** 2
+        per.append(
+            {
+                "label": lv,
+                "name": name,
+                "n": int(ed.size),
+                "bias": bias,
+                "scatter": scatter,
+                "rmse": float(np.sqrt(np.mean(ed**2))),
+            }
+        )
+        sb += ed.size * bias**2
+        sw += ed.size * scatter**2
     n = int(m.sum())
-    out.update({"rmse": float(np.sqrt(np.mean(e[m] ** 2))), "per_domain": per,
-                "domain_mean_rms": float(np.sqrt(sb / n)), "within_domain_rms": float(np.sqrt(sw / n))})
+    out.update(
+        {
+            "rmse": float(np.sqrt(np.mean(e[m] ** 2))),
+            "per_domain": per,
+            "domain_mean_rms": float(np.sqrt(sb / n)),
+            "within_domain_rms": float(np.sqrt(sw / n)),
+        }
+    )
     bulk = None
     if distance is not None:
         dist = np.asarray(distance, np.float64)
@@ -145,8 +171,14 @@ def error_anatomy(est: np.ndarray, ref: np.ndarray, labels: np.ndarray, mask: np
     return out
 
 
-def anatomy_section(maps: ChemMaps, truth: Truth, tr: dict[str, np.ndarray], region: np.ndarray,
-                    names=DESCRIPTORS, near_m: float = NEAR_BOUNDARY_M) -> dict[str, Any]:
+def anatomy_section(
+    maps: ChemMaps,
+    truth: Truth,
+    tr: dict[str, np.ndarray],
+    region: np.ndarray,
+    names=DESCRIPTORS,
+    near_m: float = NEAR_BOUNDARY_M,
+) -> dict[str, Any]:
     """:func:`error_anatomy` of each descriptor of ``maps`` against the resampled truth ``tr``
     (:func:`resample_truth`) over ``region`` (the evaluation region's valid pixels), with
     the truth's boundary distances and the maps' std maps where present."""
@@ -158,8 +190,9 @@ def anatomy_section(maps: ChemMaps, truth: Truth, tr: dict[str, np.ndarray], reg
         std = maps.std.get(name) if maps.std else None
         if std is not None and np.shape(std) != maps.shape:
             std = None
-        out[name] = error_anatomy(getattr(maps, name), tr[name], tr["labels"], region, dist, std, near_m,
-                                  truth.domain_names)
+        out[name] = error_anatomy(
+            getattr(maps, name), tr[name], tr["labels"], region, dist, std, near_m, truth.domain_names
+        )
     return out
 
 
@@ -173,20 +206,28 @@ def format_anatomy(anatomy: dict | None) -> list[str]:
         a = anatomy.get(name)
         if not a or not a.get("n"):
             continue
-        line = (f"    {name:15s} RMSE {_fmt(a.get('rmse'), '.4g')} = domain means {_fmt(a.get('domain_mean_rms'), '.4g')}"
-                f" (+) within {_fmt(a.get('within_domain_rms'), '.4g')}")
+        line = (
+            f"    {name:15s} RMSE {_fmt(a.get('rmse'), '.4g')} = domain means {_fmt(a.get('domain_mean_rms'), '.4g')}"
+            f" (+) within {_fmt(a.get('within_domain_rms'), '.4g')}"
+        )
         if a.get("bulk") is not None:
-            line += (f"; near {_fmt(a['near']['rmse'], '.4g')} (n={a['near']['n']}), "
-                     f"bulk {_fmt(a['bulk']['rmse'], '.4g')} (n={a['bulk']['n']})")
+            line += (
+                f"; near {_fmt(a['near']['rmse'], '.4g')} (n={a['near']['n']}), "
+                f"bulk {_fmt(a['bulk']['rmse'], '.4g')} (n={a['bulk']['n']})"
+            )
         lines.append(line)
         worst = sorted(a.get("per_domain") or [], key=lambda d: -abs(d["bias"]))[:3]
         if worst:
-            lines.append("      largest domain biases: " + "; ".join(
-                f"{d['label']}: {d['bias']:+.3g} (scatter {d['scatter']:.3g}, n={d['n']})" for d in worst))
+            lines.append(
+                "      largest domain biases: "
+                + "; ".join(f"{d['label']}: {d['bias']:+.3g} (scatter {d['scatter']:.3g}, n={d['n']})" for d in worst)
+            )
         for key, what in (("calibration", "all"), ("calibration_bulk", "bulk")):
             c = a.get(key)
             if c and c.get("n"):
-                lines.append(f"      std maps ({what}): {100 * c['within_1sigma']:.0f} % within 1 sigma, "
-                             f"{100 * c['within_2sigma']:.0f} % within 2 sigma, median |error|/sigma "
-                             f"{c['median_abs_z']:.2f} (calibrated: 68 %, 95 %, 0.67)")
+                lines.append(
+                    f"      std maps ({what}): {100 * c['within_1sigma']:.0f} % within 1 sigma, "
+                    f"{100 * c['within_2sigma']:.0f} % within 2 sigma, median |error|/sigma "
+                    f"{c['median_abs_z']:.2f} (calibrated: 68 %, 95 %, 0.67)"
+                )
     return lines

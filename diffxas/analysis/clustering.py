@@ -275,8 +275,11 @@ def cluster_attrs(clusters: dict) -> dict:
     strings, plus a nested ``attrs`` dict if one is present); ``features`` as a list."""
     out = {}
     for key, val in clusters.items():
-        if key != "attrs" and (np.isscalar(val) or isinstance(val, (str, bytes))
-                               or (isinstance(val, (list, tuple)) and all(isinstance(v, (str, bytes)) for v in val))):
+        if key != "attrs" and (
+            np.isscalar(val)
+            or isinstance(val, (str, bytes))
+            or (isinstance(val, (list, tuple)) and all(isinstance(v, (str, bytes)) for v in val))
+        ):
             out[key] = val
     out.update(clusters.get("attrs", {}) or {})
     feats = out.get("features")
@@ -287,8 +290,15 @@ def cluster_attrs(clusters: dict) -> dict:
     return out
 
 
-def assignment_confidence(z: np.ndarray, z_std: np.ndarray, centers_z: np.ndarray, labels: np.ndarray,
-                          n_samples: int = 256, random_state: int = 0, max_elements: int = 1 << 22) -> np.ndarray:
+def assignment_confidence(
+    z: np.ndarray,
+    z_std: np.ndarray,
+    centers_z: np.ndarray,
+    labels: np.ndarray,
+    n_samples: int = 256,
+    random_state: int = 0,
+    max_elements: int = 1 << 22,
+) -> np.ndarray:
     """Probability that each pixel belongs to its assigned cluster, given its uncertainty.
 
     Monte Carlo: ``n_samples`` draws per pixel from ``N(z, diag(z_std^2))`` (independent
@@ -320,7 +330,7 @@ def assignment_confidence(z: np.ndarray, z_std: np.ndarray, centers_z: np.ndarra
     rng = np.random.default_rng(random_state)
     chunk = max(1, int(max_elements) // (int(n_samples) * max(k, 1) * max(nf, 1)))
     for start in range(0, idx.size, chunk):
-        ii = idx[start:start + chunk]
+        ii = idx[start : start + chunk]
         draws = z[ii, None, :] + z_std[ii, None, :] * rng.standard_normal((ii.size, n_samples, nf))  # (c, S, F)
         d2 = np.sum((draws[:, :, None, :] - centers_z[None, None]) ** 2, axis=-1)  # (c, S, k)
         out[ii] = np.mean(np.argmin(d2, axis=-1) == labels[ii, None], axis=1)
@@ -438,20 +448,22 @@ def cluster_maps(maps: ChemMaps, config: ClusterConfig | None = None) -> dict[st
     std = maps.std or {}
     if config.confidence_samples > 0 and all(f in std for f in feats):
         s = np.stack([np.asarray(std[f], dtype=np.float64)[sel] for f in feats], axis=1)
-        conf = assignment_confidence(z, s / zs, centers_z, lab, n_samples=int(config.confidence_samples),
-                                     random_state=int(config.random_state))
+        conf = assignment_confidence(
+            z, s / zs, centers_z, lab, n_samples=int(config.confidence_samples), random_state=int(config.random_state)
+        )
         cmap = np.full(maps.shape, np.nan)
         cmap[sel] = conf
         fin = np.isfinite(conf)
         out["confidence"] = cmap
-        out["cluster_confidence"] = np.array([float(np.mean(conf[(lab == j) & fin])) if np.any((lab == j) & fin)
-                                              else np.nan for j in range(k)])
+        out["cluster_confidence"] = np.array(
+            [float(np.mean(conf[(lab == j) & fin])) if np.any((lab == j) & fin) else np.nan for j in range(k)]
+        )
         attrs.update(
             confidence_mean=float(np.mean(conf[fin])) if fin.any() else float("nan"),
             confidence_mean_nv=_weighted_mean(conf[fin], nv_all[fin]) if fin.any() else float("nan"),
             confidence_samples=int(config.confidence_samples),
             confidence_model="independent Gaussian per feature (std maps), centres fixed, nearest centre in the "
-                             "standardised k-means space",
+            "standardised k-means space",
         )
     out.update(
         labels=labels,
@@ -590,9 +602,11 @@ def format_clusters(clusters: dict) -> str:
     ]
     has_conf = "cluster_confidence" in clusters
     if has_conf:
-        lines.append(f"assignment confidence (Monte Carlo over the std maps, {a.get('confidence_samples')} draws per "
-                     f"pixel): mean {a.get('confidence_mean', float('nan')):.3f}, N_V-weighted "
-                     f"{a.get('confidence_mean_nv', float('nan')):.3f}")
+        lines.append(
+            f"assignment confidence (Monte Carlo over the std maps, {a.get('confidence_samples')} draws per "
+            f"pixel): mean {a.get('confidence_mean', float('nan')):.3f}, N_V-weighted "
+            f"{a.get('confidence_mean_nv', float('nan')):.3f}"
+        )
     else:
         lines.append("assignment confidence: n/a (the maps carry no std maps of the features)")
     head = "cluster  N_V-frac  " + "  ".join(f"{f:>16s}" for f in feats) + ("  confidence" if has_conf else "")
@@ -600,6 +614,9 @@ def format_clusters(clusters: dict) -> str:
     centers = np.asarray(clusters["centers"])
     cc = np.asarray(clusters["cluster_confidence"], dtype=np.float64) if has_conf else None
     for j, fr in enumerate(np.asarray(clusters["fractions"])):
-        lines.append(f"{j:7d}  {fr:8.3f}  " + "  ".join(f"{centers[j, c]:16.6g}" for c in range(len(feats)))
-                     + (f"  {cc[j]:10.3f}" if cc is not None and j < len(cc) else ""))
+        lines.append(
+            f"{j:7d}  {fr:8.3f}  "
+            + "  ".join(f"{centers[j, c]:16.6g}" for c in range(len(feats)))
+            + (f"  {cc[j]:10.3f}" if cc is not None and j < len(cc) else "")
+        )
     return "\n".join(lines)

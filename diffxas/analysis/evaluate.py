@@ -177,8 +177,13 @@ def blur_error_curve(est: np.ndarray, ref: np.ndarray, mask: np.ndarray, sigmas_
     return np.array([rmse(s) if ok else np.nan for s in np.asarray(sigmas_px, np.float64)])
 
 
-def blur_matched_error(est: np.ndarray, ref: np.ndarray, mask: np.ndarray, pixel_size: float | None = None,
-                       max_sigma_px: float = MAX_MATCHED_BLUR_PX) -> dict[str, Any]:
+def blur_matched_error(
+    est: np.ndarray,
+    ref: np.ndarray,
+    mask: np.ndarray,
+    pixel_size: float | None = None,
+    max_sigma_px: float = MAX_MATCHED_BLUR_PX,
+) -> dict[str, Any]:
     """The Gaussian blur of the truth that a map matches best, and the RMSE left at it.
 
     ``ref`` (the truth on the result grid) is blurred with a Gaussian of standard deviation
@@ -196,7 +201,13 @@ def blur_matched_error(est: np.ndarray, ref: np.ndarray, mask: np.ndarray, pixel
 
     rmse, ok = _blur_rmse(est, ref, mask)
     if not ok:
-        return {"matched_blur_px": None, "matched_blur_m": None, "matched_rmse": None, "rmse_unblurred": None, "at_bound": None}
+        return {
+            "matched_blur_px": None,
+            "matched_blur_m": None,
+            "matched_rmse": None,
+            "rmse_unblurred": None,
+            "at_bound": None,
+        }
     r0 = rmse(0.0)
     lo = min(MIN_MATCHED_BLUR_PX, float(max_sigma_px))
     opt = minimize_scalar(rmse, bounds=(lo, float(max_sigma_px)), method="bounded", options={"xatol": 0.01})
@@ -212,7 +223,9 @@ def blur_matched_error(est: np.ndarray, ref: np.ndarray, mask: np.ndarray, pixel
     }
 
 
-def cluster_agreement(labels: np.ndarray, true_labels: np.ndarray, mask: np.ndarray, domain_names=None) -> dict[str, Any]:
+def cluster_agreement(
+    labels: np.ndarray, true_labels: np.ndarray, mask: np.ndarray, domain_names=None
+) -> dict[str, Any]:
     """ARI and Hungarian-matched confusion table between result clusters and true domains.
 
     Over ``mask`` pixels that are clustered (label >= 0); true label -1 (background) is a
@@ -250,13 +263,17 @@ def cluster_agreement(labels: np.ndarray, true_labels: np.ndarray, mask: np.ndar
         "true_names": [dname(t) for t in tv],
         "cluster_labels": [int(c) for c in cv],
         "confusion": conf.tolist(),
-        "matching": [{"domain": dname(tv[r]), "true_label": int(tv[r]), "cluster": int(cv[c]), "count": int(conf[r, c])}
-                     for r, c in zip(rows, cols)],
+        "matching": [
+            {"domain": dname(tv[r]), "true_label": int(tv[r]), "cluster": int(cv[c]), "count": int(conf[r, c])}
+            for r, c in zip(rows, cols)
+        ],
         "matched_accuracy": float(conf[rows, cols].sum() / n),
     }
 
 
-def evaluate(result_or_maps: Result | ChemMaps, truth: Truth, nv_fraction: float = 0.25, clusters: dict | None = None) -> dict[str, Any]:
+def evaluate(
+    result_or_maps: Result | ChemMaps, truth: Truth, nv_fraction: float = 0.25, clusters: dict | None = None
+) -> dict[str, Any]:
     """Compare a result (or bare ChemMaps) with the ground truth; JSON-serialisable dict.
 
     Keys: ``n_region`` (evaluation-region pixels: truth n_v >= nv_fraction x max),
@@ -364,9 +381,11 @@ def check_truth_matches(result, truth, result_path, truth_path) -> None:
     sha = str(attrs.get("data_sha256") or "")
     if sha and result.input_sha256:
         if sha != result.input_sha256:
-            raise InputError(f"{os.fspath(truth_path)}: the ground truth belongs to another dataset (its data "
-                             f"SHA-256 {sha[:12]}... differs from the input {result.input_sha256[:12]}... recorded in "
-                             f"{os.fspath(result_path)})")
+            raise InputError(
+                f"{os.fspath(truth_path)}: the ground truth belongs to another dataset (its data "
+                f"SHA-256 {sha[:12]}... differs from the input {result.input_sha256[:12]}... recorded in "
+                f"{os.fspath(result_path)})"
+            )
         return
     src = result.input_path
     if not src or not os.path.isfile(src):
@@ -378,8 +397,10 @@ def check_truth_matches(result, truth, result_path, truth_path) -> None:
         return
     a, b = _sample_id(cxi), _sample_id(attrs)
     if a is not None and b is not None and a != b:
-        raise InputError(f"{os.fspath(truth_path)}: the ground truth belongs to another dataset (preset, seed, dose "
-                         f"{b}) than the input {src} of {os.fspath(result_path)} {a}")
+        raise InputError(
+            f"{os.fspath(truth_path)}: the ground truth belongs to another dataset (preset, seed, dose "
+            f"{b}) than the input {src} of {os.fspath(result_path)} {a}"
+        )
 
 
 def check_split_pair(path1, path2, r1=None, r2=None) -> None:
@@ -396,8 +417,10 @@ def check_split_pair(path1, path2, r1=None, r2=None) -> None:
     except OSError:
         pass
     if same or io_files.sha256_file(p1) == io_files.sha256_file(p2):
-        raise InputError(f"--split {p2}: the same results as {p1}; FRC needs the two independent halves "
-                         "(reconstruct --half even and --half odd)")
+        raise InputError(
+            f"--split {p2}: the same results as {p1}; FRC needs the two independent halves "
+            "(reconstruct --half even and --half odd)"
+        )
     r1 = io_results.read_result(p1) if r1 is None else r1
     r2 = io_results.read_result(p2) if r2 is None else r2
     h = []
@@ -406,14 +429,18 @@ def check_split_pair(path1, path2, r1=None, r2=None) -> None:
         sel = cfg.get("input_selection") if isinstance(cfg, dict) else None
         if isinstance(sel, dict):
             if sel.get("half") not in ("even", "odd"):
-                raise InputError(f"{p}: a result of all frames, not of one half (reconstruct --half even/odd); "
-                                 "FRC between full-data results does not measure resolution")
+                raise InputError(
+                    f"{p}: a result of all frames, not of one half (reconstruct --half even/odd); "
+                    "FRC between full-data results does not measure resolution"
+                )
             h.append(sel.get("half"))
     if len(h) == 2 and h[0] == h[1]:
         raise InputError(f"{p1}, {p2}: both are the {h[0]} half; FRC needs the even and the odd half")
     if r1.input_sha256 and r2.input_sha256 and r1.input_sha256 != r2.input_sha256:
-        raise InputError(f"{p1}, {p2}: halves of different input files (SHA-256 {r1.input_sha256[:12]}... and "
-                         f"{r2.input_sha256[:12]}...)")
+        raise InputError(
+            f"{p1}, {p2}: halves of different input files (SHA-256 {r1.input_sha256[:12]}... and "
+            f"{r2.input_sha256[:12]}...)"
+        )
 
 
 def evaluate_file(path, truth_path, json_path=None, nv_fraction: float = 0.25) -> dict[str, Any]:
@@ -454,11 +481,15 @@ def format_metrics(metrics: dict) -> str:
             line = f"  {name:15s} RMSE {_fmt(st['rmse'], '.4g')} {st['unit']}, bias {_fmt(st['bias'], '+.4g')} {st['unit']} (n={st['n']})"
             if st.get("matched_rmse") is not None:
                 bound = " (search bound)" if st.get("at_bound") else ""
-                line += (f"; best match: truth blurred by sigma {st['matched_blur_px']:.2f} px{bound}, "
-                         f"RMSE {st['matched_rmse']:.4g} {st['unit']} there")
+                line += (
+                    f"; best match: truth blurred by sigma {st['matched_blur_px']:.2f} px{bound}, "
+                    f"RMSE {st['matched_rmse']:.4g} {st['unit']} there"
+                )
             lines.append(line)
     nv = metrics.get("n_v") or {}
-    lines.append(f"  n_v relative error: RMS {_fmt(nv.get('rel_rms'), '.3f')}, median |.| {_fmt(nv.get('rel_median_abs'), '.3f')}")
+    lines.append(
+        f"  n_v relative error: RMS {_fmt(nv.get('rel_rms'), '.3f')}, median |.| {_fmt(nv.get('rel_median_abs'), '.3f')}"
+    )
     cl = metrics.get("clusters")
     if cl and cl.get("ari") is not None:
         lines.append(f"  clusters: ARI {cl['ari']:.3f}, matched accuracy {cl['matched_accuracy']:.3f}")

@@ -118,7 +118,9 @@ def resolution(freq, frc_values, threshold="1/7", n_pixels_per_ring=None) -> flo
     return float(1.0 / fc)
 
 
-def frc_maps(maps1: ChemMaps, maps2: ChemMaps, name: str = "edge_energy", window: str | None = "tukey") -> dict[str, Any]:
+def frc_maps(
+    maps1: ChemMaps, maps2: ChemMaps, name: str = "edge_energy", window: str | None = "tukey"
+) -> dict[str, Any]:
     """FRC of one map between two independent reconstructions (e.g. half-frame splits).
 
     Pixels valid in both maps are compared; elsewhere each map is filled with its mean

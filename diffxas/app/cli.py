@@ -46,8 +46,8 @@ def _add_info(subparsers) -> None:
         "info",
         help="summarise a CXI input, results or ground-truth file",
         description="Print a summary of a multi-energy CXI input file (energies, frames, geometry, "
-                    "dose, mask, illumination), a diffxas results file (method, maps, history, "
-                    "clusters) or a ground-truth sidecar. The file type is detected automatically.",
+        "dose, mask, illumination), a diffxas results file (method, maps, history, "
+        "clusters) or a ground-truth sidecar. The file type is detected automatically.",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="file(s) to summarise")
     p.set_defaults(func=_run_info)
@@ -67,19 +67,28 @@ def _add_export(subparsers) -> None:
         "export",
         help="write one energy of a multi-energy CXI file as a plain single-entry CXI file",
         description="Write the entry at photon energy --energy of a multi-energy CXI file as a single-entry CXI "
-                    "file (/entry_1 only, CXI 1.6 layout) that single-energy ptychography codes read as it is "
-                    "(ptychodus, PtyPy's HDF5 loader, ...). The translation is written as the probe position "
-                    "(x, y, 0) by default, the sign those codes take; --translation sample keeps the CXI "
-                    "specification's sample translation (-x, -y, 0). See docs/formats.md, \"Other ptychography codes\".",
+        "file (/entry_1 only, CXI 1.6 layout) that single-energy ptychography codes read as it is "
+        "(ptychodus, PtyPy's HDF5 loader, ...). The translation is written as the probe position "
+        "(x, y, 0) by default, the sign those codes take; --translation sample keeps the CXI "
+        'specification\'s sample translation (-x, -y, 0). See docs/formats.md, "Other ptychography codes".',
         epilog="example: diffxas export data.cxi --energy 5465.5 -o one.cxi",
     )
     p.add_argument("data", metavar="DATA.cxi", help="multi-energy CXI file")
-    p.add_argument("--energy", required=True, type=float, metavar="EV",
-                   help="photon energy of the entry to export, eV (within 0.01 eV of an entry's energy)")
+    p.add_argument(
+        "--energy",
+        required=True,
+        type=float,
+        metavar="EV",
+        help="photon energy of the entry to export, eV (within 0.01 eV of an entry's energy)",
+    )
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="single-entry CXI file to write")
-    p.add_argument("--translation", choices=("probe", "sample"), default="probe",
-                   help="sign of the written translation: probe = probe position (x, y, 0) as ptychodus and PtyPy "
-                        "read it (default); sample = CXI's sample translation (-x, -y, 0) as diffxas writes it")
+    p.add_argument(
+        "--translation",
+        choices=("probe", "sample"),
+        default="probe",
+        help="sign of the written translation: probe = probe position (x, y, 0) as ptychodus and PtyPy "
+        "read it (default); sample = CXI's sample translation (-x, -y, 0) as diffxas writes it",
+    )
     p.set_defaults(func=_run_export)
 
 
@@ -90,8 +99,10 @@ def _run_export(args) -> int:
     _require_file(args.data, "CXI file")
     out = check_output_path(args.output, "exported CXI file", inputs=[args.data])
     path, energy, n = export_cxi_entry(args.data, args.energy, out, translation=args.translation)
-    print(f"wrote {path}: the entry at {energy:.6g} eV ({n} frames) as /entry_1, translation = "
-          + ("probe position (x, y, 0)" if args.translation == "probe" else "sample translation (-x, -y, 0)"))
+    print(
+        f"wrote {path}: the entry at {energy:.6g} eV ({n} frames) as /entry_1, translation = "
+        + ("probe position (x, y, 0)" if args.translation == "probe" else "sample translation (-x, -y, 0)")
+    )
     return 0
 
 
@@ -131,10 +142,10 @@ def _add_orientation(subparsers) -> None:
         "orientation",
         help="check which flip or rotation of the frames matches the scan (detector orientation)",
         description="Score the 8 flips and rotations of the detector frames against the scan, from the frames "
-                    "alone (no reconstruction): each frame's centre of mass is the phase gradient under the probe, "
-                    "which in the right orientation points against the absorption gradient of the bright-field "
-                    "image. Prints the scores and the --orientation to use; `diffxas reconstruct` does the same "
-                    "check by default (--orientation auto). Exit code 0 also when the check is undecided.",
+        "alone (no reconstruction): each frame's centre of mass is the phase gradient under the probe, "
+        "which in the right orientation points against the absorption gradient of the bright-field "
+        "image. Prints the scores and the --orientation to use; `diffxas reconstruct` does the same "
+        "check by default (--orientation auto). Exit code 0 also when the check is undecided.",
         epilog="example: diffxas orientation data.cxi --json orientation.json",
     )
     p.add_argument("data", metavar="DATA.cxi", help="multi-energy CXI input")
@@ -197,17 +208,27 @@ def _positive_float(text: str) -> float:
 
 def _add_config_options(p, default_section: str | None) -> None:
     where = f" (a key without a section means [{default_section}])" if default_section else ""
-    p.add_argument("--config", metavar="FILE.toml",
-                   help="TOML configuration file with sections [simulate], [twostep], [joint], [cluster] "
-                        "(see docs/cli.md and examples/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override one configuration value, e.g. joint.steps=50 or twostep.epie.epochs=20{where}; "
-                        "VALUE is a TOML value (quotes optional for plain words); repeatable")
+    p.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="TOML configuration file with sections [simulate], [twostep], [joint], [cluster] "
+        "(see docs/cli.md and examples/)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override one configuration value, e.g. joint.steps=50 or twostep.epie.epochs=20{where}; "
+        "VALUE is a TOML value (quotes optional for plain words); repeatable",
+    )
 
 
 def _add_progress_option(p) -> None:
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bars (default: shown when stderr is a terminal)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (default: shown when stderr is a terminal)"
+    )
 
 
 def _progress(args) -> bool:
@@ -229,8 +250,9 @@ def _config_mapping(args, default_section: str | None, extra: dict | None = None
     )
 
     mapping = load_config(args.config) if getattr(args, "config", None) else {}
-    mapping = apply_overrides(mapping, parse_overrides(getattr(args, "overrides", None), default_section),
-                              default_section=default_section)
+    mapping = apply_overrides(
+        mapping, parse_overrides(getattr(args, "overrides", None), default_section), default_section=default_section
+    )
     if extra:
         mapping = apply_overrides(mapping, extra)
     validate_config(mapping)
@@ -255,24 +277,41 @@ def _add_simulate(subparsers) -> None:
         "simulate",
         help="simulate a multi-energy ptychography dataset (CXI) and its ground truth",
         description="Simulate a phantom battery-cathode particle measured by multi-energy ptychography around "
-                    "the V K edge and write it as a multi-energy CXI file, with the ground-truth maps in a "
-                    "sidecar file (default OUT.truth.h5: the suffix of OUT replaced by .truth.h5). Values come "
-                    "from the preset, then [simulate] of --config, then --set, then the options below.",
+        "the V K edge and write it as a multi-energy CXI file, with the ground-truth maps in a "
+        "sidecar file (default OUT.truth.h5: the suffix of OUT replaced by .truth.h5). Values come "
+        "from the preset, then [simulate] of --config, then --set, then the options below.",
         epilog="example: diffxas simulate data.cxi --preset small --seed 1 --energies 20",
     )
     p.add_argument("out", metavar="OUT.cxi", help="CXI file to write")
-    p.add_argument("--preset", default=None,
-                   help="simulation preset, e.g. tiny (tests), small (the demo, default), paper (GPU)")
+    p.add_argument(
+        "--preset", default=None, help="simulation preset, e.g. tiny (tests), small (the demo, default), paper (GPU)"
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed of phantom, scan and noise (default 0)")
-    p.add_argument("--dose", type=_positive_float, default=None, metavar="PHOTONS",
-                   help="incident photons per frame (default: the preset's)")
+    p.add_argument(
+        "--dose",
+        type=_positive_float,
+        default=None,
+        metavar="PHOTONS",
+        help="incident photons per frame (default: the preset's)",
+    )
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--energies", type=_positive_int, default=None, metavar="N",
-                   help="use N of the preset's energies, spread evenly in index (first and last included: "
-                        "indices floor(linspace(0, K-1, N) + 0.5))")
-    g.add_argument("--energy-list", default=None, metavar="E1,E2,...",
-                   help="comma-separated photon energies in eV, strictly increasing (e.g. 5420,5466,5480,5540)")
-    p.add_argument("--truth", default=None, metavar="TRUTH.h5", help="ground-truth file to write (default OUT.truth.h5)")
+    g.add_argument(
+        "--energies",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="use N of the preset's energies, spread evenly in index (first and last included: "
+        "indices floor(linspace(0, K-1, N) + 0.5))",
+    )
+    g.add_argument(
+        "--energy-list",
+        default=None,
+        metavar="E1,E2,...",
+        help="comma-separated photon energies in eV, strictly increasing (e.g. 5420,5466,5480,5540)",
+    )
+    p.add_argument(
+        "--truth", default=None, metavar="TRUTH.h5", help="ground-truth file to write (default OUT.truth.h5)"
+    )
     _add_config_options(p, "simulate")
     _add_progress_option(p)
     p.set_defaults(func=_run_simulate)
@@ -318,8 +357,9 @@ def _run_simulate(args) -> int:
         sect["energies"] = _parse_energy_list(args.energy_list)
     cfg = sim_config(sect)
     if args.energies is not None:
-        cfg = build_config(SimConfig, {"energies": select_energies(cfg.energies, args.energies)},
-                           section="simulate", base=cfg)
+        cfg = build_config(
+            SimConfig, {"energies": select_energies(cfg.energies, args.energies)}, section="simulate", base=cfg
+        )
     truth = args.truth if args.truth is not None else default_truth_path(args.out)
     check_output_path(args.out, "CXI file")
     check_output_path(truth, "ground-truth file", inputs=[args.out])
@@ -328,8 +368,10 @@ def _run_simulate(args) -> int:
     wall = time.perf_counter() - t0
     print(io_cxi.cxi_summary(cxi))
     lab = sim.truth.labels
-    print(f"{truth}: ground truth on {lab.shape[0]} x {lab.shape[1]} pixels "
-          f"({len(sim.truth.domain_names)} domain types; {100 * (lab >= 0).mean():.3g} % particle)")
+    print(
+        f"{truth}: ground truth on {lab.shape[0]} x {lab.shape[1]} pixels "
+        f"({len(sim.truth.domain_names)} domain types; {100 * (lab >= 0).mean():.3g} % particle)"
+    )
     print(f"simulated preset {cfg.preset!r}, seed {cfg.seed} in {wall:.1f} s")
     return 0
 
@@ -340,50 +382,87 @@ def _add_reconstruct(subparsers) -> None:
         "reconstruct",
         help="reconstruct chemical-state maps (two-step baseline or joint solver)",
         description="Reconstruct chemical-state maps from a multi-energy CXI file and write a results file. "
-                    "two-step: ePIE per energy, then a per-pixel fit of the XANES model; joint: the maps are "
-                    "fitted to all diffraction patterns at once. The configuration is the method's defaults, "
-                    "then [twostep] or [joint] of --config, then --set, then the options below; the full "
-                    "configuration, the input path and its SHA-256 are recorded in the results file. "
-                    "Checkpoints go to RESULT.h5.ckpt (joint, a file) or RESULT.h5.ckpt.d (two-step, a "
-                    "folder; deleted after success unless --keep-checkpoint) or to --checkpoint PATH (kept); "
-                    "--resume continues an interrupted run from them.",
+        "two-step: ePIE per energy, then a per-pixel fit of the XANES model; joint: the maps are "
+        "fitted to all diffraction patterns at once. The configuration is the method's defaults, "
+        "then [twostep] or [joint] of --config, then --set, then the options below; the full "
+        "configuration, the input path and its SHA-256 are recorded in the results file. "
+        "Checkpoints go to RESULT.h5.ckpt (joint, a file) or RESULT.h5.ckpt.d (two-step, a "
+        "folder; deleted after success unless --keep-checkpoint) or to --checkpoint PATH (kept); "
+        "--resume continues an interrupted run from them.",
         epilog="example: diffxas reconstruct data.cxi --method joint -o joint.h5 --steps 500",
     )
     p.add_argument("data", metavar="DATA.cxi", help="multi-energy CXI input")
     p.add_argument("--method", required=True, choices=["two-step", "joint"], help="reconstruction method")
-    p.add_argument("--half", choices=["even", "odd"], default=None,
-                   help="use every other frame of each energy (two independent halves for `evaluate --split`)")
+    p.add_argument(
+        "--half",
+        choices=["even", "odd"],
+        default=None,
+        help="use every other frame of each energy (two independent halves for `evaluate --split`)",
+    )
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--energies", type=_positive_int, default=None, metavar="N",
-                   help="use N of the file's energies, spread evenly in index (first and last included; the rule "
-                        "of `simulate --energies`): what a shorter energy scan would have measured")
-    g.add_argument("--energy-list", default=None, metavar="E1,E2,...",
-                   help="use only these of the file's energies (eV, comma-separated, each within 0.01 eV of one "
-                        "in the file)")
+    g.add_argument(
+        "--energies",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="use N of the file's energies, spread evenly in index (first and last included; the rule "
+        "of `simulate --energies`): what a shorter energy scan would have measured",
+    )
+    g.add_argument(
+        "--energy-list",
+        default=None,
+        metavar="E1,E2,...",
+        help="use only these of the file's energies (eV, comma-separated, each within 0.01 eV of one in the file)",
+    )
     p.add_argument("-o", "--output", required=True, metavar="RESULT.h5", help="results file to write")
-    p.add_argument("--orientation", default="auto", choices=_orientation_choices(), metavar="NAME",
-                   help="flip or rotation applied to every frame (and the mask) before use: auto (default: detected "
-                        "from the frames, see `diffxas orientation`), none, flipud, fliplr, rot180, transpose, "
-                        "antitranspose, rot90, rot270 (docs/formats.md, \"Detector orientation\")")
-    p.add_argument("--iterations", type=_positive_int, default=None, metavar="N",
-                   help="two-step: number of ePIE epochs; the epoch-indexed parts of the ePIE schedule "
-                        "(probe start, KK start and period, step-decay start) not set explicitly are scaled "
-                        "with it")
+    p.add_argument(
+        "--orientation",
+        default="auto",
+        choices=_orientation_choices(),
+        metavar="NAME",
+        help="flip or rotation applied to every frame (and the mask) before use: auto (default: detected "
+        "from the frames, see `diffxas orientation`), none, flipud, fliplr, rot180, transpose, "
+        'antitranspose, rot90, rot270 (docs/formats.md, "Detector orientation")',
+    )
+    p.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="two-step: number of ePIE epochs; the epoch-indexed parts of the ePIE schedule "
+        "(probe start, KK start and period, step-decay start) not set explicitly are scaled "
+        "with it",
+    )
     p.add_argument("--steps", type=_nonneg_int, default=None, metavar="N", help="joint: number of optimiser steps")
-    p.add_argument("--init", default=None, metavar="RESULT.h5",
-                   help="joint: warm start from a results file (maps and probes; e.g. a two-step result)")
-    p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="checkpoint file (joint) or folder (two-step); default RESULT.h5.ckpt[.d]")
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="RESULT.h5",
+        help="joint: warm start from a results file (maps and probes; e.g. a two-step result)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="checkpoint file (joint) or folder (two-step); default RESULT.h5.ckpt[.d]",
+    )
     p.add_argument("--no-checkpoint", action="store_true", help="write no checkpoints")
     p.add_argument("--keep-checkpoint", action="store_true", help="keep the checkpoint after success")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if there is one")
     d = p.add_argument_group("several processes (joint; docs/distributed.md)")
-    d.add_argument("--distributed", action="store_true",
-                   help="run as one of several JAX processes, the frames split over all their devices: the "
-                        "launcher is detected (SLURM srun, Open MPI mpirun) unless --coordinator is given; each "
-                        "process reads only its share of the frames, process 0 writes the results")
-    d.add_argument("--coordinator", default=None, metavar="HOST:PORT",
-                   help="with --num-processes and --process-id: the address of process 0 (implies --distributed)")
+    d.add_argument(
+        "--distributed",
+        action="store_true",
+        help="run as one of several JAX processes, the frames split over all their devices: the "
+        "launcher is detected (SLURM srun, Open MPI mpirun) unless --coordinator is given; each "
+        "process reads only its share of the frames, process 0 writes the results",
+    )
+    d.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="with --num-processes and --process-id: the address of process 0 (implies --distributed)",
+    )
     d.add_argument("--num-processes", type=_positive_int, default=None, metavar="N", help="number of processes")
     d.add_argument("--process-id", type=_nonneg_int, default=None, metavar="I", help="this process, 0..N-1")
     _add_config_options(p, "the method's section")
@@ -404,8 +483,10 @@ def _start_distributed(args) -> bool:
     from diffxas.solvers.joint import parallel
 
     if not explicit and parallel.distributed_environment() is None:
-        raise ConfigError("--distributed: no launcher found (no SLURM srun step, Open MPI mpirun or "
-                          "JAX_COORDINATOR_ADDRESS); give --coordinator HOST:PORT --num-processes N --process-id I")
+        raise ConfigError(
+            "--distributed: no launcher found (no SLURM srun step, Open MPI mpirun or "
+            "JAX_COORDINATOR_ADDRESS); give --coordinator HOST:PORT --num-processes N --process-id I"
+        )
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     return True
 
@@ -533,11 +614,21 @@ def _run_reconstruct(args) -> int:
     with _log_to_stderr():  # one-line notes (orientation, the joint's memory mode) on the "diffxas" logger
         try:
             # the one pipeline: checks (config, free space, frames, orientation) -> reconstruct -> write
-            runs = run(ds, {method: cfg}, source=args.data, input_path=args.data, input_sha256=sha,
-                       orientation=args.orientation, selection=selection, out={method: out},
-                       checkpoint={method: ckpt}, resume=args.resume,
-                       keep_checkpoint=args.checkpoint is not None or args.keep_checkpoint,
-                       progress=_progress(args) and primary, sharded=distributed)
+            runs = run(
+                ds,
+                {method: cfg},
+                source=args.data,
+                input_path=args.data,
+                input_sha256=sha,
+                orientation=args.orientation,
+                selection=selection,
+                out={method: out},
+                checkpoint={method: ckpt},
+                resume=args.resume,
+                keep_checkpoint=args.checkpoint is not None or args.keep_checkpoint,
+                progress=_progress(args) and primary,
+                sharded=distributed,
+            )
         except DiffxasError as e:
             if not distributed:
                 raise
@@ -558,8 +649,10 @@ def _run_reconstruct(args) -> int:
     ho = ((result.config or {}).get("init") or {}).get("holdout") if method == "joint" else None
     if ho:
         last += f"; {ho['heldout_frames']} frames held out, their loss {ho['final_heldout_loss']:.6g}"
-    print(f"{method}: {ds.n_energies} energies, {ds.n_frames} frames -> {h} x {w} maps "
-          f"({int(valid.sum())} valid pixels){last}; {wall:.1f} s")
+    print(
+        f"{method}: {ds.n_energies} energies, {ds.n_frames} frames -> {h} x {w} maps "
+        f"({int(valid.sum())} valid pixels){last}; {wall:.1f} s"
+    )
     print(f"wrote {out}")
     return 0
 
@@ -570,12 +663,12 @@ def _add_refit(subparsers) -> None:
         "refit",
         help="redo the two-step's per-pixel fit on a two-step result's aligned stacks (no new ePIE)",
         description="Fit the XANES model again to the aligned absorption stack of a two-step results file "
-                    "with other fit settings (e.g. a spatial prior: fit.smooth_sigma), without redoing the "
-                    "ePIE reconstruction and the alignment, and write a new results file with the new maps "
-                    "(stacks, probes and ePIE history as they were; the source file, its SHA-256 and the "
-                    "replaced fit settings are recorded under /config -> refit). Fit settings: those the "
-                    "source ran with, then [twostep.fit] of --config (other sections are ignored: they "
-                    "describe the ePIE run), then --set fit.KEY=VALUE.",
+        "with other fit settings (e.g. a spatial prior: fit.smooth_sigma), without redoing the "
+        "ePIE reconstruction and the alignment, and write a new results file with the new maps "
+        "(stacks, probes and ePIE history as they were; the source file, its SHA-256 and the "
+        "replaced fit settings are recorded under /config -> refit). Fit settings: those the "
+        "source ran with, then [twostep.fit] of --config (other sections are ignored: they "
+        "describe the ePIE run), then --set fit.KEY=VALUE.",
         epilog="example: diffxas refit twostep.h5 -o twostep_s1.h5 --set fit.smooth_sigma=1",
     )
     p.add_argument("result", metavar="RESULT.h5", help="two-step results file")
@@ -621,8 +714,10 @@ def _run_refit(args) -> int:
     io_results.write_result_or_keep(out, res)
     valid = np.asarray(res.maps.valid).astype(bool)
     changed = {k: v for k, v in fit.to_dict().items() if not isinstance(ran, dict) or ran.get(k) != v}
-    print(f"refit: {len(res.energies)} energies, {valid.shape[0]} x {valid.shape[1]} maps ({int(valid.sum())} valid "
-          f"pixels); fit settings changed: {changed or 'none'}; {time.perf_counter() - t0:.1f} s")
+    print(
+        f"refit: {len(res.energies)} energies, {valid.shape[0]} x {valid.shape[1]} maps ({int(valid.sum())} valid "
+        f"pixels); fit settings changed: {changed or 'none'}; {time.perf_counter() - t0:.1f} s"
+    )
     print(f"wrote {out}")
     return 0
 
@@ -633,20 +728,33 @@ def _add_cluster(subparsers) -> None:
         "cluster",
         help="k-means clustering of the chemical-state maps of a results file",
         description="Cluster the chemical-state maps of a results file (robustly standardised features, "
-                    "N_V-weighted k-means, labels ordered by edge energy) and store the clusters in the file's "
-                    "/clusters group (replaced atomically); a table of centres and fractions goes to "
-                    "RESULT_clusters.csv. Settings: ClusterConfig defaults, then [cluster] of --config, then "
-                    "--set, then the options below.",
+        "N_V-weighted k-means, labels ordered by edge energy) and store the clusters in the file's "
+        "/clusters group (replaced atomically); a table of centres and fractions goes to "
+        "RESULT_clusters.csv. Settings: ClusterConfig defaults, then [cluster] of --config, then "
+        "--set, then the options below.",
         epilog="example: diffxas cluster joint.h5 --k auto --features edge_energy,pre_edge_norm,ne_eff_per_nv",
     )
     p.add_argument("result", metavar="RESULT.h5", help="results file (modified in place)")
     p.add_argument("--k", default=None, help="number of clusters, or 'auto' (elbow over 1..k_max; the default)")
-    p.add_argument("--features", default=None, metavar="F1,F2,...",
-                   help="maps to cluster on (default edge_energy,pre_edge_norm,ne_eff_per_nv)")
-    p.add_argument("--weight", default=None, choices=["n_v", "none"],
-                   help="n_v: V-density weighted k-means and fractions (default); none: per pixel")
-    p.add_argument("--seeds", type=_positive_int, default=None, metavar="N",
-                   help="random states of the stability study (default 10; 1 disables it)")
+    p.add_argument(
+        "--features",
+        default=None,
+        metavar="F1,F2,...",
+        help="maps to cluster on (default edge_energy,pre_edge_norm,ne_eff_per_nv)",
+    )
+    p.add_argument(
+        "--weight",
+        default=None,
+        choices=["n_v", "none"],
+        help="n_v: V-density weighted k-means and fractions (default); none: per pixel",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="random states of the stability study (default 10; 1 disables it)",
+    )
     p.add_argument("--csv", default=None, metavar="FILE.csv", help="table of clusters (default RESULT_clusters.csv)")
     _add_config_options(p, "cluster")
     p.set_defaults(func=_run_cluster)
@@ -687,20 +795,33 @@ def _add_evaluate(subparsers) -> None:
         "evaluate",
         help="compare a results file with the ground truth of a simulation",
         description="Compare the maps (and clusters, if present) of a results file with a simulation's "
-                    "ground truth resampled onto the map grid: coverage, RMSE and bias of the descriptors, "
-                    "relative error of N_V, adjusted Rand index of the clusters. Prints a summary and writes "
-                    "all metrics as JSON (default RESULT_eval.json).",
+        "ground truth resampled onto the map grid: coverage, RMSE and bias of the descriptors, "
+        "relative error of N_V, adjusted Rand index of the clusters. Prints a summary and writes "
+        "all metrics as JSON (default RESULT_eval.json).",
         epilog="example: diffxas evaluate joint.h5 --truth data.truth.h5 --json joint_eval.json",
     )
     p.add_argument("result", metavar="RESULT.h5", help="results file")
-    p.add_argument("--truth", default=None, metavar="TRUTH.h5",
-                   help="ground-truth file (default: the .truth.h5 file next to the result's input CXI file)")
+    p.add_argument(
+        "--truth",
+        default=None,
+        metavar="TRUTH.h5",
+        help="ground-truth file (default: the .truth.h5 file next to the result's input CXI file)",
+    )
     p.add_argument("--json", default=None, metavar="OUT.json", help="metrics file to write (default RESULT_eval.json)")
-    p.add_argument("--nv-fraction", type=float, default=0.25, metavar="F",
-                   help="evaluation region: truth n_V >= F x its maximum (default 0.25)")
-    p.add_argument("--split", default=None, metavar="OTHER_HALF.h5",
-                   help="no truth (real data): Fourier ring correlation between RESULT.h5 and the result of the "
-                        "other half of the frames (reconstruct --half even/odd); resolution at 1/7 and half-bit")
+    p.add_argument(
+        "--nv-fraction",
+        type=float,
+        default=0.25,
+        metavar="F",
+        help="evaluation region: truth n_V >= F x its maximum (default 0.25)",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        metavar="OTHER_HALF.h5",
+        help="no truth (real data): Fourier ring correlation between RESULT.h5 and the result of the "
+        "other half of the frames (reconstruct --half even/odd); resolution at 1/7 and half-bit",
+    )
     p.set_defaults(func=_run_evaluate)
 
 
@@ -735,7 +856,9 @@ def _run_evaluate(args) -> int:
         from diffxas.analysis.frc import frc_files
 
         _require_file(args.split, "results file")
-        json_path = args.json if args.json is not None else default_json_path(args.result).replace("_eval.json", "_frc.json")
+        json_path = (
+            args.json if args.json is not None else default_json_path(args.result).replace("_eval.json", "_frc.json")
+        )
         check_output_path(json_path, "JSON file", inputs=[args.result, args.split])
         out = frc_files(args.result, args.split, json_path=json_path)
         from diffxas.report.figure_style import save_figure
@@ -743,8 +866,11 @@ def _run_evaluate(args) -> int:
 
         # named after the JSON: a second split evaluation in the same folder does not overwrite the first one's figure
         stem = os.path.splitext(os.path.basename(json_path))[0]
-        save_figure(fig_frc(list(out.values()), labels=list(out)), os.path.dirname(os.path.abspath(json_path)),
-                    stem if stem.endswith("frc") else f"{stem}_frc")
+        save_figure(
+            fig_frc(list(out.values()), labels=list(out)),
+            os.path.dirname(os.path.abspath(json_path)),
+            stem if stem.endswith("frc") else f"{stem}_frc",
+        )
         for name, d in out.items():
             res = {k: v for k, v in d.items() if "resolution" in k} if isinstance(d, dict) else d
             print(f"{name}: {_json.dumps(res, default=str)}")
@@ -766,8 +892,8 @@ def _add_report(subparsers) -> None:
         "report",
         help="figures and a Markdown summary of one or more results files",
         description="Draw the projections, chemical-state maps, cluster maps and spectra of one or more "
-                    "results files side by side on common colour scales (PNG and PDF) and write summary.md; "
-                    "with --truth, add the truth column and a metrics table (metrics.json).",
+        "results files side by side on common colour scales (PNG and PDF) and write summary.md; "
+        "with --truth, add the truth column and a metrics table (metrics.json).",
         epilog="example: diffxas report twostep.h5 joint.h5 -o report --truth data.truth.h5",
     )
     p.add_argument("results", nargs="+", metavar="RESULT.h5", help="results file(s), drawn side by side")
@@ -775,8 +901,13 @@ def _add_report(subparsers) -> None:
     p.add_argument("--truth", default=None, metavar="TRUTH.h5", help="ground-truth file (adds truth and metrics)")
     p.add_argument("--labels", default=None, metavar="L1,L2,...", help="column labels (default: the methods)")
     p.add_argument("--formats", default="png,pdf", metavar="png,pdf", help="figure formats (default png,pdf)")
-    p.add_argument("--nv-fraction", type=float, default=0.25, metavar="F",
-                   help="evaluation region for the metrics: truth n_V >= F x its maximum (default 0.25)")
+    p.add_argument(
+        "--nv-fraction",
+        type=float,
+        default=0.25,
+        metavar="F",
+        help="evaluation region for the metrics: truth n_V >= F x its maximum (default 0.25)",
+    )
     p.set_defaults(func=_run_report)
 
 
@@ -793,7 +924,9 @@ def _run_report(args) -> int:
     if args.labels is not None:
         labels = [s.strip() for s in args.labels.split(",")]
         if len(labels) != len(args.results) or not all(labels):
-            raise ConfigError(f"--labels needs {len(args.results)} non-empty comma-separated labels, got {args.labels!r}")
+            raise ConfigError(
+                f"--labels needs {len(args.results)} non-empty comma-separated labels, got {args.labels!r}"
+            )
     formats = tuple(s.strip().lower() for s in args.formats.split(",") if s.strip())
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]
     if not formats or bad:
@@ -814,8 +947,9 @@ def _run_report(args) -> int:
         truth = io_truth.read_truth(args.truth)
         for r in args.results:
             check_truth_matches(io_results.read_result(r), truth, r, args.truth)
-    files = report(args.results, out, truth_path=args.truth, labels=labels, formats=formats,
-                   nv_fraction=args.nv_fraction)
+    files = report(
+        args.results, out, truth_path=args.truth, labels=labels, formats=formats, nv_fraction=args.nv_fraction
+    )
     summary = [f for f in files if os.path.basename(f) == "summary.md"]
     print(f"wrote {len(files)} files to {out}/" + (f" (summary: {summary[0]})" if summary else ""))
     return 0
@@ -827,19 +961,21 @@ def _add_demo(subparsers) -> None:
         "demo",
         help="end-to-end demo: simulate, two-step and joint, cluster, evaluate, report",
         description="The whole job on the built-in sample with the default configuration of every method: "
-                    "simulate (preset small) -> CXI + truth -> two-step -> joint -> cluster both with the "
-                    "same settings -> evaluate both -> report side by side with the truth -> a summary table "
-                    "(coverage, RMSEs, ARI, wall time per method). --config/--set change the defaults (the "
-                    "demo itself tunes nothing).",
+        "simulate (preset small) -> CXI + truth -> two-step -> joint -> cluster both with the "
+        "same settings -> evaluate both -> report side by side with the truth -> a summary table "
+        "(coverage, RMSEs, ARI, wall time per method). --config/--set change the defaults (the "
+        "demo itself tunes nothing).",
         epilog="example: diffxas demo --out demo-output",
     )
     p.add_argument("-o", "--out", default="demo-output", metavar="DIR", help="output folder (default demo-output)")
     p.add_argument("--preset", default="small", help="simulation preset (default small)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
-    p.add_argument("--quick", action="store_true",
-                   help="a fast smoke run: 12 energies, joint 60 steps, two-step 30 ePIE epochs")
-    p.add_argument("--methods", default="two-step,joint", metavar="M1,M2",
-                   help="methods to run (default two-step,joint)")
+    p.add_argument(
+        "--quick", action="store_true", help="a fast smoke run: 12 energies, joint 60 steps, two-step 30 ePIE epochs"
+    )
+    p.add_argument(
+        "--methods", default="two-step,joint", metavar="M1,M2", help="methods to run (default two-step,joint)"
+    )
     _add_config_options(p, None)
     _add_progress_option(p)
     p.set_defaults(func=_run_demo)
@@ -855,8 +991,15 @@ def _run_demo(args) -> int:
     if not methods or bad:
         raise ConfigError(f"--methods: choose from {', '.join(METHODS)}, got {args.methods!r}")
     mapping = _config_mapping(args, None)
-    outcome = run_demo(args.out, args.preset, quick=args.quick, seed=args.seed, config=mapping, methods=methods,
-                       progress=_progress(args))
+    outcome = run_demo(
+        args.out,
+        args.preset,
+        quick=args.quick,
+        seed=args.seed,
+        config=mapping,
+        methods=methods,
+        progress=_progress(args),
+    )
     print()
     print(outcome.table)
     return 1 if outcome.failures else 0
@@ -872,7 +1015,7 @@ def _add_sweep(subparsers) -> None:
         "sweep",
         help="parameter sweeps: many simulate/reconstruct/evaluate points from a TOML file",
         description="Run a parameter sweep described by a TOML file (base configuration, axes, points, "
-                    "profiles): one folder per point with data, results and metrics, and a summary table.",
+        "profiles): one folder per point with data, results and metrics, and a summary table.",
     )
     sweep_cli.add_arguments(p)
     p.set_defaults(func=_run_sweep)
@@ -890,47 +1033,103 @@ def _add_design_energies(subparsers) -> None:
         "design-energies",
         help="choose the N photon energies that minimise the predicted map errors",
         description="Choose --budget energies from a candidate grid (--step eV over --range) that minimise the "
-                    "expected variance of the chemical-state descriptors (edge energy, PE/Delta-mu-t, "
-                    "Re[Ne]/N_V) for a sample model: the Cramer-Rao bound from the joint model's Fisher "
-                    "information, normalised A-optimality, greedy selection + exchange (see docs/design.md). "
-                    "The sample model is a preset's phantom (default small; geometry and dose from the preset, "
-                    "[simulate] of --config, --set) or the valid pixels of a results file (--from, e.g. a pilot "
-                    "scan). Prints the energies and the predicted errors of designed, uniform and seed-like "
-                    "sampling at the same N. Output by suffix: .toml = [simulate] energies (for simulate "
-                    "--config), .json = energies + full record, anything else = one energy per line (beamline).",
+        "expected variance of the chemical-state descriptors (edge energy, PE/Delta-mu-t, "
+        "Re[Ne]/N_V) for a sample model: the Cramer-Rao bound from the joint model's Fisher "
+        "information, normalised A-optimality, greedy selection + exchange (see docs/design.md). "
+        "The sample model is a preset's phantom (default small; geometry and dose from the preset, "
+        "[simulate] of --config, --set) or the valid pixels of a results file (--from, e.g. a pilot "
+        "scan). Prints the energies and the predicted errors of designed, uniform and seed-like "
+        "sampling at the same N. Output by suffix: .toml = [simulate] energies (for simulate "
+        "--config), .json = energies + full record, anything else = one energy per line (beamline).",
         epilog="example: diffxas design-energies --budget 12 --preset small -o energies.toml",
     )
     p.add_argument("--budget", required=True, type=_positive_int, metavar="N", help="number of energies to choose")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", default=None, help="sample model: this simulation preset's phantom (default small)")
-    src.add_argument("--from", dest="from_result", default=None, metavar="RESULT.h5",
-                     help="sample model: the valid pixels of a results file (two-step or joint)")
+    src.add_argument(
+        "--from",
+        dest="from_result",
+        default=None,
+        metavar="RESULT.h5",
+        help="sample model: the valid pixels of a results file (two-step or joint)",
+    )
     p.add_argument("--seed", type=int, default=None, help="phantom seed of the preset (default 0)")
-    p.add_argument("--range", nargs=2, type=float, default=None, metavar=("E0", "E1"),
-                   help="candidate range in eV (default: the preset's or the result's energy range); E0 is always "
-                        "chosen (the reference energy of Re[Ne]/N_V)")
-    p.add_argument("--step", type=_positive_float, default=0.25, metavar="EV", help="candidate spacing, eV (default 0.25)")
-    p.add_argument("--dose", type=_positive_float, default=None, metavar="PHOTONS",
-                   help="preset: photons per frame (default the preset's); fluence = dose x pixel^2 / scan_step^2")
-    p.add_argument("--fluence", type=_positive_float, default=None, metavar="PHOTONS",
-                   help="photons per map pixel per energy (overrides the dose / the result's scan); only scales the "
-                        "predicted errors, not the design")
-    p.add_argument("--min-spacing", type=float, default=0.0, metavar="EV",
-                   help="minimum distance between chosen energies, eV (default 0: any distinct candidates)")
-    p.add_argument("--ridge", type=float, default=None, metavar="R",
-                   help="ridge prior relative to an average energy's information (default 1e-3)")
-    p.add_argument("--shifts", default=None, metavar="D1,D2,...",
-                   help="robust design: mean criterion over the sample model with its edge and pre-edge moved by each "
-                        "shift in eV (default -4,-2,0,2,4; 0 = the local design, see docs/design.md)")
+    p.add_argument(
+        "--range",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("E0", "E1"),
+        help="candidate range in eV (default: the preset's or the result's energy range); E0 is always "
+        "chosen (the reference energy of Re[Ne]/N_V)",
+    )
+    p.add_argument(
+        "--step", type=_positive_float, default=0.25, metavar="EV", help="candidate spacing, eV (default 0.25)"
+    )
+    p.add_argument(
+        "--dose",
+        type=_positive_float,
+        default=None,
+        metavar="PHOTONS",
+        help="preset: photons per frame (default the preset's); fluence = dose x pixel^2 / scan_step^2",
+    )
+    p.add_argument(
+        "--fluence",
+        type=_positive_float,
+        default=None,
+        metavar="PHOTONS",
+        help="photons per map pixel per energy (overrides the dose / the result's scan); only scales the "
+        "predicted errors, not the design",
+    )
+    p.add_argument(
+        "--min-spacing",
+        type=float,
+        default=0.0,
+        metavar="EV",
+        help="minimum distance between chosen energies, eV (default 0: any distinct candidates)",
+    )
+    p.add_argument(
+        "--ridge",
+        type=float,
+        default=None,
+        metavar="R",
+        help="ridge prior relative to an average energy's information (default 1e-3)",
+    )
+    p.add_argument(
+        "--shifts",
+        default=None,
+        metavar="D1,D2,...",
+        help="robust design: mean criterion over the sample model with its edge and pre-edge moved by each "
+        "shift in eV (default -4,-2,0,2,4; 0 = the local design, see docs/design.md)",
+    )
     p.add_argument("--no-exchange", action="store_true", help="greedy selection only (no exchange refinement)")
-    p.add_argument("--pixels", type=_positive_int, default=200, metavar="N",
-                   help="at most N sample-model pixels (evenly spaced; default 200)")
-    p.add_argument("--nv-fraction", type=float, default=0.25, metavar="F",
-                   help="sample-model pixels: N_V >= F x its maximum (default 0.25, the evaluation region)")
-    p.add_argument("--params", default=None, metavar="P1,P2,...",
-                   help="per-pixel parameters (default: the joint solver's per_pixel, or the result's)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE",
-                   help="file to write: .toml ([simulate] energies), .json (full record) or text (one energy per line)")
+    p.add_argument(
+        "--pixels",
+        type=_positive_int,
+        default=200,
+        metavar="N",
+        help="at most N sample-model pixels (evenly spaced; default 200)",
+    )
+    p.add_argument(
+        "--nv-fraction",
+        type=float,
+        default=0.25,
+        metavar="F",
+        help="sample-model pixels: N_V >= F x its maximum (default 0.25, the evaluation region)",
+    )
+    p.add_argument(
+        "--params",
+        default=None,
+        metavar="P1,P2,...",
+        help="per-pixel parameters (default: the joint solver's per_pixel, or the result's)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="file to write: .toml ([simulate] energies), .json (full record) or text (one energy per line)",
+    )
     _add_config_options(p, "simulate")
     p.set_defaults(func=_run_design_energies)
 
@@ -965,13 +1164,16 @@ def _run_design_energies(args) -> int:
     if args.range is not None:
         n_cand = design.candidate_grid(args.range[0], args.range[1], args.step).size
         if args.budget > n_cand:
-            raise ConfigError(f"--budget {args.budget} exceeds the {n_cand} candidate energies of --range "
-                              f"{args.range[0]:g} {args.range[1]:g} at --step {args.step:g}")
+            raise ConfigError(
+                f"--budget {args.budget} exceeds the {n_cand} candidate energies of --range "
+                f"{args.range[0]:g} {args.range[1]:g} at --step {args.step:g}"
+            )
     inputs = []
     if args.from_result is not None:
         if args.seed is not None or args.dose is not None or args.config or args.overrides:
-            raise ConfigError("--seed, --dose, --config and --set describe a preset's sample; they do not apply "
-                              "with --from")
+            raise ConfigError(
+                "--seed, --dose, --config and --set describe a preset's sample; they do not apply with --from"
+            )
         _require_file(args.from_result, "results file")
         inputs = [args.from_result]
     out = check_output_path(args.output, "energy list", inputs=inputs)
@@ -982,10 +1184,18 @@ def _run_design_energies(args) -> int:
         lo, hi = float(min(e)), float(max(e))
         e_range = (lo, hi) if args.range is None else tuple(args.range)
         if e_range[0] < lo - 1e-6 or e_range[1] > hi + 1e-6:
-            raise InputError(f"--range {e_range[0]:g} {e_range[1]:g} eV lies outside the energies of "
-                             f"{args.from_result} ({lo:g}..{hi:g} eV): its maps constrain the model only there")
-        model = design.sample_from_result(args.from_result, e_range=e_range, nv_fraction=args.nv_fraction,
-                                          max_pixels=args.pixels, names=names, fluence=args.fluence)
+            raise InputError(
+                f"--range {e_range[0]:g} {e_range[1]:g} eV lies outside the energies of "
+                f"{args.from_result} ({lo:g}..{hi:g} eV): its maps constrain the model only there"
+            )
+        model = design.sample_from_result(
+            args.from_result,
+            e_range=e_range,
+            nv_fraction=args.nv_fraction,
+            max_pixels=args.pixels,
+            names=names,
+            fluence=args.fluence,
+        )
     else:
         from diffxas.app.config import sim_config
 
@@ -997,10 +1207,24 @@ def _run_design_energies(args) -> int:
             # any range that brackets the edge: the sample model's f' window widens to it
             # (VEdge.for_energies, as for a scan); one that does not cannot fix eq. 1
             VEdge.for_energies(cfg.element, e_range, cfg.table, what="--range")
-        model = design.sample_from_preset(cfg, e_range=e_range, nv_fraction=args.nv_fraction, max_pixels=args.pixels,
-                                          names=names, fluence=args.fluence)
-    result = design.design_energies(model, args.budget, e_range, step=args.step, ridge=ridge,
-                                    min_spacing=args.min_spacing, exchange=not args.no_exchange, shifts=shifts)
+        model = design.sample_from_preset(
+            cfg,
+            e_range=e_range,
+            nv_fraction=args.nv_fraction,
+            max_pixels=args.pixels,
+            names=names,
+            fluence=args.fluence,
+        )
+    result = design.design_energies(
+        model,
+        args.budget,
+        e_range,
+        step=args.step,
+        ridge=ridge,
+        min_spacing=args.min_spacing,
+        exchange=not args.no_exchange,
+        shifts=shifts,
+    )
     print(design.format_design(result))
     design.write_design(out, result)
     print(f"wrote {out}")
@@ -1008,20 +1232,33 @@ def _run_design_energies(args) -> int:
 
 
 #: Subcommand registration functions, in the order shown by ``--help``.
-COMMANDS: list[Callable] = [_add_info, _add_export, _add_orientation, _add_simulate, _add_reconstruct, _add_refit, _add_cluster, _add_evaluate, _add_report,
-                            _add_demo, _add_sweep, _add_design_energies]
+COMMANDS: list[Callable] = [
+    _add_info,
+    _add_export,
+    _add_orientation,
+    _add_simulate,
+    _add_reconstruct,
+    _add_refit,
+    _add_cluster,
+    _add_evaluate,
+    _add_report,
+    _add_demo,
+    _add_sweep,
+    _add_design_energies,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Differentiable X-ray spectroscopic ptychography: chemical-state maps from "
-                    "multi-energy ptychography data.",
+        "multi-energy ptychography data.",
         epilog=f"Run '{PROG} COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    parser.add_argument("--traceback", action="store_true",
-                        help="show the full Python traceback of errors (for debugging)")
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the full Python traceback of errors (for debugging)"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in COMMANDS:
         add(subparsers)
@@ -1056,8 +1293,11 @@ def _compilation_cache() -> str | None:
     if val is None:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         val = os.path.join(base, "diffxas", "jax")
-    opts = {"jax_compilation_cache_dir": val, "jax_persistent_cache_min_compile_time_secs": 0.0,
-            "jax_persistent_cache_min_entry_size_bytes": 0}
+    opts = {
+        "jax_compilation_cache_dir": val,
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
     if "jax" in sys.modules:  # already imported (e.g. main() called from Python): configure it
         import jax
 
@@ -1104,8 +1344,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a bug, not the user's input: still one line (details with --traceback)
         if args.traceback:
             raise
-        sys.stderr.write(error_line(f"internal error: {type(e).__name__}: {e} (rerun with --traceback for "
-                                    "details and please report it)") + "\n")
+        sys.stderr.write(
+            error_line(
+                f"internal error: {type(e).__name__}: {e} (rerun with --traceback for details and please report it)"
+            )
+            + "\n"
+        )
         return 1
 
 

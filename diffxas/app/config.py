@@ -122,8 +122,7 @@ def _check_sections(data: Mapping[str, Any], source: str) -> None:
     for name, value in data.items():
         if name not in SECTIONS:
             if not isinstance(value, Mapping):
-                raise ConfigError(f"{source}: key {name!r} must be inside a section "
-                                  f"([{'], ['.join(SECTIONS)}])")
+                raise ConfigError(f"{source}: key {name!r} must be inside a section ([{'], ['.join(SECTIONS)}])")
             raise ConfigError(f"{source}: unknown section [{name}]; valid sections: {', '.join(SECTIONS)}")
         if not isinstance(value, Mapping):
             raise ConfigError(f"{source}: [{name}] must be a table of key = value pairs, got {value!r}")
@@ -488,8 +487,11 @@ def _split_key(key: str) -> list[str]:
     return parts
 
 
-def apply_overrides(mapping: Mapping[str, Any] | None, overrides: Mapping[str, Any] | Iterable[tuple[str, Any]],
-                    default_section: str | None = None) -> dict[str, Any]:
+def apply_overrides(
+    mapping: Mapping[str, Any] | None,
+    overrides: Mapping[str, Any] | Iterable[tuple[str, Any]],
+    default_section: str | None = None,
+) -> dict[str, Any]:
     """A copy of ``mapping`` with dotted overrides applied.
 
     ``overrides`` maps ``"section.key"`` (or ``"section.sub.key"`` for nested configs) to
@@ -503,8 +505,9 @@ def apply_overrides(mapping: Mapping[str, Any] | None, overrides: Mapping[str, A
         parts = _split_key(key)
         if len(parts) == 1:
             if default_section is None:
-                raise ConfigError(f"override {key!r} needs a section: write section.{key} "
-                                  f"(sections: {', '.join(SECTIONS)})")
+                raise ConfigError(
+                    f"override {key!r} needs a section: write section.{key} (sections: {', '.join(SECTIONS)})"
+                )
             parts = [default_section] + parts
         if parts[0] not in SECTIONS:
             raise ConfigError(f"override {key!r}: unknown section {parts[0]!r}; valid sections: {', '.join(SECTIONS)}")
@@ -515,7 +518,7 @@ def apply_overrides(mapping: Mapping[str, Any] | None, overrides: Mapping[str, A
                 nxt = {}
                 node[p] = nxt
             elif not isinstance(nxt, Mapping):
-                raise ConfigError(f"override {key!r}: {'.'.join(parts[:i + 1])} is a value, not a table")
+                raise ConfigError(f"override {key!r}: {'.'.join(parts[: i + 1])} is a value, not a table")
             elif not isinstance(nxt, dict):
                 nxt = dict(nxt)
                 node[p] = nxt
@@ -558,8 +561,9 @@ def parse_overrides(items: Iterable[str] | None, default_section: str | None = N
             if default_section is None:
                 if len(parts) == 1:
                     raise ConfigError(f"bad --set {item!r}: the key needs a section, e.g. joint.{key}")
-                raise ConfigError(f"bad --set {item!r}: unknown section {parts[0]!r}; valid sections: "
-                                  f"{', '.join(SECTIONS)}")
+                raise ConfigError(
+                    f"bad --set {item!r}: unknown section {parts[0]!r}; valid sections: {', '.join(SECTIONS)}"
+                )
             key = f"{default_section}.{key}"  # e.g. fit.iterations -> twostep.fit.iterations
         try:
             out[key] = parse_value(raw)

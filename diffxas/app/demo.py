@@ -63,11 +63,24 @@ def _fmt(v, spec=".3g") -> str:
     return format(v, spec) if np.isfinite(v) else "n/a"
 
 
-def format_table(metrics: Mapping[str, Mapping], wall_s: Mapping[str, float], failures: Mapping[str, str] | None = None,
-                 clusters: Mapping[str, Any] | None = None) -> str:
+def format_table(
+    metrics: Mapping[str, Mapping],
+    wall_s: Mapping[str, float],
+    failures: Mapping[str, str] | None = None,
+    clusters: Mapping[str, Any] | None = None,
+) -> str:
     """The demo's summary table (one row per method; failed methods say why)."""
-    header = ["method", "coverage", "E0 RMSE (eV)", "PE/dmt RMSE (eV)", "Ne/NV RMSE", "nV rel.RMS", "k", "ARI",
-              "wall (s)"]
+    header = [
+        "method",
+        "coverage",
+        "E0 RMSE (eV)",
+        "PE/dmt RMSE (eV)",
+        "Ne/NV RMSE",
+        "nV rel.RMS",
+        "k",
+        "ARI",
+        "wall (s)",
+    ]
     rows = []
     for method in list(metrics) + [m for m in (failures or {}) if m not in metrics]:
         if failures and method in failures:
@@ -77,10 +90,19 @@ def format_table(metrics: Mapping[str, Mapping], wall_s: Mapping[str, float], fa
         g = lambda name, key: (m.get(name) or {}).get(key)  # noqa: E731, B023
         cl = m.get("clusters") or {}
         k = (clusters or {}).get(method, "n/a")
-        rows.append([method, _fmt(m.get("coverage"), ".3f"), _fmt(g("edge_energy", "rmse")),
-                     _fmt(g("pre_edge_norm", "rmse")), _fmt(g("ne_eff_per_nv", "rmse")),
-                     _fmt(g("n_v", "rel_rms"), ".3f"), str(k), _fmt(cl.get("ari"), ".3f"),
-                     _fmt(wall_s.get(method), ".1f")])
+        rows.append(
+            [
+                method,
+                _fmt(m.get("coverage"), ".3f"),
+                _fmt(g("edge_energy", "rmse")),
+                _fmt(g("pre_edge_norm", "rmse")),
+                _fmt(g("ne_eff_per_nv", "rmse")),
+                _fmt(g("n_v", "rel_rms"), ".3f"),
+                str(k),
+                _fmt(cl.get("ari"), ".3f"),
+                _fmt(wall_s.get(method), ".1f"),
+            ]
+        )
     ok_rows = [r for r in rows if not r[1].startswith("FAILED")]
     widths = [max([len(h)] + [len(r[i]) for r in ok_rows]) for i, h in enumerate(header)]
     widths[0] = max([widths[0]] + [len(r[0]) for r in rows])
@@ -94,9 +116,18 @@ def format_table(metrics: Mapping[str, Mapping], wall_s: Mapping[str, float], fa
     return "\n".join(lines)
 
 
-def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = False, seed: int = 0,
-             config: Mapping[str, Any] | None = None, methods: Sequence[str] = METHODS, progress: bool = False,
-             report_formats: Sequence[str] = ("png", "pdf"), log=None) -> DemoOutcome:
+def run_demo(
+    out_dir="demo-output",
+    preset: str = "small",
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    config: Mapping[str, Any] | None = None,
+    methods: Sequence[str] = METHODS,
+    progress: bool = False,
+    report_formats: Sequence[str] = ("png", "pdf"),
+    log=None,
+) -> DemoOutcome:
     """Run the demo (see the module docstring) and return what it produced.
 
     Args:
@@ -155,9 +186,11 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
         # said in the summary: a smoke run's table is easily read as a comparison, and the
         # joint's 60 steps are far from converged (`small`, 12 energies: edge energy 1.24 eV
         # against 0.53 for the 30-epoch two-step; at the defaults the joint wins)
-        notes.append(f"--quick is a smoke run (unless the configuration sets them: {QUICK['energies']} energies, joint "
-                     f"{QUICK['joint.steps']} steps, two-step {QUICK['iterations']} ePIE epochs): its numbers check the "
-                     "plumbing and compare nothing; run without --quick for that")
+        notes.append(
+            f"--quick is a smoke run (unless the configuration sets them: {QUICK['energies']} energies, joint "
+            f"{QUICK['joint.steps']} steps, two-step {QUICK['iterations']} ePIE epochs): its numbers check the "
+            "plumbing and compare nothing; run without --quick for that"
+        )
     cfg_map["simulate"] = sim_sect
     validate_config(cfg_map)
     # build every config up front: a bad key fails before minutes of computing
@@ -167,8 +200,9 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
 
     out.mkdir(parents=True, exist_ok=True)
     used = {"simulate": sim_cfg, **{METHODS[m].section: c for m, c in method_cfgs.items()}, "cluster": cluster_cfg}
-    (out / "config.toml").write_text("# configuration used by `diffxas demo` (all defaults unless given)\n"
-                                     + dumps_toml(used))
+    (out / "config.toml").write_text(
+        "# configuration used by `diffxas demo` (all defaults unless given)\n" + dumps_toml(used)
+    )
     n_stages = 2 + len(run_methods) + 3
     stage = 0
 
@@ -178,8 +212,10 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
         _stage(f"[{stage}/{n_stages}] {msg}", log)
 
     wall: dict[str, float] = {}
-    head(f"simulating preset {sim_cfg.preset!r} (seed {sim_cfg.seed}, {len(sim_cfg.energies)} energies, "
-         f"dose {sim_cfg.dose:g} photons/frame)")
+    head(
+        f"simulating preset {sim_cfg.preset!r} (seed {sim_cfg.seed}, {len(sim_cfg.energies)} energies, "
+        f"dose {sim_cfg.dose:g} photons/frame)"
+    )
     t0 = time.perf_counter()
     sim, cxi, truth = simulate_files(sim_cfg, out / "data.cxi", out / "data.truth.h5", progress=progress)
     wall["simulate"] = time.perf_counter() - t0
@@ -203,8 +239,10 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
             valid = int(np.asarray(run.result.maps.valid).astype(bool).sum())
             log(f"    wrote {run.path} in {run.wall_s:.1f} s ({valid} valid map pixels)")
         elif step == "cluster" and m is None:
-            head(f"clustering ({'k=auto' if cluster_cfg.k == 'auto' else f'k={cluster_cfg.k}'}, features "
-                 f"{', '.join(cluster_cfg.features)}, same settings for every method)")
+            head(
+                f"clustering ({'k=auto' if cluster_cfg.k == 'auto' else f'k={cluster_cfg.k}'}, features "
+                f"{', '.join(cluster_cfg.features)}, same settings for every method)"
+            )
         elif step == "clustered":
             if run.cluster_error is not None:
                 notes.append(f"{m}: clustering failed: {run.cluster_error}")
@@ -216,10 +254,23 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
 
     # the one pipeline (checks -> reconstruct -> cluster -> write -> evaluate), every method;
     # the simulator writes its frames in the file convention: no orientation search
-    runs = pipeline.run(ds, method_cfgs, source=cxi, input_path=cxi, input_sha256=sha,
-               out={m: out / (METHODS[m].result_name or f"{m}.h5") for m in run_methods}, cluster=cluster_cfg,
-               cluster_csv=True, truth=truth_map, truth_path=truth, eval_json=True, keep_going=True, progress=progress,
-               log=lambda s: log("    " + s), on_step=on_step)
+    runs = pipeline.run(
+        ds,
+        method_cfgs,
+        source=cxi,
+        input_path=cxi,
+        input_sha256=sha,
+        out={m: out / (METHODS[m].result_name or f"{m}.h5") for m in run_methods},
+        cluster=cluster_cfg,
+        cluster_csv=True,
+        truth=truth_map,
+        truth_path=truth,
+        eval_json=True,
+        keep_going=True,
+        progress=progress,
+        log=lambda s: log("    " + s),
+        on_step=on_step,
+    )
     results: dict[str, Path] = {}
     ks: dict[str, Any] = {}
     metrics: dict[str, dict] = {}
@@ -237,23 +288,58 @@ def run_demo(out_dir="demo-output", preset: str = "small", *, quick: bool = Fals
     head("writing the report")
     labels = list(results)
     rep_dir = out / "report"
-    files = report([str(results[m]) for m in labels], rep_dir, truth_path=str(truth), labels=labels,
-                   formats=tuple(report_formats))
+    files = report(
+        [str(results[m]) for m in labels], rep_dir, truth_path=str(truth), labels=labels, formats=tuple(report_formats)
+    )
     total = time.perf_counter() - t_all
     table = format_table(metrics, wall, failures, ks)
-    text = [f"diffxas demo: preset {sim_cfg.preset!r}, seed {sim_cfg.seed}, {len(sim_cfg.energies)} energies, "
-            f"{n_frames} frames" + (" (--quick)" if quick else ""), "", table, ""]
+    text = [
+        f"diffxas demo: preset {sim_cfg.preset!r}, seed {sim_cfg.seed}, {len(sim_cfg.energies)} energies, "
+        f"{n_frames} frames" + (" (--quick)" if quick else ""),
+        "",
+        table,
+        "",
+    ]
     text += [f"note: {n}" for n in notes]
-    text += [f"simulation {wall['simulate']:.1f} s; total {total:.1f} s. Wall times include JIT compilation.",
-             f"output: {out}/ (data.cxi, data.truth.h5, "
-             + ", ".join(p.name for p in results.values()) + ", report/summary.md)"]
+    text += [
+        f"simulation {wall['simulate']:.1f} s; total {total:.1f} s. Wall times include JIT compilation.",
+        f"output: {out}/ (data.cxi, data.truth.h5, "
+        + ", ".join(p.name for p in results.values())
+        + ", report/summary.md)",
+    ]
     summary = "\n".join(text)
     (out / "summary.txt").write_text(summary + "\n")
-    (out / "demo.json").write_text(json.dumps({
-        "preset": sim_cfg.preset, "seed": sim_cfg.seed, "quick": quick, "n_energies": len(sim_cfg.energies),
-        "n_frames": n_frames, "results": {m: str(p) for m, p in results.items()}, "wall_s": wall,
-        "total_s": total, "failures": failures, "notes": notes, "k": ks,
-        "metrics": {m: {k: v for k, v in mt.items() if k not in ("history",)} for m, mt in metrics.items()},
-    }, indent=2, default=str) + "\n")
-    return DemoOutcome(out_dir=out, cxi=cxi, truth=truth, results=results, metrics=metrics, wall_s=wall,
-                       failures=failures, notes=notes, report_files=files, table=summary, total_s=total)
+    (out / "demo.json").write_text(
+        json.dumps(
+            {
+                "preset": sim_cfg.preset,
+                "seed": sim_cfg.seed,
+                "quick": quick,
+                "n_energies": len(sim_cfg.energies),
+                "n_frames": n_frames,
+                "results": {m: str(p) for m, p in results.items()},
+                "wall_s": wall,
+                "total_s": total,
+                "failures": failures,
+                "notes": notes,
+                "k": ks,
+                "metrics": {m: {k: v for k, v in mt.items() if k not in ("history",)} for m, mt in metrics.items()},
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
+    return DemoOutcome(
+        out_dir=out,
+        cxi=cxi,
+        truth=truth,
+        results=results,
+        metrics=metrics,
+        wall_s=wall,
+        failures=failures,
+        notes=notes,
+        report_files=files,
+        table=summary,
+        total_s=total,
+    )

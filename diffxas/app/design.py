@@ -162,13 +162,20 @@ def raster_fluence(dose: float, scan_step: float, pixel_size: float) -> float:
     photons summed over the frames of one energy.
     """
     if not (dose > 0 and scan_step > 0 and pixel_size > 0):
-        raise ConfigError(f"fluence needs positive dose, scan step and pixel size, got {dose}, {scan_step}, {pixel_size}")
+        raise ConfigError(
+            f"fluence needs positive dose, scan step and pixel size, got {dose}, {scan_step}, {pixel_size}"
+        )
     return float(dose) * (float(pixel_size) / float(scan_step)) ** 2
 
 
-def sample_from_preset(cfg, e_range: tuple[float, float] | None = None, nv_fraction: float = 0.25,
-                       max_pixels: int = DEFAULT_PIXELS, names: Sequence[str] | None = None,
-                       fluence: float | None = None) -> SampleModel:
+def sample_from_preset(
+    cfg,
+    e_range: tuple[float, float] | None = None,
+    nv_fraction: float = 0.25,
+    max_pixels: int = DEFAULT_PIXELS,
+    names: Sequence[str] | None = None,
+    fluence: float | None = None,
+) -> SampleModel:
     """The simulator's phantom for ``cfg`` (a :class:`~diffxas.simulate.presets.SimConfig`) as a sample model.
 
     The analytic phantom is evaluated on the map grid (pixel: the object pixel at the
@@ -207,13 +214,27 @@ def sample_from_preset(cfg, e_range: tuple[float, float] | None = None, nv_fract
     e_mem = np.linspace(min(e0, edge.range_ev[0]), max(e1, edge.range_ev[1]), 201)
     a_mem, _ = membrane(e_mem, cfg.membrane_thickness, cfg.table)
     return SampleModel(
-        params=params, fluence=np.full(idx.size, fl), names=_check_names(names or _default_names()),
-        reference_energy=e0, extra_absorption=(e_mem, np.asarray(a_mem, np.float64)), weight=float(sel.sum()) / idx.size,
+        params=params,
+        fluence=np.full(idx.size, fl),
+        names=_check_names(names or _default_names()),
+        reference_energy=e0,
+        extra_absorption=(e_mem, np.asarray(a_mem, np.float64)),
+        weight=float(sel.sum()) / idx.size,
         absorber=edge.element,
-        source={"kind": "preset", "preset": cfg.preset, "seed": int(cfg.seed), "dose": float(cfg.dose),
-                "scan_step": float(cfg.scan_step), "pixel_size": dx, "nv_fraction": nv_fraction,
-                "pixels": int(idx.size), "pixels_in_region": int(sel.sum()),
-                "fluence": fl, "fluence_from": "given" if fluence is not None else "dose * dx^2 / step^2"})
+        source={
+            "kind": "preset",
+            "preset": cfg.preset,
+            "seed": int(cfg.seed),
+            "dose": float(cfg.dose),
+            "scan_step": float(cfg.scan_step),
+            "pixel_size": dx,
+            "nv_fraction": nv_fraction,
+            "pixels": int(idx.size),
+            "pixels_in_region": int(sel.sum()),
+            "fluence": fl,
+            "fluence_from": "given" if fluence is not None else "dose * dx^2 / step^2",
+        },
+    )
 
 
 def _fluence_from_scan(result, maps_shape) -> np.ndarray | None:
@@ -232,8 +253,11 @@ def _fluence_from_scan(result, maps_shape) -> np.ndarray | None:
         return None
     ds = read_cxi(result.input_path, energies=0)
     m = result.maps
-    grid = Grid(pixel_size=float(m.pixel_size), shape=tuple(int(s) for s in maps_shape),
-                origin=tuple(float(o) for o in m.origin))
+    grid = Grid(
+        pixel_size=float(m.pixel_size),
+        shape=tuple(int(s) for s in maps_shape),
+        origin=tuple(float(o) for o in m.origin),
+    )
     k = int(np.argmin(np.asarray(result.energies)))
     probe = np.asarray(result.probes[k])
     if abs(float(result.probe_pixel_size[k]) - grid.pixel_size) > 1e-3 * grid.pixel_size:
@@ -248,9 +272,14 @@ def _fluence_from_scan(result, maps_shape) -> np.ndarray | None:
     return np.asarray(ill[0], np.float64)
 
 
-def sample_from_result(path, e_range: tuple[float, float] | None = None, nv_fraction: float = 0.25,
-                       max_pixels: int = DEFAULT_PIXELS, names: Sequence[str] | None = None,
-                       fluence: float | None = None) -> SampleModel:
+def sample_from_result(
+    path,
+    e_range: tuple[float, float] | None = None,
+    nv_fraction: float = 0.25,
+    max_pixels: int = DEFAULT_PIXELS,
+    names: Sequence[str] | None = None,
+    fluence: float | None = None,
+) -> SampleModel:
     """The valid pixels of a results file (either method) as a sample model.
 
     Per-pixel parameters come from ``/maps/extra`` (both methods write every eq.-1
@@ -303,17 +332,32 @@ def sample_from_result(path, e_range: tuple[float, float] | None = None, nv_frac
     else:
         fmap = _fluence_from_scan(res, m.shape)
         if fmap is None:
-            raise InputError(f"{path}: cannot derive the fluence (input CXI {res.input_path or '?'} not found or "
-                             "its scan does not fit the map grid); pass --fluence PHOTONS (per map pixel per energy)")
+            raise InputError(
+                f"{path}: cannot derive the fluence (input CXI {res.input_path or '?'} not found or "
+                "its scan does not fit the map grid); pass --fluence PHOTONS (per map pixel per energy)"
+            )
         fl, how = fmap.ravel()[idx], "refined probe summed over the input scan"
     e = np.asarray(res.energies, np.float64)
     return SampleModel(
-        params=params, fluence=np.asarray(fl, np.float64), names=_check_names(names),
-        reference_energy=float(m.reference_energy), extra_absorption=None, weight=float(sel.sum()) / idx.size,
+        params=params,
+        fluence=np.asarray(fl, np.float64),
+        names=_check_names(names),
+        reference_energy=float(m.reference_energy),
+        extra_absorption=None,
+        weight=float(sel.sum()) / idx.size,
         absorber=m.absorber,
-        source={"kind": "result", "path": str(path), "method": res.method, "energies": [float(e.min()), float(e.max())],
-                "nv_fraction": nv_fraction, "pixels": int(idx.size), "pixels_in_region": int(sel.sum()),
-                "fluence": float(np.mean(fl)), "fluence_from": how})
+        source={
+            "kind": "result",
+            "path": str(path),
+            "method": res.method,
+            "energies": [float(e.min()), float(e.max())],
+            "nv_fraction": nv_fraction,
+            "pixels": int(idx.size),
+            "pixels_in_region": int(sel.sum()),
+            "fluence": float(np.mean(fl)),
+            "fluence_from": how,
+        },
+    )
 
 
 # ============================================================================ the whole job
@@ -349,9 +393,12 @@ def predicted_errors(ci: CandidateInfo, energies) -> dict[str, Any]:
 def _summary(ci: CandidateInfo, idx) -> dict[str, Any]:
     """Energies, criterion and rms predicted std (physical units) of a candidate set."""
     v = descriptor_variances(ci, idx)
-    return {"energies": [float(x) for x in ci.energies[np.asarray(idx, int)]], "criterion": criterion(ci, idx),
-            "std": {d: float(np.sqrt(np.mean(v[d]))) for d in ci.grads},
-            "std_median": {d: float(np.sqrt(np.median(v[d]))) for d in ci.grads}}
+    return {
+        "energies": [float(x) for x in ci.energies[np.asarray(idx, int)]],
+        "criterion": criterion(ci, idx),
+        "std": {d: float(np.sqrt(np.mean(v[d]))) for d in ci.grads},
+        "std_median": {d: float(np.sqrt(np.median(v[d]))) for d in ci.grads},
+    }
 
 
 def shifted(model: SampleModel, delta: float) -> SampleModel:
@@ -365,10 +412,19 @@ def shifted(model: SampleModel, delta: float) -> SampleModel:
     return dataclasses.replace(model, params=p, source={**model.source, "shift_ev": float(delta)})
 
 
-def design_energies(model: SampleModel, budget: int, e_range: tuple[float, float], step: float = DEFAULT_STEP,
-                    ridge: float = DEFAULT_RIDGE, min_spacing: float = 0.0, exchange: bool = True,
-                    descriptors: Sequence[str] = DESCRIPTORS, shared: Sequence[str] | None = None,
-                    shifts: Sequence[float] = DEFAULT_SHIFTS, ci=None) -> Design:
+def design_energies(
+    model: SampleModel,
+    budget: int,
+    e_range: tuple[float, float],
+    step: float = DEFAULT_STEP,
+    ridge: float = DEFAULT_RIDGE,
+    min_spacing: float = 0.0,
+    exchange: bool = True,
+    descriptors: Sequence[str] = DESCRIPTORS,
+    shared: Sequence[str] | None = None,
+    shifts: Sequence[float] = DEFAULT_SHIFTS,
+    ci=None,
+) -> Design:
     """Design ``budget`` energies in ``e_range`` for ``model``; compare with uniform and seed-like.
 
     The range start (the reference energy) is always included. ``shifts`` (eV): an
@@ -389,16 +445,23 @@ def design_energies(model: SampleModel, budget: int, e_range: tuple[float, float
         shifts = [0.0] + shifts
     grid = candidate_grid(float(e_range[0]), float(e_range[1]), step)
     if budget > grid.size:
-        raise ConfigError(f"budget {budget} exceeds the {grid.size} candidate energies "
-                          f"({grid[0]:g}..{grid[-1]:g} eV every {step:g} eV)")
+        raise ConfigError(
+            f"budget {budget} exceeds the {grid.size} candidate energies "
+            f"({grid[0]:g}..{grid[-1]:g} eV every {step:g} eV)"
+        )
     if abs(model.reference_energy - grid[0]) > 1e-6:
         model = dataclasses.replace(model, reference_energy=float(grid[0]))
     t0 = time.perf_counter()
     members = None if ci is None else _members(ci)
-    if (members is None or len(members) != len(shifts)
-            or any(m.energies.shape != grid.shape or not np.allclose(m.energies, grid) for m in members)):
-        members = [candidate_information(shifted(model, x), grid, descriptors=descriptors, ridge=ridge, shared=shared)
-                   for x in shifts]
+    if (
+        members is None
+        or len(members) != len(shifts)
+        or any(m.energies.shape != grid.shape or not np.allclose(m.energies, grid) for m in members)
+    ):
+        members = [
+            candidate_information(shifted(model, x), grid, descriptors=descriptors, ridge=ridge, shared=shared)
+            for x in shifts
+        ]
     ci0 = members[shifts.index(0.0)]
     t_info = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -408,35 +471,64 @@ def design_energies(model: SampleModel, budget: int, e_range: tuple[float, float
     samplings["uniform"] = _summary(ci0, uniform_energies(grid, int(budget)))
     sl = seed_like_energies(grid, int(budget))
     samplings["seed-like"] = None if sl is None else _summary(ci0, sl)
-    samplings["all candidates"] = {"energies": [], "criterion": 1.0,
-                                   "std": {d: float(np.sqrt(ci0.reference[d])) for d in ci0.grads}}
+    samplings["all candidates"] = {
+        "energies": [],
+        "criterion": 1.0,
+        "std": {d: float(np.sqrt(ci0.reference[d])) for d in ci0.grads},
+    }
     if len(members) > 1:
         for name in ("designed", "uniform", "seed-like"):
             if samplings[name] is not None:
                 idx = _snap(grid, samplings[name]["energies"])
                 samplings[name]["ensemble_criterion"] = ensemble_criterion(members, idx)
     return Design(
-        energies=samplings["designed"]["energies"], budget=int(budget), samplings=samplings,
-        inputs={"sample": model.source, "range": [float(grid[0]), float(grid[-1])], "step": float(step),
-                "candidates": int(grid.size), "per_pixel": list(model.names), "shared": list(ci0.shared),
-                "sample_weight": float(model.weight),
-                "reference_energy": float(grid[0]), "fluence_mean": float(np.mean(model.fluence))},
-        criterion={"name": "A-optimal, normalised", "descriptors": list(descriptors), "ridge": float(ridge),
-                   "min_spacing": float(min_spacing), "shifts": shifts,
-                   "definition": "mean over descriptors of mean-over-pixels CRB variance / same with every candidate"
-                                 + ("; mean over the shifted sample models" if len(shifts) > 1 else ""),
-                   "information": "isotropic object information 2 n |O|^2 (uncertainty.isotropic_information)"},
-        optimiser={"method": "greedy forward selection" + (" + Fedorov exchange" if exchange else ""),
-                   "greedy_criterion": out["greedy_criterion"], "criterion": out["criterion"],
-                   "exchanges": out["exchanges"], "passes": out["passes"], "information_s": round(t_info, 3),
-                   "optimise_s": round(t_opt, 3)})
+        energies=samplings["designed"]["energies"],
+        budget=int(budget),
+        samplings=samplings,
+        inputs={
+            "sample": model.source,
+            "range": [float(grid[0]), float(grid[-1])],
+            "step": float(step),
+            "candidates": int(grid.size),
+            "per_pixel": list(model.names),
+            "shared": list(ci0.shared),
+            "sample_weight": float(model.weight),
+            "reference_energy": float(grid[0]),
+            "fluence_mean": float(np.mean(model.fluence)),
+        },
+        criterion={
+            "name": "A-optimal, normalised",
+            "descriptors": list(descriptors),
+            "ridge": float(ridge),
+            "min_spacing": float(min_spacing),
+            "shifts": shifts,
+            "definition": "mean over descriptors of mean-over-pixels CRB variance / same with every candidate"
+            + ("; mean over the shifted sample models" if len(shifts) > 1 else ""),
+            "information": "isotropic object information 2 n |O|^2 (uncertainty.isotropic_information)",
+        },
+        optimiser={
+            "method": "greedy forward selection" + (" + Fedorov exchange" if exchange else ""),
+            "greedy_criterion": out["greedy_criterion"],
+            "criterion": out["criterion"],
+            "exchanges": out["exchanges"],
+            "passes": out["passes"],
+            "information_s": round(t_info, 3),
+            "optimise_s": round(t_opt, 3),
+        },
+    )
 
 
 # ============================================================================ output
 
-_LABELS = {"edge_energy": ("edge energy", "eV"), "pre_edge_norm": ("PE/dmt", "eV"), "ne_eff_per_nv": ("Re[Ne]/N_V", ""),
-           "edge_width": ("edge width", "eV"), "edge_jump": ("edge jump", ""), "pre_edge": ("PE", "eV"),
-           "n_v": ("N_V", "m^-2")}
+_LABELS = {
+    "edge_energy": ("edge energy", "eV"),
+    "pre_edge_norm": ("PE/dmt", "eV"),
+    "ne_eff_per_nv": ("Re[Ne]/N_V", ""),
+    "edge_width": ("edge width", "eV"),
+    "edge_jump": ("edge jump", ""),
+    "pre_edge": ("PE", "eV"),
+    "n_v": ("N_V", "m^-2"),
+}
 
 
 def support(energies: Sequence[float], gap: float) -> list[tuple[float, int]]:
@@ -460,13 +552,18 @@ def format_design(design: Design) -> str:
     lines = [f"designed {design.budget} energies (eV): " + ", ".join(f"{e:g}" for e in design.energies)]
     sup = support(design.energies, 2.0 * design.inputs["step"] + 1e-9)
     if len(sup) < len(design.energies):
-        lines.append("  i.e. " + ", ".join(f"{c:g}" + (f" (x{n})" if n > 1 else "") for c, n in sup)
-                     + "  [neighbours on the candidate grid: that energy deserves that many times the dose]")
+        lines.append(
+            "  i.e. "
+            + ", ".join(f"{c:g}" + (f" (x{n})" if n > 1 else "") for c, n in sup)
+            + "  [neighbours on the candidate grid: that energy deserves that many times the dose]"
+        )
     inp = design.inputs
     src = inp["sample"]
-    lines.append(f"sample model: {src.get('kind')} {src.get('preset', src.get('path', ''))}, {src.get('pixels')} pixels, "
-                 f"fluence {inp['fluence_mean']:.3g} photons/pixel/energy; candidates {inp['candidates']} "
-                 f"({inp['range'][0]:g}..{inp['range'][1]:g} eV every {inp['step']:g} eV)")
+    lines.append(
+        f"sample model: {src.get('kind')} {src.get('preset', src.get('path', ''))}, {src.get('pixels')} pixels, "
+        f"fluence {inp['fluence_mean']:.3g} photons/pixel/energy; candidates {inp['candidates']} "
+        f"({inp['range'][0]:g}..{inp['range'][1]:g} eV every {inp['step']:g} eV)"
+    )
     descs = design.criterion["descriptors"]
     shifts = design.criterion.get("shifts") or [0.0]
     robust = len(shifts) > 1
@@ -489,11 +586,16 @@ def format_design(design: Design) -> str:
             row += f"{s['ensemble_criterion']:>13.4g}"
         lines.append(row)
     opt = design.optimiser
-    lines.append(f"criterion: normalised A-optimality over {', '.join(descs)} (1 = every candidate)"
-                 + (f", minimised as the mean over the sample model shifted by {', '.join(f'{x:g}' for x in shifts)} eV"
-                    if robust else " (local design)")
-                 + f"; {opt['method']}: greedy {opt['greedy_criterion']:.4g} -> {opt['criterion']:.4g} "
-                 f"({opt['exchanges']} exchanges) in {opt['information_s'] + opt['optimise_s']:.1f} s")
+    lines.append(
+        f"criterion: normalised A-optimality over {', '.join(descs)} (1 = every candidate)"
+        + (
+            f", minimised as the mean over the sample model shifted by {', '.join(f'{x:g}' for x in shifts)} eV"
+            if robust
+            else " (local design)"
+        )
+        + f"; {opt['method']}: greedy {opt['greedy_criterion']:.4g} -> {opt['criterion']:.4g} "
+        f"({opt['exchanges']} exchanges) in {opt['information_s'] + opt['optimise_s']:.1f} s"
+    )
     return "\n".join(lines)
 
 
@@ -501,13 +603,20 @@ def _toml_text(design: Design) -> str:
     from diffxas.app.config import dumps_toml
 
     meta = json.dumps({k: v for k, v in design.to_dict().items() if k != "energies"}, indent=1, default=str)
-    head = [f"# diffxas {design.version} design-energies: {design.budget} energies",
-            "# usable as `diffxas simulate --config FILE` or as the [simulate] section of a configuration",
-            "# predicted rms std (designed / uniform / seed-like): " + "; ".join(
-                f"{d}: " + " / ".join("n/a" if design.samplings.get(s) is None else f"{design.samplings[s]['std'][d]:.4g}"
-                                       for s in ("designed", "uniform", "seed-like"))
-                for d in design.criterion["descriptors"]),
-            "# record (JSON):"] + ["#   " + line for line in meta.splitlines()]
+    head = [
+        f"# diffxas {design.version} design-energies: {design.budget} energies",
+        "# usable as `diffxas simulate --config FILE` or as the [simulate] section of a configuration",
+        "# predicted rms std (designed / uniform / seed-like): "
+        + "; ".join(
+            f"{d}: "
+            + " / ".join(
+                "n/a" if design.samplings.get(s) is None else f"{design.samplings[s]['std'][d]:.4g}"
+                for s in ("designed", "uniform", "seed-like")
+            )
+            for d in design.criterion["descriptors"]
+        ),
+        "# record (JSON):",
+    ] + ["#   " + line for line in meta.splitlines()]
     return "\n".join(head) + "\n" + dumps_toml({"simulate": {"energies": [float(e) for e in design.energies]}})
 
 

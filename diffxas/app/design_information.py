@@ -152,9 +152,17 @@ class CandidateInfo:
         return f * s[:, :, None] * s[:, None, :]
 
 
-def from_factors(energies, U, grads: Mapping[str, np.ndarray], V=None, grads_shared: Mapping[str, np.ndarray] | None = None,
-                 weight: float = 1.0, ridge: float = DEFAULT_RIDGE, names: Sequence[str] = (),
-                 shared: Sequence[str] = ()) -> CandidateInfo:
+def from_factors(
+    energies,
+    U,
+    grads: Mapping[str, np.ndarray],
+    V=None,
+    grads_shared: Mapping[str, np.ndarray] | None = None,
+    weight: float = 1.0,
+    ridge: float = DEFAULT_RIDGE,
+    names: Sequence[str] = (),
+    shared: Sequence[str] = (),
+) -> CandidateInfo:
     """A :class:`CandidateInfo` from information factors (the generic entry point; the toy
     problems of the tests use it).
 
@@ -174,18 +182,28 @@ def from_factors(energies, U, grads: Mapping[str, np.ndarray], V=None, grads_sha
     if not weight > 0:
         raise ConfigError(f"weight must be positive, got {weight}")
     s = V.shape[2]
-    gs = {d: (np.zeros((P, s)) if grads_shared is None else np.asarray(grads_shared[d], np.float64).reshape(P, s))
-          for d in grads}
+    gs = {
+        d: (np.zeros((P, s)) if grads_shared is None else np.asarray(grads_shared[d], np.float64).reshape(P, s))
+        for d in grads
+    }
     diag = np.einsum("pkim,pkim->pi", U, U)  # (P, n)
     dp = np.sqrt(np.where(diag > 0, diag, 1.0))
     diag_s = weight * np.einsum("pkim,pkim->i", V, V)  # (s,)
     ds = np.sqrt(np.where(diag_s > 0, diag_s, 1.0))
     ci = CandidateInfo(
-        energies=np.asarray(energies, np.float64), U=U / dp[:, None, :, None], V=V / ds[None, None, :, None],
+        energies=np.asarray(energies, np.float64),
+        U=U / dp[:, None, :, None],
+        V=V / ds[None, None, :, None],
         grads={d: np.asarray(g, np.float64) / dp for d, g in grads.items()},
         grads_shared={d: g / ds for d, g in gs.items()},
-        prior=np.full(n, ridge / K), prior_shared=np.full(s, ridge / K),  # ridge x an average candidate's diagonal
-        weight=float(weight), scale=dp, scale_shared=ds, names=tuple(names), shared=tuple(shared))
+        prior=np.full(n, ridge / K),
+        prior_shared=np.full(s, ridge / K),  # ridge x an average candidate's diagonal
+        weight=float(weight),
+        scale=dp,
+        scale_shared=ds,
+        names=tuple(names),
+        shared=tuple(shared),
+    )
     ci.reference = {k: float(np.mean(v)) for k, v in descriptor_variances(ci, np.arange(K)).items()}
     return ci
 
@@ -266,7 +284,7 @@ def _scores(ci: CandidateInfo, state, block: int = 64) -> np.ndarray:
     out = np.zeros(K)
     eye = np.eye(m)
     for s0 in range(0, K, block):
-        Ub, Vb = ci.U[:, s0:s0 + block], ci.V[:, s0:s0 + block]
+        Ub, Vb = ci.U[:, s0 : s0 + block], ci.V[:, s0 : s0 + block]
         Vt = _t(Vb)
         AiU = Ainv[:, None] @ Ub  # (P, b, n, m)
         M = np.linalg.inv(_t(Ub) @ AiU + eye)
@@ -274,13 +292,18 @@ def _scores(ci: CandidateInfo, state, block: int = 64) -> np.ndarray:
         B2 = B[:, None] + Ub @ Vt
         C2 = C[None] + ci.weight * np.sum(Vb @ Vt, axis=0)
         v = _variances(ci, Ai2, B2, C2)
-        out[s0:s0 + block] = np.mean([v[d].mean(axis=0) / ci.reference[d] for d in ci.grads], axis=0)
+        out[s0 : s0 + block] = np.mean([v[d].mean(axis=0) / ci.reference[d] for d in ci.grads], axis=0)
     return out
 
 
-def candidate_information(model: SampleModel, energies, descriptors: Sequence[str] = DESCRIPTORS,
-                          ridge: float = DEFAULT_RIDGE, shared: Sequence[str] | None = None,
-                          detector_fraction: float = 1.0) -> CandidateInfo:
+def candidate_information(
+    model: SampleModel,
+    energies,
+    descriptors: Sequence[str] = DESCRIPTORS,
+    ridge: float = DEFAULT_RIDGE,
+    shared: Sequence[str] | None = None,
+    detector_fraction: float = 1.0,
+) -> CandidateInfo:
     """Information of each candidate energy for each pixel of ``model`` (see the module docstring).
 
     ``[U; V][p, k] = [sqrt(g_AA) dA/dtheta, sqrt(g_pp) dphi/dtheta]`` with ``g`` from
@@ -323,8 +346,12 @@ def candidate_information(model: SampleModel, energies, descriptors: Sequence[st
     A = np.asarray(absorption(p, jnp.asarray(e, jnp.float32)), np.float64)  # (K, P)
     if model.extra_absorption is not None:
         A = A + np.interp(e, *model.extra_absorption)[:, None]
-    info = np.asarray(isotropic_information(jnp.asarray(model.fluence[None, :], jnp.float32), jnp.asarray(A, jnp.float32),
-                                            detector_fraction), np.float64)  # (K, 3, P)
+    info = np.asarray(
+        isotropic_information(
+            jnp.asarray(model.fluence[None, :], jnp.float32), jnp.asarray(A, jnp.float32), detector_fraction
+        ),
+        np.float64,
+    )  # (K, 3, P)
     g_aa, g_pp = np.clip(info[:, 0], 0, None), np.clip(info[:, 1], 0, None)
     dA = np.asarray(dA, np.float64) / sc[:, None, None]  # physical units
     dphi = np.asarray(dphi, np.float64) / sc[:, None, None]
@@ -334,9 +361,17 @@ def candidate_information(model: SampleModel, energies, descriptors: Sequence[st
     g_all = {d: np.asarray(g_all[d], np.float64).T for d in descriptors}  # (P, n+s) physical
     if not (np.all(np.isfinite(W)) and all(np.all(np.isfinite(g)) for g in g_all.values())):
         raise ConfigError("the sample model gives non-finite information (check its parameters)")
-    return from_factors(e, W[:, :, :n], {d: g[:, :n] for d, g in g_all.items()}, V=W[:, :, n:],
-                        grads_shared={d: g[:, n:] for d, g in g_all.items()}, weight=model.weight, ridge=ridge,
-                        names=names, shared=shared)
+    return from_factors(
+        e,
+        W[:, :, :n],
+        {d: g[:, :n] for d, g in g_all.items()},
+        V=W[:, :, n:],
+        grads_shared={d: g[:, n:] for d, g in g_all.items()},
+        weight=model.weight,
+        ridge=ridge,
+        names=names,
+        shared=shared,
+    )
 
 
 def _allowed(energies: np.ndarray, chosen: Sequence[int], min_spacing: float) -> np.ndarray:
@@ -363,8 +398,15 @@ def _ensemble_scores(ci, chosen) -> np.ndarray:
     return np.mean([_scores(c, _state(c, chosen)) for c in _members(ci)], axis=0)
 
 
-def greedy_design(ci, budget: int, include: Sequence[int] = (), min_spacing: float = 0.0,
-                  exchange: bool = True, max_passes: int = 20, tol: float = 1e-10) -> dict[str, Any]:
+def greedy_design(
+    ci,
+    budget: int,
+    include: Sequence[int] = (),
+    min_spacing: float = 0.0,
+    exchange: bool = True,
+    max_passes: int = 20,
+    tol: float = 1e-10,
+) -> dict[str, Any]:
     """Greedy forward selection of ``budget`` candidate indices, then Fedorov exchange.
 
     ``ci``: a :class:`CandidateInfo`, or a list of them on the same candidates (an
@@ -386,8 +428,10 @@ def greedy_design(ci, budget: int, include: Sequence[int] = (), min_spacing: flo
     while len(chosen) < budget:
         ok = _allowed(e, chosen, min_spacing)
         if not ok.any():
-            raise ConfigError(f"only {len(chosen)} candidate energies fit between {e[0]:g} and {e[-1]:g} eV "
-                              f"at a minimum spacing of {min_spacing:g} eV; budget {budget}")
+            raise ConfigError(
+                f"only {len(chosen)} candidate energies fit between {e[0]:g} and {e[-1]:g} eV "
+                f"at a minimum spacing of {min_spacing:g} eV; budget {budget}"
+            )
         s = _ensemble_scores(members, chosen)
         s[~ok] = np.inf
         chosen.append(int(np.argmin(s)))
@@ -403,7 +447,7 @@ def greedy_design(ci, budget: int, include: Sequence[int] = (), min_spacing: flo
             for pos in range(len(chosen)):
                 if chosen[pos] in fixed:
                     continue
-                rest = chosen[:pos] + chosen[pos + 1:]
+                rest = chosen[:pos] + chosen[pos + 1 :]
                 s = _ensemble_scores(members, rest)
                 s[~_allowed(e, rest, min_spacing)] = np.inf
                 k = int(np.argmin(s))
@@ -415,8 +459,15 @@ def greedy_design(ci, budget: int, include: Sequence[int] = (), min_spacing: flo
             if not improved:
                 break
     idx = sorted(chosen)
-    return {"indices": idx, "criterion": ensemble_criterion(members, idx), "greedy_indices": greedy, "greedy_criterion": greedy_phi,
-            "path": path, "exchanges": n_exch, "passes": passes}
+    return {
+        "indices": idx,
+        "criterion": ensemble_criterion(members, idx),
+        "greedy_indices": greedy,
+        "greedy_criterion": greedy_phi,
+        "path": path,
+        "exchanges": n_exch,
+        "passes": passes,
+    }
 
 
 # ============================================================================ comparison designs

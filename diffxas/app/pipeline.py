@@ -32,9 +32,23 @@ from diffxas.app.config import apply_overrides, build_section, config_to_dict
 from diffxas.errors import ConfigError, InputError
 from diffxas.solvers import registry as _registry
 
-__all__ = ["METHODS", "MethodRun", "check_config", "check_data", "check_room", "default_checkpoint", "default_truth_path",
-           "iterations_key", "method_config", "reconstruct", "run", "select_energies", "set_iterations", "spread_indices",
-           "write_simulation"]
+__all__ = [
+    "METHODS",
+    "MethodRun",
+    "check_config",
+    "check_data",
+    "check_room",
+    "default_checkpoint",
+    "default_truth_path",
+    "iterations_key",
+    "method_config",
+    "reconstruct",
+    "run",
+    "select_energies",
+    "set_iterations",
+    "spread_indices",
+    "write_simulation",
+]
 
 
 #: Reconstruction methods, as named on the command line (the registry's table).
@@ -109,8 +123,13 @@ def write_simulation(sim, cxi_path, truth_path=None) -> tuple[Path, Path]:
     check_output_path(cxi, "CXI file")
     check_output_path(truth, "ground-truth file")
     cfg = sim.config
-    attrs = {"simulation": cfg.to_dict(), "preset": cfg.preset, "seed": int(cfg.seed), "dose": float(cfg.dose),
-             "truth_file": truth.name if truth.parent.resolve() == cxi.parent.resolve() else os.path.abspath(truth)}
+    attrs = {
+        "simulation": cfg.to_dict(),
+        "preset": cfg.preset,
+        "seed": int(cfg.seed),
+        "dose": float(cfg.dose),
+        "truth_file": truth.name if truth.parent.resolve() == cxi.parent.resolve() else os.path.abspath(truth),
+    }
     tmp_cxi, tmp_truth = _tmp_name(cxi), _tmp_name(truth)
     try:
         io_cxi.write_cxi(tmp_cxi, sim.dataset, extra_attrs=attrs)
@@ -235,6 +254,7 @@ def _same_part(old: dict | None, new: dict | None) -> bool:
     """Whether two checkpoint records of the input part (``input_selection``) agree. A
     record without one (a checkpoint from before the record existed, or from the API
     without ``selection``) means the whole file."""
+
     def norm(sel):
         sel = json.loads(json.dumps(sel or {}))
         return sel.get("half"), sel.get("energy_indices"), (sel.get("orientation") or {}).get("applied", "none")
@@ -265,9 +285,20 @@ def remove_checkpoint(method: str, ckpt: Path, owned: bool = False) -> bool:
     return removed
 
 
-def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint=None, resume: bool = False,
-                input_path=None, input_sha256: str = "", log=None, selection: dict | None = None,
-                sharded: bool = False):
+def reconstruct(
+    dataset,
+    method: str,
+    cfg,
+    *,
+    progress: bool = False,
+    checkpoint=None,
+    resume: bool = False,
+    input_path=None,
+    input_sha256: str = "",
+    log=None,
+    selection: dict | None = None,
+    sharded: bool = False,
+):
     """Run ``method`` on ``dataset`` with config object ``cfg``; returns the Result with
     ``input_path``, ``input_sha256`` and the full configuration recorded.
 
@@ -306,20 +337,28 @@ def reconstruct(dataset, method: str, cfg, *, progress: bool = False, checkpoint
                 except (OSError, ValueError) as e:
                     raise InputError(f"{mpath}: unreadable checkpoint metadata: {e}") from None
                 if old.get("input_sha256") != meta["input_sha256"] and meta["input_sha256"]:
-                    raise InputError(f"{ckpt}: checkpoint was made from a different input file; "
-                                     "delete it or run without --resume")
+                    raise InputError(
+                        f"{ckpt}: checkpoint was made from a different input file; delete it or run without --resume"
+                    )
                 if old.get("method") != method or old.get("config") != json.loads(json.dumps(meta["config"])):
-                    raise InputError(f"{ckpt}: checkpoint was made with a different method or configuration; "
-                                     "delete it or run without --resume")
+                    raise InputError(
+                        f"{ckpt}: checkpoint was made with a different method or configuration; "
+                        "delete it or run without --resume"
+                    )
                 if not _same_part(old.get("input_selection"), meta.get("input_selection")):
                     o_sel, n_sel = old.get("input_selection") or {}, meta.get("input_selection") or {}
                     o_or = (o_sel.get("orientation") or {}).get("applied", "none")
                     n_or = (n_sel.get("orientation") or {}).get("applied", "none")
                     # name what differs: an orientation found by --orientation auto is no --half
-                    what = (f"the frames' orientation differs: {o_or} then, {n_or} now; pass --orientation {o_or}"
-                            if o_or != n_or else "--half, --energies or --energy-list differ")
-                    raise InputError(f"{ckpt}: checkpoint was made from another part of the input ({what}); delete it "
-                                     "or run without --resume")
+                    what = (
+                        f"the frames' orientation differs: {o_or} then, {n_or} now; pass --orientation {o_or}"
+                        if o_or != n_or
+                        else "--half, --energies or --energy-list differ"
+                    )
+                    raise InputError(
+                        f"{ckpt}: checkpoint was made from another part of the input ({what}); delete it "
+                        "or run without --resume"
+                    )
             else:
                 log(f"note: {ckpt} has no metadata; cannot check that it matches this input and configuration")
             log(f"resuming from checkpoint {ckpt}")
@@ -387,8 +426,9 @@ def check_config(ds, method: str, cfg) -> None:
         from diffxas.physics.scattering import VEdge
 
         VEdge.for_energies(element, ds.energies, getattr(cfg, "table", "chantler"))
-    check_reference_energy(getattr(cfg, "reference_energy", None), ds.energies,
-                           f"{_registry.get(method).section}.reference_energy")
+    check_reference_energy(
+        getattr(cfg, "reference_energy", None), ds.energies, f"{_registry.get(method).section}.reference_energy"
+    )
 
 
 def check_room(ds, out, ckpt=None, source=None) -> None:
@@ -470,12 +510,31 @@ def _one_line(e) -> str:
     return " ".join(str(e).split())
 
 
-def run(ds, configs: Mapping[str, Any], *, source=None, input_sha256: str = "", input_path=None,
-        orientation: str | None = None, selection: dict | None = None,
-        out: Mapping[str, Any] | None = None, checkpoint: Mapping[str, Any] | None = None, resume: bool = False,
-        keep_checkpoint: Mapping[str, bool] | bool = True, progress: bool = False, sharded: bool = False,
-        cluster=None, cluster_csv: bool = False, truth=None, truth_path=None, nv_fraction: float = 0.25,
-        eval_json: bool = False, keep_going: bool = False, log=None, on_step=None) -> dict[str, MethodRun]:
+def run(
+    ds,
+    configs: Mapping[str, Any],
+    *,
+    source=None,
+    input_sha256: str = "",
+    input_path=None,
+    orientation: str | None = None,
+    selection: dict | None = None,
+    out: Mapping[str, Any] | None = None,
+    checkpoint: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    keep_checkpoint: Mapping[str, bool] | bool = True,
+    progress: bool = False,
+    sharded: bool = False,
+    cluster=None,
+    cluster_csv: bool = False,
+    truth=None,
+    truth_path=None,
+    nv_fraction: float = 0.25,
+    eval_json: bool = False,
+    keep_going: bool = False,
+    log=None,
+    on_step=None,
+) -> dict[str, MethodRun]:
     """The chain checks -> reconstruct -> cluster -> write -> evaluate for the methods of
     ``configs`` (``{method: config object}``, in that order) on one dataset.
 
@@ -555,9 +614,19 @@ def run(ds, configs: Mapping[str, Any], *, source=None, input_sha256: str = "", 
         runs[m].dataset = checked
         t0 = time.perf_counter()
         try:
-            runs[m].result = reconstruct(checked, m, configs[m], progress=progress, checkpoint=ckpts.get(m),
-                                         resume=resume, input_path=input_path, input_sha256=input_sha256, log=log,
-                                         selection=selection, sharded=sharded)
+            runs[m].result = reconstruct(
+                checked,
+                m,
+                configs[m],
+                progress=progress,
+                checkpoint=ckpts.get(m),
+                resume=resume,
+                input_path=input_path,
+                input_sha256=input_sha256,
+                log=log,
+                selection=selection,
+                sharded=sharded,
+            )
         except DiffxasError as e:
             fail(m, e)
             continue

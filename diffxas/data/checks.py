@@ -120,8 +120,7 @@ def data_findings(ds: Dataset) -> dict:
     (:func:`~diffxas.data.stxm.check_saturation`: clipped or flagged pixels)."""
     from diffxas.data.stxm import check_counts, check_direct_beam, check_saturation
 
-    return {"count_quantum": check_counts(ds), "beam_masked": check_direct_beam(ds),
-            "saturation": check_saturation(ds)}
+    return {"count_quantum": check_counts(ds), "beam_masked": check_direct_beam(ds), "saturation": check_saturation(ds)}
 
 
 def ensure_checked(ds: Dataset, source=None) -> tuple[Dataset, dict]:

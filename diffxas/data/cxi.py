@@ -89,8 +89,16 @@ CXI_PIXEL_HAS_SIGNAL = 0x00001000  # "signal above the background": not a defect
 #: without a defect meaning (0x1000 "has signal", 0x10000 "inside support" of the Image
 #: class, and the bits the specification leaves to users) do not exclude a pixel; a
 #: shadowed pixel (0x10, e.g. under a beamstop) holds no usable signal and is excluded.
-CXI_MASK_EXCLUDE = (CXI_PIXEL_IS_INVALID | CXI_PIXEL_IS_SATURATED | CXI_PIXEL_IS_HOT | CXI_PIXEL_IS_DEAD
-                    | CXI_PIXEL_IS_SHADOWED | CXI_PIXEL_IS_BAD | CXI_PIXEL_IS_MISSING | CXI_PIXEL_IS_NOISY)
+CXI_MASK_EXCLUDE = (
+    CXI_PIXEL_IS_INVALID
+    | CXI_PIXEL_IS_SATURATED
+    | CXI_PIXEL_IS_HOT
+    | CXI_PIXEL_IS_DEAD
+    | CXI_PIXEL_IS_SHADOWED
+    | CXI_PIXEL_IS_BAD
+    | CXI_PIXEL_IS_MISSING
+    | CXI_PIXEL_IS_NOISY
+)
 
 
 # Plausibility limits of the CXI reader (anything outside is almost surely a unit error).
@@ -164,21 +172,31 @@ def _entry_energy_j(path, e: h5py.Group, where: str) -> float:
             raise _err(path, f"{where}/{wl_name}", f"wavelength {wl:g} m must be positive")
         energy_j = HC_EV_M / wl * ELEMENTARY_CHARGE
         if not (_ENERGY_MIN_J <= energy_j <= _ENERGY_MAX_J):
-            raise _err(path, f"{where}/{wl_name}",
-                       f"wavelength {wl:g} m ({HC_EV_M / wl:.4g} eV) is not a plausible X-ray wavelength; CXI "
-                       f"stores m (5420 eV = {HC_EV_M / 5420:.4g} m)")
+            raise _err(
+                path,
+                f"{where}/{wl_name}",
+                f"wavelength {wl:g} m ({HC_EV_M / wl:.4g} eV) is not a plausible X-ray wavelength; CXI "
+                f"stores m (5420 eV = {HC_EV_M / 5420:.4g} m)",
+            )
         return energy_j
     if en_name not in e:
-        raise _err(path, f"{where}/{en_name}", "missing dataset (give the photon energy in J, or source_1/wavelength "
-                   "in m)")
+        raise _err(
+            path, f"{where}/{en_name}", "missing dataset (give the photon energy in J, or source_1/wavelength in m)"
+        )
     energy_j = _scalar(path, e, en_name)
     if energy_j > _ENERGY_MAX_J:
-        raise _err(path, f"{where}/{en_name}",
-                   f"energy {energy_j:g} looks like eV; CXI stores J (5420 eV = {5420 * ELEMENTARY_CHARGE:.4g} J)")
+        raise _err(
+            path,
+            f"{where}/{en_name}",
+            f"energy {energy_j:g} looks like eV; CXI stores J (5420 eV = {5420 * ELEMENTARY_CHARGE:.4g} J)",
+        )
     if energy_j < _ENERGY_MIN_J:
-        raise _err(path, f"{where}/{en_name}",
-                   f"energy {energy_j:g} J ({energy_j / ELEMENTARY_CHARGE:.3g} eV) is not a plausible X-ray "
-                   "photon energy; CXI stores J")
+        raise _err(
+            path,
+            f"{where}/{en_name}",
+            f"energy {energy_j:g} J ({energy_j / ELEMENTARY_CHARGE:.3g} eV) is not a plausible X-ray "
+            "photon energy; CXI stores J",
+        )
     return energy_j
 
 
@@ -213,17 +231,24 @@ def _scan_entry(path, f: h5py.File, name: str) -> _Entry:
     # detector geometry
     distance = _scalar(path, e, f"{_DET}/distance")
     if not (0 < distance <= _DISTANCE_MAX_M):
-        raise _err(path, f"{where}/{_DET}/distance",
-                   f"distance {distance:g} m is not plausible (must be in (0, {_DISTANCE_MAX_M:g}] m)")
+        raise _err(
+            path,
+            f"{where}/{_DET}/distance",
+            f"distance {distance:g} m is not plausible (must be in (0, {_DISTANCE_MAX_M:g}] m)",
+        )
     px = _scalar(path, e, f"{_DET}/x_pixel_size")
     py = _scalar(path, e, f"{_DET}/y_pixel_size")
     for nm, v in (("x_pixel_size", px), ("y_pixel_size", py)):
         if not (0 < v <= _PIXEL_MAX_M):
-            raise _err(path, f"{where}/{_DET}/{nm}",
-                       f"pixel size {v:g} m is not plausible (must be in (0, {_PIXEL_MAX_M:g}] m)")
+            raise _err(
+                path,
+                f"{where}/{_DET}/{nm}",
+                f"pixel size {v:g} m is not plausible (must be in (0, {_PIXEL_MAX_M:g}] m)",
+            )
     if not math.isclose(px, py, rel_tol=1e-6):
-        raise _err(path, f"{where}/{_DET}/y_pixel_size",
-                   f"non-square pixels: x_pixel_size {px:g} m != y_pixel_size {py:g} m")
+        raise _err(
+            path, f"{where}/{_DET}/y_pixel_size", f"non-square pixels: x_pixel_size {px:g} m != y_pixel_size {py:g} m"
+        )
     # frames
     data = _frames_dataset(path, e)
     if data.ndim != 3 or data.shape[1] != data.shape[2]:
@@ -263,8 +288,9 @@ def _scan_entry(path, f: h5py.File, name: str) -> _Entry:
             raise _err(path, mo.name, f"must have shape ({n},), one reading per frame of {data.name}, got {mo.shape}")
         _check_dtype(path, mo, "iuf", "real monitor readings")
         has_mon = True
-    return _Entry(name, energy_j / ELEMENTARY_CHARGE, distance, px, n, m, has_mask, has_illum, has_mon,
-                  data_path=data.name)
+    return _Entry(
+        name, energy_j / ELEMENTARY_CHARGE, distance, px, n, m, has_mask, has_illum, has_mon, data_path=data.name
+    )
 
 
 #: A detector mask may exclude at most this fraction of the pixels (more looks inverted).
@@ -291,19 +317,30 @@ def _scan_cxi(path, f: h5py.File) -> list[_Entry]:
     first = entries[0]
     for prev, cur in zip(entries[:-1], entries[1:]):
         if not cur.energy_ev > prev.energy_ev:
-            raise _err(path, f"/{cur.name}/{_SRC}/energy",
-                       f"two entries at one energy: {cur.energy_ev:.6g} eV, also in /{prev.name} "
-                       "(merge them into one entry)")
+            raise _err(
+                path,
+                f"/{cur.name}/{_SRC}/energy",
+                f"two entries at one energy: {cur.energy_ev:.6g} eV, also in /{prev.name} (merge them into one entry)",
+            )
     for cur in entries[1:]:
         if cur.frame_size != first.frame_size:
-            raise _err(path, f"/{cur.name}/{_DET}/data",
-                       f"frame size {cur.frame_size} differs from {first.frame_size} in /{first.name}")
+            raise _err(
+                path,
+                f"/{cur.name}/{_DET}/data",
+                f"frame size {cur.frame_size} differs from {first.frame_size} in /{first.name}",
+            )
         if not math.isclose(cur.distance, first.distance, rel_tol=1e-9):
-            raise _err(path, f"/{cur.name}/{_DET}/distance",
-                       f"distance {cur.distance:g} m differs from {first.distance:g} m in /{first.name}")
+            raise _err(
+                path,
+                f"/{cur.name}/{_DET}/distance",
+                f"distance {cur.distance:g} m differs from {first.distance:g} m in /{first.name}",
+            )
         if not math.isclose(cur.pixel, first.pixel, rel_tol=1e-9):
-            raise _err(path, f"/{cur.name}/{_DET}/x_pixel_size",
-                       f"pixel size {cur.pixel:g} m differs from {first.pixel:g} m in /{first.name}")
+            raise _err(
+                path,
+                f"/{cur.name}/{_DET}/x_pixel_size",
+                f"pixel size {cur.pixel:g} m differs from {first.pixel:g} m in /{first.name}",
+            )
     return entries
 
 
@@ -343,8 +380,11 @@ def _all_or_none(path, chosen: list[_Entry], attr: str, dataset: str) -> bool:
     flags = [getattr(en, attr) for en in chosen]
     if any(flags) and not all(flags):
         missing, have = chosen[flags.index(False)], chosen[flags.index(True)]
-        raise _err(path, f"/{missing.name}/{dataset}",
-                   f"missing dataset (present in /{have.name}; give it for every energy or none)")
+        raise _err(
+            path,
+            f"/{missing.name}/{dataset}",
+            f"missing dataset (present in /{have.name}; give it for every energy or none)",
+        )
     return all(flags)
 
 
@@ -382,6 +422,7 @@ def _load_entry(path, f: h5py.File, en: _Entry, frames: np.ndarray, with_illumin
 def _check_frames(path, ds: h5py.Dataset, frames: np.ndarray, local_index=None) -> None:
     """One-line InputError if a frame read from ``ds`` has NaN/inf or negative counts;
     ``local_index[i]`` is the entry's frame number of ``frames[i]`` (default ``i``)."""
+
     def where(i):
         return int(i) if local_index is None else int(local_index[i])
 
@@ -393,9 +434,13 @@ def _check_frames(path, ds: h5py.Dataset, frames: np.ndarray, local_index=None) 
         neg = (frames < 0).any(axis=(1, 2))
         if neg.any():
             bad = int(np.argmax(neg))
-            raise _err(path, ds.name, f"frame {where(bad)} contains negative counts (min {frames[bad].min():g}); "
-                       "background-subtracted frames: clip them at 0 and mask the pixels without signal "
-                       "(docs/formats.md)")
+            raise _err(
+                path,
+                ds.name,
+                f"frame {where(bad)} contains negative counts (min {frames[bad].min():g}); "
+                "background-subtracted frames: clip them at 0 and mask the pixels without signal "
+                "(docs/formats.md)",
+            )
 
 
 def _load_entry_meta(path, f: h5py.File, en: _Entry, with_illumination: bool):
@@ -411,9 +456,12 @@ def _load_entry_meta(path, f: h5py.File, en: _Entry, with_illumination: bool):
         raise _err(path, tds.name, f"row {bad} is not finite")
     if np.abs(tr).max() > _TRANSLATION_MAX_M:
         bad = int(np.argmax(np.abs(tr).max(axis=1)))
-        raise _err(path, tds.name,
-                   f"row {bad} = [{', '.join(f'{v:.4g}' for v in tr[bad])}] m is not plausible (|translation| > "
-                   f"{_TRANSLATION_MAX_M:g} m; CXI stores m)")
+        raise _err(
+            path,
+            tds.name,
+            f"row {bad} = [{', '.join(f'{v:.4g}' for v in tr[bad])}] m is not plausible (|translation| > "
+            f"{_TRANSLATION_MAX_M:g} m; CXI stores m)",
+        )
     # the probe position, x the sign of diffxas's own "probe"-convention exports
     positions = -tr[:, :2] if _attr_value(tds.attrs.get("convention")) != _PROBE_CONVENTION else tr[:, :2].copy()
     # mask: non-zero = not used  ->  weight 0
@@ -429,8 +477,12 @@ def _load_entry_meta(path, f: h5py.File, en: _Entry, with_illumination: bool):
         if weights.mean() < _MASK_MIN_USED:
             # an inverted mask (1 = good pixel, the opposite of CXI) would otherwise keep
             # only the few bad pixels and the run would silently fit them
-            raise _err(path, mds.name, f"excludes {100 * (1 - weights.mean()):.1f} % of the pixels: CXI masks mark the "
-                       "pixels NOT to use (bit 0x1 invalid, 0x200 gap, ...); is this one inverted?")
+            raise _err(
+                path,
+                mds.name,
+                f"excludes {100 * (1 - weights.mean()):.1f} % of the pixels: CXI masks mark the "
+                "pixels NOT to use (bit 0x1 invalid, 0x200 gap, ...); is this one inverted?",
+            )
     probe = None
     if with_illumination:
         ids = e[f"{_SRC}/illumination"]
@@ -530,8 +582,11 @@ class CxiFrames(LazyFrames):
         self.entries = tuple((str(name), int(n)) for name, n in entries)
         self.frame_size = int(frame_size)
         # each entry's frames dataset (detector_1/data by default; data_1/data where only that exists)
-        self.data_paths = (tuple(f"/{name}/{_DET}/data" for name, _ in self.entries) if data_paths is None
-                           else tuple(str(p) for p in data_paths))
+        self.data_paths = (
+            tuple(f"/{name}/{_DET}/data" for name, _ in self.entries)
+            if data_paths is None
+            else tuple(str(p) for p in data_paths)
+        )
         self._starts = np.concatenate([[0], np.cumsum([n for _, n in self.entries], dtype=np.int64)]).astype(np.int64)
         self._index = None if index is None else np.asarray(index, np.int64).ravel()
 
@@ -610,8 +665,11 @@ class CxiFrames(LazyFrames):
                 if sel.size:
                     ds = _dataset(self.path, f, self.data_paths[e])
                     if ds.shape != (count, m, m):
-                        raise _err(self.path, ds.name, f"has shape {ds.shape}, expected {(count, m, m)} "
-                                   "(the file changed since it was opened?)")
+                        raise _err(
+                            self.path,
+                            ds.name,
+                            f"has shape {ds.shape}, expected {(count, m, m)} (the file changed since it was opened?)",
+                        )
                     self._read_entry(ds, g[sel] - self._starts[e], out, sel)
         return out
 
@@ -620,7 +678,7 @@ class CxiFrames(LazyFrames):
         try:
             if hi - lo == local.size and np.all(np.diff(local) == 1) and np.all(np.diff(sel) == 1):
                 # one contiguous range into one contiguous block (the streaming case): no copy
-                dst = out[int(sel[0]):int(sel[0]) + local.size]
+                dst = out[int(sel[0]) : int(sel[0]) + local.size]
                 ds.read_direct(dst, source_sel=np.s_[lo:hi])
                 _check_frames(self.path, ds, dst, np.arange(lo, hi))
                 return
@@ -669,8 +727,9 @@ def open_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
             masks.append(w)
             probes.append(probe)
     return Dataset(
-        frames=CxiFrames(path, [(en.name, en.n_frames) for en in chosen], m,
-                         data_paths=[en.data_path for en in chosen]),
+        frames=CxiFrames(
+            path, [(en.name, en.n_frames) for en in chosen], m, data_paths=[en.data_path for en in chosen]
+        ),
         positions=np.concatenate(positions).astype(np.float64),
         energy_index=np.concatenate(energy_index),
         energies=np.array([en.energy_ev for en in chosen], dtype=np.float64),
@@ -682,8 +741,14 @@ def open_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
     )
 
 
-def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compression: str | None = "gzip",
-              chunk_frames: int = 16, translation: str = "sample") -> Path:
+def write_cxi(
+    path,
+    dataset: Dataset,
+    extra_attrs: dict | None = None,
+    compression: str | None = "gzip",
+    chunk_frames: int = 16,
+    translation: str = "sample",
+) -> Path:
     """Write ``dataset`` as a multi-energy CXI file (one entry per energy), atomically.
 
     Args:
@@ -713,8 +778,9 @@ def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compressi
     if energies.size == 0:
         raise InputError(f"cannot write {path}: the dataset has no energies")
     if not (np.isfinite(energies).all() and (energies > 0).all() and (np.diff(energies) > 0).all()):
-        raise InputError(f"cannot write {path}: energies must be positive and strictly increasing, "
-                         f"got {energies.tolist()}")
+        raise InputError(
+            f"cannot write {path}: energies must be positive and strictly increasing, got {energies.tolist()}"
+        )
     if not np.isfinite(frames).all() or (frames < 0).any():
         raise InputError(f"cannot write {path}: frames must be finite and non-negative")
     if not np.isfinite(pos).all():
@@ -745,12 +811,16 @@ def write_cxi(path, dataset: Dataset, extra_attrs: dict | None = None, compressi
                 d.attrs["units"] = "sqrt(photons) per object pixel"
             det = e.create_group(_DET)
             block = frames[idx].astype(fdtype)
-            d = det.create_dataset("data", data=block, chunks=(min(chunk_frames, idx.size), m, m),
-                                   compression=compression)
+            d = det.create_dataset(
+                "data", data=block, chunks=(min(chunk_frames, idx.size), m, m), compression=compression
+            )
             d.attrs["units"] = "counts"
             d.attrs["axes"] = "translation:y:x"
-            for name, value in (("distance", dataset.distance), ("x_pixel_size", dataset.detector_pixel),
-                                ("y_pixel_size", dataset.detector_pixel)):
+            for name, value in (
+                ("distance", dataset.distance),
+                ("x_pixel_size", dataset.detector_pixel),
+                ("y_pixel_size", dataset.detector_pixel),
+            ):
                 d = det.create_dataset(name, data=np.float64(value))
                 d.attrs["units"] = "m"
             # CXI 1.6 32-bit pixel mask: an unused pixel is CXI_PIXEL_IS_INVALID (0x1)
@@ -802,11 +872,23 @@ def export_cxi_entry(src, energy_ev: float, out, translation: str = "probe") -> 
     k = int(np.argmin(np.abs(en - energy_ev)))
     if abs(en[k] - energy_ev) > EXPORT_ENERGY_TOL_EV:
         near = ", ".join(f"{v:.6g}" for v in en[np.argsort(np.abs(en - energy_ev))[:3]])
-        raise _err(src, None, f"no entry at {energy_ev:g} eV (within {EXPORT_ENERGY_TOL_EV:g} eV); nearest: {near} eV "
-                   f"({en.size} energies, {en.min():.6g} .. {en.max():.6g} eV)")
+        raise _err(
+            src,
+            None,
+            f"no entry at {energy_ev:g} eV (within {EXPORT_ENERGY_TOL_EV:g} eV); nearest: {near} eV "
+            f"({en.size} energies, {en.min():.6g} .. {en.max():.6g} eV)",
+        )
     ds = read_cxi(src, energies=[k])
-    write_cxi(out, ds, extra_attrs={"exported_from": os.fspath(src), "exported_energy_eV": float(en[k]),
-                                    "translation_convention": translation}, translation=translation)
+    write_cxi(
+        out,
+        ds,
+        extra_attrs={
+            "exported_from": os.fspath(src),
+            "exported_energy_eV": float(en[k]),
+            "translation_convention": translation,
+        },
+        translation=translation,
+    )
     return out, float(en[k]), int(ds.n_frames)
 
 
@@ -841,9 +923,18 @@ def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
         if with_mon:
             mon = _load_monitor(path, f, en)
             mon_rms.append(float(np.std(mon) / np.mean(mon)))
-    return {"dose": np.array(dose), "masked": np.array(masked), "lo": lo, "hi": hi,
-            "illum_photons": np.array(illum_photons), "monitor_rms": np.array(mon_rms), "darkest": np.array(dark),
-            "brightest": (top, top_pixels, top_frames), "whole_counts": counts, "beam_hidden": beam_hidden}
+    return {
+        "dose": np.array(dose),
+        "masked": np.array(masked),
+        "lo": lo,
+        "hi": hi,
+        "illum_photons": np.array(illum_photons),
+        "monitor_rms": np.array(mon_rms),
+        "darkest": np.array(dark),
+        "brightest": (top, top_pixels, top_frames),
+        "whole_counts": counts,
+        "beam_hidden": beam_hidden,
+    }
 
 
 def cxi_summary(path) -> str:
@@ -866,7 +957,8 @@ def cxi_summary(path) -> str:
         f"  energies:          {en.size} entries, {en[0]:.2f} .. {en[-1]:.2f} eV"
         + (f" (mean step {np.diff(en).mean():.3g} eV)" if en.size > 1 else ""),
         f"  K edges in range:  {_k_edges_line(en)}",
-        f"  frames per energy: {nf.min()}" + (f" .. {nf.max()}" if nf.max() != nf.min() else "")
+        f"  frames per energy: {nf.min()}"
+        + (f" .. {nf.max()}" if nf.max() != nf.min() else "")
         + f" (total {nf.sum()})",
         f"  frame size M:      {first.frame_size} x {first.frame_size} pixels",
         f"  detector:          distance {first.distance:.4g} m, pixel {_si(first.pixel, 'm')}",
@@ -876,18 +968,27 @@ def cxi_summary(path) -> str:
         f"  mask:              {100 * stats['masked'].mean():.3g} % of detector pixels not used",
         f"  darkest pixels:    {stats['darkest'].min():.3g} .. {stats['darkest'].max():.3g} counts per pixel per frame "
         "(darkest 4x4 detector block of the mean frame: coherent signal plus any background; docs/physics.md, "
-        "\"Detector background\")",
+        '"Detector background")',
         _brightest_line(stats["brightest"], int(nf.sum()), stats["whole_counts"]),
         "  direct beam:       "
-        + (f"masked (central 3x3 detector pixels) at {stats['beam_hidden']} of {en.size} energies: a beamstop? The "
-           "bright-field estimates assume the direct beam is recorded (docs/your-data.md)"
-           if stats["beam_hidden"] else "recorded (central 3x3 detector pixels used)"),
+        + (
+            f"masked (central 3x3 detector pixels) at {stats['beam_hidden']} of {en.size} energies: a beamstop? The "
+            "bright-field estimates assume the direct beam is recorded (docs/your-data.md)"
+            if stats["beam_hidden"]
+            else "recorded (central 3x3 detector pixels used)"
+        ),
         "  illumination:      "
-        + (f"present (mean sum |P|^2 = {stats['illum_photons'].mean():.4g} photons per frame)"
-           if stats["illum_photons"].size else "absent"),
+        + (
+            f"present (mean sum |P|^2 = {stats['illum_photons'].mean():.4g} photons per frame)"
+            if stats["illum_photons"].size
+            else "absent"
+        ),
         "  monitor (I0):      "
-        + (f"present (frame-to-frame RMS {100 * stats['monitor_rms'].mean():.3g} % of the mean, averaged over energies)"
-           if stats["monitor_rms"].size else "absent (flux taken as constant within each energy)"),
+        + (
+            f"present (frame-to-frame RMS {100 * stats['monitor_rms'].mean():.3g} % of the mean, averaged over energies)"
+            if stats["monitor_rms"].size
+            else "absent (flux taken as constant within each energy)"
+        ),
         f"  scan (probe x, y): x {_si(stats['lo'][0], 'm')} .. {_si(stats['hi'][0], 'm')}, "
         f"y {_si(stats['lo'][1], 'm')} .. {_si(stats['hi'][1], 'm')}",
     ]

@@ -75,7 +75,9 @@ class Dataset(eqx.Module):
             mon = None if isinstance(self.monitor, jax.core.Tracer) else np.asarray(self.monitor)
             if mon is not None and not (np.all(np.isfinite(mon)) and np.all(mon > 0)):
                 bad = int(np.argmin(np.isfinite(mon) & (mon > 0)))
-                raise InputError(f"monitor reading of frame {bad} is {mon[bad]:g}; readings must be finite and positive")
+                raise InputError(
+                    f"monitor reading of frame {bad} is {mon[bad]:g}; readings must be finite and positive"
+                )
 
     # ---- derived, host side -------------------------------------------------
     @property
@@ -92,8 +94,11 @@ class Dataset(eqx.Module):
 
     def pixel_sizes(self) -> np.ndarray:
         """Object pixel size of every energy, m: lambda z / (M p)."""
-        return np.asarray(object_pixel_size(np.asarray(self.energies, np.float64), self.distance,
-                                            self.detector_pixel, self.frame_size))
+        return np.asarray(
+            object_pixel_size(
+                np.asarray(self.energies, np.float64), self.distance, self.detector_pixel, self.frame_size
+            )
+        )
 
     def common_grid(self, margin_px: int = 4) -> Grid:
         """The map grid: pixel of the lowest energy (the largest), covering all scans."""
@@ -113,8 +118,14 @@ class Dataset(eqx.Module):
         ny = max(g.shape[0] for g in gs)
         nx = max(g.shape[1] for g in gs)
         cx, cy = common.center
-        return [Grid(pixel_size=g.pixel_size, shape=(ny, nx),
-                     origin=(cx - 0.5 * (nx - 1) * g.pixel_size, cy - 0.5 * (ny - 1) * g.pixel_size)) for g in gs]
+        return [
+            Grid(
+                pixel_size=g.pixel_size,
+                shape=(ny, nx),
+                origin=(cx - 0.5 * (nx - 1) * g.pixel_size, cy - 0.5 * (ny - 1) * g.pixel_size),
+            )
+            for g in gs
+        ]
 
     def select_energies(self, idx) -> Dataset:
         """A dataset with only the energies ``idx`` (indices into ``energies``), re-indexed."""
@@ -150,17 +161,24 @@ class Dataset(eqx.Module):
         keep = np.zeros(ei.shape, bool)
         for k in range(self.n_energies):
             idx = np.nonzero(ei == k)[0]
-            keep[idx[(0 if which == "even" else 1)::2]] = True
+            keep[idx[(0 if which == "even" else 1) :: 2]] = True
         return self.subset(keep)
 
     def subset(self, keep) -> Dataset:
         """The frames where the boolean ``keep`` (frame,) is true, in their order; all
         energies kept (an energy may be left without frames)."""
         keep = np.asarray(keep, bool)
-        return Dataset(frames=self.frames[keep], positions=self.positions[keep], energy_index=self.energy_index[keep],
-                       energies=self.energies, mask=self.mask, illumination=self.illumination,
-                       distance=self.distance, detector_pixel=self.detector_pixel,
-                       monitor=None if self.monitor is None else self.monitor[keep])
+        return Dataset(
+            frames=self.frames[keep],
+            positions=self.positions[keep],
+            energy_index=self.energy_index[keep],
+            energies=self.energies,
+            mask=self.mask,
+            illumination=self.illumination,
+            distance=self.distance,
+            detector_pixel=self.detector_pixel,
+            monitor=None if self.monitor is None else self.monitor[keep],
+        )
 
     def holdout_mask(self, fraction: float) -> np.ndarray:
         """``(frame,)`` bool: the frames held out of a fit for validation.
@@ -179,7 +197,7 @@ class Dataset(eqx.Module):
             idx = np.nonzero(ei == k)[0]
             if idx.size < 2:
                 raise InputError(f"energy {k} has {idx.size} frame(s): a hold-out needs at least 2 per energy")
-            pick = idx[n // 2::n]
+            pick = idx[n // 2 :: n]
             held[pick if pick.size else idx[-1:]] = True
         return held
 
@@ -274,8 +292,10 @@ def energy_indices(energies, count: int | None = None, listed=None, tol_ev: floa
     for x in want:
         i = int(np.argmin(np.abs(e - x)))
         if not abs(e[i] - x) <= tol_ev:
-            raise InputError(f"--energy-list: {x:g} eV is not one of the file's energies "
-                             f"(nearest {e[i]:.2f} eV; the file has {e.size} from {e.min():.2f} to {e.max():.2f} eV)")
+            raise InputError(
+                f"--energy-list: {x:g} eV is not one of the file's energies "
+                f"(nearest {e[i]:.2f} eV; the file has {e.size} from {e.min():.2f} to {e.max():.2f} eV)"
+            )
         idx.append(i)
     if len(set(idx)) != len(idx):
         raise ConfigError("--energy-list names the same energy twice")

@@ -178,8 +178,9 @@ def check_free_space(path, need_bytes: float, what: str = "file") -> None:
     folder has less free space (an estimate: what a write may need, compression ignored)."""
     free = _free_bytes(Path(path).parent)
     if free is not None and need_bytes > free:
-        raise DiskFullError(f"{path}: disk full: the {what} needs about {_mb(need_bytes)}, only {_mb(free)} free "
-                            f"in {Path(path).parent}")
+        raise DiskFullError(
+            f"{path}: disk full: the {what} needs about {_mb(need_bytes)}, only {_mb(free)} free in {Path(path).parent}"
+        )
 
 
 def write_text_atomic(path, text: str) -> str:

@@ -13,7 +13,7 @@ __all__ = ["file_kind", "summarize"]
 
 
 def file_kind(path) -> str:
-    """"cxi", "nexus" (NXcxi_ptycho), "result" or "truth" (InputError for anything else)."""
+    """ "cxi", "nexus" (NXcxi_ptycho), "result" or "truth" (InputError for anything else)."""
     path = Path(path)
     with _open_h5(path) as f:
         fmt = _attr_value(f.attrs["format"]) if "format" in f.attrs else None

@@ -51,8 +51,21 @@ __all__ = ["DEFINITIONS", "is_nxcxi_ptycho", "nexus_entries", "nexus_summary", "
 #: ``definition`` values read as NXcxi_ptycho (the early contributed version said NXptycho).
 DEFINITIONS = ("NXcxi_ptycho", "NXptycho")
 
-_LENGTH = {"m": 1.0, "metre": 1.0, "meter": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "micron": 1e-6,
-           "microns": 1e-6, "nm": 1e-9, "angstrom": 1e-10, "a": 1e-10, "å": 1e-10, "pm": 1e-12}
+_LENGTH = {
+    "m": 1.0,
+    "metre": 1.0,
+    "meter": 1.0,
+    "mm": 1e-3,
+    "um": 1e-6,
+    "µm": 1e-6,
+    "micron": 1e-6,
+    "microns": 1e-6,
+    "nm": 1e-9,
+    "angstrom": 1e-10,
+    "a": 1e-10,
+    "å": 1e-10,
+    "pm": 1e-12,
+}
 _ENERGY_EV = {"ev": 1.0, "kev": 1e3, "j": 1.0 / ELEMENTARY_CHARGE, "mev": 1e6}
 #: NeXus pixel_mask: every bit the NXdetector base class defines (0 gap, 1 dead, 2 under-
 #: and 3 over-responding, 4 noisy, 6 cluster, 8 user mask, 31 virtual) is a defect.
@@ -151,20 +164,32 @@ def _energy_ev(path, entry: h5py.Group, instrument: h5py.Group) -> float:
                     raise _err(path, ds.name, f"unknown energy unit {u!r} (eV, keV, J)")
                 ev = v * scale
                 if not (10.0 <= ev <= 6.2e6):
-                    raise _err(path, ds.name, f"photon energy {v:g} {u} ({ev:.4g} eV) is not a plausible X-ray "
-                               "energy (check the units attribute)")
+                    raise _err(
+                        path,
+                        ds.name,
+                        f"photon energy {v:g} {u} ({ev:.4g} eV) is not a plausible X-ray "
+                        "energy (check the units attribute)",
+                    )
                 return ev
         if "incident_wavelength" in beam:
             v, ds = _scalar(path, beam, "incident_wavelength")
             lam = v * _length_scale(path, ds)
             ev = HC_EV_M / lam if lam > 0 else -1.0
             if not (10.0 <= ev <= 6.2e6):
-                raise _err(path, ds.name, f"wavelength {v:g} {_units(ds) or 'm'} is not a plausible X-ray wavelength "
-                           "(check the units attribute)")
+                raise _err(
+                    path,
+                    ds.name,
+                    f"wavelength {v:g} {_units(ds) or 'm'} is not a plausible X-ray wavelength "
+                    "(check the units attribute)",
+                )
             return ev
         where = beam.name
-    raise _err(path, where, "no photon energy (NXbeam incident_energy, energy or incident_wavelength; the "
-               "NXsource energy is the machine's, not the photons')")
+    raise _err(
+        path,
+        where,
+        "no photon energy (NXbeam incident_energy, energy or incident_wavelength; the "
+        "NXsource energy is the machine's, not the photons')",
+    )
 
 
 def _real(path, ds: h5py.Dataset) -> np.ndarray:
@@ -251,8 +276,9 @@ def _read_entry(path, f: h5py.File, name: str):
                 raise _err(path, mk.name, f"excludes {100 * (1 - weights.mean()):.1f} % of the pixels (inverted?)")
             break
     monitor = None
-    mon = _child(path, inst, "NXmonitor", "monitor_1", required=False) or \
-        _child(path, entry, "NXmonitor", "monitor_1", required=False)
+    mon = _child(path, inst, "NXmonitor", "monitor_1", required=False) or _child(
+        path, entry, "NXmonitor", "monitor_1", required=False
+    )
     if mon is not None and isinstance(mon.get("data"), h5py.Dataset):
         mo = _real(path, mon["data"]).ravel()
         if mo.size != n or not (np.isfinite(mo).all() and (mo > 0).all()):
@@ -313,13 +339,16 @@ def nexus_summary(path) -> str:
     used = np.asarray(ds.mask)[np.asarray(ds.energy_index)] > 0
     dose = float(np.where(used, np.asarray(ds.frames), 0).sum(dtype=np.float64)) / counts.sum()
     m = ds.frames.shape[-1]
-    return "\n".join([
-        f"{path}: multi-energy NeXus NXcxi_ptycho file",
-        f"  energies:          {e.size} entries, {e[0]:.2f} .. {e[-1]:.2f} eV",
-        f"  frames per energy: {counts.min()}" + (f" .. {counts.max()}" if counts.max() != counts.min() else "")
-        + f" (total {counts.sum()})",
-        f"  frame size M:      {m} x {m} pixels",
-        f"  detector:          distance {ds.distance:.4g} m, pixel {ds.detector_pixel:.4g} m",
-        f"  dose:              mean {dose:.4g} counts per frame in unmasked pixels",
-        f"  mask:              {100 * (1 - np.asarray(ds.mask).mean()):.3g} % of detector pixels not used",
-    ])
+    return "\n".join(
+        [
+            f"{path}: multi-energy NeXus NXcxi_ptycho file",
+            f"  energies:          {e.size} entries, {e[0]:.2f} .. {e[-1]:.2f} eV",
+            f"  frames per energy: {counts.min()}"
+            + (f" .. {counts.max()}" if counts.max() != counts.min() else "")
+            + f" (total {counts.sum()})",
+            f"  frame size M:      {m} x {m} pixels",
+            f"  detector:          distance {ds.distance:.4g} m, pixel {ds.detector_pixel:.4g} m",
+            f"  dose:              mean {dose:.4g} counts per frame in unmasked pixels",
+            f"  mask:              {100 * (1 - np.asarray(ds.mask).mean()):.3g} % of detector pixels not used",
+        ]
+    )

@@ -248,39 +248,55 @@ class OrientationCheck:
     excluded_pixels: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scores": {k: round(float(v), 4) for k, v in self.scores.items()}, "best": self.best,
-                "margin": round(float(self.margin), 4), "confident": bool(self.confident),
-                "decision": self.best if self.confident else UNDECIDED,
-                "pixels": int(self.pixels), "absorption_contrast": float(self.absorption_contrast),
-                "bright_field": round(float(self.bright_field), 4), "excluded_pixels": int(self.excluded_pixels),
-                "min_score": MIN_SCORE, "min_margin": MIN_MARGIN, "min_bright_field": MIN_BRIGHT_FIELD}
+        return {
+            "scores": {k: round(float(v), 4) for k, v in self.scores.items()},
+            "best": self.best,
+            "margin": round(float(self.margin), 4),
+            "confident": bool(self.confident),
+            "decision": self.best if self.confident else UNDECIDED,
+            "pixels": int(self.pixels),
+            "absorption_contrast": float(self.absorption_contrast),
+            "bright_field": round(float(self.bright_field), 4),
+            "excluded_pixels": int(self.excluded_pixels),
+            "min_score": MIN_SCORE,
+            "min_margin": MIN_MARGIN,
+            "min_bright_field": MIN_BRIGHT_FIELD,
+        }
 
     def reason(self) -> str:
         """Why the check is not decisive ('' when it is)."""
         if self.confident:
             return ""
         if not self.bright_field >= MIN_BRIGHT_FIELD:
-            return (f"the unmasked counts look like dark field, not bright field (index {self.bright_field:.2f} < "
-                    f"{MIN_BRIGHT_FIELD}; {self.excluded_pixels} detector pixels masked or masked under a flip: "
-                    "a beamstop over the direct beam?)")
-        return (f"needs a best score >= {MIN_SCORE} and a margin >= {MIN_MARGIN} (little absorption contrast, "
-                "few frames on the sample, or a strongly defocused probe?)")
+            return (
+                f"the unmasked counts look like dark field, not bright field (index {self.bright_field:.2f} < "
+                f"{MIN_BRIGHT_FIELD}; {self.excluded_pixels} detector pixels masked or masked under a flip: "
+                "a beamstop over the direct beam?)"
+            )
+        return (
+            f"needs a best score >= {MIN_SCORE} and a margin >= {MIN_MARGIN} (little absorption contrast, "
+            "few frames on the sample, or a strongly defocused probe?)"
+        )
 
     def summary(self) -> str:
         lines = ["orientation      score   (correlation of the DPC phase gradient with -grad(absorption))"]
         for name, s in sorted(self.scores.items(), key=lambda kv: -kv[1]):
             mark = "  <- best" if name == self.best else ""
             lines.append(f"  {name:<14s} {s:+.3f}{mark}")
-        lines.append(f"margin {self.margin:.3f} over the runner-up; {self.pixels} map pixels; "
-                     f"absorption contrast {self.absorption_contrast:.3g}; bright-field index "
-                     f"{self.bright_field:.2f}; {self.excluded_pixels} detector pixels excluded")
+        lines.append(
+            f"margin {self.margin:.3f} over the runner-up; {self.pixels} map pixels; "
+            f"absorption contrast {self.absorption_contrast:.3g}; bright-field index "
+            f"{self.bright_field:.2f}; {self.excluded_pixels} detector pixels excluded"
+        )
         if not self.confident:
             lines.append(f"{UNDECIDED}: {self.reason()}")
         elif self.best == "none":
             lines.append("the frames match diffxas's convention: no re-orientation needed (--orientation none)")
         else:
-            lines.append(f"the frames need re-orienting: --orientation {self.best} "
-                         f"(what `--orientation auto`, the default of `diffxas reconstruct`, does)")
+            lines.append(
+                f"the frames need re-orienting: --orientation {self.best} "
+                f"(what `--orientation auto`, the default of `diffxas reconstruct`, does)"
+            )
         return "\n".join(lines)
 
 
@@ -300,9 +316,11 @@ def check_centring(ds: Dataset, max_frames: int = 64) -> tuple[int, int]:
     # a direct beam stands out by orders of magnitude; a flat or noisy frame has no peak to judge
     beam = mean[r, c] > 10.0 * max(float(np.median(mean)), 1e-12)
     if beam and max(abs(r - m // 2), abs(c - m // 2)) > m // 4:
-        raise InputError(f"the frames' brightest pixel (the direct beam) is at (row {r}, col {c}), not near the centre "
-                         f"({m // 2}, {m // 2}): diffxas expects the zero frequency at (M/2, M/2) "
-                         "(numpy.fft.fftshift order; docs/formats.md)")
+        raise InputError(
+            f"the frames' brightest pixel (the direct beam) is at (row {r}, col {c}), not near the centre "
+            f"({m // 2}, {m // 2}): diffxas expects the zero frequency at (M/2, M/2) "
+            "(numpy.fft.fftshift order; docs/formats.md)"
+        )
     return int(r), int(c)
 
 
@@ -336,7 +354,7 @@ def bright_field_index(sums: np.ndarray, energy_index: np.ndarray) -> float:
         if not hi > lo:
             continue
         w = max(3, v.size // 10)
-        widths = v[w - 1:] - v[: v.size - w + 1]
+        widths = v[w - 1 :] - v[: v.size - w + 1]
         i = int(np.argmin(widths))
         mode = 0.5 * (v[i] + v[i + w - 1])
         vals.append(float(np.clip((mode - lo) / (hi - lo), 0.0, 1.0)))
@@ -378,7 +396,7 @@ def check_orientation(ds: Dataset, moments=None) -> OrientationCheck:
         scanned = cover > 0.5 * inside
     gr, gc = grad[0][scanned], grad[1][scanned]
     ar, ac = ga_r[scanned], ga_c[scanned]
-    norm = np.sqrt((gr ** 2 + gc ** 2).sum() * (ar ** 2 + ac ** 2).sum())
+    norm = np.sqrt((gr**2 + gc**2).sum() * (ar**2 + ac**2).sum())
     scores = {}
     for name in ORIENTATIONS:
         r = matrix(name)
@@ -391,9 +409,16 @@ def check_orientation(ds: Dataset, moments=None) -> OrientationCheck:
     a_in = absorption[scanned]
     contrast = float(np.sqrt(np.mean((a_in - a_in.mean()) ** 2)))
     confident = scores[best] >= MIN_SCORE and margin >= MIN_MARGIN and bright >= MIN_BRIGHT_FIELD
-    return OrientationCheck(scores=scores, best=best, margin=float(margin), confident=bool(confident),
-                            pixels=int(scanned.sum()), absorption_contrast=contrast, bright_field=bright,
-                            excluded_pixels=excluded)
+    return OrientationCheck(
+        scores=scores,
+        best=best,
+        margin=float(margin),
+        confident=bool(confident),
+        pixels=int(scanned.sum()),
+        absorption_contrast=contrast,
+        bright_field=bright,
+        excluded_pixels=excluded,
+    )
 
 
 def resolve(ds: Dataset, requested: str = "auto") -> tuple[Dataset, dict[str, Any]]:
@@ -417,15 +442,24 @@ def resolve(ds: Dataset, requested: str = "auto") -> tuple[Dataset, dict[str, An
         return ds, {"requested": "auto", "applied": "none", "check": None}
     rec = {"requested": "auto", "check": chk.to_dict()}
     if not chk.confident:
-        log.warning("detector orientation %s (best %s, score %.2f, margin %.2f; %s); "
-                    "run `diffxas orientation DATA.cxi` for the table", UNDECIDED, chk.best, chk.scores[chk.best],
-                    chk.margin, chk.reason())
+        log.warning(
+            "detector orientation %s (best %s, score %.2f, margin %.2f; %s); "
+            "run `diffxas orientation DATA.cxi` for the table",
+            UNDECIDED,
+            chk.best,
+            chk.scores[chk.best],
+            chk.margin,
+            chk.reason(),
+        )
         rec["applied"] = "none"
         return ds, rec
     rec["applied"] = chk.best
     if chk.best != "none":
-        log.warning("the frames are re-oriented (%s): their phase-gradient/absorption correlation is %.2f that way "
-                    "and %.2f as written (diffxas's convention: docs/formats.md; --orientation none keeps them)",
-                    chk.best, chk.scores[chk.best], chk.scores["none"])
+        log.warning(
+            "the frames are re-oriented (%s): their phase-gradient/absorption correlation is %.2f that way "
+            "and %.2f as written (diffxas's convention: docs/formats.md; --orientation none keeps them)",
+            chk.best,
+            chk.scores[chk.best],
+            chk.scores["none"],
+        )
     return reorient(ds, chk.best), rec
-

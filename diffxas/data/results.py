@@ -56,9 +56,14 @@ def _write_clusters_group(f: h5py.File, clusters: Mapping[str, Any], shape: tupl
                 raise ValueError(f"clusters confidence has shape {conf.shape}, expected the map shape {shape}")
             d = g.create_dataset("confidence", data=conf)
             d.attrs["units"] = "1"
-            d.attrs["description"] = "probability that the pixel belongs to its cluster given its std maps; NaN = not clustered"
-        elif key in ("centers", "fractions") or isinstance(value, np.ndarray) or (
-                hasattr(value, "__array__") and hasattr(value, "shape") and np.ndim(value) > 0):
+            d.attrs["description"] = (
+                "probability that the pixel belongs to its cluster given its std maps; NaN = not clustered"
+            )
+        elif (
+            key in ("centers", "fractions")
+            or isinstance(value, np.ndarray)
+            or (hasattr(value, "__array__") and hasattr(value, "shape") and np.ndim(value) > 0)
+        ):
             g.create_dataset(key, data=np.asarray(value))
         else:
             _set_attr(g, key, value)
@@ -122,8 +127,10 @@ def write_result(path, result: Result) -> Path:
     probes = np.asarray(result.probes).astype(np.complex64)
     probe_px = np.asarray(result.probe_pixel_size, dtype=np.float64).ravel()
     if absorption.shape != (k, *shape) or phase.shape != (k, *shape):
-        raise ValueError(f"absorption/phase have shapes {absorption.shape}/{phase.shape}, "
-                         f"expected ({k}, {shape[0]}, {shape[1]}) (energies x map grid)")
+        raise ValueError(
+            f"absorption/phase have shapes {absorption.shape}/{phase.shape}, "
+            f"expected ({k}, {shape[0]}, {shape[1]}) (energies x map grid)"
+        )
     if probes.ndim != 3 or probes.shape[0] != k or probe_px.shape != (k,):
         raise ValueError(f"probes {probes.shape} / probe_pixel_size {probe_px.shape} do not match {k} energies")
     bg = None if result.background is None else np.asarray(result.background, np.float32)
@@ -191,8 +198,10 @@ def write_result(path, result: Result) -> Path:
         if bg is not None:
             d = f.create_group("detector").create_dataset("background", data=bg)
             d.attrs["units"] = "photons per detector pixel per frame"
-            d.attrs["description"] = ("incoherent background the reconstruction fitted: (K,) one level per energy, "
-                                      "or (K, M, M) per detector pixel, zero frequency at (M/2, M/2)")
+            d.attrs["description"] = (
+                "incoherent background the reconstruction fitted: (K,) one level per energy, "
+                "or (K, M, M) per detector pixel, zero frequency at (M/2, M/2)"
+            )
     return path
 
 
@@ -215,8 +224,11 @@ def _check_result_file(path, f: h5py.File) -> None:
         raise _err(path, None, "not a diffxas results file (no /maps group or 'method' attribute)")
     method = str(_attr_value(f.attrs["method"]))
     if method not in RESULT_METHODS:
-        raise _err(path, None, f"unknown method {method!r} in the results file; diffxas writes "
-                               f"{', '.join(sorted(RESULT_METHODS))}")
+        raise _err(
+            path,
+            None,
+            f"unknown method {method!r} in the results file; diffxas writes {', '.join(sorted(RESULT_METHODS))}",
+        )
 
 
 def _map_attr(path, g: h5py.Group, name: str):
@@ -376,8 +388,10 @@ def summarize_result(path) -> str:
     sel = (r.config or {}).get("input_selection") or {}
     part = []
     if sel.get("energy_indices") is not None:
-        part.append(f"{len(sel['energy_indices'])} of its {sel.get('n_energies_in_file', '?')} energies "
-                    f"(indices {', '.join(str(i) for i in sel['energy_indices'])})")
+        part.append(
+            f"{len(sel['energy_indices'])} of its {sel.get('n_energies_in_file', '?')} energies "
+            f"(indices {', '.join(str(i) for i in sel['energy_indices'])})"
+        )
     if sel.get("half"):
         part.append(f"the {sel['half']} half of the frames")
     if part:
@@ -396,14 +410,18 @@ def summarize_result(path) -> str:
     if m.extra:
         lines.append(f"  extra maps:        {', '.join(sorted(m.extra))}")
     if r.probes.size:
-        lines.append(f"  probe:             {r.probes.shape[0]} x {r.probes.shape[1]} x {r.probes.shape[2]}, "
-                     f"mean sum |P|^2 = {np.mean(np.sum(np.abs(r.probes) ** 2, axis=(1, 2))):.4g} photons")
+        lines.append(
+            f"  probe:             {r.probes.shape[0]} x {r.probes.shape[1]} x {r.probes.shape[2]}, "
+            f"mean sum |P|^2 = {np.mean(np.sum(np.abs(r.probes) ** 2, axis=(1, 2))):.4g} photons"
+        )
     if r.background is not None:
         from diffxas.physics.background import summary
 
         bs = summary(r.background)
-        lines.append(f"  background:        {bs['mode']}, {np.mean(bs['mean_per_energy']):.4g} photons per detector pixel "
-                     f"per frame ({bs['min']:.4g}-{bs['max']:.4g} over the energies)")
+        lines.append(
+            f"  background:        {bs['mode']}, {np.mean(bs['mean_per_energy']):.4g} photons per detector pixel "
+            f"per frame ({bs['min']:.4g}-{bs['max']:.4g} over the energies)"
+        )
     for name, v in r.history.items():
         v = np.asarray(v)
         last = f", last {float(v[-1]):.5g}" if v.size and v.dtype.kind in "iuf" else ""

@@ -70,7 +70,9 @@ def membrane_counts(ds: Dataset, sums: np.ndarray | None = None) -> np.ndarray:
     return np.asarray([np.percentile(sums[ei == k], 90) for k in range(ds.n_energies)], np.float64)
 
 
-def probes_at_membrane_counts(ds: Dataset, probes, sums: np.ndarray | None = None) -> tuple[np.ndarray | None, list[float] | None]:
+def probes_at_membrane_counts(
+    ds: Dataset, probes, sums: np.ndarray | None = None
+) -> tuple[np.ndarray | None, list[float] | None]:
     """``probes`` (K, M, M) rescaled per energy so that a membrane-only frame gets the
     measured counts (:func:`membrane_counts`), and the gains ``sqrt(counts / power)``.
 
@@ -105,8 +107,9 @@ def probes_at_membrane_counts(ds: Dataset, probes, sums: np.ndarray | None = Non
 ILLUMINATION_TOLERANCE = 0.03
 
 
-def illumination_at_counts(ds: Dataset, sums: np.ndarray | None = None,
-                           tolerance: float = ILLUMINATION_TOLERANCE) -> tuple[Dataset, dict | None]:
+def illumination_at_counts(
+    ds: Dataset, sums: np.ndarray | None = None, tolerance: float = ILLUMINATION_TOLERANCE
+) -> tuple[Dataset, dict | None]:
     """``ds`` with its illumination (the file's probe guess) put at the frames' power where
     it is off, and the record ``{"power_ratio": [...], "rescaled": [energy indices]}``
     (None without an illumination).
@@ -151,8 +154,11 @@ def illumination_at_counts(ds: Dataset, sums: np.ndarray | None = None,
             spread[k] = float(np.std(top, ddof=1) / top.mean() / 0.41)
     tol = tolerance + 3.0 * spread
     off = np.nonzero(np.abs(ratio - 1.0) > tol)[0]
-    rec = {"power_ratio": [round(float(r), 6) for r in ratio], "tolerance": [round(float(t), 4) for t in tol],
-           "rescaled": [int(k) for k in off]}
+    rec = {
+        "power_ratio": [round(float(r), 6) for r in ratio],
+        "tolerance": [round(float(t), 4) for t in tol],
+        "rescaled": [int(k) for k in off],
+    }
     if off.size == 0:
         return ds, rec
     import dataclasses
@@ -163,7 +169,11 @@ def illumination_at_counts(ds: Dataset, sums: np.ndarray | None = None,
     logging.getLogger("diffxas").warning(
         "the file's illumination (probe guess) has %.3g-%.3g x the photons of a membrane-only frame at %d of %d "
         "energies: rescaled to the counts there (convention: sum |P|^2 = photons per frame)",
-        float(ratio[off].min()), float(ratio[off].max()), off.size, ds.n_energies)
+        float(ratio[off].min()),
+        float(ratio[off].max()),
+        off.size,
+        ds.n_energies,
+    )
     return dataclasses.replace(ds, illumination=out), rec
 
 
@@ -210,7 +220,10 @@ def check_counts(ds: Dataset) -> float | None:
         logging.getLogger("diffxas").warning(
             "the frames look like photon counts times %.4g (every faint value a whole multiple of it): the noise "
             "models and the joint's prior weights assume counts; divide the frames by %.4g (docs/formats.md, "
-            "\"Photon counts\")", q, q)
+            '"Photon counts")',
+            q,
+            q,
+        )
     return q
 
 
@@ -246,7 +259,7 @@ def beam_masked(mask: np.ndarray) -> bool:
     """Whether a detector mask (M, M), zero frequency at (M/2, M/2), hides the direct beam:
     its central 3x3 pixels all unused, as behind a beamstop."""
     c = np.shape(mask)[-1] // 2
-    return not np.any(np.asarray(mask)[c - 1:c + 2, c - 1:c + 2])
+    return not np.any(np.asarray(mask)[c - 1 : c + 2, c - 1 : c + 2])
 
 
 def check_saturation(ds: Dataset, max_frames: int = 64) -> dict | None:
@@ -270,7 +283,7 @@ def check_saturation(ds: Dataset, max_frames: int = 64) -> dict | None:
     used = np.asarray(ds.mask)[np.asarray(ds.energy_index)[idx]] > 0
     f = take_frames(ds.frames, idx)
     if not whole_counts(f):  # not counts (noise-free or processed frames): identical
-        return None                   # membrane frames would repeat their maximum exactly
+        return None  # membrane frames would repeat their maximum exactly
     top, pixels, frames = brightest_count(f, used)
     if not looks_saturated(top, pixels, frames):
         return None
@@ -279,7 +292,12 @@ def check_saturation(ds: Dataset, max_frames: int = 64) -> dict | None:
     logging.getLogger("diffxas").warning(
         "the brightest count, %.10g, occurs in %d unmasked pixels of %d of the %d frames looked at: saturated or "
         "flagged detector pixels (a counter's limit, 65535, 2^32 - 1)? Mask them (CXI mask), or the fit follows "
-        "them (docs/your-data.md)", top, pixels, frames, idx.size)
+        "them (docs/your-data.md)",
+        top,
+        pixels,
+        frames,
+        idx.size,
+    )
     return {"value": top, "pixels": pixels, "frames": frames, "looked_at": int(idx.size)}
 
 
@@ -301,7 +319,10 @@ def check_direct_beam(ds: Dataset) -> list[int]:
         logging.getLogger("diffxas").warning(
             "the detector mask hides the direct beam (the central 3x3 pixels) at %d of %d energies, as behind a "
             "beamstop: the bright-field estimates (membrane counts, probe-power check, STXM start) assume it is "
-            "recorded and will be off (docs/your-data.md)", len(hidden), ds.n_energies)
+            "recorded and will be off (docs/your-data.md)",
+            len(hidden),
+            ds.n_energies,
+        )
     return hidden
 
 
@@ -332,8 +353,9 @@ def spread(values: np.ndarray, positions: np.ndarray, grid: Grid, sigma_m: float
     return (out, den) if return_weight else out
 
 
-def flux_scatter(ds: Dataset, empty: np.ndarray, common: Grid, sums: np.ndarray | None = None,
-                 min_frames: int = 5) -> float | None:
+def flux_scatter(
+    ds: Dataset, empty: np.ndarray, common: Grid, sums: np.ndarray | None = None, min_frames: int = 5
+) -> float | None:
     """Frame-to-frame scatter of the incident flux beyond Poisson noise (relative RMS),
     from the frames that see only the membrane; None when no energy has ``min_frames`` such frames.
 
@@ -360,11 +382,13 @@ def flux_scatter(ds: Dataset, empty: np.ndarray, common: Grid, sums: np.ndarray 
         if med <= 0:
             continue
         rel = 1.4826 * float(np.median(np.abs(v - med))) / med
-        out.append(np.sqrt(max(rel ** 2 - 1.0 / med, 0.0)))
+        out.append(np.sqrt(max(rel**2 - 1.0 / med, 0.0)))
     return float(np.median(out)) if out else None
 
 
-def stxm_absorption(ds: Dataset, common: Grid, sigma_m: float | None = None, sums: np.ndarray | None = None) -> np.ndarray:
+def stxm_absorption(
+    ds: Dataset, common: Grid, sigma_m: float | None = None, sums: np.ndarray | None = None
+) -> np.ndarray:
     """Low-resolution absorption stack (K, H, W) from integrated frame counts (bright field).
 
     For each frame, T = sum(counts) / I0 (I0: the 90th percentile of the frame sums of that
@@ -394,14 +418,16 @@ def integrate_gradient(gy: np.ndarray, gx: np.ndarray) -> np.ndarray:
     py[:h, :w], px[:h, :w] = gy, gx
     ky = 2 * np.pi * np.fft.fftfreq(2 * h)[:, None]
     kx = 2 * np.pi * np.fft.fftfreq(2 * w)[None, :]
-    k2 = kx ** 2 + ky ** 2
+    k2 = kx**2 + ky**2
     k2[0, 0] = 1.0
     f = (-1j * ky * np.fft.fft2(py) - 1j * kx * np.fft.fft2(px)) / k2
     f[0, 0] = 0.0
     return np.real(np.fft.ifft2(f))[:h, :w]
 
 
-def dpc_gradient(ds: Dataset, common: Grid, sigma_m: float | None = None, moments=None) -> tuple[np.ndarray, np.ndarray]:
+def dpc_gradient(
+    ds: Dataset, common: Grid, sigma_m: float | None = None, moments=None
+) -> tuple[np.ndarray, np.ndarray]:
     """The frames' phase gradients on the map grid, summed over the energies, and the
     summed kernel weights: ``(grad (2, H, W) rad per m (rows = y, columns = x), cover (H, W))``.
 
@@ -452,12 +478,16 @@ def dpc_phase(ds: Dataset, common: Grid, sigma_m: float | None = None, moments=N
 
 
 #: The warning of both methods when the scan shows no membrane-only (empty) region.
-NO_EMPTY_REGION = ("no empty (membrane-only) region in the scan: absorption and phase have no zero to refer to, and "
-                   "the maps are not to be trusted; scan beyond the particle over bare membrane (at least ~10 % of "
-                   "the frames)")
+NO_EMPTY_REGION = (
+    "no empty (membrane-only) region in the scan: absorption and phase have no zero to refer to, and "
+    "the maps are not to be trusted; scan beyond the particle over bare membrane (at least ~10 % of "
+    "the frames)"
+)
 
 
-def empty_region(material: np.ndarray, illuminated: np.ndarray, fraction: float = 0.05, margin_px: int = 2) -> np.ndarray:
+def empty_region(
+    material: np.ndarray, illuminated: np.ndarray, fraction: float = 0.05, margin_px: int = 2
+) -> np.ndarray:
     """The empty (membrane-only) reference region: illuminated pixels where a low-resolution
     ``material`` map (zero on the bare membrane, e.g. minus the DPC phase) has magnitude below
     ``fraction`` of its 99th percentile, shrunk by ``margin_px`` so it stays clear of the

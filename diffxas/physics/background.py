@@ -69,8 +69,8 @@ def darkest_level(mean_counts: np.ndarray, mask: np.ndarray, block: int = BLOCK)
     m = c.shape[-1]
     nb = m // block
     if nb >= 1:
-        cb = c[:nb * block, :nb * block].reshape(nb, block, nb, block)
-        wb = w[:nb * block, :nb * block].reshape(nb, block, nb, block).all(axis=(1, 3))
+        cb = c[: nb * block, : nb * block].reshape(nb, block, nb, block)
+        wb = w[: nb * block, : nb * block].reshape(nb, block, nb, block).all(axis=(1, 3))
         if wb.any():
             return max(float(cb.mean(axis=(1, 3))[wb].min()), FLOOR)
     return max(float(c[w].min()) if w.any() else FLOOR, FLOOR)
@@ -122,12 +122,18 @@ def summary(background) -> dict | None:
     if background is None:
         return None
     per_e = per_energy(background)
-    return {"mode": "flat" if np.ndim(background) == 1 else "map", "mean_per_energy": [float(x) for x in per_e],
-            "min": float(per_e.min()), "max": float(per_e.max())}
+    return {
+        "mode": "flat" if np.ndim(background) == 1 else "map",
+        "mean_per_energy": [float(x) for x in per_e],
+        "min": float(per_e.min()),
+        "max": float(per_e.max()),
+    }
 
 
 def describe(background, method: str) -> str:
     """One log line on a fitted background: mode, mean level and its range over the energies."""
     s = summary(background)
-    return (f"{method}: incoherent background ({s['mode']}): {np.mean(s['mean_per_energy']):.3g} photons per detector pixel "
-            f"per frame ({s['min']:.3g}-{s['max']:.3g} over {len(s['mean_per_energy'])} energies)")
+    return (
+        f"{method}: incoherent background ({s['mode']}): {np.mean(s['mean_per_energy']):.3g} photons per detector pixel "
+        f"per frame ({s['min']:.3g}-{s['max']:.3g} over {len(s['mean_per_energy'])} energies)"
+    )

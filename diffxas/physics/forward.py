@@ -73,14 +73,18 @@ def resample_matrices(src: Grid, dst: Grid) -> tuple[np.ndarray, np.ndarray]:
     return dirichlet_matrix(src.shape[0], rows), dirichlet_matrix(src.shape[1], cols)
 
 
-def resample(field: Float[Array, "... ny nx"], ry: Float[Array, "my ny"], rx: Float[Array, "mx nx"]) -> Float[Array, "... my mx"]:
+def resample(
+    field: Float[Array, "... ny nx"], ry: Float[Array, "my ny"], rx: Float[Array, "mx nx"]
+) -> Float[Array, "... my mx"]:
     """Apply separable resampling matrices to the last two axes of ``field``."""
     hi = jax.lax.Precision.HIGHEST
     tmp = jnp.einsum("...yx,mx->...ym", field, rx, precision=hi)
     return jnp.einsum("ny,...ym->...nm", ry, tmp, precision=hi)
 
 
-def resample_stack(fields: Float[Array, "energy ny nx"], ry: Float[Array, "energy my ny"], rx: Float[Array, "energy mx nx"]) -> Float[Array, "energy my mx"]:
+def resample_stack(
+    fields: Float[Array, "energy ny nx"], ry: Float[Array, "energy my ny"], rx: Float[Array, "energy mx nx"]
+) -> Float[Array, "energy my mx"]:
     """Resample each energy's field with its own matrices (batched :func:`resample`)."""
     hi = jax.lax.Precision.HIGHEST
     tmp = jnp.einsum("kyx,kmx->kym", fields, rx, precision=hi)
@@ -108,7 +112,9 @@ def frame_geometry(positions_m, grid: Grid, frame_size: int) -> tuple[np.ndarray
     corner = (near - frame_size // 2).astype(np.int32)
     frac = (rc - near).astype(np.float32)
     ny, nx = grid.shape
-    if corner.size and (corner.min() < 0 or corner[:, 0].max() + frame_size > ny or corner[:, 1].max() + frame_size > nx):
+    if corner.size and (
+        corner.min() < 0 or corner[:, 0].max() + frame_size > ny or corner[:, 1].max() + frame_size > nx
+    ):
         raise ValueError(f"frame patches fall outside the object grid {grid.shape}: enlarge the grid")
     return corner, frac
 
@@ -149,10 +155,12 @@ def crop_center(frames: Float[Array, "... N N"], size: int) -> Float[Array, "...
     """Central ``size x size`` detector region, keeping zero frequency at (M/2, M/2)."""
     n = frames.shape[-1]
     o = n // 2 - size // 2
-    return frames[..., o:o + size, o:o + size]
+    return frames[..., o : o + size, o : o + size]
 
 
-def exit_wave(obj: Complex[Array, "ny nx"], probe_hat: Complex[Array, "M M"], corner: Int[Array, 2], frac: Float[Array, 2]) -> Complex[Array, "M M"]:
+def exit_wave(
+    obj: Complex[Array, "ny nx"], probe_hat: Complex[Array, "M M"], corner: Int[Array, 2], frac: Float[Array, 2]
+) -> Complex[Array, "M M"]:
     """Exit wave of one frame: Fourier-shifted probe times the object patch."""
     m = probe_hat.shape[-1]
     return shifted_probe(probe_hat, frac) * extract_patch(obj, corner, m)
@@ -177,7 +185,15 @@ def uncenter(frames):
     return jnp.fft.ifftshift(frames, axes=(-2, -1))
 
 
-def intensities(objects: Complex[Array, "energy ny nx"], probes_hat: Complex[Array, "energy M M"], energy_index: Int[Array, " frame"], corner: Int[Array, "frame 2"], frac: Float[Array, "frame 2"], crop: int | None = None, centered: bool = True) -> Float[Array, "frame M M"]:
+def intensities(
+    objects: Complex[Array, "energy ny nx"],
+    probes_hat: Complex[Array, "energy M M"],
+    energy_index: Int[Array, " frame"],
+    corner: Int[Array, "frame 2"],
+    frac: Float[Array, "frame 2"],
+    crop: int | None = None,
+    centered: bool = True,
+) -> Float[Array, "frame M M"]:
     """Model intensities of a batch of frames of any energies.
 
     Args:
@@ -228,8 +244,9 @@ def amplitude_loss(model: Float[Array, "... M M"], counts: Float[Array, "... M M
 LOSSES = {"poisson": poisson_nll, "amplitude": amplitude_loss}
 
 
-def loss_with_background(lf, coherent: Float[Array, "... M M"], background: Float[Array, "... M M"],
-                         counts: Float[Array, "... M M"], weight) -> Float[Array, ""]:
+def loss_with_background(
+    lf, coherent: Float[Array, "... M M"], background: Float[Array, "... M M"], counts: Float[Array, "... M M"], weight
+) -> Float[Array, ""]:
     """The loss ``lf`` of the model ``coherent + background``, with the background's
     gradient taken from the Poisson likelihood whatever ``lf`` is.
 
@@ -260,8 +277,9 @@ def loss_fn(name: str):
         raise ConfigError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}") from None
 
 
-def amplitude_projection(psi: Complex[Array, "... M M"], counts: Float[Array, "... M M"], weight,
-                         background=0.0) -> Complex[Array, "... M M"]:
+def amplitude_projection(
+    psi: Complex[Array, "... M M"], counts: Float[Array, "... M M"], weight, background=0.0
+) -> Complex[Array, "... M M"]:
     """ePIE's projection: the far field ``f`` scaled by ``sqrt(n) / sqrt(|f|^2 + b)`` where the
     detector is used.
 
@@ -275,8 +293,9 @@ def amplitude_projection(psi: Complex[Array, "... M M"], counts: Float[Array, ".
     return back_propagate(modulus_update(far_field(psi), counts, weight, background))
 
 
-def modulus_update(f: Complex[Array, "... M M"], counts: Float[Array, "... M M"], weight,
-                   background=0.0) -> Complex[Array, "... M M"]:
+def modulus_update(
+    f: Complex[Array, "... M M"], counts: Float[Array, "... M M"], weight, background=0.0
+) -> Complex[Array, "... M M"]:
     """The far-field half of :func:`amplitude_projection` (``f`` centred, as :func:`far_field`)."""
     den = jnp.sqrt(jnp.real(f) ** 2 + jnp.imag(f) ** 2 + background)
     return jnp.where(weight > 0, jnp.sqrt(counts) * f / jnp.maximum(den, 1e-12), f)
@@ -285,7 +304,9 @@ def modulus_update(f: Complex[Array, "... M M"], counts: Float[Array, "... M M"]
 # ----------------------------------------------------------------------------- illumination
 
 
-def illumination_map(probe_intensity: Float[Array, "energy M M"], energy_index, corner, frac, shape: tuple[int, int]) -> Float[Array, "energy ny nx"]:
+def illumination_map(
+    probe_intensity: Float[Array, "energy M M"], energy_index, corner, frac, shape: tuple[int, int]
+) -> Float[Array, "energy ny nx"]:
     """Sum of the (sub-pixel shifted) probe intensity over all frames, per energy.
 
     The scan's footprint on a grid of ``shape``: pixels that no frame illuminates carry no

@@ -15,9 +15,17 @@ import numpy as np
 from diffxas.physics.forward import back_propagate, fourier_shift
 
 
-def kb_probe(frame_size: int, pixel_size: float, wavelength_m: float, numerical_aperture: float,
-             photons: float = 1.0, defocus_m: float = 0.0, edge_softness: float = 0.08,
-             aberrations: dict | None = None, shift_m: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def kb_probe(
+    frame_size: int,
+    pixel_size: float,
+    wavelength_m: float,
+    numerical_aperture: float,
+    photons: float = 1.0,
+    defocus_m: float = 0.0,
+    edge_softness: float = 0.08,
+    aberrations: dict | None = None,
+    shift_m: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
     """KB-like probe on an ``frame_size``-square grid of ``pixel_size`` (complex64 numpy).
 
     Args:
@@ -43,16 +51,24 @@ def kb_probe(frame_size: int, pixel_size: float, wavelength_m: float, numerical_
 
     uy, ux = np.meshgrid(u, u, indexing="ij")
     pupil = edge(ux) * edge(uy)
-    ph = -np.pi * wavelength_m * defocus_m * (ux ** 2 + uy ** 2)
+    ph = -np.pi * wavelength_m * defocus_m * (ux**2 + uy**2)
     if aberrations:
         rx, ry = ux / u0, uy / u0
-        ph = ph + aberrations.get("astig", 0.0) * (rx ** 2 - ry ** 2) + aberrations.get("coma", 0.0) * (rx ** 2 + ry ** 2 - 0.5) * rx
+        ph = (
+            ph
+            + aberrations.get("astig", 0.0) * (rx**2 - ry**2)
+            + aberrations.get("coma", 0.0) * (rx**2 + ry**2 - 0.5) * rx
+        )
     pupil = pupil * np.exp(1j * ph)
     probe = np.asarray(back_propagate(jnp.asarray(np.fft.ifftshift(np.fft.fftshift(pupil)), jnp.complex64)))
     # back_propagate expects a centred far field; the probe comes out centred at pixel 0:
     probe = np.fft.fftshift(probe)
     if shift_m != (0.0, 0.0):
-        probe = np.asarray(fourier_shift(jnp.asarray(probe), jnp.asarray([shift_m[1] / pixel_size, shift_m[0] / pixel_size], jnp.float32)))
+        probe = np.asarray(
+            fourier_shift(
+                jnp.asarray(probe), jnp.asarray([shift_m[1] / pixel_size, shift_m[0] / pixel_size], jnp.float32)
+            )
+        )
     probe = probe * np.sqrt(photons / np.sum(np.abs(probe) ** 2))
     return probe.astype(np.complex64)
 
@@ -111,4 +127,4 @@ def detected_power(probes, mask) -> np.ndarray:
     than its share of a bright-field frame's photons and a masked outer ring none."""
     p = np.asarray(probes).astype(np.complex128)
     far = np.fft.fftshift(np.fft.fft2(p, norm="ortho"), axes=(-2, -1))
-    return np.sum((far.real ** 2 + far.imag ** 2) * np.asarray(mask, np.float64), axis=(-2, -1))
+    return np.sum((far.real**2 + far.imag**2) * np.asarray(mask, np.float64), axis=(-2, -1))

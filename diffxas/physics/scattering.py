@@ -638,8 +638,9 @@ class VEdge(eqx.Module):
         )
 
     @classmethod
-    def for_energies(cls, element: str, energies_ev, table: str = "chantler", what: str = "the data",
-                     check: bool = True) -> VEdge:
+    def for_energies(
+        cls, element: str, energies_ev, table: str = "chantler", what: str = "the data", check: bool = True
+    ) -> VEdge:
         """:meth:`from_tables` for a scan: the default :func:`model_window`, widened (to 10 eV
         beyond the scan, rounded out to 10 eV) where the scan reaches past it; then (``check``)
         :meth:`check_energies`, i.e. the scan must bracket the edge.
@@ -704,18 +705,22 @@ class VEdge(eqx.Module):
             cands = [c for c in k_edges_between(float(e.min()), float(e.max())) if c[0] != self.element]
             if len(cands) == 1:
                 s0 = cands[0][0]
-                hint = (f"; the K edge inside the scanned range is {k_edges_text(cands)}: "
-                        f"set element = \"{s0}\" (command line: --set element={s0})")
+                hint = (
+                    f"; the K edge inside the scanned range is {k_edges_text(cands)}: "
+                    f'set element = "{s0}" (command line: --set element={s0})'
+                )
             elif cands:
-                hint = (f"; K edges inside the scanned range: {k_edges_text(cands)}"
-                        ": set `element`")
+                hint = f"; K edges inside the scanned range: {k_edges_text(cands)}: set `element`"
             else:
                 hint = "; no K edge lies inside the scanned range"
-            raise ConfigError(f"{head} do not bracket the {self.element} K edge ({self.edge_ev:.1f} eV), "
-                              f"which eq. 1 needs{hint}")
+            raise ConfigError(
+                f"{head} do not bracket the {self.element} K edge ({self.edge_ev:.1f} eV), which eq. 1 needs{hint}"
+            )
         if e.min() < lo - 1e-6 or e.max() > hi + 1e-6:
-            raise ConfigError(f"{head} reach past the {self.element} K-edge model's range {lo:g}-{hi:g} eV "
-                              "(build it with VEdge.for_energies, which widens the range to the scan)")
+            raise ConfigError(
+                f"{head} reach past the {self.element} K-edge model's range {lo:g}-{hi:g} eV "
+                "(build it with VEdge.for_energies, which widens the range to the scan)"
+            )
 
     def _t(self, energy):
         e = jnp.asarray(energy)

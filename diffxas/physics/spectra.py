@@ -69,7 +69,10 @@ class XanesParams(eqx.Module):
 
     @classmethod
     def from_dict(cls, d) -> XanesParams:
-        return cls(**{k: jnp.asarray(d[k], jnp.float32) for k in PARAM_NAMES}, n_other=jnp.asarray(d.get("n_other", 0.0), jnp.float32))
+        return cls(
+            **{k: jnp.asarray(d[k], jnp.float32) for k in PARAM_NAMES},
+            n_other=jnp.asarray(d.get("n_other", 0.0), jnp.float32),
+        )
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in PARAM_NAMES + ("n_other",)}
@@ -106,8 +109,12 @@ def lorentzian(energies, c1, c2, c3):
 def absorption(p: XanesParams, energies: Float[Array, " energy"]) -> Float[Array, "energy ..."]:
     """A(E) of eq. 1 (dimensionless amplitude attenuation), shape (K, *S)."""
     p = _broadcast(p)
-    return (p.a + p.b1 * edge_step(energies, p.b2, p.b3)
-            + lorentzian(energies, p.c11, p.c12, p.c13) + lorentzian(energies, p.c21, p.c22, p.c23))
+    return (
+        p.a
+        + p.b1 * edge_step(energies, p.b2, p.b3)
+        + lorentzian(energies, p.c11, p.c12, p.c13)
+        + lorentzian(energies, p.c21, p.c22, p.c23)
+    )
 
 
 def n_v(b1, edge: VEdge):
@@ -123,8 +130,11 @@ def phase(p: XanesParams, energies: Float[Array, " energy"], edge: VEdge) -> Flo
     lam = wavelength(e)
     lam0 = wavelength(edge.edge_ev)
     bg = (edge.z + edge.f1_background(e)) / edge.delta_f2
-    disp = (p.b1 * (bg + kk_erf_step(e, p.b2, p.b3))
-            + p.c11 * kk_lorentzian(e, p.c12, p.c13) + p.c21 * kk_lorentzian(e, p.c22, p.c23))
+    disp = (
+        p.b1 * (bg + kk_erf_step(e, p.b2, p.b3))
+        + p.c11 * kk_lorentzian(e, p.c12, p.c13)
+        + p.c21 * kk_lorentzian(e, p.c22, p.c23)
+    )
     return -(lam / lam0) * disp - R_E * lam * p.n_other
 
 
@@ -135,7 +145,8 @@ def f1_v(p: XanesParams, energies, edge: VEdge):
     return edge.f1_background(e) + edge.delta_f2 * (
         kk_erf_step(e, p.b2, p.b3)
         + (p.c11 / p.b1) * kk_lorentzian(e, p.c12, p.c13)
-        + (p.c21 / p.b1) * kk_lorentzian(e, p.c22, p.c23))
+        + (p.c21 / p.b1) * kk_lorentzian(e, p.c22, p.c23)
+    )
 
 
 # ----------------------------------------------------------------------------- derived quantities
@@ -172,4 +183,7 @@ def linear_design(energies, b2, b3, c12, c13, c22, c23) -> Float[Array, "energy 
     l1 = lorentzian(energies, 1.0, c12, c13)
     l2 = lorentzian(energies, 1.0, c22, c23)
     shape = jnp.broadcast_shapes(step.shape, l1.shape, l2.shape)
-    return jnp.stack([jnp.ones(shape), jnp.broadcast_to(step, shape), jnp.broadcast_to(l1, shape), jnp.broadcast_to(l2, shape)], axis=-1)
+    return jnp.stack(
+        [jnp.ones(shape), jnp.broadcast_to(step, shape), jnp.broadcast_to(l1, shape), jnp.broadcast_to(l2, shape)],
+        axis=-1,
+    )

@@ -66,8 +66,12 @@ from diffxas.physics.spectra import (
 OBJECT_COMPONENTS = ("AA", "pp", "Ap")
 
 
-def frame_information(obj_patch: Complex[Array, "M M"], probe: Complex[Array, "M M"], weight: Float[Array, "M M"],
-                      background: Float[Array, "M M"] | None = None) -> Float[Array, "3 M M"]:
+def frame_information(
+    obj_patch: Complex[Array, "M M"],
+    probe: Complex[Array, "M M"],
+    weight: Float[Array, "M M"],
+    background: Float[Array, "M M"] | None = None,
+) -> Float[Array, "3 M M"]:
     """Exact 2x2 Fisher blocks (F_AA, F_pp, F_Ap) of every pixel of one frame's patch.
 
     Args:
@@ -101,10 +105,16 @@ def frame_information(obj_patch: Complex[Array, "M M"], probe: Complex[Array, "M
     return jnp.stack([a + jnp.real(c), a - jnp.real(c), jnp.imag(c)])
 
 
-def object_information(objects: Complex[Array, "energy ny nx"], probes_hat: Complex[Array, "energy M M"],
-                       energy_index: Int[Array, " frame"], corner: Int[Array, "frame 2"], frac: Float[Array, "frame 2"],
-                       weight: Float[Array, "energy M M"], valid: Array | None = None,
-                       background: Float[Array, "energy M M"] | None = None) -> Float[Array, "energy 3 ny nx"]:
+def object_information(
+    objects: Complex[Array, "energy ny nx"],
+    probes_hat: Complex[Array, "energy M M"],
+    energy_index: Int[Array, " frame"],
+    corner: Int[Array, "frame 2"],
+    frac: Float[Array, "frame 2"],
+    weight: Float[Array, "energy M M"],
+    valid: Array | None = None,
+    background: Float[Array, "energy M M"] | None = None,
+) -> Float[Array, "energy 3 ny nx"]:
     """Per-pixel object-space Fisher blocks summed over all frames, per energy, on each energy's grid.
 
     Same geometry arguments as :func:`diffxas.physics.forward.intensities`; ``weight`` is the
@@ -127,18 +137,24 @@ def object_information(objects: Complex[Array, "energy ny nx"], probes_hat: Comp
         return jax.lax.dynamic_update_slice(acc, cur + blk[None], (k, 0, c[0], c[1])), None
 
     acc0 = jnp.zeros((k_e, 3) + tuple(objects.shape[-2:]), jnp.float32)
-    acc, _ = jax.lax.scan(body, acc0, (jnp.asarray(energy_index), jnp.asarray(corner), jnp.asarray(frac), jnp.asarray(valid)))
+    acc, _ = jax.lax.scan(
+        body, acc0, (jnp.asarray(energy_index), jnp.asarray(corner), jnp.asarray(frac), jnp.asarray(valid))
+    )
     return acc
 
 
-def to_common_grid(info: Float[Array, "energy 3 ny nx"], ry: Float[Array, "energy ny H"], rx: Float[Array, "energy nx W"]) -> Float[Array, "energy 3 H W"]:
+def to_common_grid(
+    info: Float[Array, "energy 3 ny nx"], ry: Float[Array, "energy ny H"], rx: Float[Array, "energy nx W"]
+) -> Float[Array, "energy 3 H W"]:
     """Carry object information from each energy's grid to the common grid: ``G_c[p] = sum_s R_sp^2 G[s]``."""
     hi = jax.lax.Precision.HIGHEST
-    tmp = jnp.einsum("kcyx,kxw->kcyw", info, rx ** 2, precision=hi)
-    return jnp.einsum("kyh,kcyw->kchw", ry ** 2, tmp, precision=hi)
+    tmp = jnp.einsum("kcyx,kxw->kcyw", info, rx**2, precision=hi)
+    return jnp.einsum("kyh,kcyw->kchw", ry**2, tmp, precision=hi)
 
 
-def isotropic_information(fluence: Float[Array, "... H W"], absorption_: Float[Array, "energy H W"], detector_fraction: float = 1.0) -> Float[Array, "energy 3 H W"]:
+def isotropic_information(
+    fluence: Float[Array, "... H W"], absorption_: Float[Array, "energy H W"], detector_fraction: float = 1.0
+) -> Float[Array, "energy 3 H W"]:
     """Object information predicted before measuring: ``F_AA = F_pp = 2 wbar n |O|^2``, ``F_Ap = 0``.
 
     ``fluence``: photons per pixel per energy (sum over frames of |P|^2 at the pixel);
@@ -161,11 +177,19 @@ def parameter_scales(names: Sequence[str], edge: VEdge) -> np.ndarray:
     from diffxas.physics.constants import R_E
     from diffxas.physics.geometry import wavelength
 
-    return np.asarray([1.0 / (R_E * float(wavelength(edge.edge_ev))) if n == "n_other" else 1.0 for n in names], np.float64)
+    return np.asarray(
+        [1.0 / (R_E * float(wavelength(edge.edge_ev))) if n == "n_other" else 1.0 for n in names], np.float64
+    )
 
 
-def spectral_jacobian(p: XanesParams, energies: Float[Array, " energy"], edge: VEdge, names: Sequence[str], scales=None,
-                      batched: bool = False):
+def spectral_jacobian(
+    p: XanesParams,
+    energies: Float[Array, " energy"],
+    edge: VEdge,
+    names: Sequence[str],
+    scales=None,
+    batched: bool = False,
+):
     """d(A, phi)/d theta for each name: two arrays (n, K, *S) (one JVP per parameter, all pixels at once).
 
     ``scales``: derivatives with respect to ``theta_i / scales[i]`` (default 1).
@@ -181,9 +205,14 @@ def spectral_jacobian(p: XanesParams, energies: Float[Array, " energy"], edge: V
 
     if batched:
         fields = p.as_dict()
-        tangents = XanesParams(**{
-            k: jnp.stack([jnp.full_like(v, sc) if name == k else jnp.zeros_like(v) for name, sc in zip(names, scales)])
-            for k, v in fields.items()})
+        tangents = XanesParams(
+            **{
+                k: jnp.stack(
+                    [jnp.full_like(v, sc) if name == k else jnp.zeros_like(v) for name, sc in zip(names, scales)]
+                )
+                for k, v in fields.items()
+            }
+        )
         return jax.vmap(lambda t: jax.jvp(f, (p,), (t,))[1])(tangents)
     zero = jax.tree_util.tree_map(jnp.zeros_like, p)
     dA, dp = [], []
@@ -195,23 +224,38 @@ def spectral_jacobian(p: XanesParams, energies: Float[Array, " energy"], edge: V
     return jnp.stack(dA), jnp.stack(dp)
 
 
-def parameter_information(p: XanesParams, energies, edge: VEdge, info: Float[Array, "energy 3 H W"], names: Sequence[str]) -> np.ndarray:
+def parameter_information(
+    p: XanesParams, energies, edge: VEdge, info: Float[Array, "energy 3 H W"], names: Sequence[str]
+) -> np.ndarray:
     """Per-pixel Fisher matrix (H, W, n, n) float64 of the parameters ``names`` (physical units): ``sum_k J_k^T G_k J_k``."""
     sc = parameter_scales(names, edge)
-    f = scaled_information(p, jnp.asarray(energies, jnp.float32), edge, jnp.asarray(info, jnp.float32), tuple(names), tuple(sc))
+    f = scaled_information(
+        p, jnp.asarray(energies, jnp.float32), edge, jnp.asarray(info, jnp.float32), tuple(names), tuple(sc)
+    )
     return np.asarray(f, np.float64) / (sc[:, None] * sc[None, :])
 
 
-def scaled_information(p: XanesParams, energies: Float[Array, " energy"], edge: VEdge, info: Float[Array, "energy 3 H W"],
-                       names: Sequence[str], sc: Sequence[float], batched: bool = False) -> Float[Array, "H W n n"]:
+def scaled_information(
+    p: XanesParams,
+    energies: Float[Array, " energy"],
+    edge: VEdge,
+    info: Float[Array, "energy 3 H W"],
+    names: Sequence[str],
+    sc: Sequence[float],
+    batched: bool = False,
+) -> Float[Array, "H W n n"]:
     """``sum_k J_k^T G_k J_k`` per pixel with derivatives per ``theta_i / sc[i]`` (float32,
     pure JAX: jittable with ``names`` and ``sc`` static, as in
     :func:`diffxas.solvers.joint.loss.prior_weights`); :func:`parameter_information` divides
     by ``sc_i sc_j`` in float64. ``batched``: :func:`spectral_jacobian`'s one-vmap route."""
     dA, dp = spectral_jacobian(p, energies, edge, names, sc, batched)  # (n, K, H, W)
     g_aa, g_pp, g_ap = info[:, 0], info[:, 1], info[:, 2]
-    f = (jnp.einsum("ikhw,khw,jkhw->hwij", dA, g_aa, dA) + jnp.einsum("ikhw,khw,jkhw->hwij", dp, g_pp, dp)
-         + jnp.einsum("ikhw,khw,jkhw->hwij", dA, g_ap, dp) + jnp.einsum("ikhw,khw,jkhw->hwij", dp, g_ap, dA))
+    f = (
+        jnp.einsum("ikhw,khw,jkhw->hwij", dA, g_aa, dA)
+        + jnp.einsum("ikhw,khw,jkhw->hwij", dp, g_pp, dp)
+        + jnp.einsum("ikhw,khw,jkhw->hwij", dA, g_ap, dp)
+        + jnp.einsum("ikhw,khw,jkhw->hwij", dp, g_ap, dA)
+    )
     return f
 
 
@@ -233,7 +277,9 @@ def descriptor_functions(edge: VEdge, reference_energy: float) -> dict[str, Call
     }
 
 
-def descriptor_gradients(p: XanesParams, names: Sequence[str], funcs: dict[str, Callable]) -> dict[str, Float[Array, "n H W"]]:
+def descriptor_gradients(
+    p: XanesParams, names: Sequence[str], funcs: dict[str, Callable]
+) -> dict[str, Float[Array, "n H W"]]:
     """Gradient of each descriptor with respect to the parameters ``names``, per pixel."""
     p = _broadcast(p)
     zero = jax.tree_util.tree_map(jnp.zeros_like, p)
@@ -280,8 +326,15 @@ def descriptor_std(cov: np.ndarray, grads: dict[str, np.ndarray]) -> dict[str, n
     return out
 
 
-def map_std(p: XanesParams, energies, edge: VEdge, info_common: np.ndarray, names: Sequence[str], reference_energy: float,
-            maps: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def map_std(
+    p: XanesParams,
+    energies,
+    edge: VEdge,
+    info_common: np.ndarray,
+    names: Sequence[str],
+    reference_energy: float,
+    maps: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
     """Standard-error maps of the chemical maps from common-grid object information.
 
     ``names``: the per-pixel parameters (others held fixed). ``maps``: which map names

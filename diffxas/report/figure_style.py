@@ -105,8 +105,19 @@ def add_scale_bar(ax, extent_um) -> None:
     width = abs(extent_um[1] - extent_um[0])
     length = _nice_length(width)
     label = f"{length:g} µm" if length >= 0.1 else f"{length * 1000:g} nm"
-    bar = AnchoredSizeBar(ax.transData, length, label, "lower left", pad=0.3, sep=2, borderpad=0.3,
-                          frameon=True, size_vertical=width / 80, color="black", fontproperties={"size": 7})
+    bar = AnchoredSizeBar(
+        ax.transData,
+        length,
+        label,
+        "lower left",
+        pad=0.3,
+        sep=2,
+        borderpad=0.3,
+        frameon=True,
+        size_vertical=width / 80,
+        color="black",
+        fontproperties={"size": 7},
+    )
     bar.patch.set_alpha(0.75)
     bar.patch.set_edgecolor("none")
     ax.add_artist(bar)
@@ -122,8 +133,9 @@ def _image_axes(ax, extent):
 
 def _show(ax, img, extent, cmap, vmin, vmax, bad="white"):
     cm = colormaps[cmap].with_extremes(bad=bad)
-    im = ax.imshow(np.ma.masked_invalid(img), origin="lower", extent=extent, cmap=cm, vmin=vmin, vmax=vmax,
-                   interpolation="nearest")
+    im = ax.imshow(
+        np.ma.masked_invalid(img), origin="lower", extent=extent, cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest"
+    )
     _image_axes(ax, extent)
     add_scale_bar(ax, extent)
     return im

@@ -42,8 +42,9 @@ DISPLAY_MIN_NEIGHBOURS = 2
 MAP_PERCENTILES = (1.0, 99.0)
 
 
-def display_mask(maps: ChemMaps, fraction: float = DISPLAY_NV_FRACTION,
-                 percentile: float = DISPLAY_NV_PERCENTILE) -> np.ndarray:
+def display_mask(
+    maps: ChemMaps, fraction: float = DISPLAY_NV_FRACTION, percentile: float = DISPLAY_NV_PERCENTILE
+) -> np.ndarray:
     """The pixels a map figure draws: ``valid`` and N_V >= ``fraction`` x N_V_max, where
     N_V_max is the ``percentile`` (99th) percentile of the positive N_V of the valid pixels.
 
@@ -69,8 +70,9 @@ def display_mask(maps: ChemMaps, fraction: float = DISPLAY_NV_FRACTION,
     return _nv_mask(np.where(valid, nv, np.nan), fraction, percentile)
 
 
-def _nv_mask(nv: np.ndarray, fraction: float = DISPLAY_NV_FRACTION,
-             percentile: float = DISPLAY_NV_PERCENTILE) -> np.ndarray:
+def _nv_mask(
+    nv: np.ndarray, fraction: float = DISPLAY_NV_FRACTION, percentile: float = DISPLAY_NV_PERCENTILE
+) -> np.ndarray:
     nv = np.asarray(nv, dtype=np.float64)
     pos = nv[np.isfinite(nv) & (nv > 0)]
     if pos.size == 0:
@@ -85,8 +87,9 @@ def _neighbours(mask: np.ndarray) -> np.ndarray:
     """Number of the 8 neighbours of each pixel that are in ``mask`` (outside the grid: not)."""
     pad = np.pad(np.asarray(mask, bool), 1).astype(np.int16)
     h, w = np.shape(mask)
-    return sum(pad[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-               if (dy, dx) != (0, 0))
+    return sum(
+        pad[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)
+    )
 
 
 def _weighted_limits(arrays, weights, lo: float, hi: float) -> tuple[float, float]:
@@ -111,8 +114,9 @@ def _weighted_limits(arrays, weights, lo: float, hi: float) -> tuple[float, floa
     return a, b
 
 
-def _crop_box(masks: Sequence[np.ndarray], min_pixels: int = 9, margin: float = 0.2,
-              min_margin_px: int = 4) -> tuple[slice, slice]:
+def _crop_box(
+    masks: Sequence[np.ndarray], min_pixels: int = 9, margin: float = 0.2, min_margin_px: int = 4
+) -> tuple[slice, slice]:
     """Rows and columns of the particle(s): the bounding box of the drawn pixels (any of
     ``masks``) that lie in a connected group (8-neighbour) of at least ``min_pixels``
     pixels, grown by ``margin`` of its size (at least ``min_margin_px``) on every side. A
@@ -135,19 +139,30 @@ def _crop_box(masks: Sequence[np.ndarray], min_pixels: int = 9, margin: float = 
     ny, nx = sel.shape
     size = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
     g = max(int(np.ceil(margin * size)), min_margin_px)
-    return (slice(max(rows[0] - g, 0), min(rows[-1] + g + 1, ny)),
-            slice(max(cols[0] - g, 0), min(cols[-1] + g + 1, nx)))
+    return (
+        slice(max(rows[0] - g, 0), min(rows[-1] + g + 1, ny)),
+        slice(max(cols[0] - g, 0), min(cols[-1] + g + 1, nx)),
+    )
 
 
-def _display_note(pixel_size: float | None, fraction: float = DISPLAY_NV_FRACTION,
-                  percentile: float = DISPLAY_NV_PERCENTILE, absorber: str = "V", limits: bool = True) -> str:
+def _display_note(
+    pixel_size: float | None,
+    fraction: float = DISPLAY_NV_FRACTION,
+    percentile: float = DISPLAY_NV_PERCENTILE,
+    absorber: str = "V",
+    limits: bool = True,
+) -> str:
     """The header of a map figure: pixel size, the display mask's threshold, the colour limits' rule."""
     px = f"{pixel_size * 1e9:.3g} nm pixels; " if pixel_size else ""
-    note = (f"{px}blank: $N_\\mathrm{{{absorber}}}$ < {100 * fraction:g} % of its {percentile:g}th percentile "
-            f"or isolated (display only; the results file keeps its own valid-pixel rule)")
+    note = (
+        f"{px}blank: $N_\\mathrm{{{absorber}}}$ < {100 * fraction:g} % of its {percentile:g}th percentile "
+        f"or isolated (display only; the results file keeps its own valid-pixel rule)"
+    )
     if limits:
-        note += (f";\ncolour limits: {MAP_PERCENTILES[0]:g}-{MAP_PERCENTILES[1]:g} % of the "
-                 f"$N_\\mathrm{{{absorber}}}$-weighted drawn pixels of all map rows")
+        note += (
+            f";\ncolour limits: {MAP_PERCENTILES[0]:g}-{MAP_PERCENTILES[1]:g} % of the "
+            f"$N_\\mathrm{{{absorber}}}$-weighted drawn pixels of all map rows"
+        )
     return note
 
 
@@ -185,7 +200,6 @@ def _truth_on(truth, truth_maps, m: ChemMaps, m0: ChemMaps):
     if truth_maps is not None and _grid_of(m) == _grid_of(m0):
         return truth_maps
     if truth is not None:
-
         return resample_truth(truth, m.pixel_size, m.origin, m.shape)
     return None
 
@@ -214,16 +228,23 @@ def _rmse_text(f: str, est: np.ndarray, m: ChemMaps, tm: dict, nv_fraction: floa
         return "RMSE n/a"
     if f == "n_v":
         rel = (est[ok] - nv_t[ok]) / nv_t[ok]
-        return f"rel. RMS {np.sqrt(np.mean(rel ** 2)):.3g}"
+        return f"rel. RMS {np.sqrt(np.mean(rel**2)):.3g}"
     unit = MAP_FIELDS.get(f, ("", ""))[0]
     rmse = float(np.sqrt(np.mean((est[ok] - ref[ok]) ** 2)))
     return f"RMSE {rmse:.3g}" + (f" {unit}" if unit not in ("1", "") else "")
 
 
-def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict | None = None,
-             fields: Sequence[str] = DESCRIPTORS + ("n_v",), truth_label: str = "truth", truth=None,
-             nv_fraction: float = 0.25, display_fraction: float = DISPLAY_NV_FRACTION,
-             crop: bool = True) -> Figure:
+def fig_maps(
+    results: Sequence[Result | ChemMaps],
+    labels=None,
+    truth_maps: dict | None = None,
+    fields: Sequence[str] = DESCRIPTORS + ("n_v",),
+    truth_label: str = "truth",
+    truth=None,
+    nv_fraction: float = 0.25,
+    display_fraction: float = DISPLAY_NV_FRACTION,
+    crop: bool = True,
+) -> Figure:
     """Chemical-state maps in the seed's Fig. 2 layout: one row per result (edge energy,
     PE/Δμt, Re[Ne]/N_V, N_V side by side), then the truth's row, then the error rows.
 
@@ -261,7 +282,9 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
         dm = display_mask(m, display_fraction)
         masks.append(dm)
         d = {f: np.where(dm, np.asarray(getattr(m, f), dtype=np.float64), np.nan) for f in fields}
-        rows.append({"kind": "map", "label": lab, "d": d, "m": m, "w": np.where(dm, np.asarray(m.n_v, np.float64), np.nan)})
+        rows.append(
+            {"kind": "map", "label": lab, "d": d, "m": m, "w": np.where(dm, np.asarray(m.n_v, np.float64), np.nan)}
+        )
     crop_masks = [(dm, r["w"]) for dm, r in zip(masks, rows)]
     if truth_maps is not None or truth is not None:
         t0 = _truth_on(truth, truth_maps, m0, m0)
@@ -271,8 +294,15 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
         for f in fields:
             v = np.asarray(t0[f], dtype=np.float64) if f in t0 else None
             td[f] = None if v is None else (np.where(tmask, v, np.nan) if tmask is not None else v)
-        rows.append({"kind": "map", "label": truth_label, "d": td, "m": m0,
-                     "w": np.where(tmask, nv_t0, np.nan) if tmask is not None else None})
+        rows.append(
+            {
+                "kind": "map",
+                "label": truth_label,
+                "d": td,
+                "m": m0,
+                "w": np.where(tmask, nv_t0, np.nan) if tmask is not None else None,
+            }
+        )
         if tmask is not None:
             crop_masks.append((tmask, nv_t0))
         for lab, m, dm in zip(labels, maps, masks):
@@ -286,15 +316,24 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
                 est = np.asarray(getattr(m, f), dtype=np.float64)
                 d[f] = np.where(dm, est - np.asarray(tm[f], dtype=np.float64), np.nan)
                 titles[f] = _rmse_text(f, np.where(np.asarray(m.valid, bool), est, np.nan), m, tm, nv_fraction)
-            rows.append({"kind": "error", "label": f"{lab} − {truth_label}", "d": d, "m": m, "titles": titles, "region": region})
+            rows.append(
+                {"kind": "error", "label": f"{lab} − {truth_label}", "d": d, "m": m, "titles": titles, "region": region}
+            )
     else:
         for lab, m, dm in zip(labels, maps, masks):
             std = getattr(m, "std", None) or {}
             if not any(f in std for f in fields):
                 continue
             d = {f: np.where(dm, np.asarray(std[f], dtype=np.float64), np.nan) if f in std else None for f in fields}
-            rows.append({"kind": "std", "label": f"{lab}: standard error σ", "d": d, "m": m,
-                         "w": np.where(dm, np.asarray(m.n_v, np.float64), np.nan)})
+            rows.append(
+                {
+                    "kind": "std",
+                    "label": f"{lab}: standard error σ",
+                    "d": d,
+                    "m": m,
+                    "w": np.where(dm, np.asarray(m.n_v, np.float64), np.nan),
+                }
+            )
     # Crop: one box on the first result's grid; results on another grid are not cropped.
     ys, xs = _crop_box([c[0] for c in crop_masks]) if crop else (slice(None),) * 2
     outside = sum(int(dm.sum() - dm[ys, xs].sum()) for dm, m in zip(masks, maps) if m.shape == m0.shape)
@@ -316,14 +355,17 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
         mr = [r for r in rows if r["kind"] == "map" and r["d"][f] is not None]
         weights = None if f == "n_v" or any(r["w"] is None for r in mr) else [r["w"] for r in mr]
         lims = {"map": _weighted_limits([r["d"][f] for r in mr], weights, *MAP_PERCENTILES)}
-        errs = [np.where(r["region"], r["d"][f], np.nan) for r in rows if r["kind"] == "error" and r["d"][f] is not None]
+        errs = [
+            np.where(r["region"], r["d"][f], np.nan) for r in rows if r["kind"] == "error" and r["d"][f] is not None
+        ]
         if errs:
             a = _symmetric_limit(errs)
             lims["error"] = (-a, a)
         sr = [r for r in rows if r["kind"] == "std" and r["d"][f] is not None]
         if sr:  # from 0 to the N_V-weighted 99th percentile: the core's errors read, the rim's saturate
-            top = _weighted_limits([r["d"][f] for r in sr], None if f == "n_v" else [r["w"] for r in sr],
-                                   *MAP_PERCENTILES)[1]
+            top = _weighted_limits(
+                [r["d"][f] for r in sr], None if f == "n_v" else [r["w"] for r in sr], *MAP_PERCENTILES
+            )[1]
             lims["std"] = (0.0, top if top > 0 else 1.0)
         for i, row in enumerate(rows):
             kind, m, img = row["kind"], row["m"], row["d"][f]
@@ -334,7 +376,7 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
                 continue
             vmin, vmax = lims[kind]
             p = _power_scale(vmin, vmax)
-            s = 10.0 ** -p
+            s = 10.0**-p
             cmap = {"map": MAP_CMAPS.get(f, "viridis"), "error": "RdBu_r", "std": "magma"}[kind]
             img, ext = view(img, m)
             im = _show(ax, img * s, ext, cmap, vmin * s, vmax * s)
@@ -344,8 +386,11 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
             if i == 0:
                 title = f"{_map_label(f, absorber)}\n{title}"
             ax.set_title(title, fontsize=9)
-    note = _display_note(m0.pixel_size if len({round(m.pixel_size * 1e12) for m in maps}) == 1 else None,
-                         display_fraction, absorber=absorber)
+    note = _display_note(
+        m0.pixel_size if len({round(m.pixel_size * 1e12) for m in maps}) == 1 else None,
+        display_fraction,
+        absorber=absorber,
+    )
     if crop and outside:
         note += f"; {outside} drawn pixel(s) outside the particle's box not shown"
     fig.suptitle(note, fontsize=7.5, color="0.25")
@@ -353,7 +398,12 @@ def fig_maps(results: Sequence[Result | ChemMaps], labels=None, truth_maps: dict
 
 
 #: Pre-edge shape parameters of eq. 1 (``ChemMaps.extra`` of a joint result), eV.
-SHAPE_FIELDS = {"c12": "pre-edge peak 1 position", "c13": "peak 1 width", "c22": "peak 2 position", "c23": "peak 2 width"}
+SHAPE_FIELDS = {
+    "c12": "pre-edge peak 1 position",
+    "c13": "peak 1 width",
+    "c22": "peak 2 position",
+    "c23": "peak 2 width",
+}
 
 
 def _shape_map(m: ChemMaps, f: str) -> np.ndarray | None:
@@ -383,7 +433,6 @@ def fig_shape_maps(results: Sequence[Result | ChemMaps], labels=None, truth=None
     cols = [(lab, {f: _shape_map(m, f) for f in fields}, m) for lab, m in zip(labels, maps)]
     if truth is not None and getattr(truth, "params", None) and "n_v" in truth.maps:
         import dataclasses
-
 
         have = [f for f in fields if f in truth.params]
         if have:
@@ -437,8 +486,10 @@ def _valid_crop(valid: np.ndarray, margin: int = 3) -> tuple[slice, slice]:
     if rows.size == 0:
         return slice(None), slice(None)
     ny, nx = valid.shape
-    return (slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, ny)),
-            slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, nx)))
+    return (
+        slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, ny)),
+        slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, nx)),
+    )
 
 
 def _show_log(ax, img, extent, cmap, vmin, vmax, bad="white"):
@@ -446,8 +497,14 @@ def _show_log(ax, img, extent, cmap, vmin, vmax, bad="white"):
 
     cm = colormaps[cmap].with_extremes(bad=bad)
     pos = np.where(np.asarray(img) > 0, img, np.nan)
-    im = ax.imshow(np.ma.masked_invalid(pos), origin="lower", extent=extent, cmap=cm,
-                   norm=LogNorm(vmin=vmin, vmax=vmax, clip=True), interpolation="nearest")
+    im = ax.imshow(
+        np.ma.masked_invalid(pos),
+        origin="lower",
+        extent=extent,
+        cmap=cm,
+        norm=LogNorm(vmin=vmin, vmax=vmax, clip=True),
+        interpolation="nearest",
+    )
     _image_axes(ax, extent)
     add_scale_bar(ax, extent)
     return im
@@ -496,7 +553,7 @@ def fig_uncertainty(results: Sequence[Result], labels=None, fields: Sequence[str
         if vmax < 1.5 * vmin:  # (nearly) uniform sigma: a readable range
             vmin, vmax = vmin / 1.5, vmax * 1.5
         p = _power_scale(vmin, vmax)
-        sc = 10.0 ** -p
+        sc = 10.0**-p
         im = None
         for i, (lab, ext, sig, _) in enumerate(rows):
             ax = axes[i, c]
@@ -507,13 +564,20 @@ def fig_uncertainty(results: Sequence[Result], labels=None, fields: Sequence[str
             im = _show_log(ax, sig[f] * sc, ext, "magma", vmin * sc, vmax * sc)
             med = _finite_median(sig[f])
             unit = MAP_FIELDS.get(f, ("", ""))[0]
-            ax.set_title(f"{lab}\nσ {_map_label(f, _absorber(results))}\nmedian {med:.3g}" + (f" {unit}" if unit != "1" else ""),
-                         fontsize=8)
+            ax.set_title(
+                f"{lab}\nσ {_map_label(f, _absorber(results))}\nmedian {med:.3g}" + (f" {unit}" if unit != "1" else ""),
+                fontsize=8,
+            )
         if im is not None:
             from matplotlib.ticker import NullFormatter, NullLocator
 
-            cb = fig.colorbar(im, ax=list(axes[:, c]), shrink=0.85, location="bottom",
-                              label="σ " + _unit_label(f, power=p, absorber=_absorber(results)) + ", log scale")
+            cb = fig.colorbar(
+                im,
+                ax=list(axes[:, c]),
+                shrink=0.85,
+                location="bottom",
+                label="σ " + _unit_label(f, power=p, absorber=_absorber(results)) + ", log scale",
+            )
             ticks = np.geomspace(vmin * sc, vmax * sc, 4)
             cb.ax.xaxis.set_minor_locator(NullLocator())
             cb.ax.xaxis.set_minor_formatter(NullFormatter())
@@ -530,7 +594,8 @@ def fig_uncertainty(results: Sequence[Result], labels=None, fields: Sequence[str
             im = _show(ax, conf, ext, "RdYlGn", 0.0, 1.0)
             ax.set_title(f"{lab}\nassignment confidence\nmean {_finite_mean(conf):.3f}", fontsize=8)
         if im is not None:
-            fig.colorbar(im, ax=list(axes[:, c]), shrink=0.85, location="bottom",
-                         label="P(pixel in its cluster | σ maps)")
+            fig.colorbar(
+                im, ax=list(axes[:, c]), shrink=0.85, location="bottom", label="P(pixel in its cluster | σ maps)"
+            )
     fig.suptitle(_display_note(None, absorber=_absorber(results), limits=False), fontsize=7, color="0.25")
     return fig

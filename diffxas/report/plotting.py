@@ -76,8 +76,12 @@ def fig_projections(results: Sequence[Result], labels=None) -> Figure:
     for r in results:
         ia = absorption_energy_index(r)
         ip = int(np.argmin(np.asarray(r.energies)))
-        rows.append(((np.asarray(r.absorption[ia], dtype=np.float64), r.energies[ia]),
-                     (np.asarray(r.phase[ip], dtype=np.float64), r.energies[ip])))
+        rows.append(
+            (
+                (np.asarray(r.absorption[ia], dtype=np.float64), r.energies[ia]),
+                (np.asarray(r.phase[ip], dtype=np.float64), r.energies[ip]),
+            )
+        )
     for row, (what, cmap, _unit) in enumerate((("absorption", "gray_r", ""), ("phase", "gray", "rad"))):
         vmin, vmax = robust_limits([x[row][0] for x in rows])
         im = None
@@ -205,8 +209,13 @@ def _domain_order(truth_maps: dict, labels: np.ndarray) -> dict[int, int]:
     return {vals[o]: rank for rank, o in enumerate(order)}
 
 
-def fig_clusters(results: Sequence[Result], labels=None, truth_maps: dict | None = None,
-                 domain_names: Sequence[str] | None = None, nv_fraction: float = 0.25) -> Figure | None:
+def fig_clusters(
+    results: Sequence[Result],
+    labels=None,
+    truth_maps: dict | None = None,
+    domain_names: Sequence[str] | None = None,
+    nv_fraction: float = 0.25,
+) -> Figure | None:
     """Cluster map | density of each feature per cluster | N_V-weighted fractions (one row
     per clustered result, plus a truth row with the true domains). None if nothing to draw.
 
@@ -232,8 +241,21 @@ def fig_clusters(results: Sequence[Result], labels=None, truth_maps: dict | None
         fr = np.asarray(cl.get("fractions", np.full(k, np.nan)), dtype=np.float64)
         names = [str(j) for j in range(k)]
         colors = cluster_colors(k)
-        rows.append(dict(title=lab, lab=lab_map, k=k, vals=vals, nv=nv, fr=fr, names=names, colors=colors,
-                         m=m, grid=(m.pixel_size, m.origin, m.shape), stab=a.get("stability")))
+        rows.append(
+            dict(
+                title=lab,
+                lab=lab_map,
+                k=k,
+                vals=vals,
+                nv=nv,
+                fr=fr,
+                names=names,
+                colors=colors,
+                m=m,
+                grid=(m.pixel_size, m.origin, m.shape),
+                stab=a.get("stability"),
+            )
+        )
     if not rows:
         return None
     if truth_maps is not None and "labels" in truth_maps:
@@ -251,11 +273,26 @@ def fig_clusters(results: Sequence[Result], labels=None, truth_maps: dict | None
         names = [dn[inv[j]] if inv[j] < len(dn) else f"domain {inv[j]}" for j in range(n_dom)]
         fr = np.array([nvt0[lab_map == j].sum() for j in range(n_dom)], dtype=np.float64)
         fr = fr / fr.sum() if fr.sum() > 0 else fr
-        vals = {name: np.asarray(truth_maps[name], dtype=np.float64) if name in truth_maps else np.full(tl.shape, np.nan)
-                for name in feats}
+        vals = {
+            name: np.asarray(truth_maps[name], dtype=np.float64) if name in truth_maps else np.full(tl.shape, np.nan)
+            for name in feats
+        }
         m0 = rows[0]["m"]
-        rows.append(dict(title="truth (domains)", lab=lab_map, k=n_dom, vals=vals, nv=nvt0, fr=fr, names=names,
-                         colors=cluster_colors(n_dom), m=m0, grid=(m0.pixel_size, m0.origin, tl.shape), stab=None))
+        rows.append(
+            dict(
+                title="truth (domains)",
+                lab=lab_map,
+                k=n_dom,
+                vals=vals,
+                nv=nvt0,
+                fr=fr,
+                names=names,
+                colors=cluster_colors(n_dom),
+                m=m0,
+                grid=(m0.pixel_size, m0.origin, tl.shape),
+                stab=None,
+            )
+        )
     nf = len(feats)
     # Common x ranges per feature (1-99 % of all rows' clustered pixels, padded 5 %).
     xr = {}
@@ -264,8 +301,7 @@ def fig_clusters(results: Sequence[Result], labels=None, truth_maps: dict | None
         pad = 0.08 * (hi - lo)
         xr[name] = (lo - pad, hi + pad)
     fig = Figure(figsize=(PANEL * (nf + 2) + 0.4, 2.5 * len(rows) + 0.4), layout="constrained")
-    axes = fig.subplots(len(rows), nf + 2, squeeze=False,
-                        gridspec_kw={"width_ratios": [0.9] + [1.0] * nf + [0.8]})
+    axes = fig.subplots(len(rows), nf + 2, squeeze=False, gridspec_kw={"width_ratios": [0.9] + [1.0] * nf + [0.8]})
     for i, row in enumerate(rows):
         k, colors = row["k"], row["colors"]
         rgba = np.ones(row["lab"].shape + (4,))
@@ -316,8 +352,11 @@ def fig_clusters(results: Sequence[Result], labels=None, truth_maps: dict | None
 def fig_elbow(results: Sequence[Result], labels=None) -> Figure | None:
     """Elbow (within-cluster sum of squares) and silhouette vs k; None if not available."""
     labels = _labels_for(results, labels)
-    rows = [(lab, r.clusters) for lab, r in zip(labels, results)
-            if r.clusters is not None and "elbow_inertia" in r.clusters and "elbow_k" in r.clusters]
+    rows = [
+        (lab, r.clusters)
+        for lab, r in zip(labels, results)
+        if r.clusters is not None and "elbow_inertia" in r.clusters and "elbow_k" in r.clusters
+    ]
     if not rows:
         return None
     fig = Figure(figsize=(3.6 * len(rows) + 0.4, 3.0), layout="constrained")
@@ -339,8 +378,9 @@ def fig_elbow(results: Sequence[Result], labels=None) -> Figure | None:
         kc = a.get("k")
         if kc is not None:
             ax.axvline(int(kc), color="0.4", ls="--", lw=1)
-        ax.set_title(f"{lab}: k = {kc} (elbow {a.get('k_elbow', '?')}, silhouette {a.get('k_silhouette', '?')})",
-                     fontsize=9)
+        ax.set_title(
+            f"{lab}: k = {kc} (elbow {a.get('k_elbow', '?')}, silhouette {a.get('k_silhouette', '?')})", fontsize=9
+        )
         ax.grid(alpha=0.3)
     return fig
 
@@ -364,7 +404,7 @@ def fig_background(results: Sequence[Result], labels=None) -> Figure | None:
         ax_e.plot(e, per_e, "-o", ms=3, color=f"C{i}", label=lab)
         m = r.probes.shape[-1]
         yy, xx = np.mgrid[:m, :m] - m // 2
-        rad = np.sqrt(xx ** 2 + yy ** 2).astype(int)
+        rad = np.sqrt(xx**2 + yy**2).astype(int)
         img = np.broadcast_to(per_e[:, None, None], (len(e), m, m)) if b.ndim == 1 else b
         prof = np.bincount(rad.ravel(), img.mean(axis=0).ravel()) / np.maximum(np.bincount(rad.ravel()), 1)
         ax_q.plot(np.arange(prof.size), prof, "-", color=f"C{i}", label=lab)
@@ -379,7 +419,6 @@ def fig_background(results: Sequence[Result], labels=None) -> Figure | None:
         ax.grid(alpha=0.3)
     ax_e.legend(fontsize=8)
     return fig
-
 
 
 def fig_frc(frc_results: Sequence[dict], labels=None) -> Figure:
@@ -408,8 +447,13 @@ def fig_frc(frc_results: Sequence[dict], labels=None) -> Figure:
     return fig
 
 
-def fig_blur_match(results: Sequence[Result | ChemMaps], truth, labels=None, nv_fraction: float = 0.25,
-                   fields: Sequence[str] = DESCRIPTORS) -> Figure | None:
+def fig_blur_match(
+    results: Sequence[Result | ChemMaps],
+    truth,
+    labels=None,
+    nv_fraction: float = 0.25,
+    fields: Sequence[str] = DESCRIPTORS,
+) -> Figure | None:
     """RMSE of each descriptor map against the truth blurred by a Gaussian of standard
     deviation sigma (:func:`diffxas.analysis.evaluate.blur_error_curve`), one panel per map, one
     curve per result, the best match (:func:`diffxas.analysis.evaluate.blur_matched_error`) marked:
@@ -452,8 +496,9 @@ def fig_blur_match(results: Sequence[Result | ChemMaps], truth, labels=None, nv_
     return fig
 
 
-def plot_all(results: Sequence[Result], out_dir, labels=None, truth=None, formats=("png", "pdf"),
-             nv_fraction: float = 0.25) -> tuple[list[str], list[str]]:
+def plot_all(
+    results: Sequence[Result], out_dir, labels=None, truth=None, formats=("png", "pdf"), nv_fraction: float = 0.25
+) -> tuple[list[str], list[str]]:
     """Write every applicable figure; returns (written paths, notes on skipped figures)."""
 
     labels = _labels_for(results, labels)
@@ -471,18 +516,34 @@ def plot_all(results: Sequence[Result], out_dir, labels=None, truth=None, format
 
     emit(fig_projections(results, labels), "projections", "")
     emit(fig_maps(results, labels, truth_maps, truth=truth, nv_fraction=nv_fraction), "maps", "")
-    emit(fig_spectra(results, labels), "cluster_spectra",
-         "cluster spectra: no result has a /clusters group (run `diffxas cluster`)")
-    emit(fig_clusters(results, labels, truth_maps, truth.domain_names if truth is not None else None),
-         "clusters", "cluster maps: no result has a /clusters group (run `diffxas cluster`)")
+    emit(
+        fig_spectra(results, labels),
+        "cluster_spectra",
+        "cluster spectra: no result has a /clusters group (run `diffxas cluster`)",
+    )
+    emit(
+        fig_clusters(results, labels, truth_maps, truth.domain_names if truth is not None else None),
+        "clusters",
+        "cluster maps: no result has a /clusters group (run `diffxas cluster`)",
+    )
     emit(fig_elbow(results, labels), "elbow", "elbow/silhouette: no result was clustered with k = auto")
-    emit(fig_shape_maps(results, labels, truth), "preedge_shape",
-         "pre-edge shape maps: every result shares one pre-edge shape (c12, c13, c22, c23 neither per pixel nor per domain)")
-    emit(fig_uncertainty(results, labels), "uncertainty",
-         "uncertainty maps: no result has std maps (the joint solver writes them) or a cluster confidence map")
-    emit(fig_background(results, labels), "background",
-         "detector background: no result fitted one (background = \"none\")")
+    emit(
+        fig_shape_maps(results, labels, truth),
+        "preedge_shape",
+        "pre-edge shape maps: every result shares one pre-edge shape (c12, c13, c22, c23 neither per pixel nor per domain)",
+    )
+    emit(
+        fig_uncertainty(results, labels),
+        "uncertainty",
+        "uncertainty maps: no result has std maps (the joint solver writes them) or a cluster confidence map",
+    )
+    emit(
+        fig_background(results, labels), "background", 'detector background: no result fitted one (background = "none")'
+    )
     if truth is not None:
-        emit(fig_blur_match(results, truth, labels), "blur_match",
-             "resolution-matched error: the truth has no n_v or descriptor map")
+        emit(
+            fig_blur_match(results, truth, labels),
+            "blur_match",
+            "resolution-matched error: the truth has no n_v or descriptor map",
+        )
     return written, notes

@@ -51,27 +51,37 @@ def _cluster_section(label: str, r: Result) -> list[str]:
 
     cl = r.clusters
     if not cl or "labels" not in cl:
-        return [f"**{label}**: no /clusters group (run `diffxas cluster` on the results file); cluster figures skipped.", ""]
+        return [
+            f"**{label}**: no /clusters group (run `diffxas cluster` on the results file); cluster figures skipped.",
+            "",
+        ]
     a = cluster_attrs(cl)
     feats = a.get("features") or []
     k = a.get("k")
     head = f"**{label}**: k = {k}"
     if a.get("k_mode") == "auto":
         head += f" (auto: elbow {a.get('k_elbow')}, best silhouette {a.get('k_silhouette')})"
-    head += (f"; {a.get('n_pixels', 'n/a')} pixels clustered (n_V >= {_f(a.get('nv_threshold'))} m^-2); "
-             f"stability (mean pairwise ARI over {a.get('seeds', 'n/a')} seeds) {_f(a.get('stability'), '.3f')}.")
+    head += (
+        f"; {a.get('n_pixels', 'n/a')} pixels clustered (n_V >= {_f(a.get('nv_threshold'))} m^-2); "
+        f"stability (mean pairwise ARI over {a.get('seeds', 'n/a')} seeds) {_f(a.get('stability'), '.3f')}."
+    )
     lines = [head, ""]
     centers = np.asarray(cl.get("centers", np.zeros((0, len(feats)))), dtype=np.float64)
     fr = np.asarray(cl.get("fractions", np.full(len(centers), np.nan)), dtype=np.float64)
     header = ["cluster", "N_V fraction"] + [f"{f} ({MAP_FIELDS.get(f, ('',))[0]})" for f in feats]
     rows = []
     for j in range(len(centers)):
-        rows.append([str(j), _f(fr[j] if j < len(fr) else None, ".3f")]
-                    + [_f(centers[j, c], ".6g") for c in range(min(len(feats), centers.shape[1]))])
+        rows.append(
+            [str(j), _f(fr[j] if j < len(fr) else None, ".3f")]
+            + [_f(centers[j, c], ".6g") for c in range(min(len(feats), centers.shape[1]))]
+        )
     if "confidence" in cl:
-        lines += [f"Assignment confidence (probability that a pixel belongs to its cluster given its std maps; "
-                  f"Monte Carlo, independent Gaussian errors per descriptor): mean {_f(a.get('confidence_mean'), '.3f')}, "
-                  f"N_V-weighted {_f(a.get('confidence_mean_nv'), '.3f')}.", ""]
+        lines += [
+            f"Assignment confidence (probability that a pixel belongs to its cluster given its std maps; "
+            f"Monte Carlo, independent Gaussian errors per descriptor): mean {_f(a.get('confidence_mean'), '.3f')}, "
+            f"N_V-weighted {_f(a.get('confidence_mean_nv'), '.3f')}.",
+            "",
+        ]
         cc = np.asarray(cl.get("cluster_confidence", np.full(len(centers), np.nan)), dtype=np.float64)
         header.append("mean confidence")
         rows = [row + [_f(cc[j] if j < len(cc) else None, ".3f")] for j, row in enumerate(rows)]
@@ -84,11 +94,17 @@ def _uncertainty_section(labels: Sequence[str], results: Sequence[Result]) -> li
 
     md = ["## Uncertainty", ""]
     if not any(r.maps.std for r in results):
-        return md + ["No result carries standard-error maps (`/maps/*_std`; the joint solver writes them, the "
-                     "two-step path does not).", ""]
-    md += ["Median over the valid pixels of the per-pixel standard error (Fisher information of the joint model, "
-           "neighbours and probe held fixed; see docs/analysis.md, 'Uncertainty maps'). It describes the noise, not a "
-           "model or solver bias.", ""]
+        return md + [
+            "No result carries standard-error maps (`/maps/*_std`; the joint solver writes them, the "
+            "two-step path does not).",
+            "",
+        ]
+    md += [
+        "Median over the valid pixels of the per-pixel standard error (Fisher information of the joint model, "
+        "neighbours and probe held fixed; see docs/analysis.md, 'Uncertainty maps'). It describes the noise, not a "
+        "model or solver bias.",
+        "",
+    ]
     rows = []
     for lab, r in zip(labels, results):
         m = r.maps
@@ -106,8 +122,15 @@ def _uncertainty_section(labels: Sequence[str], results: Sequence[Result]) -> li
     return md + [""]
 
 
-def report_results(results: Sequence[Result], out_dir, truth: Truth | None = None, labels=None,
-                   sources: Sequence[str] | None = None, formats=("png", "pdf"), nv_fraction: float = 0.25) -> list[str]:
+def report_results(
+    results: Sequence[Result],
+    out_dir,
+    truth: Truth | None = None,
+    labels=None,
+    sources: Sequence[str] | None = None,
+    formats=("png", "pdf"),
+    nv_fraction: float = 0.25,
+) -> list[str]:
     """Write figures, ``summary.md`` (and ``metrics.json`` with a truth) for in-memory results."""
     from diffxas import __version__
     from diffxas.analysis.evaluate import evaluate, history_summary
@@ -131,47 +154,81 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
         m = r.maps
         e = np.asarray(r.energies, dtype=np.float64)
         h = history_summary(r.history, r.config)
-        rows.append([
-            lab,
-            f"`{sources[i]}`" if sources else "-",
-            str(r.method),
-            f"{m.shape[0]} x {m.shape[1]}, {m.pixel_size * 1e9:.1f} nm",
-            (f"{e.size}, {e.min():.1f}-{e.max():.1f} eV" if e.size else "0") + f" ({m.absorber} K)",
-            f"{int(np.asarray(m.valid).astype(bool).sum())}",
-            str(h["iterations"]) if h["iterations"] is not None else "n/a",
-            _f(h["final_loss"], ".4g"),
-            _f(h["wall_time_s"], ".1f"),
-        ])
-    md += _md_table(["result", "file", "method", "grid", "energies", "valid px", "iterations", "final loss", "wall time (s)"], rows)
+        rows.append(
+            [
+                lab,
+                f"`{sources[i]}`" if sources else "-",
+                str(r.method),
+                f"{m.shape[0]} x {m.shape[1]}, {m.pixel_size * 1e9:.1f} nm",
+                (f"{e.size}, {e.min():.1f}-{e.max():.1f} eV" if e.size else "0") + f" ({m.absorber} K)",
+                f"{int(np.asarray(m.valid).astype(bool).sum())}",
+                str(h["iterations"]) if h["iterations"] is not None else "n/a",
+                _f(h["final_loss"], ".4g"),
+                _f(h["wall_time_s"], ".1f"),
+            ]
+        )
+    md += _md_table(
+        ["result", "file", "method", "grid", "energies", "valid px", "iterations", "final loss", "wall time (s)"], rows
+    )
     md += [""]
 
     if truth is not None:
         metrics = [evaluate(r, truth, nv_fraction=nv_fraction) for r in results]
         mpath = os.path.join(out_dir, "metrics.json")
-        write_text_atomic(mpath, json.dumps({lab: m for lab, m in zip(labels, metrics)}, indent=2, allow_nan=False) + "\n")
+        write_text_atomic(
+            mpath, json.dumps({lab: m for lab, m in zip(labels, metrics)}, indent=2, allow_nan=False) + "\n"
+        )
         written.append(mpath)
-        md += ["## Comparison with the ground truth", "",
-               f"Over the pixels where the resampled truth n_V >= {nv_fraction} x its maximum; errors over the "
-               "pixels valid in the result (result - truth). Matched blur: the Gaussian blur (standard deviation) "
-               "of the truth that the edge-energy map matches best, and the RMSE left there (lost resolution vs "
-               "noise; docs/analysis.md). ARI: adjusted Rand index of the clusters against the "
-               "true domains (n/a without clusters).", ""]
+        md += [
+            "## Comparison with the ground truth",
+            "",
+            f"Over the pixels where the resampled truth n_V >= {nv_fraction} x its maximum; errors over the "
+            "pixels valid in the result (result - truth). Matched blur: the Gaussian blur (standard deviation) "
+            "of the truth that the edge-energy map matches best, and the RMSE left there (lost resolution vs "
+            "noise; docs/analysis.md). ARI: adjusted Rand index of the clusters against the "
+            "true domains (n/a without clusters).",
+            "",
+        ]
         rows = []
         for lab, m in zip(labels, metrics):
             g = lambda name, key: (m.get(name) or {}).get(key)  # noqa: E731, B023
             cl = m.get("clusters") or {}
             h = m.get("history") or {}
-            rows.append([
-                lab, str(m.get("method")), _f(m.get("coverage"), ".3f"),
-                _f(g("edge_energy", "rmse")), _f(g("edge_energy", "bias"), "+.3g"),
-                _f(g("edge_energy", "matched_blur_px"), ".2f"), _f(g("edge_energy", "matched_rmse")),
-                _f(g("pre_edge_norm", "rmse")), _f(g("ne_eff_per_nv", "rmse")),
-                _f(g("n_v", "rel_rms"), ".3f"), _f(cl.get("ari"), ".3f"),
-                _f(h.get("wall_time_s"), ".1f"), str(h.get("iterations")) if h.get("iterations") is not None else "n/a",
-            ])
-        md += _md_table(["result", "method", "coverage", "E0 RMSE (eV)", "E0 bias (eV)",
-                         "E0 matched blur (px)", "E0 RMSE at it (eV)", "PE/Δμt RMSE (eV)",
-                         "Ne/NV RMSE", "n_V rel. RMS", "ARI", "wall time (s)", "iterations"], rows)
+            rows.append(
+                [
+                    lab,
+                    str(m.get("method")),
+                    _f(m.get("coverage"), ".3f"),
+                    _f(g("edge_energy", "rmse")),
+                    _f(g("edge_energy", "bias"), "+.3g"),
+                    _f(g("edge_energy", "matched_blur_px"), ".2f"),
+                    _f(g("edge_energy", "matched_rmse")),
+                    _f(g("pre_edge_norm", "rmse")),
+                    _f(g("ne_eff_per_nv", "rmse")),
+                    _f(g("n_v", "rel_rms"), ".3f"),
+                    _f(cl.get("ari"), ".3f"),
+                    _f(h.get("wall_time_s"), ".1f"),
+                    str(h.get("iterations")) if h.get("iterations") is not None else "n/a",
+                ]
+            )
+        md += _md_table(
+            [
+                "result",
+                "method",
+                "coverage",
+                "E0 RMSE (eV)",
+                "E0 bias (eV)",
+                "E0 matched blur (px)",
+                "E0 RMSE at it (eV)",
+                "PE/Δμt RMSE (eV)",
+                "Ne/NV RMSE",
+                "n_V rel. RMS",
+                "ARI",
+                "wall time (s)",
+                "iterations",
+            ],
+            rows,
+        )
         md += [""]
 
     md += ["## Clusters", ""]
@@ -184,25 +241,34 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
     pngs = [p for p in written if p.endswith(".png")]
     captions = {
         "projections": "Absorption above the edge (energy closest to max edge energy + 15 eV) and phase at the lowest energy.",
-        "maps": ("Chemical-state maps in the seed's Fig. 2 layout (edge energy, PE/Δμt, Re[Ne]/N_V, N_V), one row per "
-                 "result, cropped to the particle; colour limits per column from the N_V-weighted 1st-99th "
-                 "percentiles of the drawn pixels of all rows; pixels with N_V below "
-                 f"{100 * DISPLAY_NV_FRACTION:g} % of its {DISPLAY_NV_PERCENTILE:g}th percentile, or isolated, blank "
-                 "(display only)"
-                 + ("; then the truth resampled to the first result's grid and one error row per result (map - "
-                    "truth, symmetric diverging scale, RMSE over the evaluation region in each title)."
-                    if truth is not None else "; then each result's standard-error maps where it has them.")),
+        "maps": (
+            "Chemical-state maps in the seed's Fig. 2 layout (edge energy, PE/Δμt, Re[Ne]/N_V, N_V), one row per "
+            "result, cropped to the particle; colour limits per column from the N_V-weighted 1st-99th "
+            "percentiles of the drawn pixels of all rows; pixels with N_V below "
+            f"{100 * DISPLAY_NV_FRACTION:g} % of its {DISPLAY_NV_PERCENTILE:g}th percentile, or isolated, blank "
+            "(display only)"
+            + (
+                "; then the truth resampled to the first result's grid and one error row per result (map - "
+                "truth, symmetric diverging scale, RMSE over the evaluation region in each title)."
+                if truth is not None
+                else "; then each result's standard-error maps where it has them."
+            )
+        ),
         "cluster_spectra": "Mean XANES (edge-step normalised) and phase spectra per cluster.",
         "clusters": "Cluster maps, N_V-weighted densities of each descriptor per cluster, N_V-weighted fractions.",
         "elbow": "Elbow (within-cluster sum of squares) and silhouette score vs k.",
         "preedge_shape": "Pre-edge peak positions and widths (eV) of the results that fit them per pixel or per domain "
-                         "(`JointConfig.per_pixel` / `per_domain`); a result that shares one value shows it"
-                         + ("; last column: the truth's parameters, N_V-weighted onto the first result's grid." if truth is not None else "."),
+        "(`JointConfig.per_pixel` / `per_domain`); a result that shares one value shows it"
+        + (
+            "; last column: the truth's parameters, N_V-weighted onto the first result's grid."
+            if truth is not None
+            else "."
+        ),
         "background": "Fitted incoherent detector background (docs/physics.md, 'Detector background'): mean level per "
-                      "energy, and the radial profile over the detector (mean over the energies).",
+        "energy, and the radial profile over the detector (mean over the energies).",
         "uncertainty": "Standard-error maps of the descriptors (common colour scales per column; invalid pixels blank) "
-                       "and, for clustered results, the assignment confidence: the probability that a pixel belongs to "
-                       "its cluster given its standard errors.",
+        "and, for clustered results, the assignment confidence: the probability that a pixel belongs to "
+        "its cluster given its standard errors.",
     }
     for p in pngs:
         stem = os.path.splitext(os.path.basename(p))[0]
@@ -217,8 +283,14 @@ def report_results(results: Sequence[Result], out_dir, truth: Truth | None = Non
     return written
 
 
-def report(result_paths: Sequence[str], out_dir, truth_path=None, labels=None, formats=("png", "pdf"),
-           nv_fraction: float = 0.25) -> list[str]:
+def report(
+    result_paths: Sequence[str],
+    out_dir,
+    truth_path=None,
+    labels=None,
+    formats=("png", "pdf"),
+    nv_fraction: float = 0.25,
+) -> list[str]:
     """The ``diffxas report`` command: figures and ``summary.md`` for results files.
 
     Args:
@@ -237,5 +309,6 @@ def report(result_paths: Sequence[str], out_dir, truth_path=None, labels=None, f
     paths = [os.fspath(p) for p in result_paths]
     results = [io_results.read_result(p) for p in paths]
     truth = io_truth.read_truth(truth_path) if truth_path else None
-    return report_results(results, out_dir, truth=truth, labels=labels, sources=paths, formats=formats,
-                          nv_fraction=nv_fraction)
+    return report_results(
+        results, out_dir, truth=truth, labels=labels, sources=paths, formats=formats, nv_fraction=nv_fraction
+    )

@@ -52,11 +52,46 @@ from diffxas.physics.spectra import (
 #: The seed's 40 energies (eV), 5420-5540: four below the pre-edge, 0.5 eV steps over the
 #: pre-edge peak (~5466 eV), 1 eV steps over the edge (5475-5485 eV), sparse above.
 SEED_ENERGIES = (
-    5420.0, 5440.0, 5455.0, 5460.0,
-    5463.0, 5464.0, 5465.0, 5465.5, 5466.0, 5466.5, 5467.0, 5468.0, 5469.0, 5470.0,
-    5471.0, 5472.0, 5473.0, 5474.0, 5475.0, 5476.0, 5477.0, 5478.0, 5479.0, 5480.0,
-    5481.0, 5482.0, 5483.0, 5484.0, 5485.0, 5486.0, 5488.0, 5490.0, 5493.0, 5496.0,
-    5500.0, 5505.0, 5510.0, 5520.0, 5530.0, 5540.0,
+    5420.0,
+    5440.0,
+    5455.0,
+    5460.0,
+    5463.0,
+    5464.0,
+    5465.0,
+    5465.5,
+    5466.0,
+    5466.5,
+    5467.0,
+    5468.0,
+    5469.0,
+    5470.0,
+    5471.0,
+    5472.0,
+    5473.0,
+    5474.0,
+    5475.0,
+    5476.0,
+    5477.0,
+    5478.0,
+    5479.0,
+    5480.0,
+    5481.0,
+    5482.0,
+    5483.0,
+    5484.0,
+    5485.0,
+    5486.0,
+    5488.0,
+    5490.0,
+    5493.0,
+    5496.0,
+    5500.0,
+    5505.0,
+    5510.0,
+    5520.0,
+    5530.0,
+    5540.0,
 )
 
 #: Domain types: edge energy b2 (eV), edge width b3 (eV), PE/Delta-mu-t (eV), pre-edge
@@ -70,7 +105,10 @@ DOMAIN_TYPES = {
     "V5+ oct, Li/O-rich": dict(b2=5482.5, b3=3.5, pen=1.2, c12=5466.5, c13=1.2, r21=0.40, c22=5470.5, c23=2.0, ne=44.0),
     "V5+ tet, Li/O-poor": dict(b2=5483.5, b3=3.5, pen=2.6, c12=5466.8, c13=1.1, r21=0.30, c22=5470.5, c23=2.0, ne=35.5),
 }
-SURFACE_TYPE = ("surface", dict(b2=5480.5, b3=4.0, pen=1.5, c12=5466.3, c13=1.3, r21=0.35, c22=5470.0, c23=2.0, ne=80.0))
+SURFACE_TYPE = (
+    "surface",
+    dict(b2=5480.5, b3=4.0, pen=1.5, c12=5466.3, c13=1.3, r21=0.35, c22=5470.0, c23=2.0, ne=80.0),
+)
 _PROPS = ("b2", "b3", "pen", "c12", "c13", "r21", "c22", "c23", "ne")
 
 
@@ -145,8 +183,16 @@ class SimConfig:
             raise ConfigError(f"energies closer than 1e-3 eV: {e[np.argmin(np.diff(e))]:.7g} eV twice?")
         if self.frame_size < 8 or self.frame_size % 2:
             raise ConfigError(f"frame_size must be even and >= 8, got {self.frame_size}")
-        for name in ("detector_pixel", "distance", "probe_fwhm", "scan_step", "scan_width", "particle_radius",
-                     "particle_thickness", "v_density"):
+        for name in (
+            "detector_pixel",
+            "distance",
+            "probe_fwhm",
+            "scan_step",
+            "scan_width",
+            "particle_radius",
+            "particle_thickness",
+            "v_density",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.dose > 0:
@@ -154,7 +200,9 @@ class SimConfig:
         if not (0.0 <= self.flux_jitter < 0.5):
             raise ConfigError(f"flux_jitter must be in [0, 0.5) (relative RMS per frame), got {self.flux_jitter}")
         if self.monitor_noise is not None and not (0.0 <= self.monitor_noise < 0.5):
-            raise ConfigError(f"monitor_noise must be None (no monitor) or in [0, 0.5) (relative RMS), got {self.monitor_noise}")
+            raise ConfigError(
+                f"monitor_noise must be None (no monitor) or in [0, 0.5) (relative RMS), got {self.monitor_noise}"
+            )
         if not (math.isfinite(self.background) and self.background >= 0):
             raise ConfigError(f"background must be >= 0 (photons per detector pixel per frame), got {self.background}")
         if self.background_profile not in ("flat", "radial"):
@@ -172,18 +220,48 @@ class SimConfig:
 
 
 def _tiny_energies():
-    return (5420.0, 5450.0, 5462.0, 5465.0, 5466.0, 5467.0, 5469.0, 5472.0, 5475.0, 5478.0,
-            5481.0, 5484.0, 5488.0, 5495.0, 5520.0)
+    return (
+        5420.0,
+        5450.0,
+        5462.0,
+        5465.0,
+        5466.0,
+        5467.0,
+        5469.0,
+        5472.0,
+        5475.0,
+        5478.0,
+        5481.0,
+        5484.0,
+        5488.0,
+        5495.0,
+        5520.0,
+    )
 
 
 #: Presets: ``tiny`` (tests, seconds), ``small`` (the demo), ``paper`` (the seed's sampling,
 #: a few um field of view; for a GPU).
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(energies=_tiny_energies(), frame_size=32, scan_width=1.2e-6, particle_radius=0.4e-6,
-                 particle_thickness=0.8e-6, domains_per_particle=4, dose=1e6, scan_step=150e-9),
+    "tiny": dict(
+        energies=_tiny_energies(),
+        frame_size=32,
+        scan_width=1.2e-6,
+        particle_radius=0.4e-6,
+        particle_thickness=0.8e-6,
+        domains_per_particle=4,
+        dose=1e6,
+        scan_step=150e-9,
+    ),
     "small": dict(energies=SEED_ENERGIES, frame_size=64, scan_width=1.5e-6, particle_radius=0.65e-6, dose=1e6),
-    "paper": dict(energies=SEED_ENERGIES, frame_size=128, scan_width=3.0e-6, particle_radius=0.8e-6,
-                  n_particles=2, domains_per_particle=7, dose=1e6),
+    "paper": dict(
+        energies=SEED_ENERGIES,
+        frame_size=128,
+        scan_width=3.0e-6,
+        particle_radius=0.8e-6,
+        n_particles=2,
+        domains_per_particle=7,
+        dose=1e6,
+    ),
 }
 #: The randomized sample family (:mod:`diffxas.simulate.family`, docs/family.md): sample and
 #: experimental conditions are drawn from ``seed``; these are only the fixed frame and field.
@@ -294,11 +372,16 @@ def make_phantom(cfg: SimConfig, center=(0.0, 0.0)) -> Phantom:
     kang = rng.uniform(0, 2 * np.pi, size=(4, w))
     tex_k = np.stack([kmag * np.cos(kang), kmag * np.sin(kang)], axis=-1)
     return Phantom(
-        particles=jnp.asarray(parts, jnp.float32), seeds=jnp.asarray(seeds, jnp.float32),
-        seed_type=jnp.asarray(stype, jnp.int32), seed_particle=jnp.asarray(spart, jnp.int32),
-        props=jnp.asarray(props, jnp.float32), tex_k=jnp.asarray(tex_k, jnp.float32),
+        particles=jnp.asarray(parts, jnp.float32),
+        seeds=jnp.asarray(seeds, jnp.float32),
+        seed_type=jnp.asarray(stype, jnp.int32),
+        seed_particle=jnp.asarray(spart, jnp.int32),
+        props=jnp.asarray(props, jnp.float32),
+        tex_k=jnp.asarray(tex_k, jnp.float32),
         tex_phase=jnp.asarray(rng.uniform(0, 2 * np.pi, size=(4, w)), jnp.float32),
-        v_density=float(cfg.v_density), texture=float(cfg.texture), boundary=25e-9,
+        v_density=float(cfg.v_density),
+        texture=float(cfg.texture),
+        boundary=25e-9,
     )
 
 
@@ -312,11 +395,14 @@ def phantom_fields(ph: Phantom, x, y, edge: VEdge, reference_energy: float):
         return ph.fields(x, y, edge, reference_energy)
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.float32)
-    cx, cy, ax, ay, ang, tmax = (ph.particles[:, i][:, None, None] if x.ndim == 2 else ph.particles[:, i].reshape((-1,) + (1,) * x.ndim) for i in range(6))
+    cx, cy, ax, ay, ang, tmax = (
+        ph.particles[:, i][:, None, None] if x.ndim == 2 else ph.particles[:, i].reshape((-1,) + (1,) * x.ndim)
+        for i in range(6)
+    )
     dx, dy = x[None] - cx, y[None] - cy
     u = (jnp.cos(ang) * dx + jnp.sin(ang) * dy) / ax
     v = (-jnp.sin(ang) * dx + jnp.cos(ang) * dy) / ay
-    rho2 = u ** 2 + v ** 2  # (P, ...)
+    rho2 = u**2 + v**2  # (P, ...)
     thick_p = tmax * jnp.sqrt(jnp.clip(1.0 - rho2, 0.0, None))
     thickness = jnp.sum(thick_p, axis=0)
     inside = thickness > 0
@@ -342,7 +428,9 @@ def phantom_fields(ph: Phantom, x, y, edge: VEdge, reference_energy: float):
     def tex(i):
         k = ph.tex_k[i]
         ph_ = k[:, 0].reshape((-1,) + (1,) * x.ndim) * x[None] + k[:, 1].reshape((-1,) + (1,) * x.ndim) * y[None]
-        return jnp.sqrt(2.0 / k.shape[0]) * jnp.sum(jnp.cos(2 * jnp.pi * ph_ + ph.tex_phase[i].reshape((-1,) + (1,) * x.ndim)), axis=0)
+        return jnp.sqrt(2.0 / k.shape[0]) * jnp.sum(
+            jnp.cos(2 * jnp.pi * ph_ + ph.tex_phase[i].reshape((-1,) + (1,) * x.ndim)), axis=0
+        )
 
     t = ph.texture
     ax_w = jnp.take(ph.particles[:, 2], which)
@@ -377,9 +465,19 @@ def xanes_from_properties(P, ne_target, nv, inside, edge: VEdge, reference_energ
     f2_o = float(anomalous_factors("O", np.array([reference_energy]))[1][0])
     a = R_E * lam0 * nv * (edge.f2_below(jnp.float32(reference_energy)) + 2.33 * f2_o)
     zero = jnp.zeros_like(nv)
-    p = XanesParams(a=jnp.where(inside, a, zero), b1=jnp.where(inside, b1, zero), b2=P["b2"], b3=P["b3"],
-                    c11=jnp.where(inside, c11, zero), c12=P["c12"], c13=c13,
-                    c21=jnp.where(inside, c21, zero), c22=P["c22"], c23=P["c23"], n_other=zero)
+    p = XanesParams(
+        a=jnp.where(inside, a, zero),
+        b1=jnp.where(inside, b1, zero),
+        b2=P["b2"],
+        b3=P["b3"],
+        c11=jnp.where(inside, c11, zero),
+        c12=P["c12"],
+        c13=c13,
+        c21=jnp.where(inside, c21, zero),
+        c22=P["c22"],
+        c23=P["c23"],
+        n_other=zero,
+    )
     # composition: n_other so that -phi(E_ref)/(r_e lambda)/N_V equals the target
     p_safe = XanesParams(**{**p.as_dict(), "b1": jnp.where(inside, b1, 1.0)})  # f'_V divides by b1
     f1 = f1_v(p_safe, jnp.asarray([reference_energy]), edge)[0]
@@ -462,11 +560,18 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
     bad[M // 2, M // 2] = False
     mask[bad] = 0.0
     # per-frame flux factors from their own stream, so flux_jitter = 0 leaves every other draw as it was
-    flux = (np.clip(1.0 + np.random.default_rng([cfg.seed, 15485863]).normal(0.0, cfg.flux_jitter, len(frames)), 0.05, None)
-            if cfg.flux_jitter > 0 else None)
+    flux = (
+        np.clip(1.0 + np.random.default_rng([cfg.seed, 15485863]).normal(0.0, cfg.flux_jitter, len(frames)), 0.05, None)
+        if cfg.flux_jitter > 0
+        else None
+    )
     monitor = None
     if cfg.monitor_noise is not None:  # its own stream too
-        err = np.random.default_rng([cfg.seed, 32452843]).normal(0.0, cfg.monitor_noise, len(frames)) if cfg.monitor_noise > 0 else 0.0
+        err = (
+            np.random.default_rng([cfg.seed, 32452843]).normal(0.0, cfg.monitor_noise, len(frames))
+            if cfg.monitor_noise > 0
+            else 0.0
+        )
         monitor = 1e5 * (np.ones(len(frames)) if flux is None else flux) * np.clip(1.0 + err, 0.05, None)
 
     bg = background_profile(M, cfg.background, cfg.background_profile) if cfg.background > 0 else None
@@ -478,6 +583,7 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
     it = range(len(energies))
     if progress:
         from tqdm import tqdm
+
         it = tqdm(it, desc="simulate", unit="energy")
     for k in it:
         err = rng.normal(0.0, cfg.position_error, size=nominal.shape) if cfg.position_error > 0 else 0.0
@@ -485,9 +591,17 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
         drift = cfg.probe_drift * (energies[k] - energies[0]) / max(energies[-1] - energies[0], 1e-9)
         d_os = dx[k] / os_
         # one grid shape for all energies (the finest pixel's), so the frame kernel compiles once
-        g_fine = grid_covering(nominal, dx.min() / os_, os_ * M, margin_px=2 * os_ + int(4 * cfg.position_error / dx.min() * os_) + 2)
-        grid = Grid(pixel_size=float(d_os), shape=tuple(int(n) for n in g_fine.shape),
-                    origin=(float(g_fine.center[0] - 0.5 * (g_fine.shape[1] - 1) * d_os), float(g_fine.center[1] - 0.5 * (g_fine.shape[0] - 1) * d_os)))
+        g_fine = grid_covering(
+            nominal, dx.min() / os_, os_ * M, margin_px=2 * os_ + int(4 * cfg.position_error / dx.min() * os_) + 2
+        )
+        grid = Grid(
+            pixel_size=float(d_os),
+            shape=tuple(int(n) for n in g_fine.shape),
+            origin=(
+                float(g_fine.center[0] - 0.5 * (g_fine.shape[1] - 1) * d_os),
+                float(g_fine.center[1] - 0.5 * (g_fine.shape[0] - 1) * d_os),
+            ),
+        )
         xs, ys = grid.coords()
         X, Y = np.meshgrid(xs, ys)
         p, _, _ = phantom_fields(ph, X, Y, edge, e_ref)
@@ -495,10 +609,19 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
         phi = phase(p, jnp.asarray([energies[k]]), edge)[0] + mem_phi[k]
         obj = transmission(A, phi).astype(jnp.complex64)
         ab = {"astig": cfg.probe_astigmatism} if cfg.probe_astigmatism else None
-        probe_os = kb_probe(os_ * M, d_os, lam[k], na, photons=cfg.dose, defocus_m=cfg.probe_defocus,
-                            aberrations=ab, shift_m=(drift, 0.0))
-        true_probes[k] = kb_probe(M, dx[k], lam[k], na, photons=cfg.dose, defocus_m=cfg.probe_defocus,
-                                  aberrations=ab, shift_m=(drift, 0.0))
+        probe_os = kb_probe(
+            os_ * M,
+            d_os,
+            lam[k],
+            na,
+            photons=cfg.dose,
+            defocus_m=cfg.probe_defocus,
+            aberrations=ab,
+            shift_m=(drift, 0.0),
+        )
+        true_probes[k] = kb_probe(
+            M, dx[k], lam[k], na, photons=cfg.dose, defocus_m=cfg.probe_defocus, aberrations=ab, shift_m=(drift, 0.0)
+        )
         illum[k] = kb_probe(M, dx[k], lam[k], na, photons=cfg.dose, defocus_m=cfg.probe_defocus)
         corner, frac = frame_geometry(tp, grid, os_ * M)
         inten = np.asarray(frames_of(obj, jnp.fft.fft2(jnp.asarray(probe_os)), jnp.asarray(corner), jnp.asarray(frac)))
@@ -512,14 +635,28 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
         grids.append(grid)
         positions[sl] = nominal
         true_pos[sl] = tp
-    ds = Dataset(frames=jnp.asarray(frames), positions=jnp.asarray(positions, jnp.float32),
-                 energy_index=jnp.asarray(eidx), energies=jnp.asarray(energies, jnp.float32),
-                 mask=jnp.asarray(np.broadcast_to(mask, (len(energies), M, M)).copy()),
-                 illumination=jnp.asarray(illum), distance=float(cfg.distance),
-                 detector_pixel=float(cfg.detector_pixel), monitor=monitor)
+    ds = Dataset(
+        frames=jnp.asarray(frames),
+        positions=jnp.asarray(positions, jnp.float32),
+        energy_index=jnp.asarray(eidx),
+        energies=jnp.asarray(energies, jnp.float32),
+        mask=jnp.asarray(np.broadcast_to(mask, (len(energies), M, M)).copy()),
+        illumination=jnp.asarray(illum),
+        distance=float(cfg.distance),
+        detector_pixel=float(cfg.detector_pixel),
+        monitor=monitor,
+    )
     truth = make_truth(ph, cfg, ds, edge)
-    return Simulation(dataset=ds, truth=truth, config=cfg, true_positions=true_pos, true_probes=true_probes,
-                      sampling_grids=grids, true_scales=flux, true_background=bg)
+    return Simulation(
+        dataset=ds,
+        truth=truth,
+        config=cfg,
+        true_positions=true_pos,
+        true_probes=true_probes,
+        sampling_grids=grids,
+        true_scales=flux,
+        true_background=bg,
+    )
 
 
 def background_profile(m: int, mean: float, profile: str = "flat") -> np.ndarray:
@@ -529,7 +666,7 @@ def background_profile(m: int, mean: float, profile: str = "flat") -> np.ndarray
     if profile == "flat":
         return np.full((m, m), mean, np.float32)
     yy, xx = np.mgrid[:m, :m] - m // 2
-    shape = 1.0 / (1.0 + (xx ** 2 + yy ** 2) / (m / 8.0) ** 2)
+    shape = 1.0 / (1.0 + (xx**2 + yy**2) / (m / 8.0) ** 2)
     return (mean * shape / shape.mean()).astype(np.float32)
 
 
@@ -538,8 +675,14 @@ def make_truth(ph: Phantom, cfg: SimConfig, ds: Dataset, edge: VEdge) -> Truth:
     common = ds.common_grid()
     t_os = cfg.truth_oversample
     d = common.pixel_size / t_os
-    grid = Grid(pixel_size=d, shape=(common.shape[0] * t_os, common.shape[1] * t_os),
-                origin=(common.origin[0] - 0.5 * common.pixel_size + 0.5 * d, common.origin[1] - 0.5 * common.pixel_size + 0.5 * d))
+    grid = Grid(
+        pixel_size=d,
+        shape=(common.shape[0] * t_os, common.shape[1] * t_os),
+        origin=(
+            common.origin[0] - 0.5 * common.pixel_size + 0.5 * d,
+            common.origin[1] - 0.5 * common.pixel_size + 0.5 * d,
+        ),
+    )
     xs, ys = grid.coords()
     X, Y = np.meshgrid(xs, ys)
     e_ref = float(cfg.energies[0])
@@ -550,8 +693,11 @@ def make_truth(ph: Phantom, cfg: SimConfig, ds: Dataset, edge: VEdge) -> Truth:
 
     with np.errstate(invalid="ignore", divide="ignore"):
         maps = {
-            "edge_energy": np.asarray(p.b2), "edge_width": np.asarray(p.b3), "edge_jump": np.asarray(p.b1),
-            "pre_edge": np.asarray(pre_edge(p)), "pre_edge_norm": np.asarray(pre_edge_norm(p)),
+            "edge_energy": np.asarray(p.b2),
+            "edge_width": np.asarray(p.b3),
+            "edge_jump": np.asarray(p.b1),
+            "pre_edge": np.asarray(pre_edge(p)),
+            "pre_edge_norm": np.asarray(pre_edge_norm(p)),
             "n_v": np.asarray(n_v(p.b1, edge)),
             "ne_eff_per_nv": np.asarray(ne_eff_per_nv(phi_ref, p.b1, e_ref, edge)),
         }
@@ -561,8 +707,21 @@ def make_truth(ph: Phantom, cfg: SimConfig, ds: Dataset, edge: VEdge) -> Truth:
     params["thickness"] = np.asarray(thick, np.float64)
     names = list(ph.domain_names) if not isinstance(ph, Phantom) else list(DOMAIN_TYPES) + [SURFACE_TYPE[0]]
     attrs_extra = {"family": ph.draw} if not isinstance(ph, Phantom) else {}
-    return Truth(maps=maps, labels=np.asarray(labels, np.int16), domain_names=names,
-                 params=params, pixel_size=float(d), origin=tuple(float(o) for o in grid.origin),
-                 energies=np.asarray(cfg.energies, float), reference_energy=e_ref,
-                 attrs={"preset": cfg.preset, "seed": cfg.seed, "dose": cfg.dose, "diffxas_version": __version__,
-                        "config": cfg.to_dict(), **attrs_extra})
+    return Truth(
+        maps=maps,
+        labels=np.asarray(labels, np.int16),
+        domain_names=names,
+        params=params,
+        pixel_size=float(d),
+        origin=tuple(float(o) for o in grid.origin),
+        energies=np.asarray(cfg.energies, float),
+        reference_energy=e_ref,
+        attrs={
+            "preset": cfg.preset,
+            "seed": cfg.seed,
+            "dose": cfg.dose,
+            "diffxas_version": __version__,
+            "config": cfg.to_dict(),
+            **attrs_extra,
+        },
+    )

@@ -63,29 +63,49 @@ class Method:
 
 def _joint(dataset, config, *, progress: bool = False, checkpoint=None, resume: bool = False) -> Result:
     # looked up on the module at call time, so a test can monkeypatch run.reconstruct_joint
-    return joint_run.reconstruct_joint(dataset, config, progress=progress,
-                                       checkpoint=None if checkpoint is None else str(checkpoint), resume=resume)
+    return joint_run.reconstruct_joint(
+        dataset, config, progress=progress, checkpoint=None if checkpoint is None else str(checkpoint), resume=resume
+    )
 
 
 def _joint_sharded(dataset, config, *, progress: bool = False, checkpoint=None, resume: bool = False) -> Result:
-    return joint_parallel.reconstruct_joint_sharded(dataset, config, progress=progress,
-                                                    checkpoint=None if checkpoint is None else str(checkpoint),
-                                                    resume=resume)
+    return joint_parallel.reconstruct_joint_sharded(
+        dataset, config, progress=progress, checkpoint=None if checkpoint is None else str(checkpoint), resume=resume
+    )
 
 
 def _two_step(dataset, config, *, progress: bool = False, checkpoint=None, resume: bool = False) -> Result:
-    return twostep_run.reconstruct_two_step(dataset, config, progress=progress,
-                                            checkpoint_dir=None if checkpoint is None else str(checkpoint),
-                                            resume=resume)
+    return twostep_run.reconstruct_two_step(
+        dataset,
+        config,
+        progress=progress,
+        checkpoint_dir=None if checkpoint is None else str(checkpoint),
+        resume=resume,
+    )
 
 
 #: The methods, in the order the demo and sweeps run them.
 METHODS: dict[str, Method] = {
-    "two-step": Method("two-step", TwoStepConfig, _two_step, section="twostep", checkpoint="folder",
-                       iterations_key="twostep.epie.epochs", result_name="twostep.h5"),
-    "joint": Method("joint", JointConfig, _joint, section="joint", checkpoint="file",
-                    iterations_key="joint.steps", lazy_frames=True, result_name="joint.h5",
-                    reconstruct_sharded=_joint_sharded),
+    "two-step": Method(
+        "two-step",
+        TwoStepConfig,
+        _two_step,
+        section="twostep",
+        checkpoint="folder",
+        iterations_key="twostep.epie.epochs",
+        result_name="twostep.h5",
+    ),
+    "joint": Method(
+        "joint",
+        JointConfig,
+        _joint,
+        section="joint",
+        checkpoint="file",
+        iterations_key="joint.steps",
+        lazy_frames=True,
+        result_name="joint.h5",
+        reconstruct_sharded=_joint_sharded,
+    ),
 }
 
 

@@ -53,11 +53,16 @@ def git_state() -> dict[str, Any]:
         _GIT = {}
         pkg = Path(__file__).resolve().parent
         try:
-            head = subprocess.run(["git", "-C", str(pkg), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                                  text=True, timeout=10)
+            head = subprocess.run(
+                ["git", "-C", str(pkg), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+            )
             if head.returncode == 0:
-                dirty = subprocess.run(["git", "-C", str(pkg), "status", "--porcelain", "--", "."],
-                                       capture_output=True, text=True, timeout=10).stdout.strip()
+                dirty = subprocess.run(
+                    ["git", "-C", str(pkg), "status", "--porcelain", "--", "."],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout.strip()
                 _GIT = {"git_commit": head.stdout.strip(), "git_dirty": bool(dirty)}
         except (OSError, subprocess.SubprocessError):
             pass
@@ -101,7 +106,9 @@ def _get_simulation(pc: PointConfig, d: Path, reuse_files: bool):
     if reuse_files and data.exists() and truth.exists():
         ds = dio_cxi.read_cxi(data)
         tr = dio_truth.read_truth(truth)
-        sim = Simulation(dataset=ds, truth=tr, config=pc.sim, true_positions=None, true_probes=None, sampling_grids=None)
+        sim = Simulation(
+            dataset=ds, truth=tr, config=pc.sim, true_positions=None, true_probes=None, sampling_grids=None
+        )
         return sim, {"source": "files", "wall_s": 0.0}
     if key in _SIM_CACHE:
         sim, src_dir = _SIM_CACHE[key]

@@ -28,20 +28,41 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``diffxas sweep`` arguments to ``p`` (used by diffxas.app.cli and ``python -m diffxas.app.sweep``)."""
     p.add_argument("spec", metavar="SWEEP.toml", help="sweep file: [base], [axes], [[points]], [profiles.*]")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (one sub-folder per point)")
-    p.add_argument("-j", "--workers", type=int, default=1, metavar="N",
-                   help="worker processes of a local Dask cluster, one point each (default 1: run in this "
-                        "process); with several GPUs visible, workers are assigned to them round-robin")
-    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run the points on the workers of a running Dask scheduler (e.g. tcp://host:8786); "
-                        "see docs/distributed.md")
+    p.add_argument(
+        "-j",
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes of a local Dask cluster, one point each (default 1: run in this "
+        "process); with several GPUs visible, workers are assigned to them round-robin",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run the points on the workers of a running Dask scheduler (e.g. tcp://host:8786); "
+        "see docs/distributed.md",
+    )
     p.add_argument("--resume", action="store_true", help="skip finished points (done.json), finish the others")
     p.add_argument("--overwrite", action="store_true", help="recompute every point even if the folder holds results")
     p.add_argument("--profile", metavar="NAME", help="apply [profiles.NAME] of the sweep file (e.g. quick)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a base key, e.g. --set joint.steps=50 (repeatable)")
-    p.add_argument("--compile-cache", nargs="?", const=True, default=None, metavar="DIR",
-                   help="share a persistent XLA compilation cache between points/workers "
-                        "(default folder OUT/.jax_cache)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base key, e.g. --set joint.steps=50 (repeatable)",
+    )
+    p.add_argument(
+        "--compile-cache",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="DIR",
+        help="share a persistent XLA compilation cache between points/workers (default folder OUT/.jax_cache)",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the points and their folders, run nothing")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -96,13 +117,23 @@ def main_cli(args: argparse.Namespace) -> int:
             print(f"{p['dir']}  [{state}]  {', '.join(f'{k}={_fmt_value(v)}' for k, v in p['axes'].items())}")
         print(f"{len(pts)} point(s)")
         return 0
-    s = run(args.spec, args.out, workers=args.workers, resume=args.resume, progress=not getattr(args, "quiet", False),
-            profile=getattr(args, "profile", None), overwrite=getattr(args, "overwrite", False),
-            overrides=overrides, compile_cache=getattr(args, "compile_cache", None),
-            scheduler=getattr(args, "scheduler", None))
+    s = run(
+        args.spec,
+        args.out,
+        workers=args.workers,
+        resume=args.resume,
+        progress=not getattr(args, "quiet", False),
+        profile=getattr(args, "profile", None),
+        overwrite=getattr(args, "overwrite", False),
+        overrides=overrides,
+        compile_cache=getattr(args, "compile_cache", None),
+        scheduler=getattr(args, "scheduler", None),
+    )
     c = s.counts
-    print(f"{c['total']} point(s): {c['ok']} ok ({c['skipped']} skipped as done), {c['failed']} failed; "
-          f"summary: {s.paths['csv']}")
+    print(
+        f"{c['total']} point(s): {c['ok']} ok ({c['skipped']} skipped as done), {c['failed']} failed; "
+        f"summary: {s.paths['csv']}"
+    )
     for r in s.failed():
         print(f"  failed: {r['dir']} [{r['method']}]: {r['error']}")
     return 0 if c["failed"] == 0 else 1

@@ -145,8 +145,13 @@ def run_point(point: Mapping[str, Any], out_dir: str | os.PathLike, reuse: bool 
         return msg
 
     methods = _norm_methods(point["config"].get("methods", list(METHODS)), "methods")
-    record: dict[str, Any] = {"point": point["id"], "dir": point["dir"], "overrides": point["overrides"],
-                              "axes": point["axes"], "mapping": point["config"]}
+    record: dict[str, Any] = {
+        "point": point["id"],
+        "dir": point["dir"],
+        "overrides": point["overrides"],
+        "axes": point["axes"],
+        "mapping": point["config"],
+    }
     try:
         pc = build_point(point["config"])
         record["resolved"] = pc.record()
@@ -185,10 +190,20 @@ def _run_method(method: str, pc: PointConfig, sim, sim_info: Mapping[str, Any], 
     from diffxas.app import pipeline
 
     # the simulator writes its frames in the file convention: no orientation search
-    r = pipeline.run(sim.dataset, {method: pc.method_configs[method]}, source=d / DATA, input_path=(d / DATA).resolve(),
-            out={method: d / f"result-{method}.h5"}, checkpoint={method: _checkpoint(method, d)}, resume=True,
-            keep_checkpoint=False, cluster=pc.cluster, truth=sim.truth,
-            nv_fraction=float(pc.evaluate["nv_fraction"]), log=lambda msg: None)[method]
+    r = pipeline.run(
+        sim.dataset,
+        {method: pc.method_configs[method]},
+        source=d / DATA,
+        input_path=(d / DATA).resolve(),
+        out={method: d / f"result-{method}.h5"},
+        checkpoint={method: _checkpoint(method, d)},
+        resume=True,
+        keep_checkpoint=False,
+        cluster=pc.cluster,
+        truth=sim.truth,
+        nv_fraction=float(pc.evaluate["nv_fraction"]),
+        log=lambda msg: None,
+    )[method]
     COUNTERS[f"method:{method}"] += 1
     cluster_info: dict[str, Any] = {}
     if r.cluster_error is not None:  # e.g. no valid pixel to cluster: metrics still count
@@ -200,8 +215,11 @@ def _run_method(method: str, pc: PointConfig, sim, sim_info: Mapping[str, Any], 
         cluster_info = {"k": a.get("k"), "stability": a.get("stability"), "n_pixels": a.get("n_pixels")}
     metrics = r.metrics
     metrics["cluster_info"] = cluster_info
-    metrics["timing"] = {"method_wall_s": r.wall_s, "sim_wall_s": sim_info.get("wall_s"),
-                         "sim_source": sim_info.get("source")}
+    metrics["timing"] = {
+        "method_wall_s": r.wall_s,
+        "sim_wall_s": sim_info.get("wall_s"),
+        "sim_source": sim_info.get("source"),
+    }
     metrics["method"] = method
     # the solver's plausibility checks (the joint's; None for a method without them)
     metrics["warnings"] = (r.result.config or {}).get("warnings")
@@ -216,8 +234,15 @@ def _finish(point, d: Path, rows, errors, t_start) -> dict[str, Any]:
     if errors:
         (d / ERROR).write_text("\n".join(errors))
         err = "; ".join(r["error"] for r in rows if r.get("error"))
-    out = {"id": point["id"], "dir": point["dir"], "status": "ok" if ok else "failed", "rows": rows, "error": err,
-           "wall_s": wall, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out = {
+        "id": point["id"],
+        "dir": point["dir"],
+        "status": "ok" if ok else "failed",
+        "rows": rows,
+        "error": err,
+        "wall_s": wall,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     if ok:
         _write_json(d / DONE, out)
     return out
@@ -229,8 +254,14 @@ def _failure(point: Mapping[str, Any], out_dir, message: str) -> dict[str, Any]:
     d.mkdir(parents=True, exist_ok=True)
     (d / ERROR).write_text(message + "\n")
     methods = _norm_methods(point["config"].get("methods", list(METHODS)), "methods")
-    return {"id": point["id"], "dir": point["dir"], "status": "failed", "error": message, "wall_s": None,
-            "rows": [_row(point, m, "failed", error=message) for m in methods]}
+    return {
+        "id": point["id"],
+        "dir": point["dir"],
+        "status": "failed",
+        "error": message,
+        "wall_s": None,
+        "rows": [_row(point, m, "failed", error=message) for m in methods],
+    }
 
 
 def visible_gpus() -> list[str]:
@@ -251,7 +282,11 @@ def visible_gpus() -> list[str]:
 
 def _thread_env() -> dict[str, str]:
     flags = os.environ.get("XLA_FLAGS", "")
-    add = [f for f in ("--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1") if f.split("=")[0] not in flags]
+    add = [
+        f
+        for f in ("--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1")
+        if f.split("=")[0] not in flags
+    ]
     env = {"XLA_FLAGS": " ".join([flags] + add).strip()}
     for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
         env[v] = "1"
@@ -314,8 +349,14 @@ def _assign_gpu(gpus: list[str], n_workers: int) -> None:
     os.environ["DIFFXAS_GPU_ASSIGNED"] = "1"
 
 
-def _run_point_task(point: dict, out_dir: str, reuse: bool, gpus: list[str] | None = None, n_workers: int = 1,
-                    cache_dir: str | None = None) -> dict[str, Any]:
+def _run_point_task(
+    point: dict,
+    out_dir: str,
+    reuse: bool,
+    gpus: list[str] | None = None,
+    n_workers: int = 1,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
     """One point as a Dask task (in a worker process): GPU, compile cache, then :func:`run_point`."""
     _assign_gpu(gpus or [], n_workers)
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -328,8 +369,10 @@ def _run_point_task(point: dict, out_dir: str, reuse: bool, gpus: list[str] | No
 
 
 #: Message recorded for a point whose worker process died.
-WORKER_DIED = ("worker process died while this point ran (killed for memory? a crash in a native library?); "
-               "rerun with --resume to retry")
+WORKER_DIED = (
+    "worker process died while this point ran (killed for memory? a crash in a native library?); "
+    "rerun with --resume to retry"
+)
 
 
 def cluster_from_spec(spec: Mapping[str, Any]):
@@ -346,8 +389,10 @@ def cluster_from_spec(spec: Mapping[str, Any]):
     try:
         import dask_jobqueue
     except ImportError:
-        raise ConfigError("[cluster] needs dask-jobqueue (pip install dask-jobqueue); or start a scheduler "
-                          "yourself and pass --scheduler ADDRESS") from None
+        raise ConfigError(
+            "[cluster] needs dask-jobqueue (pip install dask-jobqueue); or start a scheduler "
+            "yourself and pass --scheduler ADDRESS"
+        ) from None
     try:
         cluster = getattr(dask_jobqueue, classes[kind])(**spec)
     except TypeError as e:
@@ -356,8 +401,16 @@ def cluster_from_spec(spec: Mapping[str, Any]):
     return cluster
 
 
-def _run_dask(points, out_dir, workers, reuse_of, on_result, compile_cache, scheduler: str | None = None,
-              cluster_spec: Mapping[str, Any] | None = None):
+def _run_dask(
+    points,
+    out_dir,
+    workers,
+    reuse_of,
+    on_result,
+    compile_cache,
+    scheduler: str | None = None,
+    cluster_spec: Mapping[str, Any] | None = None,
+):
     """Run ``points`` as Dask tasks, one point per worker thread, ``on_result`` as each finishes.
 
     Where: ``scheduler`` (an address, e.g. ``tcp://host:8786``: a cluster started
@@ -378,18 +431,28 @@ def _run_dask(points, out_dir, workers, reuse_of, on_result, compile_cache, sche
     cluster = None
     # worker-saturation 1.0: a worker holds only the point it runs (queued points stay on the
     # scheduler), so a dying worker takes no innocent queued point with it
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0,
-                          "distributed.scheduler.worker-saturation": 1.0,
-                          "distributed.worker.daemon": False,
-                          "distributed.admin.tick.limit": "1h"}):
+    with dask.config.set(
+        {
+            "distributed.scheduler.allowed-failures": 0,
+            "distributed.scheduler.worker-saturation": 1.0,
+            "distributed.worker.daemon": False,
+            "distributed.admin.tick.limit": "1h",
+        }
+    ):
         if scheduler is not None:
             client = Client(scheduler)
         else:
             if cluster_spec is not None:
                 cluster = cluster_from_spec(cluster_spec)
             else:
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, env=_thread_env(), silence_logs=40)
+                cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    env=_thread_env(),
+                    silence_logs=40,
+                )
             client = Client(cluster)
         try:
             # Each point is pinned to an idle worker (one point per worker at a time), so a
@@ -403,8 +466,19 @@ def _run_dask(points, out_dir, workers, reuse_of, on_result, compile_cache, sche
                 free = [a for a in client.scheduler_info(n_workers=-1)["workers"] if a not in taken]
                 while pending and free:
                     p, a = pending.popleft(), free.pop(0)
-                    f = client.submit(_run_point_task, p, str(out_dir), reuse_of(p), gpus, workers, compile_cache,
-                                      pure=False, key=f"point-{p['id']}", workers=[a], allow_other_workers=False)
+                    f = client.submit(
+                        _run_point_task,
+                        p,
+                        str(out_dir),
+                        reuse_of(p),
+                        gpus,
+                        workers,
+                        compile_cache,
+                        pure=False,
+                        key=f"point-{p['id']}",
+                        workers=[a],
+                        allow_other_workers=False,
+                    )
                     busy[f] = (p, a)
                     ac.add(f)
                 if not busy:  # no worker yet (a batch-system cluster scaling up)
@@ -425,10 +499,19 @@ def _run_dask(points, out_dir, workers, reuse_of, on_result, compile_cache, sche
                 cluster.close()
 
 
-def run(sweep: str | os.PathLike | Mapping[str, Any] | SweepSpec, out_dir: str | os.PathLike, workers: int = 1,
-        resume: bool = False, progress: bool = True, profile: str | None = None, overwrite: bool = False,
-        overrides: Mapping[str, Any] | None = None, compile_cache: str | bool | None = None,
-        scheduler: str | None = None, cluster: Mapping[str, Any] | None = None) -> SweepSummary:
+def run(
+    sweep: str | os.PathLike | Mapping[str, Any] | SweepSpec,
+    out_dir: str | os.PathLike,
+    workers: int = 1,
+    resume: bool = False,
+    progress: bool = True,
+    profile: str | None = None,
+    overwrite: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    compile_cache: str | bool | None = None,
+    scheduler: str | None = None,
+    cluster: Mapping[str, Any] | None = None,
+) -> SweepSummary:
     """Run a sweep; returns the summary table (also written to ``out_dir/summary.{csv,json}``).
 
     Args:
@@ -460,10 +543,17 @@ def run(sweep: str | os.PathLike | Mapping[str, Any] | SweepSpec, out_dir: str |
     out.mkdir(parents=True, exist_ok=True)
     done_before = {p["id"] for p in points if (out / p["dir"] / DONE).exists()}
     if done_before and not resume and not overwrite:
-        raise ConfigError(f"{out}: already holds {len(done_before)} finished point(s) of this sweep; "
-                          "use --resume to continue it or --overwrite to recompute everything")
-    _write_json(out / "sweep.json", {"spec": spec.to_dict(), "points": [
-        {k: p[k] for k in ("id", "dir", "index", "overrides", "axes")} for p in points]})
+        raise ConfigError(
+            f"{out}: already holds {len(done_before)} finished point(s) of this sweep; "
+            "use --resume to continue it or --overwrite to recompute everything"
+        )
+    _write_json(
+        out / "sweep.json",
+        {
+            "spec": spec.to_dict(),
+            "points": [{k: p[k] for k in ("id", "dir", "index", "overrides", "axes")} for p in points],
+        },
+    )
     cache = None
     if compile_cache:
         cache = str(out / ".jax_cache") if compile_cache is True else str(compile_cache)
@@ -485,12 +575,21 @@ def run(sweep: str | os.PathLike | Mapping[str, Any] | SweepSpec, out_dir: str |
                 pass
         todo.append(p)
     if stale and progress:
-        print(f"{len(stale)} finished point(s) ran with different resolved configurations (changed defaults?): "
-              "recomputing them", file=sys.stderr)
+        print(
+            f"{len(stale)} finished point(s) ran with different resolved configurations (changed defaults?): "
+            "recomputing them",
+            file=sys.stderr,
+        )
     counts = {"total": len(points), "skipped": len(results), "ran": 0, "ok": len(results), "failed": 0}
     t_start = time.time()
-    meta = {"name": spec.name, "source": spec.source, "profile": spec.profile, "out_dir": str(out),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "workers": workers}
+    meta = {
+        "name": spec.name,
+        "source": spec.source,
+        "profile": spec.profile,
+        "out_dir": str(out),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "workers": workers,
+    }
 
     def rows_now():
         rows = []
@@ -504,8 +603,14 @@ def run(sweep: str | os.PathLike | Mapping[str, Any] | SweepSpec, out_dir: str |
     if progress and todo:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(points), initial=len(results), unit="point", desc=spec.name or "sweep",
-                   dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(
+            total=len(points),
+            initial=len(results),
+            unit="point",
+            desc=spec.name or "sweep",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
         bar.set_postfix(done=counts["ok"], failed=0, left=len(todo))
 
     def on_result(res):
@@ -515,7 +620,9 @@ def run(sweep: str | os.PathLike | Mapping[str, Any] | SweepSpec, out_dir: str |
         write_summary(out, rows_now(), {**meta, "counts": counts})
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(done=counts["ok"], failed=counts["failed"], left=counts["total"] - counts["ok"] - counts["failed"])
+            bar.set_postfix(
+                done=counts["ok"], failed=counts["failed"], left=counts["total"] - counts["ok"] - counts["failed"]
+            )
         elif progress:
             pass
 
@@ -528,8 +635,16 @@ def run(sweep: str | os.PathLike | Mapping[str, Any] | SweepSpec, out_dir: str |
                 for p in todo:
                     on_result(run_point(p, out, reuse=resume and p["id"] not in stale))
             else:
-                _run_dask(todo, out, min(workers, len(todo)), lambda p: resume and p["id"] not in stale, on_result, cache,
-                          scheduler=scheduler, cluster_spec=cluster_spec)
+                _run_dask(
+                    todo,
+                    out,
+                    min(workers, len(todo)),
+                    lambda p: resume and p["id"] not in stale,
+                    on_result,
+                    cache,
+                    scheduler=scheduler,
+                    cluster_spec=cluster_spec,
+                )
     finally:
         if bar is not None:
             bar.close()

@@ -92,9 +92,17 @@ class SweepSpec:
     profile: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "combine": self.combine, "source": self.source,
-                "profile": self.profile, "settings": self.settings, "base": self.base, "axes": self.axes,
-                "points": self.points}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "combine": self.combine,
+            "source": self.source,
+            "profile": self.profile,
+            "settings": self.settings,
+            "base": self.base,
+            "axes": self.axes,
+            "points": self.points,
+        }
 
 
 def _section(method: str) -> str:
@@ -190,8 +198,10 @@ def _norm_axes(axes: Mapping[str, Any], where: str) -> dict[str, list]:
             out[key] = values
         else:
             if not all(isinstance(v, Mapping) for v in values):
-                raise ConfigError(f"{where}: axis {name!r} has no section (write e.g. joint.{name}), or is a linked "
-                                  f"axis whose values must all be tables of dotted keys")
+                raise ConfigError(
+                    f"{where}: axis {name!r} has no section (write e.g. joint.{name}), or is a linked "
+                    f"axis whose values must all be tables of dotted keys"
+                )
             out[name] = [_norm_override_map(v, f"{where}: axis {name!r}") for v in values]
     return out
 
@@ -252,10 +262,20 @@ def load_spec(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, profile: 
                 else:
                     axes.pop(k, None)
         if p_points is not None:
-            points = [_norm_override_map(p, f"{where}: [profiles.{profile}] points[{i}]") for i, p in enumerate(p_points)]
-    return SweepSpec(base=base, axes=axes, points=points, combine=combine, name=str(meta.pop("name", "") or
-                     (Path(source).stem if source else "")), description=str(meta.pop("description", "")),
-                     settings=meta, source=source, profile=profile)
+            points = [
+                _norm_override_map(p, f"{where}: [profiles.{profile}] points[{i}]") for i, p in enumerate(p_points)
+            ]
+    return SweepSpec(
+        base=base,
+        axes=axes,
+        points=points,
+        combine=combine,
+        name=str(meta.pop("name", "") or (Path(source).stem if source else "")),
+        description=str(meta.pop("description", "")),
+        settings=meta,
+        source=source,
+        profile=profile,
+    )
 
 
 def _apply(mapping: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -321,7 +341,9 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
     if spec.combine == "zip":
         lens = {len(v) for v in value_lists}
         if len(lens) > 1:
-            raise ConfigError(f"combine = 'zip' needs axes of equal length, got {dict(zip(names, map(len, value_lists)))}")
+            raise ConfigError(
+                f"combine = 'zip' needs axes of equal length, got {dict(zip(names, map(len, value_lists)))}"
+            )
         combos = list(zip(*value_lists)) if value_lists else [()]
     else:
         combos = list(itertools.product(*value_lists)) if value_lists else [()]
@@ -352,8 +374,16 @@ def expand_points(spec: SweepSpec) -> list[dict[str, Any]]:
         if pid in seen:
             continue
         seen.add(pid)
-        points.append({"id": pid, "dir": _folder_name(pid, shown), "index": len(points), "overrides": over,
-                       "axes": shown, "config": cfg})
+        points.append(
+            {
+                "id": pid,
+                "dir": _folder_name(pid, shown),
+                "index": len(points),
+                "overrides": over,
+                "axes": shown,
+                "config": cfg,
+            }
+        )
     return points
 
 
@@ -363,8 +393,13 @@ def _edge_energy_ev(element: str = "V", table: str = "chantler") -> float:
     return float(table_edge_energy(element, table))
 
 
-def select_energies(energies: Sequence[float], count: int, choice: str = "uniform",
-                    window: Sequence[float] = EDGE_WINDOW, edge_ev: float | None = None) -> tuple[float, ...]:
+def select_energies(
+    energies: Sequence[float],
+    count: int,
+    choice: str = "uniform",
+    window: Sequence[float] = EDGE_WINDOW,
+    edge_ev: float | None = None,
+) -> tuple[float, ...]:
     """``count`` of ``energies`` (sorted, eV).
 
     * ``"uniform"``: uniform in index, ``floor(linspace(0, K-1, count) + 0.5)`` (first and last
@@ -381,7 +416,11 @@ def select_energies(energies: Sequence[float], count: int, choice: str = "unifor
 
     e = np.asarray(sorted(float(x) for x in energies))
     k = e.size
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) and not (isinstance(count, float) and float(count).is_integer()):
+    if (
+        isinstance(count, bool)
+        or not isinstance(count, (int, np.integer))
+        and not (isinstance(count, float) and float(count).is_integer())
+    ):
         raise ConfigError(f"energies.count must be an integer, got {count!r}")
     count = int(count)
     if not 2 <= count <= k:
@@ -407,7 +446,9 @@ def select_energies(energies: Sequence[float], count: int, choice: str = "unifor
     else:
         chosen.update(inner)
         lo, hi = e0 + window[0], e0 + window[1]
-        rest = sorted((i for i in range(1, k - 1) if i not in chosen), key=lambda i: min(abs(e[i] - lo), abs(e[i] - hi)))
+        rest = sorted(
+            (i for i in range(1, k - 1) if i not in chosen), key=lambda i: min(abs(e[i] - lo), abs(e[i] - hi))
+        )
         chosen.update(rest[: need - len(inner)])
     return tuple(float(x) for x in e[sorted(chosen)])
 
@@ -426,8 +467,13 @@ class PointConfig:
     def record(self) -> dict[str, Any]:
         from diffxas.app.config import config_to_dict
 
-        out = {"simulate": self.sim.to_dict(), "methods": list(self.methods), "energies": self.energies,
-               "evaluate": self.evaluate, "cluster": config_to_dict(self.cluster) if self.cluster is not None else None}
+        out = {
+            "simulate": self.sim.to_dict(),
+            "methods": list(self.methods),
+            "energies": self.energies,
+            "evaluate": self.evaluate,
+            "cluster": config_to_dict(self.cluster) if self.cluster is not None else None,
+        }
         for m, c in self.method_configs.items():
             out[_section(m)] = config_to_dict(c)
         return out
@@ -449,10 +495,15 @@ def build_point(mapping: Mapping[str, Any]) -> PointConfig:
         edge_ev = en.get("edge_ev")
         if edge_ev is None and str(en.get("choice", "uniform")) == "edge":
             edge_ev = _edge_energy_ev(sim.element, sim.table)
-        sel = select_energies(sim.energies, en["count"], str(en.get("choice", "uniform")),
-                              en.get("window", EDGE_WINDOW), edge_ev)
-        en_rec = {"count": int(en["count"]), "choice": str(en.get("choice", "uniform")),
-                  "from": list(sim.energies), "selected": list(sel)}
+        sel = select_energies(
+            sim.energies, en["count"], str(en.get("choice", "uniform")), en.get("window", EDGE_WINDOW), edge_ev
+        )
+        en_rec = {
+            "count": int(en["count"]),
+            "choice": str(en.get("choice", "uniform")),
+            "from": list(sim.energies),
+            "selected": list(sel),
+        }
         sim = dataclasses.replace(sim, energies=sel)
     elif en:
         raise ConfigError("[energies] needs count (choice/window only qualify it)")

@@ -143,8 +143,9 @@ def read_summary(path) -> list[dict[str, Any]]:
     return json.loads(p.read_text())["rows"]
 
 
-def group_stats(rows: Sequence[Mapping[str, Any]], by: Sequence[str], metric: str,
-                where: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+def group_stats(
+    rows: Sequence[Mapping[str, Any]], by: Sequence[str], metric: str, where: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Mean, standard deviation (ddof 1; 0 for one value), standard error and count of
     ``metric`` over the ok rows grouped by the columns ``by`` (e.g. over seeds).
 
@@ -175,6 +176,14 @@ def group_stats(rows: Sequence[Mapping[str, Any]], by: Sequence[str], metric: st
         vals = np.asarray(groups[key])
         n = vals.size
         std = float(vals.std(ddof=1)) if n > 1 else (0.0 if n == 1 else float("nan"))
-        out.append({**dict(zip(by, key)), "mean": float(vals.mean()) if n else float("nan"), "std": std,
-                    "sem": std / math.sqrt(n) if n else float("nan"), "n": int(n), "n_failed": int(failed[key])})
+        out.append(
+            {
+                **dict(zip(by, key)),
+                "mean": float(vals.mean()) if n else float("nan"),
+                "std": std,
+                "sem": std / math.sqrt(n) if n else float("nan"),
+                "n": int(n),
+                "n_failed": int(failed[key]),
+            }
+        )
     return out

@@ -184,18 +184,24 @@ class JointConfig:
         if self.steps < 0:
             raise ConfigError(f"steps must be >= 0, got {self.steps}")
         if self.steps > MAX_STEPS:
-            raise ConfigError(f"steps must be <= {MAX_STEPS:g}, got {self.steps:g}: at the fastest measured step "
-                              "(~10 ms, tiny on a GPU) that is more than a day; the presets converge in 1e2-1e4")
+            raise ConfigError(
+                f"steps must be <= {MAX_STEPS:g}, got {self.steps:g}: at the fastest measured step "
+                "(~10 ms, tiny on a GPU) that is more than a day; the presets converge in 1e2-1e4"
+            )
         for name in ("log_every", "checkpoint_every"):
             v = getattr(self, name)
             if not (isinstance(v, (int, np.integer)) and v >= 1):
                 raise ConfigError(f"{name} must be a positive number of steps, got {v!r}")
         if not (math.isfinite(self.valid_jump_fraction) and 0.0 <= self.valid_jump_fraction < 1.0):
-            raise ConfigError(f"valid_jump_fraction must be in [0, 1) (a fraction of the 99th-percentile edge jump), "
-                              f"got {self.valid_jump_fraction}")
+            raise ConfigError(
+                f"valid_jump_fraction must be in [0, 1) (a fraction of the 99th-percentile edge jump), "
+                f"got {self.valid_jump_fraction}"
+            )
         if self.reference_energy is not None and not (1000.0 <= self.reference_energy <= 100000.0):
-            raise ConfigError(f"reference_energy must be a photon energy in eV (1e3..1e5) inside the scan, got "
-                              f"{self.reference_energy}")
+            raise ConfigError(
+                f"reference_energy must be a photon energy in eV (1e3..1e5) inside the scan, got "
+                f"{self.reference_energy}"
+            )
         if self.loss not in ("amplitude", "poisson"):
             raise ConfigError(f"loss must be 'amplitude' or 'poisson', got {self.loss!r}")
         bad = sorted(set(self.per_pixel) - set(ALL_PARAMS))
@@ -208,8 +214,10 @@ class JointConfig:
         if both:
             raise ConfigError(f"parameters {both} are both per_pixel and per_domain; choose one")
         if self.per_domain and not self.domains:
-            raise ConfigError("per_domain needs domains = a results file with /clusters/labels (run `diffxas cluster` on a "
-                              "first pass) or \"auto\" (first pass and clustering in the same run)")
+            raise ConfigError(
+                "per_domain needs domains = a results file with /clusters/labels (run `diffxas cluster` on a "
+                'first pass) or "auto" (first pass and clustering in the same run)'
+            )
         if self.init not in ("stxm", "flat", "result", "epie"):
             raise ConfigError(f"init must be 'stxm', 'epie', 'flat' or 'result', got {self.init!r}")
         if self.init_probes not in ("auto", "result", "file"):
@@ -225,18 +233,31 @@ class JointConfig:
         if self.prior not in ("none", "tv"):
             raise ConfigError(f"prior must be 'none' or 'tv', got {self.prior!r}")
         if self.prior == "tv" and self.tv_weight > 0:
-            raise ConfigError("set either prior='tv' (weights from the noise level) or tv_weight > 0 (one explicit weight), "
-                              "not both: add prior='none' to use tv_weight")
+            raise ConfigError(
+                "set either prior='tv' (weights from the noise level) or tv_weight > 0 (one explicit weight), "
+                "not both: add prior='none' to use tv_weight"
+            )
         from diffxas.physics.background import check_mode
 
         check_mode(self.background, "joint background")
-        for name in ("lr_amp", "lr_energy", "lr_probe", "lr_positions", "lr_scale", "lr_gain", "lr_background", "tv_weight",
-                     "prior_strength"):
+        for name in (
+            "lr_amp",
+            "lr_energy",
+            "lr_probe",
+            "lr_positions",
+            "lr_scale",
+            "lr_gain",
+            "lr_background",
+            "tv_weight",
+            "prior_strength",
+        ):
             if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be finite and >= 0")
         bad = sorted(set(self.relative) - set(RELATIVE_OK))
         if bad:
-            raise ConfigError(f"relative names {bad}; only the pre-edge amplitudes {list(RELATIVE_OK)} can be ratios to b1")
+            raise ConfigError(
+                f"relative names {bad}; only the pre-edge amplitudes {list(RELATIVE_OK)} can be ratios to b1"
+            )
         if self.probe_model not in ("per-energy", "smooth"):
             raise ConfigError(f"probe_model must be 'per-energy' or 'smooth', got {self.probe_model!r}")
         if not 0 <= self.probe_degree <= 6:
@@ -250,8 +271,12 @@ class JointConfig:
         check_element(self.element)
         if self.memory not in ("auto", "device", "stream"):
             raise ConfigError(f"memory must be 'auto', 'device' or 'stream', got {self.memory!r}")
-        if self.memory_budget_gib is not None and not (math.isfinite(self.memory_budget_gib) and self.memory_budget_gib > 0):
-            raise ConfigError(f"memory_budget_gib must be a positive number of GiB or None, got {self.memory_budget_gib!r}")
+        if self.memory_budget_gib is not None and not (
+            math.isfinite(self.memory_budget_gib) and self.memory_budget_gib > 0
+        ):
+            raise ConfigError(
+                f"memory_budget_gib must be a positive number of GiB or None, got {self.memory_budget_gib!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

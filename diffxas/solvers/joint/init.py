@@ -123,13 +123,31 @@ def fit_shape_and_amplitudes(stack: np.ndarray, energies: np.ndarray, mask: np.n
     contrast = np.clip(sel[-3:].mean(0) - sel[:3].mean(0), 0, None)
     mean = (sel * contrast).sum(1) / max(contrast.sum(), 1e-12)
     lo, hi = e.min(), e.max()
-    grid = [(b2, b3, c12) for b2 in np.arange(lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo), 0.5)
-            for b3 in (2.0, 3.0, 4.0, 5.0) for c12 in np.arange(max(lo, b2 - 20), b2 - 4, 0.5)]
+    grid = [
+        (b2, b3, c12)
+        for b2 in np.arange(lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo), 0.5)
+        for b3 in (2.0, 3.0, 4.0, 5.0)
+        for c12 in np.arange(max(lo, b2 - 20), b2 - 4, 0.5)
+    ]
     if grid:
         g = np.asarray(grid)
         # all candidate designs at once (one call of the spectral model), (G, K, 4)
-        dm = np.moveaxis(np.asarray(linear_design(jnp.asarray(e), jnp.asarray(g[:, 0]), jnp.asarray(g[:, 1]),
-                                                  jnp.asarray(g[:, 2]), 1.2, jnp.asarray(g[:, 2] + 4.0), 2.0), np.float64), 0, 1)
+        dm = np.moveaxis(
+            np.asarray(
+                linear_design(
+                    jnp.asarray(e),
+                    jnp.asarray(g[:, 0]),
+                    jnp.asarray(g[:, 1]),
+                    jnp.asarray(g[:, 2]),
+                    1.2,
+                    jnp.asarray(g[:, 2] + 4.0),
+                    2.0,
+                ),
+                np.float64,
+            ),
+            0,
+            1,
+        )
         if e.size <= 4:  # no more energies than amplitudes: the least-squares pick, nothing to constrain
             coef = np.einsum("gpk,k->gp", np.linalg.pinv(dm), mean)
             i = int(np.argmin(np.sum((np.einsum("gkp,gp->gk", dm, coef) - mean) ** 2, axis=1)))
@@ -164,7 +182,9 @@ def _background_for(background: np.ndarray, energies_from, energies_to) -> np.nd
     return np.asarray(background, np.float32)[idx]
 
 
-def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge: VEdge, moments=None) -> tuple[dict, dict]:
+def init_params(
+    ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge: VEdge, moments=None
+) -> tuple[dict, dict]:
     """Initial physical parameter maps and a record of how they were made (``moments``: the
     frames' :func:`diffxas.data.stxm.frame_moments`, computed here when not given)."""
     e = np.asarray(ds.energies, np.float64)
@@ -179,7 +199,9 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
             from diffxas.physics.spectra import f1_v
 
             b1 = np.nan_to_num(np.asarray(ex["b1"], np.float64))
-            pr = XanesParams(**{k: jnp.asarray(np.nan_to_num(np.asarray(ex[k], np.float64)), jnp.float32) for k in PARAM_NAMES})
+            pr = XanesParams(
+                **{k: jnp.asarray(np.nan_to_num(np.asarray(ex[k], np.float64)), jnp.float32) for k in PARAM_NAMES}
+            )
             pr = XanesParams(**{**pr.as_dict(), "b1": jnp.asarray(np.where(b1 > 0, b1, 1.0), jnp.float32)})
             f1 = np.asarray(f1_v(pr, jnp.asarray([res.maps.reference_energy]), edge)[0], np.float64)
             nv = np.asarray(n_v(jnp.asarray(b1), edge), np.float64)
@@ -188,9 +210,13 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
             ex["n_other"] = np.where(ok, nv * (np.where(ok, ne, 0.0) - edge.z - np.where(ok, f1, 0.0)), 0.0)
         missing = [k for k in ALL_PARAMS if k not in ex]
         if missing:
-            raise ConfigError(f"{cfg.init_result}: results file lacks per-pixel parameters {missing} needed for a warm start")
+            raise ConfigError(
+                f"{cfg.init_result}: results file lacks per-pixel parameters {missing} needed for a warm start"
+            )
         if res.maps.shape != common.shape:
-            raise ConfigError(f"{cfg.init_result}: map grid {res.maps.shape} differs from this dataset's {common.shape}")
+            raise ConfigError(
+                f"{cfg.init_result}: map grid {res.maps.shape} differs from this dataset's {common.shape}"
+            )
         # amplitudes are 0 where the result has no value (no sample); positions and widths
         # take the median of the pixels that have one (a 0 eV edge or width is no start)
         vals = {}
@@ -201,14 +227,22 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
             vals[k] = np.where(fin, v, fill)
         use = cfg.init_probes if cfg.init_probes != "auto" else ("file" if ds.illumination is not None else "result")
         # the result's fitted detector background, energy by energy (prepare_joint starts from it)
-        extra = {} if res.background is None else {"background_result": _background_for(res.background, res.energies, e)}
+        extra = (
+            {} if res.background is None else {"background_result": _background_for(res.background, res.energies, e)}
+        )
         if use == "file":
             if ds.illumination is None:
                 raise ConfigError("init_probes='file': the data file has no illumination; use init_probes='result'")
             return vals, {"init": "result", "init_result": cfg.init_result, "init_probes": "file", **extra}
         probes, gains = _membrane_normalised_probes(ds, res.probes, None if moments is None else moments[0])
-        return vals, {"init": "result", "init_result": cfg.init_result, "init_probes": "result", "probes": probes,
-                      "probe_gain": gains, **extra}
+        return vals, {
+            "init": "result",
+            "init_result": cfg.init_result,
+            "init_probes": "result",
+            "probes": probes,
+            "probe_gain": gains,
+            **extra,
+        }
     stack = stxm_absorption(ds, common, sums=None if moments is None else moments[0])
     vals = fit_shape_and_amplitudes(stack, e, ill)
     if cfg.init == "epie":
@@ -223,7 +257,9 @@ def init_params(ds: Dataset, prob: Problem, common: Grid, cfg: JointConfig, edge
     return vals, {"init": cfg.init}
 
 
-def _membrane_normalised_probes(ds: Dataset, probes, sums: np.ndarray | None = None) -> tuple[np.ndarray | None, list[float] | None]:
+def _membrane_normalised_probes(
+    ds: Dataset, probes, sums: np.ndarray | None = None
+) -> tuple[np.ndarray | None, list[float] | None]:
     """Probes rescaled so that a membrane-only frame has the measured counts
     (:func:`diffxas.data.stxm.probes_at_membrane_counts`).
 
@@ -247,12 +283,17 @@ def _check_flux(ds: Dataset, cfg: JointConfig, scatter: float | None, info: dict
     if scatter is None or scatter <= FLUX_SCATTER_WARN:
         return
     what = "after the monitor's correction" if ds.monitor is not None else "and the data have no monitor"
-    fix = ("" if cfg.lr_scale > 0 else
-           "; per-frame scales can absorb part of it (joint.lr_scale = 0.003)" if ds.monitor is not None else
-           "; give the I0 readings in the CXI file (instrument_1/monitor_1/data) or fit per-frame scales (joint.lr_scale = 0.003)")
+    fix = (
+        ""
+        if cfg.lr_scale > 0
+        else "; per-frame scales can absorb part of it (joint.lr_scale = 0.003)"
+        if ds.monitor is not None
+        else "; give the I0 readings in the CXI file (instrument_1/monitor_1/data) or fit per-frame scales (joint.lr_scale = 0.003)"
+    )
     logging.getLogger("diffxas").warning(
         f"joint: the membrane-only frames' counts scatter by {100 * scatter:.2g} % beyond Poisson noise "
-        f"(incident-flux jitter) {what}{fix}")
+        f"(incident-flux jitter) {what}{fix}"
+    )
 
 
 #: The joint's "epie" start keeps the file's illumination for the energies it does not
@@ -261,8 +302,15 @@ def _check_flux(ds: Dataset, cfg: JointConfig, scatter: float | None, info: dict
 FILE_PROBE_OVERLAP = 0.99
 
 
-def _epie_refine(ds: Dataset, common: Grid, cfg: JointConfig, edge: VEdge, vals: dict, ill: np.ndarray,
-                 sums: np.ndarray | None = None):
+def _epie_refine(
+    ds: Dataset,
+    common: Grid,
+    cfg: JointConfig,
+    edge: VEdge,
+    vals: dict,
+    ill: np.ndarray,
+    sums: np.ndarray | None = None,
+):
     """Sharpen the STXM start with a short ePIE at the lowest and highest energies.
 
     Shape parameters stay those of the STXM fit; per pixel, (a, b1) solve the two
@@ -282,10 +330,21 @@ def _epie_refine(ds: Dataset, common: Grid, cfg: JointConfig, edge: VEdge, vals:
     # the same background model as the joint: without it a strong background goes into the
     # start's maps and probe, and the joint does not get it out again (noisy `tiny`, 2
     # photons per pixel flat, joint "flat": Re[Ne]/N_V 9.11 -> 4.43, N_V 14.2 -> 8.1 %)
-    er = run_epie(sub, EpieConfig(epochs=cfg.init_epochs, probe_update_start=5, decay_start=max(1, cfg.init_epochs * 3 // 4),
-                                  probe_fwhm=cfg.probe_fwhm, background=cfg.background,
-                                  background_start=min(5, cfg.init_epochs - 1)), common=common)
-    st = align_stack(er.objects, er.grids, er.common, e2, register=True, coverage=_cov(er.probes, er.corners, er.grids, er.common))
+    er = run_epie(
+        sub,
+        EpieConfig(
+            epochs=cfg.init_epochs,
+            probe_update_start=5,
+            decay_start=max(1, cfg.init_epochs * 3 // 4),
+            probe_fwhm=cfg.probe_fwhm,
+            background=cfg.background,
+            background_start=min(5, cfg.init_epochs - 1),
+        ),
+        common=common,
+    )
+    st = align_stack(
+        er.objects, er.grids, er.common, e2, register=True, coverage=_cov(er.probes, er.corners, er.grids, er.common)
+    )
     probe0 = np.asarray(er.probes[0])
     shift = np.zeros(2)
     overlap = None
@@ -311,14 +370,31 @@ def _epie_refine(ds: Dataset, common: Grid, cfg: JointConfig, edge: VEdge, vals:
 
         probe0, shift = centred_probe(probe0)
         scale = er.grids[0].pixel_size / common.pixel_size  # lowest energy's pixels -> common pixels (1 here)
-        moved = [ndimage.shift(np.nan_to_num(np.asarray(x, np.float64)), (0, shift[0] * scale, shift[1] * scale),
-                               order=1, mode="nearest") for x in (st.absorption, st.phase)]
+        moved = [
+            ndimage.shift(
+                np.nan_to_num(np.asarray(x, np.float64)),
+                (0, shift[0] * scale, shift[1] * scale),
+                order=1,
+                mode="nearest",
+            )
+            for x in (st.absorption, st.phase)
+        ]
         st = dataclasses.replace(st, absorption=moved[0], phase=moved[1])
     part = ill & (vals["b1"] > 0.3 * np.percentile(vals["b1"][ill], 99))
     r11 = float(np.median(vals["c11"][part] / vals["b1"][part])) if part.any() else 0.0
     r21 = float(np.median(vals["c21"][part] / vals["b1"][part])) if part.any() else 0.0
-    dm = np.asarray(linear_design(jnp.asarray(e2), vals["b2"].flat[0], vals["b3"].flat[0], vals["c12"].flat[0],
-                                  vals["c13"].flat[0], vals["c22"].flat[0], vals["c23"].flat[0]), np.float64)  # (2, 4)
+    dm = np.asarray(
+        linear_design(
+            jnp.asarray(e2),
+            vals["b2"].flat[0],
+            vals["b3"].flat[0],
+            vals["c12"].flat[0],
+            vals["c13"].flat[0],
+            vals["c22"].flat[0],
+            vals["c23"].flat[0],
+        ),
+        np.float64,
+    )  # (2, 4)
     g = dm[:, 1] + r11 * dm[:, 2] + r21 * dm[:, 3]  # response of each energy to b1
     det = g[1] - g[0]
     A0, A1 = np.nan_to_num(st.absorption[0]), np.nan_to_num(st.absorption[1])
@@ -327,7 +403,12 @@ def _epie_refine(ds: Dataset, common: Grid, cfg: JointConfig, edge: VEdge, vals:
     out = dict(vals)
     out.update(a=a, b1=b1, c11=r11 * b1, c21=r21 * b1)
     nv = np.asarray(n_v(jnp.asarray(np.clip(b1, 0, None)), edge), np.float64)
-    pr = XanesParams(**{k: jnp.asarray(np.broadcast_to(np.asarray(out[k], np.float64), common.shape), jnp.float32) for k in PARAM_NAMES})
+    pr = XanesParams(
+        **{
+            k: jnp.asarray(np.broadcast_to(np.asarray(out[k], np.float64), common.shape), jnp.float32)
+            for k in PARAM_NAMES
+        }
+    )
     pr = XanesParams(**{**pr.as_dict(), "b1": jnp.ones(common.shape, jnp.float32)})
     f1 = np.asarray(f1_v(pr, jnp.asarray([e2[0]]), edge)[0], np.float64)
     phi0 = np.nan_to_num(st.phase[0])
@@ -349,13 +430,21 @@ def _epie_refine(ds: Dataset, common: Grid, cfg: JointConfig, edge: VEdge, vals:
         # into the spectra where two ePIE solutions, each with its own sub-pixel
         # probe/object shift, would meet.
         probes, _ = _membrane_normalised_probes(ds, np.repeat(probe0[None], ds.n_energies, axis=0), sums)
-        why = (f"the file's illumination is a poor guess: overlap {overlap:.3f} with the lowest energy's refined probe; "
-               "that probe" if poor_guess else "the file has no illumination: the lowest energy's refined probe")
+        why = (
+            f"the file's illumination is a poor guess: overlap {overlap:.3f} with the lowest energy's refined probe; "
+            "that probe"
+            if poor_guess
+            else "the file has no illumination: the lowest energy's refined probe"
+        )
         info["probes_from"] = f"epie ({why}, re-centred, power from the membrane counts)"
         info["probe_recentred_px"] = [round(float(v), 4) for v in shift]
         if poor_guess:
-            _log_warnings([f"the file's illumination is far from what ePIE refines from it at the lowest energy (overlap "
-                           f"{overlap:.3f} < {FILE_PROBE_OVERLAP}): every energy starts from the refined probe instead"])
+            _log_warnings(
+                [
+                    f"the file's illumination is far from what ePIE refines from it at the lowest energy (overlap "
+                    f"{overlap:.3f} < {FILE_PROBE_OVERLAP}): every energy starts from the refined probe instead"
+                ]
+            )
     info["probes"] = probes
     return out, info
 
@@ -372,7 +461,12 @@ def domain_index(path: str, shape: tuple[int, int]) -> tuple[np.ndarray, dict]:
     lab = np.asarray(res.clusters["labels"], np.int64)
     idx = _domain_index_from_labels(lab, shape, str(path))
     n = int(lab.max()) + 1 if (lab >= 0).any() else 0
-    return idx, {"file": str(path), "sha256": sha256_file(path), "n_domains": n, "unlabelled_pixels": int((lab < 0).sum())}
+    return idx, {
+        "file": str(path),
+        "sha256": sha256_file(path),
+        "n_domains": n,
+        "unlabelled_pixels": int((lab < 0).sum()),
+    }
 
 
 def _domain_index_from_labels(lab: np.ndarray, shape, source: str) -> np.ndarray:
@@ -403,9 +497,16 @@ def relative_values(vals: dict, names, sample: np.ndarray) -> dict:
     return out
 
 
-def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_frames: int,
-                domain: np.ndarray | None = None, basis: np.ndarray | None = None,
-                background_shape: tuple | None = None) -> JointParams:
+def make_params(
+    vals: dict,
+    cfg: JointConfig,
+    sc: Scales,
+    probes: np.ndarray,
+    n_frames: int,
+    domain: np.ndarray | None = None,
+    basis: np.ndarray | None = None,
+    background_shape: tuple | None = None,
+) -> JointParams:
     """Trainable leaves from physical starting maps: per-pixel maps as they are, per-domain
     parameters as the median of each domain's sample pixels (the sample's median for a
     domain without any), shared ones as the median over the sample's pixels. With a probe
@@ -418,12 +519,18 @@ def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_
     sample = b1 > 0.1 * np.percentile(b1, 99) if b1.ndim == 2 and np.any(b1 > 0) else np.ones(np.shape(b1), bool)
     vals = relative_values(vals, sc.relative, sample)
     for k in ALL_PARAMS:
-        v = np.broadcast_to(np.asarray(vals[k], np.float64), np.shape(domain) if domain is not None else np.shape(vals[k]))
-        smp = np.broadcast_to(sample, v.shape) if v.ndim == 2 and np.shape(sample) == v.shape else np.ones(v.shape, bool)
+        v = np.broadcast_to(
+            np.asarray(vals[k], np.float64), np.shape(domain) if domain is not None else np.shape(vals[k])
+        )
+        smp = (
+            np.broadcast_to(sample, v.shape) if v.ndim == 2 and np.shape(sample) == v.shape else np.ones(v.shape, bool)
+        )
         if k in cfg.per_domain:
             n_dom = int(domain.max()) + 1
             med = float(np.median(v[smp])) if smp.any() else float(np.median(v))
-            v = np.asarray([np.median(v[(domain == d) & smp]) if np.any((domain == d) & smp) else med for d in range(n_dom)])
+            v = np.asarray(
+                [np.median(v[(domain == d) & smp]) if np.any((domain == d) & smp) else med for d in range(n_dom)]
+            )
         elif k not in cfg.per_pixel:
             v = np.asarray(np.median(v[smp]) if smp.any() else np.median(v))
         raw[k] = jnp.asarray(to_raw(k, v, sc), jnp.float32)
@@ -431,6 +538,12 @@ def make_params(vals: dict, cfg: JointConfig, sc: Scales, probes: np.ndarray, n_
     if basis is not None:
         probes, gain = fit_probe_model(probes, basis)
     p = jnp.asarray(probes, jnp.complex64)
-    return JointParams(raw=raw, probe_re=jnp.real(p), probe_im=jnp.imag(p), dpos=jnp.zeros((n_frames, 2), jnp.float32),
-                       dscale=jnp.zeros((n_frames,), jnp.float32), probe_gain=jnp.asarray(gain, jnp.float32),
-                       background=None if background_shape is None else jnp.zeros(background_shape, jnp.float32))
+    return JointParams(
+        raw=raw,
+        probe_re=jnp.real(p),
+        probe_im=jnp.imag(p),
+        dpos=jnp.zeros((n_frames, 2), jnp.float32),
+        dscale=jnp.zeros((n_frames,), jnp.float32),
+        probe_gain=jnp.asarray(gain, jnp.float32),
+        background=None if background_shape is None else jnp.zeros(background_shape, jnp.float32),
+    )

@@ -152,7 +152,7 @@ def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
             j = names.index("b1")
             c = np.asarray(p[k], np.float64)
             with np.errstate(invalid="ignore", divide="ignore"):
-                g1, g2 = -c / b1 ** 2, 1.0 / b1
+                g1, g2 = -c / b1**2, 1.0 / b1
                 s = np.sqrt(np.abs(g1 * g1 * cov[..., j, j] + 2 * g1 * g2 * cov[..., i, j] + g2 * g2 * cov[..., i, i]))
         else:
             # d physical / d raw, elementwise (the transforms act pixel by pixel)
@@ -210,7 +210,8 @@ def _prior_information_fused(params: JointParams, prob: Problem, edge: VEdge, na
 
     info = object_information_joint(params, prob)
     p = physical(params, prob.scales, 1.0 - prob.empty, prob.domain)
-    f = scaled_information(p, jnp.asarray(prob.energies, jnp.float32), edge, jnp.asarray(info, jnp.float32), names, sc,
-                           batched=True)
+    f = scaled_information(
+        p, jnp.asarray(prob.energies, jnp.float32), edge, jnp.asarray(info, jnp.float32), names, sc, batched=True
+    )
     maps = {k: getattr(p, k) for k in set(names) | {"b1"}}
     return f, maps, {k: _raw_derivative(k, params.raw[k], prob.scales) for k in names}

@@ -170,13 +170,21 @@ def _device_frames(frames, nchunk: int, chunk: int) -> jax.Array:
     for c in range(nchunk):
         a, b = c * chunk, min((c + 1) * chunk, n)
         block[: b - a] = read_frames(frames, a, b)
-        block[b - a:] = 0.0
+        block[b - a :] = 0.0
         buf = _put_chunk(jnp.asarray(c, jnp.int32), buf, jnp.asarray(block))
     return buf
 
 
-def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, common: Grid | None = None, n_shards: int = 1,
-                  frames_on_device: bool = True, place_frames=None) -> tuple[Problem, Grid, list[Grid]]:
+def build_problem(
+    ds: Dataset,
+    cfg: JointConfig,
+    edge: VEdge,
+    scales: Scales,
+    common: Grid | None = None,
+    n_shards: int = 1,
+    frames_on_device: bool = True,
+    place_frames=None,
+) -> tuple[Problem, Grid, list[Grid]]:
     """The :class:`Problem` of ``ds``. ``frames_on_device=False`` (streaming mode): the
     problem holds no frames (``frames`` has shape ``(n_chunks, chunk, 0, 0)``); the
     streaming solver reads them chunk by chunk (:mod:`diffxas.solvers.joint.stream`).
@@ -206,8 +214,10 @@ def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, co
         pint = np.abs(np.asarray(ds.illumination[k0])) ** 2
     else:
         yy, xx = np.mgrid[:M, :M] - M // 2
-        pint = (xx ** 2 + yy ** 2 < (M / 8) ** 2).astype(np.float32)
-    ill = np.asarray(illumination_map(jnp.asarray(pint[None], jnp.float32), np.zeros(len(idx0), np.int32), c0, f0, common.shape))[0]
+        pint = (xx**2 + yy**2 < (M / 8) ** 2).astype(np.float32)
+    ill = np.asarray(
+        illumination_map(jnp.asarray(pint[None], jnp.float32), np.zeros(len(idx0), np.int32), c0, f0, common.shape)
+    )[0]
     illuminated = ill > 0.1 * np.max(ill) * 1.0 if ill.max() > 0 else np.zeros(common.shape, bool)
     # require full-dose coverage: at least 25 % of the median of the covered interior
     med = np.median(ill[ill > 0.5 * ill.max()]) if ill.max() > 0 else 0.0
@@ -229,14 +239,23 @@ def build_problem(ds: Dataset, cfg: JointConfig, edge: VEdge, scales: Scales, co
         frames = lay(np.fft.ifftshift(np.asarray(ds.frames, np.float32), axes=(-2, -1)))
     else:
         frames = _device_frames(ds.frames, nchunk, chunk)
-    prob = Problem(frames=frames, frame_id=lay(np.arange(ds.n_frames, dtype=np.int32), -1),
-                   energy_index=lay(ei.astype(np.int32)), corner=lay(corner), frac=lay(frac),
-                   weight=jnp.asarray(np.fft.ifftshift(np.asarray(ds.mask, np.float32), axes=(-2, -1))),
-                   energies=jnp.asarray(ds.energies, jnp.float32), ry=jnp.asarray(np.stack(ry), jnp.float32),
-                   rx=jnp.asarray(np.stack(rx), jnp.float32), illuminated=jnp.asarray(illuminated),
-                   empty=jnp.zeros(common.shape, jnp.float32), edge=edge,
-                   scales=scales, frame_energy=jnp.asarray(ei, jnp.int32),
-                   log_monitor=None if ds.monitor is None else jnp.asarray(np.log(relative_monitor(ds)), jnp.float32))
+    prob = Problem(
+        frames=frames,
+        frame_id=lay(np.arange(ds.n_frames, dtype=np.int32), -1),
+        energy_index=lay(ei.astype(np.int32)),
+        corner=lay(corner),
+        frac=lay(frac),
+        weight=jnp.asarray(np.fft.ifftshift(np.asarray(ds.mask, np.float32), axes=(-2, -1))),
+        energies=jnp.asarray(ds.energies, jnp.float32),
+        ry=jnp.asarray(np.stack(ry), jnp.float32),
+        rx=jnp.asarray(np.stack(rx), jnp.float32),
+        illuminated=jnp.asarray(illuminated),
+        empty=jnp.zeros(common.shape, jnp.float32),
+        edge=edge,
+        scales=scales,
+        frame_energy=jnp.asarray(ei, jnp.int32),
+        log_monitor=None if ds.monitor is None else jnp.asarray(np.log(relative_monitor(ds)), jnp.float32),
+    )
     return prob, common, grids
 
 

@@ -120,9 +120,14 @@ def distributed_environment() -> str | None:
     return None
 
 
-def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, timeout_s: int = 300,
-                           heartbeat_timeout_s: int | None = None, **kwargs) -> bool:
+def initialize_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    timeout_s: int = 300,
+    heartbeat_timeout_s: int | None = None,
+    **kwargs,
+) -> bool:
     """``jax.distributed.initialize`` when running as one of several processes; True if it ran.
 
     With ``coordinator="HOST:PORT"``, ``num_processes`` and ``process_id`` the process joins
@@ -139,8 +144,9 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     """
     explicit = coordinator is not None or num_processes is not None or process_id is not None
     if explicit and None in (coordinator, num_processes, process_id):
-        raise ConfigError("--coordinator, --num-processes and --process-id go together (or none of them: "
-                          "SLURM/Open MPI detection)")
+        raise ConfigError(
+            "--coordinator, --num-processes and --process-id go together (or none of them: SLURM/Open MPI detection)"
+        )
     if not (explicit or kwargs or distributed_environment()):
         return False
     if explicit:
@@ -149,15 +155,19 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         kwargs.update(coordinator_address=coordinator, num_processes=int(num_processes), process_id=int(process_id))
         host = coordinator.rpartition(":")[0]
         if int(process_id) == 0 and host in ("127.0.0.1", "localhost", "") and _port_taken(coordinator):
-            raise ConfigError(f"coordinator {coordinator}: the port is already in use on this host "
-                              "(pick another, e.g. diffxas.solvers.joint.parallel.free_port())")
+            raise ConfigError(
+                f"coordinator {coordinator}: the port is already in use on this host "
+                "(pick another, e.g. diffxas.solvers.joint.parallel.free_port())"
+            )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if heartbeat_timeout_s is not None:
         kwargs["heartbeat_timeout_seconds"] = int(heartbeat_timeout_s)
     try:
         jax.distributed.initialize(initialization_timeout=int(timeout_s), **kwargs)
     except Exception as e:  # noqa: BLE001 - jax raises RuntimeError/ValueError/XlaRuntimeError, long texts
-        where = kwargs.get("coordinator_address") or os.environ.get("JAX_COORDINATOR_ADDRESS") or distributed_environment()
+        where = (
+            kwargs.get("coordinator_address") or os.environ.get("JAX_COORDINATOR_ADDRESS") or distributed_environment()
+        )
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"distributed start failed (coordinator {where}): {msg}") from None
     return True
@@ -194,8 +204,10 @@ def shard_problem(prob, mesh: Mesh):
     n = mesh.devices.size
     chunk = prob.frames.shape[1]
     if chunk % n:
-        raise ValueError(f"chunk of {chunk} frames does not split over {n} devices: "
-                         f"build the solver with prepare_joint(ds, cfg, n_shards={n})")
+        raise ValueError(
+            f"chunk of {chunk} frames does not split over {n} devices: "
+            f"build the solver with prepare_joint(ds, cfg, n_shards={n})"
+        )
     split = NamedSharding(mesh, P(None, AXIS))
     get = lambda p: tuple(getattr(p, f) for f in FRAME_FIELDS)  # noqa: E731
     fields = tuple(place(x, split) for x in get(prob))  # before replicating: frames may be global already
@@ -313,8 +325,9 @@ class ShardedJointSolver(eqx.Module):
         def local(params, dyn):
             return jax.lax.psum(total_loss(params, eqx.combine(dyn, rest), None, static), AXIS)
 
-        return jax.shard_map(local, mesh=self.mesh, in_specs=(P(), _problem_specs(dyn)), out_specs=P(),
-                             check_vma=False)(params, dyn)
+        return jax.shard_map(
+            local, mesh=self.mesh, in_specs=(P(), _problem_specs(dyn)), out_specs=P(), check_vma=False
+        )(params, dyn)
 
     # ---- sharded loss
     def _loss_and_grad(self, params, step):
@@ -330,13 +343,15 @@ class ShardedJointSolver(eqx.Module):
         specs = _problem_specs(dyn)
 
         if full:
+
             def local(params, dyn):
                 static = (loss_name, step_chunk, tv_local, n_total)
                 val, grad = eqx.filter_value_and_grad(total_loss)(params, eqx.combine(dyn, rest), None, static)
                 return jax.lax.psum((val, grad), AXIS)
 
-            val, grad = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), specs), out_specs=P(),
-                                      check_vma=False)(params, dyn)
+            val, grad = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), specs), out_specs=P(), check_vma=False)(
+                params, dyn
+            )
             return val, grad
 
         # Mini-batch: the same random frames as the single-device step. Each device picks the
@@ -372,14 +387,16 @@ class ShardedJointSolver(eqx.Module):
 
             # frame_id + 1 so that empty slots (0 from every device) come back as -1 (padding)
             fields = {f: pick(getattr(prob, f), 1 if f == "frame_id" else 0) for f in FRAME_FIELDS}
-            prob_b = eqx.tree_at(lambda p: tuple(getattr(p, f) for f in FRAME_FIELDS), prob,
-                                 tuple(fields[f] for f in FRAME_FIELDS))
+            prob_b = eqx.tree_at(
+                lambda p: tuple(getattr(p, f) for f in FRAME_FIELDS), prob, tuple(fields[f] for f in FRAME_FIELDS)
+            )
             static = (loss_name, cb, tv_local, n_total)
             val, grad = eqx.filter_value_and_grad(total_loss)(params, prob_b, None, static)
             return jax.lax.psum((val, grad), AXIS)
 
-        val, grad = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), specs, P(), P()), out_specs=P(),
-                                  check_vma=False)(params, dyn, owner, lpos)
+        val, grad = jax.shard_map(
+            local, mesh=self.mesh, in_specs=(P(), specs, P(), P()), out_specs=P(), check_vma=False
+        )(params, dyn, owner, lpos)
         return jax.tree.map(lambda x: x * scale, (val, grad))
 
     @eqx.filter_jit
@@ -399,8 +416,12 @@ def _chunk_layout(n_frames: int, chunk: int, n_shards: int):
 def _problem_specs(dyn_prob):
     """PartitionSpecs of the array leaves of a Problem: frames split, the rest replicated."""
     specs = jax.tree.map(lambda _: P(), dyn_prob)
-    return eqx.tree_at(lambda p: tuple(getattr(p, f) for f in FRAME_FIELDS), specs,
-                       tuple(P(None, AXIS) for _ in FRAME_FIELDS), is_leaf=lambda x: x is None)
+    return eqx.tree_at(
+        lambda p: tuple(getattr(p, f) for f in FRAME_FIELDS),
+        specs,
+        tuple(P(None, AXIS) for _ in FRAME_FIELDS),
+        is_leaf=lambda x: x is None,
+    )
 
 
 def shard_solver(solver, mesh: Mesh) -> ShardedJointSolver:
@@ -441,9 +462,15 @@ def prepare_joint_sharded(ds: Dataset, cfg=None, devices: Sequence[jax.Device] |
     return solver, state, ctx, mesh
 
 
-def reconstruct_joint_sharded(ds: Dataset, cfg=None, devices: Sequence[jax.Device] | None = None,
-                              progress: bool = False, checkpoint: str | None = None, resume: bool = False,
-                              callback=None):
+def reconstruct_joint_sharded(
+    ds: Dataset,
+    cfg=None,
+    devices: Sequence[jax.Device] | None = None,
+    progress: bool = False,
+    checkpoint: str | None = None,
+    resume: bool = False,
+    callback=None,
+):
     """:func:`diffxas.solvers.joint.run.reconstruct_joint` with the frames split over ``devices``.
 
     Same arguments and result; ``devices`` defaults to all devices (of all processes after
@@ -458,21 +485,33 @@ def reconstruct_joint_sharded(ds: Dataset, cfg=None, devices: Sequence[jax.Devic
     cfg = joint_config.JointConfig() if cfg is None else cfg
     if jax.process_count() > 1:
         if cfg.memory == "stream":
-            raise ConfigError("memory='stream' runs on one device: a multi-process run needs memory='device' "
-                              "(the frames split over all devices)")
+            raise ConfigError(
+                "memory='stream' runs on one device: a multi-process run needs memory='device' "
+                "(the frames split over all devices)"
+            )
         if cfg.memory != "device":
             cfg = dataclasses.replace(cfg, memory="device")
     mesh = frames_mesh(devices)
     try:
-        return joint_run.reconstruct_joint(ds, cfg, progress=progress, checkpoint=checkpoint, resume=resume,
-                                       callback=callback, n_shards=mesh.devices.size, shard=sharder(mesh),
-                                       place_frames=frames_placer(mesh))
+        return joint_run.reconstruct_joint(
+            ds,
+            cfg,
+            progress=progress,
+            checkpoint=checkpoint,
+            resume=resume,
+            callback=callback,
+            n_shards=mesh.devices.size,
+            shard=sharder(mesh),
+            place_frames=frames_placer(mesh),
+        )
     except DiffxasError:
         raise
     except Exception as e:  # a collective that broke: one line for every survivor
         if jax.process_count() == 1:
             raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise DistributedError(f"process {jax.process_index()} of {jax.process_count()}: the distributed run stopped "
-                               f"(another process died or its connection broke: {first}); rerun all processes "
-                               "with --resume to continue from the last checkpoint") from None
+        raise DistributedError(
+            f"process {jax.process_index()} of {jax.process_count()}: the distributed run stopped "
+            f"(another process died or its connection broke: {first}); rerun all processes "
+            "with --resume to continue from the last checkpoint"
+        ) from None

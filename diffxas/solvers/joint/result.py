@@ -57,7 +57,9 @@ def object_information_joint(params: JointParams, prob: Problem) -> jax.Array:
     return to_common_grid(info, prob.ry, prob.rx)
 
 
-def map_std_joint(params: JointParams, prob: Problem, cfg: JointConfig, edge: VEdge, reference_energy: float) -> dict[str, np.ndarray]:
+def map_std_joint(
+    params: JointParams, prob: Problem, cfg: JointConfig, edge: VEdge, reference_energy: float
+) -> dict[str, np.ndarray]:
     """Standard-error maps (``/maps/*_std``) of the joint model's maps: Fisher information of
     the per-pixel parameters (``cfg.per_pixel``) with the probes, the positions, the shared
     parameters and the neighbouring pixels held fixed (:mod:`diffxas.physics.uncertainty`).
@@ -97,16 +99,22 @@ def plausibility_warnings(full: dict[str, np.ndarray], pre_edge_norm: np.ndarray
     if not v.any():
         return ["no valid pixel (no edge jump above valid_jump_fraction): the maps are empty"]
     med = {k: float(np.median(np.asarray(full[k])[v])) for k in ("b3", "c13", "c23") if k in full}
-    for k, hi, what in (("c13", fc.width_bounds[1], "first pre-edge peak width"),
-                        ("c23", fc.width_bounds[1], "second pre-edge peak width"),
-                        ("b3", fc.b3_bounds[1], "edge width")):
+    for k, hi, what in (
+        ("c13", fc.width_bounds[1], "first pre-edge peak width"),
+        ("c23", fc.width_bounds[1], "second pre-edge peak width"),
+        ("b3", fc.b3_bounds[1], "edge width"),
+    ):
         if k in med and med[k] > hi:
-            out.append(f"{what} {k} = {med[k]:.3g} eV (median) is above {hi:g} eV, the two-step fit's bound: "
-                       "the spectral model has likely collapsed (too few photons or too few energies?)")
+            out.append(
+                f"{what} {k} = {med[k]:.3g} eV (median) is above {hi:g} eV, the two-step fit's bound: "
+                "the spectral model has likely collapsed (too few photons or too few energies?)"
+            )
     pe = np.asarray(pre_edge_norm, np.float64)[v]
     pe = pe[np.isfinite(pe)]
     if pe.size and float(np.median(pe)) < 0:
-        out.append(f"median PE/dmt is negative ({float(np.median(pe)):.3g} eV): a negative pre-edge peak area is not physical")
+        out.append(
+            f"median PE/dmt is negative ({float(np.median(pe)):.3g} eV): a negative pre-edge peak area is not physical"
+        )
     return out
 
 
@@ -126,12 +134,24 @@ def energy_count_warnings(n_energies: int, per_pixel) -> list[str]:
     names = [k for k in PARAM_NAMES if k in per_pixel]
     if n_energies >= len(names):
         return []
-    return [f"{n_energies} energ{'y' if n_energies == 1 else 'ies'} for {len(names)} per-pixel spectral parameters ({', '.join(names)}): "
-            "the maps are not determined by the data; measure more energies or share parameters (JointConfig.per_pixel)"]
+    return [
+        f"{n_energies} energ{'y' if n_energies == 1 else 'ies'} for {len(names)} per-pixel spectral parameters ({', '.join(names)}): "
+        "the maps are not determined by the data; measure more energies or share parameters (JointConfig.per_pixel)"
+    ]
 
 
-def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, grids, cfg: JointConfig, edge: VEdge,
-                history, init_info, timing) -> Result:
+def make_result(
+    ds: Dataset,
+    params: JointParams,
+    prob: Problem,
+    common: Grid,
+    grids,
+    cfg: JointConfig,
+    edge: VEdge,
+    history,
+    init_info,
+    timing,
+) -> Result:
     p = physical(params, prob.scales, 1.0 - prob.empty, prob.domain)
     shape = common.shape
     full = {k: np.broadcast_to(np.asarray(getattr(p, k), np.float64), shape).copy() for k in ALL_PARAMS}
@@ -146,19 +166,32 @@ def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, g
     thr = cfg.valid_jump_fraction * (np.percentile(b1[ill], 99) if ill.any() else 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         m = {
-            "edge_energy": full["b2"], "edge_width": full["b3"], "edge_jump": b1,
-            "pre_edge": np.asarray(pre_edge(pfull), np.float64), "pre_edge_norm": np.asarray(pre_edge_norm(pfull), np.float64),
+            "edge_energy": full["b2"],
+            "edge_width": full["b3"],
+            "edge_jump": b1,
+            "pre_edge": np.asarray(pre_edge(pfull), np.float64),
+            "pre_edge_norm": np.asarray(pre_edge_norm(pfull), np.float64),
             "n_v": np.asarray(n_v(jnp.asarray(b1), edge), np.float64),
-            "ne_eff_per_nv": np.asarray(ne_eff_per_nv(jnp.asarray(phi_ref), jnp.asarray(b1, jnp.float32), e_ref, edge), np.float64),
+            "ne_eff_per_nv": np.asarray(
+                ne_eff_per_nv(jnp.asarray(phi_ref), jnp.asarray(b1, jnp.float32), e_ref, edge), np.float64
+            ),
         }
     valid = ill & (b1 > thr) & np.all([np.isfinite(v) for v in m.values()], axis=0)
     t_std = time.perf_counter()
     std = {k: np.where(valid, v, np.nan) for k, v in map_std_joint(params, prob, cfg, edge, e_ref).items()}
     timing = dict(timing, uncertainty_s=time.perf_counter() - t_std)
-    maps = ChemMaps(**{k: np.where(valid, v, np.nan) for k, v in m.items()}, valid=valid.astype(np.uint8), std=std,
-                    pixel_size=common.pixel_size, origin=common.origin, reference_energy=e_ref,
-                    delta_f2_v=float(edge.delta_f2), scattering_table=cfg.table, absorber=edge.element,
-                    extra={**{k: v for k, v in full.items()}, "illuminated": ill.astype(np.float64)})
+    maps = ChemMaps(
+        **{k: np.where(valid, v, np.nan) for k, v in m.items()},
+        valid=valid.astype(np.uint8),
+        std=std,
+        pixel_size=common.pixel_size,
+        origin=common.origin,
+        reference_energy=e_ref,
+        delta_f2_v=float(edge.delta_f2),
+        scattering_table=cfg.table,
+        absorber=edge.element,
+        extra={**{k: v for k, v in full.items()}, "illuminated": ill.astype(np.float64)},
+    )
     probes_k = np.asarray(probes(params, prob), np.complex64)
     hist = {k: np.asarray(v, np.float64) for k, v in history.items()}
     hist["wall_s"] = np.asarray([timing["wall_s"]])
@@ -168,9 +201,13 @@ def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, g
     _log_warnings(warnings)
     # said at the start already (reconstruct_joint); recorded here with the others
     warnings = energy_count_warnings(ds.n_energies, cfg.per_pixel) + warnings
-    config = {"joint": cfg.to_dict(), "init": {k: v for k, v in init_info.items() if k != "probes"},
-              "amp_scale": prob.scales.amp, "grid": {"pixel_size": common.pixel_size, "shape": list(shape), "origin": list(common.origin)},
-              "warnings": warnings}
+    config = {
+        "joint": cfg.to_dict(),
+        "init": {k: v for k, v in init_info.items() if k != "probes"},
+        "amp_scale": prob.scales.amp,
+        "grid": {"pixel_size": common.pixel_size, "shape": list(shape), "origin": list(common.origin)},
+        "warnings": warnings,
+    }
     bg = background_counts(params, prob)
     if bg is not None:
         bg = np.asarray(bg, np.float32)
@@ -179,6 +216,15 @@ def make_result(ds: Dataset, params: JointParams, prob: Problem, common: Grid, g
 
         config["background"] = summary(bg)
         logging.getLogger("diffxas").info(describe(bg, "joint"))
-    return Result(method="joint", maps=maps, energies=np.asarray(ds.energies, np.float64), absorption=A, phase=phi,
-                  probes=probes_k, probe_pixel_size=np.asarray(ds.pixel_sizes()), history=hist, config=config,
-                  background=bg)
+    return Result(
+        method="joint",
+        maps=maps,
+        energies=np.asarray(ds.energies, np.float64),
+        absorption=A,
+        phase=phi,
+        probes=probes_k,
+        probe_pixel_size=np.asarray(ds.pixel_sizes()),
+        history=hist,
+        config=config,
+        background=bg,
+    )

@@ -62,8 +62,15 @@ from diffxas.solvers.joint.solver import (
 )
 
 
-def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int = 1, domain_labels=None,
-                  common: Grid | None = None, place_frames=None, findings: dict | None = None):
+def prepare_joint(
+    ds: Dataset,
+    cfg: JointConfig = JointConfig(),
+    n_shards: int = 1,
+    domain_labels=None,
+    common: Grid | None = None,
+    place_frames=None,
+    findings: dict | None = None,
+):
     """Build the problem, initial parameters and solver for ``ds``.
 
     ``findings``: the data checks' record (:func:`diffxas.data.checks.ensure_checked`, which
@@ -91,12 +98,26 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     e = np.asarray(ds.energies, np.float64)
     edge = VEdge.for_energies(cfg.element, e, cfg.table)  # fails at once on a wrong element
     common = ds.common_grid() if common is None else common
-    pre = Scales(amp=1.0, n_other=1.0, e_mid=float(0.5 * (e.min() + e.max())), e_half=float(0.5 * (e.max() - e.min()) + 1.0))
+    pre = Scales(
+        amp=1.0, n_other=1.0, e_mid=float(0.5 * (e.min() + e.max())), e_half=float(0.5 * (e.max() - e.min()) + 1.0)
+    )
     nchunk, chunk_n = chunk_layout(ds.n_frames, cfg.chunk_size, n_shards)
-    plan = plan_memory(cfg, ds.n_frames, nchunk, chunk_n, ds.n_energies, ds.frame_size, common.shape,
-                       energy_grids(ds, common)[0].shape, source=frames_source(ds.frames), n_shards=n_shards, emit=False)
-    prob, common, grids = build_problem(ds, cfg, edge, pre, common, n_shards=n_shards, frames_on_device=plan.mode == "device",
-                                        place_frames=place_frames)
+    plan = plan_memory(
+        cfg,
+        ds.n_frames,
+        nchunk,
+        chunk_n,
+        ds.n_energies,
+        ds.frame_size,
+        common.shape,
+        energy_grids(ds, common)[0].shape,
+        source=frames_source(ds.frames),
+        n_shards=n_shards,
+        emit=False,
+    )
+    prob, common, grids = build_problem(
+        ds, cfg, edge, pre, common, n_shards=n_shards, frames_on_device=plan.mode == "device", place_frames=place_frames
+    )
     moments = frame_moments(ds)  # one pass over the frames for the bright field and the DPC phase
     # a probe guess in the file at another power than the frames' (another normalisation,
     # frames not in counts) is put at the counts: the joint is sensitive to it
@@ -115,8 +136,13 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     amp = float(np.percentile(np.abs(vals["b1"][ill]), 95)) if ill.any() else 0.05
     amp = amp if amp > 1e-6 else 0.05
     lam0 = float(wavelength(edge.edge_ev))
-    sc = Scales(amp=amp, n_other=float(amp / (R_E * lam0 * float(edge.delta_f2)) * 20.0), e_mid=pre.e_mid, e_half=pre.e_half,
-                relative=tuple(k for k in RELATIVE_OK if k in cfg.relative and "b1" in cfg.per_pixel))
+    sc = Scales(
+        amp=amp,
+        n_other=float(amp / (R_E * lam0 * float(edge.delta_f2)) * 20.0),
+        e_mid=pre.e_mid,
+        e_half=pre.e_half,
+        relative=tuple(k for k in RELATIVE_OK if k in cfg.relative and "b1" in cfg.per_pixel),
+    )
     prob = eqx.tree_at(lambda p: p.scales, prob, sc)
     # The empty reference region pins the maps' zero (amplitudes 0 there). It is found on the
     # low-resolution phase from the frames' centres of mass (DPC, diffxas.data.stxm.dpc_phase),
@@ -145,17 +171,26 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
             probes0, _ = _membrane_normalised_probes(ds, initial_probes(ds, grids, cfg.probe_fwhm), moments[0])
             fwhm = f"{cfg.probe_fwhm * 1e9:.4g} nm"
             init_info["probes_from"] = f"KB focus of {fwhm} FWHM (the file has no illumination; epie.initial_probes)"
-            _log_warnings([f"the data file has no illumination and init = {cfg.init!r} starts from a {fwhm} KB focus "
-                           "guess; init = 'epie' (the default) or a warm start (--init) refine the probe first"])
+            _log_warnings(
+                [
+                    f"the data file has no illumination and init = {cfg.init!r} starts from a {fwhm} KB focus "
+                    "guess; init = 'epie' (the default) or a warm start (--init) refine the probe first"
+                ]
+            )
         else:
             probes0 = np.asarray(ds.illumination)
     domain = None
     if cfg.per_domain:
         if cfg.domains == "auto":
             if domain_labels is None:
-                raise ConfigError("domains='auto' needs the first pass: run it through reconstruct_joint (or pass domain_labels)")
+                raise ConfigError(
+                    "domains='auto' needs the first pass: run it through reconstruct_joint (or pass domain_labels)"
+                )
             lab, rec = domain_labels
-            domain, init_info["domains"] = _domain_index_from_labels(np.asarray(lab), common.shape, "auto (first pass)"), dict(rec)
+            domain, init_info["domains"] = (
+                _domain_index_from_labels(np.asarray(lab), common.shape, "auto (first pass)"),
+                dict(rec),
+            )
             init_info["domains"]["n_domains"] = int(np.max(lab)) + 1 if np.any(np.asarray(lab) >= 0) else 0
         else:
             domain, init_info["domains"] = domain_index(cfg.domains, common.shape)
@@ -176,8 +211,7 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
 
         if bg_result is not None:  # a warm start from a result that fitted one: its level, in this mode
             m = ds.frame_size
-            bg0 = (as_maps(bg_result, ds.n_energies, m) if cfg.background == "map" else
-                   per_energy(bg_result))
+            bg0 = as_maps(bg_result, ds.n_energies, m) if cfg.background == "map" else per_energy(bg_result)
             bg0 = np.maximum(np.asarray(bg0, np.float32), FLOOR)
             init_info["background_from"] = "the warm start's results file"
         else:
@@ -186,11 +220,14 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
         init_info["background_start"] = summary(bg0)
         bg0 = np.fft.ifftshift(bg0, axes=(-2, -1)) if bg0.ndim == 3 else bg0  # the frames' layout here
         prob = eqx.tree_at(lambda p: p.background0, prob, jnp.asarray(bg0, jnp.float32), is_leaf=lambda x: x is None)
-    params = make_params(vals, cfg, sc, probes0, ds.n_frames, domain, basis,
-                         background_shape=None if bg0 is None else np.shape(bg0))
+    params = make_params(
+        vals, cfg, sc, probes0, ds.n_frames, domain, basis, background_shape=None if bg0 is None else np.shape(bg0)
+    )
     if basis is not None:
         p_fit = np.asarray(probes(params, prob))
-        init_info["probe_model_fit"] = float(np.sqrt(np.sum(np.abs(p_fit - probes0) ** 2) / max(np.sum(np.abs(probes0) ** 2), 1e-30)))
+        init_info["probe_model_fit"] = float(
+            np.sqrt(np.sum(np.abs(p_fit - probes0) ** 2) / max(np.sum(np.abs(probes0) ** 2), 1e-30))
+        )
     probe_scale = float(np.sqrt(np.mean(np.abs(probes0) ** 2)))
     opt = make_optimizer(params, cfg, probe_scale)
     n_frames = ds.n_frames
@@ -201,13 +238,15 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
         pw, wmaps = prior_weights(params, prob, cfg, edge)
         init_info["prior_weights"] = pw
         zero = np.zeros(common.shape, np.float32)
-        prob = eqx.tree_at(lambda p: p.tv_scale, prob,
-                           jnp.asarray(np.stack([wmaps.get(k, zero) for k in ALL_PARAMS]), jnp.float32))
+        prob = eqx.tree_at(
+            lambda p: p.tv_scale, prob, jnp.asarray(np.stack([wmaps.get(k, zero) for k in ALL_PARAMS]), jnp.float32)
+        )
         tv = 1.0 if any(v["weight"] > 0 for v in pw.values()) else 0.0
     static = (cfg.loss, chunk, tv, float(n_frames))
     if plan.mode == "stream":
-        solver = StreamSolver(prob, opt, static, batch=bs, n_frames=n_frames, seed=cfg.seed, frames=ds.frames,
-                              host_cache=plan.host_cache)
+        solver = StreamSolver(
+            prob, opt, static, batch=bs, n_frames=n_frames, seed=cfg.seed, frames=ds.frames, host_cache=plan.host_cache
+        )
     else:
         solver = JointSolver(prob=prob, opt=opt, static=static, batch=bs, n_frames=n_frames, seed=cfg.seed)
     ctx = {"common": common, "grids": grids, "edge": edge, "init_info": init_info, "memory": plan.to_dict()}
@@ -215,9 +254,18 @@ def prepare_joint(ds: Dataset, cfg: JointConfig = JointConfig(), n_shards: int =
     return solver, solver.init(params), ctx
 
 
-def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: bool = False,
-                      checkpoint: str | None = None, resume: bool = False, callback=None,
-                      n_shards: int = 1, shard=None, _domain_labels=None, place_frames=None) -> Result:
+def reconstruct_joint(
+    ds: Dataset,
+    cfg: JointConfig = JointConfig(),
+    progress: bool = False,
+    checkpoint: str | None = None,
+    resume: bool = False,
+    callback=None,
+    n_shards: int = 1,
+    shard=None,
+    _domain_labels=None,
+    place_frames=None,
+) -> Result:
     """Run the joint solver on ``ds`` and return a :class:`Result` (maps, stacks, probes, history).
 
     ``checkpoint``: file to save the state to every ``cfg.checkpoint_every`` steps (atomic);
@@ -250,20 +298,27 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
         held = ds.holdout_mask(cfg.holdout)
         fit_ds, held_ds = ds.subset(~held), ds.subset(held)
         # the full scan's grid: the held-out frames must lie on the fitted object
-        solver, state, ctx = prepare_joint(fit_ds, cfg, n_shards=n_shards, domain_labels=_domain_labels,
-                                           common=ds.common_grid(), findings=found)
+        solver, state, ctx = prepare_joint(
+            fit_ds, cfg, n_shards=n_shards, domain_labels=_domain_labels, common=ds.common_grid(), findings=found
+        )
         if ctx["memory"]["mode"] != "device":
-            raise ConfigError("holdout needs the frames on the device (memory='device'); the streaming mode has no "
-                              "held-out evaluation")
+            raise ConfigError(
+                "holdout needs the frames on the device (memory='device'); the streaming mode has no "
+                "held-out evaluation"
+            )
         hold = heldout_problem(solver.prob, held_ds, cfg, ctx["common"])
-        hold_norm = float(held_ds.n_frames * ds.frame_size ** 2)
+        hold_norm = float(held_ds.n_frames * ds.frame_size**2)
         hold_fn = eqx.filter_jit(heldout_loss)
-        ctx["init_info"]["holdout"] = {"fraction": float(cfg.holdout), "heldout_frames": int(held_ds.n_frames),
-                                       "fit_frames": int(fit_ds.n_frames)}
+        ctx["init_info"]["holdout"] = {
+            "fraction": float(cfg.holdout),
+            "heldout_frames": int(held_ds.n_frames),
+            "fit_frames": int(fit_ds.n_frames),
+        }
         ds = fit_ds
     else:
-        solver, state, ctx = prepare_joint(ds, cfg, n_shards=n_shards, domain_labels=_domain_labels,
-                                           place_frames=place_frames, findings=found)
+        solver, state, ctx = prepare_joint(
+            ds, cfg, n_shards=n_shards, domain_labels=_domain_labels, place_frames=place_frames, findings=found
+        )
     # after prepare_joint: bad input gets its one error line alone; a two-pass run's first
     # pass has the same per_pixel and has logged it already
     if _domain_labels is None:
@@ -285,7 +340,7 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
 
         bar = tqdm(total=cfg.steps, initial=int(state.step), desc="joint", unit="step")
     t_compile = None
-    norm = float(ds.n_frames * ds.frame_size ** 2)
+    norm = float(ds.n_frames * ds.frame_size**2)
     for s in range(int(state.step), cfg.steps):
         t0 = time.perf_counter()
         state, loss = solver.step(state)
@@ -300,10 +355,15 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
             history["step"].append(s + 1)
             history["loss"].append(lv / norm)
             if hold is not None:
-                history["heldout_loss"].append(float(hold_fn(state.params, hold, cfg.loss, solver.static[1])) / hold_norm)
+                history["heldout_loss"].append(
+                    float(hold_fn(state.params, hold, cfg.loss, solver.static[1])) / hold_norm
+                )
             history["time"].append(time.perf_counter() - t_start)
             if bar is not None:
-                bar.set_postfix(loss=f"{lv / norm:.4g}", **({"heldout": f"{history['heldout_loss'][-1]:.4g}"} if hold is not None else {}))
+                bar.set_postfix(
+                    loss=f"{lv / norm:.4g}",
+                    **({"heldout": f"{history['heldout_loss'][-1]:.4g}"} if hold is not None else {}),
+                )
             if callback is not None:
                 callback(s + 1, lv / norm, state)
         if bar is not None:
@@ -317,14 +377,28 @@ def reconstruct_joint(ds: Dataset, cfg: JointConfig = JointConfig(), progress: b
         bar.close()
     if cfg.lbfgs_steps > 0:
         if ctx["memory"]["mode"] != "device":
-            raise ConfigError("lbfgs_steps needs the frames on the device (memory='device'): its line search evaluates the full loss many times")
+            raise ConfigError(
+                "lbfgs_steps needs the frames on the device (memory='device'): its line search evaluates the full loss many times"
+            )
         state = lbfgs_polish(solver, state, cfg.lbfgs_steps, history, norm, t_start)
     if hold is not None:  # after the last step (and the L-BFGS polish, if any)
-        ctx["init_info"]["holdout"]["final_heldout_loss"] = float(hold_fn(state.params, hold, cfg.loss, solver.static[1])) / hold_norm
+        ctx["init_info"]["holdout"]["final_heldout_loss"] = (
+            float(hold_fn(state.params, hold, cfg.loss, solver.static[1])) / hold_norm
+        )
     wall = time.perf_counter() - t_start
     info = dict(ctx["init_info"], resumed_from_step=resumed_from)
-    result = make_result(ds, state.params, solver.prob, ctx["common"], ctx["grids"], cfg, ctx["edge"], history, info,
-                         timing={"wall_s": wall, "compile_s": t_compile or 0.0})
+    result = make_result(
+        ds,
+        state.params,
+        solver.prob,
+        ctx["common"],
+        ctx["grids"],
+        cfg,
+        ctx["edge"],
+        history,
+        info,
+        timing={"wall_s": wall, "compile_s": t_compile or 0.0},
+    )
     result.config = dict(result.config or {}, memory=ctx["memory"])  # the mode that ran and why
     return result
 
@@ -342,18 +416,38 @@ def _reconstruct_two_pass(ds, cfg, progress, checkpoint, resume, callback, n_sha
     if p1_file and resume and os.path.exists(p1_file):
         first = read_result(p1_file)
     else:
-        first = reconstruct_joint(ds, dataclasses.replace(cfg, per_domain=(), domains=None), progress=progress,
-                                  checkpoint=checkpoint + ".pass1" if checkpoint else None, resume=resume,
-                                  callback=callback, n_shards=n_shards, shard=shard)
+        first = reconstruct_joint(
+            ds,
+            dataclasses.replace(cfg, per_domain=(), domains=None),
+            progress=progress,
+            checkpoint=checkpoint + ".pass1" if checkpoint else None,
+            resume=resume,
+            callback=callback,
+            n_shards=n_shards,
+            shard=shard,
+        )
         if p1_file:
             write_result(p1_file, first)
     ccfg = ClusterConfig()
     cl = cluster_maps(first.maps, ccfg)
-    rec = {"file": "auto (first pass)", "first_pass_steps": cfg.steps, "first_pass_wall_s": float(first.history["wall_s"][0]),
-           "cluster": {"k": int(np.max(cl["labels"])) + 1, "features": list(ccfg.features)},
-           "unlabelled_pixels": int((np.asarray(cl["labels"]) < 0).sum())}
-    res = reconstruct_joint(ds, cfg, progress=progress, checkpoint=checkpoint, resume=resume, callback=callback,
-                            n_shards=n_shards, shard=shard, _domain_labels=(cl["labels"], rec))
+    rec = {
+        "file": "auto (first pass)",
+        "first_pass_steps": cfg.steps,
+        "first_pass_wall_s": float(first.history["wall_s"][0]),
+        "cluster": {"k": int(np.max(cl["labels"])) + 1, "features": list(ccfg.features)},
+        "unlabelled_pixels": int((np.asarray(cl["labels"]) < 0).sum()),
+    }
+    res = reconstruct_joint(
+        ds,
+        cfg,
+        progress=progress,
+        checkpoint=checkpoint,
+        resume=resume,
+        callback=callback,
+        n_shards=n_shards,
+        shard=shard,
+        _domain_labels=(cl["labels"], rec),
+    )
     res.history["wall_s"] = np.asarray([time.perf_counter() - t0])  # both passes
     res.history["first_pass_wall_s"] = np.asarray([rec["first_pass_wall_s"]])
     return res

@@ -22,8 +22,15 @@ from diffxas.solvers.joint.model import JointParams, Problem, build_problem
 
 def _labels(params: JointParams, cfg: JointConfig):
     raw_labels = {k: ("amp" if k in AMPLITUDES + ("n_other",) else "energy") for k in params.raw}
-    return JointParams(raw=raw_labels, probe_re="probe", probe_im="probe", dpos="pos", dscale="scale", probe_gain="gain",
-                       background=None if params.background is None else "background")
+    return JointParams(
+        raw=raw_labels,
+        probe_re="probe",
+        probe_im="probe",
+        dpos="pos",
+        dscale="scale",
+        probe_gain="gain",
+        background=None if params.background is None else "background",
+    )
 
 
 def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
@@ -94,7 +101,7 @@ class Convergence:
         w = self.window
         if not self.on or step < self.earliest or len(self.losses) < 2 * w:
             return False
-        last, prev = float(np.mean(self.losses[-w:])), float(np.mean(self.losses[-2 * w:-w]))
+        last, prev = float(np.mean(self.losses[-w:])), float(np.mean(self.losses[-2 * w : -w]))
         return abs(prev - last) <= self.tol * abs(last)
 
 
@@ -128,7 +135,9 @@ def _save_checkpoint(path: str, state: JointState, history: dict):
             raise
         logging.getLogger("diffxas").warning(
             "%s: disk full: checkpoint at step %d not written (the previous one, if any, is kept); the run goes on",
-            path, int(state.step))
+            path,
+            int(state.step),
+        )
 
 
 def _load_checkpoint(path: str, like: JointState):
@@ -171,8 +180,14 @@ class JointSolver(eqx.Module):
         return JointState(params=params, opt_state=opt_state, step=state.step + 1), loss
 
 
-def lbfgs_polish(solver: JointSolver, state: JointState, n: int, history: dict | None = None, norm: float = 1.0,
-                 t_start: float | None = None) -> JointState:
+def lbfgs_polish(
+    solver: JointSolver,
+    state: JointState,
+    n: int,
+    history: dict | None = None,
+    norm: float = 1.0,
+    t_start: float | None = None,
+) -> JointState:
     """``n`` L-BFGS iterations (optax.lbfgs, zoom line search) on the sample parameters.
 
     Probes and positions stay at the Adam endpoint (their scales differ from the maps' by
@@ -210,8 +225,12 @@ def heldout_problem(prob: Problem, held: Dataset, cfg: JointConfig, common: Grid
     """``prob`` with the frames of ``held`` (on the same common grid) in place of its own:
     the model (maps, probes, grids, empty region, scales) stays the fit's."""
     h, _, _ = build_problem(held, cfg, prob.edge, prob.scales, common)
-    return eqx.tree_at(lambda p: tuple(getattr(p, f) for f in HOLDOUT_FIELDS), prob,
-                       tuple(getattr(h, f) for f in HOLDOUT_FIELDS), is_leaf=lambda x: x is None)
+    return eqx.tree_at(
+        lambda p: tuple(getattr(p, f) for f in HOLDOUT_FIELDS),
+        prob,
+        tuple(getattr(h, f) for f in HOLDOUT_FIELDS),
+        is_leaf=lambda x: x is None,
+    )
 
 
 def heldout_loss(params: JointParams, hold: Problem, loss_name: str, chunk: int) -> jax.Array:
@@ -219,6 +238,9 @@ def heldout_loss(params: JointParams, hold: Problem, loss_name: str, chunk: int)
     fitted ``params``, at their nominal positions and unit scale (times their monitor
     reading): the per-frame corrections exist only for the fitted frames."""
     n = int(hold.frame_energy.shape[0])
-    p = eqx.tree_at(lambda q: (q.dpos, q.dscale), params,
-                    (jnp.zeros((n, 2), params.dpos.dtype), jnp.zeros((n,), params.dscale.dtype)))
+    p = eqx.tree_at(
+        lambda q: (q.dpos, q.dscale),
+        params,
+        (jnp.zeros((n, 2), params.dpos.dtype), jnp.zeros((n,), params.dscale.dtype)),
+    )
     return data_loss(p, hold, None, loss_name, chunk)

@@ -51,14 +51,15 @@ from diffxas.solvers.joint.solver import JointState
 
 log = logging.getLogger("diffxas")
 
-GIB = float(2 ** 30)
+GIB = float(2**30)
 
 
 # ----------------------------------------------------------------------------- memory model
 
 
-def memory_estimate(n_chunks: int, chunk: int, n_energies: int, frame_size: int, map_shape, grid_shape,
-                    n_shards: int = 1) -> dict[str, int]:
+def memory_estimate(
+    n_chunks: int, chunk: int, n_energies: int, frame_size: int, map_shape, grid_shape, n_shards: int = 1
+) -> dict[str, int]:
     """Device bytes of the joint solver in each mode (per device), from the memory model of
     ``docs/scaling.md`` section 4 (coefficients measured from XLA's buffer assignment).
 
@@ -74,11 +75,13 @@ def memory_estimate(n_chunks: int, chunk: int, n_energies: int, frame_size: int,
     D = max(1, int(n_shards))
     F = int(n_chunks) * int(chunk)
     frames = 4 * M * M * F // D
-    base = (48 * F  # frame geometry + position corrections with Adam moments
-            + 64 * M * M * chunk // D  # one chunk's exit waves, far fields and cotangents
-            + H * W * (264 + 61 * K)  # maps with Adam state (in/out) + per-energy stacks
-            + 4 * K * (ny * H + nx * W)  # resampling matrices
-            + (48 + 4) * K * M * M)  # probes with Adam state (in/out) + mask
+    base = (
+        48 * F  # frame geometry + position corrections with Adam moments
+        + 64 * M * M * chunk // D  # one chunk's exit waves, far fields and cotangents
+        + H * W * (264 + 61 * K)  # maps with Adam state (in/out) + per-energy stacks
+        + 4 * K * (ny * H + nx * W)  # resampling matrices
+        + (48 + 4) * K * M * M
+    )  # probes with Adam state (in/out) + mask
     stream_extra = 3 * 4 * M * M * chunk + 2 * 8 * K * ny * nx + 2 * 8 * K * M * M
     return {"frames": int(frames), "device": int(base + frames), "stream": int(base + stream_extra)}
 
@@ -150,7 +153,7 @@ class MemoryPlan:
 def _gib(n) -> str:
     if n is None:
         return "?"
-    return f"{n / GIB:.3g} GiB" if n >= 0.1 * GIB else f"{n / 2 ** 20:.3g} MiB"
+    return f"{n / GIB:.3g} GiB" if n >= 0.1 * GIB else f"{n / 2**20:.3g} MiB"
 
 
 def frames_source(frames) -> str:
@@ -158,8 +161,19 @@ def frames_source(frames) -> str:
     return os.fspath(path) if path is not None else "host memory"
 
 
-def plan_memory(cfg, n_frames: int, n_chunks: int, chunk: int, n_energies: int, frame_size: int, map_shape, grid_shape,
-                source: str = "host memory", n_shards: int = 1, emit: bool = True) -> MemoryPlan:
+def plan_memory(
+    cfg,
+    n_frames: int,
+    n_chunks: int,
+    chunk: int,
+    n_energies: int,
+    frame_size: int,
+    map_shape,
+    grid_shape,
+    source: str = "host memory",
+    n_shards: int = 1,
+    emit: bool = True,
+) -> MemoryPlan:
     """Choose ``"device"`` or ``"stream"`` for ``cfg`` (a JointConfig) and log one line saying which and why.
 
     ``"auto"``: device mode when its estimate (:func:`memory_estimate`) fits the budget
@@ -180,8 +194,10 @@ def plan_memory(cfg, n_frames: int, n_chunks: int, chunk: int, n_energies: int, 
     warn = None
     if cfg.memory == "stream":
         if n_shards > 1:
-            raise ConfigError(f"memory = 'stream' runs on one device, not {n_shards}: use memory = 'auto' or 'device' "
-                              "with several devices")
+            raise ConfigError(
+                f"memory = 'stream' runs on one device, not {n_shards}: use memory = 'auto' or 'device' "
+                "with several devices"
+            )
         mode, reason = "stream", "memory = 'stream'"
     elif cfg.memory == "device":
         mode, reason = "device", f"memory = 'device'; {need}"
@@ -190,16 +206,26 @@ def plan_memory(cfg, n_frames: int, n_chunks: int, chunk: int, n_energies: int, 
     elif est["device"] <= budget:
         mode, reason = "device", f"data {_gib(est['device'])} <= {budget_txt}"
     elif n_shards > 1:
-        mode, reason = "device", f"data {_gib(est['device'])} per device > {budget_txt}, but streaming runs on one device"
+        mode, reason = (
+            "device",
+            f"data {_gib(est['device'])} per device > {budget_txt}, but streaming runs on one device",
+        )
         warn = f"joint: warning: the frames may not fit the {n_shards} devices; lower chunk_size or use more devices"
     elif est["stream"] >= est["device"]:
-        mode, reason = "device", (f"data {_gib(est['device'])} > {budget_txt}, but streaming would need as much "
-                                  f"({_gib(est['stream'])}: the chunk's working memory dominates)")
+        mode, reason = (
+            "device",
+            (
+                f"data {_gib(est['device'])} > {budget_txt}, but streaming would need as much "
+                f"({_gib(est['stream'])}: the chunk's working memory dominates)"
+            ),
+        )
         warn = "joint: warning: the problem may not fit the device; lower chunk_size"
     else:
         mode, reason = "stream", f"data {_gib(est['device'])} > {budget_txt}"
         if est["stream"] > budget:
-            warn = f"joint: warning: even streaming needs ~{_gib(est['stream'])} > budget {_gib(budget)}; lower chunk_size"
+            warn = (
+                f"joint: warning: even streaming needs ~{_gib(est['stream'])} > budget {_gib(budget)}; lower chunk_size"
+            )
     if mode == "stream" and cfg.memory == "stream" and budget is not None and est["stream"] > budget:
         warn = f"joint: warning: streaming needs ~{_gib(est['stream'])} > budget {_gib(budget)}; lower chunk_size"
     cache = False
@@ -220,10 +246,22 @@ def plan_memory(cfg, n_frames: int, n_chunks: int, chunk: int, n_energies: int, 
         where = f"{n_shards} devices" if n_shards > 1 else "device"
         line = f"joint: frames on {where}, {n_frames} frames in {chunks} ({reason})"
     msgs = [(logging.INFO, line)] + ([(logging.WARNING, warn)] if warn else [])
-    plan = MemoryPlan(mode=mode, requested=cfg.memory, reason=reason, source=source, n_chunks=int(n_chunks),
-                      chunk=int(chunk), n_shards=int(n_shards), frames_bytes=est["frames"], device_bytes=est["device"],
-                      stream_bytes=est["stream"], budget_bytes=budget, budget_source=bsrc, host_cache=cache,
-                      messages=tuple(msgs))
+    plan = MemoryPlan(
+        mode=mode,
+        requested=cfg.memory,
+        reason=reason,
+        source=source,
+        n_chunks=int(n_chunks),
+        chunk=int(chunk),
+        n_shards=int(n_shards),
+        frames_bytes=est["frames"],
+        device_bytes=est["device"],
+        stream_bytes=est["stream"],
+        budget_bytes=budget,
+        budget_source=bsrc,
+        host_cache=cache,
+        messages=tuple(msgs),
+    )
     if emit:
         plan.log()
     return plan
@@ -277,7 +315,12 @@ class _Core(eqx.Module):
     def begin(self, params):
 
         obj, phat, nuis = model_objects_and_probes(params, self.prob)
-        acc = (jnp.zeros((), jnp.float32), jnp.zeros_like(obj), jnp.zeros_like(phat), jax.tree.map(jnp.zeros_like, nuis))
+        acc = (
+            jnp.zeros((), jnp.float32),
+            jnp.zeros_like(obj),
+            jnp.zeros_like(phat),
+            jax.tree.map(jnp.zeros_like, nuis),
+        )
         return obj, phat, nuis, acc
 
     @eqx.filter_jit
@@ -320,8 +363,18 @@ class StreamSolver:
     source into host memory once (when it fits; :func:`plan_memory` decides).
     """
 
-    def __init__(self, prob, opt, static, batch: int, n_frames: int, seed: int, frames, prefetch: bool = True,
-                 host_cache: bool = False):
+    def __init__(
+        self,
+        prob,
+        opt,
+        static,
+        batch: int,
+        n_frames: int,
+        seed: int,
+        frames,
+        prefetch: bool = True,
+        host_cache: bool = False,
+    ):
         self.prob, self.opt, self.static = prob, opt, tuple(static)
         self.batch, self.n_frames, self.seed = int(batch), int(n_frames), int(seed)
         if isinstance(frames, jax.Array):
@@ -333,7 +386,9 @@ class StreamSolver:
         self.n_chunks, self.chunk = (int(s) for s in prob.frame_id.shape)
         self.frame_size = int(prob.weight.shape[-1])
         flat = lambda x: np.asarray(x).reshape((-1,) + tuple(x.shape[2:]))  # noqa: E731
-        self._fid, self._k, self._corner, self._frac = (flat(x) for x in (prob.frame_id, prob.energy_index, prob.corner, prob.frac))
+        self._fid, self._k, self._corner, self._frac = (
+            flat(x) for x in (prob.frame_id, prob.energy_index, prob.corner, prob.frac)
+        )
         self._core = _Core(prob=prob, opt=opt, tv_weight=float(static[2]))
 
     def init(self, params):
@@ -344,8 +399,13 @@ class StreamSolver:
     def _plans(self, step: int | None):
         """The step's chunks as (frame positions or (start, stop), geometry rows) and the loss scale."""
         if step is None or self.batch == self.n_frames:
-            plans = [((c * self.chunk, min((c + 1) * self.chunk, self.n_frames)), np.arange(c * self.chunk, (c + 1) * self.chunk))
-                     for c in range(self.n_chunks)]
+            plans = [
+                (
+                    (c * self.chunk, min((c + 1) * self.chunk, self.n_frames)),
+                    np.arange(c * self.chunk, (c + 1) * self.chunk),
+                )
+                for c in range(self.n_chunks)
+            ]
             return plans, 1.0
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), step)
         idx = np.asarray(jax.random.choice(key, self.n_frames, (self.batch,), replace=False))
@@ -353,7 +413,7 @@ class StreamSolver:
         nch = -(-self.batch // bchunk)
         plans = []
         for c in range(nch):
-            sel = idx[c * bchunk:(c + 1) * bchunk]
+            sel = idx[c * bchunk : (c + 1) * bchunk]
             rows = np.concatenate([sel, np.full(bchunk - sel.size, -1, sel.dtype)])
             plans.append((sel, rows))
         return plans, float(self.static[3]) / self.batch
