@@ -59,8 +59,9 @@ def score(b2: np.ndarray, valid: np.ndarray, tr: dict, region: np.ndarray, near:
     for name, sel in (("bulk", m & ~near), ("near", m & near)):
         out[name] = float(np.sqrt(np.mean(err[sel] ** 2))) if sel.any() else None
     lab = tr["labels"]
-    out["domains"] = {int(d): [round(float(np.mean(err[m & (lab == d)])), 2), int((m & (lab == d)).sum())]
-                      for d in np.unique(lab[m])}
+    out["domains"] = {
+        int(d): [round(float(np.mean(err[m & (lab == d)])), 2), int((m & (lab == d)).sum())] for d in np.unique(lab[m])
+    }
     return out
 
 
@@ -117,12 +118,23 @@ def fit_only_study(seeds, preset_name: str, energies, cfg: FitConfig, noise: flo
         m = region & f.valid
         err = (f.params["b2"] - b2t)[m]
         dom = [float(np.mean(err[lab[m] == d])) for d in np.unique(lab[m])]
-        rows.append({"seed": int(s), "n": int(m.sum()), "rmse": float(np.sqrt(np.mean(err**2))),
-                     "bias": float(np.mean(err)), "domain_mean_max": float(np.max(np.abs(dom))),
-                     "c22": f.global_params["c22"], "b2_mean": f.global_params["b2"]})
-        print(f"seed {s:3d}: n {rows[-1]['n']:4d}  edge energy RMSE {rows[-1]['rmse']:.3f} eV, bias "
-              f"{rows[-1]['bias']:+.3f}, worst domain {rows[-1]['domain_mean_max']:.2f}; global c22 "
-              f"{rows[-1]['c22']:.2f} (mean-spectrum b2 {rows[-1]['b2_mean']:.2f})", flush=True)
+        rows.append(
+            {
+                "seed": int(s),
+                "n": int(m.sum()),
+                "rmse": float(np.sqrt(np.mean(err**2))),
+                "bias": float(np.mean(err)),
+                "domain_mean_max": float(np.max(np.abs(dom))),
+                "c22": f.global_params["c22"],
+                "b2_mean": f.global_params["b2"],
+            }
+        )
+        print(
+            f"seed {s:3d}: n {rows[-1]['n']:4d}  edge energy RMSE {rows[-1]['rmse']:.3f} eV, bias "
+            f"{rows[-1]['bias']:+.3f}, worst domain {rows[-1]['domain_mean_max']:.2f}; global c22 "
+            f"{rows[-1]['c22']:.2f} (mean-spectrum b2 {rows[-1]['b2_mean']:.2f})",
+            flush=True,
+        )
     r = np.array([x["rmse"] for x in rows])
     print(f"mean RMSE {r.mean():.3f} eV, median {np.median(r):.3f}, max {r.max():.3f} over {len(rows)} draws")
     return rows
@@ -177,21 +189,27 @@ def main(argv=None) -> dict:
     print("stack error (ePIE - true) over the region, per energy: energy, RMS/jump, mean/jump")
     d = Ae - At
     for k in range(len(e)):
-        print(f"  {e[k]:7.1f}  rms {np.sqrt(np.mean(d[k][region] ** 2)) / mj:6.3f}  mean {np.mean(d[k][region]) / mj:+6.3f}")
+        print(
+            f"  {e[k]:7.1f}  rms {np.sqrt(np.mean(d[k][region] ** 2)) / mj:6.3f}  mean {np.mean(d[k][region]) / mj:+6.3f}"
+        )
     # the error relative to a per-pixel affine map of the true spectrum (a, b1 scale-offset: an
     # amplitude/offset error of the stack does not move b2)
     out = {"fit_config": cfg.to_dict()}
     out["fit_true"] = f_t = fit_stack(At, e, ill, cfg)
     s_t = score(f_t.params["b2"], f_t.valid, tr, region, near)
-    print(f"fit of the TRUE stack:  edge energy RMSE {s_t['rmse']:.3f} eV, bias {s_t['bias']:+.3f} "
-          f"(bulk {s_t['bulk']}, near {s_t['near']}), n {s_t['n']}")
+    print(
+        f"fit of the TRUE stack:  edge energy RMSE {s_t['rmse']:.3f} eV, bias {s_t['bias']:+.3f} "
+        f"(bulk {s_t['bulk']}, near {s_t['near']}), n {s_t['n']}"
+    )
     print("   per domain (bias, n):", s_t["domains"])
     print("   global shape:", {k: round(v, 2) for k, v in f_t.global_params.items() if k[0] in "bc"})
     if not a.skip_epie_fit:
         f_e = fit_stack(Ae, e, ill, cfg)
         s_e = score(f_e.params["b2"], f_e.valid, tr, region, near)
-        print(f"fit of the ePIE stack:  edge energy RMSE {s_e['rmse']:.3f} eV, bias {s_e['bias']:+.3f} "
-              f"(bulk {s_e['bulk']}, near {s_e['near']}), n {s_e['n']}")
+        print(
+            f"fit of the ePIE stack:  edge energy RMSE {s_e['rmse']:.3f} eV, bias {s_e['bias']:+.3f} "
+            f"(bulk {s_e['bulk']}, near {s_e['near']}), n {s_e['n']}"
+        )
         print("   per domain (bias, n):", s_e["domains"])
         print("   global shape:", {k: round(v, 2) for k, v in f_e.global_params.items() if k[0] in "bc"})
     s_r = score(np.asarray(maps.edge_energy), np.isfinite(maps.edge_energy), tr, region, near)
@@ -203,8 +221,10 @@ def main(argv=None) -> dict:
         print("draw's domains (label: b2 b3 c12 c13 c22 c23 r21 pen):")
         for i, dd in enumerate(fam["domains"]):
             p = dd["props"]
-            print(f"  {i}: {dd['kind']:10s} {p['b2']:.1f} {p['b3']:.2f} {p['c12']:.2f} {p['c13']:.2f} "
-                  f"{p['c22']:.2f} {p['c23']:.2f} {p['r21']:.2f} {p['pen']:.2f}")
+            print(
+                f"  {i}: {dd['kind']:10s} {p['b2']:.1f} {p['b3']:.2f} {p['c12']:.2f} {p['c13']:.2f} "
+                f"{p['c22']:.2f} {p['c23']:.2f} {p['r21']:.2f} {p['pen']:.2f}"
+            )
     return out
 
 

@@ -46,7 +46,11 @@ def test_conditions_through_preset_and_sweep_section():
     cond = fam.draw_conditions(7)
     cfg = sm.preset("family", seed=7)
     assert (cfg.dose, cfg.scan_step, cfg.position_error, cfg.probe_drift) == (
-        cond["dose"], cond["scan_step"], cond["position_error"], cond["probe_drift"])
+        cond["dose"],
+        cond["scan_step"],
+        cond["position_error"],
+        cond["probe_drift"],
+    )
     cfg2 = sim_config({"preset": "family", "seed": 7})
     assert cfg2 == cfg
     assert sim_config({"preset": "family", "seed": 7, "dose": 1e7}).dose == 1e7

@@ -17,10 +17,50 @@ from diffxas.solvers.twostep.fitting import (
     varpro_grid,
 )
 
-E = np.array([5420.0, 5440.0, 5455.0, 5460.0, 5463.0, 5464.0, 5465.0, 5465.5, 5466.0, 5466.5, 5467.0, 5468.0, 5469.0,
-              5470.0, 5471.0, 5472.0, 5473.0, 5474.0, 5475.0, 5476.0, 5477.0, 5478.0, 5479.0, 5480.0, 5481.0, 5482.0,
-              5483.0, 5484.0, 5485.0, 5486.0, 5488.0, 5490.0, 5493.0, 5496.0, 5500.0, 5505.0, 5510.0, 5520.0, 5530.0,
-              5540.0])
+E = np.array(
+    [
+        5420.0,
+        5440.0,
+        5455.0,
+        5460.0,
+        5463.0,
+        5464.0,
+        5465.0,
+        5465.5,
+        5466.0,
+        5466.5,
+        5467.0,
+        5468.0,
+        5469.0,
+        5470.0,
+        5471.0,
+        5472.0,
+        5473.0,
+        5474.0,
+        5475.0,
+        5476.0,
+        5477.0,
+        5478.0,
+        5479.0,
+        5480.0,
+        5481.0,
+        5482.0,
+        5483.0,
+        5484.0,
+        5485.0,
+        5486.0,
+        5488.0,
+        5490.0,
+        5493.0,
+        5496.0,
+        5500.0,
+        5505.0,
+        5510.0,
+        5520.0,
+        5530.0,
+        5540.0,
+    ]
+)
 
 
 def synthetic(n=24, noise=0.003, seed=0, empty_rows=0):
@@ -30,15 +70,28 @@ def synthetic(n=24, noise=0.003, seed=0, empty_rows=0):
     b1 = rng.uniform(0.1, 0.4, m)
     pen = rng.uniform(0.8, 2.6, m)
     c13 = 1.2
-    true = dict(a=np.full(m, 0.05), b1=b1, b2=rng.uniform(5477, 5484, m), b3=rng.uniform(3.5, 4.0, m),
-                c11=pen * b1 / (np.pi * c13), c12=np.full(m, 5466.2), c13=np.full(m, c13),
-                c21=0.35 * pen * b1 / (np.pi * c13), c22=np.full(m, 5470.0), c23=np.full(m, 2.0))
+    true = dict(
+        a=np.full(m, 0.05),
+        b1=b1,
+        b2=rng.uniform(5477, 5484, m),
+        b3=rng.uniform(3.5, 4.0, m),
+        c11=pen * b1 / (np.pi * c13),
+        c12=np.full(m, 5466.2),
+        c13=np.full(m, c13),
+        c21=0.35 * pen * b1 / (np.pi * c13),
+        c22=np.full(m, 5470.0),
+        c23=np.full(m, 2.0),
+    )
     if empty_rows:
         for k in ("a", "b1", "c11", "c21"):
             true[k] = true[k].reshape(n, n)
             true[k][:empty_rows] = 0.0
             true[k] = true[k].ravel()
-    A = np.asarray(absorption(XanesParams(**{k: jnp.asarray(v, jnp.float32) for k, v in true.items()}), jnp.asarray(E, jnp.float32)))
+    A = np.asarray(
+        absorption(
+            XanesParams(**{k: jnp.asarray(v, jnp.float32) for k, v in true.items()}), jnp.asarray(E, jnp.float32)
+        )
+    )
     A = A + noise * rng.standard_normal(A.shape)
     return A.reshape(len(E), n, n), {k: v.reshape(n, n) for k, v in true.items()}, pen.reshape(n, n)
 
@@ -84,7 +137,12 @@ def test_varpro_grid_square_and_underdetermined():
 def test_lm_converges_from_nearby_start():
     _, true, _ = synthetic(n=4, noise=0.0)
     b = bounds_for(E, FitConfig())
-    y = np.asarray(absorption(XanesParams(**{k: jnp.asarray(v.ravel(), jnp.float32) for k, v in true.items()}), jnp.asarray(E, jnp.float32))).T
+    y = np.asarray(
+        absorption(
+            XanesParams(**{k: jnp.asarray(v.ravel(), jnp.float32) for k, v in true.items()}),
+            jnp.asarray(E, jnp.float32),
+        )
+    ).T
     start = {k: v.ravel() * (1.02 if k in ("a", "b1", "c11", "c21") else 1.0) for k, v in true.items()}
     start["b2"] = start["b2"] + 1.5
     start["b3"] = start["b3"] * 1.3
@@ -133,9 +191,19 @@ def test_noise_window():
     assert E[sel].max() == 5466.0 and sel.sum() == 9
 
 
-@pytest.mark.parametrize("kw", [dict(smooth_sigma=-1.0), dict(iterations=0), dict(b3_bounds=(2.0, 1.0)),
-                                dict(noise_window=(5466.0, 5420.0)), dict(b3_grid=()), dict(jump_threshold=-1),
-                                dict(pre_edge_margin=-0.5), dict(pre_edge_margin=float("nan"))])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(smooth_sigma=-1.0),
+        dict(iterations=0),
+        dict(b3_bounds=(2.0, 1.0)),
+        dict(noise_window=(5466.0, 5420.0)),
+        dict(b3_grid=()),
+        dict(jump_threshold=-1),
+        dict(pre_edge_margin=-0.5),
+        dict(pre_edge_margin=float("nan")),
+    ],
+)
 def test_fit_config_validation(kw):
     with pytest.raises(ConfigError):
         FitConfig(**kw)
@@ -149,12 +217,31 @@ def test_grid_search_basis_is_the_spectral_model():
 
     e = np.linspace(5420.0, 5540.0, 41)
     np.testing.assert_allclose(fitting._step(e, 5478.3, 3.7), np.asarray(spectra.edge_step(e, 5478.3, 3.7)), atol=1e-4)
-    np.testing.assert_allclose(fitting._lor(e, 5466.2, 1.3), np.asarray(spectra.lorentzian(e, 1.0, 5466.2, 1.3)), atol=1e-4)
+    np.testing.assert_allclose(
+        fitting._lor(e, 5466.2, 1.3), np.asarray(spectra.lorentzian(e, 1.0, 5466.2, 1.3)), atol=1e-4
+    )
 
 
 #: The 15 energies of the ``tiny`` and ``family-tiny`` presets (sparse on the rising edge).
-E_TINY = np.array([5420.0, 5450.0, 5462.0, 5465.0, 5466.0, 5467.0, 5469.0, 5472.0, 5475.0, 5478.0, 5481.0, 5484.0,
-                   5488.0, 5495.0, 5520.0])
+E_TINY = np.array(
+    [
+        5420.0,
+        5450.0,
+        5462.0,
+        5465.0,
+        5466.0,
+        5467.0,
+        5469.0,
+        5472.0,
+        5475.0,
+        5478.0,
+        5481.0,
+        5484.0,
+        5488.0,
+        5495.0,
+        5520.0,
+    ]
+)
 
 
 def _two_domain_mixture(seed=0, n=400, noise=0.07):
@@ -164,16 +251,23 @@ def _two_domain_mixture(seed=0, n=400, noise=0.07):
     size of the two-step's ePIE stack error measured on family train draw 0, 1e7 photons).
     Returns the stack and the N_V-weighted true edge energy (b2 of a mixed pixel)."""
     rng = np.random.default_rng(seed)
-    dom = [{"b2": 5476.5, "b3": 4.4, "c12": 5467.3, "c13": 1.5, "c22": 5471.0, "c23": 2.9, "pen": 1.0, "r21": 0.4},
-           {"b2": 5482.5, "b3": 3.5, "c12": 5469.0, "c13": 1.3, "c22": 5473.3, "c23": 2.0, "pen": 1.6, "r21": 0.2}]
+    dom = [
+        {"b2": 5476.5, "b3": 4.4, "c12": 5467.3, "c13": 1.5, "c22": 5471.0, "c23": 2.9, "pen": 1.0, "r21": 0.4},
+        {"b2": 5482.5, "b3": 3.5, "c12": 5469.0, "c13": 1.3, "c22": 5473.3, "c23": 2.0, "pen": 1.6, "r21": 0.2},
+    ]
     f = np.clip(rng.uniform(-0.3, 1.3, n), 0, 1)  # fraction of the oxidised domain
     b1 = 0.016 * rng.uniform(0.6, 1.4, n)
     A = np.zeros((len(E_TINY), n))
     b2 = np.zeros(n)
     for w, d in ((1 - f, dom[0]), (f, dom[1])):
         c11 = w * b1 * d["pen"] / (np.pi * d["c13"])
-        vals = {"a": np.zeros(n), "b1": w * b1, "c11": c11, "c21": d["r21"] * c11,
-                **{k: np.full(n, d[k]) for k in ("b2", "b3", "c12", "c13", "c22", "c23")}}
+        vals = {
+            "a": np.zeros(n),
+            "b1": w * b1,
+            "c11": c11,
+            "c21": d["r21"] * c11,
+            **{k: np.full(n, d[k]) for k in ("b2", "b3", "c12", "c13", "c22", "c23")},
+        }
         p = XanesParams(**{k: jnp.asarray(v, jnp.float32) for k, v in vals.items()})
         A += np.asarray(absorption(p, jnp.asarray(E_TINY, jnp.float32)), np.float64)
         b2 += w * d["b2"]

@@ -13,8 +13,25 @@ from diffxas.solvers.twostep.epie import EpieConfig, kk_matrix, kk_phase
 from diffxas.solvers.twostep.fitting import FitConfig
 from diffxas.solvers.twostep.run import TwoStepConfig, reconstruct_two_step
 
-TINY_E = np.array([5420.0, 5450.0, 5462.0, 5465.0, 5466.0, 5467.0, 5469.0, 5472.0, 5475.0, 5478.0, 5481.0, 5484.0,
-                   5488.0, 5495.0, 5520.0])
+TINY_E = np.array(
+    [
+        5420.0,
+        5450.0,
+        5462.0,
+        5465.0,
+        5466.0,
+        5467.0,
+        5469.0,
+        5472.0,
+        5475.0,
+        5478.0,
+        5481.0,
+        5484.0,
+        5488.0,
+        5495.0,
+        5520.0,
+    ]
+)
 
 
 def truth_on_grid(truth, maps: ChemMaps):
@@ -36,7 +53,7 @@ def truth_on_grid(truth, maps: ChemMaps):
         return x.reshape(h, f, w, f).sum(axis=(1, 3))
 
     nv = np.nan_to_num(truth.maps["n_v"])
-    out = {"n_v": block(nv) / f ** 2}
+    out = {"n_v": block(nv) / f**2}
     den = block(nv)
     for k in ("edge_energy", "pre_edge_norm", "ne_eff_per_nv"):
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -50,9 +67,14 @@ def quality(res: Result, truth):
     valid = res.maps.valid.astype(bool) & region
     rm = lambda k: float(np.sqrt(np.nanmean((np.asarray(getattr(res.maps, k))[valid] - t[k][valid]) ** 2)))
     rel = (res.maps.n_v[valid] - t["n_v"][valid]) / t["n_v"][valid]
-    return {"coverage": float(valid.sum() / region.sum()), "edge_energy": rm("edge_energy"),
-            "pre_edge_norm": rm("pre_edge_norm"), "ne_eff_per_nv": rm("ne_eff_per_nv"),
-            "n_v_rel_rms": float(np.sqrt(np.mean(rel ** 2))), "n_region": int(region.sum())}
+    return {
+        "coverage": float(valid.sum() / region.sum()),
+        "edge_energy": rm("edge_energy"),
+        "pre_edge_norm": rm("pre_edge_norm"),
+        "ne_eff_per_nv": rm("ne_eff_per_nv"),
+        "n_v_rel_rms": float(np.sqrt(np.mean(rel**2))),
+        "n_region": int(region.sum()),
+    }
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -94,11 +116,19 @@ def test_kk_phase_recovers_model_phase():
     rng = np.random.default_rng(0)
     n = 6
     b1 = rng.uniform(0.02, 0.08, n)
-    p = XanesParams(a=jnp.asarray(0.2 * b1, jnp.float32), b1=jnp.asarray(b1, jnp.float32),
-                    b2=jnp.asarray(rng.uniform(5476, 5484, n), jnp.float32), b3=jnp.full(n, 4.0, jnp.float32),
-                    c11=jnp.asarray(0.3 * b1, jnp.float32), c12=jnp.full(n, 5466.0, jnp.float32), c13=jnp.full(n, 1.2, jnp.float32),
-                    c21=jnp.asarray(0.1 * b1, jnp.float32), c22=jnp.full(n, 5470.0, jnp.float32), c23=jnp.full(n, 2.0, jnp.float32),
-                    n_other=jnp.asarray(rng.uniform(1e25, 3e25, n), jnp.float32))
+    p = XanesParams(
+        a=jnp.asarray(0.2 * b1, jnp.float32),
+        b1=jnp.asarray(b1, jnp.float32),
+        b2=jnp.asarray(rng.uniform(5476, 5484, n), jnp.float32),
+        b3=jnp.full(n, 4.0, jnp.float32),
+        c11=jnp.asarray(0.3 * b1, jnp.float32),
+        c12=jnp.full(n, 5466.0, jnp.float32),
+        c13=jnp.full(n, 1.2, jnp.float32),
+        c21=jnp.asarray(0.1 * b1, jnp.float32),
+        c22=jnp.full(n, 5470.0, jnp.float32),
+        c23=jnp.full(n, 2.0, jnp.float32),
+        n_other=jnp.asarray(rng.uniform(1e25, 3e25, n), jnp.float32),
+    )
     from diffxas.simulate.presets import SEED_ENERGIES
 
     for energies, tol in ((np.asarray(SEED_ENERGIES), 0.01), (TINY_E, 0.04)):  # sparse sampling: coarser
@@ -107,7 +137,7 @@ def test_kk_phase_recovers_model_phase():
         P = np.asarray(phase(p, e, edge), np.float64)
         resonant = P - np.stack([np.polyval(np.polyfit(energies, P[:, i], 1), energies) for i in range(n)], axis=1)
         err = kk_phase(A, P, energies) - P
-        assert np.sqrt(np.mean(err ** 2)) < tol * np.abs(resonant).max()
+        assert np.sqrt(np.mean(err**2)) < tol * np.abs(resonant).max()
     # noisy phase, exact absorption: the constraint removes most of the phase noise
     noisy = P + 0.01 * rng.standard_normal(P.shape)
     fixed = kk_phase(A, noisy, TINY_E)
@@ -244,8 +274,9 @@ def test_checkpoint_resume_and_results_file(tiny, tmp_path):
     from diffxas.data import results as io_results
 
     cfg = TwoStepConfig.fast(epie=EpieConfig(epochs=4, probe_update_start=1, checkpoint_every=2))
-    a = reconstruct_two_step(tiny.dataset, dataclasses.replace(cfg, epie=dataclasses.replace(cfg.epie, epochs=2)),
-                             checkpoint_dir=tmp_path)
+    a = reconstruct_two_step(
+        tiny.dataset, dataclasses.replace(cfg, epie=dataclasses.replace(cfg.epie, epochs=2)), checkpoint_dir=tmp_path
+    )
     assert (tmp_path / "epie.npz").exists() and len(a.history["loss"]) == 2
     b = reconstruct_two_step(tiny.dataset, cfg, checkpoint_dir=tmp_path, resume=True)
     c = reconstruct_two_step(tiny.dataset, cfg)

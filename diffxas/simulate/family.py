@@ -103,7 +103,9 @@ SURFACE_PROBABILITY = 0.8
 TEXTURES = ("b2", "b3", "pen", "c12", "c13", "r21", "c23", "ne", "nv")
 _PROPS = ("b2", "b3", "pen", "c12", "c13", "r21", "c22", "c23", "ne")
 _WAVES = 16  # cosines per random field
-_FIELD_MARGIN = 0.05e-6  # particles stay this far inside the outermost scan positions (the probe reaches ~150 nm beyond)
+_FIELD_MARGIN = (
+    0.05e-6  # particles stay this far inside the outermost scan positions (the probe reaches ~150 nm beyond)
+)
 _MAX_DOMAINS = 32  # >= 3 particles x (6 cells + surface)
 _MAX_PARTICLES = int(RANGES["n_particles"][1])  # particles keep this far from the scan's edge (the probe's half width)
 
@@ -145,8 +147,16 @@ def _props_for(rng, v: float, tet: float) -> dict[str, float]:
     pen = lo + (hi - lo) * s
     lo, hi = RANGES["c12"]
     c12 = float(np.clip(lo + 0.2 + 2.5 * x + rng.uniform(-0.3, 0.3), lo, hi))
-    return {"b2": b2, "b3": _u(rng, "b3"), "pen": pen, "c12": c12, "c13": _u(rng, "c13"), "r21": _u(rng, "r21"),
-            "c22": c12 + _u(rng, "c22_offset"), "c23": _u(rng, "c23")}
+    return {
+        "b2": b2,
+        "b3": _u(rng, "b3"),
+        "pen": pen,
+        "c12": c12,
+        "c13": _u(rng, "c13"),
+        "r21": _u(rng, "r21"),
+        "c22": c12 + _u(rng, "c22_offset"),
+        "c23": _u(rng, "c23"),
+    }
 
 
 def _place(rng, n: int, half: float):
@@ -191,9 +201,20 @@ def draw_family(seed: int, scan_width: float = 1.5e-6) -> dict[str, Any]:
         tdir = rng.uniform(0, 2 * np.pi)
         span = _u(rng, "gradient_b2") if geom == "gradient" else _u(rng, "trend_b2")
         grad = (span / (2 * ax[p]) * np.array([np.cos(tdir), np.sin(tdir)])).tolist()
-        particles.append({"centre": c.tolist(), "ax": float(ax[p]), "ay": float(ay[p]), "angle": float(ang[p]),
-                          "t_max": t_max, "power": _u(rng, "profile_power"), "geometry": geom,
-                          "diameter_drawn": float(d_drawn[p]), "size_scale": float(scale), "b2_gradient": grad})
+        particles.append(
+            {
+                "centre": c.tolist(),
+                "ax": float(ax[p]),
+                "ay": float(ay[p]),
+                "angle": float(ang[p]),
+                "t_max": t_max,
+                "power": _u(rng, "profile_power"),
+                "geometry": geom,
+                "diameter_drawn": float(d_drawn[p]),
+                "size_scale": float(scale),
+                "b2_gradient": grad,
+            }
+        )
 
         def local(u, v, c=c, rot=rot, a=ax[p], b=ay[p]):
             return (c + rot @ np.array([u * a, v * b])).tolist()
@@ -223,31 +244,59 @@ def draw_family(seed: int, scan_width: float = 1.5e-6) -> dict[str, Any]:
         for centre, off, q in cells:
             pr = _bulk_props(rng)
             bulk.append(pr)
-            domains.append({"particle": p, "kind": geom, "centre": centre, "offset": off, "q": q, "props": pr,
-                            "texture": {t: _u(rng, "tex_" + t) for t in TEXTURES}})
+            domains.append(
+                {
+                    "particle": p,
+                    "kind": geom,
+                    "centre": centre,
+                    "offset": off,
+                    "q": q,
+                    "props": pr,
+                    "texture": {t: _u(rng, "tex_" + t) for t in TEXTURES},
+                }
+            )
         if rng.uniform() < SURFACE_PROBABILITY:
             v_bulk = float(np.mean([b["valence"] for b in bulk]))
             v = float(np.clip(v_bulk - _u(rng, "surface_reduction"), *RANGES["valence"]))
             tet = _u(rng, "tetrahedral")
             ne = float(np.mean([b["ne"] for b in bulk])) * _u(rng, "surface_ne_factor")
             pr = _props_for(rng, v, tet) | {"valence": v, "tetrahedral": tet, "ne": ne}
-            domains.append({"particle": p, "kind": "surface", "centre": c.tolist(), "offset": 0.0, "q": 0.0,
-                            "props": pr, "thickness": _u(rng, "surface_thickness"),
-                            "texture": {t: _u(rng, "tex_" + t) for t in TEXTURES}})
+            domains.append(
+                {
+                    "particle": p,
+                    "kind": "surface",
+                    "centre": c.tolist(),
+                    "offset": 0.0,
+                    "q": 0.0,
+                    "props": pr,
+                    "thickness": _u(rng, "surface_thickness"),
+                    "texture": {t: _u(rng, "tex_" + t) for t in TEXTURES},
+                }
+            )
     ell = _u(rng, "texture_length")
     fields = len(TEXTURES) + 2  # + the two components of the boundary warp
     # random Fourier features of a Gaussian covariance exp(-r^2 / (2 ell^2)): k ~ N(0, 1/(2 pi ell)^2)
     k = rng.normal(0.0, 1.0 / (2 * np.pi * ell), size=(fields, _WAVES, 2))
     phase = rng.uniform(0, 2 * np.pi, size=(fields, _WAVES))
-    return {"seed": int(seed), "scan_width": float(scan_width), "particles": particles, "domains": domains,
-            "texture_length": ell, "texture_k": k.tolist(), "texture_phase": phase.tolist(),
-            "warp": _u(rng, "warp"), "blur": _u(rng, "blur")}
+    return {
+        "seed": int(seed),
+        "scan_width": float(scan_width),
+        "particles": particles,
+        "domains": domains,
+        "texture_length": ell,
+        "texture_k": k.tolist(),
+        "texture_phase": phase.tolist(),
+        "warp": _u(rng, "warp"),
+        "blur": _u(rng, "blur"),
+    }
 
 
 def domain_name(d: dict[str, Any]) -> str:
     pr = d["props"]
-    return (f"particle {d['particle']} {d['kind']}: V{pr['valence']:.2f}+ tet {pr['tetrahedral']:.2f} "
-            f"(b2 {pr['b2']:.2f} eV, PE/dmt {pr['pen']:.2f} eV, Ne/NV {pr['ne']:.1f})")
+    return (
+        f"particle {d['particle']} {d['kind']}: V{pr['valence']:.2f}+ tet {pr['tetrahedral']:.2f} "
+        f"(b2 {pr['b2']:.2f} eV, PE/dmt {pr['pen']:.2f} eV, Ne/NV {pr['ne']:.1f})"
+    )
 
 
 class FamilyPhantom:
@@ -259,8 +308,10 @@ class FamilyPhantom:
         self.domain_names = [domain_name(d) for d in draw["domains"]]
         P = draw["particles"]
         D = draw["domains"]
-        self.particles = jnp.asarray([[*p["centre"], p["ax"], p["ay"], p["angle"], p["t_max"], p["power"],
-                                       *p["b2_gradient"]] for p in P], jnp.float32)
+        self.particles = jnp.asarray(
+            [[*p["centre"], p["ax"], p["ay"], p["angle"], p["t_max"], p["power"], *p["b2_gradient"]] for p in P],
+            jnp.float32,
+        )
         props = np.array([[d["props"][k] for k in _PROPS] for d in D], np.float64)
         for col in ("b2", "c12", "c22"):
             props[:, _PROPS.index(col)] += energy_shift
@@ -293,17 +344,30 @@ class FamilyPhantom:
 
         x = jnp.asarray(x, jnp.float32)
         y = jnp.asarray(y, jnp.float32)
-        P, nv, inside, labels, thickness = _family_props(self.particles, self.props, self.amp, self.score,
-                                                         self.dom_particle, self.is_surface, self.surf_thick,
-                                                         self.tex_k, self.tex_phase, self.warp, self.blur,
-                                                         self.v_density, x, y)
+        P, nv, inside, labels, thickness = _family_props(
+            self.particles,
+            self.props,
+            self.amp,
+            self.score,
+            self.dom_particle,
+            self.is_surface,
+            self.surf_thick,
+            self.tex_k,
+            self.tex_phase,
+            self.warp,
+            self.blur,
+            self.v_density,
+            x,
+            y,
+        )
         p = xanes_from_properties(P, P["ne"], nv, inside, edge, reference_energy)
         return p, labels, thickness
 
 
 @jax.jit
-def _family_props(particles, props, amp, score, dom_particle, is_surface, surf_thick, tex_k, tex_phase, warp,
-                  blur, v_density, x, y):
+def _family_props(
+    particles, props, amp, score, dom_particle, is_surface, surf_thick, tex_k, tex_phase, warp, blur, v_density, x, y
+):
     def bc(a):  # (N,) -> (N, 1, ..., 1) against the points
         return a.reshape((-1,) + (1,) * x.ndim)
 
@@ -311,7 +375,7 @@ def _family_props(particles, props, amp, score, dom_particle, is_surface, surf_t
     dx, dy = x[None] - cx, y[None] - cy
     u = (jnp.cos(ang) * dx + jnp.sin(ang) * dy) / ax
     v = (-jnp.sin(ang) * dx + jnp.cos(ang) * dy) / ay
-    rho2 = u ** 2 + v ** 2  # (P, ...)
+    rho2 = u**2 + v**2  # (P, ...)
     thick_p = tmax * jnp.clip(1.0 - rho2, 0.0, None) ** power
     thickness = jnp.sum(thick_p, axis=0)
     inside = thickness > 0

@@ -115,8 +115,9 @@ def unwrap_phase(wrapped: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- illumination
 
 
-def illumination_map(probes: np.ndarray, corners: list[np.ndarray], grids: list[Grid], common: Grid,
-                     energies_subset=None) -> np.ndarray:
+def illumination_map(
+    probes: np.ndarray, corners: list[np.ndarray], grids: list[Grid], common: Grid, energies_subset=None
+) -> np.ndarray:
     """Scan coverage ``sum_j |P(r - r_j)|^2`` on the common grid, averaged over energies, max 1.
 
     The footprint on each energy's grid is the forward model's
@@ -132,8 +133,16 @@ def illumination_map(probes: np.ndarray, corners: list[np.ndarray], grids: list[
     for k in ks:
         c = np.asarray(corners[k], np.int32).reshape(-1, 2)
         p2 = np.abs(np.asarray(probes[k], np.complex64)) ** 2
-        cov = np.asarray(footprint(p2[None].astype(np.float32), np.zeros(len(c), np.int32), c, np.zeros((len(c), 2), np.float32),
-                                   grids[k].shape)[0], np.float64)
+        cov = np.asarray(
+            footprint(
+                p2[None].astype(np.float32),
+                np.zeros(len(c), np.int32),
+                c,
+                np.zeros((len(c), 2), np.float32),
+                grids[k].shape,
+            )[0],
+            np.float64,
+        )
         acc += resample_field(cov, grids[k], common)
         n += 1
     acc /= max(n, 1)
@@ -166,8 +175,14 @@ def _mad(x):
     return float(s) if s > 0 else float(np.std(x) or 1.0)
 
 
-def find_empty_region(absorption: np.ndarray, phase: np.ndarray, well_lit: np.ndarray, erode_px: int = 2,
-                      fallback_fraction: float = 0.15, min_fraction: float = 0.03) -> np.ndarray:
+def find_empty_region(
+    absorption: np.ndarray,
+    phase: np.ndarray,
+    well_lit: np.ndarray,
+    erode_px: int = 2,
+    fallback_fraction: float = 0.15,
+    min_fraction: float = 0.03,
+) -> np.ndarray:
     """Membrane-only pixels inside ``well_lit`` (see the module docstring, step 3).
 
     Args:
@@ -240,8 +255,9 @@ def _upsampled_dft(data, region: int, upsample: int, offsets):
     return out
 
 
-def estimate_shift(ref: np.ndarray, img: np.ndarray, weight: np.ndarray | None = None, upsample: int = 100,
-                   gradient: bool = False) -> np.ndarray:
+def estimate_shift(
+    ref: np.ndarray, img: np.ndarray, weight: np.ndarray | None = None, upsample: int = 100, gradient: bool = False
+) -> np.ndarray:
     """Sub-pixel translation ``s`` (rows, cols) with ``apply_shifts(img, s) ~= ref``.
 
     Cross-correlation of the mean-removed (weighted mean, with ``weight``) and windowed
@@ -285,8 +301,14 @@ def apply_shifts(fields: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     return np.asarray(out, np.float32)
 
 
-def register_stack(phase: np.ndarray, weight: np.ndarray, ref_index: int = 0, upsample: int = 100,
-                   passes: int = 3, gradient: bool = True) -> np.ndarray:
+def register_stack(
+    phase: np.ndarray,
+    weight: np.ndarray,
+    ref_index: int = 0,
+    upsample: int = 100,
+    passes: int = 3,
+    gradient: bool = True,
+) -> np.ndarray:
     """Shifts (K, 2) that align every energy's phase image to the others (mean shift zero).
 
     Pass 1 registers against the reference energy, later passes against the mean of the
@@ -347,10 +369,22 @@ def to_common(objects: np.ndarray, grids: list[Grid], common: Grid) -> tuple[np.
     return A, P
 
 
-def align_stack(objects: np.ndarray, grids: list[Grid], common: Grid, energies, probes: np.ndarray | None = None,
-                tables=None, frame_size: int | None = None, register: bool = True, illum_fraction: float = 0.2,
-                well_lit_fraction: float = 0.5, ref_index: int = 0, upsample: int = 100, erode_px: int = 2,
-                coverage: np.ndarray | None = None) -> AlignedStack:
+def align_stack(
+    objects: np.ndarray,
+    grids: list[Grid],
+    common: Grid,
+    energies,
+    probes: np.ndarray | None = None,
+    tables=None,
+    frame_size: int | None = None,
+    register: bool = True,
+    illum_fraction: float = 0.2,
+    well_lit_fraction: float = 0.5,
+    ref_index: int = 0,
+    upsample: int = 100,
+    erode_px: int = 2,
+    coverage: np.ndarray | None = None,
+) -> AlignedStack:
     """Steps 1-5 of the module docstring.
 
     ``probes`` (K, M, M) and ``tables`` (per energy ``(frame indices, corners, fracs)`` as
@@ -380,5 +414,14 @@ def align_stack(objects: np.ndarray, grids: list[Grid], common: Grid, energies, 
         A = apply_shifts(A, shifts)
         P = apply_shifts(P, shifts)
         a1, p1, bg = remove_background(A, P, empty)
-    return AlignedStack(absorption=a1.astype(np.float32), phase=p1.astype(np.float32), illuminated=ill, well_lit=wl,
-                        empty=empty, coverage=coverage, shifts=shifts, background=bg, grid=common)
+    return AlignedStack(
+        absorption=a1.astype(np.float32),
+        phase=p1.astype(np.float32),
+        illuminated=ill,
+        well_lit=wl,
+        empty=empty,
+        coverage=coverage,
+        shifts=shifts,
+        background=bg,
+        grid=common,
+    )

@@ -251,8 +251,9 @@ def shift_ramps(frac: np.ndarray, frame_size: int) -> tuple[np.ndarray, np.ndarr
     return rows, cols
 
 
-def initial_probes(dataset: Dataset, grids: list[Grid], probe_fwhm: float = 300e-9,
-                   use_illumination: bool = True) -> np.ndarray:
+def initial_probes(
+    dataset: Dataset, grids: list[Grid], probe_fwhm: float = 300e-9, use_illumination: bool = True
+) -> np.ndarray:
     """Initial probe of each energy (K, M, M) complex64 on its own pixel size.
 
     The dataset's illumination when present (and ``use_illumination``); otherwise a KB focus of ``probe_fwhm`` (at
@@ -288,8 +289,23 @@ def initial_probes(dataset: Dataset, grids: list[Grid], probe_fwhm: float = 300e
 # ----------------------------------------------------------------------------- the jitted epoch
 
 
-def _epoch_single(obj, probe_hat, order, corners, rows, cols, counts, mask, valid, bg, alpha, beta, update_probe: bool,
-                  with_background: bool = False, common_offset: bool = False):
+def _epoch_single(
+    obj,
+    probe_hat,
+    order,
+    corners,
+    rows,
+    cols,
+    counts,
+    mask,
+    valid,
+    bg,
+    alpha,
+    beta,
+    update_probe: bool,
+    with_background: bool = False,
+    common_offset: bool = False,
+):
     """One ePIE epoch of one energy: ``lax.scan`` over the frames in ``order``.
 
     ``counts`` (N, M, M) are in the *uncentred* detector layout (zero frequency at pixel
@@ -358,8 +374,23 @@ def _epoch_single(obj, probe_hat, order, corners, rows, cols, counts, mask, vali
 
 def _make_epoch_fn(update_probe: bool, with_background: bool, common_offset: bool = False):
     def fn(obj, probe_hat, orders, corners, rows, cols, counts, mask, valid, bg, alpha, beta):
-        f = lambda o, p, od, c, r, cl, n, w, v, b: _epoch_single(o, p, od, c, r, cl, n, w, v, b, alpha, beta,  # noqa: E731
-                                                                 update_probe, with_background, common_offset)
+        f = lambda o, p, od, c, r, cl, n, w, v, b: _epoch_single(
+            o,
+            p,
+            od,
+            c,
+            r,
+            cl,
+            n,
+            w,
+            v,
+            b,
+            alpha,
+            beta,  # noqa: E731
+            update_probe,
+            with_background,
+            common_offset,
+        )
         return jax.vmap(f)(obj, probe_hat, orders, corners, rows, cols, counts, mask, valid, bg)
 
     return jax.jit(fn, donate_argnums=(0, 1))
@@ -479,9 +510,19 @@ def _make_batches(dataset: Dataset, tables, batch: int | None) -> list[_Batch]:
             valid[i, :n] = 1.0
             nf[i] = n
         rows, cols = shift_ramps(fracs.reshape(-1, 2), m)
-        out.append(_Batch(energies=ks, corners=jnp.asarray(corners), rows=jnp.asarray(rows.reshape(b, n_max, m)),
-                          cols=jnp.asarray(cols.reshape(b, n_max, m)), counts=jnp.asarray(counts),
-                          mask=jnp.asarray(mask[ks]), valid=jnp.asarray(valid), n_frames=nf, common_offset=same))
+        out.append(
+            _Batch(
+                energies=ks,
+                corners=jnp.asarray(corners),
+                rows=jnp.asarray(rows.reshape(b, n_max, m)),
+                cols=jnp.asarray(cols.reshape(b, n_max, m)),
+                counts=jnp.asarray(counts),
+                mask=jnp.asarray(mask[ks]),
+                valid=jnp.asarray(valid),
+                n_frames=nf,
+                common_offset=same,
+            )
+        )
     return out
 
 
@@ -493,7 +534,7 @@ def frame_orders(seed: int, epoch: int, n_frames: int, energies) -> jax.Array:
     order therefore does not depend on how many padded frames follow them, nor on which
     other energies are in the dataset, and a resumed run repeats it.
     """
-    tags = jnp.asarray(np.round(np.asarray(energies, np.float64) * 100).astype(np.int64) % (2 ** 31), jnp.int32)
+    tags = jnp.asarray(np.round(np.asarray(energies, np.float64) * 100).astype(np.int64) % (2**31), jnp.int32)
     # one jitted call (eager, the key arithmetic cost ~7 ms of CPU per epoch: 20 % of a
     # 400-frame 64 x 64 pass); the same jax.random operations, the same orders
     return _frame_orders_jit(jnp.int32(seed), jnp.int32(epoch), tags, int(n_frames))
@@ -547,9 +588,12 @@ class EpieResult:
 def _fingerprint(dataset: Dataset, config: EpieConfig) -> str:
     h = hashlib.sha256()
     # per_frame_shift picks an equivalent route (same result to round-off), not another answer
-    h.update(json.dumps({k: v for k, v in config.to_dict().items() if k not in ("epochs", "checkpoint_every",
-                                                                                 "per_frame_shift")},
-                        sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {k: v for k, v in config.to_dict().items() if k not in ("epochs", "checkpoint_every", "per_frame_shift")},
+            sort_keys=True,
+        ).encode()
+    )
     h.update(np.asarray(dataset.energies).tobytes())
     h.update(np.asarray(dataset.positions).tobytes())
     h.update(str(tuple(dataset.frames.shape)).encode())
@@ -560,8 +604,9 @@ def _fingerprint(dataset: Dataset, config: EpieConfig) -> str:
     return h.hexdigest()[:16]
 
 
-def save_checkpoint(path, objects, probes, epoch: int, loss_hist, time_hist, kk_epochs, fingerprint: str,
-                    background=None) -> None:
+def save_checkpoint(
+    path, objects, probes, epoch: int, loss_hist, time_hist, kk_epochs, fingerprint: str, background=None
+) -> None:
     """Write an ePIE checkpoint atomically (temporary file in the same folder, then rename)."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path)) or "."
@@ -570,11 +615,17 @@ def save_checkpoint(path, objects, probes, epoch: int, loss_hist, time_hist, kk_
     os.close(fd)
     try:
         with open(tmp, "wb") as fh:
-            np.savez(fh, objects=np.asarray(objects), probes=np.asarray(probes), epoch=np.int64(epoch),
-                     loss=np.asarray(loss_hist, np.float64).reshape(-1, np.asarray(objects).shape[0]),
-                     time=np.asarray(time_hist, np.float64), kk_epochs=np.asarray(kk_epochs, np.int64),
-                     fingerprint=np.asarray(fingerprint),
-                     **({} if background is None else {"background": np.asarray(background, np.float32)}))
+            np.savez(
+                fh,
+                objects=np.asarray(objects),
+                probes=np.asarray(probes),
+                epoch=np.int64(epoch),
+                loss=np.asarray(loss_hist, np.float64).reshape(-1, np.asarray(objects).shape[0]),
+                time=np.asarray(time_hist, np.float64),
+                kk_epochs=np.asarray(kk_epochs, np.int64),
+                fingerprint=np.asarray(fingerprint),
+                **({} if background is None else {"background": np.asarray(background, np.float32)}),
+            )
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -586,8 +637,12 @@ def save_checkpoint(path, objects, probes, epoch: int, loss_hist, time_hist, kk_
         if isinstance(e, Exception) and is_disk_full(e):  # the run goes on; the previous checkpoint is kept
             import logging
 
-            logging.getLogger("diffxas").warning("%s: disk full: checkpoint at epoch %d not written (the previous "
-                                                 "one, if any, is kept); the run goes on", path, int(epoch))
+            logging.getLogger("diffxas").warning(
+                "%s: disk full: checkpoint at epoch %d not written (the previous "
+                "one, if any, is kept); the run goes on",
+                path,
+                int(epoch),
+            )
             return
         raise
 
@@ -600,10 +655,18 @@ def load_checkpoint(path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- driver
 
 
-def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid | None = None,
-             progress: bool = False, checkpoint=None, resume: bool = False,
-             init_objects: np.ndarray | None = None, init_probes: np.ndarray | None = None,
-             callback: Callable[[int, np.ndarray], None] | None = None) -> EpieResult:
+def run_epie(
+    dataset: Dataset,
+    config: EpieConfig | None = None,
+    *,
+    common: Grid | None = None,
+    progress: bool = False,
+    checkpoint=None,
+    resume: bool = False,
+    init_objects: np.ndarray | None = None,
+    init_probes: np.ndarray | None = None,
+    callback: Callable[[int, np.ndarray], None] | None = None,
+) -> EpieResult:
     """Reconstruct every energy of ``dataset`` independently with ePIE (+ optional KK).
 
     Args:
@@ -631,8 +694,12 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
     batches = _make_batches(dataset, tables, config.batch_energies)
     n_max = max(t[0].size for t in tables)
 
-    probes0 = np.asarray(initial_probes(dataset, grids, config.probe_fwhm, config.use_illumination)
-                         if init_probes is None else init_probes, np.complex64)
+    probes0 = np.asarray(
+        initial_probes(dataset, grids, config.probe_fwhm, config.use_illumination)
+        if init_probes is None
+        else init_probes,
+        np.complex64,
+    )
     if probes0.shape != (kn, m, m):
         raise InputError(f"initial probes must be ({kn}, {m}, {m}), got {probes0.shape}")
     shape = grids[0].shape
@@ -642,8 +709,10 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
     power0 = np.sum(np.abs(probes0.astype(np.complex128)) ** 2, axis=(1, 2))
     empty = np.nonzero(power0 == 0)[0]  # (a non-finite probe still fails as a divergence at epoch 1)
     if empty.size:  # else the first epoch fails as "diverged ... lower alpha/beta", which it is not
-        raise InputError(f"the initial probe of energy {energies[empty[0]]:.1f} eV is empty (all zero; "
-                         f"{empty.size} energies): fix the file's illumination or set epie.use_illumination=false")
+        raise InputError(
+            f"the initial probe of energy {energies[empty[0]]:.1f} eV is empty (all zero; "
+            f"{empty.size} energies): fix the file's illumination or set epie.use_illumination=false"
+        )
 
     fp = _fingerprint(dataset, config)
     bg0 = None
@@ -656,8 +725,10 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
     if checkpoint is not None and resume and os.path.exists(os.fspath(checkpoint)):
         ck = load_checkpoint(checkpoint)
         if str(ck["fingerprint"]) != fp:
-            raise InputError(f"checkpoint {os.fspath(checkpoint)} was written for other data or another ePIE "
-                             "configuration; remove it or run without resume")
+            raise InputError(
+                f"checkpoint {os.fspath(checkpoint)} was written for other data or another ePIE "
+                "configuration; remove it or run without resume"
+            )
         objects0 = ck["objects"].astype(np.complex64)
         probes0 = ck["probes"].astype(np.complex64)
         start_epoch = int(ck["epoch"])
@@ -676,8 +747,14 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(it, desc=f"ePIE {kn} energies {energies.min():.1f}-{energies.max():.1f} eV", unit="epoch",
-                   initial=start_epoch, total=config.epochs)
+
+        bar = tqdm(
+            it,
+            desc=f"ePIE {kn} energies {energies.min():.1f}-{energies.max():.1f} eV",
+            unit="epoch",
+            initial=start_epoch,
+            total=config.epochs,
+        )
         it = bar
     compile_time = 0.0
     for epoch in it:
@@ -690,8 +767,20 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
         loss_e = np.zeros(kn)
         for i, b in enumerate(batches):
             fn = epoch_fn(upd, with_bg, b.common_offset and not config.per_frame_shift)
-            objs[i], phat[i], loss, power, finite, share = fn(objs[i], phat[i], orders[b.energies], b.corners, b.rows,
-                                                              b.cols, b.counts, b.mask, b.valid, bgm[i], alpha, beta)
+            objs[i], phat[i], loss, power, finite, share = fn(
+                objs[i],
+                phat[i],
+                orders[b.energies],
+                b.corners,
+                b.rows,
+                b.cols,
+                b.counts,
+                b.mask,
+                b.valid,
+                bgm[i],
+                alpha,
+                beta,
+            )
             if with_bg and epoch >= config.background_start:
                 bgm[i] = _background_em(share, b, config.background)
             loss = np.asarray(loss)
@@ -700,18 +789,31 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
             loss_e[b.energies] = loss
             for j, k in enumerate(b.energies):
                 if not finite[j] or not np.isfinite(loss[j]):
-                    raise DivergenceError(f"ePIE diverged at energy {energies[k]:.1f} eV, epoch {epoch + 1}: "
-                                          "non-finite object or probe (lower alpha/beta or start the probe update later)")
+                    raise DivergenceError(
+                        f"ePIE diverged at energy {energies[k]:.1f} eV, epoch {epoch + 1}: "
+                        "non-finite object or probe (lower alpha/beta or start the probe update later)"
+                    )
                 if power[j] > config.probe_power_limit * power0[k]:
-                    raise DivergenceError(f"ePIE diverged at energy {energies[k]:.1f} eV, epoch {epoch + 1}: probe power "
-                                          f"{power[j] / power0[k]:.3g} x its initial value (limit "
-                                          f"{config.probe_power_limit:g}); lower beta or start the probe update later")
+                    raise DivergenceError(
+                        f"ePIE diverged at energy {energies[k]:.1f} eV, epoch {epoch + 1}: probe power "
+                        f"{power[j] / power0[k]:.3g} x its initial value (limit "
+                        f"{config.probe_power_limit:g}); lower beta or start the probe update later"
+                    )
         done = epoch + 1
         if config.kk_due(done):
             cur_o = _gather(objs, batches, kn)
-            new_o = kk_constrain(cur_o, energies, grids, common, weight=config.kk_weight,
-                                 register=config.kk_register, tail_ev=config.kk_tail_ev,
-                                 probes=_gather_probes(phat, batches, kn), tables=tables, frame_size=m)
+            new_o = kk_constrain(
+                cur_o,
+                energies,
+                grids,
+                common,
+                weight=config.kk_weight,
+                register=config.kk_register,
+                tail_ev=config.kk_tail_ev,
+                probes=_gather_probes(phat, batches, kn),
+                tables=tables,
+                frame_size=m,
+            )
             objs = [jnp.asarray(new_o[b.energies]) for b in batches]
             kk_epochs.append(done)
         dt = time.perf_counter() - t0
@@ -724,18 +826,37 @@ def run_epie(dataset: Dataset, config: EpieConfig | None = None, *, common: Grid
         if callback is not None:
             callback(done, loss_e)
         if checkpoint is not None and (done % config.checkpoint_every == 0 or done == config.epochs):
-            save_checkpoint(checkpoint, _gather(objs, batches, kn), _gather_probes(phat, batches, kn), done,
-                            loss_hist, time_hist, kk_epochs, fp, background=_gather_background(bgm, batches, kn, config))
+            save_checkpoint(
+                checkpoint,
+                _gather(objs, batches, kn),
+                _gather_probes(phat, batches, kn),
+                done,
+                loss_hist,
+                time_hist,
+                kk_epochs,
+                fp,
+                background=_gather_background(bgm, batches, kn, config),
+            )
 
     objects = _gather(objs, batches, kn)
     probes = _gather_probes(phat, batches, kn)
-    return EpieResult(objects=objects, probes=probes, grids=grids, common=common, energies=energies,
-                      history={"loss": np.asarray(loss_hist, np.float64).reshape(-1, kn),
-                               "time": np.asarray(time_hist, np.float64),
-                               "kk_epochs": np.asarray(kk_epochs, np.int64)},
-                      corners=[t[1] for t in tables], fracs=[t[2] for t in tables],
-                      epochs_done=max(start_epoch, config.epochs), compile_time=compile_time,
-                      background=_gather_background(bgm, batches, kn, config))
+    return EpieResult(
+        objects=objects,
+        probes=probes,
+        grids=grids,
+        common=common,
+        energies=energies,
+        history={
+            "loss": np.asarray(loss_hist, np.float64).reshape(-1, kn),
+            "time": np.asarray(time_hist, np.float64),
+            "kk_epochs": np.asarray(kk_epochs, np.int64),
+        },
+        corners=[t[1] for t in tables],
+        fracs=[t[2] for t in tables],
+        epochs_done=max(start_epoch, config.epochs),
+        compile_time=compile_time,
+        background=_gather_background(bgm, batches, kn, config),
+    )
 
 
 def _background_em(share, b: _Batch, mode: str) -> jax.Array:
@@ -809,8 +930,14 @@ def kk_matrix(energies, tail_ev: float = 200.0) -> np.ndarray:
     return -(lam / lam0)[:, None] * (w @ ext)
 
 
-def kk_phase(absorption: np.ndarray, phase: np.ndarray, energies, weight: float = 1.0, tail_ev: float = 200.0,
-             n_pre: int | None = None) -> np.ndarray:
+def kk_phase(
+    absorption: np.ndarray,
+    phase: np.ndarray,
+    energies,
+    weight: float = 1.0,
+    tail_ev: float = 200.0,
+    n_pre: int | None = None,
+) -> np.ndarray:
     """KK-constrained phase stack ``(K, ...)`` from absorption and phase stacks (same shape).
 
     Per pixel: subtract the pre-edge constant (mean of the ``n_pre`` lowest energies,
@@ -834,9 +961,18 @@ def kk_phase(absorption: np.ndarray, phase: np.ndarray, energies, weight: float 
     return out.reshape(np.shape(phase)).astype(np.float32)
 
 
-def kk_constrain(objects: np.ndarray, energies, grids: list[Grid], common: Grid, weight: float = 1.0,
-                 register: bool = True, tail_ev: float = 200.0, probes: np.ndarray | None = None,
-                 tables=None, frame_size: int | None = None) -> np.ndarray:
+def kk_constrain(
+    objects: np.ndarray,
+    energies,
+    grids: list[Grid],
+    common: Grid,
+    weight: float = 1.0,
+    register: bool = True,
+    tail_ev: float = 200.0,
+    probes: np.ndarray | None = None,
+    tables=None,
+    frame_size: int | None = None,
+) -> np.ndarray:
     """Apply the KK constraint to every energy's object (Hirose et al. 2017).
 
     The objects are brought onto the common grid as A = -ln|O| and unwrapped phase
@@ -850,8 +986,9 @@ def kk_constrain(objects: np.ndarray, energies, grids: list[Grid], common: Grid,
     from diffxas.solvers.twostep import align
 
     e = np.asarray(energies, np.float64)
-    st = align.align_stack(objects, grids, common, e, probes=probes, tables=tables, frame_size=frame_size,
-                           register=register)
+    st = align.align_stack(
+        objects, grids, common, e, probes=probes, tables=tables, frame_size=frame_size, register=register
+    )
     new_phase = kk_phase(st.absorption, st.phase, e, weight=weight, tail_ev=tail_ev)
     dphi = new_phase - st.phase
     dphi = np.where(st.illuminated[None], dphi, 0.0)

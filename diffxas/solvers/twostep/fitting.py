@@ -115,7 +115,9 @@ class FitConfig:
         if self.chunk < 1:
             raise ConfigError(f"fit chunk must be >= 1, got {self.chunk}")
         if not (0 <= self.pre_edge_margin < float("inf")):
-            raise ConfigError(f"fit pre_edge_margin must be a finite number >= 0 (edge widths), got {self.pre_edge_margin}")
+            raise ConfigError(
+                f"fit pre_edge_margin must be a finite number >= 0 (edge widths), got {self.pre_edge_margin}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -135,9 +137,14 @@ def bounds_for(energies, cfg: FitConfig, pre_edge_max: float | None = None) -> d
     """
     e = np.asarray(energies, np.float64)
     top = float(e.max()) if pre_edge_max is None else float(min(max(pre_edge_max, e.min() + 1.0), e.max()))
-    return {"b2": (float(e.min()), float(e.max())), "b3": tuple(map(float, cfg.b3_bounds)),
-            "c12": (float(e.min()), top), "c13": tuple(map(float, cfg.width_bounds)),
-            "c22": (float(e.min()), top), "c23": tuple(map(float, cfg.width_bounds))}
+    return {
+        "b2": (float(e.min()), float(e.max())),
+        "b3": tuple(map(float, cfg.b3_bounds)),
+        "c12": (float(e.min()), top),
+        "c13": tuple(map(float, cfg.width_bounds)),
+        "c22": (float(e.min()), top),
+        "c23": tuple(map(float, cfg.width_bounds)),
+    }
 
 
 #: Pre-edge peak amplitudes are absorption features, kept positive: ``c = softplus(u)``.
@@ -271,8 +278,8 @@ def lm_fit(y: np.ndarray, u0: np.ndarray, energies, bounds, free=None, iteration
         return np.zeros((0, len(PARAM_NAMES)), np.float32), np.zeros(0, np.float32)
     us, cs = [], []
     for s in range(0, n, chunk):
-        yy = np.asarray(y[s:s + chunk], np.float32)
-        uu = np.asarray(u0[s:s + chunk], np.float32)
+        yy = np.asarray(y[s : s + chunk], np.float32)
+        uu = np.asarray(u0[s : s + chunk], np.float32)
         pad = chunk - yy.shape[0]
         if pad:  # keep one compiled shape
             yy = np.concatenate([yy, np.repeat(yy[-1:], pad, 0)])
@@ -307,7 +314,9 @@ def _ls_all(qt, rinv, Y, yy):
     return rss, np.matmul(rinv, proj)
 
 
-def varpro_grid(Y: np.ndarray, designs: np.ndarray, nonneg: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def varpro_grid(
+    Y: np.ndarray, designs: np.ndarray, nonneg: tuple[int, ...] = ()
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best design per spectrum: ``Y`` (K, N), ``designs`` (C, K, p).
 
     Returns ``(best index (N,), coefficients (N, p), rss (N,))`` of the linear least-squares
@@ -324,7 +333,9 @@ def varpro_grid(Y: np.ndarray, designs: np.ndarray, nonneg: tuple[int, ...] = ()
     if k_rows < p:
         # every design would fit exactly (rss 0): the pick would be meaningless; callers
         # with so few energies take another route (e.g. joint.fit_shape_and_amplitudes)
-        raise ValueError(f"varpro_grid: {k_rows} samples for {p} design columns; needs at least as many samples as columns")
+        raise ValueError(
+            f"varpro_grid: {k_rows} samples for {p} design columns; needs at least as many samples as columns"
+        )
     subsets = [tuple(s) for r in range(len(nonneg) + 1) for s in itertools.combinations(nonneg, r)]
     facts = []
     for drop in subsets:
@@ -387,7 +398,9 @@ def fit_global(y: np.ndarray, energies, cfg: FitConfig) -> dict[str, float]:
     c22s = np.arange(c12 + 1.0, max(c12 + 1.5, top), 0.5)
     widths2 = np.clip(np.array([1.0, 2.0, 3.0]), wlo, whi)
     cand2 = [(c, w) for c in c22s for w in widths2]
-    des = np.stack([np.stack([np.ones_like(e), _step(e, b2, b3), _lor(e, c12, c13), _lor(e, c, w)], 1) for c, w in cand2])
+    des = np.stack(
+        [np.stack([np.ones_like(e), _step(e, b2, b3), _lor(e, c12, c13), _lor(e, c, w)], 1) for c, w in cand2]
+    )
     i, coef, _ = varpro_grid(y[:, None], des, nonneg=(2, 3))
     c22, c23 = cand2[i[0]]
     a, b1, c11, c21 = coef[0]
@@ -399,8 +412,9 @@ def fit_global(y: np.ndarray, energies, cfg: FitConfig) -> dict[str, float]:
     return out
 
 
-def init_pixels(Y: np.ndarray, energies, shape: dict[str, float], cfg: FitConfig, return_rss: bool = False,
-                coarsen: int = 1):
+def init_pixels(
+    Y: np.ndarray, energies, shape: dict[str, float], cfg: FitConfig, return_rss: bool = False, coarsen: int = 1
+):
     """Per-pixel start by variable projection: grid over (b2, b3), pre-edge shape fixed.
 
     The linear amplitudes (a, b1, c11, c21) are solved exactly for every pixel at every
@@ -419,12 +433,20 @@ def init_pixels(Y: np.ndarray, energies, shape: dict[str, float], cfg: FitConfig
     if return_rss:
         return float(rss.sum())
     n = Y.shape[1]
-    return {"a": coef[:, 0], "b1": coef[:, 1], "b2": eg[i, 0], "b3": eg[i, 1], "c11": coef[:, 2], "c21": coef[:, 3],
-            **{k: np.full(n, shape[k]) for k in PRE_EDGE_SHAPE}}
+    return {
+        "a": coef[:, 0],
+        "b1": coef[:, 1],
+        "b2": eg[i, 0],
+        "b3": eg[i, 1],
+        "c11": coef[:, 2],
+        "c21": coef[:, 3],
+        **{k: np.full(n, shape[k]) for k in PRE_EDGE_SHAPE},
+    }
 
 
-def fit_shared_shape(Y: np.ndarray, energies, start: dict[str, float], cfg: FitConfig, rounds: int = 4,
-                     max_pixels: int = 400) -> dict[str, float]:
+def fit_shared_shape(
+    Y: np.ndarray, energies, start: dict[str, float], cfg: FitConfig, rounds: int = 4, max_pixels: int = 400
+) -> dict[str, float]:
     """Pre-edge shape (c12, c13, c22, c23) shared by the pixels ``Y`` (K, N), fitted jointly.
 
     Alternates (``rounds`` times) a per-pixel fit of the six other parameters (shape fixed)
@@ -461,8 +483,14 @@ def fit_shared_shape(Y: np.ndarray, energies, start: dict[str, float], cfg: FitC
         up = np.concatenate([u, np.repeat(u[:1], pad, 0)]) if pad > 0 else u
         yp = np.concatenate([Y, np.repeat(Y[:, :1], pad, 1)], axis=1) if pad > 0 else Y
         wp = np.concatenate([np.ones(npix), np.zeros(max(pad, 0))])
-        sh, _ = solver(jnp.asarray(up, jnp.float32), jnp.asarray(yp, jnp.float32), jnp.asarray(wp, jnp.float32), sh0,
-                       jnp.asarray(e, jnp.float32), _bounds_array(bounds))
+        sh, _ = solver(
+            jnp.asarray(up, jnp.float32),
+            jnp.asarray(yp, jnp.float32),
+            jnp.asarray(wp, jnp.float32),
+            sh0,
+            jnp.asarray(e, jnp.float32),
+            _bounds_array(bounds),
+        )
         full = np.array(u[0], np.float64)
         full[sidx] = np.asarray(sh)
         p = from_raw(jnp.asarray(full), bounds)
@@ -504,7 +532,7 @@ def noise_energy_mask(energies, global_params: dict[str, float], cfg: FitConfig)
         sel = e < global_params["c12"] - 3.0 * global_params["c13"]
     if sel.sum() < 3:
         sel = np.zeros(len(e), bool)
-        sel[np.argsort(e)[:min(3, len(e))]] = True
+        sel[np.argsort(e)[: min(3, len(e))]] = True
     return sel
 
 
@@ -514,7 +542,9 @@ def noise_energy_mask(energies, global_params: dict[str, float], cfg: FitConfig)
 SECOND_PEAK_STARTS: tuple[tuple[float | None, float | None], ...] = ((2.0, 0.6), (4.0, 2.0), (7.0, 3.0), (None, 0.6))
 
 
-def multistart_fit(Y: np.ndarray, u_tied: np.ndarray, energies, bounds, cfg: FitConfig) -> tuple[np.ndarray, np.ndarray]:
+def multistart_fit(
+    Y: np.ndarray, u_tied: np.ndarray, energies, bounds, cfg: FitConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """All ten parameters per pixel, the best of several LM runs: ``(u (N, 10), cost (N,))``.
 
     ``Y`` (K, N) spectra, ``u_tied`` (N, 10) the raw tied solution (pre-edge shape at the
@@ -550,7 +580,9 @@ def multistart_fit(Y: np.ndarray, u_tied: np.ndarray, energies, bounds, cfg: Fit
             p["c23"] = np.full(n, w)
         starts.append(to_raw(p, bounds))
     s = len(starts)
-    u, cost = lm_fit(np.tile(Y.T, (s, 1)), np.concatenate(starts), e, bounds, iterations=cfg.iterations, chunk=cfg.chunk)
+    u, cost = lm_fit(
+        np.tile(Y.T, (s, 1)), np.concatenate(starts), e, bounds, iterations=cfg.iterations, chunk=cfg.chunk
+    )
     cost = np.where(np.isfinite(cost), cost, np.inf).reshape(s, n)
     best = np.argmin(cost, axis=0)  # first minimum: the tied start wins ties
     cols = np.arange(n)
@@ -567,8 +599,9 @@ def multistart_fit(Y: np.ndarray, u_tied: np.ndarray, energies, bounds, cfg: Fit
     return u, cost
 
 
-def peak_grid(Y: np.ndarray, energies, p: dict[str, np.ndarray], bounds, peak: int = 2,
-              block: int = 4096) -> dict[str, np.ndarray]:
+def peak_grid(
+    Y: np.ndarray, energies, p: dict[str, np.ndarray], bounds, peak: int = 2, block: int = 4096
+) -> dict[str, np.ndarray]:
     """Per pixel, the pre-edge peak ``peak`` (1 or 2: c{peak}1 >= 0, c{peak}2, c{peak}3)
     that best fits what the rest of eq. 1 (``p``, physical, (N,) each) leaves of ``Y``
     (K, N): a grid of the position over
@@ -589,20 +622,23 @@ def peak_grid(Y: np.ndarray, energies, p: dict[str, np.ndarray], bounds, peak: i
     L = _lor(e[None, :], cand[:, :1], cand[:, 1:])  # (C, K)
     LL = np.sum(L * L, axis=1)  # (C,)
     q = {k: np.asarray(v, np.float64) for k, v in p.items()}
-    rest = (q["a"] + q["b1"] * _step(e[:, None], q["b2"], q["b3"])
-            + q[f"c{other}1"] * _lor(e[:, None], q[f"c{other}2"], q[f"c{other}3"]))
+    rest = (
+        q["a"]
+        + q["b1"] * _step(e[:, None], q["b2"], q["b3"])
+        + q[f"c{other}1"] * _lor(e[:, None], q[f"c{other}2"], q[f"c{other}3"])
+    )
     R = np.asarray(Y, np.float64) - rest  # (K, N)
     n = R.shape[1]
     out = {amp: np.array(q[amp]), cen: np.array(q[cen]), wid: np.array(q[wid])}
     for a in range(0, n, block):
-        r = R[:, a:a + block]
+        r = R[:, a : a + block]
         proj = np.maximum(L @ r, 0.0)  # (C, n)
         gain = proj * proj / LL[:, None]  # decrease of the rss
         i = np.argmax(gain, axis=0)
         cols = np.arange(r.shape[1])
-        out[amp][a:a + block] = proj[i, cols] / LL[i]
-        out[cen][a:a + block] = cand[i, 0]
-        out[wid][a:a + block] = cand[i, 1]
+        out[amp][a : a + block] = proj[i, cols] / LL[i]
+        out[cen][a : a + block] = cand[i, 0]
+        out[wid][a : a + block] = cand[i, 1]
     return out
 
 
@@ -623,8 +659,15 @@ def fit_stack(stack: np.ndarray, energies, mask: np.ndarray, cfg: FitConfig | No
     Y = A[:, m]  # (K, N)
     nan_map = np.full((ny, nx), np.nan)
     if Y.shape[1] == 0:
-        return FitResult(params={k: nan_map.copy() for k in PARAM_NAMES}, sigma=nan_map.copy(), residual=nan_map.copy(),
-                         valid=np.zeros((ny, nx), bool), global_params={}, noise_energies=e[:0], stack=A)
+        return FitResult(
+            params={k: nan_map.copy() for k in PARAM_NAMES},
+            sigma=nan_map.copy(),
+            residual=nan_map.copy(),
+            valid=np.zeros((ny, nx), bool),
+            global_params={},
+            noise_energies=e[:0],
+            stack=A,
+        )
     # the global shape comes from the unsmoothed stack: smoothing mixes neighbouring edges,
     # and the broadened mixture would pull the shared second peak onto the edge
     n1, n2 = min(3, kn // 3), min(3, kn // 3)
@@ -653,5 +696,6 @@ def fit_stack(stack: np.ndarray, energies, mask: np.ndarray, cfg: FitConfig | No
     resid[m] = np.sqrt(np.asarray(cost, np.float64) / kn)
     finite = np.all([np.isfinite(params[k]) for k in PARAM_NAMES], axis=0) & np.isfinite(resid)
     valid = m & finite & (params["b1"] > cfg.jump_threshold * sigma)
-    return FitResult(params=params, sigma=sigma, residual=resid, valid=valid, global_params=gp,
-                     noise_energies=e[sel], stack=A)
+    return FitResult(
+        params=params, sigma=sigma, residual=resid, valid=valid, global_params=gp, noise_energies=e[sel], stack=A
+    )

@@ -62,8 +62,11 @@ class TwoStepConfig:
             Re[N_e^eff]). The data's energies must bracket the element's K edge.
     """
 
-    epie: EpieConfig = dataclasses.field(default_factory=lambda: EpieConfig(
-        epochs=200, probe_update_start=10, kk_start=120, kk_every=20, decay_start=150))
+    epie: EpieConfig = dataclasses.field(
+        default_factory=lambda: EpieConfig(
+            epochs=200, probe_update_start=10, kk_start=120, kk_every=20, decay_start=150
+        )
+    )
     fit: FitConfig = dataclasses.field(default_factory=lambda: FitConfig(tie_pre_edge=True))
     reference_energy: float | None = None
     register: bool = True
@@ -78,8 +81,10 @@ class TwoStepConfig:
         if not isinstance(self.fit, FitConfig):
             raise ConfigError(f"two-step fit must be a FitConfig, got {type(self.fit).__name__}")
         if not (0.0 < self.illum_fraction <= self.well_lit_fraction <= 1.0):
-            raise ConfigError("two-step needs 0 < illum_fraction <= well_lit_fraction <= 1, got "
-                              f"{self.illum_fraction}, {self.well_lit_fraction}")
+            raise ConfigError(
+                "two-step needs 0 < illum_fraction <= well_lit_fraction <= 1, got "
+                f"{self.illum_fraction}, {self.well_lit_fraction}"
+            )
         if self.reference_energy is not None and not (1000.0 <= self.reference_energy <= 100000.0):
             raise ConfigError(f"two-step reference_energy must be in eV, got {self.reference_energy}")
         from diffxas.physics.scattering import check_element
@@ -98,15 +103,24 @@ class TwoStepConfig:
     def fast(cls, **overrides) -> TwoStepConfig:
         """Short schedule for tests and quick looks: 60 epochs, KK at 40, 50, 60, step decay from
         epoch 45, all ten parameters per pixel (the seed's fit)."""
-        kw: dict[str, Any] = dict(epie=EpieConfig(epochs=60, probe_update_start=5, kk_start=40, kk_every=10, decay_start=45),
-                                  fit=FitConfig(iterations=40))
+        kw: dict[str, Any] = dict(
+            epie=EpieConfig(epochs=60, probe_update_start=5, kk_start=40, kk_every=10, decay_start=45),
+            fit=FitConfig(iterations=40),
+        )
         kw.update(overrides)
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epie": self.epie.to_dict(), "fit": self.fit.to_dict(), "reference_energy": self.reference_energy,
-                "register": self.register, "illum_fraction": self.illum_fraction,
-                "well_lit_fraction": self.well_lit_fraction, "element": self.element, "table": self.table}
+        return {
+            "epie": self.epie.to_dict(),
+            "fit": self.fit.to_dict(),
+            "reference_energy": self.reference_energy,
+            "register": self.register,
+            "illum_fraction": self.illum_fraction,
+            "well_lit_fraction": self.well_lit_fraction,
+            "element": self.element,
+            "table": self.table,
+        }
 
 
 def _edge(cfg: TwoStepConfig, energies):
@@ -115,8 +129,17 @@ def _edge(cfg: TwoStepConfig, energies):
     return VEdge.for_energies(cfg.element, energies, cfg.table)
 
 
-def maps_from_fit(fit, phase_stack: np.ndarray, energies, reference_energy: float, edge, common, illuminated,
-                  table: str, smooth_sigma: float = 0.0) -> ChemMaps:
+def maps_from_fit(
+    fit,
+    phase_stack: np.ndarray,
+    energies,
+    reference_energy: float,
+    edge,
+    common,
+    illuminated,
+    table: str,
+    smooth_sigma: float = 0.0,
+) -> ChemMaps:
     """ChemMaps from a :class:`diffxas.solvers.twostep.fitting.FitResult` and the aligned phase stack.
 
     The phase at the reference energy (nearest measured energy) is smoothed like the
@@ -133,26 +156,52 @@ def maps_from_fit(fit, phase_stack: np.ndarray, energies, reference_energy: floa
         phi_ref = smooth_stack(phi_ref[None], np.asarray(illuminated, bool), smooth_sigma)[0]
     with np.errstate(divide="ignore", invalid="ignore"):
         m = {
-            "edge_energy": full["b2"], "edge_width": full["b3"], "edge_jump": b1,
+            "edge_energy": full["b2"],
+            "edge_width": full["b3"],
+            "edge_jump": b1,
             "pre_edge": np.asarray(pre_edge(p), np.float64),
             "pre_edge_norm": np.asarray(pre_edge_norm(p), np.float64),
             "n_v": np.asarray(n_v(jnp.asarray(np.nan_to_num(b1), jnp.float32), edge), np.float64),
-            "ne_eff_per_nv": np.asarray(ne_eff_per_nv(jnp.asarray(phi_ref, jnp.float32), jnp.asarray(np.nan_to_num(b1), jnp.float32),
-                                                      float(e[k_ref]), edge), np.float64),
+            "ne_eff_per_nv": np.asarray(
+                ne_eff_per_nv(
+                    jnp.asarray(phi_ref, jnp.float32),
+                    jnp.asarray(np.nan_to_num(b1), jnp.float32),
+                    float(e[k_ref]),
+                    edge,
+                ),
+                np.float64,
+            ),
         }
     valid = np.asarray(fit.valid, bool) & np.asarray(illuminated, bool)
     valid &= np.all([np.isfinite(v) for v in m.values()], axis=0)
     extra = {k: v for k, v in full.items()}
-    extra.update({"fit_residual": np.asarray(fit.residual, np.float64), "noise_sigma": np.asarray(fit.sigma, np.float64),
-                  "illuminated": np.asarray(illuminated, np.float64)})
-    return ChemMaps(**{k: np.where(valid, v, np.nan) for k, v in m.items()}, valid=valid.astype(np.uint8),
-                    pixel_size=float(common.pixel_size), origin=tuple(float(o) for o in common.origin),
-                    reference_energy=float(e[k_ref]), delta_f2_v=float(edge.delta_f2), scattering_table=table, absorber=edge.element,
-                    extra=extra)
+    extra.update(
+        {
+            "fit_residual": np.asarray(fit.residual, np.float64),
+            "noise_sigma": np.asarray(fit.sigma, np.float64),
+            "illuminated": np.asarray(illuminated, np.float64),
+        }
+    )
+    return ChemMaps(
+        **{k: np.where(valid, v, np.nan) for k, v in m.items()},
+        valid=valid.astype(np.uint8),
+        pixel_size=float(common.pixel_size),
+        origin=tuple(float(o) for o in common.origin),
+        reference_energy=float(e[k_ref]),
+        delta_f2_v=float(edge.delta_f2),
+        scattering_table=table,
+        absorber=edge.element,
+        extra=extra,
+    )
 
 
-def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, progress: bool = False,
-                         checkpoint_dir=None, resume: bool = False) -> Result:
+def reconstruct_two_step(
+    dataset: Dataset,
+    config: TwoStepConfig | None = None,
+    progress: bool = False,
+    checkpoint_dir=None,
+    resume: bool = False,
+) -> Result:
     """ePIE per energy -> aligned stack on the common grid -> per-pixel fit -> maps.
 
     Args:
@@ -189,12 +238,19 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
     from diffxas.physics.background import summary as background_summary
 
     if er.background is not None:
-
         logging.getLogger("diffxas").info(describe(er.background, "two-step"))
     t_epie = time.perf_counter() - t0
     coverage = illumination_map(er.probes, er.corners, er.grids, er.common)
-    st = align_stack(er.objects, er.grids, er.common, e, register=cfg.register, illum_fraction=cfg.illum_fraction,
-                     well_lit_fraction=cfg.well_lit_fraction, coverage=coverage)
+    st = align_stack(
+        er.objects,
+        er.grids,
+        er.common,
+        e,
+        register=cfg.register,
+        illum_fraction=cfg.illum_fraction,
+        well_lit_fraction=cfg.well_lit_fraction,
+        coverage=coverage,
+    )
     t_align = time.perf_counter() - t0 - t_epie
     # the alignment always finds some "empty" pixels (its fallback takes the least material);
     # whether the scan saw bare membrane at all is told by the frames' DPC phase, as in the joint
@@ -206,26 +262,53 @@ def reconstruct_two_step(dataset: Dataset, config: TwoStepConfig | None = None, 
     maps = maps_from_fit(fit, st.phase, e, e_ref, edge, er.common, st.illuminated, cfg.table, cfg.fit.smooth_sigma)
     wall = time.perf_counter() - t0
     loss = er.history["loss"]
-    history = {"loss": loss.sum(axis=1), "time": er.history["time"], "wall_time": np.asarray([wall]),
-               "epie_s": np.asarray([t_epie]), "align_s": np.asarray([t_align]), "fit_s": np.asarray([t_fit]),
-               "kk_epochs": er.history["kk_epochs"].astype(np.float64)}
+    history = {
+        "loss": loss.sum(axis=1),
+        "time": er.history["time"],
+        "wall_time": np.asarray([wall]),
+        "epie_s": np.asarray([t_epie]),
+        "align_s": np.asarray([t_align]),
+        "fit_s": np.asarray([t_fit]),
+        "kk_epochs": er.history["kk_epochs"].astype(np.float64),
+    }
     for k in range(len(e)):
         history[f"loss_e{k:02d}"] = loss[:, k]
     config = cfg.to_dict()
-    config.update({"grid": {"pixel_size": er.common.pixel_size, "shape": list(er.common.shape), "origin": list(er.common.origin)},
-                   "registration_shifts_px": st.shifts.tolist(), "global_fit": fit.global_params,
-                   "noise_energies": fit.noise_energies.tolist(), "empty_pixels": int(st.empty.sum()),
-                   "membrane_pixels_dpc": int(seen.sum()),
-                   "illumination_power": power, "count_quantum": quantum,
-                   "background": None if er.background is None else background_summary(er.background),
-                   "wall_time": wall})
-    return Result(method="two-step", maps=maps, energies=e, absorption=st.absorption.astype(np.float64),
-                  phase=st.phase.astype(np.float64), probes=er.probes.astype(np.complex64),
-                  probe_pixel_size=np.asarray([g.pixel_size for g in er.grids], np.float64), history=history, config=config,
-                  background=er.background)
+    config.update(
+        {
+            "grid": {
+                "pixel_size": er.common.pixel_size,
+                "shape": list(er.common.shape),
+                "origin": list(er.common.origin),
+            },
+            "registration_shifts_px": st.shifts.tolist(),
+            "global_fit": fit.global_params,
+            "noise_energies": fit.noise_energies.tolist(),
+            "empty_pixels": int(st.empty.sum()),
+            "membrane_pixels_dpc": int(seen.sum()),
+            "illumination_power": power,
+            "count_quantum": quantum,
+            "background": None if er.background is None else background_summary(er.background),
+            "wall_time": wall,
+        }
+    )
+    return Result(
+        method="two-step",
+        maps=maps,
+        energies=e,
+        absorption=st.absorption.astype(np.float64),
+        phase=st.phase.astype(np.float64),
+        probes=er.probes.astype(np.complex64),
+        probe_pixel_size=np.asarray([g.pixel_size for g in er.grids], np.float64),
+        history=history,
+        config=config,
+        background=er.background,
+    )
 
 
-def refit_two_step(result: Result, fit: FitConfig, source: str | None = None, source_sha256: str | None = None) -> Result:
+def refit_two_step(
+    result: Result, fit: FitConfig, source: str | None = None, source_sha256: str | None = None
+) -> Result:
     """Step 2 again: the per-pixel fit of a two-step result's aligned stacks with ``fit``.
 
     The ePIE reconstruction and the alignment (the expensive step 1) are taken from the
@@ -243,7 +326,9 @@ def refit_two_step(result: Result, fit: FitConfig, source: str | None = None, so
 
     where = f"{source}: " if source else ""
     if result.method != "two-step":
-        raise InputError(f"{where}refit needs a two-step result (its aligned ePIE stacks), got a {result.method!r} result")
+        raise InputError(
+            f"{where}refit needs a two-step result (its aligned ePIE stacks), got a {result.method!r} result"
+        )
     m = result.maps
     ill = (m.extra or {}).get("illuminated")
     if ill is None:
@@ -260,7 +345,18 @@ def refit_two_step(result: Result, fit: FitConfig, source: str | None = None, so
     t_fit = time.perf_counter() - t0
     history = dict(result.history or {})
     history["fit_s"] = np.asarray([t_fit])
-    cfg.update({"fit": fit.to_dict(), "global_fit": fr.global_params, "noise_energies": fr.noise_energies.tolist(),
-                "refit": {"previous_fit": (result.config or {}).get("fit"), "source": source, "source_sha256": source_sha256,
-                          "fit_s": t_fit, "previous_refit": (result.config or {}).get("refit")}})
+    cfg.update(
+        {
+            "fit": fit.to_dict(),
+            "global_fit": fr.global_params,
+            "noise_energies": fr.noise_energies.tolist(),
+            "refit": {
+                "previous_fit": (result.config or {}).get("fit"),
+                "source": source,
+                "source_sha256": source_sha256,
+                "fit_s": t_fit,
+                "previous_refit": (result.config or {}).get("refit"),
+            },
+        }
+    )
     return dataclasses.replace(result, maps=maps, history=history, config=cfg, clusters=None)
