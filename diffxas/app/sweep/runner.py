@@ -375,11 +375,30 @@ WORKER_DIED = (
 )
 
 
-def cluster_from_spec(spec: Mapping[str, Any]):
+def _jobqueue_prologue() -> list[str]:
+    """Shell lines that give a batch-job worker the LocalCluster's thread settings (:func:`_thread_env`).
+
+    ``XLA_FLAGS`` is extended on the node (its own value kept), not copied from this host."""
+    lines = [
+        'export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"'
+    ]
+    lines += [f"export {v}=1" for v in _thread_env() if v != "XLA_FLAGS"]
+    return lines
+
+
+def cluster_from_spec(spec: Mapping[str, Any], scale: bool = True):
     """A dask-jobqueue cluster from the sweep file's ``[cluster]`` table, e.g.
     ``{kind = "slurm", jobs = 4, cores = 8, memory = "32GB", walltime = "02:00:00"}``:
     ``kind`` picks ``SLURMCluster``/``PBSCluster``/``SGECluster``/``LSFCluster``, ``jobs``
-    how many batch jobs to scale to, the rest goes to the cluster class unchanged."""
+    how many batch jobs to scale to (``scale=False``: none submitted, e.g. to inspect
+    ``cluster.job_script()``), the rest goes to the cluster class.
+
+    The workers get the LocalCluster's settings: one thread per worker (``processes``
+    defaults to ``cores``: the runner runs one point per worker, so a second thread would
+    idle; an explicit ``processes`` wins) and single-threaded XLA and BLAS, exported at the
+    top of the job script before the table's own ``job_script_prologue`` lines (or the dask
+    config's), which may override them. A key no cluster/job class takes is one
+    :class:`ConfigError` line naming it."""
     spec = dict(spec)
     kind = str(spec.pop("kind", "slurm")).lower()
     jobs = int(spec.pop("jobs", 1))
@@ -387,17 +406,44 @@ def cluster_from_spec(spec: Mapping[str, Any]):
     if kind not in classes:
         raise ConfigError(f"[cluster] kind must be one of {', '.join(classes)}, got {kind!r}")
     try:
+        import dask
         import dask_jobqueue
     except ImportError:
         raise ConfigError(
             "[cluster] needs dask-jobqueue (pip install dask-jobqueue); or start a scheduler "
             "yourself and pass --scheduler ADDRESS"
         ) from None
+    import inspect
+
+    cls = getattr(dask_jobqueue, classes[kind])
+    known = set(inspect.signature(cls.__init__).parameters)
+    for c in cls.job_cls.__mro__:
+        if "__init__" in vars(c):
+            known |= set(inspect.signature(c.__init__).parameters)
+    known -= {"self", "args", "kwargs", "job_kwargs", "base_class_kwargs", "scheduler", "job_cls", "loop"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ConfigError(
+            f"[cluster] unknown key(s) {', '.join(map(repr, unknown))} for {classes[kind]} "
+            f"(known: kind, jobs, {', '.join(sorted(known))})"
+        )
+    cfg = str(spec.get("config_name", kind))
+    if "processes" not in spec and spec.get("cores") is not None:
+        spec["processes"] = int(spec["cores"])  # one thread per worker
+    own, old = spec.pop("job_script_prologue", None), spec.pop("env_extra", None)  # env_extra: the old name
+    if own is None:
+        own = old
+    if own is None:
+        own = dask.config.get(f"jobqueue.{cfg}.job-script-prologue", None)
+    if own is None:
+        own = dask.config.get(f"jobqueue.{cfg}.env-extra", None)
+    spec["job_script_prologue"] = _jobqueue_prologue() + list(own or [])
     try:
-        cluster = getattr(dask_jobqueue, classes[kind])(**spec)
-    except TypeError as e:
+        cluster = cls(**spec)
+    except (TypeError, ValueError) as e:  # e.g. no memory given, a wrong type
         raise ConfigError(f"[cluster]: {_one_line(e)}") from None
-    cluster.scale(jobs=jobs)
+    if scale:
+        cluster.scale(jobs=jobs)
     return cluster
 
 
