@@ -82,7 +82,7 @@ _CLUSTER_TOML = """
 [sweep.cluster]
 kind = "{kind}"
 jobs = 3
-cores = 4
+cores = 8
 memory = "16GB"
 walltime = "02:30:00"
 queue = "gpu"
@@ -105,8 +105,9 @@ def _cluster_settings(tmp_path, kind, extra):
 
 
 def _check_worker_settings(script):
-    # one point per worker, one thread each: cores=4 -> 4 worker processes of 1 thread
-    assert "--nthreads 1" in script and "--nworkers 4" in script, script
+    # one point per worker, one thread each: cores=8 -> 8 worker processes of 1 thread
+    # (dask-jobqueue's own default for 8 cores would be 4 workers of 2 threads)
+    assert "--nthreads 1" in script and "--nworkers 8" in script, script
     # single-threaded XLA and BLAS, exported before the user's own prologue line
     lines = script.splitlines()
     for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
@@ -126,7 +127,7 @@ def test_cluster_spec_builds_a_slurm_job_script_without_submitting(tmp_path):
     try:
         assert type(cluster).__name__ == "SLURMCluster"
         script = cluster.job_script()
-        for line in ("#SBATCH -p gpu", "#SBATCH --cpus-per-task=4", "#SBATCH -t 02:30:00", "#SBATCH --gpus=1"):
+        for line in ("#SBATCH -p gpu", "#SBATCH --cpus-per-task=8", "#SBATCH -t 02:30:00", "#SBATCH --gpus=1"):
             assert line in script.splitlines(), (line, script)
         # memory "16GB" = 16e9 B; dask-jobqueue writes it in GiB rounded up: ceil(16e9 / 2**30) = 15
         assert f"#SBATCH --mem={math.ceil(16e9 / 2**30)}G" in script.splitlines(), script
@@ -147,7 +148,7 @@ def test_cluster_spec_builds_a_pbs_job_script_without_submitting(tmp_path):
         for line in ("#PBS -q gpu", "#PBS -l walltime=02:30:00", "#PBS -l ngpus=1"):
             assert line in script.splitlines(), (line, script)
         # memory "16GB" = 16e9 B in GiB rounded up, as for SLURM: ceil(16e9 / 2**30) = 15
-        assert f"#PBS -l select=1:ncpus=4:mem={math.ceil(16e9 / 2**30)}GB" in script.splitlines(), script
+        assert f"#PBS -l select=1:ncpus=8:mem={math.ceil(16e9 / 2**30)}GB" in script.splitlines(), script
         _check_worker_settings(script)
         assert len(cluster.workers) == 0
     finally:
