@@ -284,7 +284,9 @@ def _add_simulate(subparsers) -> None:
     )
     p.add_argument("out", metavar="OUT.cxi", help="CXI file to write")
     p.add_argument(
-        "--preset", default=None, help="simulation preset, e.g. tiny (tests), small (the demo, default), paper (GPU)"
+        "--preset",
+        default=None,
+        help="simulation preset: tiny (tests), small (the demo, default), paper (GPU), family or family-tiny (a randomized sample drawn from --seed; docs/family.md)",
     )
     p.add_argument("--seed", type=int, default=None, help="random seed of phantom, scan and noise (default 0)")
     p.add_argument(
