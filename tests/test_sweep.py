@@ -298,8 +298,8 @@ def test_tiny_sweep_resume_and_failing_point(tmp_path):
         (out / third["dir"] / name).unlink()
     time.sleep(0.01)
     runs_before = {m: sweep_cache.COUNTERS[f"method:{m}"] for m in methods}
-    s2 = sweep_runner.run(spec, out, workers=1, resume=True, progress=False)
-    assert s2.counts == {"total": 5, "skipped": 1, "ran": 4, "ok": 4, "failed": 1}
+    resumed = sweep_runner.run(spec, out, workers=1, resume=True, progress=False)
+    assert resumed.counts == {"total": 5, "skipped": 1, "ran": 4, "ok": 4, "failed": 1}
     assert {m: sweep_cache.COUNTERS[f"method:{m}"] - runs_before[m] for m in methods} == {
         m: 3 if m == "joint" else 2 for m in methods
     }
@@ -309,10 +309,10 @@ def test_tiny_sweep_resume_and_failing_point(tmp_path):
     assert all(now[k] == v for k, v in kept.items())  # untouched
     assert gone["dir"] in now and (out / gone["dir"] / "data.cxi").is_file()
     assert sweep_summary._same_resolved(out / other["dir"], other)
-    assert len(s2) == len(s)
+    assert len(resumed) == len(s)
     # rows of the recomputed points equal the original ones except the timings (deterministic runs)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "sim_wall_s")} for r in rows]  # noqa: E731
-    assert strip(s2) == strip(s)
+    assert strip(resumed) == strip(s)
 
 
 def test_parallel_workers_record_failures(tmp_path):
