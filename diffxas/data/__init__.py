@@ -37,6 +37,9 @@ _API = {
     "SATURATION_MIN_PIXELS": "stxm",
     "UNDECIDED": "orientation",
     "bad_frames": "checks",
+    "checked_findings": "checks",
+    "data_findings": "checks",
+    "ensure_checked": "checks",
     "beam_masked": "stxm",
     "bright_field_index": "orientation",
     "brightest_count": "stxm",
@@ -125,6 +128,9 @@ if TYPE_CHECKING:
     from .checks import check_layout as check_layout
     from .checks import check_positions as check_positions
     from .checks import check_reference_energy as check_reference_energy
+    from .checks import checked_findings as checked_findings
+    from .checks import data_findings as data_findings
+    from .checks import ensure_checked as ensure_checked
     from .checks import findings as findings
     from .checks import frame_statistics as frame_statistics
     from .checks import is_checked as is_checked
