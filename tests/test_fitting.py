@@ -6,6 +6,7 @@ import pytest
 
 from diffxas.errors import ConfigError
 from diffxas.physics.spectra import PARAM_NAMES, XanesParams, absorption
+from diffxas.simulate.presets import SEED_ENERGIES
 from diffxas.solvers.twostep.fitting import (
     FitConfig,
     bounds_for,
@@ -17,50 +18,8 @@ from diffxas.solvers.twostep.fitting import (
     varpro_grid,
 )
 
-E = np.array(
-    [
-        5420.0,
-        5440.0,
-        5455.0,
-        5460.0,
-        5463.0,
-        5464.0,
-        5465.0,
-        5465.5,
-        5466.0,
-        5466.5,
-        5467.0,
-        5468.0,
-        5469.0,
-        5470.0,
-        5471.0,
-        5472.0,
-        5473.0,
-        5474.0,
-        5475.0,
-        5476.0,
-        5477.0,
-        5478.0,
-        5479.0,
-        5480.0,
-        5481.0,
-        5482.0,
-        5483.0,
-        5484.0,
-        5485.0,
-        5486.0,
-        5488.0,
-        5490.0,
-        5493.0,
-        5496.0,
-        5500.0,
-        5505.0,
-        5510.0,
-        5520.0,
-        5530.0,
-        5540.0,
-    ]
-)
+# the seed's 40 energies (the same list the simulator's presets use)
+E = np.asarray(SEED_ENERGIES)
 
 
 def synthetic(n=24, noise=0.003, seed=0, empty_rows=0):
