@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from diffxas import __version__
+from diffxas.app import compile_cache
 from diffxas.errors import DiffxasError
 
 PROG = "diffxas"
@@ -1272,7 +1273,8 @@ def _compilation_cache() -> str | None:
     shapes starts in a third of the time (`tiny`: ``prepare_joint`` 19.6 s -> 6.9 s wall,
     10.2 s -> 3.3 s CPU, docs/scaling.md). Every compilation is cached (minimum compile time
     and entry size 0: most are small ones, under the default 1 s threshold); the cache of
-    `tiny` is under 1 MB. Left alone when the user configured JAX's own cache
+    `tiny` is under 1 MB. The default folder has one subfolder per host CPU and XLA's spurious
+    loader warning is silenced (:mod:`diffxas.app.compile_cache`). Left alone when the user configured JAX's own cache
     (``JAX_COMPILATION_CACHE_DIR``), and off under pytest unless the variable names a
     directory (tests must not write into the user's home).
     """
@@ -1285,20 +1287,8 @@ def _compilation_cache() -> str | None:
         return None
     if val is None:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        val = os.path.join(base, "diffxas", "jax")
-    opts = {
-        "jax_compilation_cache_dir": val,
-        "jax_persistent_cache_min_compile_time_secs": 0.0,
-        "jax_persistent_cache_min_entry_size_bytes": 0,
-    }
-    if "jax" in sys.modules:  # already imported (e.g. main() called from Python): configure it
-        import jax
-
-        for k, v in opts.items():
-            jax.config.update(k, v)
-    else:  # read by jax at import: the commands that never import jax pay nothing
-        for k, v in opts.items():
-            os.environ.setdefault(k.upper(), str(v))
+        val = compile_cache.cache_dir(os.path.join(base, "diffxas", "jax"))
+    compile_cache.enable(val)
     return val
 
 

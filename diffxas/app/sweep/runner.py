@@ -294,12 +294,11 @@ def _thread_env() -> dict[str, str]:
 
 
 def _enable_compile_cache(cache_dir: str) -> None:
-    """Persistent XLA compilation cache shared by the workers (identical programs compile once)."""
-    import jax
+    """Persistent XLA compilation cache shared by the workers (identical programs compile once;
+    one subfolder per host CPU, :mod:`diffxas.app.compile_cache`)."""
+    from diffxas.app import compile_cache
 
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    compile_cache.enable(compile_cache.cache_dir(str(cache_dir)))
 
 
 #: Test-only hook (read in the worker): JSON ``{"fake": true, "kill": ["<point dir>", ...]}``.
