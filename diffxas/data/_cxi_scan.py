@@ -30,6 +30,7 @@ from diffxas.data._cxi_layout import (
     _Entry,
     cxi_mask_weights,
 )
+from diffxas.data.energies import index_selection
 from diffxas.data.files import (
     _READ_ERRORS,
     _attr_value,
@@ -40,6 +41,7 @@ from diffxas.data.files import (
     _read,
     _scalar,
 )
+from diffxas.errors import InputError
 from diffxas.physics.constants import ELEMENTARY_CHARGE, HC_EV_M
 
 
@@ -207,25 +209,12 @@ def _scan_cxi(path, f: h5py.File) -> list[_Entry]:
 
 
 def _select(path, n_entries: int, energies) -> list[int]:
-    """0-based entry indices selected by ``energies`` (None, int, slice or sequence of ints)."""
-    if energies is None:
-        return list(range(n_entries))
-    if isinstance(energies, slice):
-        idx = list(range(n_entries)[energies])
-    else:
-        raw = [energies] if np.ndim(energies) == 0 else list(np.asarray(energies).ravel())
-        idx = []
-        for i in raw:
-            if isinstance(i, (bool, np.bool_)) or not float(i).is_integer():
-                raise _err(path, None, f"energy index {i!r} is not an integer")
-            i = int(i)
-            if not -n_entries <= i < n_entries:
-                raise _err(path, None, f"energy index {i} out of range 0..{n_entries - 1}")
-            idx.append(i % n_entries)
-        idx = sorted(set(idx))
-    if not idx:
-        raise _err(path, None, f"no energies selected by {energies!r}")
-    return idx
+    """0-based entry indices selected by ``energies`` (None, int, slice or sequence of ints):
+    :func:`diffxas.data.energies.index_selection`, its errors prefixed with the file."""
+    try:
+        return index_selection(n_entries, energies)
+    except InputError as exc:
+        raise _err(path, None, str(exc)) from None
 
 
 def _chosen_entries(path, f, energies) -> tuple[list[_Entry], bool]:
