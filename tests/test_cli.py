@@ -351,8 +351,8 @@ def test_spread_indices():
         (["--preset", "tiny", "--set", "frame_size"], ["bad --set 'frame_size': expected KEY=VALUE"]),
         (["--preset", "tiny", "--set", "jont.steps=3"], ["[simulate] unknown key 'jont'"]),
         (["--preset", "tiny", "--set", "frame_size=big"], ["[simulate] frame_size: expected an integer, got 'big'"]),
-        (["--preset", "tiny", "--energies", "99"], ["--energies 99 is more than the 15 energies"]),
-        (["--preset", "tiny", "--energies", "1"], ["--energies must be at least 2"]),
+        (["--preset", "tiny", "--energies", "99"], ["energy count 99 is more than the 15 energies available"]),
+        (["--preset", "tiny", "--energies", "1"], ["energy count must be at least 2"]),
         (["--preset", "tiny", "--energies", "0"], ["argument --energies: expected a positive integer"]),
         (["--preset", "tiny", "--energy-list", "8.68e-16,8.8e-16"], ["energies must be in eV"]),
         (["--preset", "tiny", "--energy-list", "5420,abc"], ["--energy-list: expected comma-separated energies"]),
@@ -785,10 +785,13 @@ def test_reconstruct_energy_subset_and_half(sim_dir, joint_dir, tmp_path, monkey
         int(np.sum(np.asarray(full.energy_index) == k)) // 2 for k in (0, 4)
     )  # odd: 1, 3, ...
     for argv, words in [
-        (["--energies", 7], ["--energies 7 is more than the 6 energies"]),
-        (["--energies", 1], ["--energies must be at least 2"]),
-        (["--energy-list", "5466,5467"], ["5467 eV is not one of the file's energies", "nearest 5466.00"]),
-        (["--energy-list", "5466,5466.001"], ["names the same energy twice"]),
+        (["--energies", 7], ["energy count 7 is more than the 6 energies available"]),
+        (["--energies", 1], ["energy count must be at least 2"]),
+        (["--energy-list", "5466,5467"], ["5467 eV is not one of the 6 energies available", "nearest 5466.00"]),
+        (
+            ["--energy-list", "5466,5466.001"],
+            ["listed energies 5466 eV and 5466.001 eV both match the energy 5466.00 eV"],
+        ),
         (["--energies", 3, "--energy-list", "5466,5480"], ["not allowed with argument"]),
     ]:
         rc, stdout, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "c.h5"] + argv)

@@ -26,9 +26,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from diffxas.app.config import apply_overrides, build_section, config_to_dict
+
+# The energy rules (:mod:`diffxas.data.energies`, numpy only: no JAX for the CLI's light
+# commands), under the names this module has always offered: ``select_energies(energies, n)``
+# is ``n`` of ``energies`` spread evenly in index.
+from diffxas.data.energies import spread_energies as select_energies
+from diffxas.data.energies import spread_indices as spread_indices
 from diffxas.errors import ConfigError, InputError
 from diffxas.solvers import registry as _registry
 
@@ -53,22 +57,6 @@ __all__ = [
 
 #: Reconstruction methods, as named on the command line (the registry's table).
 METHODS = _registry.METHODS
-
-
-def spread_indices(n_total: int, n: int) -> np.ndarray:
-    """``n`` indices out of ``range(n_total)`` spread evenly *in index* (first and last
-    always included); :func:`diffxas.data.dataset.spread_indices`, the one rule (imported here,
-    not at module level: diffxas.data.dataset pulls in JAX, which the CLI's light commands do
-    not need)."""
-    from diffxas.data.dataset import spread_indices as rule
-
-    return rule(n_total, n)
-
-
-def select_energies(energies: Sequence[float], n: int) -> tuple[float, ...]:
-    """``n`` of ``energies`` spread evenly in index (see :func:`spread_indices`)."""
-    e = list(energies)
-    return tuple(float(e[i]) for i in spread_indices(len(e), n))
 
 
 def default_truth_path(cxi_path) -> Path:

@@ -13,6 +13,9 @@ _API = {
     "CxiFrames": "cxi",
     "DEFINITIONS": "nexus",
     "Dataset": "dataset",
+    "EDGE_WINDOW": "energies",
+    "ENERGY_CHOICES": "energies",
+    "ENERGY_MATCH_TOL_EV": "energies",
     "ENERGY_TOL_EV": "checks",
     "HIGH_FACTOR": "checks",
     "ILLUMINATION_TOLERANCE": "stxm",
@@ -38,6 +41,7 @@ _API = {
     "UNDECIDED": "orientation",
     "bad_frames": "checks",
     "checked_findings": "checks",
+    "choose_energies": "energies",
     "data_findings": "checks",
     "ensure_checked": "checks",
     "beam_masked": "stxm",
@@ -59,8 +63,8 @@ _API = {
     "dpc_phase": "stxm",
     "dumps_json": "files",
     "empty_region": "stxm",
-    "energy_indices": "dataset",
-    "even_indices": "dataset",
+    "energy_indices": "energies",
+    "even_indices": "energies",
     "export_cxi_entry": "cxi",
     "file_kind": "info",
     "findings": "checks",
@@ -70,12 +74,14 @@ _API = {
     "frame_sums": "stxm",
     "illumination_at_counts": "stxm",
     "in_memory": "dataset",
+    "index_selection": "energies",
     "integrate_gradient": "stxm",
     "inverse": "orientation",
     "is_checked": "checks",
     "is_nxcxi_ptycho": "nexus",
     "looks_saturated": "stxm",
     "mark_checked": "checks",
+    "match_energies": "energies",
     "matrix": "orientation",
     "mean_frames": "dataset",
     "membrane_counts": "stxm",
@@ -97,7 +103,8 @@ _API = {
     "scan_kernel_width": "stxm",
     "sha256_file": "files",
     "spread": "stxm",
-    "spread_indices": "dataset",
+    "spread_energies": "energies",
+    "spread_indices": "energies",
     "stxm_absorption": "stxm",
     "summarize": "info",
     "summarize_result": "results",
@@ -144,14 +151,21 @@ if TYPE_CHECKING:
     from .cxi import read_cxi as read_cxi
     from .cxi import write_cxi as write_cxi
     from .dataset import Dataset as Dataset
-    from .dataset import energy_indices as energy_indices
-    from .dataset import even_indices as even_indices
     from .dataset import in_memory as in_memory
     from .dataset import mean_frames as mean_frames
     from .dataset import read_frames as read_frames
     from .dataset import relative_monitor as relative_monitor
-    from .dataset import spread_indices as spread_indices
     from .dataset import take_frames as take_frames
+    from .energies import EDGE_WINDOW as EDGE_WINDOW
+    from .energies import ENERGY_CHOICES as ENERGY_CHOICES
+    from .energies import ENERGY_MATCH_TOL_EV as ENERGY_MATCH_TOL_EV
+    from .energies import choose_energies as choose_energies
+    from .energies import energy_indices as energy_indices
+    from .energies import even_indices as even_indices
+    from .energies import index_selection as index_selection
+    from .energies import match_energies as match_energies
+    from .energies import spread_energies as spread_energies
+    from .energies import spread_indices as spread_indices
     from .files import dumps_json as dumps_json
     from .files import sha256_file as sha256_file
     from .files import to_jsonable as to_jsonable

@@ -14,7 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Complex, Float, Int
 
-from diffxas.errors import ConfigError, InputError
+from diffxas.data.energies import energy_indices as energy_indices
+from diffxas.data.energies import even_indices as even_indices
+from diffxas.data.energies import index_selection
+from diffxas.data.energies import spread_indices as spread_indices
+from diffxas.errors import InputError
 from diffxas.physics.geometry import Grid, grid_covering, grid_like, object_pixel_size
 
 
@@ -128,10 +132,10 @@ class Dataset(eqx.Module):
         ]
 
     def select_energies(self, idx) -> Dataset:
-        """A dataset with only the energies ``idx`` (indices into ``energies``), re-indexed."""
-        idx = np.asarray(sorted(set(int(i) for i in np.atleast_1d(idx))))
-        if idx.size == 0 or idx.min() < 0 or idx.max() >= self.n_energies:
-            raise InputError(f"energy indices out of range 0..{self.n_energies - 1}: {idx.tolist()}")
+        """A dataset with only the energies ``idx`` (indices into ``energies``: an int, a slice or
+        a list, as :func:`diffxas.data.energies.index_selection` reads them), re-indexed.
+        InputError (one line) on a non-integer or out-of-range index or an empty selection."""
+        idx = np.asarray(index_selection(self.n_energies, idx))
         ei = np.asarray(self.energy_index)
         keep = np.isin(ei, idx)
         remap = -np.ones(self.n_energies, dtype=np.int32)
@@ -251,55 +255,6 @@ def take_frames(frames, idx) -> np.ndarray:
     if in_memory(frames):  # a JAX array
         return np.asarray(frames[jnp.asarray(idx)], np.float32)
     return frames.take(idx)
-
-
-def spread_indices(n_total: int, n: int, what: str = "--energies") -> np.ndarray:
-    """``n`` indices out of ``range(n_total)`` spread evenly *in index*, first and last
-    always included: ``floor(linspace(0, n_total - 1, n) + 0.5)`` (rounding halves up).
-    With the seed's energy list this keeps its denser sampling of the pre-edge and edge.
-    The one rule behind ``simulate --energies``, ``reconstruct --energies`` and the sweeps'
-    ``energies.choice = "uniform"``. ``what`` names the option in the one-line errors."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise ConfigError(f"{what} must be an integer, got {n!r}")
-    if n < 2:
-        raise ConfigError(f"{what} must be at least 2, got {n}")
-    if n > n_total:
-        raise ConfigError(f"{what} {n} is more than the {n_total} energies available")
-    return even_indices(n_total, int(n))
-
-
-def even_indices(n_total: int, n: int) -> np.ndarray:
-    """The rule itself, unchecked: ``floor(linspace(0, n_total - 1, n) + 0.5)``; ``n = 0``
-    gives no index and ``n = 1`` the first. :func:`spread_indices` validates a user's count
-    before it; the sweeps' ``"edge"`` choice spreads its inner energies with it too."""
-    return np.floor(np.linspace(0, n_total - 1, n) + 0.5).astype(int)
-
-
-def energy_indices(energies, count: int | None = None, listed=None, tol_ev: float = 0.01) -> np.ndarray:
-    """Indices into ``energies`` (eV, increasing) of a subset: ``count`` spread evenly in
-    index (:func:`spread_indices`), or the energies ``listed`` (eV), each matched to the
-    file's energy within ``tol_ev`` (0.01 eV: far below any scan step, above the rounding
-    of energies stored as float32). Exactly one of the two. Errors are one line."""
-    e = np.asarray(energies, dtype=np.float64).ravel()
-    if (count is None) == (listed is None):
-        raise ConfigError("choose the energies either by count or by a list, not both (or neither)")
-    if count is not None:
-        return spread_indices(e.size, count)
-    want = np.asarray(listed, dtype=np.float64).ravel()
-    if want.size < 2:
-        raise ConfigError(f"--energy-list: need at least two energies, got {want.size}")
-    idx = []
-    for x in want:
-        i = int(np.argmin(np.abs(e - x)))
-        if not abs(e[i] - x) <= tol_ev:
-            raise InputError(
-                f"--energy-list: {x:g} eV is not one of the file's energies "
-                f"(nearest {e[i]:.2f} eV; the file has {e.size} from {e.min():.2f} to {e.max():.2f} eV)"
-            )
-        idx.append(i)
-    if len(set(idx)) != len(idx):
-        raise ConfigError("--energy-list names the same energy twice")
-    return np.asarray(sorted(idx), dtype=int)
 
 
 def mean_frames(ds, block: int = 256) -> np.ndarray:

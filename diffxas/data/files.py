@@ -320,3 +320,10 @@ def _scalar(path, f, name: str) -> float:
     if not math.isfinite(v):
         raise _err(path, ds.name, f"is not finite ({v})")
     return v
+
+
+def _short(v: Any, n: int = 100) -> str:
+    """``v`` (an HDF5 attribute value) on one line of at most ``n`` characters (``diffxas info``)."""
+    s = v if isinstance(v, str) else json.dumps(to_jsonable(v)) if not isinstance(v, np.ndarray) else np.array2string(v)
+    s = _one_line(s)
+    return s if len(s) <= n else s[: n - 3] + "..."

@@ -227,7 +227,8 @@ def _positions(path, entry: h5py.Group, det: h5py.Group, n: int) -> np.ndarray:
 def _read_entry(path, f: h5py.File, name: str):
     """One NXentry: (energy eV, frames (N, M, M) float32, positions (N, 2), mask weights
     (M, M), distance m, pixel m, monitor (N,) or None)."""
-    from diffxas.data.cxi import _check_frames, cxi_mask_weights
+    from diffxas.data._cxi_layout import cxi_mask_weights
+    from diffxas.data._cxi_scan import _check_frames
     from diffxas.data.files import _read
 
     entry = f[name]
@@ -295,7 +296,7 @@ def read_nxcxi_ptycho(path, energies=None) -> Dataset:
     weights (1 = use). ``energies`` selects entries by 0-based index into the sorted
     entries (None, int, slice or list). Raises InputError (one line) on any problem.
     """
-    from diffxas.data.cxi import _select
+    from diffxas.data._cxi_scan import _select
     from diffxas.data.files import _open_h5
 
     path = Path(path)

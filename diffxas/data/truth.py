@@ -9,7 +9,6 @@ import h5py
 import numpy as np
 
 from diffxas import __version__
-from diffxas.data.cxi import _short
 from diffxas.data.files import (
     _atomic_h5,
     _attr_value,
@@ -19,6 +18,7 @@ from diffxas.data.files import (
     _human_size,
     _open_h5,
     _read,
+    _short,
     _si,
     dumps_json,
 )

@@ -13,6 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from diffxas.data.energies import EDGE_WINDOW as EDGE_WINDOW
+from diffxas.data.energies import ENERGY_CHOICES as ENERGY_CHOICES
+from diffxas.data.energies import choose_energies
 from diffxas.errors import ConfigError
 
 __all__ = ["METHODS", "SweepSpec", "build_point", "expand_points", "load_spec", "select_energies"]
@@ -37,13 +40,6 @@ _SECTION_ALIASES = {"two-step": "twostep", "two_step": "twostep", "clustering": 
 
 
 _TOP_KEYS = ("sweep", "base", "axes", "points", "profiles")
-
-
-ENERGY_CHOICES = ("uniform", "edge")
-
-
-#: Default window of the "edge" energy choice, eV relative to the tabulated absorption edge.
-EDGE_WINDOW = (-5.0, 25.0)
 
 
 DONE = "done.json"
@@ -400,57 +396,18 @@ def select_energies(
     window: Sequence[float] = EDGE_WINDOW,
     edge_ev: float | None = None,
 ) -> tuple[float, ...]:
-    """``count`` of ``energies`` (sorted, eV).
-
-    * ``"uniform"``: uniform in index, ``floor(linspace(0, K-1, count) + 0.5)`` (first and last
-      always included; with the seed's list this already follows its denser sampling of
-      the pre-edge and edge; :func:`diffxas.data.dataset.spread_indices`, the rule of
-      ``simulate --energies`` and ``reconstruct --energies`` too);
-    * ``"edge"``: the first and last energies (baseline below, level above the edge),
-      the other ``count - 2`` uniform in index among the energies inside ``window`` (eV,
-      relative to the tabulated absorption edge ``edge_ev``, by default the V K edge:
-      the pre-edge peak and the rising edge); if the window holds too few, the nearest
-      energies outside it fill up.
-    """
-    import numpy as np
-
-    e = np.asarray(sorted(float(x) for x in energies))
-    k = e.size
-    if (
-        isinstance(count, bool)
-        or not isinstance(count, (int, np.integer))
-        and not (isinstance(count, float) and float(count).is_integer())
-    ):
-        raise ConfigError(f"energies.count must be an integer, got {count!r}")
-    count = int(count)
-    if not 2 <= count <= k:
-        raise ConfigError(f"energies.count must be between 2 and the {k} available energies, got {count}")
-    if choice not in ENERGY_CHOICES:
-        raise ConfigError(f"energies.choice must be one of {', '.join(ENERGY_CHOICES)}, got {choice!r}")
-    if count == k:
-        return tuple(float(x) for x in e)
-    if choice == "uniform":
-        from diffxas.data.dataset import spread_indices
-
-        return tuple(float(x) for x in e[spread_indices(k, count, "energies.count")])
-    if len(window) != 2 or not window[0] < window[1]:
-        raise ConfigError(f"energies.window must be [lo, hi] eV relative to the edge, got {window!r}")
-    e0 = _edge_energy_ev() if edge_ev is None else float(edge_ev)
-    chosen = {0, k - 1}
-    inner = [i for i in range(1, k - 1) if e0 + window[0] <= e[i] <= e0 + window[1]]
-    need = count - 2
-    if len(inner) >= need:
-        from diffxas.data.dataset import even_indices
-
-        chosen.update(inner[j] for j in even_indices(len(inner), need))
-    else:
-        chosen.update(inner)
-        lo, hi = e0 + window[0], e0 + window[1]
-        rest = sorted(
-            (i for i in range(1, k - 1) if i not in chosen), key=lambda i: min(abs(e[i] - lo), abs(e[i] - hi))
-        )
-        chosen.update(rest[: need - len(inner)])
-    return tuple(float(x) for x in e[sorted(chosen)])
+    """``count`` of ``energies`` (sorted, eV) chosen as the ``[energies]`` section says:
+    :func:`diffxas.data.energies.choose_energies` (``"uniform"``: evenly in index, first and
+    last included, the rule of ``simulate --energies`` and ``reconstruct --energies`` too;
+    ``"edge"``: the ends plus energies inside ``window`` around the edge), with ``edge_ev``
+    by default the tabulated V K edge. Its errors are prefixed with ``[energies]``, the
+    section of the sweep file they come from."""
+    if choice == "edge" and edge_ev is None:
+        edge_ev = _edge_energy_ev()
+    try:
+        return choose_energies(energies, count, choice, window, edge_ev)
+    except ConfigError as exc:
+        raise ConfigError(f"[energies] {exc}") from None
 
 
 @dataclasses.dataclass
