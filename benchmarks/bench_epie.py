@@ -100,7 +100,7 @@ def make_dataset(m: int, n_frames: int, n_energies: int, seed: int = 0):
 def epoch_passes(update_probe: bool, common_offset: bool) -> int:
     """FFT passes per frame of an ePIE epoch: far field and back-propagation (2), plus, when
     the frames do not share one sub-pixel offset, the probe's shift (1) and, with the probe
-    updated, the shift back of its update (1) (:func:`diffxas.solvers.twostep.epie._epoch_single`)."""
+    updated, the shift back of its update (1) (:func:`diffxas.solvers.twostep.epie_kernel._epoch_single`)."""
     if common_offset:
         return 2
     return 4 if update_probe else 3

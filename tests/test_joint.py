@@ -1097,3 +1097,40 @@ def test_convergence_stops_the_run_and_records_steps(small3):
     assert res.history["step"][-1] == 8
     res = joint_run.reconstruct_joint(small3.dataset, joint_config.JointConfig(**kw))
     assert res.history["steps_taken"].tolist() == [30.0]
+
+
+def test_joint_maps_are_the_one_block(small3, monkeypatch):
+    """make_result turns the parameters into maps with the one block of both methods
+    (diffxas.physics.spectra.maps_from_params, called once) and its maps are that block's
+    output masked by the joint's validity (illuminated, b1 above valid_jump_fraction, finite).
+    Reference: the block's own output (exact equality); the closed form of the block itself
+    is tests/test_spectra.py::test_maps_from_params_is_the_closed_form. At the start
+    parameters (no step): the block does not care where they come from."""
+    calls = []
+    real = joint_result.maps_from_params
+
+    def spy(*args, **kwargs):
+        calls.append(real(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(joint_result, "maps_from_params", spy)
+    cfg = joint_config.JointConfig()
+    solver, state, ctx = joint_run.prepare_joint(small3.dataset, cfg)
+    res = joint_result.make_result(
+        small3.dataset,
+        state.params,
+        solver.prob,
+        ctx["common"],
+        ctx["grids"],
+        cfg,
+        ctx["edge"],
+        {},
+        ctx["init_info"],
+        timing={"wall_s": 0.0, "compile_s": 0.0},
+    )
+    assert len(calls) == 1
+    m, finite = calls[0]
+    valid = res.maps.valid.astype(bool)
+    assert valid.any() and not (valid & ~finite).any()
+    for k, v in m.items():
+        np.testing.assert_array_equal(getattr(res.maps, k), np.where(valid, v, np.nan))

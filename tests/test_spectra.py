@@ -145,3 +145,101 @@ def test_phase_other_absorber_uses_its_z(element):
     np.testing.assert_allclose(phi, ref, rtol=1e-4)
     # and it is not V's Z: the phase with V's Z differs by r_e lambda N (Z - 23), far above 1e-4
     assert np.all(np.abs(ref - (-R_E * wavelength(e) * (nv * (Z["V"] + f1) + P["n_other"]))) > 1e-3 * np.abs(ref))
+
+
+# ----------------------------------------------------------------------------- parameters -> maps
+
+#: four pixels (1, 4): the fixture P; a V-poorer pixel with a later, sharper edge and a
+#: smaller pre-edge peak; no edge (b1 = 0: PE/dmt and the ratios undefined); c11 unknown (NaN)
+MAP_PIXELS = [
+    P,
+    dict(P, b1=0.02, b2=5482.5, b3=2.5, c11=0.003, c13=0.7),
+    dict(P, b1=0.0),
+    dict(P, c11=np.nan),
+]
+PHASE_REF = np.array([[-0.30, -0.12, -0.05, -0.20]])  # rad at the reference energy
+
+
+def _pixel_maps():
+    return {k: np.array([[px[k] for px in MAP_PIXELS]], np.float64) for k in spectra.PARAM_NAMES}
+
+
+def test_maps_from_params_is_the_closed_form(edge):
+    """The seven maps against eq. 1-4 of Uematsu et al. (2023) written out in float64 numpy:
+    PE = pi c11 c13, PE/dmt = PE / b1, N_V = b1 / (r_e lambda(E_edge) Delta f''_V),
+    Re[N_e^eff]/N_V = [-phi(E_ref) / (r_e lambda(E_ref))] / N_V; the edge maps are b2, b3, b1
+    exactly. Tolerance 2e-6 relative (the block evaluates in float32: a few roundings of 6e-8)."""
+    e_ref = 5420.0
+    maps, finite = spectra.maps_from_params(_pixel_maps(), PHASE_REF, e_ref, edge)
+    assert set(maps) == {
+        "edge_energy",
+        "edge_width",
+        "edge_jump",
+        "pre_edge",
+        "pre_edge_norm",
+        "n_v",
+        "ne_eff_per_nv",
+    }
+    assert all(v.dtype == np.float64 and v.shape == (1, 4) for v in maps.values())
+    np.testing.assert_array_equal(finite, [[True, True, False, False]])
+    for k, name in (("b2", "edge_energy"), ("b3", "edge_width"), ("b1", "edge_jump")):
+        np.testing.assert_array_equal(maps[name], _pixel_maps()[k])
+    lam0 = wavelength(float(edge.edge_ev))
+    for i, px in enumerate(MAP_PIXELS[:2]):
+        pe = np.pi * px["c11"] * px["c13"]
+        nv = px["b1"] / (R_E * lam0 * float(edge.delta_f2))
+        ne = -PHASE_REF[0, i] / (R_E * wavelength(e_ref)) / nv
+        got = {k: maps[k][0, i] for k in ("pre_edge", "pre_edge_norm", "n_v", "ne_eff_per_nv")}
+        want = {"pre_edge": pe, "pre_edge_norm": pe / px["b1"], "n_v": nv, "ne_eff_per_nv": ne}
+        for k in got:
+            assert got[k] == pytest.approx(want[k], rel=2e-6), (i, k)
+    # b1 = 0: PE is defined, the ratios are not (inf/NaN, hence not finite)
+    assert maps["pre_edge"][0, 2] == pytest.approx(np.pi * P["c11"] * P["c13"], rel=2e-6)
+    assert maps["n_v"][0, 2] == 0.0 and not np.isfinite(maps["pre_edge_norm"][0, 2])
+    # an unknown parameter: every derived map NaN (not the PE of a zero c11)
+    assert all(np.isnan(maps[k][0, 3]) for k in ("pre_edge", "pre_edge_norm", "n_v", "ne_eff_per_nv"))
+
+
+def spy_maps_from_params(monkeypatch, module) -> list:
+    """Replace ``module.maps_from_params`` by a wrapper of the real one that records each
+    call's output."""
+    calls = []
+    real = spectra.maps_from_params
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(module, "maps_from_params", spy)
+    return calls
+
+
+def test_two_step_maps_are_the_one_block(edge, monkeypatch):
+    """The two-step's maps_from_fit (reconstruct_two_step and refit_two_step) calls
+    maps_from_params once, and its maps are that block's output masked by the fit's
+    validity, illumination and finiteness. Reference: the block's own output (exact).
+    The joint's side: tests/test_joint.py::test_joint_maps_are_the_one_block."""
+    from types import SimpleNamespace
+
+    from diffxas.physics.geometry import Grid
+    from diffxas.solvers.twostep import run
+
+    calls = spy_maps_from_params(monkeypatch, run)
+    fit = SimpleNamespace(
+        params=_pixel_maps(),
+        valid=np.array([[True, False, True, True]]),
+        residual=np.zeros((1, 4)),
+        sigma=np.zeros((1, 4)),
+    )
+    phase_stack = np.stack([PHASE_REF, 2 * PHASE_REF])  # (K=2, 1, 4)
+    ill = np.ones((1, 4), bool)
+    grid = Grid(pixel_size=5e-8, shape=(1, 4), origin=(0.0, 0.0))
+    maps = run.maps_from_fit(fit, phase_stack, [5420.0, 5540.0], 5425.0, edge, grid, ill, "chantler")
+    assert len(calls) == 1
+    m, finite = calls[0]
+    valid = fit.valid & finite
+    np.testing.assert_array_equal(maps.valid, valid.astype(np.uint8))
+    assert valid.tolist() == [[True, False, False, False]]
+    for k, v in m.items():
+        np.testing.assert_array_equal(getattr(maps, k), np.where(valid, v, np.nan))

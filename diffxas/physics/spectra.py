@@ -36,8 +36,11 @@ shape ``S``; energies are ``(K,)``; outputs are ``(K, *S)``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import erf
 from jaxtyping import Array, Float
 
@@ -171,6 +174,53 @@ def ne_eff_per_nv(phase_ref, b1, reference_energy, edge: VEdge):
     # = [-phi / (r_e lambda_ref)] / [b1 / (r_e lambda_0 Delta f'')], written without the
     # ~1e22 m^-2 factors so that float32 derivatives (delta-method errors) do not overflow
     return -phase_ref * (wavelength(edge.edge_ev) / wavelength(reference_energy)) * edge.delta_f2 / b1
+
+
+def maps_from_params(
+    params: Mapping[str, object], phase_ref, reference_energy: float, edge: VEdge
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The seven chemical-state maps (:data:`diffxas.maps.MAP_FIELDS`) from the fitted eq. 1.
+
+    The one parameters -> maps block of both methods (the two-step's
+    :func:`diffxas.solvers.twostep.run.maps_from_fit`, the joint's
+    :func:`diffxas.solvers.joint.result.make_result`); each method keeps only what differs:
+    where ``phase_ref`` comes from (the two-step: the aligned ePIE phase; the joint: the
+    model's phase) and its own validity rule.
+
+    Args:
+        params: :data:`PARAM_NAMES` -> per-pixel values ``(H, W)`` (float64 or float32;
+            other keys, e.g. ``n_other``, are ignored).
+        phase_ref: ``(H, W)`` phase (rad) at ``reference_energy``.
+        reference_energy: eV, the energy of ``ne_eff_per_nv``.
+        edge: the absorber's K edge (``delta_f2``, ``edge_ev``).
+
+    Returns:
+        ``(maps, finite)``: ``maps`` name -> ``(H, W)`` float64, unmasked: ``edge_energy``,
+        ``edge_width``, ``edge_jump`` are ``b2``, ``b3``, ``b1`` as given; ``pre_edge`` =
+        pi c11 c13 (eV), ``pre_edge_norm`` = PE / b1 (eV), ``n_v`` (eq. 2, m^-2) and
+        ``ne_eff_per_nv`` (:func:`ne_eff_per_nv`) are computed in float32 (JAX) and widened.
+        ``finite`` ``(H, W)`` bool: every map finite there; callers AND it into their validity.
+
+    A pixel with any non-finite parameter gets NaN in every derived map (decision: the
+    derived maps are computed on ``nan_to_num`` copies, so that no NaN enters JAX, and a
+    missing c11 must not come out as a finite PE of 0). Division by b1 = 0 gives inf/NaN,
+    hence ``finite`` False, as before.
+    """
+    full = {k: np.asarray(params[k], np.float64) for k in PARAM_NAMES}
+    known = np.all([np.isfinite(v) for v in full.values()], axis=0)
+    p = XanesParams(**{k: jnp.asarray(np.nan_to_num(v), jnp.float32) for k, v in full.items()})
+    phi = jnp.asarray(np.asarray(phase_ref, np.float64), jnp.float32)
+    derived = {
+        "pre_edge": pre_edge(p),
+        "pre_edge_norm": pre_edge_norm(p),
+        "n_v": n_v(p.b1, edge),
+        "ne_eff_per_nv": ne_eff_per_nv(phi, p.b1, float(reference_energy), edge),
+    }
+    maps = {"edge_energy": full["b2"], "edge_width": full["b3"], "edge_jump": full["b1"]}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        maps.update({k: np.where(known, np.asarray(v, np.float64), np.nan) for k, v in derived.items()})
+    finite = np.all([np.isfinite(v) for v in maps.values()], axis=0)
+    return maps, finite
 
 
 def linear_design(energies, b2, b3, c12, c13, c22, c23) -> Float[Array, "energy ... 4"]:

@@ -14,15 +14,7 @@ from diffxas.data.dataset import Dataset
 from diffxas.maps import ChemMaps, Result
 from diffxas.physics.geometry import Grid
 from diffxas.physics.scattering import VEdge
-from diffxas.physics.spectra import (
-    PARAM_NAMES,
-    XanesParams,
-    n_v,
-    ne_eff_per_nv,
-    phase,
-    pre_edge,
-    pre_edge_norm,
-)
+from diffxas.physics.spectra import PARAM_NAMES, XanesParams, maps_from_params, phase
 from diffxas.physics.uncertainty import map_std, object_information, to_common_grid
 from diffxas.solvers.joint.config import ALL_PARAMS, JointConfig
 from diffxas.solvers.joint.model import (
@@ -164,19 +156,8 @@ def make_result(
     ill = np.asarray(prob.illuminated)
     b1 = full["b1"]
     thr = cfg.valid_jump_fraction * (np.percentile(b1[ill], 99) if ill.any() else 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        m = {
-            "edge_energy": full["b2"],
-            "edge_width": full["b3"],
-            "edge_jump": b1,
-            "pre_edge": np.asarray(pre_edge(pfull), np.float64),
-            "pre_edge_norm": np.asarray(pre_edge_norm(pfull), np.float64),
-            "n_v": np.asarray(n_v(jnp.asarray(b1), edge), np.float64),
-            "ne_eff_per_nv": np.asarray(
-                ne_eff_per_nv(jnp.asarray(phi_ref), jnp.asarray(b1, jnp.float32), e_ref, edge), np.float64
-            ),
-        }
-    valid = ill & (b1 > thr) & np.all([np.isfinite(v) for v in m.values()], axis=0)
+    m, finite = maps_from_params(full, phi_ref, e_ref, edge)  # the one block of both methods
+    valid = ill & (b1 > thr) & finite
     t_std = time.perf_counter()
     std = {k: np.where(valid, v, np.nan) for k, v in map_std_joint(params, prob, cfg, edge, e_ref).items()}
     timing = dict(timing, uncertainty_s=time.perf_counter() - t_std)

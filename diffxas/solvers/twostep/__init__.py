@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 _API = {
     "AlignedStack": "align",
     "BOUNDED": "fitting",
-    "EpieConfig": "epie",
+    "EpieConfig": "epie_config",
     "EpieResult": "epie",
     "FitConfig": "fitting",
     "FitResult": "fitting",
     "LINEAR": "fitting",
-    "OFFSET_TOL": "epie",
+    "OFFSET_TOL": "epie_batches",
     "POSITIVE": "fitting",
     "PRE_EDGE_SHAPE": "fitting",
     "SECOND_PEAK_STARTS": "fitting",
@@ -24,37 +24,37 @@ _API = {
     "apply_shifts": "align",
     "bounds_for": "fitting",
     "cached_matrices": "align",
-    "epie_update": "epie",
-    "epoch_fn": "epie",
+    "epie_update": "epie_kernel",
+    "epoch_fn": "epie_kernel",
     "estimate_shift": "align",
     "find_empty_region": "align",
     "fit_global": "fitting",
     "fit_shared_shape": "fitting",
     "fit_stack": "fitting",
-    "frame_orders": "epie",
+    "frame_orders": "epie_batches",
     "from_raw": "fitting",
     "illumination_map": "align",
     "init_pixels": "fitting",
-    "initial_probes": "epie",
-    "kk_constrain": "epie",
-    "kk_matrix": "epie",
-    "kk_phase": "epie",
+    "initial_probes": "epie_batches",
+    "kk_constrain": "kk",
+    "kk_matrix": "kk",
+    "kk_phase": "kk",
     "levenberg_marquardt": "fitting",
     "lm_fit": "fitting",
-    "load_checkpoint": "epie",
+    "load_checkpoint": "epie_checkpoint",
     "maps_from_fit": "run",
     "multistart_fit": "fitting",
     "noise_energy_mask": "fitting",
     "peak_grid": "fitting",
     "reconstruct_two_step": "run",
-    "reconstruction_grids": "epie",
+    "reconstruction_grids": "epie_batches",
     "refit_two_step": "run",
     "register_stack": "align",
     "remove_background": "align",
     "resample_field": "align",
     "run_epie": "epie",
-    "save_checkpoint": "epie",
-    "shift_ramps": "epie",
+    "save_checkpoint": "epie_checkpoint",
+    "shift_ramps": "epie_kernel",
     "to_common": "align",
     "to_raw": "fitting",
     "unwrap_phase": "align",
@@ -74,21 +74,18 @@ if TYPE_CHECKING:
     from .align import resample_field as resample_field
     from .align import to_common as to_common
     from .align import unwrap_phase as unwrap_phase
-    from .epie import OFFSET_TOL as OFFSET_TOL
-    from .epie import EpieConfig as EpieConfig
     from .epie import EpieResult as EpieResult
-    from .epie import epie_update as epie_update
-    from .epie import epoch_fn as epoch_fn
-    from .epie import frame_orders as frame_orders
-    from .epie import initial_probes as initial_probes
-    from .epie import kk_constrain as kk_constrain
-    from .epie import kk_matrix as kk_matrix
-    from .epie import kk_phase as kk_phase
-    from .epie import load_checkpoint as load_checkpoint
-    from .epie import reconstruction_grids as reconstruction_grids
     from .epie import run_epie as run_epie
-    from .epie import save_checkpoint as save_checkpoint
-    from .epie import shift_ramps as shift_ramps
+    from .epie_batches import OFFSET_TOL as OFFSET_TOL
+    from .epie_batches import frame_orders as frame_orders
+    from .epie_batches import initial_probes as initial_probes
+    from .epie_batches import reconstruction_grids as reconstruction_grids
+    from .epie_checkpoint import load_checkpoint as load_checkpoint
+    from .epie_checkpoint import save_checkpoint as save_checkpoint
+    from .epie_config import EpieConfig as EpieConfig
+    from .epie_kernel import epie_update as epie_update
+    from .epie_kernel import epoch_fn as epoch_fn
+    from .epie_kernel import shift_ramps as shift_ramps
     from .fitting import BOUNDED as BOUNDED
     from .fitting import LINEAR as LINEAR
     from .fitting import POSITIVE as POSITIVE
@@ -109,6 +106,9 @@ if TYPE_CHECKING:
     from .fitting import peak_grid as peak_grid
     from .fitting import to_raw as to_raw
     from .fitting import varpro_grid as varpro_grid
+    from .kk import kk_constrain as kk_constrain
+    from .kk import kk_matrix as kk_matrix
+    from .kk import kk_phase as kk_phase
     from .run import TwoStepConfig as TwoStepConfig
     from .run import maps_from_fit as maps_from_fit
     from .run import reconstruct_two_step as reconstruct_two_step

@@ -13,7 +13,6 @@ import os
 import time
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from diffxas.analysis.smoothing import smooth_stack
@@ -26,14 +25,7 @@ from diffxas.data.stxm import (
 )
 from diffxas.errors import ConfigError
 from diffxas.maps import ChemMaps, Result
-from diffxas.physics.spectra import (
-    PARAM_NAMES,
-    XanesParams,
-    n_v,
-    ne_eff_per_nv,
-    pre_edge,
-    pre_edge_norm,
-)
+from diffxas.physics.spectra import PARAM_NAMES, maps_from_params
 from diffxas.solvers.twostep.align import align_stack, illumination_map
 from diffxas.solvers.twostep.epie import EpieConfig, run_epie
 from diffxas.solvers.twostep.fitting import FitConfig, fit_stack
@@ -149,31 +141,11 @@ def maps_from_fit(
     e = np.asarray(energies, np.float64)
     k_ref = int(np.argmin(np.abs(e - reference_energy)))
     full = {k: np.asarray(fit.params[k], np.float64) for k in PARAM_NAMES}
-    p = XanesParams(**{k: jnp.asarray(np.nan_to_num(v), jnp.float32) for k, v in full.items()})
-    b1 = full["b1"]
     phi_ref = np.asarray(phase_stack[k_ref], np.float64)
     if smooth_sigma > 0:
         phi_ref = smooth_stack(phi_ref[None], np.asarray(illuminated, bool), smooth_sigma)[0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        m = {
-            "edge_energy": full["b2"],
-            "edge_width": full["b3"],
-            "edge_jump": b1,
-            "pre_edge": np.asarray(pre_edge(p), np.float64),
-            "pre_edge_norm": np.asarray(pre_edge_norm(p), np.float64),
-            "n_v": np.asarray(n_v(jnp.asarray(np.nan_to_num(b1), jnp.float32), edge), np.float64),
-            "ne_eff_per_nv": np.asarray(
-                ne_eff_per_nv(
-                    jnp.asarray(phi_ref, jnp.float32),
-                    jnp.asarray(np.nan_to_num(b1), jnp.float32),
-                    float(e[k_ref]),
-                    edge,
-                ),
-                np.float64,
-            ),
-        }
-    valid = np.asarray(fit.valid, bool) & np.asarray(illuminated, bool)
-    valid &= np.all([np.isfinite(v) for v in m.values()], axis=0)
+    m, finite = maps_from_params(full, phi_ref, float(e[k_ref]), edge)  # the one block of both methods
+    valid = np.asarray(fit.valid, bool) & np.asarray(illuminated, bool) & finite
     extra = {k: v for k, v in full.items()}
     extra.update(
         {
