@@ -54,12 +54,7 @@ def _add_cluster(subparsers) -> None:
 
 
 def _run_cluster(args) -> int:
-    # ~10-20 ms (its readers import sklearn and h5py when called), not needed by --help or info
-    from diffxas.analysis.clustering import (
-        cluster_file,
-        default_csv_path,
-        format_clusters,
-    )
+    from diffxas.analysis.clustering import cluster_file, default_csv_path, format_clusters  # ~15 ms; sklearn inside
     from diffxas.app.config import build_section  # ~10-15 ms, not needed by --help or info
     from diffxas.app.pipeline import check_output_path  # the pipeline imports the solvers (jax)
 
@@ -148,9 +143,8 @@ def _run_evaluate(args) -> int:
         )
         check_output_path(json_path, "JSON file", inputs=[args.result, args.split])
         out = frc_files(args.result, args.split, json_path=json_path)
-        # matplotlib; only for --split
-        from diffxas.report.figure_style import save_figure
-        from diffxas.report.plotting import fig_frc
+        from diffxas.report.figure_style import save_figure  # matplotlib; only for --split
+        from diffxas.report.plotting import fig_frc  # matplotlib; only for --split
 
         # named after the JSON: a second split evaluation in the same folder does not overwrite the first one's figure
         stem = os.path.splitext(os.path.basename(json_path))[0]
@@ -200,10 +194,9 @@ def _add_report(subparsers) -> None:
 
 
 def _run_report(args) -> int:
-    # h5py (report draws with matplotlib when called); looked up per call: tests patch report.report
-    from diffxas.data import results as io_results
+    from diffxas.data import results as io_results  # h5py
     from diffxas.data import truth as io_truth  # h5py + jax
-    from diffxas.report.report import report
+    from diffxas.report.report import report  # h5py, matplotlib inside
 
     labels = None
     if args.labels is not None:

@@ -3,7 +3,8 @@ argparse number types, the ``--config``/``--set`` and ``--no-progress`` options,
 checks and the option parsing two commands need (``--energy-list``, the [simulate] section).
 
 Imports here are cheap (stdlib and modules already loaded by ``import diffxas``); the
-configuration module is imported inside :func:`config_mapping` (see the comment there).
+configuration module (~10-15 ms, not needed by ``--help``) is imported inside
+:func:`config_mapping`.
 """
 
 from __future__ import annotations
@@ -93,8 +94,7 @@ def progress(args) -> bool:
 
 def config_mapping(args, default_section: str | None, extra: dict | None = None) -> dict:
     """--config FILE, then --set overrides, then ``extra`` (dotted keys from dedicated flags)."""
-    # local: diffxas.app.config costs ~10-15 ms (tomllib, the section classes), not needed by --help or info
-    from diffxas.app.config import apply_overrides, load_config, parse_overrides, validate_config
+    from diffxas.app.config import apply_overrides, load_config, parse_overrides, validate_config  # ~10-15 ms
 
     mapping = load_config(args.config) if getattr(args, "config", None) else {}
     mapping = apply_overrides(

@@ -42,7 +42,7 @@ def _add_info(subparsers) -> None:
 
 
 def _run_info(args) -> int:
-    from diffxas.data.info import summarize  # jax + h5py (the readers); looked up per call: tests patch it
+    from diffxas.data.info import summarize  # h5py + jax (the readers)
 
     texts = [summarize(path) + _info_checks(path) for path in args.files]
     print("\n\n".join(texts))
@@ -53,10 +53,9 @@ def _info_checks(path) -> str:
     """Lines for ``diffxas info``: what :mod:`diffxas.data.checks` would refuse or mask in a CXI
     input; map values that are NaN/inf inside the valid pixels of a results file (each
     also one warning line on stderr)."""
-    # local: the readers import h5py, cxi and info also jax
-    from diffxas.data import cxi as io_cxi
-    from diffxas.data import info as io_info
-    from diffxas.data import results as io_results
+    from diffxas.data import cxi as io_cxi  # h5py + jax
+    from diffxas.data import info as io_info  # h5py + jax
+    from diffxas.data import results as io_results  # h5py
 
     kind = io_info.file_kind(path)
     lines = []
@@ -207,9 +206,7 @@ def _add_simulate(subparsers) -> None:
 
 def _run_simulate(args) -> int:
     from diffxas.app.config import build_config, sim_config  # ~10-15 ms, not needed by --help or info
-
-    # the pipeline and the simulator import jax; looked up per call: tests patch simulate_files
-    from diffxas.app.pipeline import (
+    from diffxas.app.pipeline import (  # the pipeline imports the solvers (jax)
         check_output_path,
         default_truth_path,
         select_energies,

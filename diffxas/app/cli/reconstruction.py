@@ -212,11 +212,8 @@ def _select_input(ds, args):
 
 
 def _run_reconstruct(args) -> int:
-    # ~10-15 ms, not needed by --help or info
-    from diffxas.app.config import apply_overrides, load_config, parse_overrides, validate_config
-
-    # the pipeline imports the solvers (jax); looked up per call: tests patch pipeline.run / reconstruct
-    from diffxas.app.pipeline import (
+    from diffxas.app.config import apply_overrides, load_config, parse_overrides, validate_config  # ~10-15 ms
+    from diffxas.app.pipeline import (  # the pipeline imports the solvers (jax)
         METHODS,
         check_output_path,
         default_checkpoint,
@@ -340,8 +337,7 @@ def _add_refit(subparsers) -> None:
 
 
 def _run_refit(args) -> int:
-    # ~10-15 ms, not needed by --help or info
-    from diffxas.app.config import apply_overrides, build_config, load_config, parse_overrides
+    from diffxas.app.config import apply_overrides, build_config, load_config, parse_overrides  # ~10-15 ms
     from diffxas.app.pipeline import check_output_path  # the pipeline imports the solvers (jax)
     from diffxas.data import files as io_files  # h5py
     from diffxas.data import results as io_results  # h5py
