@@ -53,7 +53,7 @@ def _run_demo(args) -> int:
     from diffxas.app.demo import run_demo  # the pipeline and the solvers (jax)
     from diffxas.app.pipeline import METHODS  # the registry's table (jax)
 
-    text = str(args.methods)  # the default (MethodNames) reads as "two-step,joint"
+    text = str(args.methods)  # the default, MethodNames: every registered method, comma-separated
     methods = [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if not methods or bad:
