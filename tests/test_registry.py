@@ -8,6 +8,9 @@ results file; nothing in the pipeline names it.
 import dataclasses
 import inspect
 import json
+import os
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -137,3 +140,22 @@ def test_a_registered_method_is_a_cli_choice(toy, tmp_path, capsys):
     back = read_result(out)
     assert back.method == "toy" and np.all(back.maps.edge_energy == 5480.0)  # exact: ToyConfig's constant, read back
     assert not (tmp_path / "toy.h5.ckpt").exists()  # its file checkpoint, removed after success
+
+
+def test_method_names_without_the_solvers():
+    """`reconstruct --help` lists the registered methods without importing jax (the solvers
+    are "module:name" references resolved on first use): the help stays a fraction of a
+    second instead of the seconds of importing jax."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from diffxas.app.cli import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    main(['reconstruct', '--help'])\n"
+        "assert 'two-step' in out.getvalue() and 'joint' in out.getvalue(), out.getvalue()\n"
+        "print('jax' in sys.modules)\n"
+    )
+    env = {**os.environ, "DIFFXAS_COMPILATION_CACHE": "0"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"

@@ -14,6 +14,7 @@ through this table. Adding a method is one module with a config dataclass and a
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,18 @@ from typing import Any
 from diffxas.data.results import known_result_method
 from diffxas.errors import ConfigError
 from diffxas.maps import Result
-from diffxas.solvers.joint import parallel as joint_parallel
-from diffxas.solvers.joint import run as joint_run
-from diffxas.solvers.joint.config import JointConfig
-from diffxas.solvers.twostep import run as twostep_run
-from diffxas.solvers.twostep.run import TwoStepConfig
+
+
+def _resolve(ref):
+    """A ``"module:name"`` reference imported on first use; anything else as it is.
+
+    Why lazy: the solvers import jax (seconds); the CLI shows the method names in
+    ``reconstruct --help`` and checks ``--method`` without needing any solver.
+    """
+    if isinstance(ref, str):
+        module, _, name = ref.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return ref
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +42,10 @@ class Method:
 
     Attributes:
         name: the name on the command line and in results (``"joint"``).
-        config: its configuration dataclass (the TOML section's class).
-        reconstruct: ``(dataset, config, *, progress, checkpoint, resume) -> Result``.
+        config_ref: its configuration dataclass (the TOML section's class), or a
+            ``"module:name"`` reference to it, imported on first use of :attr:`config`.
+        reconstruct_ref: ``(dataset, config, *, progress, checkpoint, resume) -> Result``,
+            or a ``"module:name"`` reference (:attr:`reconstruct`).
         section: the TOML section of its options (``[joint]``).
         checkpoint: ``"file"`` (one file, ``RESULT.h5.ckpt``) or ``"folder"``
             (``RESULT.h5.ckpt.d/``): what the pipeline creates, checks and removes.
@@ -43,19 +53,32 @@ class Method:
         lazy_frames: the method reads frames on demand (the CLI opens the file lazily
             instead of reading it into memory).
         result_name: file name of its result in the demo's output folder.
-        reconstruct_sharded: the same signature with the frames split over all devices of
+        reconstruct_sharded_ref: the same signature with the frames split over all devices of
             all processes (``--sharded``); None: the method has no such variant.
     """
 
     name: str
-    config: type
-    reconstruct: Callable[..., Result]
+    config_ref: type | str
+    reconstruct_ref: Callable[..., Result] | str
     section: str
     checkpoint: str = "file"
     iterations_key: str | None = None
     lazy_frames: bool = False
     result_name: str = ""
-    reconstruct_sharded: Callable[..., Result] | None = None
+    reconstruct_sharded_ref: Callable[..., Result] | str | None = None
+
+    @property
+    def config(self) -> type:
+        """The configuration dataclass (a ``"module:name"`` reference is imported here)."""
+        return _resolve(self.config_ref)
+
+    @property
+    def reconstruct(self) -> Callable[..., Result]:
+        return _resolve(self.reconstruct_ref)
+
+    @property
+    def reconstruct_sharded(self) -> Callable[..., Result] | None:
+        return _resolve(self.reconstruct_sharded_ref)
 
     def __iter__(self):  # METHODS[name] unpacks to (Config, reconstruct)
         return iter((self.config, self.reconstruct))
@@ -63,18 +86,24 @@ class Method:
 
 def _joint(dataset, config, *, progress: bool = False, checkpoint=None, resume: bool = False) -> Result:
     # looked up on the module at call time, so a test can monkeypatch run.reconstruct_joint
+    from diffxas.solvers.joint import run as joint_run  # jax: only when a method runs
+
     return joint_run.reconstruct_joint(
         dataset, config, progress=progress, checkpoint=None if checkpoint is None else str(checkpoint), resume=resume
     )
 
 
 def _joint_sharded(dataset, config, *, progress: bool = False, checkpoint=None, resume: bool = False) -> Result:
+    from diffxas.solvers.joint import parallel as joint_parallel  # jax: only when a method runs
+
     return joint_parallel.reconstruct_joint_sharded(
         dataset, config, progress=progress, checkpoint=None if checkpoint is None else str(checkpoint), resume=resume
     )
 
 
 def _two_step(dataset, config, *, progress: bool = False, checkpoint=None, resume: bool = False) -> Result:
+    from diffxas.solvers.twostep import run as twostep_run  # jax: only when a method runs
+
     return twostep_run.reconstruct_two_step(
         dataset,
         config,
@@ -88,7 +117,7 @@ def _two_step(dataset, config, *, progress: bool = False, checkpoint=None, resum
 METHODS: dict[str, Method] = {
     "two-step": Method(
         "two-step",
-        TwoStepConfig,
+        "diffxas.solvers.twostep.run:TwoStepConfig",
         _two_step,
         section="twostep",
         checkpoint="folder",
@@ -97,14 +126,14 @@ METHODS: dict[str, Method] = {
     ),
     "joint": Method(
         "joint",
-        JointConfig,
+        "diffxas.solvers.joint.config:JointConfig",
         _joint,
         section="joint",
         checkpoint="file",
         iterations_key="joint.steps",
         lazy_frames=True,
         result_name="joint.h5",
-        reconstruct_sharded=_joint_sharded,
+        reconstruct_sharded_ref=_joint_sharded,
     ),
 }
 
