@@ -393,8 +393,12 @@ def test_reconstruct_joint_writes_result(sim_dir, joint_dir):
     assert r.method == "joint"
     assert r.input_sha256 == io_files.sha256_file(cxi) and len(r.input_sha256) == 64
     assert Path(r.input_path) == cxi.resolve()
-    assert r.config["method"] == "joint" and r.config["joint"]["steps"] == 2 and r.config["joint"]["log_every"] == 1
-    assert r.config["joint"]["per_pixel"] == list(JointConfig().per_pixel)  # full default config recorded
+    assert (
+        r.config["method"] == "joint"
+        and r.config["joint"]["optim"]["steps"] == 2
+        and r.config["joint"]["record"]["log_every"] == 1
+    )
+    assert r.config["joint"]["spectra"]["per_pixel"] == list(JointConfig().spectra.per_pixel)  # full config, nested
     assert r.energies.size == 6 and list(r.history["step"]) == [1, 2]
     # the default checkpoint (RESULT.h5.ckpt) is removed after success
     assert sorted(p.name for p in joint_dir.iterdir()) == ["joint.h5", "reconstruct.stdout"]
@@ -438,8 +442,8 @@ def test_reconstruct_config_precedence(sim_dir, joint_dir, tmp_path, monkeypatch
     )
     assert rc == 0, err
     cfg = seen["cfg"]
-    assert seen["method"] == "joint" and cfg.steps == 9 and cfg.lr_amp == 0.25 and cfg.seed == 3
-    assert cfg.init == "result" and cfg.init_result == str(joint_dir / "joint.h5")
+    assert seen["method"] == "joint" and cfg.optim.steps == 9 and cfg.spectra.lr_amp == 0.25 and cfg.optim.seed == 3
+    assert cfg.init.mode == "result" and cfg.init.result == str(joint_dir / "joint.h5")
     assert seen["checkpoint"] == tmp_path / "r.h5.ckpt" and seen["resume"] is False
     assert seen["input_sha256"] == io_files.sha256_file(sim_dir / "tiny.cxi")
     assert io_results.read_result(tmp_path / "r.h5").method == "joint"

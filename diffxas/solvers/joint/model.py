@@ -222,7 +222,7 @@ def build_problem(
     # require full-dose coverage: at least 25 % of the median of the covered interior
     med = np.median(ill[ill > 0.5 * ill.max()]) if ill.max() > 0 else 0.0
     illuminated = ill >= 0.25 * med
-    nchunk, chunk = chunk_layout(ds.n_frames, cfg.chunk_size, n_shards)
+    nchunk, chunk = chunk_layout(ds.n_frames, cfg.memory.chunk_size, n_shards)
     pad = nchunk * chunk - ds.n_frames
 
     def lay(x, fill=0):

@@ -50,7 +50,6 @@ or set ``JAX_COORDINATOR_ADDRESS``. See ``docs/distributed.md`` and ``examples/s
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import socket
@@ -484,13 +483,13 @@ def reconstruct_joint_sharded(
 
     cfg = joint_config.JointConfig() if cfg is None else cfg
     if jax.process_count() > 1:
-        if cfg.memory == "stream":
+        if cfg.memory.mode == "stream":
             raise ConfigError(
                 "memory='stream' runs on one device: a multi-process run needs memory='device' "
                 "(the frames split over all devices)"
             )
-        if cfg.memory != "device":
-            cfg = dataclasses.replace(cfg, memory="device")
+        if cfg.memory.mode != "device":
+            cfg = cfg.replace(memory="device")
     mesh = frames_mesh(devices)
     try:
         return joint_run.reconstruct_joint(
