@@ -455,9 +455,12 @@ def test_reconstruct_config_precedence(sim_dir, joint_dir, tmp_path, monkeypatch
         (["--method", "joint", "--iterations", "5"], ["--iterations sets the two-step ePIE epochs"]),
         (["--method", "two-step", "--steps", "5"], ["--steps sets the joint solver's steps"]),
         (["--method", "two-step", "--init", "x.h5"], ["--init (warm start) applies to --method joint only"]),
-        (["--method", "joint", "--set", "joint.stepz=3"], ["[joint] unknown key 'stepz'", "valid keys: steps"]),
+        (
+            ["--method", "joint", "--set", "joint.stepz=3"],
+            ["[joint] unknown key 'stepz'", "valid keys: optim", "flat alias: steps"],
+        ),
         (["--method", "joint", "--set", "stepz=3"], ["[joint] unknown key 'stepz'"]),
-        (["--method", "joint", "--set", "joint.loss=l2"], ["[joint] loss must be 'amplitude' or 'poisson'"]),
+        (["--method", "joint", "--set", "joint.loss=l2"], ["[joint.optim] loss must be 'amplitude' or 'poisson'"]),
         (["--method", "joint", "--set", "steps"], ["bad --set 'steps': expected KEY=VALUE"]),
         (["--method", "joint", "--set", "cluster.k=zero"], ["[cluster]"]),
         (["--method", "joint", "--steps", "-1"], ["argument --steps: expected an integer >= 0"]),
@@ -489,7 +492,7 @@ def test_reconstruct_unknown_config_key_in_file(cxi, tmp_path):
     conf.write_text("[joint]\nsteps = 'many'\n")
     rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "r.h5", "--config", conf])
     assert rc == 2
-    assert_one_error_line(err, "[joint] steps: expected an integer, got 'many' (str)")
+    assert_one_error_line(err, "[joint.optim] steps: expected an integer, got 'many' (str)")
     conf.write_text("[joint\n")
     rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "r.h5", "--config", conf])
     assert rc == 2

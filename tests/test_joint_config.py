@@ -230,3 +230,21 @@ def test_replace_and_make():
         c.replace(tv_weight=0.3, prior={"tv_weight": 0.1})
     with pytest.raises(ConfigError, match="steps must be >= 0"):
         c.replace(steps=-1)
+
+
+def test_flat_records_of_sweeps_and_checkpoints_still_match():
+    """A sweep point finished, or a checkpoint written, before the option groups recorded the
+    joint config flat: it must still count as the same configuration (no rerun, resume works),
+    and a different value must not."""
+    from diffxas.app import pipeline
+    from diffxas.app.sweep import summary
+
+    cfg = JointConfig.make(steps=7, tv_weight=0.1, prior="none")
+    now = {"joint": C.config_to_dict(cfg), "methods": ["joint"]}
+    flat = {"steps": 7, "tv_weight": 0.1, "prior": "none", "per_pixel": list(cfg.spectra.per_pixel)}
+    assert summary._same_regrouped({"joint": flat, "methods": ["joint"]}, now)
+    assert not summary._same_regrouped({"joint": {**flat, "steps": 8}, "methods": ["joint"]}, now)
+    meta = pipeline._checkpoint_meta("joint", cfg, "0" * 64)["config"]
+    assert "record" not in meta  # logging intervals do not block a resume
+    assert pipeline._same_config("joint", {**flat, "log_every": 3}, meta)
+    assert not pipeline._same_config("joint", {**flat, "tv_weight": 0.2}, meta)

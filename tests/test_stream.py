@@ -163,7 +163,7 @@ def test_config_validation_and_toml(tmp_path):
     p.write_text('[joint]\nmemory = "stream"\nmemory_budget_gib = 2.5\n')
     cfg = C.build_section(C.load_config(p), "joint")
     assert cfg.memory.mode == "stream" and cfg.memory.budget_gib == 2.5
-    assert C.build_section({"joint": {"memory_budget_gib": "none"}}, "joint").memory_budget_gib is None
+    assert C.build_section({"joint": {"memory_budget_gib": "none"}}, "joint").memory.budget_gib is None
 
 
 def test_cli_joint_streams_from_the_file(cxi, tmp_path, capsys, monkeypatch):
@@ -200,7 +200,7 @@ def test_cli_joint_streams_from_the_file(cxi, tmp_path, capsys, monkeypatch):
     assert "in 31 chunks of 8" in lines[0] and "> budget 1.02 MiB (memory_budget_gib)" in lines[0]
     r = io_results.read_result(out)
     assert r.config["memory"]["mode"] == "stream" and r.config["memory"]["requested"] == "auto"
-    assert r.config["joint"]["memory_budget_gib"] == 0.001
+    assert r.config["joint"]["memory"]["budget_gib"] == 0.001  # recorded nested
     assert np.isfinite(r.history["loss"]).all()
     # a damaged chunk in the middle of the file: one line, no traceback
     with h5py.File(cxi) as f:

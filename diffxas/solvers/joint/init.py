@@ -6,7 +6,7 @@ KK-consistent f'_V of :mod:`diffxas.physics.spectra`) on one common grid, resamp
 each energy's grid (:func:`diffxas.physics.forward.resample_stack`), and compared with every frame
 of every energy at once through the shared forward model. Gradients come from JAX
 autodiff; the optimiser is optax Adam with per-group learning rates, optionally followed
-by an L-BFGS polish of the sample parameters (``JointConfig.lbfgs_steps``, :func:`lbfgs_polish`).
+by an L-BFGS polish of the sample parameters (``JointConfig.optim.lbfgs_steps``, :func:`lbfgs_polish`).
 
 Parameterisation (trainable leaves are real and dimensionless, "natural units")
 ------------------------------------------------------------------------------
@@ -17,9 +17,9 @@ Parameterisation (trainable leaves are real and dimensionless, "natural units")
 * energies ``b2, c12, c22`` = ``mid + half * tanh(raw / half)`` in eV: bounded to the
   scanned range, ~identity (1 raw unit = 1 eV) inside it;
 * widths ``b3, c13, c23`` = ``w_min + softplus(raw)`` in eV (positive).
-Each parameter is per pixel (``JointConfig.per_pixel``), per domain (``per_domain``: one
+Each parameter is per pixel (``JointConfig.spectra.per_pixel``), per domain (``per_domain``: one
 value per label of a domain map, e.g. the k-means clusters of a first pass, read from
-``JointConfig.domains``), or shared (a scalar).
+``JointConfig.spectra.domains``), or shared (a scalar).
 Adam normalises each element's step by its gradient RMS, i.e. it is a diagonal
 preconditioner; with the natural units above a learning rate means "eV per step" for
 energies and "fraction of the edge jump per step" for amplitudes, whatever the dose or
@@ -35,7 +35,7 @@ the mean over each energy's frames removed, since a common factor is the probe's
 amplitude; freed in the second half of the run, once the maps are close). The membrane/uniform background is the zero of absorption and phase;
 its per-energy complex transmission is absorbed into each energy's probe.
 
-Initialisation (``JointConfig.init``)
+Initialisation (``JointConfig.init.mode``)
 -------------------------------------
 The empty (membrane-only) reference region, where the sample's amplitudes are pinned to 0,
 is found on the flux-independent phase from the frames' centres of mass

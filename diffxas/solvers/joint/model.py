@@ -50,7 +50,7 @@ class JointParams(eqx.Module):
     dscale: jax.Array  # (F,) log intensity scale of each frame (gauge: mean 0 per energy, see frame_nuisances)
     probe_gain: jax.Array  # (K,) log amplitude gain of each energy's probe (trained from step 0 with lr_gain)
     # (K,) or (K, M, M) log factor on the starting background level Problem.background0
-    # (JointConfig.background "flat" / "map"); None: no background term
+    # (JointConfig.background.mode "flat" / "map"); None: no background term
     background: Any = None
 
 

@@ -25,7 +25,7 @@ Results equal the single-device run up to float32 summation order (the per-devic
 sums are added in a different order): ~1e-6 relative in the loss, a few 1e-6 in the
 parameters after a few Adam steps (``tests/test_parallel.py``).
 
-Mini-batches (``JointConfig.batch_size``) use the same random frames as the single-device
+Mini-batches (``JointConfig.optim.batch_size``) use the same random frames as the single-device
 step: every device picks the batch frames it holds and a reduce-scatter gives each device
 its share of the batch (communication and memory of the batch only).
 

@@ -21,9 +21,9 @@ By the chain rule this is the gradient of the in-memory full-batch step (same lo
 parameters after the update, up to the order of float32 sums; ``tests/test_stream.py``).
 Mini-batches (``batch_size``) pick the same random frames as the in-memory step.
 
-The mode is chosen by :func:`plan_memory` from ``JointConfig.memory`` (``"auto"``,
+The mode is chosen by :func:`plan_memory` from ``JointConfig.memory.mode`` (``"auto"``,
 ``"device"``, ``"stream"``), the memory model of ``docs/scaling.md`` (:func:`memory_estimate`)
-and a budget (``JointConfig.memory_budget_gib``, default from the device's memory
+and a budget (``JointConfig.memory.budget_gib``, default from the device's memory
 statistics on a GPU, else half of the available host memory), with one log line on the
 ``"diffxas"`` logger saying which mode runs and why.
 """
@@ -124,7 +124,7 @@ class MemoryPlan:
     """The chosen mode and why (recorded in the result's ``config["memory"]``)."""
 
     mode: str  # "device" or "stream"
-    requested: str  # JointConfig.memory
+    requested: str  # JointConfig.memory.mode
     reason: str
     source: str  # the frames' file, or "host memory"
     n_chunks: int
