@@ -864,7 +864,7 @@ def test_initial_shape_search_finds_the_main_pre_edge_peak():
 def test_energy_count_warnings():
     """Fewer energies than per-pixel absorption parameters (n_other excluded: the phase sets
     it) is warned about, not refused; enough energies, or fewer per-pixel parameters, are not."""
-    d = joint_config.JointConfig().per_pixel
+    d = joint_config.JointConfig().spectra.per_pixel
     w = joint_result.energy_count_warnings(5, d)
     assert len(w) == 1 and w[0].startswith("5 energies for 6 per-pixel spectral parameters (a, b1, b2, b3, c11, c21)")
     assert joint_result.energy_count_warnings(6, d) == []
