@@ -82,7 +82,9 @@ def joint_case(
     # init="flat": the start-up (prepare_joint) without the default init="epie"'s short ePIE
     # (28-53 s per case on a 2-core CPU); the step timed is the same step (same shapes,
     # same compiled function), only its starting values differ (see docs/scaling.md)
-    cfg = JointConfig(steps=1000, batch_size=batch_size, chunk_size=chunk_size, loss=loss, probe_start=0, init=init)
+    cfg = JointConfig.make(
+        steps=1000, batch_size=batch_size, chunk_size=chunk_size, loss=loss, probe_start=0, init=init
+    )
     t0 = time.perf_counter()
     solver, state, _ = prepare_joint(ds, cfg)
     jax.block_until_ready(state)
@@ -287,7 +289,7 @@ def profile_step(
     from diffxas.solvers.joint import run as jt_run
 
     ds = common.synthetic_dataset(n_energies, frames_per_energy, frame_size)
-    cfg = jt_config.JointConfig(steps=1000, chunk_size=chunk_size, loss=loss, probe_start=0)
+    cfg = jt_config.JointConfig.make(steps=1000, chunk_size=chunk_size, loss=loss, probe_start=0)
     solver, state, _ = jt_run.prepare_joint(ds, cfg)
     prob, params = solver.prob, state.params
     lf = fw.loss_fn(loss)
@@ -460,7 +462,6 @@ def stream_case(
     file once (the I/O floor of a streamed step) and the loss of every variant (they agree
     to float32 rounding).
     """
-    import dataclasses
     import os
     import tempfile
 
@@ -472,7 +473,7 @@ def stream_case(
     from diffxas.solvers.joint.run import prepare_joint
 
     ds = common.synthetic_dataset(n_energies, frames_per_energy, frame_size)
-    cfg = JointConfig(steps=1000, chunk_size=chunk_size, init="flat", probe_start=0, shape_start=0)
+    cfg = JointConfig.make(steps=1000, chunk_size=chunk_size, init="flat", probe_start=0, shape_start=0)
     rec = {
         "id": case_id,
         "kind": "joint_stream",
@@ -501,7 +502,7 @@ def stream_case(
             else:
                 read_s = None
             mem = "device" if src == "device" else "stream"
-            solver, state, ctx = prepare_joint(data, dataclasses.replace(cfg, memory=mem))
+            solver, state, ctx = prepare_joint(data, cfg.replace(memory=mem))
             holder = {"state": state}
             t0 = time.perf_counter()
             holder["state"], loss0 = solver.step(state)

@@ -38,7 +38,7 @@ def measure(k: int, fpe: int, m: int, min_time: float = 0.5, log=None, chunk_siz
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     ds = common.synthetic_dataset(k, fpe, m)
     solver, state, _ = jt_run.prepare_joint(
-        ds, jt_config.JointConfig(steps=1000, loss="amplitude", probe_start=0, init="flat", chunk_size=chunk_size)
+        ds, jt_config.JointConfig.make(steps=1000, loss="amplitude", probe_start=0, init="flat", chunk_size=chunk_size)
     )
     prob, params = solver.prob, state.params
     n = int(solver.batch)

@@ -113,25 +113,25 @@ def run_dataset(
         rec["runs"].append(run)
         log(f"{name}:{seed} two-step: {t['wall_s']:.1f} s wall, {t['cpu_s']:.1f} s CPU, {run}")
 
-    variants = [(f"joint-{s}", JointConfig(steps=s)) for s in steps]
+    variants = [(f"joint-{s}", JointConfig.make(steps=s)) for s in steps]
     variants.append(
         (
             f"joint-tol{tol:g}-w{tol_window}",
-            JointConfig(steps=max(steps), tol=tol, tol_window=tol_window),
+            JointConfig.make(steps=max(steps), tol=tol, tol_window=tol_window),
         )
     )
     for label, cfg in variants:
         res, t = _timed(lambda cfg=cfg: reconstruct_joint(ds, cfg))
-        taken = int(np.asarray(res.history.get("steps_taken", [cfg.steps]))[-1])
-        bs = n_frames if cfg.batch_size is None else min(cfg.batch_size, n_frames)
+        taken = int(np.asarray(res.history.get("steps_taken", [cfg.optim.steps]))[-1])
+        bs = n_frames if cfg.optim.batch_size is None else min(cfg.optim.batch_size, n_frames)
         run = {
             "method": "joint",
             "label": label,
             **t,
-            "steps": cfg.steps,
+            "steps": cfg.optim.steps,
             "steps_taken": taken,
-            "tol": cfg.tol,
-            "tol_window": cfg.tol_window,
+            "tol": cfg.stopping.tol,
+            "tol_window": cfg.stopping.tol_window,
             "compile_s": float(np.asarray(res.history.get("compile_s", [np.nan]))[-1]),
             "fft_passes": common.JOINT_STEP_PASSES * bs * taken + 4 * n_frames,
             "final_loss": float(np.asarray(res.history["loss"])[-1]),

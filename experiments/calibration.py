@@ -123,7 +123,7 @@ def run_realisations(
     from diffxas.solvers.joint.run import reconstruct_joint
 
     out.mkdir(parents=True, exist_ok=True)
-    jcfg = JointConfig(**joint_overrides)
+    jcfg = JointConfig.make(**joint_overrides)
     runs = []
     for i in range(n):
         cfg = make_preset(preset, seed=seed, noise_seed=i, **sim_overrides)

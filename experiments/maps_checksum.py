@@ -58,7 +58,7 @@ sim = simulate(preset("tiny", seed=0))
 ds = sim.dataset
 total = hashlib.sha256()
 runs = {
-    "joint": lambda: reconstruct_joint(ds, JointConfig(steps=30, seed=0)),
+    "joint": lambda: reconstruct_joint(ds, JointConfig.make(steps=30, seed=0)),
     "two-step": lambda: reconstruct_two_step(
         ds,
         TwoStepConfig.fast(

@@ -553,7 +553,7 @@ def test_resume_refusal_names_the_orientation(tmp_path):
     from diffxas.errors import InputError
     from diffxas.solvers.joint.config import JointConfig
 
-    cfg = JointConfig(steps=1)
+    cfg = JointConfig.make(steps=1)
     ckpt = tmp_path / "r.h5.ckpt"
     ckpt.write_bytes(b"x")
     sel = {"half": None, "energy_indices": None, "orientation": {"applied": "rot180"}}

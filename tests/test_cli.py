@@ -393,8 +393,12 @@ def test_reconstruct_joint_writes_result(sim_dir, joint_dir):
     assert r.method == "joint"
     assert r.input_sha256 == io_files.sha256_file(cxi) and len(r.input_sha256) == 64
     assert Path(r.input_path) == cxi.resolve()
-    assert r.config["method"] == "joint" and r.config["joint"]["steps"] == 2 and r.config["joint"]["log_every"] == 1
-    assert r.config["joint"]["per_pixel"] == list(JointConfig().per_pixel)  # full default config recorded
+    assert (
+        r.config["method"] == "joint"
+        and r.config["joint"]["optim"]["steps"] == 2
+        and r.config["joint"]["record"]["log_every"] == 1
+    )
+    assert r.config["joint"]["spectra"]["per_pixel"] == list(JointConfig().spectra.per_pixel)  # full config, nested
     assert r.energies.size == 6 and list(r.history["step"]) == [1, 2]
     # the default checkpoint (RESULT.h5.ckpt) is removed after success
     assert sorted(p.name for p in joint_dir.iterdir()) == ["joint.h5", "reconstruct.stdout"]
@@ -438,8 +442,8 @@ def test_reconstruct_config_precedence(sim_dir, joint_dir, tmp_path, monkeypatch
     )
     assert rc == 0, err
     cfg = seen["cfg"]
-    assert seen["method"] == "joint" and cfg.steps == 9 and cfg.lr_amp == 0.25 and cfg.seed == 3
-    assert cfg.init == "result" and cfg.init_result == str(joint_dir / "joint.h5")
+    assert seen["method"] == "joint" and cfg.optim.steps == 9 and cfg.spectra.lr_amp == 0.25 and cfg.optim.seed == 3
+    assert cfg.init.mode == "result" and cfg.init.result == str(joint_dir / "joint.h5")
     assert seen["checkpoint"] == tmp_path / "r.h5.ckpt" and seen["resume"] is False
     assert seen["input_sha256"] == io_files.sha256_file(sim_dir / "tiny.cxi")
     assert io_results.read_result(tmp_path / "r.h5").method == "joint"
@@ -451,9 +455,12 @@ def test_reconstruct_config_precedence(sim_dir, joint_dir, tmp_path, monkeypatch
         (["--method", "joint", "--iterations", "5"], ["--iterations sets the two-step ePIE epochs"]),
         (["--method", "two-step", "--steps", "5"], ["--steps sets the joint solver's steps"]),
         (["--method", "two-step", "--init", "x.h5"], ["--init (warm start) applies to --method joint only"]),
-        (["--method", "joint", "--set", "joint.stepz=3"], ["[joint] unknown key 'stepz'", "valid keys: steps"]),
+        (
+            ["--method", "joint", "--set", "joint.stepz=3"],
+            ["[joint] unknown key 'stepz'", "valid keys: optim", "flat alias: steps"],
+        ),
         (["--method", "joint", "--set", "stepz=3"], ["[joint] unknown key 'stepz'"]),
-        (["--method", "joint", "--set", "joint.loss=l2"], ["[joint] loss must be 'amplitude' or 'poisson'"]),
+        (["--method", "joint", "--set", "joint.loss=l2"], ["[joint.optim] loss must be 'amplitude' or 'poisson'"]),
         (["--method", "joint", "--set", "steps"], ["bad --set 'steps': expected KEY=VALUE"]),
         (["--method", "joint", "--set", "cluster.k=zero"], ["[cluster]"]),
         (["--method", "joint", "--steps", "-1"], ["argument --steps: expected an integer >= 0"]),
@@ -485,7 +492,7 @@ def test_reconstruct_unknown_config_key_in_file(cxi, tmp_path):
     conf.write_text("[joint]\nsteps = 'many'\n")
     rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "r.h5", "--config", conf])
     assert rc == 2
-    assert_one_error_line(err, "[joint] steps: expected an integer, got 'many' (str)")
+    assert_one_error_line(err, "[joint.optim] steps: expected an integer, got 'many' (str)")
     conf.write_text("[joint\n")
     rc, _, err = _run(["reconstruct", cxi, "--method", "joint", "-o", tmp_path / "r.h5", "--config", conf])
     assert rc == 2

@@ -95,8 +95,9 @@ def test_real_config_classes():
     j = C.build_config(
         JointConfig, {"steps": 5, "per_pixel": ["a", "b1"], "batch_size": "none", "reference_energy": 5420}
     )
-    assert j.steps == 5 and j.per_pixel == ("a", "b1") and j.batch_size is None and j.reference_energy == 5420.0
-    with pytest.raises(ConfigError, match=r"^\[joint\] steps must be >= 0"):
+    assert j.optim.steps == 5 and j.spectra.per_pixel == ("a", "b1") and j.optim.batch_size is None
+    assert j.reference_energy == 5420.0
+    with pytest.raises(ConfigError, match=r"^\[joint.optim\] steps must be >= 0"):
         C.build_config(JointConfig, {"steps": -1}, section="joint")
     c = C.build_config(ClusterConfig, {"k": 6, "weight": "none", "features": ["edge_energy", "n_v"]})
     assert c.k == 6 and c.weight is None and c.features == ("edge_energy", "n_v")
@@ -124,7 +125,7 @@ def test_load_config(tmp_path):
     m = C.load_config(p)
     assert m == {"joint": {"steps": 5, "per_pixel": ["a", "b1"]}, "cluster": {"k": 4}, "simulate": {"preset": "tiny"}}
     C.validate_config(m)
-    assert C.build_section(m, "joint").steps == 5
+    assert C.build_section(m, "joint").optim.steps == 5
     assert C.build_section(m, "cluster").k == 4
     assert C.build_section(m, "simulate").frame_size == 32
     assert C.build_section({}, "joint") == JointConfig()
@@ -184,7 +185,7 @@ def test_apply_overrides():
     with pytest.raises(ConfigError, match="bad override key"):
         C.apply_overrides({}, {"joint..steps": 1})
     # the result builds, and an unknown key is reported when the section is built
-    assert C.build_section(C.apply_overrides({}, {"joint.steps": 2}), "joint").steps == 2
+    assert C.build_section(C.apply_overrides({}, {"joint.steps": 2}), "joint").optim.steps == 2
     with pytest.raises(ConfigError, match=r"\[joint\] unknown key 'stepz'"):
         C.build_section(C.apply_overrides({}, {"joint.stepz": 2}), "joint")
 
@@ -251,9 +252,9 @@ def test_config_to_dict_and_toml_roundtrip():
     import json
 
     json.dumps(d)
-    text = C.dumps_toml({"joint": JointConfig(steps=7), "cluster": ClusterConfig(weight=None)})
+    text = C.dumps_toml({"joint": JointConfig.make(steps=7), "cluster": ClusterConfig(weight=None)})
     m = C.loads_config(text)
-    assert C.build_section(m, "joint") == JointConfig(steps=7)
+    assert C.build_section(m, "joint") == JointConfig.make(steps=7)
     assert C.build_section(m, "cluster") == ClusterConfig(weight=None)
     # nested tables round-trip through build_config
     t = C.dumps_toml({"joint": o})  # any dataclass; written as [joint] + [joint.inner]

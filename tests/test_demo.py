@@ -258,8 +258,8 @@ def test_demo_quick_and_config(fakes, no_report, tmp_path):
 
     tiny = PRESETS["tiny"]["energies"]
     assert fakes["sim"].energies == demo_pipeline.select_energies(tiny, 12) and fakes["sim"].seed == 4
-    assert fakes["configs"]["joint"].steps == demo_demo.QUICK["joint.steps"]
-    assert fakes["configs"]["joint"].lr_amp == 0.03
+    assert fakes["configs"]["joint"].optim.steps == demo_demo.QUICK["joint.steps"]
+    assert fakes["configs"]["joint"].spectra.lr_amp == 0.03
     assert fakes["configs"]["two-step"] == FakeTwoStepConfig(epie=FakeEpie(epochs=demo_demo.QUICK["iterations"]))
     assert any("smoke run" in n and "compare nothing" in n for n in o.notes)  # the table is no comparison
     # explicit values win over --quick
@@ -270,7 +270,7 @@ def test_demo_quick_and_config(fakes, no_report, tmp_path):
         quick=True,
         config={**FAST_CLUSTER, "joint": {"steps": 3}, "simulate": {"energies": [5420.0, 5480.0, 5500.0]}},
     )
-    assert fakes["configs"]["joint"].steps == 3 and fakes["sim"].energies == (5420.0, 5480.0, 5500.0)
+    assert fakes["configs"]["joint"].optim.steps == 3 and fakes["sim"].energies == (5420.0, 5480.0, 5500.0)
 
 
 def test_demo_method_failure_is_reported(fakes, no_report, tmp_path):
@@ -300,7 +300,7 @@ def test_demo_cli(fakes, no_report, tmp_path):
     rc, stdout, stderr = _quiet(cli.main, argv)
     assert rc == 0, stderr
     assert "method" in stdout and "joint" in stdout and "two-step" in stdout and "output:" in stdout
-    assert fakes["configs"]["joint"].steps == 4
+    assert fakes["configs"]["joint"].optim.steps == 4
     fakes["twostep_fails"] = True
     rc, stdout, stderr = _quiet(cli.main, argv)
     assert rc == 1 and "FAILED" in stdout

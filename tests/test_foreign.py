@@ -171,7 +171,7 @@ def test_both_methods_on_the_independent_simulator(foreign, foreign_poor_guess, 
     if method == "two-step":
         res = twostep.reconstruct_two_step(ds, twostep.TwoStepConfig.fast())
     else:
-        res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=300, log_every=100))
+        res = joint_run.reconstruct_joint(ds, joint_config.JointConfig.make(steps=300, log_every=100))
     if "guess" in method:
         # the short ePIE moves the guess far (overlap well below joint.FILE_PROBE_OVERLAP),
         # so every energy starts from the refined probe (without this: edge shift 0.12 eV,
@@ -223,7 +223,9 @@ def test_both_methods_fit_the_background_of_the_independent_simulator(foreign_ba
             ds, dataclasses.replace(cfg, epie=dataclasses.replace(cfg.epie, background="flat"))
         )
     else:
-        res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=300, log_every=100, background="flat"))
+        res = joint_run.reconstruct_joint(
+            ds, joint_config.JointConfig.make(steps=300, log_every=100, background="flat")
+        )
     h = _halves(res)
     print(method, np.round(res.background, 3), h, _truth_ne(SHIFT), _truth_ne(-SHIFT))
     np.testing.assert_allclose(res.background, 1.0, rtol=0.15)

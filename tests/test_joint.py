@@ -60,23 +60,23 @@ def small3():
 
 def test_config_validation():
     with pytest.raises(ConfigError, match="loss"):
-        joint_config.JointConfig(loss="l2")
+        joint_config.JointConfig.make(loss="l2")
     with pytest.raises(ConfigError, match="per_pixel"):
-        joint_config.JointConfig(per_pixel=("b2", "zz"))
+        joint_config.JointConfig.make(per_pixel=("b2", "zz"))
     with pytest.raises(ConfigError, match="init_result"):
-        joint_config.JointConfig(init="result")
+        joint_config.JointConfig.make(init="result")
     with pytest.raises(ConfigError, match="steps"):
-        joint_config.JointConfig(steps=-1)
+        joint_config.JointConfig.make(steps=-1)
     with pytest.raises(ConfigError, match="chemical symbol"):
-        joint_config.JointConfig(element="mn")
+        joint_config.JointConfig.make(element="mn")
     with pytest.raises(ConfigError, match="probe_fwhm"):
-        joint_config.JointConfig(probe_fwhm=0.0)
+        joint_config.JointConfig.make(probe_fwhm=0.0)
 
 
 def test_wrong_absorber_fails_before_any_work(small3):
     # V K-edge data with element = "Mn": one clear error naming the edge that is in the data
     with pytest.raises(ConfigError, match=r"do not bracket the Mn K edge.*V \(5465 eV\)"):
-        joint_run.prepare_joint(small3.dataset, joint_config.JointConfig(element="Mn", steps=1))
+        joint_run.prepare_joint(small3.dataset, joint_config.JointConfig.make(element="Mn", steps=1))
 
 
 def test_raw_transforms_round_trip():
@@ -94,7 +94,7 @@ def test_gradients_through_full_chain(small3):
     intensity scales: the whole parameter -> transmission -> resampling -> patch -> far
     field -> intensity -> loss chain, with the default spatial prior."""
     ds = small3.dataset.select_energies([0, 1, 2])
-    solver, state, _ = joint_run.prepare_joint(ds, joint_config.JointConfig(steps=1, chunk_size=64))
+    solver, state, _ = joint_run.prepare_joint(ds, joint_config.JointConfig.make(steps=1, chunk_size=64))
     with jax.enable_x64(True):
         p64 = jax.tree.map(
             lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, state.params
@@ -137,7 +137,7 @@ def test_noise_free_recovery(clean):
     RMSE < 2, N_V relative RMS < 0.07; coverage of the seed's region (>= 25 %) >= 0.95;
     loss down at least 2x from the start.
     """
-    res = joint_run.reconstruct_joint(clean.dataset, joint_config.JointConfig(steps=300, log_every=50))
+    res = joint_run.reconstruct_joint(clean.dataset, joint_config.JointConfig.make(steps=300, log_every=50))
     _check_noise_free(res, clean.truth)
     assert res.history["loss"][-1] < 0.5 * res.history["loss"][0]
 
@@ -168,7 +168,7 @@ def test_noise_free_recovery_without_a_probe_in_the_file(clean):
     import dataclasses
 
     ds = dataclasses.replace(clean.dataset, illumination=None)
-    res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=300, log_every=50))
+    res = joint_run.reconstruct_joint(ds, joint_config.JointConfig.make(steps=300, log_every=50))
     assert "lowest energy's refined probe" in res.config["init"]["probes_from"]
     _check_noise_free(res, clean.truth)
 
@@ -187,7 +187,7 @@ def test_noise_free_recovery_with_a_probe_guess_in_another_normalisation(clean):
 
     p = np.asarray(clean.dataset.illumination)
     ds = dataclasses.replace(clean.dataset, illumination=p / np.abs(p).max(axis=(1, 2), keepdims=True))
-    res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=300, log_every=50))
+    res = joint_run.reconstruct_joint(ds, joint_config.JointConfig.make(steps=300, log_every=50))
     assert res.config["init"]["illumination_power"]["rescaled"] == list(range(ds.n_energies))
     _check_noise_free(res, clean.truth)
 
@@ -198,7 +198,7 @@ def test_per_energy_gain_scales_the_probes(small3):
     unchanged) and train from step 0 (``lr_gain``), before the probes themselves
     (``probe_start``), in both probe models; ``lr_gain = 0`` keeps them fixed."""
     ds = small3.dataset
-    cfg = joint_config.JointConfig(steps=3, init="stxm", prior="none", log_every=1)
+    cfg = joint_config.JointConfig.make(steps=3, init="stxm", prior="none", log_every=1)
     solver, state, _ = joint_run.prepare_joint(ds, cfg)
     assert np.all(np.asarray(state.params.probe_gain) == 0.0)
     q = np.asarray(state.params.probe_re) + 1j * np.asarray(state.params.probe_im)
@@ -211,9 +211,7 @@ def test_per_energy_gain_scales_the_probes(small3):
         ("smooth", 0.01, True),
         ("smooth", 0.0, False),
     ):
-        solver, state0, _ = joint_run.prepare_joint(
-            ds, dataclasses.replace(cfg, lr_gain=lr, probe_model=model, probe_degree=1)
-        )
+        solver, state0, _ = joint_run.prepare_joint(ds, cfg.replace(lr_gain=lr, probe_model=model, probe_degree=1))
         state = state0
         for _ in range(3):
             state, _ = solver.step(state)
@@ -242,7 +240,7 @@ def test_noise_free_recovery_with_a_start_probe_at_the_wrong_power(clean, monkey
     )
     p = np.asarray(clean.dataset.illumination)
     ds = dataclasses.replace(clean.dataset, illumination=p * 1.05)
-    res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=300, log_every=50))
+    res = joint_run.reconstruct_joint(ds, joint_config.JointConfig.make(steps=300, log_every=50))
     assert res.config["init"]["illumination_power"]["rescaled"] == []
     _check_noise_free(res, clean.truth)
     ratio = np.sum(np.abs(np.asarray(res.probes)) ** 2, axis=(1, 2)) / np.sum(np.abs(p) ** 2, axis=(1, 2))
@@ -257,7 +255,7 @@ def test_stxm_start_without_a_probe_warns(small3, caplog):
 
     ds = dataclasses.replace(small3.dataset, illumination=None)
     with caplog.at_level(logging.WARNING, logger="diffxas"):
-        _, _, ctx = joint_run.prepare_joint(ds, joint_config.JointConfig(init="stxm", steps=1, probe_fwhm=1.5e-7))
+        _, _, ctx = joint_run.prepare_joint(ds, joint_config.JointConfig.make(init="stxm", steps=1, probe_fwhm=1.5e-7))
     assert any("no illumination" in r.getMessage() and "150 nm" in r.getMessage() for r in caplog.records)
     assert "KB focus of 150 nm" in ctx["init_info"]["probes_from"]
 
@@ -275,7 +273,7 @@ def test_noise_free_recovery_other_absorber():
 
     z = 0.63 * table_edge_energy("Mn") / table_edge_energy("V")
     sim = simulate(preset("tiny", element="Mn", distance=z, noise=False, bad_pixel_fraction=0.0))
-    res = joint_run.reconstruct_joint(sim.dataset, joint_config.JointConfig(element="Mn", steps=300, log_every=50))
+    res = joint_run.reconstruct_joint(sim.dataset, joint_config.JointConfig.make(element="Mn", steps=300, log_every=50))
     assert res.maps.absorber == "Mn" and res.config["joint"]["element"] == "Mn"
     m = _check_noise_free(res, sim.truth)
     assert abs(m["edge_energy"]["bias"]) < 0.1  # an edge-model error would show as an offset
@@ -287,7 +285,7 @@ def test_resume_equals_uninterrupted(small3, tmp_path, holdout):
     steps (tolerance 1e-6 relative: identical arithmetic); with held-out frames, the same
     held-out loss history too."""
     ds = small3.dataset
-    cfg = joint_config.JointConfig(
+    cfg = joint_config.JointConfig.make(
         steps=6, checkpoint_every=3, log_every=1, probe_start=2, batch_size=64, chunk_size=32, holdout=holdout
     )
     full = joint_run.reconstruct_joint(ds, cfg)
@@ -315,7 +313,7 @@ def test_resume_equals_uninterrupted(small3, tmp_path, holdout):
 
 
 def test_shared_parameters_are_scalars(small3):
-    cfg = joint_config.JointConfig(steps=2, per_pixel=("a", "b1", "b2", "c11", "n_other"))
+    cfg = joint_config.JointConfig.make(steps=2, per_pixel=("a", "b1", "b2", "c11", "n_other"))
     solver, state, _ = joint_run.prepare_joint(small3.dataset, cfg)
     assert state.params.raw["c13"].shape == ()
     assert state.params.raw["b2"].ndim == 2
@@ -327,7 +325,7 @@ def test_shared_parameters_are_scalars(small3):
 def test_joint_step_on_gpu(small3):
     gpu = [d for d in jax.devices() if d.platform == "gpu"][0]
     with jax.default_device(gpu):
-        solver, state, _ = joint_run.prepare_joint(small3.dataset, joint_config.JointConfig(steps=2))
+        solver, state, _ = joint_run.prepare_joint(small3.dataset, joint_config.JointConfig.make(steps=2))
         state, loss = solver.step(state)
         assert np.isfinite(float(loss))
 
@@ -336,9 +334,9 @@ def test_lbfgs_polish_lowers_the_loss(small3):
     """L-BFGS polish (optax.lbfgs with a zoom line search) after a few Adam steps: the
     line search guarantees a non-increasing loss, so the polished loss is <= the Adam
     endpoint's and the sample parameters move; probes stay exactly as they were."""
-    cfg = joint_config.JointConfig(steps=5, init="stxm", log_every=1)
+    cfg = joint_config.JointConfig.make(steps=5, init="stxm", log_every=1)
     solver, state, _ = joint_run.prepare_joint(small3.dataset, cfg)
-    for _ in range(cfg.steps):
+    for _ in range(cfg.optim.steps):
         state, _ = solver.step(state)
     hist = {}
     polished = joint_solver.lbfgs_polish(solver, state, 4, hist)
@@ -348,7 +346,7 @@ def test_lbfgs_polish_lowers_the_loss(small3):
     assert len(hist["lbfgs_loss"]) == 4
     np.testing.assert_array_equal(np.asarray(polished.params.probe_re), np.asarray(state.params.probe_re))
     with pytest.raises(ConfigError):
-        joint_config.JointConfig(lbfgs_steps=-1)
+        joint_config.JointConfig.make(lbfgs_steps=-1)
 
 
 # ----------------------------------------------------------------------------- spatial prior
@@ -372,11 +370,11 @@ def test_masked_tv_closed_form():
 
 def test_prior_config_validation():
     with pytest.raises(ConfigError, match="prior"):
-        joint_config.JointConfig(prior="l1")
+        joint_config.JointConfig.make(prior="l1")
     with pytest.raises(ConfigError, match="not both"):
-        joint_config.JointConfig(prior="tv", tv_weight=1.0)
+        joint_config.JointConfig.make(prior="tv", tv_weight=1.0)
     with pytest.raises(ConfigError, match="prior_strength"):
-        joint_config.JointConfig(prior_strength=-1.0)
+        joint_config.JointConfig.make(prior_strength=-1.0)
 
 
 def test_prior_weights_follow_the_noise_level(small3):
@@ -386,17 +384,17 @@ def test_prior_weights_follow_the_noise_level(small3):
     tolerance 2e-3 relative, float32 information); prior_strength scales the weights
     linearly; the Poisson loss (loss = NLL) gets twice the amplitude loss's weights."""
     ds = small3.dataset
-    cfg = joint_config.JointConfig(steps=1, prior="tv", prior_strength=0.5)
+    cfg = joint_config.JointConfig.make(steps=1, prior="tv", prior_strength=0.5)
     _, _, ctx = joint_run.prepare_joint(ds, cfg)
     w1 = ctx["init_info"]["prior_weights"]
-    assert set(w1) == set(cfg.per_pixel)
+    assert set(w1) == set(cfg.spectra.per_pixel)
     ds4 = dataclasses.replace(ds, frames=np.asarray(ds.frames) * 4.0, illumination=np.asarray(ds.illumination) * 2.0)
     _, _, ctx4 = joint_run.prepare_joint(ds4, cfg)
     w4 = ctx4["init_info"]["prior_weights"]
     for k in w1:
         assert w4[k]["weight"] == pytest.approx(2.0 * w1[k]["weight"], rel=2e-3), k
         assert w4[k]["sigma_raw"] == pytest.approx(0.5 * w1[k]["sigma_raw"], rel=2e-3), k
-    solver, state, ctx2 = joint_run.prepare_joint(ds, dataclasses.replace(cfg, prior_strength=1.0, loss="poisson"))
+    solver, state, ctx2 = joint_run.prepare_joint(ds, cfg.replace(prior_strength=1.0, loss="poisson"))
     w2 = ctx2["init_info"]["prior_weights"]
     for k in w1:
         assert w2[k]["weight"] == pytest.approx(4.0 * w1[k]["weight"], rel=1e-6), k
@@ -433,10 +431,10 @@ def test_prior_weights_fused_equals_eager(clean):
     7 per-pixel parameters meet 6 numbers per pixel, the matrices are singular up to
     rounding and no two routes agree on their inverses."""
     ds = clean.dataset
-    cfg = joint_config.JointConfig(steps=1, prior="none", init="stxm")
+    cfg = joint_config.JointConfig.make(steps=1, prior="none", init="stxm")
     solver, state, ctx = joint_run.prepare_joint(ds, cfg)
     edge = ctx["edge"]
-    names = [k for k in joint_config.ALL_PARAMS if k in cfg.per_pixel]
+    names = [k for k in joint_config.ALL_PARAMS if k in cfg.spectra.per_pixel]
     fe, pe, de = joint_loss._prior_information_eager(state.params, solver.prob, edge, names)
     ff, pf, df = joint_loss._prior_information(state.params, solver.prob, edge, names)
     assert fe.shape == ff.shape == solver.prob.illuminated.shape + (len(names), len(names))
@@ -446,7 +444,7 @@ def test_prior_weights_fused_equals_eager(clean):
         np.testing.assert_array_equal(pf[k], pe[k])
     for k in de:  # fused elementwise chains: a float32 ulp (6e-8) or two
         np.testing.assert_allclose(df[k], de[k], rtol=1e-6)
-    cfg_tv = dataclasses.replace(cfg, prior="tv")
+    cfg_tv = cfg.replace(prior="tv")
     rec_e, maps_e = joint_loss.prior_weights(state.params, solver.prob, cfg_tv, edge, _eager=True)
     rec_f, maps_f = joint_loss.prior_weights(state.params, solver.prob, cfg_tv, edge)
     assert set(rec_e) == set(rec_f) == set(names) and set(maps_e) == set(maps_f)
@@ -500,13 +498,13 @@ def test_per_domain_parameters(small3, tmp_path):
     ds = small3.dataset
     path = str(tmp_path / "pass1.h5")
     io_results.write_result(
-        path, joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=1, prior="none", init="stxm"))
+        path, joint_run.reconstruct_joint(ds, joint_config.JointConfig.make(steps=1, prior="none", init="stxm"))
     )
     shape = ds.common_grid().shape
     lab = np.where(np.arange(shape[1])[None, :] < shape[1] // 2, 0, 1) * np.ones(shape, int)
     lab[:, :3] = -1
     io_results.write_clusters(path, {"labels": lab})
-    cfg = joint_config.JointConfig(steps=2, prior="none", per_domain=("c12", "c13"), domains=path, init="stxm")
+    cfg = joint_config.JointConfig.make(steps=2, prior="none", per_domain=("c12", "c13"), domains=path, init="stxm")
     solver, state, ctx = joint_run.prepare_joint(ds, cfg)
     assert ctx["init_info"]["domains"]["n_domains"] == 2
     assert state.params.raw["c12"].shape == (3,) and state.params.raw["b2"].ndim == 2
@@ -517,7 +515,9 @@ def test_per_domain_parameters(small3, tmp_path):
         vals = np.asarray(p.c12)[dom == d]
         assert np.ptp(vals) == 0.0
     # chain rule against the per-pixel parameterisation at the same values
-    cfg_pp = joint_config.JointConfig(steps=2, prior="none", per_pixel=cfg.per_pixel + ("c12", "c13"), init="stxm")
+    cfg_pp = joint_config.JointConfig.make(
+        steps=2, prior="none", per_pixel=cfg.spectra.per_pixel + ("c12", "c13"), init="stxm"
+    )
     solver_pp, state_pp, _ = joint_run.prepare_joint(ds, cfg_pp)
     raw_pp = dict(state.params.raw, c12=state.params.raw["c12"][dom], c13=state.params.raw["c13"][dom])
     params_pp = eqx.tree_at(lambda q: q.raw, state.params, raw_pp)
@@ -533,19 +533,22 @@ def test_per_domain_parameters(small3, tmp_path):
 
 def test_per_domain_config_errors(small3, tmp_path):
     with pytest.raises(ConfigError, match="both per_pixel and per_domain"):
-        joint_config.JointConfig(per_domain=("b2",), domains="x.h5")
+        joint_config.JointConfig.make(per_domain=("b2",), domains="x.h5")
     with pytest.raises(ConfigError, match="needs domains"):
-        joint_config.JointConfig(per_domain=("c12",))
+        joint_config.JointConfig.make(per_domain=("c12",))
     with pytest.raises(ConfigError, match="unknown"):
-        joint_config.JointConfig(per_domain=("zz",), domains="x.h5")
+        joint_config.JointConfig.make(per_domain=("zz",), domains="x.h5")
     from diffxas.data import results as io_results
 
     path = str(tmp_path / "nolabels.h5")
     io_results.write_result(
-        path, joint_run.reconstruct_joint(small3.dataset, joint_config.JointConfig(steps=1, prior="none", init="stxm"))
+        path,
+        joint_run.reconstruct_joint(small3.dataset, joint_config.JointConfig.make(steps=1, prior="none", init="stxm")),
     )
     with pytest.raises(ConfigError, match="diffxas cluster"):
-        joint_run.prepare_joint(small3.dataset, joint_config.JointConfig(steps=1, per_domain=("c12",), domains=path))
+        joint_run.prepare_joint(
+            small3.dataset, joint_config.JointConfig.make(steps=1, per_domain=("c12",), domains=path)
+        )
 
 
 # ----------------------------------------------------------------------------- per-frame intensity scale
@@ -562,9 +565,9 @@ def test_frame_scales_recover_flux_jitter():
     ei = np.asarray(ds.energy_index)
     t = np.log(sim.true_scales)
     t = t - np.asarray([t[ei == k].mean() for k in range(len(ENERGIES))])[ei]
-    cfg = joint_config.JointConfig(steps=100, prior="none", lr_scale=0.01)
+    cfg = joint_config.JointConfig.make(steps=100, prior="none", lr_scale=0.01)
     solver, state, _ = joint_run.prepare_joint(ds, cfg)
-    for _ in range(cfg.steps):
+    for _ in range(cfg.optim.steps):
         state, _ = solver.step(state)
     _, s = joint_model.frame_nuisances(state.params, solver.prob)
     s = np.asarray(s, np.float64)
@@ -573,7 +576,7 @@ def test_frame_scales_recover_flux_jitter():
     assert np.corrcoef(s, t)[0, 1] > 0.95
     assert np.sqrt(np.mean((s - t) ** 2)) < 0.3 * np.sqrt(np.mean(t**2))
     with pytest.raises(ConfigError, match="lr_scale"):
-        joint_config.JointConfig(lr_scale=-1.0)
+        joint_config.JointConfig.make(lr_scale=-1.0)
 
 
 def test_per_domain_auto_two_passes(small3, tmp_path, caplog):
@@ -584,7 +587,7 @@ def test_per_domain_auto_two_passes(small3, tmp_path, caplog):
     import logging
 
     ds = small3.dataset
-    cfg = joint_config.JointConfig(steps=3, prior="none", per_domain=("c12", "c13"), domains="auto", init="stxm")
+    cfg = joint_config.JointConfig.make(steps=3, prior="none", per_domain=("c12", "c13"), domains="auto", init="stxm")
     ck = str(tmp_path / "run.ckpt")
     with caplog.at_level(logging.WARNING, logger="diffxas"):
         res = joint_run.reconstruct_joint(ds, cfg, checkpoint=ck)
@@ -614,7 +617,7 @@ def test_warm_start_shared_parameters_and_probes(small3, tmp_path):
     from diffxas.data import results as io_results
 
     ds = small3.dataset
-    res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=1, prior="none", init="stxm"))
+    res = joint_run.reconstruct_joint(ds, joint_config.JointConfig.make(steps=1, prior="none", init="stxm"))
     v = np.asarray(res.maps.valid).astype(bool)
     res.maps.extra["c12"] = np.where(v, 5466.3, np.nan)
     res.maps.extra["c13"] = np.where(v, 1.2, np.nan)
@@ -622,7 +625,7 @@ def test_warm_start_shared_parameters_and_probes(small3, tmp_path):
     path = str(tmp_path / "warm.h5")
     io_results.write_result(path, res)
     for probes in ("result", "file"):
-        cfg = joint_config.JointConfig(steps=1, prior="none", init="result", init_result=path, init_probes=probes)
+        cfg = joint_config.JointConfig.make(steps=1, prior="none", init="result", init_result=path, init_probes=probes)
         solver, state, ctx = joint_run.prepare_joint(ds, cfg)
         p = joint_model.physical(state.params, solver.prob.scales)
         assert float(p.c12) == pytest.approx(5466.3, abs=1e-2) and float(p.c13) == pytest.approx(1.2, abs=1e-3)
@@ -649,17 +652,17 @@ def test_warm_start_takes_the_results_background(small3, tmp_path):
     from diffxas.data import results as io_results
 
     ds = small3.dataset
-    res = joint_run.reconstruct_joint(ds, joint_config.JointConfig(steps=1, prior="none", init="stxm"))
+    res = joint_run.reconstruct_joint(ds, joint_config.JointConfig.make(steps=1, prior="none", init="stxm"))
     k, m = ds.n_energies, ds.frame_size
     rng = np.random.default_rng(3)
     res.background = (0.2 + rng.random((k, m, m))).astype(np.float32)
     path = str(tmp_path / "warm_bg.h5")
     io_results.write_result(path, res)
-    cfg = joint_config.JointConfig(steps=1, prior="none", init="result", init_result=path, background="map")
+    cfg = joint_config.JointConfig.make(steps=1, prior="none", init="result", init_result=path, background="map")
     solver, state, ctx = joint_run.prepare_joint(ds, cfg)
     np.testing.assert_array_equal(np.fft.fftshift(np.asarray(solver.prob.background0), axes=(-2, -1)), res.background)
     assert ctx["init_info"]["background_from"] == "the warm start's results file"
-    solver, state, ctx = joint_run.prepare_joint(ds, dataclasses.replace(cfg, background="flat"))
+    solver, state, ctx = joint_run.prepare_joint(ds, cfg.replace(background="flat"))
     np.testing.assert_allclose(np.asarray(solver.prob.background0), res.background.mean(axis=(1, 2)), rtol=1e-6)
     assert joint_init._background_for(res.background, np.asarray(ds.energies) + 1.0, np.asarray(ds.energies)) is None
 
@@ -684,9 +687,9 @@ def test_probe_basis_and_exact_fit():
     p_fit = np.exp(g_fit)[:, None, None] * np.einsum("kj,jmn->kmn", b.astype(np.float64), q_fit)
     assert np.max(np.abs(p_fit - p)) < 1e-10 * np.max(np.abs(p))
     with pytest.raises(ConfigError, match="probe_model"):
-        joint_config.JointConfig(probe_model="shared")
+        joint_config.JointConfig.make(probe_model="shared")
     with pytest.raises(ConfigError, match="probe_degree"):
-        joint_config.JointConfig(probe_model="smooth", probe_degree=-1)
+        joint_config.JointConfig.make(probe_model="smooth", probe_degree=-1)
 
 
 def test_smooth_probe_model_gradients_and_run(small3):
@@ -698,7 +701,7 @@ def test_smooth_probe_model_gradients_and_run(small3):
     probes in test_gradients_through_full_chain); a few steps lower the loss, move the
     gains and write per-energy probes to the result."""
     ds = small3.dataset
-    cfg = joint_config.JointConfig(
+    cfg = joint_config.JointConfig.make(
         steps=6, probe_model="smooth", probe_degree=1, probe_start=0, prior="none", init="stxm", log_every=1
     )
     solver, state, ctx = joint_run.prepare_joint(ds, cfg)
@@ -737,7 +740,7 @@ def test_smooth_probe_model_gradients_and_run(small3):
     res = joint_run.reconstruct_joint(ds, cfg)
     assert res.history["loss"][-1] < res.history["loss"][0]
     assert res.probes.shape == (3, ds.frame_size, ds.frame_size)
-    assert res.config["joint"]["probe_model"] == "smooth"
+    assert res.config["joint"]["probe"]["model"] == "smooth"
 
 
 def test_relative_pre_edge_amplitudes(small3):
@@ -746,7 +749,7 @@ def test_relative_pre_edge_amplitudes(small3):
     sample's median ratio elsewhere; the noise-rule prior weights of the ratios (delta
     method) are positive and finite; a step runs; bad names are config errors."""
     ds = small3.dataset
-    cfg = joint_config.JointConfig(steps=1, relative=("c11", "c21"), init="stxm")
+    cfg = joint_config.JointConfig.make(steps=1, relative=("c11", "c21"), init="stxm")
     solver, state, ctx = joint_run.prepare_joint(ds, cfg)
     sc = solver.prob.scales
     assert sc.relative == ("c11", "c21")
@@ -761,9 +764,9 @@ def test_relative_pre_edge_amplitudes(small3):
     state, loss = solver.step(state)
     assert np.isfinite(float(loss))
     with pytest.raises(ConfigError, match="relative"):
-        joint_config.JointConfig(relative=("a",))
+        joint_config.JointConfig.make(relative=("a",))
     solver, state, _ = joint_run.prepare_joint(
-        ds, joint_config.JointConfig(steps=1, init="stxm", per_pixel=("a", "b2", "c11", "n_other"))
+        ds, joint_config.JointConfig.make(steps=1, init="stxm", per_pixel=("a", "b2", "c11", "n_other"))
     )
     assert solver.prob.scales.relative == ()  # b1 shared: absolute amplitudes
 
@@ -780,7 +783,7 @@ def test_monitor_sets_the_frame_scales():
     ei = np.asarray(ds.energy_index)
     t = np.log(sim.true_scales)
     t = t - np.asarray([t[ei == k].mean() for k in range(3)])[ei]
-    cfg = joint_config.JointConfig(steps=2, prior="none", init="stxm")
+    cfg = joint_config.JointConfig.make(steps=2, prior="none", init="stxm")
     solver, state, _ = joint_run.prepare_joint(ds, cfg)
     s0 = np.asarray(joint_model.frame_nuisances(state.params, solver.prob)[1], np.float64)
     np.testing.assert_allclose(s0, t, atol=1e-6)
@@ -861,7 +864,7 @@ def test_initial_shape_search_finds_the_main_pre_edge_peak():
 def test_energy_count_warnings():
     """Fewer energies than per-pixel absorption parameters (n_other excluded: the phase sets
     it) is warned about, not refused; enough energies, or fewer per-pixel parameters, are not."""
-    d = joint_config.JointConfig().per_pixel
+    d = joint_config.JointConfig().spectra.per_pixel
     w = joint_result.energy_count_warnings(5, d)
     assert len(w) == 1 and w[0].startswith("5 energies for 6 per-pixel spectral parameters (a, b1, b2, b3, c11, c21)")
     assert joint_result.energy_count_warnings(6, d) == []
@@ -908,7 +911,7 @@ def test_holdout_mask_spreads_and_keeps_every_energy(small3):
         with pytest.raises(InputError, match="holdout fraction"):
             ds.holdout_mask(bad)
     with pytest.raises(ConfigError, match="holdout"):
-        joint_config.JointConfig(holdout=0.7)
+        joint_config.JointConfig.make(holdout=0.7)
 
 
 def test_heldout_loss_matches_a_direct_forward_model(small3):
@@ -921,15 +924,15 @@ def test_heldout_loss_matches_a_direct_forward_model(small3):
     ds = small3.dataset
     held = ds.holdout_mask(0.1)
     fit_ds, held_ds = ds.subset(~held), ds.subset(held)
-    cfg = joint_config.JointConfig(steps=2, init="stxm", holdout=0.1)
+    cfg = joint_config.JointConfig.make(steps=2, init="stxm", holdout=0.1)
     solver, state, ctx = joint_run.prepare_joint(fit_ds, cfg, common=ds.common_grid())
     state, _ = solver.step(state)
     state, _ = solver.step(state)
     hold = joint_solver.heldout_problem(solver.prob, held_ds, cfg, ctx["common"])
-    got = float(joint_solver.heldout_loss(state.params, hold, cfg.loss, 32))
+    got = float(joint_solver.heldout_loss(state.params, hold, cfg.optim.loss, 32))
     obj, phat, _ = joint_model.model_objects_and_probes(state.params, solver.prob)
     ref = 0.0
-    lf = loss_fn(cfg.loss)
+    lf = loss_fn(cfg.optim.loss)
     ei = np.asarray(held_ds.energy_index)
     for k, g in enumerate(ctx["grids"]):
         idx = np.nonzero(ei == k)[0]
@@ -950,7 +953,7 @@ def test_heldout_loss_matches_a_direct_forward_model(small3):
 def test_holdout_run_records_the_heldout_loss(small3):
     """A run with holdout fits only the kept frames, logs the held-out loss at every log
     step (finite) and records the split and the final value; a sharded run is refused."""
-    cfg = joint_config.JointConfig(steps=6, log_every=2, init="stxm", holdout=0.2)
+    cfg = joint_config.JointConfig.make(steps=6, log_every=2, init="stxm", holdout=0.2)
     res = joint_run.reconstruct_joint(small3.dataset, cfg)
     h = res.config["init"]["holdout"]
     assert h["fit_frames"] + h["heldout_frames"] == small3.dataset.n_frames and h["heldout_frames"] > 0
@@ -960,7 +963,7 @@ def test_holdout_run_records_the_heldout_loss(small3):
     with pytest.raises(ConfigError, match="one device"):
         joint_run.reconstruct_joint(small3.dataset, cfg, n_shards=2)
     with pytest.raises(ConfigError, match="holdout needs the frames on the device"):
-        joint_run.reconstruct_joint(small3.dataset, dataclasses.replace(cfg, memory="stream"))
+        joint_run.reconstruct_joint(small3.dataset, cfg.replace(memory="stream"))
 
 
 # ----------------------------------------------------------------------------- incoherent background
@@ -976,7 +979,7 @@ def test_gradients_through_the_background(small3):
 
     ds = small3.dataset
     solver, state, _ = joint_run.prepare_joint(
-        ds, joint_config.JointConfig(steps=1, chunk_size=64, background="map", loss="poisson", prior="none")
+        ds, joint_config.JointConfig.make(steps=1, chunk_size=64, background="map", loss="poisson", prior="none")
     )
     p = state.params
     assert p.background.shape == (3, ds.frame_size, ds.frame_size)
@@ -1007,7 +1010,7 @@ def test_gradients_through_the_background(small3):
 
         check_grads(f, (p64.background,), order=1, modes=("rev",), eps=1e-5, rtol=2e-3, atol=1e-6)
     with pytest.raises(ConfigError, match="background"):
-        joint_config.JointConfig(background="constant")
+        joint_config.JointConfig.make(background="constant")
 
 
 @pytest.fixture(scope="module")
@@ -1028,7 +1031,9 @@ def test_noise_free_recovery_with_a_flat_background():
     (measured edge 0.122 eV, PE/Δμt 0.062 eV, Re[Ne]/N_V 1.14, N_V 5.2 %; without the
     background term, Poisson loss, PE/Δμt was 0.139 eV)."""
     sim = simulate(preset("tiny", energies=ENERGIES, noise=False, bad_pixel_fraction=0.0, background=0.5))
-    res = joint_run.reconstruct_joint(sim.dataset, joint_config.JointConfig(steps=100, log_every=50, background="flat"))
+    res = joint_run.reconstruct_joint(
+        sim.dataset, joint_config.JointConfig.make(steps=100, log_every=50, background="flat")
+    )
     assert res.background.shape == (len(ENERGIES),)
     np.testing.assert_allclose(res.background, 0.5, rtol=0.05)
     assert res.config["background"]["mode"] == "flat"
@@ -1047,7 +1052,7 @@ def test_noise_free_background_map_in_the_data_layout(clean_radial_background, t
 
     sim = clean_radial_background
     res = joint_run.reconstruct_joint(
-        sim.dataset, joint_config.JointConfig(steps=100, log_every=50, background="map", loss="poisson")
+        sim.dataset, joint_config.JointConfig.make(steps=100, log_every=50, background="map", loss="poisson")
     )
     tb = sim.true_background
     m = tb.shape[0]
@@ -1069,7 +1074,7 @@ def test_convergence_rule_brute_force():
     """``solver.Convergence`` stops at the first step >= ``earliest`` where the window means
     of a loss curve 1 + exp(-s / 10) differ by <= tol relative (reference: the same rule
     written out over the whole curve); tol = 0 never stops; bad settings are ConfigError."""
-    cfg = joint_config.JointConfig(steps=200, tol=1e-3, tol_window=5)
+    cfg = joint_config.JointConfig.make(steps=200, tol=1e-3, tol_window=5)
     conv = joint_solver.Convergence(cfg)
     assert conv.earliest == 50 + 2 * 5  # shape_start = steps // 4 = 50 > probe_start = 20
     loss = 1.0 + np.exp(-np.arange(1, 201) / 10.0)
@@ -1080,11 +1085,11 @@ def test_convergence_rule_brute_force():
         if abs(loss[s - 10 : s - 5].mean() - loss[s - 5 : s].mean()) <= 1e-3 * loss[s - 5 : s].mean()
     )
     assert got == want and got > conv.earliest  # the loss still moves at `earliest`
-    off = joint_solver.Convergence(joint_config.JointConfig(steps=200))
+    off = joint_solver.Convergence(joint_config.JointConfig.make(steps=200))
     assert not any(off.update(s, 1.0) for s in range(1, 201))
     for bad in ({"tol": -1.0}, {"tol": float("nan")}, {"tol_window": 0}):
         with pytest.raises(ConfigError, match="tol"):
-            joint_solver.Convergence(joint_config.JointConfig(**bad))
+            joint_solver.Convergence(joint_config.JointConfig.make(**bad))
 
 
 def test_convergence_stops_the_run_and_records_steps(small3):
@@ -1092,10 +1097,10 @@ def test_convergence_stops_the_run_and_records_steps(small3):
     (probe_start 4, shape_start 3, window 2: step 8 of 30) and records it in
     history["steps_taken"] and as the last logged step; without tol all steps run."""
     kw = {"steps": 30, "prior": "none", "init": "stxm", "probe_start": 4, "shape_start": 3, "log_every": 50}
-    res = joint_run.reconstruct_joint(small3.dataset, joint_config.JointConfig(tol=1.0, tol_window=2, **kw))
+    res = joint_run.reconstruct_joint(small3.dataset, joint_config.JointConfig.make(tol=1.0, tol_window=2, **kw))
     assert res.history["steps_taken"].tolist() == [8.0]
     assert res.history["step"][-1] == 8
-    res = joint_run.reconstruct_joint(small3.dataset, joint_config.JointConfig(**kw))
+    res = joint_run.reconstruct_joint(small3.dataset, joint_config.JointConfig.make(**kw))
     assert res.history["steps_taken"].tolist() == [30.0]
 
 

@@ -60,7 +60,7 @@ WORKER = textwrap.dedent(r"""
     from diffxas.solvers.joint import JointConfig, prepare_joint, reconstruct_joint, total_loss
 
     steps = int(os.environ.get("MP_STEPS", "4"))
-    cfg = JointConfig(steps=steps, chunk_size=int(os.environ.get("MP_CHUNK", "24")), probe_start=0, lr_positions=0.01,
+    cfg = JointConfig.make(steps=steps, chunk_size=int(os.environ.get("MP_CHUNK", "24")), probe_start=0, lr_positions=0.01,
                       prior="none", tv_weight=0.0, log_every=1, init="stxm", checkpoint_every=2, memory="device", seed=3)
     ds = open_cxi(data)
     reads = []

@@ -84,7 +84,7 @@ SCRIPT = textwrap.dedent(r"""
     part = sys.argv[1]
     cases = {"full": [("full", None, 0.0, 3)], "minibatch": [("minibatch_tv", 37, 1.0, 2)]}[part]
     for name, bs, tv, steps in cases:
-        cfg = JointConfig(steps=10, chunk_size=40, probe_start=0, lr_positions=0.01, batch_size=bs, prior="none", tv_weight=tv)
+        cfg = JointConfig.make(steps=10, chunk_size=40, probe_start=0, lr_positions=0.01, batch_size=bs, prior="none", tv_weight=tv)
         solver, state0, _ = prepare_joint(ds, cfg, n_shards=4)
         sh = parallel.shard_solver(solver, mesh)
         st = parallel.shard_state(state0, mesh)
@@ -107,7 +107,7 @@ SCRIPT = textwrap.dedent(r"""
             out["loss_fn_rel"] = abs(float(sh.loss(st.params)) / la[0] - 1)
         out[name]["t"] = time.perf_counter() - t0
     if part == "full":  # the prepare -> shard -> loop wrapper (same problem as the full-batch case)
-        cfg = JointConfig(steps=2, chunk_size=40, probe_start=0, lr_positions=0.01, log_every=1, prior="none")
+        cfg = JointConfig.make(steps=2, chunk_size=40, probe_start=0, lr_positions=0.01, log_every=1, prior="none")
         res = parallel.reconstruct_joint_sharded(ds, cfg)
         out["wrapper"] = dict(first_loss=float(res.history["loss"][0]) * ds.n_frames * ds.frame_size ** 2,
                               n_hist=len(res.history["loss"]), finite=bool(np.isfinite(res.absorption).all()),

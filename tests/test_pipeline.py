@@ -132,7 +132,7 @@ def test_checks_run_once_and_the_solvers_trust_them(monkeypatch):
     found = checks.checked_findings(ds)
     assert set(found) == {"count_quantum", "beam_masked", "saturation"}
     with pytest.raises(_Stop):
-        joint_run.reconstruct_joint(ds, JointConfig(steps=1))
+        joint_run.reconstruct_joint(ds, JointConfig.make(steps=1))
     with pytest.raises(_Stop):
         twostep_run.reconstruct_two_step(ds, TwoStepConfig.fast())
     assert counts == {"bad_frames": 1, "data_findings": 1}  # trusted: nothing checked again
@@ -141,7 +141,7 @@ def test_checks_run_once_and_the_solvers_trust_them(monkeypatch):
     # a dataset that reaches a solver from Python unchecked is checked there, once
     fresh = small_dataset(seed=1)
     with pytest.raises(_Stop):
-        joint_run.reconstruct_joint(fresh, JointConfig(steps=1))
+        joint_run.reconstruct_joint(fresh, JointConfig.make(steps=1))
     assert counts == {"bad_frames": 2, "data_findings": 2}
     assert checks.is_checked(seen["joint"][0]) and checks.checked_findings(seen["joint"][0]) is seen["joint"][1]
 
@@ -160,7 +160,7 @@ def test_run_keeps_going_and_names_the_failed_step(monkeypatch, tmp_path):
 
     monkeypatch.setattr(pipeline, "reconstruct", fake_reconstruct)
     ds = small_dataset()
-    bad = JointConfig(reference_energy=5600.0)  # outside the energies: refused by check_config
+    bad = JointConfig.make(reference_energy=5600.0)  # outside the energies: refused by check_config
     events = []
     with pytest.raises(_Stop):
         pipeline.run(ds, {"joint": JointConfig()}, log=lambda s: None)

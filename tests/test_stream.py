@@ -16,7 +16,6 @@ of float32 sums differs (chunk by chunk on the host vs the scan's forward/backwa
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import h5py
@@ -66,10 +65,10 @@ def _array_leaves(tree):
 )
 def test_streamed_step_equals_in_memory(cxi, kw, monkeypatch):
     monkeypatch.setattr(stream, "host_available_bytes", lambda: 0)  # read the file every step (no host cache)
-    cfg = joint_config.JointConfig(steps=3, chunk_size=64, init="stxm", probe_start=0, shape_start=0, **kw)
+    cfg = joint_config.JointConfig.make(steps=3, chunk_size=64, init="stxm", probe_start=0, shape_start=0, **kw)
     runs = {}
     for mem, ds in (("device", io_cxi.read_cxi(cxi)), ("stream", io_cxi.open_cxi(cxi))):
-        solver, state, ctx = joint_run.prepare_joint(ds, dataclasses.replace(cfg, memory=mem))
+        solver, state, ctx = joint_run.prepare_joint(ds, cfg.replace(memory=mem))
         assert ctx["memory"]["mode"] == mem
         s0, states, losses = state, [], []
         for _ in range(3):
@@ -92,14 +91,14 @@ def test_streamed_step_equals_in_memory(cxi, kw, monkeypatch):
             assert _rel(change, np.asarray(b, np.float64) - np.asarray(z, np.float64)) < 1e-3
     assert np.any(np.asarray(dev[2].params.dpos)), "position corrections were not exercised"
     assert np.any(np.asarray(dev[2].params.background)), "the background was not exercised"
-    if cfg.batch_size is None:  # the full-batch loss of the parameters, without a step
+    if cfg.optim.batch_size is None:  # the full-batch loss of the parameters, without a step
         assert float(ss.loss(st[2].params)) == pytest.approx(float(sd.loss(st[2].params)), rel=1e-5)
 
 
 def test_device_mode_from_lazy_source_equals_in_memory(cxi):
     """Device mode with an open_cxi source fills the chunked device array chunk by chunk:
     the same array (exactly) as from read_cxi's in-memory frames."""
-    cfg = joint_config.JointConfig(chunk_size=64)
+    cfg = joint_config.JointConfig.make(chunk_size=64)
     edge = joint_scattering.VEdge.from_tables("V")
     sc = joint_model.Scales(amp=1.0, n_other=1.0, e_mid=5480.0, e_half=61.0)
     a, _, _ = joint_model.build_problem(io_cxi.read_cxi(cxi), cfg, edge, sc)
@@ -129,7 +128,7 @@ def test_memory_plan_and_log_line(caplog):
     # the seed-size dataset (docs/scaling.md section 4): ~6.8 GiB of frames, ~10-11 GiB in all
     assert 6.5 < est["frames"] / 2**30 < 7.0 and 9.5 < est["device"] / 2**30 < 11.5
     with caplog.at_level(logging.INFO, logger="diffxas"):
-        p = stream.plan_memory(joint_config.JointConfig(memory_budget_gib=8.0), **args)
+        p = stream.plan_memory(joint_config.JointConfig.make(memory_budget_gib=8.0), **args)
     assert p.mode == "stream" and p.budget_bytes == 8 * 2**30
     (rec,) = [r for r in caplog.records if r.name == "diffxas"]
     assert "\n" not in rec.message
@@ -137,15 +136,18 @@ def test_memory_plan_and_log_line(caplog):
     assert "in 55 chunks of 510" in rec.message and "> budget 8 GiB (memory_budget_gib)" in rec.message
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="diffxas"):
-        p = stream.plan_memory(joint_config.JointConfig(memory_budget_gib=80.0), **args)
+        p = stream.plan_memory(joint_config.JointConfig.make(memory_budget_gib=80.0), **args)
     assert p.mode == "device"
     assert "joint: frames on device" in caplog.text and "<= budget 80 GiB" in caplog.text
-    assert stream.plan_memory(joint_config.JointConfig(memory="stream"), **args).mode == "stream"
-    assert stream.plan_memory(joint_config.JointConfig(memory="device", memory_budget_gib=1.0), **args).mode == "device"
+    assert stream.plan_memory(joint_config.JointConfig.make(memory="stream"), **args).mode == "stream"
+    assert (
+        stream.plan_memory(joint_config.JointConfig.make(memory="device", memory_budget_gib=1.0), **args).mode
+        == "device"
+    )
     # several devices: streaming is single-device
-    assert stream.plan_memory(joint_config.JointConfig(memory_budget_gib=1.0), **args, n_shards=4).mode == "device"
+    assert stream.plan_memory(joint_config.JointConfig.make(memory_budget_gib=1.0), **args, n_shards=4).mode == "device"
     with pytest.raises(ConfigError, match="one device"):
-        stream.plan_memory(joint_config.JointConfig(memory="stream"), **args, n_shards=4)
+        stream.plan_memory(joint_config.JointConfig.make(memory="stream"), **args, n_shards=4)
     budget, what = stream.default_budget()  # CPU here: half the available host memory
     assert budget is None or (budget > 0 and what)
 
@@ -155,13 +157,13 @@ def test_config_validation_and_toml(tmp_path):
 
     for bad in (dict(memory="disk"), dict(memory_budget_gib=0.0), dict(memory_budget_gib=float("nan"))):
         with pytest.raises(ConfigError) as ei:
-            joint_config.JointConfig(**bad)
+            joint_config.JointConfig.make(**bad)
         assert "\n" not in str(ei.value) and "memory" in str(ei.value)
     p = tmp_path / "c.toml"
     p.write_text('[joint]\nmemory = "stream"\nmemory_budget_gib = 2.5\n')
     cfg = C.build_section(C.load_config(p), "joint")
-    assert cfg.memory == "stream" and cfg.memory_budget_gib == 2.5
-    assert C.build_section({"joint": {"memory_budget_gib": "none"}}, "joint").memory_budget_gib is None
+    assert cfg.memory.mode == "stream" and cfg.memory.budget_gib == 2.5
+    assert C.build_section({"joint": {"memory_budget_gib": "none"}}, "joint").memory.budget_gib is None
 
 
 def test_cli_joint_streams_from_the_file(cxi, tmp_path, capsys, monkeypatch):
@@ -198,7 +200,7 @@ def test_cli_joint_streams_from_the_file(cxi, tmp_path, capsys, monkeypatch):
     assert "in 31 chunks of 8" in lines[0] and "> budget 1.02 MiB (memory_budget_gib)" in lines[0]
     r = io_results.read_result(out)
     assert r.config["memory"]["mode"] == "stream" and r.config["memory"]["requested"] == "auto"
-    assert r.config["joint"]["memory_budget_gib"] == 0.001
+    assert r.config["joint"]["memory"]["budget_gib"] == 0.001  # recorded nested
     assert np.isfinite(r.history["loss"]).all()
     # a damaged chunk in the middle of the file: one line, no traceback
     with h5py.File(cxi) as f:

@@ -85,7 +85,7 @@ def test_dpc_phase_does_not_see_the_flux(jittered):
     particle = np.nan_to_num(tr["n_v"]) > 0
     assert np.median(p0[particle]) < -0.05
     solver, state, ctx = joint_run.prepare_joint(
-        jit.dataset, joint_config.JointConfig(steps=0, init="stxm", prior="none")
+        jit.dataset, joint_config.JointConfig.make(steps=0, init="stxm", prior="none")
     )
     empty = np.asarray(solver.prob.empty) > 0.5
     assert ctx["init_info"]["empty_pixels"] == int(empty.sum()) >= 50
@@ -121,7 +121,7 @@ def test_flux_scatter_measures_the_jitter(jittered, caplog):
     assert stxm.flux_scatter(jit.dataset, empty, common) == pytest.approx(0.03, rel=0.25)
     assert stxm.flux_scatter(clean.dataset, empty, common) < 5e-4
     assert stxm.flux_scatter(clean.dataset, np.zeros(common.shape, bool), common) is None
-    cfg = joint_config.JointConfig(steps=0, init="stxm", prior="none")
+    cfg = joint_config.JointConfig.make(steps=0, init="stxm", prior="none")
     with caplog.at_level(logging.WARNING, logger="diffxas"):
         _, _, ctx = joint_run.prepare_joint(jit.dataset, cfg)
         assert ctx["init_info"]["flux_scatter"] > 0.02
@@ -289,6 +289,6 @@ def test_a_scan_without_bare_membrane_is_flagged(caplog):
     ill = np.ones(common.shape, bool)
     assert not stxm.empty_region(-stxm.dpc_phase(ds, common), ill).any()
     with caplog.at_level(logging.WARNING, logger="diffxas"):
-        _, _, ctx = joint_run.prepare_joint(ds, joint_config.JointConfig(init="stxm", steps=1))
+        _, _, ctx = joint_run.prepare_joint(ds, joint_config.JointConfig.make(init="stxm", steps=1))
     assert ctx["init_info"]["empty_pixels"] == 0
     assert any("no empty (membrane-only) region" in r.getMessage() for r in caplog.records)

@@ -251,7 +251,7 @@ def test_tiny_sweep_resume_and_failing_point(tmp_path):
         assert not (d / "joint.ckpt").exists()  # checkpoints removed after success
         cfg = json.loads((d / "config.json").read_text())
         assert cfg["resolved"]["simulate"]["dose"] == r["simulate.dose"]
-        assert cfg["resolved"]["joint"]["steps"] == 3
+        assert cfg["resolved"]["joint"]["optim"]["steps"] == 3  # recorded nested
     bad = [r for r in s if r["status"] == "failed"]
     assert len(bad) == nm and all("dose must be positive" in r["error"] for r in bad)
     bad_dir = out / bad[0]["dir"]

@@ -2,7 +2,7 @@
 
 Reference: two Poisson noise realisations (``noise_seed`` 0 and 1) of one ``tiny``
 phantom, scan and probe, each reconstructed by the joint solver at its defaults without
-the spatial prior (``JointConfig(prior="none")``, 300 steps): the sigma maps are the
+the spatial prior (``JointConfig.make(prior="none")``, 300 steps): the sigma maps are the
 Cramer-Rao errors of the per-pixel likelihood, which is what this test calibrates. With
 the default TV prior the maps scatter less than that (measured on the same kind of pair:
 RMS z 0.51-0.88 over the five maps), so there they are conservative (README,
@@ -48,7 +48,7 @@ def realisations():
     maps = []
     for seed in (0, 1):
         sim = simulate(preset("tiny", noise_seed=seed))
-        maps.append(reconstruct_joint(sim.dataset, JointConfig(prior="none")).maps)
+        maps.append(reconstruct_joint(sim.dataset, JointConfig.make(prior="none")).maps)
     m0 = maps[0]
     assert maps[1].shape == m0.shape and np.allclose(maps[1].origin, m0.origin)
     tr = resample_truth(sim.truth, m0.pixel_size, m0.origin, m0.shape)

@@ -10,7 +10,8 @@ A configuration file has up to four sections, one per stage of the pipeline::
     [twostep.epie]
     epochs = 200
 
-    [joint]             # diffxas.solvers.joint.config.JointConfig
+    [joint]             # diffxas.solvers.joint.config.JointConfig (option groups as tables;
+    [joint.optim]       # the earlier flat keys, ``[joint] steps = 500``, are aliases)
     steps = 500
 
     [cluster]           # diffxas.analysis.clustering.ClusterConfig
@@ -58,6 +59,7 @@ __all__ = [
     "validate_config",
     "config_to_dict",
     "apply_overrides",
+    "option_setter",
     "parse_value",
     "parse_overrides",
     "dumps_toml",
@@ -356,11 +358,16 @@ def build_config(cls, mapping: Mapping[str, Any] | None, section: str | None = N
         raise TypeError(f"build_config needs a dataclass type, got {cls!r}")
     section = section or cls.__name__
     mapping = dict(mapping or {})
+    nest = getattr(cls, "nest_options", None)  # a config of option groups with flat aliases (JointConfig)
+    if nest is not None:
+        mapping = nest(mapping, section)
     fields = _fields(cls)
     names = [f.name for f in fields]
     for key in mapping:
         if not isinstance(key, str) or key not in names:
-            raise ConfigError(f"[{section}] unknown key {key!r}; valid keys: {', '.join(names)}")
+            aliases = list(getattr(cls, "flat_aliases", ()))
+            also = f" (or a flat alias: {', '.join(aliases)})" if aliases else ""
+            raise ConfigError(f"[{section}] unknown key {key!r}; valid keys: {', '.join(names)}{also}")
     hints = _type_hints(cls)
     kwargs: dict[str, Any] = {}
     for f in fields:
@@ -487,6 +494,19 @@ def _split_key(key: str) -> list[str]:
     return parts
 
 
+def option_setter(section: str):
+    """The ``set_option(section_mapping, key_parts, value)`` of a section whose config class
+    has option groups with flat aliases (:meth:`diffxas.solvers.joint.config.JointConfig.set_option`),
+    else None (a plain dotted set). Imports the section's class."""
+    if section not in _SECTION_CLASSES:
+        return None
+    try:
+        cls = section_class(section)
+    except ConfigError:
+        return None
+    return getattr(cls, "set_option", None)
+
+
 def apply_overrides(
     mapping: Mapping[str, Any] | None,
     overrides: Mapping[str, Any] | Iterable[tuple[str, Any]],
@@ -511,6 +531,15 @@ def apply_overrides(
             parts = [default_section] + parts
         if parts[0] not in SECTIONS:
             raise ConfigError(f"override {key!r}: unknown section {parts[0]!r}; valid sections: {', '.join(SECTIONS)}")
+        setter = option_setter(parts[0]) if len(parts) > 1 else None
+        if setter is not None:  # option groups with flat aliases: the override wins over any spelling
+            sect = out.get(parts[0])
+            if sect is not None and not isinstance(sect, Mapping):
+                raise ConfigError(f"override {key!r}: {parts[0]} is a value, not a table")
+            sect = dict(sect or {})
+            setter(sect, parts[1:], value)
+            out[parts[0]] = sect
+            continue
         node = out
         for i, p in enumerate(parts[:-1]):
             nxt = node.get(p)

@@ -179,7 +179,9 @@ def run_demo(
             base = PRESETS.get(sim_sect["preset"], {}).get("energies")
             if base is not None and len(base) > QUICK["energies"]:
                 sim_sect["energies"] = list(select_energies(base, QUICK["energies"]))
-        if "steps" not in (cfg_map.get("joint") or {}):
+        from diffxas.solvers.joint.config import JointConfig
+
+        if JointConfig.get_option(cfg_map.get("joint"), "steps") is None:  # flat or [joint.optim]
             cfg_map = set_iterations(cfg_map, "joint", QUICK["joint.steps"])
         if "two-step" in run_methods and _get(cfg_map, iterations_key("two-step")) is dataclasses.MISSING:
             cfg_map = set_iterations(cfg_map, "two-step", QUICK["iterations"])

@@ -30,7 +30,7 @@ Ingredients
    exact per-frame blocks; the other term averages out over a scan), carried to the
    parameters with the spectral Jacobian of the one model: at pixel p, energy E adds the
    rank-2 matrix ``sum_{c in (A, phi)} g_c(E, p) J_c J_c^T``. Parameters are of two kinds,
-   as in the joint fit: the per-pixel ones (``JointConfig.per_pixel``: a, b1, b2, b3, c11,
+   as in the joint fit: the per-pixel ones (``JointConfig.spectra.per_pixel``: a, b1, b2, b3, c11,
    c21, n_other) and the shared ones (the pre-edge peak positions and widths c12, c13,
    c22, c23: one value for the sample, estimated from all its pixels). The sample's Fisher
    matrix is block-arrow shaped and the descriptor variances are those of the full
@@ -286,7 +286,7 @@ def sample_from_result(
     parameter; a two-step result has no ``n_other``: it is derived from its
     Re[N_e^eff]/N_V map as the joint warm start does). Pixels: valid, finite, N_V >=
     ``nv_fraction`` of the 99th percentile of the valid N_V; at most ``max_pixels``.
-    ``names`` default: the result's recorded ``joint.per_pixel``, else the JointConfig
+    ``names`` default: the result's recorded ``joint.spectra.per_pixel``, else the JointConfig
     default. Fluence: ``fluence`` or the refined probe summed over the input scan
     (:func:`_fluence_from_scan`); InputError if neither is available.
     """
@@ -325,8 +325,12 @@ def sample_from_result(
     idx = idx[_spread(idx.size, max_pixels)]
     params = {k: ex[k].ravel()[idx] for k in ALL_PARAMS}
     if names is None:
+        from diffxas.solvers.joint.config import JointConfig
+
         rec = (res.config or {}).get("joint", {}) if isinstance(res.config, Mapping) else {}
-        names = rec.get("per_pixel") if isinstance(rec, Mapping) and rec.get("per_pixel") else _default_names()
+        # recorded nested (spectra.per_pixel) or, by results written before the option groups, flat
+        rec_names = JointConfig.get_option(rec, "per_pixel") if isinstance(rec, Mapping) else None
+        names = rec_names if rec_names else _default_names()
     if fluence is not None:
         fl, how = np.full(idx.size, float(fluence)), "given"
     else:

@@ -66,7 +66,7 @@ class SampleModel:
 def _default_names() -> tuple[str, ...]:
     from diffxas.solvers.joint.config import JointConfig
 
-    return tuple(JointConfig().per_pixel)
+    return tuple(JointConfig().spectra.per_pixel)
 
 
 def _check_names(names) -> tuple[str, ...]:

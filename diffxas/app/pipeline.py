@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from diffxas.app.config import apply_overrides, build_section, config_to_dict
+from diffxas.app.config import apply_overrides, build_config, build_section, config_to_dict
 
 # The energy rules (:mod:`diffxas.data.energies`, numpy only: no JAX for the CLI's light
 # commands), under the names this module has always offered: ``select_energies(energies, n)``
@@ -229,9 +229,37 @@ def _checkpoint_exists(method: str, ckpt: Path) -> bool:
 
 
 def _checkpoint_meta(method: str, cfg, input_sha256: str, selection: dict | None = None) -> dict[str, Any]:
-    c = config_to_dict(cfg)
-    for volatile in ("log_every", "checkpoint_every"):
+    return _meta_config_record(method, config_to_dict(cfg), input_sha256, selection)
+
+
+def _strip_volatile(c: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config without the options that do not change the result (logging and
+    checkpoint intervals: flat, or the joint's ``record`` group)."""
+    c = dict(c)
+    for volatile in ("log_every", "checkpoint_every", "record"):
         c.pop(volatile, None)
+    return c
+
+
+def _same_config(method: str, old: Any, new: dict[str, Any]) -> bool:
+    """Whether a checkpoint's recorded config ``old`` is ``new``; a flat record of the joint's
+    options (a checkpoint from before the option groups) is read through its aliases."""
+    if old == new:
+        return True
+    if not isinstance(old, Mapping):
+        return False
+    cls = _registry.get(method).config
+    if not hasattr(cls, "nest_options"):
+        return False
+    try:
+        old_built = config_to_dict(build_config(cls, _strip_volatile(old), section="checkpoint"))
+    except ConfigError:
+        return False
+    return _strip_volatile(json.loads(json.dumps(old_built))) == new
+
+
+def _meta_config_record(method: str, c: dict[str, Any], input_sha256: str, selection: dict | None) -> dict[str, Any]:
+    c = _strip_volatile(c)
     meta = {"method": method, "input_sha256": input_sha256, "config": c}
     if selection is not None:
         meta["input_selection"] = selection
@@ -328,7 +356,9 @@ def reconstruct(
                     raise InputError(
                         f"{ckpt}: checkpoint was made from a different input file; delete it or run without --resume"
                     )
-                if old.get("method") != method or old.get("config") != json.loads(json.dumps(meta["config"])):
+                if old.get("method") != method or not _same_config(
+                    method, old.get("config"), json.loads(json.dumps(meta["config"]))
+                ):
                     raise InputError(
                         f"{ckpt}: checkpoint was made with a different method or configuration; "
                         "delete it or run without --resume"

@@ -125,7 +125,7 @@ def illumination_at_counts(
     membrane, and the joint measured as well or better with it (noisy
     `tiny`, three data sets: edge-energy RMSE 0.206 / 0.228 / 0.264 eV as written against
     0.205 / 0.226 / 0.260 eV at the membrane counts, PE/Δμt 0.132 / 0.148 / 0.136 against
-    0.131 / 0.166 / 0.161 eV). Before its per-energy probe gains (``JointConfig.lr_gain``,
+    0.131 / 0.166 / 0.161 eV). Before its per-energy probe gains (``JointConfig.probe.lr_gain``,
     commit 8d57a46) the joint solver failed outside it: an amplitude 5 % low or high took
     `tiny`'s edge-energy RMSE from 0.21 to 0.35 / 0.74 eV, 30 % to 2.4-3.5 eV. The gains
     now take out errors of a few per cent (0.209 / 0.218 eV at 5 %) but move 0.01 log

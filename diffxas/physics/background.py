@@ -9,7 +9,7 @@ high-angle pixels, i.e. put fine structure into the object and the probe that is
 there; the chemical maps then carry it (measured on `tiny` at 0.5 % of the dose: edge
 energy 0.27 -> 0.50 eV, Re[Ne]/N_V 2.7 -> 15; docs/physics.md, "Detector background").
 
-The modes (``JointConfig.background`` and ``EpieConfig.background``, the same names):
+The modes (``JointConfig.background.mode`` and ``EpieConfig.background``, the same names):
 
 * ``"none"`` (default): no background term, as in the seed study;
 * ``"flat"``: one level per energy, the same at every detector pixel (dark counts, a

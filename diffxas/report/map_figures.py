@@ -419,7 +419,7 @@ def _varies(a: np.ndarray | None, tol_ev: float = 1e-4) -> bool:
 
 def fig_shape_maps(results: Sequence[Result | ChemMaps], labels=None, truth=None) -> Figure | None:
     """Maps of the pre-edge peak positions and widths (c12, c13, c22, c23 of eq. 1, eV) for
-    the results that fit them per pixel or per domain (``JointConfig.per_pixel`` /
+    the results that fit them per pixel or per domain (``JointConfig.spectra.per_pixel`` /
     ``per_domain``); one row per parameter that varies in at least one result, one column
     per result (+ the truth's parameters, N_V-weighted onto the first result's grid, when
     ``truth`` has them). A result that shares the parameter shows its one value. None when

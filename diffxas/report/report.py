@@ -258,7 +258,7 @@ def report_results(
         "clusters": "Cluster maps, N_V-weighted densities of each descriptor per cluster, N_V-weighted fractions.",
         "elbow": "Elbow (within-cluster sum of squares) and silhouette score vs k.",
         "preedge_shape": "Pre-edge peak positions and widths (eV) of the results that fit them per pixel or per domain "
-        "(`JointConfig.per_pixel` / `per_domain`); a result that shares one value shows it"
+        "(`JointConfig.spectra.per_pixel` / `per_domain`); a result that shares one value shows it"
         + (
             "; last column: the truth's parameters, N_V-weighted onto the first result's grid."
             if truth is not None

@@ -275,12 +275,25 @@ def load_spec(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, profile: 
 
 
 def _apply(mapping: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy of ``mapping`` with dotted ``overrides`` set (``label`` is ignored)."""
+    """A deep copy of ``mapping`` with dotted ``overrides`` set (``label`` is ignored). In
+    ``[joint]`` a flat alias (``joint.tv_weight``) and its group path (``joint.prior.tv_weight``)
+    are one option: the override replaces whichever the base used, and leaves the base's
+    spelling alone otherwise (the point ids of existing sweeps stay the same)."""
+    from diffxas.app.config import option_setter
+
     out = copy.deepcopy(dict(mapping))
     for key, value in overrides.items():
         if key == "label":
             continue
         parts = key.split(".")
+        setter = option_setter(parts[0]) if len(parts) > 1 and parts[0] in CONFIG_SECTIONS else None
+        if setter is not None:  # [joint]: flat alias or group path, the axis wins over either spelling
+            sect = out.get(parts[0])
+            if sect is not None and not isinstance(sect, dict):
+                raise ConfigError(f"override {key!r}: {parts[0]!r} is a value, not a table")
+            out[parts[0]] = sect = sect if sect is not None else {}
+            setter(sect, parts[1:], copy.deepcopy(value))
+            continue
         node = out
         for p in parts[:-1]:
             nxt = node.get(p)

@@ -75,7 +75,30 @@ def _same_resolved(d: Path, point: Mapping[str, Any]) -> bool:
         now = json.loads(json.dumps(jsonable(build_point(point["config"]).record()), allow_nan=False, default=str))
     except Exception:  # noqa: BLE001 - unreadable or unbuildable: do not trust it
         return False
-    return stored == now
+    return stored == now or _same_regrouped(stored, now)
+
+
+def _same_regrouped(stored: Any, now: Mapping[str, Any]) -> bool:
+    """Whether ``stored`` equals ``now`` once a section recorded flat before its config class
+    had option groups (the joint's, ``[joint]``) is read through the flat aliases."""
+    if not isinstance(stored, Mapping) or set(stored) != set(now):
+        return False
+    from diffxas.analysis.evaluate import jsonable
+    from diffxas.app.config import build_config, config_to_dict, section_class
+
+    fixed = dict(stored)
+    for name, value in stored.items():
+        if value == now[name] or not isinstance(value, Mapping):
+            continue
+        try:
+            cls = section_class(name)
+            if not hasattr(cls, "nest_options"):
+                return False
+            built = config_to_dict(build_config(cls, value, section=name))
+            fixed[name] = json.loads(json.dumps(jsonable(built), allow_nan=False, default=str))
+        except Exception:  # noqa: BLE001 - not a config section, or not buildable: different
+            return False
+    return fixed == now
 
 
 class SweepSummary(list):

@@ -6,7 +6,7 @@ KK-consistent f'_V of :mod:`diffxas.physics.spectra`) on one common grid, resamp
 each energy's grid (:func:`diffxas.physics.forward.resample_stack`), and compared with every frame
 of every energy at once through the shared forward model. Gradients come from JAX
 autodiff; the optimiser is optax Adam with per-group learning rates, optionally followed
-by an L-BFGS polish of the sample parameters (``JointConfig.lbfgs_steps``, :func:`lbfgs_polish`).
+by an L-BFGS polish of the sample parameters (``JointConfig.optim.lbfgs_steps``, :func:`lbfgs_polish`).
 
 Parameterisation (trainable leaves are real and dimensionless, "natural units")
 ------------------------------------------------------------------------------
@@ -17,9 +17,9 @@ Parameterisation (trainable leaves are real and dimensionless, "natural units")
 * energies ``b2, c12, c22`` = ``mid + half * tanh(raw / half)`` in eV: bounded to the
   scanned range, ~identity (1 raw unit = 1 eV) inside it;
 * widths ``b3, c13, c23`` = ``w_min + softplus(raw)`` in eV (positive).
-Each parameter is per pixel (``JointConfig.per_pixel``), per domain (``per_domain``: one
+Each parameter is per pixel (``JointConfig.spectra.per_pixel``), per domain (``per_domain``: one
 value per label of a domain map, e.g. the k-means clusters of a first pass, read from
-``JointConfig.domains``), or shared (a scalar).
+``JointConfig.spectra.domains``), or shared (a scalar).
 Adam normalises each element's step by its gradient RMS, i.e. it is a diagonal
 preconditioner; with the natural units above a learning rate means "eV per step" for
 energies and "fraction of the edge jump per step" for amplitudes, whatever the dose or
@@ -35,7 +35,7 @@ the mean over each energy's frames removed, since a common factor is the probe's
 amplitude; freed in the second half of the run, once the maps are close). The membrane/uniform background is the zero of absorption and phase;
 its per-energy complex transmission is absorbed into each energy's probe.
 
-Initialisation (``JointConfig.init``)
+Initialisation (``JointConfig.init.mode``)
 -------------------------------------
 The empty (membrane-only) reference region, where the sample's amplitudes are pinned to 0,
 is found on the flux-independent phase from the frames' centres of mass
@@ -189,10 +189,10 @@ def init_params(
     frames' :func:`diffxas.data.stxm.frame_moments`, computed here when not given)."""
     e = np.asarray(ds.energies, np.float64)
     ill = np.asarray(prob.illuminated)
-    if cfg.init == "result":
+    if cfg.init.mode == "result":
         from diffxas.data.results import read_result
 
-        res = read_result(cfg.init_result)
+        res = read_result(cfg.init.result)
         ex = dict(res.maps.extra)
         if "n_other" not in ex and all(k in ex for k in PARAM_NAMES):
             # composition from the maps: n_other = N_V (Re[Ne]/N_V - Z_V - f'_V(E_ref)), 0 where unknown
@@ -211,11 +211,11 @@ def init_params(
         missing = [k for k in ALL_PARAMS if k not in ex]
         if missing:
             raise ConfigError(
-                f"{cfg.init_result}: results file lacks per-pixel parameters {missing} needed for a warm start"
+                f"{cfg.init.result}: results file lacks per-pixel parameters {missing} needed for a warm start"
             )
         if res.maps.shape != common.shape:
             raise ConfigError(
-                f"{cfg.init_result}: map grid {res.maps.shape} differs from this dataset's {common.shape}"
+                f"{cfg.init.result}: map grid {res.maps.shape} differs from this dataset's {common.shape}"
             )
         # amplitudes are 0 where the result has no value (no sample); positions and widths
         # take the median of the pixels that have one (a 0 eV edge or width is no start)
@@ -225,7 +225,7 @@ def init_params(
             fin = np.isfinite(v)
             fill = 0.0 if (k in AMPLITUDES or k == "n_other" or not fin.any()) else float(np.median(v[fin]))
             vals[k] = np.where(fin, v, fill)
-        use = cfg.init_probes if cfg.init_probes != "auto" else ("file" if ds.illumination is not None else "result")
+        use = cfg.init.probes if cfg.init.probes != "auto" else ("file" if ds.illumination is not None else "result")
         # the result's fitted detector background, energy by energy (prepare_joint starts from it)
         extra = (
             {} if res.background is None else {"background_result": _background_for(res.background, res.energies, e)}
@@ -233,11 +233,11 @@ def init_params(
         if use == "file":
             if ds.illumination is None:
                 raise ConfigError("init_probes='file': the data file has no illumination; use init_probes='result'")
-            return vals, {"init": "result", "init_result": cfg.init_result, "init_probes": "file", **extra}
+            return vals, {"init": "result", "init_result": cfg.init.result, "init_probes": "file", **extra}
         probes, gains = _membrane_normalised_probes(ds, res.probes, None if moments is None else moments[0])
         return vals, {
             "init": "result",
-            "init_result": cfg.init_result,
+            "init_result": cfg.init.result,
             "init_probes": "result",
             "probes": probes,
             "probe_gain": gains,
@@ -245,16 +245,16 @@ def init_params(
         }
     stack = stxm_absorption(ds, common, sums=None if moments is None else moments[0])
     vals = fit_shape_and_amplitudes(stack, e, ill)
-    if cfg.init == "epie":
+    if cfg.init.mode == "epie":
         out, info = _epie_refine(ds, common, cfg, edge, vals, ill, sums=None if moments is None else moments[0])
         return out, info
-    if cfg.init == "flat":
+    if cfg.init.mode == "flat":
         for k in AMPLITUDES:
             vals[k] = np.full(common.shape, np.median(vals[k][ill]))
     # composition: a typical 40 electrons per V (between LiVO2 and LiVO3); refined by the phase data
     nv0 = np.asarray(n_v(jnp.asarray(np.clip(vals["b1"], 0, None)), edge))
     vals["n_other"] = nv0 * 20.0
-    return vals, {"init": cfg.init}
+    return vals, {"init": cfg.init.mode}
 
 
 def _membrane_normalised_probes(
@@ -285,7 +285,7 @@ def _check_flux(ds: Dataset, cfg: JointConfig, scatter: float | None, info: dict
     what = "after the monitor's correction" if ds.monitor is not None else "and the data have no monitor"
     fix = (
         ""
-        if cfg.lr_scale > 0
+        if cfg.frames.lr_scale > 0
         else "; per-frame scales can absorb part of it (joint.lr_scale = 0.003)"
         if ds.monitor is not None
         else "; give the I0 readings in the CXI file (instrument_1/monitor_1/data) or fit per-frame scales (joint.lr_scale = 0.003)"
@@ -333,12 +333,12 @@ def _epie_refine(
     er = run_epie(
         sub,
         EpieConfig(
-            epochs=cfg.init_epochs,
+            epochs=cfg.init.epochs,
             probe_update_start=5,
-            decay_start=max(1, cfg.init_epochs * 3 // 4),
-            probe_fwhm=cfg.probe_fwhm,
-            background=cfg.background,
-            background_start=min(5, cfg.init_epochs - 1),
+            decay_start=max(1, cfg.init.epochs * 3 // 4),
+            probe_fwhm=cfg.probe.fwhm,
+            background=cfg.background.mode,
+            background_start=min(5, cfg.init.epochs - 1),
         ),
         common=common,
     )
@@ -413,7 +413,7 @@ def _epie_refine(
     f1 = np.asarray(f1_v(pr, jnp.asarray([e2[0]]), edge)[0], np.float64)
     phi0 = np.nan_to_num(st.phase[0])
     out["n_other"] = np.clip(-phi0 / (R_E * float(wavelength(e2[0]))) - nv * (edge.z + f1), 0.0, None)
-    info = {"init": "epie", "init_epochs": cfg.init_epochs}
+    info = {"init": "epie", "init_epochs": cfg.init.epochs}
     if overlap is not None:
         info["file_probe_overlap"] = round(overlap, 5)
     if ds.illumination is not None and not poor_guess:
@@ -525,13 +525,13 @@ def make_params(
         smp = (
             np.broadcast_to(sample, v.shape) if v.ndim == 2 and np.shape(sample) == v.shape else np.ones(v.shape, bool)
         )
-        if k in cfg.per_domain:
+        if k in cfg.spectra.per_domain:
             n_dom = int(domain.max()) + 1
             med = float(np.median(v[smp])) if smp.any() else float(np.median(v))
             v = np.asarray(
                 [np.median(v[(domain == d) & smp]) if np.any((domain == d) & smp) else med for d in range(n_dom)]
             )
-        elif k not in cfg.per_pixel:
+        elif k not in cfg.spectra.per_pixel:
             v = np.asarray(np.median(v[smp]) if smp.any() else np.median(v))
         raw[k] = jnp.asarray(to_raw(k, v, sc), jnp.float32)
     gain = np.zeros(len(probes))

@@ -135,7 +135,7 @@ def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
     """
     from diffxas.physics.uncertainty import covariance
 
-    names = [k for k in ALL_PARAMS if k in cfg.per_pixel and params.raw[k].ndim == 2]
+    names = [k for k in ALL_PARAMS if k in cfg.spectra.per_pixel and params.raw[k].ndim == 2]
     if not names:
         return {}, {}
     fisher, p, dphys = (_prior_information_eager if _eager else _prior_information)(params, prob, edge, names)
@@ -144,7 +144,7 @@ def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
     ill = np.asarray(prob.illuminated, bool) & (np.asarray(prob.empty) < 0.5)
     thr = cfg.valid_jump_fraction * (np.percentile(b1[ill], 99) if ill.any() else 0.0)
     region = ill & (b1 > thr)
-    scale = cfg.prior_strength * LOSS_PER_NLL[cfg.loss]
+    scale = cfg.prior.strength * LOSS_PER_NLL[cfg.optim.loss]
     out, maps = {}, {}
     for i, k in enumerate(names):
         if k in prob.scales.relative and "b1" in names:

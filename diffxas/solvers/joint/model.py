@@ -50,7 +50,7 @@ class JointParams(eqx.Module):
     dscale: jax.Array  # (F,) log intensity scale of each frame (gauge: mean 0 per energy, see frame_nuisances)
     probe_gain: jax.Array  # (K,) log amplitude gain of each energy's probe (trained from step 0 with lr_gain)
     # (K,) or (K, M, M) log factor on the starting background level Problem.background0
-    # (JointConfig.background "flat" / "map"); None: no background term
+    # (JointConfig.background.mode "flat" / "map"); None: no background term
     background: Any = None
 
 
@@ -222,7 +222,7 @@ def build_problem(
     # require full-dose coverage: at least 25 % of the median of the covered interior
     med = np.median(ill[ill > 0.5 * ill.max()]) if ill.max() > 0 else 0.0
     illuminated = ill >= 0.25 * med
-    nchunk, chunk = chunk_layout(ds.n_frames, cfg.chunk_size, n_shards)
+    nchunk, chunk = chunk_layout(ds.n_frames, cfg.memory.chunk_size, n_shards)
     pad = nchunk * chunk - ds.n_frames
 
     def lay(x, fill=0):

@@ -25,7 +25,7 @@ Results equal the single-device run up to float32 summation order (the per-devic
 sums are added in a different order): ~1e-6 relative in the loss, a few 1e-6 in the
 parameters after a few Adam steps (``tests/test_parallel.py``).
 
-Mini-batches (``JointConfig.batch_size``) use the same random frames as the single-device
+Mini-batches (``JointConfig.optim.batch_size``) use the same random frames as the single-device
 step: every device picks the batch frames it holds and a reduce-scatter gives each device
 its share of the batch (communication and memory of the batch only).
 
@@ -50,7 +50,6 @@ or set ``JAX_COORDINATOR_ADDRESS``. See ``docs/distributed.md`` and ``examples/s
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import socket
@@ -484,13 +483,13 @@ def reconstruct_joint_sharded(
 
     cfg = joint_config.JointConfig() if cfg is None else cfg
     if jax.process_count() > 1:
-        if cfg.memory == "stream":
+        if cfg.memory.mode == "stream":
             raise ConfigError(
                 "memory='stream' runs on one device: a multi-process run needs memory='device' "
                 "(the frames split over all devices)"
             )
-        if cfg.memory != "device":
-            cfg = dataclasses.replace(cfg, memory="device")
+        if cfg.memory.mode != "device":
+            cfg = cfg.replace(memory="device")
     mesh = frames_mesh(devices)
     try:
         return joint_run.reconstruct_joint(

@@ -53,7 +53,7 @@ def map_std_joint(
     params: JointParams, prob: Problem, cfg: JointConfig, edge: VEdge, reference_energy: float
 ) -> dict[str, np.ndarray]:
     """Standard-error maps (``/maps/*_std``) of the joint model's maps: Fisher information of
-    the per-pixel parameters (``cfg.per_pixel``) with the probes, the positions, the shared
+    the per-pixel parameters (``cfg.spectra.per_pixel``) with the probes, the positions, the shared
     parameters and the neighbouring pixels held fixed (:mod:`diffxas.physics.uncertainty`).
     Per-domain parameters and the per-frame scales are held fixed too. The spatial prior
     is not in it: these are the errors of the per-pixel likelihood, an upper bound for the
@@ -67,7 +67,7 @@ def map_std_joint(
     """
     info = eqx.filter_jit(object_information_joint)(params, prob)
     p = physical(params, prob.scales, 1.0 - prob.empty, prob.domain)
-    names = [k for k in ALL_PARAMS if k in cfg.per_pixel]
+    names = [k for k in ALL_PARAMS if k in cfg.spectra.per_pixel]
     if not names:
         return {}
     return map_std(p, prob.energies, edge, np.asarray(info), names, reference_energy)
@@ -181,7 +181,7 @@ def make_result(
     warnings = plausibility_warnings(full, m["pre_edge_norm"], valid)
     _log_warnings(warnings)
     # said at the start already (reconstruct_joint); recorded here with the others
-    warnings = energy_count_warnings(ds.n_energies, cfg.per_pixel) + warnings
+    warnings = energy_count_warnings(ds.n_energies, cfg.spectra.per_pixel) + warnings
     config = {
         "joint": cfg.to_dict(),
         "init": {k: v for k, v in init_info.items() if k != "probes"},

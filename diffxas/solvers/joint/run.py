@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -85,7 +84,7 @@ def prepare_joint(
 
     The frames go to the device (:class:`JointSolver`) or are streamed from ``ds.frames``
     chunk by chunk every step (:class:`diffxas.solvers.joint.stream.StreamSolver`, same interface)
-    according to ``cfg.memory`` (:func:`diffxas.solvers.joint.stream.plan_memory`, one log line).
+    according to ``cfg.memory.mode`` (:func:`diffxas.solvers.joint.stream.plan_memory`, one log line).
     ``ds.frames`` may be a lazy source (:func:`diffxas.data.cxi.open_cxi`): it is then read in
     ranges, never all at once.
 
@@ -101,7 +100,7 @@ def prepare_joint(
     pre = Scales(
         amp=1.0, n_other=1.0, e_mid=float(0.5 * (e.min() + e.max())), e_half=float(0.5 * (e.max() - e.min()) + 1.0)
     )
-    nchunk, chunk_n = chunk_layout(ds.n_frames, cfg.chunk_size, n_shards)
+    nchunk, chunk_n = chunk_layout(ds.n_frames, cfg.memory.chunk_size, n_shards)
     plan = plan_memory(
         cfg,
         ds.n_frames,
@@ -141,7 +140,7 @@ def prepare_joint(
         n_other=float(amp / (R_E * lam0 * float(edge.delta_f2)) * 20.0),
         e_mid=pre.e_mid,
         e_half=pre.e_half,
-        relative=tuple(k for k in RELATIVE_OK if k in cfg.relative and "b1" in cfg.per_pixel),
+        relative=tuple(k for k in RELATIVE_OK if k in cfg.spectra.relative and "b1" in cfg.spectra.per_pixel),
     )
     prob = eqx.tree_at(lambda p: p.scales, prob, sc)
     # The empty reference region pins the maps' zero (amplitudes 0 there). It is found on the
@@ -168,20 +167,20 @@ def prepare_joint(
         if ds.illumination is None:  # the two-step's start too: a KB focus, power from the counts
             from diffxas.solvers.twostep.epie import initial_probes
 
-            probes0, _ = _membrane_normalised_probes(ds, initial_probes(ds, grids, cfg.probe_fwhm), moments[0])
-            fwhm = f"{cfg.probe_fwhm * 1e9:.4g} nm"
+            probes0, _ = _membrane_normalised_probes(ds, initial_probes(ds, grids, cfg.probe.fwhm), moments[0])
+            fwhm = f"{cfg.probe.fwhm * 1e9:.4g} nm"
             init_info["probes_from"] = f"KB focus of {fwhm} FWHM (the file has no illumination; epie.initial_probes)"
             _log_warnings(
                 [
-                    f"the data file has no illumination and init = {cfg.init!r} starts from a {fwhm} KB focus "
+                    f"the data file has no illumination and init = {cfg.init.mode!r} starts from a {fwhm} KB focus "
                     "guess; init = 'epie' (the default) or a warm start (--init) refine the probe first"
                 ]
             )
         else:
             probes0 = np.asarray(ds.illumination)
     domain = None
-    if cfg.per_domain:
-        if cfg.domains == "auto":
+    if cfg.spectra.per_domain:
+        if cfg.spectra.domains == "auto":
             if domain_labels is None:
                 raise ConfigError(
                     "domains='auto' needs the first pass: run it through reconstruct_joint (or pass domain_labels)"
@@ -193,15 +192,15 @@ def prepare_joint(
             )
             init_info["domains"]["n_domains"] = int(np.max(lab)) + 1 if np.any(np.asarray(lab) >= 0) else 0
         else:
-            domain, init_info["domains"] = domain_index(cfg.domains, common.shape)
+            domain, init_info["domains"] = domain_index(cfg.spectra.domains, common.shape)
         prob = eqx.tree_at(lambda p: p.domain, prob, jnp.asarray(domain, jnp.int32), is_leaf=lambda x: x is None)
     basis = None
-    if cfg.probe_model == "smooth":
-        basis = probe_basis(e, min(cfg.probe_degree, ds.n_energies - 1))
+    if cfg.probe.model == "smooth":
+        basis = probe_basis(e, min(cfg.probe.degree, ds.n_energies - 1))
         prob = eqx.tree_at(lambda p: p.probe_basis, prob, jnp.asarray(basis), is_leaf=lambda x: x is None)
     bg0 = None
     bg_result = init_info.pop("background_result", None)
-    if cfg.background != "none":
+    if cfg.background.mode != "none":
         from diffxas.physics.background import (
             as_maps,
             initial_background,
@@ -211,11 +210,11 @@ def prepare_joint(
 
         if bg_result is not None:  # a warm start from a result that fitted one: its level, in this mode
             m = ds.frame_size
-            bg0 = as_maps(bg_result, ds.n_energies, m) if cfg.background == "map" else per_energy(bg_result)
+            bg0 = as_maps(bg_result, ds.n_energies, m) if cfg.background.mode == "map" else per_energy(bg_result)
             bg0 = np.maximum(np.asarray(bg0, np.float32), FLOOR)
             init_info["background_from"] = "the warm start's results file"
         else:
-            bg0 = initial_background(mean_frames(ds), np.asarray(ds.mask), cfg.background)
+            bg0 = initial_background(mean_frames(ds), np.asarray(ds.mask), cfg.background.mode)
             init_info["background_from"] = "the darkest 4x4 detector block of each energy's mean frame"
         init_info["background_start"] = summary(bg0)
         bg0 = np.fft.ifftshift(bg0, axes=(-2, -1)) if bg0.ndim == 3 else bg0  # the frames' layout here
@@ -231,10 +230,10 @@ def prepare_joint(
     probe_scale = float(np.sqrt(np.mean(np.abs(probes0) ** 2)))
     opt = make_optimizer(params, cfg, probe_scale)
     n_frames = ds.n_frames
-    bs = n_frames if cfg.batch_size is None else min(cfg.batch_size, n_frames)
-    chunk = min(cfg.chunk_size, bs)
-    tv = float(cfg.tv_weight)
-    if cfg.prior == "tv":
+    bs = n_frames if cfg.optim.batch_size is None else min(cfg.optim.batch_size, n_frames)
+    chunk = min(cfg.memory.chunk_size, bs)
+    tv = float(cfg.prior.tv_weight)
+    if cfg.prior.mode == "tv":
         pw, wmaps = prior_weights(params, prob, cfg, edge)
         init_info["prior_weights"] = pw
         zero = np.zeros(common.shape, np.float32)
@@ -242,13 +241,20 @@ def prepare_joint(
             lambda p: p.tv_scale, prob, jnp.asarray(np.stack([wmaps.get(k, zero) for k in ALL_PARAMS]), jnp.float32)
         )
         tv = 1.0 if any(v["weight"] > 0 for v in pw.values()) else 0.0
-    static = (cfg.loss, chunk, tv, float(n_frames))
+    static = (cfg.optim.loss, chunk, tv, float(n_frames))
     if plan.mode == "stream":
         solver = StreamSolver(
-            prob, opt, static, batch=bs, n_frames=n_frames, seed=cfg.seed, frames=ds.frames, host_cache=plan.host_cache
+            prob,
+            opt,
+            static,
+            batch=bs,
+            n_frames=n_frames,
+            seed=cfg.optim.seed,
+            frames=ds.frames,
+            host_cache=plan.host_cache,
         )
     else:
-        solver = JointSolver(prob=prob, opt=opt, static=static, batch=bs, n_frames=n_frames, seed=cfg.seed)
+        solver = JointSolver(prob=prob, opt=opt, static=static, batch=bs, n_frames=n_frames, seed=cfg.optim.seed)
     ctx = {"common": common, "grids": grids, "edge": edge, "init_info": init_info, "memory": plan.to_dict()}
     plan.log()  # after the initialisation has read (and validated) the frames: a bad file fails before this line
     return solver, solver.init(params), ctx
@@ -268,7 +274,7 @@ def reconstruct_joint(
 ) -> Result:
     """Run the joint solver on ``ds`` and return a :class:`Result` (maps, stacks, probes, history).
 
-    ``checkpoint``: file to save the state to every ``cfg.checkpoint_every`` steps (atomic);
+    ``checkpoint``: file to save the state to every ``cfg.record.checkpoint_every`` steps (atomic);
     with ``resume=True`` an existing checkpoint is loaded and the run continues from it
     (mini-batches depend only on the seed and the step number, so a resumed run follows
     the uninterrupted one). ``n_shards``/``shard``: multi-device hook used by
@@ -287,15 +293,17 @@ def reconstruct_joint(
 
     ds, found = ensure_checked(ds)  # trusted when the pipeline checked it; else refuse or drop bad frames here
     check_reference_energy(cfg.reference_energy, ds.energies, "joint.reference_energy")
-    if cfg.per_domain and cfg.domains == "auto" and _domain_labels is None:
+    if cfg.spectra.per_domain and cfg.spectra.domains == "auto" and _domain_labels is None:
         return _reconstruct_two_pass(ds, cfg, progress, checkpoint, resume, callback, n_shards, shard)
-    conv = Convergence(cfg)  # cfg.tol > 0: stop when the loss has settled (bad tol: ConfigError before any work)
+    conv = Convergence(
+        cfg
+    )  # cfg.stopping.tol > 0: stop when the loss has settled (bad tol: ConfigError before any work)
     t_start = time.perf_counter()
     hold = None
-    if cfg.holdout > 0:
+    if cfg.stopping.holdout > 0:
         if n_shards > 1:
             raise ConfigError("holdout runs on one device: set holdout=0 for a sharded run")
-        held = ds.holdout_mask(cfg.holdout)
+        held = ds.holdout_mask(cfg.stopping.holdout)
         fit_ds, held_ds = ds.subset(~held), ds.subset(held)
         # the full scan's grid: the held-out frames must lie on the fitted object
         solver, state, ctx = prepare_joint(
@@ -310,7 +318,7 @@ def reconstruct_joint(
         hold_norm = float(held_ds.n_frames * ds.frame_size**2)
         hold_fn = eqx.filter_jit(heldout_loss)
         ctx["init_info"]["holdout"] = {
-            "fraction": float(cfg.holdout),
+            "fraction": float(cfg.stopping.holdout),
             "heldout_frames": int(held_ds.n_frames),
             "fit_frames": int(fit_ds.n_frames),
         }
@@ -322,7 +330,7 @@ def reconstruct_joint(
     # after prepare_joint: bad input gets its one error line alone; a two-pass run's first
     # pass has the same per_pixel and has logged it already
     if _domain_labels is None:
-        _log_warnings(energy_count_warnings(ds.n_energies, cfg.per_pixel))
+        _log_warnings(energy_count_warnings(ds.n_energies, cfg.spectra.per_pixel))
     history: dict[str, list] = {"step": [], "loss": [], "time": []}
     if hold is not None:
         history["heldout_loss"] = []
@@ -338,17 +346,17 @@ def reconstruct_joint(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=int(state.step), desc="joint", unit="step")
+        bar = tqdm(total=cfg.optim.steps, initial=int(state.step), desc="joint", unit="step")
     t_compile = None
     norm = float(ds.n_frames * ds.frame_size**2)
-    for s in range(int(state.step), cfg.steps):
+    for s in range(int(state.step), cfg.optim.steps):
         t0 = time.perf_counter()
         state, loss = solver.step(state)
         if t_compile is None:
             jax.block_until_ready(loss)
             t_compile = time.perf_counter() - t0
         stop = conv.on and conv.update(s + 1, float(loss) / norm)
-        if (s + 1) % cfg.log_every == 0 or s == cfg.steps - 1 or s == 0 or stop:
+        if (s + 1) % cfg.record.log_every == 0 or s == cfg.optim.steps - 1 or s == 0 or stop:
             lv = float(loss)
             if not math.isfinite(lv):
                 raise DivergenceError(f"joint solver diverged at step {s + 1}: loss is {lv}")
@@ -356,7 +364,7 @@ def reconstruct_joint(
             history["loss"].append(lv / norm)
             if hold is not None:
                 history["heldout_loss"].append(
-                    float(hold_fn(state.params, hold, cfg.loss, solver.static[1])) / hold_norm
+                    float(hold_fn(state.params, hold, cfg.optim.loss, solver.static[1])) / hold_norm
                 )
             history["time"].append(time.perf_counter() - t_start)
             if bar is not None:
@@ -368,22 +376,22 @@ def reconstruct_joint(
                 callback(s + 1, lv / norm, state)
         if bar is not None:
             bar.update(1)
-        if checkpoint and (s + 1) % cfg.checkpoint_every == 0 and jax.process_index() == 0:
+        if checkpoint and (s + 1) % cfg.record.checkpoint_every == 0 and jax.process_index() == 0:
             _save_checkpoint(checkpoint, state, history)
         if stop:
             break
-    history["steps_taken"] = [int(state.step)]  # Adam steps (cfg.steps unless cfg.tol stopped the run)
+    history["steps_taken"] = [int(state.step)]  # Adam steps (cfg.optim.steps unless cfg.stopping.tol stopped the run)
     if bar is not None:
         bar.close()
-    if cfg.lbfgs_steps > 0:
+    if cfg.optim.lbfgs_steps > 0:
         if ctx["memory"]["mode"] != "device":
             raise ConfigError(
                 "lbfgs_steps needs the frames on the device (memory='device'): its line search evaluates the full loss many times"
             )
-        state = lbfgs_polish(solver, state, cfg.lbfgs_steps, history, norm, t_start)
+        state = lbfgs_polish(solver, state, cfg.optim.lbfgs_steps, history, norm, t_start)
     if hold is not None:  # after the last step (and the L-BFGS polish, if any)
         ctx["init_info"]["holdout"]["final_heldout_loss"] = (
-            float(hold_fn(state.params, hold, cfg.loss, solver.static[1])) / hold_norm
+            float(hold_fn(state.params, hold, cfg.optim.loss, solver.static[1])) / hold_norm
         )
     wall = time.perf_counter() - t_start
     info = dict(ctx["init_info"], resumed_from_step=resumed_from)
@@ -418,7 +426,7 @@ def _reconstruct_two_pass(ds, cfg, progress, checkpoint, resume, callback, n_sha
     else:
         first = reconstruct_joint(
             ds,
-            dataclasses.replace(cfg, per_domain=(), domains=None),
+            cfg.replace(per_domain=(), domains=None),
             progress=progress,
             checkpoint=checkpoint + ".pass1" if checkpoint else None,
             resume=resume,
@@ -432,7 +440,7 @@ def _reconstruct_two_pass(ds, cfg, progress, checkpoint, resume, callback, n_sha
     cl = cluster_maps(first.maps, ccfg)
     rec = {
         "file": "auto (first pass)",
-        "first_pass_steps": cfg.steps,
+        "first_pass_steps": cfg.optim.steps,
         "first_pass_wall_s": float(first.history["wall_s"][0]),
         "cluster": {"k": int(np.max(cl["labels"])) + 1, "features": list(ccfg.features)},
         "unlabelled_pixels": int((np.asarray(cl["labels"]) < 0).sum()),

@@ -35,40 +35,40 @@ def _labels(params: JointParams, cfg: JointConfig):
 
 def make_optimizer(params: JointParams, cfg: JointConfig, probe_scale: float):
     def sched(lr):
-        return optax.cosine_decay_schedule(lr, max(cfg.steps, 1), alpha=cfg.lr_decay)
+        return optax.cosine_decay_schedule(lr, max(cfg.optim.steps, 1), alpha=cfg.optim.lr_decay)
 
-    probe_lr = cfg.lr_probe * probe_scale
+    probe_lr = cfg.probe.lr * probe_scale
 
     def probe_sched(step):
-        return jnp.where(step >= cfg.probe_start, sched(probe_lr)(step), 0.0)
+        return jnp.where(step >= cfg.probe.start, sched(probe_lr)(step), 0.0)
 
-    shape_start = cfg.steps // 4 if cfg.shape_start is None else cfg.shape_start
+    shape_start = cfg.optim.steps // 4 if cfg.spectra.shape_start is None else cfg.spectra.shape_start
 
     def energy_sched(step):
-        return jnp.where(step >= shape_start, sched(cfg.lr_energy)(step), 0.0)
+        return jnp.where(step >= shape_start, sched(cfg.spectra.lr_energy)(step), 0.0)
 
     # frame scales move in the second half only: earlier they would absorb the mismatch of
     # maps that are still far off (measured on noise-free tiny with 10 % flux jitter: freed
     # from step 0 the scales' correlation with the truth was ~0 after 60 steps)
     def scale_sched(step):
-        return jnp.where(step >= cfg.steps // 2, sched(cfg.lr_scale)(step), 0.0)
+        return jnp.where(step >= cfg.optim.steps // 2, sched(cfg.frames.lr_scale)(step), 0.0)
 
     tx = {
-        "amp": optax.adam(sched(cfg.lr_amp)),
+        "amp": optax.adam(sched(cfg.spectra.lr_amp)),
         "energy": optax.adam(energy_sched),
         "probe": optax.adam(probe_sched),
-        "pos": optax.adam(sched(cfg.lr_positions)) if cfg.lr_positions > 0 else optax.set_to_zero(),
-        "scale": optax.adam(scale_sched) if cfg.lr_scale > 0 else optax.set_to_zero(),
+        "pos": optax.adam(sched(cfg.frames.lr_positions)) if cfg.frames.lr_positions > 0 else optax.set_to_zero(),
+        "scale": optax.adam(scale_sched) if cfg.frames.lr_scale > 0 else optax.set_to_zero(),
         # per-energy log gains of the probes (either probe model): log units per step, from step 0
-        "gain": optax.adam(sched(cfg.lr_gain)) if cfg.lr_gain > 0 else optax.set_to_zero(),
+        "gain": optax.adam(sched(cfg.probe.lr_gain)) if cfg.probe.lr_gain > 0 else optax.set_to_zero(),
         # log factor of the incoherent background (diffxas.physics.background), from step 0
-        "background": optax.adam(sched(cfg.lr_background)) if cfg.lr_background > 0 else optax.set_to_zero(),
+        "background": optax.adam(sched(cfg.background.lr)) if cfg.background.lr > 0 else optax.set_to_zero(),
     }
     return optax.multi_transform(tx, _labels(params, cfg))
 
 
 class Convergence:
-    """The optional stopping rule of the joint run (``cfg.tol`` > 0; see :class:`JointConfig`).
+    """The optional stopping rule of the joint run (``cfg.stopping.tol`` > 0; see :class:`JointConfig`).
 
     :meth:`update` takes the loss of every step (data-loss units; a host float, so with the
     rule on every step synchronises) and returns True when the run may stop: the mean of the
@@ -80,13 +80,13 @@ class Convergence:
     def __init__(self, cfg: JointConfig):
         from diffxas.errors import ConfigError
 
-        if not (cfg.tol >= 0.0) or not np.isfinite(cfg.tol):
-            raise ConfigError(f"tol must be a finite number >= 0 (0 = off), got {cfg.tol!r}")
-        if not isinstance(cfg.tol_window, (int, np.integer)) or cfg.tol_window < 1:
-            raise ConfigError(f"tol_window must be a positive number of steps, got {cfg.tol_window!r}")
-        self.tol, self.window = float(cfg.tol), int(cfg.tol_window)
-        shape_start = cfg.steps // 4 if cfg.shape_start is None else cfg.shape_start
-        free = max(shape_start, cfg.probe_start, cfg.steps // 2 if cfg.lr_scale > 0 else 0)
+        if not (cfg.stopping.tol >= 0.0) or not np.isfinite(cfg.stopping.tol):
+            raise ConfigError(f"tol must be a finite number >= 0 (0 = off), got {cfg.stopping.tol!r}")
+        if not isinstance(cfg.stopping.tol_window, (int, np.integer)) or cfg.stopping.tol_window < 1:
+            raise ConfigError(f"tol_window must be a positive number of steps, got {cfg.stopping.tol_window!r}")
+        self.tol, self.window = float(cfg.stopping.tol), int(cfg.stopping.tol_window)
+        shape_start = cfg.optim.steps // 4 if cfg.spectra.shape_start is None else cfg.spectra.shape_start
+        free = max(shape_start, cfg.probe.start, cfg.optim.steps // 2 if cfg.frames.lr_scale > 0 else 0)
         #: first step count (1-based) at which the rule may stop the run
         self.earliest = free + 2 * self.window
         self.losses: list[float] = []

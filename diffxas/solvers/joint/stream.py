@@ -21,9 +21,9 @@ By the chain rule this is the gradient of the in-memory full-batch step (same lo
 parameters after the update, up to the order of float32 sums; ``tests/test_stream.py``).
 Mini-batches (``batch_size``) pick the same random frames as the in-memory step.
 
-The mode is chosen by :func:`plan_memory` from ``JointConfig.memory`` (``"auto"``,
+The mode is chosen by :func:`plan_memory` from ``JointConfig.memory.mode`` (``"auto"``,
 ``"device"``, ``"stream"``), the memory model of ``docs/scaling.md`` (:func:`memory_estimate`)
-and a budget (``JointConfig.memory_budget_gib``, default from the device's memory
+and a budget (``JointConfig.memory.budget_gib``, default from the device's memory
 statistics on a GPU, else half of the available host memory), with one log line on the
 ``"diffxas"`` logger saying which mode runs and why.
 """
@@ -124,7 +124,7 @@ class MemoryPlan:
     """The chosen mode and why (recorded in the result's ``config["memory"]``)."""
 
     mode: str  # "device" or "stream"
-    requested: str  # JointConfig.memory
+    requested: str  # JointConfig.memory.mode
     reason: str
     source: str  # the frames' file, or "host memory"
     n_chunks: int
@@ -177,29 +177,29 @@ def plan_memory(
     """Choose ``"device"`` or ``"stream"`` for ``cfg`` (a JointConfig) and log one line saying which and why.
 
     ``"auto"``: device mode when its estimate (:func:`memory_estimate`) fits the budget
-    (``cfg.memory_budget_gib`` or :func:`default_budget`), else stream mode. Streaming runs
+    (``cfg.memory.budget_gib`` or :func:`default_budget`), else stream mode. Streaming runs
     on one device: with ``n_shards > 1`` ``"auto"`` keeps the frames on the devices (with a
     warning when the per-device estimate exceeds the budget) and ``"stream"`` is refused.
     ``emit=False``: the lines are only stored (``plan.messages``; :meth:`MemoryPlan.log`).
     """
     est = memory_estimate(n_chunks, chunk, n_energies, frame_size, map_shape, grid_shape, n_shards)
-    if cfg.memory_budget_gib is not None:
-        budget, bsrc = int(cfg.memory_budget_gib * GIB), "memory_budget_gib"
-    elif cfg.memory == "auto":
+    if cfg.memory.budget_gib is not None:
+        budget, bsrc = int(cfg.memory.budget_gib * GIB), "memory_budget_gib"
+    elif cfg.memory.mode == "auto":
         budget, bsrc = default_budget()
     else:
         budget, bsrc = None, "not needed"
     need = f"frames {_gib(est['frames'])} + working memory {_gib(est['device'] - est['frames'])}"
     budget_txt = f"budget {_gib(budget)} ({bsrc})"
     warn = None
-    if cfg.memory == "stream":
+    if cfg.memory.mode == "stream":
         if n_shards > 1:
             raise ConfigError(
                 f"memory = 'stream' runs on one device, not {n_shards}: use memory = 'auto' or 'device' "
                 "with several devices"
             )
         mode, reason = "stream", "memory = 'stream'"
-    elif cfg.memory == "device":
+    elif cfg.memory.mode == "device":
         mode, reason = "device", f"memory = 'device'; {need}"
     elif budget is None:
         mode, reason = "device", f"{need}; device memory unknown, set memory_budget_gib to stream"
@@ -226,7 +226,7 @@ def plan_memory(
             warn = (
                 f"joint: warning: even streaming needs ~{_gib(est['stream'])} > budget {_gib(budget)}; lower chunk_size"
             )
-    if mode == "stream" and cfg.memory == "stream" and budget is not None and est["stream"] > budget:
+    if mode == "stream" and cfg.memory.mode == "stream" and budget is not None and est["stream"] > budget:
         warn = f"joint: warning: streaming needs ~{_gib(est['stream'])} > budget {_gib(budget)}; lower chunk_size"
     cache = False
     origin = source
@@ -248,7 +248,7 @@ def plan_memory(
     msgs = [(logging.INFO, line)] + ([(logging.WARNING, warn)] if warn else [])
     plan = MemoryPlan(
         mode=mode,
-        requested=cfg.memory,
+        requested=cfg.memory.mode,
         reason=reason,
         source=source,
         n_chunks=int(n_chunks),
