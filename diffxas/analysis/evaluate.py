@@ -446,7 +446,7 @@ def evaluate_file(path, truth_path, json_path=None, nv_fraction: float = 0.25) -
     ``json_path`` defaults to ``<results stem>_eval.json`` next to the results file.
     Returns the metrics dict (with ``result_path``, ``truth_path`` and ``json_path``).
     """
-    from diffxas.data import truth as io_truth  # jax (via data.cxi): the sweep imports this module for jsonable
+    from diffxas.data import truth as io_truth  # jax (data.truth imports data.cxi): nothing else here needs it
 
     result = io_results.read_result(path)
     truth = io_truth.read_truth(truth_path)
