@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import distance_transform_edt
 
 from diffxas.maps import DESCRIPTORS, ChemMaps, Truth
 
@@ -33,8 +34,6 @@ def boundary_distance(labels: np.ndarray, pixel_size: float) -> np.ndarray:
     (sqrt 2 - 1)/2 pixel too large diagonally). Pixels of label -1 get their distance to
     the nearest particle pixel the same way. A grid without any boundary gives +inf.
     """
-    from scipy.ndimage import distance_transform_edt
-
     lab = np.asarray(labels)
     out = np.full(lab.shape, np.inf)
     vals = np.unique(lab)

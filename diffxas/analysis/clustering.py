@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import itertools
 import os
 import warnings
@@ -57,6 +58,8 @@ from typing import Any
 
 import numpy as np
 
+from diffxas.data import results as io_results
+from diffxas.data.files import write_text_atomic
 from diffxas.errors import ConfigError, InputError
 from diffxas.maps import DESCRIPTORS, MAP_FIELDS, ChemMaps, Result
 
@@ -206,18 +209,14 @@ def knee_point(k: np.ndarray, inertia: np.ndarray) -> int:
 
 
 def _kmeans(z, w, k, n_init, random_state):
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # sklearn: ~2 s to import, only when clustering runs
+    from sklearn.exceptions import ConvergenceWarning  # sklearn: as above
 
     km = KMeans(n_clusters=k, n_init=n_init, random_state=int(random_state))
     with warnings.catch_warnings():
         # Fewer distinct points than k (degenerate toy inputs): the result is still usable.
         warnings.simplefilter("ignore", category=UserWarning)
-        try:
-            from sklearn.exceptions import ConvergenceWarning
-
-            warnings.simplefilter("ignore", category=ConvergenceWarning)
-        except ImportError:  # pragma: no cover
-            pass
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
         km.fit(z, sample_weight=w)
     return km
 
@@ -365,7 +364,7 @@ def cluster_maps(maps: ChemMaps, config: ClusterConfig | None = None) -> dict[st
       stability (mean pairwise ARI; 1 when seeds = 1); the standardisation centre and
       scale per feature are arrays ``scaler_center``, ``scaler_scale`` (F,).
     """
-    from sklearn.metrics import adjusted_rand_score, silhouette_score
+    from sklearn.metrics import adjusted_rand_score, silhouette_score  # sklearn: ~1 s, only here
 
     config = config or ClusterConfig()
     feats = config.features
@@ -546,12 +545,8 @@ def write_cluster_csv(path: str | os.PathLike, clusters: dict) -> str:
         header += [f"{f}_center [{unit}]", f"{f}_std [{unit}]"]
     if cconf is not None:
         header += ["mean_confidence"]
-    import io as _io
-
-    from diffxas.data.files import write_text_atomic
-
     path = os.fspath(path)
-    fh = _io.StringIO(newline="")
+    fh = io.StringIO(newline="")
     wr = csv.writer(fh)
     wr.writerow(header)
     for j in range(len(fr)):
@@ -579,8 +574,6 @@ def cluster_file(path: str | os.PathLike, config: ClusterConfig | None = None, c
     ``csv_path`` (default ``<results stem>_clusters.csv`` next to it). Returns the
     clusters dict; ``clusters["csv_path"]`` names the CSV.
     """
-    from diffxas.data import results as io_results
-
     result = io_results.read_result(path)
     clusters = cluster_result(result, config)
     csv_path = os.fspath(csv_path) if csv_path is not None else default_csv_path(path)

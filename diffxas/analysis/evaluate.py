@@ -29,6 +29,8 @@ import numpy as np
 from diffxas.analysis.anatomy import anatomy_section, format_anatomy
 from diffxas.analysis.resample import resample_truth
 from diffxas.analysis.smoothing import smooth_stack
+from diffxas.data import files as io_files
+from diffxas.data import results as io_results
 from diffxas.errors import InputError
 from diffxas.maps import DESCRIPTORS, MAP_FIELDS, ChemMaps, Result, Truth
 
@@ -197,7 +199,7 @@ def blur_matched_error(
     (None without ``pixel_size``), ``matched_rmse``, ``rmse_unblurred`` and ``at_bound``
     (the search ended at ``max_sigma_px``); all None when no pixel is comparable.
     """
-    from scipy.optimize import minimize_scalar
+    from scipy.optimize import minimize_scalar  # scipy.optimize: ~0.5 s to import, only for the blur match
 
     rmse, ok = _blur_rmse(est, ref, mask)
     if not ok:
@@ -234,8 +236,8 @@ def cluster_agreement(
     matched pixel count (scipy linear_sum_assignment); ``matched_accuracy`` is the matched
     count over the compared pixels.
     """
-    from scipy.optimize import linear_sum_assignment
-    from sklearn.metrics import adjusted_rand_score
+    from scipy.optimize import linear_sum_assignment  # scipy.optimize: ~0.5 s to import, only with clusters
+    from sklearn.metrics import adjusted_rand_score  # sklearn: ~1 s to import, only with clusters
 
     labels = np.asarray(labels)
     true_labels = np.asarray(true_labels)
@@ -375,8 +377,6 @@ def check_truth_matches(result, truth, result_path, truth_path) -> None:
     else the simulation record (preset, seed, dose) of the result's input CXI file, when
     it is still there, against the truth's. Without either record there is nothing to
     compare (e.g. a truth file from before the record, or a result from the API)."""
-    from diffxas.data import files as io_files
-
     attrs = truth.attrs or {}
     sha = str(attrs.get("data_sha256") or "")
     if sha and result.input_sha256:
@@ -407,9 +407,6 @@ def check_split_pair(path1, path2, r1=None, r2=None) -> None:
     """Refuse FRC inputs that are not two independent halves: the same file twice (FRC
     would be 1 at every frequency), two results recorded as the full data or as the same
     half (``--half``), or halves of different input files."""
-    from diffxas.data import files as io_files
-    from diffxas.data import results as io_results
-
     p1, p2 = os.fspath(path1), os.fspath(path2)
     same = os.path.abspath(p1) == os.path.abspath(p2)
     try:
@@ -449,9 +446,7 @@ def evaluate_file(path, truth_path, json_path=None, nv_fraction: float = 0.25) -
     ``json_path`` defaults to ``<results stem>_eval.json`` next to the results file.
     Returns the metrics dict (with ``result_path``, ``truth_path`` and ``json_path``).
     """
-    from diffxas.data import files as io_files
-    from diffxas.data import results as io_results
-    from diffxas.data import truth as io_truth
+    from diffxas.data import truth as io_truth  # jax (data.truth imports data.cxi): nothing else here needs it
 
     result = io_results.read_result(path)
     truth = io_truth.read_truth(truth_path)

@@ -26,7 +26,7 @@ def _prepare(img: np.ndarray, window: str | None) -> np.ndarray:
     mean = float(a[fin].mean()) if fin.any() else 0.0
     a = np.where(fin, a, mean) - mean
     if window:
-        from scipy.signal import windows
+        from scipy.signal import windows  # scipy.signal: ~1.4 s to import, only with a window
 
         if window == "tukey":
             wy, wx = windows.tukey(a.shape[0], 0.5), windows.tukey(a.shape[1], 0.5)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from diffxas.analysis.clustering import format_clusters
 from diffxas.app import pipeline
 from diffxas.app.config import build_section, dumps_toml, validate_config
 from diffxas.app.pipeline import (
@@ -23,7 +24,12 @@ from diffxas.app.pipeline import (
     set_iterations,
     simulate_files,
 )
+from diffxas.data import cxi as io_cxi
+from diffxas.data import files as io_files
+from diffxas.data import truth as io_truth
 from diffxas.errors import ConfigError, DiffxasError, InputError
+from diffxas.report import report as report_module
+from diffxas.simulate.presets import PRESETS
 
 __all__ = ["DemoOutcome", "format_table", "run_demo"]
 
@@ -148,12 +154,6 @@ def run_demo(
     Failures of one method (e.g. divergence) are recorded and the demo goes on with the
     others; a failure of the simulation or of every method raises.
     """
-    from diffxas.analysis.clustering import format_clusters
-    from diffxas.data import cxi as io_cxi
-    from diffxas.data import files as io_files
-    from diffxas.data import truth as io_truth
-    from diffxas.report.report import report
-
     log = log or (lambda msg: print(msg, flush=True))
     t_all = time.perf_counter()
     out = Path(out_dir)
@@ -173,8 +173,6 @@ def run_demo(
     if not run_methods:
         raise ConfigError("no reconstruction method to run")
     if quick:
-        from diffxas.simulate.presets import PRESETS
-
         if "energies" not in sim_sect:
             base = PRESETS.get(sim_sect["preset"], {}).get("energies")
             if base is not None and len(base) > QUICK["energies"]:
@@ -290,7 +288,7 @@ def run_demo(
     head("writing the report")
     labels = list(results)
     rep_dir = out / "report"
-    files = report(
+    files = report_module.report(
         [str(results[m]) for m in labels], rep_dir, truth_path=str(truth), labels=labels, formats=tuple(report_formats)
     )
     total = time.perf_counter() - t_all

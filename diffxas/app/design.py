@@ -87,13 +87,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from diffxas import __version__
+from diffxas.app.config import dumps_toml
 from diffxas.app.design_information import (
     DEFAULT_RIDGE,
     DEFAULT_STEP,
@@ -114,8 +117,17 @@ from diffxas.app.design_information import (
     seed_like_energies,
     uniform_energies,
 )
+from diffxas.data.cxi import read_cxi
+from diffxas.data.files import write_text_atomic
+from diffxas.data.results import read_result
 from diffxas.errors import ConfigError, InputError
 from diffxas.maps import DESCRIPTORS
+from diffxas.physics.forward import frame_geometry, illumination_map
+from diffxas.physics.geometry import Grid, object_pixel_size
+from diffxas.physics.scattering import VEdge
+from diffxas.physics.spectra import PARAM_NAMES, XanesParams, f1_v, n_v
+from diffxas.simulate.presets import make_phantom, membrane, phantom_fields
+from diffxas.solvers.joint.config import ALL_PARAMS
 
 __all__ = [
     "DEFAULT_STEP",
@@ -186,12 +198,6 @@ def sample_from_preset(
     :func:`raster_fluence` of the preset's dose, scan step and that pixel; the membrane's
     absorption is added to every energy.
     """
-    import jax.numpy as jnp
-
-    from diffxas.physics.geometry import object_pixel_size
-    from diffxas.physics.scattering import VEdge
-    from diffxas.simulate.presets import make_phantom, membrane, phantom_fields
-
     e0 = float(min(cfg.energies)) if e_range is None else float(e_range[0])
     e1 = float(max(cfg.energies)) if e_range is None else float(e_range[1])
     edge = VEdge.for_energies(cfg.element, [e0, e1, *cfg.energies], cfg.table, check=False)
@@ -243,12 +249,6 @@ def _fluence_from_scan(result, maps_shape) -> np.ndarray | None:
     The refined probe of the lowest energy (its grid is the map grid's pixel) summed over
     the scan positions of the input CXI (read for its positions only).
     """
-    import jax.numpy as jnp
-
-    from diffxas.data.cxi import read_cxi
-    from diffxas.physics.forward import frame_geometry, illumination_map
-    from diffxas.physics.geometry import Grid
-
     if not result.input_path or not Path(result.input_path).is_file():
         return None
     ds = read_cxi(result.input_path, energies=0)
@@ -290,13 +290,6 @@ def sample_from_result(
     default. Fluence: ``fluence`` or the refined probe summed over the input scan
     (:func:`_fluence_from_scan`); InputError if neither is available.
     """
-    import jax.numpy as jnp
-
-    from diffxas.data.results import read_result
-    from diffxas.physics.scattering import VEdge
-    from diffxas.physics.spectra import PARAM_NAMES, XanesParams, f1_v, n_v
-    from diffxas.solvers.joint.config import ALL_PARAMS
-
     res = read_result(path)
     m = res.maps
     ex = {k: np.asarray(v, np.float64) for k, v in m.extra.items()}
@@ -438,8 +431,6 @@ def design_energies(
     :func:`candidate_information` of the same grid and shifts (e.g. for several budgets):
     a CandidateInfo (no shifts) or the list, in the order of ``shifts``.
     """
-    import time
-
     if not isinstance(budget, (int, np.integer)) or budget < 1:
         raise ConfigError(f"budget must be a positive number of energies, got {budget}")
     shifts = [float(x) for x in shifts]
@@ -604,8 +595,6 @@ def format_design(design: Design) -> str:
 
 
 def _toml_text(design: Design) -> str:
-    from diffxas.app.config import dumps_toml
-
     meta = json.dumps({k: v for k, v in design.to_dict().items() if k != "energies"}, indent=1, default=str)
     head = [
         f"# diffxas {design.version} design-energies: {design.budget} energies",
@@ -643,7 +632,6 @@ def write_design(path, design: Design) -> Path:
         text = json.dumps(design.to_dict(), indent=2, default=str) + "\n"
     else:
         text = "".join(f"{e:.2f}\n" for e in design.energies)
-    from diffxas.data.files import write_text_atomic
 
     write_text_atomic(p, text)
     return p

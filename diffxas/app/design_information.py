@@ -10,10 +10,22 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from diffxas.errors import ConfigError
 from diffxas.maps import DESCRIPTORS
+from diffxas.physics.scattering import VEdge
+from diffxas.physics.spectra import XanesParams, absorption
+from diffxas.physics.uncertainty import (
+    descriptor_functions,
+    descriptor_gradients,
+    isotropic_information,
+    parameter_scales,
+    spectral_jacobian,
+)
+from diffxas.simulate.presets import SEED_ENERGIES
+from diffxas.solvers.joint.config import ALL_PARAMS, JointConfig
 
 #: Default candidate spacing (eV): the seed's finest step is 0.5 eV; 0.25 eV is below any
 #: monochromator bandwidth that matters here (~0.7 eV for Si(111) at 5.5 keV).
@@ -56,22 +68,14 @@ class SampleModel:
 
     def xanes(self):
         """The parameters as a :class:`~diffxas.physics.spectra.XanesParams` of (P,) float32 leaves."""
-        import jax.numpy as jnp
-
-        from diffxas.physics.spectra import XanesParams
-
         return XanesParams(**{k: jnp.asarray(np.asarray(v, np.float64), jnp.float32) for k, v in self.params.items()})
 
 
 def _default_names() -> tuple[str, ...]:
-    from diffxas.solvers.joint.config import JointConfig
-
     return tuple(JointConfig().spectra.per_pixel)
 
 
 def _check_names(names) -> tuple[str, ...]:
-    from diffxas.solvers.joint.config import ALL_PARAMS
-
     names = tuple(names)
     bad = sorted(set(names) - set(ALL_PARAMS))
     if not names or bad:
@@ -314,19 +318,6 @@ def candidate_information(
     as the joint fit estimates them; ``()`` holds them fixed like the error maps do);
     descriptor gradients from :func:`diffxas.physics.uncertainty.descriptor_gradients`.
     """
-    import jax.numpy as jnp
-
-    from diffxas.physics.scattering import VEdge
-    from diffxas.physics.spectra import absorption
-    from diffxas.physics.uncertainty import (
-        descriptor_functions,
-        descriptor_gradients,
-        isotropic_information,
-        parameter_scales,
-        spectral_jacobian,
-    )
-    from diffxas.solvers.joint.config import ALL_PARAMS
-
     e = np.asarray(energies, np.float64)
     names = tuple(model.names)
     shared = tuple(k for k in ALL_PARAMS if k not in names) if shared is None else tuple(shared)
@@ -496,8 +487,6 @@ def seed_like_energies(grid: np.ndarray, n: int, pattern: Sequence[float] | None
     This is what ``diffxas simulate --energies N`` does with the seed's list: it keeps the
     seed's denser sampling of the pre-edge and edge.
     """
-    from diffxas.simulate.presets import SEED_ENERGIES
-
     pat = np.asarray(SEED_ENERGIES if pattern is None else pattern, np.float64)
     pat = pat[(pat >= grid[0] - 1e-9) & (pat <= grid[-1] + 1e-9)]
     if pat.size < n:

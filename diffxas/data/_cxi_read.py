@@ -25,12 +25,12 @@ from diffxas.data._cxi_scan import (
 )
 from diffxas.data.dataset import Dataset
 from diffxas.data.files import _READ_ERRORS, _dataset, _err, _open_h5
+from diffxas.data.nexus import is_nxcxi_ptycho, read_nxcxi_ptycho
 from diffxas.data.sources import LazyFrames
 
 
 def _is_nexus(path) -> bool:
     """True if ``path`` is a NeXus NXcxi_ptycho file (:mod:`diffxas.data.nexus`)."""
-    from diffxas.data.nexus import is_nxcxi_ptycho
 
     with _open_h5(path) as f:
         return is_nxcxi_ptycho(f)
@@ -58,8 +58,6 @@ def read_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
     """
     path = Path(path)
     if _is_nexus(path):
-        from diffxas.data.nexus import read_nxcxi_ptycho
-
         return read_nxcxi_ptycho(path, energies)
     with _open_h5(path) as f:
         chosen, with_illum = _chosen_entries(path, f, energies)
@@ -246,8 +244,6 @@ def open_cxi(path, energies: slice | list[int] | int | None = None) -> Dataset:
     """
     path = Path(path)
     if _is_nexus(path):  # NXcxi_ptycho: read into memory (frames in any NeXus layout)
-        from diffxas.data.nexus import read_nxcxi_ptycho
-
         return read_nxcxi_ptycho(path, energies)
     with _open_h5(path) as f:
         chosen, with_illum = _chosen_entries(path, f, energies)

@@ -49,8 +49,8 @@ import weakref
 import numpy as np
 
 from diffxas.data.dataset import Dataset, read_frames, relative_monitor
-from diffxas.data.stxm import beam_masked
-from diffxas.errors import InputError
+from diffxas.data.stxm import beam_masked, check_counts, check_direct_beam, check_saturation
+from diffxas.errors import ConfigError, InputError
 
 #: Counts above this in an unmasked pixel are no photon counts (2^32: a 32-bit counter's range).
 MAX_COUNT = float(2**32)
@@ -118,8 +118,6 @@ def data_findings(ds: Dataset) -> dict:
     counts times a constant), ``beam_masked`` (energies whose mask hides the direct beam,
     :func:`~diffxas.data.stxm.check_direct_beam`) and ``saturation``
     (:func:`~diffxas.data.stxm.check_saturation`: clipped or flagged pixels)."""
-    from diffxas.data.stxm import check_counts, check_direct_beam, check_saturation
-
     return {"count_quantum": check_counts(ds), "beam_masked": check_direct_beam(ds), "saturation": check_saturation(ds)}
 
 
@@ -174,7 +172,6 @@ def check_reference_energy(value, energies, what: str = "reference_energy") -> N
     inside the scan (1 eV gave Re[Ne]/N_V = -27229)."""
     if value is None:
         return
-    from diffxas.errors import ConfigError
 
     e = np.asarray(energies, np.float64)
     v = float(value)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -151,8 +152,6 @@ def _attr_value(value: Any) -> Any:
 # ---- atomic writes ----------------------------------------------------------------------
 def _free_bytes(folder) -> float | None:
     """Free bytes in ``folder`` (its nearest existing ancestor); None if unknown."""
-    import shutil
-
     d = Path(folder)
     while not d.exists() and d.parent != d:
         d = d.parent

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from diffxas.data.cxi import cxi_summary
 from diffxas.data.files import _attr_value, _err, _open_h5
+from diffxas.data.nexus import is_nxcxi_ptycho, nexus_summary
 from diffxas.data.results import RESULT_FORMAT, summarize_result
 from diffxas.data.truth import TRUTH_FORMAT, _is_truth, summarize_truth
 
@@ -21,7 +22,6 @@ def file_kind(path) -> str:
             return "result"
         if fmt == TRUTH_FORMAT:
             return "truth"
-        from diffxas.data.nexus import is_nxcxi_ptycho
 
         if is_nxcxi_ptycho(f):
             return "nexus"
@@ -38,7 +38,5 @@ def summarize(path) -> str:
     """Summary of any file diffxas reads or writes (CXI input, results, ground truth)."""
     kind = file_kind(path)
     if kind == "nexus":
-        from diffxas.data.nexus import nexus_summary
-
         return nexus_summary(path)
     return {"cxi": cxi_summary, "result": summarize_result, "truth": summarize_truth}[kind](path)

@@ -42,7 +42,12 @@ import h5py
 import hdf5plugin  # noqa: F401  (compressed detector data, as in diffxas.data)
 import numpy as np
 
+from diffxas.data._cxi_layout import cxi_mask_weights
+from diffxas.data._cxi_scan import _check_frames, _select
 from diffxas.data.dataset import Dataset
+from diffxas.data.files import _err as io_err
+from diffxas.data.files import _open_h5, _read
+from diffxas.data.files import _scalar as io_scalar
 from diffxas.errors import InputError
 from diffxas.physics.constants import ELEMENTARY_CHARGE, HC_EV_M
 
@@ -124,8 +129,6 @@ def _child(path, g: h5py.Group, nx_class: str, prefer: str, required: bool = Tru
 
 
 def _err(path, where, msg) -> InputError:
-    from diffxas.data.files import _err as io_err
-
     return io_err(path, where, msg)
 
 
@@ -144,8 +147,6 @@ def _length_scale(path, ds: h5py.Dataset) -> float:
 
 
 def _scalar(path, g: h5py.Group, name: str) -> tuple[float, h5py.Dataset]:
-    from diffxas.data.files import _scalar as io_scalar
-
     return io_scalar(path, g, name), g[name]
 
 
@@ -196,7 +197,6 @@ def _real(path, ds: h5py.Dataset) -> np.ndarray:
     """``ds`` as float64, or a one-line error when it does not hold real numbers."""
     if ds.dtype.kind not in "biuf":
         raise _err(path, ds.name, f"has dtype {ds.dtype}, expected real numbers")
-    from diffxas.data.files import _read
 
     return _read(path, ds, dtype=np.float64)
 
@@ -227,9 +227,6 @@ def _positions(path, entry: h5py.Group, det: h5py.Group, n: int) -> np.ndarray:
 def _read_entry(path, f: h5py.File, name: str):
     """One NXentry: (energy eV, frames (N, M, M) float32, positions (N, 2), mask weights
     (M, M), distance m, pixel m, monitor (N,) or None)."""
-    from diffxas.data._cxi_layout import cxi_mask_weights
-    from diffxas.data._cxi_scan import _check_frames
-    from diffxas.data.files import _read
 
     entry = f[name]
     inst = _child(path, entry, "NXinstrument", "instrument_1")
@@ -296,8 +293,6 @@ def read_nxcxi_ptycho(path, energies=None) -> Dataset:
     weights (1 = use). ``energies`` selects entries by 0-based index into the sorted
     entries (None, int, slice or list). Raises InputError (one line) on any problem.
     """
-    from diffxas.data._cxi_scan import _select
-    from diffxas.data.files import _open_h5
 
     path = Path(path)
     with _open_h5(path) as f:

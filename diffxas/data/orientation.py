@@ -204,7 +204,7 @@ def reorient(ds: Dataset, name: str) -> Dataset:
 
     Positions, energies and the illumination (an object-plane quantity) are unchanged; a
     lazy frame source stays lazy (:class:`OrientedFrames`), re-orienting twice composes."""
-    from diffxas.data.dataset import in_memory
+    from diffxas.data.dataset import in_memory  # jax: `diffxas --help` imports this module (CHOICES)
 
     matrix(name)  # validates the name
     if name == "none":
@@ -307,7 +307,7 @@ def check_centring(ds: Dataset, max_frames: int = 64) -> tuple[int, int]:
     Looks at the mean of up to ``max_frames`` frames of the lowest energy: the brightest
     pixel, when it is a peak (10x the median or more), must lie within M/4 of the centre.
     Frames written without ``numpy.fft.fftshift`` have it in a corner."""
-    from diffxas.data.dataset import take_frames
+    from diffxas.data.dataset import take_frames  # jax: `diffxas --help` imports this module (CHOICES)
 
     block = take_frames(ds.frames, ds.frames_of(0)[:max_frames])
     mean = np.asarray(block, np.float64).mean(axis=0) * np.asarray(ds.mask[0], np.float64)
@@ -365,7 +365,7 @@ def check_orientation(ds: Dataset, moments=None) -> OrientationCheck:
     """Score the 8 detector orientations of ``ds`` (module docstring). ``moments``: the
     frames' ``(sums, centres)`` when already computed (:func:`diffxas.data.stxm.frame_moments`)
     over :func:`symmetric_mask` of ``ds.mask``; otherwise they are computed here that way."""
-    from diffxas.data.stxm import (
+    from diffxas.data.stxm import (  # jax: `diffxas --help` imports this module (CHOICES)
         dpc_gradient,
         frame_moments,
         scan_kernel_width,
@@ -389,7 +389,7 @@ def check_orientation(ds: Dataset, moments=None) -> OrientationCheck:
         raise InputError("too few frames with counts to check the detector orientation")
     inside = np.median(cover[cover > 0.5 * cover.max()])
     # well inside the scan: the kernel mean extrapolates beyond the outermost frames
-    from scipy import ndimage
+    from scipy import ndimage  # scipy.ndimage: ~0.5 s to import, only for the orientation check
 
     scanned = ndimage.binary_erosion(cover > 0.5 * inside, iterations=2)
     if scanned.sum() < 16:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from diffxas.data.files import (
 )
 from diffxas.errors import DiffxasError, DiskFullError
 from diffxas.maps import MAP_FIELDS, ChemMaps, Result
+from diffxas.physics.background import summary as background_summary
 
 __all__ = ["read_result", "summarize_result", "write_clusters", "write_result"]
 
@@ -95,8 +97,6 @@ def write_result_or_keep(path, result: Result) -> Path:
     """:func:`write_result`; on a full disk write it to a new temporary folder instead
     and raise one :class:`~diffxas.errors.DiskFullError` line naming both files (the
     finished reconstruction is not lost)."""
-    import tempfile
-
     try:
         return write_result(path, result)
     except DiskFullError as e:
@@ -415,9 +415,7 @@ def summarize_result(path) -> str:
             f"mean sum |P|^2 = {np.mean(np.sum(np.abs(r.probes) ** 2, axis=(1, 2))):.4g} photons"
         )
     if r.background is not None:
-        from diffxas.physics.background import summary
-
-        bs = summary(r.background)
+        bs = background_summary(r.background)
         lines.append(
             f"  background:        {bs['mode']}, {np.mean(bs['mean_per_energy']):.4g} photons per detector pixel "
             f"per frame ({bs['min']:.4g}-{bs['max']:.4g} over the energies)"

@@ -24,10 +24,14 @@ does not see the flux at all.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import numpy as np
 
-from diffxas.data.dataset import Dataset, read_frames, relative_monitor
+from diffxas.data.dataset import Dataset, read_frames, relative_monitor, take_frames
 from diffxas.physics.geometry import Grid
+from diffxas.physics.probe import detected_power
 
 
 def frame_sums(ds: Dataset) -> np.ndarray:
@@ -91,7 +95,6 @@ def probes_at_membrane_counts(
         return p, None
     counts = membrane_counts(ds, sums)
     mask = np.asarray(ds.mask)
-    from diffxas.physics.probe import detected_power
 
     power = detected_power(p, mask)  # on the used pixels, as the masked frame sums
     gain = np.sqrt(np.where(power > 0, counts / np.maximum(power, 1e-30), 1.0))
@@ -161,8 +164,6 @@ def illumination_at_counts(
     }
     if off.size == 0:
         return ds, rec
-    import dataclasses
-    import logging
 
     out = p.copy()
     out[off] = scaled[off]
@@ -193,8 +194,6 @@ def count_quantum(ds: Dataset, max_frames: int = 64) -> float | None:
     positive value (one photon), and every faint value (below 1000 q, where float32 keeps
     the steps) is a whole multiple of it. Looks at up to ``max_frames`` frames of the
     lowest energy; needs at least 100 faint positive values."""
-    from diffxas.data.dataset import take_frames
-
     idx = ds.frames_of(0)[:max_frames]
     if idx.size == 0:
         return None
@@ -215,8 +214,6 @@ def check_counts(ds: Dataset) -> float | None:
     joint's noise-rule prior weights assume photon counts."""
     q = count_quantum(ds)
     if q is not None and abs(q - 1.0) > 1e-3:
-        import logging
-
         logging.getLogger("diffxas").warning(
             "the frames look like photon counts times %.4g (every faint value a whole multiple of it): the noise "
             "models and the joint's prior weights assume counts; divide the frames by %.4g (docs/formats.md, "
@@ -274,8 +271,6 @@ def check_saturation(ds: Dataset, max_frames: int = 64) -> dict | None:
     (:data:`SATURATION_MIN_COUNT` and the two limits after it). Only frames of whole
     counts are checked: noise-free frames repeat their maximum in every identical
     membrane-only frame."""
-    from diffxas.data.dataset import take_frames
-
     n = ds.n_frames
     if n == 0:
         return None
@@ -287,7 +282,6 @@ def check_saturation(ds: Dataset, max_frames: int = 64) -> dict | None:
     top, pixels, frames = brightest_count(f, used)
     if not looks_saturated(top, pixels, frames):
         return None
-    import logging
 
     logging.getLogger("diffxas").warning(
         "the brightest count, %.10g, occurs in %d unmasked pixels of %d of the %d frames looked at: saturated or "
@@ -314,8 +308,6 @@ def check_direct_beam(ds: Dataset) -> list[int]:
     mask = np.asarray(ds.mask)
     hidden = [int(k) for k in range(ds.n_energies) if beam_masked(mask[k])]
     if hidden:
-        import logging
-
         logging.getLogger("diffxas").warning(
             "the detector mask hides the direct beam (the central 3x3 pixels) at %d of %d energies, as behind a "
             "beamstop: the bright-field estimates (membrane counts, probe-power check, STXM start) assume it is "
@@ -492,7 +484,7 @@ def empty_region(
     ``material`` map (zero on the bare membrane, e.g. minus the DPC phase) has magnitude below
     ``fraction`` of its 99th percentile, shrunk by ``margin_px`` so it stays clear of the
     particles' blurred rims; no region (all False) when fewer than 4 pixels remain."""
-    from scipy import ndimage
+    from scipy import ndimage  # scipy.ndimage: ~0.5 s to import, needed only here
 
     mag = np.abs(np.asarray(material, np.float64))
     ill = np.asarray(illuminated, bool)

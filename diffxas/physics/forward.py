@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Complex, Float, Int
 
+from diffxas.errors import ConfigError
 from diffxas.physics.geometry import Grid
 
 # ----------------------------------------------------------------------------- resampling
@@ -272,8 +273,6 @@ def loss_fn(name: str):
     try:
         return LOSSES[name]
     except KeyError:
-        from diffxas.errors import ConfigError
-
         raise ConfigError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}") from None
 
 

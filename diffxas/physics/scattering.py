@@ -66,6 +66,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 
 from diffxas.errors import ConfigError
 from diffxas.physics.constants import R_E, Z
@@ -125,9 +126,16 @@ def _check_table(table: str) -> None:
         )
 
 
-def _symbol(element) -> str:
-    import xraydb
+def _xraydb():
+    """The ``xraydb`` module, imported on first use: its import takes ~1 s (scipy.interpolate,
+    SQLAlchemy), which code that only uses this module's jitted functions should not pay."""
+    import xraydb  # xraydb: heavy (~1 s), imported only when a table is read
 
+    return xraydb
+
+
+def _symbol(element) -> str:
+    xraydb = _xraydb()
     try:
         return xraydb.atomic_symbol(xraydb.atomic_number(element))
     except Exception:  # xraydb raises ValueError / KeyError / TypeError for unknown input
@@ -143,16 +151,14 @@ def check_element(element, what: str = "element") -> None:
 def _atomic_number(symbol: str) -> int:
     if symbol in Z:
         return Z[symbol]
-    import xraydb
-
+    xraydb = _xraydb()
     return int(xraydb.atomic_number(symbol))
 
 
 @functools.lru_cache(maxsize=16)
 def _chantler_nodes(symbol: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Chantler tabulation nodes (E in eV, f', f'') for an element, float64."""
-    import xraydb
-
+    xraydb = _xraydb()
     te = np.asarray(xraydb.chantler_energies(symbol), dtype=np.float64)
     # xraydb's f1 is an interpolating (s=0) spline and its f2 a log-log interpolation: both are
     # exact at the nodes, so these are the tabulated values.
@@ -163,8 +169,7 @@ def _chantler_nodes(symbol: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=65536)
 def _f1_scalar(symbol: str, energy_ev: float) -> float:
-    import xraydb
-
+    xraydb = _xraydb()
     return float(xraydb.f1_chantler(symbol, energy_ev))
 
 
@@ -193,8 +198,7 @@ def anomalous_factors(element: str, energy_ev, table: str = "chantler") -> tuple
         )
     flat = e.reshape(-1)
     f1p = np.array([_f1_scalar(symbol, float(x)) for x in flat], dtype=np.float64).reshape(e.shape)
-    import xraydb
-
+    xraydb = _xraydb()
     f2 = (
         np.asarray(xraydb.f2_chantler(symbol, flat), dtype=np.float64).reshape(e.shape)
         if flat.size
@@ -210,8 +214,7 @@ def table_edge_energy(element: str = "V", table: str = "chantler") -> float:
     5465.10 eV (xraydb's Elam edge table says 5465.0 eV).
     """
     _check_table(table)
-    import xraydb
-
+    xraydb = _xraydb()
     symbol = _symbol(element)
     e_elam = float(xraydb.xray_edge(symbol, "K").energy)
     te, _, f2 = _chantler_nodes(symbol)
@@ -237,8 +240,7 @@ def model_window(element: str = "V", table: str = "chantler") -> tuple[float, fl
 def k_edges_between(e_lo: float, e_hi: float) -> tuple[tuple[str, float], ...]:
     """``(symbol, K-edge energy eV)`` of the elements (Z 3-92, xraydb's Elam table) whose K
     edge lies strictly inside ``(e_lo, e_hi)`` eV."""
-    import xraydb
-
+    xraydb = _xraydb()
     out = []
     for zz in range(3, 93):
         sym = xraydb.atomic_symbol(zz)
@@ -395,8 +397,6 @@ def _dawson_chebyshev() -> np.ndarray:
     exactly in the Chebyshev basis, and the even coefficients c_2k of F in x/X0 are the
     coefficients c_k in u (T_2k(y) = T_k(2y^2 - 1)).
     """
-    import scipy.special
-
     d = np.polynomial.Chebyshev.interpolate(scipy.special.dawsn, 100, domain=[-DAWSON_X0, DAWSON_X0])
     f = d.integ()
     f = f - f(0.0)

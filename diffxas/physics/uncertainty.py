@@ -49,7 +49,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Complex, Float, Int
 
+from diffxas.physics.constants import R_E
 from diffxas.physics.forward import shifted_probe
+from diffxas.physics.geometry import wavelength
 from diffxas.physics.scattering import VEdge
 from diffxas.physics.spectra import (
     XanesParams,
@@ -174,9 +176,6 @@ def parameter_scales(names: Sequence[str], edge: VEdge) -> np.ndarray:
     information is computed per ``1/(r_e lambda_0)`` electrons/m^2 (one radian of phase)
     and converted back in float64.
     """
-    from diffxas.physics.constants import R_E
-    from diffxas.physics.geometry import wavelength
-
     return np.asarray(
         [1.0 / (R_E * float(wavelength(edge.edge_ev))) if n == "n_other" else 1.0 for n in names], np.float64
     )

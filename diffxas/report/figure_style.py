@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Sequence
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
 from diffxas.analysis.clustering import cluster_attrs
 from diffxas.errors import DiskFullError, is_disk_full
@@ -100,8 +102,6 @@ def _nice_length(width_um: float) -> float:
 
 def add_scale_bar(ax, extent_um) -> None:
     """A scale bar of a round length (about a quarter of the field) in the lower left."""
-    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
-
     width = abs(extent_um[1] - extent_um[0])
     length = _nice_length(width)
     label = f"{length:g} µm" if length >= 0.1 else f"{length * 1000:g} nm"
@@ -147,8 +147,6 @@ def save_figure(fig: Figure, out_dir, stem: str, formats=("png", "pdf")) -> list
     Each file is written to a temporary file in ``out_dir`` and moved into place
     (``os.replace``), so an interrupted save never leaves a half-written figure.
     """
-    import uuid
-
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     paths = []

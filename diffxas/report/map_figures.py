@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullFormatter, NullLocator, ScalarFormatter
+from scipy import ndimage
 
 from diffxas.analysis.resample import resample_truth
 from diffxas.maps import DESCRIPTORS, MAP_FIELDS, ChemMaps, Result
@@ -122,8 +126,6 @@ def _crop_box(
     pixels, grown by ``margin`` of its size (at least ``min_margin_px``) on every side. A
     thin second particle is kept (any N_V above the display threshold counts); a stray
     pair of membrane pixels does not stretch the box. The whole grid when nothing qualifies."""
-    from scipy import ndimage
-
     sel = None
     for mk in masks:
         lab, n = ndimage.label(np.asarray(mk, bool), structure=np.ones((3, 3), int))
@@ -179,8 +181,6 @@ def _symmetric_limit(arrays, percentile: float = MAP_PERCENTILES[1]) -> float:
 
 def _colorbar(fig, im, ax, label: str, fontsize: float = 7):
     """A colour bar beside one panel, ticks without an offset (5478 eV, not 5.478e3 + ...)."""
-    from matplotlib.ticker import MaxNLocator, ScalarFormatter
-
     cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02, fraction=0.06)
     cb.set_label(label, fontsize=fontsize)
     fmt = ScalarFormatter(useOffset=False)
@@ -432,8 +432,6 @@ def fig_shape_maps(results: Sequence[Result | ChemMaps], labels=None, truth=None
         return None
     cols = [(lab, {f: _shape_map(m, f) for f in fields}, m) for lab, m in zip(labels, maps)]
     if truth is not None and getattr(truth, "params", None) and "n_v" in truth.maps:
-        import dataclasses
-
         have = [f for f in fields if f in truth.params]
         if have:
             t = dataclasses.replace(truth, maps={"n_v": truth.maps["n_v"], **{f: truth.params[f] for f in have}})
@@ -493,8 +491,6 @@ def _valid_crop(valid: np.ndarray, margin: int = 3) -> tuple[slice, slice]:
 
 
 def _show_log(ax, img, extent, cmap, vmin, vmax, bad="white"):
-    from matplotlib.colors import LogNorm
-
     cm = colormaps[cmap].with_extremes(bad=bad)
     pos = np.where(np.asarray(img) > 0, img, np.nan)
     im = ax.imshow(
@@ -569,8 +565,6 @@ def fig_uncertainty(results: Sequence[Result], labels=None, fields: Sequence[str
                 fontsize=8,
             )
         if im is not None:
-            from matplotlib.ticker import NullFormatter, NullLocator
-
             cb = fig.colorbar(
                 im,
                 ax=list(axes[:, c]),

@@ -178,7 +178,7 @@ def _weighted_density(values, weights, grid):
         return np.zeros_like(grid)
     if values.size >= 5 and np.ptp(values) > 0:
         try:
-            from scipy.stats import gaussian_kde
+            from scipy.stats import gaussian_kde  # scipy.stats: ~1 s to import, only for a density curve
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

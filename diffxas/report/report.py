@@ -18,8 +18,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from diffxas import __version__
+from diffxas.analysis.clustering import cluster_attrs
+from diffxas.analysis.evaluate import evaluate, history_summary
+from diffxas.data import results as io_results
+from diffxas.data import truth as io_truth
 from diffxas.data.files import write_text_atomic
-from diffxas.maps import MAP_FIELDS, Result, Truth
+from diffxas.errors import ConfigError
+from diffxas.maps import DESCRIPTORS, MAP_FIELDS, Result, Truth
+from diffxas.report.map_figures import DISPLAY_NV_FRACTION, DISPLAY_NV_PERCENTILE
+from diffxas.report.plotting import plot_all
 
 
 def _default_labels(results: Sequence[Result], sources: Sequence[str] | None) -> list[str]:
@@ -47,8 +55,6 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _cluster_section(label: str, r: Result) -> list[str]:
-    from diffxas.analysis.clustering import cluster_attrs
-
     cl = r.clusters
     if not cl or "labels" not in cl:
         return [
@@ -90,8 +96,6 @@ def _cluster_section(label: str, r: Result) -> list[str]:
 
 def _uncertainty_section(labels: Sequence[str], results: Sequence[Result]) -> list[str]:
     """Median standard error of each descriptor over the valid pixels, per result."""
-    from diffxas.maps import DESCRIPTORS
-
     md = ["## Uncertainty", ""]
     if not any(r.maps.std for r in results):
         return md + [
@@ -132,19 +136,12 @@ def report_results(
     nv_fraction: float = 0.25,
 ) -> list[str]:
     """Write figures, ``summary.md`` (and ``metrics.json`` with a truth) for in-memory results."""
-    from diffxas import __version__
-    from diffxas.analysis.evaluate import evaluate, history_summary
-    from diffxas.report.map_figures import DISPLAY_NV_FRACTION, DISPLAY_NV_PERCENTILE
-    from diffxas.report.plotting import plot_all
-
     if not results:
         raise ValueError("report needs at least one result")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     labels = [str(x) for x in labels] if labels is not None else _default_labels(results, sources)
     if len(labels) != len(results):
-        from diffxas.errors import ConfigError
-
         raise ConfigError(f"{len(labels)} labels given for {len(results)} results")
     written, notes = plot_all(results, out_dir, labels=labels, truth=truth, formats=formats, nv_fraction=nv_fraction)
 
@@ -303,9 +300,6 @@ def report(
 
     Returns the list of written files.
     """
-    from diffxas.data import results as io_results
-    from diffxas.data import truth as io_truth
-
     paths = [os.fspath(p) for p in result_paths]
     results = [io_results.read_result(p) for p in paths]
     truth = io_truth.read_truth(truth_path) if truth_path else None

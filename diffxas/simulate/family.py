@@ -340,7 +340,7 @@ class FamilyPhantom:
     def fields(self, x, y, edge, reference_energy: float):
         """``(XanesParams, labels, thickness)`` at points (x, y) (m, any equal shapes), like
         :func:`diffxas.simulate.presets.phantom_fields`; labels are domain indices, -1 outside."""
-        from diffxas.simulate.presets import xanes_from_properties
+        from diffxas.simulate.presets import xanes_from_properties  # cycle: presets imports this module
 
         x = jnp.asarray(x, jnp.float32)
         y = jnp.asarray(y, jnp.float32)
@@ -434,7 +434,7 @@ def _family_props(
 def make_family_phantom(cfg, center=(0.0, 0.0)) -> FamilyPhantom:
     """The family draw of ``cfg.seed`` (``cfg.preset`` is a family preset), placed around
     ``center`` (m), with energies moved to ``cfg.element``'s edge like the fixed phantom."""
-    from diffxas.simulate.presets import edge_shift
+    from diffxas.simulate.presets import edge_shift  # cycle: presets imports this module
 
     draw = draw_family(cfg.seed, cfg.scan_width)
     if tuple(center) != (0.0, 0.0):

@@ -28,6 +28,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from diffxas import __version__
 from diffxas.data.dataset import Dataset
@@ -37,17 +38,19 @@ from diffxas.physics.constants import AVOGADRO, R_E, Z
 from diffxas.physics.forward import frame_geometry, intensities, transmission
 from diffxas.physics.geometry import Grid, grid_covering, object_pixel_size, wavelength
 from diffxas.physics.probe import kb_probe, numerical_aperture_for_fwhm
-from diffxas.physics.scattering import VEdge, anomalous_factors
+from diffxas.physics.scattering import VEdge, _symbol, anomalous_factors, check_element, table_edge_energy
 from diffxas.physics.spectra import (
     PARAM_NAMES,
     XanesParams,
     absorption,
     f1_v,
     n_v,
+    ne_eff_per_nv,
     phase,
     pre_edge,
     pre_edge_norm,
 )
+from diffxas.simulate.family import draw_conditions, make_family_phantom
 
 #: The seed's 40 energies (eV), 5420-5540: four below the pre-edge, 0.5 eV steps over the
 #: pre-edge peak (~5466 eV), 1 eV steps over the edge (5475-5485 eV), sparse above.
@@ -209,7 +212,6 @@ class SimConfig:
             raise ConfigError(f"background_profile must be 'flat' or 'radial', got {self.background_profile!r}")
         if self.oversample < 1 or self.truth_oversample < 1:
             raise ConfigError("oversample factors must be >= 1")
-        from diffxas.physics.scattering import check_element
 
         check_element(self.element)
 
@@ -276,8 +278,6 @@ PRESETS.update(FAMILY_PRESETS)
 def edge_shift(element: str, table: str = "chantler") -> float:
     """Table K edge of ``element`` minus that of V (eV, rounded to 0.1 eV): how far the
     phantom's V energies (:data:`DOMAIN_TYPES`, the presets' energies) move for ``element``."""
-    from diffxas.physics.scattering import table_edge_energy
-
     if element == "V":
         return 0.0
     return round(table_edge_energy(element, table) - table_edge_energy("V", table), 1)
@@ -296,13 +296,9 @@ def preset(name: str, **overrides) -> SimConfig:
         raise ConfigError(f"unknown simulation option(s) {bad}; known: {sorted(fields)}")
     kw = dict(PRESETS[name])
     if name in FAMILY_PRESETS:  # this seed's experimental conditions (dose, step, errors, drift)
-        from diffxas.simulate.family import draw_conditions
-
         kw.update(draw_conditions(int(overrides.get("seed") or 0)))
     el = overrides.get("element")
     if el is not None and el != "V" and overrides.get("energies") is None and isinstance(el, str):
-        from diffxas.physics.scattering import _symbol
-
         if _symbol(el) == el:  # a bad symbol is reported by SimConfig
             shift = edge_shift(el, overrides.get("table") or "chantler")
             kw["energies"] = tuple(round(e + shift, 3) for e in kw["energies"])
@@ -334,8 +330,6 @@ def make_phantom(cfg: SimConfig, center=(0.0, 0.0)) -> Phantom:
     """Random phantom for ``cfg`` (reproducible from ``cfg.seed``); for a family preset
     (:data:`FAMILY_PRESETS`) the family's draw (:func:`diffxas.simulate.family.make_family_phantom`)."""
     if cfg.preset in FAMILY_PRESETS:
-        from diffxas.simulate.family import make_family_phantom
-
         return make_family_phantom(cfg, center)
     rng = np.random.default_rng(cfg.seed)
     types = list(DOMAIN_TYPES.values())
@@ -582,8 +576,6 @@ def simulate(cfg: SimConfig, progress: bool = False) -> Simulation:
 
     it = range(len(energies))
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(it, desc="simulate", unit="energy")
     for k in it:
         err = rng.normal(0.0, cfg.position_error, size=nominal.shape) if cfg.position_error > 0 else 0.0
@@ -689,7 +681,6 @@ def make_truth(ph: Phantom, cfg: SimConfig, ds: Dataset, edge: VEdge) -> Truth:
     p, labels, thick = phantom_fields(ph, X, Y, edge, e_ref)
     inside = np.asarray(labels) >= 0
     phi_ref = phase(p, jnp.asarray([e_ref]), edge)[0]
-    from diffxas.physics.spectra import ne_eff_per_nv
 
     with np.errstate(invalid="ignore", divide="ignore"):
         maps = {

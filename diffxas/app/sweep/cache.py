@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from diffxas import __version__
 from diffxas.app.sweep.spec import DATA, TRUTH, PointConfig, _canon
 
 
 def _write_json(path: Path, obj) -> None:
     """Write JSON atomically (NaN -> null)."""
-    from diffxas.analysis.evaluate import jsonable
+    from diffxas.analysis.evaluate import jsonable  # scipy, h5py: `diffxas --help` imports this module
 
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "w") as fh:
@@ -28,12 +29,10 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _versions() -> dict[str, Any]:
-    from diffxas import __version__
-
     out: dict[str, Any] = {"diffxas": __version__, "python": sys.version.split()[0]}
     out.update(git_state())
     try:
-        import jax
+        import jax  # jax: `diffxas --help` imports this module
 
         out["jax"] = jax.__version__
         out["devices"] = [str(d) for d in jax.devices()]
@@ -97,9 +96,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _get_simulation(pc: PointConfig, d: Path, reuse_files: bool):
     """The point's simulation: files in ``d`` (resume), this process's cache, or simulate."""
-    from diffxas.data import cxi as dio_cxi
-    from diffxas.data import truth as dio_truth
-    from diffxas.simulate.presets import Simulation, simulate
+    from diffxas.data import cxi as dio_cxi  # jax: `diffxas --help` imports this module
+    from diffxas.data import truth as dio_truth  # jax: as above
+    from diffxas.simulate.presets import Simulation, simulate  # jax: as above
 
     key = _sim_key(pc.sim)
     data, truth = d / DATA, d / TRUTH
@@ -131,8 +130,8 @@ def _get_simulation(pc: PointConfig, d: Path, reuse_files: bool):
 
 
 def _write_sim(sim, d: Path) -> None:
-    from diffxas.data import cxi as dio_cxi
-    from diffxas.data import truth as dio_truth
+    from diffxas.data import cxi as dio_cxi  # jax: `diffxas --help` imports this module
+    from diffxas.data import truth as dio_truth  # jax: as above
 
     dio_cxi.write_cxi(d / DATA, sim.dataset, extra_attrs={"simulation": sim.config.to_dict()})
     dio_truth.write_truth(d / TRUTH, sim.truth)

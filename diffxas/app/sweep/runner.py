@@ -69,9 +69,11 @@ the others go on.
 from __future__ import annotations
 
 import collections
+import inspect
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -80,6 +82,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from diffxas.app import compile_cache as jax_compile_cache
 from diffxas.app.sweep.cache import COUNTERS, _get_simulation, _versions, _write_json
 from diffxas.app.sweep.spec import (
     CONFIG,
@@ -112,8 +115,7 @@ __all__ = ["run", "run_point"]
 def _checkpoint(method: str, d: Path) -> Path:
     """The point's checkpoint of ``method``: ``<section>.ckpt`` (a file) or ``<section>-ckpt``
     (a folder) in the point's folder; resumed when a killed run left one, removed after success."""
-    # JAX: imported when a point runs, not for `sweep --help`
-    from diffxas.solvers import registry
+    from diffxas.solvers import registry  # jax: `diffxas --help` imports this module
 
     spec = registry.get(method)
     return d / (f"{spec.section}.ckpt" if spec.checkpoint == "file" else f"{spec.section}-ckpt")
@@ -187,7 +189,7 @@ def run_point(point: Mapping[str, Any], out_dir: str | os.PathLike, reuse: bool 
 def _run_method(method: str, pc: PointConfig, sim, sim_info: Mapping[str, Any], d: Path) -> dict[str, Any]:
     """One method on the point's simulation through the one pipeline
     (:func:`diffxas.app.pipeline.run`: checks -> reconstruct -> cluster -> write -> evaluate)."""
-    from diffxas.app import pipeline
+    from diffxas.app import pipeline  # jax: `diffxas --help` imports this module
 
     # the simulator writes its frames in the file convention: no orientation search
     r = pipeline.run(
@@ -209,7 +211,7 @@ def _run_method(method: str, pc: PointConfig, sim, sim_info: Mapping[str, Any], 
     if r.cluster_error is not None:  # e.g. no valid pixel to cluster: metrics still count
         cluster_info = {"error": r.cluster_error}
     elif r.clusters is not None:
-        from diffxas.analysis.clustering import cluster_attrs
+        from diffxas.analysis.clustering import cluster_attrs  # h5py: `diffxas --help` imports this module
 
         a = cluster_attrs(r.clusters)
         cluster_info = {"k": a.get("k"), "stability": a.get("stability"), "n_pixels": a.get("n_pixels")}
@@ -296,9 +298,7 @@ def _thread_env() -> dict[str, str]:
 def _enable_compile_cache(cache_dir: str) -> None:
     """Persistent XLA compilation cache shared by the workers (identical programs compile once;
     one subfolder per host CPU, :mod:`diffxas.app.compile_cache`)."""
-    from diffxas.app import compile_cache
-
-    compile_cache.enable(compile_cache.cache_dir(str(cache_dir)))
+    jax_compile_cache.enable(jax_compile_cache.cache_dir(str(cache_dir)))
 
 
 #: Test-only hook (read in the worker): JSON ``{"fake": true, "kill": ["<point dir>", ...]}``.
@@ -313,8 +313,6 @@ def _test_hook(point: Mapping[str, Any], out_dir: str) -> dict[str, Any] | None:
         return None
     hook = json.loads(raw)
     if point["dir"] in hook.get("kill", ()):
-        import signal
-
         os.kill(os.getpid(), signal.SIGKILL)
     if hook.get("fake"):
         t0 = time.perf_counter()
@@ -336,7 +334,7 @@ def _assign_gpu(gpus: list[str], n_workers: int) -> None:
     if not gpus or os.environ.get("DIFFXAS_GPU_ASSIGNED"):
         return
     try:
-        from distributed import get_worker
+        from distributed import get_worker  # distributed: ~0.3 s, only in a Dask worker
 
         name = get_worker().name
         idx = int(name) if str(name).isdigit() else abs(hash(name))
@@ -405,14 +403,13 @@ def cluster_from_spec(spec: Mapping[str, Any], scale: bool = True):
     if kind not in classes:
         raise ConfigError(f"[cluster] kind must be one of {', '.join(classes)}, got {kind!r}")
     try:
-        import dask
-        import dask_jobqueue
+        import dask  # dask: ~0.1 s, only for a batch-system cluster
+        import dask_jobqueue  # optional (the "cluster" extra)
     except ImportError:
         raise ConfigError(
             "[cluster] needs dask-jobqueue (pip install dask-jobqueue); or start a scheduler "
             "yourself and pass --scheduler ADDRESS"
         ) from None
-    import inspect
 
     cls = getattr(dask_jobqueue, classes[kind])
     known = set(inspect.signature(cls.__init__).parameters)
@@ -468,9 +465,9 @@ def _run_dask(
     (``distributed.scheduler.allowed-failures = 0``; a point that killed one worker would
     likely kill the next); a scheduler started elsewhere applies its own setting.
     """
-    import dask
-    from distributed import Client, LocalCluster, as_completed
-    from distributed.scheduler import KilledWorker
+    import dask  # dask, distributed: ~0.4 s; `diffxas --help` imports this module
+    from distributed import Client, LocalCluster, as_completed  # as above
+    from distributed.scheduler import KilledWorker  # as above
 
     gpus = visible_gpus() if scheduler is None and cluster_spec is None else []
     cluster = None
@@ -646,7 +643,7 @@ def run(
 
     bar = None
     if progress and todo:
-        from tqdm import tqdm
+        from tqdm import tqdm  # tqdm: ~20-50 ms; `diffxas --help` imports this module
 
         bar = tqdm(
             total=len(points),

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from diffxas.app.sweep.cache import _write_json
 from diffxas.app.sweep.spec import CONFIG, _fmt_value, _one_line, build_point
 from diffxas.errors import ConfigError
@@ -70,7 +72,7 @@ def _same_resolved(d: Path, point: Mapping[str, Any]) -> bool:
     resolves its values to now (``config.json`` -> ``resolved``; False if unknown)."""
     try:
         stored = json.loads((d / CONFIG).read_text()).get("resolved")
-        from diffxas.analysis.evaluate import jsonable
+        from diffxas.analysis.evaluate import jsonable  # scipy, h5py: `diffxas --help` imports this module
 
         now = json.loads(json.dumps(jsonable(build_point(point["config"]).record()), allow_nan=False, default=str))
     except Exception:  # noqa: BLE001 - unreadable or unbuildable: do not trust it
@@ -176,8 +178,6 @@ def group_stats(
     ``mean``, ``std``, ``sem``, ``n`` and ``n_failed`` (rows of the group without a
     finite value).
     """
-    import numpy as np
-
     groups: dict[tuple, list] = {}
     failed: collections.Counter = collections.Counter()
     for r in rows:
