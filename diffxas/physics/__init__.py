@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 _API = {
     "AVOGADRO": "constants",
     "BLOCK": "background",
-    "COMPOSITIONS_PER_V": "scattering",
-    "DAWSON_K": "scattering",
-    "DAWSON_X0": "scattering",
+    "COMPOSITIONS_PER_V": "tables",
+    "DAWSON_K": "kramers_kronig",
+    "DAWSON_X0": "kramers_kronig",
     "ELEMENTARY_CHARGE": "constants",
     "FLOOR": "background",
     "Grid": "geometry",
@@ -24,16 +24,16 @@ _API = {
     "PLANCK_H": "constants",
     "POISSON_EPS": "forward",
     "R_E": "constants",
-    "SEED_CONSTANTS": "scattering",
+    "SEED_CONSTANTS": "tables",
     "SPEED_OF_LIGHT": "constants",
-    "TABLES": "scattering",
+    "TABLES": "tables",
     "VEdge": "scattering",
     "XanesParams": "spectra",
     "Z": "constants",
     "absorption": "spectra",
     "amplitude_loss": "forward",
     "amplitude_projection": "forward",
-    "anomalous_factors": "scattering",
+    "anomalous_factors": "tables",
     "as_maps": "background",
     "back_propagate": "forward",
     "centred_probe": "probe",
@@ -41,18 +41,18 @@ _API = {
     "covariance": "uncertainty",
     "crop_center": "forward",
     "darkest_level": "background",
-    "dawson_integral": "scattering",
+    "dawson_integral": "kramers_kronig",
     "describe": "background",
     "descriptor_functions": "uncertainty",
     "descriptor_gradients": "uncertainty",
     "descriptor_std": "uncertainty",
     "detected_power": "probe",
     "dirichlet_matrix": "forward",
-    "edge_jump_f2": "scattering",
+    "edge_jump_f2": "tables",
     "edge_step": "spectra",
-    "electrons_per_v": "scattering",
+    "electrons_per_v": "tables",
     "energy_from_wavelength": "geometry",
-    "erf_step": "scattering",
+    "erf_step": "kramers_kronig",
     "exit_wave": "forward",
     "extract_patch": "forward",
     "f1_v": "spectra",
@@ -67,10 +67,10 @@ _API = {
     "intensities": "forward",
     "isotropic_information": "uncertainty",
     "kb_probe": "probe",
-    "kk_erf_step": "scattering",
-    "kk_lorentzian": "scattering",
-    "kk_piecewise_linear": "scattering",
-    "kk_piecewise_linear_matrix": "scattering",
+    "kk_erf_step": "kramers_kronig",
+    "kk_lorentzian": "kramers_kronig",
+    "kk_piecewise_linear": "kramers_kronig",
+    "kk_piecewise_linear_matrix": "kramers_kronig",
     "linear_design": "spectra",
     "loss_fn": "forward",
     "loss_with_background": "forward",
@@ -99,7 +99,7 @@ _API = {
     "shifted_probe": "forward",
     "spectral_jacobian": "uncertainty",
     "summary": "background",
-    "table_edge_energy": "scattering",
+    "table_edge_energy": "tables",
     "to_common_grid": "uncertainty",
     "transmission": "forward",
     "uncenter": "forward",
@@ -155,30 +155,23 @@ if TYPE_CHECKING:
     from .geometry import grid_like as grid_like
     from .geometry import object_pixel_size as object_pixel_size
     from .geometry import wavelength as wavelength
+    from .kramers_kronig import DAWSON_K as DAWSON_K
+    from .kramers_kronig import DAWSON_X0 as DAWSON_X0
+    from .kramers_kronig import dawson_integral as dawson_integral
+    from .kramers_kronig import erf_step as erf_step
+    from .kramers_kronig import kk_erf_step as kk_erf_step
+    from .kramers_kronig import kk_lorentzian as kk_lorentzian
+    from .kramers_kronig import kk_piecewise_linear as kk_piecewise_linear
+    from .kramers_kronig import kk_piecewise_linear_matrix as kk_piecewise_linear_matrix
     from .probe import centred_probe as centred_probe
     from .probe import detected_power as detected_power
     from .probe import kb_probe as kb_probe
     from .probe import numerical_aperture_for_fwhm as numerical_aperture_for_fwhm
     from .probe import probe_centre as probe_centre
     from .probe import probe_from_frames as probe_from_frames
-    from .scattering import COMPOSITIONS_PER_V as COMPOSITIONS_PER_V
-    from .scattering import DAWSON_K as DAWSON_K
-    from .scattering import DAWSON_X0 as DAWSON_X0
-    from .scattering import SEED_CONSTANTS as SEED_CONSTANTS
-    from .scattering import TABLES as TABLES
     from .scattering import VEdge as VEdge
-    from .scattering import anomalous_factors as anomalous_factors
-    from .scattering import dawson_integral as dawson_integral
-    from .scattering import edge_jump_f2 as edge_jump_f2
-    from .scattering import electrons_per_v as electrons_per_v
-    from .scattering import erf_step as erf_step
-    from .scattering import kk_erf_step as kk_erf_step
-    from .scattering import kk_lorentzian as kk_lorentzian
-    from .scattering import kk_piecewise_linear as kk_piecewise_linear
-    from .scattering import kk_piecewise_linear_matrix as kk_piecewise_linear_matrix
     from .scattering import n_v_from_edge_jump as n_v_from_edge_jump
     from .scattering import ne_eff_from_phase as ne_eff_from_phase
-    from .scattering import table_edge_energy as table_edge_energy
     from .spectra import PARAM_NAMES as PARAM_NAMES
     from .spectra import XanesParams as XanesParams
     from .spectra import absorption as absorption
@@ -190,6 +183,13 @@ if TYPE_CHECKING:
     from .spectra import phase as phase
     from .spectra import pre_edge as pre_edge
     from .spectra import pre_edge_norm as pre_edge_norm
+    from .tables import COMPOSITIONS_PER_V as COMPOSITIONS_PER_V
+    from .tables import SEED_CONSTANTS as SEED_CONSTANTS
+    from .tables import TABLES as TABLES
+    from .tables import anomalous_factors as anomalous_factors
+    from .tables import edge_jump_f2 as edge_jump_f2
+    from .tables import electrons_per_v as electrons_per_v
+    from .tables import table_edge_energy as table_edge_energy
     from .uncertainty import OBJECT_COMPONENTS as OBJECT_COMPONENTS
     from .uncertainty import covariance as covariance
     from .uncertainty import descriptor_functions as descriptor_functions

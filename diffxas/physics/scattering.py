@@ -31,16 +31,17 @@ Conventions (used everywhere in diffxas)
 
 Contents
 --------
-* Host-side (numpy, wraps ``xraydb``): :func:`anomalous_factors`, :func:`edge_jump_f2`,
-  :func:`table_edge_energy`, :func:`electrons_per_v`, :data:`SEED_CONSTANTS`,
-  :data:`COMPOSITIONS_PER_V`.
-* :class:`VEdge`: tabulated edge parameters plus smooth polynomial backgrounds
+* Host-side (numpy, wraps ``xraydb``), in :mod:`diffxas.physics.tables` and re-exported here:
+  :func:`anomalous_factors`, :func:`edge_jump_f2`, :func:`table_edge_energy`,
+  :func:`electrons_per_v`, :data:`SEED_CONSTANTS`, :data:`COMPOSITIONS_PER_V`.
+* :class:`VEdge` (this module): tabulated edge parameters plus smooth polynomial backgrounds
   ``f1_background`` (tabulated ``f'`` with the sharp-step ``ln|E - E0|`` removed)
   and ``f2_below`` (pre-edge ``f''`` trend); built host side, used inside jit.
 * Pure-JAX (jittable, differentiable, float32-safe, float64 under ``jax.enable_x64``):
   :func:`dawson_integral`, :func:`kk_erf_step`, :func:`kk_lorentzian`,
   :func:`kk_piecewise_linear`, :func:`kk_piecewise_linear_matrix`, :func:`erf_step`,
-  :func:`lorentzian`, :func:`n_v_from_edge_jump`, :func:`ne_eff_from_phase`.
+  :func:`lorentzian` (in :mod:`diffxas.physics.kramers_kronig`, re-exported here), and
+  :func:`n_v_from_edge_jump`, :func:`ne_eff_from_phase` (this module).
 
 The KK-consistent model of the V f' used by diffxas is::
 
@@ -59,18 +60,45 @@ See ``docs/physics-scattering.md``.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.special
 
 from diffxas.errors import ConfigError
-from diffxas.physics.constants import R_E, Z
+from diffxas.physics.constants import R_E
 from diffxas.physics.geometry import wavelength
+
+# The host-side tables and the pure-JAX KK building blocks live in their own modules; they are
+# re-exported here, where the rest of the package and its users import them from.
+from diffxas.physics.kramers_kronig import _DAWSON_ASYM as _DAWSON_ASYM
+from diffxas.physics.kramers_kronig import DAWSON_K as DAWSON_K
+from diffxas.physics.kramers_kronig import DAWSON_X0 as DAWSON_X0
+from diffxas.physics.kramers_kronig import _float_dtype as _float_dtype
+from diffxas.physics.kramers_kronig import dawson_integral as dawson_integral
+from diffxas.physics.kramers_kronig import erf_step as erf_step
+from diffxas.physics.kramers_kronig import kk_erf_step as kk_erf_step
+from diffxas.physics.kramers_kronig import kk_lorentzian as kk_lorentzian
+from diffxas.physics.kramers_kronig import kk_piecewise_linear as kk_piecewise_linear
+from diffxas.physics.kramers_kronig import kk_piecewise_linear_matrix as kk_piecewise_linear_matrix
+from diffxas.physics.kramers_kronig import lorentzian as lorentzian
+from diffxas.physics.tables import COMPOSITIONS_PER_V as COMPOSITIONS_PER_V
+from diffxas.physics.tables import SEED_CONSTANTS as SEED_CONSTANTS
+from diffxas.physics.tables import TABLES as TABLES
+from diffxas.physics.tables import _atomic_number as _atomic_number
+from diffxas.physics.tables import _chantler_nodes as _chantler_nodes
+from diffxas.physics.tables import _edge_trends as _edge_trends
+from diffxas.physics.tables import _symbol as _symbol
+from diffxas.physics.tables import anomalous_factors as anomalous_factors
+from diffxas.physics.tables import check_element as check_element
+from diffxas.physics.tables import edge_jump_f2 as edge_jump_f2
+from diffxas.physics.tables import electrons_per_v as electrons_per_v
+from diffxas.physics.tables import k_edges_between as k_edges_between
+from diffxas.physics.tables import k_edges_text as k_edges_text
+from diffxas.physics.tables import model_window as model_window
+from diffxas.physics.tables import table_edge_energy as table_edge_energy
 
 __all__ = [
     "COMPOSITIONS_PER_V",
@@ -94,252 +122,6 @@ __all__ = [
     "table_edge_energy",
 ]
 
-#: Scattering-factor tables this module can read (xraydb has no Henke f1/f2 table).
-TABLES = ("chantler",)
-
-#: The seed paper's constants (Uematsu et al., PCCP 25, 3867 (2023)): anomalous f'
-#: at 5420 eV (pre-edge) per element, and the V K-edge jump of f''.
-SEED_CONSTANTS = {
-    "energy_ev": 5420.0,
-    "f1p": {"V": -7.14, "Li": 0.00278, "O": 0.0757},
-    "delta_f2_V": 3.53,
-    "source": "Uematsu et al., PCCP 25, 3867 (2023)",
-}
-
-#: Atoms per V atom of the seed's three phases.
-COMPOSITIONS_PER_V = {
-    "Li10/7V6/7O2": {"V": 1.0, "Li": 10.0 / 6.0, "O": 14.0 / 6.0},
-    "LiVO2": {"V": 1.0, "Li": 1.0, "O": 2.0},
-    "LiVO3": {"V": 1.0, "Li": 1.0, "O": 3.0},
-}
-
-
-# ----------------------------------------------------------------------------------------------
-# Host-side table access
-# ----------------------------------------------------------------------------------------------
-
-
-def _check_table(table: str) -> None:
-    if table not in TABLES:
-        raise ConfigError(
-            f"unknown scattering table {table!r}: only 'chantler' is available (xraydb carries no Henke f1/f2 table)"
-        )
-
-
-def _xraydb():
-    """The ``xraydb`` module, imported on first use: its import takes ~1 s (scipy.interpolate,
-    SQLAlchemy), which code that only uses this module's jitted functions should not pay."""
-    import xraydb  # xraydb: heavy (~1 s), imported only when a table is read
-
-    return xraydb
-
-
-def _symbol(element) -> str:
-    xraydb = _xraydb()
-    try:
-        return xraydb.atomic_symbol(xraydb.atomic_number(element))
-    except Exception:  # xraydb raises ValueError / KeyError / TypeError for unknown input
-        raise ConfigError(f"unknown element {element!r} (expected a chemical symbol such as 'V')") from None
-
-
-def check_element(element, what: str = "element") -> None:
-    """One-line ConfigError unless ``element`` is a chemical symbol as written ('V', 'Mn')."""
-    if not isinstance(element, str) or _symbol(element) != element:
-        raise ConfigError(f"{what} must be a chemical symbol as written (e.g. 'V', 'Mn'), got {element!r}")
-
-
-def _atomic_number(symbol: str) -> int:
-    if symbol in Z:
-        return Z[symbol]
-    xraydb = _xraydb()
-    return int(xraydb.atomic_number(symbol))
-
-
-@functools.lru_cache(maxsize=16)
-def _chantler_nodes(symbol: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Chantler tabulation nodes (E in eV, f', f'') for an element, float64."""
-    xraydb = _xraydb()
-    te = np.asarray(xraydb.chantler_energies(symbol), dtype=np.float64)
-    # xraydb's f1 is an interpolating (s=0) spline and its f2 a log-log interpolation: both are
-    # exact at the nodes, so these are the tabulated values.
-    f1 = np.asarray(xraydb.f1_chantler(symbol, te), dtype=np.float64)
-    f2 = np.asarray(xraydb.f2_chantler(symbol, te), dtype=np.float64)
-    return te, f1, f2
-
-
-@functools.lru_cache(maxsize=65536)
-def _f1_scalar(symbol: str, energy_ev: float) -> float:
-    xraydb = _xraydb()
-    return float(xraydb.f1_chantler(symbol, energy_ev))
-
-
-def anomalous_factors(element: str, energy_ev, table: str = "chantler") -> tuple[np.ndarray, np.ndarray]:
-    """Tabulated anomalous scattering factors ``(f', f'')`` of ``element`` at ``energy_ev`` (eV).
-
-    ``xraydb.f1_chantler`` returns the anomalous part ``f'`` (``f1 - Z``; e.g. V at
-    5420 eV: -4.62), so no ``Z`` is subtracted. ``f'`` is evaluated per energy, i.e. it
-    equals ``xraydb.f1_chantler(element, e)`` called with each energy alone: xraydb fits
-    its interpolating spline on a window set by the requested range, so a batched xraydb
-    call can differ by ~0.01 e and would make a value depend on its neighbours.
-
-    Returns:
-        ``(f1p, f2)``: float64 numpy arrays of the shape of ``energy_ev``.
-
-    Raises:
-        ConfigError: unknown element or table, or energies outside the table.
-    """
-    _check_table(table)
-    symbol = _symbol(element)
-    e = np.asarray(energy_ev, dtype=np.float64)
-    te, _, _ = _chantler_nodes(symbol)
-    if e.size and not (np.all(np.isfinite(e)) and e.min() >= te[0] and e.max() <= te[-1]):
-        raise ConfigError(
-            f"photon energies for {symbol} must lie in the Chantler table range [{te[0]:g}, {te[-1]:g}] eV"
-        )
-    flat = e.reshape(-1)
-    f1p = np.array([_f1_scalar(symbol, float(x)) for x in flat], dtype=np.float64).reshape(e.shape)
-    xraydb = _xraydb()
-    f2 = (
-        np.asarray(xraydb.f2_chantler(symbol, flat), dtype=np.float64).reshape(e.shape)
-        if flat.size
-        else np.zeros(e.shape)
-    )
-    return f1p, f2
-
-
-def table_edge_energy(element: str = "V", table: str = "chantler") -> float:
-    """K-edge energy (eV) of the table itself: centre of the node pair with the largest f'' rise.
-
-    Chantler tabulates symmetrically about its own edge energy; for V this gives
-    5465.10 eV (xraydb's Elam edge table says 5465.0 eV).
-    """
-    _check_table(table)
-    xraydb = _xraydb()
-    symbol = _symbol(element)
-    e_elam = float(xraydb.xray_edge(symbol, "K").energy)
-    te, _, f2 = _chantler_nodes(symbol)
-    near = np.nonzero(np.abs(te - e_elam) < 30.0)[0]
-    if near.size < 2:
-        return e_elam
-    i = near[np.argmax(f2[near[1:]] / f2[near[:-1]])]
-    return float(0.5 * (te[i] + te[i + 1]))
-
-
-def model_window(element: str = "V", table: str = "chantler") -> tuple[float, float]:
-    """Default energy range (eV) of :meth:`VEdge.from_tables`: from 165 eV below to 235 eV above
-    the table's K edge, each end rounded to 10 eV (V: 5300-5700 eV; Mn: 6370-6770 eV).
-
-    The offsets are the V defaults (chosen around the seed's 5420-5540 eV scan) carried to
-    any absorber, so every element gets the same span of its own spectrum.
-    """
-    e0 = table_edge_energy(element, table)
-    return float(round((e0 - 165.0) / 10.0) * 10.0), float(round((e0 + 235.0) / 10.0) * 10.0)
-
-
-@functools.lru_cache(maxsize=256)
-def k_edges_between(e_lo: float, e_hi: float) -> tuple[tuple[str, float], ...]:
-    """``(symbol, K-edge energy eV)`` of the elements (Z 3-92, xraydb's Elam table) whose K
-    edge lies strictly inside ``(e_lo, e_hi)`` eV."""
-    xraydb = _xraydb()
-    out = []
-    for zz in range(3, 93):
-        sym = xraydb.atomic_symbol(zz)
-        try:
-            ek = float(xraydb.xray_edge(sym, "K").energy)
-        except Exception:  # no K edge tabulated
-            continue
-        if e_lo < ek < e_hi:
-            out.append((sym, ek))
-    return tuple(out)
-
-
-def k_edges_text(edges) -> str:
-    """``"Mn (6539 eV), Fe (7112 eV)"`` for the ``(symbol, eV)`` pairs of :func:`k_edges_between`."""
-    return ", ".join(f"{s} ({v:.0f} eV)" for s, v in edges)
-
-
-def _side_fit(te, f2, edge_ev, lo, hi, deg):
-    """Least-squares polynomial (numpy ``Polynomial`` in E - edge_ev) through nodes with lo <= E - E0 <= hi."""
-    m = (te - edge_ev >= lo) & (te - edge_ev <= hi)
-    if m.sum() <= deg:
-        raise ConfigError(
-            f"too few table nodes ({int(m.sum())}) between {lo:g} and {hi:g} eV from the edge for a degree-{deg} fit"
-        )
-    return np.polynomial.Polynomial.fit(te[m] - edge_ev, f2[m], deg).convert()
-
-
-def _edge_trends(element, edge_ev, table, near_ev, far_ev, deg):
-    _check_table(table)
-    symbol = _symbol(element)
-    if edge_ev is None:
-        edge_ev = table_edge_energy(symbol, table)
-    if not (0.0 <= near_ev < far_ev):
-        raise ConfigError(f"edge-jump window needs 0 <= near_ev < far_ev, got {near_ev:g}, {far_ev:g}")
-    te, _, f2 = _chantler_nodes(symbol)
-    below = _side_fit(te, f2, edge_ev, -far_ev, -near_ev, deg)
-    above = _side_fit(te, f2, edge_ev, near_ev, far_ev, deg)
-    return float(edge_ev), below, above
-
-
-def edge_jump_f2(
-    element: str = "V",
-    edge_ev: float | None = None,
-    table: str = "chantler",
-    near_ev: float = 25.0,
-    far_ev: float = 300.0,
-    deg: int = 1,
-) -> float:
-    """Jump ``Delta f''`` of the tabulated f'' across the K edge.
-
-    Each side's tabulated nodes with ``near_ev <= |E - E0| <= far_ev`` are fitted with a
-    degree-``deg`` polynomial (default a straight line), and the two fits are
-    extrapolated to ``E0`` (default :func:`table_edge_energy`, 5465.10 eV for V).
-    The default window starts 25 eV from the edge because Chantler's f'' is broadened
-    there (V: 0.466 at -15 eV and 3.918 at +15 eV against far trends of 0.445 and
-    3.96); windows starting nearer the edge underestimate the jump (5-30 eV: 3.33).
-    For V with the defaults this gives 3.512 (the seed used 3.53).
-    """
-    e0, below, above = _edge_trends(element, edge_ev, table, near_ev, far_ev, deg)
-    return float(above(0.0) - below(0.0))
-
-
-def electrons_per_v(
-    composition: dict[str, float],
-    energy_ev: float,
-    table: str = "chantler",
-    f1_override: dict[str, float] | None = None,
-) -> float:
-    """``Re[N_e^eff] / N_V = sum_j n_j (Z_j + f'_j(E))`` for ``n_j`` atoms per V atom.
-
-    Args:
-        composition: element -> atoms per V atom (V itself 1), e.g.
-            ``COMPOSITIONS_PER_V["LiVO2"]``.
-        energy_ev: photon energy, eV.
-        table: f' table for elements not in ``f1_override``.
-        f1_override: element -> f' used instead of the table (e.g. ``SEED_CONSTANTS["f1p"]``).
-    """
-    override = dict(f1_override or {})
-    total = 0.0
-    for element, n in composition.items():
-        symbol = _symbol(element)
-        if element in override:
-            f1p = float(override[element])
-        elif symbol in override:
-            f1p = float(override[symbol])
-        else:
-            f1p = float(anomalous_factors(symbol, float(energy_ev), table)[0])
-        total += float(n) * (_atomic_number(symbol) + f1p)
-    return total
-
-
-# ----------------------------------------------------------------------------------------------
-# Pure-JAX helpers
-# ----------------------------------------------------------------------------------------------
-
-
-def _float_dtype(*xs):
-    return jnp.result_type(*[jnp.asarray(x) for x in xs], jnp.float32)
-
 
 def _horner(coeffs, t):
     """sum_k coeffs[k] t^k (ascending coefficients), elementwise."""
@@ -347,17 +129,6 @@ def _horner(coeffs, t):
     for k in range(coeffs.shape[0] - 2, -1, -1):
         out = out * t + coeffs[k]
     return out
-
-
-def erf_step(energy, b2, b3):
-    """Erf edge step ``s(E) = 0.5 (1 + erf((E - b2) / b3))`` (0 below, 1 above)."""
-    return 0.5 * (1.0 + jax.scipy.special.erf((energy - b2) / b3))
-
-
-def lorentzian(energy, c2, c3):
-    """Unit-height Lorentzian ``1 / (1 + ((E - c2) / c3)^2)`` (c3 = half width at half maximum)."""
-    x = (energy - c2) / c3
-    return 1.0 / (1.0 + x * x)
 
 
 def n_v_from_edge_jump(b1, energy_ev, delta_f2):
@@ -368,174 +139,6 @@ def n_v_from_edge_jump(b1, energy_ev, delta_f2):
 def ne_eff_from_phase(phi, energy_ev):
     """Effective electron areal density (electrons / m^2) from the phase: ``-phi / (r_e lambda)`` (eq. 3)."""
     return -phi / (R_E * wavelength(energy_ev))
-
-
-# ----------------------------------------------------------------------------------------------
-# Dawson integral F(x) = ∫_0^x D(s) ds
-# ----------------------------------------------------------------------------------------------
-
-#: Joint between the Chebyshev fit (|x| <= X0) and the asymptotic expansion.
-DAWSON_X0 = 6.0
-
-#: K = lim_{x->inf} F(x) - ln(x)/2 = (gamma + 2 ln 2)/4 = 0.49087750650... (closed form;
-#: the tests confirm it against quad(dawsn) to 1e-10).
-DAWSON_K = (np.euler_gamma + 2.0 * np.log(2.0)) / 4.0
-
-# Asymptotic expansion: D(x) ~ sum_n (2n-1)!! / (2^(n+1) x^(2n+1)), so
-# F(x) ~ K + ln(x)/2 - sum_{n>=1} (2n-1)!! / (2^(n+1) 2n x^(2n))
-#      = K + ln x/2 - 1/(8x^2) - 3/(32x^4) - 15/(96x^6) - 105/(256x^8) - 945/(640x^10) - ...
-# Terms n = 1..8 are kept; at x = 6 the first omitted one (n = 9) is 1.8e-11.
-_DAWSON_ASYM = tuple(
-    float(math.prod(range(1, 2 * n, 2)) / (2 ** (n + 1) * 2 * n)) for n in range(1, 9)
-)  # 1/8, 3/32, 15/96, 105/256, 945/640, ...
-
-
-def _dawson_chebyshev() -> np.ndarray:
-    """Chebyshev coefficients of F in u = 2 (x/X0)^2 - 1 on |x| <= X0 (float64, computed once).
-
-    D is interpolated at Chebyshev points on [-X0, X0] (scipy.special.dawsn), integrated
-    exactly in the Chebyshev basis, and the even coefficients c_2k of F in x/X0 are the
-    coefficients c_k in u (T_2k(y) = T_k(2y^2 - 1)).
-    """
-    d = np.polynomial.Chebyshev.interpolate(scipy.special.dawsn, 100, domain=[-DAWSON_X0, DAWSON_X0])
-    f = d.integ()
-    f = f - f(0.0)
-    c = np.asarray(f.coef[0::2], dtype=np.float64)
-    keep = np.nonzero(np.abs(c) > 1e-14)[0]
-    return c[: keep[-1] + 1]
-
-
-_DAWSON_CHEB = _dawson_chebyshev()
-
-
-def _clenshaw(coeffs: np.ndarray, u):
-    b1 = jnp.zeros_like(u)
-    b2 = jnp.zeros_like(u)
-    two_u = 2.0 * u
-    for c in coeffs[:0:-1]:
-        b1, b2 = two_u * b1 - b2 + float(c), b1
-    return u * b1 - b2 + float(coeffs[0])
-
-
-def dawson_integral(x):
-    """``F(x) = ∫_0^x D(s) ds`` with D Dawson's function (even in x, F'(x) = D(x)).
-
-    Even Chebyshev series on ``|x| <= DAWSON_X0`` (6), asymptotic expansion
-    ``K + ln|x|/2 - 1/(8x^2) - 3/(32x^4) - 15/(96x^6) - 105/(256x^8) - ...`` (8 terms)
-    beyond. Absolute error ~1e-10 in float64 (a few float32 ulps, < 1e-6, in float32);
-    the two branches agree to ~1e-10 in value and slope at the joint. Elementwise, jittable,
-    differentiable.
-    """
-    x = jnp.asarray(x)
-    x = x.astype(_float_dtype(x))
-    ax = jnp.abs(x)
-    inner = ax <= DAWSON_X0
-    # Chebyshev branch (u clipped to [-1, 1] where unused, keeping both branches finite).
-    xi = jnp.where(inner, x, 0.0)
-    u = 2.0 * (xi / DAWSON_X0) ** 2 - 1.0
-    f_inner = _clenshaw(_DAWSON_CHEB, u)
-    # Asymptotic branch.
-    xo = jnp.where(inner, DAWSON_X0, ax)
-    w = 1.0 / (xo * xo)
-    tail = jnp.zeros_like(w)
-    for a in _DAWSON_ASYM[::-1]:
-        tail = (tail + a) * w
-    f_outer = DAWSON_K + 0.5 * jnp.log(xo) - tail
-    return jnp.where(inner, f_inner, f_outer)
-
-
-# ----------------------------------------------------------------------------------------------
-# KK partners
-# ----------------------------------------------------------------------------------------------
-
-
-def kk_erf_step(energy, b2, b3):
-    """KK partner (f' per unit f'' jump) of the erf step ``s(E) = 0.5 (1 + erf((E - b2)/b3))``.
-
-    ``kk_erf_step(E, b2, b3) = (2/pi) (F(x) - K) + (1/pi) ln(b3)``, ``x = (E - b2)/b3``,
-    F the Dawson integral, b3 in eV. It satisfies, for any E0,
-
-        kk_erf_step(E, b2, b3) - (1/pi) ln|E - E0| = (1/pi) P∫ [s(E') - H(E' - E0)] / (E - E') dE'
-
-    (derivation: H[erf](x) = (4/pi) F(x) + const because H[exp(-x^2)] = (2/sqrt(pi)) D(x);
-    the constant follows from H[erf - sgn] -> 0 as x -> inf). Far from the edge it tends to
-    ``(1/pi) ln|E - b2|`` and as b3 -> 0 to ``(1/pi) ln|E - b2|``: the KK partner of a sharp
-    step with the ``(1/pi) ln|E - E0|`` of :meth:`VEdge.f1_background` put back.
-    """
-    x = (energy - b2) / b3
-    return (2.0 / math.pi) * (dawson_integral(x) - DAWSON_K) + jnp.log(b3) / math.pi
-
-
-def kk_lorentzian(energy, c2, c3):
-    """KK partner ``x / (1 + x^2)``, ``x = (E - c2)/c3``, of the Lorentzian ``1 / (1 + x^2)``."""
-    x = (energy - c2) / c3
-    return x / (1.0 + x * x)
-
-
-def kk_piecewise_linear_matrix(e_nodes, e_eval):
-    """Matrix ``W`` (len(e_eval), len(e_nodes)) with ``kk_piecewise_linear(e_nodes, f, e_eval) = W @ f``.
-
-    Segment ``[t_i, t_i+1]`` (width h_i) contributes, with ``xi = (E - t_i)/h_i`` and
-    ``a(xi) = ln|xi / (xi - 1)|`` (``= ∫_0^1 du / (xi - u)``),
-    ``f_i ((1 - xi) a + 1) + f_i+1 (xi a - 1)`` to ``pi * H``. Away from the segment
-    ``a = -log1p(-1/xi)`` keeps float32 accurate; near it ``a = ln|E - t_i| - ln|E - t_i+1|``
-    (eV) with ``ln|0|`` read as 0, so that at an interior node the two cancelling
-    singularities drop out exactly (the finite limit) and at an end node with a non-zero
-    end value the result is the finite part (the divergent ``f_0 ln|E - t_0|`` omitted).
-    """
-    t = jnp.asarray(e_nodes)
-    x = jnp.asarray(e_eval)
-    dtype = _float_dtype(t, x)
-    t = t.astype(dtype)
-    x = jnp.atleast_1d(x.astype(dtype))
-    if t.ndim != 1 or t.shape[0] < 2:
-        raise ConfigError(f"kk_piecewise_linear needs a 1-D array of at least 2 energy nodes, got shape {t.shape}")
-    if not isinstance(t, jax.core.Tracer) and not bool(np.all(np.diff(np.asarray(t)) > 0)):
-        raise ConfigError("kk_piecewise_linear needs strictly increasing energy nodes")
-    h = t[1:] - t[:-1]  # (n-1,)
-    d_lo = x[:, None] - t[None, :-1]  # (m, n-1): E - t_i
-    d_hi = x[:, None] - t[None, 1:]  # E - t_{i+1}
-    xi = d_lo / h
-    near = (xi >= -1.0) & (xi <= 2.0)
-
-    def safe_log(d):
-        ad = jnp.abs(d)
-        nz = ad > 0
-        return jnp.where(nz, jnp.log(jnp.where(nz, ad, 1.0)), 0.0)
-
-    xi_far = jnp.where(near, -2.0, xi)
-    a_far = -jnp.log1p(-1.0 / xi_far)
-    a_near = safe_log(d_lo) - safe_log(d_hi)
-    a = jnp.where(near, a_near, a_far)
-    # xi * a at a node (xi = 0 or 1) is 0 * a_near with a finite a_near: the limit xi ln|xi| -> 0.
-    w_lo = (1.0 - xi) * a + 1.0
-    w_hi = xi * a - 1.0
-    zeros = jnp.zeros_like(x)[:, None]
-    w = jnp.concatenate([w_lo, zeros], axis=1) + jnp.concatenate([zeros, w_hi], axis=1)
-    return w / math.pi
-
-
-def kk_piecewise_linear(e_nodes, f2_nodes, e_eval):
-    """``(1/pi) P∫ g(E') / (E - E') dE'`` of the piecewise-linear interpolant g of samples.
-
-    Args:
-        e_nodes: (n,) strictly increasing energies, any spacing, eV (g = 0 outside
-            ``[e_nodes[0], e_nodes[-1]]``).
-        f2_nodes: (..., n) samples; leading axes (e.g. pixels) are batched.
-        e_eval: scalar or (m,) energies, eV, anywhere (at a node, inside or outside the range).
-
-    Returns:
-        (..., m) (or (...) for scalar ``e_eval``). Closed form, see
-        :func:`kk_piecewise_linear_matrix`; finite at interior nodes; at an end node with a
-        non-zero end value it returns the finite part of the (log-divergent) transform.
-    """
-    f = jnp.asarray(f2_nodes)
-    w = kk_piecewise_linear_matrix(e_nodes, e_eval)
-    f = f.astype(jnp.result_type(f, w))
-    if f.shape[-1] != w.shape[1]:
-        raise ConfigError(f"f2_nodes has {f.shape[-1]} samples on its last axis but e_nodes has {w.shape[1]}")
-    out = jnp.einsum("...n,mn->...m", f, w.astype(f.dtype), precision=jax.lax.Precision.HIGHEST)
-    return out[..., 0] if jnp.ndim(e_eval) == 0 else out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ same family on a ``tiny``-like frame (32 px, 15 energies, 1.2 um field) for test
 
 This module draws; it has no physics of its own. Each point's spectral properties
 (edge energy, widths, pre-edge intensity, peaks, composition, V per area) go through
-:func:`diffxas.simulate.presets.xanes_from_properties` into eq. 1 and the KK-consistent phase,
+:func:`diffxas.simulate.materials.xanes_from_properties` into eq. 1 and the KK-consistent phase,
 exactly as the fixed phantom's do. The ranges and their physical justification are in
 docs/family.md and in :data:`RANGES`; :func:`draw_family` returns the draw as plain
 numbers (it is also written into the truth file's attributes under ``family``).
@@ -47,6 +47,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from diffxas.simulate.materials import edge_shift, xanes_from_properties
 
 #: Documented ranges of every drawn quantity (docs/family.md gives the sources). Energies
 #: in eV, lengths in m. "rel" = relative RMS of a texture.
@@ -339,9 +341,7 @@ class FamilyPhantom:
 
     def fields(self, x, y, edge, reference_energy: float):
         """``(XanesParams, labels, thickness)`` at points (x, y) (m, any equal shapes), like
-        :func:`diffxas.simulate.presets.phantom_fields`; labels are domain indices, -1 outside."""
-        from diffxas.simulate.presets import xanes_from_properties  # cycle: presets imports this module
-
+        :func:`diffxas.simulate.phantom.phantom_fields`; labels are domain indices, -1 outside."""
         x = jnp.asarray(x, jnp.float32)
         y = jnp.asarray(y, jnp.float32)
         P, nv, inside, labels, thickness = _family_props(
@@ -434,8 +434,6 @@ def _family_props(
 def make_family_phantom(cfg, center=(0.0, 0.0)) -> FamilyPhantom:
     """The family draw of ``cfg.seed`` (``cfg.preset`` is a family preset), placed around
     ``center`` (m), with energies moved to ``cfg.element``'s edge like the fixed phantom."""
-    from diffxas.simulate.presets import edge_shift  # cycle: presets imports this module
-
     draw = draw_family(cfg.seed, cfg.scan_width)
     if tuple(center) != (0.0, 0.0):
         for p in draw["particles"]:

@@ -9,43 +9,43 @@ from typing import TYPE_CHECKING
 #: submodule does not import the others (the CLI's light commands must not import JAX).
 _API = {
     "AlignedStack": "align",
-    "BOUNDED": "fitting",
+    "BOUNDED": "fit_lm",
     "EpieConfig": "epie_config",
     "EpieResult": "epie",
-    "FitConfig": "fitting",
+    "FitConfig": "fit_config",
     "FitResult": "fitting",
-    "LINEAR": "fitting",
+    "LINEAR": "fit_config",
     "OFFSET_TOL": "epie_batches",
-    "POSITIVE": "fitting",
-    "PRE_EDGE_SHAPE": "fitting",
+    "POSITIVE": "fit_lm",
+    "PRE_EDGE_SHAPE": "fit_config",
     "SECOND_PEAK_STARTS": "fitting",
     "TwoStepConfig": "run",
     "align_stack": "align",
     "apply_shifts": "align",
-    "bounds_for": "fitting",
+    "bounds_for": "fit_lm",
     "cached_matrices": "align",
     "epie_update": "epie_kernel",
     "epoch_fn": "epie_kernel",
     "estimate_shift": "align",
     "find_empty_region": "align",
-    "fit_global": "fitting",
-    "fit_shared_shape": "fitting",
+    "fit_global": "fit_varpro",
+    "fit_shared_shape": "fit_varpro",
     "fit_stack": "fitting",
     "frame_orders": "epie_batches",
-    "from_raw": "fitting",
+    "from_raw": "fit_lm",
     "illumination_map": "align",
-    "init_pixels": "fitting",
+    "init_pixels": "fit_varpro",
     "initial_probes": "epie_batches",
     "kk_constrain": "kk",
     "kk_matrix": "kk",
     "kk_phase": "kk",
-    "levenberg_marquardt": "fitting",
-    "lm_fit": "fitting",
+    "levenberg_marquardt": "fit_lm",
+    "lm_fit": "fit_lm",
     "load_checkpoint": "epie_checkpoint",
     "maps_from_fit": "run",
     "multistart_fit": "fitting",
     "noise_energy_mask": "fitting",
-    "peak_grid": "fitting",
+    "peak_grid": "fit_varpro",
     "reconstruct_two_step": "run",
     "reconstruction_grids": "epie_batches",
     "refit_two_step": "run",
@@ -56,9 +56,9 @@ _API = {
     "save_checkpoint": "epie_checkpoint",
     "shift_ramps": "epie_kernel",
     "to_common": "align",
-    "to_raw": "fitting",
+    "to_raw": "fit_lm",
     "unwrap_phase": "align",
-    "varpro_grid": "fitting",
+    "varpro_grid": "fit_varpro",
 }
 
 if TYPE_CHECKING:
@@ -86,26 +86,26 @@ if TYPE_CHECKING:
     from .epie_kernel import epie_update as epie_update
     from .epie_kernel import epoch_fn as epoch_fn
     from .epie_kernel import shift_ramps as shift_ramps
-    from .fitting import BOUNDED as BOUNDED
-    from .fitting import LINEAR as LINEAR
-    from .fitting import POSITIVE as POSITIVE
-    from .fitting import PRE_EDGE_SHAPE as PRE_EDGE_SHAPE
+    from .fit_config import LINEAR as LINEAR
+    from .fit_config import PRE_EDGE_SHAPE as PRE_EDGE_SHAPE
+    from .fit_config import FitConfig as FitConfig
+    from .fit_lm import BOUNDED as BOUNDED
+    from .fit_lm import POSITIVE as POSITIVE
+    from .fit_lm import bounds_for as bounds_for
+    from .fit_lm import from_raw as from_raw
+    from .fit_lm import levenberg_marquardt as levenberg_marquardt
+    from .fit_lm import lm_fit as lm_fit
+    from .fit_lm import to_raw as to_raw
+    from .fit_varpro import fit_global as fit_global
+    from .fit_varpro import fit_shared_shape as fit_shared_shape
+    from .fit_varpro import init_pixels as init_pixels
+    from .fit_varpro import peak_grid as peak_grid
+    from .fit_varpro import varpro_grid as varpro_grid
     from .fitting import SECOND_PEAK_STARTS as SECOND_PEAK_STARTS
-    from .fitting import FitConfig as FitConfig
     from .fitting import FitResult as FitResult
-    from .fitting import bounds_for as bounds_for
-    from .fitting import fit_global as fit_global
-    from .fitting import fit_shared_shape as fit_shared_shape
     from .fitting import fit_stack as fit_stack
-    from .fitting import from_raw as from_raw
-    from .fitting import init_pixels as init_pixels
-    from .fitting import levenberg_marquardt as levenberg_marquardt
-    from .fitting import lm_fit as lm_fit
     from .fitting import multistart_fit as multistart_fit
     from .fitting import noise_energy_mask as noise_energy_mask
-    from .fitting import peak_grid as peak_grid
-    from .fitting import to_raw as to_raw
-    from .fitting import varpro_grid as varpro_grid
     from .kk import kk_constrain as kk_constrain
     from .kk import kk_matrix as kk_matrix
     from .kk import kk_phase as kk_phase
