@@ -141,7 +141,7 @@ def _brightest_line(brightest: tuple[float, int, int], n_frames: int, whole_coun
 
 def _k_edges_line(en) -> str:
     """The K edges (xraydb) inside the scanned energies: the `element` to reconstruct with."""
-    from diffxas.physics.scattering import k_edges_between, k_edges_text  # scipy, xraydb: ~0.4 s, only here
+    from diffxas.physics.scattering import k_edges_between, k_edges_text  # scipy, xraydb: ~0.4 s; for `diffxas info`
 
     if en.size < 2:
         return "n/a (one energy)"
