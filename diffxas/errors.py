@@ -1,5 +1,7 @@
 """User-facing errors: one clear line, exit code 2 at the CLI (never a traceback)."""
 
+import errno
+
 
 class DiffxasError(Exception):
     """An error caused by the user's input or configuration.
@@ -29,8 +31,6 @@ class DiskFullError(DiffxasError):
 def is_disk_full(exc: BaseException | None) -> bool:
     """Whether ``exc`` (or an exception it was raised from or during) is a full disk:
     ``OSError`` with errno ENOSPC or EDQUOT, or h5py's/HDF5's message for it."""
-    import errno
-
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

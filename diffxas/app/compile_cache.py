@@ -64,7 +64,7 @@ def enable(path: str) -> None:
     }
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "jax" in sys.modules:
-        import jax
+        import jax  # jax: only once loaded (sys.modules); `diffxas --help` imports this module
 
         for k, v in opts.items():
             jax.config.update(k, v)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import math
 import os
 import re
@@ -137,17 +138,13 @@ def section_class(name: str) -> type:
     (:func:`diffxas.solvers.registry.by_section`): a method added to the registry gets its
     section without an edit here."""
     if name not in _SECTION_CLASSES:
-        from diffxas.solvers import (
-            registry,  # JAX: only reached for a non-built-in section
-        )
+        from diffxas.solvers import registry  # h5py, the solvers (jax): only for a non-built-in section
 
         method = registry.by_section(name)
         if method is not None:
             return method.config
         raise ConfigError(f"unknown section [{name}]; valid sections: {', '.join(SECTIONS)}")
     mod_name, cls_name = _SECTION_CLASSES[name]
-    import importlib
-
     try:
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as e:
@@ -404,7 +401,7 @@ def sim_config(mapping: Mapping[str, Any] | None = None, **defaults):
     key overrides a preset value (checked like :func:`build_config`). ``defaults`` are
     applied before the mapping (e.g. the CLI's ``--seed``).
     """
-    from diffxas.simulate.presets import SimConfig, preset
+    from diffxas.simulate.presets import SimConfig, preset  # jax: config files load without the simulator
 
     m = dict(defaults)
     m.update(mapping or {})

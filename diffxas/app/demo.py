@@ -30,6 +30,7 @@ from diffxas.data import truth as io_truth
 from diffxas.errors import ConfigError, DiffxasError, InputError
 from diffxas.report import report as report_module
 from diffxas.simulate.presets import PRESETS
+from diffxas.solvers.joint.config import JointConfig
 
 __all__ = ["DemoOutcome", "format_table", "run_demo"]
 
@@ -177,8 +178,6 @@ def run_demo(
             base = PRESETS.get(sim_sect["preset"], {}).get("energies")
             if base is not None and len(base) > QUICK["energies"]:
                 sim_sect["energies"] = list(select_energies(base, QUICK["energies"]))
-        from diffxas.solvers.joint.config import JointConfig
-
         if JointConfig.get_option(cfg_map.get("joint"), "steps") is None:  # flat or [joint.optim]
             cfg_map = set_iterations(cfg_map, "joint", QUICK["joint.steps"])
         if "two-step" in run_methods and _get(cfg_map, iterations_key("two-step")) is dataclasses.MISSING:

@@ -127,7 +127,7 @@ from diffxas.physics.geometry import Grid, object_pixel_size
 from diffxas.physics.scattering import VEdge
 from diffxas.physics.spectra import PARAM_NAMES, XanesParams, f1_v, n_v
 from diffxas.simulate.presets import make_phantom, membrane, phantom_fields
-from diffxas.solvers.joint.config import ALL_PARAMS
+from diffxas.solvers.joint.config import ALL_PARAMS, JointConfig
 
 __all__ = [
     "DEFAULT_STEP",
@@ -318,8 +318,6 @@ def sample_from_result(
     idx = idx[_spread(idx.size, max_pixels)]
     params = {k: ex[k].ravel()[idx] for k in ALL_PARAMS}
     if names is None:
-        from diffxas.solvers.joint.config import JointConfig
-
         rec = (res.config or {}).get("joint", {}) if isinstance(res.config, Mapping) else {}
         # recorded nested (spectra.per_pixel) or, by results written before the option groups, flat
         rec_names = JointConfig.get_option(rec, "per_pixel") if isinstance(rec, Mapping) else None

@@ -26,14 +26,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+# Modules that import JAX (the Dataset, the checks, the simulator, the solvers) are imported
+# inside the functions that need them: the CLI's light commands (cluster, evaluate, export)
+# import this module for check_output_path, and `import diffxas.app.pipeline` stays JAX-free.
+from diffxas import __version__
+from diffxas.analysis.clustering import cluster_result, default_csv_path, write_cluster_csv
 from diffxas.app.config import apply_overrides, build_config, build_section, config_to_dict
+from diffxas.data import files as io_files
+from diffxas.data import orientation as _orientation
+from diffxas.data import results as io_results
+from diffxas.data import truth as io_truth
 
 # The energy rules (:mod:`diffxas.data.energies`, numpy only: no JAX for the CLI's light
 # commands), under the names this module has always offered: ``select_energies(energies, n)``
 # is ``n`` of ``energies`` spread evenly in index.
 from diffxas.data.energies import spread_energies as select_energies
 from diffxas.data.energies import spread_indices as spread_indices
-from diffxas.errors import ConfigError, InputError
+from diffxas.errors import ConfigError, DiffxasError, InputError
 from diffxas.solvers import registry as _registry
 
 __all__ = [
@@ -100,9 +109,7 @@ def write_simulation(sim, cxi_path, truth_path=None) -> tuple[Path, Path]:
     Both files appear together or not at all (each is written to a hidden temporary file
     in its folder, then both are renamed). Returns (cxi path, truth path).
     """
-    from diffxas.data import cxi as io_cxi
-    from diffxas.data import files as io_files
-    from diffxas.data import truth as io_truth
+    from diffxas.data import cxi as io_cxi  # jax (the Dataset): kept local, see the imports
 
     cxi = Path(cxi_path)
     truth = Path(truth_path) if truth_path is not None else default_truth_path(cxi)
@@ -136,7 +143,7 @@ def write_simulation(sim, cxi_path, truth_path=None) -> tuple[Path, Path]:
 
 def simulate_files(sim_cfg, cxi_path, truth_path=None, progress: bool = False):
     """Simulate ``sim_cfg`` and write the CXI and truth files; returns (simulation, cxi, truth)."""
-    from diffxas.simulate.presets import simulate
+    from diffxas.simulate.presets import simulate  # jax: kept local, see the imports
 
     sim = simulate(sim_cfg, progress=progress)
     cxi, truth = write_simulation(sim, cxi_path, truth_path)
@@ -332,7 +339,7 @@ def reconstruct(
     """
     primary = True
     if sharded:
-        import jax
+        import jax  # jax: only for a sharded run; kept local, see the imports
 
         primary = jax.process_index() == 0
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -415,8 +422,6 @@ def reconstruct(
                     d.rmdir()  # only if empty
         raise
     wall = time.perf_counter() - t0
-    from diffxas import __version__
-
     config = dict(result.config or {})
     config[spec.section] = config_to_dict(cfg)
     config["method"] = method
@@ -437,11 +442,11 @@ def check_config(ds, method: str, cfg) -> None:
     """The configuration against the data, before any pass over the frames: the absorber's
     K edge within the energies (``cfg.element``) and ``cfg.reference_energy`` among them
     (for a method whose config has these fields)."""
-    from diffxas.data.checks import check_reference_energy
+    from diffxas.data.checks import check_reference_energy  # jax (the Dataset): kept local, see the imports
 
     element = getattr(cfg, "element", None)
     if element is not None:
-        from diffxas.physics.scattering import VEdge
+        from diffxas.physics.scattering import VEdge  # jax: kept local, see the imports
 
         VEdge.for_energies(element, ds.energies, getattr(cfg, "table", "chantler"))
     check_reference_energy(
@@ -456,8 +461,7 @@ def check_room(ds, out, ckpt=None, source=None) -> None:
     (parameters and the optimiser's two moments). The layout and the positions are checked
     first (a 2x2 detector, near-duplicate energies, translations in the wrong unit) so that
     the grid is never sized from nonsense."""
-    from diffxas.data import files as io_files
-    from diffxas.data.checks import check_layout, check_positions
+    from diffxas.data.checks import check_layout, check_positions  # jax: kept local, see the imports
 
     check_layout(ds, source=source)
     check_positions(ds, source=source, warn=False)
@@ -483,16 +487,14 @@ def check_data(ds, *, source=None, orientation: str | None = None, selection: di
     ``selection`` (the input part's record, see :func:`reconstruct`) gets
     ``frames_dropped_by_checks`` and ``orientation``. Warnings go to the "diffxas" logger.
     """
-    from diffxas.data.checks import check_dataset, ensure_checked, mark_checked
+    from diffxas.data.checks import check_dataset, ensure_checked, mark_checked  # jax: as above
 
     n_before = ds.n_frames
     ds = check_dataset(ds, source=source)  # before the orientation check: broken frames, positions
     if selection is not None and ds.n_frames < n_before:  # recorded with the input selection
         selection["frames_dropped_by_checks"] = int(n_before - ds.n_frames)
     if orientation is not None:
-        from diffxas.data.orientation import resolve
-
-        ds, applied = resolve(ds, orientation)
+        ds, applied = _orientation.resolve(ds, orientation)
         if selection is not None:
             selection["orientation"] = applied
         mark_checked(ds)  # the same frames and positions, re-oriented
@@ -583,8 +585,6 @@ def run(
     fails under ``keep_going`` (the demo prints its progress from it).
     Returns ``{method: MethodRun}``.
     """
-    from diffxas.errors import DiffxasError
-
     log = log or (lambda msg: print(msg, file=sys.stderr))
     step = on_step or (lambda *a: None)
     out = dict(out or {})
@@ -592,7 +592,7 @@ def run(
     runs = {m: MethodRun(m) for m in configs}
     primary = True
     if sharded:
-        import jax
+        import jax  # jax: only for a sharded run; kept local, see the imports
 
         primary = jax.process_index() == 0
 
@@ -651,8 +651,6 @@ def run(
         runs[m].wall_s = t_check[m] + time.perf_counter() - t0
         step("reconstructed", m, runs[m])
     if cluster is not None and live():
-        from diffxas.analysis.clustering import cluster_result
-
         step("cluster", None, None)
         for m in live():
             try:
@@ -662,9 +660,6 @@ def run(
                 runs[m].cluster_error = _one_line(e)
             step("clustered", m, runs[m])
     if out and primary and live():
-        from diffxas.analysis.clustering import default_csv_path, write_cluster_csv
-        from diffxas.data import results as io_results
-
         step("write", None, None)
         for m in live():
             if out.get(m) is None:
@@ -685,14 +680,12 @@ def run(
             runs[m].wall_s += time.perf_counter() - t0
             step("written", m, runs[m])
     if truth is not None and live():
-        from diffxas.analysis.evaluate import default_json_path, evaluate
+        from diffxas.analysis.evaluate import default_json_path, evaluate  # scipy: ~0.3 s, only with a truth
 
         step("evaluate", None, None)
         for m in live():
             metrics = evaluate(runs[m].result, truth, nv_fraction=nv_fraction, clusters=runs[m].clusters)
             if eval_json and runs[m].path is not None:
-                from diffxas.data import files as io_files
-
                 jpath = default_json_path(runs[m].path)
                 metrics["result_path"] = os.fspath(runs[m].path)
                 if truth_path is not None:

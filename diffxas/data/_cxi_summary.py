@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from diffxas.data import stxm
 from diffxas.data._cxi_layout import _Entry
 from diffxas.data._cxi_scan import (
     _check_illumination_all_or_none,
@@ -18,6 +19,7 @@ from diffxas.data._cxi_scan import (
     _scan_cxi,
 )
 from diffxas.data.files import _get_attrs, _human_size, _open_h5, _short, _si
+from diffxas.physics.background import darkest_level
 from diffxas.physics.geometry import object_pixel_size
 
 
@@ -26,17 +28,14 @@ def _scan_summary_stats(path, f, entries: list[_Entry]) -> dict[str, Any]:
     exactly like :func:`read_cxi` (one entry in memory at a time)."""
     with_illum = _check_illumination_all_or_none(path, entries)
     with_mon = _check_monitor_all_or_none(path, entries)
-    from diffxas.data.stxm import beam_masked, brightest_count, whole_counts
-    from diffxas.physics.background import darkest_level
-
     dose, masked, lo, hi, illum_photons, mon_rms, dark = [], [], None, None, [], [], []
     top, top_pixels, top_frames, beam_hidden, counts = -np.inf, 0, 0, 0, True
     for en in entries:
         frames = np.empty((en.n_frames, en.frame_size, en.frame_size), dtype=np.float32)
         pos, weights, probe = _load_entry(path, f, en, frames, with_illum)
-        beam_hidden += int(beam_masked(weights))
-        counts = counts and whole_counts(frames)  # as stxm.check_saturation
-        t, n_pix, n_fr = brightest_count(frames, weights > 0)
+        beam_hidden += int(stxm.beam_masked(weights))
+        counts = counts and stxm.whole_counts(frames)  # as stxm.check_saturation
+        t, n_pix, n_fr = stxm.brightest_count(frames, weights > 0)
         if t >= top:
             top, top_pixels, top_frames = (t, top_pixels + n_pix, top_frames + n_fr) if t == top else (t, n_pix, n_fr)
         # dose: counts in the pixels used only (gap pixels of a modular detector hold
@@ -133,18 +132,16 @@ def _brightest_line(brightest: tuple[float, int, int], n_frames: int, whole_coun
     """``diffxas info``'s line on the brightest unmasked count: where it repeats in frames
     of whole counts (the criteria of :func:`diffxas.data.stxm.check_saturation`), saturated or
     flagged pixels."""
-    from diffxas.data.stxm import looks_saturated
-
     top, pixels, frames = brightest
     line = f"  brightest count:   {top:.10g} in {pixels} unmasked pixel(s) of {frames} of {n_frames} frames"
-    if whole_counts and looks_saturated(top, pixels, frames):
+    if whole_counts and stxm.looks_saturated(top, pixels, frames):
         line += " (a repeated maximum: saturated or flagged pixels? mask them; docs/your-data.md)"
     return line
 
 
 def _k_edges_line(en) -> str:
     """The K edges (xraydb) inside the scanned energies: the `element` to reconstruct with."""
-    from diffxas.physics.scattering import k_edges_between, k_edges_text
+    from diffxas.physics.scattering import k_edges_between, k_edges_text  # scipy, xraydb: ~0.4 s; for `diffxas info`
 
     if en.size < 2:
         return "n/a (one energy)"

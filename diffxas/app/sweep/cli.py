@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
-    from diffxas.app.config import parse_value
+    from diffxas.app.config import parse_value  # ~5-15 ms, only with --set; `diffxas --help` imports this module
 
     out = {}
     for item in items or ():

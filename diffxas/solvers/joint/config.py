@@ -64,6 +64,8 @@ from typing import Any
 import numpy as np
 
 from diffxas.errors import ConfigError
+from diffxas.physics.background import check_mode
+from diffxas.physics.scattering import check_element
 from diffxas.physics.spectra import PARAM_NAMES
 
 ALL_PARAMS = PARAM_NAMES + ("n_other",)
@@ -284,8 +286,6 @@ class BackgroundOptions:
     ``lr_background``."""
 
     def __post_init__(self):
-        from diffxas.physics.background import check_mode
-
         check_mode(self.mode, "joint background")
         _nonneg_finite(self, "background", ("lr",))
 
@@ -506,8 +506,6 @@ class JointConfig:
                 f"reference_energy must be a photon energy in eV (1e3..1e5) inside the scan, got "
                 f"{self.reference_energy}"
             )
-        from diffxas.physics.scattering import check_element
-
         check_element(self.element)
 
     # ------------------------------------------------------------------ flat aliases

@@ -77,14 +77,18 @@ import logging
 
 import jax.numpy as jnp
 import numpy as np
+from scipy import ndimage
 
 from diffxas.data.dataset import Dataset
+from diffxas.data.files import sha256_file
+from diffxas.data.results import read_result
 from diffxas.data.stxm import probes_at_membrane_counts, stxm_absorption
 from diffxas.errors import ConfigError
 from diffxas.physics.constants import R_E
 from diffxas.physics.geometry import Grid, wavelength
+from diffxas.physics.probe import centred_probe
 from diffxas.physics.scattering import VEdge
-from diffxas.physics.spectra import PARAM_NAMES, XanesParams, linear_design, n_v
+from diffxas.physics.spectra import PARAM_NAMES, XanesParams, f1_v, linear_design, n_v
 from diffxas.solvers.joint.config import ALL_PARAMS, AMPLITUDES, JointConfig
 from diffxas.solvers.joint.model import (
     JointParams,
@@ -94,6 +98,10 @@ from diffxas.solvers.joint.model import (
     to_raw,
 )
 from diffxas.solvers.joint.result import _log_warnings
+from diffxas.solvers.twostep.align import align_stack
+from diffxas.solvers.twostep.align import illumination_map as _cov
+from diffxas.solvers.twostep.epie import EpieConfig, run_epie
+from diffxas.solvers.twostep.fitting import varpro_grid
 
 
 def fit_shape_and_amplitudes(stack: np.ndarray, energies: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -114,8 +122,6 @@ def fit_shape_and_amplitudes(stack: np.ndarray, energies: np.ndarray, mask: np.n
     ~5466 eV; joint PE/dmt error 2.45 eV). Non-negativity alone does not prevent it (the
     second peak alone then fits best); locating the main peak first does.
     """
-    from diffxas.solvers.twostep.fitting import varpro_grid
-
     e = np.asarray(energies, np.float64)
     sel = stack[:, mask]  # (K, P)
     if sel.shape[1] == 0:
@@ -190,14 +196,10 @@ def init_params(
     e = np.asarray(ds.energies, np.float64)
     ill = np.asarray(prob.illuminated)
     if cfg.init.mode == "result":
-        from diffxas.data.results import read_result
-
         res = read_result(cfg.init.result)
         ex = dict(res.maps.extra)
         if "n_other" not in ex and all(k in ex for k in PARAM_NAMES):
             # composition from the maps: n_other = N_V (Re[Ne]/N_V - Z_V - f'_V(E_ref)), 0 where unknown
-            from diffxas.physics.spectra import f1_v
-
             b1 = np.nan_to_num(np.asarray(ex["b1"], np.float64))
             pr = XanesParams(
                 **{k: jnp.asarray(np.nan_to_num(np.asarray(ex[k], np.float64)), jnp.float32) for k in PARAM_NAMES}
@@ -319,11 +321,6 @@ def _epie_refine(
     n_other = -phi/(r_e lambda) - N_V (Z_V + f'_V). This gives the composition map a start
     from the data instead of a flat guess.
     """
-    from diffxas.physics.spectra import f1_v
-    from diffxas.solvers.twostep.align import align_stack
-    from diffxas.solvers.twostep.align import illumination_map as _cov
-    from diffxas.solvers.twostep.epie import EpieConfig, run_epie
-
     idx = [0, ds.n_energies - 1]
     sub = ds.select_energies(idx)
     e2 = np.asarray(sub.energies, np.float64)
@@ -364,10 +361,6 @@ def _epie_refine(
         # 1.1 px at 60 nm pixels, which moved every joint map by as much (N_V against the
         # truth +14 % / -23 % on the particle's two halves). Re-centre the probe and move the
         # start maps with it. The file's probe, when there is one, fixes the centre itself.
-        from scipy import ndimage
-
-        from diffxas.physics.probe import centred_probe
-
         probe0, shift = centred_probe(probe0)
         scale = er.grids[0].pixel_size / common.pixel_size  # lowest energy's pixels -> common pixels (1 here)
         moved = [
@@ -452,9 +445,6 @@ def _epie_refine(
 def domain_index(path: str, shape: tuple[int, int]) -> tuple[np.ndarray, dict]:
     """Domain index map (H, W) int from the /clusters/labels of results file ``path``:
     labels 0..D-1 as they are, unlabelled pixels (-1) -> D (one extra shared value)."""
-    from diffxas.data.files import sha256_file
-    from diffxas.data.results import read_result
-
     res = read_result(path)
     if res.clusters is None or "labels" not in res.clusters:
         raise ConfigError(f"{path}: no /clusters/labels to take the domains from; run `diffxas cluster {path}` first")

@@ -9,6 +9,7 @@ import numpy as np
 
 from diffxas.physics.forward import intensities, loss_fn, loss_with_background
 from diffxas.physics.scattering import VEdge
+from diffxas.physics.uncertainty import covariance, parameter_information, parameter_scales, scaled_information
 from diffxas.solvers.joint.config import ALL_PARAMS, JointConfig
 from diffxas.solvers.joint.model import (
     JointParams,
@@ -133,8 +134,6 @@ def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
     ones (the start-up of every joint run; ``_eager=True`` keeps the step-by-step route,
     the reference of tests/test_joint.py::test_prior_weights_fused_equals_eager).
     """
-    from diffxas.physics.uncertainty import covariance
-
     names = [k for k in ALL_PARAMS if k in cfg.spectra.per_pixel and params.raw[k].ndim == 2]
     if not names:
         return {}, {}
@@ -180,8 +179,6 @@ def _prior_information_eager(params: JointParams, prob: Problem, edge: VEdge, na
     """The step-by-step route of :func:`prior_weights` (eager JAX, one compilation per small
     operation): per-pixel Fisher matrices (H, W, n, n) float64 of ``names`` (physical units),
     the physical maps by name (b1 and ``names``), and d physical / d raw per name."""
-    from diffxas.physics.uncertainty import parameter_information
-
     info = np.asarray(eqx.filter_jit(object_information_joint)(params, prob))
     p = physical(params, prob.scales, 1.0 - prob.empty, prob.domain)
     fisher = parameter_information(p, prob.energies, edge, info, names)
@@ -192,8 +189,6 @@ def _prior_information_eager(params: JointParams, prob: Problem, edge: VEdge, na
 def _prior_information(params: JointParams, prob: Problem, edge: VEdge, names):
     """Same outputs as :func:`_prior_information_eager` from one jitted call
     (:func:`_prior_information_fused`); the float64 rescaling is done on the host."""
-    from diffxas.physics.uncertainty import parameter_scales
-
     sc = parameter_scales(names, edge)
     f, maps, d = _prior_information_fused(params, prob, edge, tuple(names), tuple(float(x) for x in sc))
     fisher = np.asarray(f, np.float64) / (sc[:, None] * sc[None, :])
@@ -206,8 +201,6 @@ def _prior_information_fused(params: JointParams, prob: Problem, edge: VEdge, na
     in one XLA program (``names``, ``sc`` static). Scaled Fisher matrices (H, W, n, n) float32
     as :func:`diffxas.physics.uncertainty.parameter_information` computes them before its
     float64 rescaling."""
-    from diffxas.physics.uncertainty import scaled_information
-
     info = object_information_joint(params, prob)
     p = physical(params, prob.scales, 1.0 - prob.empty, prob.domain)
     f = scaled_information(

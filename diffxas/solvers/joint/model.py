@@ -8,6 +8,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.linalg import eigh
 
 from diffxas.data.dataset import Dataset, in_memory, read_frames, relative_monitor
 from diffxas.physics.forward import (
@@ -355,8 +356,6 @@ def fit_probe_model(probes0: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray,
     ``GAIN_LIMIT``, the gains come from each probe's power. Then ``Q`` by linear least
     squares; the mean log gain is 0 (the gauge: a common factor belongs to ``Q``).
     """
-    from scipy.linalg import eigh
-
     p = np.asarray(probes0, np.complex128)
     b = np.asarray(basis, np.float64)
     flat = p.reshape(len(p), -1)

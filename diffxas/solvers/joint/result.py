@@ -26,6 +26,7 @@ from diffxas.solvers.joint.model import (
     physical,
     probes,
 )
+from diffxas.solvers.twostep.fitting import FitConfig
 
 
 def object_information_joint(params: JointParams, prob: Problem) -> jax.Array:
@@ -83,8 +84,6 @@ def plausibility_warnings(full: dict[str, np.ndarray], pre_edge_norm: np.ndarray
     (experiments/README.md): c23 = 12 eV and median PE/dmt -21 eV. Medians over the valid
     pixels (shared parameters are one value anyway).
     """
-    from diffxas.solvers.twostep.fitting import FitConfig
-
     fc = FitConfig()
     v = np.asarray(valid, bool)
     out = []

@@ -11,7 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffxas.analysis.clustering import ClusterConfig, cluster_maps
+from diffxas.data.checks import check_reference_energy, ensure_checked
 from diffxas.data.dataset import Dataset, mean_frames
+from diffxas.data.results import read_result, write_result
 from diffxas.data.stxm import (
     NO_EMPTY_REGION,
     dpc_phase,
@@ -22,7 +25,8 @@ from diffxas.data.stxm import (
 )
 from diffxas.errors import ConfigError, DivergenceError
 from diffxas.maps import Result
-from diffxas.physics.background import FLOOR
+from diffxas.physics.background import FLOOR, as_maps, initial_background, per_energy
+from diffxas.physics.background import summary as background_summary
 from diffxas.physics.constants import R_E
 from diffxas.physics.geometry import Grid, wavelength
 from diffxas.physics.scattering import VEdge
@@ -59,6 +63,7 @@ from diffxas.solvers.joint.solver import (
     lbfgs_polish,
     make_optimizer,
 )
+from diffxas.solvers.joint.stream import StreamSolver, frames_source, plan_memory
 
 
 def prepare_joint(
@@ -92,8 +97,6 @@ def prepare_joint(
     edge model, the initialisation record (for :func:`make_result`) and the memory plan
     (``context["memory"]``).
     """
-    from diffxas.solvers.joint.stream import StreamSolver, frames_source, plan_memory
-
     e = np.asarray(ds.energies, np.float64)
     edge = VEdge.for_energies(cfg.element, e, cfg.table)  # fails at once on a wrong element
     common = ds.common_grid() if common is None else common
@@ -201,13 +204,6 @@ def prepare_joint(
     bg0 = None
     bg_result = init_info.pop("background_result", None)
     if cfg.background.mode != "none":
-        from diffxas.physics.background import (
-            as_maps,
-            initial_background,
-            per_energy,
-            summary,
-        )
-
         if bg_result is not None:  # a warm start from a result that fitted one: its level, in this mode
             m = ds.frame_size
             bg0 = as_maps(bg_result, ds.n_energies, m) if cfg.background.mode == "map" else per_energy(bg_result)
@@ -216,7 +212,7 @@ def prepare_joint(
         else:
             bg0 = initial_background(mean_frames(ds), np.asarray(ds.mask), cfg.background.mode)
             init_info["background_from"] = "the darkest 4x4 detector block of each energy's mean frame"
-        init_info["background_start"] = summary(bg0)
+        init_info["background_start"] = background_summary(bg0)
         bg0 = np.fft.ifftshift(bg0, axes=(-2, -1)) if bg0.ndim == 3 else bg0  # the frames' layout here
         prob = eqx.tree_at(lambda p: p.background0, prob, jnp.asarray(bg0, jnp.float32), is_leaf=lambda x: x is None)
     params = make_params(
@@ -289,8 +285,6 @@ def reconstruct_joint(
     sharded driver do not repeat it. The reference-energy check stays here as well: it
     compares two numbers and guards direct calls.
     """
-    from diffxas.data.checks import check_reference_energy, ensure_checked
-
     ds, found = ensure_checked(ds)  # trusted when the pipeline checked it; else refuse or drop bad frames here
     check_reference_energy(cfg.reference_energy, ds.energies, "joint.reference_energy")
     if cfg.spectra.per_domain and cfg.spectra.domains == "auto" and _domain_labels is None:
@@ -344,7 +338,7 @@ def reconstruct_joint(
         solver, state = shard(solver, state)
     bar = None
     if progress:
-        from tqdm import tqdm
+        from tqdm import tqdm  # tqdm: ~25 ms, only with progress
 
         bar = tqdm(total=cfg.optim.steps, initial=int(state.step), desc="joint", unit="step")
     t_compile = None
@@ -416,9 +410,6 @@ def _reconstruct_two_pass(ds, cfg, progress, checkpoint, resume, callback, n_sha
     (default :class:`diffxas.analysis.clustering.ClusterConfig`, k by elbow), then the second pass
     with the per-domain parameters on those domains. With a checkpoint, the first pass's
     result is kept next to it (``CHECKPOINT.pass1.h5``) so ``resume`` does not redo it."""
-    from diffxas.analysis.clustering import ClusterConfig, cluster_maps
-    from diffxas.data.results import read_result, write_result
-
     t0 = time.perf_counter()
     p1_file = checkpoint + ".pass1.h5" if checkpoint else None
     if p1_file and resume and os.path.exists(p1_file):

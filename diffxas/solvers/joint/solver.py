@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -14,6 +15,7 @@ import numpy as np
 import optax
 
 from diffxas.data.dataset import Dataset
+from diffxas.errors import ConfigError, is_disk_full
 from diffxas.physics.geometry import Grid
 from diffxas.solvers.joint.config import AMPLITUDES, JointConfig
 from diffxas.solvers.joint.loss import data_loss, total_loss
@@ -78,8 +80,6 @@ class Convergence:
     """
 
     def __init__(self, cfg: JointConfig):
-        from diffxas.errors import ConfigError
-
         if not (cfg.stopping.tol >= 0.0) or not np.isfinite(cfg.stopping.tol):
             raise ConfigError(f"tol must be a finite number >= 0 (0 = off), got {cfg.stopping.tol!r}")
         if not isinstance(cfg.stopping.tol_window, (int, np.integer)) or cfg.stopping.tol_window < 1:
@@ -116,10 +116,6 @@ def _save_checkpoint(path: str, state: JointState, history: dict):
     failure leaves the previous checkpoint whole and no ``*.tmp``). A full disk skips this
     checkpoint with one warning naming the file (the run goes on; the previous checkpoint
     stays resumable); any other failure raises."""
-    import contextlib
-
-    from diffxas.errors import is_disk_full
-
     tmp, htmp = path + ".tmp", path + ".hist.tmp.npz"
     try:
         with open(tmp, "wb") as f:

@@ -45,6 +45,7 @@ from scipy import ndimage
 from scipy.fft import dctn, idctn
 
 from diffxas.physics.forward import fourier_shift, resample, resample_matrices
+from diffxas.physics.forward import illumination_map as footprint
 from diffxas.physics.geometry import Grid
 
 # ----------------------------------------------------------------------------- resampling
@@ -124,8 +125,6 @@ def illumination_map(
     :func:`diffxas.physics.forward.illumination_map` with ``|P|^2`` at each frame's integer patch
     corner (the sub-pixel remainder is irrelevant for a coverage mask), then resampled.
     """
-    from diffxas.physics.forward import illumination_map as footprint
-
     kn = len(grids)
     ks = range(kn) if energies_subset is None else energies_subset
     acc = np.zeros(common.shape, np.float64)

@@ -20,11 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffxas.data.dataset import Dataset, relative_monitor
+from diffxas.data.dataset import Dataset, relative_monitor, take_frames
 from diffxas.errors import InputError
 from diffxas.physics.background import FLOOR
 from diffxas.physics.forward import frame_geometry
 from diffxas.physics.geometry import Grid, wavelength
+from diffxas.physics.probe import detected_power, kb_probe, numerical_aperture_for_fwhm
 from diffxas.solvers.twostep.epie_config import EpieConfig
 from diffxas.solvers.twostep.epie_kernel import shift_ramps
 
@@ -53,17 +54,9 @@ def initial_probes(
     """
     if dataset.illumination is not None and use_illumination:
         return np.asarray(dataset.illumination, np.complex64)
-    from diffxas.physics.probe import (
-        detected_power,
-        kb_probe,
-        numerical_aperture_for_fwhm,
-    )
-
     m = dataset.frame_size
     e = np.asarray(dataset.energies, np.float64)
     na = numerical_aperture_for_fwhm(probe_fwhm, float(wavelength(e.min())))
-    from diffxas.data.dataset import take_frames
-
     mask = np.asarray(dataset.mask)
     out = np.zeros((len(e), m, m), np.complex64)
     for k in range(len(e)):  # one energy's frames at a time (a lazy source is read, never all at once)

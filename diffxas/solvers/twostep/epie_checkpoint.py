@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from diffxas.data.dataset import Dataset
+from diffxas.errors import is_disk_full
 from diffxas.solvers.twostep.epie_config import EpieConfig
 
 
@@ -67,8 +68,6 @@ def save_checkpoint(
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        from diffxas.errors import is_disk_full
-
         if isinstance(e, Exception) and is_disk_full(e):  # the run goes on; the previous checkpoint is kept
             import logging
 

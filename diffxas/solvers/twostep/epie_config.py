@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from diffxas.errors import ConfigError
+from diffxas.physics.background import check_mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +119,6 @@ class EpieConfig:
             raise ConfigError(f"epie decay_start must be in [0, epochs) or None, got {self.decay_start}")
         if not (0.0 < self.decay_final <= 1.0):
             raise ConfigError(f"epie decay_final must be in (0, 1], got {self.decay_final}")
-        from diffxas.physics.background import check_mode
-
         check_mode(self.background, "epie background")
         if self.background_start < 0:
             raise ConfigError(f"epie background_start must be >= 0, got {self.background_start}")

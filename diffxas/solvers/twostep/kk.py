@@ -13,7 +13,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from diffxas.physics.forward import resample
 from diffxas.physics.geometry import Grid, wavelength
+from diffxas.physics.scattering import kk_piecewise_linear_matrix
+from diffxas.solvers.twostep import align
 
 
 def kk_matrix(energies, tail_ev: float = 200.0) -> np.ndarray:
@@ -33,8 +36,6 @@ def kk_matrix(energies, tail_ev: float = 200.0) -> np.ndarray:
     remaining truncation error is smooth over the scanned range and goes into the
     fitted baseline of :func:`kk_phase`). H is linear, so this is one matrix.
     """
-    from diffxas.physics.scattering import kk_piecewise_linear_matrix
-
     e = np.asarray(energies, np.float64)
     lam = wavelength(e)
     lam0 = wavelength(0.5 * (e.min() + e.max()))
@@ -102,9 +103,6 @@ def kk_constrain(
     the registration), resampled onto each energy's grid and applied to its object, so
     parts of the object that the constraint does not touch are not resampled at all.
     """
-    from diffxas.physics.forward import resample
-    from diffxas.solvers.twostep import align
-
     e = np.asarray(energies, np.float64)
     st = align.align_stack(
         objects, grids, common, e, probes=probes, tables=tables, frame_size=frame_size, register=register

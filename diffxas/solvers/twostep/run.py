@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from diffxas.analysis.smoothing import smooth_stack
+from diffxas.data.checks import check_reference_energy, ensure_checked
 from diffxas.data.dataset import Dataset
 from diffxas.data.stxm import (
     NO_EMPTY_REGION,
@@ -23,8 +24,12 @@ from diffxas.data.stxm import (
     empty_region,
     illumination_at_counts,
 )
-from diffxas.errors import ConfigError
+from diffxas.errors import ConfigError, InputError
 from diffxas.maps import ChemMaps, Result
+from diffxas.physics.background import describe
+from diffxas.physics.background import summary as background_summary
+from diffxas.physics.geometry import Grid
+from diffxas.physics.scattering import VEdge, check_element
 from diffxas.physics.spectra import PARAM_NAMES, maps_from_params
 from diffxas.solvers.twostep.align import align_stack, illumination_map
 from diffxas.solvers.twostep.epie import EpieConfig, run_epie
@@ -79,8 +84,6 @@ class TwoStepConfig:
             )
         if self.reference_energy is not None and not (1000.0 <= self.reference_energy <= 100000.0):
             raise ConfigError(f"two-step reference_energy must be in eV, got {self.reference_energy}")
-        from diffxas.physics.scattering import check_element
-
         check_element(self.element, "two-step element")
 
     @classmethod
@@ -116,8 +119,6 @@ class TwoStepConfig:
 
 
 def _edge(cfg: TwoStepConfig, energies):
-    from diffxas.physics.scattering import VEdge
-
     return VEdge.for_energies(cfg.element, energies, cfg.table)
 
 
@@ -191,8 +192,6 @@ def reconstruct_two_step(
     """
     cfg = TwoStepConfig() if config is None else config
     t0 = time.perf_counter()
-    from diffxas.data.checks import check_reference_energy, ensure_checked
-
     dataset, found = ensure_checked(dataset)  # trusted when the pipeline checked it
     e = np.asarray(dataset.energies, np.float64)
     check_reference_energy(cfg.reference_energy, e, "twostep.reference_energy")
@@ -206,9 +205,6 @@ def reconstruct_two_step(
     dataset, power = illumination_at_counts(dataset)
     quantum = found.get("count_quantum")
     er = run_epie(dataset, cfg.epie, progress=progress, checkpoint=ck, resume=resume)
-    from diffxas.physics.background import describe
-    from diffxas.physics.background import summary as background_summary
-
     if er.background is not None:
         logging.getLogger("diffxas").info(describe(er.background, "two-step"))
     t_epie = time.perf_counter() - t0
@@ -292,10 +288,6 @@ def refit_two_step(
     configuration the maps are those of the file (up to the fit's float arithmetic).
     Clusters of the source are dropped (they were computed from the old maps).
     """
-    from diffxas.errors import InputError
-    from diffxas.physics.geometry import Grid
-    from diffxas.physics.scattering import VEdge
-
     where = f"{source}: " if source else ""
     if result.method != "two-step":
         raise InputError(
