@@ -110,12 +110,6 @@ def test_no_module_level_import_cycles():
     assert not cycles, cycles
 
 
-# Modules another branch is rewriting: their function-local imports are checked once it lands
-# (the split of the two-step fit, issue #26). An entry with no offender left fails below, so
-# the list cannot outlive its reason.
-_LOCAL_IMPORTS_PENDING = {"diffxas/solvers/twostep/fitting.py"}
-
-
 def _comment_lines(source: str) -> set[int]:
     """Line numbers (1-based) that carry a ``#`` comment (tokens, so a ``#`` in a string is none)."""
     toks = tokenize.generate_tokens(io.StringIO(source).readline)
@@ -143,17 +137,11 @@ def test_function_local_imports_say_why():
     JAX, scipy.optimize, sklearn, matplotlib, dask kept off a light path like `diffxas --help`,
     or a real import cycle); each one names its reason in a ``#`` comment on its line or the
     line above. Everything else is imported at the top of the module."""
-    offenders, pending_seen = [], set()
+    offenders = []
     for path in sorted(PKG.rglob("*.py")):
         rel = path.relative_to(PKG.parent).as_posix()
-        lines = _bare_local_imports(path)
-        if rel in _LOCAL_IMPORTS_PENDING:
-            pending_seen.update([rel] if lines else [])
-            continue
-        offenders += [f"{rel}:{n}" for n in lines]
+        offenders += [f"{rel}:{n}" for n in _bare_local_imports(path)]
     assert not offenders, f"function-local imports without a comment saying why they are local: {offenders}"
-    stale = sorted(_LOCAL_IMPORTS_PENDING - pending_seen)
-    assert not stale, f"no uncommented function-local import left in {stale}: remove them from _LOCAL_IMPORTS_PENDING"
 
 
 def test_light_modules_import_no_jax():
