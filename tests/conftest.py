@@ -39,3 +39,44 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
+
+
+# ----------------------------------------------------------------------------------------
+# Fixtures shared by several test files. The diffxas imports are inside the fixtures: the
+# environment above must be set before anything imports jax.
+# ----------------------------------------------------------------------------------------
+@pytest.fixture
+def cxi(tmp_path):
+    """A small CXI file (tests/data_helpers.py's make_dataset), fresh for every test: the
+    tests of diffxas.data (test_cxi_read, test_cxi_summary, test_files, test_results, ...)
+    mutate it. Files that need another ``cxi`` define their own, which wins over this one."""
+    from data_helpers import make_dataset
+
+    from diffxas.data import cxi as io_cxi
+
+    path = tmp_path / "data.cxi"
+    io_cxi.write_cxi(path, make_dataset())
+    return path
+
+
+# The joint solver's simulated datasets. Session-scoped: they are used by several
+# tests/test_joint_*.py files (and test_dataset.py) and were module-scoped in the one file
+# those tests came from; session scope simulates each once per test process, no more often
+# than before the split. No test modifies them (each builds its own variants with
+# dataclasses.replace).
+@pytest.fixture(scope="session")
+def clean():
+    """`tiny` on tests/joint_helpers.py's 18 energies, noise-free, no bad pixels."""
+    from joint_helpers import ENERGIES
+
+    from diffxas.simulate.presets import preset, simulate
+
+    return simulate(preset("tiny", energies=ENERGIES, noise=False, bad_pixel_fraction=0.0))
+
+
+@pytest.fixture(scope="session")
+def small3():
+    """`tiny` (with noise) on 3 energies: below, at and above the V K edge."""
+    from diffxas.simulate.presets import preset, simulate
+
+    return simulate(preset("tiny", energies=(5420.0, 5466.0, 5484.0)))

@@ -82,14 +82,14 @@ def test_info_several_files(cxi, tmp_path, capsys):
 
 
 def test_info_result_and_truth(tmp_path, capsys):
-    # build the files with the io tests' helpers (plain module import from tests/)
+    # build the files with the data tests' helpers (plain module import from tests/)
     sys.path.insert(0, str(Path(__file__).parent))
     try:
-        import test_io
+        import data_helpers
     finally:
         sys.path.pop(0)
-    r = io_results.write_result(tmp_path / "r.h5", test_io.make_result())
-    t = io_truth.write_truth(tmp_path / "t.h5", test_io.make_truth())
+    r = io_results.write_result(tmp_path / "r.h5", data_helpers.make_result())
+    t = io_truth.write_truth(tmp_path / "t.h5", data_helpers.make_truth())
     assert cli.main(["info", str(r)]) == 0
     assert "diffxas results file" in capsys.readouterr().out
     assert cli.main(["info", str(t)]) == 0
