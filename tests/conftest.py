@@ -80,3 +80,47 @@ def small3():
     from diffxas.simulate.presets import preset, simulate
 
     return simulate(preset("tiny", energies=(5420.0, 5466.0, 5484.0)))
+
+
+# The command-line tests' simulated sample and joint result. Session-scoped: several
+# tests/test_cli*.py files read them (read-only), and they were module-scoped in the one
+# test_cli.py those tests came from; session scope runs each command once per test process,
+# no more often than before the split.
+@pytest.fixture(scope="session")
+def sim_dir(tmp_path_factory):
+    """`diffxas simulate` of the tiny preset (the command under test, run once)."""
+    from cli_helpers import TINY_ENERGIES, _run
+
+    d = tmp_path_factory.mktemp("sim")
+    rc, out, err = _run(
+        ["simulate", d / "tiny.cxi", "--preset", "tiny", "--seed", "1", "--energy-list", TINY_ENERGIES, "--no-progress"]
+    )
+    assert rc == 0, err
+    (d / "simulate.stdout").write_text(out)
+    return d
+
+
+@pytest.fixture(scope="session")
+def joint_dir(sim_dir, tmp_path_factory):
+    """`diffxas reconstruct --method joint` with 2 steps on the tiny file (run once)."""
+    from cli_helpers import _run
+
+    d = tmp_path_factory.mktemp("joint")
+    rc, out, err = _run(
+        [
+            "reconstruct",
+            sim_dir / "tiny.cxi",
+            "--method",
+            "joint",
+            "-o",
+            d / "joint.h5",
+            "--steps",
+            2,
+            "--set",
+            "joint.log_every=1",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0, err
+    (d / "reconstruct.stdout").write_text(out)
+    return d
