@@ -124,3 +124,46 @@ def joint_dir(sim_dir, tmp_path_factory):
     assert rc == 0, err
     (d / "reconstruct.stdout").write_text(out)
     return d
+
+
+# Test files that share the session-scoped fixtures above and were one module before the
+# split into files that mirror the package's modules (issue #26). `make test` runs the suite
+# with pytest-xdist's ``--dist loadfile`` (whole files per worker, so that module fixtures are
+# built once): each group below is one unit there, on one worker, so ``small3``, ``clean``,
+# ``sim_dir`` and ``joint_dir`` are built once per suite run, as when each group was one file,
+# and not once on each worker that happens to get one of its files. Other ``--dist`` modes
+# and serial runs are unchanged.
+XDIST_FILE_GROUPS = {
+    "joint solver tests (small3, clean)": (
+        "test_joint_model.py",
+        "test_joint_loss.py",
+        "test_joint_init.py",
+        "test_joint_solver.py",
+        "test_joint_result.py",
+        "test_joint_run.py",
+        "test_dataset.py",
+    ),
+    "command-line tests (sim_dir, joint_dir)": (
+        "test_cli.py",
+        "test_cli_files.py",
+        "test_cli_reconstruction.py",
+        "test_cli_analysis.py",
+        "test_cli_workflows.py",
+    ),
+}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    group_of = {name: group for group, names in XDIST_FILE_GROUPS.items() for name in names}
+
+    class GroupedFileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::", 1)[0]
+            return group_of.get(os.path.basename(path), path)
+
+    return GroupedFileScheduling(config, log)
