@@ -50,8 +50,8 @@ run() {
 
 log "devices"
 run 60 $PY -c "import jax; print(jax.__version__, jax.default_backend(), jax.devices())" 2>&1 | tee "$OUT/devices.txt"
-log "GPU test (tests/test_joint.py -k gpu)"
-run 120 $PY -m pytest -q -p no:cacheprovider tests/test_joint.py -k gpu > "$OUT/gpu_test.log" 2>&1
+log "GPU test (tests/test_joint_solver.py -k gpu)"
+run 120 $PY -m pytest -q -p no:cacheprovider tests/test_joint_solver.py -k gpu > "$OUT/gpu_test.log" 2>&1
 tail -3 "$OUT/gpu_test.log" | tee -a "$OUT/summary.txt"
 log "benchmark: $QUICK"
 run 150 $PY -m benchmarks.run $QUICK --out "$OUT/bench-quick.json" > /dev/null 2> "$OUT/bench-quick.err"

@@ -2,6 +2,8 @@
 
 import os
 
+import jax
+
 from diffxas.app import cli, compile_cache
 
 
@@ -41,3 +43,32 @@ def test_enable_keeps_a_users_log_level(monkeypatch):
         assert jax.config.jax_compilation_cache_dir == "/nonexistent-but-unused"
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_compilation_cache_switch(tmp_path, monkeypatch):
+    """The CLI's persistent compilation cache (``DIFFXAS_COMPILATION_CACHE``): off under pytest
+    by default and with ``0``/``off``; a directory switches it on for jax (config read back);
+    a user's own ``JAX_COMPILATION_CACHE_DIR`` is left alone."""
+    from diffxas.app import cli
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv(cli.COMPILATION_CACHE_ENV, raising=False)
+    assert cli._compilation_cache() is None  # pytest: off unless asked
+    monkeypatch.setenv(cli.COMPILATION_CACHE_ENV, "off")
+    assert cli._compilation_cache() is None
+    keys = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    before = {k: getattr(jax.config, k) for k in keys}
+    try:
+        monkeypatch.setenv(cli.COMPILATION_CACHE_ENV, str(tmp_path / "cache"))
+        assert cli._compilation_cache() == str(tmp_path / "cache")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+        monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+        assert cli._compilation_cache() is None
+    finally:
+        for k, v in before.items():
+            jax.config.update(k, v)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+from data_helpers import DET, SRC, TRANS, assert_same_dataset, make_dataset
 from test_cxi_spec import cxi_spec_errors
-from test_io import DET, SRC, TRANS, assert_same_dataset, make_dataset
 
 from diffxas.app.cli import main
 from diffxas.data import cxi as io_cxi

@@ -17,6 +17,7 @@ from diffxas.app.sweep import spec as sweep_spec
 from diffxas.data import results as io_results
 from diffxas.errors import ConfigError
 from diffxas.maps import MAP_FIELDS, ChemMaps, Result
+from diffxas.solvers.joint import config as joint_config
 from diffxas.solvers.joint.config import (
     FLAT_ALIASES,
     GROUPS,
@@ -248,3 +249,27 @@ def test_flat_records_of_sweeps_and_checkpoints_still_match():
     assert "record" not in meta  # logging intervals do not block a resume
     assert pipeline._same_config("joint", {**flat, "log_every": 3}, meta)
     assert not pipeline._same_config("joint", {**flat, "tv_weight": 0.2}, meta)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="loss"):
+        joint_config.JointConfig.make(loss="l2")
+    with pytest.raises(ConfigError, match="per_pixel"):
+        joint_config.JointConfig.make(per_pixel=("b2", "zz"))
+    with pytest.raises(ConfigError, match="init_result"):
+        joint_config.JointConfig.make(init="result")
+    with pytest.raises(ConfigError, match="steps"):
+        joint_config.JointConfig.make(steps=-1)
+    with pytest.raises(ConfigError, match="chemical symbol"):
+        joint_config.JointConfig.make(element="mn")
+    with pytest.raises(ConfigError, match="probe_fwhm"):
+        joint_config.JointConfig.make(probe_fwhm=0.0)
+
+
+def test_prior_config_validation():
+    with pytest.raises(ConfigError, match="prior"):
+        joint_config.JointConfig.make(prior="l1")
+    with pytest.raises(ConfigError, match="not both"):
+        joint_config.JointConfig.make(prior="tv", tv_weight=1.0)
+    with pytest.raises(ConfigError, match="prior_strength"):
+        joint_config.JointConfig.make(prior_strength=-1.0)

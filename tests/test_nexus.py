@@ -6,7 +6,7 @@ NXinstrument/NXsource (the *machine* energy, 3 GeV, which must not be taken for 
 energy)/NXbeam (photon energy in keV)/NXdetector (data, translation (N, 3) in um, pixel
 sizes in um, distance in mm)/NXmonitor, NXdata and the CXI-compatible data_1 and
 sample_1/geometry_1 links. One entry uses the raster layout (npts_x, npts_y, M, M).
-Reference: the Dataset the file was written from (test_io.make_dataset): frames exact,
+Reference: the Dataset the file was written from (data_helpers.make_dataset): frames exact,
 energies 1e-12 relative (keV -> eV), positions and lengths 1e-12 relative (unit scaling).
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from test_io import ENERGIES, K, M, N, make_dataset
+from data_helpers import ENERGIES, K, M, N, make_dataset
 
 from diffxas.app.cli import main
 from diffxas.data import cxi as io_cxi

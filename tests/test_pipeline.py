@@ -17,6 +17,7 @@ from test_demo import fake_simulation
 
 from diffxas.app import cli, pipeline
 from diffxas.app import demo as demo_app
+from diffxas.app import pipeline as demo_pipeline
 from diffxas.app.sweep import runner as sweep_runner
 from diffxas.data import checks
 from diffxas.data import cxi as io_cxi
@@ -186,3 +187,20 @@ def test_demo_and_cli_reconstruct_through_run(monkeypatch, fake_sim, tmp_path):
     with pytest.raises(InputError, match="stopped in pipeline.run"):
         _quiet(demo_app.run_demo, tmp_path / "demo", "tiny")
     assert calls == [(["two-step"], "auto"), (["joint", "two-step"], None)]
+
+
+def test_spread_indices():
+    assert demo_pipeline.spread_indices(40, 40).tolist() == list(range(40))
+    assert demo_pipeline.spread_indices(40, 2).tolist() == [0, 39]
+    for k in range(2, 41):
+        idx = demo_pipeline.spread_indices(40, k)
+        assert len(set(idx.tolist())) == k and idx[0] == 0 and idx[-1] == 39
+    assert demo_pipeline.select_energies([1.0, 2.0, 3.0, 4.0, 5.0], 3) == (1.0, 3.0, 5.0)
+    # halves round up (np.round would give [0, 2, 5]: round half to even)
+    assert demo_pipeline.spread_indices(6, 3).tolist() == [0, 3, 5]
+    # one rule: simulate --energies, reconstruct --energies and the sweeps' "uniform" agree
+    from diffxas.app.sweep import spec as sweep_spec
+
+    e = [5420.0 + 3 * i for i in range(40)]
+    for k in range(2, 41):
+        assert sweep_spec.select_energies(e, k, "uniform") == demo_pipeline.select_energies(e, k)

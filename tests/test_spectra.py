@@ -219,7 +219,7 @@ def test_two_step_maps_are_the_one_block(edge, monkeypatch):
     """The two-step's maps_from_fit (reconstruct_two_step and refit_two_step) calls
     maps_from_params once, and its maps are that block's output masked by the fit's
     validity, illumination and finiteness. Reference: the block's own output (exact).
-    The joint's side: tests/test_joint.py::test_joint_maps_are_the_one_block."""
+    The joint's side: tests/test_joint_result.py::test_joint_maps_are_the_one_block."""
     from types import SimpleNamespace
 
     from diffxas.physics.geometry import Grid
