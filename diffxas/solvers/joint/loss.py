@@ -132,7 +132,7 @@ def prior_weights(params: JointParams, prob: Problem, cfg: JointConfig, edge: VE
     The information, the physical maps and the transforms' derivatives are computed in one
     jitted call (:func:`_prior_information`): one compilation instead of ~150 small eager
     ones (the start-up of every joint run; ``_eager=True`` keeps the step-by-step route,
-    the reference of tests/test_joint.py::test_prior_weights_fused_equals_eager).
+    the reference of tests/test_joint_loss.py::test_prior_weights_fused_equals_eager).
     """
     names = [k for k in ALL_PARAMS if k in cfg.spectra.per_pixel and params.raw[k].ndim == 2]
     if not names:
