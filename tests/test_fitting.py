@@ -6,7 +6,7 @@ import pytest
 
 from diffxas.errors import ConfigError
 from diffxas.physics.spectra import PARAM_NAMES, XanesParams, absorption
-from diffxas.simulate.presets import SEED_ENERGIES
+from diffxas.simulate.presets import SEED_ENERGIES, preset
 from diffxas.solvers.twostep.fitting import (
     FitConfig,
     bounds_for,
@@ -182,25 +182,7 @@ def test_grid_search_basis_is_the_spectral_model():
 
 
 #: The 15 energies of the ``tiny`` and ``family-tiny`` presets (sparse on the rising edge).
-E_TINY = np.array(
-    [
-        5420.0,
-        5450.0,
-        5462.0,
-        5465.0,
-        5466.0,
-        5467.0,
-        5469.0,
-        5472.0,
-        5475.0,
-        5478.0,
-        5481.0,
-        5484.0,
-        5488.0,
-        5495.0,
-        5520.0,
-    ]
-)
+E_TINY = np.array(preset("tiny").energies)  # the `tiny` preset's 15 energies
 
 
 def _two_domain_mixture(seed=0, n=400, noise=0.07):

@@ -9,29 +9,12 @@ import pytest
 
 from diffxas.errors import ConfigError
 from diffxas.maps import ChemMaps, Result
+from diffxas.simulate.presets import preset
 from diffxas.solvers.twostep.epie import EpieConfig, kk_matrix, kk_phase
 from diffxas.solvers.twostep.fitting import FitConfig
 from diffxas.solvers.twostep.run import TwoStepConfig, reconstruct_two_step
 
-TINY_E = np.array(
-    [
-        5420.0,
-        5450.0,
-        5462.0,
-        5465.0,
-        5466.0,
-        5467.0,
-        5469.0,
-        5472.0,
-        5475.0,
-        5478.0,
-        5481.0,
-        5484.0,
-        5488.0,
-        5495.0,
-        5520.0,
-    ]
-)
+TINY_E = np.array(preset("tiny").energies)  # the `tiny` preset's 15 energies
 
 
 def truth_on_grid(truth, maps: ChemMaps):
