@@ -159,3 +159,14 @@ def test_method_names_without_the_solvers():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
+
+
+def test_a_registered_method_is_a_sweep_method(toy):
+    """Sweeps read their methods from the registry: a registered method is accepted in
+    ``[base] methods`` and is part of the default list, after the built-in ones."""
+    from diffxas.app.sweep import spec
+
+    assert spec.methods()[-1] == "toy"
+    assert spec._norm_methods(["toy", "twostep"], "sweep.toml") == ["two-step", "toy"]
+    with pytest.raises(ConfigError, match="choose from two-step, joint, toy"):
+        spec._norm_methods(["nope"], "sweep.toml")

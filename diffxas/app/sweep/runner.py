@@ -89,7 +89,6 @@ from diffxas.app.sweep.spec import (
     DATA,
     DONE,
     ERROR,
-    METHODS,
     PointConfig,
     SweepSpec,
     _apply,
@@ -99,6 +98,9 @@ from diffxas.app.sweep.spec import (
     build_point,
     expand_points,
     load_spec,
+)
+from diffxas.app.sweep.spec import (
+    methods as registered_methods,
 )
 from diffxas.app.sweep.summary import (
     SweepSummary,
@@ -146,7 +148,7 @@ def run_point(point: Mapping[str, Any], out_dir: str | os.PathLike, reuse: bool 
             rows.append(_row(point, m, "failed", error=msg))
         return msg
 
-    methods = _norm_methods(point["config"].get("methods", list(METHODS)), "methods")
+    methods = _norm_methods(point["config"].get("methods", list(registered_methods())), "methods")
     record: dict[str, Any] = {
         "point": point["id"],
         "dir": point["dir"],
@@ -255,7 +257,7 @@ def _failure(point: Mapping[str, Any], out_dir, message: str) -> dict[str, Any]:
     d = Path(out_dir) / point["dir"]
     d.mkdir(parents=True, exist_ok=True)
     (d / ERROR).write_text(message + "\n")
-    methods = _norm_methods(point["config"].get("methods", list(METHODS)), "methods")
+    methods = _norm_methods(point["config"].get("methods", list(registered_methods())), "methods")
     return {
         "id": point["id"],
         "dir": point["dir"],
@@ -323,7 +325,7 @@ def _test_hook(point: Mapping[str, Any], out_dir: str) -> dict[str, Any] | None:
                 (d / stale).unlink()
         _write_json(d / CONFIG, {"point": point["id"], "resolved": build_point(point["config"]).record()})
         time.sleep(0.2)
-        methods = _norm_methods(point["config"].get("methods", list(METHODS)), "methods")
+        methods = _norm_methods(point["config"].get("methods", list(registered_methods())), "methods")
         return _finish(point, d, [_row(point, m, "ok", {"fake": 1.0}) for m in methods], [], t0)
     return None
 

@@ -18,14 +18,19 @@ from diffxas.data.energies import ENERGY_CHOICES as ENERGY_CHOICES
 from diffxas.data.energies import choose_energies
 from diffxas.errors import ConfigError
 
-__all__ = ["METHODS", "SweepSpec", "build_point", "expand_points", "load_spec", "select_energies"]
+__all__ = ["methods", "SweepSpec", "build_point", "expand_points", "load_spec", "select_energies"]
 
 
-#: Reconstruction methods, in the order they run within a point.
-METHODS = ("two-step", "joint")
+def methods() -> tuple[str, ...]:
+    """The registered reconstruction methods, in the order they run within a point (the
+    registry's order; read at each use, so a method registered later is a sweep method too)."""
+    from diffxas.solvers import registry  # h5py (results reader): not for `diffxas --help`
+
+    return tuple(registry.METHODS)
 
 
-_METHOD_ALIASES = {"two-step": "two-step", "twostep": "two-step", "two_step": "two-step", "joint": "joint"}
+#: Other spellings of method names accepted in sweep files.
+_METHOD_ALIASES = {"twostep": "two-step", "two_step": "two-step"}
 
 
 #: Sections of ``[base]`` built into config objects (diffxas.app.config).
@@ -133,15 +138,17 @@ def _norm_methods(value, where: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)) or not value:
-        raise ConfigError(f"{where}: methods must be a non-empty list of {', '.join(METHODS)}, got {value!r}")
+        raise ConfigError(f"{where}: methods must be a non-empty list of {', '.join(methods())}, got {value!r}")
+    known = methods()
     out = []
     for m in value:
-        mm = _METHOD_ALIASES.get(str(m).strip().lower())
-        if mm is None:
-            raise ConfigError(f"{where}: unknown method {m!r}; choose from {', '.join(METHODS)}")
+        name = str(m).strip().lower()
+        mm = _METHOD_ALIASES.get(name, name)
+        if mm not in known:
+            raise ConfigError(f"{where}: unknown method {m!r}; choose from {', '.join(known)}")
         if mm not in out:
             out.append(mm)
-    return [m for m in METHODS if m in out]
+    return [m for m in known if m in out]
 
 
 def _norm_base(base: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -160,7 +167,7 @@ def _norm_base(base: Mapping[str, Any], where: str) -> dict[str, Any]:
             raise ConfigError(f"{where}: [base.{k}] must be a table of key = value pairs")
         else:
             out[kk] = copy.deepcopy(dict(v))
-    out.setdefault("methods", list(METHODS))
+    out.setdefault("methods", list(methods()))
     return out
 
 
@@ -452,7 +459,7 @@ def build_point(mapping: Mapping[str, Any]) -> PointConfig:
     from diffxas.app.config import build_section, sim_config  # ~5-15 ms; `diffxas --help` imports this module
 
     mapping = dict(mapping)
-    methods = _norm_methods(mapping.get("methods", list(METHODS)), "methods")
+    methods_ = _norm_methods(mapping.get("methods", list(methods())), "methods")
     sim = sim_config(mapping.get("simulate") or {})
     en = dict(mapping.get("energies") or {})
     unknown = sorted(set(en) - {"count", "choice", "window", "edge_ev"})
@@ -476,7 +483,7 @@ def build_point(mapping: Mapping[str, Any]) -> PointConfig:
     elif en:
         raise ConfigError("[energies] needs count (choice/window only qualify it)")
     mcfg: dict[str, Any] = {}
-    for m in methods:
+    for m in methods_:
         section = _section(m)
         # the methods model the simulated absorber unless their section names one
         mcfg[m] = build_section(mapping, section, element=sim.element)
@@ -487,4 +494,4 @@ def build_point(mapping: Mapping[str, Any]) -> PointConfig:
     if bad:
         raise ConfigError(f"[evaluate] unknown key(s) {bad}; valid: nv_fraction")
     ev.setdefault("nv_fraction", 0.25)
-    return PointConfig(sim=sim, methods=methods, method_configs=mcfg, cluster=cluster, evaluate=ev, energies=en_rec)
+    return PointConfig(sim=sim, methods=methods_, method_configs=mcfg, cluster=cluster, evaluate=ev, energies=en_rec)
